@@ -1,0 +1,63 @@
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// BandwidthLimit is a rate limit in one direction.
+type BandwidthLimit struct {
+	// Rate in bit/s as a quantity, such as 10M or 1G; from 1k to 1T.
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('999')) && quantity(string(self)).isLessThan(quantity('1000000000001'))",message="must be a rate in bit/s from 1k to 1T, such as 10M or 1G"
+	Rate resource.Quantity `json:"rate"`
+	// Burst in bits as a quantity, such as 1M. Empty: a default sized to the rate.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0')) && quantity(string(self)).isLessThan(quantity('34359738361'))",message="must be a burst in bits greater than 0 and at most 4Gi bytes (34359738360), such as 1M"
+	Burst *resource.Quantity `json:"burst,omitempty"`
+}
+
+// BandwidthPolicySpec limits the bandwidth of the pods it selects.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.ingress) || has(self.egress)",message="at least one of ingress and egress must be set"
+type BandwidthPolicySpec struct {
+	// PodSelector selects the pods of the policy's namespace it applies to.
+	PodSelector metav1.LabelSelector `json:"podSelector"`
+	// Ingress limits traffic into the pod.
+	// +optional
+	Ingress *BandwidthLimit `json:"ingress,omitempty"`
+	// Egress limits traffic out of the pod.
+	// +optional
+	Egress *BandwidthLimit `json:"egress,omitempty"`
+	// Priority orders policies that select the same pod: the highest wins; ties go to the
+	// policy whose name sorts first.
+	// +optional
+	Priority int32 `json:"priority,omitempty"`
+}
+
+// BandwidthPolicy sets the default bandwidth limits of pods in its namespace.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:shortName=bwp
+// +kubebuilder:printcolumn:name="Ingress",type=string,JSONPath=`.spec.ingress.rate`
+// +kubebuilder:printcolumn:name="Egress",type=string,JSONPath=`.spec.egress.rate`
+// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type BandwidthPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec BandwidthPolicySpec `json:"spec"`
+}
+
+// BandwidthPolicyList is a list of BandwidthPolicies.
+//
+// +kubebuilder:object:root=true
+type BandwidthPolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BandwidthPolicy `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&BandwidthPolicy{}, &BandwidthPolicyList{})
+}

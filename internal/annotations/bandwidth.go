@@ -1,0 +1,108 @@
+package annotations
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// Limit is a rate limit in one direction. Zero Rate means no limit; zero Burst
+// means the default burst for the rate.
+type Limit struct {
+	Rate  int64 // bit/s
+	Burst int64 // bits
+}
+
+// Bandwidth holds the limits in both directions, as seen from the pod.
+type Bandwidth struct {
+	Ingress Limit // into the pod
+	Egress  Limit // out of the pod
+}
+
+// IsZero reports whether no limit is set in either direction.
+func (b Bandwidth) IsZero() bool { return b == Bandwidth{} }
+
+// ParseBandwidth reads the bandwidth keys from annotations. The stickynet keys
+// win; the kubernetes.io rate keys are accepted where they are absent, and a
+// conflict between the two is an error. A burst without a rate is an error.
+func ParseBandwidth(ann map[string]string) (Bandwidth, error) {
+	var b Bandwidth
+	var err error
+	if b.Ingress.Rate, err = rate(ann, IngressBandwidth, KubernetesIngressBandwidth); err != nil {
+		return Bandwidth{}, err
+	}
+	if b.Egress.Rate, err = rate(ann, EgressBandwidth, KubernetesEgressBandwidth); err != nil {
+		return Bandwidth{}, err
+	}
+	if b.Ingress.Burst, err = burst(ann, IngressBurst, b.Ingress.Rate, IngressBandwidth); err != nil {
+		return Bandwidth{}, err
+	}
+	if b.Egress.Burst, err = burst(ann, EgressBurst, b.Egress.Rate, EgressBandwidth); err != nil {
+		return Bandwidth{}, err
+	}
+	return b, nil
+}
+
+// HasBandwidth reports whether any bandwidth key is present.
+func HasBandwidth(ann map[string]string) bool {
+	for _, k := range []string{
+		IngressBandwidth, EgressBandwidth, IngressBurst, EgressBurst,
+		KubernetesIngressBandwidth, KubernetesEgressBandwidth,
+	} {
+		if _, ok := ann[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func rate(ann map[string]string, key, k8sKey string) (int64, error) {
+	v, ok := ann[key]
+	kv, kok := ann[k8sKey]
+	if !ok && !kok {
+		return 0, nil
+	}
+	var r int64
+	if ok {
+		var err error
+		if r, err = ParseRate(key, v); err != nil {
+			return 0, err
+		}
+	}
+	if kok {
+		kr, err := ParseRate(k8sKey, kv)
+		if err != nil {
+			return 0, err
+		}
+		if ok && kr != r {
+			return 0, invalid(k8sKey, kv, fmt.Sprintf("the same rate as %s (%q) or no value", key, v), nil)
+		}
+		r = kr
+	}
+	return r, nil
+}
+
+func burst(ann map[string]string, key string, rate int64, rateKey string) (int64, error) {
+	v, ok := ann[key]
+	if !ok {
+		return 0, nil
+	}
+	if rate == 0 {
+		return 0, invalid(key, v, "no value unless "+rateKey+" is set too", nil)
+	}
+	return ParseBurst(key, v)
+}
+
+// Annotations returns the stickynet bandwidth keys for b (only the non-zero ones).
+func (b Bandwidth) Annotations() map[string]string {
+	out := map[string]string{}
+	put := func(k string, v int64) {
+		if v > 0 {
+			out[k] = strconv.FormatInt(v, 10)
+		}
+	}
+	put(IngressBandwidth, b.Ingress.Rate)
+	put(IngressBurst, b.Ingress.Burst)
+	put(EgressBandwidth, b.Egress.Rate)
+	put(EgressBurst, b.Egress.Burst)
+	return out
+}

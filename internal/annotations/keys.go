@@ -1,0 +1,66 @@
+// Package annotations owns stickynet's pod annotation contract (DESIGN.md,
+// "Contract: pod annotations"): the keys, the parsers and validators of the
+// values users write, and the Assignment that the webhook writes and the node
+// agent reads. Every parse error names the key, the value and the accepted form.
+package annotations
+
+// Input keys, set by users on a pod, a workload's pod template or (pool only) a namespace.
+const (
+	// Pool names the IPPool to draw from.
+	Pool = "stickynet.io/pool"
+	// IP requests one address for a bare pod.
+	IP = "stickynet.io/ip"
+	// IPs lists addresses: per ordinal on a StatefulSet template, the set a
+	// Deployment or DaemonSet draws from otherwise.
+	IPs = "stickynet.io/ips"
+	// MAC requests a MAC address.
+	MAC = "stickynet.io/mac"
+	// IngressBandwidth is the rate into the pod in bit/s.
+	IngressBandwidth = "stickynet.io/ingress-bandwidth"
+	// EgressBandwidth is the rate out of the pod in bit/s.
+	EgressBandwidth = "stickynet.io/egress-bandwidth"
+	// IngressBurst is the burst into the pod in bits.
+	IngressBurst = "stickynet.io/ingress-burst"
+	// EgressBurst is the burst out of the pod in bits.
+	EgressBurst = "stickynet.io/egress-burst"
+	// KubernetesIngressBandwidth is the upstream key that stickynet accepts as well.
+	KubernetesIngressBandwidth = "kubernetes.io/ingress-bandwidth"
+	// KubernetesEgressBandwidth is the upstream key that stickynet accepts as well.
+	KubernetesEgressBandwidth = "kubernetes.io/egress-bandwidth"
+	// SriovNetwork names the SriovNetwork whose VF the pod gets instead of an OVS port.
+	SriovNetwork = "stickynet.io/sriov-network"
+	// IPRetention is Retain or Release, on a StatefulSet.
+	IPRetention = "stickynet.io/ip-retention"
+)
+
+// Output keys, written by the webhook only.
+const (
+	// Identity is the sticky identity that owns the pod's addresses.
+	Identity = "stickynet.io/identity"
+	// AssignedIP is the pod's address(es) with prefix length, comma-separated.
+	AssignedIP = "stickynet.io/assigned-ip"
+	// AssignedMAC is the pod's MAC.
+	AssignedMAC = "stickynet.io/assigned-mac"
+	// Gateway is the default gateway(s), comma-separated.
+	Gateway = "stickynet.io/gateway"
+	// VLAN is the pool's VLAN tag (absent or 0: untagged).
+	VLAN = "stickynet.io/vlan"
+	// AssignedPool is the IPPool the addresses came from.
+	AssignedPool = "stickynet.io/assigned-pool"
+	// BandwidthPolicy names the BandwidthPolicy the bandwidth keys were filled from.
+	BandwidthPolicy = "stickynet.io/bandwidth-policy"
+)
+
+// Other names of the contract.
+const (
+	// EnabledLabel on a namespace opts its pods in.
+	EnabledLabel = "stickynet.io/enabled"
+	// SriovResourcePrefix + SriovNetwork name is the extended resource of the network's VFs.
+	SriovResourcePrefix = "stickynet.io/sriov-"
+)
+
+// Retention values of IPRetention.
+const (
+	RetentionRetain  = "Retain"
+	RetentionRelease = "Release"
+)

@@ -1,0 +1,149 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Etcd is a real etcd server process started for a test. Its data directory
+// and ports survive Kill and Restart, as a crashed member's would.
+type Etcd struct {
+	Endpoint string // http://127.0.0.1:<port>
+	bin      string
+	dir      string
+	args     []string
+	logPath  string
+	cmd      *exec.Cmd
+	done     chan struct{}
+}
+
+// StartEtcd starts etcd (built by `make tools`) on free loopback ports with its
+// data in a temporary folder; the test's cleanup stops it. Extra flags are passed
+// to etcd as given.
+func StartEtcd(t testing.TB, extra ...string) *Etcd {
+	t.Helper()
+	Integration(t)
+	bin := NeedTool(t, "etcd", "etcd")
+	dir := t.TempDir()
+	client, peer := freePort(t), freePort(t)
+	e := &Etcd{
+		Endpoint: fmt.Sprintf("http://127.0.0.1:%d", client),
+		bin:      bin,
+		dir:      dir,
+		logPath:  filepath.Join(dir, "etcd.log"),
+	}
+	e.args = append([]string{
+		"--name=test", "--data-dir=" + filepath.Join(dir, "data"),
+		"--listen-client-urls=" + e.Endpoint, "--advertise-client-urls=" + e.Endpoint,
+		fmt.Sprintf("--listen-peer-urls=http://127.0.0.1:%d", peer),
+		fmt.Sprintf("--initial-advertise-peer-urls=http://127.0.0.1:%d", peer),
+		fmt.Sprintf("--initial-cluster=test=http://127.0.0.1:%d", peer),
+		"--log-level=warn", "--quota-backend-bytes=8589934592",
+	}, extra...)
+	if err := e.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.Stop()
+		if t.Failed() {
+			if b, err := os.ReadFile(e.logPath); err == nil && len(b) > 0 {
+				t.Logf("etcd log (last 4 KiB):\n%s", tail(b, 4096))
+			}
+		}
+	})
+	return e
+}
+
+func (e *Etcd) start() error {
+	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(e.bin, e.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start etcd: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	e.cmd, e.done = cmd, done
+	return e.waitHealthy(30 * time.Second)
+}
+
+func (e *Etcd) waitHealthy(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	addr := e.Endpoint[len("http://"):]
+	for {
+		select {
+		case <-e.done:
+			return fmt.Errorf("etcd exited at start; see %s", e.logPath)
+		case <-ctx.Done():
+			return fmt.Errorf("etcd not serving on %s after %s; see %s", addr, timeout, e.logPath)
+		case <-time.After(50 * time.Millisecond):
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+	}
+}
+
+// PID returns the process ID of the running etcd.
+func (e *Etcd) PID() int { return e.cmd.Process.Pid }
+
+// Kill sends SIGKILL and waits for the process to be gone (a crash).
+func (e *Etcd) Kill() {
+	if e.cmd == nil {
+		return
+	}
+	_ = e.cmd.Process.Signal(syscall.SIGKILL)
+	<-e.done
+	e.cmd = nil
+}
+
+// Restart starts etcd again on the same data and ports after Kill.
+func (e *Etcd) Restart() error { return e.start() }
+
+// Stop terminates etcd (SIGTERM, then SIGKILL after 10 s).
+func (e *Etcd) Stop() {
+	if e.cmd == nil {
+		return
+	}
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.done:
+	case <-time.After(10 * time.Second):
+		_ = e.cmd.Process.Signal(syscall.SIGKILL)
+		<-e.done
+	}
+	e.cmd = nil
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+

@@ -1,0 +1,79 @@
+// Package testenv owns what stickynet's tests need from the machine: finding the
+// pinned third-party binaries that `make tools` builds, the rule for tests that
+// need the real thing (skipped only under -short, and then saying why), and a
+// real etcd server process for tests to start, kill and restart.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+)
+
+// CacheDir is where hack/build-tools.sh puts the binaries it builds.
+func CacheDir() string {
+	if d := os.Getenv("STICKYNET_CACHE"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "stickynet")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "stickynet")
+}
+
+// Tool returns the path of a binary built by hack/build-tools.sh for tool (such as
+// "etcd" or "kube"), or an error telling how to build it.
+func Tool(tool, binary string) (string, error) {
+	matches, _ := filepath.Glob(filepath.Join(CacheDir(), tool+"-v*", binary))
+	sort.Strings(matches)
+	for i := len(matches) - 1; i >= 0; i-- {
+		if fi, err := os.Stat(matches[i]); err == nil && fi.Mode()&0o111 != 0 {
+			return matches[i], nil
+		}
+	}
+	return "", fmt.Errorf("%s not found under %s: run `make tools` (hack/build-tools.sh %s)", binary, CacheDir(), tool)
+}
+
+// NeedTool returns the tool's binary or fails the test (never skips: a missing
+// install step must show).
+func NeedTool(t testing.TB, tool, binary string) string {
+	t.Helper()
+	p, err := Tool(tool, binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// NeedCommand returns the path of a system command or fails the test.
+func NeedCommand(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found in PATH: .ci/run installs it (apt-get)", name)
+	}
+	return p
+}
+
+// Integration marks a test that needs real components (etcd, Kubernetes, OVS,
+// the kernel). Under `go test -short` (make test-unit) it is skipped, with the
+// reason; otherwise it runs, and whatever it needs must be there.
+func Integration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs real components; run without -short (make test)")
+	}
+}
+
+// Root is Integration plus a check that the test runs as root, failing if not.
+func Root(t testing.TB) {
+	t.Helper()
+	Integration(t)
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root (network namespaces, OVS, qdiscs); run make test as root")
+	}
+}
