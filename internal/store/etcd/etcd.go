@@ -1,0 +1,234 @@
+// Package etcd is the etcd v3 driver of internal/store: every Store call maps
+// to one etcd request (List pages through large prefixes at one revision).
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+// Options configure the driver.
+type Options struct {
+	// Endpoints of the etcd cluster, such as http://127.0.0.1:2379.
+	Endpoints []string
+	// DialTimeout bounds the first connection. Default 5 s.
+	DialTimeout time.Duration
+	// PageSize is the number of keys per range request in List. Default 10000.
+	PageSize int64
+	// TLS and authentication are left to ClientConfig when set.
+	ClientConfig *clientv3.Config
+}
+
+// Store is the etcd v3 driver.
+type Store struct {
+	cli      *clientv3.Client
+	pageSize int64
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New connects to etcd.
+func New(opts Options) (*Store, error) {
+	cfg := clientv3.Config{Endpoints: opts.Endpoints, DialTimeout: opts.DialTimeout}
+	if opts.ClientConfig != nil {
+		cfg = *opts.ClientConfig
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, err)
+	}
+	ps := opts.PageSize
+	if ps <= 0 {
+		ps = 10000
+	}
+	return &Store{cli: cli, pageSize: ps}, nil
+}
+
+// Client returns the underlying etcd client (for benchmarks that compare against raw requests).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+func fromPB(kv *mvccpb.KeyValue) store.KV {
+	return store.KV{
+		Key: string(kv.Key), Value: kv.Value,
+		CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: store.LeaseID(kv.Lease),
+	}
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, key string) (*store.KV, error) {
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("etcd get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	kv := fromPB(resp.Kvs[0])
+	return &kv, nil
+}
+
+// List implements store.Store. Pages are read at the revision of the first page.
+func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, int64, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var out []store.KV
+	var rev int64
+	key := prefix
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(s.pageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, key, opts...)
+		if err != nil {
+			return nil, 0, fmt.Errorf("etcd list %s: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+			if out == nil {
+				out = make([]store.KV, 0, resp.Count)
+			}
+		}
+		for _, kv := range resp.Kvs {
+			out = append(out, fromPB(kv))
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+func toOps(ops []store.Op) []clientv3.Op {
+	out := make([]clientv3.Op, len(ops))
+	for i, op := range ops {
+		switch {
+		case op.IsGet():
+			out[i] = clientv3.OpGet(op.Key)
+		case op.IsPut():
+			if op.Lease != store.NoLease {
+				out[i] = clientv3.OpPut(op.Key, string(op.Value), clientv3.WithLease(clientv3.LeaseID(op.Lease)))
+			} else {
+				out[i] = clientv3.OpPut(op.Key, string(op.Value))
+			}
+		case op.IsDelete():
+			out[i] = clientv3.OpDelete(op.Key)
+		}
+	}
+	return out
+}
+
+// Txn implements store.Store.
+func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
+	cs := make([]clientv3.Cmp, len(cmps))
+	for i, c := range cmps {
+		cs[i] = clientv3.Compare(clientv3.ModRevision(c.Key), "=", c.ModRevision)
+	}
+	resp, err := s.cli.Txn(ctx).If(cs...).Then(toOps(then)...).Else(toOps(els)...).Commit()
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return store.TxnResult{}, store.ErrLeaseNotFound
+		}
+		return store.TxnResult{}, fmt.Errorf("etcd txn: %w", err)
+	}
+	res := store.TxnResult{Succeeded: resp.Succeeded, Revision: resp.Header.Revision}
+	for _, r := range resp.Responses {
+		rr := r.GetResponseRange()
+		if rr == nil {
+			continue
+		}
+		if len(rr.Kvs) == 0 {
+			res.Gets = append(res.Gets, nil)
+			continue
+		}
+		kv := fromPB(rr.Kvs[0])
+		res.Gets = append(res.Gets, &kv)
+	}
+	return res, nil
+}
+
+// Grant implements store.Store.
+func (s *Store) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	secs := int64(math.Ceil(ttl.Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	resp, err := s.cli.Grant(ctx, secs)
+	if err != nil {
+		return 0, fmt.Errorf("etcd grant lease of %ds: %w", secs, err)
+	}
+	return store.LeaseID(resp.ID), nil
+}
+
+// Revoke implements store.Store.
+func (s *Store) Revoke(ctx context.Context, id store.LeaseID) error {
+	_, err := s.cli.Revoke(ctx, clientv3.LeaseID(id))
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("etcd revoke lease %x: %w", int64(id), err)
+	}
+	return nil
+}
+
+// Watch implements store.Store.
+func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) <-chan store.WatchResponse {
+	out := make(chan store.WatchResponse)
+	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	if fromRev > 0 {
+		opts = append(opts, clientv3.WithRev(fromRev))
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wch := s.cli.Watch(wctx, prefix, opts...)
+	go func() {
+		defer close(out)
+		defer cancel()
+		for resp := range wch {
+			var wr store.WatchResponse
+			switch {
+			case resp.CompactRevision != 0:
+				wr.Err = &store.CompactedError{CompactRevision: resp.CompactRevision}
+			case resp.Err() != nil:
+				wr.Err = fmt.Errorf("etcd watch %s: %w", prefix, resp.Err())
+			default:
+				wr.Events = make([]store.Event, len(resp.Events))
+				for i, ev := range resp.Events {
+					e := store.Event{KV: fromPB(ev.Kv)}
+					if ev.Type == clientv3.EventTypeDelete {
+						e.Type = store.EventDelete
+						e.KV.Value = nil
+					}
+					wr.Events[i] = e
+				}
+			}
+			if len(wr.Events) == 0 && wr.Err == nil {
+				continue // progress notification
+			}
+			select {
+			case out <- wr:
+			case <-ctx.Done():
+				return
+			}
+			if wr.Err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// Close implements store.Store.
+func (s *Store) Close() error { return s.cli.Close() }

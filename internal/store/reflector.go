@@ -1,0 +1,147 @@
+package store
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Handler receives the state under a prefix from a Reflector. Calls are
+// serialized. Replace hands over the whole state at rev (after the first list
+// and after every re-list); Apply hands over the events of later revisions.
+type Handler interface {
+	Replace(kvs []KV, rev int64)
+	Apply(events []Event)
+}
+
+// Reflector keeps a Handler in step with a prefix: it lists, then watches from
+// the next revision; when the watch fails it resumes from the last revision
+// seen, and when that revision was compacted away it lists again.
+type Reflector struct {
+	store   Store
+	prefix  string
+	handler Handler
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	rev     int64 // last revision handed to the handler
+	synced  bool
+	relists int
+}
+
+// NewReflector returns a Reflector; call Run to start it.
+func NewReflector(s Store, prefix string, h Handler) *Reflector {
+	r := &Reflector{store: s, prefix: prefix, handler: h}
+	r.cond = sync.NewCond(&r.mu)
+	return r
+}
+
+// Run lists and watches until ctx ends. Failures are logged and retried with backoff.
+func (r *Reflector) Run(ctx context.Context) {
+	log := klog.FromContext(ctx).WithValues("prefix", r.prefix)
+	backoff := 100 * time.Millisecond
+	needList := true
+	for ctx.Err() == nil {
+		if needList {
+			kvs, rev, err := r.store.List(ctx, r.prefix)
+			if err != nil {
+				if ctx.Err() == nil {
+					log.Error(err, "List failed; retrying", "backoff", backoff)
+				}
+				sleep(ctx, backoff)
+				backoff = min(2*backoff, 5*time.Second)
+				continue
+			}
+			r.handler.Replace(kvs, rev)
+			r.advance(rev, true)
+			needList = false
+		}
+		backoff = 100 * time.Millisecond
+		err := r.watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if IsCompacted(err) {
+			log.Info("Watch revision compacted; listing again", "revision", r.Revision(), "err", err)
+			needList = true
+			continue
+		}
+		log.Error(err, "Watch ended; resuming", "revision", r.Revision())
+		sleep(ctx, backoff)
+	}
+}
+
+func (r *Reflector) watch(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range r.store.Watch(wctx, r.prefix, r.Revision()+1) {
+		if resp.Err != nil {
+			return resp.Err
+		}
+		if len(resp.Events) == 0 {
+			continue
+		}
+		r.handler.Apply(resp.Events)
+		r.advance(resp.Events[len(resp.Events)-1].KV.ModRevision, false)
+	}
+	return ctx.Err()
+}
+
+func (r *Reflector) advance(rev int64, list bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if list {
+		if r.synced {
+			r.relists++
+		}
+		r.synced = true
+	}
+	if rev > r.rev {
+		r.rev = rev
+	}
+	r.cond.Broadcast()
+}
+
+// Revision returns the last revision handed to the handler.
+func (r *Reflector) Revision() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rev
+}
+
+// Relists returns how many times the reflector listed again after its first list.
+func (r *Reflector) Relists() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.relists
+}
+
+// WaitForRevision blocks until the handler has seen rev (or the first list, for rev 0).
+func (r *Reflector) WaitForRevision(ctx context.Context, rev int64) error {
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.cond.Broadcast()
+	})
+	defer stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for !r.synced || r.rev < rev {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r.cond.Wait()
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
