@@ -46,6 +46,23 @@ for tool in "$@"; do
   etcd)
     build etcd etcd v3.7.3 "" "" etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3
     ;;
+  containerd)
+    build containerd containerd v2.4.2 "-X github.com/containerd/containerd/v2/version.Version=2.4.2" no_btrfs \
+      containerd=github.com/containerd/containerd/v2/cmd/containerd \
+      containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+      ctr=github.com/containerd/containerd/v2/cmd/ctr
+    ;;
+  cniplugins)
+    build cniplugins cniplugins v1.10.0 "" "" \
+      bridge=github.com/containernetworking/plugins/plugins/main/bridge \
+      host-local=github.com/containernetworking/plugins/plugins/ipam/host-local \
+      loopback=github.com/containernetworking/plugins/plugins/main/loopback \
+      bandwidth=github.com/containernetworking/plugins/plugins/meta/bandwidth
+    ;;
+  images)
+    # Programs baked into the local cluster's images (e2e/images assembles them).
+    build images images v1.0.0 "" "" pause=./pause
+    ;;
   *)
     echo "unknown tool $tool" >&2
     exit 2

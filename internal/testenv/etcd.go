@@ -20,6 +20,7 @@ type Etcd struct {
 	dir      string
 	args     []string
 	logPath  string
+	startCmd func(*exec.Cmd) error
 	cmd      *exec.Cmd
 	done     chan struct{}
 }
@@ -31,23 +32,16 @@ func StartEtcd(t testing.TB, extra ...string) *Etcd {
 	t.Helper()
 	Integration(t)
 	bin := NeedTool(t, "etcd", "etcd")
-	dir := t.TempDir()
-	client, peer := freePort(t), freePort(t)
-	e := &Etcd{
-		Endpoint: fmt.Sprintf("http://127.0.0.1:%d", client),
-		bin:      bin,
-		dir:      dir,
-		logPath:  filepath.Join(dir, "etcd.log"),
-	}
-	e.args = append([]string{
-		"--name=test", "--data-dir=" + filepath.Join(dir, "data"),
-		"--listen-client-urls=" + e.Endpoint, "--advertise-client-urls=" + e.Endpoint,
-		fmt.Sprintf("--listen-peer-urls=http://127.0.0.1:%d", peer),
-		fmt.Sprintf("--initial-advertise-peer-urls=http://127.0.0.1:%d", peer),
-		fmt.Sprintf("--initial-cluster=test=http://127.0.0.1:%d", peer),
-		"--log-level=warn", "--quota-backend-bytes=8589934592",
-	}, extra...)
-	if err := e.start(); err != nil {
+	e, err := RunEtcd(EtcdOptions{
+		Binary: bin,
+		Dir:    t.TempDir(),
+		Extra:  extra,
+		Start: func(cmd *exec.Cmd) error {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			return cmd.Start()
+		},
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -61,6 +55,62 @@ func StartEtcd(t testing.TB, extra ...string) *Etcd {
 	return e
 }
 
+// EtcdOptions configures an etcd server started by RunEtcd.
+type EtcdOptions struct {
+	// Binary is the etcd binary; empty means the one `make tools` built.
+	Binary string
+	// Dir holds the data folder and etcd.log.
+	Dir string
+	// Extra flags are passed to etcd as given.
+	Extra []string
+	// Start starts the prepared command (and again on Restart); nil means
+	// cmd.Start. The local cluster passes one that starts etcd in its cgroup.
+	Start func(cmd *exec.Cmd) error
+}
+
+// RunEtcd starts etcd on free loopback ports with its data under opts.Dir and
+// waits until it serves; the caller stops it. StartEtcd is the form for tests.
+func RunEtcd(opts EtcdOptions) (*Etcd, error) {
+	bin := opts.Binary
+	if bin == "" {
+		p, err := Tool("etcd", "etcd")
+		if err != nil {
+			return nil, err
+		}
+		bin = p
+	}
+	client, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	peer, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	e := &Etcd{
+		Endpoint: fmt.Sprintf("http://127.0.0.1:%d", client),
+		bin:      bin,
+		dir:      opts.Dir,
+		logPath:  filepath.Join(opts.Dir, "etcd.log"),
+		startCmd: opts.Start,
+	}
+	e.args = append([]string{
+		"--name=test", "--data-dir=" + filepath.Join(opts.Dir, "data"),
+		"--listen-client-urls=" + e.Endpoint, "--advertise-client-urls=" + e.Endpoint,
+		fmt.Sprintf("--listen-peer-urls=http://127.0.0.1:%d", peer),
+		fmt.Sprintf("--initial-advertise-peer-urls=http://127.0.0.1:%d", peer),
+		fmt.Sprintf("--initial-cluster=test=http://127.0.0.1:%d", peer),
+		"--log-level=warn", "--quota-backend-bytes=8589934592",
+	}, opts.Extra...)
+	if err := e.start(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// LogPath is the file etcd's output goes to.
+func (e *Etcd) LogPath() string { return e.logPath }
+
 func (e *Etcd) start() error {
 	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -68,8 +118,11 @@ func (e *Etcd) start() error {
 	}
 	cmd := exec.Command(e.bin, e.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	startCmd := e.startCmd
+	if startCmd == nil {
+		startCmd = (*exec.Cmd).Start
+	}
+	if err := startCmd(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("start etcd: %w", err)
 	}
@@ -130,14 +183,14 @@ func (e *Etcd) Stop() {
 	e.cmd = nil
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+// FreePort returns a TCP port that is free on 127.0.0.1 at the time of the call.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, fmt.Errorf("find a free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func tail(b []byte, n int) []byte {
@@ -146,4 +199,3 @@ func tail(b []byte, n int) []byte {
 	}
 	return b
 }
-

@@ -1,0 +1,245 @@
+// Package images builds the local cluster's container images without a
+// container engine: a single-layer image is written as a docker-archive tar
+// (the format `docker save` writes and `ctr images import` reads), from files
+// of the host. The pause image holds the pause program that
+// hack/build-tools.sh builds; the toolbox image holds Debian's static busybox
+// and iperf3 with the shared libraries it links.
+package images
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Names of the images the local cluster imports into every node.
+const (
+	// Pause is the pod sandbox image, pinned in each node's containerd.
+	Pause = "stickynet.local/pause:3.10"
+	// Toolbox is the test image: busybox (sh, ping, nc, ip, wget, ...) and iperf3.
+	Toolbox = "stickynet.local/toolbox:v1"
+)
+
+// File is one entry of an image's layer.
+type File struct {
+	// Path is absolute inside the image.
+	Path string
+	// Mode holds the permission bits (and fs.ModeDir for a directory).
+	Mode int64
+	// Data is the content of a regular file.
+	Data []byte
+	// Link, if set, makes the entry a symbolic link to Link.
+	Link string
+	// Dir makes the entry a directory.
+	Dir bool
+}
+
+// Image is a single-layer image.
+type Image struct {
+	Name       string
+	Files      []File
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+}
+
+// epoch is the modification time of every entry, so that the same inputs
+// give the same image ID.
+var epoch = time.Unix(0, 0).UTC()
+
+// Layer returns the uncompressed layer tar of img: parent folders are added
+// where missing, entries are sorted by path, owned by root, dated at epoch.
+func Layer(img Image) ([]byte, error) {
+	entries := map[string]File{}
+	for _, f := range img.Files {
+		p := path.Clean("/" + f.Path)
+		if p == "/" {
+			continue
+		}
+		f.Path = p
+		entries[p] = f
+		for d := path.Dir(p); d != "/"; d = path.Dir(d) {
+			if _, ok := entries[d]; !ok {
+				entries[d] = File{Path: d, Dir: true, Mode: 0o755}
+			}
+		}
+	}
+	paths := make([]string, 0, len(entries))
+	for p := range entries {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, p := range paths {
+		f := entries[p]
+		hdr := &tar.Header{Name: strings.TrimPrefix(p, "/"), Mode: f.Mode, ModTime: epoch, Format: tar.FormatPAX}
+		switch {
+		case f.Dir:
+			hdr.Typeflag, hdr.Name = tar.TypeDir, hdr.Name+"/"
+		case f.Link != "":
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, f.Link, 0o777
+		default:
+			hdr.Typeflag, hdr.Size = tar.TypeReg, int64(len(f.Data))
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, fmt.Errorf("write layer entry %s: %w", p, err)
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			if _, err := tw.Write(f.Data); err != nil {
+				return nil, fmt.Errorf("write layer file %s: %w", p, err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("close layer: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// WriteArchive writes img as a docker-archive tar to w.
+func WriteArchive(w io.Writer, img Image) error {
+	layer, err := Layer(img)
+	if err != nil {
+		return err
+	}
+	layerDigest := digest(layer)
+	env := img.Env
+	if len(env) == 0 {
+		env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	}
+	config := map[string]any{
+		"architecture": "amd64",
+		"os":           "linux",
+		"created":      epoch.Format(time.RFC3339),
+		"config":       map[string]any{"Env": env, "Entrypoint": img.Entrypoint, "Cmd": img.Cmd},
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + layerDigest}},
+		"history":      []map[string]any{{"created": epoch.Format(time.RFC3339), "created_by": "stickynet e2e/images"}},
+	}
+	configJSON, err := json.Marshal(config)
+	if err != nil {
+		return fmt.Errorf("encode image config: %w", err)
+	}
+	configName := digest(configJSON) + ".json"
+	layerName := layerDigest + "/layer.tar"
+	manifest, err := json.Marshal([]map[string]any{{
+		"Config": configName, "RepoTags": []string{img.Name}, "Layers": []string{layerName},
+	}})
+	if err != nil {
+		return fmt.Errorf("encode image manifest: %w", err)
+	}
+	tw := tar.NewWriter(w)
+	for _, e := range []struct {
+		name string
+		data []byte
+	}{{configName, configJSON}, {layerName, layer}, {"manifest.json", manifest}} {
+		if dir := path.Dir(e.name); dir != "." {
+			if err := tw.WriteHeader(&tar.Header{Name: dir + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: epoch}); err != nil {
+				return fmt.Errorf("write archive folder %s: %w", dir, err)
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(e.data)), ModTime: epoch}); err != nil {
+			return fmt.Errorf("write archive entry %s: %w", e.name, err)
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			return fmt.Errorf("write archive entry %s: %w", e.name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("close archive: %w", err)
+	}
+	return nil
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// SharedLibraries parses the output of `ldd BINARY` into the absolute paths
+// of the libraries and the loader it names (the vDSO has no file and is left
+// out).
+func SharedLibraries(lddOutput string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(lddOutput))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if i := strings.Index(line, "=>"); i >= 0 {
+			line = strings.TrimSpace(line[i+2:])
+		}
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "/") {
+			out = append(out, f[0])
+		}
+	}
+	return out
+}
+
+// BusyboxApplets are the commands the toolbox image links to busybox.
+var BusyboxApplets = []string{
+	"sh", "ash", "cat", "echo", "sleep", "ls", "ping", "ip", "ifconfig", "route", "arp",
+	"hostname", "nc", "wget", "ps", "kill", "true", "false", "env", "date", "mkdir",
+	"rm", "grep", "sed", "awk", "head", "tail", "wc", "cut", "tr", "printf", "test",
+	"seq", "timeout", "uname", "id", "mount", "df", "sync", "touch", "tee", "vi",
+}
+
+// Sources are the host files the images are made of.
+type Sources struct {
+	// Pause is the pause program (hack/build-tools.sh images).
+	Pause string
+	// Busybox is a static busybox (Debian's busybox-static: /bin/busybox).
+	Busybox string
+	// Iperf3 is the iperf3 binary; Iperf3Libs the libraries and loader it needs.
+	Iperf3     string
+	Iperf3Libs []string
+}
+
+// ToolboxImage returns the toolbox image made from src.
+func ToolboxImage(src Sources) (Image, error) {
+	img := Image{Name: Toolbox, Cmd: []string{"/bin/sh"}}
+	bb, err := os.ReadFile(src.Busybox)
+	if err != nil {
+		return Image{}, fmt.Errorf("read busybox: %w", err)
+	}
+	img.Files = append(img.Files, File{Path: "/bin/busybox", Mode: 0o755, Data: bb})
+	for _, a := range BusyboxApplets {
+		img.Files = append(img.Files, File{Path: "/bin/" + a, Link: "busybox"})
+	}
+	ip, err := os.ReadFile(src.Iperf3)
+	if err != nil {
+		return Image{}, fmt.Errorf("read iperf3: %w", err)
+	}
+	img.Files = append(img.Files, File{Path: "/usr/bin/iperf3", Mode: 0o755, Data: ip})
+	for _, lib := range src.Iperf3Libs {
+		b, err := os.ReadFile(lib) // follows the symlinks of merged /usr
+		if err != nil {
+			return Image{}, fmt.Errorf("read iperf3 library: %w", err)
+		}
+		img.Files = append(img.Files, File{Path: lib, Mode: 0o755, Data: b})
+	}
+	img.Files = append(img.Files,
+		File{Path: "/etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")},
+		File{Path: "/etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
+		File{Path: "/tmp", Dir: true, Mode: 0o1777},
+		File{Path: "/root", Dir: true, Mode: 0o700},
+	)
+	return img, nil
+}
+
+// PauseImage returns the pause image made from src.
+func PauseImage(src Sources) (Image, error) {
+	b, err := os.ReadFile(src.Pause)
+	if err != nil {
+		return Image{}, fmt.Errorf("read pause: %w", err)
+	}
+	return Image{Name: Pause, Entrypoint: []string{"/pause"}, Files: []File{{Path: "/pause", Mode: 0o755, Data: b}}}, nil
+}
