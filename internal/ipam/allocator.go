@@ -1,0 +1,690 @@
+// Package ipam is stickynet's sticky address allocator (DESIGN.md, "Identity
+// and stickiness"). An identity always gets its IP and MAC back; addresses are
+// claimed with one compare-and-swap transaction over the address key, the
+// identity index and the MAC key together, so allocator instances in separate
+// webhook replicas never hand out one address twice. Candidates come from a
+// watch-fed cache of every address record; the store is the only authority.
+//
+// Pods that have no name yet (generateName) are served under a reservation
+// token: a new address is attached to a lease until Bind confirms it, a free
+// member of a shared identity is taken by a leased hold key. Unconfirmed
+// reservations expire by themselves. Freed addresses are kept, attached to a
+// lease of the pool's reuse delay, for that long before anyone else may take them.
+package ipam
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+// Options configure an Allocator.
+type Options struct {
+	// Prefix of every key, default "/stickynet/".
+	Prefix string
+	// ReservationTTL is how long an unconfirmed reservation lives, default 60 s.
+	ReservationTTL time.Duration
+	// MaxAttempts bounds the compare-and-swap retries of one request, default 32.
+	MaxAttempts int
+}
+
+// Allocator hands out sticky addresses. It is safe for concurrent use; start
+// it with Start before use.
+type Allocator struct {
+	s     store.Store
+	keys  keys
+	cache *cache
+	refl  *store.Reflector
+	opts  Options
+
+	leaseMu sync.Mutex
+	leases  map[time.Duration]*bucketLease
+	pools   sync.Map // name → *Pool, for the reuse delay of released addresses
+	now     func() time.Time
+}
+
+type bucketLease struct {
+	id      store.LeaseID
+	expires time.Time // conservative: from before the grant request
+}
+
+// New returns an allocator over s.
+func New(s store.Store, opts Options) *Allocator {
+	if opts.Prefix == "" {
+		opts.Prefix = "/stickynet/"
+	}
+	if opts.ReservationTTL <= 0 {
+		opts.ReservationTTL = 60 * time.Second
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 32
+	}
+	k := newKeys(opts.Prefix)
+	c := newCache(k)
+	return &Allocator{
+		s: s, keys: k, cache: c, opts: opts,
+		refl:   store.NewReflector(s, k.addr, c),
+		leases: map[time.Duration]*bucketLease{},
+		now:    time.Now,
+	}
+}
+
+// Start runs the cache's reflector until ctx ends and waits for its first list.
+func (a *Allocator) Start(ctx context.Context) error {
+	go a.refl.Run(ctx)
+	if err := a.refl.WaitForRevision(ctx, 0); err != nil {
+		return fmt.Errorf("wait for the address cache: %w", err)
+	}
+	return nil
+}
+
+// Reflector returns the cache's reflector (for its revision and re-list count).
+func (a *Allocator) Reflector() *store.Reflector { return a.refl }
+
+// Request asks for an identity's address in a pool.
+type Request struct {
+	Pool     *Pool
+	Identity string
+	// Shared identities (Deployment, ReplicaSet) own a set of addresses that
+	// their pods draw from; the others own exactly one.
+	Shared bool
+	// Pod is ns/name of the pod being admitted, when it has a name.
+	Pod string
+	// Token identifies a reservation for a pod without a name yet; set exactly
+	// one of Pod and Token. Bind with the same token confirms it.
+	Token string
+	// IP requests this address (single identities).
+	IP netip.Addr
+	// Candidates restricts a shared identity to these addresses (the ips annotation).
+	Candidates []netip.Addr
+	// MAC requests this MAC (single identities).
+	MAC net.HardwareAddr
+	// DryRun answers without writing anything.
+	DryRun bool
+}
+
+// Allocation is an identity's address.
+type Allocation struct {
+	Pool     string
+	IP       netip.Addr
+	Prefix   netip.Prefix // IP with the pool's prefix length
+	MAC      net.HardwareAddr
+	Identity string
+	Pod      string // live pod carrying it, if known
+	Token    string // reservation token while unconfirmed
+	// Reserved is true while the allocation waits for Bind.
+	Reserved bool
+	// New is true when this request created the allocation or reclaimed it from cooling.
+	New bool
+}
+
+func (r *Request) check() error {
+	switch {
+	case r.Pool == nil:
+		return fmt.Errorf("%w: no pool", ErrInvalidRequest)
+	case r.Identity == "":
+		return fmt.Errorf("%w: no identity", ErrInvalidRequest)
+	case (r.Pod == "") == (r.Token == ""):
+		return fmt.Errorf("%w: set exactly one of pod and token", ErrInvalidRequest)
+	case r.Shared && r.MAC != nil:
+		return fmt.Errorf("%w: a shared identity's pods cannot request one MAC", ErrInvalidRequest)
+	}
+	if r.IP.IsValid() {
+		if why := r.Pool.WhyNot(r.IP); why != "" {
+			return &NotAllocatableError{IP: r.IP, Reason: why}
+		}
+	}
+	for _, c := range r.Candidates {
+		if why := r.Pool.WhyNot(c); why != "" {
+			return &NotAllocatableError{IP: c, Reason: why}
+		}
+	}
+	if r.MAC != nil {
+		if err := r.Pool.checkMAC(r.MAC); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// plan is one compare-and-swap attempt.
+type plan struct {
+	cmps      []store.Cmp
+	then, els []store.Op
+	result    Allocation
+	localIP   netip.Addr // claimed in the cache's in-flight set
+	localMAC  string
+	leases    map[time.Duration][]int // puts in then (by index) that need a lease of that TTL
+	reused    bool                    // result existed already (no write unless pod changed)
+}
+
+// needLease marks the puts at then[from:] as taking a lease of ttl.
+func (p *plan) needLease(ttl time.Duration, from int) {
+	if p.leases == nil {
+		p.leases = map[time.Duration][]int{}
+	}
+	for i := from; i < len(p.then); i++ {
+		if p.then[i].IsPut() {
+			p.leases[ttl] = append(p.leases[ttl], i)
+		}
+	}
+}
+
+// Allocate returns the identity's address in the pool, claiming one if it has none.
+func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, error) {
+	if err := req.check(); err != nil {
+		return Allocation{}, err
+	}
+	if req.IP.IsValid() && req.Shared {
+		req.Candidates, req.IP = []netip.Addr{req.IP}, netip.Addr{}
+	}
+	a.SetPool(req.Pool)
+	log := klog.FromContext(ctx)
+	for attempt := 0; attempt < a.opts.MaxAttempts; attempt++ {
+		p, err := a.plan(&req)
+		if err != nil {
+			return Allocation{}, err
+		}
+		if req.DryRun {
+			a.unclaim(req.Pool.Name, p)
+			return p.result, nil
+		}
+		if err := a.fillLeases(ctx, p); err != nil {
+			a.unclaim(req.Pool.Name, p)
+			return Allocation{}, err
+		}
+		res, err := a.s.Txn(ctx, p.cmps, p.then, p.els)
+		a.unclaim(req.Pool.Name, p)
+		if errors.Is(err, store.ErrLeaseNotFound) {
+			a.dropLeases(p)
+			continue
+		}
+		if err != nil {
+			return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, err)
+		}
+		if res.Succeeded {
+			a.applyLocal(p.then, res.Revision)
+			return p.result, nil
+		}
+		if err := a.learn(ctx, &req, p, res); err != nil {
+			return Allocation{}, err
+		}
+		log.V(4).Info("Claim lost a race; retrying", "identity", req.Identity, "pool", req.Pool.Name, "attempt", attempt)
+	}
+	return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, ErrContention)
+}
+
+func (a *Allocator) unclaim(pool string, p *plan) {
+	if p.localIP.IsValid() {
+		a.cache.unclaimLocal(pool, p.localIP, p.localMAC)
+	}
+}
+
+// plan decides, from the cache, what to try.
+func (a *Allocator) plan(req *Request) (*plan, error) {
+	c := a.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pool := req.Pool
+
+	var inPool, cooling, elsewhere []*entry
+	for e := range c.idents[req.Identity] {
+		switch {
+		case e.rec.State == stateCooling:
+			if e.pool == pool.Name {
+				cooling = append(cooling, e)
+			}
+		case e.pool == pool.Name:
+			inPool = append(inPool, e)
+		default:
+			elsewhere = append(elsewhere, e)
+		}
+	}
+	sortEntries(inPool)
+	sortEntries(cooling)
+
+	if !req.Shared {
+		matches := func(e *entry) bool {
+			return (!req.IP.IsValid() || req.IP == e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
+		}
+		if len(inPool) > 0 {
+			if e := inPool[0]; matches(e) {
+				return a.planKeep(req, e), nil
+			}
+			// The identity asks for another address or MAC than it has: move it.
+			return a.planMove(req, inPool[0])
+		}
+		for _, e := range cooling {
+			if matches(e) {
+				return a.planReclaim(req, e), nil
+			}
+		}
+		if len(elsewhere) > 0 {
+			// The identity now asks for another pool: move it there.
+			return a.planMove(req, elsewhere[0])
+		}
+		return a.planNew(req)
+	}
+
+	allowed := func(ip netip.Addr) bool {
+		if len(req.Candidates) == 0 {
+			return true
+		}
+		for _, c := range req.Candidates {
+			if c == ip {
+				return true
+			}
+		}
+		return false
+	}
+	for _, e := range inPool {
+		if req.Pod != "" && e.rec.Pod == req.Pod {
+			return a.planKeep(req, e), nil
+		}
+	}
+	// A free member: no live pod, no hold, confirmed. Start at a random one so
+	// that concurrent pods of one workload spread over the free members.
+	if n := len(inPool); n > 0 {
+		off := rand.IntN(n)
+		for i := range n {
+			e := inPool[(i+off)%n]
+			if e.rec.State == stateAllocated && !e.busy() && allowed(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+				return a.planTake(req, e), nil
+			}
+		}
+	}
+	for _, e := range cooling {
+		if allowed(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+			return a.planReclaim(req, e), nil
+		}
+	}
+	return a.planNew(req)
+}
+
+func sortEntries(es []*entry) { sort.Slice(es, func(i, j int) bool { return es[i].ip.Less(es[j].ip) }) }
+
+func (c *cache) inflightLocked(pool string, ip netip.Addr) bool {
+	_, ok := c.inflight[pool][ip]
+	return ok
+}
+
+func (a *Allocator) allocation(req *Request, e *entry) Allocation {
+	mac, _ := net.ParseMAC(e.rec.MAC)
+	return Allocation{
+		Pool: e.pool, IP: e.ip, Prefix: req.Pool.PrefixOf(e.ip), MAC: mac, Identity: e.rec.ID,
+		Pod: e.rec.Pod, Token: e.rec.Token, Reserved: e.rec.State == stateReserved,
+	}
+}
+
+func encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only plain structs are encoded
+	}
+	return b
+}
+
+// planKeep returns an existing address, checking that it is still there and
+// recording the pod that now carries it.
+func (a *Allocator) planKeep(req *Request, e *entry) *plan {
+	ak := a.keys.addrKey(e.pool, e.ip)
+	p := &plan{result: a.allocation(req, e), reused: true}
+	p.cmps = []store.Cmp{store.At(ak, e.rev)}
+	p.els = []store.Op{store.Get(ak)}
+	if req.Pod != "" && e.rec.Pod != req.Pod && e.rec.State == stateAllocated {
+		r := e.rec
+		r.Pod, r.Since = req.Pod, a.now().Unix()
+		p.then = []store.Op{store.Put(ak, encode(r), e.lease)}
+		p.result.Pod = req.Pod
+	}
+	return p
+}
+
+// planTake gives a free member of a shared identity to the pod.
+func (a *Allocator) planTake(req *Request, e *entry) *plan {
+	ak, hk := a.keys.addrKey(e.pool, e.ip), a.keys.holdKey(e.pool, e.ip)
+	p := &plan{result: a.allocation(req, e), reused: true}
+	p.cmps = []store.Cmp{store.At(ak, e.rev), store.Absent(hk)}
+	p.els = []store.Op{store.Get(ak), store.Get(hk)}
+	if req.Pod != "" {
+		r := e.rec
+		r.Pod, r.Since = req.Pod, a.now().Unix()
+		p.then = []store.Op{store.Put(ak, encode(r), e.lease)}
+		p.result.Pod = req.Pod
+	} else {
+		p.then = []store.Op{store.Put(hk, encode(hold{Token: req.Token}), store.NoLease)}
+		p.needLease(a.opts.ReservationTTL, 0)
+		p.result.Token, p.result.Reserved = req.Token, true
+	}
+	a.cache.claimLocal(e.pool, e.ip, "")
+	p.localIP = e.ip
+	return p
+}
+
+// planReclaim takes a cooling address back for the identity that released it.
+func (a *Allocator) planReclaim(req *Request, e *entry) *plan {
+	ak := a.keys.addrKey(e.pool, e.ip)
+	ik := a.keys.identKey(req.Identity, req.Shared, e.ip)
+	p := a.claimOps(req, e.ip, e.rec.MAC, []store.Cmp{store.At(ak, e.rev), store.Absent(ik)})
+	a.cache.claimLocal(e.pool, e.ip, "")
+	p.localIP = e.ip
+	return p
+}
+
+// planNew claims a new address.
+func (a *Allocator) planNew(req *Request) (*plan, error) {
+	c := a.cache
+	pool := req.Pool
+	var ip netip.Addr
+	switch {
+	case req.IP.IsValid():
+		ip = req.IP
+	case len(req.Candidates) > 0:
+		off := rand.IntN(len(req.Candidates))
+		for i := range req.Candidates {
+			if cand := req.Candidates[(i+off)%len(req.Candidates)]; !c.taken(pool.Name, cand) {
+				ip = cand
+				break
+			}
+		}
+		if !ip.IsValid() {
+			return nil, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates)}
+		}
+	default:
+		var ok bool
+		if ip, ok = c.pickFree(pool); !ok {
+			return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
+		}
+	}
+	mac, err := a.newMAC(req)
+	if err != nil {
+		return nil, err
+	}
+	cmps := []store.Cmp{
+		store.Absent(a.keys.addrKey(pool.Name, ip)),
+		store.Absent(a.keys.identKey(req.Identity, req.Shared, ip)),
+		store.Absent(a.keys.macKey(mac)),
+	}
+	p := a.claimOps(req, ip, mac, cmps)
+	p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	c.claimLocal(pool.Name, ip, mac)
+	p.localIP, p.localMAC = ip, mac
+	return p, nil
+}
+
+// newMAC returns the requested MAC or a random one that no address has.
+func (a *Allocator) newMAC(req *Request) (string, error) {
+	if req.MAC != nil {
+		return req.MAC.String(), nil
+	}
+	for range 1000 {
+		if m := req.Pool.randomMAC(rand.Uint64).String(); !a.cache.macTaken(m) {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("no free MAC found under prefix %x of pool %s", req.Pool.MACPrefix, req.Pool.Name)
+}
+
+// planMove gives a single identity the address or MAC it now asks for (or an
+// address in the pool it now asks for), releasing what it had in the same
+// transaction. The MAC stays unless another is requested.
+func (a *Allocator) planMove(req *Request, old *entry) (*plan, error) {
+	c := a.cache
+	pool := req.Pool
+	ip := req.IP
+	if !ip.IsValid() {
+		if old.pool == pool.Name {
+			ip = old.ip
+		} else {
+			var ok bool
+			if ip, ok = c.pickFree(pool); !ok {
+				return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
+			}
+		}
+	}
+	mac := old.rec.MAC
+	if req.MAC != nil {
+		mac = req.MAC.String()
+	}
+	sameAddr := old.pool == pool.Name && old.ip == ip
+	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
+	if !sameAddr {
+		cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
+	}
+	if mac != old.rec.MAC {
+		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
+	}
+	p := a.claimOps(req, ip, mac, cmps)
+	if mac != old.rec.MAC {
+		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	}
+	// Release what the identity no longer uses: its old address (with the old
+	// MAC, unless kept) and its old MAC.
+	delay := a.reuseDelay(old.pool)
+	n := len(p.then)
+	ak, hk, mk := a.keys.addrKey(old.pool, old.ip), a.keys.holdKey(old.pool, old.ip), a.keys.macKey(old.rec.MAC)
+	cool := record{ID: old.rec.ID, MAC: old.rec.MAC, State: stateCooling, Since: a.now().Unix()}
+	if !sameAddr {
+		if mac != old.rec.MAC {
+			p.then = append(p.then, a.coolOrDelete(ak, encode(cool), delay), a.coolOrDelete(mk, encode(pointer{Pool: old.pool, IP: old.ip.String()}), delay))
+		} else {
+			cool.MAC = "" // the MAC moves along with the identity
+			p.then = append(p.then, a.coolOrDelete(ak, encode(cool), delay))
+		}
+		p.then = append(p.then, store.Delete(hk))
+	} else if mac != old.rec.MAC {
+		p.then = append(p.then, store.Delete(mk)) // the address keeps no old MAC to cool
+	}
+	if delay > 0 {
+		p.needLease(delay, n)
+	}
+	c.claimLocal(pool.Name, ip, mac)
+	p.localIP, p.localMAC = ip, mac
+	return p, nil
+}
+
+// coolOrDelete keeps a released key for the reuse delay (its lease is filled
+// in later) or deletes it at once when there is no delay.
+func (a *Allocator) coolOrDelete(key string, value []byte, delay time.Duration) store.Op {
+	if delay > 0 {
+		return store.Put(key, value, store.NoLease)
+	}
+	return store.Delete(key)
+}
+
+// reuseDelay returns the reuse delay of a pool this allocator has seen.
+func (a *Allocator) reuseDelay(pool string) time.Duration {
+	if p, ok := a.pools.Load(pool); ok {
+		return p.(*Pool).ReuseDelay
+	}
+	return DefaultReuseDelay
+}
+
+// SetPool tells the allocator a pool's current spec (its reuse delay applies
+// when addresses leave it). Allocate does this for the request's pool.
+func (a *Allocator) SetPool(p *Pool) { a.pools.Store(p.Name, p) }
+
+// claimOps writes the address record, identity index and MAC key of a claim.
+func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []store.Cmp) *plan {
+	pool := req.Pool
+	r := record{ID: req.Identity, Shared: req.Shared, MAC: mac, Pod: req.Pod, State: stateAllocated, Since: a.now().Unix()}
+	if req.Token != "" {
+		r.State, r.Token = stateReserved, req.Token
+	}
+	ak := a.keys.addrKey(pool.Name, ip)
+	ik := a.keys.identKey(req.Identity, req.Shared, ip)
+	ptr := encode(pointer{Pool: pool.Name, IP: ip.String()})
+	p := &plan{cmps: cmps}
+	p.then = []store.Op{
+		store.Put(ak, encode(r), store.NoLease),
+		store.Put(ik, ptr, store.NoLease),
+		store.Put(a.keys.macKey(mac), ptr, store.NoLease),
+	}
+	if req.Token != "" {
+		p.needLease(a.opts.ReservationTTL, 0)
+	}
+	p.els = []store.Op{store.Get(ak), store.Get(ik)}
+	m, _ := net.ParseMAC(mac)
+	p.result = Allocation{
+		Pool: pool.Name, IP: ip, Prefix: pool.PrefixOf(ip), MAC: m, Identity: req.Identity,
+		Pod: req.Pod, Token: req.Token, Reserved: req.Token != "", New: true,
+	}
+	return p
+}
+
+// learn folds what a failed transaction read into the cache, and turns a
+// conflict over an explicitly requested address or MAC into an error.
+func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.TxnResult) error {
+	for i, op := range p.els {
+		if i >= len(res.Gets) {
+			break
+		}
+		kv := res.Gets[i]
+		pool, ip, _, isAddr := a.keys.parseAddrKey(op.Key)
+		switch {
+		case isAddr && kv == nil:
+			a.cache.Apply([]store.Event{{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: res.Revision}}})
+		case isAddr:
+			a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *kv}})
+			var r record
+			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && pool == req.Pool.Name && r.ID != req.Identity {
+				return &ConflictError{Pool: pool, What: "address " + ip.String(), Holder: r.ID, Cooling: r.State == stateCooling}
+			}
+		case kv != nil:
+			// An identity index or MAC key that the cache did not know: fetch the
+			// address record it points to so the next plan sees it.
+			var ptr pointer
+			if json.Unmarshal(kv.Value, &ptr) != nil {
+				continue
+			}
+			pip, err := netip.ParseAddr(ptr.IP)
+			if err != nil {
+				continue
+			}
+			ak := a.keys.addrKey(ptr.Pool, pip)
+			got, err := a.s.Get(ctx, ak)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", ak, err)
+			}
+			if got != nil {
+				a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *got}})
+				var r record
+				if json.Unmarshal(got.Value, &r) == nil && req.MAC != nil && op.Key == a.keys.macKey(req.MAC.String()) && r.ID != req.Identity {
+					return &ConflictError{Pool: ptr.Pool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// applyLocal folds a successful transaction's writes into the cache at once,
+// ahead of the watch.
+func (a *Allocator) applyLocal(ops []store.Op, rev int64) {
+	var evs []store.Event
+	for _, op := range ops {
+		if _, _, _, ok := a.keys.parseAddrKey(op.Key); !ok {
+			continue
+		}
+		switch {
+		case op.IsPut():
+			evs = append(evs, store.Event{Type: store.EventPut, KV: store.KV{Key: op.Key, Value: op.Value, ModRevision: rev, Lease: op.Lease}})
+		case op.IsDelete():
+			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: rev}})
+		}
+	}
+	a.cache.Apply(evs)
+}
+
+// lease returns a shared lease that lives at least ttl from now. Reservations
+// and cooling records made within a few seconds share one lease, so a claim
+// costs one transaction, not a grant plus a transaction.
+func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	now := a.now()
+	if l := a.leases[ttl]; l != nil && l.expires.Sub(now) >= ttl {
+		return l.id, nil
+	}
+	slack := max(ttl/4, 2*time.Second)
+	id, err := a.s.Grant(ctx, ttl+slack)
+	if err != nil {
+		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, err)
+	}
+	a.leases[ttl] = &bucketLease{id: id, expires: now.Add(ttl + slack)}
+	return id, nil
+}
+
+// fillLeases attaches the plan's leased puts to shared leases.
+func (a *Allocator) fillLeases(ctx context.Context, p *plan) error {
+	for ttl, idx := range p.leases {
+		id, err := a.lease(ctx, ttl)
+		if err != nil {
+			return err
+		}
+		for _, i := range idx {
+			p.then[i].Lease = id
+		}
+	}
+	return nil
+}
+
+// dropLeases forgets the plan's leases (one of them ended early).
+func (a *Allocator) dropLeases(p *plan) {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	for ttl, idx := range p.leases {
+		if l := a.leases[ttl]; l != nil && len(idx) > 0 && l.id == p.then[idx[0]].Lease {
+			delete(a.leases, ttl)
+		}
+	}
+}
+
+// pickFree chooses a random free address of the pool.
+func (c *cache) pickFree(p *Pool) (netip.Addr, bool) {
+	size := p.Size()
+	for range 64 {
+		if ip := p.nth(rand.Uint64N(size)); !c.taken(p.Name, ip) {
+			return ip, true
+		}
+	}
+	if size > 1<<22 {
+		return netip.Addr{}, false
+	}
+	// Nearly full: scan from a random start.
+	start := rand.Uint64N(size)
+	for i := range size {
+		if ip := p.nth((start + i) % size); !c.taken(p.Name, ip) {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (c *cache) candidateStats(p *Pool, cands []netip.Addr) Stats {
+	s := Stats{Total: uint64(len(cands))}
+	for _, ip := range cands {
+		e := c.get(p.Name, ip)
+		switch {
+		case e == nil:
+		case e.rec.State == stateCooling:
+			s.Cooling++
+		case e.busy():
+			s.Allocated++
+		default:
+			s.Held++
+		}
+	}
+	return s
+}

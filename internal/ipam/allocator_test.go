@@ -1,0 +1,409 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func startAllocator(t *testing.T, s store.Store, opts Options) *Allocator {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a := New(s, opts)
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func mustPool(t *testing.T, name string, spec v1alpha1.IPPoolSpec) *Pool {
+	t.Helper()
+	p, err := NewPool(name, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func alloc(t *testing.T, a *Allocator, req Request) Allocation {
+	t.Helper()
+	got, err := a.Allocate(testCtx(t), req)
+	if err != nil {
+		t.Fatalf("Allocate(%s): %v", req.Identity, err)
+	}
+	return got
+}
+
+func TestStickyAndDistinct(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1"})
+	first := map[string]Allocation{}
+	seenIP, seenMAC := map[netip.Addr]string{}, map[string]string{}
+	for i := range 50 {
+		id := fmt.Sprintf("statefulset/ns/web/%d", i)
+		got := alloc(t, a, Request{Pool: p, Identity: id, Pod: fmt.Sprintf("ns/web-%d", i)})
+		if !got.New || got.Reserved || got.Prefix.Bits() != 24 {
+			t.Fatalf("first allocation %+v", got)
+		}
+		if other, dup := seenIP[got.IP]; dup {
+			t.Fatalf("%s handed to %s and %s", got.IP, other, id)
+		}
+		if other, dup := seenMAC[got.MAC.String()]; dup {
+			t.Fatalf("MAC %s handed to %s and %s", got.MAC, other, id)
+		}
+		if got.MAC[0]&3 != 2 {
+			t.Fatalf("MAC %s is not locally administered unicast", got.MAC)
+		}
+		seenIP[got.IP], seenMAC[got.MAC.String()] = id, id
+		first[id] = got
+	}
+	for id, want := range first {
+		got := alloc(t, a, Request{Pool: p, Identity: id, Pod: want.Pod})
+		if got.IP != want.IP || got.MAC.String() != want.MAC.String() || got.New {
+			t.Fatalf("repeat for %s = %s %s; want %s %s", id, got.IP, got.MAC, want.IP, want.MAC)
+		}
+	}
+	// A second allocator on the same store (another webhook replica) agrees.
+	b := startAllocator(t, aStore(a), Options{})
+	for id, want := range first {
+		if got := alloc(t, b, Request{Pool: p, Identity: id, Pod: want.Pod}); got.IP != want.IP {
+			t.Fatalf("second allocator gives %s to %s; want %s", got.IP, id, want.IP)
+		}
+	}
+}
+
+func aStore(a *Allocator) store.Store { return a.s }
+
+func TestNeverHandsOutReservedAddresses(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "small", v1alpha1.IPPoolSpec{
+		CIDR: "10.9.0.0/28", Gateway: "10.9.0.1",
+		Ranges:  []v1alpha1.IPRange{{Start: "10.9.0.0", End: "10.9.0.12"}},
+		Exclude: []string{"10.9.0.4/31", "10.9.0.9"},
+	})
+	// Allocatable: 2,3,6,7,8,10,11,12 (0 network, 1 gateway, 4-5 and 9 excluded, 13-15 outside the range).
+	want := map[string]bool{"10.9.0.2": true, "10.9.0.3": true, "10.9.0.6": true, "10.9.0.7": true, "10.9.0.8": true, "10.9.0.10": true, "10.9.0.11": true, "10.9.0.12": true}
+	got := map[string]bool{}
+	for i := range len(want) {
+		al := alloc(t, a, Request{Pool: p, Identity: fmt.Sprintf("pod/ns/p%d", i), Pod: fmt.Sprintf("ns/p%d", i)})
+		got[al.IP.String()] = true
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("allocated %v; want exactly %v", got, want)
+	}
+	// Unbind two pods: their identities keep the addresses (held, sticky).
+	for _, i := range []int{0, 1} {
+		al := a.Lookup(fmt.Sprintf("pod/ns/p%d", i))[0]
+		if err := a.Unbind(testCtx(t), "small", al.IP, al.Pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := a.Allocate(testCtx(t), Request{Pool: p, Identity: "pod/ns/late", Pod: "ns/late"})
+	var ex *ExhaustedError
+	if !errors.As(err, &ex) {
+		t.Fatalf("allocation from a full pool: %v; want *ExhaustedError", err)
+	}
+	if ex.Stats.Total != 8 || ex.Stats.Held != 2 || ex.Stats.Allocated != 6 || ex.Stats.Free != 0 {
+		t.Fatalf("exhausted stats = %+v", ex.Stats)
+	}
+	for _, part := range []string{"pool small is exhausted", "all 8 addresses", "2 held by sticky identities"} {
+		if !strings.Contains(err.Error(), part) {
+			t.Errorf("error %q lacks %q", err, part)
+		}
+	}
+}
+
+func TestExplicitRequests(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1"})
+	ctx := testCtx(t)
+	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
+	got := alloc(t, a, Request{Pool: p, Identity: "pod/ns/a", Pod: "ns/a", IP: netip.MustParseAddr("10.0.0.50"), MAC: mac})
+	if got.IP.String() != "10.0.0.50" || got.MAC.String() != mac.String() {
+		t.Fatalf("explicit request gave %s %s", got.IP, got.MAC)
+	}
+
+	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", IP: netip.MustParseAddr("10.0.0.50")})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || ce.Holder != "pod/ns/a" || !strings.Contains(err.Error(), "address 10.0.0.50 of pool p is held by pod/ns/a") {
+		t.Fatalf("taken IP: %v", err)
+	}
+	_, err = a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", MAC: mac})
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "MAC 02:00:00:00:00:42") || ce.Holder != "pod/ns/a" {
+		t.Fatalf("taken MAC: %v", err)
+	}
+	var na *NotAllocatableError
+	for ip, why := range map[string]string{"10.0.1.5": "outside pool p", "10.0.0.1": "gateway", "10.0.0.255": "broadcast"} {
+		_, err = a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", IP: netip.MustParseAddr(ip)})
+		if !errors.As(err, &na) || !strings.Contains(err.Error(), why) {
+			t.Fatalf("IP %s: %v; want NotAllocatableError with %q", ip, err, why)
+		}
+	}
+	_, err = a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", MAC: net.HardwareAddr{0x00, 0x1b, 0x21, 1, 2, 3}})
+	if err == nil || !strings.Contains(err.Error(), "universally administered") {
+		t.Fatalf("universal MAC: %v", err)
+	}
+	pu := mustPool(t, "pu", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", AllowUniversalMAC: true})
+	alloc(t, a, Request{Pool: pu, Identity: "pod/ns/c", Pod: "ns/c", MAC: net.HardwareAddr{0x00, 0x1b, 0x21, 1, 2, 3}})
+	// Nothing half-written by the failures: b has no address.
+	if l := a.Lookup("pod/ns/b"); len(l) != 0 {
+		t.Fatalf("failed requests left %v", l)
+	}
+}
+
+func TestIPv6(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "v6", v1alpha1.IPPoolSpec{CIDR: "fd00:20::/64", Gateway: "fd00:20::1", MACPrefix: "0a:58"})
+	seen := map[netip.Addr]bool{}
+	for i := range 100 {
+		got := alloc(t, a, Request{Pool: p, Identity: fmt.Sprintf("statefulset/ns/db/%d", i), Pod: fmt.Sprintf("ns/db-%d", i)})
+		if !got.IP.Is6() || !p.Prefix.Contains(got.IP) || got.IP == p.Gateway || got.IP == p.Prefix.Addr() || seen[got.IP] {
+			t.Fatalf("bad v6 allocation %s", got.IP)
+		}
+		if got.Prefix.String() != got.IP.String()+"/64" || !strings.HasPrefix(got.MAC.String(), "0a:58:") {
+			t.Fatalf("allocation %s %s", got.Prefix, got.MAC)
+		}
+		seen[got.IP] = true
+	}
+}
+
+func TestReleaseAndReuseDelay(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(2)})
+	ctx := testCtx(t)
+	first := alloc(t, a, Request{Pool: p, Identity: "pod/ns/a", Pod: "ns/a"})
+	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); !errors.Is(err, ErrInUse) {
+		t.Fatalf("release of an address a pod carries: %v; want ErrInUse", err)
+	}
+	if err := a.Unbind(ctx, "p", first.IP, "ns/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); err != nil {
+		t.Fatal(err)
+	}
+	if s := a.Stats(p); s.Cooling != 1 || s.Held != 0 {
+		t.Fatalf("stats after release: %+v", s)
+	}
+	// Another identity may not take it while it cools down.
+	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", IP: first.IP})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || !ce.Cooling || !strings.Contains(err.Error(), "cooling down") {
+		t.Fatalf("taking a cooling address: %v", err)
+	}
+	// The identity that released it gets it back, with its MAC.
+	again := alloc(t, a, Request{Pool: p, Identity: "pod/ns/a", Pod: "ns/a"})
+	if again.IP != first.IP || again.MAC.String() != first.MAC.String() {
+		t.Fatalf("reclaim gave %s %s; want %s %s", again.IP, again.MAC, first.IP, first.MAC)
+	}
+	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", true); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", IP: first.IP})
+		if err == nil {
+			break
+		}
+		if !errors.As(err, &ce) || time.Now().After(deadline) {
+			t.Fatalf("address not reusable after the reuse delay: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestReservationExpiresOrIsBound(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{ReservationTTL: time.Second})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	lost := alloc(t, a, Request{Pool: p, Identity: "daemonset/ns/agent/node-1", Token: "t1"})
+	kept := alloc(t, a, Request{Pool: p, Identity: "daemonset/ns/agent/node-2", Token: "t2"})
+	if !lost.Reserved || lost.Token != "t1" {
+		t.Fatalf("token allocation %+v not reserved", lost)
+	}
+	// Re-admission under another token before confirmation returns the same reservation.
+	if again := alloc(t, a, Request{Pool: p, Identity: "daemonset/ns/agent/node-1", Token: "t9"}); again.IP != lost.IP || again.Token != "t1" {
+		t.Fatalf("repeat of a reservation = %+v", again)
+	}
+	if err := a.Bind(ctx, Binding{Pool: "p", IP: kept.IP, Identity: kept.Identity, Pod: "ns/agent-x", Token: "wrong"}); err == nil {
+		t.Fatal("bind with the wrong token succeeded")
+	}
+	if err := a.Bind(ctx, Binding{Pool: "p", IP: kept.IP, Identity: kept.Identity, Pod: "ns/agent-x", Token: "t2"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(a.Lookup(lost.Identity)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("unconfirmed reservation still there: %v", a.Lookup(lost.Identity))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	kv, _ := s.Get(ctx, a.keys.macKey(lost.MAC.String()))
+	if kv != nil {
+		t.Fatal("MAC key of an expired reservation is still there")
+	}
+	l := a.Lookup(kept.Identity)
+	if len(l) != 1 || l[0].Reserved || l[0].Pod != "ns/agent-x" {
+		t.Fatalf("bound reservation = %+v", l)
+	}
+	var le *LostError
+	if err := a.Bind(ctx, Binding{Pool: "p", IP: lost.IP, Identity: lost.Identity, Pod: "ns/agent-y", Token: "t1"}); !errors.As(err, &le) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("bind after expiry: %v", err)
+	}
+}
+
+func TestSharedIdentity(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	const dep = "deployment/ns/api"
+	var members []Allocation
+	for i := range 3 {
+		got := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: fmt.Sprintf("tok%d", i)})
+		members = append(members, got)
+		if err := a.Bind(ctx, Binding{Pool: "p", IP: got.IP, Identity: dep, Pod: fmt.Sprintf("ns/api-%d", i), Token: got.Token}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if members[0].IP == members[1].IP || members[1].IP == members[2].IP || members[0].IP == members[2].IP {
+		t.Fatalf("members share an address: %v", members)
+	}
+	// Pod 1 is gone: the next pod takes its member, not a new address.
+	if err := a.Unbind(ctx, "p", members[1].IP, "ns/api-1"); err != nil {
+		t.Fatal(err)
+	}
+	next := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: "tok3"})
+	if next.IP != members[1].IP || next.New || !next.Reserved {
+		t.Fatalf("new pod got %+v; want the freed member %s", next, members[1].IP)
+	}
+	// While held, that member is not given to yet another pod.
+	other := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: "tok4"})
+	if other.IP == next.IP || !other.New {
+		t.Fatalf("held member handed out twice: %+v", other)
+	}
+	if err := a.Bind(ctx, Binding{Pool: "p", IP: next.IP, Identity: dep, Pod: "ns/api-3", Token: "tok3"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.Lookup(dep)); n != 4 {
+		t.Fatalf("deployment owns %d addresses; want 4", n)
+	}
+	// The ips annotation limits the set.
+	cands := []netip.Addr{netip.MustParseAddr("10.0.0.100"), netip.MustParseAddr("10.0.0.101")}
+	for i := range 2 {
+		got := alloc(t, a, Request{Pool: p, Identity: "deployment/ns/pinned", Shared: true, Pod: fmt.Sprintf("ns/pinned-%d", i), Candidates: cands})
+		if got.IP != cands[0] && got.IP != cands[1] {
+			t.Fatalf("pinned deployment got %s", got.IP)
+		}
+	}
+	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/pinned", Shared: true, Pod: "ns/pinned-2", Candidates: cands})
+	var ex *ExhaustedError
+	if !errors.As(err, &ex) || !strings.Contains(err.Error(), "the 2 addresses listed for deployment/ns/pinned") {
+		t.Fatalf("third pinned pod: %v", err)
+	}
+}
+
+func TestMove(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
+	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(0)})
+	ctx := testCtx(t)
+	id := "statefulset/ns/web/0"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0"})
+	moved := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: netip.MustParseAddr("10.0.0.77")})
+	if moved.IP.String() != "10.0.0.77" || moved.MAC.String() != first.MAC.String() {
+		t.Fatalf("move gave %s %s; want 10.0.0.77 with MAC %s", moved.IP, moved.MAC, first.MAC)
+	}
+	if l := a.Lookup(id); len(l) != 1 || l[0].IP != moved.IP {
+		t.Fatalf("identity owns %v after the move", l)
+	}
+	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/x", Pod: "ns/x", IP: first.IP})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || !ce.Cooling {
+		t.Fatalf("old address after a move: %v; want cooling conflict", err)
+	}
+	// Moving to another pool.
+	inQ := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/web-0"})
+	if !q.Prefix.Contains(inQ.IP) || inQ.MAC.String() != first.MAC.String() {
+		t.Fatalf("pool move gave %s %s", inQ.IP, inQ.MAC)
+	}
+	if l := a.Lookup(id); len(l) != 1 || l[0].Pool != "q" {
+		t.Fatalf("identity owns %v after the pool move", l)
+	}
+	// Changing the MAC only.
+	newMAC := net.HardwareAddr{0x02, 1, 2, 3, 4, 5}
+	m := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/web-0", MAC: newMAC})
+	if m.IP != inQ.IP || m.MAC.String() != newMAC.String() {
+		t.Fatalf("MAC change gave %s %s", m.IP, m.MAC)
+	}
+}
+
+func TestDryRunWritesNothing(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	before := s.Revision()
+	got := alloc(t, a, Request{Pool: p, Identity: "pod/ns/a", Pod: "ns/a", DryRun: true})
+	if !got.IP.IsValid() || s.Revision() != before {
+		t.Fatalf("dry run: %+v, revision %d -> %d", got, before, s.Revision())
+	}
+	alloc(t, a, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t", DryRun: true})
+	if s.Revision() != before || len(a.Lookup("pod/ns/a")) != 0 {
+		t.Fatal("dry run wrote")
+	}
+}
+
+func TestConcurrentInMemory(t *testing.T) {
+	s := store.NewMemory()
+	var as []*Allocator
+	for range 4 {
+		as = append(as, startAllocator(t, s, Options{}))
+	}
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/23"})
+	var mu sync.Mutex
+	got := map[string]Allocation{}
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				id := fmt.Sprintf("pod/ns/w%d-%d", w, i)
+				al, err := as[w%4].Allocate(context.Background(), Request{Pool: p, Identity: id, Pod: "ns/x"})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				got[id] = al
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	ips, macs := map[netip.Addr]bool{}, map[string]bool{}
+	for _, al := range got {
+		if ips[al.IP] || macs[al.MAC.String()] {
+			t.Fatalf("duplicate %s %s", al.IP, al.MAC)
+		}
+		ips[al.IP], macs[al.MAC.String()] = true, true
+	}
+	if len(got) != 16*30 {
+		t.Fatalf("%d allocations", len(got))
+	}
+}

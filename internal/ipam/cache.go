@@ -1,0 +1,356 @@
+package ipam
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+// Record states.
+const (
+	stateAllocated = "a" // durable, owned by an identity
+	stateReserved  = "r" // provisional, attached to a reservation lease until bound
+	stateCooling   = "c" // freed, attached to a lease of the pool's reuse delay
+)
+
+// record is the value of an address key.
+type record struct {
+	ID     string `json:"id"`           // owning identity (former owner while cooling)
+	Shared bool   `json:"sh,omitempty"` // a member of a shared identity's set
+	MAC   string `json:"mac"`           // canonical lower-case MAC
+	Pod   string `json:"pod,omitempty"` // ns/name of the live pod carrying the address
+	Token string `json:"tok,omitempty"` // reservation token while reserved
+	State string `json:"st"`
+	Since int64  `json:"t,omitempty"` // unix seconds of the last state change
+}
+
+// hold is the value of an address's hold key: a pod being created has taken a
+// free member of a shared identity under a reservation token.
+type hold struct {
+	Token string `json:"tok"`
+}
+
+// pointer is the value of identity-index and MAC keys.
+type pointer struct {
+	Pool string `json:"pool"`
+	IP   string `json:"ip"`
+}
+
+// entry is the cached state of one address key (and its hold key).
+type entry struct {
+	pool    string
+	ip      netip.Addr
+	rec     record
+	rev     int64
+	lease   store.LeaseID
+	hold    *hold
+	holdRev int64
+}
+
+// busy reports whether a live pod or a pending reservation uses the address.
+func (e *entry) busy() bool { return e.rec.Pod != "" || e.hold != nil || e.rec.State == stateReserved }
+
+// keys lays out the allocator's keys under a prefix:
+//
+//	<prefix>ipam/addr/<pool>/<ip>        record (watched and cached)
+//	<prefix>ipam/addr/<pool>/<ip>/hold   hold (watched and cached)
+//	<prefix>ipam/ident/<identity>        pointer, single-address identities
+//	<prefix>ipam/ident/<identity>/<ip>   pointer, one per member of a shared identity
+//	<prefix>ipam/mac/<mac>               pointer
+type keys struct{ addr, ident, mac string }
+
+func newKeys(prefix string) keys {
+	return keys{addr: prefix + "ipam/addr/", ident: prefix + "ipam/ident/", mac: prefix + "ipam/mac/"}
+}
+
+func (k keys) addrKey(pool string, ip netip.Addr) string { return k.addr + pool + "/" + ip.String() }
+func (k keys) holdKey(pool string, ip netip.Addr) string { return k.addrKey(pool, ip) + "/hold" }
+func (k keys) macKey(mac string) string                  { return k.mac + mac }
+
+func (k keys) identKey(identity string, shared bool, ip netip.Addr) string {
+	if shared {
+		return k.ident + identity + "/" + ip.String()
+	}
+	return k.ident + identity
+}
+
+// parseAddrKey splits an address or hold key.
+func (k keys) parseAddrKey(key string) (pool string, ip netip.Addr, isHold, ok bool) {
+	rest, found := strings.CutPrefix(key, k.addr)
+	if !found {
+		return "", netip.Addr{}, false, false
+	}
+	rest, isHold = strings.CutSuffix(rest, "/hold")
+	pool, ipStr, found := strings.Cut(rest, "/")
+	if !found {
+		return "", netip.Addr{}, false, false
+	}
+	ip, err := netip.ParseAddr(ipStr)
+	return pool, ip, isHold, err == nil
+}
+
+// cache is the allocator's watch-fed view of every address and hold key,
+// indexed by pool, identity, MAC and reservation token. It also tracks the
+// addresses and MACs this process is trying to claim right now, so that its
+// own concurrent requests do not race for the same candidate.
+type cache struct {
+	keys keys
+
+	mu       sync.Mutex
+	pools    map[string]map[netip.Addr]*entry
+	idents   map[string]map[*entry]struct{}
+	macs     map[string]*entry
+	tokens   map[string]map[*entry]struct{}
+	inflight map[string]map[netip.Addr]struct{} // pool → addresses being claimed here
+	inMACs   map[string]struct{}
+	bad      int // undecodable values seen (logged by the allocator)
+}
+
+func newCache(k keys) *cache {
+	c := &cache{keys: k, inflight: map[string]map[netip.Addr]struct{}{}, inMACs: map[string]struct{}{}}
+	c.reset()
+	return c
+}
+
+func (c *cache) reset() {
+	c.pools = map[string]map[netip.Addr]*entry{}
+	c.idents = map[string]map[*entry]struct{}{}
+	c.macs = map[string]*entry{}
+	c.tokens = map[string]map[*entry]struct{}{}
+}
+
+// Replace implements store.Handler.
+func (c *cache) Replace(kvs []store.KV, _ int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reset()
+	for i := range kvs {
+		c.putLocked(&kvs[i])
+	}
+}
+
+// Apply implements store.Handler.
+func (c *cache) Apply(events []store.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range events {
+		ev := &events[i]
+		if ev.Type == store.EventDelete {
+			c.deleteLocked(ev.KV.Key, ev.KV.ModRevision)
+		} else {
+			c.putLocked(&ev.KV)
+		}
+	}
+}
+
+func (c *cache) get(pool string, ip netip.Addr) *entry {
+	if m := c.pools[pool]; m != nil {
+		return m[ip]
+	}
+	return nil
+}
+
+func (c *cache) putLocked(kv *store.KV) {
+	pool, ip, isHold, ok := c.keys.parseAddrKey(kv.Key)
+	if !ok {
+		return
+	}
+	e := c.get(pool, ip)
+	if isHold {
+		var h hold
+		if err := json.Unmarshal(kv.Value, &h); err != nil {
+			c.bad++
+			return
+		}
+		if e == nil {
+			// A hold without its address record: keep a placeholder so the
+			// address counts as taken until the record shows up or the hold ends.
+			e = &entry{pool: pool, ip: ip}
+			c.link(e)
+		} else if kv.ModRevision < e.holdRev {
+			return
+		}
+		if e.hold != nil {
+			c.unindex(c.tokens, e.hold.Token, e)
+		}
+		e.hold, e.holdRev = &h, kv.ModRevision
+		c.index(c.tokens, h.Token, e)
+		return
+	}
+	var r record
+	if err := json.Unmarshal(kv.Value, &r); err != nil {
+		c.bad++
+		return
+	}
+	if e == nil {
+		e = &entry{pool: pool, ip: ip}
+		c.link(e)
+	} else {
+		if kv.ModRevision < e.rev {
+			return
+		}
+		c.unindexRecord(e)
+	}
+	e.rec, e.rev, e.lease = r, kv.ModRevision, kv.Lease
+	c.indexRecord(e)
+}
+
+func (c *cache) deleteLocked(key string, rev int64) {
+	pool, ip, isHold, ok := c.keys.parseAddrKey(key)
+	if !ok {
+		return
+	}
+	e := c.get(pool, ip)
+	if e == nil {
+		return
+	}
+	if isHold {
+		if e.hold == nil || rev < e.holdRev {
+			return
+		}
+		c.unindex(c.tokens, e.hold.Token, e)
+		e.hold, e.holdRev = nil, 0
+		if e.rev == 0 {
+			delete(c.pools[pool], ip)
+		}
+		return
+	}
+	if rev < e.rev {
+		return
+	}
+	c.unindexRecord(e)
+	e.rec, e.rev, e.lease = record{}, 0, 0
+	if e.hold == nil {
+		delete(c.pools[pool], ip)
+	}
+}
+
+func (c *cache) link(e *entry) {
+	m := c.pools[e.pool]
+	if m == nil {
+		m = map[netip.Addr]*entry{}
+		c.pools[e.pool] = m
+	}
+	m[e.ip] = e
+}
+
+func (c *cache) index(m map[string]map[*entry]struct{}, k string, e *entry) {
+	if k == "" {
+		return
+	}
+	s := m[k]
+	if s == nil {
+		s = map[*entry]struct{}{}
+		m[k] = s
+	}
+	s[e] = struct{}{}
+}
+
+func (c *cache) unindex(m map[string]map[*entry]struct{}, k string, e *entry) {
+	if s := m[k]; s != nil {
+		delete(s, e)
+		if len(s) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+func (c *cache) indexRecord(e *entry) {
+	if e.rev == 0 {
+		return
+	}
+	c.index(c.idents, e.rec.ID, e)
+	c.index(c.tokens, e.rec.Token, e)
+	if e.rec.MAC != "" {
+		c.macs[e.rec.MAC] = e
+	}
+}
+
+func (c *cache) unindexRecord(e *entry) {
+	if e.rev == 0 {
+		return
+	}
+	c.unindex(c.idents, e.rec.ID, e)
+	c.unindex(c.tokens, e.rec.Token, e)
+	if c.macs[e.rec.MAC] == e {
+		delete(c.macs, e.rec.MAC)
+	}
+}
+
+// taken reports whether an address is stored or being claimed by this process.
+func (c *cache) taken(pool string, ip netip.Addr) bool {
+	if e := c.get(pool, ip); e != nil {
+		return true
+	}
+	_, ok := c.inflight[pool][ip]
+	return ok
+}
+
+func (c *cache) macTaken(mac string) bool {
+	if _, ok := c.macs[mac]; ok {
+		return true
+	}
+	_, ok := c.inMACs[mac]
+	return ok
+}
+
+// claimLocal marks ip and mac as being claimed by this process.
+func (c *cache) claimLocal(pool string, ip netip.Addr, mac string) {
+	m := c.inflight[pool]
+	if m == nil {
+		m = map[netip.Addr]struct{}{}
+		c.inflight[pool] = m
+	}
+	m[ip] = struct{}{}
+	if mac != "" {
+		c.inMACs[mac] = struct{}{}
+	}
+}
+
+func (c *cache) unclaimLocal(pool string, ip netip.Addr, mac string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.inflight[pool], ip)
+	delete(c.inMACs, mac)
+}
+
+// Stats counts a pool's addresses by what uses them.
+type Stats struct {
+	Total     uint64 // allocatable addresses
+	Allocated int    // carried by a live pod or reserved for one being created
+	Held      int    // sticky, owned by an identity without a live pod
+	Cooling   int    // freed, waiting out the reuse delay
+	Free      uint64 // available to a new identity now
+}
+
+func (c *cache) stats(p *Pool) Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.statsLocked(p)
+}
+
+func (c *cache) statsLocked(p *Pool) Stats {
+	s := Stats{Total: p.Size()}
+	var inPool uint64
+	for ip, e := range c.pools[p.Name] {
+		if !p.Contains(ip) {
+			continue // left over from an older spec; counted nowhere
+		}
+		inPool++
+		switch {
+		case e.rec.State == stateCooling:
+			s.Cooling++
+		case e.busy():
+			s.Allocated++
+		default:
+			s.Held++
+		}
+	}
+	if inPool < s.Total {
+		s.Free = s.Total - inPool
+	}
+	return s
+}

@@ -1,0 +1,65 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// ExhaustedError says a pool has no address for a new identity, and why.
+type ExhaustedError struct {
+	Pool  string
+	Of    string // what ran out when not the whole pool, such as "the 3 addresses listed for deployment/ns/api"
+	Stats Stats
+}
+
+func (e *ExhaustedError) Error() string {
+	s := e.Stats
+	what := "pool " + e.Pool
+	if e.Of != "" {
+		what = e.Of + " in pool " + e.Pool
+	}
+	return fmt.Sprintf("%s is exhausted: all %d addresses are taken (%d by live or starting pods, %d held by sticky identities without a live pod, %d cooling down after release); "+
+		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling)
+}
+
+// ConflictError says a requested address or MAC belongs to another identity.
+type ConflictError struct {
+	Pool    string
+	What    string // "address 10.20.0.5" or "MAC 02:..."
+	Holder  string // identity that owns it (former owner while cooling)
+	Cooling bool   // the holder released it and it waits out the pool's reuse delay
+}
+
+func (e *ConflictError) Error() string {
+	if e.Cooling {
+		return fmt.Sprintf("%s of pool %s was released by %s and is cooling down for the pool's reuseDelaySeconds; only %s may take it back before then", e.What, e.Pool, e.Holder, e.Holder)
+	}
+	return fmt.Sprintf("%s of pool %s is held by %s", e.What, e.Pool, e.Holder)
+}
+
+// NotAllocatableError says a requested address can never be handed out by the pool.
+type NotAllocatableError struct {
+	IP     netip.Addr
+	Reason string
+}
+
+func (e *NotAllocatableError) Error() string { return fmt.Sprintf("%s is %s", e.IP, e.Reason) }
+
+// LostError says a reservation or binding no longer matches the store: the
+// reservation expired, or the address now belongs to someone else.
+type LostError struct {
+	Pool   string
+	IP     netip.Addr
+	Reason string
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("address %s of pool %s: %s", e.IP, e.Pool, e.Reason)
+}
+
+// ErrContention is returned when a claim kept losing compare-and-swap races.
+var ErrContention = errors.New("too many concurrent changes to the same addresses; try again")
+
+// ErrInvalidRequest wraps malformed requests (a programming error of the caller).
+var ErrInvalidRequest = errors.New("invalid allocation request")

@@ -1,0 +1,287 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+// Binding names an allocation and the pod that carries it.
+type Binding struct {
+	Pool     string
+	IP       netip.Addr
+	Identity string
+	Pod      string // ns/name
+	Token    string // the reservation token the pod was admitted with, if any
+}
+
+// ErrInUse is returned by Release for an address that a live or starting pod carries.
+var ErrInUse = errors.New("address is in use by a pod")
+
+// snapshot returns a copy of the cached entry, reading the store when the
+// cache does not show what the caller expects (it may lag behind the store).
+func (a *Allocator) snapshot(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) (*entry, error) {
+	a.cache.mu.Lock()
+	e := a.cache.get(pool, ip)
+	var cp *entry
+	if e != nil {
+		c := *e
+		cp = &c
+	}
+	a.cache.mu.Unlock()
+	if !force && cp != nil && cp.rev != 0 && cp.rec.ID == identity {
+		return cp, nil
+	}
+	ak, hk := a.keys.addrKey(pool, ip), a.keys.holdKey(pool, ip)
+	res, err := a.s.Txn(ctx, nil, []store.Op{store.Get(ak), store.Get(hk)}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", ak, err)
+	}
+	var evs []store.Event
+	for i, key := range []string{ak, hk} {
+		if kv := res.Gets[i]; kv != nil {
+			evs = append(evs, store.Event{Type: store.EventPut, KV: *kv})
+		} else {
+			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: key, ModRevision: res.Revision}})
+		}
+	}
+	a.cache.Apply(evs)
+	a.cache.mu.Lock()
+	defer a.cache.mu.Unlock()
+	if e := a.cache.get(pool, ip); e != nil {
+		c := *e
+		return &c, nil
+	}
+	return nil, nil
+}
+
+// Bind records that a pod carries an address: a reservation made under the
+// pod's token becomes durable, a held member becomes the pod's. It is what the
+// release controller calls when a pod admitted under a token appears.
+func (a *Allocator) Bind(ctx context.Context, b Binding) error {
+	for attempt := range a.opts.MaxAttempts {
+		e, err := a.snapshot(ctx, b.Pool, b.IP, b.Identity, attempt > 0)
+		if err != nil {
+			return err
+		}
+		lost := func(why string) error { return &LostError{Pool: b.Pool, IP: b.IP, Reason: why} }
+		switch {
+		case e == nil || e.rev == 0:
+			if b.Token != "" {
+				return lost("the reservation expired before the pod was confirmed")
+			}
+			return lost("it is no longer allocated")
+		case e.rec.ID != b.Identity:
+			return lost("it now belongs to " + e.rec.ID)
+		case e.rec.State == stateCooling:
+			return lost("it was released")
+		}
+		ak := a.keys.addrKey(b.Pool, b.IP)
+		r := e.rec
+		r.Pod, r.Since = b.Pod, a.now().Unix()
+		var cmps []store.Cmp
+		var ops []store.Op
+		switch {
+		case e.rec.State == stateReserved:
+			if e.rec.Token != b.Token {
+				return lost("it is reserved for another pod being created")
+			}
+			r.State, r.Token = stateAllocated, ""
+			ptr := encode(pointer{Pool: b.Pool, IP: b.IP.String()})
+			cmps = []store.Cmp{store.At(ak, e.rev)}
+			ops = []store.Op{
+				store.Put(ak, encode(r), store.NoLease),
+				store.Put(a.keys.identKey(r.ID, r.Shared, b.IP), ptr, store.NoLease),
+				store.Put(a.keys.macKey(r.MAC), ptr, store.NoLease),
+			}
+		case e.hold != nil && e.hold.Token == b.Token && b.Token != "":
+			cmps = []store.Cmp{store.At(ak, e.rev), store.At(a.keys.holdKey(b.Pool, b.IP), e.holdRev)}
+			ops = []store.Op{store.Put(ak, encode(r), e.lease), store.Delete(a.keys.holdKey(b.Pool, b.IP))}
+		case e.rec.Pod == b.Pod:
+			return nil
+		case e.hold != nil:
+			return lost("it is held for another pod being created")
+		case e.rec.Shared && e.rec.Pod != "":
+			return lost("it is carried by pod " + e.rec.Pod)
+		default:
+			// A single identity has one pod at a time; a shared member is free.
+			cmps = []store.Cmp{store.At(ak, e.rev), store.Absent(a.keys.holdKey(b.Pool, b.IP))}
+			ops = []store.Op{store.Put(ak, encode(r), e.lease)}
+		}
+		res, err := a.s.Txn(ctx, cmps, ops, nil)
+		if err != nil {
+			return fmt.Errorf("bind %s of pool %s to pod %s: %w", b.IP, b.Pool, b.Pod, err)
+		}
+		if res.Succeeded {
+			a.applyLocal(ops, res.Revision)
+			return nil
+		}
+	}
+	return fmt.Errorf("bind %s of pool %s: %w", b.IP, b.Pool, ErrContention)
+}
+
+// Unbind records that pod no longer carries the address (the pod is gone). The
+// address stays with its identity. Nothing happens when another pod carries it.
+func (a *Allocator) Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error {
+	for range a.opts.MaxAttempts {
+		a.cache.mu.Lock()
+		e := a.cache.get(pool, ip)
+		var cp entry
+		if e != nil {
+			cp = *e
+		}
+		a.cache.mu.Unlock()
+		if e == nil || cp.rev <= 0 || cp.rec.Pod != pod {
+			return nil
+		}
+		ak := a.keys.addrKey(pool, ip)
+		r := cp.rec
+		r.Pod, r.Since = "", a.now().Unix()
+		ops := []store.Op{store.Put(ak, encode(r), cp.lease)}
+		res, err := a.s.Txn(ctx, []store.Cmp{store.At(ak, cp.rev)}, ops, []store.Op{store.Get(ak)})
+		if err != nil {
+			return fmt.Errorf("unbind %s of pool %s from pod %s: %w", ip, pool, pod, err)
+		}
+		if res.Succeeded {
+			a.applyLocal(ops, res.Revision)
+			return nil
+		}
+		a.learnGets([]string{ak}, res)
+	}
+	return fmt.Errorf("unbind %s of pool %s: %w", ip, pool, ErrContention)
+}
+
+// Release frees an identity's address: it cools down for the pool's reuse
+// delay (only the same identity may take it back meanwhile), then it is gone.
+// It returns ErrInUse when a pod carries the address or is being created with
+// it, unless force is set. Releasing an address the identity does not own is a no-op.
+func (a *Allocator) Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error {
+	for attempt := range a.opts.MaxAttempts {
+		e, err := a.snapshot(ctx, pool, ip, identity, attempt > 0)
+		if err != nil {
+			return err
+		}
+		if e == nil || e.rev <= 0 || e.rec.ID != identity || e.rec.State == stateCooling {
+			return nil
+		}
+		if e.busy() && !force {
+			return fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, ErrInUse)
+		}
+		ak, hk, mk := a.keys.addrKey(pool, ip), a.keys.holdKey(pool, ip), a.keys.macKey(e.rec.MAC)
+		cmps := []store.Cmp{store.At(ak, e.rev), store.At(hk, e.holdRev)}
+		delay := a.reuseDelay(pool)
+		cool := record{ID: e.rec.ID, Shared: e.rec.Shared, MAC: e.rec.MAC, State: stateCooling, Since: a.now().Unix()}
+		p := &plan{then: []store.Op{
+			a.coolOrDelete(ak, encode(cool), delay),
+			a.coolOrDelete(mk, encode(pointer{Pool: pool, IP: ip.String()}), delay),
+			store.Delete(hk),
+			store.Delete(a.keys.identKey(e.rec.ID, e.rec.Shared, ip)),
+		}}
+		if delay > 0 {
+			p.needLease(delay, 0)
+		}
+		if err := a.fillLeases(ctx, p); err != nil {
+			return err
+		}
+		res, err := a.s.Txn(ctx, cmps, p.then, nil)
+		if errors.Is(err, store.ErrLeaseNotFound) {
+			a.dropLeases(p)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, err)
+		}
+		if res.Succeeded {
+			a.applyLocal(p.then, res.Revision)
+			return nil
+		}
+	}
+	return fmt.Errorf("release %s of pool %s: %w", ip, pool, ErrContention)
+}
+
+func (a *Allocator) learnGets(keys []string, res store.TxnResult) {
+	var evs []store.Event
+	for i, k := range keys {
+		if i >= len(res.Gets) {
+			break
+		}
+		if kv := res.Gets[i]; kv != nil {
+			evs = append(evs, store.Event{Type: store.EventPut, KV: *kv})
+		} else {
+			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: k, ModRevision: res.Revision}})
+		}
+	}
+	a.cache.Apply(evs)
+}
+
+// Entry is an address as the cache sees it, for controllers and status.
+type Entry struct {
+	Allocation
+	Shared  bool
+	Cooling bool // released, waiting out the reuse delay (Identity is the former owner)
+	Held    bool // a pod being created holds this shared member under Token
+}
+
+func entryOf(e *entry) Entry {
+	mac, _ := net.ParseMAC(e.rec.MAC)
+	en := Entry{
+		Allocation: Allocation{
+			Pool: e.pool, IP: e.ip, MAC: mac, Identity: e.rec.ID, Pod: e.rec.Pod,
+			Token: e.rec.Token, Reserved: e.rec.State == stateReserved,
+		},
+		Shared: e.rec.Shared, Cooling: e.rec.State == stateCooling, Held: e.hold != nil,
+	}
+	if e.hold != nil {
+		en.Token = e.hold.Token
+	}
+	return en
+}
+
+func sortList(out []Entry) []Entry {
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Pool != out[j].Pool {
+			return out[i].Pool < out[j].Pool
+		}
+		return out[i].IP.Less(out[j].IP)
+	})
+	return out
+}
+
+// List returns the cached addresses that match (all when match is nil), sorted by pool and address.
+func (a *Allocator) List(match func(Entry) bool) []Entry {
+	a.cache.mu.Lock()
+	defer a.cache.mu.Unlock()
+	var out []Entry
+	for _, m := range a.cache.pools {
+		for _, e := range m {
+			if e.rev == 0 {
+				continue
+			}
+			if en := entryOf(e); match == nil || match(en) {
+				out = append(out, en)
+			}
+		}
+	}
+	return sortList(out)
+}
+
+// Lookup returns the identity's addresses that are not cooling.
+func (a *Allocator) Lookup(identity string) []Entry {
+	a.cache.mu.Lock()
+	defer a.cache.mu.Unlock()
+	var out []Entry
+	for e := range a.cache.idents[identity] {
+		if e.rec.State != stateCooling {
+			out = append(out, entryOf(e))
+		}
+	}
+	return sortList(out)
+}
+
+// Stats counts the pool's addresses as the cache sees them.
+func (a *Allocator) Stats(p *Pool) Stats { return a.cache.stats(p) }
