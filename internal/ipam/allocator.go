@@ -239,7 +239,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	pool := req.Pool
 
 	var inPool, cooling, elsewhere []*entry
-	for e := range c.idents[req.Identity] {
+	for _, e := range c.idents[req.Identity] {
 		switch {
 		case e.rec.State == stateCooling:
 			if e.pool == pool.Name {

@@ -93,7 +93,7 @@ func (k keys) parseAddrKey(key string) (pool string, ip netip.Addr, isHold, ok b
 }
 
 // cache is the allocator's watch-fed view of every address and hold key,
-// indexed by pool, identity, MAC and reservation token. It also tracks the
+// indexed by pool, identity and MAC. It also tracks the
 // addresses and MACs this process is trying to claim right now, so that its
 // own concurrent requests do not race for the same candidate.
 type cache struct {
@@ -101,9 +101,8 @@ type cache struct {
 
 	mu       sync.Mutex
 	pools    map[string]map[netip.Addr]*entry
-	idents   map[string]map[*entry]struct{}
+	idents   map[string][]*entry // usually one; a shared identity's members
 	macs     map[string]*entry
-	tokens   map[string]map[*entry]struct{}
 	inflight map[string]map[netip.Addr]struct{} // pool → addresses being claimed here
 	inMACs   map[string]struct{}
 	bad      int // undecodable values seen (logged by the allocator)
@@ -117,9 +116,8 @@ func newCache(k keys) *cache {
 
 func (c *cache) reset() {
 	c.pools = map[string]map[netip.Addr]*entry{}
-	c.idents = map[string]map[*entry]struct{}{}
+	c.idents = map[string][]*entry{}
 	c.macs = map[string]*entry{}
-	c.tokens = map[string]map[*entry]struct{}{}
 }
 
 // Replace implements store.Handler.
@@ -159,6 +157,11 @@ func (c *cache) putLocked(kv *store.KV) {
 		return
 	}
 	e := c.get(pool, ip)
+	// Skip what the cache has already seen (its own writes are applied before
+	// the watch delivers them), before paying for decoding.
+	if e != nil && (isHold && kv.ModRevision <= e.holdRev || !isHold && kv.ModRevision <= e.rev) {
+		return
+	}
 	if isHold {
 		var h hold
 		if err := json.Unmarshal(kv.Value, &h); err != nil {
@@ -170,14 +173,8 @@ func (c *cache) putLocked(kv *store.KV) {
 			// address counts as taken until the record shows up or the hold ends.
 			e = &entry{pool: pool, ip: ip}
 			c.link(e)
-		} else if kv.ModRevision < e.holdRev {
-			return
-		}
-		if e.hold != nil {
-			c.unindex(c.tokens, e.hold.Token, e)
 		}
 		e.hold, e.holdRev = &h, kv.ModRevision
-		c.index(c.tokens, h.Token, e)
 		return
 	}
 	var r record
@@ -189,9 +186,6 @@ func (c *cache) putLocked(kv *store.KV) {
 		e = &entry{pool: pool, ip: ip}
 		c.link(e)
 	} else {
-		if kv.ModRevision < e.rev {
-			return
-		}
 		c.unindexRecord(e)
 	}
 	e.rec, e.rev, e.lease = r, kv.ModRevision, kv.Lease
@@ -211,7 +205,6 @@ func (c *cache) deleteLocked(key string, rev int64) {
 		if e.hold == nil || rev < e.holdRev {
 			return
 		}
-		c.unindex(c.tokens, e.hold.Token, e)
 		e.hold, e.holdRev = nil, 0
 		if e.rev == 0 {
 			delete(c.pools[pool], ip)
@@ -237,33 +230,11 @@ func (c *cache) link(e *entry) {
 	m[e.ip] = e
 }
 
-func (c *cache) index(m map[string]map[*entry]struct{}, k string, e *entry) {
-	if k == "" {
-		return
-	}
-	s := m[k]
-	if s == nil {
-		s = map[*entry]struct{}{}
-		m[k] = s
-	}
-	s[e] = struct{}{}
-}
-
-func (c *cache) unindex(m map[string]map[*entry]struct{}, k string, e *entry) {
-	if s := m[k]; s != nil {
-		delete(s, e)
-		if len(s) == 0 {
-			delete(m, k)
-		}
-	}
-}
-
 func (c *cache) indexRecord(e *entry) {
 	if e.rev == 0 {
 		return
 	}
-	c.index(c.idents, e.rec.ID, e)
-	c.index(c.tokens, e.rec.Token, e)
+	c.idents[e.rec.ID] = append(c.idents[e.rec.ID], e)
 	if e.rec.MAC != "" {
 		c.macs[e.rec.MAC] = e
 	}
@@ -273,8 +244,19 @@ func (c *cache) unindexRecord(e *entry) {
 	if e.rev == 0 {
 		return
 	}
-	c.unindex(c.idents, e.rec.ID, e)
-	c.unindex(c.tokens, e.rec.Token, e)
+	es := c.idents[e.rec.ID]
+	for i, x := range es {
+		if x == e {
+			es[i] = es[len(es)-1]
+			es = es[:len(es)-1]
+			break
+		}
+	}
+	if len(es) == 0 {
+		delete(c.idents, e.rec.ID)
+	} else {
+		c.idents[e.rec.ID] = es
+	}
 	if c.macs[e.rec.MAC] == e {
 		delete(c.macs, e.rec.MAC)
 	}

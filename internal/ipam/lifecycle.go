@@ -275,7 +275,7 @@ func (a *Allocator) Lookup(identity string) []Entry {
 	a.cache.mu.Lock()
 	defer a.cache.mu.Unlock()
 	var out []Entry
-	for e := range a.cache.idents[identity] {
+	for _, e := range a.cache.idents[identity] {
 		if e.rec.State != stateCooling {
 			out = append(out, entryOf(e))
 		}

@@ -1,0 +1,173 @@
+// Package ipam benchmarks the sticky allocator against the raw etcd it runs
+// on, in one run: sticky allocations per second and their latency with 64
+// concurrent callers, next to raw single-key and two-key transactions on the
+// same etcd, and the time to rebuild the allocator's cache from 100,000 stored
+// allocations. Run it with `make bench-ipam`.
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/testenv"
+)
+
+const (
+	callers = 64
+	ops     = 20000  // per measured phase
+	stored  = 100000 // allocations the cache is rebuilt from
+)
+
+type result struct {
+	name     string
+	n        int
+	elapsed  time.Duration
+	p50, p99 time.Duration
+}
+
+func (r result) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func (r result) String() string {
+	return fmt.Sprintf("%-28s %8.0f ops/s   p50 %6.2f ms   p99 %6.2f ms", r.name, r.rate(),
+		float64(r.p50.Microseconds())/1000, float64(r.p99.Microseconds())/1000)
+}
+
+// run calls fn(i) for i in [0,n) from `callers` goroutines and measures each call.
+func run(b *testing.B, name string, n int, fn func(i int) error) result {
+	b.Helper()
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	start := time.Now()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				t0 := time.Now()
+				if err := fn(i); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := firstErr.Load(); err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return result{name: name, n: n, elapsed: elapsed, p50: lat[n/2], p99: lat[n*99/100]}
+}
+
+func BenchmarkIPAM(b *testing.B) {
+	e := testenv.StartEtcd(b)
+	ctx := context.Background()
+	newStore := func() *etcd.Store {
+		s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	}
+	raw := newStore()
+	put := func(k string) store.Op { return store.Put(k, []byte(`{"id":"statefulset/ns/name/0","mac":"02:00:00:00:00:00","st":"a"}`), store.NoLease) }
+	txnOK := func(cmps []store.Cmp, then []store.Op) error {
+		r, err := raw.Txn(ctx, cmps, then, nil)
+		if err == nil && !r.Succeeded {
+			err = fmt.Errorf("raw txn failed its condition")
+		}
+		return err
+	}
+
+	// Warm up the etcd and the client connection.
+	run(b, "warm-up", 2000, func(i int) error {
+		k := fmt.Sprintf("/bench/warm/%d", i)
+		return txnOK([]store.Cmp{store.Absent(k)}, []store.Op{put(k)})
+	})
+
+	one := run(b, "raw 1-key txn", ops, func(i int) error {
+		k := fmt.Sprintf("/bench/one/%d", i)
+		return txnOK([]store.Cmp{store.Absent(k)}, []store.Op{put(k)})
+	})
+	two := run(b, "raw 2-key txn", ops, func(i int) error {
+		k1, k2 := fmt.Sprintf("/bench/two/a/%d", i), fmt.Sprintf("/bench/two/b/%d", i)
+		return txnOK([]store.Cmp{store.Absent(k1), store.Absent(k2)}, []store.Op{put(k1), put(k2)})
+	})
+
+	three := run(b, "raw 3-key txn", ops, func(i int) error {
+		k1, k2, k3 := fmt.Sprintf("/bench/three/a/%d", i), fmt.Sprintf("/bench/three/b/%d", i), fmt.Sprintf("/bench/three/c/%d", i)
+		return txnOK([]store.Cmp{store.Absent(k1), store.Absent(k2), store.Absent(k3)}, []store.Op{put(k1), put(k2), put(k3)})
+	})
+
+	pool, err := ipam.NewPool("bench", v1alpha1.IPPoolSpec{CIDR: "10.64.0.0/14", Gateway: "10.64.0.1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	alloc := ipam.New(newStore(), ipam.Options{})
+	if err := alloc.Start(actx); err != nil {
+		b.Fatal(err)
+	}
+	sticky := run(b, "sticky allocation", ops, func(i int) error {
+		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
+		return err
+	})
+	repeat := run(b, "repeat (sticky hit)", ops, func(i int) error {
+		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
+		return err
+	})
+
+	// Fill the store to `stored` allocations, then time cache rebuilds.
+	run(b, "fill", stored-ops, func(i int) error {
+		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/fill/%d", i), Pod: "ns/fill"})
+		return err
+	})
+	var rebuilds []time.Duration
+	for range 3 {
+		rctx, rcancel := context.WithCancel(ctx)
+		fresh := ipam.New(newStore(), ipam.Options{})
+		t0 := time.Now()
+		if err := fresh.Start(rctx); err != nil {
+			b.Fatal(err)
+		}
+		rebuilds = append(rebuilds, time.Since(t0))
+		if s := fresh.Stats(pool); s.Allocated != stored {
+			b.Fatalf("rebuilt cache counts %d allocated; want %d", s.Allocated, stored)
+		}
+		rcancel()
+	}
+	sort.Slice(rebuilds, func(i, j int) bool { return rebuilds[i] < rebuilds[j] })
+
+	host, _ := os.Hostname()
+	fmt.Printf("\nIPAM benchmark: %d callers, %d ops per phase, etcd %s on %s\n", callers, ops, e.Endpoint, host)
+	for _, r := range []result{one, two, three, sticky, repeat} {
+		fmt.Println(r)
+	}
+	fmt.Printf("allocations/s ÷ raw 1-key txn/s = %.2f   (target ≥ 0.5)\n", sticky.rate()/one.rate())
+	fmt.Printf("allocation p99 ÷ raw 2-key p99  = %.2f   (target ≤ 1.2)\n", float64(sticky.p99)/float64(two.p99))
+	fmt.Printf("cache rebuild from %d allocations: median %s (runs %v; target ≤ 2s)\n", stored, rebuilds[1].Round(time.Millisecond), rebuilds)
+	b.ReportMetric(sticky.rate(), "alloc/s")
+	b.ReportMetric(sticky.rate()/one.rate(), "ratio-rate")
+	b.ReportMetric(float64(sticky.p99)/float64(two.p99), "ratio-p99")
+	b.ReportMetric(rebuilds[1].Seconds(), "rebuild-s")
+}
