@@ -217,8 +217,8 @@ func TestAssignmentRoundTrip(t *testing.T) {
 	mac, _ := net.ParseMAC("02:42:ac:11:00:02")
 	a := Assignment{
 		Identity: "statefulset/ns/web/0", Pool: "pool-a",
-		IPs:      []netip.Prefix{netip.MustParsePrefix("10.20.0.5/24"), netip.MustParsePrefix("fd00::5/64")},
-		MAC:      mac, Gateways: []netip.Addr{netip.MustParseAddr("10.20.0.1")}, VLAN: 100,
+		IPs: []netip.Prefix{netip.MustParsePrefix("10.20.0.5/24"), netip.MustParsePrefix("fd00::5/64")},
+		MAC: mac, Gateways: []netip.Addr{netip.MustParseAddr("10.20.0.1")}, VLAN: 100,
 		Bandwidth:       Bandwidth{Ingress: Limit{Rate: 10e6, Burst: 1e6}},
 		BandwidthPolicy: "gold",
 	}

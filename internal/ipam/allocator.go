@@ -289,7 +289,9 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		return false
 	}
 	for _, e := range inPool {
-		if req.Pod != "" && e.rec.Pod == req.Pod {
+		// The same pod, or the same reservation (an admission retried or re-invoked), keeps its member.
+		if req.Pod != "" && e.rec.Pod == req.Pod ||
+			req.Token != "" && (e.rec.Token == req.Token || e.hold != nil && e.hold.Token == req.Token) {
 			return a.planKeep(req, e), nil
 		}
 	}
@@ -321,10 +323,14 @@ func (c *cache) inflightLocked(pool string, ip netip.Addr) bool {
 
 func (a *Allocator) allocation(req *Request, e *entry) Allocation {
 	mac, _ := net.ParseMAC(e.rec.MAC)
-	return Allocation{
+	al := Allocation{
 		Pool: e.pool, IP: e.ip, Prefix: req.Pool.PrefixOf(e.ip), MAC: mac, Identity: e.rec.ID,
 		Pod: e.rec.Pod, Token: e.rec.Token, Reserved: e.rec.State == stateReserved,
 	}
+	if e.hold != nil {
+		al.Token, al.Reserved = e.hold.Token, true
+	}
+	return al
 }
 
 func encode(v any) []byte {

@@ -18,13 +18,13 @@ const (
 
 // record is the value of an address key.
 type record struct {
-	ID     string `json:"id"`           // owning identity (former owner while cooling)
-	Shared bool   `json:"sh,omitempty"` // a member of a shared identity's set
-	MAC   string `json:"mac"`           // canonical lower-case MAC
-	Pod   string `json:"pod,omitempty"` // ns/name of the live pod carrying the address
-	Token string `json:"tok,omitempty"` // reservation token while reserved
-	State string `json:"st"`
-	Since int64  `json:"t,omitempty"` // unix seconds of the last state change
+	ID     string `json:"id"`            // owning identity (former owner while cooling)
+	Shared bool   `json:"sh,omitempty"`  // a member of a shared identity's set
+	MAC    string `json:"mac"`           // canonical lower-case MAC
+	Pod    string `json:"pod,omitempty"` // ns/name of the live pod carrying the address
+	Token  string `json:"tok,omitempty"` // reservation token while reserved
+	State  string `json:"st"`
+	Since  int64  `json:"t,omitempty"` // unix seconds of the last state change
 }
 
 // hold is the value of an address's hold key: a pod being created has taken a

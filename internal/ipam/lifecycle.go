@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/stickynet/stickynet/internal/store"
 )
@@ -223,8 +224,9 @@ func (a *Allocator) learnGets(keys []string, res store.TxnResult) {
 type Entry struct {
 	Allocation
 	Shared  bool
-	Cooling bool // released, waiting out the reuse delay (Identity is the former owner)
-	Held    bool // a pod being created holds this shared member under Token
+	Cooling bool      // released, waiting out the reuse delay (Identity is the former owner)
+	Held    bool      // a pod being created holds this shared member under Token
+	Since   time.Time // last change of the address's state (claim, bind, unbind, release)
 }
 
 func entryOf(e *entry) Entry {
@@ -235,6 +237,7 @@ func entryOf(e *entry) Entry {
 			Token: e.rec.Token, Reserved: e.rec.State == stateReserved,
 		},
 		Shared: e.rec.Shared, Cooling: e.rec.State == stateCooling, Held: e.hold != nil,
+		Since: time.Unix(e.rec.Since, 0),
 	}
 	if e.hold != nil {
 		en.Token = e.hold.Token
