@@ -49,7 +49,13 @@ const (
 	AssignedPool = "stickynet.io/assigned-pool"
 	// BandwidthPolicy names the BandwidthPolicy the bandwidth keys were filled from.
 	BandwidthPolicy = "stickynet.io/bandwidth-policy"
+	// Reservation is the token a pod without a name at admission was reserved
+	// under; the release controller confirms the reservation with it.
+	Reservation = "stickynet.io/reservation"
 )
+
+// OutputKeys are the keys only the webhook writes; it drops any a user sets.
+var OutputKeys = []string{Identity, AssignedIP, AssignedMAC, Gateway, VLAN, AssignedPool, BandwidthPolicy, Reservation}
 
 // Other names of the contract.
 const (

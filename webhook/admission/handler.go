@@ -1,0 +1,382 @@
+// Package admission is stickynet's mutating admission handler for Pod CREATE:
+// it resolves the pod's sticky identity, chooses its IPPool, claims its IP and
+// MAC through the IPAM core, resolves its bandwidth, adds the SR-IOV extended
+// resource, and writes the output annotations of the contract. Bad input is
+// denied with a message that names the key, the value and the accepted form.
+package admission
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/webhook/policy"
+)
+
+// allocator is what the handler needs from the IPAM core.
+type allocator interface {
+	Allocate(ctx context.Context, req ipam.Request) (ipam.Allocation, error)
+}
+
+var _ allocator = (*ipam.Allocator)(nil)
+
+// Handler mutates pods at admission.
+type Handler struct {
+	// Reader reads Namespaces, IPPools, BandwidthPolicies, SriovNetworks and
+	// ReplicaSets (a cache in production).
+	Reader client.Reader
+	// APIReader reads what the cache may not have seen yet (optional).
+	APIReader client.Reader
+	// Alloc claims addresses.
+	Alloc allocator
+	// Decoder decodes the admitted pod.
+	Decoder admission.Decoder
+	// SchedulerName, when set, is given to pods that need the stickynet
+	// scheduler extender (their pool has a nodeSelector, or they ask for a VF)
+	// and name the default scheduler.
+	SchedulerName string
+	// StoreTimeout bounds the time spent on the state store per request, so a
+	// denial reaches the API server within the webhook's timeout. Default 7 s.
+	StoreTimeout time.Duration
+	// NewToken returns a reservation token (default: 8 random base32 characters).
+	NewToken func() string
+	// Metrics, if set, records admissions.
+	Metrics *Metrics
+}
+
+var _ admission.Handler = (*Handler)(nil)
+
+// denial is an error whose message is shown to the user as is.
+type denial struct{ msg string }
+
+func (d *denial) Error() string { return d.msg }
+
+func deny(format string, args ...any) error { return &denial{msg: fmt.Sprintf(format, args...)} }
+
+// Handle implements admission.Handler.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	start := time.Now()
+	resp, result := h.handle(ctx, req)
+	if h.Metrics != nil {
+		h.Metrics.observe(result, time.Since(start))
+	}
+	return resp
+}
+
+func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
+	log := klog.FromContext(ctx).WithValues("namespace", req.Namespace, "name", req.Name, "uid", req.UID)
+	if req.Operation != admissionv1.Create || req.Kind.Kind != "Pod" || req.SubResource != "" {
+		return admission.Allowed("not a pod creation"), resultSkipped
+	}
+	pod := &corev1.Pod{}
+	if err := h.Decoder.Decode(req, pod); err != nil {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err)), resultErrored
+	}
+	if pod.Namespace == "" {
+		pod.Namespace = req.Namespace
+	}
+	if pod.Spec.HostNetwork {
+		return admission.Allowed("host-network pod: stickynet does not apply"), resultSkipped
+	}
+	ns := &corev1.Namespace{}
+	if err := h.Reader.Get(ctx, client.ObjectKey{Name: pod.Namespace}, ns); err != nil {
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("read namespace %s: %w", pod.Namespace, err)), resultErrored
+	}
+	if ns.Labels[annotations.EnabledLabel] != "true" {
+		return admission.Allowed("namespace not opted in (" + annotations.EnabledLabel + ")"), resultSkipped
+	}
+	timeout := h.StoreTimeout
+	if timeout <= 0 {
+		timeout = 7 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	dryRun := req.DryRun != nil && *req.DryRun
+	out, err := h.mutate(sctx, pod, ns, dryRun)
+	if err != nil {
+		var d *denial
+		var ae *annotations.Error
+		var pe *ipam.PoolError
+		var ce *ipam.ConflictError
+		var ee *ipam.ExhaustedError
+		var ne *ipam.NotAllocatableError
+		switch {
+		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne):
+			log.V(2).Info("Denied pod", "reason", err.Error())
+			return admission.Denied(err.Error()), resultDenied
+		case errors.Is(err, context.DeadlineExceeded):
+			log.Error(err, "State store did not answer in time")
+			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was allocated; the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
+		default:
+			log.Error(err, "Admission failed")
+			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was allocated", err)), resultErrored
+		}
+	}
+	raw, err := json.Marshal(out)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), resultErrored
+	}
+	return admission.PatchResponseFromRaw(req.Object.Raw, raw), resultAllowed
+}
+
+// mutate returns the pod with its assignment.
+func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, dryRun bool) (*corev1.Pod, error) {
+	pod = pod.DeepCopy()
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	ann := pod.Annotations
+	prevToken, prevIdentity := ann[annotations.Reservation], ann[annotations.Identity]
+	policyFilled := ann[annotations.BandwidthPolicy] != ""
+	for _, k := range annotations.OutputKeys {
+		delete(ann, k)
+	}
+
+	var sriov *v1alpha1.SriovNetwork
+	if name, ok := ann[annotations.SriovNetwork]; ok {
+		var err error
+		if sriov, err = h.sriovNetwork(ctx, name); err != nil {
+			return nil, err
+		}
+	}
+	ipp, pool, err := h.pool(ctx, pod, ns, sriov)
+	if err != nil {
+		return nil, err
+	}
+
+	token := ""
+	if pod.Name == "" {
+		token = h.token()
+	}
+	id, err := h.identity(ctx, pod, token)
+	if err != nil {
+		return nil, deny("%s", err)
+	}
+	if token != "" && prevToken != "" && prevIdentity == id.String() {
+		// Re-invoked admission of the same pod: keep its reservation.
+		token = prevToken
+	}
+	req := ipam.Request{Pool: pool, Identity: id.String(), Shared: id.Shared(), DryRun: dryRun}
+	if pod.Name != "" {
+		req.Pod = pod.Namespace + "/" + pod.Name
+	} else {
+		req.Token = token
+	}
+	if err := addressRequests(ann, id, &req); err != nil {
+		return nil, err
+	}
+
+	bw, err := h.bandwidth(ctx, pod, policyFilled)
+	if err != nil {
+		return nil, err
+	}
+
+	al, err := h.Alloc.Allocate(ctx, req)
+	if err != nil {
+		return nil, explain(err, ann, req)
+	}
+	a := annotations.Assignment{
+		Identity: id.String(), Pool: pool.Name, IPs: []netip.Prefix{al.Prefix}, MAC: al.MAC,
+		VLAN: pool.VLAN, Bandwidth: bw.Bandwidth, BandwidthPolicy: bw.Policy,
+	}
+	if pool.Gateway.IsValid() {
+		a.Gateways = []netip.Addr{pool.Gateway}
+	}
+	for _, k := range []string{annotations.IngressBandwidth, annotations.EgressBandwidth, annotations.IngressBurst, annotations.EgressBurst} {
+		delete(ann, k) // rewritten from the resolved limits below
+	}
+	for k, v := range a.Annotations() {
+		ann[k] = v
+	}
+	if al.Reserved && al.Token != "" {
+		ann[annotations.Reservation] = al.Token
+	}
+	if sriov != nil {
+		addVFRequest(pod, sriov.Name)
+	}
+	if h.SchedulerName != "" && (pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == corev1.DefaultSchedulerName) &&
+		(sriov != nil || ipp.Spec.NodeSelector != nil) {
+		pod.Spec.SchedulerName = h.SchedulerName
+	}
+	return pod, nil
+}
+
+// addressRequests applies the ip, ips and mac annotations to the request.
+func addressRequests(ann map[string]string, id annotations.ID, req *ipam.Request) error {
+	if v, ok := ann[annotations.IP]; ok {
+		if id.Kind != annotations.KindPod {
+			return &annotations.Error{Key: annotations.IP, Value: v, Accepted: "no value on a " + string(id.Kind) + " pod: use " + annotations.IPs + " on its template"}
+		}
+		ip, err := annotations.ParseIP(annotations.IP, v)
+		if err != nil {
+			return err
+		}
+		req.IP = ip
+	}
+	if v, ok := ann[annotations.IPs]; ok {
+		list, err := annotations.ParseIPList(annotations.IPs, v)
+		if err != nil {
+			return err
+		}
+		switch id.Kind {
+		case annotations.KindStatefulSet:
+			ord, _ := id.Ordinal()
+			if ord >= len(list) {
+				return &annotations.Error{
+					Key: annotations.IPs, Value: v,
+					Accepted: fmt.Sprintf("an address for every ordinal: ordinal %d of %s has none (the list has %d); add addresses or scale down", ord, id.Workload(), len(list)),
+				}
+			}
+			req.IP = list[ord]
+		case annotations.KindPod:
+			return &annotations.Error{Key: annotations.IPs, Value: v, Accepted: "no value on a bare pod: use " + annotations.IP}
+		default:
+			req.Candidates = list
+		}
+	}
+	if v, ok := ann[annotations.MAC]; ok {
+		if id.Kind != annotations.KindPod {
+			return &annotations.Error{Key: annotations.MAC, Value: v, Accepted: "no value on a " + string(id.Kind) + " pod: a MAC can only be requested by a bare pod"}
+		}
+		mac, err := annotations.ParseMAC(annotations.MAC, v)
+		if err != nil {
+			return err
+		}
+		req.MAC = mac
+	}
+	return nil
+}
+
+// explain turns an IPAM error about an explicit request into a denial naming the annotation.
+func explain(err error, ann map[string]string, req ipam.Request) error {
+	var ce *ipam.ConflictError
+	var ne *ipam.NotAllocatableError
+	key := annotations.IP
+	if _, ok := ann[annotations.IPs]; ok {
+		key = annotations.IPs
+	}
+	switch {
+	case errors.As(err, &ce) && strings.HasPrefix(ce.What, "MAC"):
+		return &annotations.Error{Key: annotations.MAC, Value: ann[annotations.MAC], Accepted: "a MAC no other identity holds", Err: err}
+	case errors.As(err, &ce):
+		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an address of pool %s that is free or already held by %s", req.Pool.Name, req.Identity), Err: err}
+	case errors.As(err, &ne):
+		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an allocatable address of pool %s (%s)", req.Pool.Name, req.Pool.Prefix), Err: err}
+	}
+	return err
+}
+
+func (h *Handler) token() string {
+	if h.NewToken != nil {
+		return h.NewToken()
+	}
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+func (h *Handler) sriovNetwork(ctx context.Context, name string) (*v1alpha1.SriovNetwork, error) {
+	n := &v1alpha1.SriovNetwork{}
+	if err := h.Reader.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+		if client.IgnoreNotFound(err) != nil {
+			return nil, fmt.Errorf("read SriovNetwork %s: %w", name, err)
+		}
+		list := &v1alpha1.SriovNetworkList{}
+		_ = h.Reader.List(ctx, list)
+		names := make([]string, 0, len(list.Items))
+		for _, it := range list.Items {
+			names = append(names, it.Name)
+		}
+		return nil, &annotations.Error{Key: annotations.SriovNetwork, Value: name, Accepted: "the name of a SriovNetwork" + have(names)}
+	}
+	return n, nil
+}
+
+func have(names []string) string {
+	if len(names) == 0 {
+		return " (there are none)"
+	}
+	return " (have: " + strings.Join(names, ", ") + ")"
+}
+
+// addVFRequest asks for one VF of the network in the first container.
+func addVFRequest(pod *corev1.Pod, network string) {
+	if len(pod.Spec.Containers) == 0 {
+		return
+	}
+	c := &pod.Spec.Containers[0]
+	res := corev1.ResourceName(annotations.SriovResourcePrefix + network)
+	if c.Resources.Requests == nil {
+		c.Resources.Requests = corev1.ResourceList{}
+	}
+	if c.Resources.Limits == nil {
+		c.Resources.Limits = corev1.ResourceList{}
+	}
+	c.Resources.Requests[res] = resource.MustParse("1")
+	c.Resources.Limits[res] = resource.MustParse("1")
+}
+
+func (h *Handler) bandwidth(ctx context.Context, pod *corev1.Pod, policyFilled bool) (policy.Result, error) {
+	own := !policyFilled && annotations.HasBandwidth(pod.Annotations)
+	if own {
+		return policy.Resolve(pod, true, nil)
+	}
+	list := &v1alpha1.BandwidthPolicyList{}
+	if err := h.Reader.List(ctx, list, client.InNamespace(pod.Namespace)); err != nil {
+		return policy.Result{}, fmt.Errorf("list BandwidthPolicies of %s: %w", pod.Namespace, err)
+	}
+	return policy.Resolve(pod, false, list.Items)
+}
+
+// Metrics counts admissions.
+type Metrics struct {
+	total    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+const (
+	resultAllowed = "allowed"
+	resultDenied  = "denied"
+	resultErrored = "errored"
+	resultSkipped = "skipped"
+)
+
+// NewMetrics registers the admission metrics.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		total: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stickynet_webhook_admissions_total",
+			Help: "Pod admissions by result (allowed, denied, errored, skipped).",
+		}, []string{"result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "stickynet_webhook_admission_duration_seconds",
+			Help:    "Time to handle a pod admission, by result.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.total, m.duration)
+	return m
+}
+
+func (m *Metrics) observe(result string, d time.Duration) {
+	m.total.WithLabelValues(result).Inc()
+	m.duration.WithLabelValues(result).Observe(d.Seconds())
+}

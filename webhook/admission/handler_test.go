@@ -1,0 +1,378 @@
+package admission
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+func scheme(t *testing.T) *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+type env struct {
+	t     *testing.T
+	h     *Handler
+	store *store.Memory
+	alloc *ipam.Allocator
+	c     client.Client
+}
+
+func i32(v int32) *int32 { return &v }
+
+func newEnv(t *testing.T, objs ...client.Object) *env {
+	t.Helper()
+	base := []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "app", Labels: map[string]string{annotations.EnabledLabel: "true", "team": "a"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "other"}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", VLAN: 100, Default: true, ReuseDelaySeconds: i32(60)}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "tiny"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/30"}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "red"}, Spec: v1alpha1.IPPoolSpec{
+			CIDR: "10.40.0.0/24", NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "b"}},
+		}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "racked"}, Spec: v1alpha1.IPPoolSpec{
+			CIDR: "10.50.0.0/24", NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "1"}},
+		}},
+	}
+	sch := scheme(t)
+	c := fake.NewClientBuilder().WithScheme(sch).WithObjects(append(base, objs...)...).Build()
+	s := store.NewMemory()
+	a := ipam.New(s, ipam.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Reader: c, Alloc: a, Decoder: admission.NewDecoder(sch), SchedulerName: "stickynet-scheduler", StoreTimeout: time.Second}
+	n := 0
+	h.NewToken = func() string { n++; return fmt.Sprintf("tok%d", n) }
+	return &env{t: t, h: h, store: s, alloc: a, c: c}
+}
+
+func (e *env) admit(pod *corev1.Pod, dryRun bool) (admission.Response, *corev1.Pod) {
+	e.t.Helper()
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID: "u", Operation: admissionv1.Create, Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+		Namespace: pod.Namespace, Name: pod.Name, Object: runtime.RawExtension{Raw: raw}, DryRun: &dryRun,
+	}}
+	resp := e.h.Handle(context.Background(), req)
+	if !resp.Allowed {
+		return resp, nil
+	}
+	if len(resp.Patches) == 0 {
+		return resp, pod.DeepCopy()
+	}
+	ops, _ := json.Marshal(resp.Patches)
+	patch, err := jsonpatchDecode(ops)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out, err := patch.Apply(raw)
+	if err != nil {
+		e.t.Fatalf("apply patch: %v", err)
+	}
+	got := &corev1.Pod{}
+	if err := json.Unmarshal(out, got); err != nil {
+		e.t.Fatal(err)
+	}
+	return resp, got
+}
+
+func (e *env) mustAdmit(pod *corev1.Pod) *corev1.Pod {
+	e.t.Helper()
+	resp, got := e.admit(pod, false)
+	if !resp.Allowed || got == nil {
+		e.t.Fatalf("pod %s/%s not admitted: %+v", pod.Namespace, podName(pod), resp.Result)
+	}
+	return got
+}
+
+func (e *env) mustDeny(pod *corev1.Pod, parts ...string) {
+	e.t.Helper()
+	resp, _ := e.admit(pod, false)
+	if resp.Allowed {
+		e.t.Fatalf("pod %s admitted; want denial containing %q", podName(pod), parts)
+	}
+	for _, p := range parts {
+		if !strings.Contains(resp.Result.Message, p) {
+			e.t.Errorf("denial %q lacks %q", resp.Result.Message, p)
+		}
+	}
+}
+
+func jsonpatchDecode(ops []byte) (jsonpatch.Patch, error) { return jsonpatch.DecodePatch(ops) }
+
+func pod(ns, name string, ann map[string]string, owner ...metav1.OwnerReference) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: ann, Labels: map[string]string{"app": "x"}, OwnerReferences: owner},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+	}
+	if name == "" {
+		p.GenerateName = "gen-"
+	}
+	return p
+}
+
+func ctrl(kind, name string) metav1.OwnerReference {
+	yes := true
+	return metav1.OwnerReference{APIVersion: "apps/v1", Kind: kind, Name: name, UID: "x", Controller: &yes}
+}
+
+func TestNotOptedInPassesThrough(t *testing.T) {
+	e := newEnv(t)
+	resp, _ := e.admit(pod("other", "a", nil), false)
+	if !resp.Allowed || len(resp.Patches) != 0 {
+		t.Fatalf("pod in a namespace without %s was changed: %+v", annotations.EnabledLabel, resp)
+	}
+}
+
+func TestStatefulSetSticky(t *testing.T) {
+	e := newEnv(t)
+	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	a, err := annotations.ParseAssignment(first.Annotations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Identity != "statefulset/app/web/0" || a.Pool != "blue" || a.VLAN != 100 || a.IPs[0].Bits() != 24 ||
+		len(a.Gateways) != 1 || a.Gateways[0].String() != "10.20.0.1" {
+		t.Fatalf("assignment %+v", a)
+	}
+	if _, ok := first.Annotations[annotations.Reservation]; ok {
+		t.Fatal("a named pod got a reservation token")
+	}
+	// The pod is deleted and comes back (on any node): same address and MAC,
+	// even if it carries stale or forged output annotations.
+	back := pod("app", "web-0", map[string]string{annotations.AssignedIP: "10.20.0.99/24", annotations.Identity: "pod/x/y"}, ctrl("StatefulSet", "web"))
+	again := e.mustAdmit(back)
+	if again.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] ||
+		again.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] ||
+		again.Annotations[annotations.Identity] != "statefulset/app/web/0" {
+		t.Fatalf("recreated pod got %v; want %v", again.Annotations, first.Annotations)
+	}
+	other := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web")))
+	if other.Annotations[annotations.AssignedIP] == first.Annotations[annotations.AssignedIP] {
+		t.Fatal("two ordinals share an address")
+	}
+}
+
+func TestStatefulSetIPs(t *testing.T) {
+	e := newEnv(t)
+	ips := map[string]string{annotations.IPs: "10.20.0.10, 10.20.0.11"}
+	got := e.mustAdmit(pod("app", "db-1", ips, ctrl("StatefulSet", "db")))
+	if got.Annotations[annotations.AssignedIP] != "10.20.0.11/24" {
+		t.Fatalf("ordinal 1 got %s; want 10.20.0.11/24", got.Annotations[annotations.AssignedIP])
+	}
+	e.mustDeny(pod("app", "db-2", ips, ctrl("StatefulSet", "db")), annotations.IPs, "ordinal 2 of statefulset/app/db has none")
+	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPs: "10.20.0.10,nope"}, ctrl("StatefulSet", "db")), annotations.IPs, `"nope"`)
+	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPs: "10.21.0.10"}, ctrl("StatefulSet", "db")), annotations.IPs, "outside pool blue")
+}
+
+func TestDeploymentReservation(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	e := newEnv(t, rs)
+	p := pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f"))
+	got := e.mustAdmit(p)
+	if got.Annotations[annotations.Identity] != "deployment/app/api" || got.Annotations[annotations.Reservation] != "tok1" {
+		t.Fatalf("annotations %v", got.Annotations)
+	}
+	// The API server re-invokes the webhook with the pod as mutated: same answer.
+	again := e.mustAdmit(got)
+	if again.Annotations[annotations.AssignedIP] != got.Annotations[annotations.AssignedIP] || again.Annotations[annotations.Reservation] != "tok1" {
+		t.Fatalf("re-invocation got %v; want %v", again.Annotations, got.Annotations)
+	}
+	// A second pod of the deployment gets another member.
+	second := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
+	if second.Annotations[annotations.AssignedIP] == got.Annotations[annotations.AssignedIP] {
+		t.Fatal("two live pods of a deployment share an address")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestDaemonSetIdentity(t *testing.T) {
+	e := newEnv(t)
+	p := pod("app", "", nil, ctrl("DaemonSet", "agent"))
+	p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"node-2"}}}}},
+	}}}
+	got := e.mustAdmit(p)
+	if got.Annotations[annotations.Identity] != "daemonset/app/agent/node-2" {
+		t.Fatalf("identity %q", got.Annotations[annotations.Identity])
+	}
+	bare := pod("app", "", nil, ctrl("DaemonSet", "agent"))
+	e.mustDeny(bare, "names no node")
+}
+
+func TestBarePodRequests(t *testing.T) {
+	e := newEnv(t)
+	e.mustAdmit(pod("app", "a", map[string]string{annotations.IP: "10.20.0.50", annotations.MAC: "02:00:00:00:00:50"}))
+	e.mustDeny(pod("app", "b", map[string]string{annotations.IP: "10.20.0.50"}), annotations.IP, `"10.20.0.50"`, "held by pod/app/a")
+	e.mustDeny(pod("app", "b", map[string]string{annotations.MAC: "02:00:00:00:00:50"}), annotations.MAC, "held by pod/app/a")
+	e.mustDeny(pod("app", "b", map[string]string{annotations.IP: "10.20.0.1"}), annotations.IP, "gateway of pool blue")
+	e.mustDeny(pod("app", "b", map[string]string{annotations.MAC: "01:00:00:00:00:50"}), annotations.MAC, "multicast")
+	e.mustDeny(pod("app", "b-0", map[string]string{annotations.IP: "10.20.0.60"}, ctrl("StatefulSet", "b")), annotations.IP, "use "+annotations.IPs)
+	if l := e.alloc.Lookup("pod/app/b"); len(l) != 0 {
+		t.Fatalf("denied pod left allocations %v", l)
+	}
+}
+
+func TestPoolChoice(t *testing.T) {
+	e := newEnv(t)
+	e.mustDeny(pod("app", "a", map[string]string{annotations.Pool: "green"}), annotations.Pool, `"green"`, "have: blue, racked, red, tiny")
+	e.mustDeny(pod("app", "a", map[string]string{annotations.Pool: "red"}), "IPPool red does not admit namespace app")
+	got := e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "racked"}))
+	if got.Spec.SchedulerName != "stickynet-scheduler" {
+		t.Fatalf("pod of a pool with a nodeSelector kept scheduler %q", got.Spec.SchedulerName)
+	}
+	if got := e.mustAdmit(pod("app", "b", nil)); got.Annotations[annotations.AssignedPool] != "blue" || got.Spec.SchedulerName != "" {
+		t.Fatalf("default pool: %v, scheduler %q", got.Annotations, got.Spec.SchedulerName)
+	}
+	// Without a default pool the denial says what to do.
+	blue := &v1alpha1.IPPool{}
+	_ = e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, blue)
+	blue.Spec.Default = false
+	if err := e.c.Update(context.Background(), blue); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDeny(pod("app", "c", nil), "no IPPool for pod app/c", "spec.default: true")
+	// The namespace annotation names the pool.
+	ns := &corev1.Namespace{}
+	_ = e.c.Get(context.Background(), client.ObjectKey{Name: "app"}, ns)
+	ns.Annotations = map[string]string{annotations.Pool: "tiny"}
+	if err := e.c.Update(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mustAdmit(pod("app", "c", nil)); got.Annotations[annotations.AssignedPool] != "tiny" {
+		t.Fatalf("namespace pool: %v", got.Annotations)
+	}
+}
+
+func TestExhausted(t *testing.T) {
+	e := newEnv(t)
+	for _, n := range []string{"a", "b"} {
+		e.mustAdmit(pod("app", n, map[string]string{annotations.Pool: "tiny"}))
+	}
+	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny"}), "pool tiny is exhausted", "all 2 addresses")
+}
+
+func TestBandwidth(t *testing.T) {
+	gold := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "gold"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}}, Priority: 10,
+		Ingress: &v1alpha1.BandwidthLimit{Rate: resource.MustParse("100M")}, Egress: &v1alpha1.BandwidthLimit{Rate: resource.MustParse("50M"), Burst: ptr(resource.MustParse("1M"))},
+	}}
+	bronze := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "bronze"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{}, Ingress: &v1alpha1.BandwidthLimit{Rate: resource.MustParse("1M")},
+	}}
+	e := newEnv(t, gold, bronze)
+	got := e.mustAdmit(pod("app", "a", nil))
+	want := map[string]string{annotations.IngressBandwidth: "100000000", annotations.EgressBandwidth: "50000000", annotations.EgressBurst: "1000000", annotations.BandwidthPolicy: "gold"}
+	for k, v := range want {
+		if got.Annotations[k] != v {
+			t.Errorf("%s = %q; want %q", k, got.Annotations[k], v)
+		}
+	}
+	if _, ok := got.Annotations[annotations.IngressBurst]; ok {
+		t.Error("ingress burst set without one in the policy")
+	}
+	// The pod's own keys win (the kubernetes.io ones too); no policy is named.
+	own := e.mustAdmit(pod("app", "b", map[string]string{annotations.KubernetesEgressBandwidth: "10M"}))
+	if own.Annotations[annotations.EgressBandwidth] != "10000000" || own.Annotations[annotations.BandwidthPolicy] != "" || own.Annotations[annotations.IngressBandwidth] != "" {
+		t.Fatalf("own limits: %v", own.Annotations)
+	}
+	e.mustDeny(pod("app", "c", map[string]string{annotations.IngressBandwidth: "fast"}), annotations.IngressBandwidth, `"fast"`, "such as 10M")
+}
+
+func TestSriov(t *testing.T) {
+	net := &v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}, Pool: "tiny"}}
+	e := newEnv(t, net)
+	got := e.mustAdmit(pod("app", "a", map[string]string{annotations.SriovNetwork: "fast"}))
+	res := corev1.ResourceName("stickynet.io/sriov-fast")
+	c := got.Spec.Containers[0]
+	if q := c.Resources.Requests[res]; q.Value() != 1 {
+		t.Fatalf("requests %v", c.Resources.Requests)
+	}
+	if q := c.Resources.Limits[res]; q.Value() != 1 {
+		t.Fatalf("limits %v", c.Resources.Limits)
+	}
+	if got.Annotations[annotations.AssignedPool] != "tiny" || got.Spec.SchedulerName != "stickynet-scheduler" {
+		t.Fatalf("pool %q scheduler %q", got.Annotations[annotations.AssignedPool], got.Spec.SchedulerName)
+	}
+	e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: "slow"}), annotations.SriovNetwork, `"slow"`, "have: fast")
+	e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: "fast", annotations.Pool: "blue"}), annotations.Pool, "draws its addresses from pool tiny")
+}
+
+func TestDryRunAllocatesNothing(t *testing.T) {
+	e := newEnv(t)
+	before := e.store.Revision()
+	resp, got := e.admit(pod("app", "a", nil), true)
+	if !resp.Allowed || got == nil || got.Annotations[annotations.AssignedIP] == "" {
+		t.Fatalf("dry run: %+v", resp.Result)
+	}
+	if e.store.Revision() != before {
+		t.Fatal("dry run wrote to the store")
+	}
+}
+
+// unreachable is a store whose every call waits until the caller gives up, as
+// a partitioned etcd does.
+type unreachable struct{ *store.Memory }
+
+func (u unreachable) Txn(ctx context.Context, _ []store.Cmp, _, _ []store.Op) (store.TxnResult, error) {
+	<-ctx.Done()
+	return store.TxnResult{}, ctx.Err()
+}
+
+func TestStoreUnreachable(t *testing.T) {
+	e := newEnv(t)
+	mem := store.NewMemory()
+	a := ipam.New(unreachable{mem}, ipam.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.h.Alloc = a
+	start := time.Now()
+	resp, _ := e.admit(pod("app", "a", nil), false)
+	if resp.Allowed || resp.Result.Code != http.StatusServiceUnavailable || !strings.Contains(resp.Result.Message, "state store (etcd)") {
+		t.Fatalf("response %+v", resp.Result)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("denial took %s; want it within the store timeout (1s)", d)
+	}
+	if mem.Revision() != 0 {
+		t.Fatal("something was written")
+	}
+}

@@ -1,0 +1,100 @@
+package admission
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+)
+
+// podIndexLabel is set by the StatefulSet controller on its pods.
+const podIndexLabel = "apps.kubernetes.io/pod-index"
+
+// identity resolves who owns the pod's addresses (DESIGN.md, "Identity and
+// stickiness"). token is used for pods that have no name yet.
+func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (annotations.ID, error) {
+	ns := pod.Namespace
+	owner := metav1.GetControllerOf(pod)
+	if owner != nil {
+		switch {
+		case owner.Kind == "StatefulSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
+			ord, err := statefulSetOrdinal(pod, owner.Name)
+			if err != nil {
+				return annotations.ID{}, err
+			}
+			return annotations.StatefulSetID(ns, owner.Name, ord), nil
+		case owner.Kind == "ReplicaSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
+			rs, err := h.replicaSet(ctx, ns, owner.Name)
+			if err != nil {
+				return annotations.ID{}, err
+			}
+			if dep := metav1.GetControllerOf(rs); dep != nil && dep.Kind == "Deployment" {
+				return annotations.ID{Kind: annotations.KindDeployment, Namespace: ns, Name: dep.Name}, nil
+			}
+			return annotations.ID{Kind: annotations.KindReplicaSet, Namespace: ns, Name: rs.Name}, nil
+		case owner.Kind == "DaemonSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
+			node := daemonSetNode(pod)
+			if node == "" {
+				return annotations.ID{}, fmt.Errorf("DaemonSet pod of %s/%s names no node in its node affinity or spec.nodeName", ns, owner.Name)
+			}
+			return annotations.ID{Kind: annotations.KindDaemonSet, Namespace: ns, Name: owner.Name, Member: node}, nil
+		}
+	}
+	// Bare pods, Job pods and pods of other controllers are keyed by name.
+	name := pod.Name
+	if name == "" {
+		name = pod.GenerateName + token
+	}
+	return annotations.ID{Kind: annotations.KindPod, Namespace: ns, Name: name}, nil
+}
+
+func statefulSetOrdinal(pod *corev1.Pod, set string) (int, error) {
+	if v, ok := pod.Labels[podIndexLabel]; ok {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			return n, nil
+		}
+	}
+	suffix, ok := strings.CutPrefix(pod.Name, set+"-")
+	if n, err := strconv.Atoi(suffix); ok && err == nil && n >= 0 {
+		return n, nil
+	}
+	return 0, fmt.Errorf("StatefulSet pod %q of %s has no ordinal (label %s or name <set>-<ordinal>)", pod.Name, set, podIndexLabel)
+}
+
+// daemonSetNode reads the node a DaemonSet pod is for from the node affinity
+// the DaemonSet controller sets (matchFields metadata.name), or spec.nodeName.
+func daemonSetNode(pod *corev1.Pod) string {
+	if a := pod.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, f := range term.MatchFields {
+				if f.Key == "metadata.name" && f.Operator == corev1.NodeSelectorOpIn && len(f.Values) == 1 {
+					return f.Values[0]
+				}
+			}
+		}
+	}
+	return pod.Spec.NodeName
+}
+
+// replicaSet reads a ReplicaSet from the cache, or from the API server when the
+// cache has not seen it yet (it was created a moment ago).
+func (h *Handler) replicaSet(ctx context.Context, ns, name string) (*appsv1.ReplicaSet, error) {
+	rs := &appsv1.ReplicaSet{}
+	key := client.ObjectKey{Namespace: ns, Name: name}
+	err := h.Reader.Get(ctx, key, rs)
+	if apierrors.IsNotFound(err) && h.APIReader != nil {
+		err = h.APIReader.Get(ctx, key, rs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read owner ReplicaSet %s/%s: %w", ns, name, err)
+	}
+	return rs, nil
+}

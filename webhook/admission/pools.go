@@ -1,0 +1,95 @@
+package admission
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/ipam"
+)
+
+// pool chooses the pod's IPPool: the SriovNetwork's pool, else the pod's
+// annotation (set on the pod or its template), else the namespace's
+// annotation, else the default pool that admits the namespace.
+func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, sriov *v1alpha1.SriovNetwork) (*v1alpha1.IPPool, *ipam.Pool, error) {
+	name, key := pod.Annotations[annotations.Pool], annotations.Pool
+	if name != "" {
+		if _, err := annotations.ParseName(key, name); err != nil {
+			return nil, nil, err
+		}
+	}
+	if sriov != nil && sriov.Spec.Pool != "" {
+		if name != "" && name != sriov.Spec.Pool {
+			return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("no value or %q: SriovNetwork %s draws its addresses from pool %s", sriov.Spec.Pool, sriov.Name, sriov.Spec.Pool)}
+		}
+		name = sriov.Spec.Pool
+	}
+	if name == "" {
+		name = ns.Annotations[annotations.Pool]
+		key = "namespace " + ns.Name + " annotation " + annotations.Pool
+	}
+	list := &v1alpha1.IPPoolList{}
+	if err := h.Reader.List(ctx, list); err != nil {
+		return nil, nil, fmt.Errorf("list IPPools: %w", err)
+	}
+	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
+	if name == "" {
+		for i := range list.Items {
+			p := &list.Items[i]
+			if ok, _ := admits(p, ns); p.Spec.Default && ok {
+				return h.parse(p, ns)
+			}
+		}
+		return nil, nil, deny("no IPPool for pod %s/%s: set the annotation %s on the pod, its template or namespace %s, or mark an IPPool that admits the namespace with spec.default: true",
+			pod.Namespace, podName(pod), annotations.Pool, ns.Name)
+	}
+	var names []string
+	for i := range list.Items {
+		p := &list.Items[i]
+		if p.Name == name {
+			return h.parse(p, ns)
+		}
+		names = append(names, p.Name)
+	}
+	return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)}
+}
+
+func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace) (*v1alpha1.IPPool, *ipam.Pool, error) {
+	ok, err := admits(p, ns)
+	if err != nil {
+		return nil, nil, deny("IPPool %s has an invalid spec.namespaceSelector: %s", p.Name, err)
+	}
+	if !ok {
+		return nil, nil, deny("IPPool %s does not admit namespace %s (its spec.namespaceSelector does not match the namespace's labels)", p.Name, ns.Name)
+	}
+	pool, err := ipam.NewPool(p.Name, p.Spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, pool, nil
+}
+
+func admits(p *v1alpha1.IPPool, ns *corev1.Namespace) (bool, error) {
+	if p.Spec.NamespaceSelector == nil {
+		return true, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(p.Spec.NamespaceSelector)
+	if err != nil {
+		return false, err
+	}
+	return sel.Matches(labels.Set(ns.Labels)), nil
+}
+
+func podName(pod *corev1.Pod) string {
+	if pod.Name != "" {
+		return pod.Name
+	}
+	return pod.GenerateName + "*"
+}
+
