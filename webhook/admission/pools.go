@@ -92,4 +92,3 @@ func podName(pod *corev1.Pod) string {
 	}
 	return pod.GenerateName + "*"
 }
-
