@@ -79,6 +79,9 @@ func RunEtcd(opts EtcdOptions) (*Etcd, error) {
 		}
 		bin = p
 	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create etcd folder: %w", err)
+	}
 	client, err := FreePort()
 	if err != nil {
 		return nil, err

@@ -16,7 +16,8 @@ import (
 const NetnsDir = "/run/netns"
 
 // NewNetns creates a network namespace and binds it to path, which must not
-// exist yet. The namespace lives until DeleteNetns.
+// exist yet. The namespace lives until DeleteNetns. Call PrepareNetnsDir
+// before binding namespaces under NetnsDir.
 func (h *Host) NewNetns(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create netns folder: %w", err)
@@ -45,6 +46,32 @@ func (h *Host) NewNetns(path string) error {
 	if err := <-errc; err != nil {
 		os.Remove(path)
 		return err
+	}
+	return nil
+}
+
+// PrepareNetnsDir makes NetnsDir a mount point of its own with shared
+// propagation, as iproute2 does before its first `ip netns add`: namespace
+// files bound there before that would otherwise end up hidden under the
+// mount it makes, impossible to unbind. Callers serialize it (two binds at
+// once would hide each other's namespaces the same way).
+func (h *Host) PrepareNetnsDir() error {
+	dir := NetnsDir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s onto itself: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", dir, err)
 	}
 	return nil
 }

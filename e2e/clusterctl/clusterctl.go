@@ -1,0 +1,194 @@
+// Package clusterctl runs the local cluster outside tests, for `make
+// cluster-up` and `make cluster-down`: "up" starts a supervisor process (the
+// same binary with "run") that brings the cluster up with package cluster
+// and keeps it running, waits until it reports Ready and prints how long that
+// took; "down" stops the supervisor by its recorded PID, which tears the
+// cluster down, then sweeps whatever a dead supervisor may have left.
+package clusterctl
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/e2e/internal/host"
+)
+
+// Options are the command's settings.
+type Options struct {
+	// Command is "up", "down" or "run" (the supervisor, started by up).
+	Command string
+	// Dir holds the cluster's files; Kubeconfig is the admin kubeconfig.
+	Dir, Kubeconfig string
+	// Nodes and SimNodes are the numbers of real and simulated nodes.
+	Nodes, SimNodes int
+	// Out receives what the command reports to its user.
+	Out io.Writer
+}
+
+// readyFD is the file descriptor on which the supervisor tells up that the
+// cluster is ready (or why it is not).
+const readyFD = 3
+
+// Run carries out opts.Command.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Out == nil {
+		opts.Out = os.Stdout
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return fmt.Errorf("cluster folder: %w", err)
+	}
+	opts.Dir = dir
+	if opts.Kubeconfig, err = filepath.Abs(opts.Kubeconfig); err != nil {
+		return fmt.Errorf("kubeconfig path: %w", err)
+	}
+	switch opts.Command {
+	case "up":
+		return up(ctx, opts)
+	case "run":
+		return supervise(ctx, opts)
+	case "down":
+		return down(ctx, opts)
+	default:
+		return fmt.Errorf("unknown command %q: want up, down or run", opts.Command)
+	}
+}
+
+func pidFile(dir string) string { return filepath.Join(filepath.Dir(dir), filepath.Base(dir)+".pid") }
+func logFile(dir string) string { return filepath.Join(filepath.Dir(dir), filepath.Base(dir)+".log") }
+
+// up starts the supervisor in a session of its own and waits for its word.
+func up(ctx context.Context, opts Options) error {
+	begin := time.Now()
+	if s, err := cluster.ReadState(opts.Dir); err == nil && s.OwnerAlive() {
+		return fmt.Errorf("a cluster already runs from %s (supervisor PID %d): make cluster-down first", opts.Dir, s.OwnerPID)
+	}
+	if err := cluster.TeardownStale(ctx); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o755); err != nil {
+		return fmt.Errorf("create output folder: %w", err)
+	}
+	logf, err := os.Create(logFile(opts.Dir))
+	if err != nil {
+		return fmt.Errorf("create supervisor log: %w", err)
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("make ready pipe: %w", err)
+	}
+	cmd := exec.Command(self, "run", "--dir="+opts.Dir, "--kubeconfig="+opts.Kubeconfig,
+		"--nodes="+strconv.Itoa(opts.Nodes), "--sim-nodes="+strconv.Itoa(opts.SimNodes))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w} // fd 3
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start supervisor: %w", err)
+	}
+	w.Close()
+	me, err := host.ReadProcess(cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(pidFile(opts.Dir), fmt.Appendf(nil, "%d %d\n", me.PID, me.Start), 0o644); err != nil {
+		return fmt.Errorf("record supervisor PID: %w", err)
+	}
+	msg, _ := bufio.NewReader(r).ReadString('\n')
+	r.Close()
+	msg = strings.TrimSpace(msg)
+	if !strings.HasPrefix(msg, "ready") {
+		_ = cmd.Wait()
+		if msg == "" {
+			msg = "supervisor exited"
+		}
+		return fmt.Errorf("cluster did not come up: %s (log: %s)", msg, logFile(opts.Dir))
+	}
+	// Leave the supervisor running; do not wait for it.
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	fmt.Fprintf(opts.Out, "local cluster up: %d real node(s) Ready, %d simulated, %.1f s from start to Ready\n",
+		opts.Nodes, opts.SimNodes, time.Since(begin).Seconds())
+	fmt.Fprintf(opts.Out, "  export KUBECONFIG=%s\n  supervisor PID %d, log %s; stop with: make cluster-down\n",
+		opts.Kubeconfig, pid, logFile(opts.Dir))
+	return nil
+}
+
+// supervise runs the cluster until SIGTERM or SIGINT, then stops it.
+func supervise(ctx context.Context, opts Options) error {
+	ready := os.NewFile(readyFD, "ready")
+	ctx, cancel := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	signal.Ignore(syscall.SIGHUP)
+	c, err := cluster.Start(ctx, cluster.Config{
+		Dir:        opts.Dir,
+		Kubeconfig: opts.Kubeconfig,
+		Nodes:      opts.Nodes,
+		SimNodes:   opts.SimNodes,
+	})
+	if err != nil {
+		if ready != nil {
+			fmt.Fprintf(ready, "error: %s\n", strings.ReplaceAll(err.Error(), "\n", " | "))
+			ready.Close()
+		}
+		return err
+	}
+	if ready != nil {
+		fmt.Fprintln(ready, "ready")
+		ready.Close()
+	}
+	<-ctx.Done()
+	klog.FromContext(ctx).Info("Stopping the local cluster")
+	return c.Stop(context.Background())
+}
+
+// down stops the supervisor by PID and sweeps what is left.
+func down(ctx context.Context, opts Options) error {
+	begin := time.Now()
+	s, err := cluster.ReadState(opts.Dir)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		fmt.Fprintf(opts.Out, "no cluster runs from %s\n", opts.Dir)
+		_ = os.Remove(pidFile(opts.Dir))
+		return cluster.TeardownStale(ctx)
+	}
+	if s.OwnerAlive() {
+		if err := syscall.Kill(s.OwnerPID, syscall.SIGTERM); err != nil {
+			return fmt.Errorf("stop supervisor %d: %w", s.OwnerPID, err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for s.OwnerAlive() && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if s.OwnerAlive() {
+			_ = syscall.Kill(s.OwnerPID, syscall.SIGKILL)
+		}
+	}
+	// Whatever the supervisor could not remove (or everything, if it had died).
+	if err := cluster.Teardown(ctx, s); err != nil {
+		return err
+	}
+	_ = os.Remove(pidFile(opts.Dir))
+	fmt.Fprintf(opts.Out, "local cluster down in %.1f s\n", time.Since(begin).Seconds())
+	return cluster.TeardownStale(ctx)
+}
