@@ -1,0 +1,48 @@
+package api
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestParseNetConf(t *testing.T) {
+	tests := []struct {
+		name        string
+		in          string
+		wantSocket  string
+		wantTimeout time.Duration
+		wantCode    uint
+		wantMsg     string
+	}{
+		{name: "defaults", in: `{"cniVersion":"1.1.0","name":"n","type":"stickynet"}`, wantSocket: DefaultSocket, wantTimeout: DefaultTimeout},
+		{name: "explicit", in: `{"cniVersion":"1.1.0","name":"n","type":"stickynet","socket":"/tmp/a.sock","timeout":"2s"}`, wantSocket: "/tmp/a.sock", wantTimeout: 2 * time.Second},
+		{name: "not JSON", in: `{`, wantCode: types.ErrDecodingFailure, wantMsg: "not valid JSON"},
+		{name: "other type", in: `{"type":"bridge"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `"bridge"`},
+		{name: "relative socket", in: `{"type":"stickynet","socket":"a.sock"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "absolute path"},
+		{name: "zero timeout", in: `{"type":"stickynet","timeout":"0s"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "positive duration"},
+		{name: "bad timeout", in: `{"type":"stickynet","timeout":"10"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `"10"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseNetConf([]byte(tt.in))
+			if tt.wantCode != 0 {
+				var e *types.Error
+				if !errors.As(err, &e) || e.Code != tt.wantCode || !strings.Contains(e.Msg, tt.wantMsg) {
+					t.Fatalf("error = %v; want code %d containing %q", err, tt.wantCode, tt.wantMsg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := c.RequestTimeout()
+			if c.Socket != tt.wantSocket || d != tt.wantTimeout {
+				t.Fatalf("socket %q timeout %s; want %q %s", c.Socket, d, tt.wantSocket, tt.wantTimeout)
+			}
+		})
+	}
+}
