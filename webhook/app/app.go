@@ -1,0 +1,241 @@
+// Package app wires the stickynet webhook binary: a controller-runtime manager
+// with the mutating admission server (TLS), health and readiness endpoints,
+// Prometheus metrics, the serving certificate (certs/), the IPAM core over
+// etcd v3, and the leader-elected release controller.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	cradmission "sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/certs"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/webhook/admission"
+	"github.com/stickynet/stickynet/webhook/release"
+)
+
+// MutatePath is the URL path of the pod mutation endpoint.
+const MutatePath = "/mutate-pods"
+
+// Options configure the webhook binary.
+type Options struct {
+	Kubeconfig string // empty: in-cluster config or $KUBECONFIG
+
+	EtcdEndpoints []string // state store; empty with MemoryStore for single-replica trials
+	MemoryStore   bool     // keep state in memory (one replica only; lost on restart)
+	KeyPrefix     string
+	DialTimeout   time.Duration
+
+	Host    string
+	Port    int
+	CertDir string
+	Certs   certs.Options
+
+	MetricsAddr string
+	ProbeAddr   string
+
+	LeaderElection          bool
+	LeaderElectionNamespace string
+
+	SchedulerName  string
+	StoreTimeout   time.Duration
+	ReservationTTL time.Duration
+	ReleaseGrace   time.Duration
+}
+
+// Scheme has the types the webhook reads.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	return ctrl.GetConfig()
+}
+
+// Run runs the webhook until ctx ends.
+func Run(ctx context.Context, o Options) error {
+	log := klog.FromContext(ctx)
+	cfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	sch, err := Scheme()
+	if err != nil {
+		return err
+	}
+	st, err := openStore(o)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  sch,
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:  o.ProbeAddr,
+		LeaderElection:          o.LeaderElection,
+		LeaderElectionID:        "stickynet-release-controller",
+		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		WebhookServer:           webhook.NewServer(webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}),
+		Logger:                  log,
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+
+	alloc := ipam.New(st, ipam.Options{Prefix: o.KeyPrefix, ReservationTTL: o.ReservationTTL})
+	allocReady := make(chan struct{})
+	if err := mgr.Add(runnable(func(ctx context.Context) error {
+		if err := alloc.Start(ctx); err != nil {
+			return fmt.Errorf("start allocator: %w", err)
+		}
+		close(allocReady)
+		<-ctx.Done()
+		return nil
+	})); err != nil {
+		return err
+	}
+
+	o.Certs.CertDir = o.CertDir
+	certsReady, err := certs.Setup(mgr, o.Certs)
+	if err != nil {
+		return err
+	}
+
+	handler := &admission.Handler{
+		Reader: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Alloc: alloc,
+		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, StoreTimeout: o.StoreTimeout,
+		Metrics: admission.NewMetrics(metrics.Registry),
+	}
+	// The webhook server starts once the certificate and the address cache are there.
+	serving := make(chan struct{})
+	if err := mgr.Add(runnable(func(ctx context.Context) error {
+		for _, ch := range []<-chan struct{}{certsReady, allocReady} {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		mgr.GetWebhookServer().Register(MutatePath, &webhook.Admission{Handler: handler, RecoverPanic: ptr(true)})
+		close(serving)
+		return nil
+	})); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("webhook", func(req *http.Request) error {
+		select {
+		case <-serving:
+			return mgr.GetWebhookServer().StartedChecker()(req)
+		default:
+			return errors.New("waiting for the serving certificate and the address cache")
+		}
+	}); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+
+	if err := mgr.Add(&release.Controller{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
+		Recorder: mgr.GetEventRecorderFor("stickynet"), Grace: o.ReleaseGrace,
+	}); err != nil {
+		return err
+	}
+	log.Info("Starting stickynet webhook", "port", o.Port, "etcd", o.EtcdEndpoints, "memoryStore", o.MemoryStore)
+	return mgr.Start(ctx)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+type runnable func(ctx context.Context) error
+
+func (r runnable) Start(ctx context.Context) error { return r(ctx) }
+
+// NeedLeaderElection: these run on every replica.
+func (r runnable) NeedLeaderElection() bool { return false }
+
+func openStore(o Options) (store.Store, error) {
+	if o.MemoryStore {
+		return store.NewMemory(), nil
+	}
+	if len(o.EtcdEndpoints) == 0 {
+		return nil, errors.New("no state store: set --etcd-endpoints (or --memory-store for a single-replica trial)")
+	}
+	s, err := etcd.New(etcd.Options{Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// WebhookConfiguration returns the MutatingWebhookConfiguration stickynet
+// needs: Pod CREATE in namespaces labelled stickynet.io/enabled=true (never
+// kube-system or the webhook's own namespace), failing closed, no side effects
+// on dry run, re-invoked when later webhooks change the pod.
+func WebhookConfiguration(name, ownNamespace string, cc admissionregistrationv1.WebhookClientConfig) *admissionregistrationv1.MutatingWebhookConfiguration {
+	fail := admissionregistrationv1.Fail
+	side := admissionregistrationv1.SideEffectClassNoneOnDryRun
+	reinvoke := admissionregistrationv1.IfNeededReinvocationPolicy
+	scope := admissionregistrationv1.NamespacedScope
+	timeout := int32(10)
+	exclude := []string{"kube-system"}
+	if ownNamespace != "" && ownNamespace != "kube-system" {
+		exclude = append(exclude, ownNamespace)
+	}
+	return &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:         "pods.stickynet.io",
+			ClientConfig: cc,
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}, Scope: &scope},
+			}},
+			NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{annotations.EnabledLabel: "true"},
+				MatchExpressions: []metav1.LabelSelectorRequirement{{
+					Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: exclude,
+				}},
+			},
+			FailurePolicy:           &fail,
+			SideEffects:             &side,
+			TimeoutSeconds:          &timeout,
+			AdmissionReviewVersions: []string{"v1"},
+			ReinvocationPolicy:      &reinvoke,
+		}},
+	}
+}

@@ -1,0 +1,65 @@
+// Command stickynet-webhook is stickynet's mutating admission webhook and
+// release controller. See webhook/app.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/stickynet/stickynet/certs"
+	"github.com/stickynet/stickynet/webhook/app"
+)
+
+func main() {
+	var o app.Options
+	var etcd, secret, dnsNames string
+	flag.StringVar(&etcd, "etcd-endpoints", "", "comma-separated etcd v3 endpoints of the state store, such as http://etcd:2379")
+	flag.BoolVar(&o.MemoryStore, "memory-store", false, "keep state in memory: one replica only, lost on restart (for trials)")
+	flag.StringVar(&o.KeyPrefix, "key-prefix", "/stickynet/", "prefix of stickynet's keys in etcd")
+	flag.DurationVar(&o.DialTimeout, "etcd-dial-timeout", 5*time.Second, "timeout of the first connection to etcd")
+	flag.StringVar(&o.Host, "host", "", "address the webhook server listens on (default all)")
+	flag.IntVar(&o.Port, "port", 9443, "port of the webhook server")
+	flag.StringVar(&o.CertDir, "cert-dir", "/tmp/stickynet-webhook-certs", "folder of the serving certificate (tls.crt, tls.key)")
+	flag.StringVar(&o.Certs.Mode, "cert-mode", certs.ModeSelf, "who provides the serving certificate: self (a rotated CA in a Secret) or cert-manager")
+	flag.StringVar(&secret, "cert-secret", "stickynet-system/stickynet-webhook-cert", "namespace/name of the Secret that holds the CA and certificate (self mode)")
+	flag.StringVar(&dnsNames, "cert-dns-names", "stickynet-webhook.stickynet-system.svc", "comma-separated DNS names of the serving certificate (self mode)")
+	flag.StringVar(&o.Certs.WebhookConfig, "webhook-config-name", "stickynet", "MutatingWebhookConfiguration whose caBundle is kept current (self mode)")
+	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
+	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.BoolVar(&o.LeaderElection, "leader-elect", true, "elect a leader to run the release controller (needed with more than one replica)")
+	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
+	flag.StringVar(&o.SchedulerName, "scheduler-name", "", "schedulerName given to pods that need the stickynet extender (pool with a nodeSelector, SR-IOV); empty leaves pods alone")
+	flag.DurationVar(&o.StoreTimeout, "store-timeout", 7*time.Second, "time budget for the state store per admission (keep it under the webhook timeout)")
+	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", 60*time.Second, "how long a reservation for a pod without a name lives unconfirmed")
+	flag.DurationVar(&o.ReleaseGrace, "release-grace", 30*time.Second, "minimum age of an address's last change before the release controller unbinds or frees it")
+	klog.InitFlags(nil)
+	flag.Parse()
+
+	if f := flag.Lookup("kubeconfig"); f != nil { // registered by controller-runtime
+		o.Kubeconfig = f.Value.String()
+	}
+	if etcd != "" {
+		o.EtcdEndpoints = strings.Split(etcd, ",")
+	}
+	ns, name, ok := strings.Cut(secret, "/")
+	if !ok {
+		fmt.Fprintf(os.Stderr, "--cert-secret %q: expected namespace/name\n", secret)
+		os.Exit(2)
+	}
+	o.Certs.Secret = types.NamespacedName{Namespace: ns, Name: name}
+	o.Certs.DNSNames = strings.Split(dnsNames, ",")
+
+	ctx := klog.NewContext(ctrl.SetupSignalHandler(), klog.Background())
+	ctrl.SetLogger(klog.Background())
+	if err := app.Run(ctx, o); err != nil {
+		klog.Background().Error(err, "stickynet-webhook failed")
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,586 @@
+// Package release is stickynet's release controller (leader-elected, in the
+// webhook binary). It reconciles the allocator's addresses with the cluster:
+// it confirms reservations when their pods appear, records which pod carries
+// which address, frees addresses by the retention rules of DESIGN.md
+// ("Identity and stickiness") — never one that a live pod carries — keeps
+// IPPool status counts current, and re-resolves pods' bandwidth annotations
+// when BandwidthPolicies change.
+package release
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/webhook/policy"
+)
+
+// allocator is what the controller needs from the IPAM core.
+type allocator interface {
+	List(match func(ipam.Entry) bool) []ipam.Entry
+	Bind(ctx context.Context, b ipam.Binding) error
+	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
+	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
+	SetPool(p *ipam.Pool)
+	Stats(p *ipam.Pool) ipam.Stats
+}
+
+var _ allocator = (*ipam.Allocator)(nil)
+
+// Controller reconciles addresses with the cluster. It runs on the leader only.
+type Controller struct {
+	Client    client.Client // cached reads; writes
+	APIReader client.Reader // uncached reads that confirm a workload or pod is gone
+	Cache     cache.Cache   // informers whose events trigger a reconcile (nil: periodic only)
+	Alloc     allocator
+	Recorder  record.EventRecorder
+	// Grace is how long after its last change an address is left alone before
+	// it may be unbound or released, covering pods still being admitted (the
+	// admission chain runs before the pod exists). Default 30 s.
+	Grace time.Duration
+	// Resync is the period of the full reconcile without events. Default 30 s.
+	Resync time.Duration
+	// MinInterval spaces event-triggered reconciles. Default 200 ms.
+	MinInterval time.Duration
+
+	trigger chan struct{}
+	mu      sync.Mutex
+	seen    map[types.UID]bool // pods already given an Assigned event
+}
+
+var (
+	_ manager.Runnable               = (*Controller)(nil)
+	_ manager.LeaderElectionRunnable = (*Controller)(nil)
+)
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable.
+func (c *Controller) NeedLeaderElection() bool { return true }
+
+// Start runs the controller until ctx ends.
+func (c *Controller) Start(ctx context.Context) error {
+	log := klog.FromContext(ctx).WithName("release")
+	ctx = klog.NewContext(ctx, log)
+	if c.Grace == 0 {
+		c.Grace = 30 * time.Second
+	}
+	if c.Resync == 0 {
+		c.Resync = 30 * time.Second
+	}
+	if c.MinInterval == 0 {
+		c.MinInterval = 200 * time.Millisecond
+	}
+	c.trigger = make(chan struct{}, 1)
+	c.seen = map[types.UID]bool{}
+	if c.Cache != nil {
+		for _, obj := range []client.Object{
+			&corev1.Pod{}, &appsv1.StatefulSet{}, &appsv1.Deployment{}, &appsv1.ReplicaSet{}, &appsv1.DaemonSet{},
+			&corev1.Node{}, &v1alpha1.IPPool{}, &v1alpha1.BandwidthPolicy{},
+		} {
+			inf, err := c.Cache.GetInformer(ctx, obj)
+			if err != nil {
+				return fmt.Errorf("informer for %T: %w", obj, err)
+			}
+			if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+				AddFunc:    func(any) { c.Trigger() },
+				UpdateFunc: func(any, any) { c.Trigger() },
+				DeleteFunc: func(any) { c.Trigger() },
+			}); err != nil {
+				return fmt.Errorf("watch %T: %w", obj, err)
+			}
+		}
+		if !c.Cache.WaitForCacheSync(ctx) {
+			return errors.New("caches did not sync")
+		}
+	}
+	tick := time.NewTicker(c.Resync)
+	defer tick.Stop()
+	c.Trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.trigger:
+		case <-tick.C:
+		}
+		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			log.Error(err, "Reconcile failed; retrying")
+			time.AfterFunc(time.Second, c.Trigger)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(c.MinInterval):
+		}
+	}
+}
+
+// Trigger asks for a reconcile soon.
+func (c *Controller) Trigger() {
+	select {
+	case c.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// podInfo is a pod that carries an assignment.
+type podInfo struct {
+	pod      *corev1.Pod
+	key      string // ns/name
+	identity string
+	pool     string
+	ip       netip.Addr
+	token    string
+	live     bool // not terminal: its sandbox may still use the address
+}
+
+func podsWithAssignment(list []corev1.Pod) []podInfo {
+	var out []podInfo
+	for i := range list {
+		p := &list[i]
+		ann := p.Annotations
+		id, ipStr := ann[annotations.Identity], ann[annotations.AssignedIP]
+		if id == "" || ipStr == "" {
+			continue
+		}
+		pfx, err := annotations.ParsePrefixes(annotations.AssignedIP, ipStr)
+		if err != nil || len(pfx) == 0 {
+			continue
+		}
+		out = append(out, podInfo{
+			pod: p, key: p.Namespace + "/" + p.Name, identity: id, pool: ann[annotations.AssignedPool],
+			ip: pfx[0].Addr(), token: ann[annotations.Reservation],
+			live: p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed,
+		})
+	}
+	return out
+}
+
+// Reconcile runs one full pass.
+func (c *Controller) Reconcile(ctx context.Context) error {
+	log := klog.FromContext(ctx)
+	podList := &corev1.PodList{}
+	if err := c.Client.List(ctx, podList); err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	pods := podsWithAssignment(podList.Items)
+	byToken := map[string]*podInfo{}
+	byAddr := map[string]*podInfo{} // pool/ip → live pod carrying it
+	byKey := map[string]*podInfo{}
+	for i := range pods {
+		p := &pods[i]
+		byKey[p.key] = p
+		if p.token != "" {
+			byToken[p.token] = p
+		}
+		if p.live {
+			byAddr[p.pool+"/"+p.ip.String()] = p
+		}
+	}
+
+	var errs []error
+	now := time.Now()
+	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
+	members := map[string][]ipam.Entry{} // identity → entries
+	for _, e := range entries {
+		members[e.Identity] = append(members[e.Identity], e)
+	}
+	for _, e := range entries {
+		carrier := byAddr[e.Pool+"/"+e.IP.String()]
+		if carrier != nil && carrier.identity != e.Identity {
+			carrier = nil // a pod that claims an address it does not own
+		}
+		switch {
+		case e.Reserved || e.Held:
+			// Confirm a reservation when its pod appears; unconfirmed ones expire by themselves.
+			if p := byToken[e.Token]; p != nil && p.identity == e.Identity && p.ip == e.IP && p.pool == e.Pool {
+				if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: p.key, Token: e.Token}); err != nil {
+					c.event(p.pod, corev1.EventTypeWarning, "StickyAddressLost", "%s: the pod must be recreated to get an address", err)
+					errs = append(errs, err)
+					continue
+				}
+				c.assigned(p)
+			}
+			continue
+		case e.Pod == "" && carrier != nil:
+			if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: carrier.key}); err != nil {
+				errs = append(errs, err)
+			} else {
+				c.assigned(carrier)
+			}
+			continue
+		case e.Pod != "" && (carrier == nil || carrier.key != e.Pod):
+			if now.Sub(e.Since) < c.Grace {
+				continue
+			}
+			gone, err := c.podGone(ctx, e.Pod, e.Pool, e.IP)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if !gone {
+				continue
+			}
+			if err := c.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			e.Pod = ""
+			if carrier != nil { // another live pod of the identity carries it now
+				continue
+			}
+		case e.Pod != "":
+			if p := byKey[e.Pod]; p != nil {
+				c.assigned(p)
+			}
+			continue
+		}
+		if e.Held || now.Sub(e.Since) < c.Grace {
+			continue
+		}
+		why, err := c.releaseReason(ctx, e, members[e.Identity])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if why == "" {
+			continue
+		}
+		if err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false); err != nil {
+			if !errors.Is(err, ipam.ErrInUse) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		log.Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
+		c.released(ctx, e, why)
+		ms := members[e.Identity]
+		for i := range ms {
+			if ms[i].IP == e.IP && ms[i].Pool == e.Pool {
+				members[e.Identity] = append(ms[:i:i], ms[i+1:]...)
+				break
+			}
+		}
+	}
+	if err := c.updatePools(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.reresolveBandwidth(ctx, pods); err != nil {
+		errs = append(errs, err)
+	}
+	c.forget(pods)
+	return errors.Join(errs...)
+}
+
+// podGone confirms with the API server that no live pod named key carries the address.
+func (c *Controller) podGone(ctx context.Context, key, pool string, ip netip.Addr) (bool, error) {
+	ns, name, _ := cutKey(key)
+	p := &corev1.Pod{}
+	err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read pod %s: %w", key, err)
+	}
+	info := podsWithAssignment([]corev1.Pod{*p})
+	return len(info) == 0 || !info[0].live || info[0].ip != ip || info[0].pool != pool, nil
+}
+
+func cutKey(key string) (string, string, bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], true
+		}
+	}
+	return "", key, false
+}
+
+// releaseReason says why an address that no pod carries should be freed now
+// ("" to keep it).
+func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []ipam.Entry) (string, error) {
+	id, err := annotations.ParseIdentity(e.Identity)
+	if err != nil {
+		return "", nil // not ours to judge
+	}
+	key := client.ObjectKey{Namespace: id.Namespace, Name: id.Name}
+	switch id.Kind {
+	case annotations.KindPod:
+		return "the pod is gone", nil
+	case annotations.KindStatefulSet:
+		sts := &appsv1.StatefulSet{}
+		gone, err := c.gone(ctx, key, sts)
+		if err != nil || gone {
+			return reason(gone, "the StatefulSet was deleted"), err
+		}
+		ret, err := annotations.ParseRetention(sts.Spec.Template.Annotations[annotations.IPRetention])
+		if err != nil || ret != annotations.RetentionRelease {
+			return "", nil
+		}
+		ord, _ := id.Ordinal()
+		if ord >= int(replicas(sts.Spec.Replicas)) {
+			return fmt.Sprintf("scaled down below ordinal %d with %s: %s", ord, annotations.IPRetention, annotations.RetentionRelease), nil
+		}
+	case annotations.KindDeployment:
+		dep := &appsv1.Deployment{}
+		gone, err := c.gone(ctx, key, dep)
+		if err != nil || gone {
+			return reason(gone, "the Deployment was deleted"), err
+		}
+		limit := replicas(dep.Spec.Replicas) + surge(dep)
+		if n := int32(len(members)); n > limit && isSurplus(e, members, limit) {
+			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), nil
+		}
+	case annotations.KindReplicaSet:
+		rs := &appsv1.ReplicaSet{}
+		gone, err := c.gone(ctx, key, rs)
+		if err != nil || gone {
+			return reason(gone, "the ReplicaSet was deleted"), err
+		}
+		limit := replicas(rs.Spec.Replicas)
+		if n := int32(len(members)); n > limit && isSurplus(e, members, limit) {
+			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
+		}
+	case annotations.KindDaemonSet:
+		gone, err := c.gone(ctx, key, &appsv1.DaemonSet{})
+		if err != nil || gone {
+			return reason(gone, "the DaemonSet was deleted"), err
+		}
+		gone, err = c.gone(ctx, client.ObjectKey{Name: id.Member}, &corev1.Node{})
+		if err != nil || gone {
+			return reason(gone, "node "+id.Member+" was deleted"), err
+		}
+	}
+	return "", nil
+}
+
+func reason(gone bool, why string) string {
+	if gone {
+		return why
+	}
+	return ""
+}
+
+// gone reports whether an object is absent from the cache and, confirmed, from the API server.
+func (c *Controller) gone(ctx context.Context, key client.ObjectKey, obj client.Object) (bool, error) {
+	err := c.Client.Get(ctx, key, obj)
+	if err == nil {
+		return false, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
+	}
+	err = c.APIReader.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
+	}
+	return false, nil
+}
+
+func replicas(r *int32) int32 {
+	if r == nil {
+		return 1
+	}
+	return *r
+}
+
+func surge(d *appsv1.Deployment) int32 {
+	n := replicas(d.Spec.Replicas)
+	ms := intstr.FromString("25%")
+	if ru := d.Spec.Strategy.RollingUpdate; d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType && ru != nil && ru.MaxSurge != nil {
+		ms = *ru.MaxSurge
+	}
+	if d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+		return 0
+	}
+	v, err := intstr.GetScaledValueFromIntOrPercent(&ms, int(n), true)
+	if err != nil {
+		return 0
+	}
+	return int32(v)
+}
+
+// isSurplus reports whether e is among the members to drop to get down to limit:
+// the free ones with the highest addresses go first.
+func isSurplus(e ipam.Entry, members []ipam.Entry, limit int32) bool {
+	var free []ipam.Entry
+	for _, m := range members {
+		if m.Pod == "" && !m.Held && !m.Reserved {
+			free = append(free, m)
+		}
+	}
+	sort.Slice(free, func(i, j int) bool { return free[j].IP.Less(free[i].IP) })
+	excess := len(members) - int(limit)
+	for i := 0; i < excess && i < len(free); i++ {
+		if free[i].IP == e.IP && free[i].Pool == e.Pool {
+			return true
+		}
+	}
+	return false
+}
+
+// updatePools writes each IPPool's counts and readiness to its status.
+func (c *Controller) updatePools(ctx context.Context) error {
+	list := &v1alpha1.IPPoolList{}
+	if err := c.Client.List(ctx, list); err != nil {
+		return fmt.Errorf("list IPPools: %w", err)
+	}
+	var errs []error
+	for i := range list.Items {
+		ipp := &list.Items[i]
+		st := ipp.Status.DeepCopy()
+		st.ObservedGeneration = ipp.Generation
+		pool, err := ipam.NewPool(ipp.Name, ipp.Spec)
+		cond := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Valid", Message: "the pool hands out addresses", ObservedGeneration: ipp.Generation}
+		if err != nil {
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()
+		} else {
+			c.Alloc.SetPool(pool)
+			s := c.Alloc.Stats(pool)
+			st.Total, st.Allocated, st.Held, st.Cooling = clampInt64(s.Total), int64(s.Allocated), int64(s.Held), int64(s.Cooling)
+			st.Free = clampInt64(s.Free)
+		}
+		meta.SetStatusCondition(&st.Conditions, cond)
+		if statusEqual(&ipp.Status, st) {
+			continue
+		}
+		patch := client.MergeFrom(ipp.DeepCopy())
+		ipp.Status = *st
+		if err := c.Client.Status().Patch(ctx, ipp, patch); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("update status of IPPool %s: %w", ipp.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func clampInt64(v uint64) int64 {
+	if v > 1<<62 {
+		return 1 << 62
+	}
+	return int64(v)
+}
+
+func statusEqual(a, b *v1alpha1.IPPoolStatus) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+// reresolveBandwidth brings the bandwidth annotations of pods whose limits
+// come from policies (or that have none of their own) in line with the
+// current BandwidthPolicies.
+func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) error {
+	list := &v1alpha1.BandwidthPolicyList{}
+	if err := c.Client.List(ctx, list); err != nil {
+		return fmt.Errorf("list BandwidthPolicies: %w", err)
+	}
+	var errs []error
+	for _, p := range pods {
+		if !p.live || p.pod.DeletionTimestamp != nil || policy.Own(p.pod) {
+			continue
+		}
+		res, err := policy.Resolve(p.pod, false, list.Items)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		want := res.Bandwidth.Annotations()
+		if res.Policy != "" {
+			want[annotations.BandwidthPolicy] = res.Policy
+		}
+		changes := map[string]any{}
+		for _, k := range []string{annotations.IngressBandwidth, annotations.EgressBandwidth, annotations.IngressBurst, annotations.EgressBurst, annotations.BandwidthPolicy} {
+			cur, has := p.pod.Annotations[k]
+			w, wants := want[k]
+			switch {
+			case wants && (!has || cur != w):
+				changes[k] = w
+			case !wants && has:
+				changes[k] = nil
+			}
+		}
+		if len(changes) == 0 {
+			continue
+		}
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": changes}})
+		if err := c.Client.Patch(ctx, p.pod, client.RawPatch(types.MergePatchType, body)); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("update bandwidth of pod %s: %w", p.key, err))
+			continue
+		}
+		c.event(p.pod, corev1.EventTypeNormal, "BandwidthUpdated", "bandwidth limits now %s", describe(res))
+	}
+	return errors.Join(errs...)
+}
+
+func describe(r policy.Result) string {
+	if r.Bandwidth.IsZero() {
+		return "none (no BandwidthPolicy selects the pod)"
+	}
+	return fmt.Sprintf("ingress %d bit/s, egress %d bit/s from BandwidthPolicy %s", r.Bandwidth.Ingress.Rate, r.Bandwidth.Egress.Rate, r.Policy)
+}
+
+func (c *Controller) event(obj client.Object, kind, reason, format string, args ...any) {
+	if c.Recorder != nil {
+		c.Recorder.Eventf(obj, kind, reason, format, args...)
+	}
+}
+
+// assigned emits the Assigned event once per pod.
+func (c *Controller) assigned(p *podInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen[p.pod.UID] {
+		return
+	}
+	c.seen[p.pod.UID] = true
+	c.event(p.pod, corev1.EventTypeNormal, "StickyAddressAssigned", "%s with MAC %s from pool %s for %s",
+		p.pod.Annotations[annotations.AssignedIP], p.pod.Annotations[annotations.AssignedMAC], p.pool, p.identity)
+}
+
+// forget drops pods that are gone from the Assigned-event memory.
+func (c *Controller) forget(pods []podInfo) {
+	live := make(map[types.UID]bool, len(pods))
+	for _, p := range pods {
+		live[p.pod.UID] = true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for uid := range c.seen {
+		if !live[uid] {
+			delete(c.seen, uid)
+		}
+	}
+}
+
+// released emits the Released event on the IPPool the address came from.
+func (c *Controller) released(ctx context.Context, e ipam.Entry, why string) {
+	ipp := &v1alpha1.IPPool{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: e.Pool}, ipp); err != nil {
+		return
+	}
+	c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s released from %s: %s", e.IP, e.Identity, why)
+}
