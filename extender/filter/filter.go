@@ -1,0 +1,208 @@
+// Package filter owns the extender's filter verb: which of the candidate
+// nodes can host a pod's sticky address and, for an SR-IOV pod, its VF. A
+// node outside the nodeSelector of the pod's IPPool fails for good (the
+// subnet is not reachable there; preemption cannot help); a node that lacks
+// the pod's SriovNetwork or a free VF of it fails with a reason naming the
+// network. Pods stickynet did not admit pass every node at once.
+package filter
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/stickynet/stickynet/extender/demand"
+	"github.com/stickynet/stickynet/extender/state"
+	"github.com/stickynet/stickynet/internal/annotations"
+)
+
+// reader is the part of the extender's cluster view the filter reads.
+type reader interface {
+	Node(name string) *state.Node
+	Pool(name string) *state.Selection
+	Network(name string) *state.Selection
+	Resource(name corev1.ResourceName) state.Resource
+	VFs(n *state.Node, res state.Resource) (allocatable, used int64)
+}
+
+var _ reader = state.Reader{}
+
+// Cause classifies why a node failed.
+type Cause uint8
+
+// The causes of failure.
+const (
+	CauseUnknownNode Cause = iota + 1
+	CausePoolMissing
+	CausePoolSelector
+	CauseNetworkMissing
+	CauseNetworkSelector
+	CauseNoVFs
+	CauseNoFreeVF
+	numCauses
+)
+
+var causeNames = [numCauses]string{
+	CauseUnknownNode:     "unknown_node",
+	CausePoolMissing:     "pool_missing",
+	CausePoolSelector:    "pool_selector",
+	CauseNetworkMissing:  "network_missing",
+	CauseNetworkSelector: "network_selector",
+	CauseNoVFs:           "no_vfs",
+	CauseNoFreeVF:        "no_free_vf",
+}
+
+// String names the cause, as in metrics.
+func (c Cause) String() string {
+	if c < numCauses {
+		return causeNames[c]
+	}
+	return "unknown"
+}
+
+// Unresolvable reports whether preempting pods cannot make a node that
+// failed for this cause fit (FailedAndUnresolvableNodes rather than
+// FailedNodes): the pool's subnet is not reachable there.
+func (c Cause) Unresolvable() bool { return c == CausePoolMissing || c == CausePoolSelector }
+
+// Failure is a node that cannot host the pod.
+type Failure struct {
+	// Node is the node's name.
+	Node string
+	// Cause is why; Result.Reason words it.
+	Cause Cause
+}
+
+// Result is the outcome of filtering the candidate nodes for one pod.
+type Result struct {
+	// Passed are the nodes that can host the pod, in the order given.
+	Passed []string
+	// Failures are the others, in the order given.
+	Failures []Failure
+	reasons  [numCauses]string
+}
+
+// Reason is the message for the scheduler for nodes that failed for cause
+// c. Reasons do not name the node: the scheduler counts nodes per reason in
+// its FailedScheduling event ("3 node(s) outside ...").
+func (r *Result) Reason(c Cause) string {
+	if c < numCauses {
+		return r.reasons[c]
+	}
+	return ""
+}
+
+// Failed returns the failures that are unresolvable or not, as the map of
+// the scheduler's API.
+func (r *Result) Failed(unresolvable bool) map[string]string {
+	m := map[string]string{}
+	for _, f := range r.Failures {
+		if f.Cause.Unresolvable() == unresolvable {
+			m[f.Node] = r.reasons[f.Cause]
+		}
+	}
+	return m
+}
+
+// Filter returns which of the nodes can host a pod with demand d. For a pod
+// that is not placed (demand.Demand.Placed) every node passes and r is not read.
+func Filter(d demand.Demand, nodes []string, r reader) *Result {
+	res := &Result{}
+	Into(res, d, nodes, r)
+	return res
+}
+
+// Into is Filter writing into res, whose slices it reuses.
+func Into(res *Result, d demand.Demand, nodes []string, r reader) {
+	res.Passed, res.Failures = res.Passed[:0], res.Failures[:0]
+	res.reasons = [numCauses]string{}
+	if !d.Placed() {
+		res.Passed = append(res.Passed, nodes...)
+		return
+	}
+	c := newCheck(d, r, &res.reasons)
+	for _, name := range nodes {
+		if cause := c.node(name); cause != 0 {
+			res.Failures = append(res.Failures, Failure{Node: name, Cause: cause})
+		} else {
+			res.Passed = append(res.Passed, name)
+		}
+	}
+}
+
+// check holds what is looked up and worded once per request.
+type check struct {
+	d       demand.Demand
+	r       reader
+	pool    *state.Selection
+	network *state.Selection
+	res     state.Resource
+}
+
+// newCheck looks up the pod's pool and network and words the reasons.
+func newCheck(d demand.Demand, r reader, reasons *[numCauses]string) *check {
+	c := &check{d: d, r: r}
+	reasons[CauseUnknownNode] = "node(s) not yet known to the stickynet extender"
+	if d.Pool != "" {
+		c.pool = r.Pool(d.Pool)
+		switch {
+		case c.pool == nil:
+			reasons[CausePoolMissing] = fmt.Sprintf("node(s) rejected: IPPool %q (%s) does not exist", d.Pool, annotations.AssignedPool)
+		case c.pool.Err() != nil:
+			reasons[CausePoolSelector] = fmt.Sprintf("node(s) rejected: IPPool %q has an invalid nodeSelector: %v", d.Pool, c.pool.Err())
+		default:
+			reasons[CausePoolSelector] = fmt.Sprintf("node(s) outside the nodeSelector of IPPool %q", d.Pool)
+		}
+	}
+	if d.Network != "" {
+		c.res = r.Resource(d.Resource)
+		c.network = r.Network(d.Network)
+		switch {
+		case c.network == nil:
+			reasons[CauseNetworkMissing] = fmt.Sprintf("node(s) rejected: SriovNetwork %q (%s) does not exist", d.Network, annotations.SriovNetwork)
+		case c.network.Err() != nil:
+			reasons[CauseNetworkSelector] = fmt.Sprintf("node(s) rejected: SriovNetwork %q has an invalid nodeSelector: %v", d.Network, c.network.Err())
+		default:
+			reasons[CauseNetworkSelector] = fmt.Sprintf("node(s) outside the nodeSelector of SriovNetwork %q", d.Network)
+		}
+		reasons[CauseNoVFs] = fmt.Sprintf("node(s) advertising no VFs of SriovNetwork %q (%s)", d.Network, d.Resource)
+		if d.VFs == 1 {
+			reasons[CauseNoFreeVF] = fmt.Sprintf("node(s) without a free VF of SriovNetwork %q (%s)", d.Network, d.Resource)
+		} else {
+			reasons[CauseNoFreeVF] = fmt.Sprintf("node(s) without %d free VFs of SriovNetwork %q (%s)", d.VFs, d.Network, d.Resource)
+		}
+	}
+	return c
+}
+
+// node returns why the node cannot host the pod, or 0 if it can.
+func (c *check) node(name string) Cause {
+	n := c.r.Node(name)
+	if n == nil {
+		return CauseUnknownNode
+	}
+	if c.d.Pool != "" {
+		if c.pool == nil {
+			return CausePoolMissing
+		}
+		if !c.pool.Selects(n) {
+			return CausePoolSelector
+		}
+	}
+	if c.d.Network != "" {
+		if c.network == nil {
+			return CauseNetworkMissing
+		}
+		if !c.network.Selects(n) {
+			return CauseNetworkSelector
+		}
+		alloc, used := c.r.VFs(n, c.res)
+		if alloc <= 0 {
+			return CauseNoVFs
+		}
+		if alloc-used < c.d.VFs {
+			return CauseNoFreeVF
+		}
+	}
+	return 0
+}

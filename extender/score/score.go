@@ -1,0 +1,123 @@
+// Package score owns the extender's prioritize verb. Scores run from 0 to
+// 10 (extender/v1.MaxExtenderPriority): the node a pod's sticky identity
+// last ran on scores 10, so that an address comes back where its neighbours
+// last saw it; then, for an SR-IOV pod, the other nodes score 0 to 9 by the
+// VFs of its network left free once it is placed, to spread pods over the
+// nodes with the most free VFs or to pack them onto the fullest.
+//
+// Nodes that score 0 are left out of the answer: the scheduler adds nothing
+// for them either way, and a pod with nothing to prefer gets an empty list.
+package score
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/stickynet/stickynet/extender/demand"
+	"github.com/stickynet/stickynet/extender/state"
+)
+
+// reader is the part of the extender's cluster view the scorer reads.
+type reader interface {
+	Node(name string) *state.Node
+	Resource(name corev1.ResourceName) state.Resource
+	VFs(n *state.Node, res state.Resource) (allocatable, used int64)
+	LastNode(key string) (string, bool)
+}
+
+var _ reader = state.Reader{}
+
+// Placement is how SR-IOV pods are placed among nodes with free VFs.
+type Placement string
+
+// The placements.
+const (
+	// Spread prefers the nodes with the largest share of the network's VFs
+	// free (as the scheduler's LeastAllocated strategy).
+	Spread Placement = "spread"
+	// Pack prefers the nodes with the smallest share free (MostAllocated),
+	// keeping other nodes' VFs for pods that need many.
+	Pack Placement = "pack"
+	// None leaves VFs out of the score.
+	None Placement = "none"
+)
+
+// ParsePlacement parses a Placement.
+func ParsePlacement(s string) (Placement, error) {
+	switch p := Placement(s); p {
+	case Spread, Pack, None:
+		return p, nil
+	}
+	return "", fmt.Errorf("VF placement %q: expected %s, %s or %s", s, Spread, Pack, None)
+}
+
+// Options configure the scorer.
+type Options struct {
+	// PreferLastNode gives the node the pod's identity last ran on the top score.
+	PreferLastNode bool
+	// Placement ranks nodes by free VFs for SR-IOV pods.
+	Placement Placement
+}
+
+// top is the best score; VF scores stay below it so that the last node of
+// an identity always ranks first within the extender's score.
+const top = extenderv1.MaxExtenderPriority
+
+// Prioritize scores the nodes for a pod with demand d.
+//
+// Only differences between nodes matter to the scheduler, which adds the
+// same extender score to every node's total; scores are therefore shifted
+// so that the lowest candidate scores 0, and nodes scoring 0 are left out.
+// In a cluster whose nodes have the same share of VFs free, an SR-IOV pod
+// thus gets an empty list, as a pod with nothing to prefer does.
+func (o Options) Prioritize(d demand.Demand, nodes []string, r reader) extenderv1.HostPriorityList {
+	last := ""
+	if o.PreferLastNode && d.StickyKey != "" {
+		last, _ = r.LastNode(d.StickyKey)
+	}
+	if d.Network == "" || o.Placement == None || o.Placement == "" {
+		for _, name := range nodes {
+			if name == last {
+				return extenderv1.HostPriorityList{{Host: name, Score: top}}
+			}
+		}
+		return extenderv1.HostPriorityList{}
+	}
+	res := r.Resource(d.Resource)
+	scores := make([]int8, len(nodes))
+	low := top
+	for i, name := range nodes {
+		s := int64(0)
+		if name == last {
+			s = top
+		} else if n := r.Node(name); n != nil {
+			alloc, used := r.VFs(n, res)
+			s = vfScore(o.Placement, alloc, alloc-used-d.VFs)
+		}
+		scores[i] = int8(s)
+		low = min(low, s)
+	}
+	out := extenderv1.HostPriorityList{}
+	for i, s := range scores {
+		if s := int64(s) - low; s > 0 {
+			out = append(out, extenderv1.HostPriority{Host: nodes[i], Score: s})
+		}
+	}
+	return out
+}
+
+// vfScore scores a node with alloc VFs of which free remain once the pod is
+// placed, from 0 to top-1.
+func vfScore(p Placement, alloc, free int64) int64 {
+	if alloc <= 0 {
+		return 0
+	}
+	free = min(max(free, 0), alloc)
+	span := top - 1
+	if p == Pack {
+		return span * (alloc - free) / alloc
+	}
+	return span * free / alloc
+}

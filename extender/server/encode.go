@@ -1,0 +1,89 @@
+package server
+
+import (
+	"encoding/json"
+	"strconv"
+
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/stickynet/stickynet/extender/filter"
+)
+
+// The answers are written by hand rather than by encoding/json: in a large
+// cluster they hold thousands of node names, and reflection would cost more
+// than the decision. The layout is that of the extender/v1 types, which
+// carry no JSON tags.
+
+// appendFilterResult appends res as an ExtenderFilterResult for a
+// nodeCacheCapable extender.
+func appendFilterResult(b []byte, res *filter.Result) []byte {
+	b = append(b, `{"NodeNames":[`...)
+	for i, n := range res.Passed {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, n)
+	}
+	b = append(b, `],"FailedNodes":`...)
+	b = appendFailures(b, res, false)
+	b = append(b, `,"FailedAndUnresolvableNodes":`...)
+	b = appendFailures(b, res, true)
+	return append(b, `,"Error":""}`...)
+}
+
+// appendFailures appends the failures that are unresolvable or not as a
+// FailedNodesMap.
+func appendFailures(b []byte, res *filter.Result, unresolvable bool) []byte {
+	b = append(b, '{')
+	first := true
+	var quoted [][]byte // per cause
+	for _, f := range res.Failures {
+		if f.Cause.Unresolvable() != unresolvable {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = appendString(b, f.Node)
+		b = append(b, ':')
+		for int(f.Cause) >= len(quoted) {
+			quoted = append(quoted, nil)
+		}
+		if quoted[f.Cause] == nil {
+			quoted[f.Cause] = appendString(nil, res.Reason(f.Cause))
+		}
+		b = append(b, quoted[f.Cause]...)
+	}
+	return append(b, '}')
+}
+
+// appendPriorities appends a HostPriorityList.
+func appendPriorities(b []byte, l extenderv1.HostPriorityList) []byte {
+	b = append(b, '[')
+	for i, hp := range l {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"Host":`...)
+		b = appendString(b, hp.Host)
+		b = append(b, `,"Score":`...)
+		b = strconv.AppendInt(b, hp.Score, 10)
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
+// appendString appends s as a JSON string: printable ASCII other than '"'
+// and '\' as is (every node name), anything else through encoding/json.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}

@@ -1,0 +1,212 @@
+// Package server owns the stickynet scheduler extender's HTTP interface: the
+// filter and prioritize verbs of k8s.io/kube-scheduler/extender/v1 for a
+// nodeCacheCapable extender (requests carry node names only), /healthz,
+// /readyz and Prometheus /metrics. Verbs take POST with a JSON body of
+// bounded size; any other request gets a 4xx status with a message saying
+// what was expected.
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/stickynet/stickynet/extender/demand"
+	"github.com/stickynet/stickynet/extender/filter"
+	"github.com/stickynet/stickynet/extender/score"
+	"github.com/stickynet/stickynet/extender/state"
+)
+
+// DefaultMaxRequestBytes bounds request bodies unless Options say otherwise:
+// room for a large pod and the names of some 20,000 nodes.
+const DefaultMaxRequestBytes = 8 << 20
+
+// The verbs, as named in the scheduler's extender configuration
+// (filterVerb, prioritizeVerb) and served at /<verb>.
+const (
+	FilterVerb     = "filter"
+	PrioritizeVerb = "prioritize"
+)
+
+// source is the cluster view the verbs read.
+type source interface {
+	Read(fn func(state.Reader))
+}
+
+var _ source = (*state.State)(nil)
+
+// Options configure a Server.
+type Options struct {
+	// MaxRequestBytes bounds a verb's request body; 0 means DefaultMaxRequestBytes.
+	MaxRequestBytes int64
+	// Score configures the prioritize verb.
+	Score score.Options
+	// Registry receives the server's metrics and is what /metrics serves;
+	// nil means a new registry of the server's own.
+	Registry *prometheus.Registry
+}
+
+// Server answers the scheduler. Build one with New.
+type Server struct {
+	opts    Options
+	src     source
+	ready   atomic.Bool
+	metrics *metrics
+	mux     *http.ServeMux
+	// bufs holds *bytes.Buffer for request bodies, reused for answers;
+	// results holds *filter.Result.
+	bufs, results sync.Pool
+}
+
+// New returns a Server that reads src. It answers verbs with 503 until
+// SetReady is called.
+func New(src source, opts Options) *Server {
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{opts: opts, src: src, metrics: newMetrics(opts.Registry), mux: http.NewServeMux()}
+	s.bufs.New = func() any { return new(bytes.Buffer) }
+	s.results.New = func() any { return new(filter.Result) }
+	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.filter))
+	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.prioritize))
+	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { text(w, http.StatusOK, "ok") })
+	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			text(w, http.StatusServiceUnavailable, "informer caches not synced yet")
+			return
+		}
+		text(w, http.StatusOK, "ok")
+	})
+	s.mux.Handle("/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+	return s
+}
+
+// SetReady marks the cluster view complete: verbs are answered from now on.
+func (s *Server) SetReady() { s.ready.Store(true) }
+
+// ServeHTTP serves the verbs, health and metrics.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// verbFunc appends the JSON answer to one decoded request to b.
+type verbFunc func(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand) []byte
+
+// verb wraps a verb with the checks every request passes (method, content
+// type, size, decoding), metrics and panic recovery.
+func (s *Server) verb(name string, fn verbFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		begin := time.Now()
+		code := http.StatusOK
+		logger := klog.FromContext(r.Context())
+		defer func() {
+			if p := recover(); p != nil {
+				logger.Error(fmt.Errorf("panic: %v", p), "Verb handler panicked", "verb", name)
+				code = http.StatusInternalServerError
+				text(w, code, "internal error")
+			}
+			s.metrics.observe(name, code, time.Since(begin))
+		}()
+		body, code, err := s.readBody(w, r)
+		if err != nil {
+			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
+			text(w, code, err.Error())
+			return
+		}
+		defer s.bufs.Put(body)
+		if !s.ready.Load() {
+			code = http.StatusServiceUnavailable
+			text(w, code, "the stickynet extender's informer caches are not synced yet")
+			return
+		}
+		args, err := DecodeArgs(body.Bytes())
+		if err != nil {
+			code = http.StatusBadRequest
+			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
+			text(w, code, name+": "+err.Error())
+			return
+		}
+		d := demand.Of(args.Pod)
+		// The request body is decoded: its buffer now holds the answer.
+		out := fn(body.Bytes()[:0], args, d)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+		_, _ = w.Write(out)
+		if cap(out) > body.Cap() {
+			*body = *bytes.NewBuffer(out[:0]) // keep the larger buffer for the next request
+		}
+		logger.V(4).Info("Answered", "verb", name, "pod", klog.KObj(args.Pod), "nodes", len(*args.NodeNames),
+			"pool", d.Pool, "network", d.Network, "elapsed", time.Since(begin))
+	}
+}
+
+// readBody checks the method and content type and reads the body, up to
+// MaxRequestBytes, into a pooled buffer. On error it returns the status to
+// answer with.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer, int, error) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return nil, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: extender verbs take POST with a JSON body", r.Method)
+	}
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("content type %q not supported: expected application/json", ct)
+	}
+	if r.ContentLength > s.opts.MaxRequestBytes {
+		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxRequestBytes)
+	}
+	buf := s.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes)); err != nil {
+		s.bufs.Put(buf)
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body exceeds the limit of %d bytes", tooLarge.Limit)
+		}
+		return nil, http.StatusBadRequest, fmt.Errorf("read body: %w", err)
+	}
+	return buf, http.StatusOK, nil
+}
+
+func (s *Server) filter(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand) []byte {
+	res := s.results.Get().(*filter.Result)
+	defer s.results.Put(res)
+	if !d.Placed() {
+		filter.Into(res, d, *args.NodeNames, nil)
+		s.metrics.fastPath.WithLabelValues(FilterVerb).Inc()
+	} else {
+		s.src.Read(func(r state.Reader) { filter.Into(res, d, *args.NodeNames, r) })
+	}
+	s.metrics.countFailures(res.Failures)
+	return appendFilterResult(b, res)
+}
+
+func (s *Server) prioritize(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand) []byte {
+	var out extenderv1.HostPriorityList
+	s.src.Read(func(r state.Reader) { out = s.opts.Score.Prioritize(d, *args.NodeNames, r) })
+	if len(out) == 0 {
+		s.metrics.fastPath.WithLabelValues(PrioritizeVerb).Inc()
+	}
+	return appendPriorities(b, out)
+}
+
+// text answers with a plain-text message.
+func text(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = io.WriteString(w, msg+"\n")
+}
