@@ -145,8 +145,8 @@ type Cluster struct {
 	scheds    []*process
 	// schedKubeconfig is the scheduler's credential, reused by StartScheduler.
 	schedKubeconfig string
-	nodes     []*realNode
-	simNodes  []Node
+	nodes           []*realNode
+	simNodes        []Node
 
 	simMu  sync.Mutex
 	sim    *nodesim.Simulator

@@ -115,6 +115,7 @@ func teardown(ctx context.Context, h *host.Host, s State) error {
 	if err := h.UnmountUnder(s.Dir); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, removeLinksInto(containerLogLinks, s.Dir))
 	nss, err := h.ListNetns(host.NetnsDir, s.Prefix()+"-")
 	errs = append(errs, err)
 	for _, ns := range nss {
@@ -159,9 +160,41 @@ func teardown(ctx context.Context, h *host.Host, s State) error {
 	return err
 }
 
-// sharedEmptyDirs are made by containerd at fixed paths whatever its
-// configuration (shim sockets, go-cni's result cache), children first.
-var sharedEmptyDirs = []string{"/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"}
+// sharedEmptyDirs are made by containerd and kubelet at fixed paths
+// whatever their configuration (shim sockets, go-cni's result cache,
+// container log links), children first.
+var sharedEmptyDirs = []string{"/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni", containerLogLinks}
+
+// containerLogLinks is where every kubelet links each container's log
+// (fixed in kubelet); the links of the cluster's kubelets point into its
+// folder.
+const containerLogLinks = "/var/log/containers"
+
+// removeLinksInto removes the symbolic links in dir that point below target.
+func removeLinksInto(dir, target string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.Type()&os.ModeSymlink == 0 {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		to, err := os.Readlink(p)
+		if err != nil || !strings.HasPrefix(to, target+"/") {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove container log link: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
 
 func removeAll(dir string) error {
 	if err := os.RemoveAll(dir); err != nil {

@@ -1,0 +1,654 @@
+// Package webhook_test runs stickynet's admission webhook and release
+// controller against the local cluster's real kube-apiserver and
+// kube-controller-manager: the API server calls the webhook over TLS, the
+// workload controllers create, delete and replace pods, and simulated nodes
+// run them. State is kept in a real etcd.
+package webhook_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/certs"
+	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/webhook/app"
+)
+
+const systemNS = "stickynet-system"
+
+type suite struct {
+	c     *cluster.Cluster
+	k     kubernetes.Interface
+	cl    client.Client
+	alloc *ipam.Allocator // reads the state the webhooks write
+}
+
+func TestWebhook(t *testing.T) {
+	testenv.Root(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, SimNodes: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.Stop(context.Background()); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+	}()
+	if err := c.InstallCRDs(ctx, "../../charts/stickynet/crds"); err != nil {
+		t.Fatal(err)
+	}
+	e := testenv.StartEtcd(t)
+	sch, err := app.Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(c.RESTConfig(), client.Options{Scheme: sch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &suite{c: c, k: c.Client(), cl: cl}
+	if err := c.CreateNamespace(ctx, systemNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s.alloc = ipam.New(st, ipam.Options{})
+	if err := s.alloc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two replicas, as two webhook pods would run: replica a serves namespaces
+	// without the label replica=b, replica b those with it.
+	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}})
+	s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}})
+
+	s.createPool(ctx, t, "main", v1alpha1.IPPoolSpec{CIDR: "10.77.0.0/24", Gateway: "10.77.0.1", Default: true, ReuseDelaySeconds: ptr(int32(3))})
+
+	t.Run("StatefulSetKeepsAddresses", func(t *testing.T) { s.testStatefulSet(ctx, t) })
+	t.Run("ScaleRetainAndRelease", func(t *testing.T) { s.testScale(ctx, t) })
+	t.Run("DeploymentRolloutKeepsSet", func(t *testing.T) { s.testRollout(ctx, t) })
+	t.Run("DaemonSetPerNode", func(t *testing.T) { s.testDaemonSet(ctx, t) })
+	t.Run("RejectedPodReservationExpires", func(t *testing.T) { s.testRejected(ctx, t) })
+	t.Run("DryRunAllocatesNothing", func(t *testing.T) { s.testDryRun(ctx, t) })
+	t.Run("TwoReplicasNeverCollide", func(t *testing.T) { s.testTwoReplicas(ctx, t) })
+	t.Run("BandwidthPolicyEdit", func(t *testing.T) { s.testBandwidthPolicy(ctx, t) })
+	t.Run("PoolStatus", func(t *testing.T) { s.testPoolStatus(ctx, t) })
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startWebhook runs one webhook replica in this process, registers its
+// MutatingWebhookConfiguration and waits until the API server's calls reach it.
+func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement) {
+	port, probe := freePort(t), freePort(t)
+	cfgName := "stickynet-" + name
+	mwc := app.WebhookConfiguration(cfgName, systemNS, admissionregistrationv1.WebhookClientConfig{
+		URL: ptr(fmt.Sprintf("https://localhost:%d%s", port, app.MutatePath)),
+	})
+	sel0 := mwc.Webhooks[0].NamespaceSelector
+	sel0.MatchExpressions = append(sel0.MatchExpressions, sel)
+	if _, err := s.k.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(klog.NewContext(ctx, klog.Background().WithName("webhook-"+name)))
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(wctx, app.Options{
+			Kubeconfig: s.c.KubeconfigPath(), EtcdEndpoints: []string{etcdEndpoint},
+			Host: "127.0.0.1", Port: port, CertDir: t.TempDir(),
+			Certs: certs.Options{
+				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: systemNS, Name: cfgName + "-cert"},
+				DNSNames: []string{"localhost"}, WebhookConfig: cfgName,
+			},
+			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
+			LeaderElection: true, LeaderElectionNamespace: systemNS,
+			SchedulerName: "", StoreTimeout: 5 * time.Second,
+			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("webhook %s: %v", name, err)
+		}
+	})
+	eventually(ctx, t, 60*time.Second, "webhook "+name+" ready and its caBundle injected", func() (bool, string) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe))
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		got, err := s.k.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, cfgName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return resp.StatusCode == http.StatusOK && len(got.Webhooks[0].ClientConfig.CABundle) > 0,
+			fmt.Sprintf("readyz %d, caBundle %d bytes", resp.StatusCode, len(got.Webhooks[0].ClientConfig.CABundle))
+	})
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: not within %s: %s", what, timeout, detail)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (s *suite) createPool(ctx context.Context, t *testing.T, name string, spec v1alpha1.IPPoolSpec) {
+	if err := s.cl.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) namespace(ctx context.Context, t *testing.T, name string, labels map[string]string) {
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[annotations.EnabledLabel] = "true"
+	if err := s.c.CreateNamespace(ctx, name, labels); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func template(app string, ann map[string]string) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": app}, Annotations: ann},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr(int64(0)),
+			Containers:                    []corev1.Container{{Name: "c", Image: "busybox", ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}}},
+		},
+	}
+}
+
+// addr is a pod's assignment.
+type addr struct{ ip, mac string }
+
+// pods waits until exactly n pods match app, all Running and carrying an
+// assignment, and returns their assignments by pod name.
+func (s *suite) pods(ctx context.Context, t *testing.T, ns, app string, n int) map[string]addr {
+	t.Helper()
+	var out map[string]addr
+	eventually(ctx, t, 90*time.Second, fmt.Sprintf("%d running pods of %s/%s", n, ns, app), func() (bool, string) {
+		list, err := s.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+		if err != nil {
+			return false, err.Error()
+		}
+		out = map[string]addr{}
+		ready := 0
+		for _, p := range list.Items {
+			if p.DeletionTimestamp != nil {
+				continue
+			}
+			if p.Annotations[annotations.AssignedIP] == "" {
+				t.Fatalf("pod %s/%s has no %s: the webhook did not admit it", ns, p.Name, annotations.AssignedIP)
+			}
+			out[p.Name] = addr{p.Annotations[annotations.AssignedIP], p.Annotations[annotations.AssignedMAC]}
+			if p.Status.Phase == corev1.PodRunning {
+				ready++
+			}
+		}
+		return ready == n && len(list.Items) == n, fmt.Sprintf("%d running of %d", ready, len(list.Items))
+	})
+	return out
+}
+
+func ips(m map[string]addr) []string {
+	var out []string
+	for _, a := range m {
+		out = append(out, a.ip)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *suite) testStatefulSet(ctx context.Context, t *testing.T) {
+	ns := "sts"
+	s.namespace(ctx, t, ns, nil)
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas: ptr(int32(3)), PodManagementPolicy: appsv1.ParallelPodManagement,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: template("web", nil),
+		},
+	}
+	if _, err := s.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.pods(ctx, t, ns, "web", 3)
+	if len(ips(before)) != 3 || ips(before)[0] == ips(before)[1] || ips(before)[1] == ips(before)[2] {
+		t.Fatalf("ordinals do not have distinct addresses: %v", before)
+	}
+	for round := range 2 {
+		for _, name := range []string{"web-1", "web-2"} {
+			old, err := s.k.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.k.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			eventually(ctx, t, 60*time.Second, name+" replaced", func() (bool, string) {
+				p, err := s.k.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return false, err.Error()
+				}
+				return p.UID != old.UID && p.Status.Phase == corev1.PodRunning, string(p.Status.Phase)
+			})
+		}
+		after := s.pods(ctx, t, ns, "web", 3)
+		for name, want := range before {
+			if after[name] != want {
+				t.Fatalf("round %d: %s has %v after deletion; had %v", round, name, after[name], want)
+			}
+		}
+	}
+}
+
+func (s *suite) scale(ctx context.Context, t *testing.T, ns, name string, n int32) {
+	t.Helper()
+	sc, err := s.k.AppsV1().StatefulSets(ns).GetScale(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Spec.Replicas = n
+	if _, err := s.k.AppsV1().StatefulSets(ns).UpdateScale(ctx, name, sc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) testScale(ctx context.Context, t *testing.T) {
+	ns := "scale"
+	s.namespace(ctx, t, ns, nil)
+	for _, retention := range []string{annotations.RetentionRetain, annotations.RetentionRelease} {
+		name := strings.ToLower(retention)
+		sts := &appsv1.StatefulSet{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: appsv1.StatefulSetSpec{
+				Replicas: ptr(int32(3)), PodManagementPolicy: appsv1.ParallelPodManagement,
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
+				Template: template(name, map[string]string{annotations.IPRetention: retention}),
+			},
+		}
+		if _, err := s.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		before := s.pods(ctx, t, ns, name, 3)
+		s.scale(ctx, t, ns, name, 1)
+		s.pods(ctx, t, ns, name, 1)
+		for _, ord := range []int{1, 2} {
+			id := annotations.StatefulSetID(ns, name, ord).String()
+			want := 1
+			if retention == annotations.RetentionRelease {
+				want = 0
+			}
+			eventually(ctx, t, 30*time.Second, fmt.Sprintf("%s owns %d address(es)", id, want), func() (bool, string) {
+				got := s.alloc.Lookup(id)
+				return len(got) == want, fmt.Sprintf("%+v", got)
+			})
+			if retention == annotations.RetentionRetain {
+				// Held long past the release grace: still there.
+				time.Sleep(3 * time.Second)
+				if got := s.alloc.Lookup(id); len(got) != 1 || got[0].IP.String()+"/24" != before[fmt.Sprintf("%s-%d", name, ord)].ip {
+					t.Fatalf("%s with Retain: %+v; want its address %s", id, got, before[fmt.Sprintf("%s-%d", name, ord)].ip)
+				}
+			}
+		}
+		if retention == annotations.RetentionRetain {
+			s.scale(ctx, t, ns, name, 3)
+			after := s.pods(ctx, t, ns, name, 3)
+			for pod, want := range before {
+				if after[pod] != want {
+					t.Fatalf("Retain: %s came back with %v; had %v", pod, after[pod], want)
+				}
+			}
+		}
+	}
+}
+
+func (s *suite) deploymentMembers(name string) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range s.alloc.Lookup("deployment/" + name) {
+		out[e.IP.String()+"/24"] = true
+	}
+	return out
+}
+
+func (s *suite) testRollout(ctx context.Context, t *testing.T) {
+	ns := "deploy"
+	s.namespace(ctx, t, ns, nil)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(3)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "api"}},
+			Template: template("api", map[string]string{"rev": "1"}),
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
+				MaxSurge: ptr(intstr.FromInt32(1)), MaxUnavailable: ptr(intstr.FromInt32(0)),
+			}},
+		},
+	}
+	if _, err := s.k.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	first := s.pods(ctx, t, ns, "api", 3)
+	var set map[string]bool
+	for rev := 2; rev <= 3; rev++ {
+		d, err := s.k.AppsV1().Deployments(ns).Get(ctx, "api", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Spec.Template.Annotations["rev"] = fmt.Sprint(rev)
+		if _, err := s.k.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(ctx, t, 120*time.Second, fmt.Sprintf("rollout to rev %d", rev), func() (bool, string) {
+			list, err := s.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
+			if err != nil {
+				return false, err.Error()
+			}
+			n := 0
+			for _, p := range list.Items {
+				if p.Annotations["rev"] == fmt.Sprint(rev) && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+					n++
+				}
+			}
+			return n == 3 && len(list.Items) == 3, fmt.Sprintf("%d of %d pods at rev %d", n, len(list.Items), rev)
+		})
+		now := s.pods(ctx, t, ns, "api", 3)
+		members := s.deploymentMembers(ns + "/api")
+		if len(members) > 4 {
+			t.Fatalf("rev %d: the deployment owns %d addresses; want at most replicas+maxSurge = 4: %v", rev, len(members), members)
+		}
+		for _, ip := range ips(now) {
+			if !members[ip] {
+				t.Fatalf("rev %d: pod address %s is not a member of the deployment's set %v", rev, ip, members)
+			}
+		}
+		for _, ip := range ips(first) {
+			if !members[ip] {
+				t.Fatalf("rev %d: the first pods' address %s left the set %v", rev, ip, members)
+			}
+		}
+		if set != nil && fmt.Sprint(set) != fmt.Sprint(members) {
+			t.Fatalf("the set changed between rollouts: %v then %v", set, members)
+		}
+		set = members
+	}
+}
+
+func (s *suite) testDaemonSet(ctx context.Context, t *testing.T) {
+	ns := "ds"
+	s.namespace(ctx, t, ns, nil)
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: ns},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "agent"}},
+			Template: template("agent", nil),
+		},
+	}
+	if _, err := s.k.AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nodes := len(s.c.Nodes())
+	byNode := func() map[string]string {
+		list, err := s.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=agent"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+				out[p.Spec.NodeName] = p.Annotations[annotations.AssignedIP] + " " + p.Annotations[annotations.Identity]
+			}
+		}
+		return out
+	}
+	s.pods(ctx, t, ns, "agent", nodes)
+	before := byNode()
+	for node, a := range before {
+		if !strings.HasSuffix(a, "/"+node) {
+			t.Fatalf("pod on %s has identity %s", node, a)
+		}
+	}
+	if err := s.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "app=agent"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 60*time.Second, "DaemonSet pods replaced", func() (bool, string) {
+		now := byNode()
+		return fmt.Sprint(now) == fmt.Sprint(before), fmt.Sprintf("%v, want %v", now, before)
+	})
+}
+
+func (s *suite) testRejected(ctx context.Context, t *testing.T) {
+	ns := "reject"
+	s.namespace(ctx, t, ns, nil)
+	// Another admission step, after stickynet's, rejects pods labelled reject=yes.
+	vap := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "reject-labelled"},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+				},
+			}}},
+			Validations: []admissionregistrationv1.Validation{{Expression: "!has(object.metadata.labels) || !('reject' in object.metadata.labels)", Message: "rejected by test policy"}},
+		},
+	}
+	if _, err := s.k.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, vap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "reject-labelled"},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName: "reject-labelled", ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: ns}}},
+		},
+	}
+	if _, err := s.k.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = s.k.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
+		_ = s.k.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(context.Background(), vap.Name, metav1.DeleteOptions{})
+	}()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "doomed-", Namespace: ns, Labels: map[string]string{"reject": "yes"}},
+		Spec:       template("doomed", nil).Spec,
+	}
+	isDoomed := func(e ipam.Entry) bool { return strings.HasPrefix(e.Identity, "pod/"+ns+"/doomed-") }
+	eventually(ctx, t, 30*time.Second, "the policy rejects the pod", func() (bool, string) {
+		_, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		return err != nil && strings.Contains(err.Error(), "rejected by test policy"), fmt.Sprint(err)
+	})
+	eventually(ctx, t, 10*time.Second, "a reservation was made", func() (bool, string) {
+		got := s.alloc.List(isDoomed)
+		return len(got) > 0 && got[0].Reserved, fmt.Sprintf("%+v", got)
+	})
+	eventually(ctx, t, 30*time.Second, "the reservation expires", func() (bool, string) {
+		got := s.alloc.List(isDoomed)
+		return len(got) == 0, fmt.Sprintf("%+v", got)
+	})
+}
+
+func (s *suite) testDryRun(ctx context.Context, t *testing.T) {
+	ns := "dryrun"
+	s.namespace(ctx, t, ns, nil)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "trial", Namespace: ns}, Spec: template("trial", nil).Spec}
+	got, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Annotations[annotations.AssignedIP] == "" {
+		t.Fatal("dry run did not show the assignment")
+	}
+	time.Sleep(time.Second)
+	if l := s.alloc.Lookup("pod/" + ns + "/trial"); len(l) != 0 {
+		t.Fatalf("dry run allocated %+v", l)
+	}
+	if _, err := s.k.CoreV1().Pods(ns).Get(ctx, "trial", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("dry-run pod exists: %v", err)
+	}
+}
+
+func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
+	s.createPool(ctx, t, "shared", v1alpha1.IPPoolSpec{CIDR: "10.78.0.0/25"})
+	s.namespace(ctx, t, "ra", map[string]string{"replica": "a"})
+	s.namespace(ctx, t, "rb", map[string]string{"replica": "b"})
+	const perNS = 50
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, ns := range []string{"ra", "rb"} {
+		for i := range perNS {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pod := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("p%d", i), Namespace: ns, Labels: map[string]string{"app": "burst"}, Annotations: map[string]string{annotations.Pool: "shared"}},
+					Spec:       template("burst", nil).Spec,
+				}
+				pod.Spec.NodeName = "nowhere" // never runs: admission is what is tested
+				if _, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for _, err := range errs {
+		t.Error(err)
+	}
+	seenIP, seenMAC := map[string]string{}, map[string]string{}
+	for _, ns := range []string{"ra", "rb"} {
+		list, err := s.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=burst"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) != perNS {
+			t.Fatalf("%s has %d pods; want %d", ns, len(list.Items), perNS)
+		}
+		for _, p := range list.Items {
+			ip, mac := p.Annotations[annotations.AssignedIP], p.Annotations[annotations.AssignedMAC]
+			if other, dup := seenIP[ip]; dup {
+				t.Fatalf("%s given to %s/%s and %s", ip, ns, p.Name, other)
+			}
+			if other, dup := seenMAC[mac]; dup {
+				t.Fatalf("MAC %s given to %s/%s and %s", mac, ns, p.Name, other)
+			}
+			seenIP[ip], seenMAC[mac] = ns+"/"+p.Name, ns+"/"+p.Name
+		}
+	}
+	for _, ns := range []string{"ra", "rb"} {
+		_ = s.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{})
+	}
+}
+
+func (s *suite) testBandwidthPolicy(ctx context.Context, t *testing.T) {
+	ns := "bw"
+	s.namespace(ctx, t, ns, nil)
+	pol := &v1alpha1.BandwidthPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "gold", Namespace: ns},
+		Spec: v1alpha1.BandwidthPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "limited"}},
+			Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+			Egress:      &v1alpha1.BandwidthLimit{Rate: resource.MustParse("5M")},
+		},
+	}
+	if err := s.cl.Create(ctx, pol); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "limited", Namespace: ns, Labels: map[string]string{"app": "limited"}}, Spec: template("limited", nil).Spec}
+	got, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Annotations[annotations.IngressBandwidth] != "10000000" || got.Annotations[annotations.BandwidthPolicy] != "gold" {
+		t.Fatalf("admitted with %v", got.Annotations)
+	}
+	pol.Spec.Ingress.Rate = resource.MustParse("20M")
+	if err := s.cl.Update(ctx, pol); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 30*time.Second, "the policy edit reaches the pod", func() (bool, string) {
+		p, err := s.k.CoreV1().Pods(ns).Get(ctx, "limited", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.Annotations[annotations.IngressBandwidth] == "20000000" && p.Annotations[annotations.EgressBandwidth] == "5000000",
+			fmt.Sprintf("%s=%s", annotations.IngressBandwidth, p.Annotations[annotations.IngressBandwidth])
+	})
+	if err := s.cl.Delete(ctx, pol); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 30*time.Second, "deleting the policy lifts the limits", func() (bool, string) {
+		p, err := s.k.CoreV1().Pods(ns).Get(ctx, "limited", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return !annotations.HasBandwidth(p.Annotations) && p.Annotations[annotations.BandwidthPolicy] == "", fmt.Sprint(p.Annotations)
+	})
+}
+
+func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
+	eventually(ctx, t, 30*time.Second, "IPPool status counts", func() (bool, string) {
+		p := &v1alpha1.IPPool{}
+		if err := s.cl.Get(ctx, client.ObjectKey{Name: "main"}, p); err != nil {
+			return false, err.Error()
+		}
+		st := p.Status
+		ok := st.Total == 253 && st.Allocated > 0 && st.Allocated+st.Held+st.Cooling+st.Free == st.Total
+		return ok, fmt.Sprintf("%+v", st)
+	})
+}
