@@ -88,9 +88,10 @@ func DecodeArgs(body []byte) (*extenderv1.ExtenderArgs, error) {
 				if err != nil {
 					return nil, err
 				}
-				// Whole nodes are refused below; only the shape is checked here.
+				// Whole nodes are refused below, but decoded first so that a
+				// malformed list is reported as such.
 				if !isNull(seg) {
-					var nodes struct{}
+					var nodes corev1.NodeList
 					if err := json.Unmarshal(seg, &nodes); err != nil {
 						return nil, fmt.Errorf("decode Nodes: %w", err)
 					}

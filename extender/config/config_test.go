@@ -1,0 +1,111 @@
+package config
+
+import (
+	"bytes"
+	"reflect"
+	"slices"
+	"testing"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	configv1 "k8s.io/kube-scheduler/config/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/stickynet/stickynet/extender/server"
+)
+
+func decodeConfig(t *testing.T, b []byte) configv1.KubeSchedulerConfiguration {
+	t.Helper()
+	var cfg configv1.KubeSchedulerConfiguration
+	if err := yaml.UnmarshalStrict(b, &cfg); err != nil {
+		t.Fatalf("not a KubeSchedulerConfiguration (strict): %v", err)
+	}
+	return cfg
+}
+
+func TestSchedulerConfig(t *testing.T) {
+	cfg := decodeConfig(t, SchedulerConfig)
+	if cfg.APIVersion != "kubescheduler.config.k8s.io/v1" || cfg.Kind != "KubeSchedulerConfiguration" {
+		t.Errorf("apiVersion/kind %s/%s", cfg.APIVersion, cfg.Kind)
+	}
+	if len(cfg.Profiles) != 1 || cfg.Profiles[0].SchedulerName == nil || *cfg.Profiles[0].SchedulerName != SchedulerName {
+		t.Fatalf("profiles %+v, want one named %s", cfg.Profiles, SchedulerName)
+	}
+	if p := cfg.Profiles[0].PercentageOfNodesToScore; p == nil || *p != 100 {
+		t.Errorf("percentageOfNodesToScore %v, want 100", p)
+	}
+	if len(cfg.Extenders) != 1 {
+		t.Fatalf("%d extenders, want 1", len(cfg.Extenders))
+	}
+	e := cfg.Extenders[0]
+	if e.FilterVerb != server.FilterVerb || e.PrioritizeVerb != server.PrioritizeVerb {
+		t.Errorf("verbs %q/%q, the server answers %q/%q", e.FilterVerb, e.PrioritizeVerb, server.FilterVerb, server.PrioritizeVerb)
+	}
+	if !e.NodeCacheCapable || e.Ignorable || e.BindVerb != "" || e.PreemptVerb != "" || len(e.ManagedResources) != 0 {
+		t.Errorf("extender %+v: want nodeCacheCapable, not ignorable, no bind/preempt verb, no managed resources", e)
+	}
+	if !e.EnableHTTPS || e.TLSConfig == nil || e.TLSConfig.CAFile == "" || e.TLSConfig.Insecure {
+		t.Errorf("extender TLS %+v: want HTTPS verified against a CA", e.TLSConfig)
+	}
+	if e.Weight <= 0 {
+		t.Errorf("weight %d: must be positive", e.Weight)
+	}
+}
+
+func TestSnippetMatchesConfig(t *testing.T) {
+	var snippet struct {
+		Extenders []configv1.Extender `json:"extenders"`
+	}
+	if err := yaml.UnmarshalStrict(ExtenderSnippet, &snippet); err != nil {
+		t.Fatalf("snippet: %v", err)
+	}
+	cfg := decodeConfig(t, SchedulerConfig)
+	if !reflect.DeepEqual(snippet.Extenders, cfg.Extenders) {
+		t.Errorf("snippet's extender %+v differs from scheduler-config.yaml's %+v", snippet.Extenders, cfg.Extenders)
+	}
+}
+
+func TestLocal(t *testing.T) {
+	b, err := Local("http://127.0.0.1:18888")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, shipped := decodeConfig(t, b), decodeConfig(t, SchedulerConfig)
+	e := got.Extenders[0]
+	if e.URLPrefix != "http://127.0.0.1:18888" || e.EnableHTTPS || e.TLSConfig != nil {
+		t.Errorf("local extender %+v", e)
+	}
+	e.URLPrefix, e.EnableHTTPS, e.TLSConfig = shipped.Extenders[0].URLPrefix, true, shipped.Extenders[0].TLSConfig
+	if !reflect.DeepEqual(e, shipped.Extenders[0]) || !reflect.DeepEqual(got.Profiles, shipped.Profiles) {
+		t.Errorf("Local changed more than the URL and TLS")
+	}
+}
+
+func TestRBAC(t *testing.T) {
+	docs := bytes.Split(RBAC, []byte("\n---\n"))
+	if len(docs) != 2 {
+		t.Fatalf("%d documents, want ClusterRole and ClusterRoleBinding", len(docs))
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict(docs[0], &role); err != nil || role.Kind != "ClusterRole" {
+		t.Fatalf("ClusterRole: %v (%s)", err, role.Kind)
+	}
+	var binding rbacv1.ClusterRoleBinding
+	if err := yaml.UnmarshalStrict(docs[1], &binding); err != nil || binding.RoleRef.Name != role.Name {
+		t.Fatalf("ClusterRoleBinding: %v (%+v)", err, binding.RoleRef)
+	}
+	for _, want := range []struct{ group, resource string }{{"", "nodes"}, {"", "pods"}, {"stickynet.io", "ippools"}, {"stickynet.io", "sriovnetworks"}} {
+		ok := false
+		for _, r := range role.Rules {
+			if slices.Contains(r.APIGroups, want.group) && slices.Contains(r.Resources, want.resource) &&
+				slices.Contains(r.Verbs, "list") && slices.Contains(r.Verbs, "watch") {
+				ok = true
+			}
+			if slices.ContainsFunc(r.Verbs, func(v string) bool { return v != "get" && v != "list" && v != "watch" }) {
+				t.Errorf("rule %+v grants more than reading", r)
+			}
+		}
+		if !ok {
+			t.Errorf("no list/watch on %s %q", want.resource, want.group)
+		}
+	}
+}

@@ -1,0 +1,125 @@
+package score
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/stickynet/stickynet/extender/demand"
+	"github.com/stickynet/stickynet/extender/state"
+)
+
+const fast = corev1.ResourceName("stickynet.io/sriov-fast")
+
+// cluster: n1..n3 have 8 VFs of which 0, 4 and 7 are used; n4 has none.
+// statefulset/ns/web/0 last ran on n3.
+func cluster(t *testing.T) *state.State {
+	t.Helper()
+	s := state.New(state.Options{})
+	for i, used := range []int64{0, 4, 7, -1} {
+		name := fmt.Sprintf("n%d", i+1)
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		if used >= 0 {
+			n.Status.Allocatable = corev1.ResourceList{fast: resource.MustParse("8")}
+		}
+		s.SetNode(n)
+		if used > 0 {
+			s.SetPod(&corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: "h" + name, UID: types.UID("h" + name)},
+				Spec: corev1.PodSpec{NodeName: name, Containers: []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{fast: *resource.NewQuantity(used, resource.DecimalSI)},
+				}}}},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning},
+			})
+		}
+	}
+	s.SetPod(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "w0", CreationTimestamp: metav1.NewTime(time.Now()), Annotations: map[string]string{"stickynet.io/identity": "statefulset/ns/web/0"}},
+		Spec:       corev1.PodSpec{NodeName: "n3"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	})
+	s.DeletePod("w0")
+	return s
+}
+
+func TestPrioritize(t *testing.T) {
+	s := cluster(t)
+	all := []string{"n1", "n2", "n3", "n4"}
+	vf := demand.Demand{Pool: "p", Network: "fast", Resource: fast, VFs: 1}
+	sticky := func(d demand.Demand) demand.Demand { d.StickyKey = "statefulset/ns/web/0"; return d }
+	for _, tc := range []struct {
+		name  string
+		opts  Options
+		d     demand.Demand
+		nodes []string
+		want  string
+	}{
+		{name: "nothing to prefer", opts: Options{PreferLastNode: true, Placement: Spread}, d: demand.Demand{Pool: "p"}, nodes: all, want: "[]"},
+		{name: "last node", opts: Options{PreferLastNode: true, Placement: Spread}, d: sticky(demand.Demand{Pool: "p"}), nodes: all, want: "[n3:10]"},
+		{name: "last node not a candidate", opts: Options{PreferLastNode: true, Placement: Spread}, d: sticky(demand.Demand{}), nodes: []string{"n1", "n2"}, want: "[]"},
+		{name: "last node preference off", opts: Options{Placement: Spread}, d: sticky(demand.Demand{}), nodes: all, want: "[]"},
+		{name: "unknown identity", opts: Options{PreferLastNode: true}, d: demand.Demand{StickyKey: "pod/ns/new"}, nodes: all, want: "[]"},
+		// Spread: 9 x free share after placing one VF: n1 7/8 -> 7, n2 3/8 -> 3, n3 0, n4 no VFs 0.
+		{name: "spread", opts: Options{Placement: Spread}, d: vf, nodes: all, want: "[n1:7 n2:3]"},
+		// Pack: 9 x used share after placing: n1 1/8 -> 1, n2 5/8 -> 5, n3 8/8 -> 9.
+		{name: "pack", opts: Options{Placement: Pack}, d: vf, nodes: all, want: "[n1:1 n2:5 n3:9]"},
+		{name: "spread with the last node first", opts: Options{PreferLastNode: true, Placement: Spread}, d: sticky(vf), nodes: all, want: "[n1:7 n2:3 n3:10]"},
+		{name: "shifted so the lowest candidate scores 0", opts: Options{Placement: Spread}, d: vf, nodes: []string{"n1", "n2"}, want: "[n1:4]"},
+		{name: "equal candidates score 0", opts: Options{Placement: Pack}, d: vf, nodes: []string{"n3"}, want: "[]"},
+		{name: "more VFs than free", opts: Options{Placement: Spread}, d: demand.Demand{Network: "fast", Resource: fast, VFs: 6}, nodes: all, want: "[n1:2]"},
+		{name: "placement none keeps only the last node", opts: Options{PreferLastNode: true, Placement: None}, d: sticky(vf), nodes: all, want: "[n3:10]"},
+		{name: "unknown nodes score 0", opts: Options{Placement: Pack}, d: vf, nodes: []string{"zz", "n2"}, want: "[n2:5]"},
+		{name: "network nobody advertises", opts: Options{Placement: Spread}, d: demand.Demand{Network: "slow", Resource: "stickynet.io/sriov-slow", VFs: 1}, nodes: all, want: "[]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got extenderv1.HostPriorityList
+			s.Read(func(r state.Reader) { got = tc.opts.Prioritize(tc.d, tc.nodes, r) })
+			if got == nil {
+				t.Fatal("Prioritize returned nil; the scheduler wants a list")
+			}
+			var parts []string
+			for _, hp := range got {
+				if hp.Score <= 0 || hp.Score > extenderv1.MaxExtenderPriority {
+					t.Errorf("score %d of %s outside 1..%d", hp.Score, hp.Host, extenderv1.MaxExtenderPriority)
+				}
+				if !slices.Contains(tc.nodes, hp.Host) {
+					t.Errorf("scored %s, not a candidate", hp.Host)
+				}
+				parts = append(parts, fmt.Sprintf("%s:%d", hp.Host, hp.Score))
+			}
+			slices.Sort(parts)
+			if s := fmt.Sprint(parts); s != tc.want && !(tc.want == "[]" && len(parts) == 0) {
+				t.Errorf("scores %s, want %s", s, tc.want)
+			}
+		})
+	}
+}
+
+func TestParsePlacement(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Placement
+		wantErr bool
+	}{
+		{"spread", Spread, false},
+		{"pack", Pack, false},
+		{"none", None, false},
+		{"", "", true},
+		{"Spread", "", true},
+		{"binpack", "", true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParsePlacement(tc.in)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("ParsePlacement(%q) = %q, %v", tc.in, got, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/extender/score"
+	"github.com/stickynet/stickynet/extender/state"
+)
+
+const fast = corev1.ResourceName("stickynet.io/sriov-fast")
+
+// testState is the cluster the fixtures are written against:
+//
+//	n1 rack=1 sriov=yes 2 VFs, 0 used
+//	n2 rack=1 sriov=yes 1 VF,  1 used
+//	n3 rack=2 sriov=yes 4 VFs, 0 used; statefulset/shop/web/0 last ran here
+//	n4 rack=1           4 VFs (outside the network's nodeSelector)
+//	n5 rack=1 sriov=yes no VF resource
+//
+// IPPools rack1 (rack=1) and all; SriovNetwork fast (sriov=yes).
+func testState() *state.State {
+	s := state.New(state.Options{})
+	for _, n := range []struct {
+		name   string
+		labels map[string]string
+		vfs    int64
+	}{
+		{"n1", map[string]string{"rack": "1", "sriov": "yes"}, 2},
+		{"n2", map[string]string{"rack": "1", "sriov": "yes"}, 1},
+		{"n3", map[string]string{"rack": "2", "sriov": "yes"}, 4},
+		{"n4", map[string]string{"rack": "1"}, 4},
+		{"n5", map[string]string{"rack": "1", "sriov": "yes"}, -1},
+	} {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: n.labels}}
+		if n.vfs >= 0 {
+			node.Status.Allocatable = corev1.ResourceList{fast: *resource.NewQuantity(n.vfs, resource.DecimalSI)}
+		}
+		s.SetNode(node)
+	}
+	s.SetPod(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "holder", UID: "holder", Annotations: map[string]string{"stickynet.io/sriov-network": "fast"}},
+		Spec:       corev1.PodSpec{NodeName: "n2"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	})
+	s.SetPod(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "old-web-0", Annotations: map[string]string{"stickynet.io/identity": "statefulset/shop/web/0"}},
+		Spec:       corev1.PodSpec{NodeName: "n3"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	})
+	s.DeletePod("old-web-0")
+	s.SetPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "rack1"}, Spec: v1alpha1.IPPoolSpec{
+		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "1"}},
+	}})
+	s.SetPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "all"}})
+	s.SetNetwork(&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{
+		PFNames: []string{"ens1f0"}, NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"sriov": "yes"}},
+	}})
+	return s
+}
+
+func newTestServer(opts Options) *Server {
+	if opts.Score == (score.Options{}) {
+		opts.Score = score.Options{PreferLastNode: true, Placement: score.Spread}
+	}
+	s := New(testState(), opts)
+	s.SetReady()
+	return s
+}
+
+func fixture(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func post(h http.Handler, path, contentType string, body io.Reader) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, path, body)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w
+}
+
+// TestVerbs answers each request fixture and compares the answer, decoded
+// by encoding/json into the extender/v1 type as kube-scheduler decodes it,
+// with the response fixture.
+func TestVerbs(t *testing.T) {
+	srv := newTestServer(Options{})
+	for _, tc := range []struct {
+		name string
+		verb string
+		into func() any
+	}{
+		{"filter-plain", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
+		{"filter-pool", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
+		{"filter-sriov", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
+		{"prioritize-plain", PrioritizeVerb, func() any { return new(extenderv1.HostPriorityList) }},
+		{"prioritize-sticky", PrioritizeVerb, func() any { return new(extenderv1.HostPriorityList) }},
+		{"prioritize-sriov", PrioritizeVerb, func() any { return new(extenderv1.HostPriorityList) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := post(srv, "/"+tc.verb, "application/json", bytes.NewReader(fixture(t, "requests/"+tc.name+".json")))
+			if w.Code != http.StatusOK {
+				t.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+			got, want := tc.into(), tc.into()
+			dec := json.NewDecoder(w.Body)
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(got); err != nil {
+				t.Fatalf("answer does not decode as %T: %v", got, err)
+			}
+			if err := json.Unmarshal(fixture(t, "responses/"+tc.name+".json"), want); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				gb, _ := json.Marshal(got)
+				wb, _ := json.Marshal(want)
+				t.Errorf("answer\n%s\nwant\n%s", gb, wb)
+			}
+		})
+	}
+}
+
+// TestSchedulerEncoding sends what kube-scheduler's HTTPExtender sends:
+// json.Marshal of ExtenderArgs with a typed Pod and NodeNames.
+func TestSchedulerEncoding(t *testing.T) {
+	srv := newTestServer(Options{})
+	names := []string{"n1", "n2", "n3", "n4", "n5"}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+		Name: "web-1", Namespace: "shop",
+		Annotations: map[string]string{"stickynet.io/assigned-pool": "rack1"},
+	}}
+	body, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := post(srv, "/filter", "application/json", bytes.NewReader(body))
+	var res extenderv1.ExtenderFilterResult
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("status %d, %v: %s", w.Code, err, w.Body)
+	}
+	if res.NodeNames == nil || len(*res.NodeNames) != 4 || len(res.FailedAndUnresolvableNodes) != 1 {
+		t.Errorf("answer %+v", res)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	srv := newTestServer(Options{MaxRequestBytes: 2048})
+	big := bytes.Repeat([]byte(" "), 4096)
+	for _, tc := range []struct {
+		name        string
+		method      string
+		path        string
+		contentType string
+		body        []byte
+		chunked     bool // hide the length, so only reading finds the size
+		want        int
+		wantMsg     string
+	}{
+		{name: "GET", method: http.MethodGet, path: "/filter", want: http.StatusMethodNotAllowed, wantMsg: "method GET not allowed: extender verbs take POST"},
+		{name: "PUT", method: http.MethodPut, path: "/prioritize", contentType: "application/json", body: fixture(t, "requests/filter-plain.json"), want: http.StatusMethodNotAllowed, wantMsg: "method PUT"},
+		{name: "text content type", path: "/filter", contentType: "text/plain", body: fixture(t, "requests/filter-plain.json"), want: http.StatusUnsupportedMediaType, wantMsg: `content type "text/plain" not supported: expected application/json`},
+		{name: "no content type", path: "/prioritize", body: fixture(t, "requests/filter-plain.json"), want: http.StatusUnsupportedMediaType, wantMsg: "expected application/json"},
+		{name: "broken content type", path: "/filter", contentType: "application/json; charset", body: fixture(t, "requests/filter-plain.json"), want: http.StatusUnsupportedMediaType},
+		{name: "declared too large", path: "/filter", contentType: "application/json", body: big, want: http.StatusRequestEntityTooLarge, wantMsg: "body of 4096 bytes exceeds the limit of 2048 bytes"},
+		{name: "streamed too large", path: "/prioritize", contentType: "application/json", body: big, chunked: true, want: http.StatusRequestEntityTooLarge, wantMsg: "body exceeds the limit of 2048 bytes"},
+		{name: "empty body", path: "/filter", contentType: "application/json", want: http.StatusBadRequest, wantMsg: "filter: empty body: expected a JSON ExtenderArgs object"},
+		{name: "truncated JSON", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-truncated.json"), want: http.StatusBadRequest, wantMsg: "filter: decode ExtenderArgs"},
+		{name: "trailing data", path: "/prioritize", contentType: "application/json", body: fixture(t, "requests/bad-trailing.json"), want: http.StatusBadRequest, wantMsg: "unexpected data after the JSON object"},
+		{name: "no Pod", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-no-pod.json"), want: http.StatusBadRequest, wantMsg: `request has no "Pod"`},
+		{name: "no NodeNames", path: "/prioritize", contentType: "application/json", body: fixture(t, "requests/bad-no-nodenames.json"), want: http.StatusBadRequest, wantMsg: `request has no "NodeNames"`},
+		{name: "NodeNames not an array", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-nodenames-type.json"), want: http.StatusBadRequest, wantMsg: `"NodeNames" must be an array of strings`},
+		{name: "node name not a string", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-nodename-number.json"), want: http.StatusBadRequest, wantMsg: "expected a string"},
+		{name: "duplicate key", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-duplicate-key.json"), want: http.StatusBadRequest, wantMsg: `key "Pod" given twice`},
+		{name: "Pod of the wrong shape", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-pod-type.json"), want: http.StatusBadRequest, wantMsg: "decode Pod"},
+		{name: "not an object", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-array.json"), want: http.StatusBadRequest, wantMsg: "expected a JSON ExtenderArgs object"},
+		{name: "whole nodes", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-nodes-not-cache-capable.json"), want: http.StatusBadRequest, wantMsg: "set nodeCacheCapable: true"},
+		{name: "unknown verb", path: "/bind", contentType: "application/json", body: fixture(t, "requests/filter-plain.json"), want: http.StatusNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader = bytes.NewReader(tc.body)
+			if tc.chunked {
+				body = iotest.OneByteReader(bytes.NewReader(tc.body))
+			}
+			method := tc.method
+			if method == "" {
+				method = http.MethodPost
+			}
+			req := httptest.NewRequest(method, tc.path, body)
+			if tc.chunked {
+				req.ContentLength = -1
+			}
+			if tc.contentType != "" {
+				req.Header.Set("Content-Type", tc.contentType)
+			}
+			w := httptest.NewRecorder()
+			srv.ServeHTTP(w, req)
+			if w.Code != tc.want {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.want, w.Body)
+			}
+			if tc.wantMsg != "" && !strings.Contains(w.Body.String(), tc.wantMsg) {
+				t.Errorf("message %q does not contain %q", w.Body, tc.wantMsg)
+			}
+			if tc.want == http.StatusMethodNotAllowed && w.Header().Get("Allow") != http.MethodPost {
+				t.Errorf("Allow header %q", w.Header().Get("Allow"))
+			}
+		})
+	}
+}
+
+func TestReadinessAndMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	srv := New(testState(), Options{Registry: reg, Score: score.Options{Placement: score.Spread}})
+	get := func(path string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+		return w
+	}
+	if w := get("/healthz"); w.Code != http.StatusOK {
+		t.Errorf("/healthz before sync: %d", w.Code)
+	}
+	if w := get("/readyz"); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before sync: %d", w.Code)
+	}
+	w := post(srv, "/filter", "application/json", bytes.NewReader(fixture(t, "requests/filter-pool.json")))
+	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "not synced") {
+		t.Errorf("filter before sync: %d %s", w.Code, w.Body)
+	}
+	srv.SetReady()
+	if w := get("/readyz"); w.Code != http.StatusOK {
+		t.Errorf("/readyz after sync: %d", w.Code)
+	}
+	for _, f := range []string{"filter-pool", "filter-sriov", "filter-plain"} {
+		if w := post(srv, "/filter", "application/json", bytes.NewReader(fixture(t, "requests/"+f+".json"))); w.Code != http.StatusOK {
+			t.Fatalf("%s: %d %s", f, w.Code, w.Body)
+		}
+	}
+	post(srv, "/prioritize", "text/plain", strings.NewReader("{}"))
+	m := get("/metrics").Body.String()
+	for _, want := range []string{
+		`stickynet_extender_requests_total{code="503",verb="filter"} 1`,
+		`stickynet_extender_requests_total{code="200",verb="filter"} 3`,
+		`stickynet_extender_requests_total{code="415",verb="prioritize"} 1`,
+		`stickynet_extender_filtered_nodes_total{cause="pool_selector"} 2`,
+		`stickynet_extender_filtered_nodes_total{cause="no_free_vf"} 1`,
+		`stickynet_extender_filtered_nodes_total{cause="network_selector"} 1`,
+		`stickynet_extender_filtered_nodes_total{cause="no_vfs"} 1`,
+		`stickynet_extender_fast_path_total{verb="filter"} 1`,
+		`stickynet_extender_request_duration_seconds_count{verb="filter"} 4`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
