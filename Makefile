@@ -26,8 +26,8 @@ build: ## Build stickynet's binaries into _output/bin.
 	done
 
 .PHONY: tools
-tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes), cached in ~/.cache/stickynet.
-	hack/build-tools.sh etcd kube
+tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes, containerd, CNI plugins, pause), cached in ~/.cache/stickynet.
+	hack/build-tools.sh etcd kube containerd cniplugins images
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Regenerate deepcopy code and CRD manifests from api/.
@@ -68,6 +68,25 @@ fuzz: ## Run the annotation parser fuzzer for 60 s.
 .PHONY: verify-generate
 verify-generate: generate ## Fail when generated code or CRDs are out of date.
 	@git diff --exit-code -- api charts/stickynet/crds || (echo "run 'make generate' and commit the result" >&2; exit 1)
+
+##@ Local cluster
+
+NODES ?= 3
+SIM_NODES ?= 0
+LOCALCLUSTER := $(BIN)/localcluster
+
+.PHONY: localcluster
+localcluster:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(LOCALCLUSTER) ./e2e/cmd/localcluster
+
+.PHONY: cluster-up
+cluster-up: localcluster ## Start the local cluster as root (NODES=3 real nodes, SIM_NODES=0 simulated; after `make tools`); prints the time to Ready.
+	$(LOCALCLUSTER) up --dir $(OUT)/cluster --kubeconfig $(OUT)/kubeconfig --nodes $(NODES) --sim-nodes $(SIM_NODES)
+
+.PHONY: cluster-down
+cluster-down: localcluster ## Stop the local cluster's supervisor by its PID and remove everything the cluster made.
+	$(LOCALCLUSTER) down --dir $(OUT)/cluster
 
 ##@ Benchmarks
 

@@ -29,11 +29,11 @@ const (
 
 // controlPlaneCerts are the credentials of the control plane.
 type controlPlaneCerts struct {
-	serving, kubeletClient     keyPair
-	saPub, saKey               string
-	kcmConfig, schedConfig     string
-	adminKeyPair               keyPair
-	controlPlaneCgroup, logDir string
+	serving, kubeletClient keyPair
+	saPub, saKey           string
+	kcmConfig, schedConfig string
+	adminKeyPair           keyPair
+	controlPlaneCgroup     string
 }
 
 func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {

@@ -126,7 +126,10 @@ func (c *Cluster) installCNI(n Node, cni CNI) error {
 		Plugins json.RawMessage `json:"plugins"`
 	}
 	if err := json.Unmarshal(conf, &probe); err != nil || probe.Name == "" || len(probe.Plugins) == 0 {
-		return fmt.Errorf("CNI conflist for %s: want a JSON object with name and plugins (err %v)", n.Name, err)
+		if err == nil {
+			err = errors.New("no name or no plugins")
+		}
+		return fmt.Errorf("CNI conflist for %s: want a JSON object with name and plugins: %w", n.Name, err)
 	}
 	old, _ := filepath.Glob(filepath.Join(n.CNIConfDir, "*"))
 	dst := filepath.Join(n.CNIConfDir, "10-"+probe.Name+".conflist")

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -96,7 +97,11 @@ func (p *process) logTail(n int) string {
 
 // exitError describes a process that ended while it should run.
 func (p *process) exitError() error {
-	return fmt.Errorf("%s exited (%v); last log lines:\n%s", p.name, p.err, p.logTail(3000))
+	err := p.err
+	if err == nil {
+		err = errors.New("exit status 0")
+	}
+	return fmt.Errorf("%s exited (%w); last log lines:\n%s", p.name, err, p.logTail(3000))
 }
 
 // waitFor polls check every interval until it returns true, the process
@@ -117,7 +122,7 @@ func waitFor(ctx context.Context, what string, interval time.Duration, p *proces
 		select {
 		case <-ctx.Done():
 			if lastErr != nil {
-				return fmt.Errorf("wait for %s: %w (last error: %v)", what, ctx.Err(), lastErr)
+				return fmt.Errorf("wait for %s: %w (last error: %w)", what, ctx.Err(), lastErr)
 			}
 			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
 		case <-time.After(interval):

@@ -69,6 +69,7 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 func pidFile(dir string) string { return filepath.Join(filepath.Dir(dir), filepath.Base(dir)+".pid") }
+
 func logFile(dir string) string { return filepath.Join(filepath.Dir(dir), filepath.Base(dir)+".log") }
 
 // up starts the supervisor in a session of its own and waits for its word.
