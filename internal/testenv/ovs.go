@@ -1,0 +1,241 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// OVS is a private Open vSwitch for a test: its own ovsdb-server and
+// ovs-vswitchd with their database, run folder and sockets in a temporary
+// folder, optionally inside a network namespace. Bridges use the userspace
+// datapath unless a test asks otherwise (this machine has no OVS kernel module).
+type OVS struct {
+	// DB is ovsdb-server's socket as ovs-vsctl --db takes it (unix:<path>).
+	DB string
+	// RunDir holds the sockets, including each bridge's <bridge>.mgmt.
+	RunDir string
+	// Netns is the namespace ovs-vswitchd runs in ("" for the test's own).
+	Netns string
+
+	procs   []*exec.Cmd
+	spawner *spawner
+}
+
+// StartOVS starts ovsdb-server and ovs-vswitchd (the openvswitch-switch
+// package's binaries) in netns (a path; "" means the test's namespace) and
+// stops them by PID when the test ends. Their logs are shown if the test fails.
+func StartOVS(t testing.TB, netns string) *OVS {
+	t.Helper()
+	Root(t)
+	for _, c := range []string{"ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl", "ovs-ofctl"} {
+		NeedCommand(t, c)
+	}
+	schema := "/usr/share/openvswitch/vswitch.ovsschema"
+	if _, err := os.Stat(schema); err != nil {
+		t.Fatalf("OVS schema: %v: .ci/run installs openvswitch-switch", err)
+	}
+	// Unix socket paths are limited to 108 bytes: keep the folder short.
+	dir, err := os.MkdirTemp("", "ovs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &OVS{DB: "unix:" + filepath.Join(dir, "db.sock"), RunDir: dir, Netns: netns, spawner: newSpawner()}
+	t.Cleanup(func() {
+		o.stop()
+		o.spawner.close()
+		if t.Failed() {
+			for _, l := range []string{"ovsdb-server.log", "ovs-vswitchd.log"} {
+				if b, err := os.ReadFile(filepath.Join(dir, l)); err == nil && len(b) > 0 {
+					t.Logf("%s (last 4 KiB):\n%s", l, tail(b, 4096))
+				}
+			}
+		}
+		os.RemoveAll(dir)
+	})
+	if out, err := exec.Command("ovsdb-tool", "create", filepath.Join(dir, "conf.db"), schema).CombinedOutput(); err != nil {
+		t.Fatalf("ovsdb-tool create: %v: %s", err, out)
+	}
+	if err := o.start("ovsdb-server", filepath.Join(dir, "conf.db"),
+		"--remote=punix:"+filepath.Join(dir, "db.sock"),
+		"--unixctl="+filepath.Join(dir, "ovsdb-server.ctl"),
+		"--log-file="+filepath.Join(dir, "ovsdb-server.log"),
+		"-vconsole:off"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.waitFor(func() error {
+		_, err := o.vsctl("--no-wait", "init")
+		return err
+	}); err != nil {
+		t.Fatalf("ovsdb-server did not come up: %v", err)
+	}
+	if err := o.start("ovs-vswitchd", o.DB,
+		"--unixctl="+filepath.Join(dir, "ovs-vswitchd.ctl"),
+		"--log-file="+filepath.Join(dir, "ovs-vswitchd.log"),
+		"-vconsole:off"); err != nil {
+		t.Fatal(err)
+	}
+	// A command that waits for ovs-vswitchd to apply the database answers
+	// only once ovs-vswitchd runs.
+	if err := o.waitFor(func() error {
+		_, err := o.vsctl("--timeout=1", "set", "Open_vSwitch", ".", "external_ids:stickynet-test=1")
+		return err
+	}); err != nil {
+		t.Fatalf("ovs-vswitchd did not come up: %v", err)
+	}
+	return o
+}
+
+func (o *OVS) env() []string {
+	return append(os.Environ(), "OVS_RUNDIR="+o.RunDir, "OVS_LOGDIR="+o.RunDir, "OVS_DBDIR="+o.RunDir,
+		"OVS_SYSCONFDIR="+o.RunDir)
+}
+
+// start runs a daemon in the foreground (its PID is the one we stop),
+// entering the namespace with nsenter, which execs in place.
+func (o *OVS) start(name string, args ...string) error {
+	argv := append([]string{name}, args...)
+	if o.Netns != "" {
+		argv = append([]string{"nsenter", "--net=" + o.Netns, "--"}, argv...)
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(path, argv[1:]...)
+	cmd.Env = o.env()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := o.spawner.start(cmd); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	o.procs = append(o.procs, cmd)
+	return nil
+}
+
+func (o *OVS) waitFor(f func() error) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop terminates the daemons by PID, newest first, and reaps them.
+func (o *OVS) stop() {
+	for i := len(o.procs) - 1; i >= 0; i-- {
+		c := o.procs[i]
+		_ = c.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	}
+	o.procs = nil
+}
+
+func (o *OVS) vsctl(args ...string) (string, error) {
+	cmd := exec.Command("ovs-vsctl", append([]string{"--db=" + o.DB}, args...)...)
+	cmd.Env = o.env()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ovs-vsctl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// Vsctl runs ovs-vsctl against this OVS and fails the test on error.
+func (o *OVS) Vsctl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := o.vsctl(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Ofctl runs ovs-ofctl (OpenFlow 1.3) command against bridge and fails the
+// test on error.
+func (o *OVS) Ofctl(t testing.TB, command, bridge string, args ...string) string {
+	t.Helper()
+	argv := append([]string{"-O", "OpenFlow13", command, "unix:" + filepath.Join(o.RunDir, bridge+".mgmt")}, args...)
+	out, err := exec.Command("ovs-ofctl", argv...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ovs-ofctl %s: %v: %s", strings.Join(argv, " "), err, out)
+	}
+	return string(out)
+}
+
+// RestartVswitchd stops ovs-vswitchd and starts a new one on the same
+// database, as a crash and restart would: OpenFlow flows and meters are gone.
+func (o *OVS) RestartVswitchd(t testing.TB) {
+	t.Helper()
+	if len(o.procs) != 2 {
+		t.Fatal("OVS is not running")
+	}
+	c := o.procs[1]
+	_ = c.Process.Signal(syscall.SIGKILL)
+	_ = c.Wait()
+	o.procs = o.procs[:1]
+	if err := o.start("ovs-vswitchd", o.DB,
+		"--unixctl="+filepath.Join(o.RunDir, "ovs-vswitchd.ctl"),
+		"--log-file="+filepath.Join(o.RunDir, "ovs-vswitchd.log"),
+		"-vconsole:off"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.waitFor(func() error {
+		_, err := o.vsctl("--timeout=1", "set", "Open_vSwitch", ".", "external_ids:stickynet-test=2")
+		return err
+	}); err != nil {
+		t.Fatalf("ovs-vswitchd did not come back: %v", err)
+	}
+}
+
+// spawner starts processes from one OS thread that lives until close. The
+// kernel sends Pdeathsig when the thread that forked a child ends, not the
+// process; Go ends threads that goroutines leave locked (pkg/ns does this on
+// purpose), which would kill a daemon at a random moment. Here the daemons
+// die with the test process, and only then.
+type spawner struct {
+	reqs chan spawnReq
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func newSpawner() *spawner {
+	s := &spawner{reqs: make(chan spawnReq)}
+	go func() {
+		runtime.LockOSThread()
+		for r := range s.reqs {
+			r.done <- r.cmd.Start()
+		}
+		runtime.UnlockOSThread()
+	}()
+	return s
+}
+
+func (s *spawner) start(cmd *exec.Cmd) error {
+	done := make(chan error, 1)
+	s.reqs <- spawnReq{cmd: cmd, done: done}
+	return <-done
+}
+
+func (s *spawner) close() { close(s.reqs) }

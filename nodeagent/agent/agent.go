@@ -1,0 +1,384 @@
+// Package agent is the stickynet node agent: it owns the OVS bridge of a node
+// and every pod attachment on it, answers the CNI plugin on a unix socket,
+// applies pods' bandwidth annotations live, rebuilds its state after a restart
+// and installs the CNI conflist. Run is the entry point, for the nodeagent
+// binary and for anything that runs an agent in-process (a local cluster
+// node, a benchmark).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/bandwidth"
+	"github.com/stickynet/stickynet/nodeagent/datapath"
+	"github.com/stickynet/stickynet/nodeagent/ovs"
+	"github.com/stickynet/stickynet/nodeagent/podsource"
+	"github.com/stickynet/stickynet/nodeagent/server"
+	"github.com/stickynet/stickynet/nodeagent/state"
+)
+
+// PodSource gives the agent the pods of its node.
+type PodSource interface {
+	// Start begins watching and returns once the source holds every pod of
+	// the node; afterwards onChange sees each added, updated or deleted pod.
+	Start(ctx context.Context, onChange func(*corev1.Pod)) error
+	// Get returns a pod of the node.
+	Get(namespace, name string) (*corev1.Pod, bool)
+	// List returns every pod of the node.
+	List() []*corev1.Pod
+}
+
+// Options configure an agent. Every path is configurable so that agents can
+// run side by side, one per node network namespace.
+type Options struct {
+	// NodeName is the Node whose pods the agent serves (informer field selector).
+	NodeName string
+	// Kubeconfig is the API server credentials file; empty means in-cluster.
+	Kubeconfig string
+	// Pods replaces the informer (tests, simulations); then Kubeconfig is unused.
+	Pods PodSource
+	// Netns is the node's network namespace (a path); empty means the agent's
+	// own. OVS must run in the same namespace.
+	Netns string
+	// Socket is the unix socket the CNI plugin talks to.
+	Socket string
+	// CacheDir holds the attachment records.
+	CacheDir string
+	// Bridge is the OVS bridge of pods.
+	Bridge string
+	// Uplink is an interface added to the bridge as a trunk; empty means none.
+	Uplink string
+	// DatapathType of a new bridge: auto (netdev without the openvswitch
+	// kernel module, else system), netdev or system.
+	DatapathType string
+	// EgressMode: auto, meter or policing.
+	EgressMode bandwidth.EgressMode
+	// OVSDB is ovsdb-server's socket, such as unix:/var/run/openvswitch/db.sock.
+	OVSDB string
+	// OVSRunDir is ovs-vswitchd's run folder (where <bridge>.mgmt lives).
+	OVSRunDir string
+	// Vsctl and Ofctl are the OVS command paths.
+	Vsctl, Ofctl string
+	// MTU of pod veths; 0 means the kernel default.
+	MTU int
+	// CNIConfDir receives the conflist; empty means do not install one.
+	CNIConfDir string
+	// CNIConfName is the conflist's file name.
+	CNIConfName string
+	// CNINetwork is the network name in the conflist.
+	CNINetwork string
+	// CNIBinDir receives the plugin binary copied from CNIPluginSource; both
+	// empty means do not install the plugin.
+	CNIBinDir, CNIPluginSource string
+	// PodWait bounds how long ADD waits for the pod to reach the agent's cache.
+	PodWait time.Duration
+	// ResyncPeriod is how often the agent re-checks every pod's limits
+	// (meters are lost when ovs-vswitchd restarts); 0 means never.
+	ResyncPeriod time.Duration
+	// KernelModuleDir is where the openvswitch module shows when loaded
+	// (auto datapath type).
+	KernelModuleDir string
+	// Ready, when set, is called once the agent answers on its socket.
+	Ready func()
+}
+
+// Defaults fills unset options with the production defaults.
+func (o *Options) Defaults() {
+	def := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	def(&o.Socket, api.DefaultSocket)
+	def(&o.CacheDir, "/var/lib/stickynet/attachments")
+	def(&o.Bridge, "br-stickynet")
+	def(&o.DatapathType, "auto")
+	if o.EgressMode == "" {
+		o.EgressMode = bandwidth.EgressAuto
+	}
+	def(&o.OVSDB, "unix:/var/run/openvswitch/db.sock")
+	def(&o.OVSRunDir, "/var/run/openvswitch")
+	def(&o.CNIConfName, "10-stickynet.conflist")
+	def(&o.CNINetwork, "stickynet")
+	def(&o.KernelModuleDir, "/sys/module/openvswitch")
+	if o.PodWait == 0 {
+		o.PodWait = 5 * time.Second
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Pods == nil && o.NodeName == "" {
+		return errors.New("node name is not set (--node-name or NODE_NAME)")
+	}
+	if o.PodWait >= api.DefaultTimeout {
+		return fmt.Errorf("pod wait %s must stay below the plugin's timeout %s", o.PodWait, api.DefaultTimeout)
+	}
+	switch o.DatapathType {
+	case "auto", ovs.DatapathNetdev, ovs.DatapathSystem:
+	default:
+		return fmt.Errorf("datapath type %q: want auto, netdev or system", o.DatapathType)
+	}
+	if _, err := bandwidth.ResolveEgressMode(o.EgressMode, ovs.DatapathNetdev); err != nil {
+		return err
+	}
+	return nil
+}
+
+// agent is one running node agent.
+type agent struct {
+	opts     Options
+	pods     PodSource
+	ovs      *ovs.Client
+	dp       *datapath.Datapath
+	store    *state.Store
+	dpType   string
+	network  string
+	queue    workqueue.TypedRateLimitingInterface[string]
+	keyLocks [64]sync.Mutex
+
+	mu         sync.Mutex
+	atts       map[string]*datapath.Attachment // by Attachment.Key
+	usedPorts  map[int]bool                    // OpenFlow port numbers in use on the bridge
+	podChanged chan struct{}                   // closed and replaced on every pod event
+	ready      bool
+}
+
+// Run runs the agent until ctx ends. It leaves every attachment in place
+// when it returns: pods keep their network while the agent restarts.
+func Run(ctx context.Context, opts Options) error {
+	opts.Defaults()
+	if err := opts.validate(); err != nil {
+		return err
+	}
+	log := klog.FromContext(ctx).WithName("nodeagent")
+	ctx = klog.NewContext(ctx, log)
+
+	pods := opts.Pods
+	if pods == nil {
+		cfg, err := clientcmd.BuildConfigFromFlags("", opts.Kubeconfig)
+		if err != nil {
+			return fmt.Errorf("load API server credentials: %w", err)
+		}
+		cfg.UserAgent = "stickynet-nodeagent/" + opts.NodeName
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("API client: %w", err)
+		}
+		pods = podsource.NewInformer(client, opts.NodeName)
+	}
+
+	host, err := hostHandle(opts.Netns)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+
+	oc := ovs.New(ovs.Config{
+		Vsctl: opts.Vsctl, Ofctl: opts.Ofctl, DB: opts.OVSDB, RunDir: opts.OVSRunDir, Bridge: opts.Bridge,
+	}, ovs.ExecRunner{})
+	want := opts.DatapathType
+	if want == "auto" {
+		want = ovs.DatapathNetdev
+		if _, err := os.Stat(opts.KernelModuleDir); err == nil {
+			want = ovs.DatapathSystem
+		}
+	}
+	dpType, err := oc.EnsureBridge(ctx, want)
+	if err != nil {
+		return err
+	}
+	if opts.Uplink != "" {
+		if err := oc.EnsureUplink(ctx, opts.Uplink); err != nil {
+			return err
+		}
+	}
+	egress, err := bandwidth.ResolveEgressMode(opts.EgressMode, dpType)
+	if err != nil {
+		return err
+	}
+	store, err := state.Open(opts.CacheDir)
+	if err != nil {
+		return err
+	}
+	a := &agent{
+		opts:  opts,
+		pods:  pods,
+		ovs:   oc,
+		store: store,
+		dp: datapath.New(datapath.Config{
+			EgressMode:    egress,
+			TxChecksumOff: dpType == ovs.DatapathNetdev,
+			MTU:           opts.MTU,
+		}, host, oc),
+		dpType:     dpType,
+		network:    opts.CNINetwork,
+		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		atts:       map[string]*datapath.Attachment{},
+		usedPorts:  map[int]bool{},
+		podChanged: make(chan struct{}),
+	}
+	defer a.queue.ShutDown()
+	log.Info("Starting", "bridge", opts.Bridge, "datapathType", dpType, "egressMode", egress, "socket", opts.Socket, "node", opts.NodeName)
+
+	if err := pods.Start(ctx, a.onPodChange); err != nil {
+		return fmt.Errorf("start pod source: %w", err)
+	}
+	if err := a.restore(ctx); err != nil {
+		return err
+	}
+	srv, err := server.Listen(ctx, opts.Socket, a)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.ready = true
+	a.mu.Unlock()
+	if err := a.install(); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.bandwidthWorker(ctx) }()
+	go func() { defer wg.Done(); a.resyncLoop(ctx) }()
+	go func() {
+		<-ctx.Done()
+		a.queue.ShutDown()
+	}()
+	if opts.Ready != nil {
+		opts.Ready()
+	}
+	log.Info("Serving", "socket", opts.Socket, "attachments", a.count())
+	err = srv.Serve(ctx, 10*time.Second)
+	wg.Wait()
+	log.Info("Stopped")
+	return err
+}
+
+// hostHandle is a netlink handle in the node's network namespace.
+func hostHandle(path string) (*netlink.Handle, error) {
+	if path == "" {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return nil, fmt.Errorf("netlink handle: %w", err)
+		}
+		return h, nil
+	}
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return nil, fmt.Errorf("open node netns %s: %w", path, err)
+	}
+	defer n.Close()
+	h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in node netns %s: %w", path, err)
+	}
+	return h, nil
+}
+
+func (a *agent) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.atts)
+}
+
+// lockKey serializes work on one attachment.
+func (a *agent) lockKey(key string) func() {
+	var h uint32
+	for i := 0; i < len(key); i++ {
+		h = h*31 + uint32(key[i])
+	}
+	m := &a.keyLocks[h%uint32(len(a.keyLocks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// First OpenFlow port number for pods: numbers below stay for the uplink and
+// anything an operator adds by hand.
+const (
+	firstPodPort = 100
+	lastPodPort  = 0xfeff // OFPP_MAX
+)
+
+// allocPort reserves the lowest free OpenFlow port number (also the meter ID).
+func (a *agent) allocPort() (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for p := firstPodPort; p <= lastPodPort; p++ {
+		if !a.usedPorts[p] {
+			a.usedPorts[p] = true
+			return p, nil
+		}
+	}
+	return 0, errors.New("no free OpenFlow port number on the bridge")
+}
+
+func (a *agent) freePort(p int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.usedPorts, p)
+}
+
+// install writes the conflist (and the plugin binary) once the agent answers.
+func (a *agent) install() error {
+	if a.opts.CNIBinDir != "" && a.opts.CNIPluginSource != "" {
+		if err := installFile(a.opts.CNIPluginSource, filepath.Join(a.opts.CNIBinDir, api.PluginType), 0o755); err != nil {
+			return fmt.Errorf("install CNI plugin: %w", err)
+		}
+	}
+	if a.opts.CNIConfDir == "" {
+		return nil
+	}
+	if err := writeFileAtomic(filepath.Join(a.opts.CNIConfDir, a.opts.CNIConfName), ConfList(a.network, a.opts.Socket), 0o644); err != nil {
+		return fmt.Errorf("install CNI conflist: %w", err)
+	}
+	return nil
+}
+
+func installFile(src, dst string, mode os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(dst, b, mode)
+}
+
+// writeFileAtomic replaces path with b, never showing a partial file (the
+// container runtime watches the folder).
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".stickynet-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/stickynet/stickynet/nodeagent/datapath"
+)
+
+// podRef is the pod a CNI request is for, from CNI_ARGS.
+type podRef struct {
+	Namespace, Name, UID string
+}
+
+func (p podRef) String() string { return p.Namespace + "/" + p.Name }
+
+// parseCNIArgs reads the Kubernetes keys of CNI_ARGS
+// ("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=...").
+func parseCNIArgs(s string) (podRef, error) {
+	var p podRef
+	for _, kv := range strings.Split(s, ";") {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return p, types.NewError(types.ErrInvalidEnvironmentVariables,
+				fmt.Sprintf("CNI_ARGS entry %q is not KEY=VALUE", kv), "")
+		}
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			p.Namespace = v
+		case "K8S_POD_NAME":
+			p.Name = v
+		case "K8S_POD_UID":
+			p.UID = v
+		}
+	}
+	if p.Namespace == "" || p.Name == "" {
+		return p, types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_ARGS %q lacks K8S_POD_NAMESPACE or K8S_POD_NAME: stickynet attaches Kubernetes pods only", s), "")
+	}
+	return p, nil
+}
+
+// buildResult is the ADD result in the configuration's CNI version: the host
+// veth, the pod interface (in the sandbox), its addresses and default routes.
+func buildResult(cniVersion string, a *datapath.Attachment, hostMAC net.HardwareAddr) ([]byte, error) {
+	podIdx := 1
+	r := &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{
+			{Name: a.HostVeth, Mac: hostMAC.String()},
+			{Name: a.IfName, Mac: a.MAC, Sandbox: a.Netns},
+		},
+	}
+	for _, p := range a.IPs {
+		ipc := &types100.IPConfig{
+			Interface: &podIdx,
+			Address:   net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+		}
+		for _, gw := range a.Gateways {
+			if gw.Is4() == p.Addr().Is4() {
+				ipc.Gateway = gw.AsSlice()
+				break
+			}
+		}
+		r.IPs = append(r.IPs, ipc)
+	}
+	for _, gw := range a.Gateways {
+		bits := gw.BitLen()
+		r.Routes = append(r.Routes, &types.Route{
+			Dst: net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)},
+			GW:  gw.AsSlice(),
+		})
+	}
+	vr, err := r.GetAsVersion(cniVersion)
+	if err != nil {
+		return nil, types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("render result as CNI %s: %v", cniVersion, err), "")
+	}
+	b, err := json.Marshal(vr)
+	if err != nil {
+		return nil, fmt.Errorf("encode result: %w", err)
+	}
+	return b, nil
+}
+
+// ConfList is the conflist the agent installs: one network with the
+// stickynet plugin pointing at the agent's socket.
+func ConfList(network, socket string) []byte {
+	conf := map[string]any{
+		"cniVersion": "1.1.0",
+		"name":       network,
+		"plugins": []any{
+			map[string]any{
+				"type":   "stickynet",
+				"socket": socket,
+			},
+		},
+	}
+	b, _ := json.MarshalIndent(conf, "", "  ")
+	return append(b, '\n')
+}

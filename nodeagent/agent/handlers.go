@@ -1,0 +1,338 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/datapath"
+	"github.com/stickynet/stickynet/nodeagent/ovs"
+)
+
+// Handle answers one forwarded CNI request; it is the agent's boundary, so
+// failures are logged here once and returned as CNI errors.
+func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
+	log := klog.FromContext(ctx).WithValues("command", req.Command, "containerID", req.ContainerID, "ifname", req.IfName)
+	ctx = klog.NewContext(ctx, log)
+	start := time.Now()
+	var resp api.Response
+	var err error
+	switch req.Command {
+	case api.CommandAdd:
+		resp.Result, err = a.add(ctx, req)
+	case api.CommandDel:
+		err = a.del(ctx, req)
+	case api.CommandCheck:
+		err = a.check(ctx, req)
+	case api.CommandGC:
+		err = a.gc(ctx, req)
+	case api.CommandStatus:
+		err = a.status(ctx)
+	default:
+		err = types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI command %q", req.Command), "")
+	}
+	if err != nil {
+		var te *types.Error
+		if !errors.As(err, &te) {
+			te = types.NewError(types.ErrInternal, err.Error(), "")
+		}
+		resp = api.Response{Error: te}
+		log.Info("CNI request failed", "code", te.Code, "msg", te.Msg, "details", te.Details, "duration", time.Since(start))
+		return resp
+	}
+	log.V(2).Info("CNI request done", "duration", time.Since(start))
+	return resp
+}
+
+func (a *agent) conf(req api.Request) (*api.NetConf, error) {
+	c, err := api.ParseNetConf(req.Config)
+	if err != nil {
+		return nil, err
+	}
+	if c.Name == "" {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "network configuration has no \"name\"", "")
+	}
+	return c, nil
+}
+
+func needAttachmentArgs(req api.Request) error {
+	for _, v := range []struct{ name, value string }{{"CNI_CONTAINERID", req.ContainerID}, {"CNI_IFNAME", req.IfName}} {
+		if v.value == "" {
+			return types.NewError(types.ErrInvalidEnvironmentVariables, v.name+" is empty", "")
+		}
+	}
+	return nil
+}
+
+func (a *agent) add(ctx context.Context, req api.Request) ([]byte, error) {
+	conf, err := a.conf(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := needAttachmentArgs(req); err != nil {
+		return nil, err
+	}
+	if req.Netns == "" {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+	}
+	ref, err := parseCNIArgs(req.Args)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := a.waitPod(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	asg, err := podAssignment(pod)
+	if err != nil {
+		return nil, err
+	}
+	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
+		return nil, types.NewError(api.ErrUnsupported,
+			fmt.Sprintf("pod %s asks for SR-IOV network %q (%s), which this node agent does not serve", ref, name, annotations.SriovNetwork), "")
+	}
+	at := &datapath.Attachment{
+		Network:      conf.Name,
+		ContainerID:  req.ContainerID,
+		IfName:       req.IfName,
+		Netns:        req.Netns,
+		PodNamespace: pod.Namespace,
+		PodName:      pod.Name,
+		PodUID:       string(pod.UID),
+		HostVeth:     datapath.HostVethName(req.ContainerID, req.IfName),
+		MAC:          asg.MAC.String(),
+		IPs:          asg.IPs,
+		Gateways:     asg.Gateways,
+		VLAN:         asg.VLAN,
+		MTU:          a.opts.MTU,
+		Bandwidth:    asg.Bandwidth,
+	}
+	unlock := a.lockKey(at.Key())
+	defer unlock()
+	if old := a.get(at.Key()); old != nil {
+		// ADD again without DEL: start over rather than trust what is there.
+		if err := a.remove(ctx, old); err != nil {
+			return nil, err
+		}
+	}
+	if at.OFPort, err = a.allocPort(); err != nil {
+		return nil, err
+	}
+	// The record goes down first: should the agent die halfway, the restarted
+	// agent (or a DEL) finds what to clean up.
+	if err := a.store.Put(at); err != nil {
+		a.freePort(at.OFPort)
+		return nil, err
+	}
+	hostMAC, err := a.dp.Setup(ctx, at)
+	if err == nil && ctx.Err() != nil {
+		// The plugin gave up waiting: it reports failure, so undo.
+		err = types.NewError(types.ErrTryAgainLater, "request timed out while the attachment was being set up; it was undone", "")
+		if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
+			err = fmt.Errorf("%w; undo: %w", err, terr)
+		}
+	}
+	if err != nil {
+		if derr := a.store.Delete(at); derr != nil {
+			err = fmt.Errorf("%w; %w", err, derr)
+		}
+		a.freePort(at.OFPort)
+		return nil, err
+	}
+	if err := a.store.Put(at); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.atts[at.Key()] = at
+	a.mu.Unlock()
+	return buildResult(conf.CNIVersion, at, hostMAC)
+}
+
+// podAssignment reads the webhook's output annotations of pod as CNI errors.
+func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
+	asg, err := annotations.ParseAssignment(pod.Annotations)
+	if errors.Is(err, annotations.ErrNotAssigned) {
+		return asg, types.NewError(api.ErrPodNotAdmitted, fmt.Sprintf("pod %s/%s: %v", pod.Namespace, pod.Name, err), "")
+	}
+	if err != nil {
+		return asg, types.NewError(api.ErrBadAnnotation, fmt.Sprintf("pod %s/%s: %v", pod.Namespace, pod.Name, err), "")
+	}
+	return asg, nil
+}
+
+// waitPod returns the pod once the agent's cache has it (with the UID the
+// runtime named): the runtime may ask before the watch delivers the pod.
+func (a *agent) waitPod(ctx context.Context, ref podRef) (*corev1.Pod, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.PodWait)
+	defer cancel()
+	for {
+		a.mu.Lock()
+		changed := a.podChanged
+		a.mu.Unlock()
+		pod, ok := a.pods.Get(ref.Namespace, ref.Name)
+		if ok && (ref.UID == "" || string(pod.UID) == ref.UID) {
+			return pod, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			what := "is not in the node agent's cache"
+			if ok {
+				what = fmt.Sprintf("has UID %s in the node agent's cache, not %s,", pod.UID, ref.UID)
+			}
+			return nil, types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("pod %s %s after %s; try again later", ref, what, a.opts.PodWait),
+				"the agent sees pods bound to its node through the API server: is it connected, and is --node-name this node?")
+		}
+	}
+}
+
+func (a *agent) get(key string) *datapath.Attachment {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.atts[key]
+}
+
+// remove tears an attachment down and forgets it.
+func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
+	if err := a.dp.Teardown(ctx, at); err != nil {
+		return err
+	}
+	if err := a.store.Delete(at); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if a.atts[at.Key()] == at {
+		delete(a.atts, at.Key())
+	}
+	delete(a.usedPorts, at.OFPort)
+	a.mu.Unlock()
+	klog.FromContext(ctx).V(2).Info("Attachment removed", "pod", at.Pod(), "key", at.Key(), "hostVeth", at.HostVeth)
+	return nil
+}
+
+func (a *agent) del(ctx context.Context, req api.Request) error {
+	if _, err := a.conf(req); err != nil {
+		return err
+	}
+	if err := needAttachmentArgs(req); err != nil {
+		return err
+	}
+	key := req.ContainerID + "/" + req.IfName
+	unlock := a.lockKey(key)
+	defer unlock()
+	if at := a.get(key); at != nil {
+		return a.remove(ctx, at)
+	}
+	// Not in the records (lost cache folder): OVS's labels may still know it.
+	ifcs, err := a.ovs.Interfaces(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ifc := range ifcs {
+		if ifc.ExternalIDs[datapath.IDContainerID] == req.ContainerID && ifc.ExternalIDs[datapath.IDIfName] == req.IfName {
+			return a.remove(ctx, fromOVS(ifc))
+		}
+	}
+	return nil
+}
+
+// fromOVS rebuilds what teardown needs from an OVS interface's labels.
+func fromOVS(ifc ovs.Interface) *datapath.Attachment {
+	id := ifc.ExternalIDs
+	return &datapath.Attachment{
+		Network:      id[datapath.IDNetwork],
+		ContainerID:  id[datapath.IDContainerID],
+		IfName:       id[datapath.IDIfName],
+		Netns:        id[datapath.IDNetns],
+		PodNamespace: id[datapath.IDPodNamespace],
+		PodName:      id[datapath.IDPodName],
+		PodUID:       id[datapath.IDPodUID],
+		HostVeth:     ifc.Name,
+		OFPort:       ifc.OFPort,
+	}
+}
+
+func (a *agent) check(ctx context.Context, req api.Request) error {
+	if _, err := a.conf(req); err != nil {
+		return err
+	}
+	if err := needAttachmentArgs(req); err != nil {
+		return err
+	}
+	key := req.ContainerID + "/" + req.IfName
+	unlock := a.lockKey(key)
+	defer unlock()
+	at := a.get(key)
+	if at == nil {
+		return types.NewError(types.ErrUnknownContainer,
+			fmt.Sprintf("no stickynet attachment for container %s interface %s on this node", req.ContainerID, req.IfName), "")
+	}
+	return a.dp.Check(ctx, at)
+}
+
+// gc removes the attachments of the network that are not in the runtime's
+// list of valid ones.
+func (a *agent) gc(ctx context.Context, req api.Request) error {
+	conf, err := a.conf(req)
+	if err != nil {
+		return err
+	}
+	valid := map[string]bool{}
+	for _, v := range conf.ValidAttachments {
+		valid[v.ContainerID+"/"+v.IfName] = true
+	}
+	a.mu.Lock()
+	var stale []*datapath.Attachment
+	for k, at := range a.atts {
+		if at.Network == conf.Name && !valid[k] {
+			stale = append(stale, at)
+		}
+	}
+	a.mu.Unlock()
+	ifcs, err := a.ovs.Interfaces(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ifc := range ifcs {
+		at := fromOVS(ifc)
+		if at.ContainerID == "" || at.Network != conf.Name || valid[at.Key()] || a.get(at.Key()) != nil {
+			continue
+		}
+		stale = append(stale, at)
+	}
+	var errs []error
+	for _, at := range stale {
+		unlock := a.lockKey(at.Key())
+		if cur := a.get(at.Key()); cur == nil || cur == at {
+			klog.FromContext(ctx).Info("Removing attachment the runtime no longer knows", "pod", at.Pod(), "key", at.Key())
+			errs = append(errs, a.remove(ctx, at))
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
+func (a *agent) status(ctx context.Context) error {
+	a.mu.Lock()
+	ready := a.ready
+	a.mu.Unlock()
+	if !ready {
+		return types.NewError(types.ErrPluginNotAvailable, "stickynet node agent is starting", "")
+	}
+	if ok, err := a.ovs.BridgeExists(ctx); err != nil || !ok {
+		msg := fmt.Sprintf("OVS bridge %s is missing", a.opts.Bridge)
+		if err != nil {
+			msg = err.Error()
+		}
+		return types.NewError(types.ErrPluginNotAvailable, msg, "")
+	}
+	return nil
+}

@@ -1,0 +1,489 @@
+package agent_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/safchain/ethtool"
+	"github.com/vishvananda/netlink"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/agent"
+	"github.com/stickynet/stickynet/nodeagent/api"
+)
+
+func TestAddCheckDel(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.newPod(podSpec{name: "a", ips: "10.77.0.10/24", mac: "02:00:0a:4d:00:0a", gw: "10.77.0.1", vlan: 0})
+	b := e.addPod(podSpec{name: "b", ips: "10.77.0.11/24", mac: "02:00:0a:4d:00:0b", gw: "10.77.0.1"})
+
+	res, err := e.cni.Add(a.rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("result", func(t *testing.T) {
+		if r.CNIVersion != "1.1.0" || len(r.Interfaces) != 2 || len(r.IPs) != 1 || len(r.Routes) != 1 {
+			t.Fatalf("result %s", mustJSON(r))
+		}
+		pod := r.Interfaces[*r.IPs[0].Interface]
+		if pod.Name != "eth0" || pod.Mac != "02:00:0a:4d:00:0a" || pod.Sandbox != a.netns.Path() {
+			t.Errorf("pod interface %+v", pod)
+		}
+		if r.IPs[0].Address.String() != "10.77.0.10/24" || r.IPs[0].Gateway.String() != "10.77.0.1" {
+			t.Errorf("ip %+v", r.IPs[0])
+		}
+		if r.Routes[0].Dst.String() != "0.0.0.0/0" || r.Routes[0].GW.String() != "10.77.0.1" {
+			t.Errorf("route %+v", r.Routes[0])
+		}
+	})
+	t.Run("pod interface", func(t *testing.T) {
+		h := handleIn(t, a.netns)
+		l, err := h.LinkByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Attrs().HardwareAddr.String() != "02:00:0a:4d:00:0a" || l.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("eth0 %s up=%v", l.Attrs().HardwareAddr, l.Attrs().Flags&net.FlagUp != 0)
+		}
+		addrs, _ := h.AddrList(l, netlink.FAMILY_V4)
+		if len(addrs) != 1 || addrs[0].IPNet.String() != "10.77.0.10/24" {
+			t.Errorf("addresses %v", addrs)
+		}
+		routes, _ := h.RouteList(l, netlink.FAMILY_V4)
+		var gw string
+		for _, rt := range routes {
+			if rt.Dst == nil || rt.Dst.String() == "0.0.0.0/0" {
+				gw = rt.Gw.String()
+			}
+		}
+		if gw != "10.77.0.1" {
+			t.Errorf("default route via %q, routes %v", gw, routes)
+		}
+		var features map[string]bool
+		if err := a.netns.Do(func(_ ns.NetNS) error {
+			et, err := ethtool.NewEthtool()
+			if err != nil {
+				return err
+			}
+			defer et.Close()
+			features, err = et.Features("eth0")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if features["tx-checksum-ip-generic"] {
+			t.Error("TX checksum offload is still on for the pod veth on a netdev bridge")
+		}
+	})
+	t.Run("OVS port", func(t *testing.T) {
+		port := e.ovsPortOf("ctr-a")
+		if port == "" {
+			t.Fatal("no OVS port labelled with container ctr-a")
+		}
+		ids := e.node.OVS.Vsctl(t, "get", "Interface", port, "external_ids")
+		for _, want := range []string{`stickynet-pod-namespace=default`, `stickynet-pod-name=a`, `stickynet-pod-uid=uid-a`, `stickynet-container-id=ctr-a`, `stickynet-ifname=eth0`} {
+			if !strings.Contains(ids, want) {
+				t.Errorf("external_ids %s lack %s", ids, want)
+			}
+		}
+		if mode := e.node.OVS.Vsctl(t, "get", "Port", port, "vlan_mode"); mode != "access" {
+			t.Errorf("vlan_mode %s", mode)
+		}
+	})
+	t.Run("traffic", func(t *testing.T) {
+		if !ping(t, a, "10.77.0.11", 2) || !ping(t, b, "10.77.0.10", 2) {
+			t.Fatal("pods on the bridge do not reach each other")
+		}
+	})
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	port := e.ovsPortOf("ctr-a")
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	t.Run("after DEL", func(t *testing.T) {
+		if p := e.ovsPortOf("ctr-a"); p != "" {
+			t.Errorf("OVS port %s still there", p)
+		}
+		if slices.Contains(e.hostVeths(), port) {
+			t.Errorf("host veth %s still there", port)
+		}
+		if _, err := handleIn(t, a.netns).LinkByName("eth0"); err == nil {
+			t.Error("eth0 still in the pod netns")
+		}
+		if recs := e.records(); len(recs) != 1 {
+			t.Errorf("records %v; want only b's", recs)
+		}
+		if err := e.cni.Del(a.rt); err != nil {
+			t.Errorf("second DEL: %v", err)
+		}
+		if err := e.cni.Check(a.rt); cniCode(err) != types.ErrUnknownContainer {
+			t.Errorf("CHECK after DEL = %v; want code %d", err, types.ErrUnknownContainer)
+		}
+	})
+	// ADD again after DEL: same MAC and address, traffic again.
+	if _, err := e.cni.Add(a.rt); err != nil {
+		t.Fatalf("ADD after DEL: %v", err)
+	}
+	if !ping(t, b, "10.77.0.10", 2) {
+		t.Fatal("re-added pod unreachable")
+	}
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func TestDualStackAndVLANs(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{name: "a", ips: "10.78.0.10/24,fd78::10/64", mac: "02:00:0a:4e:00:0a", gw: "10.78.0.1,fd78::1", vlan: 10})
+	b := e.addPod(podSpec{name: "b", ips: "10.78.0.11/24,fd78::11/64", mac: "02:00:0a:4e:00:0b", gw: "10.78.0.1,fd78::1", vlan: 10})
+	c := e.addPod(podSpec{name: "c", ips: "10.78.0.12/24", mac: "02:00:0a:4e:00:0c", vlan: 20})
+	if tag := e.node.OVS.Vsctl(t, "get", "Port", e.ovsPortOf("ctr-a"), "tag"); tag != "10" {
+		t.Fatalf("tag of a's port = %s, want 10", tag)
+	}
+	if !ping(t, a, "10.78.0.11", 2) {
+		t.Error("same VLAN, IPv4: no reply")
+	}
+	if !ping(t, a, "fd78::11", 2) {
+		t.Error("same VLAN, IPv6: no reply (NODAD address not usable?)")
+	}
+	if ping(t, c, "10.78.0.10", 1) {
+		t.Error("pod on VLAN 20 reaches a pod on VLAN 10")
+	}
+	for _, p := range []*testPod{a, b, c} {
+		if err := e.cni.Check(p.rt); err != nil {
+			t.Errorf("CHECK %s: %v", p.pod.Name, err)
+		}
+	}
+}
+
+func TestDelAfterNetnsVanished(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.79.0.10/24", mac: "02:00:0a:4f:00:0a",
+		extra: map[string]string{annotations.IngressBandwidth: "10M", annotations.EgressBandwidth: "10M"},
+	})
+	port := e.ovsPortOf("ctr-a")
+	a.netns.Remove(t)
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL after the netns vanished: %v", err)
+	}
+	if p := e.ovsPortOf("ctr-a"); p != "" {
+		t.Errorf("OVS port %s still there", p)
+	}
+	if slices.Contains(e.hostVeths(), port) {
+		t.Errorf("host veth %s still there", port)
+	}
+	if meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge); strings.Contains(meters, "meter=") {
+		t.Errorf("meter left behind:\n%s", meters)
+	}
+	if recs := e.records(); len(recs) != 0 {
+		t.Errorf("records left: %v", recs)
+	}
+	// DEL with an empty netns path (the runtime no longer knows it) as well.
+	a.rt.NetNS = ""
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL without netns: %v", err)
+	}
+}
+
+func TestGC(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{name: "a", ips: "10.80.0.10/24", mac: "02:00:0a:50:00:0a"})
+	e.addPod(podSpec{
+		name: "b", ips: "10.80.0.11/24", mac: "02:00:0a:50:00:0b",
+		extra: map[string]string{annotations.EgressBandwidth: "10M"},
+	})
+	e.addPod(podSpec{name: "c", ips: "10.80.0.12/24", mac: "02:00:0a:50:00:0c"})
+	if err := e.cni.GC([]types.GCAttachment{{ContainerID: "ctr-a", IfName: "eth0"}}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	for _, gone := range []string{"ctr-b", "ctr-c"} {
+		if p := e.ovsPortOf(gone); p != "" {
+			t.Errorf("GC left %s's port %s", gone, p)
+		}
+	}
+	if v := e.hostVeths(); len(v) != 1 {
+		t.Errorf("host veths after GC: %v", v)
+	}
+	if recs := e.records(); len(recs) != 1 {
+		t.Errorf("records after GC: %v", recs)
+	}
+	if meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge); strings.Contains(meters, "meter=") {
+		t.Errorf("GC left b's meter:\n%s", meters)
+	}
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK of the valid attachment after GC: %v", err)
+	}
+	if err := e.cni.Status(); err != nil {
+		t.Errorf("STATUS: %v", err)
+	}
+}
+
+// nothingLeft asserts a failed ADD left no trace.
+func nothingLeft(t *testing.T, e *env, p *testPod) {
+	t.Helper()
+	if port := e.ovsPortOf(p.rt.ContainerID); port != "" {
+		t.Errorf("OVS port %s left behind", port)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Errorf("host veths left behind: %v", v)
+	}
+	if recs := e.records(); len(recs) != 0 {
+		t.Errorf("records left behind: %v", recs)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 300 * time.Millisecond })
+	good := podSpec{name: "good", ips: "10.81.0.10/24", mac: "02:00:0a:51:00:0a"}
+	conf := e.cni.List.Plugins[0].Bytes
+	withVersion := func(v string) []byte {
+		var m map[string]any
+		_ = json.Unmarshal(conf, &m)
+		m["cniVersion"], m["name"] = v, "stickynet"
+		b, _ := json.Marshal(m)
+		return b
+	}
+	tests := []struct {
+		name     string
+		pod      func(t *testing.T) *testPod
+		conf     []byte
+		wantCode uint
+		wantMsg  string
+	}{
+		{
+			name: "malformed config", pod: func(*testing.T) *testPod { return e.newPod(good) },
+			conf: []byte(`{"cniVersion":"1.1.0","name":"stickynet","type":"stickynet",`), wantCode: types.ErrDecodingFailure,
+		},
+		{
+			name: "unknown CNI version", pod: func(*testing.T) *testPod { return e.newPod(good) },
+			conf: withVersion("7.0.0"), wantCode: types.ErrIncompatibleCNIVersion, wantMsg: "incompatible",
+		},
+		{
+			name: "pod without stickynet annotations",
+			pod: func(*testing.T) *testPod {
+				p := e.newPod(podSpec{name: "plain", ips: "10.81.0.11/24", mac: "02:00:0a:51:00:0b"})
+				p.pod.Annotations = nil
+				e.pods.Set(p.pod)
+				return p
+			},
+			wantCode: api.ErrPodNotAdmitted, wantMsg: "stickynet.io/assigned-ip",
+		},
+		{
+			name: "bad annotation value",
+			pod: func(*testing.T) *testPod {
+				p := e.newPod(podSpec{name: "badmac", ips: "10.81.0.12/24", mac: "02:00:0a:51:00:0c"})
+				p.pod.Annotations[annotations.AssignedMAC] = "01:00:5e:00:00:01"
+				e.pods.Set(p.pod)
+				return p
+			},
+			wantCode: api.ErrBadAnnotation, wantMsg: "multicast",
+		},
+		{
+			name: "unknown pod",
+			pod: func(*testing.T) *testPod {
+				p := e.newPod(podSpec{name: "ghost", ips: "10.81.0.13/24", mac: "02:00:0a:51:00:0d"})
+				e.pods.Delete("default", "ghost")
+				return p
+			},
+			wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost is not in the node agent's cache",
+		},
+		{
+			name: "stale pod UID",
+			pod: func(*testing.T) *testPod {
+				p := e.newPod(podSpec{name: "moved", ips: "10.81.0.14/24", mac: "02:00:0a:51:00:0e"})
+				p.rt.Args[4][1] = "uid-of-the-new-pod"
+				return p
+			},
+			wantCode: types.ErrTryAgainLater, wantMsg: "has UID uid-moved in the node agent's cache, not uid-of-the-new-pod",
+		},
+		{
+			name: "not a Kubernetes pod",
+			pod: func(*testing.T) *testPod {
+				p := e.newPod(podSpec{name: "noargs", ips: "10.81.0.15/24", mac: "02:00:0a:51:00:0f"})
+				p.rt.Args = nil
+				return p
+			},
+			wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "K8S_POD_NAME",
+		},
+		{
+			name: "interface name clash",
+			pod: func(t *testing.T) *testPod {
+				p := e.newPod(podSpec{name: "clash", ips: "10.81.0.16/24", mac: "02:00:0a:51:00:10"})
+				if err := handleIn(t, p.netns).LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "other0"}); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			},
+			wantCode: api.ErrInterfaceExists, wantMsg: "eth0 already exists",
+		},
+		{
+			name: "SR-IOV pod",
+			pod: func(*testing.T) *testPod {
+				return e.newPod(podSpec{
+					name: "vf", ips: "10.81.0.17/24", mac: "02:00:0a:51:00:11",
+					extra: map[string]string{annotations.SriovNetwork: "fast"},
+				})
+			},
+			wantCode: api.ErrUnsupported, wantMsg: "SR-IOV",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.pod(t)
+			var err error
+			if tt.conf != nil {
+				_, err = e.cni.Raw("ADD", tt.conf, p.rt)
+			} else {
+				_, err = e.cni.Add(p.rt)
+			}
+			if err == nil {
+				t.Fatal("ADD succeeded")
+			}
+			if cniCode(err) != tt.wantCode || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("ADD error = %v (code %d); want code %d mentioning %q", err, cniCode(err), tt.wantCode, tt.wantMsg)
+			}
+			nothingLeft(t, e, p)
+			if tt.name == "interface name clash" {
+				if _, err := handleIn(t, p.netns).LinkByName("eth0"); err != nil {
+					t.Errorf("the clashing eth0 was touched: %v", err)
+				}
+			} else if _, err := handleIn(t, p.netns).LinkByName("eth0"); err == nil {
+				t.Error("eth0 left in the pod netns")
+			}
+			// DEL after a failed ADD (runtimes do this) succeeds.
+			if err := e.cni.Del(p.rt); err != nil && tt.conf == nil {
+				t.Errorf("DEL after failed ADD: %v", err)
+			}
+		})
+	}
+	// After all that, a good pod still works.
+	p := e.addPod(good)
+	if err := e.cni.Check(p.rt); err != nil {
+		t.Fatalf("CHECK of a good pod: %v", err)
+	}
+}
+
+func TestCheckFindsDrift(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.82.0.10/24", mac: "02:00:0a:52:00:0a", gw: "10.82.0.1",
+		extra: map[string]string{annotations.IngressBandwidth: "50M", annotations.EgressBandwidth: "50M"},
+	})
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Fatalf("CHECK right after ADD: %v", err)
+	}
+	h := handleIn(t, a.netns)
+	l, _ := h.LinkByName("eth0")
+	addr, _ := netlink.ParseAddr("10.82.0.10/24")
+	if err := h.AddrDel(l, addr); err != nil {
+		t.Fatal(err)
+	}
+	host := e.hostHandle()
+	hl, err := host.LinkByName(e.ovsPortOf("ctr-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, _ := host.QdiscList(hl)
+	for _, q := range qs {
+		if q.Type() == "tbf" {
+			if err := host.QdiscDel(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.node.OVS.Ofctl(t, "del-meter", e.node.Bridge, "meter=100")
+	err = e.cni.Check(a.rt)
+	if cniCode(err) != api.ErrCheckFailed {
+		t.Fatalf("CHECK after drift = %v; want code %d", err, api.ErrCheckFailed)
+	}
+	for _, want := range []string{"lacks address 10.82.0.10/24", "no default route via 10.82.0.1", "lacks the tbf", "meter 100"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("CHECK error %q does not say %q", err, want)
+		}
+	}
+}
+
+// A pod's address may have been at another MAC (the pod ran on another node):
+// after ADD, a neighbour that cached the old MAC has the new one.
+func TestAddressMoveAnnounced(t *testing.T) {
+	e := newEnv(t, nil)
+	b := e.addPod(podSpec{name: "b", ips: "10.83.0.11/24,fd83::11/64", mac: "02:00:0a:53:00:0b"})
+	hb := handleIn(t, b.netns)
+	lb, _ := hb.LinkByName("eth0")
+	oldMAC, _ := net.ParseMAC("02:00:0a:53:ff:ff")
+	for _, ip := range []string{"10.83.0.10", "fd83::10"} {
+		if err := hb.NeighSet(&netlink.Neigh{LinkIndex: lb.Attrs().Index, IP: net.ParseIP(ip), HardwareAddr: oldMAC, State: netlink.NUD_STALE}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.addPod(podSpec{name: "a", ips: "10.83.0.10/24,fd83::10/64", mac: "02:00:0a:53:00:0a"})
+	want, _ := net.ParseMAC("02:00:0a:53:00:0a")
+	for _, ip := range []string{"10.83.0.10", "fd83::10"} {
+		deadline := time.Now().Add(3 * time.Second)
+		var got net.HardwareAddr
+		for time.Now().Before(deadline) {
+			neighs, err := hb.NeighList(lb.Attrs().Index, netlink.FAMILY_ALL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range neighs {
+				if n.IP.Equal(net.ParseIP(ip)) {
+					got = n.HardwareAddr
+				}
+			}
+			if bytes.Equal(got, want) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("neighbour %s on pod b is at %s; want %s (announcement not seen)", ip, got, want)
+		}
+	}
+}
+
+func TestConflistInstalled(t *testing.T) {
+	e := newEnv(t, nil)
+	b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, "10-stickynet.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		CNIVersion string           `json:"cniVersion"`
+		Name       string           `json:"name"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.CNIVersion != "1.1.0" || c.Name != "stickynet" || len(c.Plugins) != 1 ||
+		c.Plugins[0]["type"] != "stickynet" || c.Plugins[0]["socket"] != e.node.Socket {
+		t.Fatalf("conflist %s", b)
+	}
+	fi, err := os.Stat(e.node.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %s; want a socket with 0600", fi.Mode())
+	}
+}

@@ -1,0 +1,249 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/nodeagent/datapath"
+	"github.com/stickynet/stickynet/nodeagent/ovs"
+)
+
+// restore rebuilds the agent's view after a (re)start from its records and
+// the OVS labels. Attachments of live pods are kept as they are (their limits
+// are re-checked and put back where ovs-vswitchd lost them); attachments whose
+// pod is gone, or whose veth went with the pod's netns, are removed.
+func (a *agent) restore(ctx context.Context) error {
+	log := klog.FromContext(ctx)
+	records, err := a.store.List()
+	if err != nil {
+		// A record that does not decode is reported; the OVS labels still
+		// cover its attachment.
+		log.Error(err, "Some attachment records are unreadable")
+	}
+	ifcs, err := a.ovs.Interfaces(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]ovs.Interface{}
+	for _, ifc := range ifcs {
+		byName[ifc.Name] = ifc
+		if ifc.OFPort > 0 {
+			a.usedPorts[ifc.OFPort] = true
+		}
+	}
+	known := map[string]*datapath.Attachment{}
+	for _, r := range records {
+		known[r.Key()] = r
+	}
+	for _, ifc := range ifcs {
+		at := fromOVS(ifc)
+		if at.ContainerID == "" || known[at.Key()] != nil {
+			continue
+		}
+		log.Info("OVS port without a record", "port", ifc.Name, "pod", at.Pod(), "key", at.Key())
+		known[at.Key()] = a.recordFromPod(at)
+	}
+	snap, err := a.dp.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	var kept, removed int
+	var errs []error
+	for _, at := range known {
+		ifc, inOVS := byName[at.HostVeth]
+		pod, alive := a.livePod(at)
+		hostVeth := a.dp.HostVethExists(at.HostVeth)
+		if !alive || !hostVeth || at.MAC == "" {
+			log.Info("Removing attachment of a pod that is gone", "pod", at.Pod(), "podUID", at.PodUID, "key", at.Key(),
+				"podKnown", alive, "hostVeth", hostVeth)
+			if err := a.dp.Teardown(ctx, at); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, a.store.Delete(at))
+			delete(a.usedPorts, at.OFPort)
+			removed++
+			continue
+		}
+		if inOVS && ifc.OFPort > 0 {
+			at.OFPort = ifc.OFPort
+		}
+		a.usedPorts[at.OFPort] = true
+		if err := a.dp.EnsurePort(ctx, at, inOVS); err != nil {
+			errs = append(errs, err)
+		}
+		want := at.Bandwidth
+		if asg, err := podAssignment(pod); err == nil {
+			want = asg.Bandwidth
+		}
+		if err := a.dp.SetBandwidth(ctx, at, want, snap); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, a.store.Put(at))
+		a.atts[at.Key()] = at
+		kept++
+	}
+	if err := a.dp.RemoveOrphanMeters(ctx, snap, a.usedPorts, firstPodPort); err != nil {
+		errs = append(errs, err)
+	}
+	log.Info("Restored attachments", "kept", kept, "removed", removed)
+	if err := errors.Join(errs...); err != nil {
+		// Not fatal: the pods that are fine keep being served, and DEL or GC
+		// retry what could not be removed.
+		log.Error(err, "Restore was incomplete")
+	}
+	return nil
+}
+
+// recordFromPod completes an attachment rebuilt from OVS labels with the
+// pod's assignment.
+func (a *agent) recordFromPod(at *datapath.Attachment) *datapath.Attachment {
+	pod, ok := a.livePod(at)
+	if !ok {
+		return at
+	}
+	asg, err := podAssignment(pod)
+	if err != nil {
+		return at
+	}
+	at.MAC, at.IPs, at.Gateways, at.VLAN, at.MTU = asg.MAC.String(), asg.IPs, asg.Gateways, asg.VLAN, a.opts.MTU
+	at.EgressMode = a.dp.Config().EgressMode
+	// Unknown limits in force: SetBandwidth with a snapshot reads them.
+	return at
+}
+
+// livePod returns the attachment's pod if it still exists with the same UID.
+func (a *agent) livePod(at *datapath.Attachment) (*corev1.Pod, bool) {
+	if at.PodName == "" {
+		return nil, false
+	}
+	pod, ok := a.pods.Get(at.PodNamespace, at.PodName)
+	if !ok || string(pod.UID) != at.PodUID {
+		return nil, false
+	}
+	return pod, true
+}
+
+// onPodChange wakes ADDs waiting for a pod and queues a bandwidth check for
+// pods with attachments.
+func (a *agent) onPodChange(pod *corev1.Pod) {
+	a.mu.Lock()
+	close(a.podChanged)
+	a.podChanged = make(chan struct{})
+	has := false
+	for _, at := range a.atts {
+		if at.PodUID == string(pod.UID) {
+			has = true
+			break
+		}
+	}
+	a.mu.Unlock()
+	if has {
+		a.queue.Add(pod.Namespace + "/" + pod.Name)
+	}
+}
+
+// bandwidthWorker applies pods' bandwidth annotations to their attachments.
+func (a *agent) bandwidthWorker(ctx context.Context) {
+	log := klog.FromContext(ctx)
+	for {
+		key, shutdown := a.queue.Get()
+		if shutdown {
+			return
+		}
+		err := a.applyBandwidth(ctx, key)
+		if err != nil && ctx.Err() == nil {
+			log.Error(err, "Applying bandwidth limits failed; will retry", "pod", key)
+			a.queue.AddRateLimited(key)
+		} else {
+			a.queue.Forget(key)
+		}
+		a.queue.Done(key)
+	}
+}
+
+func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
+	var ats []*datapath.Attachment
+	a.mu.Lock()
+	for _, at := range a.atts {
+		if at.Pod() == podKey {
+			ats = append(ats, at)
+		}
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, at := range ats {
+		pod, ok := a.livePod(at)
+		if !ok {
+			continue
+		}
+		asg, err := podAssignment(pod)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		unlock := a.lockKey(at.Key())
+		if a.get(at.Key()) == at && asg.Bandwidth != at.Bandwidth {
+			before := at.Bandwidth
+			err := a.dp.SetBandwidth(ctx, at, asg.Bandwidth, nil)
+			if perr := a.store.Put(at); perr != nil {
+				err = errors.Join(err, perr)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("bandwidth of %s: %w", at.Key(), err))
+			} else {
+				klog.FromContext(ctx).Info("Bandwidth limits changed", "pod", podKey, "key", at.Key(), "from", before, "to", at.Bandwidth)
+			}
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// resyncLoop re-checks every attachment's limits against what is installed,
+// and queues every pod so missed annotation changes are applied.
+func (a *agent) resyncLoop(ctx context.Context) {
+	if a.opts.ResyncPeriod <= 0 {
+		return
+	}
+	t := time.NewTicker(a.opts.ResyncPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.resync(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Resync failed")
+		}
+	}
+}
+
+func (a *agent) resync(ctx context.Context) error {
+	snap, err := a.dp.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	ats := make([]*datapath.Attachment, 0, len(a.atts))
+	for _, at := range a.atts {
+		ats = append(ats, at)
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, at := range ats {
+		unlock := a.lockKey(at.Key())
+		if a.get(at.Key()) == at {
+			errs = append(errs, a.dp.SetBandwidth(ctx, at, at.Bandwidth, snap))
+		}
+		unlock()
+		a.queue.Add(at.Pod())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,566 @@
+// Package datapath owns what a pod's attachment is made of on a node: the veth
+// pair, the host end's OVS port (VLAN tag, external_ids naming the pod and
+// container), the pod end in the pod's network namespace (CNI ifname, sticky
+// MAC, addresses, default routes, TX checksum offload, gratuitous ARP and
+// unsolicited neighbour advertisement), and the bandwidth limits in both
+// directions. It sets an attachment up, tears it down (also when the pod's
+// netns is gone), checks it, and changes its limits live.
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/bandwidth"
+	"github.com/stickynet/stickynet/nodeagent/ovs"
+)
+
+// External IDs the agent puts on a pod's OVS interface.
+const (
+	IDNetwork      = "stickynet-network"
+	IDContainerID  = "stickynet-container-id"
+	IDIfName       = "stickynet-ifname"
+	IDNetns        = "stickynet-netns"
+	IDPodNamespace = "stickynet-pod-namespace"
+	IDPodName      = "stickynet-pod-name"
+	IDPodUID       = "stickynet-pod-uid"
+	// IDIfaceID is the usual OVS key naming what the interface belongs to.
+	IDIfaceID = "iface-id"
+)
+
+// Attachment is one pod interface the agent made: what it is attached for and
+// what it is made of. The agent keeps it in its cache folder.
+type Attachment struct {
+	Network      string                `json:"network"`
+	ContainerID  string                `json:"containerID"`
+	IfName       string                `json:"ifName"`
+	Netns        string                `json:"netns"`
+	PodNamespace string                `json:"podNamespace"`
+	PodName      string                `json:"podName"`
+	PodUID       string                `json:"podUID"`
+	HostVeth     string                `json:"hostVeth"`
+	OFPort       int                   `json:"ofport"`
+	MAC          string                `json:"mac"`
+	IPs          []netip.Prefix        `json:"ips"`
+	Gateways     []netip.Addr          `json:"gateways,omitempty"`
+	VLAN         int                   `json:"vlan,omitempty"`
+	MTU          int                   `json:"mtu,omitempty"`
+	Bandwidth    annotations.Bandwidth `json:"bandwidth"` // limits in force
+	// EgressMode is how the egress limit is enforced (meter or policing).
+	EgressMode bandwidth.EgressMode `json:"egressMode,omitempty"`
+}
+
+// Key identifies an attachment as the runtime does: container and ifname.
+func (a *Attachment) Key() string { return a.ContainerID + "/" + a.IfName }
+
+// Pod names the pod as namespace/name.
+func (a *Attachment) Pod() string { return a.PodNamespace + "/" + a.PodName }
+
+// ExternalIDs are the labels of the attachment's OVS interface.
+func (a *Attachment) ExternalIDs() map[string]string {
+	return map[string]string{
+		IDNetwork:      a.Network,
+		IDContainerID:  a.ContainerID,
+		IDIfName:       a.IfName,
+		IDNetns:        a.Netns,
+		IDPodNamespace: a.PodNamespace,
+		IDPodName:      a.PodName,
+		IDPodUID:       a.PodUID,
+		IDIfaceID:      a.PodNamespace + "/" + a.PodName,
+	}
+}
+
+// ovsClient is what the datapath needs from Open vSwitch.
+type ovsClient interface {
+	AddPort(ctx context.Context, p ovs.Port) error
+	DelPort(ctx context.Context, name string) error
+	SetPolicing(ctx context.Context, port string, p ovs.Policing) error
+	SetMeter(ctx context.Context, m ovs.Meter, exists bool) error
+	DelMeter(ctx context.Context, id int) error
+	AddMeterFlow(ctx context.Context, port, id int) error
+	DelPortFlows(ctx context.Context, port int) error
+	Interfaces(ctx context.Context) ([]ovs.Interface, error)
+	Meters(ctx context.Context) (map[int]ovs.Meter, error)
+	MeterFlows(ctx context.Context) (map[int]int, error)
+}
+
+// netnsOpener opens a network namespace by path.
+type netnsOpener func(path string) (ns.NetNS, error)
+
+// Config is the node's datapath setup.
+type Config struct {
+	// EgressMode is meter or policing (resolved, not auto).
+	EgressMode bandwidth.EgressMode
+	// TxChecksumOff switches TX checksum offload off on the pod's veth, which
+	// the userspace datapath needs for TCP to work.
+	TxChecksumOff bool
+	// MTU of both veth ends; 0 leaves the kernel's default.
+	MTU int
+}
+
+// Datapath sets pods' attachments up on one node.
+type Datapath struct {
+	cfg       Config
+	host      netlinksafe.Handle // the node's network namespace
+	ovs       ovsClient
+	openNetns netnsOpener
+	offload   offloadSwitch
+	announcer announcer
+}
+
+// New returns a datapath working in the network namespace of host.
+func New(cfg Config, host *netlink.Handle, o ovsClient) *Datapath {
+	return &Datapath{
+		cfg:       cfg,
+		host:      netlinksafe.Handle{Handle: host},
+		ovs:       o,
+		openNetns: ns.GetNS,
+		offload:   ethtoolSwitch{},
+		announcer: packetAnnouncer{},
+	}
+}
+
+// Config returns the datapath's configuration.
+func (d *Datapath) Config() Config { return d.cfg }
+
+// podNetns is a pod's network namespace with a netlink handle inside it.
+type podNetns struct {
+	ns ns.NetNS
+	nl netlinksafe.Handle
+}
+
+func (p *podNetns) Close() {
+	p.nl.Close()
+	_ = p.ns.Close()
+}
+
+// ErrNetnsGone reports that the pod's network namespace no longer exists.
+var ErrNetnsGone = errors.New("network namespace is gone")
+
+func (d *Datapath) enter(path string) (*podNetns, error) {
+	n, err := d.openNetns(path)
+	if err != nil {
+		var notExist ns.NSPathNotExistErr
+		if errors.As(err, &notExist) || errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("open netns %s: %w", path, ErrNetnsGone)
+		}
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()))
+	if err != nil {
+		_ = n.Close()
+		return nil, fmt.Errorf("netlink handle in netns %s: %w", path, err)
+	}
+	return &podNetns{ns: n, nl: h}, nil
+}
+
+// Setup makes the attachment: on failure it removes whatever it made, so
+// nothing is left half-configured. It returns the host veth's MAC.
+func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.HardwareAddr, err error) {
+	log := klog.FromContext(ctx).WithValues("pod", a.Pod(), "containerID", a.ContainerID, "ifname", a.IfName)
+	mac, err := net.ParseMAC(a.MAC)
+	if err != nil {
+		return nil, fmt.Errorf("MAC %q of %s: %w", a.MAC, a.Pod(), err)
+	}
+	pn, err := d.enter(a.Netns)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetNS, err.Error(), "")
+	}
+	defer pn.Close()
+	if l, err := pn.nl.LinkByName(a.IfName); err == nil {
+		return nil, types.NewError(api.ErrInterfaceExists,
+			fmt.Sprintf("interface %s already exists in netns %s (%s, MAC %s): pick another ifname or remove it", a.IfName, a.Netns, l.Type(), l.Attrs().HardwareAddr), "")
+	}
+	defer func() {
+		if err != nil {
+			if terr := d.Teardown(ctx, a); terr != nil {
+				log.Error(terr, "Cleanup after a failed setup left something behind")
+			}
+		}
+	}()
+	if err := d.addVeth(a, mac, pn); err != nil {
+		return nil, err
+	}
+	host, err := d.host.LinkByName(a.HostVeth)
+	if err != nil {
+		return nil, fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
+	}
+	if err := d.host.LinkSetUp(host); err != nil {
+		return nil, fmt.Errorf("set host veth %s up: %w", a.HostVeth, err)
+	}
+	port := ovs.Port{Name: a.HostVeth, OFPort: a.OFPort, VLAN: a.VLAN, ExternalIDs: a.ExternalIDs()}
+	want := a.Bandwidth
+	a.Bandwidth = annotations.Bandwidth{}
+	a.EgressMode = d.cfg.EgressMode
+	if a.EgressMode == bandwidth.EgressPolicing && want.Egress.Rate > 0 {
+		p, err := bandwidth.Policer(want.Egress)
+		if err != nil {
+			return nil, err
+		}
+		port.Policing = &ovs.Policing{RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
+	}
+	if err := d.ovs.AddPort(ctx, port); err != nil {
+		return nil, err
+	}
+	if port.Policing != nil {
+		a.Bandwidth.Egress = want.Egress
+	}
+	if err := d.SetBandwidth(ctx, a, want, nil); err != nil {
+		return nil, err
+	}
+	if err := d.configurePod(a, pn); err != nil {
+		return nil, err
+	}
+	log.V(2).Info("Attachment set up", "hostVeth", a.HostVeth, "ofport", a.OFPort, "ips", a.IPs)
+	return host.Attrs().HardwareAddr, nil
+}
+
+// addVeth creates the pair with the pod end already in the pod's netns under
+// its final name and MAC. A host end left over from an interrupted setup of
+// the same attachment is replaced.
+func (d *Datapath) addVeth(a *Attachment, mac net.HardwareAddr, pn *podNetns) error {
+	veth := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: a.HostVeth, MTU: a.MTU},
+		PeerName:         a.IfName,
+		PeerHardwareAddr: mac,
+		PeerNamespace:    netlink.NsFd(int(pn.ns.Fd())),
+		PeerMTU:          uint32(max(a.MTU, 0)),
+	}
+	err := d.host.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		if old, lerr := d.host.LinkByName(a.HostVeth); lerr == nil {
+			if derr := d.host.LinkDel(old); derr != nil {
+				return fmt.Errorf("remove stale host veth %s: %w", a.HostVeth, derr)
+			}
+			err = d.host.LinkAdd(veth)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("create veth %s (peer %s in netns %s): %w", a.HostVeth, a.IfName, a.Netns, err)
+	}
+	return nil
+}
+
+// configurePod addresses the pod end, routes via the gateways and announces
+// the addresses.
+func (d *Datapath) configurePod(a *Attachment, pn *podNetns) error {
+	link, err := pn.nl.LinkByName(a.IfName)
+	if err != nil {
+		return fmt.Errorf("find %s in netns %s: %w", a.IfName, a.Netns, err)
+	}
+	if lo, err := pn.nl.LinkByName("lo"); err == nil {
+		if err := pn.nl.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("set lo up in netns %s: %w", a.Netns, err)
+		}
+	}
+	for _, p := range a.IPs {
+		if err := pn.nl.AddrAdd(link, podAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add address %s to %s in netns %s: %w", p, a.IfName, a.Netns, err)
+		}
+	}
+	if err := pn.nl.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up in netns %s: %w", a.IfName, a.Netns, err)
+	}
+	for _, r := range podRoutes(link.Attrs().Index, a.IPs, a.Gateways) {
+		if err := pn.nl.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route %s in netns %s: %w", r, a.Netns, err)
+		}
+	}
+	if d.cfg.TxChecksumOff {
+		if err := pn.ns.Do(func(ns.NetNS) error { return d.offload.TxChecksumOff(a.IfName) }); err != nil {
+			return fmt.Errorf("switch TX checksum offload off on %s in netns %s: %w", a.IfName, a.Netns, err)
+		}
+	}
+	mac := link.Attrs().HardwareAddr
+	frames := make([][]byte, 0, len(a.IPs))
+	for _, p := range a.IPs {
+		frames = append(frames, Announcement(mac, p.Addr()))
+	}
+	if err := pn.ns.Do(func(ns.NetNS) error { return d.announcer.Announce(link.Attrs().Index, frames) }); err != nil {
+		return fmt.Errorf("announce %v from %s in netns %s: %w", a.IPs, a.IfName, a.Netns, err)
+	}
+	return nil
+}
+
+// podAddr is the address as the pod gets it; IPv6 skips duplicate address
+// detection: the address is the pod's by assignment, and DAD would hold it
+// tentative (unusable) for a second or more.
+func podAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+// podRoutes are the pod's default routes, one per family with a gateway, plus
+// an on-link host route to a gateway outside the pod's own prefix.
+func podRoutes(linkIndex int, ips []netip.Prefix, gateways []netip.Addr) []*netlink.Route {
+	var out []*netlink.Route
+	for _, gw := range gateways {
+		onLink := false
+		for _, p := range ips {
+			if p.Addr().Is4() == gw.Is4() && p.Masked().Contains(gw) {
+				onLink = true
+			}
+		}
+		bits := gw.BitLen()
+		if !onLink {
+			out = append(out, &netlink.Route{
+				LinkIndex: linkIndex,
+				Scope:     netlink.SCOPE_LINK,
+				Dst:       &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(bits, bits)},
+			})
+		}
+		out = append(out, &netlink.Route{
+			LinkIndex: linkIndex,
+			Dst:       &net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)},
+			Gw:        gw.AsSlice(),
+		})
+	}
+	return out
+}
+
+// Teardown removes an attachment: its meter and flows, its OVS port and its
+// veth pair. Missing parts are fine (DEL is idempotent, and the pod's netns
+// may be gone, taking the veth pair with it).
+func (d *Datapath) Teardown(ctx context.Context, a *Attachment) error {
+	var errs []error
+	if a.OFPort > 0 && (a.EgressMode == "" || a.EgressMode == bandwidth.EgressMeter && a.Bandwidth.Egress.Rate > 0) {
+		if err := d.ovs.DelPortFlows(ctx, a.OFPort); err != nil {
+			errs = append(errs, err)
+		}
+		if err := d.ovs.DelMeter(ctx, a.OFPort); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := d.ovs.DelPort(ctx, a.HostVeth); err != nil {
+		errs = append(errs, err)
+	}
+	if l, err := d.host.LinkByName(a.HostVeth); err == nil {
+		if err := d.host.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete host veth %s: %w", a.HostVeth, err))
+		}
+	} else if !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("find host veth %s: %w", a.HostVeth, err))
+	}
+	return errors.Join(errs...)
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}
+
+// Snapshot is the installed egress state of the bridge, read once for many
+// attachments.
+type Snapshot struct {
+	Meters     map[int]ovs.Meter
+	MeterFlows map[int]int // OpenFlow port -> meter
+	Interfaces map[string]ovs.Interface
+}
+
+// Snapshot reads the bridge's meters, meter flows and interfaces.
+func (d *Datapath) Snapshot(ctx context.Context) (*Snapshot, error) {
+	s := &Snapshot{Interfaces: map[string]ovs.Interface{}}
+	var err error
+	if s.Meters, err = d.ovs.Meters(ctx); err != nil {
+		return nil, err
+	}
+	if s.MeterFlows, err = d.ovs.MeterFlows(ctx); err != nil {
+		return nil, err
+	}
+	ifcs, err := d.ovs.Interfaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range ifcs {
+		s.Interfaces[i.Name] = i
+	}
+	return s, nil
+}
+
+// SetBandwidth makes the limits in force equal want: a tbf on the host veth
+// for ingress, a meter or policing for egress; a zero rate removes a limit.
+// With snap == nil the attachment's record of what is in force is trusted
+// (the agent made it); with a snapshot, what is installed is compared instead
+// (after a restart of the agent or of ovs-vswitchd, which loses meters).
+func (d *Datapath) SetBandwidth(ctx context.Context, a *Attachment, want annotations.Bandwidth, snap *Snapshot) error {
+	if err := d.setIngress(a, want.Ingress, snap != nil); err != nil {
+		return err
+	}
+	a.Bandwidth.Ingress = want.Ingress
+	if err := d.setEgress(ctx, a, want.Egress, snap); err != nil {
+		return err
+	}
+	a.Bandwidth.Egress = want.Egress
+	return nil
+}
+
+func (d *Datapath) setIngress(a *Attachment, want annotations.Limit, verify bool) error {
+	if !verify && want == a.Bandwidth.Ingress {
+		return nil
+	}
+	link, err := d.host.LinkByName(a.HostVeth)
+	if err != nil {
+		return fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
+	}
+	current, err := d.rootTBF(link)
+	if err != nil {
+		return err
+	}
+	if want.Rate == 0 {
+		if current == nil {
+			return nil
+		}
+		if err := d.host.QdiscDel(current); err != nil && !isNotFound(err) {
+			return fmt.Errorf("remove tbf from %s: %w", a.HostVeth, err)
+		}
+		return nil
+	}
+	p, err := bandwidth.TBF(want)
+	if err != nil {
+		return fmt.Errorf("ingress limit of %s: %w", a.Pod(), err)
+	}
+	if p.Matches(current) {
+		return nil
+	}
+	if err := d.host.QdiscReplace(p.Qdisc(link.Attrs().Index)); err != nil {
+		return fmt.Errorf("set tbf on %s: %w", a.HostVeth, err)
+	}
+	return nil
+}
+
+// rootTBF returns the tbf at the root of link, or nil.
+func (d *Datapath) rootTBF(link netlink.Link) (*netlink.Tbf, error) {
+	qs, err := d.host.QdiscList(link)
+	if err != nil {
+		return nil, fmt.Errorf("list qdiscs of %s: %w", link.Attrs().Name, err)
+	}
+	for _, q := range qs {
+		if t, ok := q.(*netlink.Tbf); ok && q.Attrs().Parent == netlink.HANDLE_ROOT {
+			return t, nil
+		}
+	}
+	return nil, nil
+}
+
+func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotations.Limit, snap *Snapshot) error {
+	if snap == nil && want == a.Bandwidth.Egress {
+		return nil
+	}
+	switch a.EgressMode {
+	case bandwidth.EgressPolicing:
+		var pol ovs.Policing
+		if want.Rate > 0 {
+			p, err := bandwidth.Policer(want)
+			if err != nil {
+				return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
+			}
+			pol = ovs.Policing{RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
+		}
+		if snap != nil {
+			if ifc, ok := snap.Interfaces[a.HostVeth]; ok && ifc.Policing == pol {
+				return nil
+			}
+		}
+		return d.ovs.SetPolicing(ctx, a.HostVeth, pol)
+	case bandwidth.EgressMeter:
+		id := a.OFPort
+		if want.Rate == 0 {
+			if snap != nil {
+				if _, flow := snap.MeterFlows[a.OFPort]; !flow {
+					if _, meter := snap.Meters[id]; !meter {
+						return nil
+					}
+				}
+			}
+			if err := d.ovs.DelPortFlows(ctx, a.OFPort); err != nil {
+				return err
+			}
+			return d.ovs.DelMeter(ctx, id)
+		}
+		p, err := bandwidth.Policer(want)
+		if err != nil {
+			return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
+		}
+		m := ovs.Meter{ID: id, RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
+		exists := a.Bandwidth.Egress.Rate > 0
+		if snap != nil {
+			cur, ok := snap.Meters[id]
+			if ok && cur == m && snap.MeterFlows[a.OFPort] == id {
+				return nil
+			}
+			exists = ok
+		}
+		if err := d.ovs.SetMeter(ctx, m, exists); err != nil {
+			return err
+		}
+		return d.ovs.AddMeterFlow(ctx, a.OFPort, id)
+	default:
+		return fmt.Errorf("egress mode %q of %s: want meter or policing", a.EgressMode, a.Key())
+	}
+}
+
+// RemoveOrphanMeters removes meters and meter flows of port numbers from
+// first upwards that no attachment uses (left by an agent that died between
+// removing a port and its meter).
+func (d *Datapath) RemoveOrphanMeters(ctx context.Context, snap *Snapshot, used map[int]bool, first int) error {
+	var errs []error
+	for port := range snap.MeterFlows {
+		if port >= first && !used[port] {
+			errs = append(errs, d.ovs.DelPortFlows(ctx, port))
+		}
+	}
+	for id := range snap.Meters {
+		if id >= first && !used[id] {
+			errs = append(errs, d.ovs.DelMeter(ctx, id))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// HostVethExists reports whether the host end of an attachment exists (it
+// vanishes with the pod's netns).
+func (d *Datapath) HostVethExists(name string) bool {
+	_, err := d.host.LinkByName(name)
+	return err == nil
+}
+
+// EnsurePort puts the attachment's OVS port back if OVS lost it (a fresh
+// OVS database); a port that exists is left alone.
+func (d *Datapath) EnsurePort(ctx context.Context, a *Attachment, exists bool) error {
+	if exists {
+		return nil
+	}
+	return d.ovs.AddPort(ctx, ovs.Port{Name: a.HostVeth, OFPort: a.OFPort, VLAN: a.VLAN, ExternalIDs: a.ExternalIDs()})
+}
+
+// HostVethName is the host end's name for an attachment: "sn" and 13 hex
+// digits of a hash of container ID and ifname (15 characters, IFNAMSIZ-1).
+func HostVethName(containerID, ifName string) string {
+	return "sn" + hash(containerID + "/" + ifName)[:13]
+}
+
+// vlanString renders a VLAN for messages.
+func vlanString(v int) string {
+	if v == 0 {
+		return "untagged"
+	}
+	return "VLAN " + strconv.Itoa(v)
+}

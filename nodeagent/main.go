@@ -1,0 +1,57 @@
+// Command stickynet-nodeagent is stickynet's node agent (a DaemonSet): it runs
+// the OVS datapath of its node and answers the stickynet CNI plugin. See
+// package agent.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/nodeagent/agent"
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/bandwidth"
+)
+
+func main() {
+	var o agent.Options
+	var egress string
+	fs := flag.CommandLine
+	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "Node whose pods this agent serves (default $NODE_NAME)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "API server credentials; empty means in-cluster")
+	fs.StringVar(&o.Netns, "netns", "", "node network namespace (path) holding OVS and the host veths; empty means the agent's own")
+	fs.StringVar(&o.Socket, "socket", api.DefaultSocket, "unix socket the CNI plugin talks to")
+	fs.StringVar(&o.CacheDir, "cache-dir", "/var/lib/stickynet/attachments", "folder of attachment records")
+	fs.StringVar(&o.Bridge, "bridge", "br-stickynet", "OVS bridge of pods")
+	fs.StringVar(&o.Uplink, "uplink", "", "interface to add to the bridge as a trunk uplink")
+	fs.StringVar(&o.DatapathType, "datapath-type", "auto", "datapath of a new bridge: auto, netdev or system")
+	fs.StringVar(&egress, "egress-mode", string(bandwidth.EgressAuto), "pod egress limits: auto (meter on netdev, policing on system), meter or policing")
+	fs.StringVar(&o.OVSDB, "ovs-db", "unix:/var/run/openvswitch/db.sock", "ovsdb-server socket")
+	fs.StringVar(&o.OVSRunDir, "ovs-rundir", "/var/run/openvswitch", "ovs-vswitchd run folder (bridge management sockets)")
+	fs.StringVar(&o.Vsctl, "ovs-vsctl", "ovs-vsctl", "ovs-vsctl command")
+	fs.StringVar(&o.Ofctl, "ovs-ofctl", "ovs-ofctl", "ovs-ofctl command")
+	fs.IntVar(&o.MTU, "mtu", 0, "MTU of pod veths; 0 means the kernel default")
+	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "where to install the conflist; empty means do not")
+	fs.StringVar(&o.CNIConfName, "cni-conf-name", "10-stickynet.conflist", "conflist file name")
+	fs.StringVar(&o.CNINetwork, "cni-network", "stickynet", "network name in the conflist")
+	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "", "where to install the stickynet plugin binary (with --cni-plugin)")
+	fs.StringVar(&o.CNIPluginSource, "cni-plugin", "", "stickynet plugin binary to copy into --cni-bin-dir")
+	fs.DurationVar(&o.PodWait, "pod-wait", 0, "how long ADD waits for the pod to reach the agent (default 5s)")
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", time.Minute, "how often to re-check every pod's limits; 0 means never")
+	klog.InitFlags(fs)
+	flag.Parse()
+	o.EgressMode = bandwidth.EgressMode(egress)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "stickynet-nodeagent:", err)
+		os.Exit(1)
+	}
+}
