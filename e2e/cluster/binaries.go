@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,30 +83,23 @@ func findBinaries(b Binaries) (Binaries, error) {
 	return b, errors.Join(errs...)
 }
 
-// lockFile takes an exclusive flock on path, waiting for ctx; the returned
-// function releases it.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("create lock folder: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
+// machineLock takes a machine-wide lock shared by every local cluster,
+// waiting for ctx; the returned function releases it. The lock is an
+// abstract unix socket (held while bound), so it leaves no file behind and
+// is released when its holder dies.
+func machineLock(ctx context.Context) (func(), error) {
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		l, err := net.Listen("unix", "@stickynet-localcluster.lock")
 		if err == nil {
-			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+			return func() { l.Close() }, nil
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
+		if !errors.Is(err, unix.EADDRINUSE) {
+			return nil, fmt.Errorf("take the local cluster lock: %w", err)
 		}
 		select {
 		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+			return nil, fmt.Errorf("take the local cluster lock: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }

@@ -157,10 +157,6 @@ type Cluster struct {
 	stopErr  error
 }
 
-// clusterLock serializes the choice of fabric subnets between clusters
-// started on this machine at the same time.
-const clusterLock = RegistryDir + ".lock"
-
 // Start brings a cluster up and returns once every real node is Ready and
 // every simulated node is registered. On failure it tears down what it made.
 func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
@@ -249,9 +245,10 @@ func randomID() (string, error) {
 }
 
 // setupFabric chooses a free subnet, records the cluster's state and creates
-// its cgroup and fabric bridge, under a machine-wide lock.
+// its cgroup and fabric bridge, under the machine-wide lock that serializes
+// this between clusters starting at the same time.
 func (c *Cluster) setupFabric(ctx context.Context) error {
-	unlock, err := lockFile(ctx, clusterLock)
+	unlock, err := machineLock(ctx)
 	if err != nil {
 		return err
 	}

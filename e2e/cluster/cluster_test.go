@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -225,10 +226,16 @@ func TestSimulatedNodes(t *testing.T) {
 	checkNoLeaks(ctx, t, before, state)
 }
 
+// snapshot records the machine before a cluster starts. /run/netns is made
+// a shared mount point first, as the first `ip netns add` on a machine does:
+// machine setup, not a leak.
 func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
 	t.Helper()
 	h, err := host.New()
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PrepareNetnsDir(); err != nil {
 		t.Fatal(err)
 	}
 	s, err := leakcheck.Take(ctx, h)
@@ -238,10 +245,33 @@ func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
 	return s
 }
 
+// checkNoLeaks compares the machine with before. Clusters of other tests
+// running at the same time (other packages' suites) are told apart by their
+// markers; anything else new that is not this cluster's must persist for
+// a few seconds to count.
 func checkNoLeaks(ctx context.Context, t *testing.T, before leakcheck.Snapshot, state cluster.State) {
 	t.Helper()
-	after := snapshot(ctx, t)
-	leaks := before.Leaks(after, leakcheck.Scope{Strings: []string{state.Dir, state.Prefix(), state.Cgroup()}})
+	h, err := host.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scope := func() leakcheck.Scope {
+		sc := leakcheck.Scope{Strings: state.Markers(), SharedDirs: []string{host.NetnsDir}}
+		others, _ := cluster.Registered()
+		for _, o := range others {
+			if o.ID != state.ID {
+				// Another test's cluster runs: its things are its own, and
+				// the folders every containerd makes stay while it runs.
+				sc.Foreign = append(sc.Foreign, o.Markers()...)
+				sc.Foreign = append(sc.Foreign, cluster.SharedPaths()...)
+			}
+		}
+		return sc
+	}
+	leaks, err := leakcheck.Check(ctx, h, before, scope, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(state.Dir); err == nil {
 		leaks = append(leaks, "folder "+state.Dir)
 	}
@@ -483,4 +513,93 @@ func startExtender(t *testing.T, keep string) *extender {
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return e
+}
+
+// TestNodeCNIChoice checks the per-node network settings later suites rely
+// on: a real node started with a plain uplink (its address on eth0, no
+// bridge) and its own conflist, and a simulated node whose conflist is
+// replaced at run time with SetCNI.
+func TestNodeCNIChoice(t *testing.T) {
+	testenv.Root(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	before := snapshot(ctx, t)
+	altConf := func(n cluster.Node, bridge, first, last string) []byte {
+		return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"alt","plugins":[{"type":"bridge","bridge":%q,
+			"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q,"rangeStart":%q,"rangeEnd":%q}]]}}]}`,
+			bridge, n.Dir+"/alt-ipam", n.Subnet, first, last))
+	}
+	c, err := cluster.Start(ctx, cluster.Config{
+		Nodes:    1,
+		SimNodes: 1,
+		CNI: func(n cluster.Node) cluster.CNI {
+			if n.Name != "node-1" {
+				return cluster.CNI{}
+			}
+			return cluster.CNI{PlainUplink: true, ConfList: altConf(n, "br-alt", n.PodRangeStart.String(), n.PodRangeEnd.String())}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := c.State()
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	if err := c.CreateNamespace(ctx, ns, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	node1, _ := c.Node("node-1")
+	if node1.Bridge != "" {
+		t.Errorf("node-1 with a plain uplink reports bridge %q", node1.Bridge)
+	}
+	out, err := exec.CommandContext(ctx, "nsenter", "--net="+node1.Netns, "ip", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), " "+node1.IP.String()+"/") {
+		t.Errorf("node-1's eth0 does not carry %s: %v\n%s", node1.IP, err, out)
+	}
+	out, _ = exec.CommandContext(ctx, "nsenter", "--net="+node1.Netns, "ip", "-o", "link", "show", "dev", "eth0").CombinedOutput()
+	if strings.Contains(string(out), " master ") {
+		t.Errorf("node-1's plain uplink is enslaved: %s", out)
+	}
+
+	sim1, _ := c.Node("sim-1")
+	// The last ten addresses of sim-1's range, from a conflist installed now.
+	last := sim1.PodRangeEnd
+	first := last
+	for range 9 {
+		first = first.Prev()
+	}
+	if err := c.SetCNI("sim-1", cluster.CNI{ConfList: altConf(sim1, "br-new", first.String(), last.String())}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct{ name, node string }{{"on-node-1", "node-1"}, {"on-sim-1", "sim-1"}} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: map[string]string{"app": p.name}},
+			Spec:       toolboxTemplate(p.name, nil).Spec,
+		}
+		pod.Spec.NodeName = p.node
+		if _, err := c.Client().CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onNode1 := waitRunning(ctx, t, c, "app=on-node-1", 1)[0]
+	onSim1 := waitRunning(ctx, t, c, "app=on-sim-1", 1)[0]
+	checkSpreadAndRanges(t, c, []corev1.Pod{onNode1, onSim1}, 2)
+	if ip := netip.MustParseAddr(onSim1.Status.PodIP); ip.Less(first) {
+		t.Errorf("pod on sim-1 got %s, outside the range %s-%s of the conflist set with SetCNI", ip, first, last)
+	}
+	for _, x := range []struct{ netns, bridge string }{{node1.Netns, "br-alt"}, {sim1.Netns, "br-new"}} {
+		if out, err := exec.CommandContext(ctx, "nsenter", "--net="+x.netns, "ip", "link", "show", x.bridge).CombinedOutput(); err != nil {
+			t.Errorf("bridge %s of the chosen conflist missing in %s: %v\n%s", x.bridge, x.netns, err, out)
+		}
+	}
+	for _, name := range []string{"on-node-1", "on-sim-1"} {
+		if err := c.Client().CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Error(err)
+		}
+	}
+	waitNoPods(ctx, t, c, "")
+	if err := c.Stop(ctx); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	checkNoLeaks(ctx, t, before, state)
 }

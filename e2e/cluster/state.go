@@ -50,6 +50,13 @@ func (s State) Cgroup() string { return "/stickynet-" + s.ID }
 // Bridge is the fabric bridge in the host namespace.
 func (s State) Bridge() string { return s.Prefix() + "-br" }
 
+// Markers are strings found in the name, path or command line of
+// everything the cluster makes on the machine, for leak checks to tell its
+// things from others'.
+func (s State) Markers() []string {
+	return []string{s.Dir + "/", s.Prefix(), s.Cgroup(), filepath.Base(s.registryPath())}
+}
+
 func (s State) registryPath() string { return filepath.Join(RegistryDir, s.ID+".json") }
 
 func (s State) write() error {
@@ -145,16 +152,7 @@ func teardown(ctx context.Context, h *host.Host, s State) error {
 	}
 	err = errors.Join(errs...)
 	if err == nil {
-		if rerr := os.Remove(s.registryPath()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-			err = fmt.Errorf("unregister cluster: %w", rerr)
-		}
-	}
-	if others, _ := Registered(); len(others) == 0 {
-		// Folders containerd's shims and CNI cache create at fixed places;
-		// removed only when empty and no other cluster runs.
-		for _, d := range sharedEmptyDirs {
-			_ = unix.Rmdir(d)
-		}
+		err = unregister(ctx, s)
 	}
 	log.V(1).Info("Tore down cluster", "id", s.ID, "dir", s.Dir, "err", err)
 	return err
@@ -164,6 +162,11 @@ func teardown(ctx context.Context, h *host.Host, s State) error {
 // whatever their configuration (shim sockets, go-cni's result cache,
 // container log links), children first.
 var sharedEmptyDirs = []string{"/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni", containerLogLinks}
+
+// SharedPaths are the folders that containerd and kubelet make at fixed
+// paths whatever their configuration; Teardown removes them (when empty)
+// with the last cluster on the machine.
+func SharedPaths() []string { return append([]string(nil), sharedEmptyDirs...) }
 
 // containerLogLinks is where every kubelet links each container's log
 // (fixed in kubelet); the links of the cluster's kubelets point into its
@@ -194,6 +197,26 @@ func removeLinksInto(dir, target string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// unregister removes the cluster's registration and, when it was the last
+// cluster, the registry folder and the empty folders that containerd and
+// kubelet made at fixed places.
+func unregister(ctx context.Context, s State) error {
+	unlock, err := machineLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := os.Remove(s.registryPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unregister cluster: %w", err)
+	}
+	if others, _ := Registered(); len(others) == 0 {
+		for _, d := range append(sharedEmptyDirs, RegistryDir) {
+			_ = unix.Rmdir(d)
+		}
+	}
+	return nil
 }
 
 func removeAll(dir string) error {

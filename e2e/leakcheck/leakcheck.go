@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/stickynet/stickynet/e2e/internal/host"
 )
@@ -45,11 +46,18 @@ type Snapshot struct {
 	self      int
 }
 
-// Scope says which new processes belong to the test.
+// Scope says which new things belong to the test and which to others.
 type Scope struct {
 	// Strings mark a process as the test's when its command line or cgroup
 	// path contains one (the cluster's folder, its name prefix, its cgroup).
 	Strings []string
+	// Foreign marks things of other work known to run at the same time
+	// (another test's cluster): anything containing one is not a leak.
+	Foreign []string
+	// SharedDirs are folders that other tests fill at the same time, such
+	// as /run/netns: what appears under them only counts when it contains
+	// one of Strings (the test's own things are named so).
+	SharedDirs []string
 }
 
 // Take takes a snapshot.
@@ -169,6 +177,9 @@ func (s Snapshot) Leaks(after Snapshot, scope Scope) []string {
 		if p.Zombie && p.PPID == after.self {
 			continue // exited child not yet reaped by its os/exec owner
 		}
+		if foreign(p.Cmdline, scope) {
+			continue
+		}
 		if inScope(p, scope) || descends(p, after) {
 			leaks = append(leaks, fmt.Sprintf("process %d (%s)", p.PID, p.Cmdline))
 		}
@@ -186,10 +197,76 @@ func (s Snapshot) Leaks(after Snapshot, scope Scope) []string {
 		{"file", s.Files, after.Files},
 	} {
 		for _, x := range added(c.before, c.after) {
+			if foreign(x, scope) || (inSharedDir(x, scope) && !containsAny(x, scope.Strings)) {
+				continue
+			}
 			leaks = append(leaks, c.kind+" "+x)
 		}
 	}
 	return leaks
+}
+
+// Check takes a snapshot and lists what is new since before. A leak that
+// names none of the scope's own strings must still be there after settle,
+// in a second snapshot: another test's short-lived namespaces and links are
+// not taken for this one's, while a real leak stays. scope is asked again
+// for each snapshot (other clusters come and go).
+func Check(ctx context.Context, h *host.Host, before Snapshot, scope func() Scope, settle time.Duration) ([]string, error) {
+	after, err := Take(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	first := before.Leaks(after, scope())
+	unsure := false
+	for _, l := range first {
+		if !strings.HasPrefix(l, "process ") && !containsAny(l, scope().Strings) {
+			unsure = true
+		}
+	}
+	if !unsure {
+		return first, nil
+	}
+	select {
+	case <-ctx.Done():
+		return first, nil
+	case <-time.After(settle):
+	}
+	again, err := Take(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	still := map[string]bool{}
+	for _, l := range before.Leaks(again, scope()) {
+		still[l] = true
+	}
+	var out []string
+	for _, l := range first {
+		if still[l] || strings.HasPrefix(l, "process ") || containsAny(l, scope().Strings) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func foreign(s string, scope Scope) bool { return containsAny(s, scope.Foreign) }
+
+func inSharedDir(s string, scope Scope) bool {
+	for _, d := range scope.SharedDirs {
+		d = strings.TrimSuffix(d, "/") + "/"
+		if strings.HasPrefix(s, d) || strings.Contains(s, " "+d) {
+			return true
+		}
+	}
+	return false
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, x := range subs {
+		if x != "" && strings.Contains(s, x) {
+			return true
+		}
+	}
+	return false
 }
 
 func inScope(p host.Process, scope Scope) bool {

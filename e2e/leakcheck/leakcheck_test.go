@@ -34,17 +34,22 @@ func TestLeaksComparesEachKind(t *testing.T) {
 			"14/8":  {PID: 14, PPID: 13, Start: 8, Cmdline: "grandchild"},
 			"15/9":  {PID: 15, PPID: 1, Start: 9, Cmdline: "sleep", Cgroups: "5:memory:/stickynet-ab12/node-1\n"},
 			"16/10": {PID: 16, PPID: 100, Start: 10, Cmdline: "", Zombie: true},
+			"17/11": {PID: 17, PPID: 100, Start: 11, Cmdline: "kubelet --root-dir=/tmp/other/kubelet"},
 			"100/2": {PID: 100, PPID: 1, Start: 2, Cmdline: "the test"},
 		},
-		Links:    []string{"eth0", "lo", "snab12-1"},
-		Netns:    []string{"/run/netns/snab12-node-1"},
+		Links:    []string{"eth0", "lo", "snab12-1", "sncd34-1"},
+		Netns:    []string{"/run/netns/snab12-node-1", "/run/netns/cnitest-1"},
 		Mounts:   []string{"/ ext4 /dev/vda", "/tmp/c1/kubelet/pods/x tmpfs tmpfs"},
 		Cgroups:  []string{"memory/stickynet-ab12"},
 		IPTables: []string{"iptables-save filter :KUBE-FIREWALL - "},
 		Files:    []string{"/var/lib/cni/results"},
 		self:     100,
 	}
-	got := before.Leaks(after, Scope{Strings: []string{"/tmp/c1", "/stickynet-ab12"}})
+	got := before.Leaks(after, Scope{
+		Strings:    []string{"/tmp/c1", "/stickynet-ab12", "snab12"},
+		Foreign:    []string{"sncd34", "/tmp/other/"},
+		SharedDirs: []string{"/run/netns"},
+	})
 	want := []string{
 		"process 12 (containerd --config /tmp/c1/config.toml)",
 		"process 13 (child of the test)",
