@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/stickynet/stickynet/extender/app"
 	"github.com/stickynet/stickynet/extender/score"
@@ -40,6 +41,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	logger := klog.Background().WithName("extender")
+	crlog.SetLogger(logger) // the informer cache logs through controller-runtime
 	if err := app.Run(klog.NewContext(ctx, logger), opts); err != nil {
 		logger.Error(err, "Extender failed")
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)

@@ -27,6 +27,9 @@ type Demand struct {
 	// VFs is how many VFs of Network the pod takes on its node: its request
 	// of Resource, or 1 when it names the network without requesting it.
 	VFs int64
+	// Requested is true when VFs is the pod's request of Resource, which
+	// the scheduler counts against the node's allocatable itself.
+	Requested bool
 	// StickyKey names what the pod's address is sticky to: its identity
 	// (stickynet.io/identity), followed by its address for identities whose
 	// pods share a set of addresses (Deployment, ReplicaSet). Empty when the
@@ -51,7 +54,8 @@ func Of(pod *corev1.Pod) Demand {
 	}
 	if d.Network != "" {
 		d.Resource = corev1.ResourceName(annotations.SriovResourcePrefix + d.Network)
-		d.VFs = max(Requests(pod)[d.Resource], 1)
+		req := Requests(pod)[d.Resource]
+		d.VFs, d.Requested = max(req, 1), req > 0
 	}
 	return d
 }

@@ -43,7 +43,7 @@ func TestOf(t *testing.T) {
 			name: "network with request of two VFs",
 			ann:  map[string]string{"stickynet.io/sriov-network": "fast", "stickynet.io/assigned-pool": "p"},
 			reqs: vfs(2),
-			want: Demand{Pool: "p", Network: "fast", Resource: fast, VFs: 2},
+			want: Demand{Pool: "p", Network: "fast", Resource: fast, VFs: 2, Requested: true},
 		},
 		{
 			name: "deployment identity is keyed by address",

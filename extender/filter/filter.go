@@ -4,6 +4,16 @@
 // subnet is not reachable there; preemption cannot help); a node that lacks
 // the pod's SriovNetwork or a free VF of it fails with a reason naming the
 // network. Pods stickynet did not admit pass every node at once.
+//
+// Free VFs are the node's allocatable VFs minus those held by the pods bound
+// to it, as the extender's informers saw them. For a pod that requests the
+// network's resource (the webhook adds the request), the scheduler has
+// already checked the same before calling the extender, against a cache that
+// also holds the pods it has just placed and is never behind; by default the
+// extender then leaves the count to the scheduler (Options.CountRequestedVFs).
+// Its own view may lag by the few milliseconds its watch takes, and a node it
+// rejects on stale data is only looked at again on the scheduler's next
+// cluster event.
 package filter
 
 import (
@@ -104,16 +114,24 @@ func (r *Result) Failed(unresolvable bool) map[string]string {
 	return m
 }
 
+// Options configure the filter.
+type Options struct {
+	// CountRequestedVFs makes the filter count free VFs also for pods that
+	// request the network's resource: needed only if the scheduler ignores
+	// that resource (managedResources with ignoredByScheduler: true).
+	CountRequestedVFs bool
+}
+
 // Filter returns which of the nodes can host a pod with demand d. For a pod
 // that is not placed (demand.Demand.Placed) every node passes and r is not read.
-func Filter(d demand.Demand, nodes []string, r reader) *Result {
+func (o Options) Filter(d demand.Demand, nodes []string, r reader) *Result {
 	res := &Result{}
-	Into(res, d, nodes, r)
+	o.Into(res, d, nodes, r)
 	return res
 }
 
 // Into is Filter writing into res, whose slices it reuses.
-func Into(res *Result, d demand.Demand, nodes []string, r reader) {
+func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
 	res.Passed, res.Failures = res.Passed[:0], res.Failures[:0]
 	res.reasons = [numCauses]string{}
 	if !d.Placed() {
@@ -121,6 +139,7 @@ func Into(res *Result, d demand.Demand, nodes []string, r reader) {
 		return
 	}
 	c := newCheck(d, r, &res.reasons)
+	c.countVFs = !d.Requested || o.CountRequestedVFs
 	for _, name := range nodes {
 		if cause := c.node(name); cause != 0 {
 			res.Failures = append(res.Failures, Failure{Node: name, Cause: cause})
@@ -137,6 +156,8 @@ type check struct {
 	pool    *state.Selection
 	network *state.Selection
 	res     state.Resource
+	// countVFs is false when the scheduler's count of free VFs decides.
+	countVFs bool
 }
 
 // newCheck looks up the pod's pool and network and words the reasons.
@@ -195,6 +216,9 @@ func (c *check) node(name string) Cause {
 		}
 		if !c.network.Selects(n) {
 			return CauseNetworkSelector
+		}
+		if !c.countVFs {
+			return 0
 		}
 		alloc, used := c.r.VFs(n, c.res)
 		if alloc <= 0 {

@@ -62,8 +62,10 @@ func cluster(t *testing.T) *state.State {
 	return s
 }
 
-func sriov(pool string, vfs int64) demand.Demand {
-	return demand.Demand{Pool: pool, Network: "fast", Resource: fast, VFs: vfs}
+// sriov is the demand of a pod that names network fast and requests vfs
+// of its resource (requested) or not.
+func sriov(pool string, vfs int64, requested bool) demand.Demand {
+	return demand.Demand{Pool: pool, Network: "fast", Resource: fast, VFs: vfs, Requested: requested}
 }
 
 func TestFilter(t *testing.T) {
@@ -77,6 +79,7 @@ func TestFilter(t *testing.T) {
 	)
 	for _, tc := range []struct {
 		name         string
+		opts         Options
 		d            demand.Demand
 		nodes        []string
 		passed       []string
@@ -109,12 +112,22 @@ func TestFilter(t *testing.T) {
 			unresolvable: map[string]string{"n1": `node(s) rejected: IPPool "bad" has an invalid nodeSelector: "Near" is not a valid label selector operator`},
 		},
 		{
-			name: "one VF", d: sriov("all", 1), nodes: all,
+			name: "one VF, not requested", d: sriov("all", 1, false), nodes: all,
 			passed: []string{"n1", "n3"},
 			failed: map[string]string{"n2": noFreeVF, "n4": outsideFast, "n5": noVFs},
 		},
 		{
-			name: "three VFs", d: sriov("", 3), nodes: all,
+			name: "one VF, requested: the scheduler counts", d: sriov("all", 1, true), nodes: all,
+			passed: []string{"n1", "n2", "n3", "n5"},
+			failed: map[string]string{"n4": outsideFast},
+		},
+		{
+			name: "one VF, requested, counted anyway", opts: Options{CountRequestedVFs: true}, d: sriov("all", 1, true), nodes: all,
+			passed: []string{"n1", "n3"},
+			failed: map[string]string{"n2": noFreeVF, "n4": outsideFast, "n5": noVFs},
+		},
+		{
+			name: "three VFs", opts: Options{CountRequestedVFs: true}, d: sriov("", 3, true), nodes: all,
 			passed: []string{"n3"},
 			failed: map[string]string{
 				"n1": `node(s) without 3 free VFs of SriovNetwork "fast" (stickynet.io/sriov-fast)`,
@@ -123,7 +136,7 @@ func TestFilter(t *testing.T) {
 			},
 		},
 		{
-			name: "pool failure takes precedence over the network's", d: sriov("rack1", 1), nodes: all,
+			name: "pool failure takes precedence over the network's", d: sriov("rack1", 1, false), nodes: all,
 			passed:       []string{"n1"},
 			failed:       map[string]string{"n2": noFreeVF, "n4": outsideFast, "n5": noVFs},
 			unresolvable: map[string]string{"n3": outsideRack1},
@@ -141,7 +154,7 @@ func TestFilter(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var res *Result
-			s.Read(func(r state.Reader) { res = Filter(tc.d, tc.nodes, r) })
+			s.Read(func(r state.Reader) { res = tc.opts.Filter(tc.d, tc.nodes, r) })
 			if !slices.Equal(res.Passed, tc.passed) {
 				t.Errorf("passed %v, want %v", res.Passed, tc.passed)
 			}
@@ -162,8 +175,8 @@ func TestIntoReusesResult(t *testing.T) {
 	s := cluster(t)
 	res := &Result{}
 	s.Read(func(r state.Reader) {
-		Into(res, sriov("rack1", 1), []string{"n1", "n2", "n3"}, r)
-		Into(res, demand.Demand{Pool: "all"}, []string{"n4"}, r)
+		Options{}.Into(res, sriov("rack1", 1, false), []string{"n1", "n2", "n3"}, r)
+		Options{}.Into(res, demand.Demand{Pool: "all"}, []string{"n4"}, r)
 	})
 	if !slices.Equal(res.Passed, []string{"n4"}) || len(res.Failures) != 0 {
 		t.Errorf("second Into left %+v", res)

@@ -51,6 +51,8 @@ var _ source = (*state.State)(nil)
 type Options struct {
 	// MaxRequestBytes bounds a verb's request body; 0 means DefaultMaxRequestBytes.
 	MaxRequestBytes int64
+	// Filter configures the filter verb.
+	Filter filter.Options
 	// Score configures the prioritize verb.
 	Score score.Options
 	// Registry receives the server's metrics and is what /metrics serves;
@@ -185,10 +187,10 @@ func (s *Server) filter(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand
 	res := s.results.Get().(*filter.Result)
 	defer s.results.Put(res)
 	if !d.Placed() {
-		filter.Into(res, d, *args.NodeNames, nil)
+		s.opts.Filter.Into(res, d, *args.NodeNames, nil)
 		s.metrics.fastPath.WithLabelValues(FilterVerb).Inc()
 	} else {
-		s.src.Read(func(r state.Reader) { filter.Into(res, d, *args.NodeNames, r) })
+		s.src.Read(func(r state.Reader) { s.opts.Filter.Into(res, d, *args.NodeNames, r) })
 	}
 	s.metrics.countFailures(res.Failures)
 	return appendFilterResult(b, res)

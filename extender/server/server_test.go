@@ -116,6 +116,7 @@ func TestVerbs(t *testing.T) {
 		{"filter-plain", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
 		{"filter-pool", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
 		{"filter-sriov", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
+		{"filter-sriov-unrequested", FilterVerb, func() any { return new(extenderv1.ExtenderFilterResult) }},
 		{"prioritize-plain", PrioritizeVerb, func() any { return new(extenderv1.HostPriorityList) }},
 		{"prioritize-sticky", PrioritizeVerb, func() any { return new(extenderv1.HostPriorityList) }},
 		{"prioritize-sriov", PrioritizeVerb, func() any { return new(extenderv1.HostPriorityList) }},
@@ -255,7 +256,7 @@ func TestReadinessAndMetrics(t *testing.T) {
 	if w := get("/readyz"); w.Code != http.StatusOK {
 		t.Errorf("/readyz after sync: %d", w.Code)
 	}
-	for _, f := range []string{"filter-pool", "filter-sriov", "filter-plain"} {
+	for _, f := range []string{"filter-pool", "filter-sriov-unrequested", "filter-plain"} {
 		if w := post(srv, "/filter", "application/json", bytes.NewReader(fixture(t, "requests/"+f+".json"))); w.Code != http.StatusOK {
 			t.Fatalf("%s: %d %s", f, w.Code, w.Body)
 		}
