@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/extender/filter"
 	"github.com/stickynet/stickynet/extender/score"
 	"github.com/stickynet/stickynet/extender/server"
 	"github.com/stickynet/stickynet/extender/state"
@@ -55,6 +56,10 @@ type Options struct {
 	LastNodeTTL time.Duration
 	// VFPlacement ranks nodes for SR-IOV pods by free VFs.
 	VFPlacement score.Placement
+	// CountRequestedVFs makes the filter count free VFs also for pods that
+	// request the VF resource, which the scheduler counts itself unless
+	// configured to ignore it (see filter.Options).
+	CountRequestedVFs bool
 	// Registry receives the extender's metrics, served at /metrics; nil
 	// means a new registry with the Go and process collectors.
 	Registry *prometheus.Registry
@@ -113,6 +118,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	srv := server.New(st, server.Options{
 		MaxRequestBytes: opts.MaxRequestBytes,
+		Filter:          filter.Options{CountRequestedVFs: opts.CountRequestedVFs},
 		Score:           score.Options{PreferLastNode: opts.PreferLastNode, Placement: opts.VFPlacement},
 		Registry:        reg,
 	})
