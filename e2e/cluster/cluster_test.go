@@ -571,12 +571,16 @@ func TestNodeCNIChoice(t *testing.T) {
 	if err := c.SetCNI("sim-1", cluster.CNI{ConfList: altConf(sim1, "br-new", first.String(), last.String())}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []struct{ name, node string }{{"on-node-1", "node-1"}, {"on-sim-1", "sim-1"}} {
+	for _, p := range []struct {
+		name, node  string
+		hostNetwork bool
+	}{{"on-node-1", "node-1", false}, {"on-sim-1", "sim-1", false}, {"host-on-sim-1", "sim-1", true}} {
 		pod := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: map[string]string{"app": p.name}},
 			Spec:       toolboxTemplate(p.name, nil).Spec,
 		}
 		pod.Spec.NodeName = p.node
+		pod.Spec.HostNetwork = p.hostNetwork
 		if _, err := c.Client().CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -584,6 +588,9 @@ func TestNodeCNIChoice(t *testing.T) {
 	onNode1 := waitRunning(ctx, t, c, "app=on-node-1", 1)[0]
 	onSim1 := waitRunning(ctx, t, c, "app=on-sim-1", 1)[0]
 	checkSpreadAndRanges(t, c, []corev1.Pod{onNode1, onSim1}, 2)
+	if hostPod := waitRunning(ctx, t, c, "app=host-on-sim-1", 1)[0]; hostPod.Status.PodIP != sim1.IP.String() {
+		t.Errorf("host-network pod on sim-1 has IP %s, want the node's %s", hostPod.Status.PodIP, sim1.IP)
+	}
 	if ip := netip.MustParseAddr(onSim1.Status.PodIP); ip.Less(first) {
 		t.Errorf("pod on sim-1 got %s, outside the range %s-%s of the conflist set with SetCNI", ip, first, last)
 	}
@@ -592,7 +599,30 @@ func TestNodeCNIChoice(t *testing.T) {
 			t.Errorf("bridge %s of the chosen conflist missing in %s: %v\n%s", x.bridge, x.netns, err, out)
 		}
 	}
-	for _, name := range []string{"on-node-1", "on-sim-1"} {
+	// What envtest-based suites need: the CRDs installed and an
+	// Environment that uses this cluster and leaves it running on Stop.
+	if err := c.InstallCRDs(ctx, "../../charts/stickynet/crds"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client().Discovery().ServerResourcesForGroupVersion("stickynet.io/v1alpha1"); err != nil {
+		t.Errorf("stickynet CRDs not served: %v", err)
+	}
+	env := c.Environment()
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("envtest on the local cluster: %v", err)
+	}
+	if cfg.Host != c.RESTConfig().Host {
+		t.Errorf("envtest config host %s, want %s", cfg.Host, c.RESTConfig().Host)
+	}
+	if err := env.Stop(); err != nil {
+		t.Errorf("envtest stop: %v", err)
+	}
+	if _, err := c.Client().CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("cluster gone after envtest's Stop: %v", err)
+	}
+
+	for _, name := range []string{"on-node-1", "on-sim-1", "host-on-sim-1"} {
 		if err := c.Client().CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Error(err)
 		}

@@ -53,6 +53,14 @@ func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 		return err
 	}
 
+	for i := range c.cfg.Nodes {
+		n, err := c.prepareRealNode(i)
+		if err != nil {
+			return err
+		}
+		c.nodes = append(c.nodes, n)
+	}
+
 	// The control plane, the images and the nodes' runtimes come up side by side.
 	g, gctx := errgroup.WithContext(ctx)
 	imgs := make(chan imageArchives, 1)
@@ -62,14 +70,6 @@ func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return c.startAPIServer(gctx, cp) })
-	c.nodes = make([]*realNode, c.cfg.Nodes)
-	for i := range c.cfg.Nodes {
-		n, err := c.prepareRealNode(i)
-		if err != nil {
-			return err
-		}
-		c.nodes[i] = n
-	}
 	for _, n := range c.nodes {
 		g.Go(func() error { return n.startRuntime(gctx) })
 	}

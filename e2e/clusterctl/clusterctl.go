@@ -139,7 +139,9 @@ func supervise(ctx context.Context, opts Options) error {
 	ctx, cancel := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	signal.Ignore(syscall.SIGHUP)
-	c, err := cluster.Start(ctx, cluster.Config{
+	startCtx, cancelStart := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancelStart()
+	c, err := cluster.Start(startCtx, cluster.Config{
 		Dir:        opts.Dir,
 		Kubeconfig: opts.Kubeconfig,
 		Nodes:      opts.Nodes,

@@ -7,7 +7,9 @@
 // containerd does (loopback, then the node's conflist, with the same CNI_ARGS
 // and capability arguments, from the node's own network namespace), reports
 // the pod Running with its IPs, and on deletion runs CNI DEL, removes the
-// namespace and deletes the pod as kubelet does. No container runs.
+// namespace and deletes the pod as kubelet does. Pods on the host network
+// get the node's address and no CNI call, as with a real runtime. No
+// container runs.
 //
 // What it set up is recorded under its state folder before it is made, so a
 // new Simulator on the same folder (after a crash or a restart) finishes or
@@ -95,6 +97,7 @@ type Simulator struct {
 	mu      sync.Mutex
 	records map[string]*record // by pod key namespace/name
 	byUID   map[types.UID]*record
+	leases  map[string]*coordinationv1.Lease // last written, by node
 }
 
 // record is what the simulator set up for one pod, kept on disk.
@@ -138,6 +141,7 @@ func New(opts Options) (*Simulator, error) {
 		nodes:   map[string]*Node{},
 		records: map[string]*record{},
 		byUID:   map[types.UID]*record{},
+		leases:  map[string]*coordinationv1.Lease{},
 	}
 	for i := range opts.Nodes {
 		s.nodes[opts.Nodes[i].Name] = &opts.Nodes[i]
@@ -207,12 +211,25 @@ func (s *Simulator) forEachNode(ctx context.Context, workers int, f func(context
 	return ctx.Err()
 }
 
+// renewLease renews a node's lease with one update of the lease last
+// written (a get first only when that is unknown or stale).
 func (s *Simulator) renewLease(ctx context.Context, n *Node) error {
 	leases := s.opts.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
 	now := metav1.NewMicroTime(time.Now())
+	s.mu.Lock()
+	cached := s.leases[n.Name]
+	s.mu.Unlock()
+	if cached != nil {
+		l := cached.DeepCopy()
+		l.Spec.RenewTime = &now
+		if l, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err == nil {
+			s.cacheLease(l)
+			return nil
+		}
+	}
 	l, err := leases.Get(ctx, n.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = leases.Create(ctx, &coordinationv1.Lease{
+		l, err = leases.Create(ctx, &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: n.Name},
 			Spec: coordinationv1.LeaseSpec{
 				HolderIdentity:       ptr.To(n.Name),
@@ -223,16 +240,24 @@ func (s *Simulator) renewLease(ctx context.Context, n *Node) error {
 		if err != nil {
 			return fmt.Errorf("create lease of %s: %w", n.Name, err)
 		}
+		s.cacheLease(l)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("get lease of %s: %w", n.Name, err)
 	}
 	l.Spec.RenewTime = &now
-	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+	if l, err = leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("renew lease of %s: %w", n.Name, err)
 	}
+	s.cacheLease(l)
 	return nil
+}
+
+func (s *Simulator) cacheLease(l *coordinationv1.Lease) {
+	s.mu.Lock()
+	s.leases[l.Name] = l
+	s.mu.Unlock()
 }
 
 // Run registers the nodes, then keeps their leases fresh and handles the
@@ -307,10 +332,15 @@ func (s *Simulator) Run(ctx context.Context) error {
 	return nil
 }
 
-// keepLeases renews every node's lease each quarter of the lease duration,
-// spreading the renewals over the period.
+// keepLeases renews every node's lease each quarter of the lease duration
+// (as kubelet does), spreading the renewals over the period; with many
+// nodes the period grows to keep to 50 renewals a second, up to half the
+// lease duration.
 func (s *Simulator) keepLeases(ctx context.Context) {
 	period := s.opts.LeaseDuration / 4
+	if p := time.Duration(len(s.opts.Nodes)) * time.Second / 50; p > period {
+		period = min(p, s.opts.LeaseDuration/2)
+	}
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		step := period / time.Duration(len(s.opts.Nodes)+1)
 		for i := range s.opts.Nodes {
@@ -390,6 +420,12 @@ func (s *Simulator) sync(ctx context.Context, key string) error {
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return nil
 	}
+	nodeIP := s.nodes[pod.Spec.NodeName].IP
+	if pod.Spec.HostNetwork {
+		// No sandbox network: the runtime calls no CNI plugin, the pod
+		// has the node's address.
+		return s.reportRunning(ctx, pod, []netip.Addr{nodeIP}, "host"+strings.ReplaceAll(string(pod.UID), "-", ""))
+	}
 	if rec == nil {
 		if rec, err = s.setup(ctx, pod); err != nil {
 			return err
@@ -403,13 +439,19 @@ func (s *Simulator) sync(ctx context.Context, key string) error {
 		}
 		ips = append(ips, a)
 	}
+	return s.reportRunning(ctx, pod, ips, rec.ContainerID)
+}
+
+// reportRunning writes the Running status of pod with ips, unless the pod
+// already shows it.
+func (s *Simulator) reportRunning(ctx context.Context, pod *corev1.Pod, ips []netip.Addr, containerID string) error {
 	if reportedRunning(pod, ips) {
 		return nil
 	}
 	p := pod.DeepCopy()
-	p.Status = runningStatus(pod, ips, s.nodes[pod.Spec.NodeName].IP, rec.ContainerID, metav1.Now())
-	if _, err := s.opts.Client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("report pod %s running: %w", key, err)
+	p.Status = runningStatus(pod, ips, s.nodes[pod.Spec.NodeName].IP, containerID, metav1.Now())
+	if _, err := s.opts.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("report pod %s/%s running: %w", pod.Namespace, pod.Name, err)
 	}
 	return nil
 }
