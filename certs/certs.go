@@ -14,7 +14,11 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 )
 
@@ -40,6 +44,9 @@ type Options struct {
 	// ServerCertDuration and Lookahead: a certificate lives ServerCertDuration
 	// and is replaced Lookahead before it expires (defaults 1 year and 90 days).
 	ServerCertDuration, Lookahead time.Duration
+	// WriteFiles copies the Secret's certificate into CertDir, for a webhook
+	// that runs outside a pod (in a pod, kubelet mounts the Secret there).
+	WriteFiles bool
 }
 
 // Setup adds what provides the certificate to mgr and returns a channel that
@@ -49,6 +56,9 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 	case ModeSelf:
 		if len(o.DNSNames) == 0 || o.Secret.Namespace == "" || o.Secret.Name == "" || o.WebhookConfig == "" {
 			return nil, fmt.Errorf("certificate mode %s needs DNS names, a secret namespace/name and the webhook configuration name", ModeSelf)
+		}
+		if err := ensureSecret(mgr, o.Secret); err != nil {
+			return nil, err
 		}
 		ready := make(chan struct{})
 		err := rotator.AddRotator(mgr, &rotator.CertRotator{
@@ -62,14 +72,22 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 			Webhooks:           []rotator.WebhookInfo{{Name: o.WebhookConfig, Type: rotator.Mutating}},
 			ServerCertDuration: o.ServerCertDuration,
 			LookaheadInterval:  o.Lookahead,
+			ControllerName:     "cert-rotator-" + o.Secret.Name,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("add certificate rotator: %w", err)
 		}
+		if o.WriteFiles {
+			if err := mgr.Add(everyReplica(func(ctx context.Context) error {
+				return syncFiles(ctx, mgr.GetAPIReader(), o.Secret, o.CertDir)
+			})); err != nil {
+				return nil, err
+			}
+		}
 		return ready, nil
 	case ModeCertManager:
 		ready := make(chan struct{})
-		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		if err := mgr.Add(everyReplica(func(ctx context.Context) error {
 			return waitFiles(ctx, o.CertDir, ready)
 		})); err != nil {
 			return nil, err
@@ -77,6 +95,68 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 		return ready, nil
 	}
 	return nil, fmt.Errorf("certificate mode %q: expected %s or %s", o.Mode, ModeSelf, ModeCertManager)
+}
+
+// everyReplica is a runnable that runs on every replica, leader or not.
+type everyReplica func(ctx context.Context) error
+
+func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
+
+func (f everyReplica) NeedLeaderElection() bool { return false }
+
+// ensureSecret creates the (empty) Secret the rotator fills, when missing.
+func ensureSecret(mgr manager.Manager, key types.NamespacedName) error {
+	c, err := client.New(mgr.GetConfig(), client.Options{})
+	if err != nil {
+		return fmt.Errorf("client for the certificate secret: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create certificate secret %s: %w", key, err)
+	}
+	return nil
+}
+
+// syncFiles writes the Secret's tls.crt and tls.key into dir whenever they
+// change, as kubelet does for a mounted Secret, until ctx ends.
+func syncFiles(ctx context.Context, r client.Reader, key types.NamespacedName, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create certificate folder: %w", err)
+	}
+	var last string
+	for {
+		sec := &corev1.Secret{}
+		if err := r.Get(ctx, key, sec); err == nil {
+			crt, k := sec.Data["tls.crt"], sec.Data["tls.key"]
+			if len(crt) > 0 && len(k) > 0 && string(crt)+string(k) != last {
+				if err := writeAtomic(filepath.Join(dir, "tls.key"), k); err != nil {
+					return err
+				}
+				if err := writeAtomic(filepath.Join(dir, "tls.crt"), crt); err != nil {
+					return err
+				}
+				last = string(crt) + string(k)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // waitFiles closes ready once tls.crt and tls.key exist (cert-manager writes them

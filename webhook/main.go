@@ -30,6 +30,7 @@ func main() {
 	flag.StringVar(&o.Certs.Mode, "cert-mode", certs.ModeSelf, "who provides the serving certificate: self (a rotated CA in a Secret) or cert-manager")
 	flag.StringVar(&secret, "cert-secret", "stickynet-system/stickynet-webhook-cert", "namespace/name of the Secret that holds the CA and certificate (self mode)")
 	flag.StringVar(&dnsNames, "cert-dns-names", "stickynet-webhook.stickynet-system.svc", "comma-separated DNS names of the serving certificate (self mode)")
+	flag.BoolVar(&o.Certs.WriteFiles, "cert-write-files", false, "copy the certificate from its Secret into --cert-dir (for a webhook running outside a pod; in a pod mount the Secret there)")
 	flag.StringVar(&o.Certs.WebhookConfig, "webhook-config-name", "stickynet", "MutatingWebhookConfiguration whose caBundle is kept current (self mode)")
 	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
 	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")

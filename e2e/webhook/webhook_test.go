@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -55,11 +58,11 @@ func TestWebhook(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() { // runs after the webhooks' cleanups: they stop first
 		if err := c.Stop(context.Background()); err != nil {
 			t.Errorf("stop cluster: %v", err)
 		}
-	}()
+	})
 	if err := c.InstallCRDs(ctx, "../../charts/stickynet/crds"); err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +93,16 @@ func TestWebhook(t *testing.T) {
 	// without the label replica=b, replica b those with it.
 	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}})
 	s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}})
+
+	t.Cleanup(func() {
+		if t.Failed() { // keep what the webhooks were doing for the post-mortem
+			if f, err := os.Create(filepath.Join(os.TempDir(), "stickynet-webhook-goroutines.txt")); err == nil {
+				_ = pprof.Lookup("goroutine").WriteTo(f, 2)
+				f.Close()
+				t.Logf("goroutines written to %s", f.Name())
+			}
+		}
+	})
 
 	s.createPool(ctx, t, "main", v1alpha1.IPPoolSpec{CIDR: "10.77.0.0/24", Gateway: "10.77.0.1", Default: true, ReuseDelaySeconds: ptr(int32(3))})
 
@@ -136,7 +149,7 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			Host: "127.0.0.1", Port: port, CertDir: t.TempDir(),
 			Certs: certs.Options{
 				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: systemNS, Name: cfgName + "-cert"},
-				DNSNames: []string{"localhost"}, WebhookConfig: cfgName,
+				DNSNames: []string{"localhost"}, WebhookConfig: cfgName, WriteFiles: true,
 			},
 			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
@@ -506,13 +519,17 @@ func (s *suite) testRejected(ctx context.Context, t *testing.T) {
 		Spec:       template("doomed", nil).Spec,
 	}
 	isDoomed := func(e ipam.Entry) bool { return strings.HasPrefix(e.Identity, "pod/"+ns+"/doomed-") }
-	eventually(ctx, t, 30*time.Second, "the policy rejects the pod", func() (bool, string) {
-		_, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	// Wait for the policy to be in force (a dry run allocates nothing).
+	eventually(ctx, t, 30*time.Second, "the policy is in force", func() (bool, string) {
+		_, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		return err != nil && strings.Contains(err.Error(), "rejected by test policy"), fmt.Sprint(err)
 	})
+	if _, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "rejected by test policy") {
+		t.Fatalf("pod creation: %v; want the policy's rejection", err)
+	}
 	eventually(ctx, t, 10*time.Second, "a reservation was made", func() (bool, string) {
 		got := s.alloc.List(isDoomed)
-		return len(got) > 0 && got[0].Reserved, fmt.Sprintf("%+v", got)
+		return len(got) == 1 && got[0].Reserved, fmt.Sprintf("%+v", got)
 	})
 	eventually(ctx, t, 30*time.Second, "the reservation expires", func() (bool, string) {
 		got := s.alloc.List(isDoomed)

@@ -108,6 +108,9 @@ type Request struct {
 	IP netip.Addr
 	// Candidates restricts a shared identity to these addresses (the ips annotation).
 	Candidates []netip.Addr
+	// MaxMembers caps a shared identity's set (replicas + maxSurge); 0: no cap.
+	// A pod that finds no free member in a full set gets a *SetFullError.
+	MaxMembers int
 	// MAC requests this MAC (single identities).
 	MAC net.HardwareAddr
 	// DryRun answers without writing anything.
@@ -305,6 +308,9 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 				return a.planTake(req, e), nil
 			}
 		}
+	}
+	if n := len(inPool) + len(elsewhere); req.MaxMembers > 0 && n >= req.MaxMembers {
+		return nil, &SetFullError{Identity: req.Identity, Members: n, Max: req.MaxMembers}
 	}
 	for _, e := range cooling {
 		if allowed(e.ip) && !c.inflightLocked(pool.Name, e.ip) {

@@ -407,3 +407,27 @@ func TestConcurrentInMemory(t *testing.T) {
 		t.Fatalf("%d allocations", len(got))
 	}
 }
+
+func TestSharedSetCap(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	var first []Allocation
+	for i := range 2 {
+		first = append(first, alloc(t, a, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Pod: fmt.Sprintf("ns/d-%d", i), MaxMembers: 2}))
+	}
+	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t", MaxMembers: 2})
+	var sf *SetFullError
+	if !errors.As(err, &sf) || sf.Members != 2 || !strings.Contains(err.Error(), "capped at 2") {
+		t.Fatalf("third pod of a full set: %v", err)
+	}
+	// A re-invoked admission of a held reservation keeps it.
+	if err := a.Unbind(ctx, "p", first[0].IP, "ns/d-0"); err != nil {
+		t.Fatal(err)
+	}
+	got := alloc(t, a, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t", MaxMembers: 2})
+	again := alloc(t, a, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t", MaxMembers: 2})
+	if got.IP != first[0].IP || again.IP != got.IP || !again.Reserved {
+		t.Fatalf("freed member %s: got %+v then %+v", first[0].IP, got, again)
+	}
+}

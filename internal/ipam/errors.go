@@ -63,3 +63,15 @@ var ErrContention = errors.New("too many concurrent changes to the same addresse
 
 // ErrInvalidRequest wraps malformed requests (a programming error of the caller).
 var ErrInvalidRequest = errors.New("invalid allocation request")
+
+// SetFullError says every member of a shared identity's capped set is carried
+// by a pod or held for one being created.
+type SetFullError struct {
+	Identity     string
+	Members, Max int
+}
+
+func (e *SetFullError) Error() string {
+	return fmt.Sprintf("all %d addresses of %s are in use (its set is capped at %d: replicas + maxSurge) and no pod has released one yet; the pod can be created again once an old pod is gone",
+		e.Members, e.Identity, e.Max)
+}

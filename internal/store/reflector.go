@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -58,35 +59,44 @@ func (r *Reflector) Run(ctx context.Context) {
 			r.advance(rev, true)
 			needList = false
 		}
-		backoff = 100 * time.Millisecond
-		err := r.watch(ctx)
+		progressed, err := r.watch(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if progressed {
+			backoff = 100 * time.Millisecond
 		}
 		if IsCompacted(err) {
 			log.Info("Watch revision compacted; listing again", "revision", r.Revision(), "err", err)
 			needList = true
 			continue
 		}
-		log.Error(err, "Watch ended; resuming", "revision", r.Revision())
+		log.Error(err, "Watch ended; resuming", "revision", r.Revision(), "backoff", backoff)
 		sleep(ctx, backoff)
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-func (r *Reflector) watch(ctx context.Context) error {
+// watch follows the prefix until the watch fails; progressed reports whether
+// it delivered any event.
+func (r *Reflector) watch(ctx context.Context) (progressed bool, err error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for resp := range r.store.Watch(wctx, r.prefix, r.Revision()+1) {
 		if resp.Err != nil {
-			return resp.Err
+			return progressed, resp.Err
 		}
 		if len(resp.Events) == 0 {
 			continue
 		}
+		progressed = true
 		r.handler.Apply(resp.Events)
 		r.advance(resp.Events[len(resp.Events)-1].KV.ModRevision, false)
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return progressed, err
+	}
+	return progressed, errors.New("watch closed")
 }
 
 func (r *Reflector) advance(rev int64, list bool) {

@@ -19,7 +19,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,11 +31,14 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/webhook/policy"
+	"github.com/stickynet/stickynet/webhook/workload"
 )
 
 // allocator is what the handler needs from the IPAM core.
 type allocator interface {
 	Allocate(ctx context.Context, req ipam.Request) (ipam.Allocation, error)
+	Lookup(identity string) []ipam.Entry
+	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -118,8 +123,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		var ce *ipam.ConflictError
 		var ee *ipam.ExhaustedError
 		var ne *ipam.NotAllocatableError
+		var sf *ipam.SetFullError
 		switch {
-		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne):
+		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf):
 			log.V(2).Info("Denied pod", "reason", err.Error())
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded):
@@ -189,7 +195,28 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		return nil, err
 	}
 
+	if id.Shared() {
+		if req.MaxMembers, err = h.setCap(ctx, pod, id); err != nil {
+			return nil, err
+		}
+	}
 	al, err := h.Alloc.Allocate(ctx, req)
+	var full *ipam.SetFullError
+	for errors.As(err, &full) && !dryRun {
+		// Every member is taken: free those whose pods are gone (the release
+		// controller may not have seen it yet), or wait briefly for one.
+		if !h.freeGoneMembers(ctx, req.Identity) {
+			select {
+			case <-ctx.Done():
+				return nil, full
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, full
+		}
+		al, err = h.Alloc.Allocate(ctx, req)
+	}
 	if err != nil {
 		return nil, explain(err, ann, req)
 	}
@@ -217,6 +244,55 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		pod.Spec.SchedulerName = h.SchedulerName
 	}
 	return pod, nil
+}
+
+// setCap returns the most addresses a shared identity's set may hold: the
+// Deployment's replicas + maxSurge, or the bare ReplicaSet's replicas.
+func (h *Handler) setCap(ctx context.Context, pod *corev1.Pod, id annotations.ID) (int, error) {
+	key := client.ObjectKey{Namespace: id.Namespace, Name: id.Name}
+	switch id.Kind {
+	case annotations.KindDeployment:
+		d := &appsv1.Deployment{}
+		if err := h.get(ctx, key, d); err != nil {
+			return 0, client.IgnoreNotFound(err) // being deleted: no cap to keep
+		}
+		return int(workload.DeploymentCap(d)), nil
+	case annotations.KindReplicaSet:
+		rs := &appsv1.ReplicaSet{}
+		if err := h.get(ctx, key, rs); err != nil {
+			return 0, client.IgnoreNotFound(err)
+		}
+		return int(workload.Replicas(rs.Spec.Replicas)), nil
+	}
+	return 0, nil
+}
+
+// get reads from the cache, or from the API server when the cache has not seen the object yet.
+func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Object) error {
+	err := h.Reader.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) && h.APIReader != nil {
+		err = h.APIReader.Get(ctx, key, obj)
+	}
+	return err
+}
+
+// freeGoneMembers unbinds the identity's members whose pods no longer exist
+// (or have terminated) and reports whether it freed any.
+func (h *Handler) freeGoneMembers(ctx context.Context, identity string) bool {
+	freed := false
+	for _, e := range h.Alloc.Lookup(identity) {
+		if e.Pod == "" || e.Held || e.Reserved {
+			continue
+		}
+		ns, name, _ := strings.Cut(e.Pod, "/")
+		p := &corev1.Pod{}
+		err := h.get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+		gone := apierrors.IsNotFound(err) || err == nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed)
+		if gone && h.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod) == nil {
+			freed = true
+		}
+	}
+	return freed
 }
 
 // addressRequests applies the ip, ips and mac annotations to the request.
@@ -372,8 +448,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.total, m.duration)
+	m.total = register(reg, m.total)
+	m.duration = register(reg, m.duration)
 	return m
+}
+
+// register registers c, or returns the collector already registered under its
+// name (several webhook instances in one process share them).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(err)
+	}
+	return c
 }
 
 func (m *Metrics) observe(result string, d time.Duration) {

@@ -217,6 +217,12 @@ func TestDeploymentReservation(t *testing.T) {
 	if second.Annotations[annotations.AssignedIP] == got.Annotations[annotations.AssignedIP] {
 		t.Fatal("two live pods of a deployment share an address")
 	}
+	// With the Deployment in place its set is capped at replicas + maxSurge
+	// (1 + 25 % rounded up = 2): a third pod waits for a member, then is denied.
+	if err := e.c.Create(context.Background(), &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 2 addresses of deployment/app/api are in use", "capped at 2")
 }
 
 func ptr[T any](v T) *T { return &v }

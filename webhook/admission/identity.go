@@ -8,7 +8,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -89,11 +88,7 @@ func daemonSetNode(pod *corev1.Pod) string {
 func (h *Handler) replicaSet(ctx context.Context, ns, name string) (*appsv1.ReplicaSet, error) {
 	rs := &appsv1.ReplicaSet{}
 	key := client.ObjectKey{Namespace: ns, Name: name}
-	err := h.Reader.Get(ctx, key, rs)
-	if apierrors.IsNotFound(err) && h.APIReader != nil {
-		err = h.APIReader.Get(ctx, key, rs)
-	}
-	if err != nil {
+	if err := h.get(ctx, key, rs); err != nil {
 		return nil, fmt.Errorf("read owner ReplicaSet %s/%s: %w", ns, name, err)
 	}
 	return rs, nil

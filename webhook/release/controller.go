@@ -23,7 +23,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
@@ -35,6 +34,7 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/webhook/policy"
+	"github.com/stickynet/stickynet/webhook/workload"
 )
 
 // allocator is what the controller needs from the IPAM core.
@@ -124,7 +124,10 @@ func (c *Controller) Start(ctx context.Context) error {
 		case <-c.trigger:
 		case <-tick.C:
 		}
-		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := c.Reconcile(rctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			log.Error(err, "Reconcile failed; retrying")
 			time.AfterFunc(time.Second, c.Trigger)
 		}
@@ -339,7 +342,7 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 			return "", nil
 		}
 		ord, _ := id.Ordinal()
-		if ord >= int(replicas(sts.Spec.Replicas)) {
+		if ord >= int(workload.Replicas(sts.Spec.Replicas)) {
 			return fmt.Sprintf("scaled down below ordinal %d with %s: %s", ord, annotations.IPRetention, annotations.RetentionRelease), nil
 		}
 	case annotations.KindDeployment:
@@ -348,7 +351,7 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 		if err != nil || gone {
 			return reason(gone, "the Deployment was deleted"), err
 		}
-		limit := replicas(dep.Spec.Replicas) + surge(dep)
+		limit := workload.DeploymentCap(dep)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit) {
 			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), nil
 		}
@@ -358,7 +361,7 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 		if err != nil || gone {
 			return reason(gone, "the ReplicaSet was deleted"), err
 		}
-		limit := replicas(rs.Spec.Replicas)
+		limit := workload.Replicas(rs.Spec.Replicas)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit) {
 			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
 		}
@@ -399,29 +402,6 @@ func (c *Controller) gone(ctx context.Context, key client.ObjectKey, obj client.
 		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
 	}
 	return false, nil
-}
-
-func replicas(r *int32) int32 {
-	if r == nil {
-		return 1
-	}
-	return *r
-}
-
-func surge(d *appsv1.Deployment) int32 {
-	n := replicas(d.Spec.Replicas)
-	ms := intstr.FromString("25%")
-	if ru := d.Spec.Strategy.RollingUpdate; d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType && ru != nil && ru.MaxSurge != nil {
-		ms = *ru.MaxSurge
-	}
-	if d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
-		return 0
-	}
-	v, err := intstr.GetScaledValueFromIntOrPercent(&ms, int(n), true)
-	if err != nil {
-		return 0
-	}
-	return int32(v)
 }
 
 // isSurplus reports whether e is among the members to drop to get down to limit:
@@ -468,9 +448,10 @@ func (c *Controller) updatePools(ctx context.Context) error {
 		if statusEqual(&ipp.Status, st) {
 			continue
 		}
-		patch := client.MergeFrom(ipp.DeepCopy())
 		ipp.Status = *st
-		if err := c.Client.Status().Patch(ctx, ipp, patch); err != nil && !apierrors.IsNotFound(err) {
+		// A full update (not a merge patch) so that zero counts are written too;
+		// a conflict is retried by the next reconcile.
+		if err := c.Client.Status().Update(ctx, ipp); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			errs = append(errs, fmt.Errorf("update status of IPPool %s: %w", ipp.Name, err))
 		}
 	}

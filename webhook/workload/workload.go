@@ -1,0 +1,37 @@
+// Package workload holds the arithmetic of Kubernetes workloads that both the
+// admission handler and the release controller use: how many addresses a
+// Deployment's or ReplicaSet's set may hold.
+package workload
+
+import (
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Replicas returns the replica count of a spec field (nil means 1).
+func Replicas(r *int32) int32 {
+	if r == nil {
+		return 1
+	}
+	return *r
+}
+
+// Surge returns how many pods above replicas a Deployment's rollout may create
+// (maxSurge, default 25 % rounded up; 0 for the Recreate strategy).
+func Surge(d *appsv1.Deployment) int32 {
+	if d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+		return 0
+	}
+	ms := intstr.FromString("25%")
+	if ru := d.Spec.Strategy.RollingUpdate; ru != nil && ru.MaxSurge != nil {
+		ms = *ru.MaxSurge
+	}
+	v, err := intstr.GetScaledValueFromIntOrPercent(&ms, int(Replicas(d.Spec.Replicas)), true)
+	if err != nil || v < 0 {
+		return 0
+	}
+	return int32(v)
+}
+
+// DeploymentCap is the most addresses a Deployment's set holds: replicas + maxSurge.
+func DeploymentCap(d *appsv1.Deployment) int32 { return Replicas(d.Spec.Replicas) + Surge(d) }
