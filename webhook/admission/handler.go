@@ -445,7 +445,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "stickynet_webhook_admission_duration_seconds",
 			Help:    "Time to handle a pod admission, by result.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+			Buckets: []float64{.0005, .001, .002, .003, .004, .005, .0075, .01, .0125, .015, .02, .03, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
 	}
 	m.total = register(reg, m.total)

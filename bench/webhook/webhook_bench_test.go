@@ -1,0 +1,362 @@
+// Package webhook benchmarks pod creation through the local cluster's real
+// kube-apiserver in three configurations in one run: with the stickynet
+// webhook, with a no-op webhook (TLS, one fixed patch) and with none; and the
+// stickynet handler's latency at a paced 200 creations per second, from its
+// own histogram. Run it with `make bench-webhook`.
+package webhook
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/certs"
+	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/webhook/app"
+)
+
+const (
+	clients = 32
+	perRun  = 2000 // pods per measured run
+	rounds  = 3    // runs of each configuration, interleaved
+	paced   = 200  // creations per second for the latency measurement
+	pacedN  = 3000
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func freePort(b *testing.B) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func BenchmarkWebhook(b *testing.B) {
+	testenv.Root(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	ctx = klog.NewContext(ctx, klog.Background().V(1))
+	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, APIServerFlags: []string{"--max-requests-inflight=1000", "--max-mutating-requests-inflight=1000"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Stop(context.Background()) })
+	if err := c.InstallCRDs(ctx, "../../charts/stickynet/crds"); err != nil {
+		b.Fatal(err)
+	}
+	cfg := c.RESTConfig()
+	cfg.QPS, cfg.Burst = -1, 0
+	k := kubernetes.NewForConfigOrDie(cfg)
+	sch, _ := app.Scheme()
+	cl, err := client.New(cfg, client.Options{Scheme: sch})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := testenv.StartEtcd(b)
+
+	for _, ns := range []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"stickynet-system", nil}, {"none", nil}, {"noop", map[string]string{"noop": "true"}},
+		{"sticky", map[string]string{annotations.EnabledLabel: "true"}},
+	} {
+		if err := c.CreateNamespace(ctx, ns.name, ns.labels); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := cl.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "bench"}, Spec: v1alpha1.IPPoolSpec{
+		CIDR: "10.96.0.0/14", Gateway: "10.96.0.1", Default: true, ReuseDelaySeconds: ptr(int32(0)),
+	}}); err != nil {
+		b.Fatal(err)
+	}
+
+	// The no-op webhook: TLS, returns one fixed patch.
+	noopURL, noopCA := startNoop(b)
+	noop := app.WebhookConfiguration("noop", "", admissionregistrationv1.WebhookClientConfig{URL: &noopURL, CABundle: noopCA})
+	noop.Webhooks[0].Name = "noop.bench.stickynet.io"
+	noop.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"noop": "true"}}
+	if _, err := k.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, noop, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+
+	// The stickynet webhook, as in production: TLS, etcd, release controller.
+	port, probe, metricsPort := freePort(b), freePort(b), freePort(b)
+	mwc := app.WebhookConfiguration("stickynet", "stickynet-system", admissionregistrationv1.WebhookClientConfig{
+		URL: ptr(fmt.Sprintf("https://localhost:%d%s", port, app.MutatePath)),
+	})
+	if _, err := k.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(wctx, app.Options{
+			Kubeconfig: c.KubeconfigPath(), EtcdEndpoints: []string{e.Endpoint},
+			Host: "127.0.0.1", Port: port, CertDir: b.TempDir(),
+			Certs: certs.Options{
+				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: "stickynet-system", Name: "stickynet-cert"},
+				DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true,
+			},
+			MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort), ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
+			LeaderElection: false, StoreTimeout: 7 * time.Second, ReleaseGrace: 5 * time.Second,
+		})
+	}()
+	b.Cleanup(func() { wcancel(); <-done })
+	waitReady(ctx, b, k, probe)
+
+	var results = map[string][]float64{}
+	for r := range rounds {
+		for _, ns := range []string{"none", "noop", "sticky"} {
+			rate := createPods(ctx, b, k, ns, fmt.Sprintf("r%d", r), perRun, 0)
+			results[ns] = append(results[ns], rate)
+			deleteAll(ctx, b, k, ns)
+		}
+	}
+
+	// Handler latency at a paced 200 creations per second, from the webhook's histogram.
+	before := scrape(b, metricsPort)
+	createPods(ctx, b, k, "sticky", "paced", pacedN, paced)
+	after := scrape(b, metricsPort)
+	p50, p99, within := quantiles(before, after, 0.015)
+
+	mean := func(xs []float64) float64 {
+		s := 0.0
+		for _, x := range xs {
+			s += x
+		}
+		return s / float64(len(xs))
+	}
+	host, _ := os.Hostname()
+	fmt.Printf("\nWebhook benchmark on %s: %d clients, %d pods per run, %d interleaved runs each\n", host, clients, perRun, rounds)
+	for _, ns := range []string{"none", "noop", "sticky"} {
+		fmt.Printf("%-8s %7.0f creations/s   (runs %v)\n", ns, mean(results[ns]), round(results[ns]))
+	}
+	fmt.Printf("stickynet ÷ no-op webhook = %.2f   (target ≥ 0.9)\n", mean(results["sticky"])/mean(results["noop"]))
+	fmt.Printf("no-op webhook ÷ none      = %.2f\n", mean(results["noop"])/mean(results["none"]))
+	fmt.Printf("handler latency at %d creations/s: p50 %.2f ms, p99 %.2f ms, %.2f%% within 15 ms (target p99 ≤ 15 ms)\n", paced, p50*1000, p99*1000, within*100)
+	b.ReportMetric(mean(results["sticky"])/mean(results["noop"]), "ratio")
+	b.ReportMetric(p99*1000, "p99-ms")
+}
+
+func round(xs []float64) []int {
+	out := make([]int, len(xs))
+	for i, x := range xs {
+		out[i] = int(math.Round(x))
+	}
+	return out
+}
+
+func waitReady(ctx context.Context, b *testing.B, k kubernetes.Interface, probe int) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe))
+		if err == nil {
+			resp.Body.Close()
+			m, err := k.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "stickynet", metav1.GetOptions{})
+			if resp.StatusCode == http.StatusOK && err == nil && len(m.Webhooks[0].ClientConfig.CABundle) > 0 {
+				// One pod through the webhook proves the API server trusts it.
+				p := pod("sticky", "probe")
+				if _, err := k.CoreV1().Pods("sticky").Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err == nil {
+					return
+				}
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	b.Fatal("stickynet webhook not ready")
+}
+
+func pod(ns, name string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"bench": "true"}},
+		// Bound to a node that does not exist: the scheduler stays out of the measurement.
+		Spec: corev1.PodSpec{NodeName: "bench-nowhere", Containers: []corev1.Container{{Name: "c", Image: "busybox", ImagePullPolicy: corev1.PullNever}}},
+	}
+}
+
+// createPods creates n pods from `clients` goroutines, paced at rate per
+// second when rate > 0, and returns the achieved creations per second.
+func createPods(ctx context.Context, b *testing.B, k kubernetes.Interface, ns, prefix string, n, rate int) float64 {
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || failed.Load() != nil {
+					return
+				}
+				if rate > 0 {
+					if d := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				if _, err := k.CoreV1().Pods(ns).Create(ctx, pod(ns, fmt.Sprintf("%s-%d", prefix, i)), metav1.CreateOptions{}); err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		b.Fatalf("create pods in %s: %v", ns, err)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func deleteAll(ctx context.Context, b *testing.B, k kubernetes.Interface, ns string) {
+	if err := k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		l, err := k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		if err == nil && len(l.Items) == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// histogram is the cumulative bucket counts of the allowed admissions.
+type histogram map[float64]float64
+
+func scrape(b *testing.B, port int) histogram {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := histogram{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "stickynet_webhook_admission_duration_seconds_bucket{") || !strings.Contains(line, `result="allowed"`) {
+			continue
+		}
+		le := line[strings.Index(line, `le="`)+4:]
+		le = le[:strings.Index(le, `"`)]
+		bound := math.Inf(1)
+		if le != "+Inf" {
+			bound, _ = strconv.ParseFloat(le, 64)
+		}
+		v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+		h[bound] = v
+	}
+	return h
+}
+
+// quantiles interpolates p50 and p99 within the buckets of after-before, as
+// Prometheus' histogram_quantile does, and returns the share at or below limit.
+func quantiles(before, after histogram, limit float64) (p50, p99, within float64) {
+	var bounds []float64
+	for le := range after {
+		bounds = append(bounds, le)
+	}
+	sort.Float64s(bounds)
+	counts := make([]float64, len(bounds))
+	for i, le := range bounds {
+		counts[i] = after[le] - before[le]
+	}
+	total := counts[len(counts)-1]
+	q := func(phi float64) float64 {
+		rank := phi * total
+		prevLe, prevC := 0.0, 0.0
+		for i, le := range bounds {
+			if counts[i] >= rank {
+				if math.IsInf(le, 1) {
+					return prevLe
+				}
+				return prevLe + (le-prevLe)*(rank-prevC)/(counts[i]-prevC)
+			}
+			prevLe, prevC = le, counts[i]
+		}
+		return prevLe
+	}
+	for i, le := range bounds {
+		if le == limit {
+			within = counts[i] / total
+		}
+	}
+	return q(0.5), q(0.99), within
+}
+
+// startNoop serves a mutating webhook that returns one fixed patch, over TLS.
+func startNoop(b *testing.B) (string, []byte) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	patch := []byte(`[{"op":"add","path":"/metadata/labels/noop","value":"patched"}]`)
+	pt := admissionv1.PatchTypeJSONPatch
+	mux := http.NewServeMux()
+	mux.HandleFunc("/mutate", func(w http.ResponseWriter, r *http.Request) {
+		var review admissionv1.AdmissionReview
+		if err := json.NewDecoder(r.Body).Decode(&review); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		review.Response = &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true, Patch: patch, PatchType: &pt}
+		review.Request = nil
+		_ = json.NewEncoder(w).Encode(&review)
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
+	go func() { _ = srv.ServeTLS(l, "", "") }()
+	b.Cleanup(func() { srv.Close() })
+	return fmt.Sprintf("https://localhost:%d/mutate", l.Addr().(*net.TCPAddr).Port), certPEM
+}
