@@ -1,0 +1,241 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/agent"
+)
+
+// portState is what must not change for a pod the agent keeps.
+type portState struct {
+	ifindex int
+	ofport  string
+}
+
+func (e *env) portState(containerID string) portState {
+	e.t.Helper()
+	name := e.ovsPortOf(containerID)
+	if name == "" {
+		e.t.Fatalf("no OVS port for %s", containerID)
+	}
+	return portState{ifindex: linkIndex(e.t, e, name), ofport: e.node.OVS.Vsctl(e.t, "get", "Interface", name, "ofport")}
+}
+
+// TestRestartKeepsPodsRunning restarts the agent while two pods talk: their
+// ping and TCP stream must not notice; meanwhile a third pod was deleted and
+// a fourth pod's netns vanished, and the restarted agent removes their
+// leftovers.
+func TestRestartKeepsPodsRunning(t *testing.T) {
+	needIperf(t)
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.87.0.10/24", mac: "02:00:0a:57:00:0a",
+		extra: map[string]string{annotations.IngressBandwidth: "50M", annotations.EgressBandwidth: "50M"},
+	})
+	b := e.addPod(podSpec{name: "b", ips: "10.87.0.11/24", mac: "02:00:0a:57:00:0b"})
+	c := e.addPod(podSpec{name: "c", ips: "10.87.0.12/24", mac: "02:00:0a:57:00:0c"})
+	d := e.addPod(podSpec{name: "d", ips: "10.87.0.13/24", mac: "02:00:0a:57:00:0d"})
+	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
+	portC, portD := e.ovsPortOf("ctr-c"), e.ovsPortOf("ctr-d")
+	_ = c
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	// 8 s of ping every 50 ms from a to b, and a TCP stream from b to a at
+	// 10 Mbit/s (below a's limit), reporting every half second.
+	pinger := a.netns.Command(ctx, "busybox", "ping", "-c", "160", "-i", "0.05", "-W", "1", "10.87.0.11")
+	var pingOut strings.Builder
+	pinger.Stdout = &pingOut
+	iperfServer(t, a)
+	time.Sleep(300 * time.Millisecond)
+	stream := b.netns.Command(ctx, "iperf3", "-c", "10.87.0.10", "-t", "8", "-b", "10M", "-i", "0.5", "-J")
+	var streamOut strings.Builder
+	stream.Stdout = &streamOut
+	if err := pinger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	time.Sleep(2 * time.Second)
+	e.agent.Stop(t)
+	e.pods.Delete("default", "c") // c is gone while the agent is down
+	d.netns.Remove(t)             // d's sandbox went, and its veth with it
+	time.Sleep(time.Second)
+	e.restart()
+
+	if err := pinger.Wait(); err != nil {
+		t.Errorf("ping: %v\n%s", err, pingOut.String())
+	}
+	if !strings.Contains(pingOut.String(), "160 packets received") {
+		t.Errorf("ping lost packets across the restart:\n%s", lastLines(pingOut.String(), 3))
+	}
+	if err := stream.Wait(); err != nil {
+		t.Errorf("TCP stream: %v", err)
+	}
+	var res struct {
+		Intervals []struct {
+			Sum struct {
+				Start float64 `json:"start"`
+				Bytes float64 `json:"bytes"`
+			} `json:"sum"`
+		} `json:"intervals"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(streamOut.String()), &res); err != nil || res.Error != "" || len(res.Intervals) < 15 {
+		t.Fatalf("TCP stream result (%v): %s %.300s", err, res.Error, streamOut.String())
+	}
+	for _, iv := range res.Intervals {
+		if iv.Sum.Bytes == 0 {
+			t.Errorf("TCP stream stalled in the half second from %.1fs", iv.Sum.Start)
+		}
+	}
+
+	for name, want := range before {
+		if got := e.portState("ctr-" + name); got != want {
+			t.Errorf("pod %s's port changed across the restart: %+v -> %+v", name, want, got)
+		}
+	}
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK a after restart: %v", err)
+	}
+	if err := e.cni.Check(b.rt); err != nil {
+		t.Errorf("CHECK b after restart: %v", err)
+	}
+	for name, port := range map[string]string{"c": portC, "d": portD} {
+		if p := e.ovsPortOf("ctr-" + name); p != "" {
+			t.Errorf("pod %s's OVS port %s survived the restart", name, p)
+		}
+		for _, v := range e.hostVeths() {
+			if v == port {
+				t.Errorf("pod %s's host veth %s survived the restart", name, v)
+			}
+		}
+	}
+	if recs := e.records(); len(recs) != 2 {
+		t.Errorf("records after restart: %v; want a's and b's", recs)
+	}
+}
+
+// TestRestartWithoutCache: the cache folder is lost while the agent is down;
+// the restarted agent rebuilds the attachments from the OVS labels and the
+// pods, and CHECK and DEL work.
+func TestRestartWithoutCache(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.88.0.10/24", mac: "02:00:0a:58:00:0a", gw: "10.88.0.1", vlan: 5,
+		extra: map[string]string{annotations.IngressBandwidth: "30M", annotations.EgressBandwidth: "40M"},
+	})
+	before := e.portState("ctr-a")
+	e.agent.Stop(t)
+	if err := os.RemoveAll(e.opts.CacheDir); err != nil {
+		t.Fatal(err)
+	}
+	e.restart()
+	if got := e.portState("ctr-a"); got != before {
+		t.Errorf("port changed: %+v -> %+v", before, got)
+	}
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK after rebuilding from OVS: %v", err)
+	}
+	if recs := e.records(); len(recs) != 1 {
+		t.Errorf("records %v; want the rebuilt one", recs)
+	}
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.ovsPortOf("ctr-a"); p != "" {
+		t.Errorf("port %s left after DEL", p)
+	}
+}
+
+// TestVswitchdRestartRestoresMeters: ovs-vswitchd forgets OpenFlow meters and
+// flows when it restarts; the agent's resync puts the egress limit back.
+func TestVswitchdRestartRestoresMeters(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.89.0.10/24", mac: "02:00:0a:59:00:0a",
+		extra: map[string]string{annotations.EgressBandwidth: "40M"},
+	})
+	b := e.addPod(podSpec{name: "b", ips: "10.89.0.11/24", mac: "02:00:0a:59:00:0b"})
+	meterRe := regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
+	m := meterRe.FindStringSubmatch(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))
+	if m == nil {
+		t.Fatal("no 40 Mbit/s meter after ADD")
+	}
+	e.node.OVS.RestartVswitchd(t)
+	waitFor(t, "the meter to come back", func() bool {
+		return meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge)) &&
+			strings.Contains(e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge), "actions=meter:"+m[1])
+	})
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK after ovs-vswitchd restart: %v", err)
+	}
+	if !ping(t, a, "10.89.0.11", 2) || !ping(t, b, "10.89.0.10", 2) {
+		t.Error("pods do not reach each other after ovs-vswitchd restart")
+	}
+}
+
+// TestLiveBandwidthApplied changes and removes limits through annotations
+// and checks what is installed (the measured version is in bandwidth_test.go).
+func TestLiveBandwidthApplied(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{name: "a", ips: "10.90.0.10/24", mac: "02:00:0a:5a:00:0a"})
+	port := e.ovsPortOf("ctr-a")
+	ofport, _ := strconv.Atoi(e.node.OVS.Vsctl(t, "get", "Interface", port, "ofport"))
+	if tbfRate(t, e, port) != 0 || strings.Contains(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge), "meter=") {
+		t.Fatal("limits installed for a pod without bandwidth annotations")
+	}
+	steps := []struct {
+		ingress, egress string
+		wantTBF         uint64 // bytes/s
+		wantMeter       string // "" means no meter
+	}{
+		{ingress: "10M", egress: "20M", wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{ingress: "15M", egress: "", wantTBF: 15e6 / 8},
+		{ingress: "", egress: "5M", wantTBF: 0, wantMeter: "rate=5000 "},
+		{},
+	}
+	for i, s := range steps {
+		pod := a.pod.DeepCopy()
+		pod.Annotations[annotations.IngressBandwidth] = s.ingress
+		pod.Annotations[annotations.EgressBandwidth] = s.egress
+		if s.ingress == "" {
+			delete(pod.Annotations, annotations.IngressBandwidth)
+		}
+		if s.egress == "" {
+			delete(pod.Annotations, annotations.EgressBandwidth)
+		}
+		e.pods.Set(pod)
+		waitFor(t, fmt.Sprintf("step %d", i), func() bool {
+			meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge)
+			flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge)
+			meterOK := !strings.Contains(meters, "meter=") && !strings.Contains(flows, "meter:")
+			if s.wantMeter != "" {
+				meterOK = strings.Contains(meters, s.wantMeter) && strings.Contains(flows, fmt.Sprintf("in_port=%d actions=meter:%d", ofport, ofport))
+			}
+			return tbfRate(t, e, port) == s.wantTBF && meterOK
+		})
+		if err := e.cni.Check(a.rt); err != nil {
+			t.Errorf("CHECK after step %d: %v", i, err)
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

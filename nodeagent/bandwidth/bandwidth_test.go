@@ -1,0 +1,104 @@
+package bandwidth
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+)
+
+func TestResolveEgressMode(t *testing.T) {
+	tests := []struct {
+		mode     EgressMode
+		dp       string
+		want     EgressMode
+		wantFail bool
+	}{
+		{mode: EgressAuto, dp: "netdev", want: EgressMeter},
+		{mode: "", dp: "netdev", want: EgressMeter},
+		{mode: EgressAuto, dp: "system", want: EgressPolicing},
+		{mode: EgressMeter, dp: "system", want: EgressMeter},
+		{mode: EgressPolicing, dp: "netdev", want: EgressPolicing},
+		{mode: "police", dp: "netdev", wantFail: true},
+	}
+	for _, tt := range tests {
+		got, err := ResolveEgressMode(tt.mode, tt.dp)
+		if tt.wantFail {
+			if err == nil || !strings.Contains(err.Error(), "auto, meter or policing") {
+				t.Errorf("ResolveEgressMode(%q) = %q, %v; want an error naming the choices", tt.mode, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ResolveEgressMode(%q, %q) = %q, %v; want %q", tt.mode, tt.dp, got, err, tt.want)
+		}
+	}
+}
+
+func TestTBF(t *testing.T) {
+	tests := []struct {
+		name    string
+		limit   annotations.Limit
+		want    TBFParams
+		wantErr string
+	}{
+		// 20 Mbit/s: 2.5 MB/s; 8 ms is 20 kB, below the 64 KiB floor; queue 50 ms = 125 kB.
+		{name: "20M default burst", limit: annotations.Limit{Rate: 20e6}, want: TBFParams{RateBytes: 2_500_000, BurstBytes: 65536, LimitBytes: 125_000}},
+		// 300 Mbit/s: 37.5 MB/s; burst 8 ms = 300 kB; queue 50 ms = 1.875 MB.
+		{name: "300M default burst", limit: annotations.Limit{Rate: 300e6}, want: TBFParams{RateBytes: 37_500_000, BurstBytes: 300_000, LimitBytes: 1_875_000}},
+		// A given burst wins; the queue is never smaller than the burst.
+		{name: "explicit big burst", limit: annotations.Limit{Rate: 1e6, Burst: 8e6}, want: TBFParams{RateBytes: 125_000, BurstBytes: 1_000_000, LimitBytes: 1_000_000}},
+		{name: "1 Tbit/s queue clamps", limit: annotations.Limit{Rate: 1e12}, want: TBFParams{RateBytes: 125e9, BurstBytes: 1e9, LimitBytes: math.MaxUint32}},
+		{name: "no rate", limit: annotations.Limit{}, wantErr: "positive rate"},
+		{name: "burst too long for the rate", limit: annotations.Limit{Rate: 1000, Burst: annotations.MaxBurst}, wantErr: "lower the burst"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := TBF(tt.limit)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("TBF = %+v, %v; want error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("TBF = %+v, %v; want %+v", got, err, tt.want)
+			}
+			q := got.Qdisc(7)
+			if q.LinkIndex != 7 || q.Parent != netlink.HANDLE_ROOT || q.Handle != netlink.MakeHandle(1, 0) || q.Rate != got.RateBytes || q.Limit != got.LimitBytes {
+				t.Errorf("Qdisc = %+v", q)
+			}
+			if !got.Matches(q) {
+				t.Error("params do not match their own qdisc")
+			}
+			other := *q
+			other.Rate++
+			if got.Matches(&other) || got.Matches(nil) {
+				t.Error("params match a different qdisc")
+			}
+		})
+	}
+}
+
+func TestPolicer(t *testing.T) {
+	tests := []struct {
+		limit annotations.Limit
+		want  PolicerParams
+	}{
+		{limit: annotations.Limit{Rate: 20e6}, want: PolicerParams{RateKbps: 20000, BurstKbits: 16000}},
+		{limit: annotations.Limit{Rate: 300e6}, want: PolicerParams{RateKbps: 300000, BurstKbits: 240000}},
+		{limit: annotations.Limit{Rate: 10e6, Burst: 2e6}, want: PolicerParams{RateKbps: 10000, BurstKbits: 2000}},
+		{limit: annotations.Limit{Rate: 1000, Burst: 1}, want: PolicerParams{RateKbps: 1, BurstKbits: 1}},
+	}
+	for _, tt := range tests {
+		if got, err := Policer(tt.limit); err != nil || got != tt.want {
+			t.Errorf("Policer(%+v) = %+v, %v; want %+v", tt.limit, got, err, tt.want)
+		}
+	}
+	if _, err := Policer(annotations.Limit{}); err == nil {
+		t.Error("Policer without rate: want error")
+	}
+}
