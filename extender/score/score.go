@@ -61,6 +61,12 @@ type Options struct {
 	Placement Placement
 }
 
+// Prefers reports whether Prioritize may score any node above another for
+// a pod with demand d; if not, it scores every node 0.
+func (o Options) Prefers(d demand.Demand) bool {
+	return (o.PreferLastNode && d.StickyKey != "") || (d.Network != "" && o.Placement != None && o.Placement != "")
+}
+
 // top is the best score; VF scores stay below it so that the last node of
 // an identity always ranks first within the extender's score.
 const top = extenderv1.MaxExtenderPriority

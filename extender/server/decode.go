@@ -2,10 +2,13 @@ package server
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -23,20 +26,40 @@ var errNotNodeCacheCapable = errors.New(`request carries "Nodes" but no "NodeNam
 // and the node names, which make up most of the body in a large cluster, it
 // reads itself.
 func DecodeArgs(body []byte) (*extenderv1.ExtenderArgs, error) {
+	var r request
+	if err := r.decode(body); err != nil {
+		return nil, err
+	}
+	names := r.split(false)
+	return &extenderv1.ExtenderArgs{Pod: r.pod, NodeNames: &names}, nil
+}
+
+// request is a decoded filter or prioritize request. The server keeps one
+// per request in flight and reuses it.
+type request struct {
+	pod *corev1.Pod
+	// rawNames is the NodeNames array as sent, checked to be an array of
+	// strings; plain says that every name in it is printable ASCII without
+	// escapes, so that each appears in it as is, between quotes.
+	rawNames []byte
+	plain    bool
+	count    int
+	names    []string // filled by split
+}
+
+// decode decodes body into r.
+func (r *request) decode(body []byte) error {
+	r.pod, r.rawNames, r.plain, r.count, r.names = nil, nil, false, 0, r.names[:0]
 	s := scanner{b: body}
 	s.space()
 	if s.i == len(body) {
-		return nil, errors.New("empty body: expected a JSON ExtenderArgs object")
+		return errors.New("empty body: expected a JSON ExtenderArgs object")
 	}
 	if body[s.i] != '{' {
-		return nil, s.errorf("expected a JSON ExtenderArgs object")
+		return s.errorf("expected a JSON ExtenderArgs object")
 	}
 	s.i++
-	var (
-		args                          extenderv1.ExtenderArgs
-		seenPod, seenNames, seenNodes bool
-		hasNodes                      bool
-	)
+	var seenPod, seenNames, seenNodes, hasNodes bool
 	s.space()
 	if s.peek() == '}' {
 		s.i++
@@ -45,65 +68,64 @@ func DecodeArgs(body []byte) (*extenderv1.ExtenderArgs, error) {
 			s.space()
 			key, err := s.key()
 			if err != nil {
-				return nil, err
+				return err
 			}
 			s.space()
 			if s.peek() != ':' {
-				return nil, s.errorf("expected ':' after object key")
+				return s.errorf("expected ':' after object key")
 			}
 			s.i++
 			s.space()
 			switch {
 			case strings.EqualFold(key, "Pod"):
 				if seenPod {
-					return nil, errors.New(`key "Pod" given twice`)
+					return errors.New(`key "Pod" given twice`)
 				}
 				seenPod = true
 				seg, err := s.value()
 				if err != nil {
-					return nil, err
+					return err
 				}
+				r.pod = nil
 				if !isNull(seg) {
-					args.Pod = new(corev1.Pod)
-					if err := json.Unmarshal(seg, args.Pod); err != nil {
-						return nil, fmt.Errorf("decode Pod: %w", err)
+					r.pod = new(corev1.Pod)
+					if err := json.Unmarshal(seg, r.pod); err != nil {
+						return fmt.Errorf("decode Pod: %w", err)
 					}
 				}
 			case strings.EqualFold(key, "NodeNames"):
 				if seenNames {
-					return nil, errors.New(`key "NodeNames" given twice`)
+					return errors.New(`key "NodeNames" given twice`)
 				}
 				seenNames = true
-				names, err := s.names()
-				if err != nil {
-					return nil, err
+				if err := r.scanNames(&s); err != nil {
+					return err
 				}
-				args.NodeNames = names
 			case strings.EqualFold(key, "Nodes"):
 				if seenNodes {
-					return nil, errors.New(`key "Nodes" given twice`)
+					return errors.New(`key "Nodes" given twice`)
 				}
 				seenNodes = true
 				seg, err := s.value()
 				if err != nil {
-					return nil, err
+					return err
 				}
 				// Whole nodes are refused below, but decoded first so that a
 				// malformed list is reported as such.
 				if !isNull(seg) {
 					var nodes corev1.NodeList
 					if err := json.Unmarshal(seg, &nodes); err != nil {
-						return nil, fmt.Errorf("decode Nodes: %w", err)
+						return fmt.Errorf("decode Nodes: %w", err)
 					}
 					hasNodes = true
 				}
 			default:
 				seg, err := s.value()
 				if err != nil {
-					return nil, err
+					return err
 				}
 				if !json.Valid(seg) {
-					return nil, fmt.Errorf("decode ExtenderArgs: invalid JSON value of key %q", key)
+					return fmt.Errorf("decode ExtenderArgs: invalid JSON value of key %q", key)
 				}
 			}
 			s.space()
@@ -114,23 +136,23 @@ func DecodeArgs(body []byte) (*extenderv1.ExtenderArgs, error) {
 			}
 			if c != ',' {
 				s.i--
-				return nil, s.errorf("expected ',' or '}' after object value")
+				return s.errorf("expected ',' or '}' after object value")
 			}
 		}
 	}
 	s.space()
 	if s.i != len(body) {
-		return nil, s.errorf("unexpected data after the JSON object")
+		return s.errorf("unexpected data after the JSON object")
 	}
 	switch {
-	case args.Pod == nil:
-		return nil, errors.New(`request has no "Pod"`)
-	case args.NodeNames == nil && hasNodes:
-		return nil, errNotNodeCacheCapable
-	case args.NodeNames == nil:
-		return nil, errors.New(`request has no "NodeNames"`)
+	case r.pod == nil:
+		return errors.New(`request has no "Pod"`)
+	case r.rawNames == nil && hasNodes:
+		return errNotNodeCacheCapable
+	case r.rawNames == nil:
+		return errors.New(`request has no "NodeNames"`)
 	}
-	return &args, nil
+	return nil
 }
 
 // scanner reads JSON from b at i.
@@ -169,18 +191,15 @@ func (s *scanner) str() (raw []byte, plain bool, err error) {
 		return nil, false, s.errorf("expected a string")
 	}
 	start := s.i + 1
-	if j := bytes.IndexByte(s.b[start:], '"'); j >= 0 {
-		raw = s.b[start : start+j]
-		if bytes.IndexByte(raw, '\\') < 0 {
-			// No escapes: the first quote ends the string.
-			s.i = start + j + 1
-			return raw, isPlain(raw), nil
-		}
+	if j := bytes.IndexByte(s.b[start:], '"'); j >= 0 && isPlain(s.b[start:start+j]) {
+		// No backslash before it: this quote ends the string.
+		s.i = start + j + 1
+		return s.b[start : start+j], true, nil
 	}
-	// Escapes: walk it byte by byte.
+	// Escapes or other bytes to decode: walk it byte by byte.
 	s.i = start
 	for s.i < len(s.b) {
-		switch c := s.b[s.i]; c {
+		switch s.b[s.i] {
 		case '"':
 			s.i++
 			return s.b[start : s.i-1], false, nil
@@ -193,10 +212,24 @@ func (s *scanner) str() (raw []byte, plain bool, err error) {
 	return nil, false, s.errorf("unterminated string")
 }
 
-// isPlain reports whether b is printable ASCII.
+// isPlain reports whether b is printable ASCII other than '\\', eight
+// bytes at a time.
 func isPlain(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		backslash, del := x^(0x5c*ones), x^(0x7f*ones)
+		special := x | // a byte >= 0x80
+			((x - 0x20*ones) &^ x) | // a byte < 0x20
+			((backslash - ones) &^ backslash) | // a '\\'
+			((del - ones) &^ del) // DEL
+		if special&highs != 0 {
+			return false
+		}
+		b = b[8:]
+	}
 	for _, c := range b {
-		if c < 0x20 || c >= 0x7f {
+		if c < 0x20 || c >= 0x7f || c == '\\' {
 			return false
 		}
 	}
@@ -275,75 +308,105 @@ func (s *scanner) value() ([]byte, error) {
 	return nil, s.errorf("unexpected end of input")
 }
 
-// names reads the NodeNames array (or null). The array's bytes are copied
-// into one string and plain names, the usual case, are cut from it, so that
-// thousands of names cost three allocations.
-func (s *scanner) names() (*[]string, error) {
+// scanNames checks the NodeNames value at i (an array of strings, or
+// null) and records it in r without splitting it.
+func (r *request) scanNames(s *scanner) error {
 	switch s.peek() {
 	case 'n':
 		seg, err := s.value()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !isNull(seg) {
-			return nil, fmt.Errorf("decode NodeNames: invalid value %q", seg)
+			return fmt.Errorf("decode NodeNames: invalid value %q", seg)
 		}
-		return nil, nil
+		r.rawNames = nil
+		return nil
 	case '[':
 	default:
-		return nil, s.errorf(`"NodeNames" must be an array of strings`)
+		return s.errorf(`"NodeNames" must be an array of strings`)
 	}
-	base := s.i
+	start := s.i
 	s.i++
+	r.plain, r.count = true, 0
 	s.space()
 	if s.peek() == ']' {
 		s.i++
-		out := []string{}
-		return &out, nil
+		r.rawNames = s.b[start:s.i]
+		return nil
 	}
-	// Spans of the raw names, relative to base; a negative start marks a
-	// name that is not plain, decoded into decoded.
-	type span struct{ from, to int32 }
-	spans := make([]span, 0, bytes.Count(s.b[s.i:], []byte{','})+1)
-	var decoded []string
 	for {
 		s.space()
 		raw, plain, err := s.str()
 		if err != nil {
-			return nil, fmt.Errorf(`%w (in "NodeNames")`, err)
+			return fmt.Errorf(`%w (in "NodeNames")`, err)
 		}
-		if plain {
-			to := int32(s.i - 1 - base)
-			spans = append(spans, span{to - int32(len(raw)), to})
-		} else {
-			name, err := unquote(raw)
-			if err != nil {
-				return nil, fmt.Errorf("decode NodeNames: %w", err)
+		if !plain {
+			if _, err := unquote(raw); err != nil {
+				return fmt.Errorf("decode NodeNames: %w", err)
 			}
-			spans = append(spans, span{-1, int32(len(decoded))})
-			decoded = append(decoded, name)
+			r.plain = false
 		}
+		r.count++
 		s.space()
 		c := s.peek()
 		s.i++
 		if c == ']' {
-			break
+			r.rawNames = s.b[start:s.i]
+			return nil
 		}
 		if c != ',' {
 			s.i--
-			return nil, s.errorf(`expected ',' or ']' in "NodeNames"`)
+			return s.errorf(`expected ',' or ']' in "NodeNames"`)
 		}
 	}
-	all := string(s.b[base:s.i])
-	out := make([]string, len(spans))
-	for i, sp := range spans {
-		if sp.from < 0 {
-			out[i] = decoded[sp.to]
-		} else {
-			out[i] = all[sp.from:sp.to]
+}
+
+// split returns the node names. With shared, plain names point into the
+// request body and are valid only as long as it is; otherwise they are
+// copied (in one allocation).
+func (r *request) split(shared bool) []string {
+	if r.rawNames == nil {
+		return nil
+	}
+	if len(r.names) == r.count && r.count > 0 {
+		return r.names
+	}
+	raw := string(r.rawNames) // a copy, unless shared
+	if shared {
+		raw = unsafe.String(unsafe.SliceData(r.rawNames), len(r.rawNames))
+	}
+	names := slices.Grow(r.names[:0], r.count)
+	if r.plain {
+		// Every quote opens or closes a name.
+		for i := 0; ; {
+			open := strings.IndexByte(raw[i:], '"')
+			if open < 0 {
+				break
+			}
+			open += i + 1
+			end := open + strings.IndexByte(raw[open:], '"')
+			names = append(names, raw[open:end])
+			i = end + 1
+		}
+	} else {
+		s := scanner{b: unsafe.Slice(unsafe.StringData(raw), len(raw)), i: 1}
+		for len(names) < r.count {
+			s.space()
+			from := s.i + 1
+			content, plain, _ := s.str() // checked by scanNames
+			if plain {
+				names = append(names, raw[from:from+len(content)])
+			} else {
+				name, _ := unquote(content)
+				names = append(names, name)
+			}
+			s.space()
+			s.i++ // ',' or ']'
 		}
 	}
-	return &out, nil
+	r.names = names
+	return names
 }
 
 func isNull(seg []byte) bool { return bytes.Equal(seg, []byte("null")) }

@@ -14,26 +14,34 @@ import (
 // than the decision. The layout is that of the extender/v1 types, which
 // carry no JSON tags.
 
+// appendPassAll appends an ExtenderFilterResult that passes every node of
+// rawNames, the NodeNames array of the request as it came.
+func appendPassAll(b, rawNames []byte) []byte {
+	b = append(b, `{"NodeNames":`...)
+	b = append(b, rawNames...)
+	return append(b, `,"FailedNodes":{},"FailedAndUnresolvableNodes":{},"Error":""}`...)
+}
+
 // appendFilterResult appends res as an ExtenderFilterResult for a
-// nodeCacheCapable extender.
-func appendFilterResult(b []byte, res *filter.Result) []byte {
+// nodeCacheCapable extender. plain says the node names need no escaping.
+func appendFilterResult(b []byte, res *filter.Result, plain bool) []byte {
 	b = append(b, `{"NodeNames":[`...)
 	for i, n := range res.Passed {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, n)
+		b = appendName(b, n, plain)
 	}
 	b = append(b, `],"FailedNodes":`...)
-	b = appendFailures(b, res, false)
+	b = appendFailures(b, res, false, plain)
 	b = append(b, `,"FailedAndUnresolvableNodes":`...)
-	b = appendFailures(b, res, true)
+	b = appendFailures(b, res, true, plain)
 	return append(b, `,"Error":""}`...)
 }
 
 // appendFailures appends the failures that are unresolvable or not as a
 // FailedNodesMap.
-func appendFailures(b []byte, res *filter.Result, unresolvable bool) []byte {
+func appendFailures(b []byte, res *filter.Result, unresolvable, plain bool) []byte {
 	b = append(b, '{')
 	first := true
 	var quoted [][]byte // per cause
@@ -45,7 +53,7 @@ func appendFailures(b []byte, res *filter.Result, unresolvable bool) []byte {
 			b = append(b, ',')
 		}
 		first = false
-		b = appendString(b, f.Node)
+		b = appendName(b, f.Node, plain)
 		b = append(b, ':')
 		for int(f.Cause) >= len(quoted) {
 			quoted = append(quoted, nil)
@@ -58,20 +66,32 @@ func appendFailures(b []byte, res *filter.Result, unresolvable bool) []byte {
 	return append(b, '}')
 }
 
-// appendPriorities appends a HostPriorityList.
-func appendPriorities(b []byte, l extenderv1.HostPriorityList) []byte {
+// appendPriorities appends a HostPriorityList. plain says the node names
+// need no escaping.
+func appendPriorities(b []byte, l extenderv1.HostPriorityList, plain bool) []byte {
 	b = append(b, '[')
 	for i, hp := range l {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = append(b, `{"Host":`...)
-		b = appendString(b, hp.Host)
+		b = appendName(b, hp.Host, plain)
 		b = append(b, `,"Score":`...)
 		b = strconv.AppendInt(b, hp.Score, 10)
 		b = append(b, '}')
 	}
 	return append(b, ']')
+}
+
+// appendName appends a node name as a JSON string; plain says it is
+// printable ASCII without '"' or '\\' (checked on decoding).
+func appendName(b []byte, name string, plain bool) []byte {
+	if !plain {
+		return appendString(b, name)
+	}
+	b = append(b, '"')
+	b = append(b, name...)
+	return append(b, '"')
 }
 
 // appendString appends s as a JSON string: printable ASCII other than '"'

@@ -67,9 +67,18 @@ type Server struct {
 	ready   atomic.Bool
 	metrics *metrics
 	mux     *http.ServeMux
-	// bufs holds *bytes.Buffer for request bodies, reused for answers;
-	// results holds *filter.Result.
-	bufs, results sync.Pool
+	// exchanges holds *exchange, reused from request to request.
+	exchanges sync.Pool
+}
+
+// exchange is what one request needs: its body, its decoding, the filter's
+// result and the answer. Node names point into the body, so none of it may
+// outlive the request.
+type exchange struct {
+	body bytes.Buffer
+	req  request
+	res  filter.Result
+	out  []byte
 }
 
 // New returns a Server that reads src. It answers verbs with 503 until
@@ -82,8 +91,7 @@ func New(src source, opts Options) *Server {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	s := &Server{opts: opts, src: src, metrics: newMetrics(opts.Registry), mux: http.NewServeMux()}
-	s.bufs.New = func() any { return new(bytes.Buffer) }
-	s.results.New = func() any { return new(filter.Result) }
+	s.exchanges.New = func() any { return new(exchange) }
 	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.filter))
 	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.prioritize))
 	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { text(w, http.StatusOK, "ok") })
@@ -104,8 +112,8 @@ func (s *Server) SetReady() { s.ready.Store(true) }
 // ServeHTTP serves the verbs, health and metrics.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// verbFunc appends the JSON answer to one decoded request to b.
-type verbFunc func(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand) []byte
+// verbFunc appends the JSON answer to the decoded request of ex to ex.out.
+type verbFunc func(ex *exchange, d demand.Demand)
 
 // verb wraps a verb with the checks every request passes (method, content
 // type, size, decoding), metrics and panic recovery.
@@ -122,87 +130,90 @@ func (s *Server) verb(name string, fn verbFunc) http.HandlerFunc {
 			}
 			s.metrics.observe(name, code, time.Since(begin))
 		}()
-		body, code, err := s.readBody(w, r)
+		ex := s.exchanges.Get().(*exchange)
+		defer s.exchanges.Put(ex)
+		code, err := s.readBody(w, r, &ex.body)
 		if err != nil {
 			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
 			text(w, code, err.Error())
 			return
 		}
-		defer s.bufs.Put(body)
 		if !s.ready.Load() {
 			code = http.StatusServiceUnavailable
 			text(w, code, "the stickynet extender's informer caches are not synced yet")
 			return
 		}
-		args, err := DecodeArgs(body.Bytes())
-		if err != nil {
+		if err := ex.req.decode(ex.body.Bytes()); err != nil {
 			code = http.StatusBadRequest
 			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
 			text(w, code, name+": "+err.Error())
 			return
 		}
-		d := demand.Of(args.Pod)
-		// The request body is decoded: its buffer now holds the answer.
-		out := fn(body.Bytes()[:0], args, d)
+		d := demand.Of(ex.req.pod)
+		ex.out = ex.out[:0]
+		fn(ex, d)
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-		_, _ = w.Write(out)
-		if cap(out) > body.Cap() {
-			*body = *bytes.NewBuffer(out[:0]) // keep the larger buffer for the next request
-		}
-		logger.V(4).Info("Answered", "verb", name, "pod", klog.KObj(args.Pod), "nodes", len(*args.NodeNames),
+		w.Header().Set("Content-Length", strconv.Itoa(len(ex.out)))
+		_, _ = w.Write(ex.out)
+		logger.V(4).Info("Answered", "verb", name, "pod", klog.KObj(ex.req.pod), "nodes", ex.req.count,
 			"pool", d.Pool, "network", d.Network, "elapsed", time.Since(begin))
 	}
 }
 
 // readBody checks the method and content type and reads the body, up to
-// MaxRequestBytes, into a pooled buffer. On error it returns the status to
-// answer with.
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer, int, error) {
+// MaxRequestBytes, into buf. On error it returns the status to answer with.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer) (int, error) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return nil, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: extender verbs take POST with a JSON body", r.Method)
+		return http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: extender verbs take POST with a JSON body", r.Method)
 	}
 	ct := r.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("content type %q not supported: expected application/json", ct)
+		return http.StatusUnsupportedMediaType, fmt.Errorf("content type %q not supported: expected application/json", ct)
 	}
 	if r.ContentLength > s.opts.MaxRequestBytes {
-		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxRequestBytes)
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxRequestBytes)
 	}
-	buf := s.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength) + 1) // +1: ReadFrom needs room to see the end
+	}
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes)); err != nil {
-		s.bufs.Put(buf)
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("body exceeds the limit of %d bytes", tooLarge.Limit)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("body exceeds the limit of %d bytes", tooLarge.Limit)
 		}
-		return nil, http.StatusBadRequest, fmt.Errorf("read body: %w", err)
+		return http.StatusBadRequest, fmt.Errorf("read body: %w", err)
 	}
-	return buf, http.StatusOK, nil
+	return http.StatusOK, nil
 }
 
-func (s *Server) filter(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand) []byte {
-	res := s.results.Get().(*filter.Result)
-	defer s.results.Put(res)
+func (s *Server) filter(ex *exchange, d demand.Demand) {
 	if !d.Placed() {
-		s.opts.Filter.Into(res, d, *args.NodeNames, nil)
+		// Every node passes: the names go back as they came.
 		s.metrics.fastPath.WithLabelValues(FilterVerb).Inc()
-	} else {
-		s.src.Read(func(r state.Reader) { s.opts.Filter.Into(res, d, *args.NodeNames, r) })
+		ex.out = appendPassAll(ex.out, ex.req.rawNames)
+		return
 	}
-	s.metrics.countFailures(res.Failures)
-	return appendFilterResult(b, res)
+	names := ex.req.split(true)
+	s.src.Read(func(r state.Reader) { s.opts.Filter.Into(&ex.res, d, names, r) })
+	s.metrics.countFailures(ex.res.Failures)
+	ex.out = appendFilterResult(ex.out, &ex.res, ex.req.plain)
 }
 
-func (s *Server) prioritize(b []byte, args *extenderv1.ExtenderArgs, d demand.Demand) []byte {
+func (s *Server) prioritize(ex *exchange, d demand.Demand) {
+	if !s.opts.Score.Prefers(d) {
+		s.metrics.fastPath.WithLabelValues(PrioritizeVerb).Inc()
+		ex.out = append(ex.out, "[]"...)
+		return
+	}
+	names := ex.req.split(true)
 	var out extenderv1.HostPriorityList
-	s.src.Read(func(r state.Reader) { out = s.opts.Score.Prioritize(d, *args.NodeNames, r) })
+	s.src.Read(func(r state.Reader) { out = s.opts.Score.Prioritize(d, names, r) })
 	if len(out) == 0 {
 		s.metrics.fastPath.WithLabelValues(PrioritizeVerb).Inc()
 	}
-	return appendPriorities(b, out)
+	ex.out = appendPriorities(ex.out, out, ex.req.plain)
 }
 
 // text answers with a plain-text message.
