@@ -229,7 +229,7 @@ func schedulerConfig(b *testing.B, kubeconfig, schedulerName, url string) []byte
 	b.Helper()
 	cfg := map[string]any{}
 	if url != "" {
-		local, err := config.Local(url)
+		local, err := config.At(url, "")
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 )
@@ -31,10 +32,11 @@ var ExtenderSnippet []byte
 //go:embed rbac.yaml
 var RBAC []byte
 
-// Local returns SchedulerConfig with the extender reached over plain HTTP
-// at url (such as http://127.0.0.1:8888) instead of its in-cluster HTTPS
-// service, for local clusters and tests. Everything else is as shipped.
-func Local(url string) ([]byte, error) {
+// At returns SchedulerConfig with the extender at url instead of its
+// in-cluster service, for local clusters and tests: over HTTPS verified
+// against the CA certificate in caFile when url is https://, over plain
+// HTTP otherwise. Everything else is as shipped.
+func At(url, caFile string) ([]byte, error) {
 	var cfg map[string]any
 	if err := yaml.Unmarshal(SchedulerConfig, &cfg); err != nil {
 		return nil, fmt.Errorf("parse scheduler-config.yaml: %w", err)
@@ -48,8 +50,16 @@ func Local(url string) ([]byte, error) {
 		return nil, errors.New("scheduler-config.yaml: extender entry is not an object")
 	}
 	ext["urlPrefix"] = url
-	ext["enableHTTPS"] = false
-	delete(ext, "tlsConfig")
+	if strings.HasPrefix(url, "https://") {
+		if caFile == "" {
+			return nil, fmt.Errorf("extender URL %s: HTTPS needs a CA file", url)
+		}
+		ext["enableHTTPS"] = true
+		ext["tlsConfig"] = map[string]any{"caFile": caFile}
+	} else {
+		ext["enableHTTPS"] = false
+		delete(ext, "tlsConfig")
+	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("encode scheduler config: %w", err)

@@ -64,19 +64,38 @@ func TestSnippetMatchesConfig(t *testing.T) {
 	}
 }
 
-func TestLocal(t *testing.T) {
-	b, err := Local("http://127.0.0.1:18888")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, shipped := decodeConfig(t, b), decodeConfig(t, SchedulerConfig)
-	e := got.Extenders[0]
-	if e.URLPrefix != "http://127.0.0.1:18888" || e.EnableHTTPS || e.TLSConfig != nil {
-		t.Errorf("local extender %+v", e)
-	}
-	e.URLPrefix, e.EnableHTTPS, e.TLSConfig = shipped.Extenders[0].URLPrefix, true, shipped.Extenders[0].TLSConfig
-	if !reflect.DeepEqual(e, shipped.Extenders[0]) || !reflect.DeepEqual(got.Profiles, shipped.Profiles) {
-		t.Errorf("Local changed more than the URL and TLS")
+func TestAt(t *testing.T) {
+	shipped := decodeConfig(t, SchedulerConfig)
+	for _, tc := range []struct {
+		name, url, ca string
+		https         bool
+		wantErr       bool
+	}{
+		{name: "plain HTTP", url: "http://127.0.0.1:18888"},
+		{name: "HTTPS with a CA", url: "https://127.0.0.1:18888", ca: "/tmp/ca.crt", https: true},
+		{name: "HTTPS without a CA", url: "https://127.0.0.1:18888", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := At(tc.url, tc.ca)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := decodeConfig(t, b)
+			e := got.Extenders[0]
+			if e.URLPrefix != tc.url || e.EnableHTTPS != tc.https || (tc.https && (e.TLSConfig == nil || e.TLSConfig.CAFile != tc.ca)) || (!tc.https && e.TLSConfig != nil) {
+				t.Errorf("extender %+v", e)
+			}
+			e.URLPrefix, e.EnableHTTPS, e.TLSConfig = shipped.Extenders[0].URLPrefix, true, shipped.Extenders[0].TLSConfig
+			if !reflect.DeepEqual(e, shipped.Extenders[0]) || !reflect.DeepEqual(got.Profiles, shipped.Profiles) {
+				t.Errorf("At changed more than the URL and TLS")
+			}
+		})
 	}
 }
 

@@ -95,7 +95,10 @@ func TestPrioritize(t *testing.T) {
 				parts = append(parts, fmt.Sprintf("%s:%d", hp.Host, hp.Score))
 			}
 			slices.Sort(parts)
-			if s := fmt.Sprint(parts); s != tc.want && !(tc.want == "[]" && len(parts) == 0) {
+			if parts == nil {
+				parts = []string{}
+			}
+			if s := fmt.Sprint(parts); s != tc.want {
 				t.Errorf("scores %s, want %s", s, tc.want)
 			}
 		})

@@ -1,6 +1,7 @@
 // Package integration runs the stickynet extender against the real
 // kube-scheduler of the local cluster (e2e/cluster): a second scheduler with
-// the shipped stickynet-scheduler profile calls the extender, which reads
+// the shipped stickynet-scheduler profile calls the extender over HTTPS
+// (verified against a test CA), which reads
 // the cluster through its informers, while the test creates pods annotated
 // as the webhook would annotate them and checks where they land, or that
 // they stay Pending with a FailedScheduling event naming the cause.
@@ -9,12 +10,22 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -52,9 +63,10 @@ const (
 
 // env is the running cluster, extender and scheduler.
 type env struct {
-	cs  kubernetes.Interface
-	crc client.Client
-	url string // the extender's
+	cs     kubernetes.Interface
+	crc    client.Client
+	url    string       // the extender's
+	client *http.Client // trusts the extender's serving certificate
 }
 
 // TestScheduling places pods through kube-scheduler's stickynet-scheduler
@@ -241,8 +253,11 @@ func start(ctx context.Context, t *testing.T) *env {
 		t.Fatal(err)
 	}
 
-	e.url = runExtender(ctx, t, c)
-	schedCfg, err := config.Local(e.url)
+	caFile, certFile, keyFile := servingCertificate(t)
+	e.url, e.client = runExtender(ctx, t, c, caFile, certFile, keyFile)
+	// The shipped profile, with the extender reached over HTTPS at its
+	// local address, verified against the test's CA.
+	schedCfg, err := config.At(e.url, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,21 +306,79 @@ func (e *env) setUpNodes(ctx context.Context, t *testing.T) {
 	}
 }
 
-// runExtender runs the extender in this process until the test ends and
-// returns its URL once it is ready.
-func runExtender(ctx context.Context, t *testing.T, c *cluster.Cluster) string {
+// servingCertificate writes a CA and a serving certificate for 127.0.0.1
+// signed by it, and returns their files.
+func servingCertificate(t *testing.T) (caFile, certFile, keyFile string) {
 	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stickynet-extender-test-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "stickynet-extender"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	for _, f := range []struct {
+		path, typ string
+		der       []byte
+	}{{caFile, "CERTIFICATE", caDER}, {certFile, "CERTIFICATE", leafDER}, {keyFile, "EC PRIVATE KEY", keyDER}} {
+		if err := os.WriteFile(f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return caFile, certFile, keyFile
+}
+
+// runExtender runs the extender in this process, over HTTPS with the given
+// certificate, until the test ends, and returns its URL and a client that
+// trusts it once it is ready.
+func runExtender(ctx context.Context, t *testing.T, c *cluster.Cluster, caFile, certFile, keyFile string) (string, *http.Client) {
+	t.Helper()
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := "http://" + ln.Addr().String()
+	url := "https://" + ln.Addr().String()
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
 		done <- app.Run(runCtx, app.Options{
 			RESTConfig:     c.RESTConfig(),
 			Listener:       ln,
+			TLSCertFile:    certFile,
+			TLSKeyFile:     keyFile,
 			PreferLastNode: true,
 			LastNodeTTL:    time.Hour,
 			VFPlacement:    score.Spread,
@@ -325,10 +398,10 @@ func runExtender(ctx context.Context, t *testing.T, c *cluster.Cluster) string {
 			t.Fatalf("extender stopped before it was ready: %v", err)
 		default:
 		}
-		if resp, err := http.Get(url + "/readyz"); err == nil {
+		if resp, err := hc.Get(url + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return url
+				return url, hc
 			}
 		}
 		if time.Now().After(deadline) {
@@ -355,7 +428,7 @@ func (e *env) waitExtenderPasses(ctx context.Context, t *testing.T, p *corev1.Po
 			return false, err
 		}
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := e.client.Do(req)
 		if err != nil {
 			return false, err
 		}
