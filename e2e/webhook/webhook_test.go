@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -54,6 +55,7 @@ func TestWebhook(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
+	ctrl.SetLogger(klog.Background())
 	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, SimNodes: 3})
 	if err != nil {
 		t.Fatal(err)

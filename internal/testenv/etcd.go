@@ -32,20 +32,25 @@ func StartEtcd(t testing.TB, extra ...string) *Etcd {
 	t.Helper()
 	Integration(t)
 	bin := NeedTool(t, "etcd", "etcd")
+	// Started from one long-lived thread: Pdeathsig fires when the forking
+	// thread ends, and Go ends threads that goroutines leave locked (see spawner).
+	sp := newSpawner()
 	e, err := RunEtcd(EtcdOptions{
 		Binary: bin,
 		Dir:    t.TempDir(),
 		Extra:  extra,
 		Start: func(cmd *exec.Cmd) error {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			return cmd.Start()
+			return sp.start(cmd)
 		},
 	})
 	if err != nil {
+		sp.close()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		e.Stop()
+		sp.close()
 		if t.Failed() {
 			if b, err := os.ReadFile(e.logPath); err == nil && len(b) > 0 {
 				t.Logf("etcd log (last 4 KiB):\n%s", tail(b, 4096))
