@@ -32,6 +32,9 @@ func main() {
 	flag.StringVar(&dnsNames, "cert-dns-names", "stickynet-webhook.stickynet-system.svc", "comma-separated DNS names of the serving certificate (self mode)")
 	flag.BoolVar(&o.Certs.WriteFiles, "cert-write-files", false, "copy the certificate from its Secret into --cert-dir (for a webhook running outside a pod; in a pod mount the Secret there)")
 	flag.StringVar(&o.Certs.WebhookConfig, "webhook-config-name", "stickynet", "MutatingWebhookConfiguration whose caBundle is kept current (self mode)")
+	var qps float64
+	flag.Float64Var(&qps, "kube-api-qps", 100, "queries per second to the API server")
+	flag.IntVar(&o.KubeAPIBurst, "kube-api-burst", 200, "burst of queries to the API server")
 	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
 	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&o.LeaderElection, "leader-elect", true, "elect a leader to run the release controller (needed with more than one replica)")
@@ -43,6 +46,7 @@ func main() {
 	klog.InitFlags(nil)
 	flag.Parse()
 
+	o.KubeAPIQPS = float32(qps)
 	if f := flag.Lookup("kubeconfig"); f != nil { // registered by controller-runtime
 		o.Kubeconfig = f.Value.String()
 	}

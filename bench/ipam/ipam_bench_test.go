@@ -89,7 +89,9 @@ func BenchmarkIPAM(b *testing.B) {
 		return s
 	}
 	raw := newStore()
-	put := func(k string) store.Op { return store.Put(k, []byte(`{"id":"statefulset/ns/name/0","mac":"02:00:00:00:00:00","st":"a"}`), store.NoLease) }
+	put := func(k string) store.Op {
+		return store.Put(k, []byte(`{"id":"statefulset/ns/name/0","mac":"02:00:00:00:00:00","st":"a"}`), store.NoLease)
+	}
 	txnOK := func(cmps []store.Cmp, then []store.Op) error {
 		r, err := raw.Txn(ctx, cmps, then, nil)
 		if err == nil && !r.Succeeded {

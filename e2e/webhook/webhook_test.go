@@ -156,7 +156,7 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
 			SchedulerName: "", StoreTimeout: 5 * time.Second,
-			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second,
+			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
 		})
 	}()
 	t.Cleanup(func() {

@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -136,11 +135,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was allocated", err)), resultErrored
 		}
 	}
-	raw, err := json.Marshal(out)
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, err), resultErrored
-	}
-	return admission.PatchResponseFromRaw(req.Object.Raw, raw), resultAllowed
+	return admission.Patched("", buildPatch(pod, out)...), resultAllowed
 }
 
 // mutate returns the pod with its assignment.

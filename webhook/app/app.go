@@ -56,6 +56,11 @@ type Options struct {
 	MetricsAddr string
 	ProbeAddr   string
 
+	// KubeAPIQPS and KubeAPIBurst limit the client's requests to the API server
+	// (0: client-go's defaults).
+	KubeAPIQPS   float32
+	KubeAPIBurst int
+
 	LeaderElection          bool
 	LeaderElectionNamespace string
 
@@ -90,6 +95,9 @@ func Run(ctx context.Context, o Options) error {
 	cfg, err := restConfig(o.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	if o.KubeAPIQPS > 0 {
+		cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
 	}
 	sch, err := Scheme()
 	if err != nil {

@@ -234,15 +234,10 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			}
 			continue
 		case e.Pod != "" && (carrier == nil || carrier.key != e.Pod):
+			// The pod the address is bound to is gone or no longer carries it,
+			// as the (synced) pod cache sees it; the grace covers a pod that is
+			// still being admitted or not yet in the cache.
 			if now.Sub(e.Since) < c.Grace {
-				continue
-			}
-			gone, err := c.podGone(ctx, e.Pod, e.Pool, e.IP)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if !gone {
 				continue
 			}
 			if err := c.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod); err != nil {
@@ -294,30 +289,6 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	c.forget(pods)
 	return errors.Join(errs...)
-}
-
-// podGone confirms with the API server that no live pod named key carries the address.
-func (c *Controller) podGone(ctx context.Context, key, pool string, ip netip.Addr) (bool, error) {
-	ns, name, _ := cutKey(key)
-	p := &corev1.Pod{}
-	err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
-	if apierrors.IsNotFound(err) {
-		return true, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read pod %s: %w", key, err)
-	}
-	info := podsWithAssignment([]corev1.Pod{*p})
-	return len(info) == 0 || !info[0].live || info[0].ip != ip || info[0].pool != pool, nil
-}
-
-func cutKey(key string) (string, string, bool) {
-	for i := 0; i < len(key); i++ {
-		if key[i] == '/' {
-			return key[:i], key[i+1:], true
-		}
-	}
-	return "", key, false
 }
 
 // releaseReason says why an address that no pod carries should be freed now
