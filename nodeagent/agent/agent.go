@@ -315,17 +315,33 @@ const (
 	lastPodPort  = 0xfeff // OFPP_MAX
 )
 
-// allocPort reserves the lowest free OpenFlow port number (also the meter ID).
-func (a *agent) allocPort() (int, error) {
+// allocPort reserves a free OpenFlow port number (also the meter ID): for a
+// pod with an egress limit the lowest one whose meter and flow are in place,
+// for one without the lowest one without; else the lowest free one.
+func (a *agent) allocPort(egressLimit bool) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	first := 0
 	for p := firstPodPort; p <= lastPodPort; p++ {
-		if !a.usedPorts[p] {
-			a.usedPorts[p] = true
-			return p, nil
+		if a.usedPorts[p] {
+			continue
+		}
+		if first == 0 {
+			first = p
+		}
+		if a.dp.Metered(p) == egressLimit {
+			first = p
+			break
+		}
+		if p > first+4096 {
+			break // the preferred kind is not among the next numbers: take the first
 		}
 	}
-	return 0, errors.New("no free OpenFlow port number on the bridge")
+	if first == 0 {
+		return 0, errors.New("no free OpenFlow port number on the bridge")
+	}
+	a.usedPorts[first] = true
+	return first, nil
 }
 
 func (a *agent) freePort(p int) {

@@ -122,7 +122,7 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, error) {
 			return nil, err
 		}
 	}
-	if at.OFPort, err = a.allocPort(); err != nil {
+	if at.OFPort, err = a.allocPort(at.Bandwidth.Egress.Rate > 0); err != nil {
 		return nil, err
 	}
 	// The record goes down first: should the agent die halfway, the restarted

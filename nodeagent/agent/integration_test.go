@@ -191,9 +191,6 @@ func TestDelAfterNetnsVanished(t *testing.T) {
 	if slices.Contains(e.hostVeths(), port) {
 		t.Errorf("host veth %s still there", port)
 	}
-	if meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge); strings.Contains(meters, "meter=") {
-		t.Errorf("meter left behind:\n%s", meters)
-	}
 	if recs := e.records(); len(recs) != 0 {
 		t.Errorf("records left: %v", recs)
 	}
@@ -225,9 +222,6 @@ func TestGC(t *testing.T) {
 	}
 	if recs := e.records(); len(recs) != 1 {
 		t.Errorf("records after GC: %v", recs)
-	}
-	if meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge); strings.Contains(meters, "meter=") {
-		t.Errorf("GC left b's meter:\n%s", meters)
 	}
 	if err := e.cni.Check(a.rt); err != nil {
 		t.Errorf("CHECK of the valid attachment after GC: %v", err)
@@ -485,5 +479,45 @@ func TestConflistInstalled(t *testing.T) {
 	}
 	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %s; want a socket with 0600", fi.Mode())
+	}
+}
+
+// A pod's port number keeps its meter and flow after the pod goes: the next
+// pod with an egress limit takes that number and only the rate changes; a pod
+// without a limit gets a number without a meter.
+func TestMeterReuse(t *testing.T) {
+	e := newEnv(t, nil)
+	ofport := func(containerID string) string {
+		return e.node.OVS.Vsctl(t, "get", "Interface", e.ovsPortOf(containerID), "ofport")
+	}
+	limited := func(name, ip, mac, rate string) *testPod {
+		return e.addPod(podSpec{name: name, ips: ip, mac: mac, extra: map[string]string{annotations.EgressBandwidth: rate}})
+	}
+	a := limited("a", "10.91.0.10/24", "02:00:0a:5b:00:0a", "10M")
+	n := ofport("ctr-a")
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatal(err)
+	}
+	if flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge); !strings.Contains(flows, "in_port="+n+" actions=meter:"+n) {
+		t.Fatalf("meter flow of port %s gone after DEL:\n%s", n, flows)
+	}
+	plain := e.addPod(podSpec{name: "plain", ips: "10.91.0.11/24", mac: "02:00:0a:5b:00:0b"})
+	if got := ofport("ctr-plain"); got == n {
+		t.Errorf("a pod without egress limit got port %s, which goes through a meter", got)
+	}
+	b := limited("b", "10.91.0.12/24", "02:00:0a:5b:00:0c", "30M")
+	if got := ofport("ctr-b"); got != n {
+		t.Errorf("pod with egress limit got port %s, not the metered %s", got, n)
+	}
+	if meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge); !strings.Contains(meters, "meter="+n+" ") || !strings.Contains(meters, "rate=30000 ") {
+		t.Errorf("meter %s not at b's rate:\n%s", n, meters)
+	}
+	for _, p := range []*testPod{plain, b} {
+		if err := e.cni.Check(p.rt); err != nil {
+			t.Errorf("CHECK %s: %v", p.pod.Name, err)
+		}
+	}
+	if !ping(t, plain, "10.91.0.12", 2) {
+		t.Error("pods do not reach each other")
 	}
 }

@@ -52,6 +52,7 @@ func (a *agent) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.dp.LearnMetered(snap)
 	var kept, removed int
 	var errs []error
 	for _, at := range known {
@@ -87,9 +88,6 @@ func (a *agent) restore(ctx context.Context) error {
 		errs = append(errs, a.store.Put(at))
 		a.atts[at.Key()] = at
 		kept++
-	}
-	if err := a.dp.RemoveOrphanMeters(ctx, snap, a.usedPorts, firstPodPort); err != nil {
-		errs = append(errs, err)
 	}
 	log.Info("Restored attachments", "kept", kept, "removed", removed)
 	if err := errors.Join(errs...); err != nil {
@@ -230,6 +228,7 @@ func (a *agent) resync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.dp.LearnMetered(snap)
 	a.mu.Lock()
 	ats := make([]*datapath.Attachment, 0, len(a.atts))
 	for _, at := range a.atts {

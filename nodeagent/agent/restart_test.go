@@ -160,22 +160,24 @@ func TestRestartWithoutCache(t *testing.T) {
 }
 
 // TestVswitchdRestartRestoresMeters: ovs-vswitchd forgets OpenFlow meters and
-// flows when it restarts; the agent's resync puts the egress limit back.
+// flows when it restarts (and clears the root qdisc of the ports it opens);
+// the agent's resync puts both limits back.
 func TestVswitchdRestartRestoresMeters(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
 	a := e.addPod(podSpec{
 		name: "a", ips: "10.89.0.10/24", mac: "02:00:0a:59:00:0a",
-		extra: map[string]string{annotations.EgressBandwidth: "40M"},
+		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
 	})
 	b := e.addPod(podSpec{name: "b", ips: "10.89.0.11/24", mac: "02:00:0a:59:00:0b"})
+	port := e.ovsPortOf("ctr-a")
 	meterRe := regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
 	m := meterRe.FindStringSubmatch(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))
 	if m == nil {
 		t.Fatal("no 40 Mbit/s meter after ADD")
 	}
 	e.node.OVS.RestartVswitchd(t)
-	waitFor(t, "the meter to come back", func() bool {
-		return meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge)) &&
+	waitFor(t, "the limits to come back", func() bool {
+		return tbfRate(t, e, port) == 30e6/8 && meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge)) &&
 			strings.Contains(e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge), "actions=meter:"+m[1])
 	})
 	if err := e.cni.Check(a.rt); err != nil {

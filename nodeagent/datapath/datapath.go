@@ -15,12 +15,15 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -90,10 +93,10 @@ type ovsClient interface {
 	AddPort(ctx context.Context, p ovs.Port) error
 	DelPort(ctx context.Context, name string) error
 	SetPolicing(ctx context.Context, port string, p ovs.Policing) error
-	SetMeter(ctx context.Context, m ovs.Meter, exists bool) error
+	AddMeter(ctx context.Context, m ovs.Meter) error
+	ModMeter(ctx context.Context, m ovs.Meter) error
 	DelMeter(ctx context.Context, id int) error
 	AddMeterFlow(ctx context.Context, port, id int) error
-	DelPortFlows(ctx context.Context, port int) error
 	Interfaces(ctx context.Context) ([]ovs.Interface, error)
 	Meters(ctx context.Context) (map[int]ovs.Meter, error)
 	MeterFlows(ctx context.Context) (map[int]int, error)
@@ -114,6 +117,13 @@ type Config struct {
 }
 
 // Datapath sets pods' attachments up on one node.
+//
+// Egress meters: OpenFlow port number N (chosen by the agent) goes with meter
+// N and the flow "in_port=N, meter N, NORMAL". Flow changes are what costs in
+// ovs-vswitchd (hundreds of milliseconds under load, against tens for a meter
+// change), so when a pod goes, its number keeps meter and flow: the next pod
+// with an egress limit that gets the number only changes the meter's rate.
+// Pods without an egress limit get numbers without a flow (see Metered).
 type Datapath struct {
 	cfg       Config
 	host      netlinksafe.Handle // the node's network namespace
@@ -121,6 +131,9 @@ type Datapath struct {
 	openNetns netnsOpener
 	offload   offloadSwitch
 	announcer announcer
+
+	mu      sync.Mutex
+	metered map[int]bool // port numbers with meter and meter flow installed
 }
 
 // New returns a datapath working in the network namespace of host.
@@ -132,6 +145,38 @@ func New(cfg Config, host *netlink.Handle, o ovsClient) *Datapath {
 		openNetns: ns.GetNS,
 		offload:   ethtoolSwitch{},
 		announcer: packetAnnouncer{},
+		metered:   map[int]bool{},
+	}
+}
+
+// Metered reports whether OpenFlow port number n has its meter and meter
+// flow installed (as far as the datapath knows).
+func (d *Datapath) Metered(n int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.metered[n]
+}
+
+func (d *Datapath) setMetered(n int, v bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v {
+		d.metered[n] = true
+	} else {
+		delete(d.metered, n)
+	}
+}
+
+// LearnMetered replaces what the datapath knows about installed meters with
+// what snap shows.
+func (d *Datapath) LearnMetered(snap *Snapshot) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.metered = map[int]bool{}
+	for port, meter := range snap.MeterFlows {
+		if _, ok := snap.Meters[meter]; ok && port == meter {
+			d.metered[port] = true
+		}
 	}
 }
 
@@ -171,6 +216,12 @@ func (d *Datapath) enter(path string) (*podNetns, error) {
 
 // Setup makes the attachment: on failure it removes whatever it made, so
 // nothing is left half-configured. It returns the host veth's MAC.
+//
+// Once the veth pair exists, the steps that do not depend on each other run
+// at once: the OVS port (ovs-vsctl waits for ovs-vswitchd), the egress meter
+// and its flow (ovs-ofctl; a flow may name a port number before the port
+// exists), and the pod side (netlink). The ingress qdisc follows the port; the
+// announcements go out last, when the port forwards.
 func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.HardwareAddr, err error) {
 	log := klog.FromContext(ctx).WithValues("pod", a.Pod(), "containerID", a.ContainerID, "ifname", a.IfName)
 	mac, err := net.ParseMAC(a.MAC)
@@ -186,13 +237,17 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 		return nil, types.NewError(api.ErrInterfaceExists,
 			fmt.Sprintf("interface %s already exists in netns %s (%s, MAC %s): pick another ifname or remove it", a.IfName, a.Netns, l.Type(), l.Attrs().HardwareAddr), "")
 	}
+	want := a.Bandwidth
+	a.Bandwidth = annotations.Bandwidth{}
+	a.EgressMode = d.cfg.EgressMode
 	defer func() {
 		if err != nil {
-			if terr := d.Teardown(ctx, a); terr != nil {
+			if terr := d.Teardown(context.WithoutCancel(ctx), a); terr != nil {
 				log.Error(terr, "Cleanup after a failed setup left something behind")
 			}
 		}
 	}()
+	start := time.Now()
 	if err := d.addVeth(a, mac, pn); err != nil {
 		return nil, err
 	}
@@ -204,29 +259,44 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 		return nil, fmt.Errorf("set host veth %s up: %w", a.HostVeth, err)
 	}
 	port := ovs.Port{Name: a.HostVeth, OFPort: a.OFPort, VLAN: a.VLAN, ExternalIDs: a.ExternalIDs()}
-	want := a.Bandwidth
-	a.Bandwidth = annotations.Bandwidth{}
-	a.EgressMode = d.cfg.EgressMode
 	if a.EgressMode == bandwidth.EgressPolicing && want.Egress.Rate > 0 {
 		p, err := bandwidth.Policer(want.Egress)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 		}
 		port.Policing = &ovs.Policing{RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
 	}
-	if err := d.ovs.AddPort(ctx, port); err != nil {
+	var tPort, tMeter time.Duration
+	var g errgroup.Group
+	// The qdisc goes on after the port: ovs-vswitchd clears the root qdisc of
+	// an interface it adds when the port has no QoS of its own.
+	g.Go(func() error {
+		if err := d.ovs.AddPort(ctx, port); err != nil {
+			return err
+		}
+		tPort = time.Since(start)
+		return d.setIngress(a, want.Ingress, false)
+	})
+	if a.EgressMode == bandwidth.EgressMeter && (want.Egress.Rate > 0 || d.Metered(a.OFPort)) {
+		g.Go(func() error {
+			err := d.setEgress(ctx, a, want.Egress, nil)
+			tMeter = time.Since(start)
+			return err
+		})
+	}
+	podErr := d.configurePod(a, pn)
+	tPod := time.Since(start)
+	if err := errors.Join(g.Wait(), podErr); err != nil {
+		// What was made is recorded, so Teardown removes it.
+		a.Bandwidth = want
 		return nil, err
 	}
-	if port.Policing != nil {
-		a.Bandwidth.Egress = want.Egress
-	}
-	if err := d.SetBandwidth(ctx, a, want, nil); err != nil {
+	a.Bandwidth = want
+	if err := d.announce(a, pn); err != nil {
 		return nil, err
 	}
-	if err := d.configurePod(a, pn); err != nil {
-		return nil, err
-	}
-	log.V(2).Info("Attachment set up", "hostVeth", a.HostVeth, "ofport", a.OFPort, "ips", a.IPs)
+	log.V(2).Info("Attachment set up", "hostVeth", a.HostVeth, "ofport", a.OFPort, "ips", a.IPs,
+		"ovsPort", tPort, "meter", tMeter, "podSide", tPod, "total", time.Since(start))
 	return host.Attrs().HardwareAddr, nil
 }
 
@@ -286,6 +356,15 @@ func (d *Datapath) configurePod(a *Attachment, pn *podNetns) error {
 			return fmt.Errorf("switch TX checksum offload off on %s in netns %s: %w", a.IfName, a.Netns, err)
 		}
 	}
+	return nil
+}
+
+// announce tells the pod's neighbours where its addresses are now.
+func (d *Datapath) announce(a *Attachment, pn *podNetns) error {
+	link, err := pn.nl.LinkByName(a.IfName)
+	if err != nil {
+		return fmt.Errorf("find %s in netns %s: %w", a.IfName, a.Netns, err)
+	}
 	mac := link.Attrs().HardwareAddr
 	frames := make([][]byte, 0, len(a.IPs))
 	for _, p := range a.IPs {
@@ -336,30 +415,22 @@ func podRoutes(linkIndex int, ips []netip.Prefix, gateways []netip.Addr) []*netl
 	return out
 }
 
-// Teardown removes an attachment: its meter and flows, its OVS port and its
-// veth pair. Missing parts are fine (DEL is idempotent, and the pod's netns
-// may be gone, taking the veth pair with it).
+// Teardown removes an attachment: its OVS port and its veth pair, at once.
+// Its port number's meter and flow stay for the next pod (see Datapath).
+// Missing parts are fine (DEL is idempotent, and the pod's netns may be
+// gone, taking the veth pair with it).
 func (d *Datapath) Teardown(ctx context.Context, a *Attachment) error {
-	var errs []error
-	if a.OFPort > 0 && (a.EgressMode == "" || a.EgressMode == bandwidth.EgressMeter && a.Bandwidth.Egress.Rate > 0) {
-		if err := d.ovs.DelPortFlows(ctx, a.OFPort); err != nil {
-			errs = append(errs, err)
-		}
-		if err := d.ovs.DelMeter(ctx, a.OFPort); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := d.ovs.DelPort(ctx, a.HostVeth); err != nil {
-		errs = append(errs, err)
-	}
+	var g errgroup.Group
+	g.Go(func() error { return d.ovs.DelPort(ctx, a.HostVeth) })
+	var linkErr error
 	if l, err := d.host.LinkByName(a.HostVeth); err == nil {
 		if err := d.host.LinkDel(l); err != nil && !isNotFound(err) {
-			errs = append(errs, fmt.Errorf("delete host veth %s: %w", a.HostVeth, err))
+			linkErr = fmt.Errorf("delete host veth %s: %w", a.HostVeth, err)
 		}
 	} else if !isNotFound(err) {
-		errs = append(errs, fmt.Errorf("find host veth %s: %w", a.HostVeth, err))
+		linkErr = fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
 	}
-	return errors.Join(errs...)
+	return errors.Join(g.Wait(), linkErr)
 }
 
 func isNotFound(err error) bool {
@@ -482,57 +553,43 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 		return d.ovs.SetPolicing(ctx, a.HostVeth, pol)
 	case bandwidth.EgressMeter:
 		id := a.OFPort
+		if snap != nil {
+			_, hasMeter := snap.Meters[id]
+			d.setMetered(id, hasMeter && snap.MeterFlows[a.OFPort] == id)
+		}
 		if want.Rate == 0 {
-			if snap != nil {
-				if _, flow := snap.MeterFlows[a.OFPort]; !flow {
-					if _, meter := snap.Meters[id]; !meter {
-						return nil
-					}
-				}
+			if !d.Metered(id) && (snap == nil || !hasKey(snap.Meters, id)) {
+				return nil
 			}
-			if err := d.ovs.DelPortFlows(ctx, a.OFPort); err != nil {
-				return err
-			}
-			return d.ovs.DelMeter(ctx, id)
+			d.setMetered(id, false)
+			return d.ovs.DelMeter(ctx, id) // takes the flow with it
 		}
 		p, err := bandwidth.Policer(want)
 		if err != nil {
 			return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 		}
 		m := ovs.Meter{ID: id, RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
-		exists := a.Bandwidth.Egress.Rate > 0
-		if snap != nil {
-			cur, ok := snap.Meters[id]
-			if ok && cur == m && snap.MeterFlows[a.OFPort] == id {
-				return nil
-			}
-			exists = ok
+		if snap != nil && snap.Meters[id] == m && d.Metered(id) {
+			return nil
 		}
-		if err := d.ovs.SetMeter(ctx, m, exists); err != nil {
+		if d.Metered(id) {
+			err := d.ovs.ModMeter(ctx, m)
+			if !errors.Is(err, ovs.ErrUnknownMeter) {
+				return err
+			}
+			d.setMetered(id, false) // ovs-vswitchd restarted since
+		}
+		if err := d.ovs.AddMeter(ctx, m); err != nil {
 			return err
 		}
-		return d.ovs.AddMeterFlow(ctx, a.OFPort, id)
+		if err := d.ovs.AddMeterFlow(ctx, a.OFPort, id); err != nil {
+			return err
+		}
+		d.setMetered(id, true)
+		return nil
 	default:
 		return fmt.Errorf("egress mode %q of %s: want meter or policing", a.EgressMode, a.Key())
 	}
-}
-
-// RemoveOrphanMeters removes meters and meter flows of port numbers from
-// first upwards that no attachment uses (left by an agent that died between
-// removing a port and its meter).
-func (d *Datapath) RemoveOrphanMeters(ctx context.Context, snap *Snapshot, used map[int]bool, first int) error {
-	var errs []error
-	for port := range snap.MeterFlows {
-		if port >= first && !used[port] {
-			errs = append(errs, d.ovs.DelPortFlows(ctx, port))
-		}
-	}
-	for id := range snap.Meters {
-		if id >= first && !used[id] {
-			errs = append(errs, d.ovs.DelMeter(ctx, id))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // HostVethExists reports whether the host end of an attachment exists (it
@@ -563,4 +620,9 @@ func vlanString(v int) string {
 		return "untagged"
 	}
 	return "VLAN " + strconv.Itoa(v)
+}
+
+func hasKey[K comparable, V any](m map[K]V, k K) bool {
+	_, ok := m[k]
+	return ok
 }

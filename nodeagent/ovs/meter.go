@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -33,26 +34,35 @@ const meterFlowPriority = 100
 // portMatch matches every flow of the agent for port.
 func portMatch(port int) string { return fmt.Sprintf("table=0,in_port=%d", port) }
 
-// SetMeter creates the meter, or changes it when it exists.
-func (c *Client) SetMeter(ctx context.Context, m Meter, exists bool) error {
-	cmd := "add-meter"
-	if exists {
-		cmd = "mod-meter"
-	}
-	_, err := c.ofctl(ctx, cmd, meterSpec(m))
-	if err != nil && !exists && strings.Contains(err.Error(), "METER_EXISTS") {
+// ErrUnknownMeter is returned by ModMeter for a meter the switch lacks.
+var ErrUnknownMeter = errors.New("no such OpenFlow meter")
+
+// AddMeter creates the meter, or changes it if it already exists.
+func (c *Client) AddMeter(ctx context.Context, m Meter) error {
+	_, err := c.ofctl(ctx, "add-meter", meterSpec(m))
+	if err != nil && strings.Contains(err.Error(), "METER_EXISTS") {
 		_, err = c.ofctl(ctx, "mod-meter", meterSpec(m))
 	}
-	if err != nil && exists && strings.Contains(err.Error(), "UNKNOWN_METER") {
-		_, err = c.ofctl(ctx, "add-meter", meterSpec(m))
-	}
 	if err != nil {
-		return fmt.Errorf("set OpenFlow meter %d on %s: %w", m.ID, c.cfg.Bridge, err)
+		return fmt.Errorf("add OpenFlow meter %d on %s: %w", m.ID, c.cfg.Bridge, err)
 	}
 	return nil
 }
 
-// DelMeter deletes a meter; a missing one is not an error.
+// ModMeter changes an existing meter; ErrUnknownMeter if there is none.
+func (c *Client) ModMeter(ctx context.Context, m Meter) error {
+	_, err := c.ofctl(ctx, "mod-meter", meterSpec(m))
+	if err != nil && strings.Contains(err.Error(), "UNKNOWN_METER") {
+		return fmt.Errorf("change OpenFlow meter %d on %s: %w", m.ID, c.cfg.Bridge, ErrUnknownMeter)
+	}
+	if err != nil {
+		return fmt.Errorf("change OpenFlow meter %d on %s: %w", m.ID, c.cfg.Bridge, err)
+	}
+	return nil
+}
+
+// DelMeter deletes a meter and with it (OpenFlow 1.3, 6.6.4) every flow that
+// uses it; a missing meter is not an error.
 func (c *Client) DelMeter(ctx context.Context, id int) error {
 	if _, err := c.ofctl(ctx, "del-meter", "meter="+strconv.Itoa(id)); err != nil && !strings.Contains(err.Error(), "UNKNOWN_METER") {
 		return fmt.Errorf("delete OpenFlow meter %d on %s: %w", id, c.cfg.Bridge, err)

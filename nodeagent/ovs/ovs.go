@@ -243,9 +243,11 @@ func (c *Client) SetPolicing(ctx context.Context, port string, p Policing) error
 	return nil
 }
 
-// DelPort removes a port; a missing port is not an error.
+// DelPort removes a port; a missing port is not an error. It does not wait
+// for ovs-vswitchd to apply the removal (nothing depends on it, and the
+// next change that waits also waits for this one).
 func (c *Client) DelPort(ctx context.Context, name string) error {
-	if _, err := c.vsctl(ctx, "--", "--if-exists", "del-port", c.cfg.Bridge, name); err != nil {
+	if _, err := c.vsctl(ctx, "--no-wait", "--", "--if-exists", "del-port", c.cfg.Bridge, name); err != nil {
 		return fmt.Errorf("remove port %s from OVS bridge %s: %w", name, c.cfg.Bridge, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package ovs
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -160,13 +161,19 @@ func TestClientAgainstOVS(t *testing.T) {
 		t.Fatalf("p1 = %+v", p1)
 	}
 	m := Meter{ID: 120, RateKbps: 1000, BurstKbits: 800}
-	if err := c.SetMeter(ctx, m, false); err != nil {
+	if err := c.ModMeter(ctx, m); !errors.Is(err, ErrUnknownMeter) {
+		t.Fatalf("ModMeter of a missing meter = %v; want ErrUnknownMeter", err)
+	}
+	if err := c.AddMeter(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	m.RateKbps = 1500
+	if err := c.ModMeter(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 	m.RateKbps = 2000
-	// The caller's belief may be wrong both ways; SetMeter copes.
-	if err := c.SetMeter(ctx, m, false); err != nil {
-		t.Fatalf("SetMeter on an existing meter believed absent: %v", err)
+	if err := c.AddMeter(ctx, m); err != nil {
+		t.Fatalf("AddMeter on an existing meter: %v", err)
 	}
 	if err := c.AddMeterFlow(ctx, 120, 120); err != nil {
 		t.Fatal(err)
@@ -178,17 +185,21 @@ func TestClientAgainstOVS(t *testing.T) {
 	if flows, err := c.MeterFlows(ctx); err != nil || flows[120] != 120 {
 		t.Fatalf("MeterFlows = %v, %v", flows, err)
 	}
-	if err := c.DelPortFlows(ctx, 120); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.DelMeter(ctx, 120); err != nil {
 		t.Fatal(err)
+	}
+	if flows, err := c.MeterFlows(ctx); err != nil || len(flows) != 0 {
+		t.Fatalf("flows after deleting their meter: %v, %v", flows, err)
 	}
 	if err := c.DelMeter(ctx, 120); err != nil {
 		t.Fatalf("DelMeter of a missing meter: %v", err)
 	}
-	if err := c.SetMeter(ctx, m, true); err != nil {
-		t.Fatalf("SetMeter on a missing meter believed present: %v", err)
+	// The datapath relies on these two OVS behaviours.
+	if err := c.AddMeterFlow(ctx, 121, 121); err == nil {
+		t.Error("OVS accepted a flow through a missing meter")
+	}
+	if err := c.DelPortFlows(ctx, 121); err != nil {
+		t.Errorf("DelPortFlows without flows: %v", err)
 	}
 	if err := c.DelPort(ctx, "p1"); err != nil {
 		t.Fatal(err)

@@ -49,7 +49,9 @@ func fileName(containerID, ifName string) string {
 	return esc(containerID) + "_" + esc(ifName) + ".json"
 }
 
-// Put writes the record (temporary file, fsync, rename).
+// Put writes the record (temporary file, rename). There is no fsync: the
+// records must survive the agent, not the node (a rebooted node has none of
+// the attachments left), and ADD waits for this write.
 func (s *Store) Put(a *datapath.Attachment) error {
 	b, err := json.MarshalIndent(a, "", "  ")
 	if err != nil {
@@ -61,10 +63,6 @@ func (s *Store) Put(a *datapath.Attachment) error {
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write attachment %s: %w", a.Key(), err)
-	}
-	if err := f.Sync(); err != nil {
 		f.Close()
 		return fmt.Errorf("write attachment %s: %w", a.Key(), err)
 	}
