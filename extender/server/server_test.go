@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -278,4 +279,58 @@ func TestReadinessAndMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+}
+
+// TestConcurrentRequests answers requests from several goroutines while
+// the cluster view changes; run with -race it checks that pooled request
+// state and the view are not shared unsafely.
+func TestConcurrentRequests(t *testing.T) {
+	st := testState()
+	srv := New(st, Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
+	srv.SetReady()
+	bodies := map[string][]byte{}
+	for _, f := range []string{"filter-plain", "filter-pool", "filter-sriov", "filter-sriov-unrequested", "prioritize-sticky", "prioritize-sriov"} {
+		bodies[f] = fixture(t, "requests/"+f+".json")
+	}
+	stop := make(chan struct{})
+	mutated := make(chan struct{})
+	go func() {
+		defer close(mutated)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"rack": fmt.Sprint(1 + i%2), "sriov": "yes"}}}
+			n.Status.Allocatable = corev1.ResourceList{fast: *resource.NewQuantity(int64(i%3), resource.DecimalSI)}
+			st.SetNode(n)
+		}
+	}()
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for i := range 200 {
+				name := []string{"filter-plain", "filter-pool", "filter-sriov", "filter-sriov-unrequested", "prioritize-sticky", "prioritize-sriov"}[(g+i)%6]
+				verb, _, _ := strings.Cut(name, "-")
+				w := post(srv, "/"+verb, "application/json", bytes.NewReader(bodies[name]))
+				if w.Code != http.StatusOK || !json.Valid(w.Body.Bytes()) {
+					errs <- fmt.Errorf("%s: %d %s", name, w.Code, w.Body)
+					return
+				}
+				if name == "filter-plain" && !strings.Contains(w.Body.String(), `"NodeNames":["n1", "n2", "n3", "n4", "n5", "zz"]`) {
+					errs <- fmt.Errorf("%s: answer %s does not echo the names", name, w.Body)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(stop)
+	<-mutated
 }
