@@ -26,8 +26,8 @@ build: ## Build stickynet's binaries into _output/bin.
 	done
 
 .PHONY: tools
-tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes, containerd, CNI plugins, pause), cached in ~/.cache/stickynet.
-	hack/build-tools.sh etcd kube containerd cniplugins images
+tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes, containerd, CNI plugins, pause, helm), cached in ~/.cache/stickynet.
+	hack/build-tools.sh etcd kube containerd cniplugins images helm
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Regenerate deepcopy code and CRD manifests from api/.

@@ -59,6 +59,9 @@ for tool in "$@"; do
       loopback=github.com/containernetworking/plugins/plugins/main/loopback \
       bandwidth=github.com/containernetworking/plugins/plugins/meta/bandwidth
     ;;
+  helm)
+    build helm helm v3.22.0 "-X helm.sh/helm/v3/internal/version.version=v3.22.0" "" helm=helm.sh/helm/v3/cmd/helm
+    ;;
   images)
     # Programs baked into the local cluster's images (e2e/images assembles them).
     build images images v1.0.0 "" "" pause=./pause

@@ -1,0 +1,215 @@
+// Package chart_test checks the Helm chart charts/stickynet: helm lint, that
+// every stickynet container's arguments are flags its binary accepts, that
+// the MutatingWebhookConfiguration matches the one the Go code builds, and
+// that the API server of the local cluster accepts every rendered object
+// (server-side dry run).
+package chart_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/webhook/app"
+)
+
+const chartDir = "../../charts/stickynet"
+
+func helm(t *testing.T, args ...string) []byte {
+	t.Helper()
+	bin := testenv.NeedTool(t, "helm", "helm")
+	// The Kubernetes version the local cluster runs (helm's built-in default is older).
+	args = append(args, "--kube-version", "v1.37.2")
+	cmd := exec.Command(bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+	}
+	return out
+}
+
+// objects splits a rendered manifest into documents, keyed by kind/name.
+func objects(t *testing.T, manifest []byte) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	r := utilyaml.NewYAMLReader(bufioReader(manifest))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var meta struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatal(err)
+		}
+		if meta.Kind != "" {
+			out[meta.Kind+"/"+meta.Metadata.Name] = doc
+		}
+	}
+}
+
+func TestLintAndTemplate(t *testing.T) {
+	testenv.Integration(t)
+	helm(t, "lint", "--strict", chartDir)
+	helm(t, "lint", "--strict", chartDir, "--set", "webhook.certMode=cert-manager", "--set", "etcd.bundled.enabled=false", "--set", "etcd.endpoints={https://etcd.example:2379}")
+	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system"))
+	for _, want := range []string{
+		"Deployment/stickynet-webhook", "MutatingWebhookConfiguration/stickynet", "StatefulSet/stickynet-etcd",
+		"Deployment/stickynet-extender", "Deployment/stickynet-scheduler", "DaemonSet/stickynet-nodeagent",
+	} {
+		if _, ok := objs[want]; !ok {
+			t.Errorf("rendered chart lacks %s", want)
+		}
+	}
+	cm := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", "webhook.certMode=cert-manager"))
+	if _, ok := cm["Certificate/stickynet-webhook"]; !ok {
+		t.Error("cert-manager mode renders no Certificate")
+	}
+}
+
+// TestWebhookConfigurationMatchesCode: the chart's MutatingWebhookConfiguration
+// and the one webhook/app builds (used by the local cluster) agree on
+// everything but how the API server reaches the webhook.
+func TestWebhookConfigurationMatchesCode(t *testing.T) {
+	testenv.Integration(t)
+	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system"))
+	got := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(objs["MutatingWebhookConfiguration/stickynet"], got); err != nil {
+		t.Fatal(err)
+	}
+	want := app.WebhookConfiguration("stickynet", "stickynet-system", got.Webhooks[0].ClientConfig)
+	got.Labels, got.TypeMeta = nil, want.TypeMeta
+	if !equality.Semantic.DeepEqual(got.Webhooks, want.Webhooks) {
+		a, _ := yaml.Marshal(got.Webhooks)
+		b, _ := yaml.Marshal(want.Webhooks)
+		t.Fatalf("chart webhook:\n%s\ncode webhook:\n%s", a, b)
+	}
+}
+
+// TestContainerArgsAreFlags runs each stickynet binary with the arguments the
+// chart gives it and -h: the flag package exits 0 only if every argument
+// before -h is a known flag with a valid value.
+func TestContainerArgsAreFlags(t *testing.T) {
+	testenv.Integration(t)
+	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system"))
+	bins := t.TempDir()
+	build := exec.Command("go", "build", "-o", bins+"/", "../../webhook", "../../extender", "../../nodeagent")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	names := map[string]string{"webhook": "stickynet-webhook", "extender": "stickynet-extender", "nodeagent": "stickynet-nodeagent"}
+	var containers []corev1.Container
+	for key, doc := range objs {
+		switch {
+		case strings.HasPrefix(key, "Deployment/"):
+			d := &appsv1.Deployment{}
+			if err := yaml.Unmarshal(doc, d); err != nil {
+				t.Fatal(err)
+			}
+			containers = append(containers, d.Spec.Template.Spec.Containers...)
+		case strings.HasPrefix(key, "DaemonSet/"):
+			d := &appsv1.DaemonSet{}
+			if err := yaml.Unmarshal(doc, d); err != nil {
+				t.Fatal(err)
+			}
+			containers = append(containers, d.Spec.Template.Spec.Containers...)
+		}
+	}
+	checked := 0
+	for _, c := range containers {
+		if len(c.Command) == 0 || !strings.HasPrefix(c.Command[0], "/usr/local/bin/stickynet-") {
+			continue
+		}
+		base := filepath.Base(c.Command[0])
+		var bin string
+		for dir, name := range names {
+			if name == base {
+				bin = filepath.Join(bins, dir)
+			}
+		}
+		if bin == "" {
+			t.Fatalf("container %s runs %s, which is not built here", c.Name, base)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, bin, append(append([]string{}, c.Args...), "-h")...)
+		cmd.Env = []string{"NODE_NAME=test"}
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Errorf("%s %s: %v\n%s", base, strings.Join(c.Args, " "), err, lastLines(out, 5))
+		}
+		checked++
+	}
+	if checked != 3 {
+		t.Fatalf("checked %d stickynet containers; want 3 (webhook, extender, node agent)", checked)
+	}
+}
+
+// TestServerSideDryRun applies the rendered chart to a real API server with
+// --dry-run=server: every object must be valid.
+func TestServerSideDryRun(t *testing.T) {
+	testenv.Root(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, SimNodes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	if err := c.InstallCRDs(ctx, chartDir+"/crds"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateNamespace(ctx, "stickynet-system", nil); err != nil {
+		t.Fatal(err)
+	}
+	manifest := helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system")
+	f := filepath.Join(t.TempDir(), "chart.yaml")
+	if err := os.WriteFile(f, manifest, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Kubectl(ctx, "apply", "--dry-run=server", "-f", f)
+	if err != nil {
+		t.Fatalf("server-side dry run: %v\n%s", err, out)
+	}
+	if n := strings.Count(string(out), "(server dry run)"); n < 20 {
+		t.Fatalf("only %d objects accepted:\n%s", n, out)
+	}
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
