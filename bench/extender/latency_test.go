@@ -229,17 +229,49 @@ func call(b *testing.B, h http.Handler, path string, body []byte) []byte {
 // roundTrip is one filter+prioritize pair through some transport.
 type roundTrip func(path string, body []byte) error
 
+// inProcess calls the handler directly, with a response writer that
+// only counts what is written.
 func inProcess(h http.Handler) roundTrip {
+	var w discard
 	return func(path string, body []byte) error {
 		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		if w.Code != http.StatusOK {
-			return fmt.Errorf("%s: status %d", path, w.Code)
+		w.reset()
+		h.ServeHTTP(&w, req)
+		if w.code != http.StatusOK || w.n == 0 {
+			return fmt.Errorf("%s: status %d, %d bytes", path, w.code, w.n)
 		}
 		return nil
 	}
+}
+
+// discard is an http.ResponseWriter that keeps the status and counts bytes.
+type discard struct {
+	header http.Header
+	code   int
+	n      int
+}
+
+func (d *discard) reset() {
+	if d.header == nil {
+		d.header = http.Header{}
+	}
+	clear(d.header)
+	d.code, d.n = 0, 0
+}
+
+func (d *discard) Header() http.Header { return d.header }
+
+func (d *discard) WriteHeader(code int) {
+	if d.code == 0 {
+		d.code = code
+	}
+}
+
+func (d *discard) Write(p []byte) (int, error) {
+	d.WriteHeader(http.StatusOK)
+	d.n += len(p)
+	return len(p), nil
 }
 
 // overHTTP posts to url with a keep-alive client, as kube-scheduler's
