@@ -44,12 +44,19 @@ type request struct {
 	rawNames []byte
 	plain    bool
 	count    int
-	names    []string // filled by split
+	// spans locate each name in rawNames (its raw content); a name that is
+	// not plain has from < 0 and its decoded value in decoded[to].
+	spans   []span
+	decoded []string
+	names   []string // filled by split
 }
+
+type span struct{ from, to int32 }
 
 // decode decodes body into r.
 func (r *request) decode(body []byte) error {
-	r.pod, r.rawNames, r.plain, r.count, r.names = nil, nil, false, 0, r.names[:0]
+	r.pod, r.rawNames, r.plain, r.count = nil, nil, false, 0
+	r.spans, r.decoded, r.names = r.spans[:0], r.decoded[:0], r.names[:0]
 	s := scanner{b: body}
 	s.space()
 	if s.i == len(body) {
@@ -341,11 +348,17 @@ func (r *request) scanNames(s *scanner) error {
 		if err != nil {
 			return fmt.Errorf(`%w (in "NodeNames")`, err)
 		}
-		if !plain {
-			if _, err := unquote(raw); err != nil {
+		if plain {
+			to := int32(s.i - 1 - start)
+			r.spans = append(r.spans, span{to - int32(len(raw)), to})
+		} else {
+			name, err := unquote(raw)
+			if err != nil {
 				return fmt.Errorf("decode NodeNames: %w", err)
 			}
 			r.plain = false
+			r.spans = append(r.spans, span{-1, int32(len(r.decoded))})
+			r.decoded = append(r.decoded, name)
 		}
 		r.count++
 		s.space()
@@ -377,32 +390,11 @@ func (r *request) split(shared bool) []string {
 		raw = unsafe.String(unsafe.SliceData(r.rawNames), len(r.rawNames))
 	}
 	names := slices.Grow(r.names[:0], r.count)
-	if r.plain {
-		// Every quote opens or closes a name.
-		for i := 0; ; {
-			open := strings.IndexByte(raw[i:], '"')
-			if open < 0 {
-				break
-			}
-			open += i + 1
-			end := open + strings.IndexByte(raw[open:], '"')
-			names = append(names, raw[open:end])
-			i = end + 1
-		}
-	} else {
-		s := scanner{b: unsafe.Slice(unsafe.StringData(raw), len(raw)), i: 1}
-		for len(names) < r.count {
-			s.space()
-			from := s.i + 1
-			content, plain, _ := s.str() // checked by scanNames
-			if plain {
-				names = append(names, raw[from:from+len(content)])
-			} else {
-				name, _ := unquote(content)
-				names = append(names, name)
-			}
-			s.space()
-			s.i++ // ',' or ']'
+	for _, sp := range r.spans {
+		if sp.from < 0 {
+			names = append(names, r.decoded[sp.to])
+		} else {
+			names = append(names, raw[sp.from:sp.to])
 		}
 	}
 	r.names = names

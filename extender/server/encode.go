@@ -14,13 +14,11 @@ import (
 // than the decision. The layout is that of the extender/v1 types, which
 // carry no JSON tags.
 
-// appendPassAll appends an ExtenderFilterResult that passes every node of
-// rawNames, the NodeNames array of the request as it came.
-func appendPassAll(b, rawNames []byte) []byte {
-	b = append(b, `{"NodeNames":`...)
-	b = append(b, rawNames...)
-	return append(b, `,"FailedNodes":{},"FailedAndUnresolvableNodes":{},"Error":""}`...)
-}
+// An ExtenderFilterResult that passes every node is passAllHead, the
+// request's NodeNames array as it came, and passAllTail.
+const passAllHead = `{"NodeNames":`
+
+var passAllTail = []byte(`,"FailedNodes":{},"FailedAndUnresolvableNodes":{},"Error":""}`)
 
 // appendFilterResult appends res as an ExtenderFilterResult for a
 // nodeCacheCapable extender. plain says the node names need no escaping.

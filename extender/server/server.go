@@ -78,7 +78,9 @@ type exchange struct {
 	body bytes.Buffer
 	req  request
 	res  filter.Result
-	out  []byte
+	// The answer is out, followed by raw and tail when raw is set (a part
+	// of the body sent back as is).
+	out, raw, tail []byte
 }
 
 // New returns a Server that reads src. It answers verbs with 503 until
@@ -150,11 +152,15 @@ func (s *Server) verb(name string, fn verbFunc) http.HandlerFunc {
 			return
 		}
 		d := demand.Of(ex.req.pod)
-		ex.out = ex.out[:0]
+		ex.out, ex.raw, ex.tail = ex.out[:0], nil, nil
 		fn(ex, d)
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(ex.out)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(ex.out)+len(ex.raw)+len(ex.tail)))
 		_, _ = w.Write(ex.out)
+		if ex.raw != nil {
+			_, _ = w.Write(ex.raw)
+			_, _ = w.Write(ex.tail)
+		}
 		logger.V(4).Info("Answered", "verb", name, "pod", klog.KObj(ex.req.pod), "nodes", ex.req.count,
 			"pool", d.Pool, "network", d.Network, "elapsed", time.Since(begin))
 	}
@@ -192,7 +198,8 @@ func (s *Server) filter(ex *exchange, d demand.Demand) {
 	if !d.Placed() {
 		// Every node passes: the names go back as they came.
 		s.metrics.fastPath.WithLabelValues(FilterVerb).Inc()
-		ex.out = appendPassAll(ex.out, ex.req.rawNames)
+		ex.out = append(ex.out, passAllHead...)
+		ex.raw, ex.tail = ex.req.rawNames, passAllTail
 		return
 	}
 	names := ex.req.split(true)
