@@ -94,6 +94,10 @@ type Options struct {
 	// KernelModuleDir is where the openvswitch module shows when loaded
 	// (auto datapath type).
 	KernelModuleDir string
+	// MeterReserve is how many free OpenFlow port numbers are kept with a
+	// meter and flow ready for pods with an egress limit; 0 means 8, a
+	// negative number none.
+	MeterReserve int
 	// Ready, when set, is called once the agent answers on its socket.
 	Ready func()
 }
@@ -119,6 +123,9 @@ func (o *Options) Defaults() {
 	def(&o.KernelModuleDir, "/sys/module/openvswitch")
 	if o.PodWait == 0 {
 		o.PodWait = 5 * time.Second
+	}
+	if o.MeterReserve == 0 {
+		o.MeterReserve = 8
 	}
 }
 
@@ -157,6 +164,7 @@ type agent struct {
 	usedPorts  map[int]bool                    // OpenFlow port numbers in use on the bridge
 	podChanged chan struct{}                   // closed and replaced on every pod event
 	ready      bool
+	warm       chan struct{}                   // wakes warmLoop
 }
 
 // Run runs the agent until ctx ends. It leaves every attachment in place
@@ -232,6 +240,7 @@ func Run(ctx context.Context, opts Options) error {
 		atts:       map[string]*datapath.Attachment{},
 		usedPorts:  map[int]bool{},
 		podChanged: make(chan struct{}),
+		warm:       make(chan struct{}, 1),
 	}
 	defer a.queue.ShutDown()
 	log.Info("Starting", "bridge", opts.Bridge, "datapathType", dpType, "egressMode", egress, "socket", opts.Socket, "node", opts.NodeName)
@@ -253,9 +262,10 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.bandwidthWorker(ctx) }()
 	go func() { defer wg.Done(); a.resyncLoop(ctx) }()
+	go func() { defer wg.Done(); a.warmLoop(ctx) }()
 	go func() {
 		<-ctx.Done()
 		a.queue.ShutDown()

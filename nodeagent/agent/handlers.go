@@ -152,6 +152,9 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, error) {
 	a.mu.Lock()
 	a.atts[at.Key()] = at
 	a.mu.Unlock()
+	if at.Bandwidth.Egress.Rate > 0 {
+		a.wakeWarm()
+	}
 	return buildResult(conf.CNIVersion, at, hostMAC)
 }
 

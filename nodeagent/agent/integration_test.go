@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -404,12 +405,13 @@ func TestCheckFindsDrift(t *testing.T) {
 			}
 		}
 	}
-	e.node.OVS.Ofctl(t, "del-meter", e.node.Bridge, "meter=100")
+	n := e.node.OVS.Vsctl(t, "get", "Interface", e.ovsPortOf("ctr-a"), "ofport")
+	e.node.OVS.Ofctl(t, "del-meter", e.node.Bridge, "meter="+n)
 	err = e.cni.Check(a.rt)
 	if cniCode(err) != api.ErrCheckFailed {
 		t.Fatalf("CHECK after drift = %v; want code %d", err, api.ErrCheckFailed)
 	}
-	for _, want := range []string{"lacks address 10.82.0.10/24", "no default route via 10.82.0.1", "lacks the tbf", "meter 100"} {
+	for _, want := range []string{"lacks address 10.82.0.10/24", "no default route via 10.82.0.1", "lacks the tbf", "meter " + n} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("CHECK error %q does not say %q", err, want)
 		}
@@ -486,7 +488,7 @@ func TestConflistInstalled(t *testing.T) {
 // pod with an egress limit takes that number and only the rate changes; a pod
 // without a limit gets a number without a meter.
 func TestMeterReuse(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(o *agent.Options) { o.MeterReserve = -1 })
 	ofport := func(containerID string) string {
 		return e.node.OVS.Vsctl(t, "get", "Interface", e.ovsPortOf(containerID), "ofport")
 	}
@@ -519,5 +521,32 @@ func TestMeterReuse(t *testing.T) {
 	}
 	if !ping(t, plain, "10.91.0.12", 2) {
 		t.Error("pods do not reach each other")
+	}
+}
+
+// The agent keeps free port numbers with a meter ready, so ADD of a pod with
+// an egress limit only sets a rate.
+func TestMeterReserve(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.MeterReserve = 3 })
+	re := regexp.MustCompile(`in_port=(\d+) actions=meter:(\d+)`)
+	ready := func() map[string]bool {
+		out := map[string]bool{}
+		for _, m := range re.FindAllStringSubmatch(e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge), -1) {
+			if m[1] == m[2] {
+				out[m[1]] = true
+			}
+		}
+		return out
+	}
+	waitFor(t, "3 meters ready", func() bool { return len(ready()) == 3 })
+	before := ready()
+	p := e.addPod(podSpec{name: "a", ips: "10.92.0.10/24", mac: "02:00:0a:5c:00:0a", extra: map[string]string{annotations.EgressBandwidth: "10M"}})
+	n := e.node.OVS.Vsctl(t, "get", "Interface", e.ovsPortOf("ctr-a"), "ofport")
+	if !before[n] {
+		t.Errorf("pod got port %s; the ready ones were %v", n, before)
+	}
+	waitFor(t, "the reserve to refill", func() bool { return len(ready()) == 4 })
+	if err := e.cni.Check(p.rt); err != nil {
+		t.Error(err)
 	}
 }

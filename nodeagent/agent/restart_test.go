@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,9 +32,7 @@ func (e *env) portState(containerID string) portState {
 }
 
 // TestRestartKeepsPodsRunning restarts the agent while two pods talk: their
-// ping and TCP stream must not notice; meanwhile a third pod was deleted and
-// a fourth pod's netns vanished, and the restarted agent removes their
-// leftovers.
+// ping and TCP stream must not notice, and their ports stay as they were.
 func TestRestartKeepsPodsRunning(t *testing.T) {
 	needIperf(t)
 	e := newEnv(t, nil)
@@ -42,17 +41,13 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 		extra: map[string]string{annotations.IngressBandwidth: "50M", annotations.EgressBandwidth: "50M"},
 	})
 	b := e.addPod(podSpec{name: "b", ips: "10.87.0.11/24", mac: "02:00:0a:57:00:0b"})
-	c := e.addPod(podSpec{name: "c", ips: "10.87.0.12/24", mac: "02:00:0a:57:00:0c"})
-	d := e.addPod(podSpec{name: "d", ips: "10.87.0.13/24", mac: "02:00:0a:57:00:0d"})
 	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
-	portC, portD := e.ovsPortOf("ctr-c"), e.ovsPortOf("ctr-d")
-	_ = c
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	// 8 s of ping every 50 ms from a to b, and a TCP stream from b to a at
 	// 10 Mbit/s (below a's limit), reporting every half second.
-	pinger := a.netns.Command(ctx, "busybox", "ping", "-c", "160", "-i", "0.05", "-W", "1", "10.87.0.11")
+	pinger := a.netns.Command(ctx, "busybox", "ping", "-c", "160", "-i", "0.05", "-W", "2", "10.87.0.11")
 	var pingOut strings.Builder
 	pinger.Stdout = &pingOut
 	iperfServer(t, a)
@@ -66,19 +61,14 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 	if err := stream.Start(); err != nil {
 		t.Fatal(err)
 	}
-
 	time.Sleep(2 * time.Second)
-	e.agent.Stop(t)
-	e.pods.Delete("default", "c") // c is gone while the agent is down
-	d.netns.Remove(t)             // d's sandbox went, and its veth with it
-	time.Sleep(time.Second)
 	e.restart()
 
 	if err := pinger.Wait(); err != nil {
 		t.Errorf("ping: %v\n%s", err, pingOut.String())
 	}
 	if !strings.Contains(pingOut.String(), "160 packets received") {
-		t.Errorf("ping lost packets across the restart:\n%s", lastLines(pingOut.String(), 3))
+		t.Errorf("ping lost packets across the restart:\n%s", lostPings(pingOut.String(), 160))
 	}
 	if err := stream.Wait(); err != nil {
 		t.Errorf("TCP stream: %v", err)
@@ -100,30 +90,77 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 			t.Errorf("TCP stream stalled in the half second from %.1fs", iv.Sum.Start)
 		}
 	}
+	for name, want := range before {
+		if got := e.portState("ctr-" + name); got != want {
+			t.Errorf("pod %s's port changed across the restart: %+v -> %+v", name, want, got)
+		}
+	}
+	for _, p := range []*testPod{a, b} {
+		if err := e.cni.Check(p.rt); err != nil {
+			t.Errorf("CHECK %s after restart: %v", p.pod.Name, err)
+		}
+	}
+}
+
+// lostPings lists the sequence numbers busybox ping got no reply for.
+func lostPings(out string, count int) string {
+	got := map[int]bool{}
+	for _, m := range regexp.MustCompile(`seq=(\d+) `).FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.Atoi(m[1])
+		got[n] = true
+	}
+	var lost []string
+	for i := range count {
+		if !got[i] {
+			lost = append(lost, strconv.Itoa(i))
+		}
+	}
+	return "no reply to seq " + strings.Join(lost, ",") + "\n" + lastLines(out, 2)
+}
+
+// TestRestartRemovesGonePods: while the agent is down one pod is deleted and
+// another pod's netns vanishes; the restarted agent removes what is left of
+// them and leaves the others as they were.
+func TestRestartRemovesGonePods(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.93.0.10/24", mac: "02:00:0a:5d:00:0a",
+		extra: map[string]string{annotations.IngressBandwidth: "50M", annotations.EgressBandwidth: "50M"},
+	})
+	b := e.addPod(podSpec{name: "b", ips: "10.93.0.11/24", mac: "02:00:0a:5d:00:0b"})
+	e.addPod(podSpec{name: "c", ips: "10.93.0.12/24", mac: "02:00:0a:5d:00:0c"})
+	d := e.addPod(podSpec{name: "d", ips: "10.93.0.13/24", mac: "02:00:0a:5d:00:0d"})
+	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
+	portC, portD := e.ovsPortOf("ctr-c"), e.ovsPortOf("ctr-d")
+
+	e.agent.Stop(t)
+	e.pods.Delete("default", "c") // c is gone while the agent is down
+	d.netns.Remove(t)             // d's sandbox went, and its veth with it
+	e.restart()
 
 	for name, want := range before {
 		if got := e.portState("ctr-" + name); got != want {
 			t.Errorf("pod %s's port changed across the restart: %+v -> %+v", name, want, got)
 		}
 	}
-	if err := e.cni.Check(a.rt); err != nil {
-		t.Errorf("CHECK a after restart: %v", err)
-	}
-	if err := e.cni.Check(b.rt); err != nil {
-		t.Errorf("CHECK b after restart: %v", err)
+	for _, p := range []*testPod{a, b} {
+		if err := e.cni.Check(p.rt); err != nil {
+			t.Errorf("CHECK %s after restart: %v", p.pod.Name, err)
+		}
 	}
 	for name, port := range map[string]string{"c": portC, "d": portD} {
 		if p := e.ovsPortOf("ctr-" + name); p != "" {
 			t.Errorf("pod %s's OVS port %s survived the restart", name, p)
 		}
-		for _, v := range e.hostVeths() {
-			if v == port {
-				t.Errorf("pod %s's host veth %s survived the restart", name, v)
-			}
+		if slices.Contains(e.hostVeths(), port) {
+			t.Errorf("pod %s's host veth %s survived the restart", name, port)
 		}
 	}
 	if recs := e.records(); len(recs) != 2 {
 		t.Errorf("records after restart: %v; want a's and b's", recs)
+	}
+	if !ping(t, a, "10.93.0.11", 2) {
+		t.Error("a and b do not reach each other after the restart")
 	}
 }
 
@@ -195,7 +232,19 @@ func TestLiveBandwidthApplied(t *testing.T) {
 	a := e.addPod(podSpec{name: "a", ips: "10.90.0.10/24", mac: "02:00:0a:5a:00:0a"})
 	port := e.ovsPortOf("ctr-a")
 	ofport, _ := strconv.Atoi(e.node.OVS.Vsctl(t, "get", "Interface", port, "ofport"))
-	if tbfRate(t, e, port) != 0 || strings.Contains(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge), "meter=") {
+	// The meter of a's port number, if any, and whether a flow sends a's
+	// traffic through it.
+	meterOf := func() (string, bool) {
+		var meter string
+		for _, m := range strings.Split(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge), "meter=")[1:] {
+			if strings.HasPrefix(m, strconv.Itoa(ofport)+" ") {
+				meter = m
+			}
+		}
+		flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge)
+		return meter, strings.Contains(flows, fmt.Sprintf("in_port=%d actions=meter:%d", ofport, ofport))
+	}
+	if m, flow := meterOf(); tbfRate(t, e, port) != 0 || m != "" || flow {
 		t.Fatal("limits installed for a pod without bandwidth annotations")
 	}
 	steps := []struct {
@@ -220,11 +269,10 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		}
 		e.pods.Set(pod)
 		waitFor(t, fmt.Sprintf("step %d", i), func() bool {
-			meters := e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge)
-			flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge)
-			meterOK := !strings.Contains(meters, "meter=") && !strings.Contains(flows, "meter:")
+			meter, flow := meterOf()
+			meterOK := meter == "" && !flow
 			if s.wantMeter != "" {
-				meterOK = strings.Contains(meters, s.wantMeter) && strings.Contains(flows, fmt.Sprintf("in_port=%d actions=meter:%d", ofport, ofport))
+				meterOK = strings.Contains(meter, s.wantMeter) && flow
 			}
 			return tbfRate(t, e, port) == s.wantTBF && meterOK
 		})

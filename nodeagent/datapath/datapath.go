@@ -167,6 +167,28 @@ func (d *Datapath) setMetered(n int, v bool) {
 	}
 }
 
+// unlimitedMeter is the rate of a meter kept for a future pod (100 Gbit/s):
+// no traffic goes through it until a pod with an egress limit takes its
+// number and sets its own rate.
+const unlimitedMeterKbps = 100_000_000
+
+// WarmMeter installs meter n at an unlimited rate and the flow for port
+// number n, so that a later pod with an egress limit only changes the rate.
+// The caller keeps n from being allocated meanwhile.
+func (d *Datapath) WarmMeter(ctx context.Context, n int) error {
+	if d.cfg.EgressMode != bandwidth.EgressMeter || d.Metered(n) {
+		return nil
+	}
+	if err := d.ovs.AddMeter(ctx, ovs.Meter{ID: n, RateKbps: unlimitedMeterKbps, BurstKbits: unlimitedMeterKbps * bandwidth.PolicerBurstPercent / 100}); err != nil {
+		return err
+	}
+	if err := d.ovs.AddMeterFlow(ctx, n, n); err != nil {
+		return err
+	}
+	d.setMetered(n, true)
+	return nil
+}
+
 // LearnMetered replaces what the datapath knows about installed meters with
 // what snap shows.
 func (d *Datapath) LearnMetered(snap *Snapshot) {
@@ -179,6 +201,9 @@ func (d *Datapath) LearnMetered(snap *Snapshot) {
 		}
 	}
 }
+
+// MeterMode reports whether egress limits are OpenFlow meters.
+func (d *Datapath) MeterMode() bool { return d.cfg.EgressMode == bandwidth.EgressMeter }
 
 // Config returns the datapath's configuration.
 func (d *Datapath) Config() Config { return d.cfg }
