@@ -164,7 +164,7 @@ type agent struct {
 	usedPorts  map[int]bool                    // OpenFlow port numbers in use on the bridge
 	podChanged chan struct{}                   // closed and replaced on every pod event
 	ready      bool
-	warm       chan struct{}                   // wakes warmLoop
+	warm       chan struct{} // wakes warmLoop
 }
 
 // Run runs the agent until ctx ends. It leaves every attachment in place
