@@ -91,7 +91,7 @@ cluster-down: localcluster ## Stop the local cluster's supervisor by its PID and
 ##@ Benchmarks
 
 .PHONY: bench
-bench: bench-ipam bench-webhook bench-extender ## Run every benchmark.
+bench: bench-ipam bench-webhook bench-extender bench-cni ## Run every benchmark.
 
 .PHONY: bench-ipam
 bench-ipam: ## Sticky allocations/s and latency at 64 callers vs raw etcd transactions, and cache rebuild time.
@@ -119,3 +119,19 @@ fuzz-extender: ## Fuzz the extender's request decoding against encoding/json for
 .PHONY: bench-extender
 bench-extender: ## Extender filter+prioritize p50/p99 at 5,000 nodes (in process, HTTP); kube-scheduler pods/s on 1,000 nodes with stickynet, no-op and no extender (as root).
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./bench/extender/
+
+##@ Node
+
+.PHONY: nodeagent
+nodeagent: ## Build the node agent and the CNI plugin into _output/bin (stickynet-nodeagent, stickynet).
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/stickynet-nodeagent ./nodeagent
+	$(GO) build -o $(BIN)/stickynet ./cni
+
+.PHONY: test-node
+test-node: ## Node agent and CNI tests: unit, and (as root) real OVS, netns, qdiscs and iperf3 bandwidth runs.
+	$(GO) test -count=1 -timeout 30m ./cni/... ./nodeagent/...
+
+.PHONY: bench-cni
+bench-cni: ## CNI ADD/DEL p50/p99 over 200 pods, stickynet vs bridge+host-local+bandwidth, and agent RSS (as root, after `make tools`).
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/cni/
