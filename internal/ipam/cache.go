@@ -3,6 +3,7 @@ package ipam
 import (
 	"encoding/json"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -120,13 +121,74 @@ func (c *cache) reset() {
 	c.macs = map[string]*entry{}
 }
 
-// Replace implements store.Handler.
+// Replace implements store.Handler. Values are decoded on every core before
+// the cache is locked and indexed (a rebuild from 100,000 addresses is mostly decoding).
 func (c *cache) Replace(kvs []store.KV, _ int64) {
+	type decoded struct {
+		pool   string
+		ip     netip.Addr
+		isHold bool
+		ok     bool
+		rec    record
+		hold   hold
+	}
+	out := make([]decoded, len(kvs))
+	workers := min(runtime.GOMAXPROCS(0), 1+len(kvs)/1000)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(kvs); i += workers {
+				d := &out[i]
+				d.pool, d.ip, d.isHold, d.ok = c.keys.parseAddrKey(kvs[i].Key)
+				if !d.ok {
+					continue
+				}
+				var err error
+				if d.isHold {
+					err = json.Unmarshal(kvs[i].Value, &d.hold)
+				} else {
+					err = json.Unmarshal(kvs[i].Value, &d.rec)
+				}
+				d.ok = err == nil
+			}
+		}()
+	}
+	wg.Wait()
+
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reset()
-	for i := range kvs {
-		c.putLocked(&kvs[i])
+	c.idents = make(map[string][]*entry, len(kvs))
+	c.macs = make(map[string]*entry, len(kvs))
+	perPool := map[string]int{}
+	for i := range out {
+		perPool[out[i].pool]++
+	}
+	for pool, n := range perPool {
+		c.pools[pool] = make(map[netip.Addr]*entry, n)
+	}
+	entries := make([]entry, len(kvs)) // one allocation for all entries
+	for i := range out {
+		d := &out[i]
+		if !d.ok {
+			c.bad++
+			continue
+		}
+		e := c.get(d.pool, d.ip)
+		if e == nil {
+			e = &entries[i]
+			e.pool, e.ip = d.pool, d.ip
+			c.link(e)
+		}
+		if d.isHold {
+			h := d.hold
+			e.hold, e.holdRev = &h, kvs[i].ModRevision
+			continue
+		}
+		e.rec, e.rev, e.lease = d.rec, kvs[i].ModRevision, kvs[i].Lease
+		c.indexRecord(e)
 	}
 }
 
