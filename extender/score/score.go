@@ -11,6 +11,7 @@ package score
 
 import (
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -79,6 +80,25 @@ const top = extenderv1.MaxExtenderPriority
 // In a cluster whose nodes have the same share of VFs free, an SR-IOV pod
 // thus gets an empty list, as a pod with nothing to prefer does.
 func (o Options) Prioritize(d demand.Demand, nodes []string, r reader) extenderv1.HostPriorityList {
+	var res Result
+	o.Into(&res, d, nodes, r)
+	return res.Priorities
+}
+
+// Result holds the scores of one call and the room to compute them; Into
+// reuses it.
+type Result struct {
+	// Priorities are the nodes that score above 0; never nil.
+	Priorities extenderv1.HostPriorityList
+	scores     []int8
+}
+
+// Into is Prioritize writing into res.
+func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
+	res.Priorities = res.Priorities[:0]
+	if res.Priorities == nil {
+		res.Priorities = extenderv1.HostPriorityList{}
+	}
 	last := ""
 	if o.PreferLastNode && d.StickyKey != "" {
 		last, _ = r.LastNode(d.StickyKey)
@@ -86,32 +106,31 @@ func (o Options) Prioritize(d demand.Demand, nodes []string, r reader) extenderv
 	if d.Network == "" || o.Placement == None || o.Placement == "" {
 		for _, name := range nodes {
 			if name == last {
-				return extenderv1.HostPriorityList{{Host: name, Score: top}}
+				res.Priorities = append(res.Priorities, extenderv1.HostPriority{Host: name, Score: top})
+				return
 			}
 		}
-		return extenderv1.HostPriorityList{}
+		return
 	}
-	res := r.Resource(d.Resource)
-	scores := make([]int8, len(nodes))
+	res.scores = slices.Grow(res.scores[:0], len(nodes))[:len(nodes)]
+	vr := r.Resource(d.Resource)
 	low := top
 	for i, name := range nodes {
 		s := int64(0)
 		if name == last {
 			s = top
 		} else if n := r.Node(name); n != nil {
-			alloc, used := r.VFs(n, res)
+			alloc, used := r.VFs(n, vr)
 			s = vfScore(o.Placement, alloc, alloc-used-d.VFs)
 		}
-		scores[i] = int8(s)
+		res.scores[i] = int8(s)
 		low = min(low, s)
 	}
-	out := extenderv1.HostPriorityList{}
-	for i, s := range scores {
+	for i, s := range res.scores {
 		if s := int64(s) - low; s > 0 {
-			out = append(out, extenderv1.HostPriority{Host: nodes[i], Score: s})
+			res.Priorities = append(res.Priorities, extenderv1.HostPriority{Host: nodes[i], Score: s})
 		}
 	}
-	return out
 }
 
 // vfScore scores a node with alloc VFs of which free remain once the pod is

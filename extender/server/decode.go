@@ -385,9 +385,11 @@ func (r *request) split(shared bool) []string {
 	if len(r.names) == r.count && r.count > 0 {
 		return r.names
 	}
-	raw := string(r.rawNames) // a copy, unless shared
+	var raw string
 	if shared {
 		raw = unsafe.String(unsafe.SliceData(r.rawNames), len(r.rawNames))
+	} else {
+		raw = string(r.rawNames)
 	}
 	names := slices.Grow(r.names[:0], r.count)
 	for _, sp := range r.spans {

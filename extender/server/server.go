@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
-	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/stickynet/stickynet/extender/demand"
 	"github.com/stickynet/stickynet/extender/filter"
@@ -78,6 +77,7 @@ type exchange struct {
 	body bytes.Buffer
 	req  request
 	res  filter.Result
+	prio score.Result
 	// The answer is out, followed by raw and tail when raw is set (a part
 	// of the body sent back as is).
 	out, raw, tail []byte
@@ -215,12 +215,11 @@ func (s *Server) prioritize(ex *exchange, d demand.Demand) {
 		return
 	}
 	names := ex.req.split(true)
-	var out extenderv1.HostPriorityList
-	s.src.Read(func(r state.Reader) { out = s.opts.Score.Prioritize(d, names, r) })
-	if len(out) == 0 {
+	s.src.Read(func(r state.Reader) { s.opts.Score.Into(&ex.prio, d, names, r) })
+	if len(ex.prio.Priorities) == 0 {
 		s.metrics.fastPath.WithLabelValues(PrioritizeVerb).Inc()
 	}
-	ex.out = appendPriorities(ex.out, out, ex.req.plain)
+	ex.out = appendPriorities(ex.out, ex.prio.Priorities, ex.req.plain)
 }
 
 // text answers with a plain-text message.
