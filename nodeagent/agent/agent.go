@@ -19,17 +19,20 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/bandwidth"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
 	"github.com/stickynet/stickynet/nodeagent/ovs"
 	"github.com/stickynet/stickynet/nodeagent/podsource"
 	"github.com/stickynet/stickynet/nodeagent/server"
+	"github.com/stickynet/stickynet/nodeagent/sriov"
 	"github.com/stickynet/stickynet/nodeagent/state"
 )
 
@@ -42,6 +45,16 @@ type PodSource interface {
 	Get(namespace, name string) (*corev1.Pod, bool)
 	// List returns every pod of the node.
 	List() []*corev1.Pod
+}
+
+// SriovNetworkSource gives the agent the cluster's SriovNetworks.
+type SriovNetworkSource interface {
+	// Start begins watching; onChange is called after every change.
+	Start(ctx context.Context, onChange func()) error
+	// Synced reports whether the source has seen every SriovNetwork once.
+	Synced() bool
+	Get(name string) (*v1alpha1.SriovNetwork, bool)
+	List() []*v1alpha1.SriovNetwork
 }
 
 // Options configure an agent. Every path is configurable so that agents can
@@ -98,6 +111,12 @@ type Options struct {
 	// meter and flow ready for pods with an egress limit; 0 means 8, a
 	// negative number none.
 	MeterReserve int
+	// SysfsRoot is where SR-IOV VFs are looked up.
+	SysfsRoot string
+	// SriovPF makes the PF-side VF calls; nil means netlink on the node's PFs.
+	SriovPF sriov.PF
+	// SriovNetworks replaces the SriovNetwork informer (tests, simulations).
+	SriovNetworks SriovNetworkSource
 	// Ready, when set, is called once the agent answers on its socket.
 	Ready func()
 }
@@ -121,6 +140,7 @@ func (o *Options) Defaults() {
 	def(&o.CNIConfName, "10-stickynet.conflist")
 	def(&o.CNINetwork, "stickynet")
 	def(&o.KernelModuleDir, "/sys/module/openvswitch")
+	def(&o.SysfsRoot, "/sys")
 	if o.PodWait == 0 {
 		o.PodWait = 5 * time.Second
 	}
@@ -151,6 +171,8 @@ func (o *Options) validate() error {
 type agent struct {
 	opts     Options
 	pods     PodSource
+	nets     SriovNetworkSource
+	kube     kubernetes.Interface // nil without an API server
 	ovs      *ovs.Client
 	dp       *datapath.Datapath
 	store    *state.Store
@@ -162,6 +184,8 @@ type agent struct {
 	mu         sync.Mutex
 	atts       map[string]*datapath.Attachment // by Attachment.Key
 	usedPorts  map[int]bool                    // OpenFlow port numbers in use on the bridge
+	usedVFs    map[string]bool                 // "pf/index" of VFs given to pods
+	advertise  chan struct{}                   // wakes advertiseLoop
 	podChanged chan struct{}                   // closed and replaced on every pod event
 	ready      bool
 	warm       chan struct{} // wakes warmLoop
@@ -177,18 +201,31 @@ func Run(ctx context.Context, opts Options) error {
 	log := klog.FromContext(ctx).WithName("nodeagent")
 	ctx = klog.NewContext(ctx, log)
 
-	pods := opts.Pods
-	if pods == nil {
+	var kube kubernetes.Interface
+	var dyn dynamic.Interface
+	if opts.Pods == nil || opts.Kubeconfig != "" {
 		cfg, err := clientcmd.BuildConfigFromFlags("", opts.Kubeconfig)
 		if err != nil {
 			return fmt.Errorf("load API server credentials: %w", err)
 		}
 		cfg.UserAgent = "stickynet-nodeagent/" + opts.NodeName
-		client, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
+		if kube, err = kubernetes.NewForConfig(cfg); err != nil {
 			return fmt.Errorf("API client: %w", err)
 		}
-		pods = podsource.NewInformer(client, opts.NodeName)
+		if dyn, err = dynamic.NewForConfig(cfg); err != nil {
+			return fmt.Errorf("API client: %w", err)
+		}
+	}
+	pods := opts.Pods
+	if pods == nil {
+		pods = podsource.NewInformer(kube, opts.NodeName)
+	}
+	nets := opts.SriovNetworks
+	if nets == nil && dyn != nil {
+		nets = podsource.NewSriovNetworkInformer(dyn)
+	}
+	if nets == nil {
+		nets = podsource.NewStaticSriovNetworks()
 	}
 
 	host, err := hostHandle(opts.Netns)
@@ -227,26 +264,44 @@ func Run(ctx context.Context, opts Options) error {
 	a := &agent{
 		opts:  opts,
 		pods:  pods,
+		nets:  nets,
+		kube:  kube,
 		ovs:   oc,
 		store: store,
 		dp: datapath.New(datapath.Config{
 			EgressMode:    egress,
 			TxChecksumOff: dpType == ovs.DatapathNetdev,
 			MTU:           opts.MTU,
+			SysfsRoot:     opts.SysfsRoot,
 		}, host, oc),
 		dpType:     dpType,
 		network:    opts.CNINetwork,
 		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		atts:       map[string]*datapath.Attachment{},
 		usedPorts:  map[int]bool{},
+		usedVFs:    map[string]bool{},
+		advertise:  make(chan struct{}, 1),
 		podChanged: make(chan struct{}),
 		warm:       make(chan struct{}, 1),
 	}
 	defer a.queue.ShutDown()
+	hostNS, err := openHostNS(opts.Netns)
+	if err != nil {
+		return err
+	}
+	defer hostNS.Close()
+	pf := opts.SriovPF
+	if pf == nil {
+		pf = sriov.NetlinkPF{Handle: host}
+	}
+	a.dp.EnableSRIOV(pf, hostNS)
 	log.Info("Starting", "bridge", opts.Bridge, "datapathType", dpType, "egressMode", egress, "socket", opts.Socket, "node", opts.NodeName)
 
 	if err := pods.Start(ctx, a.onPodChange); err != nil {
 		return fmt.Errorf("start pod source: %w", err)
+	}
+	if err := nets.Start(ctx, a.wakeAdvertise); err != nil {
+		return fmt.Errorf("start SriovNetwork source: %w", err)
 	}
 	if err := a.restore(ctx); err != nil {
 		return err
@@ -262,10 +317,11 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); a.bandwidthWorker(ctx) }()
 	go func() { defer wg.Done(); a.resyncLoop(ctx) }()
 	go func() { defer wg.Done(); a.warmLoop(ctx) }()
+	go func() { defer wg.Done(); a.advertiseLoop(ctx) }()
 	go func() {
 		<-ctx.Done()
 		a.queue.ShutDown()
@@ -278,6 +334,23 @@ func Run(ctx context.Context, opts Options) error {
 	wg.Wait()
 	log.Info("Stopped")
 	return err
+}
+
+// openHostNS opens the node's network namespace (the agent's own when path
+// is empty).
+func openHostNS(path string) (ns.NetNS, error) {
+	if path == "" {
+		n, err := ns.GetCurrentNS()
+		if err != nil {
+			return nil, fmt.Errorf("open the agent's netns: %w", err)
+		}
+		return n, nil
+	}
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return nil, fmt.Errorf("open node netns %s: %w", path, err)
+	}
+	return n, nil
 }
 
 // hostHandle is a netlink handle in the node's network namespace.

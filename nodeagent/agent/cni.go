@@ -49,7 +49,8 @@ func parseCNIArgs(s string) (podRef, error) {
 }
 
 // buildResult is the ADD result in the configuration's CNI version: the host
-// veth, the pod interface (in the sandbox), its addresses and default routes.
+// veth (none for a VF), the pod interface (in the sandbox), its addresses and
+// default routes.
 func buildResult(cniVersion string, a *datapath.Attachment, hostMAC net.HardwareAddr) ([]byte, error) {
 	podIdx := 1
 	r := &types100.Result{
@@ -58,6 +59,10 @@ func buildResult(cniVersion string, a *datapath.Attachment, hostMAC net.Hardware
 			{Name: a.HostVeth, Mac: hostMAC.String()},
 			{Name: a.IfName, Mac: a.MAC, Sandbox: a.Netns},
 		},
+	}
+	if a.VF != nil { // no host side: the VF itself is in the pod
+		podIdx = 0
+		r.Interfaces = []*types100.Interface{{Name: a.IfName, Mac: a.MAC, Sandbox: a.Netns, PciID: a.VF.PCI}}
 	}
 	for _, p := range a.IPs {
 		ipc := &types100.IPConfig{

@@ -94,10 +94,6 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
-		return nil, types.NewError(api.ErrUnsupported,
-			fmt.Sprintf("pod %s asks for SR-IOV network %q (%s), which this node agent does not serve", ref, name, annotations.SriovNetwork), "")
-	}
 	at := &datapath.Attachment{
 		Network:      conf.Name,
 		ContainerID:  req.ContainerID,
@@ -121,6 +117,18 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, error) {
 		if err := a.remove(ctx, old); err != nil {
 			return nil, err
 		}
+	}
+	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
+		if err := a.addVF(ctx, at, name, asg); err != nil {
+			return nil, err
+		}
+		if err := a.store.Put(at); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		a.atts[at.Key()] = at
+		a.mu.Unlock()
+		return buildResult(conf.CNIVersion, at, nil)
 	}
 	if at.OFPort, err = a.allocPort(at.Bandwidth.Egress.Rate > 0); err != nil {
 		return nil, err
@@ -215,7 +223,11 @@ func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
 	if a.atts[at.Key()] == at {
 		delete(a.atts, at.Key())
 	}
-	delete(a.usedPorts, at.OFPort)
+	if at.VF != nil {
+		delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))
+	} else {
+		delete(a.usedPorts, at.OFPort)
+	}
 	a.mu.Unlock()
 	klog.FromContext(ctx).V(2).Info("Attachment removed", "pod", at.Pod(), "key", at.Key(), "hostVeth", at.HostVeth)
 	return nil

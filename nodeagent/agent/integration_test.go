@@ -338,7 +338,7 @@ func TestBadInput(t *testing.T) {
 					extra: map[string]string{annotations.SriovNetwork: "fast"},
 				})
 			},
-			wantCode: api.ErrUnsupported, wantMsg: "SR-IOV",
+			wantCode: api.ErrUnsupported, wantMsg: `SriovNetwork "fast" does not exist`,
 		},
 	}
 	for _, tt := range tests {

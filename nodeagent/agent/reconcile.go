@@ -58,7 +58,7 @@ func (a *agent) restore(ctx context.Context) error {
 	for _, at := range known {
 		ifc, inOVS := byName[at.HostVeth]
 		pod, alive := a.livePod(at)
-		hostVeth := a.dp.HostVethExists(at.HostVeth)
+		hostVeth := at.VF != nil || a.dp.HostVethExists(at.HostVeth)
 		if !alive || !hostVeth || at.MAC == "" {
 			log.Info("Removing attachment of a pod that is gone", "pod", at.Pod(), "podUID", at.PodUID, "key", at.Key(),
 				"podKnown", alive, "hostVeth", hostVeth)
@@ -67,16 +67,22 @@ func (a *agent) restore(ctx context.Context) error {
 				continue
 			}
 			errs = append(errs, a.store.Delete(at))
-			delete(a.usedPorts, at.OFPort)
+			if at.VF == nil {
+				delete(a.usedPorts, at.OFPort)
+			}
 			removed++
 			continue
 		}
-		if inOVS && ifc.OFPort > 0 {
-			at.OFPort = ifc.OFPort
-		}
-		a.usedPorts[at.OFPort] = true
-		if err := a.dp.EnsurePort(ctx, at, inOVS); err != nil {
-			errs = append(errs, err)
+		if at.VF != nil {
+			a.usedVFs[vfKey(at.VF.PF, at.VF.Index)] = true
+		} else {
+			if inOVS && ifc.OFPort > 0 {
+				at.OFPort = ifc.OFPort
+			}
+			a.usedPorts[at.OFPort] = true
+			if err := a.dp.EnsurePort(ctx, at, inOVS); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		want := at.Bandwidth
 		if asg, err := podAssignment(pod); err == nil {

@@ -21,11 +21,14 @@ type APIServer struct {
 	Kubeconfig string // a kubeconfig file for Config
 }
 
-// StartAPIServer starts etcd and kube-apiserver; the test's cleanup stops them.
-func StartAPIServer(t testing.TB) *APIServer {
+// StartAPIServer starts etcd and kube-apiserver with the CustomResourceDefinitions
+// in crdDirs installed; the test's cleanup stops them.
+func StartAPIServer(t testing.TB, crdDirs ...string) *APIServer {
 	t.Helper()
 	testenv.Integration(t)
 	env := &envtest.Environment{
+		CRDDirectoryPaths:     crdDirs,
+		ErrorIfCRDPathMissing: len(crdDirs) > 0,
 		ControlPlane: envtest.ControlPlane{
 			APIServer: &envtest.APIServer{Path: testenv.NeedTool(t, "kube", "kube-apiserver")},
 			Etcd:      &envtest.Etcd{Path: testenv.NeedTool(t, "etcd", "etcd")},

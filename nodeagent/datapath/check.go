@@ -21,6 +21,9 @@ import (
 // and default routes, and the bandwidth limits. It returns a CNI error listing
 // every difference.
 func (d *Datapath) Check(ctx context.Context, a *Attachment) error {
+	if a.VF != nil {
+		return d.checkVF(a)
+	}
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 

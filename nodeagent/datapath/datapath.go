@@ -31,6 +31,7 @@ import (
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/bandwidth"
 	"github.com/stickynet/stickynet/nodeagent/ovs"
+	"github.com/stickynet/stickynet/nodeagent/sriov"
 )
 
 // External IDs the agent puts on a pod's OVS interface.
@@ -66,6 +67,8 @@ type Attachment struct {
 	Bandwidth    annotations.Bandwidth `json:"bandwidth"` // limits in force
 	// EgressMode is how the egress limit is enforced (meter or policing).
 	EgressMode bandwidth.EgressMode `json:"egressMode,omitempty"`
+	// VF is set for an SR-IOV attachment, which has no veth and no OVS port.
+	VF *VFState `json:"vf,omitempty"`
 }
 
 // Key identifies an attachment as the runtime does: container and ifname.
@@ -114,6 +117,8 @@ type Config struct {
 	TxChecksumOff bool
 	// MTU of both veth ends; 0 leaves the kernel's default.
 	MTU int
+	// SysfsRoot is where VFs are looked up (/sys on a real node).
+	SysfsRoot string
 }
 
 // Datapath sets pods' attachments up on one node.
@@ -134,6 +139,9 @@ type Datapath struct {
 
 	mu      sync.Mutex
 	metered map[int]bool // port numbers with meter and meter flow installed
+
+	pf     sriov.PF // PF-side VF calls; nil: no SR-IOV
+	hostNS ns.NetNS // the node's namespace, where VFs return
 }
 
 // New returns a datapath working in the network namespace of host.
@@ -200,6 +208,12 @@ func (d *Datapath) LearnMetered(snap *Snapshot) {
 			d.metered[port] = true
 		}
 	}
+}
+
+// EnableSRIOV lets the datapath attach VFs: pf makes the PF-side calls and
+// hostNS is the node's namespace, where VF netdevs go back on detach.
+func (d *Datapath) EnableSRIOV(pf sriov.PF, hostNS ns.NetNS) {
+	d.pf, d.hostNS = pf, hostNS
 }
 
 // MeterMode reports whether egress limits are OpenFlow meters.
@@ -309,7 +323,7 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 			return err
 		})
 	}
-	podErr := d.configurePod(a, pn)
+	podErr := d.configurePodLink(a, pn, d.cfg.TxChecksumOff)
 	tPod := time.Since(start)
 	if err := errors.Join(g.Wait(), podErr); err != nil {
 		// What was made is recorded, so Teardown removes it.
@@ -351,9 +365,9 @@ func (d *Datapath) addVeth(a *Attachment, mac net.HardwareAddr, pn *podNetns) er
 	return nil
 }
 
-// configurePod addresses the pod end, routes via the gateways and announces
-// the addresses.
-func (d *Datapath) configurePod(a *Attachment, pn *podNetns) error {
+// configurePodLink addresses the pod's interface, sets it up and routes via
+// the gateways; txChecksumOff switches its TX checksum offload off.
+func (d *Datapath) configurePodLink(a *Attachment, pn *podNetns, txChecksumOff bool) error {
 	link, err := pn.nl.LinkByName(a.IfName)
 	if err != nil {
 		return fmt.Errorf("find %s in netns %s: %w", a.IfName, a.Netns, err)
@@ -376,7 +390,7 @@ func (d *Datapath) configurePod(a *Attachment, pn *podNetns) error {
 			return fmt.Errorf("add route %s in netns %s: %w", r, a.Netns, err)
 		}
 	}
-	if d.cfg.TxChecksumOff {
+	if txChecksumOff {
 		if err := pn.ns.Do(func(ns.NetNS) error { return d.offload.TxChecksumOff(a.IfName) }); err != nil {
 			return fmt.Errorf("switch TX checksum offload off on %s in netns %s: %w", a.IfName, a.Netns, err)
 		}
@@ -445,6 +459,9 @@ func podRoutes(linkIndex int, ips []netip.Prefix, gateways []netip.Addr) []*netl
 // Missing parts are fine (DEL is idempotent, and the pod's netns may be
 // gone, taking the veth pair with it).
 func (d *Datapath) Teardown(ctx context.Context, a *Attachment) error {
+	if a.VF != nil {
+		return d.teardownVF(a)
+	}
 	var g errgroup.Group
 	g.Go(func() error { return d.ovs.DelPort(ctx, a.HostVeth) })
 	var linkErr error
@@ -497,6 +514,9 @@ func (d *Datapath) Snapshot(ctx context.Context) (*Snapshot, error) {
 // (the agent made it); with a snapshot, what is installed is compared instead
 // (after a restart of the agent or of ovs-vswitchd, which loses meters).
 func (d *Datapath) SetBandwidth(ctx context.Context, a *Attachment, want annotations.Bandwidth, snap *Snapshot) error {
+	if a.VF != nil {
+		return d.setVFBandwidth(a, want)
+	}
 	if err := d.setIngress(a, want.Ingress, snap != nil); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
-// Package podsource gives the node agent the pods of its node: from a
-// client-go informer limited to the node (field selector spec.nodeName), or
-// from a static set that tests and simulations fill by hand.
+// Package podsource gives the node agent the Kubernetes objects it reads:
+// the pods of its node, from a client-go informer limited to the node (field
+// selector spec.nodeName), and the SriovNetworks, from a dynamic informer; or
+// either from a static set that tests and simulations fill by hand.
 package podsource
 
 import (

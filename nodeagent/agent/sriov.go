@@ -1,0 +1,278 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/datapath"
+	"github.com/stickynet/stickynet/nodeagent/sriov"
+)
+
+func vfKey(pf string, index int) string { return pf + "/" + strconv.Itoa(index) }
+
+// waitSriovNetwork returns the SriovNetwork once the source has it.
+func (a *agent) waitSriovNetwork(ctx context.Context, name string) (*v1alpha1.SriovNetwork, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.PodWait)
+	defer cancel()
+	for {
+		if n, ok := a.nets.Get(name); ok {
+			return n, nil
+		}
+		if a.nets.Synced() {
+			return nil, types.NewError(api.ErrUnsupported, fmt.Sprintf("SriovNetwork %q does not exist", name), "")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("SriovNetworks not known to the node agent after %s; try again later", a.opts.PodWait), "")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// vfConfig is the PF-side configuration for a pod on a network.
+func vfConfig(n *v1alpha1.SriovNetwork, asg annotations.Assignment) sriov.Config {
+	c := sriov.Config{
+		MAC:           asg.MAC.String(),
+		VLAN:          asg.VLAN,
+		SpoofChk:      true,
+		MaxTxRateMbps: datapath.MaxTxRateMbps(asg.Bandwidth.Egress),
+		LinkState:     sriov.LinkAuto,
+	}
+	if n.Spec.VLAN > 0 {
+		c.VLAN = int(n.Spec.VLAN)
+	}
+	if n.Spec.SpoofChk != nil {
+		c.SpoofChk = *n.Spec.SpoofChk
+	}
+	if n.Spec.Trust != nil {
+		c.Trust = *n.Spec.Trust
+	}
+	if n.Spec.LinkState != "" {
+		c.LinkState = sriov.LinkState(n.Spec.LinkState)
+	}
+	return c
+}
+
+// allocVF reserves the first free VF of the network's PFs whose netdev is in
+// the node's namespace.
+func (a *agent) allocVF(n *v1alpha1.SriovNetwork) (sriov.VF, error) {
+	var seen []string
+	for _, pf := range n.Spec.PFNames {
+		vfs, err := sriov.Discover(a.opts.SysfsRoot, pf)
+		if err != nil {
+			seen = append(seen, err.Error())
+			continue
+		}
+		for _, vf := range vfs {
+			if vf.NetDev == "" || !a.dp.HostLinkExists(vf.NetDev) {
+				continue
+			}
+			a.mu.Lock()
+			taken := a.usedVFs[vfKey(pf, vf.Index)]
+			if !taken {
+				a.usedVFs[vfKey(pf, vf.Index)] = true
+			}
+			a.mu.Unlock()
+			if !taken {
+				return vf, nil
+			}
+		}
+		seen = append(seen, fmt.Sprintf("PF %s: %d VFs, none free", pf, len(vfs)))
+	}
+	return sriov.VF{}, types.NewError(types.ErrTryAgainLater,
+		fmt.Sprintf("no free VF of SriovNetwork %s on this node; try again later", n.Name), strings.Join(seen, "; "))
+}
+
+func (a *agent) freeVF(v *datapath.VFState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.usedVFs, vfKey(v.PF, v.Index))
+}
+
+// addVF attaches the pod through a VF of the SriovNetwork it names.
+func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, name string, asg annotations.Assignment) error {
+	n, err := a.waitSriovNetwork(ctx, name)
+	if err != nil {
+		return err
+	}
+	vf, err := a.allocVF(n)
+	if err != nil {
+		return err
+	}
+	at.VF = &datapath.VFState{PF: vf.PF, Index: vf.Index, PCI: vf.PCI, NetDev: vf.NetDev}
+	at.HostVeth = ""
+	if err := a.dp.PrepareVF(at); err != nil {
+		a.freeVF(at.VF)
+		return err
+	}
+	// How the VF was goes to disk before anything changes.
+	if err := a.store.Put(at); err != nil {
+		a.freeVF(at.VF)
+		return err
+	}
+	cfg := vfConfig(n, asg)
+	if err := a.dp.SetupVF(at, cfg); err != nil {
+		if derr := a.store.Delete(at); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		a.freeVF(at.VF)
+		return err
+	}
+	at.Bandwidth = asg.Bandwidth
+	klog.FromContext(ctx).V(2).Info("VF attached", "pod", at.Pod(), "pf", vf.PF, "vf", vf.Index, "netdev", vf.NetDev)
+	return nil
+}
+
+// ResourceName is the extended resource of a SriovNetwork's VFs.
+func ResourceName(network string) corev1.ResourceName {
+	return corev1.ResourceName(annotations.SriovResourcePrefix + network)
+}
+
+func (a *agent) wakeAdvertise() {
+	select {
+	case a.advertise <- struct{}{}:
+	default:
+	}
+}
+
+// advertiseLoop keeps the Node's SR-IOV extended resources right: for each
+// SriovNetwork that selects the node, the number of its VFs here.
+func (a *agent) advertiseLoop(ctx context.Context) {
+	if a.kube == nil || a.opts.NodeName == "" {
+		return
+	}
+	log := klog.FromContext(ctx)
+	period := a.opts.ResyncPeriod
+	if period <= 0 {
+		period = time.Minute
+	}
+	for {
+		if a.nets.Synced() {
+			if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
+				log.Error(err, "Advertising SR-IOV resources failed")
+			}
+		}
+		wait := period
+		if !a.nets.Synced() {
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.advertise:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// vfCounts is, per resource, the VFs of each SriovNetwork that selects a
+// node with labels: those whose netdev the node sees, plus those given to
+// pods (a VF in a pod's namespace is not visible in the node's sysfs). It is
+// the capacity: the scheduler subtracts what pods request.
+func (a *agent) vfCounts(nodeLabels map[string]string) map[corev1.ResourceName]int {
+	out := map[corev1.ResourceName]int{}
+	a.mu.Lock()
+	used := map[string]bool{}
+	for k := range a.usedVFs {
+		used[k] = true
+	}
+	a.mu.Unlock()
+	for _, n := range a.nets.List() {
+		sel := labels.Everything()
+		if n.Spec.NodeSelector != nil {
+			s, err := metav1.LabelSelectorAsSelector(n.Spec.NodeSelector)
+			if err != nil {
+				continue
+			}
+			sel = s
+		}
+		if !sel.Matches(labels.Set(nodeLabels)) {
+			continue
+		}
+		count := 0
+		for _, pf := range n.Spec.PFNames {
+			vfs, err := sriov.Discover(a.opts.SysfsRoot, pf)
+			if err != nil {
+				continue
+			}
+			for _, vf := range vfs {
+				if vf.NetDev != "" || used[vfKey(pf, vf.Index)] {
+					count++
+				}
+			}
+		}
+		out[ResourceName(n.Name)] = count
+	}
+	return out
+}
+
+func (a *agent) advertiseOnce(ctx context.Context) error {
+	node, err := a.kube.CoreV1().Nodes().Get(ctx, a.opts.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get node %s: %w", a.opts.NodeName, err)
+	}
+	patch := resourcePatch(node.Status.Capacity, a.vfCounts(node.Labels))
+	if patch == nil {
+		return nil
+	}
+	if _, err := a.kube.CoreV1().Nodes().PatchStatus(ctx, a.opts.NodeName, patch); err != nil {
+		return fmt.Errorf("patch SR-IOV resources of node %s: %w", a.opts.NodeName, err)
+	}
+	klog.FromContext(ctx).Info("SR-IOV resources advertised", "node", a.opts.NodeName, "patch", string(patch))
+	return nil
+}
+
+// resourcePatch is the merge patch that makes the node's stickynet.io/sriov-*
+// capacity and allocatable equal want (nil when they already are).
+func resourcePatch(have corev1.ResourceList, want map[corev1.ResourceName]int) []byte {
+	set := map[string]any{}
+	for name, q := range have {
+		if strings.HasPrefix(string(name), annotations.SriovResourcePrefix) {
+			if _, ok := want[name]; !ok {
+				set[string(name)] = nil
+			} else if q.Value() == int64(want[name]) {
+				set[string(name)] = "keep"
+			}
+		}
+	}
+	names := make([]string, 0, len(want))
+	for name := range want {
+		names = append(names, string(name))
+	}
+	sort.Strings(names)
+	changed := false
+	for _, name := range names {
+		if set[name] == "keep" {
+			delete(set, name)
+			continue
+		}
+		set[name] = strconv.Itoa(want[corev1.ResourceName(name)])
+		changed = true
+	}
+	for _, v := range set {
+		if v == nil {
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	b, _ := json.Marshal(map[string]any{"status": map[string]any{"capacity": set, "allocatable": set}})
+	return b
+}

@@ -1,0 +1,299 @@
+package agent_test
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/agent"
+	"github.com/stickynet/stickynet/nodeagent/agenttest"
+	"github.com/stickynet/stickynet/nodeagent/podsource"
+	"github.com/stickynet/stickynet/nodeagent/sriov"
+	"github.com/stickynet/stickynet/nodeagent/sriov/sriovtest"
+)
+
+var untouched = sriov.Config{MAC: "00:00:00:00:00:00", SpoofChk: true, LinkState: sriov.LinkAuto}
+
+// sriovEnv is a node whose "PF" pf0 has VFs whose netdevs are veths in the
+// node's namespace; each VF's peer sits in a "wire" namespace with an
+// address, so traffic through a VF in a pod is real.
+type sriovEnv struct {
+	*env
+	pf   *sriovtest.Recorder
+	wire *agenttest.Netns
+}
+
+func newSriovEnv(t *testing.T, vfs int, mutate func(*agent.Options)) *sriovEnv {
+	t.Helper()
+	root := t.TempDir()
+	var names []string
+	initial := map[string]sriov.Config{}
+	for i := range vfs {
+		names = append(names, "pf0v"+string(rune('0'+i)))
+		initial["pf0/"+string(rune('0'+i))] = untouched
+	}
+	if err := sriovtest.MakeTree(root, "pf0", names); err != nil {
+		t.Fatal(err)
+	}
+	s := &sriovEnv{pf: sriovtest.NewRecorder(initial)}
+	trust := true
+	net := &v1alpha1.SriovNetwork{
+		ObjectMeta: metav1.ObjectMeta{Name: "fast"},
+		Spec:       v1alpha1.SriovNetworkSpec{PFNames: []string{"pf0"}, VLAN: 100, Trust: &trust, LinkState: v1alpha1.LinkStateEnable},
+	}
+	node := agenttest.NewNode(t)
+	s.wire = agenttest.NewNetns(t)
+	h := handleIn(t, node.Netns)
+	wire := handleIn(t, s.wire)
+	for _, n := range names {
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: n, MTU: 1400}, PeerName: n + "w", PeerNamespace: netlink.NsFd(int(s.wire.Fd()))}); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := wire.LinkByName(n + "w")
+		if err := wire.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, _ := wire.LinkByName("pf0v0w")
+	addr, _ := netlink.ParseAddr("10.94.0.2/24")
+	if err := wire.AddrAdd(l, addr); err != nil {
+		t.Fatal(err)
+	}
+	pods := agenttest.NewStatic()
+	opts := node.Options(pods)
+	opts.SysfsRoot = root
+	opts.SriovPF = s.pf
+	opts.SriovNetworks = podsource.NewStaticSriovNetworks(net)
+	if mutate != nil {
+		mutate(&opts)
+	}
+	e := &env{t: t, node: node, pods: pods, opts: opts}
+	e.agent = agenttest.StartAgent(t, opts)
+	e.cni = agenttest.NewCNI(t, node, filepath.Join(opts.CNIConfDir, "10-stickynet.conflist"))
+	s.env = e
+	return s
+}
+
+func vfPod(name, ip, mac string, extra map[string]string) podSpec {
+	ann := map[string]string{annotations.SriovNetwork: "fast"}
+	for k, v := range extra {
+		ann[k] = v
+	}
+	return podSpec{name: name, ips: ip, mac: mac, extra: ann}
+}
+
+func TestSriovAttachDetach(t *testing.T) {
+	s := newSriovEnv(t, 2, nil)
+	host := s.hostHandle()
+	origMAC := func(name string) string {
+		l, err := host.LinkByName(name)
+		if err != nil {
+			t.Fatalf("VF netdev %s not in the node: %v", name, err)
+		}
+		return l.Attrs().HardwareAddr.String()
+	}
+	mac0 := origMAC("pf0v0")
+
+	p := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", map[string]string{annotations.EgressBandwidth: "30M"}))
+	res, err := s.cni.Add(p.rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	r, _ := types100.NewResultFromResult(res)
+	if len(r.Interfaces) != 1 || r.Interfaces[0].Name != "eth0" || r.Interfaces[0].Sandbox != p.netns.Path() || *r.IPs[0].Interface != 0 {
+		t.Fatalf("result %s", mustJSON(r))
+	}
+	want := sriov.Config{MAC: "02:00:0a:5e:00:0a", VLAN: 100, SpoofChk: true, Trust: true, MaxTxRateMbps: 30, LinkState: sriov.LinkEnable}
+	wantCalls := []string{
+		"SetVfHardwareAddr pf0/0 02:00:0a:5e:00:0a", "SetVfVlan pf0/0 100", "SetVfSpoofchk pf0/0 true",
+		"SetVfTrust pf0/0 true", "SetVfMaxTxRate pf0/0 30", "SetVfLinkState pf0/0 enable",
+	}
+	if got := s.pf.Calls(); !reflect.DeepEqual(got, wantCalls) {
+		t.Errorf("PF calls %v\nwant %v", got, wantCalls)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 0); got != want {
+		t.Errorf("VF 0 is %+v, want %+v", got, want)
+	}
+	if _, err := host.LinkByName("pf0v0"); err == nil {
+		t.Error("VF netdev still in the node after ADD")
+	}
+	l, err := handleIn(t, p.netns).LinkByName("eth0")
+	if err != nil || l.Attrs().HardwareAddr.String() != "02:00:0a:5e:00:0a" || l.Attrs().MTU != 1400 {
+		t.Fatalf("pod eth0: %v %v", l, err)
+	}
+	if !ping(t, p, "10.94.0.2", 2) {
+		t.Error("no traffic through the VF")
+	}
+	if err := s.cni.Check(p.rt); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	// The record holds how the VF was.
+	b, err := os.ReadFile(filepath.Join(s.opts.CacheDir, "ctr-a_eth0.json"))
+	if err != nil || !strings.Contains(string(b), `"origMAC": "`+mac0+`"`) || !strings.Contains(string(b), `"original": {`) {
+		t.Errorf("record: %v\n%s", err, b)
+	}
+
+	// Live egress change: max_tx_rate follows.
+	pod := p.pod.DeepCopy()
+	pod.Annotations[annotations.EgressBandwidth] = "50M"
+	s.pods.Set(pod)
+	waitFor(t, "max_tx_rate 50", func() bool { c, _ := s.pf.VfConfig("pf0", 0); return c.MaxTxRateMbps == 50 })
+	s.pf.Calls()
+
+	if err := s.cni.Del(p.rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
+		t.Errorf("VF 0 after DEL is %+v, want it restored to %+v", got, untouched)
+	}
+	if got := origMAC("pf0v0"); got != mac0 {
+		t.Errorf("VF netdev MAC after DEL %s, want %s", got, mac0)
+	}
+	if l, _ := host.LinkByName("pf0v0"); l != nil && l.Attrs().MTU != 1400 {
+		t.Errorf("VF netdev MTU after DEL %d", l.Attrs().MTU)
+	}
+	if err := s.cni.Del(p.rt); err != nil {
+		t.Errorf("second DEL: %v", err)
+	}
+	if recs := s.records(); len(recs) != 0 {
+		t.Errorf("records after DEL: %v", recs)
+	}
+}
+
+func TestSriovNetnsGoneAndExhaustion(t *testing.T) {
+	s := newSriovEnv(t, 2, func(o *agent.Options) { o.PodWait = 300 * time.Millisecond })
+	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
+	c := s.newPod(vfPod("c", "10.94.0.12/24", "02:00:0a:5e:00:0c", nil))
+	_, err := s.cni.Add(c.rt)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "no free VF of SriovNetwork fast") {
+		t.Fatalf("ADD with every VF taken = %v; want code 11 saying so", err)
+	}
+	nothingLeftVF(t, s, c)
+
+	a.netns.Remove(t) // the veth standing in for the VF goes with it
+	if err := s.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL after the netns vanished: %v", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
+		t.Errorf("VF 0 after DEL is %+v, want it restored", got)
+	}
+	if recs := s.records(); len(recs) != 1 {
+		t.Errorf("records %v; want b's only", recs)
+	}
+}
+
+func nothingLeftVF(t *testing.T, s *sriovEnv, p *testPod) {
+	t.Helper()
+	if _, err := handleIn(t, p.netns).LinkByName("eth0"); err == nil {
+		t.Error("eth0 left in the pod netns")
+	}
+	for _, r := range s.records() {
+		if strings.HasPrefix(r, p.rt.ContainerID+"_") {
+			t.Errorf("record %s left", r)
+		}
+	}
+}
+
+func TestSriovRestart(t *testing.T) {
+	s := newSriovEnv(t, 2, nil)
+	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
+	s.agent.Stop(t)
+	s.pods.Delete("default", "b") // b goes while the agent is down
+	s.restart()
+	if err := s.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK a after restart: %v", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 1); got != untouched {
+		t.Errorf("VF 1 of the gone pod is %+v, want it restored", got)
+	}
+	if _, err := s.hostHandle().LinkByName("pf0v1"); err != nil {
+		t.Errorf("VF 1's netdev not back in the node: %v", err)
+	}
+	if !ping(t, a, "10.94.0.2", 2) {
+		t.Error("no traffic through a's VF after the restart")
+	}
+}
+
+// The agent advertises each SriovNetwork's VFs as an extended resource on
+// its Node, following the networks and their node selectors.
+func TestSriovResourceAdvertised(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
+	ctx := t.Context()
+	kube := kubernetes.NewForConfigOrDie(apisrv.Config)
+	dyn := dynamic.NewForConfigOrDie(apisrv.Config)
+	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{"nic": "fast"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := sriovtest.MakeTree(root, "pf0", []string{"a0", "a1", "a2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sriovtest.MakeTree(root, "pf1", []string{"b0", "b1"}); err != nil {
+		t.Fatal(err)
+	}
+	create := func(name string, pfs []string, selector map[string]string) {
+		n := &v1alpha1.SriovNetwork{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "stickynet.io/v1alpha1", Kind: "SriovNetwork"},
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       v1alpha1.SriovNetworkSpec{PFNames: pfs},
+		}
+		if selector != nil {
+			n.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: selector}
+		}
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dyn.Resource(podsource.SriovNetworkResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create("fast", []string{"pf0", "pf1"}, map[string]string{"nic": "fast"})
+	create("elsewhere", []string{"pf0"}, map[string]string{"nic": "slow"})
+
+	node := agenttest.NewNode(t)
+	opts := node.Options(nil)
+	opts.Pods, opts.Kubeconfig, opts.SysfsRoot = nil, apisrv.Kubeconfig, root
+	opts.ResyncPeriod = time.Hour
+	agenttest.StartAgent(t, opts)
+
+	resources := func() map[string]string {
+		n, err := kube.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for k, v := range n.Status.Capacity {
+			if a, ok := n.Status.Allocatable[k]; !ok || a.Cmp(v) != 0 {
+				t.Errorf("allocatable %s = %v, capacity %v", k, a.String(), v.String())
+			}
+			out[string(k)] = v.String()
+		}
+		return out
+	}
+	waitFor(t, "stickynet.io/sriov-fast: 5", func() bool { return resources()["stickynet.io/sriov-fast"] == "5" })
+	if _, ok := resources()["stickynet.io/sriov-elsewhere"]; ok {
+		t.Error("a network whose selector does not match the node is advertised")
+	}
+	if err := dyn.Resource(podsource.SriovNetworkResource).Delete(ctx, "fast", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stickynet.io/sriov-fast to go", func() bool { _, ok := resources()["stickynet.io/sriov-fast"]; return !ok })
+}

@@ -1,0 +1,214 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/sriov"
+)
+
+// VFState is an SR-IOV attachment's VF: where it is and how it was before the
+// pod, to be restored on detach.
+type VFState struct {
+	PF       string       `json:"pf"`
+	Index    int          `json:"index"`
+	PCI      string       `json:"pci,omitempty"`
+	NetDev   string       `json:"netdev"` // name in the node before the move
+	OrigMAC  string       `json:"origMAC"`
+	OrigMTU  int          `json:"origMTU"`
+	Original sriov.Config `json:"original"` // PF-side, before the pod
+	Applied  sriov.Config `json:"applied"`  // PF-side, for the pod
+}
+
+// MaxTxRateMbps turns an egress limit into a VF max_tx_rate (Mbit/s, rounded
+// up: a VF cannot do less than 1).
+func MaxTxRateMbps(l annotations.Limit) int {
+	if l.Rate <= 0 {
+		return 0
+	}
+	return int((l.Rate + 999_999) / 1_000_000)
+}
+
+// HostLinkExists reports whether the node's namespace has an interface name.
+func (d *Datapath) HostLinkExists(name string) bool {
+	_, err := d.host.LinkByName(name)
+	return err == nil
+}
+
+// PrepareVF records how the attachment's VF is now (netdev MAC and MTU,
+// PF-side settings), changing nothing: the caller stores the record before
+// SetupVF changes anything.
+func (d *Datapath) PrepareVF(a *Attachment) error {
+	if d.pf == nil {
+		return types.NewError(api.ErrUnsupported, "SR-IOV is not enabled on this node agent", "")
+	}
+	l, err := d.host.LinkByName(a.VF.NetDev)
+	if err != nil {
+		return fmt.Errorf("VF %d of %s: netdev %s: %w", a.VF.Index, a.VF.PF, a.VF.NetDev, err)
+	}
+	a.VF.OrigMAC, a.VF.OrigMTU = l.Attrs().HardwareAddr.String(), l.Attrs().MTU
+	if a.VF.Original, err = d.pf.VfConfig(a.VF.PF, a.VF.Index); err != nil {
+		return fmt.Errorf("read VF %d of %s: %w", a.VF.Index, a.VF.PF, err)
+	}
+	return nil
+}
+
+// SetupVF gives the pod the VF: PF-side settings, then the netdev moves into
+// the pod's namespace under the CNI ifname with the pod's MAC, addresses and
+// routes. On failure the VF is restored.
+func (d *Datapath) SetupVF(a *Attachment, cfg sriov.Config) (err error) {
+	pn, err := d.enter(a.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
+	}
+	defer pn.Close()
+	if l, err := pn.nl.LinkByName(a.IfName); err == nil {
+		return types.NewError(api.ErrInterfaceExists,
+			fmt.Sprintf("interface %s already exists in netns %s (%s, MAC %s): pick another ifname or remove it", a.IfName, a.Netns, l.Type(), l.Attrs().HardwareAddr), "")
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, d.teardownVF(a))
+		}
+	}()
+	if err := sriov.Apply(d.pf, a.VF.PF, a.VF.Index, cfg); err != nil {
+		return err
+	}
+	a.VF.Applied = cfg
+	mac, err := net.ParseMAC(a.MAC)
+	if err != nil {
+		return err
+	}
+	l, err := d.host.LinkByName(a.VF.NetDev)
+	if err != nil {
+		return fmt.Errorf("VF netdev %s: %w", a.VF.NetDev, err)
+	}
+	if err := d.host.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set VF netdev %s down: %w", a.VF.NetDev, err)
+	}
+	if err := d.host.LinkSetNsFd(l, int(pn.ns.Fd())); err != nil {
+		return fmt.Errorf("move VF netdev %s into netns %s: %w", a.VF.NetDev, a.Netns, err)
+	}
+	pl, err := pn.nl.LinkByName(a.VF.NetDev)
+	if err != nil {
+		return fmt.Errorf("find VF netdev %s in netns %s: %w", a.VF.NetDev, a.Netns, err)
+	}
+	if err := pn.nl.LinkSetName(pl, a.IfName); err != nil {
+		return fmt.Errorf("rename VF netdev %s to %s: %w", a.VF.NetDev, a.IfName, err)
+	}
+	if err := pn.nl.LinkSetHardwareAddr(pl, mac); err != nil {
+		return fmt.Errorf("set MAC of %s: %w", a.IfName, err)
+	}
+	if a.MTU > 0 {
+		if err := pn.nl.LinkSetMTU(pl, a.MTU); err != nil {
+			return fmt.Errorf("set MTU of %s: %w", a.IfName, err)
+		}
+	}
+	if err := d.configurePodLink(a, pn, false); err != nil {
+		return err
+	}
+	return d.announce(a, pn)
+}
+
+// teardownVF brings the VF back to the node under its old name, MAC and
+// MTU, and restores its PF-side settings. When the pod's netns is gone the
+// kernel has already moved a physical VF's netdev back to the initial
+// namespace (found again through sysfs); whatever cannot be found is
+// skipped, the PF side is restored regardless.
+func (d *Datapath) teardownVF(a *Attachment) error {
+	v := a.VF
+	var errs []error
+	if pn, err := d.enter(a.Netns); err == nil {
+		if l, err := pn.nl.LinkByName(a.IfName); err == nil {
+			errs = append(errs, d.moveBack(pn, l.Attrs().Name, v.NetDev))
+		}
+		pn.Close()
+	}
+	if !d.HostLinkExists(v.NetDev) {
+		// Back in the node under another name (the pod's ifname, or devN)?
+		if vfs, err := sriov.Discover(d.cfg.SysfsRoot, v.PF); err == nil {
+			for _, cur := range vfs {
+				if cur.Index == v.Index && cur.NetDev != "" && cur.NetDev != v.NetDev && d.HostLinkExists(cur.NetDev) {
+					l, _ := d.host.LinkByName(cur.NetDev)
+					errs = append(errs, d.host.LinkSetDown(l), d.host.LinkSetName(l, v.NetDev))
+				}
+			}
+		}
+	}
+	if l, err := d.host.LinkByName(v.NetDev); err == nil {
+		if mac, err := net.ParseMAC(v.OrigMAC); err == nil && l.Attrs().HardwareAddr.String() != v.OrigMAC {
+			errs = append(errs, wrapf(d.host.LinkSetHardwareAddr(l, mac), "restore MAC of %s", v.NetDev))
+		}
+		if v.OrigMTU > 0 && l.Attrs().MTU != v.OrigMTU {
+			errs = append(errs, wrapf(d.host.LinkSetMTU(l, v.OrigMTU), "restore MTU of %s", v.NetDev))
+		}
+	}
+	if v.Original.MAC != "" {
+		errs = append(errs, sriov.Apply(d.pf, v.PF, v.Index, v.Original))
+	}
+	return errors.Join(errs...)
+}
+
+// moveBack renames the pod's VF netdev to its node name inside the pod's
+// namespace (no clash there) and moves it to the node.
+func (d *Datapath) moveBack(pn *podNetns, cur, name string) error {
+	l, err := pn.nl.LinkByName(cur)
+	if err != nil {
+		return err
+	}
+	if err := pn.nl.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set %s down: %w", cur, err)
+	}
+	if err := pn.nl.LinkSetName(l, name); err != nil {
+		return fmt.Errorf("rename %s back to %s: %w", cur, name, err)
+	}
+	if d.hostNS == nil {
+		return errors.New("node netns unknown: cannot move the VF back")
+	}
+	if err := pn.nl.LinkSetNsFd(l, int(d.hostNS.Fd())); err != nil {
+		return fmt.Errorf("move %s back to the node: %w", name, err)
+	}
+	return nil
+}
+
+func wrapf(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf(format+": %w", append(args, err)...)
+}
+
+// setVFBandwidth applies the egress limit as the VF's max_tx_rate; a VF has
+// no place for an ingress limit on the host side, so that one is not enforced.
+func (d *Datapath) setVFBandwidth(a *Attachment, want annotations.Bandwidth) error {
+	rate := MaxTxRateMbps(want.Egress)
+	if rate != a.VF.Applied.MaxTxRateMbps {
+		if err := d.pf.SetVfMaxTxRate(a.VF.PF, a.VF.Index, rate); err != nil {
+			return fmt.Errorf("set max_tx_rate of VF %d on %s: %w", a.VF.Index, a.VF.PF, err)
+		}
+		a.VF.Applied.MaxTxRateMbps = rate
+	}
+	a.Bandwidth = want
+	return nil
+}
+
+// checkVF compares the VF with what was set up.
+func (d *Datapath) checkVF(a *Attachment) error {
+	problems := d.checkPod(a)
+	if got, err := d.pf.VfConfig(a.VF.PF, a.VF.Index); err != nil {
+		problems = append(problems, err.Error())
+	} else if got != a.VF.Applied {
+		problems = append(problems, fmt.Sprintf("VF %d of %s is %+v, want %+v", a.VF.Index, a.VF.PF, got, a.VF.Applied))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return types.NewError(api.ErrCheckFailed,
+		fmt.Sprintf("attachment %s of pod %s differs from what was set up", a.Key(), a.Pod()), strings.Join(problems, "; "))
+}

@@ -1,0 +1,83 @@
+package sriov_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/stickynet/stickynet/nodeagent/sriov"
+	"github.com/stickynet/stickynet/nodeagent/sriov/sriovtest"
+)
+
+func TestDiscover(t *testing.T) {
+	root := t.TempDir()
+	if err := sriovtest.MakeTree(root, "pf0", []string{"vf0a", "vf1a", "vf2a"}); err != nil {
+		t.Fatal(err)
+	}
+	dev := filepath.Join(root, "class", "net", "pf0", "device")
+	// virtfn10 sorts after virtfn2; virtfn3 has no netdev (bound to vfio);
+	// a symlinked VF names its PCI address.
+	if err := os.MkdirAll(filepath.Join(dev, "virtfn10", "net", "vf10a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dev, "virtfn3"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pci := filepath.Join(root, "bus", "pci", "devices", "0000:3b:02.4")
+	if err := os.MkdirAll(filepath.Join(pci, "net", "vf4a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(pci, filepath.Join(dev, "virtfn4")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dev, "sriov_numvfs"), []byte("6\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sriov.Discover(root, "pf0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []sriov.VF{
+		{PF: "pf0", Index: 0, NetDev: "vf0a"},
+		{PF: "pf0", Index: 1, NetDev: "vf1a"},
+		{PF: "pf0", Index: 2, NetDev: "vf2a"},
+		{PF: "pf0", Index: 3},
+		{PF: "pf0", Index: 4, PCI: "0000:3b:02.4", NetDev: "vf4a"},
+		{PF: "pf0", Index: 10, NetDev: "vf10a"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	if _, err := sriov.Discover(root, "nope"); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("missing PF: %v", err)
+	}
+}
+
+func TestApplyOrderAndErrors(t *testing.T) {
+	r := sriovtest.NewRecorder(map[string]sriov.Config{"pf0/1": {MAC: "00:00:00:00:00:00"}})
+	c := sriov.Config{MAC: "02:00:00:00:00:01", VLAN: 100, SpoofChk: true, Trust: false, MaxTxRateMbps: 50, LinkState: sriov.LinkEnable}
+	if err := sriov.Apply(r, "pf0", 1, c); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"SetVfHardwareAddr pf0/1 02:00:00:00:00:01", "SetVfVlan pf0/1 100", "SetVfSpoofchk pf0/1 true",
+		"SetVfTrust pf0/1 false", "SetVfMaxTxRate pf0/1 50", "SetVfLinkState pf0/1 enable",
+	}
+	if got := r.Calls(); !reflect.DeepEqual(got, want) {
+		t.Errorf("calls %v\nwant  %v", got, want)
+	}
+	if got, _ := r.VfConfig("pf0", 1); got != c {
+		t.Errorf("VF config %+v, want %+v", got, c)
+	}
+	r.Fail = map[string]error{"SetVfTrust": errors.New("operation not supported")}
+	err := sriov.Apply(r, "pf0", 1, c)
+	if err == nil || !strings.Contains(err.Error(), "set trust of VF 1 on pf0") {
+		t.Errorf("Apply with a failing driver = %v", err)
+	}
+	if err := sriov.Apply(r, "pf0", 1, sriov.Config{MAC: "bad"}); err == nil {
+		t.Error("bad MAC: want error")
+	}
+}
