@@ -371,9 +371,17 @@ func (c *Cluster) stop(ctx context.Context) error {
 	log := klog.FromContext(ctx)
 	begin := time.Now()
 	var errs []error
-	errs = append(errs, c.stopSimulator(ctx, true))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := c.stopSimulator(ctx, true)
+		log.V(1).Info("Node simulator stopped", "elapsed", time.Since(begin).Round(time.Millisecond), "err", err)
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}()
 	for _, n := range c.nodes {
 		wg.Add(1)
 		go func() {
@@ -385,6 +393,7 @@ func (c *Cluster) stop(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	log.V(1).Info("Nodes stopped", "elapsed", time.Since(begin).Round(time.Millisecond))
 	for _, s := range c.scheds {
 		s.stop(5 * time.Second)
 	}

@@ -10,14 +10,14 @@ import (
 //
 //	x.y.0.1             fabric bridge in the host namespace; the apiserver listens here
 //	x.y.0.16 + i        node i (0-based: real nodes first, then simulated ones)
-//	x.y.4.0 - x.y.255.x one block per node, handed to that node's host-local range
+//	x.y.8.0 - x.y.255.x one block per node, handed to that node's host-local range
 //
 // Pods of all nodes share the /16 and reach each other over L2 through the
 // fabric; nothing routes out of it.
 const (
 	firstNodeHost = 16
-	podAreaStart  = 4 * 256 // x.y.4.0
-	maxNodes      = 1000    // node IPs stay below x.y.4.0; a Linux bridge takes 1024 ports
+	podAreaStart  = 8 * 256 // x.y.8.0
+	maxNodes      = 1020    // a Linux bridge takes 1024 ports (one per node uplink)
 )
 
 type plan struct {

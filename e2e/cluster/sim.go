@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
@@ -16,6 +17,13 @@ import (
 // prepareSimNodes makes the namespace, uplink, bridge and CNI folders of
 // every simulated node, a few at a time.
 func (c *Cluster) prepareSimNodes(ctx context.Context) error {
+	if c.cfg.SimNodes == 0 {
+		return nil
+	}
+	begin := time.Now()
+	defer func() {
+		klog.FromContext(ctx).Info("Simulated nodes wired", "nodes", c.cfg.SimNodes, "elapsed", time.Since(begin).Round(time.Millisecond))
+	}()
 	nodes := make([]Node, c.cfg.SimNodes)
 	work := make(chan int)
 	errc := make(chan error, c.cfg.SimNodes)
@@ -54,6 +62,7 @@ func (c *Cluster) prepareSimNodes(ctx context.Context) error {
 // startSimulator registers the simulated nodes and runs the node simulator
 // in the background until Stop (or RestartSimulator).
 func (c *Cluster) startSimulator(ctx context.Context) error {
+	begin := time.Now()
 	rc := c.RESTConfig()
 	rc.QPS, rc.Burst = 500, 1000
 	cs, err := kubernetes.NewForConfig(rc)
@@ -77,21 +86,31 @@ func (c *Cluster) startSimulator(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := sim.Register(ctx); err != nil {
-		return err
-	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	end := make(chan struct{})
+	var runErr error
 	go func() {
 		defer close(end)
-		if err := sim.Run(runCtx); err != nil {
-			klog.FromContext(ctx).Error(err, "Node simulator stopped")
+		runErr = sim.Run(runCtx)
+		if runErr != nil {
+			klog.FromContext(ctx).Error(runErr, "Node simulator stopped")
 		}
 	}()
 	c.simMu.Lock()
 	c.sim, c.simRun, c.simEnd = sim, cancel, end
 	c.simMu.Unlock()
-	return nil
+	select {
+	case <-sim.Registered():
+		klog.FromContext(ctx).Info("Simulated nodes registered", "nodes", len(nodes), "elapsed", time.Since(begin).Round(time.Millisecond))
+		return nil
+	case <-end:
+		if runErr == nil {
+			runErr = errors.New("stopped before registering its nodes")
+		}
+		return fmt.Errorf("node simulator: %w", runErr)
+	case <-ctx.Done():
+		return fmt.Errorf("register simulated nodes: %w", ctx.Err())
+	}
 }
 
 // stopSimulator stops the node simulator; with teardown, it then removes

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -128,15 +129,21 @@ func teardown(ctx context.Context, h *host.Host, s State) error {
 	for _, ns := range nss {
 		errs = append(errs, h.DeleteNetns(ns))
 	}
+	// The kernel removes a namespace's links, and so the host ends of the
+	// uplinks, in batches once the namespace is gone: much faster than
+	// deleting a thousand veths one by one. Wait while it makes progress,
+	// then delete what is left.
 	links, err := h.Links(s.Prefix())
-	errs = append(errs, err)
-	// Ports first, then the bridge.
-	for _, l := range links {
-		if l != s.Bridge() {
-			errs = append(errs, h.DeleteLink(l))
+	for last, stalled := len(links), 0; err == nil && len(links) > 1 && stalled < 5; {
+		time.Sleep(200 * time.Millisecond)
+		links, err = h.Links(s.Prefix())
+		if len(links) < last {
+			last, stalled = len(links), 0
+		} else {
+			stalled++
 		}
 	}
-	errs = append(errs, h.DeleteLink(s.Bridge()))
+	errs = append(errs, err, deleteLinks(h, links, s.Bridge()))
 	if err := h.RemoveCgroup(s.Cgroup(), 10*time.Second); err != nil {
 		errs = append(errs, err)
 	}
@@ -217,6 +224,35 @@ func unregister(ctx context.Context, s State) error {
 		}
 	}
 	return nil
+}
+
+// deleteLinks deletes the links, a few at a time, the bridge last.
+func deleteLinks(h *host.Host, links []string, bridge string) error {
+	work := make(chan string)
+	errc := make(chan error, len(links))
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for l := range work {
+				errc <- h.DeleteLink(l)
+			}
+		}()
+	}
+	for _, l := range links {
+		if l != bridge {
+			work <- l
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(errc)
+	var errs []error
+	for err := range errc {
+		errs = append(errs, err)
+	}
+	return errors.Join(append(errs, h.DeleteLink(bridge))...)
 }
 
 func removeAll(dir string) error {

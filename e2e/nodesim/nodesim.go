@@ -37,11 +37,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
@@ -89,15 +89,18 @@ type Options struct {
 
 // Simulator runs simulated nodes. Build one with New, call Run.
 type Simulator struct {
-	opts   Options
-	nodes  map[string]*Node
-	queue  workqueue.TypedRateLimitingInterface[string]
-	lister corelisters.PodLister
+	opts       Options
+	nodes      map[string]*Node
+	queue      workqueue.TypedRateLimitingInterface[string]
+	lister     corelisters.PodLister
+	nodeLister corelisters.NodeLister
 
 	mu      sync.Mutex
 	records map[string]*record // by pod key namespace/name
 	byUID   map[types.UID]*record
 	leases  map[string]*coordinationv1.Lease // last written, by node
+	// registeredCh is closed once every node is registered.
+	registeredCh chan struct{}
 }
 
 // record is what the simulator set up for one pod, kept on disk.
@@ -142,6 +145,8 @@ func New(opts Options) (*Simulator, error) {
 		records: map[string]*record{},
 		byUID:   map[types.UID]*record{},
 		leases:  map[string]*coordinationv1.Lease{},
+
+		registeredCh: make(chan struct{}),
 	}
 	for i := range opts.Nodes {
 		s.nodes[opts.Nodes[i].Name] = &opts.Nodes[i]
@@ -158,25 +163,37 @@ func (s *Simulator) podDir() string   { return filepath.Join(s.opts.StateDir, "p
 func (s *Simulator) netnsDir() string { return filepath.Join(s.opts.StateDir, "netns") }
 func (s *Simulator) cacheDir() string { return filepath.Join(s.opts.StateDir, "cni-cache") }
 
-// Register creates (or refreshes) the Node and Lease of every simulated node.
-func (s *Simulator) Register(ctx context.Context) error {
-	return s.forEachNode(ctx, 8, func(ctx context.Context, n *Node) error {
-		now := metav1.Now()
-		obj := nodeObject(*n, s.opts.Capacity, now)
-		_, err := s.opts.Client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			cur, gerr := s.opts.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
-			if gerr != nil {
-				return fmt.Errorf("get node %s: %w", n.Name, gerr)
+// register creates (or refreshes the status of) the Node of every
+// simulated node; their leases are kept by Run's lease loop.
+func (s *Simulator) register(ctx context.Context) error {
+	return s.forEachNode(ctx, 8, s.registerNode)
+}
+
+// Registered is closed once Run has registered every node.
+func (s *Simulator) Registered() <-chan struct{} { return s.registeredCh }
+
+// registerNode creates the node, or rewrites the status of the one there
+// (as a restarted kubelet does), retrying when the node lifecycle
+// controller wrote it in between.
+func (s *Simulator) registerNode(ctx context.Context, n *Node) error {
+	nodes := s.opts.Client.CoreV1().Nodes()
+	obj := nodeObject(*n, s.opts.Capacity, metav1.Now())
+	_, err := nodes.Create(ctx, obj, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		err = retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+			cur, err := nodes.Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
 			}
-			cur.Status = obj.Status
-			_, err = s.opts.Client.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
-		}
-		if err != nil {
-			return fmt.Errorf("register node %s: %w", n.Name, err)
-		}
-		return s.renewLease(ctx, n)
-	})
+			cur.Status = nodeObject(*n, s.opts.Capacity, metav1.Now()).Status
+			_, err = nodes.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+			return err
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("register node %s: %w", n.Name, err)
+	}
+	return nil
 }
 
 func (s *Simulator) forEachNode(ctx context.Context, workers int, f func(context.Context, *Node) error) error {
@@ -269,9 +286,22 @@ func (s *Simulator) Run(ctx context.Context) error {
 	if err := s.loadRecords(); err != nil {
 		return err
 	}
-	if err := s.Register(ctx); err != nil {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Leases first and all along: a node whose lease lapses for the node
+	// monitor grace period (50 s) turns NotReady, and registering a
+	// thousand nodes on a busy machine can take about that long.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.keepLeases(ctx)
+	}()
+	if err := s.register(ctx); err != nil {
 		return err
 	}
+	close(s.registeredCh)
 	s.queue = workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	defer s.queue.ShutDown()
 	factory := informers.NewSharedInformerFactoryWithOptions(s.opts.Client, 0,
@@ -299,10 +329,31 @@ func (s *Simulator) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("watch pods: %w", err)
 	}
+	// Nodes too: when the node lifecycle controller marks a node's
+	// condition Unknown (a lease renewal was late on a busy machine), the
+	// node posts its status again, as kubelet does on its next sync.
+	nodeFactory := informers.NewSharedInformerFactory(s.opts.Client, 0)
+	nodeInf := nodeFactory.Core().V1().Nodes()
+	s.nodeLister = nodeInf.Lister()
+	enqueueNode := func(obj any) {
+		if n, ok := obj.(*corev1.Node); ok {
+			if _, ours := s.nodes[n.Name]; ours && !nodeReady(n) {
+				s.queue.Add(nodeKeyPrefix + n.Name)
+			}
+		}
+	}
+	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueueNode,
+		UpdateFunc: func(_, obj any) { enqueueNode(obj) },
+	}); err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
-		return fmt.Errorf("sync pod cache: %w", ctx.Err())
+	nodeFactory.Start(ctx.Done())
+	defer nodeFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced, nodeInf.Informer().HasSynced) {
+		return fmt.Errorf("sync pod and node caches: %w", ctx.Err())
 	}
 	// What the last run left: every record is looked at again.
 	s.mu.Lock()
@@ -312,7 +363,6 @@ func (s *Simulator) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	log.Info("Node simulator running", "nodes", len(s.nodes), "recoveredPods", len(s.records))
 
-	var wg sync.WaitGroup
 	for range s.opts.Workers {
 		wg.Add(1)
 		go func() {
@@ -321,14 +371,8 @@ func (s *Simulator) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.keepLeases(ctx)
-	}()
 	<-ctx.Done()
 	s.queue.ShutDown()
-	wg.Wait()
 	return nil
 }
 
@@ -341,19 +385,42 @@ func (s *Simulator) keepLeases(ctx context.Context) {
 	if p := time.Duration(len(s.opts.Nodes)) * time.Second / 50; p > period {
 		period = min(p, s.opts.LeaseDuration/2)
 	}
-	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		step := period / time.Duration(len(s.opts.Nodes)+1)
+	// Renewals go out at an even pace over the period, several at a time:
+	// one after the other, a busy apiserver makes a pass outlast the grace
+	// period.
+	work := make(chan *Node)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range work {
+				if err := s.renewLease(ctx, n); err != nil && ctx.Err() == nil {
+					klog.FromContext(ctx).Error(err, "Renewing node lease", "node", n.Name)
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	tick := time.NewTicker(max(period/time.Duration(len(s.opts.Nodes)+1), time.Millisecond))
+	defer tick.Stop()
+	for {
 		for i := range s.opts.Nodes {
-			if err := s.renewLease(ctx, &s.opts.Nodes[i]); err != nil && ctx.Err() == nil {
-				klog.FromContext(ctx).Error(err, "Renewing node lease", "node", s.opts.Nodes[i].Name)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
 			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(step):
+			case work <- &s.opts.Nodes[i]:
 			}
 		}
-	}, 0)
+	}
 }
 
 func (s *Simulator) processNext(ctx context.Context) bool {
@@ -377,6 +444,9 @@ func (s *Simulator) processNext(ctx context.Context) bool {
 // node and not terminating has a network and is reported Running; anything
 // else recorded under the key is torn down.
 func (s *Simulator) sync(ctx context.Context, key string) error {
+	if name, ok := strings.CutPrefix(key, nodeKeyPrefix); ok {
+		return s.syncNode(ctx, name)
+	}
 	ns, name, _ := strings.Cut(key, "/")
 	pod, err := s.lister.Pods(ns).Get(name)
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -456,6 +526,31 @@ func (s *Simulator) reportRunning(ctx context.Context, pod *corev1.Pod, ips []ne
 	return nil
 }
 
+// nodeKeyPrefix marks node keys in the work queue (no namespace name
+// holds an "@").
+const nodeKeyPrefix = "@node/"
+
+// syncNode posts a simulated node's status again when it is not Ready.
+func (s *Simulator) syncNode(ctx context.Context, name string) error {
+	n, err := s.nodeLister.Get(name)
+	if err == nil && nodeReady(n) {
+		return nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return s.registerNode(ctx, s.nodes[name])
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 // setup records the pod, creates its namespace and runs CNI ADD.
 func (s *Simulator) setup(ctx context.Context, pod *corev1.Pod) (*record, error) {
 	node := s.nodes[pod.Spec.NodeName]
@@ -523,7 +618,7 @@ func (s *Simulator) TearDown(ctx context.Context) error {
 	work := make(chan *record)
 	errc := make(chan error, len(recs))
 	var wg sync.WaitGroup
-	for range s.opts.Workers {
+	for range 2 * s.opts.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
