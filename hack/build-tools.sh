@@ -64,6 +64,7 @@ for tool in "$@"; do
     ;;
   images)
     # Programs baked into the local cluster's images (e2e/images assembles them).
+    # Bump the version when hack/images changes: the cache is keyed by it.
     build images images v1.0.0 "" "" pause=./pause
     ;;
   *)

@@ -141,10 +141,14 @@ func supervise(ctx context.Context, opts Options) error {
 	signal.Ignore(syscall.SIGHUP)
 	startCtx, cancelStart := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancelStart()
+	nodes := opts.Nodes
+	if nodes == 0 {
+		nodes = -1 // NODES=0: simulated nodes only (Config reads 0 as the default)
+	}
 	c, err := cluster.Start(startCtx, cluster.Config{
 		Dir:        opts.Dir,
 		Kubeconfig: opts.Kubeconfig,
-		Nodes:      opts.Nodes,
+		Nodes:      nodes,
 		SimNodes:   opts.SimNodes,
 	})
 	if err != nil {
