@@ -29,19 +29,33 @@ func (h *Host) NewNetns(path string) error {
 	f.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// The thread moves into the new namespace and is never handed back to
-		// the scheduler: returning while locked makes the runtime end it.
+		// The thread enters the new namespace and goes back to its own; only
+		// if it cannot is it left locked, so that the runtime ends it rather
+		// than reuse it. Ending threads is avoided: a child started with
+		// Pdeathsig from a thread dies with that thread.
 		runtime.LockOSThread()
+		tid := unix.Gettid()
+		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", tid))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("unshare network namespace: %w", err)
 			return
 		}
-		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind network namespace to %s: %w", path, err)
-			return
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", tid)
+		err = unix.Mount(src, path, "none", unix.MS_BIND, "")
+		if err != nil {
+			err = fmt.Errorf("bind network namespace to %s: %w", path, err)
 		}
-		errc <- nil
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		os.Remove(path)
