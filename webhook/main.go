@@ -41,7 +41,7 @@ func main() {
 	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	flag.StringVar(&o.SchedulerName, "scheduler-name", "", "schedulerName given to pods that need the stickynet extender (pool with a nodeSelector, SR-IOV); empty leaves pods alone")
 	flag.DurationVar(&o.StoreTimeout, "store-timeout", 7*time.Second, "time budget for the state store per admission (keep it under the webhook timeout)")
-	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", 60*time.Second, "how long a reservation for a pod without a name lives unconfirmed")
+	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", 5*time.Minute, "how long a reservation for a pod without a name lives unconfirmed (the release controller confirms it when the pod appears)")
 	flag.DurationVar(&o.ReleaseGrace, "release-grace", 30*time.Second, "minimum age of an address's last change before the release controller unbinds or frees it")
 	klog.InitFlags(nil)
 	flag.Parse()
