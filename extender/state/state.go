@@ -58,10 +58,14 @@ type Node struct {
 	known  bool
 	labels labels.Set
 	// vfs holds, per VF resource number, the allocatable VFs the node
-	// advertises and how many pods bound to it hold.
-	vfs []vfCount
-	// match holds, per selector slot, whether the node's labels match it.
-	match bitset
+	// advertises and how many pods bound to it hold: the first ones inline,
+	// so that a request reads them without another cache miss.
+	vfs     [2]vfCount
+	moreVFs []vfCount
+	// match holds, per selector slot, whether the node's labels match it:
+	// slots 0-63 inline, the others in moreMatch.
+	match     uint64
+	moreMatch bitset
 }
 
 type vfCount struct{ alloc, used int64 }
@@ -125,6 +129,9 @@ func (s *State) SetNode(n *corev1.Node) {
 	for i := range node.vfs {
 		node.vfs[i].alloc = 0
 	}
+	for i := range node.moreVFs {
+		node.moreVFs[i].alloc = 0
+	}
 	for name, q := range n.Status.Allocatable {
 		if demand.IsSriovResource(name) {
 			node.vf(s.resource(name)).alloc = q.Value()
@@ -135,10 +142,10 @@ func (s *State) SetNode(n *corev1.Node) {
 	}
 	node.known = true
 	node.labels = labels.Set(maps.Clone(n.Labels))
-	node.match = node.match[:0]
+	node.match, node.moreMatch = 0, node.moreMatch[:0]
 	for slot, sel := range s.slots {
 		if sel != nil && sel.selector.Matches(node.labels) {
-			node.match.set(slot)
+			node.setMatch(slot, true)
 		}
 	}
 }
@@ -152,7 +159,7 @@ func (s *State) DeleteNode(name string) {
 	if node == nil {
 		return
 	}
-	node.known, node.labels, node.match = false, nil, nil
+	node.known, node.labels, node.match, node.moreMatch = false, nil, 0, nil
 	s.dropIfUnused(node)
 }
 
@@ -163,6 +170,11 @@ func (s *State) dropIfUnused(node *Node) {
 		return
 	}
 	for _, c := range node.vfs {
+		if c.used != 0 {
+			return
+		}
+	}
+	for _, c := range node.moreVFs {
 		if c.used != 0 {
 			return
 		}
@@ -182,10 +194,36 @@ func (s *State) resource(name corev1.ResourceName) int {
 
 // vf returns the node's count of resource number i.
 func (n *Node) vf(i int) *vfCount {
-	for len(n.vfs) <= i {
-		n.vfs = append(n.vfs, vfCount{})
+	if i < len(n.vfs) {
+		return &n.vfs[i]
 	}
-	return &n.vfs[i]
+	i -= len(n.vfs)
+	for len(n.moreVFs) <= i {
+		n.moreVFs = append(n.moreVFs, vfCount{})
+	}
+	return &n.moreVFs[i]
+}
+
+// matches reports whether the node's labels match the selector in slot.
+func (n *Node) matches(slot int) bool {
+	if slot < 64 {
+		return n.match&(1<<uint(slot)) != 0
+	}
+	return n.moreMatch.has(slot - 64)
+}
+
+// setMatch records whether the node's labels match the selector in slot.
+func (n *Node) setMatch(slot int, match bool) {
+	switch {
+	case slot < 64 && match:
+		n.match |= 1 << uint(slot)
+	case slot < 64:
+		n.match &^= 1 << uint(slot)
+	case match:
+		n.moreMatch.set(slot - 64)
+	default:
+		n.moreMatch.clear(slot - 64)
+	}
 }
 
 // SetPool records an IPPool's nodeSelector.
@@ -251,11 +289,7 @@ func (s *State) selection(cur *Selection, name string, res corev1.ResourceName, 
 		if !node.known {
 			continue
 		}
-		if selector.Matches(node.labels) {
-			node.match.set(sel.slot)
-		} else {
-			node.match.clear(sel.slot)
-		}
+		node.setMatch(sel.slot, selector.Matches(node.labels))
 	}
 	return sel
 }
@@ -462,11 +496,16 @@ const NoResource Resource = -1
 // VFs returns how many VFs of the resource the node advertises as
 // allocatable and how many of them pods bound to it hold.
 func (r Reader) VFs(n *Node, res Resource) (allocatable, used int64) {
-	if res < 0 || int(res) >= len(n.vfs) {
+	switch {
+	case res < 0:
 		return 0, 0
+	case int(res) < len(n.vfs):
+		return n.vfs[res].alloc, n.vfs[res].used
+	case int(res)-len(n.vfs) < len(n.moreVFs):
+		c := n.moreVFs[int(res)-len(n.vfs)]
+		return c.alloc, c.used
 	}
-	c := n.vfs[res]
-	return c.alloc, c.used
+	return 0, 0
 }
 
 // LastNode returns the node the sticky key last ran on, if it is
@@ -490,7 +529,7 @@ func (sel *Selection) Selects(n *Node) bool {
 	case sel.selector == nil:
 		return true
 	}
-	return n.match.has(sel.slot)
+	return n.matches(sel.slot)
 }
 
 // Err is the reason the selection's nodeSelector cannot be used, if any; it

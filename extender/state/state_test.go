@@ -1,6 +1,7 @@
 package state
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -302,5 +303,64 @@ func TestSlimTransforms(t *testing.T) {
 	}
 	if other, _ := SlimPod("not a pod"); other != "not a pod" {
 		t.Error("SlimPod changed an object that is not a pod")
+	}
+}
+
+// TestManySelectorsAndResources covers selector slots past the 64 held in
+// the node itself and VF resources past the two held inline.
+func TestManySelectorsAndResources(t *testing.T) {
+	s := New(Options{})
+	s.SetNode(node("a", map[string]string{"k": "a"}, -1))
+	const pools = 70
+	for i := range pools {
+		want := "a"
+		if i%2 == 1 {
+			want = "b"
+		}
+		s.SetPool(pool(fmt.Sprintf("p%d", i), labelSel("k", want)))
+	}
+	check := func(when string, even bool) {
+		t.Helper()
+		s.Read(func(r Reader) {
+			for i := range pools {
+				want := (i%2 == 0) == even
+				if got := r.Pool(fmt.Sprintf("p%d", i)).Selects(r.Node("a")); got != want {
+					t.Errorf("%s: pool p%d selects a = %v, want %v", when, i, got, want)
+				}
+			}
+		})
+	}
+	check("labels k=a", true)
+	s.SetNode(node("a", map[string]string{"k": "b"}, -1))
+	check("relabelled k=b", false)
+
+	n := node("a", map[string]string{"k": "b"}, -1)
+	for i := range 4 {
+		n.Status.Allocatable[corev1.ResourceName(fmt.Sprintf("stickynet.io/sriov-n%d", i))] = *resource.NewQuantity(int64(10+i), resource.DecimalSI)
+	}
+	s.SetNode(n)
+	for i := range 4 {
+		p := vfPod(fmt.Sprintf("u%d", i), "a", 0)
+		p.Annotations["stickynet.io/sriov-network"] = fmt.Sprintf("n%d", i)
+		p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{corev1.ResourceName(fmt.Sprintf("stickynet.io/sriov-n%d", i)): *resource.NewQuantity(int64(i+1), resource.DecimalSI)}
+		s.SetPod(p)
+	}
+	s.Read(func(r Reader) {
+		for i := range 4 {
+			alloc, used := r.VFs(r.Node("a"), r.Resource(corev1.ResourceName(fmt.Sprintf("stickynet.io/sriov-n%d", i))))
+			if alloc != int64(10+i) || used != int64(i+1) {
+				t.Errorf("resource n%d: %d allocatable, %d used; want %d, %d", i, alloc, used, 10+i, i+1)
+			}
+		}
+		if alloc, used := r.VFs(r.Node("a"), NoResource); alloc != 0 || used != 0 {
+			t.Errorf("NoResource: %d, %d", alloc, used)
+		}
+	})
+	for i := range 4 {
+		s.DeletePod(types.UID(fmt.Sprintf("u%d", i)))
+	}
+	s.DeleteNode("a")
+	if c := s.Counts(); c.Nodes != 0 || len(s.nodes) != 0 {
+		t.Errorf("node record kept after the node and its pods are gone: %+v", c)
 	}
 }
