@@ -108,7 +108,7 @@ type Options struct {
 	// (auto datapath type).
 	KernelModuleDir string
 	// MeterReserve is how many free OpenFlow port numbers are kept with a
-	// meter and flow ready for pods with an egress limit; 0 means 8, a
+	// meter and flow ready for pods with an egress limit; 0 means 32, a
 	// negative number none.
 	MeterReserve int
 	// SysfsRoot is where SR-IOV VFs are looked up.
@@ -145,7 +145,7 @@ func (o *Options) Defaults() {
 		o.PodWait = 5 * time.Second
 	}
 	if o.MeterReserve == 0 {
-		o.MeterReserve = 8
+		o.MeterReserve = 32
 	}
 }
 
@@ -233,6 +233,11 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer host.Close()
+	hostNS, err := openHostNS(opts.Netns)
+	if err != nil {
+		return err
+	}
+	defer hostNS.Close()
 
 	oc := ovs.New(ovs.Config{
 		Vsctl: opts.Vsctl, Ofctl: opts.Ofctl, DB: opts.OVSDB, RunDir: opts.OVSRunDir, Bridge: opts.Bridge,
@@ -273,7 +278,7 @@ func Run(ctx context.Context, opts Options) error {
 			TxChecksumOff: dpType == ovs.DatapathNetdev,
 			MTU:           opts.MTU,
 			SysfsRoot:     opts.SysfsRoot,
-		}, host, oc),
+		}, host, hostNS, oc),
 		dpType:     dpType,
 		network:    opts.CNINetwork,
 		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
@@ -285,16 +290,11 @@ func Run(ctx context.Context, opts Options) error {
 		warm:       make(chan struct{}, 1),
 	}
 	defer a.queue.ShutDown()
-	hostNS, err := openHostNS(opts.Netns)
-	if err != nil {
-		return err
-	}
-	defer hostNS.Close()
 	pf := opts.SriovPF
 	if pf == nil {
 		pf = sriov.NetlinkPF{Handle: host}
 	}
-	a.dp.EnableSRIOV(pf, hostNS)
+	a.dp.EnableSRIOV(pf)
 	log.Info("Starting", "bridge", opts.Bridge, "datapathType", dpType, "egressMode", egress, "socket", opts.Socket, "node", opts.NodeName)
 
 	if err := pods.Start(ctx, a.onPodChange); err != nil {

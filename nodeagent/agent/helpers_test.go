@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
@@ -186,4 +187,18 @@ func ping(t *testing.T, from *testPod, to string, count int) bool {
 		return false
 	}
 	return strings.Contains(string(out), fmt.Sprintf("%d packets received", count))
+}
+
+// sysctlIn reads /proc/sys/<name> inside a namespace.
+func sysctlIn(t *testing.T, n *agenttest.Netns, name string) string {
+	t.Helper()
+	var v []byte
+	if err := n.Do(func(ns.NetNS) error {
+		var err error
+		v, err = os.ReadFile(filepath.Join("/proc/sys", name))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(v))
 }

@@ -89,6 +89,12 @@ func TestAddCheckDel(t *testing.T) {
 		if features["tx-checksum-ip-generic"] {
 			t.Error("TX checksum offload is still on for the pod veth on a netdev bridge")
 		}
+		if v := sysctlIn(t, a.netns, "net/ipv6/conf/eth0/disable_ipv6"); v != "1" {
+			t.Errorf("IPv6 on an IPv4-only pod's eth0: disable_ipv6=%s", v)
+		}
+		if v := sysctlIn(t, e.node.Netns, "net/ipv6/conf/"+e.ovsPortOf("ctr-a")+"/disable_ipv6"); v != "1" {
+			t.Errorf("IPv6 on the host veth: disable_ipv6=%s", v)
+		}
 	})
 	t.Run("OVS port", func(t *testing.T) {
 		port := e.ovsPortOf("ctr-a")
@@ -161,6 +167,9 @@ func TestDualStackAndVLANs(t *testing.T) {
 	}
 	if !ping(t, a, "10.78.0.11", 2) {
 		t.Error("same VLAN, IPv4: no reply")
+	}
+	if v := sysctlIn(t, a.netns, "net/ipv6/conf/eth0/disable_ipv6"); v != "0" {
+		t.Errorf("IPv6 off on a dual-stack pod: disable_ipv6=%s", v)
 	}
 	if !ping(t, a, "fd78::11", 2) {
 		t.Error("same VLAN, IPv6: no reply (NODAD address not usable?)")
@@ -545,7 +554,17 @@ func TestMeterReserve(t *testing.T) {
 	if !before[n] {
 		t.Errorf("pod got port %s; the ready ones were %v", n, before)
 	}
-	waitFor(t, "the reserve to refill", func() bool { return len(ready()) == 4 })
+	// 2 of 3 left is above half the reserve: no refill yet.
+	time.Sleep(300 * time.Millisecond)
+	if r := ready(); len(r) != 3 {
+		t.Errorf("%d meter flows after one ADD; want 3 (2 ready, 1 in use)", len(r))
+	}
+	p2 := e.addPod(podSpec{name: "b", ips: "10.92.0.11/24", mac: "02:00:0a:5c:00:0b", extra: map[string]string{annotations.EgressBandwidth: "10M"}})
+	// 1 of 3 left: the reserve refills to 3 free ones (+2 in use) in one batch.
+	waitFor(t, "the reserve to refill", func() bool { return len(ready()) == 5 })
+	if err := e.cni.Check(p2.rt); err != nil {
+		t.Error(err)
+	}
 	if err := e.cni.Check(p.rt); err != nil {
 		t.Error(err)
 	}

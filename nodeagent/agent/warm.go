@@ -7,27 +7,24 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// warmLoop keeps Options.MeterReserve free port numbers with meter and flow
-// installed, so that ADD of a pod with an egress limit changes a meter's rate
-// instead of adding a flow (see datapath.Datapath). It wakes on a.warm.
+// warmLoop keeps up to Options.MeterReserve free port numbers with meter
+// and flow installed, so that ADD of a pod with an egress limit changes a
+// meter's rate instead of adding a flow (see datapath.Datapath). It refills
+// in batches, when half the reserve is used, so that ovs-vswitchd applies
+// one flow-table change per batch. It wakes on a.warm.
 func (a *agent) warmLoop(ctx context.Context) {
 	if !a.dp.MeterMode() || a.opts.MeterReserve < 0 {
 		return
 	}
 	log := klog.FromContext(ctx)
 	for {
-		for {
-			n, ok := a.nextToWarm()
-			if !ok {
-				break
+		if batch := a.nextToWarm(); len(batch) > 0 {
+			err := a.dp.WarmMeters(ctx, batch)
+			for _, n := range batch {
+				a.freePort(n)
 			}
-			err := a.dp.WarmMeter(ctx, n)
-			a.freePort(n)
-			if err != nil {
-				if ctx.Err() == nil {
-					log.Error(err, "Preparing a meter for the next pods failed", "port", n)
-				}
-				break
+			if err != nil && ctx.Err() == nil {
+				log.Error(err, "Preparing meters for the next pods failed", "ports", batch)
 			}
 		}
 		select {
@@ -39,31 +36,35 @@ func (a *agent) warmLoop(ctx context.Context) {
 	}
 }
 
-// nextToWarm reserves the lowest free unmetered port number when fewer than
-// the reserve of free numbers are metered.
-func (a *agent) nextToWarm() (int, bool) {
+// nextToWarm reserves the lowest free unmetered port numbers that bring the
+// free metered ones back to the reserve, once they are at half of it or less.
+func (a *agent) nextToWarm() []int {
 	reserve := a.opts.MeterReserve
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	warm, candidate := 0, 0
-	for p := firstPodPort; p <= lastPodPort && warm < reserve; p++ {
+	warm := 0
+	var candidates []int
+	for p := firstPodPort; p <= lastPodPort && warm < reserve && len(candidates) < reserve; p++ {
 		if a.usedPorts[p] {
 			continue
 		}
 		if a.dp.Metered(p) {
 			warm++
-		} else if candidate == 0 {
-			candidate = p
-		}
-		if candidate != 0 && p > candidate+reserve*4 {
-			break
+		} else {
+			candidates = append(candidates, p)
 		}
 	}
-	if warm >= reserve || candidate == 0 {
-		return 0, false
+	need := reserve - warm
+	if warm > reserve/2 || need <= 0 {
+		return nil
 	}
-	a.usedPorts[candidate] = true
-	return candidate, true
+	if need < len(candidates) {
+		candidates = candidates[:need]
+	}
+	for _, p := range candidates {
+		a.usedPorts[p] = true
+	}
+	return candidates
 }
 
 // wakeWarm asks warmLoop to look again.

@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
@@ -96,21 +97,34 @@ func NewNetns(t testing.TB) *Netns {
 	if err != nil {
 		t.Fatalf("create netns: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = n.Close()
-		_ = testutils.UnmountNS(n)
-	})
-	return &Netns{n}
+	nn := &Netns{n}
+	t.Cleanup(func() { _ = nn.remove() })
+	return nn
 }
 
 // Remove deletes the namespace now (as a container runtime does when a pod
 // sandbox goes), taking its interfaces with it.
 func (n *Netns) Remove(t testing.TB) {
 	t.Helper()
-	_ = n.Close()
-	if err := testutils.UnmountNS(n); err != nil {
+	if err := n.remove(); err != nil {
 		t.Fatalf("remove netns %s: %v", n.Path(), err)
 	}
+}
+
+func (n *Netns) remove() error {
+	_ = n.Close()
+	if _, err := os.Stat(n.Path()); os.IsNotExist(err) {
+		return nil
+	}
+	if err := testutils.UnmountNS(n); err == nil {
+		return nil
+	}
+	// A mount namespace made meanwhile by another process on the machine can
+	// hold a copy of the bind mount (EBUSY): detach it instead.
+	if err := unix.Unmount(n.Path(), unix.MNT_DETACH); err != nil {
+		return err
+	}
+	return os.Remove(n.Path())
 }
 
 // Command returns argv run inside the namespace (nsenter keeps the PID).

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/safchain/ethtool"
 	"golang.org/x/sys/unix"
@@ -155,4 +157,18 @@ func (ethtoolSwitch) TxChecksumOff(ifName string) error {
 		return fmt.Errorf("ethtool %s %s off: %w", ifName, txChecksumFeature, err)
 	}
 	return nil
+}
+
+// sysctlWriter sets sysctls of the calling thread's network namespace.
+type sysctlWriter interface {
+	Set(name, value string) error
+}
+
+// procSysctl writes /proc/sys (per network namespace for net/*: the
+// namespace of the thread that opens the file).
+type procSysctl struct{}
+
+// Set writes value to /proc/sys/<name>.
+func (procSysctl) Set(name, value string) error {
+	return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0o644)
 }

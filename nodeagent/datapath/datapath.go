@@ -100,6 +100,7 @@ type ovsClient interface {
 	ModMeter(ctx context.Context, m ovs.Meter) error
 	DelMeter(ctx context.Context, id int) error
 	AddMeterFlow(ctx context.Context, port, id int) error
+	AddMeterFlows(ctx context.Context, ports []int) error
 	Interfaces(ctx context.Context) ([]ovs.Interface, error)
 	Meters(ctx context.Context) (map[int]ovs.Meter, error)
 	MeterFlows(ctx context.Context) (map[int]int, error)
@@ -136,6 +137,7 @@ type Datapath struct {
 	openNetns netnsOpener
 	offload   offloadSwitch
 	announcer announcer
+	sysctl    sysctlWriter
 
 	mu      sync.Mutex
 	metered map[int]bool // port numbers with meter and meter flow installed
@@ -144,15 +146,18 @@ type Datapath struct {
 	hostNS ns.NetNS // the node's namespace, where VFs return
 }
 
-// New returns a datapath working in the network namespace of host.
-func New(cfg Config, host *netlink.Handle, o ovsClient) *Datapath {
+// New returns a datapath working in the node's network namespace hostNS,
+// with host a netlink handle in it.
+func New(cfg Config, host *netlink.Handle, hostNS ns.NetNS, o ovsClient) *Datapath {
 	return &Datapath{
 		cfg:       cfg,
 		host:      netlinksafe.Handle{Handle: host},
+		hostNS:    hostNS,
 		ovs:       o,
 		openNetns: ns.GetNS,
 		offload:   ethtoolSwitch{},
 		announcer: packetAnnouncer{},
+		sysctl:    procSysctl{},
 		metered:   map[int]bool{},
 	}
 }
@@ -180,20 +185,25 @@ func (d *Datapath) setMetered(n int, v bool) {
 // number and sets its own rate.
 const unlimitedMeterKbps = 100_000_000
 
-// WarmMeter installs meter n at an unlimited rate and the flow for port
-// number n, so that a later pod with an egress limit only changes the rate.
-// The caller keeps n from being allocated meanwhile.
-func (d *Datapath) WarmMeter(ctx context.Context, n int) error {
-	if d.cfg.EgressMode != bandwidth.EgressMeter || d.Metered(n) {
+// WarmMeters installs, for each port number in ns, its meter at an
+// unlimited rate and its flow (all flows in one flow-table change), so that a
+// later pod with an egress limit only changes a rate. The caller keeps the
+// numbers from being allocated meanwhile.
+func (d *Datapath) WarmMeters(ctx context.Context, ns []int) error {
+	if d.cfg.EgressMode != bandwidth.EgressMeter || len(ns) == 0 {
 		return nil
 	}
-	if err := d.ovs.AddMeter(ctx, ovs.Meter{ID: n, RateKbps: unlimitedMeterKbps, BurstKbits: unlimitedMeterKbps * bandwidth.PolicerBurstPercent / 100}); err != nil {
+	for _, n := range ns {
+		if err := d.ovs.AddMeter(ctx, ovs.Meter{ID: n, RateKbps: unlimitedMeterKbps, BurstKbits: unlimitedMeterKbps * bandwidth.PolicerBurstPercent / 100}); err != nil {
+			return err
+		}
+	}
+	if err := d.ovs.AddMeterFlows(ctx, ns); err != nil {
 		return err
 	}
-	if err := d.ovs.AddMeterFlow(ctx, n, n); err != nil {
-		return err
+	for _, n := range ns {
+		d.setMetered(n, true)
 	}
-	d.setMetered(n, true)
 	return nil
 }
 
@@ -210,11 +220,8 @@ func (d *Datapath) LearnMetered(snap *Snapshot) {
 	}
 }
 
-// EnableSRIOV lets the datapath attach VFs: pf makes the PF-side calls and
-// hostNS is the node's namespace, where VF netdevs go back on detach.
-func (d *Datapath) EnableSRIOV(pf sriov.PF, hostNS ns.NetNS) {
-	d.pf, d.hostNS = pf, hostNS
-}
+// EnableSRIOV lets the datapath attach VFs, with pf making the PF-side calls.
+func (d *Datapath) EnableSRIOV(pf sriov.PF) { d.pf = pf }
 
 // MeterMode reports whether egress limits are OpenFlow meters.
 func (d *Datapath) MeterMode() bool { return d.cfg.EgressMode == bandwidth.EgressMeter }
@@ -293,6 +300,11 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	host, err := d.host.LinkByName(a.HostVeth)
 	if err != nil {
 		return nil, fmt.Errorf("find host veth %s: %w", a.HostVeth, err)
+	}
+	// The host end is a switch port: no IPv6 of its own (no link-local
+	// address, no router solicitations or MLD reports for OVS to flood).
+	if err := d.inHost(func() error { return d.sysctl.Set(ipv6Disable(a.HostVeth), "1") }); err != nil {
+		return nil, fmt.Errorf("disable IPv6 on host veth %s: %w", a.HostVeth, err)
 	}
 	if err := d.host.LinkSetUp(host); err != nil {
 		return nil, fmt.Errorf("set host veth %s up: %w", a.HostVeth, err)
@@ -377,6 +389,13 @@ func (d *Datapath) configurePodLink(a *Attachment, pn *podNetns, txChecksumOff b
 			return fmt.Errorf("set lo up in netns %s: %w", a.Netns, err)
 		}
 	}
+	if !hasIPv6(a.IPs) {
+		// An IPv4-only pod: no link-local address, DAD, router solicitations
+		// or MLD reports that OVS would flood to every port of the bridge.
+		if err := pn.ns.Do(func(ns.NetNS) error { return d.sysctl.Set(ipv6Disable(a.IfName), "1") }); err != nil {
+			return fmt.Errorf("disable IPv6 on %s in netns %s: %w", a.IfName, a.Netns, err)
+		}
+	}
 	for _, p := range a.IPs {
 		if err := pn.nl.AddrAdd(link, podAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add address %s to %s in netns %s: %w", p, a.IfName, a.Netns, err)
@@ -413,6 +432,23 @@ func (d *Datapath) announce(a *Attachment, pn *podNetns) error {
 		return fmt.Errorf("announce %v from %s in netns %s: %w", a.IPs, a.IfName, a.Netns, err)
 	}
 	return nil
+}
+
+func hasIPv6(ips []netip.Prefix) bool {
+	for _, p := range ips {
+		if p.Addr().Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// ipv6Disable is the sysctl that turns IPv6 off on an interface.
+func ipv6Disable(ifName string) string { return "net/ipv6/conf/" + ifName + "/disable_ipv6" }
+
+// inHost runs fn in the node's network namespace.
+func (d *Datapath) inHost(fn func() error) error {
+	return d.hostNS.Do(func(ns.NetNS) error { return fn() })
 }
 
 // podAddr is the address as the pod gets it; IPv6 skips duplicate address

@@ -78,6 +78,24 @@ func (c *Client) AddMeterFlow(ctx context.Context, port, id int) error {
 	return nil
 }
 
+// AddMeterFlows steers each port through the meter of the same number, in
+// one ovs-ofctl run (one flow-table change for ovs-vswitchd to apply).
+func (c *Client) AddMeterFlows(ctx context.Context, ports []int) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, p := range ports {
+		b.WriteString(meterFlow(p, p))
+		b.WriteByte('\n')
+	}
+	args := []string{"-O", "OpenFlow13", "add-flows", ofTarget(c.cfg), "-"}
+	if _, err := c.run.Run(ctx, []byte(b.String()), c.cfg.Ofctl, args...); err != nil {
+		return fmt.Errorf("add meter flows for OpenFlow ports %v on %s: %w", ports, c.cfg.Bridge, err)
+	}
+	return nil
+}
+
 // DelPortFlows removes the agent's flows for port.
 func (c *Client) DelPortFlows(ctx context.Context, port int) error {
 	if _, err := c.ofctl(ctx, "del-flows", portMatch(port)); err != nil {

@@ -20,18 +20,21 @@ import (
 	"time"
 )
 
-// runner runs a command and returns its standard output; a failure carries
-// the command's standard error.
+// runner runs a command with stdin (nil: none) and returns its standard
+// output; a failure carries the command's standard error.
 type runner interface {
-	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+	Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error)
 }
 
 // ExecRunner runs commands as child processes.
 type ExecRunner struct{}
 
 // Run runs name with args and returns its standard output.
-func (ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+func (ExecRunner) Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -85,11 +88,11 @@ func New(cfg Config, r runner) *Client {
 func (c *Client) Bridge() string { return c.cfg.Bridge }
 
 func (c *Client) vsctl(ctx context.Context, args ...string) ([]byte, error) {
-	return c.run.Run(ctx, c.cfg.Vsctl, append(vsctlGlobal(c.cfg), args...)...)
+	return c.run.Run(ctx, nil, c.cfg.Vsctl, append(vsctlGlobal(c.cfg), args...)...)
 }
 
 func (c *Client) ofctl(ctx context.Context, command string, args ...string) ([]byte, error) {
-	return c.run.Run(ctx, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", command, ofTarget(c.cfg)}, args...)...)
+	return c.run.Run(ctx, nil, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", command, ofTarget(c.cfg)}, args...)...)
 }
 
 // vsctlGlobal returns ovs-vsctl's leading options.

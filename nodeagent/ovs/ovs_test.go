@@ -201,6 +201,17 @@ func TestClientAgainstOVS(t *testing.T) {
 	if err := c.DelPortFlows(ctx, 121); err != nil {
 		t.Errorf("DelPortFlows without flows: %v", err)
 	}
+	for _, id := range []int{130, 131, 132} {
+		if err := c.AddMeter(ctx, Meter{ID: id, RateKbps: 1000, BurstKbits: 800}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.AddMeterFlows(ctx, []int{130, 131, 132}); err != nil {
+		t.Fatal(err)
+	}
+	if flows, err := c.MeterFlows(ctx); err != nil || !reflect.DeepEqual(flows, map[int]int{130: 130, 131: 131, 132: 132}) {
+		t.Fatalf("MeterFlows after AddMeterFlows = %v, %v", flows, err)
+	}
 	if err := c.DelPort(ctx, "p1"); err != nil {
 		t.Fatal(err)
 	}
