@@ -4,8 +4,11 @@
 // Open vSwitch with the userspace datapath), against the reference chain
 // bridge + host-local + bandwidth (containernetworking/plugins v1.10.0, built
 // by `make tools`) in the same run, both through libcni, pod by pod
-// alternately, with the same limits in both directions. It also reports the
-// agent's resident memory with 200 pods. Run it with `make bench-cni`.
+// alternately, with the same limits in both directions. Each chain has a
+// node network namespace of its own, as on a real node that runs one of
+// them (ovs-vswitchd follows every link change of its namespace, and the
+// reference chain makes a veth and an ifb device per pod). It also reports
+// the agent's resident memory with 200 pods. Run it with `make bench-cni`.
 package cni
 
 import (
@@ -50,17 +53,18 @@ func TestMain(m *testing.M) {
 
 type chain struct {
 	name     string
+	node     ns.NetNS
 	cfg      *libcni.CNIConfig
 	list     *libcni.NetworkConfigList
 	rts      []*libcni.RuntimeConf
 	add, del []time.Duration
 }
 
-func (c *chain) run(node ns.NetNS, op string, i int) error {
+func (c *chain) run(op string, i int) error {
 	rt := c.rts[i]
 	start := time.Now()
 	// Plugins run in the node's namespace, as a runtime on the node runs them.
-	err := node.Do(func(ns.NetNS) error {
+	err := c.node.Do(func(ns.NetNS) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if op == "ADD" {
@@ -208,7 +212,7 @@ func BenchmarkCNI(b *testing.B) {
 	}
 	rssIdle := rssKiB(b, agentCmd.Process.Pid)
 
-	sn := &chain{name: "stickynet"}
+	sn := &chain{name: "stickynet", node: node.Netns}
 	snBytes, err := os.ReadFile(conflist)
 	if err != nil {
 		b.Fatal(err)
@@ -218,7 +222,7 @@ func BenchmarkCNI(b *testing.B) {
 	}
 	sn.cfg = libcni.NewCNIConfigWithCacheDir([]string{agenttest.PluginDir(b)}, filepath.Join(node.Dir, "cache-sn"), nil)
 
-	ref := &chain{name: "bridge+host-local+bandwidth"}
+	ref := &chain{name: "bridge+host-local+bandwidth", node: agenttest.NewNetns(b)}
 	refConf, _ := json.Marshal(map[string]any{
 		"cniVersion": "1.1.0", "name": "ref",
 		"plugins": []any{
@@ -254,7 +258,7 @@ func BenchmarkCNI(b *testing.B) {
 	b.ResetTimer()
 	for i := range pods {
 		for _, c := range []*chain{sn, ref} {
-			if err := c.run(node.Netns, "ADD", i); err != nil {
+			if err := c.run("ADD", i); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -262,7 +266,7 @@ func BenchmarkCNI(b *testing.B) {
 	rssFull := rssKiB(b, agentCmd.Process.Pid)
 	for i := range pods {
 		for _, c := range []*chain{sn, ref} {
-			if err := c.run(node.Netns, "DEL", i); err != nil {
+			if err := c.run("DEL", i); err != nil {
 				b.Fatal(err)
 			}
 		}
