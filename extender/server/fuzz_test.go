@@ -11,14 +11,20 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
 
 // referenceDecode is what DecodeArgs must agree with: encoding/json, as
-// kube-scheduler uses it, plus the same checks of what is required.
+// kube-scheduler uses it, into ExtenderArgs whose Pod has the fields the
+// extender reads (podArgs), plus the same checks of what is required.
 func referenceDecode(body []byte) (*extenderv1.ExtenderArgs, error) {
-	var args extenderv1.ExtenderArgs
+	var args struct {
+		Pod       *podArgs
+		Nodes     *corev1.NodeList
+		NodeNames *[]string
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&args); err != nil {
 		return nil, err
@@ -29,7 +35,7 @@ func referenceDecode(body []byte) (*extenderv1.ExtenderArgs, error) {
 	if args.Pod == nil || args.NodeNames == nil {
 		return nil, errors.New("incomplete")
 	}
-	return &args, nil
+	return &extenderv1.ExtenderArgs{Pod: args.Pod.pod(), NodeNames: args.NodeNames}, nil
 }
 
 // FuzzDecodeArgs checks DecodeArgs against encoding/json on any input (it
