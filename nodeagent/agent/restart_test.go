@@ -50,7 +50,11 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 	pinger := a.netns.Command(ctx, "busybox", "ping", "-c", "160", "-i", "0.05", "-W", "2", "10.87.0.11")
 	var pingOut strings.Builder
 	pinger.Stdout = &pingOut
-	iperfServer(t, a)
+	server := a.netns.Command(ctx, "iperf3", "-s", "-1")
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = server.Wait() }()
 	time.Sleep(300 * time.Millisecond)
 	stream := b.netns.Command(ctx, "iperf3", "-c", "10.87.0.10", "-t", "8", "-b", "10M", "-i", "0.5", "-J")
 	var streamOut strings.Builder
