@@ -82,7 +82,7 @@ func measure(t *testing.T, from, to *testPod, toIP string) float64 {
 			continue
 		case <-time.After(500 * time.Millisecond):
 		}
-		defer func() { cancel(); <-exited }()
+		defer func() { cancel(); _ = <-exited }()
 		break
 	}
 	time.Sleep(rampUp)
