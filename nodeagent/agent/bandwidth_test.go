@@ -71,8 +71,8 @@ func measure(t *testing.T, from, to *testPod, toIP string) float64 {
 		if err := client.Start(); err != nil {
 			t.Fatal(err)
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- client.Wait() }()
+		exited, done := make(chan error, 1), make(chan struct{})
+		go func() { exited <- client.Wait(); close(done) }()
 		select {
 		case err := <-exited: // the server does not listen yet, or is busy
 			if attempt == 20 {
@@ -82,7 +82,7 @@ func measure(t *testing.T, from, to *testPod, toIP string) float64 {
 			continue
 		case <-time.After(500 * time.Millisecond):
 		}
-		defer func() { cancel(); _ = <-exited }()
+		defer func() { cancel(); <-done }()
 		break
 	}
 	time.Sleep(rampUp)
