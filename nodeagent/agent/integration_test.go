@@ -21,6 +21,7 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/bandwidth"
 )
 
 func TestAddCheckDel(t *testing.T) {
@@ -567,5 +568,34 @@ func TestMeterReserve(t *testing.T) {
 	}
 	if err := e.cni.Check(p.rt); err != nil {
 		t.Error(err)
+	}
+}
+
+// With --egress-mode=policing (the choice on the kernel datapath) the egress
+// limit is the interface's ingress_policing_rate/burst. This kernel lacks
+// act_police, so OVS accepts but does not enforce it: only the settings are
+// checked here.
+func TestPolicingModeSettings(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.EgressMode = bandwidth.EgressPolicing })
+	a := e.addPod(podSpec{name: "a", ips: "10.95.0.10/24", mac: "02:00:0a:5f:00:0a", extra: map[string]string{annotations.EgressBandwidth: "40M"}})
+	port := e.ovsPortOf("ctr-a")
+	policing := func() string {
+		return e.node.OVS.Vsctl(t, "get", "Interface", port, "ingress_policing_rate") + "/" + e.node.OVS.Vsctl(t, "get", "Interface", port, "ingress_policing_burst")
+	}
+	if got := policing(); got != "40000/32000" {
+		t.Errorf("policing %s, want 40000/32000 (kbit/s, kbit)", got)
+	}
+	if flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge); strings.Contains(flows, "meter:") {
+		t.Errorf("meter flows in policing mode:\n%s", flows)
+	}
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	pod := a.pod.DeepCopy()
+	delete(pod.Annotations, annotations.EgressBandwidth)
+	e.pods.Set(pod)
+	waitFor(t, "policing off", func() bool { return policing() == "0/0" })
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK after the change: %v", err)
 	}
 }
