@@ -44,6 +44,7 @@ func main() {
 	fs.StringVar(&o.CNIPluginSource, "cni-plugin", "", "stickynet plugin binary to copy into --cni-bin-dir")
 	fs.DurationVar(&o.PodWait, "pod-wait", 0, "how long ADD waits for the pod to reach the agent (default 5s)")
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", time.Minute, "how often to re-check every pod's limits; 0 means never")
+	fs.StringVar(&o.SysfsRoot, "sysfs-root", "/sys", "where SR-IOV VFs are looked up (<root>/class/net/<pf>/device/virtfn*)")
 	fs.IntVar(&o.MeterReserve, "meter-reserve", 32, "free OpenFlow port numbers kept with an egress meter ready; negative means none")
 	klog.InitFlags(fs)
 	flag.Parse()
