@@ -58,6 +58,12 @@ type Config struct {
 	Schedulers []Scheduler
 	// APIServerFlags are added to kube-apiserver's command line.
 	APIServerFlags []string
+	// BeforeReady, if set, runs once the control plane and every real
+	// node's containerd and kubelet run, before Start waits for the nodes
+	// to be Ready and registers the simulated ones: it starts what the
+	// nodes' network needs, such as a CNI plugin's node agents (a node
+	// whose plugin fails CNI STATUS stays NotReady). An error fails Start.
+	BeforeReady func(ctx context.Context, c *Cluster) error
 	// Binaries overrides where the cluster's programs are found; empty
 	// fields are filled from the cache of hack/build-tools.sh and PATH.
 	Binaries Binaries
@@ -75,6 +81,9 @@ type CNI struct {
 	// node's address on the uplink itself, for a plugin that attaches the
 	// uplink to its own switch (stickynet's OVS bridge). Only read at Start.
 	PlainUplink bool
+	// NodeLabels are put on the Node when it registers, for example to
+	// tell which nodes this network serves. Only read at Start.
+	NodeLabels map[string]string
 }
 
 // Scheduler is one more kube-scheduler.
@@ -152,6 +161,9 @@ type Cluster struct {
 	sim    *nodesim.Simulator
 	simRun context.CancelFunc
 	simEnd chan struct{}
+
+	hookMu     sync.Mutex
+	afterNodes []func(context.Context) error
 
 	stopOnce sync.Once
 	stopErr  error
@@ -394,7 +406,17 @@ func (c *Cluster) stop(ctx context.Context) error {
 	}
 	wg.Wait()
 	log.V(1).Info("Nodes stopped", "elapsed", time.Since(begin).Round(time.Millisecond))
-	for _, s := range c.scheds {
+	c.hookMu.Lock()
+	hooks := c.afterNodes
+	c.afterNodes = nil
+	c.hookMu.Unlock()
+	for i := len(hooks) - 1; i >= 0; i-- {
+		errs = append(errs, hooks[i](ctx))
+	}
+	c.schedMu.Lock()
+	scheds := c.scheds
+	c.schedMu.Unlock()
+	for _, s := range scheds {
 		s.stop(5 * time.Second)
 	}
 	c.kcm.stop(5 * time.Second)
@@ -406,6 +428,16 @@ func (c *Cluster) stop(ctx context.Context) error {
 	err := errors.Join(errs...)
 	log.Info("Local cluster stopped", "id", c.state.ID, "elapsed", time.Since(begin).Round(time.Millisecond), "err", err)
 	return err
+}
+
+// AfterNodesStop registers f to run during Stop once every node is down
+// (the CNI DEL of every pod has run) and before the control plane stops,
+// last registered first: for node-side services that pods' networks need to
+// the end, such as a CNI plugin's node agents. Its error is Stop's too.
+func (c *Cluster) AfterNodesStop(f func(ctx context.Context) error) {
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	c.afterNodes = append(c.afterNodes, f)
 }
 
 // Pods of nodes use these images, imported into every real node.

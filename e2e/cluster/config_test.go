@@ -273,3 +273,18 @@ func TestNetnsFromSandboxInfo(t *testing.T) {
 		t.Error("a sandbox on the host network gave a path")
 	}
 }
+
+func TestNodeLabels(t *testing.T) {
+	tests := []struct {
+		extra map[string]string
+		want  string
+	}{
+		{nil, "e2e.stickynet.io/simulated=false"},
+		{map[string]string{"b": "2", "a": "1"}, "e2e.stickynet.io/simulated=false,a=1,b=2"},
+	}
+	for _, tt := range tests {
+		if got := nodeLabels(SimulatedLabel+"=false", tt.extra); got != tt.want {
+			t.Errorf("nodeLabels(%v) = %q, want %q", tt.extra, got, tt.want)
+		}
+	}
+}

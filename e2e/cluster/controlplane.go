@@ -92,6 +92,11 @@ func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
+	if c.cfg.BeforeReady != nil {
+		if err := c.cfg.BeforeReady(ctx, c); err != nil {
+			return err
+		}
+	}
 	if err := c.waitNodesReady(ctx); err != nil {
 		return err
 	}
@@ -268,6 +273,25 @@ func (c *Cluster) StartScheduler(ctx context.Context, s Scheduler) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// StopScheduler stops the scheduler that StartScheduler started as s.Name.
+func (c *Cluster) StopScheduler(name string) error {
+	c.schedMu.Lock()
+	var p *process
+	for i, s := range c.scheds {
+		if s.name == "kube-scheduler-"+name {
+			p = s
+			c.scheds = append(c.scheds[:i:i], c.scheds[i+1:]...)
+			break
+		}
+	}
+	c.schedMu.Unlock()
+	if p == nil {
+		return fmt.Errorf("no scheduler %s runs", name)
+	}
+	p.stop(5 * time.Second)
+	return nil
 }
 
 // waitServiceAccount waits until the controller manager has made the

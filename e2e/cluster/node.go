@@ -335,7 +335,7 @@ func (n *realNode) startKubelet(ctx context.Context) error {
 		"--node-ip="+n.IP.String(),
 		"--root-dir="+n.KubeletDir,
 		"--cert-dir="+filepath.Join(n.KubeletDir, "pki"),
-		"--node-labels="+SimulatedLabel+"=false",
+		"--node-labels="+nodeLabels(SimulatedLabel+"=false", n.c.cniFor(n.Node).NodeLabels),
 		"--v=1",
 	)
 	return err
@@ -365,6 +365,20 @@ func (n *realNode) stop(ctx context.Context) error {
 	}
 	errs = append(errs, n.c.host.UnmountUnder(n.Dir), n.c.host.DeleteNetns(n.Netns))
 	return errors.Join(errs...)
+}
+
+// nodeLabels joins kubelet's --node-labels: first, then extra sorted by key.
+func nodeLabels(first string, extra map[string]string) string {
+	keys := make([]string, 0, len(extra))
+	for k := range extra {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := []string{first}
+	for _, k := range keys {
+		out = append(out, k+"="+extra[k])
+	}
+	return strings.Join(out, ",")
 }
 
 func criClient(socket string) (runtimeapi.RuntimeServiceClient, *grpc.ClientConn, error) {

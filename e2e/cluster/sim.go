@@ -71,10 +71,15 @@ func (c *Cluster) startSimulator(ctx context.Context) error {
 	}
 	var nodes []nodesim.Node
 	for _, n := range c.simNodes {
+		labels := map[string]string{}
+		for k, v := range c.cniFor(n).NodeLabels {
+			labels[k] = v
+		}
+		labels[SimulatedLabel] = "true"
 		nodes = append(nodes, nodesim.Node{
 			Name: n.Name, IP: n.IP, Netns: n.Netns,
 			CNIConfDir: n.CNIConfDir, CNIBinDir: n.CNIBinDir,
-			Labels: map[string]string{SimulatedLabel: "true"},
+			Labels: labels,
 		})
 	}
 	sim, err := nodesim.New(nodesim.Options{
