@@ -93,7 +93,9 @@ func BenchmarkWebhook(b *testing.B) {
 		name   string
 		labels map[string]string
 	}{
-		{"stickynet-system", nil}, {"none", nil}, {"noop", map[string]string{"noop": "true"}},
+		{"stickynet-system", nil},
+		{"none", nil},
+		{"noop", map[string]string{"noop": "true"}},
 		{"sticky", map[string]string{annotations.EnabledLabel: "true"}},
 	} {
 		if err := c.CreateNamespace(ctx, ns.name, ns.labels); err != nil {
@@ -141,7 +143,7 @@ func BenchmarkWebhook(b *testing.B) {
 	b.Cleanup(func() { wcancel(); <-done })
 	waitReady(ctx, b, k, probe)
 
-	var results = map[string][]float64{}
+	results := map[string][]float64{}
 	for r := range rounds {
 		for _, ns := range []string{"none", "noop", "sticky"} {
 			rate := createPods(ctx, b, k, ns, fmt.Sprintf("r%d", r), perRun, 0)

@@ -21,7 +21,9 @@ func TestBuildPatch(t *testing.T) {
 		wantOps int
 	}{
 		{"no change", base, func(*corev1.Pod) {}, 0},
-		{"annotations from none", base, func(p *corev1.Pod) { p.Annotations = map[string]string{"stickynet.io/assigned-ip": "10.0.0.5/24", "a/b~c": "x"} }, 1},
+		{"annotations from none", base, func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"stickynet.io/assigned-ip": "10.0.0.5/24", "a/b~c": "x"}
+		}, 1},
 		{
 			"add, replace and remove keys",
 			func() *corev1.Pod {
