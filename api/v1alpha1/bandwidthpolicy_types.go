@@ -57,7 +57,3 @@ type BandwidthPolicyList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BandwidthPolicy `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&BandwidthPolicy{}, &BandwidthPolicyList{})
-}

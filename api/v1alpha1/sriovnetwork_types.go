@@ -71,7 +71,3 @@ type SriovNetworkList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []SriovNetwork `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&SriovNetwork{}, &SriovNetworkList{})
-}

@@ -74,7 +74,7 @@ func TestBuildPatch(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !equality.Semantic.DeepEqual(got, out) {
-				t.Fatalf("patched pod differs:\n got %+v\nwant %+v", got.ObjectMeta.Annotations, out.ObjectMeta.Annotations)
+				t.Fatalf("patched pod differs:\n got %+v\nwant %+v", got.Annotations, out.Annotations)
 			}
 		})
 	}

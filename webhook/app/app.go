@@ -179,7 +179,7 @@ func Run(ctx context.Context, o Options) error {
 
 	if err := mgr.Add(&release.Controller{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
-		Recorder: mgr.GetEventRecorderFor("stickynet"), Grace: o.ReleaseGrace,
+		Recorder: mgr.GetEventRecorder("stickynet"), Grace: o.ReleaseGrace,
 	}); err != nil {
 		return err
 	}

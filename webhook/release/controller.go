@@ -24,7 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -55,7 +55,7 @@ type Controller struct {
 	APIReader client.Reader // uncached reads that confirm a workload or pod is gone
 	Cache     cache.Cache   // informers whose events trigger a reconcile (nil: periodic only)
 	Alloc     allocator
-	Recorder  record.EventRecorder
+	Recorder  events.EventRecorder
 	// Grace is how long after its last change an address is left alone before
 	// it may be unbound or released, covering pods still being admitted (the
 	// admission chain runs before the pod exists). Default 30 s.
@@ -497,7 +497,7 @@ func describe(r policy.Result) string {
 
 func (c *Controller) event(obj client.Object, kind, reason, format string, args ...any) {
 	if c.Recorder != nil {
-		c.Recorder.Eventf(obj, kind, reason, format, args...)
+		c.Recorder.Eventf(obj, nil, kind, reason, reason, format, args...)
 	}
 }
 

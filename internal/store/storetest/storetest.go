@@ -372,7 +372,10 @@ func testConcurrentCAS(t *testing.T, s store.Store, p string, _ Driver) {
 					return
 				}
 				var n int
-				fmt.Sscan(string(kv.Value), &n)
+				if _, err := fmt.Sscan(string(kv.Value), &n); err != nil {
+					errs <- err
+					return
+				}
 				r, err := s.Txn(context.Background(), []store.Cmp{store.At(k, kv.ModRevision)},
 					[]store.Op{store.Put(k, []byte(fmt.Sprint(n+1)), store.NoLease)}, nil)
 				if err != nil {
