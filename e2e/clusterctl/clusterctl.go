@@ -3,7 +3,8 @@
 // same binary with "run") that brings the cluster up with package cluster
 // and keeps it running, waits until it reports Ready and prints how long that
 // took; "down" stops the supervisor by its recorded PID, which tears the
-// cluster down, then sweeps whatever a dead supervisor may have left.
+// cluster down, then sweeps whatever a dead supervisor may have left. With
+// Stickynet, the supervisor also runs stickynet on the cluster.
 package clusterctl
 
 import (
@@ -22,9 +23,14 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+	"sigs.k8s.io/yaml"
 
+	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/e2e/cluster"
 	"github.com/stickynet/stickynet/e2e/internal/host"
+	"github.com/stickynet/stickynet/e2e/stickynet"
+	"github.com/stickynet/stickynet/extender/config"
+	"github.com/stickynet/stickynet/internal/annotations"
 )
 
 // Options are the command's settings.
@@ -35,6 +41,11 @@ type Options struct {
 	Dir, Kubeconfig string
 	// Nodes and SimNodes are the numbers of real and simulated nodes.
 	Nodes, SimNodes int
+	// Stickynet runs stickynet on the cluster (package stickynet) with the
+	// binaries in StickynetBin; SimAgents simulated nodes run its agent.
+	Stickynet    bool
+	StickynetBin string
+	SimAgents    int
 	// Out receives what the command reports to its user.
 	Out io.Writer
 }
@@ -55,6 +66,11 @@ func Run(ctx context.Context, opts Options) error {
 	opts.Dir = dir
 	if opts.Kubeconfig, err = filepath.Abs(opts.Kubeconfig); err != nil {
 		return fmt.Errorf("kubeconfig path: %w", err)
+	}
+	if opts.StickynetBin != "" {
+		if opts.StickynetBin, err = filepath.Abs(opts.StickynetBin); err != nil {
+			return fmt.Errorf("stickynet binary folder: %w", err)
+		}
 	}
 	switch opts.Command {
 	case "up":
@@ -99,6 +115,9 @@ func up(ctx context.Context, opts Options) error {
 	}
 	cmd := exec.Command(self, "run", "--dir="+opts.Dir, "--kubeconfig="+opts.Kubeconfig,
 		"--nodes="+strconv.Itoa(opts.Nodes), "--sim-nodes="+strconv.Itoa(opts.SimNodes))
+	if opts.Stickynet {
+		cmd.Args = append(cmd.Args, "--stickynet", "--stickynet-bin="+opts.StickynetBin, "--sim-agents="+strconv.Itoa(opts.SimAgents))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -128,9 +147,45 @@ func up(ctx context.Context, opts Options) error {
 	_ = cmd.Process.Release()
 	fmt.Fprintf(opts.Out, "local cluster up: %d real node(s) Ready, %d simulated, %.1f s from start to Ready\n",
 		opts.Nodes, opts.SimNodes, time.Since(begin).Seconds())
+	if opts.Stickynet {
+		fmt.Fprintf(opts.Out, "  stickynet: etcd, webhook, extender (scheduler %q) and a node agent on %d real and %d simulated node(s), labelled %s=true\n",
+			config.SchedulerName, opts.Nodes, min(opts.SimAgents, opts.SimNodes), stickynet.NodeLabel)
+		fmt.Fprintf(opts.Out, "  pods of namespaces labelled %s=true get sticky addresses; a default IPPool for this cluster: kubectl apply -f %s\n",
+			annotations.EnabledLabel, poolFile(opts.Dir))
+		fmt.Fprintf(opts.Out, "  stickynet's logs: %s\n", filepath.Join(opts.Dir, "logs", "stickynet-*.log"))
+	}
 	fmt.Fprintf(opts.Out, "  export KUBECONFIG=%s\n  supervisor PID %d, log %s; stop with: make cluster-down\n",
 		opts.Kubeconfig, pid, logFile(opts.Dir))
 	return nil
+}
+
+// poolFile is where the supervisor writes an IPPool that works on the cluster.
+func poolFile(dir string) string { return filepath.Join(dir, "stickynet", "ippool.yaml") }
+
+// startStickynet starts the cluster with stickynet on it and writes an
+// IPPool manifest for it.
+func startStickynet(ctx context.Context, cfg cluster.Config, opts Options) (*cluster.Cluster, error) {
+	sopts := stickynet.Options{Config: stickynet.Config{Binaries: stickynet.BinariesIn(opts.StickynetBin), SimAgents: opts.SimAgents}}
+	c, _, err := stickynet.StartCluster(ctx, cfg, sopts)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := stickynet.PoolSpec(c)
+	if err == nil {
+		spec.Default = true
+		var b []byte
+		b, err = yaml.Marshal(map[string]any{
+			"apiVersion": v1alpha1.GroupVersion.String(), "kind": "IPPool",
+			"metadata": map[string]string{"name": "local"}, "spec": spec,
+		})
+		if err == nil {
+			err = os.WriteFile(poolFile(opts.Dir), b, 0o644)
+		}
+	}
+	if err != nil {
+		return c, fmt.Errorf("write IPPool manifest: %w", err)
+	}
+	return c, nil
 }
 
 // supervise runs the cluster until SIGTERM or SIGINT, then stops it.
@@ -145,12 +200,22 @@ func supervise(ctx context.Context, opts Options) error {
 	if nodes == 0 {
 		nodes = -1 // NODES=0: simulated nodes only (Config reads 0 as the default)
 	}
-	c, err := cluster.Start(startCtx, cluster.Config{
+	cfg := cluster.Config{
 		Dir:        opts.Dir,
 		Kubeconfig: opts.Kubeconfig,
 		Nodes:      nodes,
 		SimNodes:   opts.SimNodes,
-	})
+	}
+	var c *cluster.Cluster
+	var err error
+	if opts.Stickynet {
+		c, err = startStickynet(startCtx, cfg, opts)
+		if err != nil && c != nil {
+			_ = c.Stop(context.Background())
+		}
+	} else {
+		c, err = cluster.Start(startCtx, cfg)
+	}
 	if err != nil {
 		if ready != nil {
 			fmt.Fprintf(ready, "error: %s\n", strings.ReplaceAll(err.Error(), "\n", " | "))

@@ -1,0 +1,119 @@
+package stickynet
+
+import (
+	"encoding/json"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/nodeagent/api"
+)
+
+func TestRuns(t *testing.T) {
+	cfg := Config{SimAgents: 2}
+	tests := []struct {
+		node cluster.Node
+		want bool
+	}{
+		{cluster.Node{Name: "node-1"}, true},
+		{cluster.Node{Name: "node-7"}, true},
+		{cluster.Node{Name: "sim-1", Simulated: true}, true},
+		{cluster.Node{Name: "sim-2", Simulated: true}, true},
+		{cluster.Node{Name: "sim-3", Simulated: true}, false},
+		{cluster.Node{Name: "sim-x", Simulated: true}, false},
+	}
+	for _, tt := range tests {
+		if got := cfg.Runs(tt.node); got != tt.want {
+			t.Errorf("Runs(%s) = %t, want %t", tt.node.Name, got, tt.want)
+		}
+	}
+}
+
+func TestCNI(t *testing.T) {
+	cfg := Config{Binaries: BinariesIn("/bin-dir"), SimAgents: 1}
+	n := cluster.Node{Name: "node-1", Dir: "/c/nodes/node-1", Uplink: "eth0"}
+	got := cfg.CNI(n)
+	if !got.PlainUplink || got.Plugins[api.PluginType] != "/bin-dir/stickynet-cni" || got.NodeLabels[NodeLabel] != "true" {
+		t.Errorf("CNI(node-1) = %+v: want a plain uplink, the plugin and %s", got, NodeLabel)
+	}
+	var conf struct {
+		Name    string `json:"name"`
+		Plugins []struct {
+			Type   string `json:"type"`
+			Socket string `json:"socket"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(got.ConfList, &conf); err != nil {
+		t.Fatal(err)
+	}
+	if conf.Name != Network || len(conf.Plugins) != 1 || conf.Plugins[0].Type != api.PluginType ||
+		conf.Plugins[0].Socket != "/c/nodes/node-1/stickynet/agent.sock" {
+		t.Errorf("conflist = %s", got.ConfList)
+	}
+	if ref := cfg.CNI(cluster.Node{Name: "sim-2", Simulated: true}); ref.PlainUplink || ref.ConfList != nil || ref.NodeLabels != nil {
+		t.Errorf("CNI(sim-2) = %+v, want the reference chain (zero CNI)", ref)
+	}
+}
+
+func TestAgentArgs(t *testing.T) {
+	n := cluster.Node{Name: "node-2", Dir: "/c/nodes/node-2", Uplink: "eth0", CNIConfDir: "/c/nodes/node-2/cni/net.d"}
+	got := agentArgs("/b/agent", n, "/c/kubeconfig", "/c/nodes/node-2/ovs/db.sock", "/c/nodes/node-2/ovs")
+	for _, want := range []string{
+		"--node-name=node-2", "--kubeconfig=/c/kubeconfig", "--socket=/c/nodes/node-2/stickynet/agent.sock",
+		"--uplink=eth0", "--bridge=br-stickynet", "--ovs-db=unix:/c/nodes/node-2/ovs/db.sock",
+		"--ovs-rundir=/c/nodes/node-2/ovs", "--cni-conf-dir=/c/nodes/node-2/cni/net.d", "--cni-network=stickynet",
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("agent args %v lack %s", got, want)
+		}
+	}
+	if got[0] != "/b/agent" {
+		t.Errorf("agent args start with %s", got[0])
+	}
+	for _, a := range got {
+		if strings.HasPrefix(a, "--cache-dir=") && filepath.Dir(strings.TrimPrefix(a, "--cache-dir=")) != "/c/nodes/node-2/stickynet" {
+			t.Errorf("cache dir %s outside the node's folder", a)
+		}
+	}
+}
+
+func TestPoolSpec(t *testing.T) {
+	spec, err := poolSpec(netip.MustParsePrefix("10.203.0.0/16"), netip.MustParseAddr("10.203.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.CIDR != "10.203.0.0/16" || spec.Gateway != "10.203.0.1" || len(spec.Ranges) != 1 ||
+		spec.Ranges[0].Start != "10.203.6.1" || spec.Ranges[0].End != "10.203.7.254" {
+		t.Errorf("pool spec = %+v", spec)
+	}
+	if spec.NodeSelector == nil || spec.NodeSelector.MatchLabels[NodeLabel] != "true" {
+		t.Errorf("pool nodeSelector = %v, want %s=true", spec.NodeSelector, NodeLabel)
+	}
+	// The cluster's plan: node i at x.y.0.16+i for up to 1020 nodes, the
+	// reference chain's pods from x.y.8.0.
+	lastNode, firstRefPod := netip.MustParseAddr("10.203.4.11"), netip.MustParseAddr("10.203.8.0")
+	start, end := netip.MustParseAddr(spec.Ranges[0].Start), netip.MustParseAddr(spec.Ranges[0].End)
+	if !lastNode.Less(start) || !end.Less(firstRefPod) {
+		t.Errorf("range %s-%s overlaps node addresses (to %s) or reference-chain pods (from %s)", start, end, lastNode, firstRefPod)
+	}
+	for _, bad := range []string{"10.203.0.0/24", "fd00::/64"} {
+		if _, err := poolSpec(netip.MustParsePrefix(bad), netip.MustParseAddr("10.203.0.1")); err == nil {
+			t.Errorf("poolSpec(%s): no error", bad)
+		}
+	}
+}
+
+func TestIsStickynetMod(t *testing.T) {
+	if !isStickynetMod([]byte("module github.com/stickynet/stickynet\n\ngo 1.26\n")) {
+		t.Error("stickynet's go.mod not recognised")
+	}
+	if isStickynetMod([]byte("module github.com/stickynet/stickynet/hack/tools\n")) {
+		t.Error("a nested module taken for stickynet's")
+	}
+	if _, err := RepoRoot(); err != nil {
+		t.Errorf("RepoRoot from the package folder: %v", err)
+	}
+}

@@ -1,0 +1,653 @@
+// Package system_test runs the whole of stickynet on the local cluster with
+// three real nodes (kubelet, containerd, Open vSwitch each) and one
+// simulated node with its own agent: a StatefulSet pod keeps its IP and MAC,
+// on its interface, across deletion and a move to another node, and stays
+// reachable from a pod on a third node; two-way bandwidth limits from a
+// BandwidthPolicy hold between pods on two nodes, and an edit of the policy
+// changes them live. At the end nothing is left on the machine.
+package system_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/e2e/internal/host"
+	"github.com/stickynet/stickynet/e2e/leakcheck"
+	"github.com/stickynet/stickynet/e2e/stickynet"
+	"github.com/stickynet/stickynet/extender/config"
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/webhook/app"
+)
+
+const ns = "sticky"
+
+type env struct {
+	c   *cluster.Cluster
+	sys *stickynet.System
+	k   kubernetes.Interface
+	cl  client.Client
+}
+
+func TestStickynet(t *testing.T) {
+	testenv.Root(t)
+	testenv.NeedCommand(t, "iperf3")
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	ctrl.SetLogger(klog.Background())
+	before := snapshot(ctx, t)
+
+	begin := time.Now()
+	bins, err := stickynet.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stickynet built in %s", time.Since(begin).Round(time.Millisecond))
+	cfg := stickynet.Config{Binaries: bins, SimAgents: 1}
+
+	begin = time.Now()
+	c, sys, err := stickynet.StartCluster(ctx, cluster.Config{SimNodes: 2}, stickynet.Options{Config: cfg, AgentFlags: []string{"-v=2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := c.State()
+	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	t.Logf("cluster (3 real + 2 simulated nodes) with stickynet Ready in %s", time.Since(begin).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, c)
+		}
+	})
+
+	sch, err := app.Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(c.RESTConfig(), client.Options{Scheme: sch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{c: c, sys: sys, k: c.Client(), cl: cl}
+	if got := agentNodes(sys); !slices.Equal(got, []string{"node-1", "node-2", "node-3", "sim-1"}) {
+		t.Fatalf("agents run on %v, want node-1, node-2, node-3 and sim-1", got)
+	}
+	if err := c.CreateNamespace(ctx, ns, map[string]string{annotations.EnabledLabel: "true"}); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := stickynet.PoolSpec(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Default = true
+	spec.ReuseDelaySeconds = ptr.To(int32(5))
+	if err := cl.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "e2e"}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("StatefulSetPodMovesWithItsAddresses", func(t *testing.T) { e.testMove(ctx, t) })
+	t.Run("SimulatedNodeWithAgent", func(t *testing.T) { e.testSimulated(ctx, t) })
+	t.Run("BandwidthPolicyBothWaysAndLive", func(t *testing.T) { e.testBandwidth(ctx, t) })
+
+	// Everything goes; each agent removes its pods' ports on CNI DEL.
+	for _, name := range []string{"web"} {
+		if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := e.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{}); err != nil {
+		t.Error(err)
+	}
+	eventually(ctx, t, 90*time.Second, "every pod of "+ns+" gone", func() (bool, string) {
+		list, err := e.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(list.Items) == 0, fmt.Sprintf("%d pods left", len(list.Items))
+	})
+	for _, n := range sys.AgentNodes() {
+		eventually(ctx, t, 30*time.Second, "no pod port left on "+n.Name, func() (bool, string) {
+			ports, err := e.ports(ctx, n)
+			if err != nil {
+				return false, err.Error()
+			}
+			return slices.Equal(ports, []string{n.Uplink}), fmt.Sprintf("ports %v", ports)
+		})
+	}
+
+	begin = time.Now()
+	if err := sys.Stop(ctx); err != nil {
+		t.Errorf("stop stickynet: %v", err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		t.Errorf("stop cluster: %v", err)
+	}
+	t.Logf("stickynet and the cluster stopped in %s", time.Since(begin).Round(time.Millisecond))
+	checkNoLeaks(ctx, t, before, state)
+}
+
+func agentNodes(sys *stickynet.System) []string {
+	var out []string
+	for _, n := range sys.AgentNodes() {
+		out = append(out, n.Name)
+	}
+	return out
+}
+
+// testMove: a StatefulSet pod runs on node A with its sticky IP and MAC on
+// eth0; A is cordoned and the pod deleted; it comes back on B with the same
+// IP and MAC on eth0 and answers ping and TCP from a pod on C.
+func (e *env) testMove(ctx context.Context, t *testing.T) {
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas: ptr.To(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: toolbox("web", nil),
+		},
+	}
+	if _, err := e.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	first := e.waitRunning(ctx, t, "web-0", "")
+	if first.Spec.SchedulerName != config.SchedulerName {
+		t.Errorf("web-0 has schedulerName %q; the webhook should give %q to pods of a pool with a nodeSelector", first.Spec.SchedulerName, config.SchedulerName)
+	}
+	ip, mac := first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC]
+	if ip == "" || mac == "" {
+		t.Fatalf("web-0 has no assignment: annotations %v", first.Annotations)
+	}
+	e.checkInterface(ctx, t, first, ip, mac)
+	nodeA := first.Spec.NodeName
+	t.Logf("web-0 on %s with %s %s", nodeA, ip, mac)
+
+	e.cordon(ctx, t, nodeA, true)
+	defer e.cordon(ctx, t, nodeA, false)
+	if err := e.k.CoreV1().Pods(ns).Delete(ctx, "web-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	moved := e.waitRunning(ctx, t, "web-0", first.UID)
+	nodeB := moved.Spec.NodeName
+	if nodeB == nodeA {
+		t.Fatalf("web-0 came back on cordoned %s", nodeA)
+	}
+	if got := [2]string{moved.Annotations[annotations.AssignedIP], moved.Annotations[annotations.AssignedMAC]}; got != [2]string{ip, mac} {
+		t.Errorf("web-0 on %s was assigned %v; it had %s %s on %s", nodeB, got, ip, mac, nodeA)
+	}
+	e.checkInterface(ctx, t, moved, ip, mac)
+	t.Logf("web-0 moved to %s with %s %s", nodeB, ip, mac)
+
+	var nodeC string
+	for _, n := range []string{"node-1", "node-2", "node-3"} {
+		if n != nodeA && n != nodeB {
+			nodeC = n
+		}
+	}
+	e.createPod(ctx, t, "client", nil, nodeC)
+	cli := e.waitRunning(ctx, t, "client", "")
+	addr := strings.Split(ip, "/")[0]
+	out, err := e.c.Kubectl(ctx, "-n", ns, "exec", "client", "--", "ping", "-c", "3", "-W", "2", addr)
+	if err != nil || !strings.Contains(string(out), " 0% packet loss") {
+		t.Errorf("ping from client on %s to web-0 (%s) on %s: %v\n%s", cli.Spec.NodeName, addr, nodeB, err, out)
+	}
+	out, err = e.c.Kubectl(ctx, "-n", ns, "exec", "client", "--", "iperf3", "-c", addr, "-t", "1")
+	if err != nil || !strings.Contains(string(out), "iperf Done") {
+		t.Errorf("TCP (iperf3 -t 1) from client on %s to web-0 (%s) on %s: %v\n%s", cli.Spec.NodeName, addr, nodeB, err, out)
+	} else {
+		t.Logf("client on %s reaches web-0 on %s: ping and iperf3 over TCP", nodeC, nodeB)
+	}
+}
+
+// testSimulated: a pod on the simulated node whose agent runs gets its
+// sticky address from that agent and reaches a pod on a real node; the
+// simulated node without an agent is left out of stickynet's pool.
+func (e *env) testSimulated(ctx context.Context, t *testing.T) {
+	node, err := e.k.CoreV1().Nodes().Get(ctx, "sim-2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if node.Labels[stickynet.NodeLabel] != "" {
+		t.Errorf("sim-2 runs no agent but is labelled %s=%s", stickynet.NodeLabel, node.Labels[stickynet.NodeLabel])
+	}
+	e.createPod(ctx, t, "on-sim", nil, "sim-1")
+	p := e.waitRunning(ctx, t, "on-sim", "")
+	ip, mac := p.Annotations[annotations.AssignedIP], p.Annotations[annotations.AssignedMAC]
+	e.checkInterface(ctx, t, p, ip, mac)
+	target := e.pod(ctx, t, "client")
+	out, err := e.c.InPodNetns(ctx, p, "busybox", "ping", "-c", "2", "-W", "2", target.Status.PodIP)
+	if err != nil || !strings.Contains(string(out), " 0% packet loss") {
+		t.Errorf("ping from on-sim (sim-1) to client on %s: %v\n%s", target.Spec.NodeName, err, out)
+	}
+}
+
+// testBandwidth: a BandwidthPolicy limits a pod on one node to 100 Mbit/s
+// each way; iperf3 from and to a pod on another node measures each
+// direction; the policy is edited to 30 Mbit/s and the agent applies it to
+// the running pod, measured again.
+func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
+	policy := &v1alpha1.BandwidthPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "limit", Namespace: ns},
+		Spec: v1alpha1.BandwidthPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "limited"}},
+			Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("100M")},
+			Egress:      &v1alpha1.BandwidthLimit{Rate: resource.MustParse("100M")},
+		},
+	}
+	if err := e.cl.Create(ctx, policy); err != nil {
+		t.Fatal(err)
+	}
+	e.createPod(ctx, t, "limited", map[string]string{"app": "limited"}, "node-1")
+	e.createPod(ctx, t, "peer", nil, "node-2")
+	limited := e.waitRunning(ctx, t, "limited", "")
+	peer := e.waitRunning(ctx, t, "peer", "")
+	if got := limited.Annotations[annotations.BandwidthPolicy]; got != "limit" {
+		t.Fatalf("pod limited: %s=%q, want limit", annotations.BandwidthPolicy, got)
+	}
+	lip, pip := limited.Status.PodIP, peer.Status.PodIP
+	node1, _ := e.c.Node("node-1")
+
+	e.checkRate(t, "into limited (tbf), 100M", e.measure(ctx, t, "peer", lip), 100e6, true)
+	e.checkRate(t, "out of limited (meter), 100M", e.measure(ctx, t, "limited", pip), 100e6, false)
+
+	sandbox, err := e.c.PodNetns(ctx, limited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cur v1alpha1.BandwidthPolicy
+	if err := e.cl.Get(ctx, types.NamespacedName{Namespace: ns, Name: "limit"}, &cur); err != nil {
+		t.Fatal(err)
+	}
+	cur.Spec.Ingress.Rate = resource.MustParse("30M")
+	cur.Spec.Egress.Rate = resource.MustParse("30M")
+	if err := e.cl.Update(ctx, &cur); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 60*time.Second, "limited's annotations re-resolved to 30M", func() (bool, string) {
+		a := e.pod(ctx, t, "limited").Annotations
+		return bitRate(a[annotations.IngressBandwidth]) == 30e6 && bitRate(a[annotations.EgressBandwidth]) == 30e6,
+			fmt.Sprintf("ingress %q egress %q", a[annotations.IngressBandwidth], a[annotations.EgressBandwidth])
+	})
+	eventually(ctx, t, 60*time.Second, "30 Mbit/s tbf and meter on node-1", func() (bool, string) {
+		tbf, err := runIn(ctx, node1.Netns, "tc", "qdisc", "show")
+		if err != nil {
+			return false, err.Error()
+		}
+		meters, err := e.ofctl(ctx, node1, "dump-meters")
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
+	})
+	e.checkRate(t, "into limited (tbf), after the edit to 30M", e.measure(ctx, t, "peer", lip), 30e6, true)
+	e.checkRate(t, "out of limited (meter), after the edit to 30M", e.measure(ctx, t, "limited", pip), 30e6, false)
+
+	after := e.pod(ctx, t, "limited")
+	if after.UID != limited.UID || restarts(after) != 0 {
+		t.Errorf("pod limited was replaced or restarted (uid %s -> %s, restarts %d)", limited.UID, after.UID, restarts(after))
+	}
+	if now, err := e.c.PodNetns(ctx, after); err != nil || now != sandbox {
+		t.Errorf("pod limited's sandbox changed (%s -> %s, %v): the limit was not changed live", sandbox, now, err)
+	}
+}
+
+// bitRate parses a bandwidth annotation; -1 if it does not parse.
+func bitRate(v string) int64 {
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return -1
+	}
+	return q.Value()
+}
+
+func restarts(p *corev1.Pod) int32 {
+	var n int32
+	for _, s := range p.Status.ContainerStatuses {
+		n += s.RestartCount
+	}
+	return n
+}
+
+// toolbox is a pod template whose container serves iperf3 and otherwise
+// sleeps; its pods stay on real nodes (they run containers).
+func toolbox(app string, labels map[string]string) corev1.PodTemplateSpec {
+	l := map[string]string{"app": app}
+	for k, v := range labels {
+		l[k] = v
+	}
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: l},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To(int64(1)),
+			NodeSelector:                  map[string]string{cluster.SimulatedLabel: "false"},
+			Containers: []corev1.Container{{
+				Name:            "main",
+				Image:           cluster.ToolboxImage,
+				ImagePullPolicy: corev1.PullNever,
+				Command:         []string{"/bin/sh", "-c", `iperf3 -s -J >/dev/null 2>&1 & trap 'exit 0' TERM; while true; do sleep 1; done`},
+			}},
+		},
+	}
+}
+
+// createPod creates a bare toolbox pod on node.
+func (e *env) createPod(ctx context.Context, t *testing.T, name string, labels map[string]string, node string) {
+	t.Helper()
+	tmpl := toolbox(name, labels)
+	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node}
+	p := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+	p.Name = name
+	if _, err := e.k.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) pod(ctx context.Context, t *testing.T, name string) *corev1.Pod {
+	t.Helper()
+	p, err := e.k.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitRunning waits until pod name, other than the one with UID not, runs
+// with an IP, and returns it.
+func (e *env) waitRunning(ctx context.Context, t *testing.T, name string, not types.UID) *corev1.Pod {
+	t.Helper()
+	var p *corev1.Pod
+	eventually(ctx, t, 120*time.Second, "pod "+name+" Running", func() (bool, string) {
+		var err error
+		p, err = e.k.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if p.UID == not || p.DeletionTimestamp != nil {
+			return false, "old pod still there"
+		}
+		ok := p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
+		return ok, fmt.Sprintf("%s on %q %s", p.Status.Phase, p.Spec.NodeName, podReason(p))
+	})
+	return p
+}
+
+func podReason(p *corev1.Pod) string {
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.State.Waiting != nil {
+			return cs.State.Waiting.Reason + ": " + cs.State.Waiting.Message
+		}
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Status != corev1.ConditionTrue && c.Message != "" {
+			return c.Message
+		}
+	}
+	return ""
+}
+
+// checkInterface checks, inside the pod's network namespace, that eth0
+// carries the assigned MAC and IP, and that the API reports that IP.
+func (e *env) checkInterface(ctx context.Context, t *testing.T, p *corev1.Pod, ip, mac string) {
+	t.Helper()
+	if got := p.Status.PodIP; got != strings.Split(ip, "/")[0] {
+		t.Errorf("pod %s reports IP %s; assigned %s", p.Name, got, ip)
+	}
+	link, err := e.c.InPodNetns(ctx, p, "ip", "-o", "link", "show", "eth0")
+	if err != nil {
+		t.Fatalf("eth0 of pod %s: %v", p.Name, err)
+	}
+	if !strings.Contains(string(link), "link/ether "+mac+" ") {
+		t.Errorf("eth0 of pod %s on %s does not carry MAC %s:\n%s", p.Name, p.Spec.NodeName, mac, link)
+	}
+	addrs, err := e.c.InPodNetns(ctx, p, "ip", "-o", "-4", "addr", "show", "eth0")
+	if err != nil {
+		t.Fatalf("addresses of pod %s: %v", p.Name, err)
+	}
+	if !strings.Contains(string(addrs), " inet "+ip+" ") {
+		t.Errorf("eth0 of pod %s on %s does not carry %s:\n%s", p.Name, p.Spec.NodeName, ip, addrs)
+	}
+}
+
+func (e *env) cordon(ctx context.Context, t *testing.T, node string, on bool) {
+	t.Helper()
+	patch := fmt.Appendf(nil, `{"spec":{"unschedulable":%t}}`, on)
+	if _, err := e.k.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("cordon %s (%t): %v", node, on, err)
+	}
+}
+
+// ports lists the ports of br-stickynet on node n.
+func (e *env) ports(ctx context.Context, n cluster.Node) ([]string, error) {
+	out, err := runIn(ctx, "", "ovs-vsctl", "--db=unix:"+ovsDB(n), "list-ports", stickynet.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(out), nil
+}
+
+func (e *env) ofctl(ctx context.Context, n cluster.Node, cmd string) (string, error) {
+	return runIn(ctx, "", "ovs-ofctl", "-O", "OpenFlow13", cmd, "unix:"+filepath.Join(filepath.Dir(ovsDB(n)), stickynet.Bridge+".mgmt"))
+}
+
+// ovsDB is the database socket of node n's Open vSwitch (a simulated
+// node's is started by package stickynet in the node's folder).
+func ovsDB(n cluster.Node) string {
+	if n.OVSDBSocket != "" {
+		return n.OVSDBSocket
+	}
+	return filepath.Join(n.Dir, "ovs", "db.sock")
+}
+
+func runIn(ctx context.Context, netns string, argv ...string) (string, error) {
+	h, err := host.New()
+	if err != nil {
+		return "", err
+	}
+	if netns == "" {
+		out, err := h.Run(ctx, argv[0], argv[1:]...)
+		return string(out), err
+	}
+	out, err := h.RunIn(ctx, netns, argv...)
+	return string(out), err
+}
+
+// Bandwidth is measured as in the node agent's tests: iperf3 over TCP, one
+// stream, one direction at a time, from inside the pods' containers
+// (kubectl exec), what the receiver got in each second after a ramp-up,
+// scaled from TCP payload to Ethernet frames (the unit of tbf and OVS
+// meters). A shaper's output is smooth, so the rate checked for tbf is the
+// median of those seconds: on this shared 2-core machine a second in which
+// other work starves the userspace datapath of both nodes says nothing
+// about the shaper. A policer's output swings with TCP's sawtooth from one
+// second to the next, so for the meter it is the mean over the window.
+// Both are logged, with every second.
+const (
+	iperfSeconds   = 12
+	iperfSkip      = 2
+	tbfTolerance   = 0.05
+	meterTolerance = 0.10
+)
+
+type throughput struct {
+	median, mean float64   // wire bit/s
+	seconds      []float64 // wire bit/s of each second after the ramp-up
+	payloadMean  float64   // TCP payload bit/s
+}
+
+func (e *env) measure(ctx context.Context, t *testing.T, from, toIP string) throughput {
+	t.Helper()
+	var c struct {
+		Error string `json:"error"`
+		Start struct {
+			MSS int `json:"tcp_mss_default"`
+		} `json:"start"`
+		Server struct {
+			Intervals []struct {
+				Sum struct {
+					Start   float64 `json:"start"`
+					Seconds float64 `json:"seconds"`
+					Bytes   float64 `json:"bytes"`
+				} `json:"sum"`
+			} `json:"intervals"`
+		} `json:"server_output_json"`
+	}
+	var out []byte
+	for range 20 { // until the server listens
+		var err error
+		out, err = e.c.Kubectl(ctx, "-n", ns, "exec", from, "--", "iperf3", "-c", toIP, "-t", fmt.Sprint(iperfSeconds), "-J", "--get-server-output")
+		if i := strings.IndexByte(string(out), '{'); i >= 0 {
+			out = out[i:]
+		}
+		if jerr := json.Unmarshal(out, &c); jerr != nil {
+			t.Fatalf("iperf3 client in %s: %v, output %.1000s", from, err, out)
+		}
+		if c.Error == "" || !strings.Contains(c.Error, "Connection refused") {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if c.Error != "" || c.Start.MSS == 0 {
+		t.Fatalf("iperf3 client in %s: %s: %.1000s", from, c.Error, out)
+	}
+	wire := float64(c.Start.MSS+66) / float64(c.Start.MSS)
+	var got throughput
+	var bytes, secs float64
+	for _, iv := range c.Server.Intervals {
+		if iv.Sum.Start >= iperfSkip && iv.Sum.Seconds > 0.5 {
+			bytes += iv.Sum.Bytes
+			secs += iv.Sum.Seconds
+			got.seconds = append(got.seconds, iv.Sum.Bytes*8/iv.Sum.Seconds*wire)
+		}
+	}
+	if secs < iperfSeconds-iperfSkip-1.5 {
+		t.Fatalf("iperf3 server measured only %.1fs: %.1000s", secs, out)
+	}
+	got.payloadMean = bytes * 8 / secs
+	got.mean = got.payloadMean * wire
+	sorted := slices.Clone(got.seconds)
+	slices.Sort(sorted)
+	if n := len(sorted); n%2 == 1 {
+		got.median = sorted[n/2]
+	} else {
+		got.median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+	return got
+}
+
+// checkRate checks a tbf (shaped: the median) or meter (policed: the
+// mean) rate.
+func (e *env) checkRate(t *testing.T, what string, got throughput, rate float64, shaped bool) {
+	t.Helper()
+	val, tol, est := got.mean, meterTolerance, "mean"
+	if shaped {
+		val, tol, est = got.median, tbfTolerance, "median"
+	}
+	dev := (val - rate) / rate
+	per := make([]string, len(got.seconds))
+	for i, v := range got.seconds {
+		per[i] = fmt.Sprintf("%.1f", v/1e6)
+	}
+	t.Logf("%s: limit %.0f Mbit/s; on the wire median %.1f Mbit/s (%+.1f%%), mean %.1f (%+.1f%%), per second %s; TCP payload mean %.1f Mbit/s",
+		what, rate/1e6, got.median/1e6, (got.median-rate)/rate*100, got.mean/1e6, (got.mean-rate)/rate*100, strings.Join(per, " "), got.payloadMean/1e6)
+	if math.Abs(dev) > tol {
+		t.Errorf("%s: %s %.1f Mbit/s on the wire for a limit of %.0f Mbit/s: off by %+.1f%%, allowed ±%.0f%%", what, est, val/1e6, rate/1e6, dev*100, tol*100)
+	}
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: not within %s: %s", what, timeout, detail)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// dumpLogs shows the end of stickynet's logs after a failure.
+func dumpLogs(t *testing.T, c *cluster.Cluster) {
+	logs, _ := filepath.Glob(filepath.Join(c.Dir(), "logs", "stickynet-*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		if len(b) > 4000 {
+			b = b[len(b)-4000:]
+		}
+		t.Logf("%s (end):\n%s", filepath.Base(l), b)
+	}
+}
+
+// snapshot records the machine before the cluster starts.
+func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
+	t.Helper()
+	h, err := host.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PrepareNetnsDir(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := leakcheck.Take(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// checkNoLeaks compares the machine with before, telling other tests'
+// clusters apart by their markers.
+func checkNoLeaks(ctx context.Context, t *testing.T, before leakcheck.Snapshot, state cluster.State) {
+	t.Helper()
+	h, err := host.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scope := func() leakcheck.Scope {
+		sc := leakcheck.Scope{Strings: state.Markers(), SharedDirs: []string{host.NetnsDir}}
+		others, _ := cluster.Registered()
+		for _, o := range others {
+			if o.ID != state.ID {
+				sc.Foreign = append(sc.Foreign, o.Markers()...)
+				sc.Foreign = append(sc.Foreign, cluster.SharedPaths()...)
+			}
+		}
+		return sc
+	}
+	leaks, err := leakcheck.Check(ctx, h, before, scope, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state.Dir); err == nil {
+		leaks = append(leaks, "folder "+state.Dir)
+	}
+	if len(leaks) > 0 {
+		t.Errorf("left behind after Stop:\n  %s", strings.Join(leaks, "\n  "))
+	}
+}
