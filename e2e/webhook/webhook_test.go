@@ -281,6 +281,19 @@ func (s *suite) testStatefulSet(ctx context.Context, t *testing.T) {
 	if len(ips(before)) != 3 || ips(before)[0] == ips(before)[1] || ips(before)[1] == ips(before)[2] {
 		t.Fatalf("ordinals do not have distinct addresses: %v", before)
 	}
+	eventually(ctx, t, 30*time.Second, "StickyAddressAssigned events on the pods", func() (bool, string) {
+		evs, err := s.k.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, e := range evs.Items {
+			if e.Reason == "StickyAddressAssigned" && e.Regarding.Kind == "Pod" && strings.Contains(e.Note, "statefulset/sts/web/") {
+				n++
+			}
+		}
+		return n >= 3, fmt.Sprintf("%d events", n)
+	})
 	for round := range 2 {
 		for _, name := range []string{"web-1", "web-2"} {
 			old, err := s.k.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
