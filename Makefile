@@ -73,6 +73,11 @@ verify-generate: generate ## Fail when generated code or CRDs are out of date.
 
 NODES ?= 3
 SIM_NODES ?= 0
+# STICKYNET=1 also runs stickynet on the cluster; SIM_AGENTS simulated nodes
+# run its node agent (each with an Open vSwitch of its own), the others keep
+# the reference chain.
+STICKYNET ?=
+SIM_AGENTS ?= 10
 LOCALCLUSTER := $(BIN)/localcluster
 
 .PHONY: localcluster
@@ -81,12 +86,17 @@ localcluster:
 	$(GO) build -o $(LOCALCLUSTER) ./e2e/cmd/localcluster
 
 .PHONY: cluster-up
-cluster-up: localcluster ## Start the local cluster as root (NODES=3 real nodes, SIM_NODES=0 simulated; after `make tools`); prints the time to Ready.
-	$(LOCALCLUSTER) up --dir $(OUT)/cluster --kubeconfig $(OUT)/kubeconfig --nodes $(NODES) --sim-nodes $(SIM_NODES)
+cluster-up: localcluster $(if $(STICKYNET),build) ## Start the local cluster as root (NODES=3 real nodes, SIM_NODES=0 simulated; STICKYNET=1 with stickynet; after `make tools`); prints the time to Ready.
+	$(LOCALCLUSTER) up --dir $(OUT)/cluster --kubeconfig $(OUT)/kubeconfig --nodes $(NODES) --sim-nodes $(SIM_NODES) \
+	  $(if $(STICKYNET),--stickynet --stickynet-bin $(BIN) --sim-agents $(SIM_AGENTS))
 
 .PHONY: cluster-down
 cluster-down: localcluster ## Stop the local cluster's supervisor by its PID and remove everything the cluster made.
 	$(LOCALCLUSTER) down --dir $(OUT)/cluster
+
+.PHONY: demo
+demo: ## As root: the local cluster with stickynet, the README's kubectl session run for real (sticky IP/MAC across a node move, a rate limit with iperf3), then cluster-down (KEEP=1 leaves it up).
+	hack/demo/demo.sh
 
 ##@ Benchmarks
 
