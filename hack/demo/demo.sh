@@ -16,7 +16,14 @@ export PATH=$kube:$PATH KUBECONFIG=$PWD/_output/kubeconfig
 
 # say prints a step; run prints a command as typed, then runs it.
 say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+run() {
+  local out='$' a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=" $a"; else out+=" '$a'"; fi
+  done
+  printf '%s\n' "$out"
+  "$@"
+}
 # apply prints and applies a manifest given on stdin.
 apply() {
   local m
