@@ -3,6 +3,7 @@ package stickynet
 import (
 	"encoding/json"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -115,5 +116,30 @@ func TestIsStickynetMod(t *testing.T) {
 	}
 	if _, err := RepoRoot(); err != nil {
 		t.Errorf("RepoRoot from the package folder: %v", err)
+	}
+}
+
+func TestBinariesCheck(t *testing.T) {
+	dir := t.TempDir()
+	b := BinariesIn(dir)
+	err := b.check()
+	if err == nil || !strings.Contains(err.Error(), "make build") {
+		t.Fatalf("check of missing binaries = %v, want an error naming make build", err)
+	}
+	for _, p := range []string{b.Webhook, b.Extender, b.NodeAgent, b.CNI} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.check(); err == nil || !strings.Contains(err.Error(), "not executable") {
+		t.Fatalf("check of non-executable binaries = %v", err)
+	}
+	for _, p := range []string{b.Webhook, b.Extender, b.NodeAgent, b.CNI} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.check(); err != nil {
+		t.Fatalf("check of present binaries: %v", err)
 	}
 }

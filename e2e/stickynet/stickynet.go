@@ -124,8 +124,9 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (s *System, er
 	if err := h.CreateCgroup(s.cgroup); err != nil {
 		return nil, err
 	}
+	sys := s // s is nil on return when Start fails; the hook still stops what ran
 	c.AfterNodesStop(func(ctx context.Context) error {
-		return errors.Join(s.Stop(ctx), s.stopAgents(ctx))
+		return errors.Join(sys.Stop(ctx), sys.stopAgents(ctx))
 	})
 	defer func() {
 		if err != nil {
