@@ -57,13 +57,20 @@ func Build(ctx context.Context, dir string) (Binaries, error) {
 		return Binaries{}, fmt.Errorf("create binary folder: %w", err)
 	}
 	out := BinariesIn(dir)
-	for _, b := range []struct{ pkg, dst string }{
-		{"./webhook", out.Webhook}, {"./extender", out.Extender}, {"./nodeagent", out.NodeAgent}, {"./cni", out.CNI},
-	} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.dst, b.pkg)
-		cmd.Dir = root
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			return Binaries{}, fmt.Errorf("go build %s: %w: %s", b.pkg, err, msg)
+	// One go command links the four in parallel, each named after its folder.
+	tmp, err := os.MkdirTemp(dir, ".build-")
+	if err != nil {
+		return Binaries{}, fmt.Errorf("create build folder: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp+"/", "./webhook", "./extender", "./nodeagent", "./cni")
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return Binaries{}, fmt.Errorf("go build stickynet: %w: %s", err, msg)
+	}
+	for src, dst := range map[string]string{"webhook": out.Webhook, "extender": out.Extender, "nodeagent": out.NodeAgent, "cni": out.CNI} {
+		if err := os.Rename(filepath.Join(tmp, src), dst); err != nil {
+			return Binaries{}, fmt.Errorf("install %s binary: %w", src, err)
 		}
 	}
 	return out, nil

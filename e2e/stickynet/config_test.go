@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/api"
 )
 
@@ -141,5 +143,20 @@ func TestBinariesCheck(t *testing.T) {
 	}
 	if err := b.check(); err != nil {
 		t.Fatalf("check of present binaries: %v", err)
+	}
+}
+
+func TestBuild(t *testing.T) {
+	testenv.Integration(t)
+	b, err := Build(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.check(); err != nil {
+		t.Fatalf("built binaries: %v", err)
+	}
+	out, err := exec.Command(b.CNI).CombinedOutput() // no CNI_COMMAND: prints its about text
+	if !strings.Contains(string(out), "stickynet") {
+		t.Errorf("%s without CNI_COMMAND: %v: %s", b.CNI, err, out)
 	}
 }
