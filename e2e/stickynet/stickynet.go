@@ -187,16 +187,6 @@ func (s *System) AgentNodes() []cluster.Node {
 	return out
 }
 
-// AgentPID returns the PID of node's agent, 0 if none runs.
-func (s *System) AgentPID(node string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.agents[node]; a != nil && !a.agent.exited() {
-		return a.agent.cmd.Process.Pid
-	}
-	return 0
-}
-
 func (s *System) startEtcd() error {
 	e, err := testenv.RunEtcd(testenv.EtcdOptions{
 		Dir:   filepath.Join(s.dir, "etcd"),

@@ -110,10 +110,8 @@ func TestStickynet(t *testing.T) {
 	t.Run("BandwidthPolicyBothWaysAndLive", func(t *testing.T) { e.testBandwidth(ctx, t) })
 
 	// Everything goes; each agent removes its pods' ports on CNI DEL.
-	for _, name := range []string{"web"} {
-		if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
-			t.Error(err)
-		}
+	if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Error(err)
 	}
 	if err := e.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{}); err != nil {
 		t.Error(err)
