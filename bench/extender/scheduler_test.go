@@ -109,7 +109,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	taintOut(ctx, b, cs, "sim-1")
 	begin := time.Now()
 	nodes := createNodes(ctx, b, cs)
-	b.Logf("%d Ready nodes in %s", len(nodes), time.Since(begin).Round(time.Millisecond))
+	report("%d Ready nodes in %s", len(nodes), time.Since(begin).Round(time.Millisecond))
 	createStickynetObjects(ctx, b, rc)
 	if err := c.CreateNamespace(ctx, benchNS, nil); err != nil {
 		b.Fatal(err)
@@ -136,7 +136,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		for i, p := range order {
 			id := fmt.Sprintf("r%dp%d", round, i)
 			r := runPhase(ctx, b, cs, c.KubeconfigPath(), schedulerBin, binds, nodes, p, id)
-			b.Logf("%-20s %7.1f pods/s  (%d pods, first to last binding %s; scheduler start to last binding %s)",
+			report("%-20s %7.1f pods/s  (%d pods, first to last binding %s; scheduler start to last binding %s)",
 				r.phase, r.rate(), r.bound, r.lastBind.Sub(r.firstBind).Round(time.Millisecond), r.lastBind.Sub(r.started).Round(time.Millisecond))
 			results = append(results, r)
 		}
@@ -145,7 +145,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	for _, r := range results {
 		mean[r.phase] += r.rate() / float64(rounds)
 	}
-	b.Logf("mean over %d round(s): none %.1f pods/s, no-op extender %.1f, stickynet extender %.1f; stickynet / no-op = %.2f (target >= 0.90)",
+	report("mean over %d round(s): none %.1f pods/s, no-op extender %.1f, stickynet extender %.1f; stickynet / no-op = %.2f (target >= 0.90)",
 		rounds, mean["none"], mean["no-op extender"], mean["stickynet extender"], mean["stickynet extender"]/mean["no-op extender"])
 	b.ReportMetric(mean["stickynet extender"], "stickynet-pods/s")
 	b.ReportMetric(mean["no-op extender"], "noop-pods/s")
