@@ -11,6 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/stickynet/stickynet/internal/netlinkdump"
+
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/bandwidth"
 	"github.com/stickynet/stickynet/nodeagent/ovs"
@@ -91,7 +93,7 @@ func (d *Datapath) checkPod(a *Attachment) []string {
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		add("%s is down", a.IfName)
 	}
-	addrs, err := pn.nl.AddrList(link, netlink.FAMILY_ALL)
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return pn.nl.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		add("list addresses of %s: %v", a.IfName, err)
 	}
@@ -106,7 +108,7 @@ func (d *Datapath) checkPod(a *Attachment) []string {
 			add("%s lacks address %s", a.IfName, p)
 		}
 	}
-	routes, err := pn.nl.RouteList(link, netlink.FAMILY_ALL)
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return pn.nl.RouteList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		add("list routes of %s: %v", a.IfName, err)
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+
+	"github.com/stickynet/stickynet/internal/netlinkdump"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -600,7 +602,7 @@ func (d *Datapath) setIngress(a *Attachment, want annotations.Limit, verify bool
 
 // rootTBF returns the tbf at the root of link, or nil.
 func (d *Datapath) rootTBF(link netlink.Link) (*netlink.Tbf, error) {
-	qs, err := d.host.QdiscList(link)
+	qs, err := netlinkdump.Retry(func() ([]netlink.Qdisc, error) { return d.host.QdiscList(link) })
 	if err != nil {
 		return nil, fmt.Errorf("list qdiscs of %s: %w", link.Attrs().Name, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/stickynet/stickynet/internal/netlinkdump"
 	"github.com/vishvananda/netns"
 )
 
@@ -131,7 +133,7 @@ func (h *Host) DeleteLink(name string) error {
 
 // Links returns the names of the host namespace's links that start with prefix.
 func (h *Host) Links(prefix string) ([]string, error) {
-	ls, err := netlink.LinkList()
+	ls, err := netlinkdump.Retry(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -148,7 +150,7 @@ func (h *Host) Links(prefix string) ([]string, error) {
 // host namespace, to choose a fabric subnet that collides with none.
 func (h *Host) HostPrefixes() ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
@@ -157,7 +159,7 @@ func (h *Host) HostPrefixes() ([]netip.Prefix, error) {
 			out = append(out, p.Masked())
 		}
 	}
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
