@@ -185,7 +185,7 @@ func (s *Simulator) registerNode(ctx context.Context, n *Node) error {
 			if err != nil {
 				return err
 			}
-			cur.Status = nodeObject(*n, s.opts.Capacity, metav1.Now()).Status
+			cur.Status = repostStatus(cur.Status, nodeObject(*n, s.opts.Capacity, metav1.Now()).Status)
 			_, err = nodes.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 			return err
 		})
@@ -524,6 +524,24 @@ func (s *Simulator) reportRunning(ctx context.Context, pod *corev1.Pod, ips []ne
 		return fmt.Errorf("report pod %s/%s running: %w", pod.Namespace, pod.Name, err)
 	}
 	return nil
+}
+
+// repostStatus is the status a simulated node posts over the one stored:
+// its own, plus the capacity and allocatable entries that others advertise
+// on the node (extended resources such as a node agent's VFs), which a
+// kubelet's status update keeps too.
+func repostStatus(stored, own corev1.NodeStatus) corev1.NodeStatus {
+	for _, l := range []struct{ from, to corev1.ResourceList }{
+		{stored.Capacity, own.Capacity},
+		{stored.Allocatable, own.Allocatable},
+	} {
+		for name, q := range l.from {
+			if _, set := l.to[name]; !set {
+				l.to[name] = q
+			}
+		}
+	}
+	return own
 }
 
 // nodeKeyPrefix marks node keys in the work queue (no namespace name

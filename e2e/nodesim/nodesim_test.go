@@ -12,6 +12,7 @@ import (
 	cnitypes "github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 )
@@ -164,5 +165,28 @@ func TestNodeObject(t *testing.T) {
 	}
 	if !ready || obj.Status.Addresses[0].Address != "10.201.0.30" || obj.Status.Addresses[0].Type != corev1.NodeInternalIP {
 		t.Errorf("status = %+v", obj.Status)
+	}
+}
+
+func TestRepostStatusKeepsOthersResources(t *testing.T) {
+	vf := corev1.ResourceName("stickynet.io/sriov-fast")
+	capacity := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("16")}
+	stored := nodeObject(Node{Name: "sim-1"}, capacity, metav1.Now()).Status
+	stored.Capacity[vf] = resource.MustParse("2")
+	stored.Allocatable[vf] = resource.MustParse("1")
+	stored.Capacity[corev1.ResourceCPU] = resource.MustParse("1")
+
+	got := repostStatus(stored, nodeObject(Node{Name: "sim-1"}, capacity, metav1.Now()).Status)
+	if q := got.Capacity[vf]; q.Value() != 2 {
+		t.Errorf("capacity of %s = %s, want the stored 2", vf, q.String())
+	}
+	if q := got.Allocatable[vf]; q.Value() != 1 {
+		t.Errorf("allocatable of %s = %s, want the stored 1", vf, q.String())
+	}
+	if q := got.Capacity[corev1.ResourceCPU]; q.Value() != 16 {
+		t.Errorf("cpu capacity = %s, want the simulator's own 16", q.String())
+	}
+	if _, leaked := capacity[vf]; leaked {
+		t.Error("the simulator's capacity list was changed")
 	}
 }

@@ -156,8 +156,8 @@ func nodeObject(n Node, capacity corev1.ResourceList, now metav1.Time) *corev1.N
 	return &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels},
 		Status: corev1.NodeStatus{
-			Capacity:    capacity,
-			Allocatable: capacity,
+			Capacity:    capacity.DeepCopy(),
+			Allocatable: capacity.DeepCopy(),
 			Phase:       corev1.NodeRunning,
 			Conditions: []corev1.NodeCondition{
 				cond(corev1.NodeReady, corev1.ConditionTrue, "KubeletReady"),
