@@ -61,6 +61,10 @@ var OutputKeys = []string{Identity, AssignedIP, AssignedMAC, Gateway, VLAN, Assi
 const (
 	// EnabledLabel on a namespace opts its pods in.
 	EnabledLabel = "stickynet.io/enabled"
+	// ManagedLabel ("true") is set by the webhook on every pod it gives an
+	// address; the webhook's own pod cache watches only those pods, so the
+	// rest of the cluster's pods cost it nothing.
+	ManagedLabel = "stickynet.io/managed"
 	// SriovResourcePrefix + SriovNetwork name is the extended resource of the network's VFs.
 	SriovResourcePrefix = "stickynet.io/sriov-"
 )

@@ -231,6 +231,10 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	if al.Reserved && al.Token != "" {
 		ann[annotations.Reservation] = al.Token
 	}
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	pod.Labels[annotations.ManagedLabel] = "true"
 	if sriov != nil {
 		addVFRequest(pod, sriov.Name)
 	}

@@ -172,6 +172,9 @@ func TestStatefulSetSticky(t *testing.T) {
 	if _, ok := first.Annotations[annotations.Reservation]; ok {
 		t.Fatal("a named pod got a reservation token")
 	}
+	if first.Labels[annotations.ManagedLabel] != "true" || first.Labels["app"] != "x" {
+		t.Fatalf("labels %v; want the pod's own plus %s=true (the webhook's pod cache selects on it)", first.Labels, annotations.ManagedLabel)
+	}
 	// The pod is deleted and comes back (on any node): same address and MAC,
 	// even if it carries stale or forged output annotations.
 	back := pod("app", "web-0", map[string]string{annotations.AssignedIP: "10.20.0.99/24", annotations.Identity: "pod/x/y"}, ctrl("StatefulSet", "web"))

@@ -9,10 +9,12 @@ import (
 )
 
 // buildPatch returns the JSON patch from orig to out over the fields the
-// handler changes: annotations, the first container's resources and the
-// scheduler name. (Diffing whole pods costs more than the rest of admission.)
+// handler changes: labels, annotations, the first container's resources and
+// the scheduler name. (Diffing whole pods costs more than the rest of
+// admission.)
 func buildPatch(orig, out *corev1.Pod) []jsonpatch.JsonPatchOperation {
 	var ops []jsonpatch.JsonPatchOperation
+	ops = append(ops, mapPatch("/metadata/labels", orig.Labels, out.Labels)...)
 	ops = append(ops, mapPatch("/metadata/annotations", orig.Annotations, out.Annotations)...)
 	if len(orig.Spec.Containers) > 0 && len(out.Spec.Containers) > 0 {
 		o, n := orig.Spec.Containers[0].Resources, out.Spec.Containers[0].Resources

@@ -14,12 +14,15 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -110,8 +113,13 @@ func Run(ctx context.Context, o Options) error {
 	defer st.Close()
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  sch,
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		Scheme:  sch,
+		Metrics: metricsserver.Options{BindAddress: o.MetricsAddr},
+		// Only the pods the webhook gave an address: the rest of the
+		// cluster's pods are neither decoded nor kept.
+		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
+			&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{annotations.ManagedLabel: "true"})},
+		}},
 		HealthProbeBindAddress:  o.ProbeAddr,
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "stickynet-release-controller",

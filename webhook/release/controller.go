@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -252,6 +253,18 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			if now.Sub(e.Since) < c.Grace {
 				continue
 			}
+			if carrier == nil {
+				// The cache holds only pods labelled stickynet.io/managed:
+				// ask the API server before believing the pod gone.
+				live, err := c.stillCarried(ctx, e)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if live {
+					continue
+				}
+			}
 			if err := c.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod); err != nil {
 				errs = append(errs, err)
 				continue
@@ -301,6 +314,32 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	c.forget(pods)
 	return errors.Join(errs...)
+}
+
+// stillCarried asks the API server (not the cache) whether the pod an
+// address is bound to exists, has not terminated and still carries the
+// address, as when someone removed the pod's stickynet.io/managed label.
+func (c *Controller) stillCarried(ctx context.Context, e ipam.Entry) (bool, error) {
+	if c.APIReader == nil {
+		return false, nil
+	}
+	ns, name, _ := strings.Cut(e.Pod, "/")
+	p := &corev1.Pod{}
+	err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read pod %s: %w", e.Pod, err)
+	}
+	for _, info := range podsWithAssignment([]corev1.Pod{*p}) {
+		if info.live && info.identity == e.Identity && info.ip == e.IP {
+			klog.FromContext(ctx).V(1).Info("Pod carries its address but lacks the label; keeping the address bound",
+				"pod", e.Pod, "label", annotations.ManagedLabel, "ip", e.IP)
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // releaseReason says why an address that no pod carries should be freed now
