@@ -140,7 +140,7 @@ func BenchmarkWebhook(b *testing.B) {
 			KubeAPIQPS: 100, KubeAPIBurst: 200,
 		})
 	}()
-	b.Cleanup(func() { wcancel(); _ = <-done })
+	b.Cleanup(func() { wcancel(); <-done })
 	waitReady(ctx, b, k, probe)
 
 	results := map[string][]float64{}
