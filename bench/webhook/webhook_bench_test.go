@@ -140,7 +140,12 @@ func BenchmarkWebhook(b *testing.B) {
 			KubeAPIQPS: 100, KubeAPIBurst: 200,
 		})
 	}()
-	b.Cleanup(func() { wcancel(); <-done })
+	b.Cleanup(func() {
+		wcancel()
+		if err := <-done; err != nil {
+			b.Logf("stickynet webhook stopped: %v", err)
+		}
+	})
 	waitReady(ctx, b, k, probe)
 
 	results := map[string][]float64{}
