@@ -31,6 +31,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/certs"
@@ -369,6 +370,12 @@ func (s *suite) testScale(ctx context.Context, t *testing.T) {
 				}
 			}
 		}
+		if retention == annotations.RetentionRelease {
+			// Both replicas run in this process and share the registry.
+			if n := releasedMetric(t, "statefulset"); n < 2 {
+				t.Errorf("stickynet_webhook_released_addresses_total{kind=\"statefulset\"} = %v; want at least the 2 ordinals released", n)
+			}
+		}
 		if retention == annotations.RetentionRetain {
 			s.scale(ctx, t, ns, name, 3)
 			after := s.pods(ctx, t, ns, name, 3)
@@ -683,4 +690,27 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 		ok := st.Total == 253 && st.Allocated > 0 && st.Allocated+st.Held+st.Cooling+st.Free == st.Total
 		return ok, fmt.Sprintf("%+v", st)
 	})
+}
+
+// releasedMetric reads stickynet_webhook_released_addresses_total for an
+// identity kind from controller-runtime's registry.
+func releasedMetric(t *testing.T, kind string) float64 {
+	t.Helper()
+	families, err := crmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "stickynet_webhook_released_addresses_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "kind" && l.GetValue() == kind {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

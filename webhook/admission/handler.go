@@ -29,6 +29,7 @@ import (
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/promreg"
 	"github.com/stickynet/stickynet/webhook/policy"
 	"github.com/stickynet/stickynet/webhook/workload"
 )
@@ -447,24 +448,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.0005, .001, .002, .003, .004, .005, .0075, .01, .0125, .015, .02, .03, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
 	}
-	m.total = register(reg, m.total)
-	m.duration = register(reg, m.duration)
+	m.total = promreg.Register(reg, m.total)
+	m.duration = promreg.Register(reg, m.duration)
 	return m
-}
-
-// register registers c, or returns the collector already registered under its
-// name (several webhook instances in one process share them).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(err)
-	}
-	return c
 }
 
 func (m *Metrics) observe(result string, d time.Duration) {

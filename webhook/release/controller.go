@@ -57,6 +57,7 @@ type Controller struct {
 	Cache     cache.Cache   // informers whose events trigger a reconcile (nil: periodic only)
 	Alloc     allocator
 	Recorder  events.EventRecorder
+	Metrics   *Metrics // nil: none
 	// Grace is how long after its last change an address is left alone before
 	// it may be unbound or released, covering pods still being admitted (the
 	// admission chain runs before the pod exists). Default 30 s.
@@ -129,6 +130,7 @@ func (c *Controller) Start(ctx context.Context) error {
 		began := time.Now()
 		err := c.Reconcile(rctx)
 		took := time.Since(began)
+		c.Metrics.pass(took, err)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			log.Error(err, "Reconcile failed; retrying")
@@ -297,6 +299,8 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			continue
 		}
 		log.Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
+		kind, _, _ := strings.Cut(e.Identity, "/")
+		c.Metrics.release(kind)
 		c.released(ctx, e, why)
 		ms := members[e.Identity]
 		for i := range ms {
