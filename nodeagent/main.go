@@ -40,6 +40,8 @@ func main() {
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "where to install the conflist; empty means do not")
 	fs.StringVar(&o.CNIConfName, "cni-conf-name", "10-stickynet.conflist", "conflist file name")
 	fs.StringVar(&o.CNINetwork, "cni-network", "stickynet", "network name in the conflist")
+	fs.StringVar(&o.FallbackConfList, "fallback-conflist", "", "CNI conflist file of the network for pods stickynet does not serve (embedded in the conflist as \"fallback\"); empty means none: such pods fail CNI ADD")
+	fs.StringVar(&o.CNICacheDir, "cni-cache-dir", "", "the plugin's \"cacheDir\" in the conflist (records of fallback attachments); empty means "+api.DefaultCacheDir)
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "", "where to install the stickynet plugin binary (with --cni-plugin)")
 	fs.StringVar(&o.CNIPluginSource, "cni-plugin", "", "stickynet plugin binary to copy into --cni-bin-dir")
 	fs.DurationVar(&o.PodWait, "pod-wait", 0, "how long ADD waits for the pod to reach the agent (default 5s)")

@@ -96,6 +96,15 @@ type Options struct {
 	CNIConfName string
 	// CNINetwork is the network name in the conflist.
 	CNINetwork string
+	// CNICacheDir is the plugin's "cacheDir" in the conflist (where it
+	// records pods attached through the fallback network); empty leaves
+	// the plugin's default, api.DefaultCacheDir.
+	CNICacheDir string
+	// FallbackConfList is a CNI conflist file (flag --fallback-conflist)
+	// whose network the conflist embeds as "fallback": the plugin attaches
+	// the pods stickynet does not serve through it. Empty means none: such
+	// pods fail ADD.
+	FallbackConfList string
 	// CNIBinDir receives the plugin binary copied from CNIPluginSource; both
 	// empty means do not install the plugin.
 	CNIBinDir, CNIPluginSource string
@@ -178,6 +187,7 @@ type agent struct {
 	store    *state.Store
 	dpType   string
 	network  string
+	conflist []byte // what install writes
 	queue    workqueue.TypedRateLimitingInterface[string]
 	keyLocks [64]sync.Mutex
 
@@ -200,6 +210,14 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	log := klog.FromContext(ctx).WithName("nodeagent")
 	ctx = klog.NewContext(ctx, log)
+	fallback, err := loadFallback(opts.FallbackConfList)
+	if err != nil {
+		return err
+	}
+	conflist, err := BuildConfList(ConfListSpec{Network: opts.CNINetwork, Socket: opts.Socket, CacheDir: opts.CNICacheDir, Fallback: fallback})
+	if err != nil {
+		return fmt.Errorf("--fallback-conflist=%s: %w", opts.FallbackConfList, err)
+	}
 
 	var kube kubernetes.Interface
 	var dyn dynamic.Interface
@@ -281,6 +299,7 @@ func Run(ctx context.Context, opts Options) error {
 		}, host, hostNS, oc),
 		dpType:     dpType,
 		network:    opts.CNINetwork,
+		conflist:   conflist,
 		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		atts:       map[string]*datapath.Attachment{},
 		usedPorts:  map[int]bool{},
@@ -443,10 +462,25 @@ func (a *agent) install() error {
 	if a.opts.CNIConfDir == "" {
 		return nil
 	}
-	if err := writeFileAtomic(filepath.Join(a.opts.CNIConfDir, a.opts.CNIConfName), ConfList(a.network, a.opts.Socket), 0o644); err != nil {
+	if err := writeFileAtomic(filepath.Join(a.opts.CNIConfDir, a.opts.CNIConfName), a.conflist, 0o644); err != nil {
 		return fmt.Errorf("install CNI conflist: %w", err)
 	}
 	return nil
+}
+
+// loadFallback reads and checks the fallback conflist file; nil for none.
+func loadFallback(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--fallback-conflist=%s: cannot read the file: %w", path, err)
+	}
+	if _, err := api.ParseFallback(b); err != nil {
+		return nil, fmt.Errorf("--fallback-conflist=%s: %w", path, err)
+	}
+	return b, nil
 }
 
 func installFile(src, dst string, mode os.FileMode) error {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
 )
 
@@ -98,16 +100,65 @@ func buildResult(cniVersion string, a *datapath.Attachment, hostMAC net.Hardware
 // ConfList is the conflist the agent installs: one network with the
 // stickynet plugin pointing at the agent's socket.
 func ConfList(network, socket string) []byte {
+	b, _ := BuildConfList(ConfListSpec{Network: network, Socket: socket})
+	return b
+}
+
+// ConfListSpec describes the conflist the agent installs.
+type ConfListSpec struct {
+	// Network is the network name; Socket the agent's socket.
+	Network, Socket string
+	// CacheDir is the plugin's "cacheDir" (its records of fallback
+	// attachments); empty leaves the plugin's default, api.DefaultCacheDir.
+	CacheDir string
+	// Fallback is a CNI network configuration list (JSON) for the pods
+	// stickynet does not serve; empty means none.
+	Fallback []byte
+}
+
+// BuildConfList renders the conflist. With a fallback network, the
+// stickynet entry embeds it as "fallback" and declares the capabilities of
+// its plugins, so that the runtime passes their runtime configuration
+// (such as portMappings) to stickynet, which hands it on. The error, about
+// the fallback, says what is wrong with it.
+func BuildConfList(s ConfListSpec) ([]byte, error) {
+	entry := map[string]any{
+		"type":   api.PluginType,
+		"socket": s.Socket,
+	}
+	if s.CacheDir != "" {
+		entry["cacheDir"] = s.CacheDir
+	}
+	if len(s.Fallback) > 0 {
+		list, err := api.ParseFallback(s.Fallback)
+		if err != nil {
+			return nil, err
+		}
+		caps := map[string]bool{}
+		for _, p := range list.Plugins {
+			for c, on := range p.Network.Capabilities {
+				if on {
+					caps[c] = true
+				}
+			}
+		}
+		if len(caps) > 0 {
+			entry["capabilities"] = caps
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, s.Fallback); err != nil {
+			return nil, err
+		}
+		entry["fallback"] = json.RawMessage(compact.Bytes())
+	}
 	conf := map[string]any{
 		"cniVersion": "1.1.0",
-		"name":       network,
-		"plugins": []any{
-			map[string]any{
-				"type":   "stickynet",
-				"socket": socket,
-			},
-		},
+		"name":       s.Network,
+		"plugins":    []any{entry},
 	}
-	b, _ := json.MarshalIndent(conf, "", "  ")
-	return append(b, '\n')
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
 }

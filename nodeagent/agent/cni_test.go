@@ -5,12 +5,17 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
 )
 
@@ -93,4 +98,119 @@ func TestConfList(t *testing.T) {
 	if p["type"] != "stickynet" || p["socket"] != "/run/x.sock" {
 		t.Fatalf("plugin %v", p)
 	}
+}
+
+func TestBuildConfListWithFallback(t *testing.T) {
+	fallback := []byte(`{
+  "cniVersion": "1.0.0", "name": "pods",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]]}},
+    {"type": "portmap", "capabilities": {"portMappings": true, "off": false}},
+    {"type": "bandwidth", "capabilities": {"bandwidth": true}}
+  ]}`)
+	b, err := BuildConfList(ConfListSpec{Network: "net-a", Socket: "/run/x.sock", CacheDir: "/var/lib/x", Fallback: fallback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		CNIVersion string `json:"cniVersion"`
+		Plugins    []struct {
+			Type         string          `json:"type"`
+			Socket       string          `json:"socket"`
+			CacheDir     string          `json:"cacheDir"`
+			Capabilities map[string]bool `json:"capabilities"`
+			Fallback     json.RawMessage `json:"fallback"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatalf("conflist %s: %v", b, err)
+	}
+	if c.CNIVersion != "1.1.0" || len(c.Plugins) != 1 {
+		t.Fatalf("conflist %s", b)
+	}
+	p := c.Plugins[0]
+	if p.Type != "stickynet" || p.Socket != "/run/x.sock" || p.CacheDir != "/var/lib/x" {
+		t.Errorf("stickynet entry %+v", p)
+	}
+	if !reflect.DeepEqual(p.Capabilities, map[string]bool{"portMappings": true, "bandwidth": true}) {
+		t.Errorf("capabilities %v, want the union of the fallback plugins' enabled ones", p.Capabilities)
+	}
+	var got, want any
+	_ = json.Unmarshal(fallback, &want)
+	if err := json.Unmarshal(p.Fallback, &got); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("fallback %s, want %s", p.Fallback, fallback)
+	}
+
+	// Without a fallback: no capabilities, no fallback key.
+	b, err = BuildConfList(ConfListSpec{Network: "net-a", Socket: "/run/x.sock"})
+	if err != nil || strings.Contains(string(b), "fallback") || strings.Contains(string(b), "capabilities") || strings.Contains(string(b), "cacheDir") {
+		t.Errorf("conflist without fallback %s (%v)", b, err)
+	}
+
+	for _, bad := range []struct{ conf, want string }{
+		{`{"cniVersion":"1.0.0","name":"pods"}`, `no "plugins"`},
+		{`{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"stickynet"}]}`, "another network than stickynet"},
+		{`{"name":"pods","plugins":[{"type":"bridge"}]}`, `no "cniVersion"`},
+		{`{"cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}`, "no name"},
+		{`[1]`, "want a CNI network configuration list"},
+	} {
+		if _, err := BuildConfList(ConfListSpec{Network: "n", Socket: "/s", Fallback: []byte(bad.conf)}); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("fallback %s: error %v, want one saying %q", bad.conf, err, bad.want)
+		}
+	}
+}
+
+func TestLoadFallback(t *testing.T) {
+	dir := t.TempDir()
+	if b, err := loadFallback(""); b != nil || err != nil {
+		t.Errorf("no flag: %s, %v", b, err)
+	}
+	missing := dir + "/missing.conflist"
+	if _, err := loadFallback(missing); err == nil || !strings.Contains(err.Error(), "--fallback-conflist="+missing) || !strings.Contains(err.Error(), "cannot read") {
+		t.Errorf("missing file: %v", err)
+	}
+	bad := dir + "/bad.conflist"
+	if err := os.WriteFile(bad, []byte(`{"cniVersion":"1.0.0","name":"pods","plugins":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadFallback(bad); err == nil || !strings.Contains(err.Error(), "--fallback-conflist="+bad) || !strings.Contains(err.Error(), "plugins") {
+		t.Errorf("bad file: %v", err)
+	}
+	good := dir + "/good.conflist"
+	if err := os.WriteFile(good, []byte(`{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := loadFallback(good); err != nil || len(b) == 0 {
+		t.Errorf("good file: %s, %v", b, err)
+	}
+}
+
+func TestNotAdmitted(t *testing.T) {
+	withFallback := &api.NetConf{Fallback: json.RawMessage(`{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}`)}
+	without := &api.NetConf{}
+	plain := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "coredns-1", Annotations: map[string]string{"kubectl.kubernetes.io/restartedAt": "x"}}}
+	asks := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "web-0", Annotations: map[string]string{
+		annotations.Pool: "demo", annotations.SriovNetwork: "fast",
+	}}}
+
+	fb, err := notAdmitted(withFallback, plain)
+	if err != nil || fb == nil || !strings.Contains(fb.Reason, "kube-system/coredns-1") || !strings.Contains(fb.Reason, annotations.EnabledLabel) {
+		t.Errorf("pod without stickynet annotations, with a fallback: %+v, %v; want the fallback with the reason", fb, err)
+	}
+	fb, err = notAdmitted(without, plain)
+	if fb != nil || cniErrCode(err) != api.ErrPodNotAdmitted || !strings.Contains(err.Error(), "is its namespace labelled") {
+		t.Errorf("pod without stickynet annotations, no fallback: %+v, %v; want error 100", fb, err)
+	}
+	fb, err = notAdmitted(withFallback, asks)
+	if fb != nil || cniErrCode(err) != api.ErrPodNotAdmitted || !strings.Contains(err.Error(), `stickynet.io/pool="demo"`) {
+		t.Errorf("pod asking for stickynet: %+v, %v; want error 100 naming the first stickynet.io/ annotation", fb, err)
+	}
+}
+
+func cniErrCode(err error) uint {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te.Code
+	}
+	return 0
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -26,7 +28,7 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	var err error
 	switch req.Command {
 	case api.CommandAdd:
-		resp.Result, err = a.add(ctx, req)
+		resp.Result, resp.Fallback, err = a.add(ctx, req)
 	case api.CommandDel:
 		err = a.del(ctx, req)
 	case api.CommandCheck:
@@ -45,6 +47,10 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 		}
 		resp = api.Response{Error: te}
 		log.Info("CNI request failed", "code", te.Code, "msg", te.Msg, "details", te.Details, "duration", time.Since(start))
+		return resp
+	}
+	if resp.Fallback != nil {
+		log.V(2).Info("CNI request goes to the fallback network", "reason", resp.Fallback.Reason, "duration", time.Since(start))
 		return resp
 	}
 	log.V(2).Info("CNI request done", "duration", time.Since(start))
@@ -71,25 +77,72 @@ func needAttachmentArgs(req api.Request) error {
 	return nil
 }
 
-func (a *agent) add(ctx context.Context, req api.Request) ([]byte, error) {
+// add attaches a pod stickynet serves, or tells the plugin to attach it
+// through the conflist's fallback network (see notAdmitted).
+func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback, error) {
 	conf, err := a.conf(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := needAttachmentArgs(req); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if req.Netns == "" {
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+		return nil, nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
 	}
 	ref, err := parseCNIArgs(req.Args)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pod, err := a.waitPod(ctx, ref)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	if _, perr := annotations.ParseAssignment(pod.Annotations); errors.Is(perr, annotations.ErrNotAssigned) {
+		fb, err := notAdmitted(conf, pod)
+		return nil, fb, err
+	}
+	res, err := a.attach(ctx, conf, req, pod)
+	return res, nil, err
+}
+
+// notAdmitted answers ADD for a pod without a stickynet assignment: it goes
+// to the conflist's fallback network, unless it asks for stickynet through
+// a stickynet.io/ annotation (then it must not get another network
+// silently) or there is no fallback network.
+func notAdmitted(conf *api.NetConf, pod *corev1.Pod) (*api.Fallback, error) {
+	reason := fmt.Sprintf("pod %s/%s: %v", pod.Namespace, pod.Name, annotations.ErrNotAssigned)
+	if key := stickynetAnnotation(pod.Annotations); key != "" {
+		return nil, types.NewError(api.ErrPodNotAdmitted,
+			fmt.Sprintf("%s; it carries %s=%q, so it asks for stickynet and does not go to the fallback network", reason, key, pod.Annotations[key]), "")
+	}
+	if len(conf.Fallback) == 0 || string(conf.Fallback) == "null" {
+		return nil, types.NewError(api.ErrPodNotAdmitted, reason, "")
+	}
+	return &api.Fallback{Reason: reason}, nil
+}
+
+// annotationPrefix starts every key of stickynet's annotation contract.
+const annotationPrefix = "stickynet.io/"
+
+// stickynetAnnotation returns the first (sorted) stickynet.io/ annotation
+// key, or "".
+func stickynetAnnotation(ann map[string]string) string {
+	var keys []string
+	for k := range ann {
+		if strings.HasPrefix(k, annotationPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return ""
+	}
+	slices.Sort(keys)
+	return keys[0]
+}
+
+// attach sets up the attachment of a pod with a stickynet assignment.
+func (a *agent) attach(ctx context.Context, conf *api.NetConf, req api.Request, pod *corev1.Pod) ([]byte, error) {
 	asg, err := podAssignment(pod)
 	if err != nil {
 		return nil, err

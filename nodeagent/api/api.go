@@ -1,7 +1,8 @@
 // Package api owns the contract between the stickynet CNI plugin and the node
-// agent: the network configuration the plugin reads from its conflist entry,
-// the request the plugin forwards over the agent's unix socket, the response
-// it gets back, and the plugin-specific CNI error codes.
+// agent: the network configuration the plugin reads from its conflist entry
+// (with the optional fallback network for pods stickynet does not serve), the
+// request the plugin forwards over the agent's unix socket, the response it
+// gets back, and the plugin-specific CNI error codes.
 package api
 
 import (
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 )
 
@@ -21,6 +23,11 @@ const DefaultSocket = "/run/stickynet/agent.sock"
 
 // DefaultTimeout bounds one request of the plugin to the agent.
 const DefaultTimeout = 10 * time.Second
+
+// DefaultCacheDir is where the plugin keeps its records of pods attached
+// through the fallback network and libcni's cache of the fallback's results,
+// unless the conflist's "cacheDir" says otherwise.
+const DefaultCacheDir = "/var/lib/cni/stickynet"
 
 // Path is the HTTP path of the CNI endpoint on the agent's socket.
 const Path = "/v1/cni"
@@ -36,7 +43,9 @@ const (
 
 // Plugin-specific CNI error codes (the CNI specification reserves 0-99).
 const (
-	// ErrPodNotAdmitted: the pod carries no stickynet assignment.
+	// ErrPodNotAdmitted: the pod carries no stickynet assignment and does
+	// not go to a fallback network (the conflist has none, or the pod asks
+	// for stickynet through a stickynet.io/ annotation).
 	ErrPodNotAdmitted uint = 100
 	// ErrInterfaceExists: the interface name is already taken in the pod's netns.
 	ErrInterfaceExists uint = 101
@@ -56,6 +65,19 @@ type NetConf struct {
 	// Timeout bounds one request to the agent, as a Go duration ("10s");
 	// empty means DefaultTimeout.
 	Timeout string `json:"timeout,omitempty"`
+	// Fallback is an ordinary CNI network configuration list (a conflist
+	// object: cniVersion, name, plugins) that the plugin runs itself, as a
+	// runtime would, for a pod the node agent reports as not admitted by
+	// stickynet. Absent: such pods fail ADD with ErrPodNotAdmitted.
+	Fallback json.RawMessage `json:"fallback,omitempty"`
+	// CacheDir holds the plugin's records of fallback attachments and
+	// libcni's cache of the fallback's results; empty means DefaultCacheDir.
+	// It must be private to the node (GC removes what it does not know).
+	CacheDir string `json:"cacheDir,omitempty"`
+	// RuntimeConfig is what the runtime passes for the capabilities the
+	// entry declares (the agent's conflist declares those of the fallback's
+	// plugins, such as portMappings); the plugin hands it to the fallback.
+	RuntimeConfig map[string]any `json:"runtimeConfig,omitempty"`
 }
 
 // ParseNetConf decodes and validates the plugin's configuration from stdin.
@@ -79,7 +101,58 @@ func ParseNetConf(b []byte) (*NetConf, error) {
 	if _, err := c.RequestTimeout(); err != nil {
 		return nil, err
 	}
+	if c.CacheDir == "" {
+		c.CacheDir = DefaultCacheDir
+	}
+	if !filepath.IsAbs(c.CacheDir) {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("network configuration key \"cacheDir\" is %q; want an absolute path such as %s", c.CacheDir, DefaultCacheDir), "")
+	}
+	if _, err := c.FallbackList(); err != nil {
+		return nil, err
+	}
 	return &c, nil
+}
+
+// FallbackList parses the fallback network; nil when there is none. The
+// error is a CNI error naming the key.
+func (c *NetConf) FallbackList() (*libcni.NetworkConfigList, error) {
+	if len(c.Fallback) == 0 || string(c.Fallback) == "null" {
+		return nil, nil
+	}
+	l, err := ParseFallback(c.Fallback)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network configuration key \"fallback\": %v", err), "")
+	}
+	return l, nil
+}
+
+// ParseFallback parses and checks a fallback network configuration list: a
+// conflist object with a name, a cniVersion and at least one plugin, none of
+// which is stickynet itself.
+func ParseFallback(b []byte) (*libcni.NetworkConfigList, error) {
+	const want = `want a CNI network configuration list such as {"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge",...}]}`
+	l, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w; %s", err, want)
+	}
+	switch {
+	case l.Name == "":
+		return nil, fmt.Errorf("\"name\" is empty; %s", want)
+	case l.CNIVersion == "":
+		return nil, fmt.Errorf("network configuration list %q has no \"cniVersion\"; %s", l.Name, want)
+	case len(l.Plugins) == 0:
+		return nil, fmt.Errorf("network configuration list %q has no \"plugins\"; %s", l.Name, want)
+	}
+	for i, p := range l.Plugins {
+		if p.Network.Type == "" {
+			return nil, fmt.Errorf("plugin %d of network configuration list %q has no \"type\"", i, l.Name)
+		}
+		if p.Network.Type == PluginType {
+			return nil, fmt.Errorf("plugin %d of network configuration list %q has type %q: a fallback must be another network than stickynet", i, l.Name, PluginType)
+		}
+	}
+	return l, nil
 }
 
 // RequestTimeout returns the configured request timeout.
@@ -106,8 +179,17 @@ type Request struct {
 	Config      json.RawMessage `json:"config"`
 }
 
-// Response is the agent's answer: the result to print (ADD), or an error.
+// Response is the agent's answer: the result to print (ADD), an error, or
+// (ADD only) the instruction to attach the pod through the fallback network.
 type Response struct {
-	Result json.RawMessage `json:"result,omitempty"`
-	Error  *types.Error    `json:"error,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *types.Error    `json:"error,omitempty"`
+	Fallback *Fallback       `json:"fallback,omitempty"`
+}
+
+// Fallback tells the plugin that stickynet does not serve the pod and that
+// the conflist's fallback network attaches it.
+type Fallback struct {
+	// Reason says why, for the plugin's messages.
+	Reason string `json:"reason"`
 }

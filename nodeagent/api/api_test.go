@@ -46,3 +46,32 @@ func TestParseNetConf(t *testing.T) {
 		})
 	}
 }
+
+func TestParseNetConfFallback(t *testing.T) {
+	const fb = `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}`
+	c, err := ParseNetConf([]byte(`{"cniVersion":"1.1.0","name":"n","type":"stickynet","fallback":` + fb + `,"runtimeConfig":{"portMappings":[]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.FallbackList()
+	if err != nil || l == nil || l.Name != "pods" || len(l.Plugins) != 2 || c.CacheDir != DefaultCacheDir || c.RuntimeConfig["portMappings"] == nil {
+		t.Fatalf("fallback %+v (%v), cacheDir %q, runtimeConfig %v", l, err, c.CacheDir, c.RuntimeConfig)
+	}
+	if c, err := ParseNetConf([]byte(`{"type":"stickynet","fallback":null}`)); err != nil {
+		t.Errorf("null fallback: %v", err)
+	} else if l, err := c.FallbackList(); l != nil || err != nil {
+		t.Errorf("null fallback: %+v, %v", l, err)
+	}
+	for _, tt := range []struct{ in, want string }{
+		{`{"type":"stickynet","cacheDir":"cache"}`, `"cacheDir" is "cache"`},
+		{`{"type":"stickynet","fallback":"bridge"}`, `"fallback"`},
+		{`{"type":"stickynet","fallback":{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"stickynet"}]}}`, "another network than stickynet"},
+		{`{"type":"stickynet","fallback":{"cniVersion":"1.0.0","name":"pods","plugins":[{"bridge":"cni0"}]}}`, "missing 'type'"},
+	} {
+		_, err := ParseNetConf([]byte(tt.in))
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, tt.want) {
+			t.Errorf("%s: error %v; want code %d saying %q", tt.in, err, types.ErrInvalidNetworkConfig, tt.want)
+		}
+	}
+}
