@@ -16,16 +16,21 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/stickynet/stickynet/nodeagent/agenttest"
 	"github.com/stickynet/stickynet/nodeagent/api"
 )
 
-// The test binary doubles as the plugin: with STICKYNET_CNI_MAIN set it runs main.
+// The test binary doubles as the plugin: with STICKYNET_CNI_MAIN set it runs
+// main. The integration tests (fallback_test.go) run the built plugin binary
+// with a real agent.
 func TestMain(m *testing.M) {
 	if os.Getenv("STICKYNET_CNI_MAIN") == "1" {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	agenttest.Cleanup()
+	os.Exit(code)
 }
 
 // stubAgent answers on a unix socket the way a node agent would and records
@@ -235,5 +240,137 @@ func TestVersion(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || !strings.Contains(strings.Join(v.Supported, ","), "1.1.0") {
 		t.Fatalf("VERSION printed %q", r.stdout)
+	}
+}
+
+// fallbackConf is a stickynet entry with a fallback network and its own
+// cache folder.
+func fallbackConf(socket, cacheDir, fallback string) string {
+	return conf("1.1.0", socket, fmt.Sprintf(`,"cacheDir":%q,"fallback":%s`, cacheDir, fallback))
+}
+
+func TestNotAdmittedWithoutFallback(t *testing.T) {
+	reason := "pod ns/web-0: pod has no stickynet.io/assigned-ip annotation: it was not admitted by the stickynet webhook (is its namespace labelled stickynet.io/enabled=true?)"
+	stub := startStub(t, func(api.Request) (int, []byte) {
+		return 200, jsonOf(t, api.Response{Fallback: &api.Fallback{Reason: reason}})
+	})
+	cache := t.TempDir()
+	e := cniError(t, runPlugin(t, "ADD", conf("1.1.0", stub.socket, fmt.Sprintf(`,"cacheDir":%q`, cache))))
+	if e.Code != api.ErrPodNotAdmitted || e.Msg != reason || !strings.Contains(e.Details, `"fallback"`) {
+		t.Fatalf("error = %+v; want code %d with the agent's reason", e, api.ErrPodNotAdmitted)
+	}
+	if entries, _ := os.ReadDir(cache); len(entries) != 0 {
+		t.Errorf("cache folder holds %v after a refused ADD", entries)
+	}
+}
+
+func TestFallbackConfigErrors(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) { return 200, []byte(`{}`) })
+	cache := t.TempDir()
+	tests := []struct {
+		name, conf, want string
+	}{
+		{"fallback not a conflist", fallbackConf(stub.socket, cache, `"bridge"`), `"fallback"`},
+		{"fallback without plugins", fallbackConf(stub.socket, cache, `{"cniVersion":"1.0.0","name":"pods"}`), `no "plugins"`},
+		{"fallback is stickynet", fallbackConf(stub.socket, cache, `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"stickynet"}]}`), "another network than stickynet"},
+		{"relative cacheDir", conf("1.1.0", stub.socket, `,"cacheDir":"cache"`), `"cacheDir" is "cache"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := cniError(t, runPlugin(t, "ADD", tt.conf))
+			if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, tt.want) {
+				t.Fatalf("error = %+v; want code %d saying %q", e, types.ErrInvalidNetworkConfig, tt.want)
+			}
+		})
+	}
+}
+
+// writeRecord puts a fallback record as the plugin writes it.
+func writeRecord(t *testing.T, cache, containerID, ifName, network string) string {
+	t.Helper()
+	dir := filepath.Join(cache, "fallback")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, containerID+"@"+ifName+".json")
+	b := fmt.Sprintf(`{"containerID":%q,"ifName":%q,"network":%s}`, containerID, ifName, network)
+	if err := os.WriteFile(p, []byte(b), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestGCSplitsValidAttachments: the agent gets the valid attachments that
+// are not fallback ones; a valid fallback attachment keeps its record.
+func TestGCSplitsValidAttachments(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) { return 200, []byte(`{}`) })
+	cache := t.TempDir()
+	const fb = `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}`
+	rec := writeRecord(t, cache, "c-fallback", "eth0", fb)
+	c := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"stickynet","type":"stickynet","socket":%q,"cacheDir":%q,"fallback":%s,`+
+		`"cni.dev/valid-attachments":[{"containerID":"c-fallback","ifname":"eth0"},{"containerID":"c-sticky","ifname":"eth0"}]}`, stub.socket, cache, fb)
+	r := runPlugin(t, "GC", c, "CNI_PATH="+t.TempDir())
+	if r.exit != 0 {
+		t.Fatalf("GC: exit %d, stdout %q stderr %q", r.exit, r.stdout, r.stderr)
+	}
+	req := <-stub.got
+	var got struct {
+		Valid    []types.GCAttachment `json:"cni.dev/valid-attachments"`
+		Fallback json.RawMessage      `json:"fallback"`
+	}
+	if err := json.Unmarshal(req.Config, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Valid) != 1 || got.Valid[0] != (types.GCAttachment{ContainerID: "c-sticky", IfName: "eth0"}) || got.Fallback == nil {
+		t.Errorf("agent got GC config %s; want the stickynet attachment only, the rest unchanged", req.Config)
+	}
+	if _, err := os.Stat(rec); err != nil {
+		t.Errorf("record of a valid fallback attachment: %v", err)
+	}
+}
+
+// TestStaleFallbackRecordThatCannotBeDeleted: GC reports the failed DEL of
+// a stale fallback attachment and keeps its record for the next GC, and
+// still forwards GC to the agent.
+func TestStaleFallbackRecordThatCannotBeDeleted(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) { return 200, []byte(`{}`) })
+	cache := t.TempDir()
+	const fb = `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"no-such-plugin"}]}`
+	rec := writeRecord(t, cache, "c-stale", "eth0", fb)
+	e := cniError(t, runPlugin(t, "GC", fallbackConf(stub.socket, cache, fb), "CNI_PATH="+t.TempDir()))
+	if !strings.Contains(e.Msg, `fallback network "pods"`) || !strings.Contains(e.Msg, "c-stale") || !strings.Contains(e.Msg, "no-such-plugin") {
+		t.Errorf("error = %+v; want one naming the network, the container and the plugin", e)
+	}
+	if _, err := os.Stat(rec); err != nil {
+		t.Errorf("record of the stale attachment whose DEL failed: %v", err)
+	}
+	if req := <-stub.got; req.Command != api.CommandGC {
+		t.Errorf("agent got %s", req.Command)
+	}
+}
+
+func TestDamagedRecord(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) { return 200, []byte(`{}`) })
+	cache := t.TempDir()
+	p := writeRecord(t, cache, "c0ffee", "eth0", `{}`)
+	if err := os.WriteFile(p, []byte("{garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := cniError(t, runPlugin(t, "DEL", conf("1.1.0", stub.socket, fmt.Sprintf(`,"cacheDir":%q`, cache))))
+	if e.Code != types.ErrIOFailure || !strings.Contains(e.Msg, p) {
+		t.Fatalf("error = %+v; want code %d naming %s", e, types.ErrIOFailure, p)
+	}
+}
+
+func TestStatusOfFallback(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) { return 200, []byte(`{}`) })
+	cache := t.TempDir()
+	const fb = `{"cniVersion":"1.1.0","name":"pods","plugins":[{"type":"no-such-plugin"}]}`
+	e := cniError(t, runPlugin(t, "STATUS", fallbackConf(stub.socket, cache, fb), "CNI_PATH="+t.TempDir()))
+	if e.Code != types.ErrPluginNotAvailable || !strings.Contains(e.Msg, `fallback network "pods"`) {
+		t.Fatalf("error = %+v; want code %d naming the fallback network", e, types.ErrPluginNotAvailable)
+	}
+	if req := <-stub.got; req.Command != api.CommandStatus {
+		t.Errorf("agent got %s before the fallback", req.Command)
 	}
 }

@@ -1,7 +1,10 @@
 // Package plugin is the stickynet CNI plugin: it validates what the container
 // runtime passed, forwards each CNI command to the node agent over its unix
-// socket and hands the agent's result or error back to the runtime. It keeps
-// no state and touches no network device itself.
+// socket and hands the agent's result or error back to the runtime. It
+// touches no network device itself. For a pod that stickynet does not serve
+// (the agent answers ADD with api.Fallback), it runs the conflist's
+// "fallback" network through libcni, as a runtime would, and records the
+// attachment in its cacheDir so that DEL, CHECK and GC reach that network.
 package plugin
 
 import (
@@ -39,19 +42,30 @@ type Plugin struct {
 // Funcs returns the command table for skel.PluginMainFuncs.
 func (p *Plugin) Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{
-		Add:    func(a *skel.CmdArgs) error { return p.run(api.CommandAdd, a) },
-		Del:    func(a *skel.CmdArgs) error { return p.run(api.CommandDel, a) },
-		Check:  func(a *skel.CmdArgs) error { return p.run(api.CommandCheck, a) },
-		GC:     func(a *skel.CmdArgs) error { return p.run(api.CommandGC, a) },
-		Status: func(a *skel.CmdArgs) error { return p.run(api.CommandStatus, a) },
+		Add:    p.add,
+		Del:    p.del,
+		Check:  p.check,
+		GC:     p.gc,
+		Status: p.status,
 	}
 }
 
-func (p *Plugin) run(command string, a *skel.CmdArgs) error {
+// setup parses the configuration and opens the fallback network's side.
+func setup(a *skel.CmdArgs) (*api.NetConf, *fallback, error) {
 	conf, err := api.ParseNetConf(a.StdinData)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
+	fb, err := newFallback(conf, a.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conf, fb, nil
+}
+
+// ask forwards one command to the agent, with config as the network
+// configuration, and returns its answer; the agent's error is the error.
+func ask(conf *api.NetConf, command string, a *skel.CmdArgs, config []byte) (*api.Response, error) {
 	timeout, _ := conf.RequestTimeout()
 	req := api.Request{
 		Command:     command,
@@ -60,7 +74,7 @@ func (p *Plugin) run(command string, a *skel.CmdArgs) error {
 		IfName:      a.IfName,
 		Args:        a.Args,
 		Path:        a.Path,
-		Config:      json.RawMessage(a.StdinData),
+		Config:      json.RawMessage(config),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -68,15 +82,27 @@ func (p *Plugin) run(command string, a *skel.CmdArgs) error {
 	if err != nil {
 		var te *types.Error
 		if command == api.CommandStatus && errors.As(err, &te) && te.Code == types.ErrTryAgainLater {
-			return types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
+			return nil, types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
 		}
-		return err
+		return nil, err
 	}
 	if resp.Error != nil {
-		return resp.Error
+		return nil, resp.Error
 	}
-	if command != api.CommandAdd {
-		return nil
+	return resp, nil
+}
+
+func (p *Plugin) add(a *skel.CmdArgs) error {
+	conf, fb, err := setup(a)
+	if err != nil {
+		return err
+	}
+	resp, err := ask(conf, api.CommandAdd, a, a.StdinData)
+	if err != nil {
+		return err
+	}
+	if resp.Fallback != nil {
+		return p.addFallback(conf, fb, a, resp.Fallback)
 	}
 	var probe struct {
 		CNIVersion string `json:"cniVersion"`
@@ -93,6 +119,150 @@ func (p *Plugin) run(command string, a *skel.CmdArgs) error {
 		return types.NewError(types.ErrIOFailure, fmt.Sprintf("write result: %v", err), "")
 	}
 	return nil
+}
+
+// addFallback attaches a pod stickynet does not serve through the fallback
+// network and prints that network's result in the configuration's version.
+func (p *Plugin) addFallback(conf *api.NetConf, fb *fallback, a *skel.CmdArgs, why *api.Fallback) error {
+	if fb.list == nil {
+		return types.NewError(api.ErrPodNotAdmitted, why.Reason,
+			"the stickynet network configuration has no \"fallback\" network for pods stickynet does not serve")
+	}
+	res, err := fb.add(context.Background(), conf, a)
+	if err != nil {
+		return err
+	}
+	vr, err := res.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return types.NewError(types.ErrIncompatibleCNIVersion,
+			fmt.Sprintf("fallback network %q: its result (CNI %s) cannot be given as CNI %s: %v", fb.list.Name, res.Version(), conf.CNIVersion, err), "")
+	}
+	var out bytes.Buffer
+	if err := vr.PrintTo(&out); err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("format the fallback network's result: %v", err), "")
+	}
+	out.WriteByte('\n')
+	if _, err := p.Stdout.Write(out.Bytes()); err != nil {
+		return types.NewError(types.ErrIOFailure, fmt.Sprintf("write result: %v", err), "")
+	}
+	return nil
+}
+
+// del: an interface attached through the fallback network is detached
+// from it (DEL is idempotent there too, also once the netns is gone); the
+// agent gets the DEL in every case, which is harmless for an interface it
+// does not know.
+func (p *Plugin) del(a *skel.CmdArgs) error {
+	conf, fb, err := setup(a)
+	if err != nil {
+		return err
+	}
+	r, err := fb.get(a.ContainerID, a.IfName)
+	if err != nil {
+		return err
+	}
+	if r != nil {
+		rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig)
+		if err != nil {
+			return err
+		}
+		if err := fb.del(context.Background(), r, rt); err != nil {
+			return err
+		}
+	}
+	_, err = ask(conf, api.CommandDel, a, a.StdinData)
+	return err
+}
+
+// check: the fallback network checks its own interfaces, the agent the others.
+func (p *Plugin) check(a *skel.CmdArgs) error {
+	conf, fb, err := setup(a)
+	if err != nil {
+		return err
+	}
+	r, err := fb.get(a.ContainerID, a.IfName)
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		_, err = ask(conf, api.CommandCheck, a, a.StdinData)
+		return err
+	}
+	rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig)
+	if err != nil {
+		return err
+	}
+	return fb.check(context.Background(), r, rt)
+}
+
+// gc splits the runtime's valid attachments: the agent gets those that are
+// not fallback ones, the fallback network the fallback ones; recorded
+// fallback attachments that are not valid are detached first.
+func (p *Plugin) gc(a *skel.CmdArgs) error {
+	conf, fb, err := setup(a)
+	if err != nil {
+		return err
+	}
+	recs, rerr := fb.records()
+	recorded := map[types.GCAttachment]bool{}
+	for _, r := range recs {
+		recorded[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] = true
+	}
+	valid := map[types.GCAttachment]bool{}
+	var forAgent []types.GCAttachment
+	for _, v := range conf.ValidAttachments {
+		valid[v] = true
+		if !recorded[v] {
+			forAgent = append(forAgent, v)
+		}
+	}
+	errs := []error{rerr, fb.gc(context.Background(), recs, valid)}
+	config := a.StdinData
+	if len(forAgent) != len(conf.ValidAttachments) {
+		if config, err = withValidAttachments(a.StdinData, forAgent); err != nil {
+			return err
+		}
+	}
+	_, err = ask(conf, api.CommandGC, a, config)
+	return joinErrors(append(errs, err))
+}
+
+// withValidAttachments returns the network configuration with its list of
+// valid attachments replaced.
+func withValidAttachments(config []byte, valid []types.GCAttachment) ([]byte, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(config, &m); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("network configuration is not a JSON object: %v", err), "")
+	}
+	if valid == nil {
+		valid = []types.GCAttachment{}
+	}
+	b, err := json.Marshal(valid)
+	if err != nil {
+		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("encode valid attachments: %v", err), "")
+	}
+	for _, k := range []string{"cni.dev/valid-attachments", "cni.dev/attachments"} {
+		if _, ok := m[k]; ok || k == "cni.dev/valid-attachments" {
+			m[k] = b
+		}
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("encode network configuration: %v", err), "")
+	}
+	return out, nil
+}
+
+// status: the agent's, then the fallback network's.
+func (p *Plugin) status(a *skel.CmdArgs) error {
+	conf, fb, err := setup(a)
+	if err != nil {
+		return err
+	}
+	if _, err := ask(conf, api.CommandStatus, a, a.StdinData); err != nil {
+		return err
+	}
+	return fb.status(context.Background())
 }
 
 // Forward sends one request to the agent listening on socket and returns its
