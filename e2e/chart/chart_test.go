@@ -93,6 +93,51 @@ func TestLintAndTemplate(t *testing.T) {
 	if _, ok := cm["Certificate/stickynet-webhook"]; !ok {
 		t.Error("cert-manager mode renders no Certificate")
 	}
+	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "")
+	helm(t, "lint", "--strict", chartDir, "--set", fallbackValue)
+	fb := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue))
+	checkFallback(t, fb["DaemonSet/stickynet-nodeagent"], "/etc/cni/fallback/pods.conflist")
+}
+
+// fallbackValue sets the node agent's fallback network.
+const fallbackValue = "nodeAgent.fallbackConflist=/etc/cni/fallback/pods.conflist"
+
+// checkFallback: the node agent gets --fallback-conflist and the host file,
+// read-only, exactly when nodeAgent.fallbackConflist is hostFile.
+func checkFallback(t *testing.T, doc []byte, hostFile string) {
+	t.Helper()
+	ds := &appsv1.DaemonSet{}
+	if err := yaml.Unmarshal(doc, ds); err != nil {
+		t.Fatal(err)
+	}
+	spec := ds.Spec.Template.Spec
+	var flag string
+	for _, a := range spec.Containers[0].Args {
+		if strings.HasPrefix(a, "--fallback-conflist=") {
+			flag = strings.TrimPrefix(a, "--fallback-conflist=")
+		}
+	}
+	var mount *corev1.VolumeMount
+	for i, m := range spec.Containers[0].VolumeMounts {
+		if m.Name == "fallback-conflist" {
+			mount = &spec.Containers[0].VolumeMounts[i]
+		}
+	}
+	var src string
+	for _, v := range spec.Volumes {
+		if v.Name == "fallback-conflist" && v.HostPath != nil {
+			src = v.HostPath.Path
+		}
+	}
+	if hostFile == "" {
+		if flag != "" || mount != nil || src != "" {
+			t.Errorf("without nodeAgent.fallbackConflist the node agent has --fallback-conflist=%q, mount %v, host file %q", flag, mount, src)
+		}
+		return
+	}
+	if flag == "" || mount == nil || mount.MountPath != flag || !mount.ReadOnly || src != hostFile {
+		t.Errorf("with nodeAgent.fallbackConflist=%s the node agent has --fallback-conflist=%q, mount %+v, host file %q; want the host file mounted read-only where the flag points", hostFile, flag, mount, src)
+	}
 }
 
 // TestWebhookConfigurationMatchesCode: the chart's MutatingWebhookConfiguration
@@ -119,7 +164,8 @@ func TestWebhookConfigurationMatchesCode(t *testing.T) {
 // before -h is a known flag with a valid value.
 func TestContainerArgsAreFlags(t *testing.T) {
 	testenv.Integration(t)
-	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system"))
+	// With every optional flag the chart can give (the fallback network).
+	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue))
 	bins := t.TempDir()
 	build := exec.Command("go", "build", "-o", bins+"/", "../../webhook", "../../extender", "../../nodeagent")
 	if out, err := build.CombinedOutput(); err != nil {
