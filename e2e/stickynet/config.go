@@ -90,30 +90,72 @@ func (cfg Config) Runs(n cluster.Node) bool {
 
 // CNI is the cluster.Config.CNI for stickynet: on the nodes that run it, a
 // plain uplink (the agent puts it into br-stickynet), stickynet's conflist
-// pointing at the node's agent socket, the plugin binary and NodeLabel; on
-// the others the reference chain.
+// pointing at the node's agent socket (on a real node with the reference
+// chain as fallback network, see FallbackConfList), the plugin binary and
+// NodeLabel; on the others the reference chain.
 func (cfg Config) CNI(n cluster.Node) cluster.CNI {
 	if !cfg.Runs(n) {
 		return cluster.CNI{}
 	}
+	conf, err := agent.BuildConfList(confListSpec(n))
+	if err != nil {
+		panic(fmt.Sprintf("stickynet conflist of %s: %v", n.Name, err)) // the reference chain always parses
+	}
 	return cluster.CNI{
 		PlainUplink: true,
-		ConfList:    agent.ConfList(Network, AgentSocket(n)),
+		ConfList:    conf,
 		Plugins:     map[string]string{api.PluginType: cfg.Binaries.CNI},
 		NodeLabels:  map[string]string{NodeLabel: "true"},
+	}
+}
+
+// FallbackBridge is the Linux bridge of the fallback network on a real
+// node. With stickynet the node's uplink is in br-stickynet, so this
+// bridge holds only the node's fallback pods.
+const FallbackBridge = "cni0"
+
+// FallbackConfList is the fallback network of real node n, for the pods
+// stickynet does not serve (namespaces without the label): the reference
+// chain the cluster gives nodes without stickynet (bridge and host-local
+// with the node's own range of the shared subnet), on FallbackBridge.
+// Simulated nodes have none.
+func FallbackConfList(n cluster.Node) []byte {
+	if n.Simulated {
+		return nil
+	}
+	n.Bridge = FallbackBridge
+	return cluster.ReferenceConfList(n, filepath.Join(n.Dir, "cni", "ipam"))
+}
+
+// confListSpec is stickynet's conflist on node n, as its agent installs it.
+func confListSpec(n cluster.Node) agent.ConfListSpec {
+	return agent.ConfListSpec{
+		Network:  Network,
+		Socket:   AgentSocket(n),
+		CacheDir: pluginCacheDir(n),
+		Fallback: FallbackConfList(n),
 	}
 }
 
 // agentDir holds a node's agent socket and attachment records.
 func agentDir(n cluster.Node) string { return filepath.Join(n.Dir, "stickynet") }
 
+// pluginCacheDir holds the CNI plugin's records of fallback attachments on
+// node n: nodes share the machine's file system, so each has its own.
+func pluginCacheDir(n cluster.Node) string { return filepath.Join(agentDir(n), "cni-cache") }
+
+// fallbackFile is where Start writes node n's fallback conflist for the
+// agent's --fallback-conflist.
+func fallbackFile(n cluster.Node) string { return filepath.Join(agentDir(n), "fallback.conflist") }
+
 // AgentSocket is the unix socket of node n's agent.
 func AgentSocket(n cluster.Node) string { return filepath.Join(agentDir(n), "agent.sock") }
 
 // agentArgs is the node agent's command line on node n: it runs inside the
-// node's namespace, with the node's Open vSwitch at ovsDB and ovsRunDir.
+// node's namespace, with the node's Open vSwitch at ovsDB and ovsRunDir, and
+// on a real node with the fallback network in fallbackFile(n).
 func agentArgs(bin string, n cluster.Node, kubeconfig, ovsDB, ovsRunDir string) []string {
-	return []string{
+	args := []string{
 		bin,
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + kubeconfig,
@@ -125,7 +167,12 @@ func agentArgs(bin string, n cluster.Node, kubeconfig, ovsDB, ovsRunDir string) 
 		"--ovs-rundir=" + ovsRunDir,
 		"--cni-conf-dir=" + n.CNIConfDir,
 		"--cni-network=" + Network,
+		"--cni-cache-dir=" + pluginCacheDir(n),
 	}
+	if !n.Simulated {
+		args = append(args, "--fallback-conflist="+fallbackFile(n))
+	}
+	return args
 }
 
 // PoolSpec returns an IPPool spec that works on this cluster: the subnet

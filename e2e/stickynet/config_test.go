@@ -42,19 +42,40 @@ func TestCNI(t *testing.T) {
 	if !got.PlainUplink || got.Plugins[api.PluginType] != "/bin-dir/stickynet-cni" || got.NodeLabels[NodeLabel] != "true" {
 		t.Errorf("CNI(node-1) = %+v: want a plain uplink, the plugin and %s", got, NodeLabel)
 	}
-	var conf struct {
+	type confList struct {
 		Name    string `json:"name"`
 		Plugins []struct {
-			Type   string `json:"type"`
-			Socket string `json:"socket"`
+			Type     string          `json:"type"`
+			Socket   string          `json:"socket"`
+			CacheDir string          `json:"cacheDir"`
+			Fallback json.RawMessage `json:"fallback"`
 		} `json:"plugins"`
 	}
+	var conf confList
 	if err := json.Unmarshal(got.ConfList, &conf); err != nil {
 		t.Fatal(err)
 	}
 	if conf.Name != Network || len(conf.Plugins) != 1 || conf.Plugins[0].Type != api.PluginType ||
-		conf.Plugins[0].Socket != "/c/nodes/node-1/stickynet/agent.sock" {
+		conf.Plugins[0].Socket != "/c/nodes/node-1/stickynet/agent.sock" ||
+		conf.Plugins[0].CacheDir != "/c/nodes/node-1/stickynet/cni-cache" {
 		t.Errorf("conflist = %s", got.ConfList)
+	}
+	// A real node's fallback network is the reference chain on its own bridge.
+	fb, err := api.ParseFallback(conf.Plugins[0].Fallback)
+	if err != nil {
+		t.Fatalf("fallback of node-1: %v in %s", err, got.ConfList)
+	}
+	if len(fb.Plugins) != 1 || fb.Plugins[0].Network.Type != "bridge" || fb.Plugins[0].Network.IPAM.Type != "host-local" ||
+		!strings.Contains(string(fb.Plugins[0].Bytes), `"bridge":"`+FallbackBridge+`"`) {
+		t.Errorf("fallback of node-1 = %s, want bridge %s with host-local", conf.Plugins[0].Fallback, FallbackBridge)
+	}
+	sim := cfg.CNI(cluster.Node{Name: "sim-1", Simulated: true, Dir: "/c/nodes/sim-1"})
+	var simConf confList
+	if err := json.Unmarshal(sim.ConfList, &simConf); err != nil {
+		t.Fatal(err)
+	}
+	if len(simConf.Plugins) != 1 || simConf.Plugins[0].Fallback != nil {
+		t.Errorf("conflist of sim-1 = %s, want stickynet without fallback", sim.ConfList)
 	}
 	if ref := cfg.CNI(cluster.Node{Name: "sim-2", Simulated: true}); ref.PlainUplink || ref.ConfList != nil || ref.NodeLabels != nil {
 		t.Errorf("CNI(sim-2) = %+v, want the reference chain (zero CNI)", ref)
@@ -68,9 +89,16 @@ func TestAgentArgs(t *testing.T) {
 		"--node-name=node-2", "--kubeconfig=/c/kubeconfig", "--socket=/c/nodes/node-2/stickynet/agent.sock",
 		"--uplink=eth0", "--bridge=br-stickynet", "--ovs-db=unix:/c/nodes/node-2/ovs/db.sock",
 		"--ovs-rundir=/c/nodes/node-2/ovs", "--cni-conf-dir=/c/nodes/node-2/cni/net.d", "--cni-network=stickynet",
+		"--cni-cache-dir=/c/nodes/node-2/stickynet/cni-cache", "--fallback-conflist=/c/nodes/node-2/stickynet/fallback.conflist",
 	} {
 		if !slices.Contains(got, want) {
 			t.Errorf("agent args %v lack %s", got, want)
+		}
+	}
+	sim := cluster.Node{Name: "sim-1", Simulated: true, Dir: "/c/nodes/sim-1", Uplink: "eth0"}
+	for _, a := range agentArgs("/b/agent", sim, "/c/kubeconfig", "/c/nodes/sim-1/ovs/db.sock", "/c/nodes/sim-1/ovs") {
+		if strings.HasPrefix(a, "--fallback-conflist") {
+			t.Errorf("simulated node's agent has %s; only real nodes have a fallback network", a)
 		}
 	}
 	if got[0] != "/b/agent" {

@@ -312,6 +312,11 @@ func (s *System) startAgent(ctx context.Context, n cluster.Node) error {
 	if err := os.MkdirAll(agentDir(n), 0o755); err != nil {
 		return fmt.Errorf("create agent folder of %s: %w", n.Name, err)
 	}
+	if fb := FallbackConfList(n); fb != nil {
+		if err := os.WriteFile(fallbackFile(n), fb, 0o644); err != nil {
+			return fmt.Errorf("write fallback conflist of %s: %w", n.Name, err)
+		}
+	}
 	argv := append(agentArgs(s.opts.Binaries.NodeAgent, n, s.c.KubeconfigPath(), db, filepath.Dir(db)), s.opts.AgentFlags...)
 	var err error
 	a.agent, err = s.start(ctx, "nodeagent-"+n.Name, n.Netns, nil, argv...)

@@ -4,7 +4,9 @@
 // on its interface, across deletion and a move to another node, and stays
 // reachable from a pod on a third node; two-way bandwidth limits from a
 // BandwidthPolicy hold between pods on two nodes, and an edit of the policy
-// changes them live. At the end nothing is left on the machine.
+// changes them live; a pod of a namespace without the label runs on the
+// fallback network (the reference chain) of a node that runs stickynet. At
+// the end nothing is left on the machine.
 package system_test
 
 import (
@@ -12,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +24,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -108,6 +112,7 @@ func TestStickynet(t *testing.T) {
 	t.Run("StatefulSetPodMovesWithItsAddresses", func(t *testing.T) { e.testMove(ctx, t) })
 	t.Run("SimulatedNodeWithAgent", func(t *testing.T) { e.testSimulated(ctx, t) })
 	t.Run("BandwidthPolicyBothWaysAndLive", func(t *testing.T) { e.testBandwidth(ctx, t) })
+	t.Run("UnlabelledNamespaceOnFallbackNetwork", func(t *testing.T) { e.testFallback(ctx, t) })
 
 	// Everything goes; each agent removes its pods' ports on CNI DEL.
 	if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
@@ -308,6 +313,64 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 	}
 }
 
+// testFallback: a pod of a namespace without the label, on a node that runs
+// stickynet, is attached through the fallback network (the reference chain:
+// an address of the node's own range, not stickynet's pool) instead of
+// failing; its deletion removes the plugin's record and frees the address.
+func (e *env) testFallback(ctx context.Context, t *testing.T) {
+	const plainNS = "plain"
+	if err := e.c.CreateNamespace(ctx, plainNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	node, ok := e.c.Node("node-3")
+	if !ok {
+		t.Fatal("no node-3")
+	}
+	tmpl := toolbox("plain", nil)
+	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node.Name}
+	p := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+	p.Name, p.Namespace = "plain", plainNS
+	if _, err := e.k.CoreV1().Pods(plainNS).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p = e.waitRunningIn(ctx, t, plainNS, "plain", "")
+	for k := range p.Annotations {
+		if strings.HasPrefix(k, "stickynet.io/") {
+			t.Errorf("pod %s/plain carries %s: the webhook should leave pods of unlabelled namespaces alone", plainNS, k)
+		}
+	}
+	ip, err := netip.ParseAddr(p.Status.PodIP)
+	if err != nil {
+		t.Fatalf("pod %s/plain reports IP %q: %v", plainNS, p.Status.PodIP, err)
+	}
+	if ip.Less(node.PodRangeStart) || node.PodRangeEnd.Less(ip) {
+		t.Errorf("pod %s/plain on %s has %s, outside the fallback range %s-%s", plainNS, node.Name, ip, node.PodRangeStart, node.PodRangeEnd)
+	}
+	addrs, err := e.c.InPodNetns(ctx, p, "ip", "-o", "-4", "addr", "show", "eth0")
+	if err != nil || !strings.Contains(string(addrs), " inet "+ip.String()+"/") {
+		t.Errorf("eth0 of pod %s/plain does not carry %s (%v):\n%s", plainNS, ip, err, addrs)
+	}
+	records := filepath.Join(node.Dir, "stickynet", "cni-cache", "fallback", "*.json")
+	leases := filepath.Join(node.Dir, "cni", "ipam", "*", ip.String())
+	if got, _ := filepath.Glob(records); len(got) != 1 {
+		t.Errorf("fallback records on %s: %v, want the one of pod plain", node.Name, got)
+	}
+	if got, _ := filepath.Glob(leases); len(got) != 1 {
+		t.Errorf("host-local leases of %s on %s: %v, want one", ip, node.Name, got)
+	}
+	t.Logf("pod %s/plain on %s runs on the fallback network with %s", plainNS, node.Name, ip)
+
+	if err := e.k.CoreV1().Pods(plainNS).Delete(ctx, "plain", metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 90*time.Second, "pod "+plainNS+"/plain gone, its fallback record and lease too", func() (bool, string) {
+		_, err := e.k.CoreV1().Pods(plainNS).Get(ctx, "plain", metav1.GetOptions{})
+		recs, _ := filepath.Glob(records)
+		ls, _ := filepath.Glob(leases)
+		return apierrors.IsNotFound(err) && len(recs) == 0 && len(ls) == 0, fmt.Sprintf("get: %v, records %v, leases %v", err, recs, ls)
+	})
+}
+
 // bitRate parses a bandwidth annotation; -1 if it does not parse.
 func bitRate(v string) int64 {
 	q, err := resource.ParseQuantity(v)
@@ -372,10 +435,16 @@ func (e *env) pod(ctx context.Context, t *testing.T, name string) *corev1.Pod {
 // with an IP, and returns it.
 func (e *env) waitRunning(ctx context.Context, t *testing.T, name string, not types.UID) *corev1.Pod {
 	t.Helper()
+	return e.waitRunningIn(ctx, t, ns, name, not)
+}
+
+// waitRunningIn is waitRunning in namespace.
+func (e *env) waitRunningIn(ctx context.Context, t *testing.T, namespace, name string, not types.UID) *corev1.Pod {
+	t.Helper()
 	var p *corev1.Pod
-	eventually(ctx, t, 120*time.Second, "pod "+name+" Running", func() (bool, string) {
+	eventually(ctx, t, 120*time.Second, "pod "+namespace+"/"+name+" Running", func() (bool, string) {
 		var err error
-		p, err = e.k.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		p, err = e.k.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
