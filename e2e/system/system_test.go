@@ -269,8 +269,8 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 	lip, pip := limited.Status.PodIP, peer.Status.PodIP
 	node1, _ := e.c.Node("node-1")
 
-	e.checkRate(t, "into limited (tbf), 100M", e.measure(ctx, t, "peer", lip), 100e6, true)
-	e.checkRate(t, "out of limited (meter), 100M", e.measure(ctx, t, "limited", pip), 100e6, false)
+	e.checkRate(t, "into limited (tbf), 100M", func() throughput { return e.measure(ctx, t, "peer", lip) }, 100e6, true)
+	e.checkRate(t, "out of limited (meter), 100M", func() throughput { return e.measure(ctx, t, "limited", pip) }, 100e6, false)
 
 	sandbox, err := e.c.PodNetns(ctx, limited)
 	if err != nil {
@@ -301,8 +301,8 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 		}
 		return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
 	})
-	e.checkRate(t, "into limited (tbf), after the edit to 30M", e.measure(ctx, t, "peer", lip), 30e6, true)
-	e.checkRate(t, "out of limited (meter), after the edit to 30M", e.measure(ctx, t, "limited", pip), 30e6, false)
+	e.checkRate(t, "into limited (tbf), after the edit to 30M", func() throughput { return e.measure(ctx, t, "peer", lip) }, 30e6, true)
+	e.checkRate(t, "out of limited (meter), after the edit to 30M", func() throughput { return e.measure(ctx, t, "limited", pip) }, 30e6, false)
 
 	after := e.pod(ctx, t, "limited")
 	if after.UID != limited.UID || restarts(after) != 0 {
@@ -620,24 +620,35 @@ func (e *env) measure(ctx context.Context, t *testing.T, from, toIP string) thro
 	return got
 }
 
-// checkRate checks a tbf (shaped: the median) or meter (policed: the
-// mean) rate.
-func (e *env) checkRate(t *testing.T, what string, got throughput, rate float64, shaped bool) {
+// checkRate measures and checks a tbf (shaped: the median) or meter
+// (policed: the mean) rate. A measurement out of tolerance is taken once
+// more, as in the node agent's tests: on this shared 2-core machine other
+// work can starve both nodes' userspace datapaths for seconds, which lowers
+// a rate without saying anything about the limiter; a limiter that is
+// wrong is wrong both times.
+func (e *env) checkRate(t *testing.T, what string, measure func() throughput, rate float64, shaped bool) {
 	t.Helper()
-	val, tol, est := got.mean, meterTolerance, "mean"
+	val, tol, est := 0.0, meterTolerance, "mean"
 	if shaped {
-		val, tol, est = got.median, tbfTolerance, "median"
+		tol, est = tbfTolerance, "median"
 	}
-	dev := (val - rate) / rate
-	per := make([]string, len(got.seconds))
-	for i, v := range got.seconds {
-		per[i] = fmt.Sprintf("%.1f", v/1e6)
+	for attempt := 1; attempt <= 2; attempt++ {
+		got := measure()
+		val = got.mean
+		if shaped {
+			val = got.median
+		}
+		per := make([]string, len(got.seconds))
+		for i, v := range got.seconds {
+			per[i] = fmt.Sprintf("%.1f", v/1e6)
+		}
+		t.Logf("%s (measurement %d): limit %.0f Mbit/s; on the wire median %.1f Mbit/s (%+.1f%%), mean %.1f (%+.1f%%), per second %s; TCP payload mean %.1f Mbit/s",
+			what, attempt, rate/1e6, got.median/1e6, (got.median-rate)/rate*100, got.mean/1e6, (got.mean-rate)/rate*100, strings.Join(per, " "), got.payloadMean/1e6)
+		if math.Abs((val-rate)/rate) <= tol {
+			return
+		}
 	}
-	t.Logf("%s: limit %.0f Mbit/s; on the wire median %.1f Mbit/s (%+.1f%%), mean %.1f (%+.1f%%), per second %s; TCP payload mean %.1f Mbit/s",
-		what, rate/1e6, got.median/1e6, (got.median-rate)/rate*100, got.mean/1e6, (got.mean-rate)/rate*100, strings.Join(per, " "), got.payloadMean/1e6)
-	if math.Abs(dev) > tol {
-		t.Errorf("%s: %s %.1f Mbit/s on the wire for a limit of %.0f Mbit/s: off by %+.1f%%, allowed ±%.0f%%", what, est, val/1e6, rate/1e6, dev*100, tol*100)
-	}
+	t.Errorf("%s: %s %.1f Mbit/s on the wire for a limit of %.0f Mbit/s in two measurements: off by %+.1f%%, allowed ±%.0f%%", what, est, val/1e6, rate/1e6, (val-rate)/rate*100, tol*100)
 }
 
 // eventually polls cond until it holds or the timeout passes.
