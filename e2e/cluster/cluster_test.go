@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -251,29 +250,9 @@ func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
 // a few seconds to count.
 func checkNoLeaks(ctx context.Context, t *testing.T, before leakcheck.Snapshot, state cluster.State) {
 	t.Helper()
-	h, err := host.New()
+	leaks, err := cluster.Leaks(ctx, before, state)
 	if err != nil {
 		t.Fatal(err)
-	}
-	scope := func() leakcheck.Scope {
-		sc := leakcheck.Scope{Strings: state.Markers(), SharedDirs: []string{host.NetnsDir}}
-		others, _ := cluster.Registered()
-		for _, o := range others {
-			if o.ID != state.ID {
-				// Another test's cluster runs: its things are its own, and
-				// the folders every containerd makes stay while it runs.
-				sc.Foreign = append(sc.Foreign, o.Markers()...)
-				sc.Foreign = append(sc.Foreign, cluster.SharedPaths()...)
-			}
-		}
-		return sc
-	}
-	leaks, err := leakcheck.Check(ctx, h, before, scope, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(state.Dir); err == nil {
-		leaks = append(leaks, "folder "+state.Dir)
 	}
 	if len(leaks) > 0 {
 		t.Errorf("left behind after Stop:\n  %s", strings.Join(leaks, "\n  "))

@@ -42,13 +42,14 @@ func TestLeaksComparesEachKind(t *testing.T) {
 		Mounts:   []string{"/ ext4 /dev/vda", "/tmp/c1/kubelet/pods/x tmpfs tmpfs"},
 		Cgroups:  []string{"memory/stickynet-ab12"},
 		IPTables: []string{"iptables-save filter :KUBE-FIREWALL - "},
-		Files:    []string{"/var/lib/cni/results"},
+		Files:    []string{"/var/lib/cni/results", "/run/registry", "/run/registry/ab12.json"},
 		self:     100,
 	}
 	got := before.Leaks(after, Scope{
-		Strings:    []string{"/tmp/c1", "/stickynet-ab12", "snab12"},
-		Foreign:    []string{"sncd34", "/tmp/other/"},
-		SharedDirs: []string{"/run/netns"},
+		Strings:       []string{"/tmp/c1", "/stickynet-ab12", "snab12"},
+		Foreign:       []string{"sncd34", "/tmp/other/"},
+		SharedDirs:    []string{"/run/netns"},
+		SharedFolders: []string{"/run/registry"},
 	})
 	want := []string{
 		"process 12 (containerd --config /tmp/c1/config.toml)",
@@ -61,6 +62,7 @@ func TestLeaksComparesEachKind(t *testing.T) {
 		"cgroup memory/stickynet-ab12",
 		"iptables iptables-save filter :KUBE-FIREWALL - ",
 		"file /var/lib/cni/results",
+		"file /run/registry/ab12.json",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Leaks() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -323,13 +324,18 @@ func (s *suite) testStatefulSet(ctx context.Context, t *testing.T) {
 
 func (s *suite) scale(ctx context.Context, t *testing.T, ns, name string, n int32) {
 	t.Helper()
-	sc, err := s.k.AppsV1().StatefulSets(ns).GetScale(ctx, name, metav1.GetOptions{})
+	// The StatefulSet controller writes the object too: a conflict is retried.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		sc, err := s.k.AppsV1().StatefulSets(ns).GetScale(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		sc.Spec.Replicas = n
+		_, err = s.k.AppsV1().StatefulSets(ns).UpdateScale(ctx, name, sc, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	sc.Spec.Replicas = n
-	if _, err := s.k.AppsV1().StatefulSets(ns).UpdateScale(ctx, name, sc, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("scale statefulset %s/%s to %d: %v", ns, name, n, err)
 	}
 }
 
@@ -416,13 +422,17 @@ func (s *suite) testRollout(ctx context.Context, t *testing.T) {
 	first := s.pods(ctx, t, ns, "api", 3)
 	var set map[string]bool
 	for rev := 2; rev <= 3; rev++ {
-		d, err := s.k.AppsV1().Deployments(ns).Get(ctx, "api", metav1.GetOptions{})
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			d, err := s.k.AppsV1().Deployments(ns).Get(ctx, "api", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			d.Spec.Template.Annotations["rev"] = fmt.Sprint(rev)
+			_, err = s.k.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		d.Spec.Template.Annotations["rev"] = fmt.Sprint(rev)
-		if _, err := s.k.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
+			t.Fatalf("roll deployment %s/api to rev %d: %v", ns, rev, err)
 		}
 		eventually(ctx, t, 120*time.Second, fmt.Sprintf("rollout to rev %d", rev), func() (bool, string) {
 			list, err := s.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
