@@ -47,6 +47,7 @@ func main() {
 	fs.DurationVar(&o.PodWait, "pod-wait", 0, "how long ADD waits for the pod to reach the agent (default 5s)")
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", time.Minute, "how often to re-check every pod's limits; 0 means never")
 	fs.StringVar(&o.SysfsRoot, "sysfs-root", "/sys", "where SR-IOV VFs are looked up (<root>/class/net/<pf>/device/virtfn*)")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "", "address of the Prometheus endpoint /metrics, such as :9194; empty means none")
 	fs.IntVar(&o.MeterReserve, "meter-reserve", 32, "free OpenFlow port numbers kept with an egress meter ready; negative means none")
 	klog.InitFlags(fs)
 	flag.Parse()

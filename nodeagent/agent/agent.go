@@ -126,6 +126,9 @@ type Options struct {
 	SriovPF sriov.PF
 	// SriovNetworks replaces the SriovNetwork informer (tests, simulations).
 	SriovNetworks SriovNetworkSource
+	// MetricsAddr is the address of the Prometheus endpoint /metrics, such
+	// as ":9194"; empty means none.
+	MetricsAddr string
 	// Ready, when set, is called once the agent answers on its socket.
 	Ready func()
 }
@@ -328,6 +331,11 @@ func Run(ctx context.Context, opts Options) error {
 	srv, err := server.Listen(ctx, opts.Socket, a)
 	if err != nil {
 		return err
+	}
+	if opts.MetricsAddr != "" {
+		if _, err := listenMetrics(ctx, opts.MetricsAddr, a.count); err != nil {
+			return err
+		}
 	}
 	a.mu.Lock()
 	a.ready = true

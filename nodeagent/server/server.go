@@ -64,7 +64,9 @@ func Listen(ctx context.Context, path string, h handler) (*Server, error) {
 		if err != nil {
 			resp.Error = types.NewError(types.ErrDecodingFailure, fmt.Sprintf("request does not decode: %v", err), "")
 		} else {
+			began := time.Now()
 			resp = h.Handle(klog.NewContext(r.Context(), log), req)
+			observe(req.Command, resp, time.Since(began))
 		}
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(resp); err != nil {

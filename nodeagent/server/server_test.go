@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stickynet/stickynet/nodeagent/api"
 )
@@ -56,5 +59,32 @@ func TestListen(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("socket left after Serve returned: %v", err)
+	}
+}
+
+func TestRequestsCounted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Listen(ctx, path, echo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, time.Second) }()
+	before := testutil.ToFloat64(cniRequests.WithLabelValues("CHECK", "ok"))
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+	resp, err := c.Post("http://agent"+api.Path, "application/json", strings.NewReader(`{"command":"CHECK"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := testutil.ToFloat64(cniRequests.WithLabelValues("CHECK", "ok")) - before; got != 1 {
+		t.Errorf("stickynet_nodeagent_cni_requests_total{command=CHECK,result=ok} rose by %v; want 1", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
