@@ -54,8 +54,11 @@ fmt: $(GOFUMPT) ## Format the Go code with gofumpt.
 ##@ Test
 
 .PHONY: test
+# One package at a time (-p 1): the suites measure real datapaths (iperf3
+# through tbf and OVS meters at up to 300 Mbit/s) and run whole clusters;
+# two of them at once on 2 cores starve each other's userspace datapath.
 test: verify-generate ## Run every test, unit and integration (as root, after `make tools`). CI runs this.
-	$(GO) test -count=1 -timeout 80m $(TEST_FLAGS) ./...
+	$(GO) test -count=1 -p 1 -timeout 80m $(TEST_FLAGS) ./...
 
 .PHONY: test-unit
 test-unit: ## Unit tests only (go test -short: tests that need etcd or root are skipped and say so).
