@@ -269,8 +269,8 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 	lip, pip := limited.Status.PodIP, peer.Status.PodIP
 	node1, _ := e.c.Node("node-1")
 
-	e.checkRate(t, "into limited (tbf), 100M", func() throughput { return e.measure(ctx, t, "peer", lip) }, 100e6, true)
-	e.checkRate(t, "out of limited (meter), 100M", func() throughput { return e.measure(ctx, t, "limited", pip) }, 100e6, false)
+	e.checkRate(t, "into limited (tbf), 100M", func() throughput { return e.measure(ctx, t, "peer", lip, 1) }, 100e6, true)
+	e.checkRate(t, "out of limited (meter), 100M", func() throughput { return e.measure(ctx, t, "limited", pip, meterStreams) }, 100e6, false)
 
 	sandbox, err := e.c.PodNetns(ctx, limited)
 	if err != nil {
@@ -301,8 +301,8 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 		}
 		return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
 	})
-	e.checkRate(t, "into limited (tbf), after the edit to 30M", func() throughput { return e.measure(ctx, t, "peer", lip) }, 30e6, true)
-	e.checkRate(t, "out of limited (meter), after the edit to 30M", func() throughput { return e.measure(ctx, t, "limited", pip) }, 30e6, false)
+	e.checkRate(t, "into limited (tbf), after the edit to 30M", func() throughput { return e.measure(ctx, t, "peer", lip, 1) }, 30e6, true)
+	e.checkRate(t, "out of limited (meter), after the edit to 30M", func() throughput { return e.measure(ctx, t, "limited", pip, meterStreams) }, 30e6, false)
 
 	after := e.pod(ctx, t, "limited")
 	if after.UID != limited.UID || restarts(after) != 0 {
@@ -547,7 +547,14 @@ func runIn(ctx context.Context, netns string, argv ...string) (string, error) {
 // about the shaper. A policer's output swings with TCP's sawtooth from one
 // second to the next, so for the meter it is the mean over the window.
 // Both are logged, with every second.
+//
+// Through the meter, iperf3 runs meterStreams TCP streams: a policer drops
+// what exceeds the rate, and one stream across two nodes' userspace
+// datapaths (a longer round trip than on one node) recovers from each drop
+// too slowly to fill it, so its mean fell 10-12 % short of a meter that
+// several streams fill; the limit the meter enforces is what is checked.
 const (
+	meterStreams   = 4
 	iperfSeconds   = 12
 	iperfSkip      = 2
 	tbfTolerance   = 0.05
@@ -560,7 +567,7 @@ type throughput struct {
 	payloadMean  float64   // TCP payload bit/s
 }
 
-func (e *env) measure(ctx context.Context, t *testing.T, from, toIP string) throughput {
+func (e *env) measure(ctx context.Context, t *testing.T, from, toIP string, streams int) throughput {
 	t.Helper()
 	var c struct {
 		Error string `json:"error"`
@@ -580,7 +587,7 @@ func (e *env) measure(ctx context.Context, t *testing.T, from, toIP string) thro
 	var out []byte
 	for range 20 { // until the server listens
 		var err error
-		out, err = e.c.Kubectl(ctx, "-n", ns, "exec", from, "--", "iperf3", "-c", toIP, "-t", fmt.Sprint(iperfSeconds), "-J", "--get-server-output")
+		out, err = e.c.Kubectl(ctx, "-n", ns, "exec", from, "--", "iperf3", "-c", toIP, "-P", fmt.Sprint(streams), "-t", fmt.Sprint(iperfSeconds), "-J", "--get-server-output")
 		if i := strings.IndexByte(string(out), '{'); i >= 0 {
 			out = out[i:]
 		}
