@@ -417,10 +417,10 @@ func (c *Cluster) stop(ctx context.Context) error {
 	scheds := c.scheds
 	c.schedMu.Unlock()
 	for _, s := range scheds {
-		s.stop(5 * time.Second)
+		s.Stop(5 * time.Second)
 	}
-	c.kcm.stop(5 * time.Second)
-	c.apiserver.stop(10 * time.Second)
+	c.kcm.Stop(5 * time.Second)
+	c.apiserver.Stop(10 * time.Second)
 	if c.etcd != nil {
 		c.etcd.Stop()
 	}

@@ -266,8 +266,8 @@ func (c *Cluster) StartScheduler(ctx context.Context, s Scheduler) error {
 	c.schedMu.Unlock()
 	// A bad configuration makes the scheduler exit at once: report it here.
 	select {
-	case <-p.done:
-		return p.exitError()
+	case <-p.Done():
+		return p.ExitError()
 	case <-time.After(time.Second):
 		return nil
 	case <-ctx.Done():
@@ -280,7 +280,7 @@ func (c *Cluster) StopScheduler(name string) error {
 	c.schedMu.Lock()
 	var p *process
 	for i, s := range c.scheds {
-		if s.name == "kube-scheduler-"+name {
+		if s.Name == "kube-scheduler-"+name {
 			p = s
 			c.scheds = append(c.scheds[:i:i], c.scheds[i+1:]...)
 			break
@@ -290,7 +290,7 @@ func (c *Cluster) StopScheduler(name string) error {
 	if p == nil {
 		return fmt.Errorf("no scheduler %s runs", name)
 	}
-	p.stop(5 * time.Second)
+	p.Stop(5 * time.Second)
 	return nil
 }
 
@@ -340,8 +340,8 @@ func (c *Cluster) waitNodesReady(ctx context.Context) error {
 	ready := map[string]bool{}
 	return waitFor(ctx, "real nodes Ready", 200*time.Millisecond, nil, func(ctx context.Context) (bool, error) {
 		for _, n := range c.nodes {
-			if n.kubelet != nil && n.kubelet.exited() {
-				return false, n.kubelet.exitError()
+			if n.kubelet != nil && n.kubelet.Exited() {
+				return false, n.kubelet.ExitError()
 			}
 		}
 		list, err := c.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})

@@ -349,17 +349,17 @@ func (n *realNode) startKubelet(ctx context.Context) error {
 func (n *realNode) stop(ctx context.Context) error {
 	log := klog.FromContext(ctx).WithValues("node", n.Name)
 	var errs []error
-	n.kubelet.stop(10 * time.Second)
-	if n.containerd != nil && !n.containerd.exited() {
+	n.kubelet.Stop(10 * time.Second)
+	if n.containerd != nil && !n.containerd.Exited() {
 		if err := removeSandboxes(ctx, n.ContainerdSocket); err != nil {
 			log.Error(err, "Removing pod sandboxes through CRI")
 			errs = append(errs, err)
 		}
 	}
-	n.containerd.stop(10 * time.Second)
+	n.containerd.Stop(10 * time.Second)
 	// Open vSwitch last: a CNI plugin's DEL may still have needed it.
-	n.vswitchd.stop(5 * time.Second)
-	n.ovsdb.stop(5 * time.Second)
+	n.vswitchd.Stop(5 * time.Second)
+	n.ovsdb.Stop(5 * time.Second)
 	for _, cg := range []string{n.sysCgroup, n.cgroup} {
 		errs = append(errs, n.c.host.KillCgroup(cg, 10*time.Second))
 	}

@@ -352,11 +352,11 @@ func (s *System) Stop(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("remove webhook configuration: %w", err))
 			}
 		}
-		s.webhook.stop(10 * time.Second)
+		s.webhook.Stop(10 * time.Second)
 		if s.sched {
 			errs = append(errs, s.c.StopScheduler(config.SchedulerName))
 		}
-		s.extender.stop(10 * time.Second)
+		s.extender.Stop(10 * time.Second)
 		if s.etcd != nil {
 			s.etcd.Stop()
 		}
@@ -381,9 +381,9 @@ func (s *System) stopAgents(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				a.agent.stop(10 * time.Second)
-				a.vswitchd.stop(5 * time.Second)
-				a.ovsdb.stop(5 * time.Second)
+				a.agent.Stop(10 * time.Second)
+				a.vswitchd.Stop(5 * time.Second)
+				a.ovsdb.Stop(5 * time.Second)
 			}()
 		}
 		wg.Wait()
