@@ -20,7 +20,6 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
-	"github.com/stickynet/stickynet/e2e/internal/host"
 	"github.com/stickynet/stickynet/e2e/leakcheck"
 	"github.com/stickynet/stickynet/internal/testenv"
 )
@@ -225,19 +224,10 @@ func TestSimulatedNodes(t *testing.T) {
 	checkNoLeaks(ctx, t, before, state)
 }
 
-// snapshot records the machine before a cluster starts. /run/netns is made
-// a shared mount point first, as the first `ip netns add` on a machine does:
-// machine setup, not a leak.
+// snapshot records the machine before the cluster starts.
 func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
 	t.Helper()
-	h, err := host.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.PrepareNetnsDir(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := leakcheck.Take(ctx, h)
+	s, err := cluster.Snapshot(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

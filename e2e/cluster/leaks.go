@@ -9,6 +9,20 @@ import (
 	"github.com/stickynet/stickynet/e2e/leakcheck"
 )
 
+// Snapshot records the machine before a cluster starts, for Leaks.
+// /run/netns is made a shared mount point first, as the first `ip netns add`
+// on a machine does: machine setup, not a leak.
+func Snapshot(ctx context.Context) (leakcheck.Snapshot, error) {
+	h, err := host.New()
+	if err != nil {
+		return leakcheck.Snapshot{}, err
+	}
+	if err := h.PrepareNetnsDir(); err != nil {
+		return leakcheck.Snapshot{}, err
+	}
+	return leakcheck.Take(ctx, h)
+}
+
 // Leaks lists what the stopped cluster whose state is s left on the machine
 // since before (a snapshot taken before it started). Other clusters that run
 // at the same time (tests of other packages) are told apart by their

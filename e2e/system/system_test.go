@@ -659,20 +659,7 @@ func (e *env) checkRate(t *testing.T, what string, measure func() throughput, ra
 }
 
 // eventually polls cond until it holds or the timeout passes.
-func eventually(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("%s: not within %s: %s", what, timeout, detail)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
+var eventually = testenv.Eventually
 
 // dumpLogs shows the end of stickynet's logs after a failure.
 func dumpLogs(t *testing.T, c *cluster.Cluster) {
@@ -692,14 +679,7 @@ func dumpLogs(t *testing.T, c *cluster.Cluster) {
 // snapshot records the machine before the cluster starts.
 func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
 	t.Helper()
-	h, err := host.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.PrepareNetnsDir(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := leakcheck.Take(ctx, h)
+	s, err := cluster.Snapshot(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -183,20 +183,7 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 }
 
 // eventually polls cond until it holds or the timeout passes.
-func eventually(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("%s: not within %s: %s", what, timeout, detail)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
+var eventually = testenv.Eventually
 
 func (s *suite) createPool(ctx context.Context, t *testing.T, name string, spec v1alpha1.IPPoolSpec) {
 	if err := s.cl.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}); err != nil {

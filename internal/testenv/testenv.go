@@ -1,16 +1,19 @@
 // Package testenv owns what stickynet's tests need from the machine: finding the
 // pinned third-party binaries that `make tools` builds, the rule for tests that
 // need the real thing (skipped only under -short, and then saying why), and a
-// real etcd server process for tests to start, kill and restart.
+// real etcd server process for tests to start, kill and restart, and a poll
+// helper for conditions that come true in their own time.
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"testing"
+	"time"
 )
 
 // CacheDir is where hack/build-tools.sh puts the binaries it builds.
@@ -75,5 +78,22 @@ func Root(t testing.TB) {
 	Integration(t)
 	if os.Geteuid() != 0 {
 		t.Fatal("this test needs root (network namespaces, OVS, qdiscs); run make test as root")
+	}
+}
+
+// Eventually polls cond every 250 ms until it holds, and fails the test with
+// what and cond's last detail once timeout has passed or ctx has ended.
+func Eventually(ctx context.Context, t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: not within %s: %s", what, timeout, detail)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
