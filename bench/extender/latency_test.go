@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -204,6 +205,8 @@ func scenarios() []scenario {
 type pair struct {
 	filter, prioritize []byte
 	passed, scored     int
+	// answer sizes in bytes, which the floor server answers with
+	filterOut, prioritizeOut int
 }
 
 func newPair(b *testing.B, h http.Handler, pod *corev1.Pod, names []string) pair {
@@ -213,7 +216,8 @@ func newPair(b *testing.B, h http.Handler, pod *corev1.Pod, names []string) pair
 		b.Fatal(err)
 	}
 	var fr extenderv1.ExtenderFilterResult
-	if err := json.Unmarshal(call(b, h, "/filter", fb), &fr); err != nil || fr.NodeNames == nil {
+	fa := call(b, h, "/filter", fb)
+	if err := json.Unmarshal(fa, &fr); err != nil || fr.NodeNames == nil {
 		b.Fatalf("filter answer: %v", err)
 	}
 	pb, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: pod, NodeNames: fr.NodeNames})
@@ -221,10 +225,11 @@ func newPair(b *testing.B, h http.Handler, pod *corev1.Pod, names []string) pair
 		b.Fatal(err)
 	}
 	var pr extenderv1.HostPriorityList
-	if err := json.Unmarshal(call(b, h, "/prioritize", pb), &pr); err != nil {
+	pa := call(b, h, "/prioritize", pb)
+	if err := json.Unmarshal(pa, &pr); err != nil {
 		b.Fatalf("prioritize answer: %v", err)
 	}
-	return pair{filter: fb, prioritize: pb, passed: len(*fr.NodeNames), scored: len(pr)}
+	return pair{filter: fb, prioritize: pb, passed: len(*fr.NodeNames), scored: len(pr), filterOut: len(fa), prioritizeOut: len(pa)}
 }
 
 func call(b *testing.B, h http.Handler, path string, body []byte) []byte {
@@ -239,14 +244,15 @@ func call(b *testing.B, h http.Handler, path string, body []byte) []byte {
 	return w.Body.Bytes()
 }
 
-// roundTrip is one filter+prioritize pair through some transport.
-type roundTrip func(path string, body []byte) error
+// roundTrip is one request through some transport; answer is the size of
+// the extender's answer to it (only the floor server uses it).
+type roundTrip func(path string, body []byte, answer int) error
 
 // inProcess calls the handler directly, with a response writer that
 // only counts what is written.
 func inProcess(h http.Handler) roundTrip {
 	var w discard
-	return func(path string, body []byte) error {
+	return func(path string, body []byte, _ int) error {
 		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		w.reset()
@@ -291,8 +297,8 @@ func (d *discard) Write(p []byte) (int, error) {
 // HTTPExtender does, and reads the whole answer.
 func overHTTP(url string) roundTrip {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 5 * time.Second}
-	return func(path string, body []byte) error {
-		req, err := http.NewRequest(http.MethodPost, url+path, bytes.NewReader(body))
+	return func(path string, body []byte, answer int) error {
+		req, err := http.NewRequest(http.MethodPost, url+path+"?answer="+strconv.Itoa(answer), bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -318,10 +324,10 @@ func measure(b *testing.B, rt roundTrip, p pair, n int) []time.Duration {
 	lat := make([]time.Duration, n)
 	for i := range n {
 		t0 := time.Now()
-		if err := rt("/filter", p.filter); err != nil {
+		if err := rt("/filter", p.filter, p.filterOut); err != nil {
 			b.Fatal(err)
 		}
-		if err := rt("/prioritize", p.prioritize); err != nil {
+		if err := rt("/prioritize", p.prioritize, p.prioritizeOut); err != nil {
 			b.Fatal(err)
 		}
 		lat[i] = time.Since(t0)
@@ -339,8 +345,43 @@ func report(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 // serveEnv, set to the index of a name shape, makes the test binary serve
 // that shape's extender over HTTP instead of running benchmarks: "over
 // HTTP" is measured against a separate process, as the extender runs, so
-// that the client's garbage is not collected by the server's GC.
+// that the client's garbage is not collected by the server's GC. Set to
+// "floor", it serves the HTTP floor instead (floorHandler).
 const serveEnv = "STICKYNET_BENCH_SERVE_SHAPE"
+
+// floorHandler is the baseline "over HTTP" is compared with: a net/http
+// server that reads the whole body, as the extender does, and answers with
+// as many bytes as the extender would (the query's answer), without
+// decoding or deciding anything. What the extender costs over HTTP beyond
+// it is the extender's own.
+func floorHandler() http.Handler {
+	var (
+		mu   sync.Mutex
+		body bytes.Buffer
+		out  []byte
+	)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("answer"))
+		if err != nil || n <= 0 {
+			http.Error(w, "answer: want a byte count", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		body.Reset()
+		body.Grow(int(r.ContentLength) + 1)
+		if _, err := body.ReadFrom(r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		for len(out) < n {
+			out = append(out, ' ')
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		_, _ = w.Write(out[:n])
+	})
+}
 
 func TestMain(m *testing.M) {
 	if v := os.Getenv(serveEnv); v != "" {
@@ -356,13 +397,19 @@ func TestMain(m *testing.M) {
 // serve serves the extender on the cluster of a name shape until stdin
 // closes, after printing its address.
 func serve(shapeIndex string) error {
-	i, err := strconv.Atoi(shapeIndex)
-	if err != nil || i < 0 || i >= len(nameShapes) {
-		return fmt.Errorf("%s=%q: not a name shape", serveEnv, shapeIndex)
+	var h http.Handler
+	if shapeIndex == "floor" {
+		h = floorHandler()
+	} else {
+		i, err := strconv.Atoi(shapeIndex)
+		if err != nil || i < 0 || i >= len(nameShapes) {
+			return fmt.Errorf("%s=%q: not a name shape or floor", serveEnv, shapeIndex)
+		}
+		st, _ := bigCluster(nameShapes[i].of)
+		srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
+		srv.SetReady()
+		h = srv
 	}
-	st, _ := bigCluster(nameShapes[i].of)
-	srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
-	srv.SetReady()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -372,15 +419,15 @@ func serve(shapeIndex string) error {
 		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when stdin closes
 		os.Exit(0)
 	}()
-	return (&http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
+	return (&http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
 }
 
 // startServer runs serve in a child process and returns its URL; the child
 // is stopped by its PID when the benchmark ends.
-func startServer(b *testing.B, shapeIndex int) string {
+func startServer(b *testing.B, shape string) string {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", serveEnv, shapeIndex))
+	cmd.Env = append(os.Environ(), serveEnv+"="+shape)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -406,11 +453,15 @@ func startServer(b *testing.B, shapeIndex int) string {
 }
 
 // BenchmarkLatency measures filter+prioritize pairs at 5,000 nodes: in
-// process (the handler called directly) and over HTTP (a keep-alive
+// process (the handler called directly), over HTTP (a keep-alive
 // http.Client, as kube-scheduler's, talking to the extender in a separate
-// process on the same machine).
+// process on the same machine) and, as the baseline of the same run, the
+// HTTP floor: the same requests to a server that only reads them and
+// answers with as many bytes as the extender does (floorHandler).
 func BenchmarkLatency(b *testing.B) {
-	worst := map[string]time.Duration{}
+	type worstP99 struct{ http, floor time.Duration }
+	worst := map[string]*worstP99{}
+	floor := overHTTP(startServer(b, "floor"))
 	for si, shape := range nameShapes {
 		if only := os.Getenv("STICKYNET_BENCH_NAMES"); only != "" && !strings.HasPrefix(shape.name, only) {
 			continue // for experiments: STICKYNET_BENCH_NAMES=short or cloud
@@ -421,8 +472,10 @@ func BenchmarkLatency(b *testing.B) {
 		transports := []struct {
 			name string
 			rt   roundTrip
-		}{{"in process", inProcess(srv)}, {"over HTTP", overHTTP(startServer(b, si))}}
+		}{{"in process", inProcess(srv)}, {"over HTTP", overHTTP(startServer(b, strconv.Itoa(si)))}, {"HTTP floor", floor}}
 
+		w := &worstP99{}
+		worst[shape.name] = w
 		report("%d nodes, %s, GOMAXPROCS %d", latencyNodes, shape.name, runtime.GOMAXPROCS(0))
 		report("  %-36s %-11s %9s %9s %9s   %s", "pod", "transport", "p50 ms", "p99 ms", "max ms", "request bytes, nodes passed, nodes scored")
 		for _, sc := range scenarios() {
@@ -433,17 +486,24 @@ func BenchmarkLatency(b *testing.B) {
 				p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
 				report("  %-36s %-11s %9.3f %9.3f %9.3f   filter %d B, prioritize %d B, %d passed, %d scored",
 					sc.name, tr.name, ms(p50), ms(p99), ms(lat[len(lat)-1]), len(p.filter), len(p.prioritize), p.passed, p.scored)
-				if tr.name == "over HTTP" {
-					worst[shape.name] = max(worst[shape.name], p99)
+				switch tr.name {
+				case "over HTTP":
+					w.http = max(w.http, p99)
+				case "HTTP floor":
+					w.floor = max(w.floor, p99)
 				}
 			}
 		}
 	}
 	for i, shape := range nameShapes {
-		if _, ok := worst[shape.name]; !ok {
+		w, ok := worst[shape.name]
+		if !ok {
 			continue
 		}
-		report("worst p99 over HTTP, %s: %.3f ms (target 2 ms)", shape.name, ms(worst[shape.name]))
-		b.ReportMetric(ms(worst[shape.name]), fmt.Sprintf("worst-p99-http-ms/%s", []string{"short", "cloud"}[i]))
+		report("worst p99 over HTTP, %s: %.3f ms (target 2 ms); HTTP floor %.3f ms; the extender's own %.3f ms",
+			shape.name, ms(w.http), ms(w.floor), ms(w.http-w.floor))
+		short := []string{"short", "cloud"}[i]
+		b.ReportMetric(ms(w.http), "worst-p99-http-ms/"+short)
+		b.ReportMetric(ms(w.floor), "worst-p99-floor-ms/"+short)
 	}
 }
