@@ -7,9 +7,9 @@
 package extender
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -38,6 +37,7 @@ import (
 	"github.com/stickynet/stickynet/extender/score"
 	"github.com/stickynet/stickynet/extender/server"
 	"github.com/stickynet/stickynet/extender/state"
+	"github.com/stickynet/stickynet/internal/testenv"
 )
 
 const (
@@ -342,13 +342,6 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // first lines a benchmark logs.)
 func report(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 
-// serveEnv, set to the index of a name shape, makes the test binary serve
-// that shape's extender over HTTP instead of running benchmarks: "over
-// HTTP" is measured against a separate process, as the extender runs, so
-// that the client's garbage is not collected by the server's GC. Set to
-// "floor", it serves the HTTP floor instead (floorHandler).
-const serveEnv = "STICKYNET_BENCH_SERVE_SHAPE"
-
 // floorHandler is the baseline "over HTTP" is compared with: a net/http
 // server that reads the whole body, as the extender does, and answers with
 // as many bytes as the extender would (the query's answer), without
@@ -383,73 +376,42 @@ func floorHandler() http.Handler {
 	})
 }
 
+// TestMain lets the test binary serve, as a child process, the extender
+// on one name shape's cluster (role "extender-<shape index>") or the HTTP
+// floor (role "floor"): "over HTTP" is measured against a separate process,
+// as the extender runs, so that the client's garbage is not collected by
+// the server's GC.
 func TestMain(m *testing.M) {
-	if v := os.Getenv(serveEnv); v != "" {
-		if err := serve(v); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	roles := map[string]func(<-chan struct{}) error{"floor": func(stop <-chan struct{}) error { return serve(floorHandler(), stop) }}
+	for i, shape := range nameShapes {
+		roles[fmt.Sprintf("extender-%d", i)] = func(stop <-chan struct{}) error {
+			st, _ := bigCluster(shape.of)
+			srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
+			srv.SetReady()
+			return serve(srv, stop)
 		}
-		os.Exit(0)
 	}
+	testenv.RunChild(roles)
 	os.Exit(m.Run())
 }
 
-// serve serves the extender on the cluster of a name shape until stdin
-// closes, after printing its address.
-func serve(shapeIndex string) error {
-	var h http.Handler
-	if shapeIndex == "floor" {
-		h = floorHandler()
-	} else {
-		i, err := strconv.Atoi(shapeIndex)
-		if err != nil || i < 0 || i >= len(nameShapes) {
-			return fmt.Errorf("%s=%q: not a name shape or floor", serveEnv, shapeIndex)
-		}
-		st, _ := bigCluster(nameShapes[i].of)
-		srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
-		srv.SetReady()
-		h = srv
-	}
+// serve serves h on a free loopback port until stop closes, after printing
+// its address.
+func serve(h http.Handler, stop <-chan struct{}) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	fmt.Println(ln.Addr().String())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when stdin closes
-		os.Exit(0)
+		<-stop
+		_ = srv.Close()
 	}()
-	return (&http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
-}
-
-// startServer runs serve in a child process and returns its URL; the child
-// is stopped by its PID when the benchmark ends.
-func startServer(b *testing.B, shape string) string {
-	b.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), serveEnv+"="+shape)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		b.Fatalf("extender process: %v", err)
-	}
-	return "http://" + strings.TrimSpace(addr)
+	return nil
 }
 
 // BenchmarkLatency measures filter+prioritize pairs at 5,000 nodes: in
@@ -461,7 +423,7 @@ func startServer(b *testing.B, shape string) string {
 func BenchmarkLatency(b *testing.B) {
 	type worstP99 struct{ http, floor time.Duration }
 	worst := map[string]*worstP99{}
-	floor := overHTTP(startServer(b, "floor"))
+	floor := overHTTP("http://" + testenv.StartChild(b, "floor"))
 	for si, shape := range nameShapes {
 		if only := os.Getenv("STICKYNET_BENCH_NAMES"); only != "" && !strings.HasPrefix(shape.name, only) {
 			continue // for experiments: STICKYNET_BENCH_NAMES=short or cloud
@@ -472,7 +434,7 @@ func BenchmarkLatency(b *testing.B) {
 		transports := []struct {
 			name string
 			rt   roundTrip
-		}{{"in process", inProcess(srv)}, {"over HTTP", overHTTP(startServer(b, strconv.Itoa(si)))}, {"HTTP floor", floor}}
+		}{{"in process", inProcess(srv)}, {"over HTTP", overHTTP("http://" + testenv.StartChild(b, fmt.Sprintf("extender-%d", si)))}, {"HTTP floor", floor}}
 
 		w := &worstP99{}
 		worst[shape.name] = w
