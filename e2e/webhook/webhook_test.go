@@ -119,6 +119,7 @@ func TestWebhook(t *testing.T) {
 	t.Run("TwoReplicasNeverCollide", func(t *testing.T) { s.testTwoReplicas(ctx, t) })
 	t.Run("BandwidthPolicyEdit", func(t *testing.T) { s.testBandwidthPolicy(ctx, t) })
 	t.Run("PoolStatus", func(t *testing.T) { s.testPoolStatus(ctx, t) })
+	t.Run("UnlabelledLivePodKeepsAddress", func(t *testing.T) { s.testUnlabelled(ctx, t) })
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -687,6 +688,95 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 		ok := st.Total == 253 && st.Allocated > 0 && st.Allocated+st.Held+st.Cooling+st.Free == st.Total
 		return ok, fmt.Sprintf("%+v", st)
 	})
+}
+
+// testUnlabelled: the release controller's pod cache holds only pods
+// labelled stickynet.io/managed. A live pod whose label was removed still
+// carries its address: the controller must ask the API server before it
+// believes the pod gone, and keep the address bound; once the pod is really
+// gone, the address is freed.
+func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
+	ns := "unlabelled"
+	s.namespace(ctx, t, ns, nil)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "solo", Namespace: ns, Labels: map[string]string{"app": "solo"}}, Spec: template("solo", nil).Spec}
+	if _, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := s.pods(ctx, t, ns, "solo", 1)["solo"]
+	id, key := "pod/"+ns+"/solo", ns+"/solo"
+	bound := func() (bool, string) {
+		got := s.alloc.Lookup(id)
+		return len(got) == 1 && got[0].Pod == key && got[0].IP.String()+"/24" == want.ip, fmt.Sprintf("%+v", got)
+	}
+	eventually(ctx, t, 30*time.Second, id+" bound to its pod", bound)
+
+	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, annotations.ManagedLabel))
+	if _, err := s.k.CoreV1().Pods(ns).Patch(ctx, "solo", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("remove the label %s: %v", annotations.ManagedLabel, err)
+	}
+	// Past the grace, a full pass that began after it would have freed the
+	// address if the controller believed its cache alone.
+	time.Sleep(2*time.Second + 500*time.Millisecond) // ReleaseGrace is 2 s
+	for i := range 2 {
+		s.nudgeRelease(ctx, t, fmt.Sprintf("unlabelled-%d", i))
+	}
+	if ok, got := bound(); !ok {
+		t.Fatalf("%s lost its address while its live pod, without the label %s, carries %s: %s", id, annotations.ManagedLabel, want.ip, got)
+	}
+
+	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "solo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 30*time.Second, "the pod gone from the API server", func() (bool, string) {
+		_, err := s.k.CoreV1().Pods(ns).Get(ctx, "solo", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	// The deletion of an unlabelled pod is not in the controller's cache: nudge it.
+	n := 0
+	eventually(ctx, t, 30*time.Second, id+"'s address freed", func() (bool, string) {
+		n++
+		s.nudgeRelease(ctx, t, fmt.Sprintf("gone-%d", n))
+		got := s.alloc.Lookup(id)
+		return len(got) == 0, fmt.Sprintf("%+v", got)
+	})
+}
+
+// nudgeRelease makes the release controller run a full pass and waits for
+// one to end: it touches the IPPool "main" (an object the controller
+// watches) and waits for the pass counter to move. The pass counted may
+// have begun before the call; the one counted by a second call began after
+// the first call returned.
+func (s *suite) nudgeRelease(ctx context.Context, t *testing.T, value string) {
+	t.Helper()
+	before := passCount(t)
+	patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"metadata":{"annotations":{"test.stickynet.io/nudge":%q}}}`, value)))
+	if err := s.cl.Patch(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "main"}}, patch); err != nil {
+		t.Fatalf("touch IPPool main: %v", err)
+	}
+	eventually(ctx, t, 60*time.Second, "a release pass after the nudge", func() (bool, string) {
+		n := passCount(t)
+		return n > before, fmt.Sprintf("%v passes, %v before", n, before)
+	})
+}
+
+// passCount reads how many passes the release controllers ran, from
+// stickynet_webhook_release_pass_duration_seconds in controller-runtime's
+// registry.
+func passCount(t *testing.T) uint64 {
+	t.Helper()
+	families, err := crmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, f := range families {
+		if f.GetName() == "stickynet_webhook_release_pass_duration_seconds" {
+			for _, m := range f.GetMetric() {
+				n += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return n
 }
 
 // releasedMetric reads stickynet_webhook_released_addresses_total for an
