@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/stickynet/stickynet/internal/testenv"
 )
 
 // cpuTicks is the CPU time (user + system, in clock ticks) of every process
@@ -18,10 +20,11 @@ type cpuTicks map[int]struct {
 
 // sampleCPU reads /proc. Processes are labelled by their program name; the
 // two etcds apart (the cluster's, in the cluster's folder, and stickynet's),
-// and this test process (client, webhook and no-op webhook) as "bench".
+// this test process (the clients) as "bench" and its children by role.
 func sampleCPU() cpuTicks {
 	out := cpuTicks{}
 	self := os.Getpid()
+	selfComm := comm(self)
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(filepath.Base(d))
@@ -47,7 +50,14 @@ func sampleCPU() cpuTicks {
 		label := s[open+1 : end]
 		switch {
 		case pid == self:
-			label = "bench (client + webhooks)"
+			label = "bench (clients)"
+		case label == selfComm:
+			env, _ := os.ReadFile(filepath.Join(d, "environ"))
+			for _, kv := range strings.Split(string(env), "\x00") {
+				if role, ok := strings.CutPrefix(kv, testenv.ChildEnv+"="); ok {
+					label = "webhook (" + role + ")"
+				}
+			}
 		case label == "etcd":
 			cmd, _ := os.ReadFile(filepath.Join(d, "cmdline"))
 			if strings.Contains(string(cmd), "stickynet-cluster-") {
@@ -98,4 +108,15 @@ func (c cpuShare) top(n int) ([]string, float64) {
 		labels = labels[:n]
 	}
 	return labels, other
+}
+
+// comm is a process's program name, as /proc/<pid>/stat gives it.
+func comm(pid int) string {
+	stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	s := string(stat)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return ""
+	}
+	return s[open+1 : end]
 }

@@ -2,7 +2,9 @@
 // kube-apiserver in three configurations in one run: with the stickynet
 // webhook, with a no-op webhook (TLS, one fixed patch) and with none; and the
 // stickynet handler's latency at a paced 200 creations per second, from its
-// own histogram. Run it with `make bench-webhook`.
+// own histogram. Both webhooks run in processes of their own, as in a
+// cluster, not in the process of the clients that create the pods. Run it
+// with `make bench-webhook`.
 package webhook
 
 import (
@@ -14,7 +16,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"encoding/pem"
 	"fmt"
 	"math"
@@ -22,6 +26,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -125,27 +130,21 @@ func BenchmarkWebhook(b *testing.B) {
 	if _, err := k.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	wctx, wcancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(wctx, app.Options{
-			Kubeconfig: c.KubeconfigPath(), EtcdEndpoints: []string{e.Endpoint},
-			Host: "127.0.0.1", Port: port, CertDir: b.TempDir(),
-			Certs: certs.Options{
-				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: "stickynet-system", Name: "stickynet-cert"},
-				DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true,
-			},
-			MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort), ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
-			LeaderElection: false, StoreTimeout: 7 * time.Second, ReleaseGrace: 2 * time.Second,
-			KubeAPIQPS: 100, KubeAPIBurst: 200,
-		})
-	}()
-	b.Cleanup(func() {
-		wcancel()
-		if err := <-done; err != nil {
-			b.Logf("stickynet webhook stopped: %v", err)
-		}
+	opts, err := json.Marshal(app.Options{
+		Kubeconfig: c.KubeconfigPath(), EtcdEndpoints: []string{e.Endpoint},
+		Host: "127.0.0.1", Port: port, CertDir: b.TempDir(),
+		Certs: certs.Options{
+			Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: "stickynet-system", Name: "stickynet-cert"},
+			DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true,
+		},
+		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort), ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
+		LeaderElection: false, StoreTimeout: 7 * time.Second, ReleaseGrace: 2 * time.Second,
+		KubeAPIQPS: 100, KubeAPIBurst: 200,
 	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	testenv.StartChild(b, "stickynet", optionsEnv+"="+string(opts))
 	waitReady(ctx, b, k, probe)
 
 	results := map[string][]float64{}
@@ -373,10 +372,12 @@ func quantiles(before, after histogram, limit float64) (p50, p99, within float64
 }
 
 // startNoop serves a mutating webhook that returns one fixed patch, over TLS.
-func startNoop(b *testing.B) (string, []byte) {
+// serveNoop is the no-op webhook (role "noop"): TLS, returns one fixed
+// patch. It prints its URL and its CA, base64, on one line.
+func serveNoop(stop <-chan struct{}) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
@@ -386,7 +387,7 @@ func startNoop(b *testing.B) (string, []byte) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	patch := []byte(`[{"op":"add","path":"/metadata/labels/noop","value":"patched"}]`)
@@ -404,10 +405,65 @@ func startNoop(b *testing.B) (string, []byte) {
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
-	go func() { _ = srv.ServeTLS(l, "", "") }()
-	b.Cleanup(func() { srv.Close() })
-	return fmt.Sprintf("https://localhost:%d/mutate", l.Addr().(*net.TCPAddr).Port), certPEM
+	go func() {
+		<-stop
+		_ = srv.Close()
+	}()
+	fmt.Printf("https://localhost:%d/mutate %s\n", l.Addr().(*net.TCPAddr).Port, base64.StdEncoding.EncodeToString(certPEM))
+	if err := srv.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// startNoop runs the no-op webhook in a child process and returns its URL and CA.
+func startNoop(b *testing.B) (string, []byte) {
+	url, ca, _ := strings.Cut(testenv.StartChild(b, "noop"), " ")
+	pemCA, err := base64.StdEncoding.DecodeString(ca)
+	if err != nil {
+		b.Fatalf("no-op webhook's CA: %v", err)
+	}
+	return url, pemCA
+}
+
+// optionsEnv carries the stickynet webhook's app.Options, JSON, to its child.
+const optionsEnv = "STICKYNET_BENCH_WEBHOOK_OPTIONS"
+
+// runStickynet is the stickynet webhook (role "stickynet") with the options
+// of optionsEnv, as its binary runs it.
+func runStickynet(stop <-chan struct{}) error {
+	var o app.Options
+	if err := json.Unmarshal([]byte(os.Getenv(optionsEnv)), &o); err != nil {
+		return fmt.Errorf("%s: %w", optionsEnv, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-stop
+		cancel()
+	}()
+	if path := os.Getenv(profileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Println("started")
+	return app.Run(ctx, o)
+}
+
+// profileEnv, set to a file name, has the stickynet webhook's child write a
+// CPU profile of the whole benchmark there (for `go tool pprof`).
+const profileEnv = "STICKYNET_BENCH_WEBHOOK_CPUPROFILE"
+
+func TestMain(m *testing.M) {
+	testenv.RunChild(map[string]func(<-chan struct{}) error{"noop": serveNoop, "stickynet": runStickynet})
+	os.Exit(m.Run())
 }
