@@ -12,10 +12,10 @@ import (
 	"time"
 )
 
-// ChildEnv, set in a test binary's environment, makes its TestMain run a
-// role (RunChild) instead of tests: benchmarks measure a server in a
-// process of its own, as it runs in a cluster, so that the client's
-// goroutines and garbage do not share its scheduler and collector.
+// ChildEnv is the variable that, set in a test binary's environment, makes
+// its TestMain run a role (RunChild) instead of tests: benchmarks measure a
+// server in a process of its own, as it runs in a cluster, so that the
+// client's goroutines and garbage do not share its scheduler and collector.
 const ChildEnv = "STICKYNET_TEST_CHILD"
 
 // StartChild runs this test binary again with ChildEnv=role and the extra
@@ -47,11 +47,17 @@ func StartChild(t testing.TB, role string, env ...string) string {
 	done := make(chan error, 1)
 	t.Cleanup(func() {
 		_ = stdin.Close()
+		var err error
 		select {
-		case <-done:
+		case err = <-done:
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
-			<-done
+			err = <-done
+			t.Logf("child %s did not stop within 10 s of its stdin closing: killed", role)
+		}
+		if err != nil {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("child %s: %v; its log ends:\n%s", role, err, tail(log, 2048))
 		}
 		logFile.Close()
 	})
