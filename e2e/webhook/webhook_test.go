@@ -691,53 +691,93 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 }
 
 // testUnlabelled: the release controller's pod cache holds only pods
-// labelled stickynet.io/managed. A live pod whose label was removed still
-// carries its address: the controller must ask the API server before it
-// believes the pod gone, and keep the address bound; once the pod is really
-// gone, the address is freed.
+// labelled stickynet.io/managed. Live pods whose label was removed still
+// carry their addresses: the controller must ask the API server before it
+// believes them gone (one list for a namespace with many such pods, one
+// read each for a few), and keep the addresses bound; once a pod is really
+// gone, its address is freed.
 func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
 	ns := "unlabelled"
 	s.namespace(ctx, t, ns, nil)
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "solo", Namespace: ns, Labels: map[string]string{"app": "solo"}}, Spec: template("solo", nil).Spec}
-	if _, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	const n = 10 // more than the controller reads one by one
+	for i := range n {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("solo-%d", i), Namespace: ns, Labels: map[string]string{"app": "solo"}}, Spec: template("solo", nil).Spec}
+		if _, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	want := s.pods(ctx, t, ns, "solo", 1)["solo"]
-	id, key := "pod/"+ns+"/solo", ns+"/solo"
-	bound := func() (bool, string) {
-		got := s.alloc.Lookup(id)
-		return len(got) == 1 && got[0].Pod == key && got[0].IP.String()+"/24" == want.ip, fmt.Sprintf("%+v", got)
+	want := s.pods(ctx, t, ns, "solo", n)
+	// bound says whether pod i's identity still has its address, bound to it.
+	bound := func(i int) (bool, string) {
+		name := fmt.Sprintf("solo-%d", i)
+		got := s.alloc.Lookup("pod/" + ns + "/" + name)
+		return len(got) == 1 && got[0].Pod == ns+"/"+name && got[0].IP.String()+"/24" == want[name].ip, fmt.Sprintf("%s: %+v", name, got)
 	}
-	eventually(ctx, t, 30*time.Second, id+" bound to its pod", bound)
+	allBound := func(from, to int) func() (bool, string) {
+		return func() (bool, string) {
+			for i := from; i < to; i++ {
+				if ok, got := bound(i); !ok {
+					return false, got
+				}
+			}
+			return true, ""
+		}
+	}
+	eventually(ctx, t, 30*time.Second, "every identity bound to its pod", allBound(0, n))
 
 	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, annotations.ManagedLabel))
-	if _, err := s.k.CoreV1().Pods(ns).Patch(ctx, "solo", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatalf("remove the label %s: %v", annotations.ManagedLabel, err)
+	for i := range n {
+		if _, err := s.k.CoreV1().Pods(ns).Patch(ctx, fmt.Sprintf("solo-%d", i), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatalf("remove the label %s: %v", annotations.ManagedLabel, err)
+		}
 	}
 	// Past the grace, a full pass that began after it would have freed the
-	// address if the controller believed its cache alone.
+	// addresses if the controller believed its cache alone.
 	time.Sleep(2*time.Second + 500*time.Millisecond) // ReleaseGrace is 2 s
 	for i := range 2 {
 		s.nudgeRelease(ctx, t, fmt.Sprintf("unlabelled-%d", i))
 	}
-	if ok, got := bound(); !ok {
-		t.Fatalf("%s lost its address while its live pod, without the label %s, carries %s: %s", id, annotations.ManagedLabel, want.ip, got)
+	if ok, got := allBound(0, n)(); !ok {
+		t.Fatalf("a live pod without the label %s lost its address (%d such pods in the namespace): %s", annotations.ManagedLabel, n, got)
 	}
 
-	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "solo", metav1.DeleteOptions{}); err != nil {
+	// Pods 1 to n-1 go: their addresses are freed, pod 0's stays.
+	for i := 1; i < n; i++ {
+		if err := s.k.CoreV1().Pods(ns).Delete(ctx, fmt.Sprintf("solo-%d", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone := func(from, to int) func() (bool, string) {
+		return func() (bool, string) {
+			for i := from; i < to; i++ {
+				if got := s.alloc.Lookup(fmt.Sprintf("pod/%s/solo-%d", ns, i)); len(got) != 0 {
+					return false, fmt.Sprintf("solo-%d: %+v", i, got)
+				}
+			}
+			return true, ""
+		}
+	}
+	// The deletions of unlabelled pods are not in the controller's cache: nudge it.
+	nudges := 0
+	eventually(ctx, t, 60*time.Second, "the deleted pods' addresses freed", func() (bool, string) {
+		nudges++
+		s.nudgeRelease(ctx, t, fmt.Sprintf("gone-%d", nudges))
+		return gone(1, n)()
+	})
+	// Now pod 0 is the only one to ask about: read by itself.
+	for i := range 2 {
+		s.nudgeRelease(ctx, t, fmt.Sprintf("alone-%d", i))
+	}
+	if ok, got := bound(0); !ok {
+		t.Fatalf("the last live pod without the label %s lost its address: %s", annotations.ManagedLabel, got)
+	}
+	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "solo-0", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(ctx, t, 30*time.Second, "the pod gone from the API server", func() (bool, string) {
-		_, err := s.k.CoreV1().Pods(ns).Get(ctx, "solo", metav1.GetOptions{})
-		return apierrors.IsNotFound(err), fmt.Sprint(err)
-	})
-	// The deletion of an unlabelled pod is not in the controller's cache: nudge it.
-	n := 0
-	eventually(ctx, t, 30*time.Second, id+"'s address freed", func() (bool, string) {
-		n++
-		s.nudgeRelease(ctx, t, fmt.Sprintf("gone-%d", n))
-		got := s.alloc.Lookup(id)
-		return len(got) == 0, fmt.Sprintf("%+v", got)
+	eventually(ctx, t, 60*time.Second, "solo-0's address freed", func() (bool, string) {
+		nudges++
+		s.nudgeRelease(ctx, t, fmt.Sprintf("gone-%d", nudges))
+		return gone(0, 1)()
 	})
 }
 

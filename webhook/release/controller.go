@@ -221,14 +221,27 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	now := time.Now()
 	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
 	members := map[string][]ipam.Entry{} // identity → entries
-	for _, e := range entries {
+	carriers := make([]*podInfo, len(entries))
+	var unseen []ipam.Entry // bound, past the grace, and no pod in the cache carries it
+	for i, e := range entries {
 		members[e.Identity] = append(members[e.Identity], e)
-	}
-	for _, e := range entries {
 		carrier := byAddr[e.Pool+"/"+e.IP.String()]
 		if carrier != nil && carrier.identity != e.Identity {
 			carrier = nil // a pod that claims an address it does not own
 		}
+		carriers[i] = carrier
+		if carrier == nil && e.Pod != "" && !e.Reserved && !e.Held && now.Sub(e.Since) >= c.Grace {
+			unseen = append(unseen, e)
+		}
+	}
+	// The cache holds only pods labelled stickynet.io/managed: ask the API
+	// server about the others before believing them gone.
+	carried, err := c.stillCarried(ctx, unseen)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for i, e := range entries {
+		carrier := carriers[i]
 		switch {
 		case e.Reserved || e.Held:
 			// Confirm a reservation when its pod appears; unconfirmed ones expire by themselves.
@@ -256,15 +269,8 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 				continue
 			}
 			if carrier == nil {
-				// The cache holds only pods labelled stickynet.io/managed:
-				// ask the API server before believing the pod gone.
-				live, err := c.stillCarried(ctx, e)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				if live {
-					continue
+				if live, known := carried[e.Pool+"/"+e.IP.String()]; live || !known {
+					continue // carried by a pod without the label, or not known: the API server did not answer
 				}
 			}
 			if err := c.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod); err != nil {
@@ -320,30 +326,77 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// stillCarried asks the API server (not the cache) whether the pod an
-// address is bound to exists, has not terminated and still carries the
-// address, as when someone removed the pod's stickynet.io/managed label.
-func (c *Controller) stillCarried(ctx context.Context, e ipam.Entry) (bool, error) {
+// listThreshold is how many pods of one namespace stillCarried asks the API
+// server about one by one; with more, it lists the namespace's pods once
+// (a workload deleted at once frees its addresses in one request).
+const listThreshold = 8
+
+// stillCarried asks the API server (not the cache) whether the pods the
+// entries are bound to exist, have not terminated and still carry their
+// addresses, as when someone removed a pod's stickynet.io/managed label. It
+// answers by address (pool/ip): true while its pod carries it, false when
+// not; an address whose pod could not be read is missing from the answer.
+func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (map[string]bool, error) {
+	out := make(map[string]bool, len(entries))
 	if c.APIReader == nil {
-		return false, nil
+		for _, e := range entries {
+			out[e.Pool+"/"+e.IP.String()] = false
+		}
+		return out, nil
 	}
-	ns, name, _ := strings.Cut(e.Pod, "/")
-	p := &corev1.Pod{}
-	err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
-	if apierrors.IsNotFound(err) {
-		return false, nil
+	byNS := map[string][]ipam.Entry{}
+	for _, e := range entries {
+		ns, _, _ := strings.Cut(e.Pod, "/")
+		byNS[ns] = append(byNS[ns], e)
 	}
-	if err != nil {
-		return false, fmt.Errorf("read pod %s: %w", e.Pod, err)
-	}
-	for _, info := range podsWithAssignment([]corev1.Pod{*p}) {
-		if info.live && info.identity == e.Identity && info.ip == e.IP {
-			klog.FromContext(ctx).V(1).Info("Pod carries its address but lacks the label; keeping the address bound",
-				"pod", e.Pod, "label", annotations.ManagedLabel, "ip", e.IP)
-			return true, nil
+	var errs []error
+	for ns, es := range byNS {
+		pods := map[string]*corev1.Pod{} // ns/name → the pod, for those that exist
+		if len(es) > listThreshold {
+			list := &corev1.PodList{}
+			if err := c.APIReader.List(ctx, list, client.InNamespace(ns)); err != nil {
+				errs = append(errs, fmt.Errorf("list pods in %s: %w", ns, err))
+				continue
+			}
+			for i := range list.Items {
+				p := &list.Items[i]
+				pods[p.Namespace+"/"+p.Name] = p
+			}
+		} else {
+			failed := false
+			for _, e := range es {
+				_, name, _ := strings.Cut(e.Pod, "/")
+				p := &corev1.Pod{}
+				err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+				switch {
+				case err == nil:
+					pods[e.Pod] = p
+				case !apierrors.IsNotFound(err):
+					errs = append(errs, fmt.Errorf("read pod %s: %w", e.Pod, err))
+					failed = true
+				}
+			}
+			if failed {
+				continue
+			}
+		}
+		for _, e := range es {
+			addr := e.Pool + "/" + e.IP.String()
+			out[addr] = false
+			p := pods[e.Pod]
+			if p == nil {
+				continue
+			}
+			for _, info := range podsWithAssignment([]corev1.Pod{*p}) {
+				if info.live && info.identity == e.Identity && info.ip == e.IP {
+					klog.FromContext(ctx).V(1).Info("Pod carries its address but lacks the label; keeping the address bound",
+						"pod", e.Pod, "label", annotations.ManagedLabel, "ip", e.IP)
+					out[addr] = true
+				}
+			}
 		}
 	}
-	return false, nil
+	return out, errors.Join(errs...)
 }
 
 // releaseReason says why an address that no pod carries should be freed now
