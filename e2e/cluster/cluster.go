@@ -156,6 +156,9 @@ type Cluster struct {
 	schedKubeconfig string
 	nodes           []*realNode
 	simNodes        []Node
+	// kubeletFolders are the folders of the kubelets' device-plugin socket
+	// that the cluster's real nodes create (deviceplugin.go).
+	kubeletFolders []string
 
 	simMu  sync.Mutex
 	sim    *nodesim.Simulator
@@ -406,6 +409,9 @@ func (c *Cluster) stop(ctx context.Context) error {
 	}
 	wg.Wait()
 	log.V(1).Info("Nodes stopped", "elapsed", time.Since(begin).Round(time.Millisecond))
+	if len(c.nodes) > 0 {
+		errs = append(errs, removeDevicePluginSocket(c.kubeletFolders))
+	}
 	c.hookMu.Lock()
 	hooks := c.afterNodes
 	c.afterNodes = nil

@@ -53,6 +53,9 @@ func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 		return err
 	}
 
+	if c.cfg.Nodes > 0 {
+		c.kubeletFolders = devicePluginFolders()
+	}
 	for i := range c.cfg.Nodes {
 		n, err := c.prepareRealNode(i)
 		if err != nil {
