@@ -303,15 +303,17 @@ func TestSharedIdentity(t *testing.T) {
 	if n := len(a.Lookup(dep)); n != 4 {
 		t.Fatalf("deployment owns %d addresses; want 4", n)
 	}
-	// The ips annotation limits the set.
-	cands := []netip.Addr{netip.MustParseAddr("10.0.0.100"), netip.MustParseAddr("10.0.0.101")}
+	// The ips annotation limits the set. (In a pool of its own: the members
+	// above are random addresses of p and might be among the candidates.)
+	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24"})
+	cands := []netip.Addr{netip.MustParseAddr("10.1.0.100"), netip.MustParseAddr("10.1.0.101")}
 	for i := range 2 {
-		got := alloc(t, a, Request{Pool: p, Identity: "deployment/ns/pinned", Shared: true, Pod: fmt.Sprintf("ns/pinned-%d", i), Candidates: cands})
+		got := alloc(t, a, Request{Pool: q, Identity: "deployment/ns/pinned", Shared: true, Pod: fmt.Sprintf("ns/pinned-%d", i), Candidates: cands})
 		if got.IP != cands[0] && got.IP != cands[1] {
 			t.Fatalf("pinned deployment got %s", got.IP)
 		}
 	}
-	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/pinned", Shared: true, Pod: "ns/pinned-2", Candidates: cands})
+	_, err := a.Allocate(ctx, Request{Pool: q, Identity: "deployment/ns/pinned", Shared: true, Pod: "ns/pinned-2", Candidates: cands})
 	var ex *ExhaustedError
 	if !errors.As(err, &ex) || !strings.Contains(err.Error(), "the 2 addresses listed for deployment/ns/pinned") {
 		t.Fatalf("third pinned pod: %v", err)
