@@ -327,9 +327,13 @@ func TestMove(t *testing.T) {
 	ctx := testCtx(t)
 	id := "statefulset/ns/web/0"
 	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0"})
-	moved := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: netip.MustParseAddr("10.0.0.77")})
-	if moved.IP.String() != "10.0.0.77" || moved.MAC.String() != first.MAC.String() {
-		t.Fatalf("move gave %s %s; want 10.0.0.77 with MAC %s", moved.IP, moved.MAC, first.MAC)
+	target := netip.MustParseAddr("10.0.0.77")
+	if first.IP == target { // the first address is random
+		target = target.Next()
+	}
+	moved := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: target})
+	if moved.IP != target || moved.MAC.String() != first.MAC.String() {
+		t.Fatalf("move gave %s %s; want %s with MAC %s", moved.IP, moved.MAC, target, first.MAC)
 	}
 	if l := a.Lookup(id); len(l) != 1 || l[0].IP != moved.IP {
 		t.Fatalf("identity owns %v after the move", l)
