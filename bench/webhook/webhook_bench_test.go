@@ -371,7 +371,6 @@ func quantiles(before, after histogram, limit float64) (p50, p99, within float64
 	return q(0.5), q(0.99), within
 }
 
-// startNoop serves a mutating webhook that returns one fixed patch, over TLS.
 // serveNoop is the no-op webhook (role "noop"): TLS, returns one fixed
 // patch. It prints its URL and its CA, base64, on one line.
 func serveNoop(stop <-chan struct{}) error {
