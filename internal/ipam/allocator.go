@@ -223,9 +223,36 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 		if err := a.learn(ctx, &req, p, res); err != nil {
 			return Allocation{}, err
 		}
+		a.catchUp(ctx, p, res)
 		log.V(4).Info("Claim lost a race; retrying", "identity", req.Identity, "pool", req.Pool.Name, "attempt", attempt)
 	}
 	return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, ErrContention)
+}
+
+// catchUpWait bounds how long a claim that lost a race waits for the cache.
+const catchUpWait = time.Second
+
+// catchUp waits, briefly, until the cache has seen the address records that
+// beat a claim, and with them every address written before: a cache that
+// lags behind busy replicas (near a pool's exhaustion, on a starved machine)
+// would otherwise pick taken addresses and lose race after race until
+// MaxAttempts.
+func (a *Allocator) catchUp(ctx context.Context, p *plan, res store.TxnResult) {
+	var rev int64
+	for i, op := range p.els {
+		if i >= len(res.Gets) || res.Gets[i] == nil {
+			continue
+		}
+		if _, _, _, isAddr := a.keys.parseAddrKey(op.Key); isAddr {
+			rev = max(rev, res.Gets[i].ModRevision)
+		}
+	}
+	if rev == 0 {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, catchUpWait)
+	defer cancel()
+	_ = a.refl.WaitForRevision(wctx, rev) // late: plan from what the cache has
 }
 
 func (a *Allocator) unclaim(pool string, p *plan) {
