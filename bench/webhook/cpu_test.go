@@ -24,30 +24,17 @@ type cpuTicks map[int]struct {
 func sampleCPU() cpuTicks {
 	out := cpuTicks{}
 	self := os.Getpid()
-	selfComm := comm(self)
+	selfComm, _, _ := readStat("/proc/self")
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(filepath.Base(d))
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(filepath.Join(d, "stat"))
-		if err != nil {
+		label, ticks, ok := readStat(d)
+		if !ok {
 			continue
 		}
-		// pid (comm) state ppid ... utime(14) stime(15)
-		s := string(stat)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		fields := strings.Fields(s[end+1:])
-		if len(fields) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseInt(fields[11], 10, 64)
-		st, _ := strconv.ParseInt(fields[12], 10, 64)
-		label := s[open+1 : end]
 		switch {
 		case pid == self:
 			label = "bench (clients)"
@@ -69,7 +56,7 @@ func sampleCPU() cpuTicks {
 		out[pid] = struct {
 			label string
 			ticks int64
-		}{label, ut + st}
+		}{label, ticks}
 	}
 	return out
 }
@@ -110,13 +97,24 @@ func (c cpuShare) top(n int) ([]string, float64) {
 	return labels, other
 }
 
-// comm is a process's program name, as /proc/<pid>/stat gives it.
-func comm(pid int) string {
-	stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+// readStat reads a process's program name and its CPU time (user +
+// system, in clock ticks) from dir/stat: "pid (comm) state ppid ... utime(14)
+// stime(15)".
+func readStat(dir string) (comm string, ticks int64, ok bool) {
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return "", 0, false
+	}
 	s := string(stat)
 	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
 	if open < 0 || end < open {
-		return ""
+		return "", 0, false
 	}
-	return s[open+1 : end]
+	fields := strings.Fields(s[end+1:])
+	if len(fields) < 13 {
+		return "", 0, false
+	}
+	ut, _ := strconv.ParseInt(fields[11], 10, 64)
+	st, _ := strconv.ParseInt(fields[12], 10, 64)
+	return s[open+1 : end], ut + st, true
 }

@@ -34,6 +34,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/certs"
 	"github.com/stickynet/stickynet/e2e/cluster"
@@ -800,44 +802,40 @@ func (s *suite) nudgeRelease(ctx context.Context, t *testing.T, value string) {
 }
 
 // passCount reads how many passes the release controllers ran, from
-// stickynet_webhook_release_pass_duration_seconds in controller-runtime's
-// registry.
+// stickynet_webhook_release_pass_duration_seconds.
 func passCount(t *testing.T) uint64 {
-	t.Helper()
-	families, err := crmetrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var n uint64
-	for _, f := range families {
-		if f.GetName() == "stickynet_webhook_release_pass_duration_seconds" {
-			for _, m := range f.GetMetric() {
-				n += m.GetHistogram().GetSampleCount()
-			}
-		}
+	for _, m := range metrics(t, "stickynet_webhook_release_pass_duration_seconds") {
+		n += m.GetHistogram().GetSampleCount()
 	}
 	return n
 }
 
 // releasedMetric reads stickynet_webhook_released_addresses_total for an
-// identity kind from controller-runtime's registry.
+// identity kind.
 func releasedMetric(t *testing.T, kind string) float64 {
+	for _, m := range metrics(t, "stickynet_webhook_released_addresses_total") {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "kind" && l.GetValue() == kind {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// metrics returns the series of a metric family in controller-runtime's
+// registry, where both webhook replicas of this process register theirs.
+func metrics(t *testing.T, name string) []*dto.Metric {
 	t.Helper()
 	families, err := crmetrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if f.GetName() != "stickynet_webhook_released_addresses_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "kind" && l.GetValue() == kind {
-					return m.GetCounter().GetValue()
-				}
-			}
+		if f.GetName() == name {
+			return f.GetMetric()
 		}
 	}
-	return 0
+	return nil
 }

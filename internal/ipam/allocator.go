@@ -220,10 +220,11 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 			a.applyLocal(p.then, res.Revision)
 			return p.result, nil
 		}
-		if err := a.learn(ctx, &req, p, res); err != nil {
+		rev, err := a.learn(ctx, &req, p, res)
+		if err != nil {
 			return Allocation{}, err
 		}
-		a.catchUp(ctx, p, res)
+		a.catchUp(ctx, rev)
 		log.V(4).Info("Claim lost a race; retrying", "identity", req.Identity, "pool", req.Pool.Name, "attempt", attempt)
 	}
 	return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, ErrContention)
@@ -232,21 +233,12 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 // catchUpWait bounds how long a claim that lost a race waits for the cache.
 const catchUpWait = time.Second
 
-// catchUp waits, briefly, until the cache has seen the address records that
-// beat a claim, and with them every address written before: a cache that
-// lags behind busy replicas (near a pool's exhaustion, on a starved machine)
-// would otherwise pick taken addresses and lose race after race until
-// MaxAttempts.
-func (a *Allocator) catchUp(ctx context.Context, p *plan, res store.TxnResult) {
-	var rev int64
-	for i, op := range p.els {
-		if i >= len(res.Gets) || res.Gets[i] == nil {
-			continue
-		}
-		if _, _, _, isAddr := a.keys.parseAddrKey(op.Key); isAddr {
-			rev = max(rev, res.Gets[i].ModRevision)
-		}
-	}
+// catchUp waits, briefly, until the cache has seen rev, the newest address
+// record that beat a claim, and with it every address written before: a
+// cache that lags behind busy replicas (near a pool's exhaustion, on a
+// starved machine) would otherwise pick taken addresses and lose race after
+// race until MaxAttempts.
+func (a *Allocator) catchUp(ctx context.Context, rev int64) {
 	if rev == 0 {
 		return
 	}
@@ -583,8 +575,10 @@ func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []sto
 }
 
 // learn folds what a failed transaction read into the cache, and turns a
-// conflict over an explicitly requested address or MAC into an error.
-func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.TxnResult) error {
+// conflict over an explicitly requested address or MAC into an error. It
+// returns the newest revision among the address records it read (0: none).
+func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.TxnResult) (int64, error) {
+	var newest int64
 	for i, op := range p.els {
 		if i >= len(res.Gets) {
 			break
@@ -596,9 +590,10 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 			a.cache.Apply([]store.Event{{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: res.Revision}}})
 		case isAddr:
 			a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *kv}})
+			newest = max(newest, kv.ModRevision)
 			var r record
 			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && pool == req.Pool.Name && r.ID != req.Identity {
-				return &ConflictError{Pool: pool, What: "address " + ip.String(), Holder: r.ID, Cooling: r.State == stateCooling}
+				return 0, &ConflictError{Pool: pool, What: "address " + ip.String(), Holder: r.ID, Cooling: r.State == stateCooling}
 			}
 		case kv != nil:
 			// An identity index or MAC key that the cache did not know: fetch the
@@ -614,18 +609,18 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 			ak := a.keys.addrKey(ptr.Pool, pip)
 			got, err := a.s.Get(ctx, ak)
 			if err != nil {
-				return fmt.Errorf("read %s: %w", ak, err)
+				return 0, fmt.Errorf("read %s: %w", ak, err)
 			}
 			if got != nil {
 				a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *got}})
 				var r record
 				if json.Unmarshal(got.Value, &r) == nil && req.MAC != nil && op.Key == a.keys.macKey(req.MAC.String()) && r.ID != req.Identity {
-					return &ConflictError{Pool: ptr.Pool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
+					return 0, &ConflictError{Pool: ptr.Pool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
 				}
 			}
 		}
 	}
-	return nil
+	return newest, nil
 }
 
 // applyLocal folds a successful transaction's writes into the cache at once,

@@ -213,7 +213,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			byToken[p.token] = p
 		}
 		if p.live {
-			byAddr[p.pool+"/"+p.ip.String()] = p
+			byAddr[addrKey(p.pool, p.ip)] = p
 		}
 	}
 
@@ -225,7 +225,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	var unseen []ipam.Entry // bound, past the grace, and no pod in the cache carries it
 	for i, e := range entries {
 		members[e.Identity] = append(members[e.Identity], e)
-		carrier := byAddr[e.Pool+"/"+e.IP.String()]
+		carrier := byAddr[addrKey(e.Pool, e.IP)]
 		if carrier != nil && carrier.identity != e.Identity {
 			carrier = nil // a pod that claims an address it does not own
 		}
@@ -269,7 +269,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 				continue
 			}
 			if carrier == nil {
-				if live, known := carried[e.Pool+"/"+e.IP.String()]; live || !known {
+				if live, known := carried[addrKey(e.Pool, e.IP)]; live || !known {
 					continue // carried by a pod without the label, or not known: the API server did not answer
 				}
 			}
@@ -326,6 +326,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// addrKey names an address in the maps of a pass: "pool/ip".
+func addrKey(pool string, ip netip.Addr) string { return pool + "/" + ip.String() }
+
 // listThreshold is how many pods of one namespace stillCarried asks the API
 // server about one by one; with more, it lists the namespace's pods once
 // (a workload deleted at once frees its addresses in one request).
@@ -340,7 +343,7 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 	out := make(map[string]bool, len(entries))
 	if c.APIReader == nil {
 		for _, e := range entries {
-			out[e.Pool+"/"+e.IP.String()] = false
+			out[addrKey(e.Pool, e.IP)] = false
 		}
 		return out, nil
 	}
@@ -381,7 +384,7 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 			}
 		}
 		for _, e := range es {
-			addr := e.Pool + "/" + e.IP.String()
+			addr := addrKey(e.Pool, e.IP)
 			out[addr] = false
 			p := pods[e.Pod]
 			if p == nil {
