@@ -73,7 +73,13 @@ func (c *Cluster) newNode(name string, index int, simulated bool) (Node, error) 
 			return n, fmt.Errorf("create node folder: %w", err)
 		}
 	}
-	if err := c.host.NewNetns(n.Netns); err != nil {
+	var sysctls []host.Sysctl
+	if simulated {
+		// A simulated node's links carry only the IPv4 fabric; real nodes
+		// keep the kernel's defaults.
+		sysctls = host.FabricSysctls
+	}
+	if err := c.host.NewNetns(n.Netns, sysctls...); err != nil {
 		return n, fmt.Errorf("node %s: %w", name, err)
 	}
 	if err := c.host.AddUplink(c.state.Bridge(), fmt.Sprintf("%s-%d", c.state.Prefix(), index), n.Netns, uplinkName); err != nil {

@@ -15,10 +15,16 @@ import (
 // node namespaces live there so that `ip netns exec` works on them too.
 const NetnsDir = "/run/netns"
 
-// NewNetns creates a network namespace and binds it to path, which must not
-// exist yet. The namespace lives until DeleteNetns. Call PrepareNetnsDir
-// before binding namespaces under NetnsDir.
-func (h *Host) NewNetns(path string) error {
+// Sysctl is one network sysctl of a namespace, by its path under
+// /proc/sys/net (for example "ipv6/conf/default/disable_ipv6").
+type Sysctl struct {
+	Key, Value string
+}
+
+// NewNetns creates a network namespace, sets sysctls in it and binds it to
+// path, which must not exist yet. The namespace lives until DeleteNetns.
+// Call PrepareNetnsDir before binding namespaces under NetnsDir.
+func (h *Host) NewNetns(path string, sysctls ...Sysctl) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create netns folder: %w", err)
 	}
@@ -47,10 +53,18 @@ func (h *Host) NewNetns(path string) error {
 			errc <- fmt.Errorf("unshare network namespace: %w", err)
 			return
 		}
-		src := fmt.Sprintf("/proc/self/task/%d/ns/net", tid)
-		err = unix.Mount(src, path, "none", unix.MS_BIND, "")
-		if err != nil {
-			err = fmt.Errorf("bind network namespace to %s: %w", path, err)
+		// /proc/sys/net shows the namespace of the thread that opens it.
+		for _, sc := range sysctls {
+			if err = os.WriteFile(filepath.Join("/proc/sys/net", sc.Key), []byte(sc.Value), 0o644); err != nil {
+				err = fmt.Errorf("set net.%s=%s in the new namespace: %w", strings.ReplaceAll(sc.Key, "/", "."), sc.Value, err)
+				break
+			}
+		}
+		if err == nil {
+			src := fmt.Sprintf("/proc/self/task/%d/ns/net", tid)
+			if err = unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+				err = fmt.Errorf("bind network namespace to %s: %w", path, err)
+			}
 		}
 		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr == nil {
 			runtime.UnlockOSThread()
