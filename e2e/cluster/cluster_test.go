@@ -405,7 +405,7 @@ func iperf(ctx context.Context, t *testing.T, c *cluster.Cluster, a, b *corev1.P
 	t.Logf("iperf3 %s -> %s across nodes: %.2f Gbit/s", a.Name, b.Name, res.End.SumReceived.BitsPerSecond/1e9)
 }
 
-// reach pings pod to from from, one echo request at a time for up to 10 s.
+// reach pings pod to from pod from, one echo request at a time, for up to 10 s.
 // The fabric is one bridge with a port per node, and every broadcast (such
 // as the ARP request before the first echo) is copied to all of them: with
 // hundreds of nodes a copy can be dropped when the kernel's receive backlog
