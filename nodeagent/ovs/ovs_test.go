@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/testutils"
+
 	"github.com/stickynet/stickynet/internal/testenv"
 )
 
@@ -124,9 +126,23 @@ func TestParseMeterFlows(t *testing.T) {
 	}
 }
 
-// TestClientAgainstOVS drives a private Open vSwitch through the client.
+// TestClientAgainstOVS drives a private Open vSwitch through the client. It
+// runs in a network namespace of its own: the userspace datapath makes
+// persistent tap devices (ovs-netdev and one per bridge) that outlive
+// ovs-vswitchd, and they go with the namespace.
 func TestClientAgainstOVS(t *testing.T) {
-	o := testenv.StartOVS(t, "")
+	testenv.Root(t)
+	netns, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = netns.Close()
+		if err := testutils.UnmountNS(netns); err != nil {
+			t.Errorf("remove netns %s: %v", netns.Path(), err)
+		}
+	})
+	o := testenv.StartOVS(t, netns.Path())
 	ctx := context.Background()
 	c := New(Config{DB: o.DB, RunDir: o.RunDir, Bridge: "br-t"}, ExecRunner{})
 	if ok, err := c.BridgeExists(ctx); err != nil || ok {
