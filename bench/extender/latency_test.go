@@ -8,8 +8,8 @@ package extender
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -382,36 +382,28 @@ func floorHandler() http.Handler {
 // as the extender runs, so that the client's garbage is not collected by
 // the server's GC.
 func TestMain(m *testing.M) {
-	roles := map[string]func(<-chan struct{}) error{"floor": func(stop <-chan struct{}) error { return serve(floorHandler(), stop) }}
+	roles := map[string]func(context.Context) error{"floor": func(ctx context.Context) error { return serve(ctx, floorHandler()) }}
 	for i, shape := range nameShapes {
-		roles[fmt.Sprintf("extender-%d", i)] = func(stop <-chan struct{}) error {
+		roles[fmt.Sprintf("extender-%d", i)] = func(ctx context.Context) error {
 			st, _ := bigCluster(shape.of)
 			srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
 			srv.SetReady()
-			return serve(srv, stop)
+			return serve(ctx, srv)
 		}
 	}
 	testenv.RunChild(roles)
 	os.Exit(m.Run())
 }
 
-// serve serves h on a free loopback port until stop closes, after printing
+// serve serves h on a free loopback port until ctx ends, after printing
 // its address.
-func serve(h http.Handler, stop <-chan struct{}) error {
+func serve(ctx context.Context, h http.Handler) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	fmt.Println(ln.Addr().String())
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-stop
-		_ = srv.Close()
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return testenv.Serve(ctx, &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, ln)
 }
 
 // BenchmarkLatency measures filter+prioritize pairs at 5,000 nodes: in

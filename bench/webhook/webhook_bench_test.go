@@ -19,7 +19,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math"
 	"math/big"
@@ -373,7 +372,7 @@ func quantiles(before, after histogram, limit float64) (p50, p99, within float64
 
 // serveNoop is the no-op webhook (role "noop"): TLS, returns one fixed
 // patch. It prints its URL and its CA, base64, on one line.
-func serveNoop(stop <-chan struct{}) error {
+func serveNoop(ctx context.Context) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -407,15 +406,8 @@ func serveNoop(stop <-chan struct{}) error {
 		return err
 	}
 	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
-	go func() {
-		<-stop
-		_ = srv.Close()
-	}()
 	fmt.Printf("https://localhost:%d/mutate %s\n", l.Addr().(*net.TCPAddr).Port, base64.StdEncoding.EncodeToString(certPEM))
-	if err := srv.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return testenv.Serve(ctx, srv, l)
 }
 
 // startNoop runs the no-op webhook in a child process and returns its URL and CA.
@@ -433,16 +425,11 @@ const optionsEnv = "STICKYNET_BENCH_WEBHOOK_OPTIONS"
 
 // runStickynet is the stickynet webhook (role "stickynet") with the options
 // of optionsEnv, as its binary runs it.
-func runStickynet(stop <-chan struct{}) error {
+func runStickynet(ctx context.Context) error {
 	var o app.Options
 	if err := json.Unmarshal([]byte(os.Getenv(optionsEnv)), &o); err != nil {
 		return fmt.Errorf("%s: %w", optionsEnv, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-stop
-		cancel()
-	}()
 	if path := os.Getenv(profileEnv); path != "" {
 		f, err := os.Create(path)
 		if err != nil {
@@ -463,6 +450,6 @@ func runStickynet(stop <-chan struct{}) error {
 const profileEnv = "STICKYNET_BENCH_WEBHOOK_CPUPROFILE"
 
 func TestMain(m *testing.M) {
-	testenv.RunChild(map[string]func(<-chan struct{}) error{"noop": serveNoop, "stickynet": runStickynet})
+	testenv.RunChild(map[string]func(context.Context) error{"noop": serveNoop, "stickynet": runStickynet})
 	os.Exit(m.Run())
 }

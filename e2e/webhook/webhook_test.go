@@ -715,17 +715,23 @@ func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
 		got := s.alloc.Lookup("pod/" + ns + "/" + name)
 		return len(got) == 1 && got[0].Pod == ns+"/"+name && got[0].IP.String()+"/24" == want[name].ip, fmt.Sprintf("%s: %+v", name, got)
 	}
-	allBound := func(from, to int) func() (bool, string) {
+	// gone says whether pod i's identity has no address any more.
+	gone := func(i int) (bool, string) {
+		got := s.alloc.Lookup(fmt.Sprintf("pod/%s/solo-%d", ns, i))
+		return len(got) == 0, fmt.Sprintf("solo-%d: %+v", i, got)
+	}
+	// each holds while is holds for every pod in [from, to).
+	each := func(from, to int, is func(int) (bool, string)) func() (bool, string) {
 		return func() (bool, string) {
 			for i := from; i < to; i++ {
-				if ok, got := bound(i); !ok {
+				if ok, got := is(i); !ok {
 					return false, got
 				}
 			}
 			return true, ""
 		}
 	}
-	eventually(ctx, t, 30*time.Second, "every identity bound to its pod", allBound(0, n))
+	eventually(ctx, t, 30*time.Second, "every identity bound to its pod", each(0, n, bound))
 
 	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, annotations.ManagedLabel))
 	for i := range n {
@@ -739,7 +745,7 @@ func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
 	for i := range 2 {
 		s.nudgeRelease(ctx, t, fmt.Sprintf("unlabelled-%d", i))
 	}
-	if ok, got := allBound(0, n)(); !ok {
+	if ok, got := each(0, n, bound)(); !ok {
 		t.Fatalf("a live pod without the label %s lost its address (%d such pods in the namespace): %s", annotations.ManagedLabel, n, got)
 	}
 
@@ -749,22 +755,12 @@ func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	gone := func(from, to int) func() (bool, string) {
-		return func() (bool, string) {
-			for i := from; i < to; i++ {
-				if got := s.alloc.Lookup(fmt.Sprintf("pod/%s/solo-%d", ns, i)); len(got) != 0 {
-					return false, fmt.Sprintf("solo-%d: %+v", i, got)
-				}
-			}
-			return true, ""
-		}
-	}
 	// The deletions of unlabelled pods are not in the controller's cache: nudge it.
 	nudges := 0
 	eventually(ctx, t, 60*time.Second, "the deleted pods' addresses freed", func() (bool, string) {
 		nudges++
 		s.nudgeRelease(ctx, t, fmt.Sprintf("gone-%d", nudges))
-		return gone(1, n)()
+		return each(1, n, gone)()
 	})
 	// Now pod 0 is the only one to ask about: read by itself.
 	for i := range 2 {
@@ -779,7 +775,7 @@ func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
 	eventually(ctx, t, 60*time.Second, "solo-0's address freed", func() (bool, string) {
 		nudges++
 		s.nudgeRelease(ctx, t, fmt.Sprintf("gone-%d", nudges))
-		return gone(0, 1)()
+		return each(0, 1, gone)()
 	})
 }
 

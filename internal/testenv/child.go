@@ -2,8 +2,12 @@ package testenv
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,8 +25,8 @@ const ChildEnv = "STICKYNET_TEST_CHILD"
 // StartChild runs this test binary again with ChildEnv=role and the extra
 // environment, and returns the first line the child prints (an address,
 // say). The child's stderr goes to a log in t's temporary folder. When t
-// ends, the child's stdin is closed (RunChild's context ends), and after 10 s
-// it is killed by its PID.
+// ends, the child's stdin is closed (the context RunChild gives its role
+// ends), and after 10 s it is killed by its PID.
 func StartChild(t testing.TB, role string, env ...string) string {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), role+".log")
@@ -74,10 +78,10 @@ func StartChild(t testing.TB, role string, env ...string) string {
 }
 
 // RunChild is for TestMain: when ChildEnv names a role, it runs that role's
-// function and exits; otherwise it returns. The function's stop channel
-// closes when the parent closes the child's stdin (or goes away); it prints
-// its first line to stdout and returns when it has stopped.
-func RunChild(roles map[string]func(stop <-chan struct{}) error) {
+// function and exits; otherwise it returns. The function's context ends when
+// the parent closes the child's stdin (or goes away); the function prints its
+// first line to stdout and returns when it has stopped.
+func RunChild(roles map[string]func(ctx context.Context) error) {
 	role := os.Getenv(ChildEnv)
 	if role == "" {
 		return
@@ -87,14 +91,32 @@ func RunChild(roles map[string]func(stop <-chan struct{}) error) {
 		fmt.Fprintf(os.Stderr, "%s=%q: not a role of this test binary\n", ChildEnv, role)
 		os.Exit(2)
 	}
-	stop := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
-		close(stop)
+		cancel()
 	}()
-	if err := fn(stop); err != nil {
+	if err := fn(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", role, err)
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// Serve runs srv on ln, with TLS when srv.TLSConfig is set, until ctx ends.
+func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(ln, "", "")
+	} else {
+		err = srv.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
 }

@@ -354,34 +354,10 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 	}
 	var errs []error
 	for ns, es := range byNS {
-		pods := map[string]*corev1.Pod{} // ns/name → the pod, for those that exist
-		if len(es) > listThreshold {
-			list := &corev1.PodList{}
-			if err := c.APIReader.List(ctx, list, client.InNamespace(ns)); err != nil {
-				errs = append(errs, fmt.Errorf("list pods in %s: %w", ns, err))
-				continue
-			}
-			for i := range list.Items {
-				p := &list.Items[i]
-				pods[p.Namespace+"/"+p.Name] = p
-			}
-		} else {
-			failed := false
-			for _, e := range es {
-				_, name, _ := strings.Cut(e.Pod, "/")
-				p := &corev1.Pod{}
-				err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
-				switch {
-				case err == nil:
-					pods[e.Pod] = p
-				case !apierrors.IsNotFound(err):
-					errs = append(errs, fmt.Errorf("read pod %s: %w", e.Pod, err))
-					failed = true
-				}
-			}
-			if failed {
-				continue
-			}
+		pods, err := c.readPods(ctx, ns, es)
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
 		for _, e := range es {
 			addr := addrKey(e.Pool, e.IP)
@@ -400,6 +376,40 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// readPods reads from the API server the pods of namespace ns that the
+// entries are bound to, by ns/name; a pod that does not exist is missing.
+// It lists the namespace when more than listThreshold pods are asked for.
+func (c *Controller) readPods(ctx context.Context, ns string, entries []ipam.Entry) (map[string]*corev1.Pod, error) {
+	pods := map[string]*corev1.Pod{}
+	if len(entries) > listThreshold {
+		list := &corev1.PodList{}
+		if err := c.APIReader.List(ctx, list, client.InNamespace(ns)); err != nil {
+			return nil, fmt.Errorf("list pods in %s: %w", ns, err)
+		}
+		for i := range list.Items {
+			p := &list.Items[i]
+			pods[p.Namespace+"/"+p.Name] = p
+		}
+		return pods, nil
+	}
+	var errs []error
+	for _, e := range entries {
+		_, name, _ := strings.Cut(e.Pod, "/")
+		p := &corev1.Pod{}
+		err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+		switch {
+		case err == nil:
+			pods[e.Pod] = p
+		case !apierrors.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("read pod %s: %w", e.Pod, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return pods, nil
 }
 
 // releaseReason says why an address that no pod carries should be freed now

@@ -79,7 +79,7 @@ func disableIPv6(name string) error {
 // hundreds of ports, each multicast frame that links send when they come up
 // is copied to every port. With 203 nodes and 200 pods, TestSimulatedNodes
 // overflowed the kernel's receive backlog (net.core.netdev_max_backlog) by
-// about 170,000 frames per run, 3,300 with these settings; ARP requests
+// about 170,000 frames in a run, 3,300 with these settings; ARP requests
 // lost with them are the likely cause of a pod found unreachable in CI.
 var FabricSysctls = []Sysctl{
 	{Key: "ipv6/conf/all/disable_ipv6", Value: "1"},

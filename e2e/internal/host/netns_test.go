@@ -26,17 +26,17 @@ func TestNetnsSysctlsAndUplink(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
+	// read reads a net sysctl in the namespace at nsPath ("": the host's).
 	read := func(nsPath, key string) string {
 		t.Helper()
-		argv := []string{"cat", filepath.Join("/proc/sys/net", key)}
+		path := filepath.Join("/proc/sys/net", key)
+		var out []byte
+		var err error
 		if nsPath == "" {
-			b, err := os.ReadFile(argv[1])
-			if err != nil {
-				t.Fatal(err)
-			}
-			return strings.TrimSpace(string(b))
+			out, err = os.ReadFile(path)
+		} else {
+			out, err = h.RunIn(ctx, nsPath, "cat", path)
 		}
-		out, err := h.RunIn(ctx, nsPath, argv...)
 		if err != nil {
 			t.Fatal(err)
 		}
