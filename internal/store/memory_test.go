@@ -1,7 +1,11 @@
 package store_test
 
 import (
+	"maps"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/storetest"
@@ -16,4 +20,78 @@ func TestMemoryConformance(t *testing.T) {
 		},
 		Compact: func(_ *testing.T, s store.Store, rev int64) { s.(*store.Memory).Compact(rev) },
 	})
+}
+
+// The instrumented store passes the same suite: the wrapper changes nothing
+// but the metric.
+func TestInstrumentedConformance(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	inner := map[store.Store]*store.Memory{}
+	storetest.Run(t, storetest.Driver{
+		New: func(t *testing.T) store.Store {
+			m := store.NewMemory()
+			s := store.Instrument(m, reg)
+			inner[s] = m
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		Compact: func(_ *testing.T, s store.Store, rev int64) { inner[s].Compact(rev) },
+	})
+}
+
+func TestInstrumentCountsByOpAndResult(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := store.NewMemory()
+	defer m.Close()
+	s := store.Instrument(m, reg)
+	ctx := t.Context()
+	put := []store.Op{store.Put("/k", []byte("v"), store.NoLease)}
+	mustTxn := func(want bool) {
+		t.Helper()
+		res, err := s.Txn(ctx, []store.Cmp{store.Absent("/k")}, put, nil)
+		if err != nil || res.Succeeded != want {
+			t.Fatalf("Txn = %+v, %v; want Succeeded %v", res, err, want)
+		}
+	}
+	mustTxn(true)
+	mustTxn(false) // /k exists now: the condition fails
+	if _, err := s.Get(ctx, "/k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.List(ctx, "/"); err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.Grant(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Revoke(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	// A put under a lease that does not exist fails.
+	if _, err := s.Txn(ctx, nil, []store.Op{store.Put("/l", nil, id+1000)}, nil); err == nil {
+		t.Fatal("Txn with an unknown lease succeeded")
+	}
+
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, f := range families {
+		if f.GetName() != "stickynet_store_request_duration_seconds" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range mt.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			got[labels["op"]+"/"+labels["result"]] = mt.GetHistogram().GetSampleCount()
+		}
+	}
+	want := map[string]uint64{"txn/ok": 1, "txn/conflict": 1, "txn/error": 1, "get/ok": 1, "list/ok": 1, "grant/ok": 1, "revoke/ok": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("request counts by op/result = %v; want %v", got, want)
+	}
 }

@@ -111,6 +111,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer st.Close()
+	st = store.Instrument(st, metrics.Registry)
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  sch,
