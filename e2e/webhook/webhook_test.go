@@ -584,6 +584,7 @@ func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
 	s.namespace(ctx, t, "ra", map[string]string{"replica": "a"})
 	s.namespace(ctx, t, "rb", map[string]string{"replica": "b"})
 	const perNS = 50
+	okBefore, conflictsBefore := storeTxns(t, "ok"), storeTxns(t, "conflict")
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -629,6 +630,12 @@ func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
 			seenIP[ip], seenMAC[mac] = ns+"/"+p.Name, ns+"/"+p.Name
 		}
 	}
+	// Each admitted pod's claim is a successful etcd transaction, which the
+	// replicas' stickynet_store_request_duration_seconds counts.
+	if ok := storeTxns(t, "ok") - okBefore; ok < 2*perNS {
+		t.Errorf("stickynet_store_request_duration_seconds counts %d successful transactions for %d admitted pods", ok, 2*perNS)
+	}
+	t.Logf("transactions another replica won: %d", storeTxns(t, "conflict")-conflictsBefore)
 	for _, ns := range []string{"ra", "rb"} {
 		_ = s.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{})
 	}
@@ -803,6 +810,22 @@ func passCount(t *testing.T) uint64 {
 	var n uint64
 	for _, m := range metrics(t, "stickynet_webhook_release_pass_duration_seconds") {
 		n += m.GetHistogram().GetSampleCount()
+	}
+	return n
+}
+
+// storeTxns counts the state-store transactions with the result (ok,
+// conflict, error) in stickynet_store_request_duration_seconds.
+func storeTxns(t *testing.T, result string) uint64 {
+	var n uint64
+	for _, m := range metrics(t, "stickynet_store_request_duration_seconds") {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["op"] == "txn" && labels["result"] == result {
+			n += m.GetHistogram().GetSampleCount()
+		}
 	}
 	return n
 }
