@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
@@ -279,13 +280,19 @@ func checkPlacement(b *testing.B, phase string, placed map[string]bindInfo, node
 // taintOut keeps the benchmark's pods off a node.
 func taintOut(ctx context.Context, b *testing.B, cs kubernetes.Interface, name string) {
 	b.Helper()
-	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	// The node's own agents (the simulator, the node lifecycle controller)
+	// update it too: retry on a conflict.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "bench.stickynet.io/excluded", Effect: corev1.TaintEffectNoSchedule})
+		_, err = cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		b.Fatal(err)
-	}
-	n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "bench.stickynet.io/excluded", Effect: corev1.TaintEffectNoSchedule})
-	if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
-		b.Fatal(err)
+		b.Fatalf("taint node %s: %v", name, err)
 	}
 }
 
