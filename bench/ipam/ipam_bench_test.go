@@ -124,21 +124,33 @@ func BenchmarkIPAM(b *testing.B) {
 
 	// The same with a watch on the written prefix, as every allocator keeps
 	// one to feed its cache: etcd sends each write to the watcher.
+	// It starts at the revision after the last write, so it sees every
+	// write of the phase however soon etcd registers it.
+	_, rev, err := raw.List(ctx, "/bench/watched/")
+	if err != nil {
+		b.Fatal(err)
+	}
 	wctx, wcancel := context.WithCancel(ctx)
-	watched := 0
+	var watched atomic.Int64
 	wdone := make(chan struct{})
 	go func() {
 		defer close(wdone)
-		for resp := range raw.Watch(wctx, "/bench/watched/", 0) {
-			watched += len(resp.Events)
+		for resp := range raw.Watch(wctx, "/bench/watched/", rev+1) {
+			watched.Add(int64(len(resp.Events)))
 		}
 	}()
 	threeWatched := run(b, "raw 3-key txn, watched", ops, func(i int) error {
 		k1, k2, k3 := fmt.Sprintf("/bench/watched/a/%d", i), fmt.Sprintf("/bench/watched/b/%d", i), fmt.Sprintf("/bench/watched/c/%d", i)
 		return txnOK([]store.Cmp{store.Absent(k1), store.Absent(k2), store.Absent(k3)}, []store.Op{put(k1), put(k2), put(k3)})
 	})
+	for deadline := time.Now().Add(10 * time.Second); watched.Load() < 3*ops && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	wcancel()
 	<-wdone
+	if n := watched.Load(); n != 3*ops {
+		b.Fatalf("the watch delivered %d of the %d writes of the watched phase", n, 3*ops)
+	}
 
 	pool, err := ipam.NewPool("bench", v1alpha1.IPPoolSpec{CIDR: "10.64.0.0/14", Gateway: "10.64.0.1"})
 	if err != nil {
@@ -157,7 +169,7 @@ func BenchmarkIPAM(b *testing.B) {
 		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
 		return err
 	})
-	won, lost := txns(b, reg, store.ResultOK), txns(b, reg, store.ResultConflict)
+	won, lost := testenv.StoreTxns(b, reg, store.ResultOK), testenv.StoreTxns(b, reg, store.ResultConflict)
 	repeat := run(b, "repeat (sticky hit)", ops, func(i int) error {
 		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
 		return err
@@ -197,26 +209,4 @@ func BenchmarkIPAM(b *testing.B) {
 	b.ReportMetric(sticky.rate()/one.rate(), "ratio-rate")
 	b.ReportMetric(float64(sticky.p99)/float64(two.p99), "ratio-p99")
 	b.ReportMetric(rebuilds[1].Seconds(), "rebuild-s")
-}
-
-// txns counts the transactions with the result (store.ResultOK, ...) in
-// reg's stickynet_store_request_duration_seconds.
-func txns(b *testing.B, reg *prometheus.Registry, result string) uint64 {
-	families, err := reg.Gather()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var n uint64
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if f.GetName() == "stickynet_store_request_duration_seconds" && labels["op"] == "txn" && labels["result"] == result {
-				n += m.GetHistogram().GetSampleCount()
-			}
-		}
-	}
-	return n
 }

@@ -41,6 +41,7 @@ import (
 	"github.com/stickynet/stickynet/e2e/cluster"
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/etcd"
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/webhook/app"
@@ -584,7 +585,7 @@ func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
 	s.namespace(ctx, t, "ra", map[string]string{"replica": "a"})
 	s.namespace(ctx, t, "rb", map[string]string{"replica": "b"})
 	const perNS = 50
-	okBefore, conflictsBefore := storeTxns(t, "ok"), storeTxns(t, "conflict")
+	okBefore, conflictsBefore := testenv.StoreTxns(t, crmetrics.Registry, store.ResultOK), testenv.StoreTxns(t, crmetrics.Registry, store.ResultConflict)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -632,10 +633,10 @@ func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
 	}
 	// Each admitted pod's claim is a successful etcd transaction, which the
 	// replicas' stickynet_store_request_duration_seconds counts.
-	if ok := storeTxns(t, "ok") - okBefore; ok < 2*perNS {
+	if ok := testenv.StoreTxns(t, crmetrics.Registry, store.ResultOK) - okBefore; ok < 2*perNS {
 		t.Errorf("stickynet_store_request_duration_seconds counts %d successful transactions for %d admitted pods", ok, 2*perNS)
 	}
-	t.Logf("transactions another replica won: %d", storeTxns(t, "conflict")-conflictsBefore)
+	t.Logf("transactions another replica won: %d", testenv.StoreTxns(t, crmetrics.Registry, store.ResultConflict)-conflictsBefore)
 	for _, ns := range []string{"ra", "rb"} {
 		_ = s.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{})
 	}
@@ -810,22 +811,6 @@ func passCount(t *testing.T) uint64 {
 	var n uint64
 	for _, m := range metrics(t, "stickynet_webhook_release_pass_duration_seconds") {
 		n += m.GetHistogram().GetSampleCount()
-	}
-	return n
-}
-
-// storeTxns counts the state-store transactions with the result (ok,
-// conflict, error) in stickynet_store_request_duration_seconds.
-func storeTxns(t *testing.T, result string) uint64 {
-	var n uint64
-	for _, m := range metrics(t, "stickynet_store_request_duration_seconds") {
-		labels := map[string]string{}
-		for _, l := range m.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
-		}
-		if labels["op"] == "txn" && labels["result"] == result {
-			n += m.GetHistogram().GetSampleCount()
-		}
 	}
 	return n
 }
