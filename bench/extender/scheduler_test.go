@@ -64,6 +64,7 @@ type result struct {
 	firstBind, lastBind time.Time
 	started             time.Time
 	bound               int
+	mostVFPods          int // the most VF pods bound to one node
 }
 
 func (r result) rate() float64 {
@@ -140,8 +141,8 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		for i, p := range order {
 			id := fmt.Sprintf("r%dp%d", round, i)
 			r := runPhase(ctx, b, cs, c.KubeconfigPath(), schedulerBin, binds, nodes, p, id)
-			report("%-20s %7.1f pods/s  (%d pods, first to last binding %s; scheduler start to last binding %s)",
-				r.phase, r.rate(), r.bound, r.lastBind.Sub(r.firstBind).Round(time.Millisecond), r.lastBind.Sub(r.started).Round(time.Millisecond))
+			report("%-20s %7.1f pods/s  (%d pods, first to last binding %s; scheduler start to last binding %s; at most %d VF pods on a node)",
+				r.phase, r.rate(), r.bound, r.lastBind.Sub(r.firstBind).Round(time.Millisecond), r.lastBind.Sub(r.started).Round(time.Millisecond), r.mostVFPods)
 			results = append(results, r)
 		}
 	}
@@ -220,9 +221,9 @@ func runPhase(ctx context.Context, b *testing.B, cs kubernetes.Interface, kubeco
 	}
 	stop()
 	first, last, placed := binds.span()
-	checkPlacement(b, p.name, placed, nodes)
+	mostVFPods := checkPlacement(b, p.name, placed, nodes)
 	deletePods(ctx, b, cs)
-	return result{phase: p.name, firstBind: first, lastBind: last, started: started, bound: len(placed)}
+	return result{phase: p.name, firstBind: first, lastBind: last, started: started, bound: len(placed), mostVFPods: mostVFPods}
 }
 
 // schedulerConfig is the configuration of one phase's scheduler: one
@@ -254,8 +255,9 @@ func schedulerConfig(b *testing.B, kubeconfig, schedulerName, url string) []byte
 }
 
 // checkPlacement fails the benchmark if a pod landed off the benchmark's
-// nodes or more VF pods landed on a node than it has VFs.
-func checkPlacement(b *testing.B, phase string, placed map[string]bindInfo, nodes []string) {
+// nodes or more VF pods landed on a node than it has VFs, and returns the
+// most VF pods on one node (how well they were spread).
+func checkPlacement(b *testing.B, phase string, placed map[string]bindInfo, nodes []string) int {
 	b.Helper()
 	ours := map[string]bool{}
 	for _, n := range nodes {
@@ -270,11 +272,14 @@ func checkPlacement(b *testing.B, phase string, placed map[string]bindInfo, node
 			vfs[bi.node]++
 		}
 	}
+	most := 0
 	for n, k := range vfs {
 		if k > 8 {
 			b.Errorf("%s: %d VF pods on %s, which has 8 VFs", phase, k, n)
 		}
+		most = max(most, k)
 	}
+	return most
 }
 
 // taintOut keeps the benchmark's pods off a node.
