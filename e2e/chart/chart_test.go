@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	certutil "k8s.io/client-go/util/cert"
 	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
@@ -259,3 +261,133 @@ func lastLines(b []byte, n int) string {
 }
 
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+
+// TestSchedulerConfigLoads: the stickynet-scheduler configuration the chart
+// renders, by default and with extender.vfResources, is one the real
+// kube-scheduler decodes strictly and builds its profile from
+// (--write-config-to, which stops before connecting anywhere); with
+// vfResources the profile spreads over them and the extender's own VF
+// ranking is off; vfResources with vfPlacement=pack is refused by name.
+func TestSchedulerConfigLoads(t *testing.T) {
+	testenv.Integration(t)
+	scheduler := testenv.NeedTool(t, "kube", "kube-scheduler")
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: unused}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// kube-scheduler reads the extender's CA when it builds the extenders.
+	caPEM, _, err := certutil.GenerateSelfSignedCertKey("stickynet-extender", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, set, placement string
+		resources            []string
+	}{
+		{"defaults", "", "spread", nil},
+		{"vfResources", "extender.vfResources={stickynet.io/sriov-fast,stickynet.io/sriov-slow}", "none", []string{"stickynet.io/sriov-fast", "stickynet.io/sriov-slow"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system"}
+			if tc.set != "" {
+				args = append(args, "--set", tc.set)
+			}
+			objs := objects(t, helm(t, args...))
+			cm := &corev1.ConfigMap{}
+			if err := yaml.Unmarshal(objs["ConfigMap/stickynet-scheduler-config"], cm); err != nil {
+				t.Fatal(err)
+			}
+			cfg := map[string]any{}
+			if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			// Outside a cluster: a kubeconfig instead of the in-cluster one,
+			// and the extender's CA where the test put it.
+			cfg["clientConnection"] = map[string]any{"kubeconfig": kubeconfig}
+			extenders, _ := cfg["extenders"].([]any)
+			if len(extenders) != 1 {
+				t.Fatalf("the chart's scheduler configuration has %d extenders; want 1", len(extenders))
+			}
+			extenders[0].(map[string]any)["tlsConfig"] = map[string]any{"caFile": caFile}
+			in, err := yaml.Marshal(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfgPath, outPath := filepath.Join(dir, tc.name+".yaml"), filepath.Join(dir, tc.name+"-out.yaml")
+			if err := os.WriteFile(cfgPath, in, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if out, err := exec.CommandContext(ctx, scheduler, "--config="+cfgPath, "--write-config-to="+outPath).CombinedOutput(); err != nil {
+				t.Fatalf("kube-scheduler refuses the chart's configuration: %v\n%s\n%s", err, lastLines(out, 5), in)
+			}
+			written, err := os.ReadFile(outPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var loaded struct {
+				Profiles []struct {
+					SchedulerName string `json:"schedulerName"`
+					PluginConfig  []struct {
+						Name string `json:"name"`
+						Args struct {
+							ScoringStrategy struct {
+								Type      string `json:"type"`
+								Resources []struct {
+									Name string `json:"name"`
+								} `json:"resources"`
+							} `json:"scoringStrategy"`
+						} `json:"args"`
+					} `json:"pluginConfig"`
+				} `json:"profiles"`
+			}
+			if err := yaml.Unmarshal(written, &loaded); err != nil {
+				t.Fatal(err)
+			}
+			var scored []string
+			for _, p := range loaded.Profiles {
+				for _, pc := range p.PluginConfig {
+					if p.SchedulerName == "stickynet-scheduler" && pc.Name == "NodeResourcesFit" {
+						for _, r := range pc.Args.ScoringStrategy.Resources {
+							if strings.HasPrefix(r.Name, "stickynet.io/") {
+								scored = append(scored, r.Name)
+							}
+						}
+					}
+				}
+			}
+			if !slices.Equal(scored, tc.resources) {
+				t.Errorf("kube-scheduler's stickynet-scheduler profile scores the VF resources %v; want %v", scored, tc.resources)
+			}
+			dep := &appsv1.Deployment{}
+			if err := yaml.Unmarshal(objs["Deployment/stickynet-extender"], dep); err != nil {
+				t.Fatal(err)
+			}
+			if want := "-vf-placement=" + tc.placement; !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, want) {
+				t.Errorf("extender args %v lack %s", dep.Spec.Template.Spec.Containers[0].Args, want)
+			}
+		})
+	}
+
+	t.Run("vfResourcesWithPack", func(t *testing.T) {
+		cmd := exec.Command(testenv.NeedTool(t, "helm", "helm"), "template", "sn", chartDir, "--namespace", "stickynet-system", "--kube-version", "v1.37.2",
+			"--set", "extender.vfResources={stickynet.io/sriov-fast}", "--set", "extender.vfPlacement=pack")
+		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), `extender.vfResources`) || !strings.Contains(string(out), `"pack"`) {
+			t.Errorf("helm template with vfResources and vfPlacement=pack: err %v; want a refusal naming both:\n%s", err, out)
+		}
+	})
+}
