@@ -58,6 +58,14 @@ type phase struct {
 	url  string // the extender's; empty for none
 }
 
+// vfBySchedulerEnv=1 has every phase's scheduler profile spread the VF pods
+// itself (NodeResourcesFit over cpu, memory and the VF resource, as the
+// chart's extender.vfResources sets it up) and the stickynet extender rank
+// nothing by VFs (--vf-placement=none).
+const vfBySchedulerEnv = "STICKYNET_BENCH_VF_BY_SCHEDULER"
+
+func vfByScheduler() bool { return os.Getenv(vfBySchedulerEnv) == "1" }
+
 // result is what one phase measured.
 type result struct {
 	phase               string
@@ -150,8 +158,12 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	for _, r := range results {
 		mean[r.phase] += r.rate() / float64(rounds)
 	}
-	report("mean over %d round(s): none %.1f pods/s, no-op extender %.1f, stickynet extender %.1f; stickynet / no-op = %.2f (target >= 0.90)",
-		rounds, mean["none"], mean["no-op extender"], mean["stickynet extender"], mean["stickynet extender"]/mean["no-op extender"])
+	vfs := "VF pods spread by the stickynet extender (--vf-placement=spread)"
+	if vfByScheduler() {
+		vfs = "VF pods spread by the scheduler's NodeResourcesFit (" + vfBySchedulerEnv + "=1)"
+	}
+	report("mean over %d round(s), %s: none %.1f pods/s, no-op extender %.1f, stickynet extender %.1f; stickynet / no-op = %.2f (target >= 0.90)",
+		rounds, vfs, mean["none"], mean["no-op extender"], mean["stickynet extender"], mean["stickynet extender"]/mean["no-op extender"])
 	b.ReportMetric(mean["stickynet extender"], "stickynet-pods/s")
 	b.ReportMetric(mean["no-op extender"], "noop-pods/s")
 	b.ReportMetric(mean["none"], "none-pods/s")
@@ -246,7 +258,17 @@ func schedulerConfig(b *testing.B, kubeconfig, schedulerName, url string) []byte
 	cfg["kind"] = "KubeSchedulerConfiguration"
 	cfg["clientConnection"] = map[string]any{"kubeconfig": kubeconfig, "qps": 5000, "burst": 5000}
 	cfg["leaderElection"] = map[string]any{"leaderElect": false}
-	cfg["profiles"] = []any{map[string]any{"schedulerName": schedulerName, "percentageOfNodesToScore": 100}}
+	profile := map[string]any{"schedulerName": schedulerName, "percentageOfNodesToScore": 100}
+	if vfByScheduler() {
+		// As the chart's extender.vfResources renders it.
+		profile["pluginConfig"] = []any{map[string]any{"name": "NodeResourcesFit", "args": map[string]any{
+			"scoringStrategy": map[string]any{"type": "LeastAllocated", "resources": []any{
+				map[string]any{"name": "cpu", "weight": 1}, map[string]any{"name": "memory", "weight": 1},
+				map[string]any{"name": string(benchRes), "weight": 1},
+			}},
+		}}}
+	}
+	cfg["profiles"] = []any{profile}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -467,6 +489,10 @@ func deletePods(ctx context.Context, b *testing.B, cs kubernetes.Interface) {
 // runStickynet runs the stickynet extender in this process.
 func runStickynet(ctx context.Context, b *testing.B, rc *rest.Config) string {
 	b.Helper()
+	placement := score.Spread
+	if vfByScheduler() {
+		placement = score.None
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -475,7 +501,7 @@ func runStickynet(ctx context.Context, b *testing.B, rc *rest.Config) string {
 	done := make(chan error, 1)
 	go func() {
 		done <- app.Run(runCtx, app.Options{
-			RESTConfig: rc, Listener: ln, PreferLastNode: true, LastNodeTTL: time.Hour, VFPlacement: score.Spread,
+			RESTConfig: rc, Listener: ln, PreferLastNode: true, LastNodeTTL: time.Hour, VFPlacement: placement,
 		})
 	}()
 	b.Cleanup(func() {
