@@ -263,7 +263,8 @@ func schedulerConfig(b *testing.B, kubeconfig, schedulerName, url string) []byte
 		// As the chart's extender.vfResources renders it.
 		profile["pluginConfig"] = []any{map[string]any{"name": "NodeResourcesFit", "args": map[string]any{
 			"scoringStrategy": map[string]any{"type": "LeastAllocated", "resources": []any{
-				map[string]any{"name": "cpu", "weight": 1}, map[string]any{"name": "memory", "weight": 1},
+				map[string]any{"name": "cpu", "weight": 1},
+				map[string]any{"name": "memory", "weight": 1},
 				map[string]any{"name": string(benchRes), "weight": 1},
 			}},
 		}}}
