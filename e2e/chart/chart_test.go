@@ -34,20 +34,27 @@ import (
 
 const chartDir = "../../charts/stickynet"
 
+// helm runs helm and returns its output; it fails the test if helm fails.
 func helm(t *testing.T, args ...string) []byte {
 	t.Helper()
-	bin := testenv.NeedTool(t, "helm", "helm")
-	// The Kubernetes version the local cluster runs (helm's built-in default is older).
-	args = append(args, "--kube-version", "v1.37.2")
-	cmd := exec.Command(bin, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	out, err := cmd.Output()
+	out, stderr, err := runHelm(t, args...)
 	if err != nil {
-		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr)
 	}
 	return out
+}
+
+// runHelm runs helm for the Kubernetes version the local cluster runs
+// (helm's built-in default is older), with folders of its own.
+func runHelm(t *testing.T, args ...string) (stdout []byte, stderr string, err error) {
+	t.Helper()
+	bin := testenv.NeedTool(t, "helm", "helm")
+	cmd := exec.Command(bin, append(args, "--kube-version", "v1.37.2")...)
+	var errBuf bytes.Buffer
+	cmd.Stderr = &errBuf
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	stdout, err = cmd.Output()
+	return stdout, errBuf.String(), err
 }
 
 // objects splits a rendered manifest into documents, keyed by kind/name.
@@ -382,12 +389,10 @@ current-context: c
 	}
 
 	t.Run("vfResourcesWithPack", func(t *testing.T) {
-		cmd := exec.Command(testenv.NeedTool(t, "helm", "helm"), "template", "sn", chartDir, "--namespace", "stickynet-system", "--kube-version", "v1.37.2",
+		_, stderr, err := runHelm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
 			"--set", "extender.vfResources={stickynet.io/sriov-fast}", "--set", "extender.vfPlacement=pack")
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-		out, err := cmd.CombinedOutput()
-		if err == nil || !strings.Contains(string(out), `extender.vfResources`) || !strings.Contains(string(out), `"pack"`) {
-			t.Errorf("helm template with vfResources and vfPlacement=pack: err %v; want a refusal naming both:\n%s", err, out)
+		if err == nil || !strings.Contains(stderr, `extender.vfResources`) || !strings.Contains(stderr, `"pack"`) {
+			t.Errorf("helm template with vfResources and vfPlacement=pack: err %v; want a refusal naming both:\n%s", err, stderr)
 		}
 	})
 }
