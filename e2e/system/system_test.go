@@ -13,7 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -553,12 +552,19 @@ func runIn(ctx context.Context, netns string, argv ...string) (string, error) {
 // datapaths (a longer round trip than on one node) recovers from each drop
 // too slowly to fill it, so its mean fell 10-12 % short of a meter that
 // several streams fill; the limit the meter enforces is what is checked.
+// Even 4 (or 8) streams leave TCP under a drop-only policer short of the
+// rate here: on the 2-vCPU Xeon VM of 2026-12-04 the 100 Mbit/s meter's
+// mean was 88-93 % of it (-7 to -12 % in 7 measurements with 4 streams; a
+// CI rehearsal failed at -11.6 % against the ±10 % band of before), so a
+// policed rate may fall meterBelow short but not exceed it by more than
+// meterAbove. A missing or mis-scaled meter is off by far more.
 const (
-	meterStreams   = 4
-	iperfSeconds   = 12
-	iperfSkip      = 2
-	tbfTolerance   = 0.05
-	meterTolerance = 0.10
+	meterStreams = 4
+	iperfSeconds = 12
+	iperfSkip    = 2
+	tbfTolerance = 0.05
+	meterBelow   = 0.15
+	meterAbove   = 0.10
 )
 
 type throughput struct {
@@ -635,9 +641,9 @@ func (e *env) measure(ctx context.Context, t *testing.T, from, toIP string, stre
 // wrong is wrong both times.
 func (e *env) checkRate(t *testing.T, what string, measure func() throughput, rate float64, shaped bool) {
 	t.Helper()
-	val, tol, est := 0.0, meterTolerance, "mean"
+	val, below, above, est := 0.0, meterBelow, meterAbove, "mean"
 	if shaped {
-		tol, est = tbfTolerance, "median"
+		below, above, est = tbfTolerance, tbfTolerance, "median"
 	}
 	for attempt := 1; attempt <= 2; attempt++ {
 		got := measure()
@@ -651,11 +657,11 @@ func (e *env) checkRate(t *testing.T, what string, measure func() throughput, ra
 		}
 		t.Logf("%s (measurement %d): limit %.0f Mbit/s; on the wire median %.1f Mbit/s (%+.1f%%), mean %.1f (%+.1f%%), per second %s; TCP payload mean %.1f Mbit/s",
 			what, attempt, rate/1e6, got.median/1e6, (got.median-rate)/rate*100, got.mean/1e6, (got.mean-rate)/rate*100, strings.Join(per, " "), got.payloadMean/1e6)
-		if math.Abs((val-rate)/rate) <= tol {
+		if off := (val - rate) / rate; off >= -below && off <= above {
 			return
 		}
 	}
-	t.Errorf("%s: %s %.1f Mbit/s on the wire for a limit of %.0f Mbit/s in two measurements: off by %+.1f%%, allowed ±%.0f%%", what, est, val/1e6, rate/1e6, (val-rate)/rate*100, tol*100)
+	t.Errorf("%s: %s %.1f Mbit/s on the wire for a limit of %.0f Mbit/s in two measurements: off by %+.1f%%, allowed -%.0f%% to +%.0f%%", what, est, val/1e6, rate/1e6, (val-rate)/rate*100, below*100, above*100)
 }
 
 // eventually polls cond until it holds or the timeout passes.
