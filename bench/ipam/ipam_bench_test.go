@@ -169,7 +169,8 @@ func BenchmarkIPAM(b *testing.B) {
 		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
 		return err
 	})
-	won, lost := testenv.StoreTxns(b, reg, store.ResultOK), testenv.StoreTxns(b, reg, store.ResultConflict)
+	txns := testenv.StoreRequests(b, reg)
+	won, lost := txns["txn/"+store.ResultOK], txns["txn/"+store.ResultConflict]
 	repeat := run(b, "repeat (sticky hit)", ops, func(i int) error {
 		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
 		return err

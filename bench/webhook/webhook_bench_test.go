@@ -150,8 +150,7 @@ func BenchmarkWebhook(b *testing.B) {
 	cpu := map[string]cpuShare{} // CPU ms per creation by process, per configuration
 	// The handler's own latency over the unpaced runs (only the sticky
 	// namespace's pods reach it): how much of a creation's time it is.
-	var loadedBefore, loadedAfter histogram
-	loadedBefore = scrape(b, metricsPort, admissions)
+	loadedBefore := scrape(b, metricsPort)
 	for r := range rounds {
 		for _, ns := range []string{"none", "noop", "sticky"} {
 			cpuBefore := sampleCPU()
@@ -170,17 +169,17 @@ func BenchmarkWebhook(b *testing.B) {
 		}
 	}
 
-	loadedAfter = scrape(b, metricsPort, admissions)
-	l50, l99, _ := quantiles(loadedBefore, loadedAfter, 0.015)
+	loadedAfter := scrape(b, metricsPort)
+	l50, l99, _ := quantiles(loadedBefore[admissions], loadedAfter[admissions], 0.015)
 
 	// Handler latency at a paced 200 creations per second, from the webhook's histogram.
 	// The etcd transactions of the same run show how much of the handler's
 	// tail is the state store's.
-	before, txnBefore := scrape(b, metricsPort, admissions), scrape(b, metricsPort, claims)
+	before := scrape(b, metricsPort)
 	createPods(ctx, b, k, "sticky", "paced", pacedN, paced)
-	after, txnAfter := scrape(b, metricsPort, admissions), scrape(b, metricsPort, claims)
-	p50, p99, within := quantiles(before, after, 0.015)
-	t50, t99, _ := quantiles(txnBefore, txnAfter, 0.015)
+	after := scrape(b, metricsPort)
+	p50, p99, within := quantiles(before[admissions], after[admissions], 0.015)
+	t50, t99, _ := quantiles(before[claims], after[claims], 0.015)
 
 	mean := func(xs []float64) float64 {
 		s := 0.0
@@ -321,18 +320,23 @@ const (
 	claims     = `stickynet_store_request_duration_seconds_bucket{op="txn",result="ok",`
 )
 
-// scrape reads the buckets of the histogram series that starts with series.
-func scrape(b *testing.B, port int, series string) histogram {
+// scrape reads the webhook's metrics once and returns the buckets of the
+// admissions and claims series, by series.
+func scrape(b *testing.B, port int) map[string]histogram {
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	h := histogram{}
+	hs := map[string]histogram{admissions: {}, claims: {}}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, series) {
+		series, ok := admissions, strings.HasPrefix(line, admissions)
+		if !ok {
+			series, ok = claims, strings.HasPrefix(line, claims)
+		}
+		if !ok {
 			continue
 		}
 		le := line[strings.Index(line, `le="`)+4:]
@@ -342,9 +346,9 @@ func scrape(b *testing.B, port int, series string) histogram {
 			bound, _ = strconv.ParseFloat(le, 64)
 		}
 		v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-		h[bound] = v
+		hs[series][bound] = v
 	}
-	return h
+	return hs
 }
 
 // quantiles interpolates p50 and p99 within the buckets of after-before, as

@@ -25,6 +25,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	certutil "k8s.io/client-go/util/cert"
+	configv1 "k8s.io/kube-scheduler/config/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
@@ -344,33 +346,23 @@ current-context: c
 			if err != nil {
 				t.Fatal(err)
 			}
-			var loaded struct {
-				Profiles []struct {
-					SchedulerName string `json:"schedulerName"`
-					PluginConfig  []struct {
-						Name string `json:"name"`
-						Args struct {
-							ScoringStrategy struct {
-								Type      string `json:"type"`
-								Resources []struct {
-									Name string `json:"name"`
-								} `json:"resources"`
-							} `json:"scoringStrategy"`
-						} `json:"args"`
-					} `json:"pluginConfig"`
-				} `json:"profiles"`
-			}
-			if err := yaml.Unmarshal(written, &loaded); err != nil {
+			loaded := &configv1.KubeSchedulerConfiguration{}
+			if err := yaml.Unmarshal(written, loaded); err != nil {
 				t.Fatal(err)
 			}
 			var scored []string
 			for _, p := range loaded.Profiles {
+				if ptr.Deref(p.SchedulerName, "") != "stickynet-scheduler" {
+					continue
+				}
 				for _, pc := range p.PluginConfig {
-					if p.SchedulerName == "stickynet-scheduler" && pc.Name == "NodeResourcesFit" {
-						for _, r := range pc.Args.ScoringStrategy.Resources {
-							if strings.HasPrefix(r.Name, "stickynet.io/") {
-								scored = append(scored, r.Name)
-							}
+					args := &configv1.NodeResourcesFitArgs{}
+					if pc.Name != "NodeResourcesFit" || yaml.Unmarshal(pc.Args.Raw, args) != nil || args.ScoringStrategy == nil {
+						continue
+					}
+					for _, r := range args.ScoringStrategy.Resources {
+						if strings.HasPrefix(r.Name, "stickynet.io/") {
+							scored = append(scored, r.Name)
 						}
 					}
 				}

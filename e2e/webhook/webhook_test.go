@@ -585,7 +585,7 @@ func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
 	s.namespace(ctx, t, "ra", map[string]string{"replica": "a"})
 	s.namespace(ctx, t, "rb", map[string]string{"replica": "b"})
 	const perNS = 50
-	okBefore, conflictsBefore := testenv.StoreTxns(t, crmetrics.Registry, store.ResultOK), testenv.StoreTxns(t, crmetrics.Registry, store.ResultConflict)
+	before := testenv.StoreRequests(t, crmetrics.Registry)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -633,10 +633,12 @@ func (s *suite) testTwoReplicas(ctx context.Context, t *testing.T) {
 	}
 	// Each admitted pod's claim is a successful etcd transaction, which the
 	// replicas' stickynet_store_request_duration_seconds counts.
-	if ok := testenv.StoreTxns(t, crmetrics.Registry, store.ResultOK) - okBefore; ok < 2*perNS {
-		t.Errorf("stickynet_store_request_duration_seconds counts %d successful transactions for %d admitted pods", ok, 2*perNS)
+	after := testenv.StoreRequests(t, crmetrics.Registry)
+	won, lost := "txn/"+store.ResultOK, "txn/"+store.ResultConflict
+	if n := after[won] - before[won]; n < 2*perNS {
+		t.Errorf("stickynet_store_request_duration_seconds counts %d successful transactions for %d admitted pods", n, 2*perNS)
 	}
-	t.Logf("transactions another replica won: %d", testenv.StoreTxns(t, crmetrics.Registry, store.ResultConflict)-conflictsBefore)
+	t.Logf("transactions another replica won: %d", after[lost]-before[lost])
 	for _, ns := range []string{"ra", "rb"} {
 		_ = s.k.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{})
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/storetest"
+	"github.com/stickynet/stickynet/internal/testenv"
 )
 
 func TestMemoryConformance(t *testing.T) {
@@ -73,23 +74,7 @@ func TestInstrumentCountsByOpAndResult(t *testing.T) {
 		t.Fatal("Txn with an unknown lease succeeded")
 	}
 
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]uint64{}
-	for _, f := range families {
-		if f.GetName() != "stickynet_store_request_duration_seconds" {
-			continue
-		}
-		for _, mt := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range mt.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			got[labels["op"]+"/"+labels["result"]] = mt.GetHistogram().GetSampleCount()
-		}
-	}
+	got := testenv.StoreRequests(t, reg)
 	want := map[string]uint64{"txn/ok": 1, "txn/conflict": 1, "txn/error": 1, "get/ok": 1, "list/ok": 1, "grant/ok": 1, "revoke/ok": 1}
 	if !maps.Equal(got, want) {
 		t.Errorf("request counts by op/result = %v; want %v", got, want)

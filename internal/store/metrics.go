@@ -37,10 +37,15 @@ type instrumented struct {
 	h *prometheus.HistogramVec
 }
 
-func (s *instrumented) observe(op string, start time.Time, err error) {
+// observe records a request that began at start: conflict says a
+// transaction's conditions did not hold.
+func (s *instrumented) observe(op string, start time.Time, err error, conflict bool) {
 	result := ResultOK
-	if err != nil {
+	switch {
+	case err != nil:
 		result = ResultError
+	case conflict:
+		result = ResultConflict
 	}
 	s.h.WithLabelValues(op, result).Observe(time.Since(start).Seconds())
 }
@@ -48,38 +53,34 @@ func (s *instrumented) observe(op string, start time.Time, err error) {
 func (s *instrumented) Get(ctx context.Context, key string) (*KV, error) {
 	start := time.Now()
 	kv, err := s.Store.Get(ctx, key)
-	s.observe("get", start, err)
+	s.observe("get", start, err, false)
 	return kv, err
 }
 
 func (s *instrumented) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	start := time.Now()
 	kvs, rev, err := s.Store.List(ctx, prefix)
-	s.observe("list", start, err)
+	s.observe("list", start, err, false)
 	return kvs, rev, err
 }
 
 func (s *instrumented) Txn(ctx context.Context, cmps []Cmp, then, els []Op) (TxnResult, error) {
 	start := time.Now()
 	res, err := s.Store.Txn(ctx, cmps, then, els)
-	if err == nil && !res.Succeeded {
-		s.h.WithLabelValues("txn", ResultConflict).Observe(time.Since(start).Seconds())
-	} else {
-		s.observe("txn", start, err)
-	}
+	s.observe("txn", start, err, !res.Succeeded)
 	return res, err
 }
 
 func (s *instrumented) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
 	start := time.Now()
 	id, err := s.Store.Grant(ctx, ttl)
-	s.observe("grant", start, err)
+	s.observe("grant", start, err, false)
 	return id, err
 }
 
 func (s *instrumented) Revoke(ctx context.Context, id LeaseID) error {
 	start := time.Now()
 	err := s.Store.Revoke(ctx, id)
-	s.observe("revoke", start, err)
+	s.observe("revoke", start, err, false)
 	return err
 }

@@ -6,16 +6,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// StoreTxns counts the state-store transactions with the result
-// (store.ResultOK, ResultConflict, ResultError) that g's
-// stickynet_store_request_duration_seconds has recorded.
-func StoreTxns(t testing.TB, g prometheus.Gatherer, result string) uint64 {
+// StoreRequests reads the state-store requests that g's
+// stickynet_store_request_duration_seconds has recorded, counted by
+// "op/result" ("txn/ok", "txn/conflict", "get/error", ...).
+func StoreRequests(t testing.TB, g prometheus.Gatherer) map[string]uint64 {
 	t.Helper()
 	families, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var n uint64
+	counts := map[string]uint64{}
 	for _, f := range families {
 		if f.GetName() != "stickynet_store_request_duration_seconds" {
 			continue
@@ -25,10 +25,8 @@ func StoreTxns(t testing.TB, g prometheus.Gatherer, result string) uint64 {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["op"] == "txn" && labels["result"] == result {
-				n += m.GetHistogram().GetSampleCount()
-			}
+			counts[labels["op"]+"/"+labels["result"]] += m.GetHistogram().GetSampleCount()
 		}
 	}
-	return n
+	return counts
 }
