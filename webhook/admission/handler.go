@@ -167,14 +167,13 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	token := ""
 	if pod.Name == "" {
 		token = h.token()
+		if h.reinvoked(ctx, pod, prevToken, prevIdentity) {
+			token = prevToken
+		}
 	}
 	id, err := h.identity(ctx, pod, token)
 	if err != nil {
 		return nil, deny("%s", err)
-	}
-	if token != "" && prevToken != "" && prevIdentity == id.String() {
-		// Re-invoked admission of the same pod: keep its reservation.
-		token = prevToken
 	}
 	req := ipam.Request{Pool: pool, Identity: id.String(), Shared: id.Shared(), DryRun: dryRun}
 	if pod.Name != "" {
@@ -195,6 +194,8 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		if req.MaxMembers, err = h.setCap(ctx, pod, id); err != nil {
 			return nil, err
 		}
+	} else if err := h.carriedByAnother(ctx, req); err != nil {
+		return nil, err
 	}
 	al, err := h.Alloc.Allocate(ctx, req)
 	var full *ipam.SetFullError
@@ -246,6 +247,29 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	return pod, nil
 }
 
+// reinvoked reports whether a pod without a name carries the reservation
+// of an earlier round of its own admission (the webhook is re-invoked when a
+// later webhook changed the pod), so that the round keeps that reservation.
+// The annotations may also have been copied from another pod, e.g. into a
+// template; a token is therefore only taken back while its reservation is
+// pending for the same identity, which a pod that was admitted and created
+// under it no longer is once the release controller has bound it. Otherwise
+// the pod gets a fresh token, and an earlier round's reservation expires.
+func (h *Handler) reinvoked(ctx context.Context, pod *corev1.Pod, token, identity string) bool {
+	if token == "" || identity == "" {
+		return false
+	}
+	if id, err := h.identity(ctx, pod, token); err != nil || id.String() != identity {
+		return false
+	}
+	for _, e := range h.Alloc.Lookup(identity) {
+		if e.Token == token && (e.Reserved || e.Held) && e.Pod == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // setCap returns the most addresses a shared identity's set may hold: the
 // Deployment's replicas + maxSurge, or the bare ReplicaSet's replicas.
 func (h *Handler) setCap(ctx context.Context, pod *corev1.Pod, id annotations.ID) (int, error) {
@@ -274,6 +298,37 @@ func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Obje
 		err = h.APIReader.Get(ctx, key, obj)
 	}
 	return err
+}
+
+// carriedByAnother denies a pod of a single identity whose address another
+// live pod still carries: a DaemonSet rolling update with maxSurge runs the
+// new pod next to the old one on the same node. A pod that is terminating or
+// has terminated gives its address up; the identity's next pod takes it over.
+func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error {
+	for _, e := range h.Alloc.Lookup(req.Identity) {
+		if e.Pod == "" || e.Pod == req.Pod {
+			continue
+		}
+		ns, name, _ := strings.Cut(e.Pod, "/")
+		p := &corev1.Pod{}
+		err := h.get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
+		}
+		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		hint := ""
+		if strings.HasPrefix(req.Identity, string(annotations.KindDaemonSet)+"/") {
+			hint = " (a DaemonSet that keeps sticky addresses needs spec.updateStrategy.rollingUpdate.maxSurge: 0)"
+		}
+		return deny("%s of %s is carried by pod %s, which is still running: an identity's address is given to one pod at a time%s; the pod can be created once %s is gone",
+			e.IP, req.Identity, e.Pod, hint, e.Pod)
+	}
+	return nil
 }
 
 // freeGoneMembers unbinds the identity's members whose pods no longer exist

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -228,6 +229,49 @@ func TestDeploymentReservation(t *testing.T) {
 	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 2 addresses of deployment/app/api are in use", "capped at 2")
 }
 
+// A reservation token is taken back only while its reservation is pending
+// for the same identity: output annotations copied into a template (from a
+// live pod, say) must not make the pods of a scale-up share one address.
+func TestCopiedReservationToken(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	e := newEnv(t, rs)
+	copied := func() map[string]string {
+		return map[string]string{annotations.Identity: "deployment/app/api", annotations.Reservation: "stale", annotations.AssignedIP: "10.20.0.9/24"}
+	}
+	a := e.mustAdmit(pod("app", "", copied(), ctrl("ReplicaSet", "api-5d8f")))
+	b := e.mustAdmit(pod("app", "", copied(), ctrl("ReplicaSet", "api-5d8f")))
+	if a.Annotations[annotations.AssignedIP] == b.Annotations[annotations.AssignedIP] {
+		t.Fatalf("two new pods both got %s", a.Annotations[annotations.AssignedIP])
+	}
+	if a.Annotations[annotations.Reservation] == "stale" || b.Annotations[annotations.Reservation] == "stale" {
+		t.Fatalf("a copied token was taken over: %q, %q", a.Annotations[annotations.Reservation], b.Annotations[annotations.Reservation])
+	}
+	// Once the pod created under a token is bound, its token is not taken back either.
+	ip := netip.MustParsePrefix(a.Annotations[annotations.AssignedIP]).Addr()
+	if err := e.alloc.Bind(context.Background(), ipam.Binding{Pool: "blue", IP: ip, Identity: "deployment/app/api", Pod: "app/api-5d8f-a", Token: a.Annotations[annotations.Reservation]}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.mustAdmit(a.DeepCopy())
+	if c.Annotations[annotations.AssignedIP] == a.Annotations[annotations.AssignedIP] {
+		t.Fatalf("a pod carrying the token of bound pod app/api-5d8f-a got its address %s", c.Annotations[annotations.AssignedIP])
+	}
+}
+
+// A bare pod with generateName has an identity made of the name prefix and
+// its token: a re-invoked admission keeps both.
+func TestGenerateNameReinvocation(t *testing.T) {
+	e := newEnv(t)
+	p := pod("app", "", nil)
+	p.GenerateName = "gen-"
+	got := e.mustAdmit(p)
+	again := e.mustAdmit(got)
+	for _, k := range []string{annotations.Identity, annotations.AssignedIP, annotations.AssignedMAC, annotations.Reservation} {
+		if again.Annotations[k] != got.Annotations[k] {
+			t.Errorf("re-invocation changed %s from %q to %q", k, got.Annotations[k], again.Annotations[k])
+		}
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 func TestDaemonSetIdentity(t *testing.T) {
@@ -242,6 +286,46 @@ func TestDaemonSetIdentity(t *testing.T) {
 	}
 	bare := pod("app", "", nil, ctrl("DaemonSet", "agent"))
 	e.mustDeny(bare, "names no node")
+}
+
+// A node's DaemonSet address goes to one pod at a time: a rolling update
+// with maxSurge, whose new pod starts next to the running old one, is denied
+// until the old pod is terminating or gone.
+func TestDaemonSetSurgeDenied(t *testing.T) {
+	e := newEnv(t)
+	ds := func() *corev1.Pod {
+		p := pod("app", "", nil, ctrl("DaemonSet", "agent"))
+		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"n1"}}}}},
+		}}}
+		return p
+	}
+	ctx := context.Background()
+	first := e.mustAdmit(ds())
+	old := first.DeepCopy()
+	old.Name, old.Status.Phase = "agent-old", corev1.PodRunning
+	if err := e.c.Create(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr()
+	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "daemonset/app/agent/n1", Pod: "app/agent-old", Token: first.Annotations[annotations.Reservation]}); err != nil {
+		t.Fatal(err)
+	}
+	before := e.store.Revision()
+	e.mustDeny(ds(), ip.String(), "daemonset/app/agent/n1", "app/agent-old", "maxSurge: 0")
+	if after := e.store.Revision(); after != before {
+		t.Errorf("the denial wrote to the store: revision %d before, %d after", before, after)
+	}
+	// The old pod has terminated: the next pod takes the node's address over.
+	old.Status.Phase = corev1.PodSucceeded
+	if err := e.c.Status().Update(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	next := e.mustAdmit(ds())
+	if next.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] || next.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
+		t.Fatalf("after the old pod: %s %s; want the node's %s %s", next.Annotations[annotations.AssignedIP], next.Annotations[annotations.AssignedMAC],
+			first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC])
+	}
 }
 
 func TestBarePodRequests(t *testing.T) {
