@@ -184,6 +184,11 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	if err := addressRequests(ann, id, &req); err != nil {
 		return nil, err
 	}
+	if v, ok := ann[annotations.IPRetention]; ok {
+		if _, err := annotations.ParseRetention(v); err != nil {
+			return nil, err
+		}
+	}
 
 	bw, err := h.bandwidth(ctx, pod, policyFilled)
 	if err != nil {

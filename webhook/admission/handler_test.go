@@ -469,3 +469,9 @@ func TestStoreUnreachable(t *testing.T) {
 		t.Fatal("something was written")
 	}
 }
+
+func TestInvalidRetentionDenied(t *testing.T) {
+	e := newEnv(t)
+	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPRetention: "release"}, ctrl("StatefulSet", "db")),
+		annotations.IPRetention, `"release"`, "Retain or Release")
+}

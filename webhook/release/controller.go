@@ -412,6 +412,22 @@ func (c *Controller) readPods(ctx context.Context, ns string, entries []ipam.Ent
 	return pods, nil
 }
 
+// retention is the StatefulSet's stickynet.io/ip-retention, from its own
+// annotations or else its pod template's. An invalid value keeps every
+// address (Retain) and is reported on the StatefulSet.
+func (c *Controller) retention(sts *appsv1.StatefulSet) string {
+	v, ok := sts.Annotations[annotations.IPRetention]
+	if !ok {
+		v = sts.Spec.Template.Annotations[annotations.IPRetention]
+	}
+	ret, err := annotations.ParseRetention(v)
+	if err != nil {
+		c.event(sts, corev1.EventTypeWarning, "InvalidIPRetention", "%s; every ordinal keeps its address (%s)", err, annotations.RetentionRetain)
+		return annotations.RetentionRetain
+	}
+	return ret
+}
+
 // releaseReason says why an address that no pod carries should be freed now
 // ("" to keep it).
 func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []ipam.Entry) (string, error) {
@@ -429,13 +445,16 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 		if err != nil || gone {
 			return reason(gone, "the StatefulSet was deleted"), err
 		}
-		ret, err := annotations.ParseRetention(sts.Spec.Template.Annotations[annotations.IPRetention])
-		if err != nil || ret != annotations.RetentionRelease {
+		if c.retention(sts) != annotations.RetentionRelease {
 			return "", nil
 		}
 		ord, _ := id.Ordinal()
-		if ord >= int(workload.Replicas(sts.Spec.Replicas)) {
-			return fmt.Sprintf("scaled down below ordinal %d with %s: %s", ord, annotations.IPRetention, annotations.RetentionRelease), nil
+		start := 0
+		if sts.Spec.Ordinals != nil {
+			start = int(sts.Spec.Ordinals.Start)
+		}
+		if end := start + int(workload.Replicas(sts.Spec.Replicas)); ord < start || ord >= end {
+			return fmt.Sprintf("ordinal %d is outside the StatefulSet's ordinals %d..%d with %s: %s", ord, start, end-1, annotations.IPRetention, annotations.RetentionRelease), nil
 		}
 	case annotations.KindDeployment:
 		dep := &appsv1.Deployment{}
