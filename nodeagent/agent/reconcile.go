@@ -68,11 +68,14 @@ func (a *agent) restore(ctx context.Context) error {
 			}
 			errs = append(errs, a.store.Delete(at))
 			if at.VF == nil {
+				a.mu.Lock()
 				delete(a.usedPorts, at.OFPort)
+				a.mu.Unlock()
 			}
 			removed++
 			continue
 		}
+		a.mu.Lock()
 		if at.VF != nil {
 			a.usedVFs[vfKey(at.VF.PF, at.VF.Index)] = true
 		} else {
@@ -80,6 +83,9 @@ func (a *agent) restore(ctx context.Context) error {
 				at.OFPort = ifc.OFPort
 			}
 			a.usedPorts[at.OFPort] = true
+		}
+		a.mu.Unlock()
+		if at.VF == nil {
 			if err := a.dp.EnsurePort(ctx, at, inOVS); err != nil {
 				errs = append(errs, err)
 			}
@@ -92,7 +98,13 @@ func (a *agent) restore(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		errs = append(errs, a.store.Put(at))
+		// The pod source runs already: its events read a.atts under a.mu.
+		a.mu.Lock()
 		a.atts[at.Key()] = at
+		a.mu.Unlock()
+		// A bandwidth change that arrived after the pod was read above found
+		// no attachment yet; the worker checks the pod once more.
+		a.queue.Add(at.Pod())
 		kept++
 	}
 	log.Info("Restored attachments", "kept", kept, "removed", removed)
