@@ -285,16 +285,20 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 				return a.planKeep(req, e), nil
 			}
 			// The identity asks for another address or MAC than it has: move it.
-			return a.planMove(req, inPool[0])
+			return a.planMove(req, inPool[0], netip.Addr{})
 		}
 		for _, e := range cooling {
 			if matches(e) {
-				return a.planReclaim(req, e), nil
+				if len(elsewhere) > 0 {
+					// Back to the pool it left: move there, onto its own cooling address.
+					return a.planMove(req, elsewhere[0], e.ip)
+				}
+				return a.planReclaim(req, e)
 			}
 		}
 		if len(elsewhere) > 0 {
 			// The identity now asks for another pool: move it there.
-			return a.planMove(req, elsewhere[0])
+			return a.planMove(req, elsewhere[0], netip.Addr{})
 		}
 		return a.planNew(req)
 	}
@@ -333,7 +337,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	}
 	for _, e := range cooling {
 		if allowed(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
-			return a.planReclaim(req, e), nil
+			return a.planReclaim(req, e)
 		}
 	}
 	return a.planNew(req)
@@ -404,13 +408,27 @@ func (a *Allocator) planTake(req *Request, e *entry) *plan {
 }
 
 // planReclaim takes a cooling address back for the identity that released it.
-func (a *Allocator) planReclaim(req *Request, e *entry) *plan {
+// An address whose MAC moved on with its identity gets a new MAC.
+func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 	ak := a.keys.addrKey(e.pool, e.ip)
 	ik := a.keys.identKey(req.Identity, req.Shared, e.ip)
-	p := a.claimOps(req, e.ip, e.rec.MAC, []store.Cmp{store.At(ak, e.rev), store.Absent(ik)})
-	a.cache.claimLocal(e.pool, e.ip, "")
-	p.localIP = e.ip
-	return p
+	cmps := []store.Cmp{store.At(ak, e.rev), store.Absent(ik)}
+	mac, newMAC := e.rec.MAC, ""
+	if mac == "" {
+		var err error
+		if mac, err = a.newMAC(req); err != nil {
+			return nil, err
+		}
+		newMAC = mac
+		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
+	}
+	p := a.claimOps(req, e.ip, mac, cmps)
+	if newMAC != "" {
+		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	}
+	a.cache.claimLocal(e.pool, e.ip, newMAC)
+	p.localIP, p.localMAC = e.ip, newMAC
+	return p, nil
 }
 
 // planNew claims a new address.
@@ -470,14 +488,17 @@ func (a *Allocator) newMAC(req *Request) (string, error) {
 // planMove gives a single identity the address or MAC it now asks for (or an
 // address in the pool it now asks for), releasing what it had in the same
 // transaction. The MAC stays unless another is requested.
-func (a *Allocator) planMove(req *Request, old *entry) (*plan, error) {
+func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, error) {
 	c := a.cache
 	pool := req.Pool
 	ip := req.IP
 	if !ip.IsValid() {
-		if old.pool == pool.Name {
+		switch {
+		case old.pool == pool.Name:
 			ip = old.ip
-		} else {
+		case back.IsValid():
+			ip = back
+		default:
 			var ok bool
 			if ip, ok = c.pickFree(pool); !ok {
 				return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
@@ -491,7 +512,13 @@ func (a *Allocator) planMove(req *Request, old *entry) (*plan, error) {
 	sameAddr := old.pool == pool.Name && old.ip == ip
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
 	if !sameAddr {
-		cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
+		// The target is free, or the identity's own address still cooling
+		// (it moves back, e.g. a rolled-back ips list).
+		if t := c.get(pool.Name, ip); t != nil && t.rev > 0 && t.rec.State == stateCooling && t.rec.ID == req.Identity {
+			cmps = append(cmps, store.At(a.keys.addrKey(pool.Name, ip), t.rev))
+		} else {
+			cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
+		}
 	}
 	if mac != old.rec.MAC {
 		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))

@@ -156,8 +156,9 @@ func TestExplicitRequests(t *testing.T) {
 		}
 	}
 	_, err = a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", MAC: net.HardwareAddr{0x00, 0x1b, 0x21, 1, 2, 3}})
-	if err == nil || !strings.Contains(err.Error(), "universally administered") {
-		t.Fatalf("universal MAC: %v", err)
+	var me *MACNotAllowedError
+	if !errors.As(err, &me) || !strings.Contains(err.Error(), "universally administered") {
+		t.Fatalf("universal MAC: %v; want MACNotAllowedError", err)
 	}
 	pu := mustPool(t, "pu", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", AllowUniversalMAC: true})
 	alloc(t, a, Request{Pool: pu, Identity: "pod/ns/c", Pod: "ns/c", MAC: net.HardwareAddr{0x00, 0x1b, 0x21, 1, 2, 3}})
@@ -435,5 +436,68 @@ func TestSharedSetCap(t *testing.T) {
 	again := alloc(t, a, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t", MaxMembers: 2})
 	if got.IP != first[0].IP || again.IP != got.IP || !again.Reserved {
 		t.Fatalf("freed member %s: got %+v then %+v", first[0].IP, got, again)
+	}
+}
+
+// An identity moved away from an address may move back to it while it cools
+// down: within a pool (an ips list rolled back) and across pools; every
+// address it holds then has a MAC, and the address it left cools in turn.
+func TestMoveBack(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
+	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(30)})
+	ctx := testCtx(t)
+	id := "statefulset/ns/web/0"
+	x, y := netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.11")
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: x})
+	alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: y})
+	back := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: x})
+	if back.IP != x || back.MAC.String() != first.MAC.String() {
+		t.Fatalf("moving back gave %s %s; want %s %s", back.IP, back.MAC, x, first.MAC)
+	}
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: y}); err == nil {
+		t.Fatalf("%s, left by %s, was given to another identity at once", y, id)
+	}
+
+	// To pool q and back to p: the identity gets its cooling address in p back.
+	inQ := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/web-0"})
+	again := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0"})
+	if again.IP != x || again.MAC.String() != first.MAC.String() {
+		t.Fatalf("back to pool p gave %s %s; want %s %s", again.IP, again.MAC, x, first.MAC)
+	}
+	if l := a.Lookup(id); len(l) != 1 || l[0].Pool != "p" {
+		t.Fatalf("identity owns %v after moving back", l)
+	}
+	if _, err := a.Allocate(ctx, Request{Pool: q, Identity: "pod/ns/other", Pod: "ns/other", IP: inQ.IP}); err == nil {
+		t.Fatalf("%s, left in pool q by %s, was given to another identity at once", inQ.IP, id)
+	}
+}
+
+// An address whose MAC moved on with its identity (a move to another pool)
+// gets a new MAC when the identity reclaims it after its later address is
+// released.
+func TestReclaimAddressWithoutMAC(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
+	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(30)})
+	ctx := testCtx(t)
+	id := "pod/ns/db"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/db"})
+	inQ := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/db"})
+	if err := a.Unbind(ctx, "q", inQ.IP, "ns/db"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, "q", inQ.IP, id, false); err != nil {
+		t.Fatal(err)
+	}
+	got := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/db"})
+	if got.IP != first.IP {
+		t.Fatalf("reclaim gave %s; want the identity's cooling %s", got.IP, first.IP)
+	}
+	if len(got.MAC) != 6 || got.MAC.String() == inQ.MAC.String() {
+		t.Fatalf("reclaimed %s with MAC %q; want a new MAC (%s cools with %s)", got.IP, got.MAC, inQ.MAC, inQ.IP)
+	}
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", MAC: got.MAC}); err == nil {
+		t.Fatalf("MAC %s of %s was given to another identity", got.MAC, id)
 	}
 }

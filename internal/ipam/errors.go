@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 )
 
@@ -45,6 +46,15 @@ type NotAllocatableError struct {
 }
 
 func (e *NotAllocatableError) Error() string { return fmt.Sprintf("%s is %s", e.IP, e.Reason) }
+
+// MACNotAllowedError says a requested MAC can never be used in the pool.
+type MACNotAllowedError struct {
+	MAC    net.HardwareAddr
+	Pool   string
+	Reason string
+}
+
+func (e *MACNotAllowedError) Error() string { return fmt.Sprintf("%s %s", e.MAC, e.Reason) }
 
 // LostError says a reservation or binding no longer matches the store: the
 // reservation expired, or the address now belongs to someone else.

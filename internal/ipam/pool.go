@@ -231,7 +231,7 @@ func (p *Pool) randomMAC(rnd func() uint64) net.HardwareAddr {
 // checkMAC validates a requested MAC against the pool.
 func (p *Pool) checkMAC(m net.HardwareAddr) error {
 	if !annotations.IsLocallyAdministered(m) && !p.AllowUniversalMAC {
-		return fmt.Errorf("%s is a universally administered MAC and pool %s does not allow those (spec.allowUniversalMAC); use a locally administered one such as 02:xx:xx:xx:xx:xx", m, p.Name)
+		return &MACNotAllowedError{MAC: m, Pool: p.Name, Reason: fmt.Sprintf("is a universally administered MAC and pool %s does not allow those (spec.allowUniversalMAC)", p.Name)}
 	}
 	return nil
 }

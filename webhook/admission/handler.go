@@ -124,8 +124,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		var ee *ipam.ExhaustedError
 		var ne *ipam.NotAllocatableError
 		var sf *ipam.SetFullError
+		var me *ipam.MACNotAllowedError
 		switch {
-		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf):
+		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me):
 			log.V(2).Info("Denied pod", "reason", err.Error())
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded):
@@ -405,6 +406,7 @@ func addressRequests(ann map[string]string, id annotations.ID, req *ipam.Request
 func explain(err error, ann map[string]string, req ipam.Request) error {
 	var ce *ipam.ConflictError
 	var ne *ipam.NotAllocatableError
+	var me *ipam.MACNotAllowedError
 	key := annotations.IP
 	if _, ok := ann[annotations.IPs]; ok {
 		key = annotations.IPs
@@ -414,6 +416,8 @@ func explain(err error, ann map[string]string, req ipam.Request) error {
 		return &annotations.Error{Key: annotations.MAC, Value: ann[annotations.MAC], Accepted: "a MAC no other identity holds", Err: err}
 	case errors.As(err, &ce):
 		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an address of pool %s that is free or already held by %s", req.Pool.Name, req.Identity), Err: err}
+	case errors.As(err, &me):
+		return &annotations.Error{Key: annotations.MAC, Value: ann[annotations.MAC], Accepted: "a locally administered unicast MAC such as 02:42:ac:11:00:02 (or set spec.allowUniversalMAC on pool " + req.Pool.Name + ")", Err: err}
 	case errors.As(err, &ne):
 		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an allocatable address of pool %s (%s)", req.Pool.Name, req.Pool.Prefix), Err: err}
 	}

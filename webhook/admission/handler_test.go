@@ -475,3 +475,9 @@ func TestInvalidRetentionDenied(t *testing.T) {
 	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPRetention: "release"}, ctrl("StatefulSet", "db")),
 		annotations.IPRetention, `"release"`, "Retain or Release")
 }
+
+func TestUniversalMACDenied(t *testing.T) {
+	e := newEnv(t)
+	e.mustDeny(pod("app", "m", map[string]string{annotations.MAC: "00:11:22:33:44:55"}),
+		annotations.MAC, `"00:11:22:33:44:55"`, "locally administered", "spec.allowUniversalMAC")
+}
