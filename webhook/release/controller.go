@@ -217,6 +217,19 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		}
 	}
 
+	// The allocator learns each pool's spec before anything is released:
+	// a freshly elected leader has admitted nothing, and would otherwise
+	// cool released addresses for the default reuse delay, not the pool's.
+	pools := &v1alpha1.IPPoolList{}
+	if err := c.Client.List(ctx, pools); err != nil {
+		return fmt.Errorf("list IPPools: %w", err)
+	}
+	for i := range pools.Items {
+		if p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec); err == nil {
+			c.Alloc.SetPool(p)
+		}
+	}
+
 	var errs []error
 	now := time.Now()
 	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
@@ -316,7 +329,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	if err := c.updatePools(ctx); err != nil {
+	if err := c.updatePools(ctx, pools.Items); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.reresolveBandwidth(ctx, pods); err != nil {
@@ -535,14 +548,10 @@ func isSurplus(e ipam.Entry, members []ipam.Entry, limit int32) bool {
 }
 
 // updatePools writes each IPPool's counts and readiness to its status.
-func (c *Controller) updatePools(ctx context.Context) error {
-	list := &v1alpha1.IPPoolList{}
-	if err := c.Client.List(ctx, list); err != nil {
-		return fmt.Errorf("list IPPools: %w", err)
-	}
+func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool) error {
 	var errs []error
-	for i := range list.Items {
-		ipp := &list.Items[i]
+	for i := range pools {
+		ipp := &pools[i]
 		st := ipp.Status.DeepCopy()
 		st.ObservedGeneration = ipp.Generation
 		pool, err := ipam.NewPool(ipp.Name, ipp.Spec)
@@ -550,7 +559,6 @@ func (c *Controller) updatePools(ctx context.Context) error {
 		if err != nil {
 			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()
 		} else {
-			c.Alloc.SetPool(pool)
 			s := c.Alloc.Stats(pool)
 			st.Total, st.Allocated, st.Held, st.Cooling = clampInt64(s.Total), int64(s.Allocated), int64(s.Held), int64(s.Cooling)
 			st.Free = clampInt64(s.Free)

@@ -25,6 +25,15 @@ import (
 // an allocator on the in-memory store, and the controller's event recorder.
 func setup(t *testing.T, objs ...client.Object) (*Controller, *ipam.Allocator, *ipam.Pool, *events.FakeRecorder) {
 	t.Helper()
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	a := startAlloc(t, store.NewMemory())
+	rec := events.NewFakeRecorder(100)
+	return &Controller{Client: apiWith(t, spec, objs...), APIReader: apiWith(t, spec, objs...), Alloc: a, Recorder: rec, Grace: time.Nanosecond}, a, pool(t, spec), rec
+}
+
+// apiWith is a fake API server holding the objects and pool blue with spec.
+func apiWith(t *testing.T, spec v1alpha1.IPPoolSpec, objs ...client.Object) client.Client {
+	t.Helper()
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
 		t.Fatal(err)
@@ -32,20 +41,28 @@ func setup(t *testing.T, objs ...client.Object) (*Controller, *ipam.Allocator, *
 	if err := v1alpha1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
-	pool := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}}
-	c := fake.NewClientBuilder().WithScheme(s).WithObjects(append(objs, pool)...).WithStatusSubresource(pool).Build()
-	a := ipam.New(store.NewMemory(), ipam.Options{})
+	p := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: spec}
+	return fake.NewClientBuilder().WithScheme(s).WithObjects(append(objs, p)...).WithStatusSubresource(p).Build()
+}
+
+func startAlloc(t *testing.T, s store.Store) *ipam.Allocator {
+	t.Helper()
+	a := ipam.New(s, ipam.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p, err := ipam.NewPool("blue", pool.Spec)
+	return a
+}
+
+func pool(t *testing.T, spec v1alpha1.IPPoolSpec) *ipam.Pool {
+	t.Helper()
+	p, err := ipam.NewPool("blue", spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := events.NewFakeRecorder(100)
-	return &Controller{Client: c, APIReader: c, Alloc: a, Recorder: rec, Grace: time.Nanosecond}, a, p, rec
+	return p
 }
 
 // vacate allocates the identities' addresses and unbinds them, as if their
@@ -116,5 +133,38 @@ func TestStatefulSetRetentionSources(t *testing.T) {
 		}
 	default:
 		t.Error("no event for an invalid ip-retention")
+	}
+}
+
+// A controller that has not admitted anything (a new leader) releases with
+// the pool's reuse delay, not the default: with reuseDelaySeconds 0 the
+// address of a deleted StatefulSet is free at once.
+func TestReleaseUsesPoolReuseDelay(t *testing.T) {
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", ReuseDelaySeconds: new(int32(0))}
+	s := store.NewMemory()
+	admitted, leader := startAlloc(t, s), startAlloc(t, s) // two webhook replicas
+	ctx := context.Background()
+	al, err := admitted.Allocate(ctx, ipam.Request{Pool: pool(t, spec), Identity: "statefulset/app/gone/0", Pod: "app/gone-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admitted.Unbind(ctx, "blue", al.IP, "app/gone-0"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(leader.Lookup("statefulset/app/gone/0")) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader's cache never saw the address")
+		}
+	}
+	time.Sleep(10 * time.Millisecond)
+	c := &Controller{Client: apiWith(t, spec), APIReader: apiWith(t, spec), Alloc: leader, Grace: time.Nanosecond}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cooling := leader.List(func(e ipam.Entry) bool { return e.Cooling }); len(cooling) != 0 {
+		t.Fatalf("the deleted StatefulSet's address cools (%v); pool blue has reuseDelaySeconds 0", cooling)
+	}
+	if n := len(leader.List(nil)); n != 0 {
+		t.Fatalf("%d addresses left after releasing the deleted StatefulSet's", n)
 	}
 }
