@@ -52,12 +52,12 @@ func TestParseRate(t *testing.T) {
 }
 
 func TestParseBurst(t *testing.T) {
-	for in, want := range map[string]int64{"1": 1, "1M": 1_000_000, "34359738360": MaxBurst, "0.5": 1} {
+	for in, want := range map[string]int64{"12144": MinBurst, "1M": 1_000_000, "34359738360": MaxBurst, "12143.5": MinBurst} {
 		if got, err := ParseBurst(EgressBurst, in); err != nil || got != want {
 			t.Errorf("ParseBurst(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"0", "34359738361", "-1", "x"} {
+	for _, in := range []string{"0", "1", "12143", "34359738361", "-1", "x"} {
 		if _, err := ParseBurst(EgressBurst, in); err == nil {
 			t.Errorf("ParseBurst(%q): want error", in)
 		}
@@ -266,5 +266,19 @@ func TestParseSmall(t *testing.T) {
 	}
 	if _, err := ParseIP(IP, "10.0.0.1"); err != nil {
 		t.Error(err)
+	}
+}
+
+// An ingress burst is a tbf bucket, which the kernel caps at about 4.29 s
+// at the rate; an egress burst (a meter or policer) has no such cap.
+func TestIngressBurstTime(t *testing.T) {
+	ok := map[string]string{IngressBandwidth: "10M", IngressBurst: "40M", EgressBandwidth: "10M", EgressBurst: "100M"}
+	if _, err := ParseBandwidth(ok); err != nil {
+		t.Fatalf("4 s ingress burst, 10 s egress burst: %v", err)
+	}
+	_, err := ParseBandwidth(map[string]string{IngressBandwidth: "10M", IngressBurst: "100M"})
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Key != IngressBurst || ae.Value != "100M" || !strings.Contains(err.Error(), "4.295s") || !strings.Contains(err.Error(), "42949672") {
+		t.Fatalf("10 s ingress burst: %v; want an error naming %s, the value, the time and the most bits", err, IngressBurst)
 	}
 }

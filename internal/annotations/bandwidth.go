@@ -3,6 +3,7 @@ package annotations
 import (
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Limit is a rate limit in one direction. Zero Rate means no limit; zero Burst
@@ -36,10 +37,31 @@ func ParseBandwidth(ann map[string]string) (Bandwidth, error) {
 	if b.Ingress.Burst, err = burst(ann, IngressBurst, b.Ingress.Rate, IngressBandwidth); err != nil {
 		return Bandwidth{}, err
 	}
+	if err := b.Ingress.CheckBurstTime(IngressBurst, ann[IngressBurst]); err != nil {
+		return Bandwidth{}, err
+	}
 	if b.Egress.Burst, err = burst(ann, EgressBurst, b.Egress.Rate, EgressBandwidth); err != nil {
 		return Bandwidth{}, err
 	}
 	return b, nil
+}
+
+// BurstTime is how long the burst lasts at the rate.
+func (l Limit) BurstTime() time.Duration {
+	if l.Rate <= 0 {
+		return 0
+	}
+	return time.Duration(float64(l.Burst) / float64(l.Rate) * float64(time.Second))
+}
+
+// CheckBurstTime refuses an ingress burst (a tbf bucket) longer than
+// MaxBurstTime at the rate, naming key and value.
+func (l Limit) CheckBurstTime(key, value string) error {
+	if l.BurstTime() <= MaxBurstTime {
+		return nil
+	}
+	return invalid(key, value, fmt.Sprintf("a burst that lasts at most %s at the rate of %d bit/s (at most %d bits), as the kernel's tbf allows",
+		MaxBurstTime.Round(time.Millisecond), l.Rate, int64(MaxBurstTime.Seconds()*float64(l.Rate))), nil)
 }
 
 // HasBandwidth reports whether any bandwidth key is present.

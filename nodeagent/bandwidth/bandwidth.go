@@ -68,9 +68,6 @@ const (
 	PolicerBurstPercent = 80
 )
 
-// maxBufferTime bounds a tbf burst: the kernel keeps it in 32-bit microseconds.
-const maxBufferTime = 4000 * time.Second
-
 // TBFParams are the tbf settings in the kernel's units.
 type TBFParams struct {
 	RateBytes  uint64 // bytes/s
@@ -96,8 +93,12 @@ func TBF(l annotations.Limit) (TBFParams, error) {
 	if burst > math.MaxUint32 {
 		burst = math.MaxUint32
 	}
-	if time.Duration(float64(burst)/float64(rate)*float64(time.Second)) > maxBufferTime {
-		return TBFParams{}, fmt.Errorf("tbf burst of %d bytes takes longer than %s at %d bit/s: lower the burst or raise the rate", burst, maxBufferTime, l.Rate)
+	// The kernel caps the bucket at annotations.MaxBurstTime (about 4.29 s)
+	// at the rate, silently; the webhook refuses longer ingress bursts, this
+	// catches what reaches the node otherwise (a BandwidthPolicy).
+	if d := time.Duration(float64(burst) / float64(rate) * float64(time.Second)); d > annotations.MaxBurstTime {
+		return TBFParams{}, fmt.Errorf("ingress burst (%s) of %d bits lasts %s at %d bit/s; the kernel's tbf allows at most %s: lower the burst or raise the rate",
+			annotations.IngressBurst, burst*8, d.Round(time.Millisecond), l.Rate, annotations.MaxBurstTime.Round(time.Millisecond))
 	}
 	limit := max(uint64(float64(rate)*TBFQueueTime.Seconds()), burst)
 	if limit > math.MaxUint32 {

@@ -50,10 +50,13 @@ func TestTBF(t *testing.T) {
 		// 300 Mbit/s: 37.5 MB/s; burst 8 ms = 300 kB; queue 50 ms = 1.875 MB.
 		{name: "300M default burst", limit: annotations.Limit{Rate: 300e6}, want: TBFParams{RateBytes: 37_500_000, BurstBytes: 300_000, LimitBytes: 1_875_000}},
 		// A given burst wins; the queue is never smaller than the burst.
-		{name: "explicit big burst", limit: annotations.Limit{Rate: 1e6, Burst: 8e6}, want: TBFParams{RateBytes: 125_000, BurstBytes: 1_000_000, LimitBytes: 1_000_000}},
+		{name: "explicit big burst", limit: annotations.Limit{Rate: 1e6, Burst: 4e6}, want: TBFParams{RateBytes: 125_000, BurstBytes: 500_000, LimitBytes: 500_000}},
 		{name: "1 Tbit/s queue clamps", limit: annotations.Limit{Rate: 1e12}, want: TBFParams{RateBytes: 125e9, BurstBytes: 1e9, LimitBytes: math.MaxUint32}},
 		{name: "no rate", limit: annotations.Limit{}, wantErr: "positive rate"},
 		{name: "burst too long for the rate", limit: annotations.Limit{Rate: 1000, Burst: annotations.MaxBurst}, wantErr: "lower the burst"},
+		// 10 s at 10 Mbit/s: the kernel would cap the bucket at 4.29 s.
+		{name: "burst over the kernel's 4.29 s", limit: annotations.Limit{Rate: 10e6, Burst: 100e6}, wantErr: "lasts 10s at 10000000 bit/s; the kernel's tbf allows at most 4.295s"},
+		{name: "4 s burst", limit: annotations.Limit{Rate: 10e6, Burst: 40e6}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 5_000_000, LimitBytes: 5_000_000}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
