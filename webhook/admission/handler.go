@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,6 +40,7 @@ type allocator interface {
 	Allocate(ctx context.Context, req ipam.Request) (ipam.Allocation, error)
 	Lookup(identity string) []ipam.Entry
 	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
+	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -208,7 +210,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	for errors.As(err, &full) && !dryRun {
 		// Every member is taken: free those whose pods are gone (the release
 		// controller may not have seen it yet), or wait briefly for one.
-		if !h.freeGoneMembers(ctx, req.Identity) {
+		if !h.freeGoneMembers(ctx, req.Identity) && !h.releaseUnusable(ctx, req) {
 			select {
 			case <-ctx.Done():
 				return nil, full
@@ -335,6 +337,27 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 			e.IP, req.Identity, e.Pod, hint, e.Pod)
 	}
 	return nil
+}
+
+// releaseUnusable releases one free member of a full shared set that the pod
+// could never take: it lies in another pool or outside the listed addresses
+// (the template moved to another pool or ips list). Otherwise a set at its cap
+// would refuse every pod of the rollout. It cools down, so a rollback within
+// the pool's reuse delay gets it back.
+func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
+	for _, e := range h.Alloc.Lookup(req.Identity) {
+		if e.Pod != "" || e.Held || e.Reserved {
+			continue
+		}
+		if e.Pool == req.Pool.Name && (len(req.Candidates) == 0 || slices.Contains(req.Candidates, e.IP)) {
+			continue
+		}
+		if err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {
+			klog.FromContext(ctx).V(2).Info("Released a member the set's pods can no longer use", "identity", req.Identity, "pool", e.Pool, "ip", e.IP)
+			return true
+		}
+	}
+	return false
 }
 
 // freeGoneMembers unbinds the identity's members whose pods no longer exist

@@ -481,3 +481,51 @@ func TestUniversalMACDenied(t *testing.T) {
 	e.mustDeny(pod("app", "m", map[string]string{annotations.MAC: "00:11:22:33:44:55"}),
 		annotations.MAC, `"00:11:22:33:44:55"`, "locally administered", "spec.allowUniversalMAC")
 }
+
+// A Deployment whose set is at its cap (replicas + maxSurge) and whose
+// template now names another pool: the surge pod of the rollout gets an
+// address there, and the free member it can never use in the old pool cools
+// down (a rollback takes it back).
+func TestFullSetMovesToAnotherPool(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}} // cap 1 + 1
+	e := newEnv(t, rs, dep)
+	ctx := context.Background()
+	// After a rollout: two members in pool blue, one carried by the live pod, one free.
+	var free netip.Addr
+	for i, name := range []string{"api-5d8f-aaaaa", "api-5d8f-bbbbb"} {
+		got := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
+		ip := netip.MustParsePrefix(got.Annotations[annotations.AssignedIP]).Addr()
+		if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "deployment/app/api", Pod: "app/" + name, Token: got.Annotations[annotations.Reservation]}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			if err := e.alloc.Unbind(ctx, "blue", ip, "app/"+name); err != nil {
+				t.Fatal(err)
+			}
+			free = ip
+			continue
+		}
+		running := got.DeepCopy()
+		running.Name, running.Status.Phase = name, corev1.PodRunning
+		if err := e.c.Create(ctx, running); err != nil {
+			t.Fatal(err)
+		}
+	}
+	surge := e.mustAdmit(pod("app", "", map[string]string{annotations.Pool: "tiny"}, ctrl("ReplicaSet", "api-5d8f")))
+	if surge.Annotations[annotations.AssignedPool] != "tiny" {
+		t.Fatalf("surge pod got pool %q", surge.Annotations[annotations.AssignedPool])
+	}
+	members := e.alloc.Lookup("deployment/app/api")
+	if len(members) != 2 {
+		t.Fatalf("set has %d members after the move; want 2 (the live pod's and the surge pod's): %v", len(members), members)
+	}
+	for _, m := range members {
+		if m.IP == free {
+			t.Fatalf("the free member %s of pool blue is still in the set", free)
+		}
+	}
+	if cooling := e.alloc.List(func(en ipam.Entry) bool { return en.Cooling && en.IP == free }); len(cooling) != 1 {
+		t.Fatalf("the free member %s does not cool down", free)
+	}
+}
