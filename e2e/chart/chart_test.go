@@ -1,15 +1,19 @@
 // Package chart_test checks the Helm chart charts/stickynet: helm lint, that
 // every stickynet container's arguments are flags its binary accepts, that
-// the MutatingWebhookConfiguration matches the one the Go code builds, and
-// that the API server of the local cluster accepts every rendered object
-// (server-side dry run).
+// the MutatingWebhookConfiguration matches the one the Go code builds, that
+// the API server of the local cluster accepts every rendered object
+// (server-side dry run) and that an upgrade keeps the extender's CA, and how
+// values are checked and turned into objects.
 package chart_test
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -22,6 +26,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	certutil "k8s.io/client-go/util/cert"
@@ -51,12 +56,26 @@ func helm(t *testing.T, args ...string) []byte {
 func runHelm(t *testing.T, args ...string) (stdout []byte, stderr string, err error) {
 	t.Helper()
 	bin := testenv.NeedTool(t, "helm", "helm")
-	cmd := exec.Command(bin, append(args, "--kube-version", "v1.37.2")...)
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--kube-version") }) {
+		args = append(args, "--kube-version", "v1.37.2")
+	}
+	cmd := exec.Command(bin, args...)
 	var errBuf bytes.Buffer
 	cmd.Stderr = &errBuf
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 	stdout, err = cmd.Output()
 	return stdout, errBuf.String(), err
+}
+
+// render renders the chart as release sn in stickynet-system with each of
+// sets given to --set, and splits the result with objects.
+func render(t *testing.T, sets ...string) map[string][]byte {
+	t.Helper()
+	args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system"}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	return objects(t, helm(t, args...))
 }
 
 // objects splits a rendered manifest into documents, keyed by kind/name.
@@ -230,9 +249,10 @@ func TestContainerArgsAreFlags(t *testing.T) {
 	}
 }
 
-// TestServerSideDryRun applies the rendered chart to a real API server with
-// --dry-run=server: every object must be valid.
-func TestServerSideDryRun(t *testing.T) {
+// TestAPIServer renders the chart against a real API server: every object
+// must pass a server-side dry run, and an upgrade (lookup finding what the
+// install left) keeps the extender's CA and certificate.
+func TestAPIServer(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -247,17 +267,271 @@ func TestServerSideDryRun(t *testing.T) {
 	if err := c.CreateNamespace(ctx, "stickynet-system", nil); err != nil {
 		t.Fatal(err)
 	}
-	manifest := helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system")
-	f := filepath.Join(t.TempDir(), "chart.yaml")
-	if err := os.WriteFile(f, manifest, 0o600); err != nil {
+	t.Run("DryRun", func(t *testing.T) {
+		manifest := helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system")
+		f := filepath.Join(t.TempDir(), "chart.yaml")
+		if err := os.WriteFile(f, manifest, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.Kubectl(ctx, "apply", "--dry-run=server", "-f", f)
+		if err != nil {
+			t.Fatalf("server-side dry run: %v\n%s", err, out)
+		}
+		if n := strings.Count(string(out), "(server dry run)"); n < 20 {
+			t.Fatalf("only %d objects accepted:\n%s", n, out)
+		}
+	})
+
+	// The running scheduler reads the extender's CA only at start: an
+	// upgrade must render the CA and certificate the install left, and so
+	// the same checksums (no roll) — else the scheduler distrusts the
+	// extender and every pod of its profile stays Pending.
+	t.Run("UpgradeKeepsExtenderCert", func(t *testing.T) {
+		installed := render(t)
+		f := filepath.Join(t.TempDir(), "installed.yaml")
+		left := bytes.Join([][]byte{installed["Secret/stickynet-extender-tls"], installed["ConfigMap/stickynet-extender-ca"]}, []byte("\n---\n"))
+		if err := os.WriteFile(f, left, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+			t.Fatalf("apply the install's extender Secret and CA: %v\n%s", err, out)
+		}
+		// helm renders an upgrade like this: lookup asks the API server.
+		upgraded := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
+			"--dry-run=server", "--kubeconfig", c.KubeconfigPath()))
+		before, after := extenderTLS(t, installed), extenderTLS(t, upgraded)
+		if before != after {
+			t.Errorf("after an upgrade the extender's TLS is\n%+v\nwant the installed one\n%+v", after, before)
+		}
+	})
+}
+
+// tlsState is what the extender's TLS and the scheduler's trust in it
+// render to.
+type tlsState struct {
+	CA, Cert, Key                  string
+	SchedulerCASum, ExtenderTLSSum string
+}
+
+// extenderTLS reads the extender's CA, certificate and key and the pod
+// template checksums that follow them from a rendered chart.
+func extenderTLS(t *testing.T, objs map[string][]byte) tlsState {
+	t.Helper()
+	secret, cm := &corev1.Secret{}, &corev1.ConfigMap{}
+	if err := yaml.Unmarshal(objs["Secret/stickynet-extender-tls"], secret); err != nil {
 		t.Fatal(err)
 	}
-	out, err := c.Kubectl(ctx, "apply", "--dry-run=server", "-f", f)
-	if err != nil {
-		t.Fatalf("server-side dry run: %v\n%s", err, out)
+	if err := yaml.Unmarshal(objs["ConfigMap/stickynet-extender-ca"], cm); err != nil {
+		t.Fatal(err)
 	}
-	if n := strings.Count(string(out), "(server dry run)"); n < 20 {
-		t.Fatalf("only %d objects accepted:\n%s", n, out)
+	return tlsState{
+		CA: cm.Data["ca.crt"], Cert: string(secret.Data["tls.crt"]), Key: string(secret.Data["tls.key"]),
+		SchedulerCASum: podTemplate(t, objs["Deployment/stickynet-scheduler"]).Annotations["checksum/extender-ca"],
+		ExtenderTLSSum: podTemplate(t, objs["Deployment/stickynet-extender"]).Annotations["checksum/tls"],
+	}
+}
+
+// podTemplate decodes the pod template of a rendered Deployment, DaemonSet
+// or StatefulSet.
+func podTemplate(t *testing.T, doc []byte) corev1.PodTemplateSpec {
+	t.Helper()
+	var obj struct {
+		Spec struct {
+			Template corev1.PodTemplateSpec `json:"template"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(doc, &obj); err != nil {
+		t.Fatal(err)
+	}
+	return obj.Spec.Template
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// TestSchedulerRollsWithItsInputs: kube-scheduler reads its configuration
+// and the extender's CA only at start, so its pod template carries a
+// checksum of each (and the extender's one of its certificate): the config
+// checksum is that of the rendered configuration, equal between two renders
+// of the same values and different when extender.vfResources changes; the CA
+// and TLS checksums are those of the CA and certificate rendered with them
+// (new ones on each helm template, where lookup finds no installed release).
+func TestSchedulerRollsWithItsInputs(t *testing.T) {
+	testenv.Integration(t)
+	configSum := func(objs map[string][]byte) string {
+		t.Helper()
+		cm := &corev1.ConfigMap{}
+		if err := yaml.Unmarshal(objs["ConfigMap/stickynet-scheduler-config"], cm); err != nil {
+			t.Fatal(err)
+		}
+		got := podTemplate(t, objs["Deployment/stickynet-scheduler"]).Annotations["checksum/config"]
+		if want := sha256Hex(cm.Data["config.yaml"]); got != want {
+			t.Errorf("scheduler pod template has checksum/config %q; want %q, the sha256 of the configuration it mounts", got, want)
+		}
+		return got
+	}
+	first, second := render(t), render(t)
+	vf := render(t, "extender.vfResources={stickynet.io/sriov-fast}")
+	if a, b := configSum(first), configSum(second); a != b {
+		t.Errorf("two renders of the same values give checksum/config %q and %q; want equal (the scheduler would roll on every upgrade)", a, b)
+	}
+	if a, b := configSum(first), configSum(vf); a == b {
+		t.Errorf("checksum/config %q does not change with extender.vfResources; want a new one (the scheduler would keep the old profile)", a)
+	}
+	for name, objs := range map[string]map[string][]byte{"first": first, "second": second, "vfResources": vf} {
+		s := extenderTLS(t, objs)
+		if s.CA == "" || s.Cert == "" || s.Key == "" {
+			t.Fatalf("%s render: extender CA, certificate or key empty: %+v", name, s)
+		}
+		if want := sha256Hex(s.CA); s.SchedulerCASum != want {
+			t.Errorf("%s render: scheduler checksum/extender-ca %q; want %q, the sha256 of the CA it mounts", name, s.SchedulerCASum, want)
+		}
+		if want := sha256Hex(s.Cert + s.Key); s.ExtenderTLSSum != want {
+			t.Errorf("%s render: extender checksum/tls %q; want %q, the sha256 of its certificate and key", name, s.ExtenderTLSSum, want)
+		}
+	}
+	if a, b := extenderTLS(t, first), extenderTLS(t, second); a.CA == b.CA || a.SchedulerCASum == b.SchedulerCASum {
+		t.Errorf("two helm template renders share the CA %v / checksum %q; without a cluster each makes its own, and the checksum must follow it", a.CA == b.CA, a.SchedulerCASum)
+	}
+}
+
+// TestEmptySchedulerName: with webhook.schedulerName empty ("leaves pods
+// alone") the chart runs the extender but no scheduler of its own (its
+// profile would be named null, that is a second default-scheduler); a
+// default-scheduler name, or vfResources without a scheduler, is refused by
+// name.
+func TestEmptySchedulerName(t *testing.T) {
+	testenv.Integration(t)
+	helm(t, "lint", "--strict", chartDir, "--set", "webhook.schedulerName=")
+	objs := render(t, "webhook.schedulerName=")
+	for _, gone := range []string{"Deployment/stickynet-scheduler", "ConfigMap/stickynet-scheduler-config", "ServiceAccount/stickynet-scheduler"} {
+		if _, ok := objs[gone]; ok {
+			t.Errorf("with webhook.schedulerName empty the chart renders %s; want no scheduler of its own", gone)
+		}
+	}
+	for _, kept := range []string{"Deployment/stickynet-extender", "Service/stickynet-extender", "ConfigMap/stickynet-extender-ca"} {
+		if _, ok := objs[kept]; !ok {
+			t.Errorf("with webhook.schedulerName empty the chart lacks %s; the operator's own scheduler uses it", kept)
+		}
+	}
+	if args := podTemplate(t, objs["Deployment/stickynet-webhook"]).Spec.Containers[0].Args; !slices.Contains(args, "--scheduler-name=") {
+		t.Errorf("webhook args %v lack an empty --scheduler-name=", args)
+	}
+	for _, tc := range []struct {
+		sets []string
+		want []string
+	}{
+		{[]string{"webhook.schedulerName=default-scheduler"}, []string{"webhook.schedulerName", `"default-scheduler"`}},
+		{[]string{"webhook.schedulerName=", "extender.vfResources={stickynet.io/sriov-fast}"}, []string{"extender.vfResources", "webhook.schedulerName"}},
+	} {
+		refused(t, tc.sets, tc.want...)
+	}
+}
+
+// refused: helm template with sets fails with a message holding each of want.
+func refused(t *testing.T, sets []string, want ...string) {
+	t.Helper()
+	args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system"}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	_, stderr, err := runHelm(t, args...)
+	if err == nil {
+		t.Errorf("helm template --set %v succeeds; want a refusal naming %q", sets, want)
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("helm template --set %v: refusal lacks %q:\n%s", sets, w, stderr)
+		}
+	}
+}
+
+// TestImagePullSecrets: every pod the chart runs (webhook, extender, its
+// scheduler, node agent, bundled etcd) gets imagePullSecrets.
+func TestImagePullSecrets(t *testing.T) {
+	testenv.Integration(t)
+	objs := render(t, "imagePullSecrets[0].name=regcred")
+	var workloads []string
+	for key, doc := range objs {
+		kind, _, _ := strings.Cut(key, "/")
+		if kind != "Deployment" && kind != "DaemonSet" && kind != "StatefulSet" {
+			continue
+		}
+		workloads = append(workloads, key)
+		if got := podTemplate(t, doc).Spec.ImagePullSecrets; !slices.Equal(got, []corev1.LocalObjectReference{{Name: "regcred"}}) {
+			t.Errorf("%s has imagePullSecrets %v; want [regcred]", key, got)
+		}
+	}
+	if len(workloads) != 5 {
+		t.Errorf("checked %v; want 5 workloads (webhook, extender, scheduler, node agent, etcd)", workloads)
+	}
+}
+
+// TestWebhookValuesChecked: webhook.timeoutSeconds that leaves the etcd
+// requests (timeoutSeconds - 3 s) under 1 s, or that the API server refuses,
+// and an unknown webhook.certMode are refused naming the value and what is
+// accepted; 4 gives a 1 s store timeout.
+func TestWebhookValuesChecked(t *testing.T) {
+	testenv.Integration(t)
+	for _, v := range []string{"0", "3", "31", "2.5"} {
+		refused(t, []string{"webhook.timeoutSeconds=" + v}, "webhook.timeoutSeconds: "+v, "4 to 30")
+	}
+	for _, v := range []string{"selfsigned", ""} {
+		refused(t, []string{"webhook.certMode=" + v}, fmt.Sprintf("webhook.certMode: %q", v), "self or cert-manager")
+	}
+	for timeout, want := range map[string]string{"4": "--store-timeout=1s", "30": "--store-timeout=27s"} {
+		args := podTemplate(t, render(t, "webhook.timeoutSeconds="+timeout)["Deployment/stickynet-webhook"]).Spec.Containers[0].Args
+		if !slices.Contains(args, want) {
+			t.Errorf("webhook.timeoutSeconds=%s: webhook args %v lack %s", timeout, args, want)
+		}
+	}
+}
+
+// TestSchedulerImage: kube-scheduler's tag is the cluster's version
+// (vMAJOR.MINOR.PATCH of it) unless extender.scheduler.tag, or a tag in
+// extender.scheduler.image, says otherwise; both at once is refused.
+func TestSchedulerImage(t *testing.T) {
+	testenv.Integration(t)
+	for _, tc := range []struct {
+		kube string
+		sets []string
+		want string
+	}{
+		{"v1.30.0", nil, "registry.k8s.io/kube-scheduler:v1.30.0"},
+		{"v1.31.4+k3s1", nil, "registry.k8s.io/kube-scheduler:v1.31.4"},
+		{"v1.32.2-gke.1297002", nil, "registry.k8s.io/kube-scheduler:v1.32.2"},
+		{"v1.31.4", []string{"extender.scheduler.tag=v1.31.9"}, "registry.k8s.io/kube-scheduler:v1.31.9"},
+		{"v1.31.4", []string{"extender.scheduler.image=mirror.example:5000/kube-scheduler"}, "mirror.example:5000/kube-scheduler:v1.31.4"},
+		{"v1.31.4", []string{"extender.scheduler.image=mirror.example:5000/kube-scheduler:v1.31.2"}, "mirror.example:5000/kube-scheduler:v1.31.2"},
+	} {
+		args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--kube-version", tc.kube}
+		for _, s := range tc.sets {
+			args = append(args, "--set", s)
+		}
+		spec := podTemplate(t, objects(t, helm(t, args...))["Deployment/stickynet-scheduler"]).Spec
+		if got := spec.Containers[0].Image; got != tc.want {
+			t.Errorf("cluster %s, --set %v: scheduler image %q; want %q", tc.kube, tc.sets, got, tc.want)
+		}
+	}
+	refused(t, []string{"extender.scheduler.image=mirror.example/kube-scheduler:v1.31.2", "extender.scheduler.tag=v1.31.9"}, "extender.scheduler.tag", `"v1.31.9"`)
+}
+
+// TestWebhookPDB: a PodDisruptionBudget (minAvailable 1) only with more
+// than one webhook replica; with one it would block every drain of its node.
+func TestWebhookPDB(t *testing.T) {
+	testenv.Integration(t)
+	if _, ok := render(t, "webhook.replicas=1")["PodDisruptionBudget/stickynet-webhook"]; ok {
+		t.Error("webhook.replicas=1 renders a PodDisruptionBudget; with minAvailable 1 it blocks draining the webhook's node")
+	}
+	pdb := &policyv1.PodDisruptionBudget{}
+	if err := yaml.Unmarshal(render(t)["PodDisruptionBudget/stickynet-webhook"], pdb); err != nil {
+		t.Fatal(err)
+	}
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
+		t.Errorf("with 2 webhook replicas the PodDisruptionBudget has minAvailable %v; want 1", pdb.Spec.MinAvailable)
 	}
 }
 

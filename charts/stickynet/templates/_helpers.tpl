@@ -18,3 +18,33 @@ http://stickynet-etcd.{{ .Release.Namespace }}.svc:2379
 {{ fail "etcd: set etcd.endpoints or etcd.bundled.enabled=true" }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The webhook's etcd timeout: its own timeout less 3 s for everything else.
+Below 1 s etcd requests could not succeed, so such a timeoutSeconds is refused.
+*/}}
+{{- define "stickynet.storeTimeoutSeconds" -}}
+{{- $t := .Values.webhook.timeoutSeconds }}
+{{- if not (and (regexMatch "^[0-9]+$" (toString $t)) (ge (int $t) 4) (le (int $t) 30)) }}
+{{- fail (printf "webhook.timeoutSeconds: %v is not accepted: the webhook's etcd requests get timeoutSeconds - 3 s, which must be at least 1 s, and the API server accepts at most 30; accepted: a whole number from 4 to 30" $t) }}
+{{- end }}
+{{- sub (int $t) 3 }}
+{{- end -}}
+
+{{/* The kube-scheduler image: a tag or digest in extender.scheduler.image is kept; otherwise extender.scheduler.tag, or the cluster's version. */}}
+{{- define "stickynet.schedulerImage" -}}
+{{- $image := .Values.extender.scheduler.image }}
+{{- $last := last (splitList "/" $image) }}
+{{- if or (contains ":" $last) (contains "@" $last) }}
+{{- with .Values.extender.scheduler.tag }}
+{{- fail (printf "extender.scheduler.tag: %q given while extender.scheduler.image %q has a tag or digest already; set one of them" . $image) }}
+{{- end }}
+{{- $image }}
+{{- else }}
+{{- $tag := .Values.extender.scheduler.tag | default (regexFind "^v[0-9]+\\.[0-9]+\\.[0-9]+" .Capabilities.KubeVersion.Version) }}
+{{- if not $tag }}
+{{- fail (printf "extender.scheduler.tag: empty, and the cluster's version %q has no vMAJOR.MINOR.PATCH to use instead; set the kube-scheduler tag" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- printf "%s:%s" $image $tag }}
+{{- end }}
+{{- end -}}
