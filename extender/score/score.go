@@ -11,6 +11,7 @@ package score
 
 import (
 	"fmt"
+	"math/bits"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -140,9 +141,12 @@ func vfScore(p Placement, alloc, free int64) int64 {
 		return 0
 	}
 	free = min(max(free, 0), alloc)
-	span := top - 1
+	n := free
 	if p == Pack {
-		return span * (alloc - free) / alloc
+		n = alloc - free
 	}
-	return span * free / alloc
+	// span·n/alloc in 128 bits: a node may advertise an absurd allocatable.
+	hi, lo := bits.Mul64(uint64(top-1), uint64(n))
+	q, _ := bits.Div64(hi, lo, uint64(alloc))
+	return int64(q)
 }

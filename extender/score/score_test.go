@@ -126,3 +126,21 @@ func TestParsePlacement(t *testing.T) {
 		})
 	}
 }
+
+// Scores stay within 0..top-1 whatever a node advertises: 9·free overflowed
+// int64 for an allocatable of 1.5e18 VFs.
+func TestVFScoreBounds(t *testing.T) {
+	const huge = 1_500_000_000_000_000_000
+	for _, c := range []struct {
+		p                 Placement
+		alloc, free, want int64
+	}{
+		{Spread, 8, 8, 9}, {Spread, 8, 4, 4}, {Spread, 8, 0, 0}, {Spread, 3, 7, 9}, {Spread, 1 << 62, -5, 0},
+		{Spread, huge, huge, 9}, {Spread, huge, huge / 2, 4}, {Spread, huge, 1, 0},
+		{Pack, 8, 8, 0}, {Pack, 8, 0, 9}, {Pack, 8, 2, 6}, {Pack, huge, 0, 9}, {Pack, huge, huge / 2, 4},
+	} {
+		if got := vfScore(c.p, c.alloc, c.free); got != c.want {
+			t.Errorf("vfScore(%s, %d, %d) = %d; want %d", c.p, c.alloc, c.free, got, c.want)
+		}
+	}
+}
