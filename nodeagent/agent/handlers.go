@@ -176,6 +176,13 @@ func (a *agent) attach(ctx context.Context, conf *api.NetConf, req api.Request, 
 			return nil, err
 		}
 		if err := a.store.Put(at); err != nil {
+			// Without a record no DEL or restart would find the VF: give it back now.
+			if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
+				return nil, fmt.Errorf("%w; undo: %w", err, terr)
+			}
+			a.mu.Lock()
+			delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))
+			a.mu.Unlock()
 			return nil, err
 		}
 		a.mu.Lock()

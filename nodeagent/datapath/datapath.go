@@ -615,7 +615,9 @@ func (d *Datapath) rootTBF(link netlink.Link) (*netlink.Tbf, error) {
 }
 
 func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotations.Limit, snap *Snapshot) error {
-	if snap == nil && want == a.Bandwidth.Egress {
+	// Nothing to change, unless a port without a limit still has a meter (a
+	// port number reused after a pod whose meter was left behind).
+	if snap == nil && want == a.Bandwidth.Egress && (want.Rate > 0 || a.EgressMode != bandwidth.EgressMeter || !d.Metered(a.OFPort)) {
 		return nil
 	}
 	switch a.EgressMode {
