@@ -135,9 +135,19 @@ func TestVFScoreBounds(t *testing.T) {
 		p                 Placement
 		alloc, free, want int64
 	}{
-		{Spread, 8, 8, 9}, {Spread, 8, 4, 4}, {Spread, 8, 0, 0}, {Spread, 3, 7, 9}, {Spread, 1 << 62, -5, 0},
-		{Spread, huge, huge, 9}, {Spread, huge, huge / 2, 4}, {Spread, huge, 1, 0},
-		{Pack, 8, 8, 0}, {Pack, 8, 0, 9}, {Pack, 8, 2, 6}, {Pack, huge, 0, 9}, {Pack, huge, huge / 2, 4},
+		{Spread, 8, 8, 9},
+		{Spread, 8, 4, 4},
+		{Spread, 8, 0, 0},
+		{Spread, 3, 7, 9},
+		{Spread, 1 << 62, -5, 0},
+		{Spread, huge, huge, 9},
+		{Spread, huge, huge / 2, 4},
+		{Spread, huge, 1, 0},
+		{Pack, 8, 8, 0},
+		{Pack, 8, 0, 9},
+		{Pack, 8, 2, 6},
+		{Pack, huge, 0, 9},
+		{Pack, huge, huge / 2, 4},
 	} {
 		if got := vfScore(c.p, c.alloc, c.free); got != c.want {
 			t.Errorf("vfScore(%s, %d, %d) = %d; want %d", c.p, c.alloc, c.free, got, c.want)
