@@ -2,6 +2,7 @@ package annotations
 
 import (
 	"errors"
+	"math"
 	"net"
 	"net/netip"
 	"reflect"
@@ -52,12 +53,12 @@ func TestParseRate(t *testing.T) {
 }
 
 func TestParseBurst(t *testing.T) {
-	for in, want := range map[string]int64{"12144": MinBurst, "1M": 1_000_000, "34359738360": MaxBurst, "12143.5": MinBurst} {
+	for in, want := range map[string]int64{"1": 1, "1M": 1_000_000, "34359738360": MaxBurst, "0.5": 1} {
 		if got, err := ParseBurst(EgressBurst, in); err != nil || got != want {
 			t.Errorf("ParseBurst(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"0", "1", "12143", "34359738361", "-1", "x"} {
+	for _, in := range []string{"0", "34359738361", "-1", "x"} {
 		if _, err := ParseBurst(EgressBurst, in); err == nil {
 			t.Errorf("ParseBurst(%q): want error", in)
 		}
@@ -269,16 +270,36 @@ func TestParseSmall(t *testing.T) {
 	}
 }
 
-// An ingress burst is a tbf bucket, which the kernel caps at about 4.29 s
-// at the rate; an egress burst (a meter or policer) has no such cap.
-func TestIngressBurstTime(t *testing.T) {
+// Admission refuses limits that cannot work: a burst below one frame, an
+// ingress rate whose longest tbf bucket holds no frame, an ingress burst
+// longer than the kernel's tbf allows. An egress burst (a meter or
+// policer) has no time cap. Each error names the key and value.
+func TestCheckBandwidth(t *testing.T) {
 	ok := map[string]string{IngressBandwidth: "10M", IngressBurst: "40M", EgressBandwidth: "10M", EgressBurst: "100M"}
-	if _, err := ParseBandwidth(ok); err != nil {
-		t.Fatalf("4 s ingress burst, 10 s egress burst: %v", err)
+	if b, err := ParseBandwidth(ok); err != nil || CheckBandwidth(ok, b) != nil {
+		t.Fatalf("4 s ingress burst, 10 s egress burst: %v, %v", err, CheckBandwidth(ok, b))
 	}
-	_, err := ParseBandwidth(map[string]string{IngressBandwidth: "10M", IngressBurst: "100M"})
-	var ae *Error
-	if !errors.As(err, &ae) || ae.Key != IngressBurst || ae.Value != "100M" || !strings.Contains(err.Error(), "4.295s") || !strings.Contains(err.Error(), "42949672") {
-		t.Fatalf("10 s ingress burst: %v; want an error naming %s, the value, the time and the most bits", err, IngressBurst)
+	for _, tt := range []struct {
+		ann       map[string]string
+		key, want string
+	}{
+		{map[string]string{IngressBandwidth: "10M", IngressBurst: "100M"}, IngressBurst, "4.295s"},
+		{map[string]string{IngressBandwidth: "10M", IngressBurst: "8k"}, IngressBurst, "at least 12144 bits"},
+		{map[string]string{EgressBandwidth: "10M", EgressBurst: "1"}, EgressBurst, "at least 12144 bits"},
+		{map[string]string{KubernetesIngressBandwidth: "2k"}, KubernetesIngressBandwidth, "at least 2828 bit/s"},
+	} {
+		b, err := ParseBandwidth(tt.ann)
+		if err != nil {
+			t.Fatalf("ParseBandwidth(%v): %v (the node agent must accept what earlier webhooks wrote)", tt.ann, err)
+		}
+		err = CheckBandwidth(tt.ann, b)
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Key != tt.key || ae.Value != tt.ann[tt.key] || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CheckBandwidth(%v) = %v; want an error naming %s, its value and %q", tt.ann, err, tt.key, tt.want)
+		}
+	}
+	// The lowest ingress rate whose longest bucket holds a frame.
+	if got := int64(math.Ceil(float64(MinBurst) / MaxBurstTime.Seconds())); got != MinIngressRate {
+		t.Errorf("MinIngressRate %d; MinBurst / MaxBurstTime is %d", MinIngressRate, got)
 	}
 }

@@ -37,9 +37,6 @@ func ParseBandwidth(ann map[string]string) (Bandwidth, error) {
 	if b.Ingress.Burst, err = burst(ann, IngressBurst, b.Ingress.Rate, IngressBandwidth); err != nil {
 		return Bandwidth{}, err
 	}
-	if err := b.Ingress.CheckBurstTime(IngressBurst, ann[IngressBurst]); err != nil {
-		return Bandwidth{}, err
-	}
 	if b.Egress.Burst, err = burst(ann, EgressBurst, b.Egress.Rate, EgressBandwidth); err != nil {
 		return Bandwidth{}, err
 	}
@@ -54,14 +51,43 @@ func (l Limit) BurstTime() time.Duration {
 	return time.Duration(float64(l.Burst) / float64(l.Rate) * float64(time.Second))
 }
 
-// CheckBurstTime refuses an ingress burst (a tbf bucket) longer than
-// MaxBurstTime at the rate, naming key and value.
-func (l Limit) CheckBurstTime(key, value string) error {
-	if l.BurstTime() <= MaxBurstTime {
+// Check refuses, at admission, a limit that cannot work as asked: a burst
+// below one full frame and, into the pod (a tbf), a rate too low for a frame
+// to fit the kernel's longest bucket or a burst longer than MaxBurstTime at
+// the rate. Errors name the key (or field) and value they came from. The node
+// agent applies whatever it is given, as annotations written earlier may be.
+func (l Limit) Check(ingress bool, rateKey, rateValue, burstKey, burstValue string) error {
+	if l.Burst > 0 && l.Burst < MinBurst {
+		return invalid(burstKey, burstValue, fmt.Sprintf("a burst of at least %d bits (one 1518-byte Ethernet frame)", MinBurst), nil)
+	}
+	if !ingress || l.Rate == 0 {
 		return nil
 	}
-	return invalid(key, value, fmt.Sprintf("a burst that lasts at most %s at the rate of %d bit/s (at most %d bits), as the kernel's tbf allows",
-		MaxBurstTime.Round(time.Millisecond), l.Rate, int64(MaxBurstTime.Seconds()*float64(l.Rate))), nil)
+	if l.Rate < MinIngressRate {
+		return invalid(rateKey, rateValue, fmt.Sprintf("an ingress rate of at least %d bit/s: below it the kernel's tbf bucket, at most %s at the rate, holds less than one 1518-byte frame",
+			MinIngressRate, MaxBurstTime.Round(time.Millisecond)), nil)
+	}
+	if l.BurstTime() > MaxBurstTime {
+		return invalid(burstKey, burstValue, fmt.Sprintf("a burst that lasts at most %s at the rate of %d bit/s (at most %d bits), as the kernel's tbf allows",
+			MaxBurstTime.Round(time.Millisecond), l.Rate, int64(MaxBurstTime.Seconds()*float64(l.Rate))), nil)
+	}
+	return nil
+}
+
+// CheckBandwidth runs Limit.Check on limits parsed from a pod's annotations,
+// naming the keys the values came from.
+func CheckBandwidth(ann map[string]string, b Bandwidth) error {
+	rateKey := func(key, k8sKey string) string {
+		if _, ok := ann[key]; ok {
+			return key
+		}
+		return k8sKey
+	}
+	ik, ek := rateKey(IngressBandwidth, KubernetesIngressBandwidth), rateKey(EgressBandwidth, KubernetesEgressBandwidth)
+	if err := b.Ingress.Check(true, ik, ann[ik], IngressBurst, ann[IngressBurst]); err != nil {
+		return err
+	}
+	return b.Egress.Check(false, ek, ann[ek], EgressBurst, ann[EgressBurst])
 }
 
 // HasBandwidth reports whether any bandwidth key is present.

@@ -26,7 +26,7 @@ func FuzzParsers(f *testing.F) {
 		} else {
 			check("ParseRate", err)
 		}
-		if b, err := ParseBurst(IngressBurst, s); err == nil && (b < MinBurst || b > MaxBurst) {
+		if b, err := ParseBurst(IngressBurst, s); err == nil && (b < 1 || b > MaxBurst) {
 			t.Fatalf("ParseBurst(%q) = %d out of range", s, b)
 		} else {
 			check("ParseBurst", err)

@@ -14,7 +14,7 @@ import (
 // Accepted forms, quoted in errors.
 const (
 	acceptRate      = "a rate in bit/s from 1k to 1T as a Kubernetes quantity, such as 10M or 1G"
-	acceptBurst     = "a burst in bits from 12144 (one 1518-byte Ethernet frame) to 34359738360 (4Gi bytes) as a Kubernetes quantity, such as 1M"
+	acceptBurst     = "a burst in bits from 1 to 34359738360 (4Gi bytes) as a Kubernetes quantity, such as 1M"
 	acceptIP        = "an IP address such as 10.20.0.5 or fd00::5"
 	acceptIPList    = "a comma-separated list of distinct IP addresses such as 10.20.0.5,10.20.0.6"
 	acceptMAC       = "a unicast MAC address of 6 octets such as 02:42:ac:11:00:02"
@@ -31,11 +31,14 @@ const (
 	MaxRate  = 1_000_000_000_000
 	MaxBurst = 34_359_738_360
 	// MinBurst is one full Ethernet frame (1518 bytes): a smaller bucket
-	// never passes a full-size packet.
+	// never passes a full-size packet. Admission refuses smaller bursts.
 	MinBurst = 1518 * 8
 	// MaxBurstTime is the longest ingress burst at the rate: the kernel keeps
 	// a tbf bucket in 32-bit nanoseconds.
 	MaxBurstTime = time.Duration(1<<32 - 1)
+	// MinIngressRate is the lowest ingress rate whose longest tbf bucket
+	// holds one full frame (MinBurst / MaxBurstTime, rounded up).
+	MinIngressRate = 2_828
 )
 
 // Error is a bad annotation value. Its message names the key, the value and the accepted form.
@@ -67,7 +70,7 @@ func ParseRate(key, value string) (int64, error) {
 
 // ParseBurst parses a burst in bits.
 func ParseBurst(key, value string) (int64, error) {
-	return parseQuantity(key, value, MinBurst, MaxBurst, acceptBurst)
+	return parseQuantity(key, value, 1, MaxBurst, acceptBurst)
 }
 
 func parseQuantity(key, value string, lo, hi int64, accepted string) (int64, error) {

@@ -84,22 +84,18 @@ func TBF(l annotations.Limit) (TBFParams, error) {
 	if rate == 0 {
 		rate = 1
 	}
+	// The kernel caps a tbf bucket at annotations.MaxBurstTime at the rate,
+	// silently: cap it here (a millisecond short, for the kernel's rounding),
+	// so that what is read back matches. Admission refuses longer explicit
+	// bursts; the default is cut for low rates.
+	maxBurst := uint64(float64(rate) * (annotations.MaxBurstTime - time.Millisecond).Seconds())
 	var burst uint64
 	if l.Burst > 0 {
 		burst = uint64(l.Burst) / 8
 	} else {
 		burst = max(uint64(float64(rate)*TBFBurstTime.Seconds()), MinTBFBurst)
 	}
-	if burst > math.MaxUint32 {
-		burst = math.MaxUint32
-	}
-	// The kernel caps the bucket at annotations.MaxBurstTime (about 4.29 s)
-	// at the rate, silently; the webhook refuses longer ingress bursts, this
-	// catches what reaches the node otherwise (a BandwidthPolicy).
-	if d := time.Duration(float64(burst) / float64(rate) * float64(time.Second)); d > annotations.MaxBurstTime {
-		return TBFParams{}, fmt.Errorf("ingress burst (%s) of %d bits lasts %s at %d bit/s; the kernel's tbf allows at most %s: lower the burst or raise the rate",
-			annotations.IngressBurst, burst*8, d.Round(time.Millisecond), l.Rate, annotations.MaxBurstTime.Round(time.Millisecond))
-	}
+	burst = min(burst, maxBurst, math.MaxUint32)
 	limit := max(uint64(float64(rate)*TBFQueueTime.Seconds()), burst)
 	if limit > math.MaxUint32 {
 		limit = math.MaxUint32

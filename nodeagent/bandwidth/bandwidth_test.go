@@ -53,9 +53,12 @@ func TestTBF(t *testing.T) {
 		{name: "explicit big burst", limit: annotations.Limit{Rate: 1e6, Burst: 4e6}, want: TBFParams{RateBytes: 125_000, BurstBytes: 500_000, LimitBytes: 500_000}},
 		{name: "1 Tbit/s queue clamps", limit: annotations.Limit{Rate: 1e12}, want: TBFParams{RateBytes: 125e9, BurstBytes: 1e9, LimitBytes: math.MaxUint32}},
 		{name: "no rate", limit: annotations.Limit{}, wantErr: "positive rate"},
-		{name: "burst too long for the rate", limit: annotations.Limit{Rate: 1000, Burst: annotations.MaxBurst}, wantErr: "lower the burst"},
-		// 10 s at 10 Mbit/s: the kernel would cap the bucket at 4.29 s.
-		{name: "burst over the kernel's 4.29 s", limit: annotations.Limit{Rate: 10e6, Burst: 100e6}, wantErr: "lasts 10s at 10000000 bit/s; the kernel's tbf allows at most 4.295s"},
+		// Buckets longer than the kernel keeps (4.295 s at the rate) are cut to
+		// 4.294 s: explicit ones (admission refuses new ones) and the default
+		// at low rates (64 KiB is 5.2 s at 100 kbit/s).
+		{name: "burst over the kernel's 4.29 s", limit: annotations.Limit{Rate: 10e6, Burst: 100e6}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 5_367_459, LimitBytes: 5_367_459}},
+		{name: "default burst at 100 kbit/s", limit: annotations.Limit{Rate: 100e3}, want: TBFParams{RateBytes: 12_500, BurstBytes: 53_674, LimitBytes: 53_674}},
+		{name: "longest burst at 1 kbit/s", limit: annotations.Limit{Rate: 1000, Burst: annotations.MaxBurst}, want: TBFParams{RateBytes: 125, BurstBytes: 536, LimitBytes: 536}},
 		{name: "4 s burst", limit: annotations.Limit{Rate: 10e6, Burst: 40e6}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 5_000_000, LimitBytes: 5_000_000}},
 	}
 	for _, tt := range tests {

@@ -405,6 +405,19 @@ func TestBandwidth(t *testing.T) {
 		t.Fatalf("own limits: %v", own.Annotations)
 	}
 	e.mustDeny(pod("app", "c", map[string]string{annotations.IngressBandwidth: "fast"}), annotations.IngressBandwidth, `"fast"`, "such as 10M")
+	// Limits that cannot work are refused at admission, not at the node.
+	e.mustDeny(pod("app", "d", map[string]string{annotations.IngressBandwidth: "10M", annotations.IngressBurst: "100M"}), annotations.IngressBurst, `"100M"`, "4.295s")
+	e.mustDeny(pod("app", "d", map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: "1k"}), annotations.EgressBurst, `"1k"`, "at least 12144 bits")
+	long := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "long"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": "long"}}, Priority: 20,
+		Ingress: &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M"), Burst: ptr(resource.MustParse("100M"))},
+	}}
+	if err := e.c.Create(context.Background(), long); err != nil {
+		t.Fatal(err)
+	}
+	p := pod("app", "e", nil)
+	p.Labels["tier"] = "long"
+	e.mustDeny(p, "BandwidthPolicy app/long spec.ingress.burst", `"100M"`, "4.295s")
 }
 
 func TestSriov(t *testing.T) {

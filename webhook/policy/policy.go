@@ -35,6 +35,9 @@ func Own(pod *corev1.Pod) bool {
 func Resolve(pod *corev1.Pod, ownKeys bool, policies []v1alpha1.BandwidthPolicy) (Result, error) {
 	if ownKeys {
 		bw, err := annotations.ParseBandwidth(pod.Annotations)
+		if err == nil {
+			err = annotations.CheckBandwidth(pod.Annotations, bw)
+		}
 		return Result{Bandwidth: bw}, err
 	}
 	p, err := Match(pod, policies)
@@ -87,12 +90,14 @@ func Limits(p *v1alpha1.BandwidthPolicy) (annotations.Bandwidth, error) {
 			return err
 		}
 		out.Rate = r
+		burst := ""
 		if l.Burst != nil {
-			if out.Burst, err = annotations.ParseBurst(field+".burst", l.Burst.String()); err != nil {
+			burst = l.Burst.String()
+			if out.Burst, err = annotations.ParseBurst(field+".burst", burst); err != nil {
 				return err
 			}
 		}
-		return nil
+		return out.Check(dir == "ingress", field+".rate", l.Rate.String(), field+".burst", burst)
 	}
 	if err := conv(p.Spec.Ingress, "ingress", &bw.Ingress); err != nil {
 		return bw, err
