@@ -30,12 +30,14 @@ func (a *agent) restore(ctx context.Context) error {
 		return err
 	}
 	byName := map[string]ovs.Interface{}
+	a.mu.Lock()
 	for _, ifc := range ifcs {
 		byName[ifc.Name] = ifc
 		if ifc.OFPort > 0 {
 			a.usedPorts[ifc.OFPort] = true
 		}
 	}
+	a.mu.Unlock()
 	known := map[string]*datapath.Attachment{}
 	for _, r := range records {
 		known[r.Key()] = r

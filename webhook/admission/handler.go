@@ -41,6 +41,7 @@ type allocator interface {
 	Lookup(identity string) []ipam.Entry
 	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
 	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
+	CatchUp(ctx context.Context) error
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -270,12 +271,17 @@ func (h *Handler) reinvoked(ctx context.Context, pod *corev1.Pod, token, identit
 	if id, err := h.identity(ctx, pod, token); err != nil || id.String() != identity {
 		return false
 	}
-	for _, e := range h.Alloc.Lookup(identity) {
-		if e.Token == token && (e.Reserved || e.Held) && e.Pod == "" {
-			return true
+	pending := func() bool {
+		for _, e := range h.Alloc.Lookup(identity) {
+			if e.Token == token && (e.Reserved || e.Held) && e.Pod == "" {
+				return true
+			}
 		}
+		return false
 	}
-	return false
+	// The earlier round may have been served by another replica a moment ago:
+	// let this replica's cache catch up before giving up on the token.
+	return pending() || h.Alloc.CatchUp(ctx) == nil && pending()
 }
 
 // setCap returns the most addresses a shared identity's set may hold: the
