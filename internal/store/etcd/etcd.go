@@ -25,6 +25,13 @@ type Options struct {
 	DialTimeout time.Duration
 	// PageSize is the number of keys per range request in List. Default 10000.
 	PageSize int64
+	// KeepAliveTime is the interval of the client's keepalive pings, which
+	// detect a silent connection. Default 30 s (etcd refuses pings more often
+	// than every 5 s).
+	KeepAliveTime time.Duration
+	// KeepAliveTimeout closes a connection whose ping went unanswered this
+	// long. Default 10 s.
+	KeepAliveTimeout time.Duration
 	// TLS and authentication are left to ClientConfig when set.
 	ClientConfig *clientv3.Config
 }
@@ -45,6 +52,21 @@ func New(opts Options) (*Store, error) {
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
+	}
+	// Keepalive pings find a connection that went silent (a hung member, a
+	// black-holed path): without them a watch on it waits forever, with no
+	// error, and the caches it feeds go stale while other members are fine.
+	if cfg.DialKeepAliveTime == 0 {
+		cfg.DialKeepAliveTime = opts.KeepAliveTime
+		if cfg.DialKeepAliveTime == 0 {
+			cfg.DialKeepAliveTime = 30 * time.Second
+		}
+	}
+	if cfg.DialKeepAliveTimeout == 0 {
+		cfg.DialKeepAliveTimeout = opts.KeepAliveTimeout
+		if cfg.DialKeepAliveTimeout == 0 {
+			cfg.DialKeepAliveTimeout = 10 * time.Second
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()

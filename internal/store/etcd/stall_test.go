@@ -1,0 +1,163 @@
+package etcd_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/testenv"
+)
+
+// freezer is a TCP proxy that can stop moving bytes while keeping its
+// connections open: a hung etcd member or a black-holed path.
+type freezer struct {
+	ln     net.Listener
+	frozen atomic.Bool
+	wg     sync.WaitGroup
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln}
+	var mu sync.Mutex
+	var conns []net.Conn
+	pipe := func(dst, src net.Conn) {
+		defer f.wg.Done()
+		defer dst.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			for f.frozen.Load() {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			f.wg.Add(2)
+			go pipe(u, c)
+			go pipe(c, u)
+		}
+	}()
+	t.Cleanup(func() {
+		f.frozen.Store(false)
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		f.wg.Wait()
+	})
+	return f
+}
+
+type keyCount struct {
+	mu   sync.Mutex
+	keys map[string]bool
+}
+
+func (h *keyCount) Replace(kvs []store.KV, _ int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.keys = map[string]bool{}
+	for _, kv := range kvs {
+		h.keys[kv.Key] = true
+	}
+}
+
+func (h *keyCount) Apply(evs []store.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, e := range evs {
+		h.keys[e.KV.Key] = e.Type != store.EventDelete
+	}
+}
+
+// A watch whose connection goes silent while another endpoint is healthy
+// recovers through the client's keepalive: the reflector (and the cache it
+// feeds) catches up with writes made meanwhile instead of waiting forever.
+func TestWatchSurvivesSilentConnection(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	f := newFreezer(t, e.Endpoint[len("http://"):])
+	via := "http://" + f.ln.Addr().String()
+	s, err := etcd.New(etcd.Options{Endpoints: []string{via}, KeepAliveTime: 5 * time.Second, KeepAliveTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := &keyCount{}
+	r := store.NewReflector(s, "/stall/", h)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	put := func(i int) int64 {
+		res, err := w.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("/stall/%d", i), []byte("v"), store.NoLease)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Revision
+	}
+	wait := func(rev int64, d time.Duration) error {
+		wctx, c := context.WithTimeout(ctx, d)
+		defer c()
+		return r.WaitForRevision(wctx, rev)
+	}
+	if err := wait(put(0), 10*time.Second); err != nil {
+		t.Fatalf("before the freeze: %v", err)
+	}
+	// The healthy member the client may fail over to.
+	s.Client().SetEndpoints(via, e.Endpoint)
+	f.frozen.Store(true)
+	var rev int64
+	for i := 1; i <= 10; i++ {
+		rev = put(i)
+	}
+	if err := wait(rev, 30*time.Second); err != nil {
+		t.Fatalf("30 s after its connection went silent the watch is at revision %d of %d: %v", r.Revision(), rev, err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n := len(h.keys); n != 11 {
+		t.Fatalf("the cache holds %d of 11 keys", n)
+	}
+}
