@@ -394,6 +394,13 @@ func (a *Allocator) planKeep(req *Request, e *entry) *plan {
 	p := &plan{result: a.allocation(req, e), reused: true}
 	p.cmps = []store.Cmp{store.At(ak, e.rev)}
 	p.els = []store.Op{store.Get(ak)}
+	if e.hold != nil {
+		// Kept under a hold's token: the hold must still be there (its lease
+		// may have just expired, and another pod may take the member then).
+		hk := a.keys.holdKey(e.pool, e.ip)
+		p.cmps = append(p.cmps, store.At(hk, e.holdRev))
+		p.els = append(p.els, store.Get(hk))
+	}
 	if req.Pod != "" && e.rec.Pod != req.Pod && e.rec.State == stateAllocated {
 		r := e.rec
 		r.Pod, r.Since = req.Pod, a.now().Unix()

@@ -189,6 +189,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := mgr.Add(&release.Controller{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
 		Recorder: mgr.GetEventRecorder("stickynet"), Grace: o.ReleaseGrace, Metrics: release.NewMetrics(metrics.Registry),
+		Ready: allocReady,
 	}); err != nil {
 		return err
 	}

@@ -66,6 +66,9 @@ type Controller struct {
 	Resync time.Duration
 	// MinInterval spaces event-triggered reconciles. Default 200 ms.
 	MinInterval time.Duration
+	// Ready, if set, is closed once the allocator's cache has its first list:
+	// before that the cache knows no address and pool status would read empty.
+	Ready <-chan struct{}
 
 	trigger chan struct{}
 	mu      sync.Mutex
@@ -114,6 +117,13 @@ func (c *Controller) Start(ctx context.Context) error {
 		}
 		if !c.Cache.WaitForCacheSync(ctx) {
 			return errors.New("caches did not sync")
+		}
+	}
+	if c.Ready != nil {
+		select {
+		case <-c.Ready:
+		case <-ctx.Done():
+			return nil
 		}
 	}
 	tick := time.NewTicker(c.Resync)

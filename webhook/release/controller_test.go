@@ -168,3 +168,32 @@ func TestReleaseUsesPoolReuseDelay(t *testing.T) {
 		t.Fatalf("%d addresses left after releasing the deleted StatefulSet's", n)
 	}
 }
+
+// The controller waits for the allocator's first list before its first
+// pass: before it, pool status would say every address is free.
+func TestWaitsForAllocatorCache(t *testing.T) {
+	c, _, _, _ := setup(t)
+	ready := make(chan struct{})
+	c.Ready, c.Resync = ready, time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Start(ctx) }()
+	defer func() { cancel(); <-done }()
+	total := func() int64 {
+		p := &v1alpha1.IPPool{}
+		if err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, p); err != nil {
+			t.Fatal(err)
+		}
+		return p.Status.Total
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := total(); n != 0 {
+		t.Fatalf("pool status written (total %d) before the allocator's cache was ready", n)
+	}
+	close(ready)
+	for deadline := time.Now().Add(5 * time.Second); total() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no pool status 5 s after the cache was ready")
+		}
+	}
+}
