@@ -194,8 +194,9 @@ func TestWebhookConfigurationMatchesCode(t *testing.T) {
 // before -h is a known flag with a valid value.
 func TestContainerArgsAreFlags(t *testing.T) {
 	testenv.Integration(t)
-	// With every optional flag the chart can give (the fallback network).
-	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue))
+	// With every optional flag the chart can give (the fallback network, TLS to an etcd of one's own).
+	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue,
+		"--set", "etcd.endpoints={https://etcd.example:2379}", "--set", "etcd.tlsSecret=etcd-client", "--set", "etcd.authSecret=etcd-auth"))
 	bins := t.TempDir()
 	build := exec.Command("go", "build", "-o", bins+"/", "../../webhook", "../../extender", "../../nodeagent")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -233,6 +234,16 @@ func TestContainerArgsAreFlags(t *testing.T) {
 		}
 		if bin == "" {
 			t.Fatalf("container %s runs %s, which is not built here", c.Name, base)
+		}
+		if base == "stickynet-webhook" {
+			args := strings.Join(c.Args, " ")
+			mounted := false
+			for _, m := range c.VolumeMounts {
+				mounted = mounted || m.Name == "etcd-tls" && m.MountPath == "/etc/stickynet/etcd-tls"
+			}
+			if !strings.Contains(args, "--etcd-ca-file=/etc/stickynet/etcd-tls/ca.crt") || !strings.Contains(args, "--etcd-key-file=/etc/stickynet/etcd-tls/tls.key") || !mounted || len(c.Env) != 2 {
+				t.Errorf("webhook with etcd.tlsSecret and etcd.authSecret: args %s, mounts %v, env %v", args, c.VolumeMounts, c.Env)
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		cmd := exec.CommandContext(ctx, bin, append(append([]string{}, c.Args...), "-h")...)
@@ -482,6 +493,7 @@ func TestWebhookValuesChecked(t *testing.T) {
 	for _, v := range []string{"selfsigned", ""} {
 		refused(t, []string{"webhook.certMode=" + v}, fmt.Sprintf("webhook.certMode: %q", v), "self or cert-manager")
 	}
+	refused(t, []string{"etcd.tlsSecret=etcd-client"}, `etcd.tlsSecret: "etcd-client"`, "the bundled etcd serves plain http")
 	for timeout, want := range map[string]string{"4": "--store-timeout=1s", "30": "--store-timeout=27s"} {
 		args := podTemplate(t, render(t, "webhook.timeoutSeconds="+timeout)["Deployment/stickynet-webhook"]).Spec.Containers[0].Args
 		if !slices.Contains(args, want) {

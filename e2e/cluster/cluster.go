@@ -142,7 +142,7 @@ type Cluster struct {
 	dir   string
 	plan  plan
 
-	pki        *pki
+	pki        *testenv.PKI
 	kubeconfig string
 	restConfig *rest.Config
 	client     kubernetes.Interface
@@ -357,7 +357,7 @@ func (c *Cluster) APIServerURL() string {
 
 // CACert returns the cluster CA certificate (PEM), which signs the
 // apiserver's serving certificate and every client certificate.
-func (c *Cluster) CACert() []byte { return c.pki.caPEM }
+func (c *Cluster) CACert() []byte { return c.pki.CAPEM }
 
 func loadRESTConfig(kubeconfig string) (*rest.Config, kubernetes.Interface, error) {
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)

@@ -29,16 +29,16 @@ const (
 
 // controlPlaneCerts are the credentials of the control plane.
 type controlPlaneCerts struct {
-	serving, kubeletClient keyPair
+	serving, kubeletClient testenv.KeyPair
 	saPub, saKey           string
 	kcmConfig, schedConfig string
-	adminKeyPair           keyPair
+	adminKeyPair           testenv.KeyPair
 	controlPlaneCgroup     string
 }
 
 func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 	var err error
-	c.pki, err = newPKI(filepath.Join(c.dir, "pki"))
+	c.pki, err = testenv.NewPKI(filepath.Join(c.dir, "pki"))
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func (c *Cluster) issueControlPlane() (controlPlaneCerts, error) {
 	cp := controlPlaneCerts{controlPlaneCgroup: c.state.Cgroup() + "/system/control-plane"}
 	var err error
 	gw := net.IP(c.plan.gateway().AsSlice())
-	if cp.serving, err = c.pki.issue("apiserver", certSpec{
+	if cp.serving, err = c.pki.Issue("apiserver", testenv.CertSpec{
 		CN:     "kube-apiserver",
 		IPs:    []net.IP{gw, net.ParseIP("10.96.0.1"), net.ParseIP("127.0.0.1")},
 		DNS:    []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
@@ -123,19 +123,19 @@ func (c *Cluster) issueControlPlane() (controlPlaneCerts, error) {
 	}); err != nil {
 		return cp, err
 	}
-	if cp.kubeletClient, err = c.pki.issue("apiserver-kubelet-client", certSpec{
+	if cp.kubeletClient, err = c.pki.Issue("apiserver-kubelet-client", testenv.CertSpec{
 		CN: "kube-apiserver-kubelet-client", Orgs: []string{"system:masters"}, Client: true,
 	}); err != nil {
 		return cp, err
 	}
-	if cp.saPub, cp.saKey, err = c.pki.serviceAccountKeys(); err != nil {
+	if cp.saPub, cp.saKey, err = c.pki.ServiceAccountKeys(); err != nil {
 		return cp, err
 	}
 	server := c.APIServerURL()
-	if cp.adminKeyPair, err = c.pki.issue("admin", certSpec{CN: "kubernetes-admin", Orgs: []string{"system:masters"}, Client: true}); err != nil {
+	if cp.adminKeyPair, err = c.pki.Issue("admin", testenv.CertSpec{CN: "kubernetes-admin", Orgs: []string{"system:masters"}, Client: true}); err != nil {
 		return cp, err
 	}
-	if err := writeKubeconfig(c.kubeconfig, server, c.pki.caPEM, "kubernetes-admin", cp.adminKeyPair); err != nil {
+	if err := writeKubeconfig(c.kubeconfig, server, c.pki.CAPEM, "kubernetes-admin", cp.adminKeyPair); err != nil {
 		return cp, err
 	}
 	for _, u := range []struct {
@@ -145,12 +145,12 @@ func (c *Cluster) issueControlPlane() (controlPlaneCerts, error) {
 		{"kube-controller-manager", "system:kube-controller-manager", &cp.kcmConfig},
 		{"kube-scheduler", "system:kube-scheduler", &cp.schedConfig},
 	} {
-		kp, err := c.pki.issue(u.name, certSpec{CN: u.cn, Client: true})
+		kp, err := c.pki.Issue(u.name, testenv.CertSpec{CN: u.cn, Client: true})
 		if err != nil {
 			return cp, err
 		}
-		*u.dst = filepath.Join(c.pki.dir, u.name+".kubeconfig")
-		if err := writeKubeconfig(*u.dst, server, c.pki.caPEM, u.cn, kp); err != nil {
+		*u.dst = filepath.Join(c.pki.Dir, u.name+".kubeconfig")
+		if err := writeKubeconfig(*u.dst, server, c.pki.CAPEM, u.cn, kp); err != nil {
 			return cp, err
 		}
 	}
@@ -176,7 +176,7 @@ func (c *Cluster) startAPIServer(ctx context.Context, cp controlPlaneCerts) erro
 		fmt.Sprintf("--secure-port=%d", apiserverPort),
 		"--tls-cert-file=" + cp.serving.CertFile,
 		"--tls-private-key-file=" + cp.serving.KeyFile,
-		"--client-ca-file=" + c.pki.caFile,
+		"--client-ca-file=" + c.pki.CAFile,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + cp.saPub,
 		"--service-account-signing-key-file=" + cp.saKey,
@@ -213,7 +213,7 @@ func (c *Cluster) startControllers(ctx context.Context, cp controlPlaneCerts) er
 		"--leader-elect=false",
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+cp.saKey,
-		"--root-ca-file="+c.pki.caFile,
+		"--root-ca-file="+c.pki.CAFile,
 		"--kube-api-qps=100",
 		"--kube-api-burst=200",
 		"--v=1",

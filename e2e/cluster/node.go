@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/stickynet/stickynet/e2e/internal/host"
+	"github.com/stickynet/stickynet/internal/testenv"
 )
 
 // Labels the harness puts on nodes.
@@ -206,15 +207,15 @@ func (c *Cluster) prepareRealNode(i int) (*realNode, error) {
 	}
 
 	ip := net.IP(n.IP.AsSlice())
-	client, err := c.pki.issue(name, certSpec{CN: "system:node:" + name, Orgs: []string{"system:nodes"}, Client: true})
+	client, err := c.pki.Issue(name, testenv.CertSpec{CN: "system:node:" + name, Orgs: []string{"system:nodes"}, Client: true})
 	if err != nil {
 		return nil, err
 	}
 	n.kubeconfig = filepath.Join(n.KubeletDir, "kubeconfig")
-	if err := writeKubeconfig(n.kubeconfig, c.APIServerURL(), c.pki.caPEM, "system:node:"+name, client); err != nil {
+	if err := writeKubeconfig(n.kubeconfig, c.APIServerURL(), c.pki.CAPEM, "system:node:"+name, client); err != nil {
 		return nil, err
 	}
-	serving, err := c.pki.issue(name+"-serving", certSpec{CN: name, IPs: []net.IP{ip}, DNS: []string{name}, Server: true})
+	serving, err := c.pki.Issue(name+"-serving", testenv.CertSpec{CN: name, IPs: []net.IP{ip}, DNS: []string{name}, Server: true})
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +223,7 @@ func (c *Cluster) prepareRealNode(i int) (*realNode, error) {
 		NodeIP:                   n.IP,
 		CgroupRoot:               n.cgroup,
 		CgroupV1:                 c.host.CgroupV1(),
-		ClientCAFile:             c.pki.caFile,
+		ClientCAFile:             c.pki.CAFile,
 		TLSCertFile:              serving.CertFile,
 		TLSKeyFile:               serving.KeyFile,
 		ContainerRuntimeEndpoint: "unix://" + n.ContainerdSocket,

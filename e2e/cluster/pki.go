@@ -1,161 +1,18 @@
 package cluster
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
-	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/stickynet/stickynet/internal/testenv"
 )
 
-// pki is the cluster's certificate authority: one CA signs the apiserver's
-// serving certificate, every client certificate (admin, controllers, nodes,
-// the apiserver's kubelet client) and the kubelets' serving certificates.
-type pki struct {
-	dir    string
-	cert   *x509.Certificate
-	key    crypto.Signer
-	caPEM  []byte
-	caFile string
-}
-
-func newPKI(dir string) (*pki, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create pki folder: %w", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "stickynet-localcluster-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, fmt.Errorf("create CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA certificate: %w", err)
-	}
-	p := &pki{dir: dir, cert: cert, key: key, caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-	p.caFile = filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(p.caFile, p.caPEM, 0o644); err != nil {
-		return nil, fmt.Errorf("write CA certificate: %w", err)
-	}
-	return p, nil
-}
-
-// certSpec says what one issued certificate is for.
-type certSpec struct {
-	CN     string
-	Orgs   []string
-	IPs    []net.IP
-	DNS    []string
-	Server bool
-	Client bool
-}
-
-// keyPair is an issued certificate and its key, in PEM and on disk.
-type keyPair struct {
-	CertPEM, KeyPEM   []byte
-	CertFile, KeyFile string
-}
-
-// issue signs a certificate for spec and writes name.crt and name.key.
-func (p *pki) issue(name string, spec certSpec) (keyPair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return keyPair{}, fmt.Errorf("generate key for %s: %w", name, err)
-	}
-	now := time.Now()
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return keyPair{}, fmt.Errorf("draw serial for %s: %w", name, err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: spec.CN, Organization: spec.Orgs},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		IPAddresses:  spec.IPs,
-		DNSNames:     spec.DNS,
-	}
-	if spec.Server {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-	}
-	if spec.Client {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, key.Public(), p.key)
-	if err != nil {
-		return keyPair{}, fmt.Errorf("sign certificate for %s: %w", name, err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return keyPair{}, fmt.Errorf("encode key for %s: %w", name, err)
-	}
-	kp := keyPair{
-		CertPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-		CertFile: filepath.Join(p.dir, name+".crt"),
-		KeyFile:  filepath.Join(p.dir, name+".key"),
-	}
-	if err := os.WriteFile(kp.CertFile, kp.CertPEM, 0o644); err != nil {
-		return keyPair{}, fmt.Errorf("write certificate for %s: %w", name, err)
-	}
-	if err := os.WriteFile(kp.KeyFile, kp.KeyPEM, 0o600); err != nil {
-		return keyPair{}, fmt.Errorf("write key for %s: %w", name, err)
-	}
-	return kp, nil
-}
-
-// serviceAccountKeys writes the key pair that signs and verifies service
-// account tokens and returns the public and the private key file.
-func (p *pki) serviceAccountKeys() (pub, priv string, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", fmt.Errorf("generate service account key: %w", err)
-	}
-	privDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return "", "", fmt.Errorf("encode service account key: %w", err)
-	}
-	pubDER, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		return "", "", fmt.Errorf("encode service account public key: %w", err)
-	}
-	pub, priv = filepath.Join(p.dir, "sa.pub"), filepath.Join(p.dir, "sa.key")
-	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
-		return "", "", fmt.Errorf("write service account public key: %w", err)
-	}
-	if err := os.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: privDER}), 0o600); err != nil {
-		return "", "", fmt.Errorf("write service account key: %w", err)
-	}
-	return pub, priv, nil
-}
-
 // writeKubeconfig writes a kubeconfig that reaches server as the holder of kp.
-func writeKubeconfig(path, server string, caPEM []byte, user string, kp keyPair) error {
+func writeKubeconfig(path, server string, caPEM []byte, user string, kp testenv.KeyPair) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["localcluster"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caPEM}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: kp.CertPEM, ClientKeyData: kp.KeyPEM}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -30,20 +31,28 @@ type Etcd struct {
 // to etcd as given.
 func StartEtcd(t testing.TB, extra ...string) *Etcd {
 	t.Helper()
+	return startEtcd(t, EtcdOptions{Extra: extra})
+}
+
+// StartEtcdTLS is StartEtcd serving https and requiring client certificates.
+func StartEtcdTLS(t testing.TB, tls EtcdTLS) *Etcd {
+	t.Helper()
+	return startEtcd(t, EtcdOptions{TLS: &tls})
+}
+
+func startEtcd(t testing.TB, opts EtcdOptions) *Etcd {
+	t.Helper()
 	Integration(t)
-	bin := NeedTool(t, "etcd", "etcd")
+	opts.Binary = NeedTool(t, "etcd", "etcd")
+	opts.Dir = t.TempDir()
 	// Started from one long-lived thread: Pdeathsig fires when the forking
 	// thread ends, and Go ends threads that goroutines leave locked (see spawner).
 	sp := newSpawner()
-	e, err := RunEtcd(EtcdOptions{
-		Binary: bin,
-		Dir:    t.TempDir(),
-		Extra:  extra,
-		Start: func(cmd *exec.Cmd) error {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			return sp.start(cmd)
-		},
-	})
+	opts.Start = func(cmd *exec.Cmd) error {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		return sp.start(cmd)
+	}
+	e, err := RunEtcd(opts)
 	if err != nil {
 		sp.close()
 		t.Fatal(err)
@@ -71,7 +80,13 @@ type EtcdOptions struct {
 	// Start starts the prepared command (and again on Restart); nil means
 	// cmd.Start. The local cluster passes one that starts etcd in its cgroup.
 	Start func(cmd *exec.Cmd) error
+	// TLS, if set, serves clients over https only and requires a client
+	// certificate signed by CAFile.
+	TLS *EtcdTLS
 }
+
+// EtcdTLS is the server side of a TLS-secured etcd.
+type EtcdTLS struct{ CAFile, CertFile, KeyFile string }
 
 // RunEtcd starts etcd on free loopback ports with its data under opts.Dir and
 // waits until it serves; the caller stops it. StartEtcd is the form for tests.
@@ -95,8 +110,12 @@ func RunEtcd(opts EtcdOptions) (*Etcd, error) {
 	if err != nil {
 		return nil, err
 	}
+	scheme := "http"
+	if opts.TLS != nil {
+		scheme = "https"
+	}
 	e := &Etcd{
-		Endpoint: fmt.Sprintf("http://127.0.0.1:%d", client),
+		Endpoint: fmt.Sprintf("%s://127.0.0.1:%d", scheme, client),
 		bin:      bin,
 		dir:      opts.Dir,
 		logPath:  filepath.Join(opts.Dir, "etcd.log"),
@@ -110,6 +129,9 @@ func RunEtcd(opts EtcdOptions) (*Etcd, error) {
 		fmt.Sprintf("--initial-cluster=test=http://127.0.0.1:%d", peer),
 		"--log-level=warn", "--quota-backend-bytes=8589934592",
 	}, opts.Extra...)
+	if t := opts.TLS; t != nil {
+		e.args = append(e.args, "--cert-file="+t.CertFile, "--key-file="+t.KeyFile, "--trusted-ca-file="+t.CAFile, "--client-cert-auth")
+	}
 	if err := e.start(); err != nil {
 		return nil, err
 	}
@@ -143,7 +165,7 @@ func (e *Etcd) start() error {
 func (e *Etcd) waitHealthy(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	addr := e.Endpoint[len("http://"):]
+	_, addr, _ := strings.Cut(e.Endpoint, "://")
 	for {
 		select {
 		case <-e.done:

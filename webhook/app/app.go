@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -50,6 +51,9 @@ type Options struct {
 	MemoryStore   bool     // keep state in memory (one replica only; lost on restart)
 	KeyPrefix     string
 	DialTimeout   time.Duration
+	// TLS to etcd (optional); a username and password, when etcd has auth
+	// enabled, come from $STICKYNET_ETCD_USERNAME and $STICKYNET_ETCD_PASSWORD.
+	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
 
 	Host    string
 	Port    int
@@ -213,7 +217,11 @@ func openStore(o Options) (store.Store, error) {
 	if len(o.EtcdEndpoints) == 0 {
 		return nil, errors.New("no state store: set --etcd-endpoints (or --memory-store for a single-replica trial)")
 	}
-	s, err := etcd.New(etcd.Options{Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout})
+	s, err := etcd.New(etcd.Options{
+		Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout,
+		CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile,
+		Username: os.Getenv("STICKYNET_ETCD_USERNAME"), Password: os.Getenv("STICKYNET_ETCD_PASSWORD"),
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,66 @@
+package etcd_test
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/testenv"
+)
+
+// The driver reaches an etcd that serves only TLS and requires client
+// certificates, as production etcd clusters do; without a client
+// certificate it is refused.
+func TestTLS(t *testing.T) {
+	testenv.Integration(t)
+	pki, err := testenv.NewPKI(filepath.Join(t.TempDir(), "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := pki.Issue("etcd", testenv.CertSpec{CN: "etcd", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := pki.Issue("stickynet", testenv.CertSpec{CN: "stickynet", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := testenv.StartEtcdTLS(t, testenv.EtcdTLS{CAFile: pki.CAFile, CertFile: server.CertFile, KeyFile: server.KeyFile})
+	if !strings.HasPrefix(e.Endpoint, "https://") {
+		t.Fatalf("endpoint %s", e.Endpoint)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile, CertFile: client.CertFile, KeyFile: client.KeyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Txn(ctx, nil, []store.Op{store.Put("/tls/a", []byte("v"), store.NoLease)}, nil); err != nil {
+		t.Fatalf("put over TLS: %v", err)
+	}
+	if kv, err := s.Get(ctx, "/tls/a"); err != nil || kv == nil || string(kv.Value) != "v" {
+		t.Fatalf("get over TLS: %v, %v", kv, err)
+	}
+
+	anon, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+	defer acancel()
+	if _, err := anon.Get(actx, "/tls/a"); err == nil {
+		t.Fatal("etcd answered a client without a certificate")
+	}
+
+	if _, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CertFile: client.CertFile}); err == nil || !strings.Contains(err.Error(), "give both or neither") {
+		t.Fatalf("certificate without key: %v", err)
+	}
+}
