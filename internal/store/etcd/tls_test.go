@@ -64,3 +64,41 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("certificate without key: %v", err)
 	}
 }
+
+// With auth enabled, the driver's username and password are what lets it in.
+func TestAuth(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	cli := admin.Client()
+	if _, err := cli.UserAdd(ctx, "root", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, Username: "root", Password: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Txn(ctx, nil, []store.Op{store.Put("/auth/a", []byte("v"), store.NoLease)}, nil); err != nil {
+		t.Fatalf("put with username and password: %v", err)
+	}
+	anon, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	if _, err := anon.Get(ctx, "/auth/a"); err == nil {
+		t.Fatal("etcd with auth enabled answered a client without credentials")
+	}
+}
