@@ -247,23 +247,6 @@ func (a *Allocator) catchUp(ctx context.Context, rev int64) {
 	_ = a.refl.WaitForRevision(wctx, rev) // late: plan from what the cache has
 }
 
-// CatchUp waits, briefly (catchUpWait), until the cache has seen every write
-// etcd had committed when it was called: for a caller that must see what
-// another replica wrote a moment ago. A write outside the cached keys (a
-// cooling MAC key expiring alone) may keep it waiting for the whole time.
-func (a *Allocator) CatchUp(ctx context.Context) error {
-	_, rev, err := a.s.List(ctx, a.keys.addr+"\x00") // matches no key; answers the revision
-	if err != nil {
-		return fmt.Errorf("read the state store's revision: %w", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, catchUpWait)
-	defer cancel()
-	if err := a.refl.WaitForRevision(wctx, rev); err != nil && ctx.Err() != nil {
-		return err
-	}
-	return nil
-}
-
 func (a *Allocator) unclaim(pool string, p *plan) {
 	if p.localIP.IsValid() {
 		a.cache.unclaimLocal(pool, p.localIP, p.localMAC)

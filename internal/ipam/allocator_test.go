@@ -501,3 +501,29 @@ func TestReclaimAddressWithoutMAC(t *testing.T) {
 		t.Fatalf("MAC %s of %s was given to another identity", got.MAC, id)
 	}
 }
+
+// Refresh reads an identity's addresses from the store into a cache that has
+// not seen them: here an allocator whose watch never started, as a replica
+// whose watch lags behind another replica's write.
+func TestRefresh(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	got := alloc(t, a, Request{Pool: p, Identity: "deployment/ns/api", Shared: true, Token: "t1"})
+	alloc(t, a, Request{Pool: p, Identity: "deployment/ns/api-2", Shared: true, Token: "t2"}) // a name this one's is a prefix of
+	b := New(s, Options{})
+	if l := b.Lookup("deployment/ns/api"); len(l) != 0 {
+		t.Fatalf("a cache without a watch already holds %v", l)
+	}
+	if err := b.Refresh(ctx, "deployment/ns/api"); err != nil {
+		t.Fatal(err)
+	}
+	l := b.Lookup("deployment/ns/api")
+	if len(l) != 1 || l[0].IP != got.IP || l[0].Token != "t1" || !l[0].Reserved {
+		t.Fatalf("after Refresh the cache holds %+v; want %s reserved under t1", l, got.IP)
+	}
+	if l := b.Lookup("deployment/ns/api-2"); len(l) != 0 {
+		t.Fatalf("Refresh of deployment/ns/api read deployment/ns/api-2's %v", l)
+	}
+}

@@ -2,11 +2,13 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/stickynet/stickynet/internal/store"
@@ -271,6 +273,35 @@ func (a *Allocator) List(match func(Entry) bool) []Entry {
 		}
 	}
 	return sortList(out)
+}
+
+// Refresh reads the identity's addresses from etcd into the cache (one list
+// of its index keys, one read per address): for a caller that must see what
+// another replica wrote a moment ago, which this replica's watch may not
+// have delivered yet.
+func (a *Allocator) Refresh(ctx context.Context, identity string) error {
+	prefix := a.keys.ident + identity
+	kvs, _, err := a.s.List(ctx, prefix)
+	if err != nil {
+		return fmt.Errorf("read the addresses of %s: %w", identity, err)
+	}
+	for _, kv := range kvs {
+		if rest := kv.Key[len(prefix):]; rest != "" && !strings.HasPrefix(rest, "/") {
+			continue // another identity that starts with this one's name
+		}
+		var p pointer
+		if json.Unmarshal(kv.Value, &p) != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(p.IP)
+		if err != nil {
+			continue
+		}
+		if _, err := a.snapshot(ctx, p.Pool, ip, identity, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Lookup returns the identity's addresses that are not cooling.

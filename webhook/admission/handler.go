@@ -41,7 +41,7 @@ type allocator interface {
 	Lookup(identity string) []ipam.Entry
 	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
 	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
-	CatchUp(ctx context.Context) error
+	Refresh(ctx context.Context, identity string) error
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -279,9 +279,9 @@ func (h *Handler) reinvoked(ctx context.Context, pod *corev1.Pod, token, identit
 		}
 		return false
 	}
-	// The earlier round may have been served by another replica a moment ago:
-	// let this replica's cache catch up before giving up on the token.
-	return pending() || h.Alloc.CatchUp(ctx) == nil && pending()
+	// The earlier round may have been served by another replica a moment ago,
+	// whose write this replica's watch has not delivered yet: read etcd.
+	return pending() || h.Alloc.Refresh(ctx, identity) == nil && pending()
 }
 
 // setCap returns the most addresses a shared identity's set may hold: the

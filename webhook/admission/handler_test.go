@@ -249,7 +249,7 @@ func TestCopiedReservationToken(t *testing.T) {
 }
 
 // lagging is a replica whose cache has not yet seen what another replica
-// wrote, until it catches up.
+// wrote, until it reads etcd (ipam's TestRefresh checks that reading).
 type lagging struct {
 	*ipam.Allocator
 	caughtUp bool
@@ -262,14 +262,14 @@ func (l *lagging) Lookup(identity string) []ipam.Entry {
 	return l.Allocator.Lookup(identity)
 }
 
-func (l *lagging) CatchUp(ctx context.Context) error {
+func (l *lagging) Refresh(ctx context.Context, identity string) error {
 	l.caughtUp = true
-	return l.Allocator.CatchUp(ctx)
+	return l.Allocator.Refresh(ctx, identity)
 }
 
 // The re-invoked round of an admission may reach the other webhook replica
 // before that replica's cache has seen the first round's reservation: it
-// catches up and keeps the reservation rather than making a second one.
+// reads etcd and keeps the reservation rather than making a second one.
 func TestReinvocationOnAnotherReplica(t *testing.T) {
 	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	e := newEnv(t, rs)
