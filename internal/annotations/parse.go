@@ -36,9 +36,10 @@ const (
 	// MaxBurstTime is the longest ingress burst at the rate: the kernel keeps
 	// a tbf bucket in 32-bit nanoseconds.
 	MaxBurstTime = time.Duration(1<<32 - 1)
-	// MinIngressRate is the lowest ingress rate whose longest tbf bucket
-	// holds one full frame (MinBurst / MaxBurstTime, rounded up).
-	MinIngressRate = 2_828
+	// MinIngressRate is the lowest ingress rate whose longest tbf bucket, as
+	// the node agent sets it (whole bytes/s, 1 ms short of MaxBurstTime),
+	// holds one full frame.
+	MinIngressRate = 2_832
 )
 
 // Error is a bad annotation value. Its message names the key, the value and the accepted form.

@@ -95,7 +95,9 @@ func TBF(l annotations.Limit) (TBFParams, error) {
 	} else {
 		burst = max(uint64(float64(rate)*TBFBurstTime.Seconds()), MinTBFBurst)
 	}
-	burst = min(burst, maxBurst, math.MaxUint32)
+	// At least one full frame (a live annotation edit skips admission's
+	// checks), within the kernel's cap (below MinIngressRate no frame fits).
+	burst = min(max(burst, annotations.MinBurst/8), maxBurst, math.MaxUint32)
 	limit := max(uint64(float64(rate)*TBFQueueTime.Seconds()), burst)
 	if limit > math.MaxUint32 {
 		limit = math.MaxUint32

@@ -59,6 +59,8 @@ func TestTBF(t *testing.T) {
 		{name: "burst over the kernel's 4.29 s", limit: annotations.Limit{Rate: 10e6, Burst: 100e6}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 5_367_459, LimitBytes: 5_367_459}},
 		{name: "default burst at 100 kbit/s", limit: annotations.Limit{Rate: 100e3}, want: TBFParams{RateBytes: 12_500, BurstBytes: 53_674, LimitBytes: 53_674}},
 		{name: "longest burst at 1 kbit/s", limit: annotations.Limit{Rate: 1000, Burst: annotations.MaxBurst}, want: TBFParams{RateBytes: 125, BurstBytes: 536, LimitBytes: 536}},
+		// A burst below one frame (set by a live edit, which admission does not see) is raised to one.
+		{name: "4-bit burst", limit: annotations.Limit{Rate: 10e6, Burst: 4}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 1518, LimitBytes: 62_500}},
 		{name: "4 s burst", limit: annotations.Limit{Rate: 10e6, Burst: 40e6}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 5_000_000, LimitBytes: 5_000_000}},
 	}
 	for _, tt := range tests {
@@ -106,5 +108,19 @@ func TestPolicer(t *testing.T) {
 	}
 	if _, err := Policer(annotations.Limit{}); err == nil {
 		t.Error("Policer without rate: want error")
+	}
+}
+
+// annotations.MinIngressRate is the lowest rate whose bucket, as TBF sets it,
+// holds one full frame: admission and the node agent agree.
+func TestMinIngressRateHoldsAFrame(t *testing.T) {
+	frame := uint32(annotations.MinBurst / 8)
+	at, err := TBF(annotations.Limit{Rate: annotations.MinIngressRate})
+	if err != nil || at.BurstBytes < frame {
+		t.Fatalf("TBF at %d bit/s: bucket %d bytes, %v; want at least %d", annotations.MinIngressRate, at.BurstBytes, err, frame)
+	}
+	below, err := TBF(annotations.Limit{Rate: annotations.MinIngressRate - 1})
+	if err != nil || below.BurstBytes >= frame {
+		t.Fatalf("TBF at %d bit/s: bucket %d bytes, %v; MinIngressRate is not the lowest rate that holds a frame", annotations.MinIngressRate-1, below.BurstBytes, err)
 	}
 }
