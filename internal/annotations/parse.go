@@ -51,7 +51,11 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := fmt.Sprintf("annotation %s: invalid value %q: expected %s", e.Key, e.Value, e.Accepted)
+	what := "annotation " + e.Key
+	if strings.Contains(e.Key, " ") { // a resource's field, such as "BandwidthPolicy ns/name spec.ingress.rate"
+		what = e.Key
+	}
+	msg := fmt.Sprintf("%s: invalid value %q: expected %s", what, e.Value, e.Accepted)
 	if e.Err != nil {
 		msg += " (" + e.Err.Error() + ")"
 	}

@@ -609,12 +609,22 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		return fmt.Errorf("list BandwidthPolicies: %w", err)
 	}
 	var errs []error
+	reported := map[types.UID]bool{}
 	for _, p := range pods {
 		if !p.live || p.pod.DeletionTimestamp != nil || policy.Own(p.pod) {
 			continue
 		}
 		res, err := policy.Resolve(p.pod, false, list.Items)
 		if err != nil {
+			// A policy the API server took that cannot work (annotations.Limit.Check):
+			// not a failed pass; the pods keep their limits, and the policy says why.
+			if pol, _ := policy.Match(p.pod, list.Items); pol != nil {
+				if !reported[pol.UID] {
+					reported[pol.UID] = true
+					c.event(pol, corev1.EventTypeWarning, "InvalidBandwidthPolicy", "%s; the pods it selects keep their current limits", err)
+				}
+				continue
+			}
 			errs = append(errs, err)
 			continue
 		}
