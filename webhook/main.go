@@ -56,6 +56,8 @@ func main() {
 	if etcd != "" {
 		o.EtcdEndpoints = strings.Split(etcd, ",")
 	}
+	// From the environment, not flags, so that a password stays out of the process list.
+	o.EtcdUsername, o.EtcdPassword = os.Getenv("STICKYNET_ETCD_USERNAME"), os.Getenv("STICKYNET_ETCD_PASSWORD")
 	ns, name, ok := strings.Cut(secret, "/")
 	if !ok {
 		fmt.Fprintf(os.Stderr, "--cert-secret %q: expected namespace/name\n", secret)

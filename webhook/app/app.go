@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -51,9 +50,10 @@ type Options struct {
 	MemoryStore   bool     // keep state in memory (one replica only; lost on restart)
 	KeyPrefix     string
 	DialTimeout   time.Duration
-	// TLS to etcd (optional); a username and password, when etcd has auth
-	// enabled, come from $STICKYNET_ETCD_USERNAME and $STICKYNET_ETCD_PASSWORD.
+	// TLS to etcd, and a username and password when etcd has auth enabled
+	// (all optional).
 	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
+	EtcdUsername, EtcdPassword            string
 
 	Host    string
 	Port    int
@@ -220,7 +220,7 @@ func openStore(o Options) (store.Store, error) {
 	s, err := etcd.New(etcd.Options{
 		Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout,
 		CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile,
-		Username: os.Getenv("STICKYNET_ETCD_USERNAME"), Password: os.Getenv("STICKYNET_ETCD_PASSWORD"),
+		Username: o.EtcdUsername, Password: o.EtcdPassword,
 	})
 	if err != nil {
 		return nil, err
