@@ -496,7 +496,9 @@ func TestWebhookValuesChecked(t *testing.T) {
 	refused(t, []string{"etcd.tlsSecret=etcd-client"}, `etcd.tlsSecret: "etcd-client"`, "the bundled etcd serves plain http")
 	// Server-side TLS only: the CA, no client certificate.
 	args := podTemplate(t, render(t, "etcd.endpoints={https://etcd.example:2379}", "etcd.tlsSecret=etcd-ca", "etcd.tlsClientCert=false")["Deployment/stickynet-webhook"]).Spec.Containers[0].Args
-	if !slices.Contains(args, "--etcd-ca-file=/etc/stickynet/etcd-tls/ca.crt") || slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--etcd-cert-file") || strings.HasPrefix(a, "--etcd-key-file") }) {
+	if !slices.Contains(args, "--etcd-ca-file=/etc/stickynet/etcd-tls/ca.crt") || slices.ContainsFunc(args, func(a string) bool {
+		return strings.HasPrefix(a, "--etcd-cert-file") || strings.HasPrefix(a, "--etcd-key-file")
+	}) {
 		t.Errorf("etcd.tlsClientCert=false: webhook args %v", args)
 	}
 	for timeout, want := range map[string]string{"4": "--store-timeout=1s", "30": "--store-timeout=27s"} {

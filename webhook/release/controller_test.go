@@ -179,7 +179,12 @@ func TestWaitsForAllocatorCache(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- c.Start(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Start: %v", err)
+		}
+	}()
 	total := func() int64 {
 		p := &v1alpha1.IPPool{}
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, p); err != nil {
