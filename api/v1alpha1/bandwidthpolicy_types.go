@@ -10,15 +10,18 @@ type BandwidthLimit struct {
 	// Rate in bit/s as a quantity, such as 10M or 1G; from 1k to 1T.
 	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('999')) && quantity(string(self)).isLessThan(quantity('1000000000001'))",message="must be a rate in bit/s from 1k to 1T, such as 10M or 1G"
 	Rate resource.Quantity `json:"rate"`
-	// Burst in bits as a quantity, such as 1M. Empty: a default sized to the rate.
+	// Burst in bits as a quantity, such as 1M; at least one 1518-byte frame
+	// (12144). Empty: a default sized to the rate.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0')) && quantity(string(self)).isLessThan(quantity('34359738361'))",message="must be a burst in bits greater than 0 and at most 4Gi bytes (34359738360), such as 1M"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('12143')) && quantity(string(self)).isLessThan(quantity('34359738361'))",message="must be a burst in bits from 12144 (one 1518-byte Ethernet frame) to 4Gi bytes (34359738360), such as 1M"
 	Burst *resource.Quantity `json:"burst,omitempty"`
 }
 
 // BandwidthPolicySpec limits the bandwidth of the pods it selects.
 //
 // +kubebuilder:validation:XValidation:rule="has(self.ingress) || has(self.egress)",message="at least one of ingress and egress must be set"
+// +kubebuilder:validation:XValidation:rule="!has(self.ingress) || quantity(string(self.ingress.rate)).isGreaterThan(quantity('2831'))",message="ingress.rate must be at least 2832 bit/s: below it the kernel's tbf bucket (at most 4.295 s at the rate) holds no full frame"
+// +kubebuilder:validation:XValidation:rule="!has(self.ingress) || !has(self.ingress.burst) || quantity(string(self.ingress.burst)).asApproximateFloat() <= quantity(string(self.ingress.rate)).asApproximateFloat() * 4.294967295",message="ingress.burst must last at most 4.295 s at ingress.rate, as the kernel's tbf allows"
 type BandwidthPolicySpec struct {
 	// PodSelector selects the pods of the policy's namespace it applies to.
 	PodSelector metav1.LabelSelector `json:"podSelector"`

@@ -293,6 +293,50 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
+	// The CRDs' OpenAPI and CEL rules, as the real API server applies them:
+	// valid objects pass, each invalid one is refused with its rule's message.
+	t.Run("CRDValidation", func(t *testing.T) {
+		pool := func(spec string) string {
+			return "apiVersion: stickynet.io/v1alpha1\nkind: IPPool\nmetadata: {name: v}\nspec: " + spec
+		}
+		policy := func(spec string) string {
+			return "apiVersion: stickynet.io/v1alpha1\nkind: BandwidthPolicy\nmetadata: {name: v, namespace: stickynet-system}\nspec: " + spec
+		}
+		apply := func(t *testing.T, manifest string) (string, error) {
+			f := filepath.Join(t.TempDir(), "obj.yaml")
+			if err := os.WriteFile(f, []byte(manifest), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := c.Kubectl(ctx, "apply", "--dry-run=server", "-f", f)
+			return string(out), err
+		}
+		for _, ok := range []string{
+			pool("{cidr: 10.20.0.0/16, gateway: 10.20.0.1, ranges: [{start: 10.20.1.1, end: 10.20.1.9}], exclude: [10.20.0.5, 10.20.2.0/24]}"),
+			policy("{podSelector: {}, ingress: {rate: 10M, burst: 40M}, egress: {rate: 10M, burst: 100M}}"),
+			policy("{podSelector: {}, ingress: {rate: 2832}}"),
+		} {
+			if out, err := apply(t, ok); err != nil {
+				t.Errorf("refused:\n%s\n%v\n%s", ok, err, out)
+			}
+		}
+		for manifest, want := range map[string]string{
+			pool("{cidr: 10.20.0.1/16}"):                                               "canonical CIDR form",
+			pool("{cidr: 10.20.0.0/16, gateway: 10.21.0.1}"):                           "gateway must lie inside cidr",
+			pool("{cidr: 10.20.0.0/16, ranges: [{start: 10.20.1.1, end: 10.21.0.1}]}"): "every range must lie inside cidr",
+			pool("{cidr: 10.20.0.0/16, exclude: [10.21.0.0/24]}"):                      "every exclude entry",
+			policy("{podSelector: {}, egress: {rate: 500}}"):                           "must be a rate in bit/s from 1k",
+			policy("{podSelector: {}, egress: {rate: 10M, burst: 8k}}"):                "from 12144",
+			policy("{podSelector: {}, ingress: {rate: 2831}}"):                         "at least 2832 bit/s",
+			policy("{podSelector: {}, ingress: {rate: 10M, burst: 100M}}"):             "must last at most 4.295 s",
+			policy("{podSelector: {}}"):                                                "at least one of ingress and egress",
+		} {
+			out, err := apply(t, manifest)
+			if err == nil || !strings.Contains(out, want) {
+				t.Errorf("%s\ngot %v:\n%s\nwant a refusal containing %q", manifest, err, out, want)
+			}
+		}
+	})
+
 	// The running scheduler reads the extender's CA only at start: an
 	// upgrade must render the CA and certificate the install left, and so
 	// the same checksums (no roll) — else the scheduler distrusts the
