@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"sort"
 	"strings"
@@ -107,7 +108,14 @@ func (m *Memory) Txn(ctx context.Context, cmps []Cmp, then, els []Op) (TxnResult
 	if ok {
 		ops = then
 	}
+	written := map[string]bool{}
 	for _, op := range ops {
+		if op.kind == opPut || op.kind == opDelete {
+			if written[op.Key] {
+				return TxnResult{}, fmt.Errorf("duplicate key %s in one transaction", op.Key)
+			}
+			written[op.Key] = true
+		}
 		if op.kind == opPut && op.Lease != NoLease {
 			if _, found := m.leases[op.Lease]; !found {
 				return TxnResult{}, ErrLeaseNotFound
@@ -233,12 +241,26 @@ func (m *Memory) expire(id LeaseID) {
 func (m *Memory) Compact(rev int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.compactLocked(rev)
+}
+
+// memHistory is the most events the store keeps for watches.
+const memHistory = 100_000
+
+func (m *Memory) compactLocked(rev int64) {
 	if rev <= m.compact {
 		return
 	}
 	m.compact = rev
 	i := sort.Search(len(m.history), func(i int) bool { return m.history[i].KV.ModRevision >= rev })
 	m.history = append([]Event(nil), m.history[i:]...)
+}
+
+// HistoryLen returns how many events the store keeps for watches.
+func (m *Memory) HistoryLen() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.history)
 }
 
 // Revision returns the current revision.
@@ -253,6 +275,12 @@ func (m *Memory) publish(events []Event) {
 		return
 	}
 	m.history = append(m.history, events...)
+	if len(m.history) > memHistory {
+		// Compact away the older half, as etcd's auto-compaction would: a
+		// long-running store keeps no unbounded history, and a watch that
+		// starts before it is told to list again.
+		m.compactLocked(m.history[len(m.history)/2].KV.ModRevision)
+	}
 	for w := range m.watchers {
 		w.enqueue(events)
 	}
@@ -280,7 +308,7 @@ func (m *Memory) Watch(ctx context.Context, prefix string, fromRev int64) <-chan
 	if fromRev <= 0 {
 		w.from = m.rev + 1
 	}
-	if fromRev > 0 && fromRev <= m.compact {
+	if fromRev > 0 && fromRev < m.compact {
 		compact := m.compact
 		m.mu.Unlock()
 		go func() {

@@ -1,7 +1,9 @@
 package store_test
 
 import (
+	"fmt"
 	"maps"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,4 +81,63 @@ func TestInstrumentCountsByOpAndResult(t *testing.T) {
 	if !maps.Equal(got, want) {
 		t.Errorf("request counts by op/result = %v; want %v", got, want)
 	}
+}
+
+// A long-running memory store compacts its own history, as etcd's
+// auto-compaction does: 250,000 writes to ten keys leave a bounded history,
+// a watch from the first revision is told to list again, and a reflector
+// still mirrors the keys.
+func TestMemoryBoundsHistory(t *testing.T) {
+	s := store.NewMemory()
+	defer s.Close()
+	ctx := t.Context()
+	for i := range 250_000 {
+		if _, err := s.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("/h/%d", i%10), []byte(fmt.Sprint(i)), store.NoLease)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, ok := <-s.Watch(ctx, "/h/", 1)
+	if !ok || !store.IsCompacted(r.Err) {
+		t.Fatalf("watch from revision 1 after 250,000 writes: %d events, error %v; want a CompactedError", len(r.Events), r.Err)
+	}
+	if n := s.HistoryLen(); n > 100_000 {
+		t.Fatalf("history holds %d events after 250,000 writes", n)
+	}
+	h := &lastValues{}
+	refl := store.NewReflector(s, "/h/", h)
+	go refl.Run(ctx)
+	if err := refl.WaitForRevision(ctx, s.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.len(); got != 10 {
+		t.Fatalf("the reflector mirrors %d keys; want 10", got)
+	}
+}
+
+type lastValues struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (h *lastValues) Replace(kvs []store.KV, _ int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.m = map[string]string{}
+	for _, kv := range kvs {
+		h.m[kv.Key] = string(kv.Value)
+	}
+}
+
+func (h *lastValues) Apply(evs []store.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, e := range evs {
+		h.m[e.KV.Key] = string(e.KV.Value)
+	}
+}
+
+func (h *lastValues) len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.m)
 }

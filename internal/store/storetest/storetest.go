@@ -43,6 +43,8 @@ func Run(t *testing.T, d Driver) {
 		{"LeaseNotFound", testLeaseNotFound},
 		{"WatchOrderAndPrefix", testWatch},
 		{"WatchCompacted", testWatchCompacted},
+		{"WatchAtCompactRevision", testWatchAtCompactRevision},
+		{"DuplicateKeyInTxn", testDuplicateKey},
 		{"ConcurrentCAS", testConcurrentCAS},
 		{"ReflectorFollows", testReflectorFollows},
 		{"ReflectorRelistsAfterCompaction", testReflectorRelist},
@@ -351,6 +353,40 @@ func testWatchCompacted(t *testing.T, s store.Store, p string, d Driver) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("watch channel not closed after its error")
+	}
+}
+
+// testWatchAtCompactRevision: compaction keeps the compact revision itself,
+// so a watch may start there (etcd refuses only revisions below it).
+func testWatchAtCompactRevision(t *testing.T, s store.Store, p string, d Driver) {
+	mustTxn(t, s, nil, []store.Op{store.Put(p+"a", []byte("1"), store.NoLease)}, nil)
+	r2 := mustTxn(t, s, nil, []store.Op{store.Put(p+"a", []byte("2"), store.NoLease)}, nil)
+	d.Compact(t, s, r2.Revision)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	ch := s.Watch(ctx, p, r2.Revision)
+	mustTxn(t, s, nil, []store.Op{store.Put(p+"a", []byte("3"), store.NoLease)}, nil)
+	select {
+	case r, ok := <-ch:
+		if !ok || r.Err != nil {
+			t.Fatalf("watch from the compact revision: %+v, open=%v; want events", r, ok)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no response from a watch at the compact revision")
+	}
+	cancel()
+	for range ch {
+	}
+}
+
+// testDuplicateKey: one transaction may not write a key twice (etcd refuses it).
+func testDuplicateKey(t *testing.T, s store.Store, p string, _ Driver) {
+	_, err := s.Txn(ctxT(t), nil, []store.Op{store.Put(p+"a", []byte("1"), store.NoLease), store.Delete(p + "a")}, nil)
+	if err == nil {
+		t.Fatal("a transaction that puts and deletes one key succeeded")
+	}
+	if kv, err := s.Get(ctxT(t), p+"a"); err != nil || kv != nil {
+		t.Fatalf("after the refused transaction: %v, %v; want nothing written", kv, err)
 	}
 }
 
