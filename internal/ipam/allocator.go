@@ -415,13 +415,30 @@ func (a *Allocator) planTake(req *Request, e *entry) *plan {
 }
 
 // planReclaim takes a cooling address back for the identity that released it.
-// An address whose MAC moved on with its identity gets a new MAC.
+// An address whose MAC moved on with its identity takes that MAC back from
+// the identity's other cooling address when it is there (a pool left and
+// returned to), or else gets a new MAC.
 func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 	ak := a.keys.addrKey(e.pool, e.ip)
 	ik := a.keys.identKey(req.Identity, req.Shared, e.ip)
 	cmps := []store.Cmp{store.At(ak, e.rev), store.Absent(ik)}
 	mac, newMAC := e.rec.MAC, ""
-	if mac == "" {
+	var from *entry // the identity's other cooling address that holds its MAC
+	if mac == "" && !req.Shared {
+		for _, o := range a.cache.idents[req.Identity] {
+			if o != e && o.rec.State == stateCooling && o.rec.MAC != "" {
+				from = o
+				break
+			}
+		}
+	}
+	switch {
+	case from != nil:
+		// Its MAC key carries the same lease as its record: while the record
+		// is at this revision, the MAC is the identity's and no one else's.
+		mac = from.rec.MAC
+		cmps = append(cmps, store.At(a.keys.addrKey(from.pool, from.ip), from.rev))
+	case mac == "":
 		var err error
 		if mac, err = a.newMAC(req); err != nil {
 			return nil, err
@@ -430,6 +447,13 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
 	}
 	p := a.claimOps(req, e.ip, mac, cmps)
+	if from != nil {
+		// The other address keeps cooling, without the MAC (its MAC key now
+		// points here, with no lease).
+		cool := from.rec
+		cool.MAC = ""
+		p.then = append(p.then, store.Put(a.keys.addrKey(from.pool, from.ip), encode(cool), from.lease))
+	}
 	if newMAC != "" {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	}

@@ -474,9 +474,10 @@ func TestMoveBack(t *testing.T) {
 }
 
 // An address whose MAC moved on with its identity (a move to another pool)
-// gets a new MAC when the identity reclaims it after its later address is
-// released.
-func TestReclaimAddressWithoutMAC(t *testing.T) {
+// is reclaimed with that MAC when the identity comes back after its later
+// address was released: it takes the MAC back from that cooling address,
+// which keeps cooling without it; and back again the same way.
+func TestReclaimKeepsTheIdentitysMAC(t *testing.T) {
 	a := startAllocator(t, store.NewMemory(), Options{})
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
 	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(30)})
@@ -490,15 +491,24 @@ func TestReclaimAddressWithoutMAC(t *testing.T) {
 	if err := a.Release(ctx, "q", inQ.IP, id, false); err != nil {
 		t.Fatal(err)
 	}
-	got := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/db"})
-	if got.IP != first.IP {
-		t.Fatalf("reclaim gave %s; want the identity's cooling %s", got.IP, first.IP)
+	back := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/db"})
+	if back.IP != first.IP || back.MAC.String() != first.MAC.String() {
+		t.Fatalf("back in pool p: %s %s; want %s with its MAC %s", back.IP, back.MAC, first.IP, first.MAC)
 	}
-	if len(got.MAC) != 6 || got.MAC.String() == inQ.MAC.String() {
-		t.Fatalf("reclaimed %s with MAC %q; want a new MAC (%s cools with %s)", got.IP, got.MAC, inQ.MAC, inQ.IP)
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", MAC: back.MAC}); err == nil {
+		t.Fatalf("MAC %s of %s was given to another identity", back.MAC, id)
 	}
-	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", MAC: got.MAC}); err == nil {
-		t.Fatalf("MAC %s of %s was given to another identity", got.MAC, id)
+	// The address in q still cools, without a MAC; taken back in turn, it
+	// takes the MAC back from the address in p.
+	if err := a.Unbind(ctx, "p", back.IP, "ns/db"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, "p", back.IP, id, false); err != nil {
+		t.Fatal(err)
+	}
+	again := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/db"})
+	if again.IP != inQ.IP || again.MAC.String() != first.MAC.String() {
+		t.Fatalf("back in pool q: %s %s; want %s with its MAC %s", again.IP, again.MAC, inQ.IP, first.MAC)
 	}
 }
 
