@@ -80,13 +80,18 @@ type EtcdOptions struct {
 	// Start starts the prepared command (and again on Restart); nil means
 	// cmd.Start. The local cluster passes one that starts etcd in its cgroup.
 	Start func(cmd *exec.Cmd) error
-	// TLS, if set, serves clients over https only and requires a client
-	// certificate signed by CAFile.
+	// TLS, if set, serves clients over https only and, unless AnyClient,
+	// requires a client certificate signed by CAFile.
 	TLS *EtcdTLS
 }
 
 // EtcdTLS is the server side of a TLS-secured etcd.
-type EtcdTLS struct{ CAFile, CertFile, KeyFile string }
+type EtcdTLS struct {
+	CAFile, CertFile, KeyFile string
+	// AnyClient serves clients without a certificate too (TLS on the
+	// server's side only).
+	AnyClient bool
+}
 
 // RunEtcd starts etcd on free loopback ports with its data under opts.Dir and
 // waits until it serves; the caller stops it. StartEtcd is the form for tests.
@@ -130,7 +135,10 @@ func RunEtcd(opts EtcdOptions) (*Etcd, error) {
 		"--log-level=warn", "--quota-backend-bytes=8589934592",
 	}, opts.Extra...)
 	if t := opts.TLS; t != nil {
-		e.args = append(e.args, "--cert-file="+t.CertFile, "--key-file="+t.KeyFile, "--trusted-ca-file="+t.CAFile, "--client-cert-auth")
+		e.args = append(e.args, "--cert-file="+t.CertFile, "--key-file="+t.KeyFile)
+		if !t.AnyClient {
+			e.args = append(e.args, "--trusted-ca-file="+t.CAFile, "--client-cert-auth")
+		}
 	}
 	if err := e.start(); err != nil {
 		return nil, err

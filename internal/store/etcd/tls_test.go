@@ -63,6 +63,28 @@ func TestTLS(t *testing.T) {
 	if _, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CertFile: client.CertFile}); err == nil || !strings.Contains(err.Error(), "give both or neither") {
 		t.Fatalf("certificate without key: %v", err)
 	}
+
+	// TLS on the server's side only: the CA alone reaches it (the chart's
+	// etcd.tlsClientCert: false); without the CA the server is not trusted.
+	open := testenv.StartEtcdTLS(t, testenv.EtcdTLS{CAFile: pki.CAFile, CertFile: server.CertFile, KeyFile: server.KeyFile, AnyClient: true})
+	caOnly, err := etcd.New(etcd.Options{Endpoints: []string{open.Endpoint}, CAFile: pki.CAFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caOnly.Close()
+	if _, err := caOnly.Txn(ctx, nil, []store.Op{store.Put("/tls/b", []byte("v"), store.NoLease)}, nil); err != nil {
+		t.Fatalf("put with the CA only, to an etcd without client-cert-auth: %v", err)
+	}
+	untrusting, err := etcd.New(etcd.Options{Endpoints: []string{open.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrusting.Close()
+	uctx, ucancel := context.WithTimeout(ctx, 3*time.Second)
+	defer ucancel()
+	if _, err := untrusting.Get(uctx, "/tls/b"); err == nil {
+		t.Fatal("a client without the CA trusted etcd's certificate")
+	}
 }
 
 // With auth enabled, the driver's username and password are what lets it in.
