@@ -477,7 +477,11 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 			start = int(sts.Spec.Ordinals.Start)
 		}
 		if end := start + int(workload.Replicas(sts.Spec.Replicas)); ord < start || ord >= end {
-			return fmt.Sprintf("ordinal %d is outside the StatefulSet's ordinals %d..%d with %s: %s", ord, start, end-1, annotations.IPRetention, annotations.RetentionRelease), nil
+			ordinals := fmt.Sprintf("ordinals %d..%d", start, end-1)
+			if end == start {
+				ordinals = "no ordinals (0 replicas)"
+			}
+			return fmt.Sprintf("ordinal %d is outside the StatefulSet's %s with %s: %s", ord, ordinals, annotations.IPRetention, annotations.RetentionRelease), nil
 		}
 	case annotations.KindDeployment:
 		dep := &appsv1.Deployment{}
