@@ -656,15 +656,11 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 		case kv != nil:
 			// An identity index or MAC key that the cache did not know: fetch the
 			// address record it points to so the next plan sees it.
-			var ptr pointer
-			if json.Unmarshal(kv.Value, &ptr) != nil {
+			ppool, pip, ok := decodePointer(kv.Value)
+			if !ok {
 				continue
 			}
-			pip, err := netip.ParseAddr(ptr.IP)
-			if err != nil {
-				continue
-			}
-			ak := a.keys.addrKey(ptr.Pool, pip)
+			ak := a.keys.addrKey(ppool, pip)
 			got, err := a.s.Get(ctx, ak)
 			if err != nil {
 				return 0, fmt.Errorf("read %s: %w", ak, err)
@@ -673,7 +669,7 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 				a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *got}})
 				var r record
 				if json.Unmarshal(got.Value, &r) == nil && req.MAC != nil && op.Key == a.keys.macKey(req.MAC.String()) && r.ID != req.Identity {
-					return 0, &ConflictError{Pool: ptr.Pool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
+					return 0, &ConflictError{Pool: ppool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
 				}
 			}
 		}

@@ -50,6 +50,18 @@ func alloc(t *testing.T, a *Allocator, req Request) Allocation {
 	return got
 }
 
+// vacate does what the release controller does when a pod is gone for good:
+// unbinds the address from the pod, then releases it from the identity.
+func vacate(t *testing.T, a *Allocator, pool string, ip netip.Addr, identity, pod string) {
+	t.Helper()
+	if err := a.Unbind(testCtx(t), pool, ip, pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(testCtx(t), pool, ip, identity, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestStickyAndDistinct(t *testing.T) {
 	a := startAllocator(t, store.NewMemory(), Options{})
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1"})
@@ -192,12 +204,7 @@ func TestReleaseAndReuseDelay(t *testing.T) {
 	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); !errors.Is(err, ErrInUse) {
 		t.Fatalf("release of an address a pod carries: %v; want ErrInUse", err)
 	}
-	if err := a.Unbind(ctx, "p", first.IP, "ns/a"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); err != nil {
-		t.Fatal(err)
-	}
+	vacate(t, a, "p", first.IP, "pod/ns/a", "ns/a")
 	if s := a.Stats(p); s.Cooling != 1 || s.Held != 0 {
 		t.Fatalf("stats after release: %+v", s)
 	}
@@ -485,12 +492,7 @@ func TestReclaimKeepsTheIdentitysMAC(t *testing.T) {
 	id := "pod/ns/db"
 	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/db"})
 	inQ := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/db"})
-	if err := a.Unbind(ctx, "q", inQ.IP, "ns/db"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(ctx, "q", inQ.IP, id, false); err != nil {
-		t.Fatal(err)
-	}
+	vacate(t, a, "q", inQ.IP, id, "ns/db")
 	back := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/db"})
 	if back.IP != first.IP || back.MAC.String() != first.MAC.String() {
 		t.Fatalf("back in pool p: %s %s; want %s with its MAC %s", back.IP, back.MAC, first.IP, first.MAC)
@@ -500,12 +502,7 @@ func TestReclaimKeepsTheIdentitysMAC(t *testing.T) {
 	}
 	// The address in q still cools, without a MAC; taken back in turn, it
 	// takes the MAC back from the address in p.
-	if err := a.Unbind(ctx, "p", back.IP, "ns/db"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(ctx, "p", back.IP, id, false); err != nil {
-		t.Fatal(err)
-	}
+	vacate(t, a, "p", back.IP, id, "ns/db")
 	again := alloc(t, a, Request{Pool: q, Identity: id, Pod: "ns/db"})
 	if again.IP != inQ.IP || again.MAC.String() != first.MAC.String() {
 		t.Fatalf("back in pool q: %s %s; want %s with its MAC %s", again.IP, again.MAC, inQ.IP, first.MAC)

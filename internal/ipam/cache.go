@@ -40,6 +40,17 @@ type pointer struct {
 	IP   string `json:"ip"`
 }
 
+// decodePointer returns the address an identity-index or MAC key names;
+// ok is false for a value that is not a pointer.
+func decodePointer(value []byte) (pool string, ip netip.Addr, ok bool) {
+	var p pointer
+	if json.Unmarshal(value, &p) != nil {
+		return "", netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(p.IP)
+	return p.Pool, ip, err == nil
+}
+
 // entry is the cached state of one address key (and its hold key).
 type entry struct {
 	pool    string

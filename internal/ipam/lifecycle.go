@@ -2,7 +2,6 @@ package ipam
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -289,15 +288,11 @@ func (a *Allocator) Refresh(ctx context.Context, identity string) error {
 		if rest := kv.Key[len(prefix):]; rest != "" && !strings.HasPrefix(rest, "/") {
 			continue // another identity that starts with this one's name
 		}
-		var p pointer
-		if json.Unmarshal(kv.Value, &p) != nil {
+		pool, ip, ok := decodePointer(kv.Value)
+		if !ok {
 			continue
 		}
-		ip, err := netip.ParseAddr(p.IP)
-		if err != nil {
-			continue
-		}
-		if _, err := a.snapshot(ctx, p.Pool, ip, identity, true); err != nil {
+		if _, err := a.snapshot(ctx, pool, ip, identity, true); err != nil {
 			return err
 		}
 	}

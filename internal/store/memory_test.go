@@ -3,7 +3,6 @@ package store_test
 import (
 	"fmt"
 	"maps"
-	"sync"
 	"testing"
 	"time"
 
@@ -103,41 +102,13 @@ func TestMemoryBoundsHistory(t *testing.T) {
 	if n := s.HistoryLen(); n > 100_000 {
 		t.Fatalf("history holds %d events after 250,000 writes", n)
 	}
-	h := &lastValues{}
+	h := &storetest.Mirror{}
 	refl := store.NewReflector(s, "/h/", h)
 	go refl.Run(ctx)
 	if err := refl.WaitForRevision(ctx, s.Revision()); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.len(); got != 10 {
+	if got := len(h.Snapshot()); got != 10 {
 		t.Fatalf("the reflector mirrors %d keys; want 10", got)
 	}
-}
-
-type lastValues struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-func (h *lastValues) Replace(kvs []store.KV, _ int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.m = map[string]string{}
-	for _, kv := range kvs {
-		h.m[kv.Key] = string(kv.Value)
-	}
-}
-
-func (h *lastValues) Apply(evs []store.Event) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, e := range evs {
-		h.m[e.KV.Key] = string(e.KV.Value)
-	}
-}
-
-func (h *lastValues) len() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.m)
 }

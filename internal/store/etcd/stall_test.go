@@ -11,6 +11,7 @@ import (
 
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/store/storetest"
 	"github.com/stickynet/stickynet/internal/testenv"
 )
 
@@ -84,28 +85,6 @@ func newFreezer(t *testing.T, target string) *freezer {
 	return f
 }
 
-type keyCount struct {
-	mu   sync.Mutex
-	keys map[string]bool
-}
-
-func (h *keyCount) Replace(kvs []store.KV, _ int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.keys = map[string]bool{}
-	for _, kv := range kvs {
-		h.keys[kv.Key] = true
-	}
-}
-
-func (h *keyCount) Apply(evs []store.Event) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, e := range evs {
-		h.keys[e.KV.Key] = e.Type != store.EventDelete
-	}
-}
-
 // A watch whose connection goes silent while another endpoint is healthy
 // recovers through the client's keepalive: the reflector (and the cache it
 // feeds) catches up with writes made meanwhile instead of waiting forever.
@@ -113,19 +92,11 @@ func TestWatchSurvivesSilentConnection(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	f := newFreezer(t, e.Endpoint[len("http://"):])
 	via := "http://" + f.ln.Addr().String()
-	s, err := etcd.New(etcd.Options{Endpoints: []string{via}, KeepAliveTime: 5 * time.Second, KeepAliveTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	w, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	s := dial(t, etcd.Options{Endpoints: []string{via}, KeepAliveTime: 5 * time.Second, KeepAliveTimeout: 2 * time.Second})
+	w := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := &keyCount{}
+	h := &storetest.Mirror{}
 	r := store.NewReflector(s, "/stall/", h)
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(ctx) }()
@@ -155,9 +126,7 @@ func TestWatchSurvivesSilentConnection(t *testing.T) {
 	if err := wait(rev, 30*time.Second); err != nil {
 		t.Fatalf("30 s after its connection went silent the watch is at revision %d of %d: %v", r.Revision(), rev, err)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if n := len(h.keys); n != 11 {
+	if n := len(h.Snapshot()); n != 11 {
 		t.Fatalf("the cache holds %d of 11 keys", n)
 	}
 }

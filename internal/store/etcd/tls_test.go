@@ -37,11 +37,7 @@ func TestTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile, CertFile: client.CertFile, KeyFile: client.KeyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile, CertFile: client.CertFile, KeyFile: client.KeyFile})
 	if _, err := s.Txn(ctx, nil, []store.Op{store.Put("/tls/a", []byte("v"), store.NoLease)}, nil); err != nil {
 		t.Fatalf("put over TLS: %v", err)
 	}
@@ -49,11 +45,7 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("get over TLS: %v, %v", kv, err)
 	}
 
-	anon, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer anon.Close()
+	anon := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile})
 	actx, acancel := context.WithTimeout(ctx, 3*time.Second)
 	defer acancel()
 	if _, err := anon.Get(actx, "/tls/a"); err == nil {
@@ -67,19 +59,11 @@ func TestTLS(t *testing.T) {
 	// TLS on the server's side only: the CA alone reaches it (the chart's
 	// etcd.tlsClientCert: false); without the CA the server is not trusted.
 	open := testenv.StartEtcdTLS(t, testenv.EtcdTLS{CAFile: pki.CAFile, CertFile: server.CertFile, KeyFile: server.KeyFile, AnyClient: true})
-	caOnly, err := etcd.New(etcd.Options{Endpoints: []string{open.Endpoint}, CAFile: pki.CAFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer caOnly.Close()
+	caOnly := dial(t, etcd.Options{Endpoints: []string{open.Endpoint}, CAFile: pki.CAFile})
 	if _, err := caOnly.Txn(ctx, nil, []store.Op{store.Put("/tls/b", []byte("v"), store.NoLease)}, nil); err != nil {
 		t.Fatalf("put with the CA only, to an etcd without client-cert-auth: %v", err)
 	}
-	untrusting, err := etcd.New(etcd.Options{Endpoints: []string{open.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer untrusting.Close()
+	untrusting := dial(t, etcd.Options{Endpoints: []string{open.Endpoint}})
 	uctx, ucancel := context.WithTimeout(ctx, 3*time.Second)
 	defer ucancel()
 	if _, err := untrusting.Get(uctx, "/tls/b"); err == nil {
@@ -92,11 +76,7 @@ func TestAuth(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	admin, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	cli := admin.Client()
 	if _, err := cli.UserAdd(ctx, "root", "secret"); err != nil {
 		t.Fatal(err)
@@ -107,20 +87,23 @@ func TestAuth(t *testing.T) {
 	if _, err := cli.AuthEnable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, Username: "root", Password: "secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}, Username: "root", Password: "secret"})
 	if _, err := s.Txn(ctx, nil, []store.Op{store.Put("/auth/a", []byte("v"), store.NoLease)}, nil); err != nil {
 		t.Fatalf("put with username and password: %v", err)
 	}
-	anon, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer anon.Close()
+	anon := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	if _, err := anon.Get(ctx, "/auth/a"); err == nil {
 		t.Fatal("etcd with auth enabled answered a client without credentials")
 	}
+}
+
+// dial connects the driver and closes it when the test ends.
+func dial(t *testing.T, opts etcd.Options) *etcd.Store {
+	t.Helper()
+	s, err := etcd.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

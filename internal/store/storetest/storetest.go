@@ -435,14 +435,16 @@ func testConcurrentCAS(t *testing.T, s store.Store, p string, _ Driver) {
 	}
 }
 
-// mapHandler mirrors the keys under a prefix.
-type mapHandler struct {
+// Mirror is a store.Handler that mirrors the keys under a reflector's
+// prefix, for tests of reflectors and watches.
+type Mirror struct {
 	mu       sync.Mutex
 	m        map[string]string
 	replaces int
 }
 
-func (h *mapHandler) Replace(kvs []store.KV, _ int64) {
+// Replace implements store.Handler.
+func (h *Mirror) Replace(kvs []store.KV, _ int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.replaces++
@@ -452,7 +454,8 @@ func (h *mapHandler) Replace(kvs []store.KV, _ int64) {
 	}
 }
 
-func (h *mapHandler) Apply(evs []store.Event) {
+// Apply implements store.Handler.
+func (h *Mirror) Apply(evs []store.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, e := range evs {
@@ -464,7 +467,8 @@ func (h *mapHandler) Apply(evs []store.Event) {
 	}
 }
 
-func (h *mapHandler) snapshot() map[string]string {
+// Snapshot returns a copy of the mirrored keys and values.
+func (h *Mirror) Snapshot() map[string]string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return maps.Clone(h.m)
@@ -485,7 +489,7 @@ func randomOps(t *testing.T, s store.Store, p string, n int) int64 {
 	return rev
 }
 
-func checkMirror(t *testing.T, s store.Store, r *store.Reflector, h *mapHandler, prefix string, rev int64) {
+func checkMirror(t *testing.T, s store.Store, r *store.Reflector, h *Mirror, prefix string, rev int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -500,11 +504,11 @@ func checkMirror(t *testing.T, s store.Store, r *store.Reflector, h *mapHandler,
 	// The reflector's revision only moves with events under its prefix, so wait
 	// for the mirror to match rather than for rev itself.
 	for {
-		if maps.Equal(h.snapshot(), want) && r.Revision() > 0 {
+		if maps.Equal(h.Snapshot(), want) && r.Revision() > 0 {
 			return
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("mirror %v != store %v (reflector at %d, store at %d)", h.snapshot(), want, r.Revision(), rev)
+			t.Fatalf("mirror %v != store %v (reflector at %d, store at %d)", h.Snapshot(), want, r.Revision(), rev)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -512,7 +516,7 @@ func checkMirror(t *testing.T, s store.Store, r *store.Reflector, h *mapHandler,
 
 func testReflectorFollows(t *testing.T, s store.Store, p string, _ Driver) {
 	randomOps(t, s, p, 30)
-	h := &mapHandler{}
+	h := &Mirror{}
 	r := store.NewReflector(s, p+"r/", h)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -585,7 +589,7 @@ func (b *breakable) reconnect() {
 
 func testReflectorRelist(t *testing.T, s store.Store, p string, d Driver) {
 	randomOps(t, s, p, 20)
-	h := &mapHandler{}
+	h := &Mirror{}
 	b := &breakable{Store: s, gate: make(chan struct{})}
 	close(b.gate)
 	r := store.NewReflector(b, p+"r/", h)
