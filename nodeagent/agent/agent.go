@@ -108,7 +108,8 @@ type Options struct {
 	// CNIBinDir receives the plugin binary copied from CNIPluginSource; both
 	// empty means do not install the plugin.
 	CNIBinDir, CNIPluginSource string
-	// PodWait bounds how long ADD waits for the pod to reach the agent's cache.
+	// PodWait bounds how long ADD waits for the pod to reach the agent's
+	// cache and then for another pod on the node to give up its address.
 	PodWait time.Duration
 	// ResyncPeriod is how often the agent re-checks every pod's limits
 	// (meters are lost when ovs-vswitchd restarts); 0 means never.
@@ -200,6 +201,7 @@ type agent struct {
 	usedVFs    map[string]bool                 // "pf/index" of VFs given to pods
 	advertise  chan struct{}                   // wakes advertiseLoop
 	podChanged chan struct{}                   // closed and replaced on every pod event
+	detached   chan struct{}                   // closed and replaced when an attachment is removed
 	ready      bool
 	warm       chan struct{} // wakes warmLoop
 }
@@ -309,6 +311,7 @@ func Run(ctx context.Context, opts Options) error {
 		usedVFs:    map[string]bool{},
 		advertise:  make(chan struct{}, 1),
 		podChanged: make(chan struct{}),
+		detached:   make(chan struct{}),
 		warm:       make(chan struct{}, 1),
 	}
 	defer a.queue.ShutDown()

@@ -94,7 +94,11 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	if err != nil {
 		return nil, nil, err
 	}
-	pod, err := a.waitPod(ctx, ref)
+	// One budget for the waits of ADD: for the pod to reach the cache, then
+	// for its address to be free on this node.
+	wait, cancel := context.WithTimeout(ctx, a.opts.PodWait)
+	defer cancel()
+	pod, err := a.waitPod(wait, ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -102,7 +106,7 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 		fb, err := notAdmitted(conf, pod)
 		return nil, fb, err
 	}
-	res, err := a.attach(ctx, conf, req, pod)
+	res, err := a.attach(ctx, wait, conf, req, pod)
 	return res, nil, err
 }
 
@@ -141,8 +145,10 @@ func stickynetAnnotation(ann map[string]string) string {
 	return keys[0]
 }
 
-// attach sets up the attachment of a pod with a stickynet assignment.
-func (a *agent) attach(ctx context.Context, conf *api.NetConf, req api.Request, pod *corev1.Pod) ([]byte, error) {
+// attach sets up the attachment of a pod with a stickynet assignment; wait
+// bounds how long it waits for another pod on the node to give up the
+// address (waitCarriers).
+func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Request, pod *corev1.Pod) ([]byte, error) {
 	asg, err := podAssignment(pod)
 	if err != nil {
 		return nil, err
@@ -170,6 +176,9 @@ func (a *agent) attach(ctx context.Context, conf *api.NetConf, req api.Request, 
 		if err := a.remove(ctx, old); err != nil {
 			return nil, err
 		}
+	}
+	if err := a.waitCarriers(wait, at); err != nil {
+		return nil, err
 	}
 	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
 		if err := a.addVF(ctx, at, name, asg); err != nil {
@@ -226,6 +235,85 @@ func (a *agent) attach(ctx context.Context, conf *api.NetConf, req api.Request, 
 	return buildResult(conf.CNIVersion, at, hostMAC)
 }
 
+// carrierPoll is how often waitCarriers looks again without a removal: a
+// carrier's host veth goes with its netns, with no word to the agent.
+const carrierPoll = 250 * time.Millisecond
+
+// waitCarriers returns once no attachment of another pod on this node
+// carries at's MAC or one of its IPs on at's VLAN: an address is on one
+// pod at a time, else OVS's MAC learning and the neighbours' caches send
+// its traffic to either. A DaemonSet's rolling update (maxUnavailable)
+// creates the node's new pod, which the webhook gives the node's address,
+// while the old one still terminates: the new pod's ADD waits here for the
+// old pod's DEL. When wait ends first, the error names the carrier and asks
+// to try again (kubelet retries the sandbox).
+func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) error {
+	for {
+		a.mu.Lock()
+		detached := a.detached
+		var others []*datapath.Attachment
+		for _, o := range a.atts {
+			if o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at) {
+				others = append(others, o)
+			}
+		}
+		a.mu.Unlock()
+		var carrier *datapath.Attachment
+		for _, o := range others {
+			// A host veth that went with its netns carries nothing: its
+			// record waits for a DEL that may never come.
+			if o.VF != nil || a.dp.HostVethExists(o.HostVeth) {
+				carrier = o
+				break
+			}
+		}
+		if carrier == nil {
+			return nil
+		}
+		select {
+		case <-detached:
+		case <-time.After(carrierPoll):
+		case <-wait.Done():
+			state := "not in the API any more"
+			if pod, ok := a.livePod(carrier); ok {
+				state = "running"
+				if pod.DeletionTimestamp != nil {
+					state = "terminating"
+				}
+			}
+			return types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("pod %s: %s is still carried on this node by pod %s (%s; container %s) after %s; an address is on one pod at a time: try again once that pod's network is torn down",
+					at.Pod(), sharedAddress(carrier, at), carrier.Pod(), state, carrier.ContainerID, a.opts.PodWait),
+				"a DaemonSet's rolling update (maxUnavailable) creates the node's new pod while the old one terminates; kubelet retries the sandbox")
+		}
+	}
+}
+
+// sharesAddress reports whether two attachments on one VLAN have the same
+// MAC or an IP in common.
+func sharesAddress(x, y *datapath.Attachment) bool {
+	return sharedAddress(x, y) != ""
+}
+
+// sharedAddress names the first address x and y have in common on their
+// VLAN ("MAC 02:..." or "IP 10.0.0.5"), or "".
+func sharedAddress(x, y *datapath.Attachment) string {
+	if x.VLAN != y.VLAN {
+		return ""
+	}
+	if x.MAC != "" && strings.EqualFold(x.MAC, y.MAC) {
+		return "MAC " + x.MAC
+	}
+	for _, p := range x.IPs {
+		for _, q := range y.IPs {
+			if p.Addr() == q.Addr() {
+				return "IP " + p.Addr().String()
+			}
+		}
+	}
+	return ""
+}
+
 // podAssignment reads the webhook's output annotations of pod as CNI errors.
 func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
 	asg, err := annotations.ParseAssignment(pod.Annotations)
@@ -241,8 +329,6 @@ func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
 // waitPod returns the pod once the agent's cache has it (with the UID the
 // runtime named): the runtime may ask before the watch delivers the pod.
 func (a *agent) waitPod(ctx context.Context, ref podRef) (*corev1.Pod, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.opts.PodWait)
-	defer cancel()
 	for {
 		a.mu.Lock()
 		changed := a.podChanged
@@ -282,6 +368,8 @@ func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
 	a.mu.Lock()
 	if a.atts[at.Key()] == at {
 		delete(a.atts, at.Key())
+		close(a.detached)
+		a.detached = make(chan struct{})
 	}
 	if at.VF != nil {
 		delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/nodeagent/agent"
@@ -597,5 +598,66 @@ func TestPolicingModeSettings(t *testing.T) {
 	waitFor(t, "policing off", func() bool { return policing() == "0/0" })
 	if err := e.cni.Check(a.rt); err != nil {
 		t.Errorf("CHECK after the change: %v", err)
+	}
+}
+
+// A DaemonSet's rolling update creates the node's new pod, which gets the
+// node's address, while the old pod terminates. The new pod's ADD waits for
+// the old pod's DEL, gives up with "try again later" naming the old pod when
+// the DEL does not come in time, and leaves nothing behind then. An
+// attachment whose netns is gone carries nothing and holds no one up.
+func TestAddWaitsForAddressCarrier(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
+	spec := podSpec{name: "ds-old", ips: "10.84.0.10/24", mac: "02:00:0a:54:00:0a"}
+	old := e.addPod(spec)
+	terminating := old.pod.DeepCopy()
+	terminating.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	e.pods.Set(terminating)
+
+	spec.name = "ds-new"
+	nw := e.newPod(spec)
+	_, err := e.cni.Add(nw.rt)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "MAC 02:00:0a:54:00:0a is still carried on this node by pod default/ds-old (terminating") {
+		t.Fatalf("ADD while the old pod carries the address: %v; want code %d naming the terminating pod default/ds-old", err, types.ErrTryAgainLater)
+	}
+	if p := e.ovsPortOf("ctr-ds-new"); p != "" {
+		t.Errorf("the refused ADD left OVS port %s", p)
+	}
+	if recs := e.records(); len(recs) != 1 {
+		t.Errorf("records after the refused ADD: %v; want the old pod's only", recs)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.cni.Add(nw.rt)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("ADD of the new pod returned while the old pod still carried the address: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := e.cni.Del(old.rt); err != nil {
+		t.Fatalf("DEL of the old pod: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("ADD of the new pod after the old pod's DEL: %v", err)
+	}
+	if e.ovsPortOf("ctr-ds-new") == "" {
+		t.Error("the new pod has no OVS port")
+	}
+
+	// The new pod's netns vanishes without a DEL: its record stays, but its
+	// host veth went with the netns, so a third pod is not held up.
+	nw.netns.Remove(t)
+	spec.name = "ds-third"
+	third := e.newPod(spec)
+	if _, err := e.cni.Add(third.rt); err != nil {
+		t.Fatalf("ADD next to an attachment whose netns is gone: %v", err)
+	}
+	for _, p := range []*testPod{nw, third} {
+		if err := e.cni.Del(p.rt); err != nil {
+			t.Errorf("DEL %s: %v", p.pod.Name, err)
+		}
 	}
 }
