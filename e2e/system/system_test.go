@@ -5,8 +5,10 @@
 // reachable from a pod on a third node; two-way bandwidth limits from a
 // BandwidthPolicy hold between pods on two nodes, and an edit of the policy
 // changes them live; a pod of a namespace without the label runs on the
-// fallback network (the reference chain) of a node that runs stickynet. At
-// the end nothing is left on the machine.
+// fallback network (the reference chain) of a node that runs stickynet; a
+// DaemonSet's pod replaced by a rolling update and by a forced deletion
+// hands the node's address to the new pod only once its own port is gone.
+// At the end nothing is left on the machine.
 package system_test
 
 import (
@@ -112,6 +114,7 @@ func TestStickynet(t *testing.T) {
 	t.Run("SimulatedNodeWithAgent", func(t *testing.T) { e.testSimulated(ctx, t) })
 	t.Run("BandwidthPolicyBothWaysAndLive", func(t *testing.T) { e.testBandwidth(ctx, t) })
 	t.Run("UnlabelledNamespaceOnFallbackNetwork", func(t *testing.T) { e.testFallback(ctx, t) })
+	t.Run("DaemonSetPodHandsAddressOver", func(t *testing.T) { e.testDaemonSetHandover(ctx, t) })
 
 	// Everything goes; each agent removes its pods' ports on CNI DEL.
 	if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
@@ -368,6 +371,108 @@ func (e *env) testFallback(ctx context.Context, t *testing.T) {
 		ls, _ := filepath.Glob(leases)
 		return apierrors.IsNotFound(err) && len(recs) == 0 && len(ls) == 0, fmt.Sprintf("get: %v, records %v, leases %v", err, recs, ls)
 	})
+}
+
+// testDaemonSetHandover: a DaemonSet pod that ignores SIGTERM is replaced
+// twice on one node, each time by a pod that the webhook gives the node's
+// address. In a rolling update (maxUnavailable) the DaemonSet controller
+// creates the new pod only once the old one is terminal, after kubelet tore
+// its sandbox down. A forced deletion removes the old pod from the API at
+// once, and the controller creates the new pod while kubelet still stops
+// the old one (for a second here): the node agent holds the new pod's ADD
+// until the old pod's port is gone. Either way the node agent's log shows
+// the old pod's attachment removed before the new pod's is set up, and the
+// new pod runs with the node's IP and MAC on eth0.
+func (e *env) testDaemonSetHandover(ctx context.Context, t *testing.T) {
+	const name, node = "agentds", "node-2"
+	tmpl := toolbox(name, nil)
+	tmpl.Spec.NodeSelector[corev1.LabelHostname] = node
+	tmpl.Spec.TerminationGracePeriodSeconds = ptr.To(int64(5))
+	tmpl.Spec.Containers[0].Command = []string{"/bin/sh", "-c", `trap '' TERM; while true; do sleep 1; done`}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
+			Template: tmpl,
+		},
+	}
+	dsets := e.k.AppsV1().DaemonSets(ns)
+	if _, err := dsets.Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := dsets.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Errorf("delete DaemonSet %s: %v", name, err)
+		}
+	}()
+	first := e.waitDaemonPod(ctx, t, name, "")
+	ip, mac := first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC]
+	e.checkInterface(ctx, t, first, ip, mac)
+
+	patch := []byte(`{"spec":{"template":{"metadata":{"annotations":{"e2e/revision":"2"}}}}}`)
+	if _, err := dsets.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	updated := e.waitDaemonPod(ctx, t, name, first.UID)
+	e.checkHandover(ctx, t, "rolling update", first, updated, node, ip, mac)
+
+	if err := e.k.CoreV1().Pods(ns).Delete(ctx, updated.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	replaced := e.waitDaemonPod(ctx, t, name, updated.UID)
+	e.checkHandover(ctx, t, "forced deletion", updated, replaced, node, ip, mac)
+}
+
+// checkHandover checks that a DaemonSet's new pod nw on node has the node's
+// address, and that node's agent set nw's attachment up only after it had
+// removed old's.
+func (e *env) checkHandover(ctx context.Context, t *testing.T, what string, old, nw *corev1.Pod, node, ip, mac string) {
+	t.Helper()
+	if got := [2]string{nw.Annotations[annotations.AssignedIP], nw.Annotations[annotations.AssignedMAC]}; got != [2]string{ip, mac} {
+		t.Errorf("%s: new pod %s was assigned %v; the node's address is %s %s", what, nw.Name, got, ip, mac)
+	}
+	e.checkInterface(ctx, t, nw, ip, mac)
+	b, err := os.ReadFile(filepath.Join(e.c.Dir(), "logs", "stickynet-nodeagent-"+node+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := func(msg string, p *corev1.Pod) int {
+		return slices.IndexFunc(strings.Split(string(b), "\n"), func(l string) bool {
+			return strings.Contains(l, `"`+msg+`"`) && strings.Contains(l, `pod="`+p.Namespace+"/"+p.Name+`"`)
+		})
+	}
+	removed, setUp, waited := line("Attachment removed", old), line("Attachment set up", nw), line("Waiting for another pod on the node to give up the address", nw)
+	t.Logf("%s: %s replaced %s; agent log lines: old attachment removed %d, new one set up %d, ADD waited for the address %d (-1: not logged)",
+		what, nw.Name, old.Name, removed, setUp, waited)
+	if removed < 0 || setUp < 0 || setUp < removed {
+		t.Errorf("%s: the agent on %s did not remove %s's attachment before setting up %s's (log lines %d and %d)", what, node, old.Name, nw.Name, removed, setUp)
+	}
+}
+
+// waitDaemonPod waits until the pod of DaemonSet app, other than the one
+// with UID not, runs with an IP while no other pod of it is left, and
+// returns it.
+func (e *env) waitDaemonPod(ctx context.Context, t *testing.T, app string, not types.UID) *corev1.Pod {
+	t.Helper()
+	var p *corev1.Pod
+	eventually(ctx, t, 120*time.Second, "the one pod of DaemonSet "+app+" Running", func() (bool, string) {
+		list, err := e.k.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+		if err != nil {
+			return false, err.Error()
+		}
+		var states []string
+		for i := range list.Items {
+			q := &list.Items[i]
+			states = append(states, fmt.Sprintf("%s %s deleting=%t %s", q.Name, q.Status.Phase, q.DeletionTimestamp != nil, podReason(q)))
+		}
+		if len(list.Items) != 1 {
+			return false, strings.Join(states, "; ")
+		}
+		p = &list.Items[0]
+		ok := p.UID != not && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
+		return ok, strings.Join(states, "; ")
+	})
+	return p
 }
 
 // bitRate parses a bandwidth annotation; -1 if it does not parse.

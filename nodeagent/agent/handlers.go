@@ -242,12 +242,15 @@ const carrierPoll = 250 * time.Millisecond
 // waitCarriers returns once no attachment of another pod on this node
 // carries at's MAC or one of its IPs on at's VLAN: an address is on one
 // pod at a time, else OVS's MAC learning and the neighbours' caches send
-// its traffic to either. A DaemonSet's rolling update (maxUnavailable)
-// creates the node's new pod, which the webhook gives the node's address,
-// while the old one still terminates: the new pod's ADD waits here for the
-// old pod's DEL. When wait ends first, the error names the carrier and asks
-// to try again (kubelet retries the sandbox).
+// its traffic to either. A DaemonSet pod deleted with --force is the case:
+// the API forgets it at once, and the DaemonSet controller creates the
+// node's new pod, which the webhook gives the node's address, while kubelet
+// still stops the old one. The new pod's ADD waits here for the old pod's
+// DEL. When wait ends first, the error names the carrier and asks to try
+// again (kubelet retries the sandbox).
 func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) error {
+	var waited *datapath.Attachment
+	start := time.Now()
 	for {
 		a.mu.Lock()
 		detached := a.detached
@@ -268,8 +271,16 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 			}
 		}
 		if carrier == nil {
+			if waited != nil {
+				klog.FromContext(wait).Info("Address given up by the other pod", "pod", at.Pod(), "carrier", waited.Pod(), "waited", time.Since(start))
+			}
 			return nil
 		}
+		if waited == nil {
+			klog.FromContext(wait).Info("Waiting for another pod on the node to give up the address", "pod", at.Pod(),
+				"address", sharedAddress(carrier, at), "carrier", carrier.Pod(), "carrierContainerID", carrier.ContainerID)
+		}
+		waited = carrier
 		select {
 		case <-detached:
 		case <-time.After(carrierPoll):
@@ -284,7 +295,7 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 			return types.NewError(types.ErrTryAgainLater,
 				fmt.Sprintf("pod %s: %s is still carried on this node by pod %s (%s; container %s) after %s; an address is on one pod at a time: try again once that pod's network is torn down",
 					at.Pod(), sharedAddress(carrier, at), carrier.Pod(), state, carrier.ContainerID, a.opts.PodWait),
-				"a DaemonSet's rolling update (maxUnavailable) creates the node's new pod while the old one terminates; kubelet retries the sandbox")
+				"a pod deleted with --force is gone from the API while kubelet still stops it, and its DaemonSet or StatefulSet replaces it at once; kubelet retries the sandbox")
 		}
 	}
 }
