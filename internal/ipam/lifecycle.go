@@ -127,6 +127,56 @@ func (a *Allocator) Bind(ctx context.Context, b Binding) error {
 	return fmt.Errorf("bind %s of pool %s: %w", b.IP, b.Pool, ErrContention)
 }
 
+// Adoption is an address a live pod carries, as its annotations say.
+type Adoption struct {
+	Pool     *Pool
+	Identity string
+	Shared   bool
+	Pod      string // ns/name
+	IP       netip.Addr
+	MAC      net.HardwareAddr
+}
+
+// Adopt records an address that a live pod carries but the state does not
+// hold (its reservation expired before the pod was confirmed, or the state
+// was lost or restored from an older backup): the pod's identity gets the
+// address and the pod's MAC back, bound to the pod, in one transaction that
+// finds the address, identity and MAC keys absent. It reports false, and
+// nothing is written, when the transaction finds any of them (the cache
+// learns what it found). A *ConflictError names who holds the address or
+// the MAC instead; a single identity that holds another address now is a
+// *ConflictError too: it is not moved.
+func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
+	if why := ad.Pool.WhyNot(ad.IP); why != "" {
+		return false, &NotAllocatableError{IP: ad.IP, Reason: why}
+	}
+	if !ad.Shared {
+		for _, e := range a.Lookup(ad.Identity) {
+			if e.Pool != ad.Pool.Name || e.IP != ad.IP {
+				return false, &ConflictError{Pool: e.Pool, What: "identity " + ad.Identity, Holder: "address " + e.IP.String()}
+			}
+		}
+	}
+	req := Request{Pool: ad.Pool, Identity: ad.Identity, Shared: ad.Shared, Pod: ad.Pod, IP: ad.IP, MAC: ad.MAC}
+	mac := ad.MAC.String()
+	p := a.claimOps(&req, ad.IP, mac, []store.Cmp{
+		store.Absent(a.keys.addrKey(ad.Pool.Name, ad.IP)),
+		store.Absent(a.keys.identKey(ad.Identity, ad.Shared, ad.IP)),
+		store.Absent(a.keys.macKey(mac)),
+	})
+	p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	res, err := a.s.Txn(ctx, p.cmps, p.then, p.els)
+	if err != nil {
+		return false, fmt.Errorf("record %s of pool %s for pod %s: %w", ad.IP, ad.Pool.Name, ad.Pod, err)
+	}
+	if res.Succeeded {
+		a.applyLocal(p.then, res.Revision)
+		return true, nil
+	}
+	_, err = a.learn(ctx, &req, p, res)
+	return false, err
+}
+
 // Unbind records that pod no longer carries the address (the pod is gone). The
 // address stays with its identity. Nothing happens when another pod carries it.
 func (a *Allocator) Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error {

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -44,6 +45,7 @@ type allocator interface {
 	Bind(ctx context.Context, b ipam.Binding) error
 	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
 	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
+	Adopt(ctx context.Context, ad ipam.Adoption) (bool, error)
 	SetPool(p *ipam.Pool)
 	Stats(p *ipam.Pool) ipam.Stats
 }
@@ -234,9 +236,11 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := c.Client.List(ctx, pools); err != nil {
 		return fmt.Errorf("list IPPools: %w", err)
 	}
+	ipPools := map[string]*ipam.Pool{}
 	for i := range pools.Items {
 		if p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec); err == nil {
 			c.Alloc.SetPool(p)
+			ipPools[p.Name] = p
 		}
 	}
 
@@ -339,6 +343,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	if err := c.adopt(ctx, pods, ipPools, now); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.updatePools(ctx, pools.Items); err != nil {
 		errs = append(errs, err)
 	}
@@ -346,6 +353,63 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	c.forget(pods)
+	return errors.Join(errs...)
+}
+
+// adopt records the addresses that live pods carry but the state does not
+// hold: a reservation that expired before its pod was confirmed (the leader
+// was away longer than --reservation-ttl), or state lost or restored from an
+// older backup. Left so, the address would look free and go to a second pod.
+// A pod gets its address and MAC recorded again for its identity when no one
+// holds them; when someone does, the pod gets a Warning event saying who, as
+// it does when its address is recorded for another identity. Pods younger
+// than the grace are left to their admission and confirmation.
+func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string]*ipam.Pool, now time.Time) error {
+	holders := map[string]ipam.Entry{}
+	for _, e := range c.Alloc.List(func(ipam.Entry) bool { return true }) {
+		holders[addrKey(e.Pool, e.IP)] = e
+	}
+	log := klog.FromContext(ctx)
+	var errs []error
+	for i := range pods {
+		p := &pods[i]
+		if !p.live || now.Sub(p.pod.CreationTimestamp.Time) < c.Grace {
+			continue
+		}
+		if h, ok := holders[addrKey(p.pool, p.ip)]; ok {
+			if h.Identity != p.identity || h.Cooling {
+				state := "held by " + h.Identity
+				if h.Cooling {
+					state = "released by " + h.Identity + " and cooling down"
+				}
+				c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict",
+					"%s of pool %s, which this pod carries as %s, is %s: recreate the pod to get an address of its own", p.ip, p.pool, p.identity, state)
+			}
+			continue
+		}
+		pool := pools[p.pool]
+		mac, err := net.ParseMAC(p.pod.Annotations[annotations.AssignedMAC])
+		if pool == nil || err != nil {
+			continue // an IPPool that is gone, or no MAC: nothing to record it in
+		}
+		id, err := annotations.ParseIdentity(p.identity)
+		if err != nil {
+			continue
+		}
+		ok, err := c.Alloc.Adopt(ctx, ipam.Adoption{Pool: pool, Identity: p.identity, Shared: id.Shared(), Pod: p.key, IP: p.ip, MAC: mac})
+		var conflict *ipam.ConflictError
+		switch {
+		case errors.As(err, &conflict):
+			c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict",
+				"%s of pool %s, which this pod carries as %s, is not recorded for it and cannot be: %v; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, err)
+		case err != nil:
+			errs = append(errs, err)
+		case ok:
+			log.Info("Recorded an address a pod carries that the state did not hold", "pod", p.key, "pool", p.pool, "ip", p.ip, "mac", mac, "identity", p.identity)
+			c.event(p.pod, corev1.EventTypeNormal, "StickyAddressRecorded",
+				"%s with MAC %s of pool %s was not in stickynet's state (a reservation that expired before the pod was confirmed, or lost state); recorded again for %s", p.ip, mac, p.pool, p.identity)
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -2,6 +2,9 @@ package release
 
 import (
 	"context"
+	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -242,4 +245,75 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 	if len(evs) != 1 || !strings.Contains(evs[0], "InvalidBandwidthPolicy") || !strings.Contains(evs[0], "spec.ingress.burst") {
 		t.Errorf("events %q; want one InvalidBandwidthPolicy naming spec.ingress.burst", evs)
 	}
+}
+
+// A live pod whose address the state does not hold (its reservation expired
+// before it was confirmed, or the state was lost) gets it recorded again for
+// its identity, with its MAC, bound to it; a pod whose address or MAC someone
+// else holds gets a Warning event naming the holder, and nothing changes.
+func TestUnrecordedAddressesOfLivePods(t *testing.T) {
+	mk := func(name, identity, ip, mac string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Annotations: map[string]string{
+				annotations.Identity: identity, annotations.AssignedIP: ip + "/24", annotations.AssignedPool: "blue",
+				annotations.AssignedMAC: mac, annotations.Reservation: "tok-" + name,
+			}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning},
+		}
+	}
+	c, a, p, rec := setup(t,
+		mk("db-0", "statefulset/app/db/0", "10.20.0.7", "02:00:00:00:00:07"),
+		mk("web-x", "deployment/app/web", "10.20.0.8", "02:00:00:00:00:08"),
+		mk("db-1", "statefulset/app/db/1", "10.20.0.9", "02:00:00:00:00:09"),
+		mk("db-2", "statefulset/app/db/2", "10.20.0.10", "02:00:00:00:00:0b"),
+	)
+	ctx := context.Background()
+	// Someone else holds db-1's address, and db-2's MAC.
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "pod/app/x", Token: "tok-x", IP: netip.MustParseAddr("10.20.0.9")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "pod/app/y", Token: "tok-y", IP: netip.MustParseAddr("10.20.0.11"), MAC: mustMAC(t, "02:00:00:00:00:0b")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []struct{ identity, ip, mac, pod string }{
+		{"statefulset/app/db/0", "10.20.0.7", "02:00:00:00:00:07", "app/db-0"},
+		{"deployment/app/web", "10.20.0.8", "02:00:00:00:00:08", "app/web-x"},
+	} {
+		got := a.Lookup(w.identity)
+		if len(got) != 1 || got[0].IP.String() != w.ip || got[0].MAC.String() != w.mac || got[0].Pod != w.pod || got[0].Reserved {
+			t.Errorf("%s after the pass: %+v; want %s with MAC %s bound to %s", w.identity, got, w.ip, w.mac, w.pod)
+		}
+	}
+	if got := a.Lookup("statefulset/app/db/1"); len(got) != 0 {
+		t.Errorf("db-1, whose address pod/app/x holds, got %+v", got)
+	}
+	if got := a.Lookup("statefulset/app/db/2"); len(got) != 0 {
+		t.Errorf("db-2, whose MAC pod/app/y holds, got %+v", got)
+	}
+	var evs []string
+	for len(rec.Events) > 0 {
+		evs = append(evs, <-rec.Events)
+	}
+	for _, want := range []string{
+		"Normal StickyAddressRecorded 10.20.0.7 with MAC 02:00:00:00:00:07 of pool blue",
+		"Normal StickyAddressRecorded 10.20.0.8 with MAC 02:00:00:00:00:08 of pool blue",
+		"Warning StickyAddressConflict 10.20.0.9 of pool blue, which this pod carries as statefulset/app/db/1, is held by pod/app/x",
+		"Warning StickyAddressConflict 10.20.0.10 of pool blue, which this pod carries as statefulset/app/db/2, is not recorded for it and cannot be: MAC 02:00:00:00:00:0b of pool blue is held by pod/app/y",
+	} {
+		if !slices.ContainsFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, want) }) {
+			t.Errorf("no event starts with %q; events:\n%s", want, strings.Join(evs, "\n"))
+		}
+	}
+}
+
+func mustMAC(t *testing.T, s string) net.HardwareAddr {
+	t.Helper()
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
