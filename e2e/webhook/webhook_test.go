@@ -123,6 +123,7 @@ func TestWebhook(t *testing.T) {
 	t.Run("BandwidthPolicyEdit", func(t *testing.T) { s.testBandwidthPolicy(ctx, t) })
 	t.Run("PoolStatus", func(t *testing.T) { s.testPoolStatus(ctx, t) })
 	t.Run("UnlabelledLivePodKeepsAddress", func(t *testing.T) { s.testUnlabelled(ctx, t) })
+	t.Run("LostStateRecordedAgain", func(t *testing.T) { s.testLostState(ctx, t, st) })
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -794,6 +795,75 @@ func (s *suite) testUnlabelled(ctx context.Context, t *testing.T) {
 // watches) and waits for the pass counter to move. The pass counted may
 // have begun before the call; the one counted by a second call began after
 // the first call returned.
+// testLostState: etcd loses every record of a Deployment's two running
+// pods (address, identity member and MAC keys), as after a restore from an
+// older backup. The release controller records each pod's address and MAC
+// again for the Deployment, bound to the pod, with a StickyAddressRecorded
+// event, so that the addresses are not handed to anyone else.
+func (s *suite) testLostState(ctx context.Context, t *testing.T, st store.Store) {
+	ns := "lost"
+	s.namespace(ctx, t, ns, nil)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "keep", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(2)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "keep"}},
+			Template: template("keep", nil),
+		},
+	}
+	if _, err := s.k.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := s.pods(ctx, t, ns, "keep", 2)
+	identity := "deployment/" + ns + "/keep"
+	// bound says whether the Deployment holds exactly its pods' addresses
+	// and MACs, each bound to its pod.
+	bound := func() (bool, string) {
+		got := s.alloc.Lookup(identity)
+		if len(got) != len(want) {
+			return false, fmt.Sprintf("%+v", got)
+		}
+		for _, e := range got {
+			_, name, _ := strings.Cut(e.Pod, "/")
+			if w, ok := want[name]; !ok || w.ip != e.IP.String()+"/24" || w.mac != e.MAC.String() || e.Reserved {
+				return false, fmt.Sprintf("%+v", got)
+			}
+		}
+		return true, ""
+	}
+	eventually(ctx, t, 30*time.Second, "the Deployment's addresses bound to its pods", bound)
+
+	var ops []store.Op
+	for _, e := range s.alloc.Lookup(identity) {
+		ops = append(ops,
+			store.Delete("/stickynet/ipam/addr/"+e.Pool+"/"+e.IP.String()),
+			store.Delete("/stickynet/ipam/ident/"+identity+"/"+e.IP.String()),
+			store.Delete("/stickynet/ipam/mac/"+e.MAC.String()))
+	}
+	if _, err := st.Txn(ctx, nil, ops, nil); err != nil {
+		t.Fatalf("delete the Deployment's records: %v", err)
+	}
+	eventually(ctx, t, 10*time.Second, "the records gone", func() (bool, string) {
+		got := s.alloc.Lookup(identity)
+		return len(got) == 0, fmt.Sprintf("%+v", got)
+	})
+	s.nudgeRelease(ctx, t, "lost")
+	eventually(ctx, t, 60*time.Second, "the pods' addresses and MACs recorded again", bound)
+	eventually(ctx, t, 30*time.Second, "a StickyAddressRecorded event on each pod", func() (bool, string) {
+		evs, err := s.k.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		seen := map[string]bool{}
+		for _, e := range evs.Items {
+			if e.Reason == "StickyAddressRecorded" && strings.Contains(e.Note, "recorded again for "+identity) {
+				seen[e.Regarding.Name] = true
+			}
+		}
+		return len(seen) == len(want), fmt.Sprintf("events on %v", seen)
+	})
+}
+
 func (s *suite) nudgeRelease(ctx context.Context, t *testing.T, value string) {
 	t.Helper()
 	before := passCount(t)
