@@ -193,7 +193,7 @@ type agent struct {
 	network  string
 	conflist []byte // what install writes
 	queue    workqueue.TypedRateLimitingInterface[string]
-	keyLocks [64]sync.Mutex
+	keyLocks [keyStripes]sync.Mutex
 
 	mu         sync.Mutex
 	atts       map[string]*datapath.Attachment // by Attachment.Key
@@ -410,15 +410,23 @@ func (a *agent) count() int {
 	return len(a.atts)
 }
 
-// lockKey serializes work on one attachment.
+// lockKey serializes work on one attachment. Keys share a stripe of locks:
+// hold at most one, and wait for nothing while holding it.
 func (a *agent) lockKey(key string) func() {
+	m := &a.keyLocks[lockStripe(key)]
+	m.Lock()
+	return m.Unlock
+}
+
+// keyStripes is the number of attachment locks.
+const keyStripes = 64
+
+func lockStripe(key string) int {
 	var h uint32
 	for i := 0; i < len(key); i++ {
 		h = h*31 + uint32(key[i])
 	}
-	m := &a.keyLocks[h%uint32(len(a.keyLocks))]
-	m.Lock()
-	return m.Unlock
+	return int(h % keyStripes)
 }
 
 // First OpenFlow port number for pods: numbers below stay for the uplink and

@@ -169,6 +169,11 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		MTU:          a.opts.MTU,
 		Bandwidth:    asg.Bandwidth,
 	}
+	// Before the attachment's lock: the carrier's DEL may need the same
+	// stripe of keyLocks.
+	if err := a.waitCarriers(wait, at); err != nil {
+		return nil, err
+	}
 	unlock := a.lockKey(at.Key())
 	defer unlock()
 	if old := a.get(at.Key()); old != nil {
@@ -176,9 +181,6 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		if err := a.remove(ctx, old); err != nil {
 			return nil, err
 		}
-	}
-	if err := a.waitCarriers(wait, at); err != nil {
-		return nil, err
 	}
 	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
 		if err := a.addVF(ctx, at, name, asg); err != nil {

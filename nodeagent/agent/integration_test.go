@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -605,7 +606,9 @@ func TestPolicingModeSettings(t *testing.T) {
 // node's address, while the old pod terminates. The new pod's ADD waits for
 // the old pod's DEL, gives up with "try again later" naming the old pod when
 // the DEL does not come in time, and leaves nothing behind then. An
-// attachment whose netns is gone carries nothing and holds no one up.
+// attachment whose netns is gone carries nothing and holds no one up. The
+// new pod's attachment key shares a lock stripe with the old one's: the
+// waiting ADD must not hold up the DEL it waits for.
 func TestAddWaitsForAddressCarrier(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
 	spec := podSpec{name: "ds-old", ips: "10.84.0.10/24", mac: "02:00:0a:54:00:0a"}
@@ -614,13 +617,17 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 	terminating.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	e.pods.Set(terminating)
 
+	// The container ID is "ctr-" and the pod's name (newPod).
 	spec.name = "ds-new"
+	for i := 0; agent.LockStripe("ctr-"+spec.name+"/eth0") != agent.LockStripe("ctr-ds-old/eth0"); i++ {
+		spec.name = fmt.Sprintf("ds-new-%d", i)
+	}
 	nw := e.newPod(spec)
 	_, err := e.cni.Add(nw.rt)
 	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "MAC 02:00:0a:54:00:0a is still carried on this node by pod default/ds-old (terminating") {
 		t.Fatalf("ADD while the old pod carries the address: %v; want code %d naming the terminating pod default/ds-old", err, types.ErrTryAgainLater)
 	}
-	if p := e.ovsPortOf("ctr-ds-new"); p != "" {
+	if p := e.ovsPortOf("ctr-" + spec.name); p != "" {
 		t.Errorf("the refused ADD left OVS port %s", p)
 	}
 	if recs := e.records(); len(recs) != 1 {
@@ -643,7 +650,7 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("ADD of the new pod after the old pod's DEL: %v", err)
 	}
-	if e.ovsPortOf("ctr-ds-new") == "" {
+	if e.ovsPortOf("ctr-"+nw.pod.Name) == "" {
 		t.Error("the new pod has no OVS port")
 	}
 
