@@ -26,8 +26,11 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	klabels "k8s.io/apimachinery/pkg/labels"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	certutil "k8s.io/client-go/util/cert"
 	configv1 "k8s.io/kube-scheduler/config/v1"
@@ -595,6 +598,67 @@ func TestWebhookPDB(t *testing.T) {
 	}
 	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
 		t.Errorf("with 2 webhook replicas the PodDisruptionBudget has minAvailable %v; want 1", pdb.Spec.MinAvailable)
+	}
+}
+
+// TestEtcdNetworkPolicy: with the bundled etcd, a NetworkPolicy selects the
+// etcd pods and lets in, on the client port, only the webhook's pods and, on
+// both ports, the members themselves (selectors checked against the pod
+// templates the chart renders); none without the bundled etcd or when
+// turned off.
+func TestEtcdNetworkPolicy(t *testing.T) {
+	testenv.Integration(t)
+	objs := render(t)
+	np := &networkingv1.NetworkPolicy{}
+	if err := yaml.Unmarshal(objs["NetworkPolicy/stickynet-etcd"], np); err != nil || np.Name == "" {
+		t.Fatalf("no NetworkPolicy stickynet-etcd with the bundled etcd (%v)", err)
+	}
+	labels := func(key string) klabels.Set { return podTemplate(t, objs[key]).Labels }
+	etcdPods, webhookPods := labels("StatefulSet/stickynet-etcd"), labels("Deployment/stickynet-webhook")
+	matches := func(sel *metav1.LabelSelector, l klabels.Set) bool {
+		s, err := metav1.LabelSelectorAsSelector(sel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Matches(l)
+	}
+	if !matches(&np.Spec.PodSelector, etcdPods) || matches(&np.Spec.PodSelector, webhookPods) {
+		t.Errorf("the policy's podSelector %v does not select exactly the etcd pods", np.Spec.PodSelector)
+	}
+	// allowed reports whether pods with labels l may reach port on etcd.
+	allowed := func(l klabels.Set, port int) bool {
+		for _, r := range np.Spec.Ingress {
+			from := slices.ContainsFunc(r.From, func(p networkingv1.NetworkPolicyPeer) bool {
+				return p.PodSelector != nil && p.NamespaceSelector == nil && p.IPBlock == nil && matches(p.PodSelector, l)
+			})
+			to := slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port != nil && p.Port.IntValue() == port })
+			if from && to {
+				return true
+			}
+		}
+		return false
+	}
+	other := klabels.Set{"app.kubernetes.io/name": "stickynet-extender", "app.kubernetes.io/instance": "sn"}
+	for _, c := range []struct {
+		who  string
+		l    klabels.Set
+		port int
+		want bool
+	}{
+		{"the webhook", webhookPods, 2379, true},
+		{"the webhook", webhookPods, 2380, false},
+		{"a member", etcdPods, 2379, true},
+		{"a member", etcdPods, 2380, true},
+		{"the extender", other, 2379, false},
+	} {
+		if got := allowed(c.l, c.port); got != c.want {
+			t.Errorf("%s reaches etcd's port %d: %t, want %t (ingress %+v)", c.who, c.port, got, c.want, np.Spec.Ingress)
+		}
+	}
+	for _, set := range []string{"etcd.bundled.networkPolicy=false", "etcd.endpoints={https://etcd.example:2379}"} {
+		if _, ok := render(t, set)["NetworkPolicy/stickynet-etcd"]; ok {
+			t.Errorf("with %s the chart renders NetworkPolicy stickynet-etcd", set)
+		}
 	}
 }
 
