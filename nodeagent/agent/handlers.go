@@ -274,6 +274,7 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 		}
 		if carrier == nil {
 			if waited != nil {
+				addressWaits.WithLabelValues("handed_over").Inc()
 				klog.FromContext(wait).Info("Address given up by the other pod", "pod", at.Pod(), "carrier", waited.Pod(), "waited", time.Since(start))
 			}
 			return nil
@@ -287,6 +288,7 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 		case <-detached:
 		case <-time.After(carrierPoll):
 		case <-wait.Done():
+			addressWaits.WithLabelValues("timed_out").Inc()
 			state := "not in the API any more"
 			if pod, ok := a.livePod(carrier); ok {
 				state = "running"

@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -611,6 +612,7 @@ func TestPolicingModeSettings(t *testing.T) {
 // waiting ADD must not hold up the DEL it waits for.
 func TestAddWaitsForAddressCarrier(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
+	timedOut, handedOver := addressWaits(t, "timed_out"), addressWaits(t, "handed_over")
 	spec := podSpec{name: "ds-old", ips: "10.84.0.10/24", mac: "02:00:0a:54:00:0a"}
 	old := e.addPod(spec)
 	terminating := old.pod.DeepCopy()
@@ -653,6 +655,11 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 	if e.ovsPortOf("ctr-"+nw.pod.Name) == "" {
 		t.Error("the new pod has no OVS port")
 	}
+	for result, want := range map[string]float64{"timed_out": timedOut + 1, "handed_over": handedOver + 1} {
+		if got := addressWaits(t, result); got != want {
+			t.Errorf("stickynet_nodeagent_address_waits_total{result=%q} = %v; want %v (one more than before)", result, got, want)
+		}
+	}
 
 	// The new pod's netns vanishes without a DEL: its record stays, but its
 	// host veth went with the netns, so a third pod is not held up.
@@ -667,4 +674,27 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 			t.Errorf("DEL %s: %v", p.pod.Name, err)
 		}
 	}
+}
+
+// addressWaits reads stickynet_nodeagent_address_waits_total{result} from the
+// process's default registry (the agents of these tests run in-process).
+func addressWaits(t *testing.T, result string) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "stickynet_nodeagent_address_waits_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

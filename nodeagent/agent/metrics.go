@@ -11,7 +11,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/promreg"
 )
+
+// addressWaits counts the ADDs that found their address on another pod's
+// attachment (waitCarriers), in the process's default registry.
+var addressWaits = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "stickynet_nodeagent_address_waits_total",
+	Help: "CNI ADDs that waited for another pod on the node to give up the pod's MAC or IP, by result (handed_over: it did; timed_out: the ADD failed with try-again-later).",
+}, []string{"result"}))
 
 // listenMetrics opens the Prometheus endpoint /metrics on addr: the
 // process's default registry (CNI requests, Go runtime) and the agent's
