@@ -37,7 +37,12 @@ func main() {
 		opts.VFPlacement = p
 		return err
 	})
+	maxRanked := fs.Int("max-ranked-nodes", score.DefaultMaxListed, "list at most this many nodes in one prioritize answer, the best first (nodes tied at the cut sampled at random); 0: every node that scores")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError
+	opts.MaxRankedNodes = *maxRanked
+	if *maxRanked <= 0 {
+		opts.MaxRankedNodes = -1
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

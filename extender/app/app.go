@@ -56,6 +56,10 @@ type Options struct {
 	LastNodeTTL time.Duration
 	// VFPlacement ranks nodes for SR-IOV pods by free VFs.
 	VFPlacement score.Placement
+	// MaxRankedNodes bounds the nodes one prioritize answer lists
+	// (score.Options.MaxListed); 0 means score.DefaultMaxListed, a
+	// negative number no bound.
+	MaxRankedNodes int
 	// CountRequestedVFs makes the filter count free VFs also for pods that
 	// request the VF resource, which the scheduler counts itself unless
 	// configured to ignore it (see filter.Options).
@@ -119,7 +123,7 @@ func Run(ctx context.Context, opts Options) error {
 	srv := server.New(st, server.Options{
 		MaxRequestBytes: opts.MaxRequestBytes,
 		Filter:          filter.Options{CountRequestedVFs: opts.CountRequestedVFs},
-		Score:           score.Options{PreferLastNode: opts.PreferLastNode, Placement: opts.VFPlacement},
+		Score:           score.Options{PreferLastNode: opts.PreferLastNode, Placement: opts.VFPlacement, MaxListed: maxListed(opts.MaxRankedNodes)},
 		Registry:        reg,
 	})
 
@@ -313,4 +317,15 @@ func registerStateMetrics(reg prometheus.Registerer, st *state.State) {
 			ConstLabels: prometheus.Labels{"kind": k.kind},
 		}, func() float64 { return float64(k.get(st.Counts())) }))
 	}
+}
+
+// maxListed maps Options.MaxRankedNodes to score.Options.MaxListed.
+func maxListed(n int) int {
+	switch {
+	case n == 0:
+		return score.DefaultMaxListed
+	case n < 0:
+		return 0
+	}
+	return n
 }

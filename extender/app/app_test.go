@@ -82,3 +82,11 @@ func TestHandlerUnwrapsTombstones(t *testing.T) {
 		t.Errorf("set %v, deleted %v; want a,b both", set, deleted)
 	}
 }
+
+func TestMaxListed(t *testing.T) {
+	for in, want := range map[int]int{0: score.DefaultMaxListed, -1: 0, 7: 7} {
+		if got := maxListed(in); got != want {
+			t.Errorf("MaxRankedNodes %d gives the scorer MaxListed %d; want %d", in, got, want)
+		}
+	}
+}

@@ -7,11 +7,15 @@
 //
 // Nodes that score 0 are left out of the answer: the scheduler adds nothing
 // for them either way, and a pod with nothing to prefer gets an empty list.
+// An answer lists at most Options.MaxListed nodes, the best first: early in
+// a fill nearly every node ties for the most free VFs, and the scheduler
+// would decode and fold a list of them all for each SR-IOV pod.
 package score
 
 import (
 	"fmt"
 	"math/bits"
+	"math/rand/v2"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -61,7 +65,16 @@ type Options struct {
 	PreferLastNode bool
 	// Placement ranks nodes by free VFs for SR-IOV pods.
 	Placement Placement
+	// MaxListed bounds the nodes one answer lists; 0 means no bound. The
+	// best-scored go first; of the nodes that tie at the cut, a uniformly
+	// random sample fills the rest, so the pods of a burst are offered
+	// different nodes among those with the most (or, packing, fewest) free
+	// VFs. The unlisted ones score 0 like the worst.
+	MaxListed int
 }
+
+// DefaultMaxListed is the extender's default Options.MaxListed.
+const DefaultMaxListed = 100
 
 // Prefers reports whether Prioritize may score any node above another for
 // a pod with demand d; if not, it scores every node 0.
@@ -127,10 +140,37 @@ func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
 		res.scores[i] = int8(s)
 		low = min(low, s)
 	}
+	var count [top + 1]int // nodes by score above the lowest
 	for i, s := range res.scores {
-		if s := int64(s) - low; s > 0 {
-			res.Priorities = append(res.Priorities, extenderv1.HostPriority{Host: nodes[i], Score: s})
+		res.scores[i] = s - int8(low)
+		count[res.scores[i]]++
+	}
+	// List every node that scores above cut, and need of the nodes that
+	// score cut: all of them, unless that makes more than MaxListed.
+	cut := int8(1)
+	need := count[cut]
+	if o.MaxListed > 0 && len(nodes)-count[0] > o.MaxListed {
+		above := 0
+		for cut = int8(top); above+count[cut] < o.MaxListed; cut-- {
+			above += count[cut]
 		}
+		need = o.MaxListed - above
+	}
+	avail := count[cut]
+	for i, s := range res.scores {
+		if s == cut {
+			// Selection sampling (Knuth's algorithm S): each subset of need
+			// of the avail nodes at the cut is as likely as any other.
+			take := need == avail || rand.IntN(avail) < need
+			avail--
+			if !take {
+				continue
+			}
+			need--
+		} else if s < cut {
+			continue
+		}
+		res.Priorities = append(res.Priorities, extenderv1.HostPriority{Host: nodes[i], Score: int64(s)})
 	}
 }
 

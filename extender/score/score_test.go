@@ -154,3 +154,76 @@ func TestVFScoreBounds(t *testing.T) {
 		}
 	}
 }
+
+// An answer lists at most MaxListed nodes: the best first (the identity's
+// last node, then the nodes with the most free VFs), and of the nodes that
+// tie at the cut a random sample, a different one from answer to answer that
+// in a few answers offers every tied node. Nodes below the cut are left out.
+func TestMaxListed(t *testing.T) {
+	s := state.New(state.Options{})
+	var all []string
+	for i := range 280 {
+		name := fmt.Sprintf("m%03d", i)
+		all = append(all, name)
+		s.SetNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{fast: resource.MustParse("8")}}})
+		if i < 30 { // m000..m029 run one VF pod each: they score below the others
+			s.SetPod(&corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: "h" + name, UID: types.UID("h" + name)},
+				Spec: corev1.PodSpec{NodeName: name, Containers: []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{fast: resource.MustParse("1")},
+				}}}},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning},
+			})
+		}
+	}
+	s.SetPod(&corev1.Pod{ // the identity last ran on m005, a lower node
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "w0", CreationTimestamp: metav1.NewTime(time.Now()), Annotations: map[string]string{"stickynet.io/identity": "statefulset/ns/web/0"}},
+		Spec:       corev1.PodSpec{NodeName: "m005"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	})
+	s.DeletePod("w0")
+	d := demand.Demand{Pool: "p", Network: "fast", Resource: fast, VFs: 1, StickyKey: "statefulset/ns/web/0"}
+	answer := func(o Options) extenderv1.HostPriorityList {
+		var got extenderv1.HostPriorityList
+		s.Read(func(r state.Reader) { got = o.Prioritize(d, all, r) })
+		return got
+	}
+	if got := answer(Options{PreferLastNode: true, Placement: Spread}); len(got) != 251 {
+		t.Errorf("without a bound: %d nodes listed; want 251 (m005 and the 250 with every VF free)", len(got))
+	}
+	offered := map[string]int{}
+	distinct := map[string]bool{}
+	for range 50 {
+		got := answer(Options{PreferLastNode: true, Placement: Spread, MaxListed: 100})
+		if len(got) != 100 {
+			t.Fatalf("%d nodes listed; want MaxListed, 100", len(got))
+		}
+		var names []string
+		for _, hp := range got {
+			names = append(names, hp.Host)
+			switch {
+			case hp.Host == "m005":
+				if hp.Score != 4 { // 10 - 6, the lowest candidate's score
+					t.Errorf("the last node m005 scores %d; want 4", hp.Score)
+				}
+			case hp.Host < "m030":
+				t.Errorf("%s, below the cut, is listed (score %d)", hp.Host, hp.Score)
+			case hp.Score != 1:
+				t.Errorf("%s scores %d; want 1", hp.Host, hp.Score)
+			}
+			offered[hp.Host]++
+		}
+		if !slices.Contains(names, "m005") {
+			t.Fatal("the identity's last node m005 is not listed")
+		}
+		distinct[fmt.Sprint(names)] = true
+	}
+	if len(distinct) < 45 {
+		t.Errorf("50 answers offered only %d different lists; want a fresh sample each time", len(distinct))
+	}
+	for _, n := range all[30:] {
+		if offered[n] == 0 {
+			t.Errorf("%s (every VF free) was never offered in 50 answers of 99 of the 250 such nodes", n)
+		}
+	}
+}
