@@ -197,6 +197,7 @@ type agent struct {
 
 	mu         sync.Mutex
 	atts       map[string]*datapath.Attachment // by Attachment.Key
+	starting   map[string]*datapath.Attachment // ADDs past waitCarriers, not yet in atts
 	usedPorts  map[int]bool                    // OpenFlow port numbers in use on the bridge
 	usedVFs    map[string]bool                 // "pf/index" of VFs given to pods
 	advertise  chan struct{}                   // wakes advertiseLoop
@@ -307,6 +308,7 @@ func Run(ctx context.Context, opts Options) error {
 		conflist:   conflist,
 		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		atts:       map[string]*datapath.Attachment{},
+		starting:   map[string]*datapath.Attachment{},
 		usedPorts:  map[int]bool{},
 		usedVFs:    map[string]bool{},
 		advertise:  make(chan struct{}, 1),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -174,6 +176,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 	if err := a.waitCarriers(wait, at); err != nil {
 		return nil, err
 	}
+	defer a.doneStarting(at)
 	unlock := a.lockKey(at.Key())
 	defer unlock()
 	if old := a.get(at.Key()); old != nil {
@@ -241,43 +244,58 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 // carrier's host veth goes with its netns, with no word to the agent.
 const carrierPoll = 250 * time.Millisecond
 
-// waitCarriers returns once no attachment of another pod on this node
-// carries at's MAC or one of its IPs on at's VLAN: an address is on one
-// pod at a time, else OVS's MAC learning and the neighbours' caches send
-// its traffic to either. A DaemonSet pod deleted with --force is the case:
-// the API forgets it at once, and the DaemonSet controller creates the
-// node's new pod, which the webhook gives the node's address, while kubelet
-// still stops the old one. The new pod's ADD waits here for the old pod's
-// DEL. When wait ends first, the error names the carrier and asks to try
-// again (kubelet retries the sandbox).
+// waitCarriers returns once no attachment of another pod on this node, set
+// up or being set up, carries at's MAC or one of its IPs on at's VLAN, and
+// then counts at as being set up (until doneStarting) so that an ADD that
+// overlaps this one waits for it in turn. An address is on one pod at a
+// time, else OVS's MAC learning and the neighbours' caches send its traffic
+// to either. A DaemonSet pod deleted with --force is the case: the API
+// forgets it at once, and the DaemonSet controller creates the node's new
+// pod, which the webhook gives the node's address, while kubelet still
+// stops the old one. The new pod's ADD waits here for the old pod's DEL.
+// When wait ends first, the error names the carrier and asks to try again
+// (kubelet retries the sandbox).
 func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) error {
 	var waited *datapath.Attachment
 	start := time.Now()
+	gone := map[*datapath.Attachment]bool{} // carry nothing any more (carries)
 	for {
 		a.mu.Lock()
 		detached := a.detached
+		var carrier *datapath.Attachment
+		for _, o := range a.starting {
+			if o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at) {
+				carrier = o
+			}
+		}
 		var others []*datapath.Attachment
 		for _, o := range a.atts {
-			if o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at) {
+			if o.PodUID != at.PodUID && o.Key() != at.Key() && !gone[o] && sharesAddress(o, at) {
 				others = append(others, o)
 			}
 		}
-		a.mu.Unlock()
-		var carrier *datapath.Attachment
-		for _, o := range others {
-			// A host veth that went with its netns carries nothing: its
-			// record waits for a DEL that may never come.
-			if o.VF != nil || a.dp.HostVethExists(o.HostVeth) {
-				carrier = o
-				break
-			}
-		}
-		if carrier == nil {
+		if carrier == nil && len(others) == 0 {
+			a.starting[at.Key()] = at
+			a.mu.Unlock()
 			if waited != nil {
 				addressWaits.WithLabelValues("handed_over").Inc()
 				klog.FromContext(wait).Info("Address given up by the other pod", "pod", at.Pod(), "carrier", waited.Pod(), "waited", time.Since(start))
 			}
 			return nil
+		}
+		a.mu.Unlock()
+		for _, o := range others {
+			if carrier != nil {
+				break
+			}
+			if a.carries(o) {
+				carrier = o
+			} else {
+				gone[o] = true
+			}
+		}
+		if carrier == nil {
+			continue // only attachments that carry nothing: look again, under the lock
 		}
 		if waited == nil {
 			klog.FromContext(wait).Info("Waiting for another pod on the node to give up the address", "pod", at.Pod(),
@@ -296,12 +314,40 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 					state = "terminating"
 				}
 			}
+			why := fmt.Sprintf("after %s", time.Since(start).Round(100*time.Millisecond))
+			if !errors.Is(wait.Err(), context.DeadlineExceeded) {
+				why = "when the request was cancelled " + why
+			}
 			return types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("pod %s: %s is still carried on this node by pod %s (%s; container %s) after %s; an address is on one pod at a time: try again once that pod's network is torn down",
-					at.Pod(), sharedAddress(carrier, at), carrier.Pod(), state, carrier.ContainerID, a.opts.PodWait),
+				fmt.Sprintf("pod %s: %s is still carried on this node by pod %s (%s; container %s) %s; an address is on one pod at a time: try again once that pod's network is torn down",
+					at.Pod(), sharedAddress(carrier, at), carrier.Pod(), state, carrier.ContainerID, why),
 				"a pod deleted with --force is gone from the API while kubelet still stops it, and its DaemonSet or StatefulSet replaces it at once; kubelet retries the sandbox")
 		}
 	}
+}
+
+// doneStarting ends what waitCarriers began for at: the ADD set it up (it
+// is in a.atts now) or gave up. ADDs waiting for it look again.
+func (a *agent) doneStarting(at *datapath.Attachment) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.starting[at.Key()] == at {
+		delete(a.starting, at.Key())
+		close(a.detached)
+		a.detached = make(chan struct{})
+	}
+}
+
+// carries reports whether an attachment may still put its addresses on the
+// wire: not once its netns is gone, nor once its host veth went with it (its
+// record then waits for a DEL that may never come). When unsure, it does.
+func (a *agent) carries(at *datapath.Attachment) bool {
+	if at.Netns != "" {
+		if _, err := os.Stat(at.Netns); errors.Is(err, fs.ErrNotExist) {
+			return false
+		}
+	}
+	return at.VF != nil || a.dp.HostVethExists(at.HostVeth)
 }
 
 // sharesAddress reports whether two attachments on one VLAN have the same

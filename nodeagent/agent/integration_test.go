@@ -611,7 +611,7 @@ func TestPolicingModeSettings(t *testing.T) {
 // new pod's attachment key shares a lock stripe with the old one's: the
 // waiting ADD must not hold up the DEL it waits for.
 func TestAddWaitsForAddressCarrier(t *testing.T) {
-	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 4 * time.Second })
 	timedOut, handedOver := addressWaits(t, "timed_out"), addressWaits(t, "handed_over")
 	spec := podSpec{name: "ds-old", ips: "10.84.0.10/24", mac: "02:00:0a:54:00:0a"}
 	old := e.addPod(spec)
@@ -697,4 +697,47 @@ func addressWaits(t *testing.T, result string) float64 {
 		}
 	}
 	return 0
+}
+
+// Two ADDs of different pods with one address that overlap in time: one
+// attaches, the other waits for it (as it would for any carrier) and, since
+// the first pod stays, gives up naming it. Neither sees the other as free
+// while it is still being set up.
+func TestConcurrentAddsOfOneAddress(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
+	var pods []*testPod
+	for _, name := range []string{"twin-a", "twin-b"} {
+		pods = append(pods, e.newPod(podSpec{name: name, ips: "10.85.0.10/24", mac: "02:00:0a:55:00:0a"}))
+	}
+	errs := make(chan error, len(pods))
+	for _, p := range pods {
+		go func() {
+			_, err := e.cni.Add(p.rt)
+			errs <- err
+		}()
+	}
+	var ok, waited int
+	for range pods {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case cniCode(err) == types.ErrTryAgainLater && strings.Contains(err.Error(), "is still carried on this node by pod default/twin-"):
+			waited++
+		default:
+			t.Errorf("ADD: %v", err)
+		}
+	}
+	if ok != 1 || waited != 1 {
+		t.Errorf("%d ADDs attached and %d waited for the other; want one of each", ok, waited)
+	}
+	ports := 0
+	for _, p := range pods {
+		if e.ovsPortOf("ctr-"+p.pod.Name) != "" {
+			ports++
+		}
+		_ = e.cni.Del(p.rt)
+	}
+	if ports != 1 {
+		t.Errorf("%d OVS ports carry the address; want 1", ports)
+	}
 }

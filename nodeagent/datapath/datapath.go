@@ -678,10 +678,12 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 }
 
 // HostVethExists reports whether the host end of an attachment exists (it
-// vanishes with the pod's netns).
+// vanishes with the pod's netns); only the kernel saying there is no such
+// link makes it false, not a failed lookup.
 func (d *Datapath) HostVethExists(name string) bool {
 	_, err := d.host.LinkByName(name)
-	return err == nil
+	var nf netlink.LinkNotFoundError
+	return !errors.As(err, &nf)
 }
 
 // EnsurePort puts the attachment's OVS port back if OVS lost it (a fresh
