@@ -137,23 +137,33 @@ type Adoption struct {
 	MAC      net.HardwareAddr
 }
 
+// ErrNotAdoptable wraps each reason Adopt cannot record an address for the
+// pod that carries it: the pool does not hand it out, the pool refuses the
+// MAC, someone else holds the address or the MAC, or the identity holds
+// another address.
+var ErrNotAdoptable = errors.New("cannot be recorded again")
+
 // Adopt records an address that a live pod carries but the state does not
 // hold (its reservation expired before the pod was confirmed, or the state
 // was lost or restored from an older backup): the pod's identity gets the
 // address and the pod's MAC back, bound to the pod, in one transaction that
 // finds the address, identity and MAC keys absent. It reports false, and
-// nothing is written, when the transaction finds any of them (the cache
-// learns what it found). A *ConflictError names who holds the address or
-// the MAC instead; a single identity that holds another address now is a
-// *ConflictError too: it is not moved.
+// nothing is written, when the transaction finds any of them present but
+// not held by another identity (the cache learns what it found; a cache
+// that lagged behind). An error that wraps ErrNotAdoptable says why the
+// address cannot be recorded; a single identity that holds another address
+// is not moved.
 func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
 	if why := ad.Pool.WhyNot(ad.IP); why != "" {
-		return false, &NotAllocatableError{IP: ad.IP, Reason: why}
+		return false, fmt.Errorf("%w: %w", ErrNotAdoptable, &NotAllocatableError{IP: ad.IP, Reason: why})
+	}
+	if err := ad.Pool.checkMAC(ad.MAC); err != nil {
+		return false, fmt.Errorf("%w: %w", ErrNotAdoptable, err)
 	}
 	if !ad.Shared {
 		for _, e := range a.Lookup(ad.Identity) {
 			if e.Pool != ad.Pool.Name || e.IP != ad.IP {
-				return false, &ConflictError{Pool: e.Pool, What: "identity " + ad.Identity, Holder: "address " + e.IP.String()}
+				return false, fmt.Errorf("%w: identity %s already holds address %s of pool %s", ErrNotAdoptable, ad.Identity, e.IP, e.Pool)
 			}
 		}
 	}
@@ -173,8 +183,14 @@ func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
 		a.applyLocal(p.then, res.Revision)
 		return true, nil
 	}
-	_, err = a.learn(ctx, &req, p, res)
-	return false, err
+	if _, err := a.learn(ctx, &req, p, res); err != nil {
+		var conflict *ConflictError
+		if errors.As(err, &conflict) {
+			return false, fmt.Errorf("%w: %w", ErrNotAdoptable, err)
+		}
+		return false, err
+	}
+	return false, nil
 }
 
 // Unbind records that pod no longer carries the address (the pod is gone). The

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -74,7 +73,8 @@ type Controller struct {
 
 	trigger chan struct{}
 	mu      sync.Mutex
-	seen    map[types.UID]bool // pods already given an Assigned event
+	seen    map[types.UID]bool   // pods already given an Assigned event
+	warned  map[types.UID]string // the last StickyAddressConflict of each pod
 }
 
 var (
@@ -361,13 +361,17 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 // was away longer than --reservation-ttl), or state lost or restored from an
 // older backup. Left so, the address would look free and go to a second pod.
 // A pod gets its address and MAC recorded again for its identity when no one
-// holds them; when someone does, the pod gets a Warning event saying who, as
-// it does when its address is recorded for another identity. Pods younger
+// holds them; when someone else does, or they cannot be recorded, the pod
+// gets a Warning event saying why (once per pod and reason). Pods younger
 // than the grace are left to their admission and confirmation.
 func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string]*ipam.Pool, now time.Time) error {
 	holders := map[string]ipam.Entry{}
 	for _, e := range c.Alloc.List(func(ipam.Entry) bool { return true }) {
 		holders[addrKey(e.Pool, e.IP)] = e
+	}
+	live := make(map[string]bool, len(pods))
+	for _, p := range pods {
+		live[p.key] = p.live
 	}
 	log := klog.FromContext(ctx)
 	var errs []error
@@ -376,41 +380,77 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string
 		if !p.live || now.Sub(p.pod.CreationTimestamp.Time) < c.Grace {
 			continue
 		}
-		if h, ok := holders[addrKey(p.pool, p.ip)]; ok {
-			if h.Identity != p.identity || h.Cooling {
-				state := "held by " + h.Identity
-				if h.Cooling {
-					state = "released by " + h.Identity + " and cooling down"
-				}
-				c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict",
-					"%s of pool %s, which this pod carries as %s, is %s: recreate the pod to get an address of its own", p.ip, p.pool, p.identity, state)
+		key := addrKey(p.pool, p.ip)
+		if h, ok := holders[key]; ok {
+			if who := otherHolder(h, p, live); who != "" {
+				c.warn(p, "%s of pool %s, which this pod carries as %s, is %s; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, who)
 			}
 			continue
 		}
 		pool := pools[p.pool]
-		mac, err := net.ParseMAC(p.pod.Annotations[annotations.AssignedMAC])
-		if pool == nil || err != nil {
-			continue // an IPPool that is gone, or no MAC: nothing to record it in
-		}
-		id, err := annotations.ParseIdentity(p.identity)
-		if err != nil {
+		if pool == nil {
+			c.warn(p, "%s, which this pod carries as %s, is not recorded and cannot be: IPPool %q does not exist", p.ip, p.identity, p.pool)
 			continue
 		}
+		mac, err := annotations.ParseMAC(annotations.AssignedMAC, p.pod.Annotations[annotations.AssignedMAC])
+		if err == nil {
+			_, err = annotations.ParseIdentity(p.identity)
+		}
+		if err != nil {
+			c.warn(p, "%s of pool %s, which this pod carries, is not recorded and cannot be: %v", p.ip, p.pool, err)
+			continue
+		}
+		id, _ := annotations.ParseIdentity(p.identity)
 		ok, err := c.Alloc.Adopt(ctx, ipam.Adoption{Pool: pool, Identity: p.identity, Shared: id.Shared(), Pod: p.key, IP: p.ip, MAC: mac})
-		var conflict *ipam.ConflictError
 		switch {
-		case errors.As(err, &conflict):
-			c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict",
-				"%s of pool %s, which this pod carries as %s, is not recorded for it and cannot be: %v; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, err)
+		case errors.Is(err, ipam.ErrNotAdoptable):
+			c.warn(p, "%s of pool %s, which this pod carries as %s, is not recorded and %v; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, err)
 		case err != nil:
 			errs = append(errs, err)
 		case ok:
+			// A second live pod that carries the address conflicts with this one.
+			holders[key] = ipam.Entry{Allocation: ipam.Allocation{Pool: p.pool, IP: p.ip, Identity: p.identity, Pod: p.key}}
 			log.Info("Recorded an address a pod carries that the state did not hold", "pod", p.key, "pool", p.pool, "ip", p.ip, "mac", mac, "identity", p.identity)
 			c.event(p.pod, corev1.EventTypeNormal, "StickyAddressRecorded",
 				"%s with MAC %s of pool %s was not in stickynet's state (a reservation that expired before the pod was confirmed, or lost state); recorded again for %s", p.ip, mac, p.pool, p.identity)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// otherHolder says who other than live pod p holds the address p carries,
+// as its record h says, or "" when the record is p's: the same identity,
+// not cooling, not reserved under another pod's token, and not bound to
+// another live pod (an identity's record may still name its previous pod,
+// which is gone, until the pass unbinds it).
+func otherHolder(h ipam.Entry, p *podInfo, live map[string]bool) string {
+	switch {
+	case h.Cooling:
+		return "released by " + h.Identity + " and cooling down"
+	case h.Identity != p.identity:
+		return "held by " + h.Identity
+	case (h.Reserved || h.Held) && h.Token != p.token:
+		return "reserved for another pod of " + h.Identity + " that is being created"
+	case h.Pod != "" && h.Pod != p.key && live[h.Pod]:
+		return "carried by pod " + h.Pod + " of " + h.Identity + " as well"
+	}
+	return ""
+}
+
+// warn emits a StickyAddressConflict Warning on p's pod, unless the last
+// one it got said the same.
+func (c *Controller) warn(p *podInfo, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	c.mu.Lock()
+	if c.warned == nil {
+		c.warned = map[types.UID]string{}
+	}
+	same := c.warned[p.pod.UID] == msg
+	c.warned[p.pod.UID] = msg
+	c.mu.Unlock()
+	if !same {
+		c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict", "%s", msg)
+	}
 }
 
 // addrKey names an address in the maps of a pass: "pool/ip".
@@ -761,6 +801,11 @@ func (c *Controller) forget(pods []podInfo) {
 	for uid := range c.seen {
 		if !live[uid] {
 			delete(c.seen, uid)
+		}
+	}
+	for uid := range c.warned {
+		if !live[uid] {
+			delete(c.warned, uid)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -238,9 +239,11 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 	if got.Annotations[annotations.IngressBandwidth] != "1000000" || got.Annotations[annotations.IngressBurst] != "" {
 		t.Errorf("pod limits changed to %v", got.Annotations)
 	}
-	var evs []string
+	var evs []string // the policy's; the pods, which lack a MAC, get StickyAddressConflict
 	for len(rec.Events) > 0 {
-		evs = append(evs, <-rec.Events)
+		if ev := <-rec.Events; !strings.Contains(ev, "StickyAddressConflict") {
+			evs = append(evs, ev)
+		}
 	}
 	if len(evs) != 1 || !strings.Contains(evs[0], "InvalidBandwidthPolicy") || !strings.Contains(evs[0], "spec.ingress.burst") {
 		t.Errorf("events %q; want one InvalidBandwidthPolicy naming spec.ingress.burst", evs)
@@ -301,7 +304,7 @@ func TestUnrecordedAddressesOfLivePods(t *testing.T) {
 		"Normal StickyAddressRecorded 10.20.0.7 with MAC 02:00:00:00:00:07 of pool blue",
 		"Normal StickyAddressRecorded 10.20.0.8 with MAC 02:00:00:00:00:08 of pool blue",
 		"Warning StickyAddressConflict 10.20.0.9 of pool blue, which this pod carries as statefulset/app/db/1, is held by pod/app/x",
-		"Warning StickyAddressConflict 10.20.0.10 of pool blue, which this pod carries as statefulset/app/db/2, is not recorded for it and cannot be: MAC 02:00:00:00:00:0b of pool blue is held by pod/app/y",
+		"Warning StickyAddressConflict 10.20.0.10 of pool blue, which this pod carries as statefulset/app/db/2, is not recorded and cannot be recorded again: MAC 02:00:00:00:00:0b of pool blue is held by pod/app/y; recreate the pod",
 	} {
 		if !slices.ContainsFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, want) }) {
 			t.Errorf("no event starts with %q; events:\n%s", want, strings.Join(evs, "\n"))
@@ -316,4 +319,66 @@ func mustMAC(t *testing.T, s string) net.HardwareAddr {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// The pass tells each live pod whose address it cannot record, or that
+// another live pod, reservation or identity holds, once per reason, and
+// still succeeds; a record that names the identity's previous pod, which is
+// gone, is no conflict.
+func TestAdoptionConflicts(t *testing.T) {
+	mk := func(name, identity, ip, mac, pool string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID("uid-" + name), Annotations: map[string]string{
+				annotations.Identity: identity, annotations.AssignedIP: ip + "/24", annotations.AssignedPool: pool,
+				annotations.AssignedMAC: mac, annotations.Reservation: "tok-" + name,
+			}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning},
+		}
+	}
+	c, a, p, rec := setup(t,
+		mk("web-a", "deployment/app/web", "10.20.0.20", "02:00:00:00:00:20", "blue"), // two pods of one set carry .20
+		mk("web-b", "deployment/app/web", "10.20.0.20", "02:00:00:00:00:20", "blue"),
+		mk("web-c", "deployment/app/web", "10.20.0.21", "02:00:00:00:00:21", "blue"), // .21 is reserved for another pod of the set
+		mk("net", "pod/app/net", "10.20.0.0", "02:00:00:00:00:22", "blue"),           // the network address
+		mk("mcast", "pod/app/mcast", "10.20.0.23", "01:00:5e:00:00:01", "blue"),      // a multicast MAC
+		mk("nopool", "pod/app/nopool", "10.30.0.5", "02:00:00:00:00:24", "gone"),     // an IPPool that is gone
+		mk("ds-new", "daemonset/app/ds/n1", "10.20.0.25", "02:00:00:00:00:25", "blue"),
+	)
+	c.Grace = time.Hour // the pods are older (no creation time); the records are not
+	ctx := context.Background()
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Token: "tok-other", Candidates: []netip.Addr{netip.MustParseAddr("10.20.0.21")}}); err != nil {
+		t.Fatal(err)
+	}
+	// The DaemonSet's record still names its previous pod, deleted with --force.
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "daemonset/app/ds/n1", Pod: "app/ds-old", IP: netip.MustParseAddr("10.20.0.25"), MAC: mustMAC(t, "02:00:00:00:00:25")}); err != nil {
+		t.Fatal(err)
+	}
+	for pass := range 2 {
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatalf("pass %d: %v", pass, err)
+		}
+	}
+	var evs []string
+	for len(rec.Events) > 0 {
+		evs = append(evs, <-rec.Events)
+	}
+	want := []string{
+		"Normal StickyAddressRecorded 10.20.0.20 with MAC 02:00:00:00:00:20",
+		"Warning StickyAddressConflict 10.20.0.20 of pool blue, which this pod carries as deployment/app/web, is carried by pod app/web-",
+		"Warning StickyAddressConflict 10.20.0.21 of pool blue, which this pod carries as deployment/app/web, is reserved for another pod of deployment/app/web that is being created",
+		"Warning StickyAddressConflict 10.20.0.0 of pool blue, which this pod carries as pod/app/net, is not recorded and cannot be recorded again: 10.20.0.0 is the network address",
+		"Warning StickyAddressConflict 10.20.0.23 of pool blue, which this pod carries, is not recorded and cannot be: annotation stickynet.io/assigned-mac: invalid value \"01:00:5e:00:00:01\"",
+		"Warning StickyAddressConflict 10.30.0.5, which this pod carries as pod/app/nopool, is not recorded and cannot be: IPPool \"gone\" does not exist",
+	}
+	for _, w := range want {
+		if !slices.ContainsFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, w) }) {
+			t.Errorf("no event starts with %q", w)
+		}
+	}
+	if len(evs) != len(want) {
+		t.Errorf("%d events in two passes; want %d, each once:\n%s", len(evs), len(want), strings.Join(evs, "\n"))
+	}
+	if got := a.Lookup("pod/app/net"); len(got) != 0 {
+		t.Errorf("the network address was recorded: %+v", got)
+	}
 }
