@@ -376,6 +376,9 @@ func floorHandler() http.Handler {
 	})
 }
 
+// defaultScore is the scoring the extender runs with by default.
+var defaultScore = score.Options{PreferLastNode: true, Placement: score.Spread, MaxListed: score.DefaultMaxListed}
+
 // TestMain lets the test binary serve, as a child process, the extender
 // on one name shape's cluster (role "extender-<shape index>") or the HTTP
 // floor (role "floor"): "over HTTP" is measured against a separate process,
@@ -386,7 +389,7 @@ func TestMain(m *testing.M) {
 	for i, shape := range nameShapes {
 		roles[fmt.Sprintf("extender-%d", i)] = func(ctx context.Context) error {
 			st, _ := bigCluster(shape.of)
-			srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
+			srv := server.New(st, server.Options{Score: defaultScore})
 			srv.SetReady()
 			return serve(ctx, srv)
 		}
@@ -421,7 +424,7 @@ func BenchmarkLatency(b *testing.B) {
 			continue // for experiments: STICKYNET_BENCH_NAMES=short or cloud
 		}
 		st, names := bigCluster(shape.of)
-		srv := server.New(st, server.Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
+		srv := server.New(st, server.Options{Score: defaultScore})
 		srv.SetReady()
 		transports := []struct {
 			name string
