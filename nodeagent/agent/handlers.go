@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -263,9 +261,10 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 		a.mu.Lock()
 		detached := a.detached
 		var carrier *datapath.Attachment
+		starting := false // carrier is an ADD still being set up
 		for _, o := range a.starting {
 			if o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at) {
-				carrier = o
+				carrier, starting = o, true
 			}
 		}
 		var others []*datapath.Attachment
@@ -314,6 +313,9 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 					state = "terminating"
 				}
 			}
+			if starting {
+				state += ", its attachment being set up"
+			}
 			why := fmt.Sprintf("after %s", time.Since(start).Round(100*time.Millisecond))
 			if !errors.Is(wait.Err(), context.DeadlineExceeded) {
 				why = "when the request was cancelled " + why
@@ -339,15 +341,18 @@ func (a *agent) doneStarting(at *datapath.Attachment) {
 }
 
 // carries reports whether an attachment may still put its addresses on the
-// wire: not once its netns is gone, nor once its host veth went with it (its
-// record then waits for a DEL that may never come). When unsure, it does.
+// wire. A VF does until its DEL resets it through the PF (its MAC and VLAN
+// are set there, whatever became of the netns). A veth pair does not once
+// the pod's netns is gone or its host end went with it: its record then
+// waits for a DEL that may never come. When unsure, it does.
 func (a *agent) carries(at *datapath.Attachment) bool {
-	if at.Netns != "" {
-		if _, err := os.Stat(at.Netns); errors.Is(err, fs.ErrNotExist) {
-			return false
-		}
+	if at.VF != nil {
+		return true
 	}
-	return at.VF != nil || a.dp.HostVethExists(at.HostVeth)
+	if at.Netns != "" && a.dp.NetnsGone(at.Netns) {
+		return false
+	}
+	return a.dp.HostVethExists(at.HostVeth)
 }
 
 // sharesAddress reports whether two attachments on one VLAN have the same

@@ -297,3 +297,23 @@ func TestSriovResourceAdvertised(t *testing.T) {
 	}
 	waitFor(t, "stickynet.io/sriov-fast to go", func() bool { _, ok := resources()["stickynet.io/sriov-fast"]; return !ok })
 }
+
+// A VF carries its pod's MAC and VLAN, set through the PF, until DEL resets
+// it, even once the pod's netns is gone: a replacement with the same address
+// waits for that DEL.
+func TestSriovCarrierUntilDel(t *testing.T) {
+	s := newSriovEnv(t, 2, func(o *agent.Options) { o.PodWait = 500 * time.Millisecond })
+	old := s.addPod(vfPod("old", "10.95.0.10/24", "02:00:0a:5f:00:0a", nil))
+	old.netns.Remove(t)
+	nw := s.newPod(vfPod("new", "10.95.0.10/24", "02:00:0a:5f:00:0a", nil))
+	_, err := s.cni.Add(nw.rt)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "still carried on this node by pod default/old") {
+		t.Fatalf("ADD while the old pod's VF still has the MAC: %v; want code 11 naming default/old", err)
+	}
+	if err := s.cni.Del(old.rt); err != nil {
+		t.Fatalf("DEL of the old pod: %v", err)
+	}
+	if _, err := s.cni.Add(nw.rt); err != nil {
+		t.Fatalf("ADD after the old pod's DEL: %v", err)
+	}
+}

@@ -245,6 +245,18 @@ func (p *podNetns) Close() {
 // ErrNetnsGone reports that the pod's network namespace no longer exists.
 var ErrNetnsGone = errors.New("network namespace is gone")
 
+// NetnsGone reports whether the network namespace at path is known to be
+// gone; a namespace that cannot be opened for another reason is not.
+func (d *Datapath) NetnsGone(path string) bool {
+	n, err := d.openNetns(path)
+	if err == nil {
+		_ = n.Close()
+		return false
+	}
+	var notExist ns.NSPathNotExistErr
+	return errors.As(err, &notExist) || errors.Is(err, os.ErrNotExist)
+}
+
 func (d *Datapath) enter(path string) (*podNetns, error) {
 	n, err := d.openNetns(path)
 	if err != nil {
