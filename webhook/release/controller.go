@@ -295,6 +295,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			if now.Sub(e.Since) < c.Grace {
 				continue
 			}
+			if bp := byKey[e.Pod]; bp != nil && bp.live && bp.identity == e.Identity && bp.pool == e.Pool && bp.ip == e.IP {
+				continue // the bound pod carries it still; another that does too is a conflict (adopt)
+			}
 			if carrier == nil {
 				if live, known := carried[addrKey(e.Pool, e.IP)]; live || !known {
 					continue // carried by a pod without the label, or not known: the API server did not answer
@@ -384,6 +387,8 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string
 		if h, ok := holders[key]; ok {
 			if who := otherHolder(h, p, live); who != "" {
 				c.warn(p, "%s of pool %s, which this pod carries as %s, is %s; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, who)
+			} else {
+				c.unwarn(p)
 			}
 			continue
 		}
@@ -408,6 +413,7 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string
 		case err != nil:
 			errs = append(errs, err)
 		case ok:
+			c.unwarn(p)
 			// A second live pod that carries the address conflicts with this one.
 			holders[key] = ipam.Entry{Allocation: ipam.Allocation{Pool: p.pool, IP: p.ip, Identity: p.identity, Pod: p.key}}
 			log.Info("Recorded an address a pod carries that the state did not hold", "pod", p.key, "pool", p.pool, "ip", p.ip, "mac", mac, "identity", p.identity)
@@ -437,8 +443,16 @@ func otherHolder(h ipam.Entry, p *podInfo, live map[string]bool) string {
 	return ""
 }
 
+// unwarn forgets p's last StickyAddressConflict: its address is its own
+// now, and a conflict that comes back is told again.
+func (c *Controller) unwarn(p *podInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.warned, p.pod.UID)
+}
+
 // warn emits a StickyAddressConflict Warning on p's pod, unless the last
-// one it got said the same.
+// one it got said the same and the conflict has lasted since.
 func (c *Controller) warn(p *podInfo, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	c.mu.Lock()

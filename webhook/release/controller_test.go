@@ -382,3 +382,42 @@ func TestAdoptionConflicts(t *testing.T) {
 		t.Errorf("the network address was recorded: %+v", got)
 	}
 }
+
+// Two live pods of one Deployment carry one unrecorded address: it is
+// recorded for the first and stays bound to it pass after pass, never
+// unbound (which would make it free for a new pod in between); the other
+// pod is told.
+func TestAdoptedAddressStaysBound(t *testing.T) {
+	mk := func(name string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID("uid-" + name), Annotations: map[string]string{
+				annotations.Identity: "deployment/app/web", annotations.AssignedIP: "10.20.0.30/24", annotations.AssignedPool: "blue",
+				annotations.AssignedMAC: "02:00:00:00:00:30", annotations.Reservation: "tok-" + name,
+			}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning},
+		}
+	}
+	c, a, _, rec := setup(t, mk("web-a"), mk("web-b"))
+	ctx := context.Background()
+	var bound string
+	for pass := range 3 {
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got := a.Lookup("deployment/app/web")
+		if len(got) != 1 || got[0].Pod == "" || bound != "" && got[0].Pod != bound {
+			t.Fatalf("after pass %d the set is %+v; want 10.20.0.30 bound to one pod (%q) throughout", pass, got, bound)
+		}
+		bound = got[0].Pod
+		time.Sleep(5 * time.Millisecond) // past the grace (1 ns)
+	}
+	var conflicts int
+	for len(rec.Events) > 0 {
+		if strings.Contains(<-rec.Events, "is carried by pod "+bound+" of deployment/app/web as well") {
+			conflicts++
+		}
+	}
+	if conflicts != 1 {
+		t.Errorf("%d conflict events naming %s; want 1, for the other pod", conflicts, bound)
+	}
+}
