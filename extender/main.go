@@ -37,7 +37,7 @@ func main() {
 		opts.VFPlacement = p
 		return err
 	})
-	maxRanked := fs.Int("max-ranked-nodes", score.DefaultMaxListed, "list at most this many nodes in one prioritize answer, the best first (nodes tied at the cut sampled at random); 0: every node that scores")
+	maxRanked := fs.Int("max-ranked-nodes", score.DefaultMaxListed, "list at most this many nodes in one prioritize answer, only the best-scored (of the nodes tied at the cut a random sample); 0 or less: every node that scores")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError
 	opts.MaxRankedNodes = *maxRanked
 	if *maxRanked <= 0 {

@@ -7,9 +7,9 @@
 //
 // Nodes that score 0 are left out of the answer: the scheduler adds nothing
 // for them either way, and a pod with nothing to prefer gets an empty list.
-// An answer lists at most Options.MaxListed nodes, the best first: early in
-// a fill nearly every node ties for the most free VFs, and the scheduler
-// would decode and fold a list of them all for each SR-IOV pod.
+// An answer lists at most Options.MaxListed nodes, only the best-scored:
+// early in a fill nearly every node ties for the most free VFs, and the
+// scheduler would decode and fold a list of them all for each SR-IOV pod.
 package score
 
 import (
@@ -65,8 +65,8 @@ type Options struct {
 	PreferLastNode bool
 	// Placement ranks nodes by free VFs for SR-IOV pods.
 	Placement Placement
-	// MaxListed bounds the nodes one answer lists; 0 means no bound. The
-	// best-scored go first; of the nodes that tie at the cut, a uniformly
+	// MaxListed bounds the nodes one answer lists; 0 means no bound. Only
+	// the best-scored are listed; of the nodes that tie at the cut, a uniformly
 	// random sample fills the rest, so the pods of a burst are offered
 	// different nodes among those with the most (or, packing, fewest) free
 	// VFs. The unlisted ones score 0 like the worst.
