@@ -365,7 +365,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 // older backup. Left so, the address would look free and go to a second pod.
 // A pod gets its address and MAC recorded again for its identity when no one
 // holds them; when someone else does, or they cannot be recorded, the pod
-// gets a Warning event saying why (once per pod and reason). Pods younger
+// gets a Warning event saying why (once while the reason lasts). Pods younger
 // than the grace are left to their admission and confirmation.
 func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string]*ipam.Pool, now time.Time) error {
 	holders := map[string]ipam.Entry{}
@@ -398,14 +398,14 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string
 			continue
 		}
 		mac, err := annotations.ParseMAC(annotations.AssignedMAC, p.pod.Annotations[annotations.AssignedMAC])
+		var id annotations.ID
 		if err == nil {
-			_, err = annotations.ParseIdentity(p.identity)
+			id, err = annotations.ParseIdentity(p.identity)
 		}
 		if err != nil {
 			c.warn(p, "%s of pool %s, which this pod carries, is not recorded and cannot be: %v", p.ip, p.pool, err)
 			continue
 		}
-		id, _ := annotations.ParseIdentity(p.identity)
 		ok, err := c.Alloc.Adopt(ctx, ipam.Adoption{Pool: pool, Identity: p.identity, Shared: id.Shared(), Pod: p.key, IP: p.ip, MAC: mac})
 		switch {
 		case errors.Is(err, ipam.ErrNotAdoptable):
