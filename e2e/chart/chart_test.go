@@ -197,8 +197,14 @@ func TestWebhookConfigurationMatchesCode(t *testing.T) {
 // before -h is a known flag with a valid value.
 func TestContainerArgsAreFlags(t *testing.T) {
 	testenv.Integration(t)
+	// A large number from a values file is a float64 to the templates
+	// (1e+06 unless the chart makes it an integer).
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte("extender:\n  maxRankedNodes: 1000000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// With every optional flag the chart can give (the fallback network, TLS to an etcd of one's own).
-	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue,
+	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "-f", values, "--set", fallbackValue,
 		"--set", "etcd.endpoints={https://etcd.example:2379}", "--set", "etcd.tlsSecret=etcd-client", "--set", "etcd.authSecret=etcd-auth"))
 	bins := t.TempDir()
 	build := exec.Command("go", "build", "-o", bins+"/", "../../webhook", "../../extender", "../../nodeagent")
@@ -237,6 +243,9 @@ func TestContainerArgsAreFlags(t *testing.T) {
 		}
 		if bin == "" {
 			t.Fatalf("container %s runs %s, which is not built here", c.Name, base)
+		}
+		if base == "stickynet-extender" && !slices.Contains(c.Args, "-max-ranked-nodes=1000000") {
+			t.Errorf("extender with maxRankedNodes: 1000000 in a values file: args %v", c.Args)
 		}
 		if base == "stickynet-webhook" {
 			args := strings.Join(c.Args, " ")
