@@ -421,3 +421,28 @@ func TestAdoptedAddressStaysBound(t *testing.T) {
 		t.Errorf("%d conflict events naming %s; want 1, for the other pod", conflicts, bound)
 	}
 }
+
+// A conflict is told once while it lasts, again when it changes, and again
+// when it comes back after the pod's address was its own for a pass.
+func TestConflictToldOncePerSpell(t *testing.T) {
+	c, _, _, rec := setup(t)
+	p := &podInfo{pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "a", UID: "uid-a"}}}
+	c.warn(p, "held by %s", "x")
+	c.warn(p, "held by %s", "x")
+	c.warn(p, "held by %s", "y")
+	c.unwarn(p)
+	c.warn(p, "held by %s", "y")
+	var evs []string
+	for len(rec.Events) > 0 {
+		evs = append(evs, <-rec.Events)
+	}
+	want := []string{"Warning StickyAddressConflict held by x", "Warning StickyAddressConflict held by y", "Warning StickyAddressConflict held by y"}
+	if len(evs) != len(want) {
+		t.Fatalf("events %q; want %q", evs, want)
+	}
+	for i := range want {
+		if !strings.HasPrefix(evs[i], want[i]) {
+			t.Errorf("event %d is %q; want %q", i, evs[i], want[i])
+		}
+	}
+}
