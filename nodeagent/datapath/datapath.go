@@ -253,6 +253,11 @@ func (d *Datapath) NetnsGone(path string) bool {
 		_ = n.Close()
 		return false
 	}
+	return netnsMissing(err)
+}
+
+// netnsMissing reports whether opening a netns failed because it is not there.
+func netnsMissing(err error) bool {
 	var notExist ns.NSPathNotExistErr
 	return errors.As(err, &notExist) || errors.Is(err, os.ErrNotExist)
 }
@@ -260,8 +265,7 @@ func (d *Datapath) NetnsGone(path string) bool {
 func (d *Datapath) enter(path string) (*podNetns, error) {
 	n, err := d.openNetns(path)
 	if err != nil {
-		var notExist ns.NSPathNotExistErr
-		if errors.As(err, &notExist) || errors.Is(err, os.ErrNotExist) {
+		if netnsMissing(err) {
 			return nil, fmt.Errorf("open netns %s: %w", path, ErrNetnsGone)
 		}
 		return nil, fmt.Errorf("open netns %s: %w", path, err)

@@ -323,16 +323,11 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 		if e.Pod == "" || e.Pod == req.Pod {
 			continue
 		}
-		ns, name, _ := strings.Cut(e.Pod, "/")
-		p := &corev1.Pod{}
-		err := h.get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
-		if apierrors.IsNotFound(err) {
-			continue
-		}
+		p, gone, err := h.boundPod(ctx, e.Pod)
 		if err != nil {
 			return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
 		}
-		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if gone || p.DeletionTimestamp != nil {
 			continue
 		}
 		hint := ""
@@ -374,15 +369,26 @@ func (h *Handler) freeGoneMembers(ctx context.Context, identity string) bool {
 		if e.Pod == "" || e.Held || e.Reserved {
 			continue
 		}
-		ns, name, _ := strings.Cut(e.Pod, "/")
-		p := &corev1.Pod{}
-		err := h.get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
-		gone := apierrors.IsNotFound(err) || err == nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed)
-		if gone && h.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod) == nil {
+		if _, gone, err := h.boundPod(ctx, e.Pod); err == nil && gone && h.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod) == nil {
 			freed = true
 		}
 	}
 	return freed
+}
+
+// boundPod reads the pod ("ns/name") an address is bound to; gone is true
+// when it does not exist or has terminated.
+func (h *Handler) boundPod(ctx context.Context, key string) (*corev1.Pod, bool, error) {
+	ns, name, _ := strings.Cut(key, "/")
+	p := &corev1.Pod{}
+	err := h.get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+	if apierrors.IsNotFound(err) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return p, workload.Terminated(p), nil
 }
 
 // addressRequests applies the ip, ips and mac annotations to the request.

@@ -199,7 +199,7 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 		out = append(out, podInfo{
 			pod: p, key: p.Namespace + "/" + p.Name, identity: id, pool: ann[annotations.AssignedPool],
 			ip: pfx[0].Addr(), token: ann[annotations.Reservation],
-			live: p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed,
+			live: !workload.Terminated(p),
 		})
 	}
 	return out
@@ -236,11 +236,12 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := c.Client.List(ctx, pools); err != nil {
 		return fmt.Errorf("list IPPools: %w", err)
 	}
-	ipPools := map[string]*ipam.Pool{}
+	specs := make(map[string]poolSpec, len(pools.Items))
 	for i := range pools.Items {
-		if p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec); err == nil {
+		p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec)
+		specs[pools.Items[i].Name] = poolSpec{pool: p, err: err}
+		if err == nil {
 			c.Alloc.SetPool(p)
-			ipPools[p.Name] = p
 		}
 	}
 
@@ -346,10 +347,10 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	if err := c.adopt(ctx, pods, ipPools, now); err != nil {
+	if err := c.adopt(ctx, pods, byKey, specs, now); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.updatePools(ctx, pools.Items); err != nil {
+	if err := c.updatePools(ctx, pools.Items, specs); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.reresolveBandwidth(ctx, pods); err != nil {
@@ -367,14 +368,10 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 // holds them; when someone else does, or they cannot be recorded, the pod
 // gets a Warning event saying why (once while the reason lasts). Pods younger
 // than the grace are left to their admission and confirmation.
-func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string]*ipam.Pool, now time.Time) error {
+func (c *Controller) adopt(ctx context.Context, pods []podInfo, byKey map[string]*podInfo, specs map[string]poolSpec, now time.Time) error {
 	holders := map[string]ipam.Entry{}
 	for _, e := range c.Alloc.List(func(ipam.Entry) bool { return true }) {
 		holders[addrKey(e.Pool, e.IP)] = e
-	}
-	live := make(map[string]bool, len(pods))
-	for _, p := range pods {
-		live[p.key] = p.live
 	}
 	log := klog.FromContext(ctx)
 	var errs []error
@@ -385,14 +382,14 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string
 		}
 		key := addrKey(p.pool, p.ip)
 		if h, ok := holders[key]; ok {
-			if who := otherHolder(h, p, live); who != "" {
+			if who := otherHolder(h, p, byKey); who != "" {
 				c.warn(p, "%s of pool %s, which this pod carries as %s, is %s; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, who)
 			} else {
 				c.unwarn(p)
 			}
 			continue
 		}
-		pool := pools[p.pool]
+		pool := specs[p.pool].pool
 		if pool == nil {
 			c.warn(p, "%s, which this pod carries as %s, is not recorded and cannot be: IPPool %q does not exist", p.ip, p.identity, p.pool)
 			continue
@@ -428,8 +425,8 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, pools map[string
 // as its record h says, or "" when the record is p's: the same identity,
 // not cooling, not reserved under another pod's token, and not bound to
 // another live pod (an identity's record may still name its previous pod,
-// which is gone, until the pass unbinds it).
-func otherHolder(h ipam.Entry, p *podInfo, live map[string]bool) string {
+// which is gone, until the pass unbinds it). byKey holds the pass's pods.
+func otherHolder(h ipam.Entry, p *podInfo, byKey map[string]*podInfo) string {
 	switch {
 	case h.Cooling:
 		return "released by " + h.Identity + " and cooling down"
@@ -437,7 +434,7 @@ func otherHolder(h ipam.Entry, p *podInfo, live map[string]bool) string {
 		return "held by " + h.Identity
 	case (h.Reserved || h.Held) && h.Token != p.token:
 		return "reserved for another pod of " + h.Identity + " that is being created"
-	case h.Pod != "" && h.Pod != p.key && live[h.Pod]:
+	case h.Pod != "" && h.Pod != p.key && byKey[h.Pod] != nil && byKey[h.Pod].live:
 		return "carried by pod " + h.Pod + " of " + h.Identity + " as well"
 	}
 	return ""
@@ -465,6 +462,13 @@ func (c *Controller) warn(p *podInfo, format string, args ...any) {
 	if !same {
 		c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict", "%s", msg)
 	}
+}
+
+// poolSpec is an IPPool's spec as the allocator takes it, or why it cannot
+// take it; a pass parses each once.
+type poolSpec struct {
+	pool *ipam.Pool
+	err  error
 }
 
 // addrKey names an address in the maps of a pass: "pool/ip".
@@ -680,13 +684,13 @@ func isSurplus(e ipam.Entry, members []ipam.Entry, limit int32) bool {
 }
 
 // updatePools writes each IPPool's counts and readiness to its status.
-func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool) error {
+func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, specs map[string]poolSpec) error {
 	var errs []error
 	for i := range pools {
 		ipp := &pools[i]
 		st := ipp.Status.DeepCopy()
 		st.ObservedGeneration = ipp.Generation
-		pool, err := ipam.NewPool(ipp.Name, ipp.Spec)
+		pool, err := specs[ipp.Name].pool, specs[ipp.Name].err
 		cond := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Valid", Message: "the pool hands out addresses", ObservedGeneration: ipp.Generation}
 		if err != nil {
 			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()

@@ -1,12 +1,19 @@
 // Package workload holds the arithmetic of Kubernetes workloads that both the
 // admission handler and the release controller use: how many addresses a
-// Deployment's or ReplicaSet's set may hold.
+// Deployment's or ReplicaSet's set may hold, and whether a pod has ended.
 package workload
 
 import (
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
+
+// Terminated reports whether the pod has ended (Succeeded or Failed): its
+// sandbox no longer uses its address.
+func Terminated(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
 
 // Replicas returns the replica count of a spec field (nil means 1).
 func Replicas(r *int32) int32 {

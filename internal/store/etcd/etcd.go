@@ -3,6 +3,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -69,24 +70,12 @@ func New(opts Options) (*Store, error) {
 	if opts.ClientConfig != nil {
 		cfg = *opts.ClientConfig
 	}
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = 5 * time.Second
-	}
+	cfg.DialTimeout = cmp.Or(cfg.DialTimeout, 5*time.Second)
 	// Keepalive pings find a connection that went silent (a hung member, a
 	// black-holed path): without them a watch on it waits forever, with no
 	// error, and the caches it feeds go stale while other members are fine.
-	if cfg.DialKeepAliveTime == 0 {
-		cfg.DialKeepAliveTime = opts.KeepAliveTime
-		if cfg.DialKeepAliveTime == 0 {
-			cfg.DialKeepAliveTime = 30 * time.Second
-		}
-	}
-	if cfg.DialKeepAliveTimeout == 0 {
-		cfg.DialKeepAliveTimeout = opts.KeepAliveTimeout
-		if cfg.DialKeepAliveTimeout == 0 {
-			cfg.DialKeepAliveTimeout = 10 * time.Second
-		}
-	}
+	cfg.DialKeepAliveTime = cmp.Or(cfg.DialKeepAliveTime, opts.KeepAliveTime, 30*time.Second)
+	cfg.DialKeepAliveTimeout = cmp.Or(cfg.DialKeepAliveTimeout, opts.KeepAliveTimeout, 10*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
