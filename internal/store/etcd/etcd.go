@@ -1,5 +1,6 @@
 // Package etcd is the etcd v3 driver of internal/store: every Store call maps
-// to one etcd request (List pages through large prefixes at one revision).
+// to one etcd request (List pages through large prefixes at one revision),
+// except that concurrent transactions share requests (batch.go).
 package etcd
 
 import (
@@ -10,6 +11,7 @@ import (
 	"math"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -49,6 +51,7 @@ type Options struct {
 type Store struct {
 	cli      *clientv3.Client
 	pageSize int64
+	batch    batcher
 }
 
 var _ store.Store = (*Store)(nil)
@@ -163,21 +166,19 @@ func toOps(ops []store.Op) []clientv3.Op {
 	return out
 }
 
-// Txn implements store.Store.
-func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
+func compares(cmps []store.Cmp) []clientv3.Cmp {
 	cs := make([]clientv3.Cmp, len(cmps))
 	for i, c := range cmps {
 		cs[i] = clientv3.Compare(clientv3.ModRevision(c.Key), "=", c.ModRevision)
 	}
-	resp, err := s.cli.Txn(ctx).If(cs...).Then(toOps(then)...).Else(toOps(els)...).Commit()
-	if err != nil {
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			return store.TxnResult{}, store.ErrLeaseNotFound
-		}
-		return store.TxnResult{}, fmt.Errorf("etcd txn: %w", err)
-	}
-	res := store.TxnResult{Succeeded: resp.Succeeded, Revision: resp.Header.Revision}
-	for _, r := range resp.Responses {
+	return cs
+}
+
+// result is a transaction's outcome: rev is the store's revision after it,
+// responses those of the branch that ran.
+func result(succeeded bool, rev int64, responses []*etcdserverpb.ResponseOp) store.TxnResult {
+	res := store.TxnResult{Succeeded: succeeded, Revision: rev}
+	for _, r := range responses {
 		rr := r.GetResponseRange()
 		if rr == nil {
 			continue
@@ -189,7 +190,7 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 		kv := fromPB(rr.Kvs[0])
 		res.Gets = append(res.Gets, &kv)
 	}
-	return res, nil
+	return res
 }
 
 // Grant implements store.Store.

@@ -1,0 +1,180 @@
+package etcd_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/testenv"
+)
+
+// outcome is what one contender saw of its transaction.
+type outcome struct {
+	key, who string
+	take     bool // it wrote the key itself; otherwise a marker of its own
+	res      store.TxnResult
+}
+
+// contend has 48 goroutines race over keys: each, for every key in an order
+// of its own, either takes the key or records that it found the key absent
+// (a marker key of its own), both on the condition that the key is absent,
+// reading the key when the condition fails. It checks the outcome against
+// what one-after-another transactions allow.
+func contend(t *testing.T, s store.Store, prefix string, keys int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	var outs []outcome
+	var wg sync.WaitGroup
+	errs := make(chan error, 48)
+	for g := range 48 {
+		wg.Go(func() {
+			who := fmt.Sprintf("g%d", g)
+			for _, i := range rand.Perm(keys) {
+				key := fmt.Sprintf("%s/k%03d", prefix, i)
+				take := rand.IntN(2) == 0
+				write := key
+				if !take {
+					write = key + "/absent-for/" + who
+				}
+				res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(write, []byte(who), store.NoLease)}, []store.Op{store.Get(key)})
+				if err != nil {
+					errs <- fmt.Errorf("%s on %s: %w", who, key, err)
+					return
+				}
+				mu.Lock()
+				outs = append(outs, outcome{key: key, who: who, take: take, res: res})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	kvs, _, err := s.List(ctx, prefix+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[string]store.KV{}
+	for _, kv := range kvs {
+		stored[kv.Key] = kv
+	}
+	winners := map[string]string{}
+	for _, o := range outs {
+		k := stored[o.key]
+		switch {
+		case o.res.Succeeded && o.take:
+			if w, dup := winners[o.key]; dup {
+				t.Errorf("%s taken by both %s and %s", o.key, w, o.who)
+			}
+			winners[o.key] = o.who
+			if string(k.Value) != o.who || k.ModRevision != o.res.Revision {
+				t.Errorf("%s taken by %s at revision %d, but stored as %q at %d", o.key, o.who, o.res.Revision, k.Value, k.ModRevision)
+			}
+		case o.res.Succeeded:
+			// Its condition held: the key did not exist at its revision.
+			if k.CreateRevision != 0 && k.CreateRevision <= o.res.Revision {
+				t.Errorf("%s found %s absent at revision %d, but it exists since %d", o.who, o.key, o.res.Revision, k.CreateRevision)
+			}
+		case len(o.res.Gets) != 1 || o.res.Gets[0] == nil:
+			t.Errorf("%s lost %s but read %v instead of the key", o.who, o.key, o.res.Gets)
+		case string(o.res.Gets[0].Value) != string(k.Value):
+			t.Errorf("%s lost %s and read %q; it holds %q", o.who, o.key, o.res.Gets[0].Value, k.Value)
+		}
+	}
+	for i := range keys {
+		key := fmt.Sprintf("%s/k%03d", prefix, i)
+		if k, ok := stored[key]; ok && winners[key] != string(k.Value) {
+			t.Errorf("%s holds %q, but %q was told it took it", key, k.Value, winners[key])
+		}
+	}
+}
+
+// TestGroupCommit: concurrent transactions that share etcd requests keep
+// the outcome of running one after another; those that name a common key
+// never share one.
+func TestGroupCommit(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	contend(t, s, "/gc", 200)
+	if n := etcd.SharedTxns(s); n == 0 {
+		t.Fatal("no transaction shared a request: group commit was not exercised")
+	} else {
+		t.Logf("%d transactions shared a request", n)
+	}
+}
+
+// TestGroupCommitRefused: an etcd whose --max-txn-ops refuses the batches
+// has each of their transactions sent by itself, with the same outcome.
+func TestGroupCommitRefused(t *testing.T) {
+	e := testenv.StartEtcd(t, "--max-txn-ops=4")
+	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	contend(t, s, "/refused", 100)
+	if etcd.SharedTxns(s) == 0 {
+		t.Fatal("no batch was tried")
+	}
+}
+
+// TestGroupCommitLeaseGone: a transaction that names a lease that is gone
+// fails with ErrLeaseNotFound; the ones it was batched with do not.
+func TestGroupCommitLeaseGone(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	gone, err := s.Grant(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Revoke(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 32*20)
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				key := fmt.Sprintf("/lease/%d/%d", g, i)
+				lease := store.NoLease
+				if i%5 == 0 {
+					lease = gone
+				}
+				res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(key, nil, lease)}, nil)
+				switch {
+				case lease == gone && !errors.Is(err, store.ErrLeaseNotFound):
+					errs <- fmt.Errorf("%s with a revoked lease: got %+v, error %s; want ErrLeaseNotFound", key, res, fmt.Sprint(err))
+				case lease != gone && (err != nil || !res.Succeeded):
+					errs <- fmt.Errorf("%s: got %+v, error %s; want success", key, res, fmt.Sprint(err))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if etcd.SharedTxns(s) == 0 {
+		t.Fatal("no transaction shared a request: group commit was not exercised")
+	}
+}
