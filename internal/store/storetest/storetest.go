@@ -555,6 +555,11 @@ func (b *breakable) Watch(ctx context.Context, prefix string, fromRev int64) <-c
 		}
 		in := b.Store.Watch(wctx, prefix, fromRev)
 		for r := range in {
+			if wctx.Err() != nil {
+				// Broken: what the driver still hands over (it may have read
+				// writes made after the break) is lost with the connection.
+				break
+			}
 			select {
 			case out <- r:
 			case <-ctx.Done():
