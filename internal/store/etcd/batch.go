@@ -1,14 +1,19 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/stickynet/stickynet/internal/store"
 )
@@ -30,8 +35,11 @@ const (
 	// flight before the next transactions wait to be batched. More (2 and 4
 	// tried) gave no better rate or p99 in make bench-ipam.
 	maxSending = 1
-	// maxBatch bounds the transactions of one request.
-	maxBatch = 64
+	// maxBatch and maxBatchBytes bound a request: the bytes (keys and
+	// values) well below etcd's default --max-request-bytes (1.5 MiB) and
+	// the client's 2 MiB.
+	maxBatch      = 64
+	maxBatchBytes = 1 << 20
 	// maxTxnOps is etcd's default --max-txn-ops. A nested transaction counts
 	// against the outer one's budget: a request of n transactions, the
 	// largest with k operations in a branch, needs n + k <= maxTxnOps. An
@@ -46,6 +54,7 @@ type call struct {
 	cmps      []store.Cmp
 	then, els []store.Op
 	size      int // operations in its largest part (conditions, then, else)
+	bytes     int // of its keys and values
 	res       store.TxnResult
 	err       error
 	alone     bool // its batch failed as a whole: send it by itself
@@ -67,22 +76,38 @@ func (c *call) keys(yield func(string) bool) {
 	}
 }
 
+func newCall(ctx context.Context, cmps []store.Cmp, then, els []store.Op) *call {
+	c := &call{ctx: ctx, cmps: cmps, then: then, els: els, size: max(len(cmps), len(then), len(els))}
+	for k := range c.keys {
+		c.bytes += len(k)
+	}
+	for _, op := range then {
+		c.bytes += len(op.Value)
+	}
+	return c
+}
+
 // batcher queues the transactions that wait for a request.
 type batcher struct {
 	mu      sync.Mutex
 	queue   []*call
-	sending int          // requests in flight
-	shared  atomic.Int64 // transactions sent in a request with others (tests)
+	sending int // requests in flight
+	// For tests: transactions sent in a request with others, and batches
+	// refused as a whole and sent again one by one.
+	shared, refused atomic.Int64
 }
 
 // Txn implements store.Store: the transaction goes to etcd by itself or,
 // while others are in flight, with the ones that arrive meanwhile (group
 // commit, above).
 func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
-	c := &call{ctx: ctx, cmps: cmps, then: then, els: els, size: max(len(cmps), len(then), len(els))}
+	c := newCall(ctx, cmps, then, els)
+	if 2*c.size > maxTxnOps || 2*c.bytes > maxBatchBytes {
+		return s.txn(ctx, cmps, then, els) // too large to share a request
+	}
 	b := &s.batch
 	b.mu.Lock()
-	if b.sending < maxSending || 2*c.size > maxTxnOps {
+	if b.sending < maxSending {
 		b.sending++
 		b.mu.Unlock()
 		res, err := s.txn(ctx, cmps, then, els)
@@ -152,14 +177,15 @@ func (s *Store) drain() {
 func (b *batcher) take() []*call {
 	var batch []*call
 	keys := map[string]bool{}
-	largest := 0
+	largest, bytes := 0, 0
 	rest := b.queue[:0]
 	for _, c := range b.queue {
-		if c.ctx.Err() != nil {
-			close(c.done) // its caller returns the context's error
+		if err := c.ctx.Err(); err != nil {
+			c.err = fmt.Errorf("etcd txn: %w", err) // never sent
+			close(c.done)
 			continue
 		}
-		fits := len(batch) < maxBatch && len(batch)+1+max(largest, c.size) <= maxTxnOps
+		fits := len(batch) < maxBatch && len(batch)+1+max(largest, c.size) <= maxTxnOps && bytes+c.bytes <= maxBatchBytes
 		for k := range c.keys {
 			if !fits {
 				break
@@ -173,7 +199,7 @@ func (b *batcher) take() []*call {
 		for k := range c.keys {
 			keys[k] = true
 		}
-		largest = max(largest, c.size)
+		largest, bytes = max(largest, c.size), bytes+c.bytes
 		batch = append(batch, c)
 	}
 	clear(b.queue[len(rest):])
@@ -182,9 +208,11 @@ func (b *batcher) take() []*call {
 }
 
 // send commits a batch in one request, each transaction nested, and hands
-// each its result. When the request fails as a whole (a lease gone, etcd
-// refusing its size or down), each is sent again by itself, so that only
-// its own outcome decides its result.
+// each its result. When etcd refuses the request as a whole before applying
+// any of it (refused), each is sent again by itself, so that only its own
+// outcome decides its result. Any other error may come after the request
+// was committed (a timeout, a lost connection), so each gets the error, as a
+// transaction sent by itself would.
 func (s *Store) send(batch []*call) {
 	defer func() {
 		for _, c := range batch {
@@ -217,18 +245,39 @@ func (s *Store) send(batch []*call) {
 	if err == nil && len(resp.Responses) != len(batch) {
 		err = fmt.Errorf("etcd answered %d of %d nested transactions", len(resp.Responses), len(batch))
 	}
+	s.batch.shared.Add(int64(len(batch)))
+	if refused(err) {
+		s.batch.refused.Add(1)
+		for _, c := range batch {
+			c.alone = true
+		}
+		return
+	}
 	for i, c := range batch {
-		var nested *clientv3.TxnResponse
+		var nested *etcdserverpb.TxnResponse
 		if err == nil {
-			nested = (*clientv3.TxnResponse)(resp.Responses[i].GetResponseTxn())
+			nested = resp.Responses[i].GetResponseTxn()
 		}
 		if nested == nil {
-			c.alone = true
+			c.err = fmt.Errorf("etcd txn: %w", cmp.Or(err, errors.New("no nested response")))
 			continue
 		}
 		c.res = result(nested.Succeeded, resp.Header.Revision, nested.Responses)
 	}
-	s.batch.shared.Add(int64(len(batch)))
+}
+
+// refused reports whether etcd (or the client, before sending) turned a
+// request down without applying any of it, for a reason that a smaller
+// request may not have: a transaction's lease gone, a key written twice,
+// too many operations or bytes, or one transaction not permitted.
+func refused(err error) bool {
+	for _, r := range []error{rpctypes.ErrLeaseNotFound, rpctypes.ErrDuplicateKey, rpctypes.ErrTooManyOps, rpctypes.ErrRequestTooLarge, rpctypes.ErrPermissionDenied} {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	// The client's own limit on a message it sends.
+	return status.Code(err) == codes.ResourceExhausted && strings.Contains(err.Error(), "trying to send message larger than max")
 }
 
 // txn sends one transaction by itself.

@@ -9,6 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/etcd"
 	"github.com/stickynet/stickynet/internal/testenv"
@@ -115,6 +120,9 @@ func TestGroupCommit(t *testing.T) {
 	} else {
 		t.Logf("%d transactions shared a request", n)
 	}
+	if !etcd.Idle(s) {
+		t.Error("a request slot or queued transaction is left after every call returned")
+	}
 }
 
 // TestGroupCommitRefused: an etcd whose --max-txn-ops refuses the batches
@@ -127,8 +135,124 @@ func TestGroupCommitRefused(t *testing.T) {
 	}
 	defer s.Close()
 	contend(t, s, "/refused", 100)
+	if etcd.RefusedBatches(s) == 0 {
+		t.Fatal("etcd refused no batch: the fallback was not exercised")
+	}
+	if !etcd.Idle(s) {
+		t.Error("a request slot or queued transaction is left after every call returned")
+	}
+}
+
+// TestGroupCommitLostAnswer: when the answer to a batch is lost after etcd
+// received it (here: a timeout error in its place), the batch may have been
+// committed, so each of its transactions fails with the error, as one sent
+// by itself would, and none is sent again (which would write it twice).
+func TestGroupCommitLostAnswer(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	lose := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if tr, ok := req.(*etcdserverpb.TxnRequest); ok && err == nil && len(tr.Success) > 0 && tr.Success[0].GetRequestTxn() != nil {
+			return rpctypes.ErrGRPCTimeout
+		}
+		return err
+	}
+	s, err := etcd.New(etcd.Options{ClientConfig: &clientv3.Config{
+		Endpoints: []string{e.Endpoint}, DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(lose)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32*20)
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				key, count := fmt.Sprintf("/lost/%d/%d", g, i), fmt.Sprintf("/lost/%d/%d/count", g, i)
+				// Sent again after its batch was applied, it would find its
+				// own write and fail its condition, with no error.
+				res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(key, []byte("x"), store.NoLease)}, nil)
+				if err == nil && !res.Succeeded {
+					errs <- fmt.Errorf("%s: condition failed with no error", key)
+				}
+				// Sent again, it would write the key twice (checked below);
+				// the error it gets says its outcome is unknown.
+				_, _ = s.Txn(ctx, nil, []store.Op{store.Put(count, nil, store.NoLease)}, nil)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 	if etcd.SharedTxns(s) == 0 {
-		t.Fatal("no batch was tried")
+		t.Fatal("no transaction shared a request: group commit was not exercised")
+	}
+	resp, err := s.Client().Get(ctx, "/lost/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if kv.Version > 1 {
+			t.Errorf("%s written %d times", kv.Key, kv.Version)
+		}
+	}
+}
+
+// TestGroupCommitCancelled: a transaction whose context ends while it waits
+// for a request fails with the context's error and is never sent.
+func TestGroupCommitCancelled(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	stop := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := range 32 {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				key := fmt.Sprintf("/cancel/%d/%d", g, i)
+				if g%2 == 0 { // keep requests in flight
+					if _, err := s.Txn(ctx, nil, []store.Op{store.Put(key, nil, store.NoLease)}, nil); err != nil {
+						errs <- err
+						return
+					}
+					continue
+				}
+				cctx, cancel := context.WithCancel(ctx)
+				cancel()
+				if _, err := s.Txn(cctx, nil, []store.Op{store.Put(key, nil, store.NoLease)}, nil); !errors.Is(err, context.Canceled) {
+					errs <- fmt.Errorf("%s with a cancelled context: got error %s, want context.Canceled", key, fmt.Sprint(err))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if etcd.SharedTxns(s) == 0 {
+		t.Fatal("no transaction shared a request: group commit was not exercised")
+	}
+	for g := 1; g < 32; g += 2 {
+		kvs, _, err := s.List(ctx, fmt.Sprintf("/cancel/%d/", g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(kvs) > 0 {
+			t.Errorf("%s written with a cancelled context", kvs[0].Key)
+		}
+	}
+	if !etcd.Idle(s) {
+		t.Error("a request slot or queued transaction is left after every call returned")
 	}
 }
 
