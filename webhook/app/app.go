@@ -220,7 +220,7 @@ func openStore(o Options) (store.Store, error) {
 	s, err := etcd.New(etcd.Options{
 		Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout,
 		CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile,
-		Username: o.EtcdUsername, Password: o.EtcdPassword,
+		Username: o.EtcdUsername, Password: o.EtcdPassword, Registerer: metrics.Registry,
 	})
 	if err != nil {
 		return nil, err

@@ -9,12 +9,15 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/stickynet/stickynet/internal/promreg"
 	"github.com/stickynet/stickynet/internal/store"
 )
 
@@ -92,9 +95,29 @@ type batcher struct {
 	mu      sync.Mutex
 	queue   []*call
 	sending int // requests in flight
-	// For tests: transactions sent in a request with others, and batches
-	// refused as a whole and sent again one by one.
-	shared, refused atomic.Int64
+	// size observes the transactions of each request; refused counts the
+	// batches refused as a whole and sent again one by one (nil: no metrics).
+	size    prometheus.Observer
+	refused prometheus.Counter
+}
+
+// register makes b's metrics and registers them with reg.
+func (b *batcher) register(reg prometheus.Registerer) {
+	b.size = promreg.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "stickynet_store_txn_batch_size",
+		Help:    "Transactions per etcd transaction request (group commit: concurrent transactions share requests).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+	}))
+	b.refused = promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stickynet_store_txn_batches_refused_total",
+		Help: "Batches of transactions etcd refused as a whole (a lease gone, a limit) and that were sent again one by one.",
+	}))
+}
+
+func (b *batcher) observe(n int) {
+	if b.size != nil {
+		b.size.Observe(float64(n))
+	}
 }
 
 // Txn implements store.Store: the transaction goes to etcd by itself or,
@@ -102,14 +125,16 @@ type batcher struct {
 // commit, above).
 func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
 	c := newCall(ctx, cmps, then, els)
+	b := &s.batch
 	if 2*c.size > maxTxnOps || 2*c.bytes > maxBatchBytes {
+		b.observe(1)
 		return s.txn(ctx, cmps, then, els) // too large to share a request
 	}
-	b := &s.batch
 	b.mu.Lock()
 	if b.sending < maxSending {
 		b.sending++
 		b.mu.Unlock()
+		b.observe(1)
 		res, err := s.txn(ctx, cmps, then, els)
 		s.sent()
 		return res, err
@@ -219,6 +244,7 @@ func (s *Store) send(batch []*call) {
 			close(c.done)
 		}
 	}()
+	s.batch.observe(len(batch))
 	if len(batch) == 1 {
 		c := batch[0]
 		c.res, c.err = s.txn(c.ctx, c.cmps, c.then, c.els)
@@ -245,9 +271,10 @@ func (s *Store) send(batch []*call) {
 	if err == nil && len(resp.Responses) != len(batch) {
 		err = fmt.Errorf("etcd answered %d of %d nested transactions", len(resp.Responses), len(batch))
 	}
-	s.batch.shared.Add(int64(len(batch)))
 	if refused(err) {
-		s.batch.refused.Add(1)
+		if s.batch.refused != nil {
+			s.batch.refused.Inc()
+		}
 		for _, c := range batch {
 			c.alone = true
 		}

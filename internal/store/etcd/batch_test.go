@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,6 +19,41 @@ import (
 	"github.com/stickynet/stickynet/internal/store/etcd"
 	"github.com/stickynet/stickynet/internal/testenv"
 )
+
+// newStore connects to e with the group commit's metrics in a registry of its own.
+func newStore(t *testing.T, cfg etcd.Options) (*etcd.Store, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	s, err := etcd.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, reg
+}
+
+// shared returns the number of requests that carried more than one
+// transaction, and the batches refused as a whole, from the metrics.
+func shared(t *testing.T, reg *prometheus.Registry) (batches, refused uint64) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			switch f.GetName() {
+			case "stickynet_store_txn_batch_size":
+				h := m.GetHistogram()
+				batches = h.GetSampleCount() - h.GetBucket()[0].GetCumulativeCount() // above le=1
+			case "stickynet_store_txn_batches_refused_total":
+				refused = uint64(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return batches, refused
+}
 
 // outcome is what one contender saw of its transaction.
 type outcome struct {
@@ -109,16 +145,12 @@ func contend(t *testing.T, s store.Store, prefix string, keys int) {
 // never share one.
 func TestGroupCommit(t *testing.T) {
 	e := testenv.StartEtcd(t)
-	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	contend(t, s, "/gc", 200)
-	if n := etcd.SharedTxns(s); n == 0 {
+	if n, _ := shared(t, reg); n == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	} else {
-		t.Logf("%d transactions shared a request", n)
+		t.Logf("%d requests carried more than one transaction", n)
 	}
 	if !etcd.Idle(s) {
 		t.Error("a request slot or queued transaction is left after every call returned")
@@ -129,13 +161,9 @@ func TestGroupCommit(t *testing.T) {
 // has each of their transactions sent by itself, with the same outcome.
 func TestGroupCommitRefused(t *testing.T) {
 	e := testenv.StartEtcd(t, "--max-txn-ops=4")
-	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	contend(t, s, "/refused", 100)
-	if etcd.RefusedBatches(s) == 0 {
+	if _, refused := shared(t, reg); refused == 0 {
 		t.Fatal("etcd refused no batch: the fallback was not exercised")
 	}
 	if !etcd.Idle(s) {
@@ -156,13 +184,9 @@ func TestGroupCommitLostAnswer(t *testing.T) {
 		}
 		return err
 	}
-	s, err := etcd.New(etcd.Options{ClientConfig: &clientv3.Config{
+	s, reg := newStore(t, etcd.Options{ClientConfig: &clientv3.Config{
 		Endpoints: []string{e.Endpoint}, DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(lose)},
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	errs := make(chan error, 32*20)
@@ -187,7 +211,7 @@ func TestGroupCommitLostAnswer(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if etcd.SharedTxns(s) == 0 {
+	if n, _ := shared(t, reg); n == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 	resp, err := s.Client().Get(ctx, "/lost/", clientv3.WithPrefix())
@@ -205,11 +229,7 @@ func TestGroupCommitLostAnswer(t *testing.T) {
 // for a request fails with the context's error and is never sent.
 func TestGroupCommitCancelled(t *testing.T) {
 	e := testenv.StartEtcd(t)
-	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	ctx := context.Background()
 	stop := time.Now().Add(2 * time.Second)
 	var wg sync.WaitGroup
@@ -239,7 +259,7 @@ func TestGroupCommitCancelled(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if etcd.SharedTxns(s) == 0 {
+	if n, _ := shared(t, reg); n == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 	for g := 1; g < 32; g += 2 {
@@ -260,11 +280,7 @@ func TestGroupCommitCancelled(t *testing.T) {
 // fails with ErrLeaseNotFound; the ones it was batched with do not.
 func TestGroupCommitLeaseGone(t *testing.T) {
 	e := testenv.StartEtcd(t)
-	s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	ctx := context.Background()
 	gone, err := s.Grant(ctx, time.Minute)
 	if err != nil {
@@ -298,7 +314,7 @@ func TestGroupCommitLeaseGone(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if etcd.SharedTxns(s) == 0 {
+	if n, _ := shared(t, reg); n == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -45,6 +46,9 @@ type Options struct {
 	// ClientConfig, when set, replaces all of the above except the defaults
 	// of DialTimeout and the keepalive.
 	ClientConfig *clientv3.Config
+	// Registerer, when set, gets the group commit's metrics
+	// (stickynet_store_txn_batch_size, stickynet_store_txn_batches_refused_total).
+	Registerer prometheus.Registerer
 }
 
 // Store is the etcd v3 driver.
@@ -90,7 +94,11 @@ func New(opts Options) (*Store, error) {
 	if ps <= 0 {
 		ps = 10000
 	}
-	return &Store{cli: cli, pageSize: ps}, nil
+	s := &Store{cli: cli, pageSize: ps}
+	if opts.Registerer != nil {
+		s.batch.register(opts.Registerer)
+	}
+	return s, nil
 }
 
 // Client returns the underlying etcd client (for benchmarks that compare against raw requests).

@@ -1,11 +1,5 @@
 package etcd
 
-// SharedTxns is the number of transactions sent in a request with others.
-func SharedTxns(s *Store) int64 { return s.batch.shared.Load() }
-
-// RefusedBatches is the number of batches etcd refused as a whole.
-func RefusedBatches(s *Store) int64 { return s.batch.refused.Load() }
-
 // Idle reports whether no transaction request is in flight or queued.
 func Idle(s *Store) bool {
 	s.batch.mu.Lock()
