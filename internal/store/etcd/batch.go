@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
-
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -60,7 +59,7 @@ type call struct {
 	bytes     int // of its keys and values
 	res       store.TxnResult
 	err       error
-	alone     bool // its batch failed as a whole: send it by itself
+	alone     bool // etcd refused its batch as a whole: send it by itself
 	done      chan struct{}
 }
 
