@@ -83,8 +83,8 @@ func run(b *testing.B, name string, n int, fn func(i int) error) result {
 func BenchmarkIPAM(b *testing.B) {
 	e := testenv.StartEtcd(b)
 	ctx := context.Background()
-	newStore := func() *etcd.Store {
-		s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	newStore := func(reg prometheus.Registerer) *etcd.Store {
+		s, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, Registerer: reg})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -94,7 +94,7 @@ func BenchmarkIPAM(b *testing.B) {
 	// The raw phases send each transaction as its own etcd request, through
 	// the etcd client itself: the driver would share requests between
 	// concurrent transactions (group commit), as it does for the allocator.
-	raw := newStore()
+	raw := newStore(nil)
 	put := func(k string) clientv3.Op {
 		return clientv3.OpPut(k, `{"id":"statefulset/ns/name/0","mac":"02:00:00:00:00:00","st":"a"}`)
 	}
@@ -163,8 +163,9 @@ func BenchmarkIPAM(b *testing.B) {
 	defer cancel()
 	// The allocator's transactions are counted by result: a claim that lost
 	// a race to another caller is retried, and its latency is two round trips.
+	// Its etcd requests are counted too (group commit shares them).
 	reg := prometheus.NewRegistry()
-	alloc := ipam.New(store.Instrument(newStore(), reg), ipam.Options{})
+	alloc := ipam.New(store.Instrument(newStore(reg), reg), ipam.Options{})
 	if err := alloc.Start(actx); err != nil {
 		b.Fatal(err)
 	}
@@ -174,6 +175,7 @@ func BenchmarkIPAM(b *testing.B) {
 	})
 	txns := testenv.StoreRequests(b, reg)
 	won, lost := txns["txn/"+store.ResultOK], txns["txn/"+store.ResultConflict]
+	requests, inRequests := batches(b, reg)
 	repeat := run(b, "repeat (sticky hit)", ops, func(i int) error {
 		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
 		return err
@@ -187,7 +189,7 @@ func BenchmarkIPAM(b *testing.B) {
 	var rebuilds []time.Duration
 	for range 3 {
 		rctx, rcancel := context.WithCancel(ctx)
-		fresh := ipam.New(newStore(), ipam.Options{})
+		fresh := ipam.New(newStore(nil), ipam.Options{})
 		t0 := time.Now()
 		if err := fresh.Start(rctx); err != nil {
 			b.Fatal(err)
@@ -205,7 +207,8 @@ func BenchmarkIPAM(b *testing.B) {
 	for _, r := range []result{one, two, three, threeWatched, sticky, repeat} {
 		fmt.Println(r)
 	}
-	fmt.Printf("  its etcd transactions: %d succeeded, %d lost a race and were retried\n", won, lost)
+	fmt.Printf("  its etcd transactions: %d succeeded, %d lost a race and were retried; %d etcd requests carried them (%.1f each)\n",
+		won, lost, requests, inRequests/float64(max(requests, 1)))
 	fmt.Printf("allocations/s ÷ raw 1-key txn/s = %.2f   (target ≥ 0.5)\n", sticky.rate()/one.rate())
 	fmt.Printf("allocation p99 ÷ raw 2-key p99  = %.2f   (target ≤ 1.2)\n", float64(sticky.p99)/float64(two.p99))
 	fmt.Printf("cache rebuild from %d allocations: median %s (runs %v; target ≤ 2s)\n", stored, rebuilds[1].Round(time.Millisecond), rebuilds)
@@ -213,4 +216,22 @@ func BenchmarkIPAM(b *testing.B) {
 	b.ReportMetric(sticky.rate()/one.rate(), "ratio-rate")
 	b.ReportMetric(float64(sticky.p99)/float64(two.p99), "ratio-p99")
 	b.ReportMetric(rebuilds[1].Seconds(), "rebuild-s")
+}
+
+// batches reads the allocator's etcd transaction requests and the
+// transactions they carried from stickynet_store_txn_batch_size.
+func batches(b *testing.B, g prometheus.Gatherer) (requests uint64, txns float64) {
+	families, err := g.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "stickynet_store_txn_batch_size" {
+			for _, m := range f.GetMetric() {
+				requests += m.GetHistogram().GetSampleCount()
+				txns += m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return requests, txns
 }
