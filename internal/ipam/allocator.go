@@ -463,6 +463,9 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 	if newMAC != "" {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	}
+	if from != nil {
+		p.els = append(p.els, store.Get(a.keys.addrKey(from.pool, from.ip))) // a lost claim learns its state
+	}
 	a.cache.claimLocal(e.pool, e.ip, newMAC)
 	p.localIP, p.localMAC = e.ip, newMAC
 	return p, nil
@@ -563,6 +566,11 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	p := a.claimOps(req, ip, mac, cmps)
 	if mac != old.rec.MAC {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	}
+	if !sameAddr {
+		// A lost claim learns the old address's state too: a cache that
+		// missed its move would otherwise plan the same move again.
+		p.els = append(p.els, store.Get(a.keys.addrKey(old.pool, old.ip)))
 	}
 	// Release what the identity no longer uses: its old address (with the old
 	// MAC, unless kept) and its old MAC.

@@ -367,6 +367,50 @@ func TestMove(t *testing.T) {
 	}
 }
 
+// frozenWatch is a store whose watches deliver nothing: an allocator on it
+// learns only from its own transactions, like a replica whose watch lags.
+type frozenWatch struct{ store.Store }
+
+func (f frozenWatch) Watch(ctx context.Context, _ string, _ int64) <-chan store.WatchResponse {
+	ch := make(chan store.WatchResponse)
+	go func() {
+		<-ctx.Done()
+		close(ch)
+	}()
+	return ch
+}
+
+// TestLostMoveLearnsTheOldAddress: a replica whose cache missed another
+// replica's move of an identity loses its own move of it, and learns from
+// that loss where the identity is now, so its next attempt succeeds.
+func TestLostMoveLearnsTheOldAddress(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
+	id := "statefulset/ns/web/0"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: netip.MustParseAddr("10.0.0.5")})
+	stale := startAllocator(t, frozenWatch{s}, Options{MaxAttempts: 3})
+	alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: netip.MustParseAddr("10.0.0.6")})
+	// stale still sees the identity on .5 and moves it from there.
+	got := alloc(t, stale, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: netip.MustParseAddr("10.0.0.7")})
+	if got.IP.String() != "10.0.0.7" || got.MAC.String() != first.MAC.String() {
+		t.Fatalf("move by the stale replica gave %s %s; want 10.0.0.7 with MAC %s", got.IP, got.MAC, first.MAC)
+	}
+	if l := stale.Lookup(id); len(l) != 1 || l[0].IP != got.IP {
+		t.Fatalf("the stale replica sees the identity own %v after the moves", l)
+	}
+	// The other replica's watch shows the same.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		l := a.Lookup(id)
+		if len(l) == 1 && l[0].IP == got.IP {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("identity owns %v after the moves", l)
+		}
+	}
+}
+
 func TestDryRunWritesNothing(t *testing.T) {
 	s := store.NewMemory()
 	a := startAllocator(t, s, Options{})

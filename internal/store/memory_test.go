@@ -75,8 +75,13 @@ func TestInstrumentCountsByOpAndResult(t *testing.T) {
 		t.Fatal("Txn with an unknown lease succeeded")
 	}
 
+	// A transaction of reads only is a read.
+	if _, err := s.Txn(ctx, nil, []store.Op{store.Get("/k"), store.Get("/l")}, nil); err != nil {
+		t.Fatal(err)
+	}
+
 	got := testenv.StoreRequests(t, reg)
-	want := map[string]uint64{"txn/ok": 1, "txn/conflict": 1, "txn/error": 1, "get/ok": 1, "list/ok": 1, "grant/ok": 1, "revoke/ok": 1}
+	want := map[string]uint64{"txn/ok": 1, "txn/conflict": 1, "txn/error": 1, "read/ok": 1, "get/ok": 1, "list/ok": 1, "grant/ok": 1, "revoke/ok": 1}
 	if !maps.Equal(got, want) {
 		t.Errorf("request counts by op/result = %v; want %v", got, want)
 	}

@@ -45,9 +45,10 @@ const (
 	maxBatchBytes = 1 << 20
 	// maxTxnOps is etcd's default --max-txn-ops. A nested transaction counts
 	// against the outer one's budget: a request of n transactions, the
-	// largest with k operations in a branch, needs n + k <= maxTxnOps. An
-	// etcd with a lower limit refuses larger batches; each transaction of a
-	// refused batch is then sent by itself.
+	// largest with k operations in a branch, needs n + k <= the limit. An
+	// etcd with a lower limit refuses larger batches: each transaction of a
+	// refused batch is then sent by itself, and the limit the batches are
+	// cut to halves until etcd takes them.
 	maxTxnOps = 128
 )
 
@@ -94,7 +95,8 @@ func newCall(ctx context.Context, cmps []store.Cmp, then, els []store.Op) *call 
 type batcher struct {
 	mu      sync.Mutex
 	queue   []*call
-	sending int // requests in flight
+	sending int // requests in flight, not counting re-sends of a refused batch
+	opsCap  int // the operation budget of a request (0: maxTxnOps), halved when etcd says too many
 	// size observes the transactions of each request; refused counts the
 	// batches refused as a whole and sent again one by one (nil: no metrics).
 	size    prometheus.Observer
@@ -110,7 +112,7 @@ func (b *batcher) register(reg prometheus.Registerer) {
 	}))
 	b.refused = promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stickynet_store_txn_batches_refused_total",
-		Help: "Batches of transactions etcd refused as a whole (a lease gone, a limit) and that were sent again one by one.",
+		Help: "Batches of transactions etcd refused as a whole (a lease gone, a limit), whose transactions were each sent again by itself.",
 	}))
 }
 
@@ -162,6 +164,7 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 		return store.TxnResult{}, fmt.Errorf("etcd txn: %w", ctx.Err())
 	}
 	if c.alone {
+		b.observe(1)
 		return s.txn(ctx, cmps, then, els)
 	}
 	return c.res, c.err
@@ -185,24 +188,27 @@ func (s *Store) drain() {
 	b := &s.batch
 	for {
 		b.mu.Lock()
-		batch := b.take()
+		batch, opsCap := b.take()
 		if len(batch) == 0 {
 			b.sending--
 			b.mu.Unlock()
 			return
 		}
 		b.mu.Unlock()
-		s.send(batch)
+		s.send(batch, opsCap)
 	}
 }
 
 // take removes the next batch from the queue, in order: transactions that
-// name a key of one already taken, or would pass etcd's operation limit,
-// wait for the next request.
-func (b *batcher) take() []*call {
+// name a key of one already taken, or would pass a request's limits, stay
+// queued for a later request (the other request slot may send one at the
+// same time, as two transactions sent by themselves would be).
+// It returns the operation budget the batch was cut to.
+func (b *batcher) take() ([]*call, int) {
 	var batch []*call
 	keys := map[string]bool{}
 	largest, bytes := 0, 0
+	opsCap := cmp.Or(b.opsCap, maxTxnOps)
 	rest := b.queue[:0]
 	for _, c := range b.queue {
 		if err := c.ctx.Err(); err != nil {
@@ -210,7 +216,9 @@ func (b *batcher) take() []*call {
 			close(c.done)
 			continue
 		}
-		fits := len(batch) < maxBatch && len(batch)+1+max(largest, c.size) <= maxTxnOps && bytes+c.bytes <= maxBatchBytes
+		// The first always fits: a transaction too large to share a
+		// request is sent by itself without queueing.
+		fits := len(batch) == 0 || len(batch) < maxBatch && len(batch)+1+max(largest, c.size) <= opsCap && bytes+c.bytes <= maxBatchBytes
 		for k := range c.keys {
 			if !fits {
 				break
@@ -229,16 +237,17 @@ func (b *batcher) take() []*call {
 	}
 	clear(b.queue[len(rest):])
 	b.queue = rest
-	return batch
+	return batch, opsCap
 }
 
 // send commits a batch in one request, each transaction nested, and hands
-// each its result. When etcd refuses the request as a whole before applying
-// any of it (refused), each is sent again by itself, so that only its own
-// outcome decides its result. Any other error may come after the request
-// was committed (a timeout, a lost connection), so each gets the error, as a
-// transaction sent by itself would.
-func (s *Store) send(batch []*call) {
+// each its result; opsCap is the operation budget it was cut to. When etcd
+// refuses the request as a whole before applying any of it (refused), each
+// is sent again by itself, so that only its own outcome decides its result.
+// Any other error may come after the request was committed (a timeout, a
+// lost connection), so each gets the error, as a transaction sent by itself
+// would.
+func (s *Store) send(batch []*call, opsCap int) {
 	defer func() {
 		for _, c := range batch {
 			close(c.done)
@@ -274,6 +283,13 @@ func (s *Store) send(batch []*call) {
 	if refused(err) {
 		if s.batch.refused != nil {
 			s.batch.refused.Inc()
+		}
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			// Halve the budget this batch was cut to (once for the
+			// batches cut to one budget, even if both slots send one).
+			s.batch.mu.Lock()
+			s.batch.opsCap = min(cmp.Or(s.batch.opsCap, maxTxnOps), max(1, opsCap/2))
+			s.batch.mu.Unlock()
 		}
 		for _, c := range batch {
 			c.alone = true
