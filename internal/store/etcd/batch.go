@@ -34,7 +34,8 @@ import (
 // README); without load nothing waits.
 const (
 	// maxSending is how many transaction requests of this client may be in
-	// flight before the next transactions wait to be batched, and maxBatch
+	// flight (re-sends of a refused batch aside) before the next
+	// transactions wait to be batched, and maxBatch
 	// how many transactions one carries at most. Of 1/64, 2/32, 4/16 and
 	// 8/8 (four make bench-ipam runs each), 2/32 had the best rate and no
 	// worse a p99.
