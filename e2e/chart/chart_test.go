@@ -537,6 +537,19 @@ func TestImagePullSecrets(t *testing.T) {
 	}
 }
 
+// TestEtcdEnv: etcd.bundled.env reaches the etcd container after its own NAME.
+func TestEtcdEnv(t *testing.T) {
+	testenv.Integration(t)
+	objs := render(t, "etcd.bundled.env[0].name=GOGC", "etcd.bundled.env[0].value=400")
+	c := podTemplate(t, objs["StatefulSet/stickynet-etcd"]).Spec.Containers[0]
+	if len(c.Env) != 2 || c.Env[0].Name != "NAME" || c.Env[1].Name != "GOGC" || c.Env[1].Value != "400" {
+		t.Fatalf("etcd container env = %+v; want NAME, then GOGC=400", c.Env)
+	}
+	if c := podTemplate(t, render(t)["StatefulSet/stickynet-etcd"]).Spec.Containers[0]; len(c.Env) != 1 {
+		t.Fatalf("etcd container env by default = %+v; want NAME only", c.Env)
+	}
+}
+
 // TestWebhookValuesChecked: webhook.timeoutSeconds that leaves the etcd
 // requests (timeoutSeconds - 3 s) under 1 s, or that the API server refuses,
 // and an unknown webhook.certMode are refused naming the value and what is
