@@ -175,7 +175,7 @@ func BenchmarkIPAM(b *testing.B) {
 	})
 	txns := testenv.StoreRequests(b, reg)
 	won, lost := txns["txn/"+store.ResultOK], txns["txn/"+store.ResultConflict]
-	requests, inRequests := batches(b, reg)
+	batches := testenv.StoreBatches(b, reg)
 	repeat := run(b, "repeat (sticky hit)", ops, func(i int) error {
 		_, err := alloc.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("statefulset/ns/a/%d", i), Pod: fmt.Sprintf("ns/a-%d", i)})
 		return err
@@ -208,7 +208,7 @@ func BenchmarkIPAM(b *testing.B) {
 		fmt.Println(r)
 	}
 	fmt.Printf("  its etcd transactions: %d succeeded, %d lost a race and were retried; %d etcd requests carried them (%.1f each)\n",
-		won, lost, requests, inRequests/float64(max(requests, 1)))
+		won, lost, batches.Requests, batches.Transactions/float64(max(batches.Requests, 1)))
 	fmt.Printf("allocations/s ÷ raw 1-key txn/s = %.2f   (target ≥ 0.5)\n", sticky.rate()/one.rate())
 	fmt.Printf("allocation p99 ÷ raw 2-key p99  = %.2f   (target ≤ 1.2)\n", float64(sticky.p99)/float64(two.p99))
 	fmt.Printf("cache rebuild from %d allocations: median %s (runs %v; target ≤ 2s)\n", stored, rebuilds[1].Round(time.Millisecond), rebuilds)
@@ -216,22 +216,4 @@ func BenchmarkIPAM(b *testing.B) {
 	b.ReportMetric(sticky.rate()/one.rate(), "ratio-rate")
 	b.ReportMetric(float64(sticky.p99)/float64(two.p99), "ratio-p99")
 	b.ReportMetric(rebuilds[1].Seconds(), "rebuild-s")
-}
-
-// batches reads the allocator's etcd transaction requests and the
-// transactions they carried from stickynet_store_txn_batch_size.
-func batches(b *testing.B, g prometheus.Gatherer) (requests uint64, txns float64) {
-	families, err := g.Gather()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == "stickynet_store_txn_batch_size" {
-			for _, m := range f.GetMetric() {
-				requests += m.GetHistogram().GetSampleCount()
-				txns += m.GetHistogram().GetSampleSum()
-			}
-		}
-	}
-	return requests, txns
 }

@@ -34,8 +34,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/certs"
 	"github.com/stickynet/stickynet/e2e/cluster"
@@ -878,7 +876,7 @@ func (s *suite) nudgeRelease(ctx context.Context, t *testing.T, value string) {
 // stickynet_webhook_release_pass_duration_seconds.
 func passCount(t *testing.T) uint64 {
 	var n uint64
-	for _, m := range metrics(t, "stickynet_webhook_release_pass_duration_seconds") {
+	for _, m := range testenv.Metrics(t, crmetrics.Registry, "stickynet_webhook_release_pass_duration_seconds") {
 		n += m.GetHistogram().GetSampleCount()
 	}
 	return n
@@ -887,7 +885,7 @@ func passCount(t *testing.T) uint64 {
 // releasedMetric reads stickynet_webhook_released_addresses_total for an
 // identity kind.
 func releasedMetric(t *testing.T, kind string) float64 {
-	for _, m := range metrics(t, "stickynet_webhook_released_addresses_total") {
+	for _, m := range testenv.Metrics(t, crmetrics.Registry, "stickynet_webhook_released_addresses_total") {
 		for _, l := range m.GetLabel() {
 			if l.GetName() == "kind" && l.GetValue() == kind {
 				return m.GetCounter().GetValue()
@@ -895,20 +893,4 @@ func releasedMetric(t *testing.T, kind string) float64 {
 		}
 	}
 	return 0
-}
-
-// metrics returns the series of a metric family in controller-runtime's
-// registry, where both webhook replicas of this process register theirs.
-func metrics(t *testing.T, name string) []*dto.Metric {
-	t.Helper()
-	families, err := crmetrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == name {
-			return f.GetMetric()
-		}
-	}
-	return nil
 }

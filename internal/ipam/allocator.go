@@ -207,10 +207,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 			a.unclaim(req.Pool.Name, p)
 			return Allocation{}, err
 		}
-		// The claim carries no Else branch: what beat it is read only when
-		// it loses (rarely), which keeps every claim's etcd request and raft
-		// entry smaller.
-		res, err := a.s.Txn(ctx, p.cmps, p.then, nil)
+		won, beat, err := a.commit(ctx, p)
 		a.unclaim(req.Pool.Name, p)
 		if errors.Is(err, store.ErrLeaseNotFound) {
 			a.dropLeases(p)
@@ -219,14 +216,10 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 		if err != nil {
 			return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, err)
 		}
-		if res.Succeeded {
-			a.applyLocal(p.then, res.Revision)
+		if won {
 			return p.result, nil
 		}
-		if res, err = a.s.Txn(ctx, nil, p.els, nil); err != nil {
-			return Allocation{}, fmt.Errorf("claim address for %s in pool %s: read what beat it: %w", req.Identity, req.Pool.Name, err)
-		}
-		rev, err := a.learn(ctx, &req, p, res)
+		rev, err := a.learn(ctx, &req, p, beat)
 		if err != nil {
 			return Allocation{}, err
 		}
@@ -500,16 +493,21 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmps := []store.Cmp{
-		store.Absent(a.keys.addrKey(pool.Name, ip)),
-		store.Absent(a.keys.identKey(req.Identity, req.Shared, ip)),
-		store.Absent(a.keys.macKey(mac)),
-	}
-	p := a.claimOps(req, ip, mac, cmps)
-	p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	p := a.claimNew(req, ip, mac)
 	c.claimLocal(pool.Name, ip, mac)
 	p.localIP, p.localMAC = ip, mac
 	return p, nil
+}
+
+// claimNew claims an address, identity key and MAC that are all absent.
+func (a *Allocator) claimNew(req *Request, ip netip.Addr, mac string) *plan {
+	p := a.claimOps(req, ip, mac, []store.Cmp{
+		store.Absent(a.keys.addrKey(req.Pool.Name, ip)),
+		store.Absent(a.keys.identKey(req.Identity, req.Shared, ip)),
+		store.Absent(a.keys.macKey(mac)),
+	})
+	p.els = append(p.els, store.Get(a.keys.macKey(mac)))
+	return p
 }
 
 // newMAC returns the requested MAC or a random one that no address has.
@@ -644,6 +642,25 @@ func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []sto
 		Pod: req.Pod, Token: req.Token, Reserved: req.Token != "", New: true,
 	}
 	return p
+}
+
+// commit sends p's transaction and, when it wins, folds its writes into the
+// cache. The transaction carries no Else branch, which keeps every claim's
+// etcd request and raft entry smaller: when it loses (rarely), what beat it
+// is read then (p.els) and returned for learn.
+func (a *Allocator) commit(ctx context.Context, p *plan) (won bool, beat store.TxnResult, err error) {
+	res, err := a.s.Txn(ctx, p.cmps, p.then, nil)
+	if err != nil {
+		return false, res, err
+	}
+	if res.Succeeded {
+		a.applyLocal(p.then, res.Revision)
+		return true, res, nil
+	}
+	if beat, err = a.s.Txn(ctx, nil, p.els, nil); err != nil {
+		return false, beat, fmt.Errorf("read what beat it: %w", err)
+	}
+	return false, beat, nil
 }
 
 // learn folds what a failed transaction read into the cache, and turns a

@@ -168,22 +168,15 @@ func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
 		}
 	}
 	req := Request{Pool: ad.Pool, Identity: ad.Identity, Shared: ad.Shared, Pod: ad.Pod, IP: ad.IP, MAC: ad.MAC}
-	mac := ad.MAC.String()
-	p := a.claimOps(&req, ad.IP, mac, []store.Cmp{
-		store.Absent(a.keys.addrKey(ad.Pool.Name, ad.IP)),
-		store.Absent(a.keys.identKey(ad.Identity, ad.Shared, ad.IP)),
-		store.Absent(a.keys.macKey(mac)),
-	})
-	p.els = append(p.els, store.Get(a.keys.macKey(mac)))
-	res, err := a.s.Txn(ctx, p.cmps, p.then, p.els)
+	p := a.claimNew(&req, ad.IP, ad.MAC.String())
+	won, beat, err := a.commit(ctx, p)
 	if err != nil {
 		return false, fmt.Errorf("record %s of pool %s for pod %s: %w", ad.IP, ad.Pool.Name, ad.Pod, err)
 	}
-	if res.Succeeded {
-		a.applyLocal(p.then, res.Revision)
+	if won {
 		return true, nil
 	}
-	if _, err := a.learn(ctx, &req, p, res); err != nil {
+	if _, err := a.learn(ctx, &req, p, beat); err != nil {
 		var conflict *ConflictError
 		if errors.As(err, &conflict) {
 			return false, fmt.Errorf("%w: %w", ErrNotAdoptable, err)

@@ -256,20 +256,23 @@ const carrierPoll = 250 * time.Millisecond
 func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) error {
 	var waited *datapath.Attachment
 	start := time.Now()
-	gone := map[*datapath.Attachment]bool{} // carry nothing any more (carries)
+	gone := map[*datapath.Attachment]bool{}      // carry nothing any more (carries)
+	other := func(o *datapath.Attachment) bool { // another pod's, with an address of at's
+		return o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at)
+	}
 	for {
 		a.mu.Lock()
 		detached := a.detached
 		var carrier *datapath.Attachment
 		starting := false // carrier is an ADD still being set up
 		for _, o := range a.starting {
-			if o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at) {
+			if other(o) {
 				carrier, starting = o, true
 			}
 		}
 		var others []*datapath.Attachment
 		for _, o := range a.atts {
-			if o.PodUID != at.PodUID && o.Key() != at.Key() && !gone[o] && sharesAddress(o, at) {
+			if !gone[o] && other(o) {
 				others = append(others, o)
 			}
 		}

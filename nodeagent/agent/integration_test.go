@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/bandwidth"
@@ -680,19 +681,10 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 // process's default registry (the agents of these tests run in-process).
 func addressWaits(t *testing.T, result string) float64 {
 	t.Helper()
-	mfs, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "stickynet_nodeagent_address_waits_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					return m.GetCounter().GetValue()
-				}
+	for _, m := range testenv.Metrics(t, prometheus.DefaultGatherer, "stickynet_nodeagent_address_waits_total") {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "result" && l.GetValue() == result {
+				return m.GetCounter().GetValue()
 			}
 		}
 	}

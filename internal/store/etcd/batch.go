@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,20 +149,14 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 	select {
 	case <-c.done:
 	case <-ctx.Done():
+		// Still queued, it is never sent; in flight, its outcome is
+		// unknown, as for a transaction sent by itself whose context ends
+		// before etcd answers.
 		b.mu.Lock()
-		queued := false
-		for i, q := range b.queue {
-			if q == c {
-				b.queue, queued = append(b.queue[:i], b.queue[i+1:]...), true
-				break
-			}
+		if i := slices.Index(b.queue, c); i >= 0 {
+			b.queue = slices.Delete(b.queue, i, i+1)
 		}
 		b.mu.Unlock()
-		if queued {
-			return store.TxnResult{}, fmt.Errorf("etcd txn: %w", ctx.Err()) // never sent
-		}
-		// In flight: its outcome is unknown, as for a transaction sent
-		// by itself whose context ends before etcd answers.
 		return store.TxnResult{}, fmt.Errorf("etcd txn: %w", ctx.Err())
 	}
 	if c.alone {

@@ -33,26 +33,25 @@ func newStore(t *testing.T, cfg etcd.Options) (*etcd.Store, *prometheus.Registry
 	return s, reg
 }
 
-// shared returns the number of requests that carried more than one
-// transaction, and the batches refused as a whole, from the metrics.
-func shared(t *testing.T, reg *prometheus.Registry) (batches, refused uint64) {
+// inParallel runs fn(g, report) for each g in [0, n), each in a goroutine of
+// its own, and fails t with every error reported.
+func inParallel(t *testing.T, n int, fn func(g int, report func(error))) {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	var mu sync.Mutex
+	var errs []error
+	report := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		errs = append(errs, err)
 	}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			switch f.GetName() {
-			case "stickynet_store_txn_batch_size":
-				h := m.GetHistogram()
-				batches = h.GetSampleCount() - h.GetBucket()[0].GetCumulativeCount() // above le=1
-			case "stickynet_store_txn_batches_refused_total":
-				refused = uint64(m.GetCounter().GetValue())
-			}
-		}
+	var wg sync.WaitGroup
+	for g := range n {
+		wg.Go(func() { fn(g, report) })
 	}
-	return batches, refused
+	wg.Wait()
+	for _, err := range errs {
+		t.Error(err)
+	}
 }
 
 // outcome is what one contender saw of its transaction.
@@ -73,33 +72,27 @@ func contend(t *testing.T, s store.Store, prefix string, keys int) {
 	defer cancel()
 	var mu sync.Mutex
 	var outs []outcome
-	var wg sync.WaitGroup
-	errs := make(chan error, 48)
-	for g := range 48 {
-		wg.Go(func() {
-			who := fmt.Sprintf("g%d", g)
-			for _, i := range rand.Perm(keys) {
-				key := fmt.Sprintf("%s/k%03d", prefix, i)
-				take := rand.IntN(2) == 0
-				write := key
-				if !take {
-					write = key + "/absent-for/" + who
-				}
-				res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(write, []byte(who), store.NoLease)}, []store.Op{store.Get(key)})
-				if err != nil {
-					errs <- fmt.Errorf("%s on %s: %w", who, key, err)
-					return
-				}
-				mu.Lock()
-				outs = append(outs, outcome{key: key, who: who, take: take, res: res})
-				mu.Unlock()
+	inParallel(t, 48, func(g int, report func(error)) {
+		who := fmt.Sprintf("g%d", g)
+		for _, i := range rand.Perm(keys) {
+			key := fmt.Sprintf("%s/k%03d", prefix, i)
+			take := rand.IntN(2) == 0
+			write := key
+			if !take {
+				write = key + "/absent-for/" + who
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+			res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(write, []byte(who), store.NoLease)}, []store.Op{store.Get(key)})
+			if err != nil {
+				report(fmt.Errorf("%s on %s: %w", who, key, err))
+				return
+			}
+			mu.Lock()
+			outs = append(outs, outcome{key: key, who: who, take: take, res: res})
+			mu.Unlock()
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
 	}
 	kvs, _, err := s.List(ctx, prefix+"/")
 	if err != nil {
@@ -147,7 +140,7 @@ func TestGroupCommit(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	contend(t, s, "/gc", 200)
-	if n, _ := shared(t, reg); n == 0 {
+	if n := testenv.StoreBatches(t, reg).Shared; n == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	} else {
 		t.Logf("%d requests carried more than one transaction", n)
@@ -164,7 +157,8 @@ func TestGroupCommitRefused(t *testing.T) {
 	e := testenv.StartEtcd(t, "--max-txn-ops=4")
 	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	contend(t, s, "/refused", 100)
-	batches, refused := shared(t, reg)
+	b := testenv.StoreBatches(t, reg)
+	batches, refused := b.Shared, b.Refused
 	t.Logf("%d batches refused, %d requests carried more than one transaction", refused, batches)
 	if refused == 0 {
 		t.Fatal("etcd refused no batch: the fallback was not exercised")
@@ -200,30 +194,21 @@ func TestGroupCommitLostAnswer(t *testing.T) {
 		Endpoints: []string{e.Endpoint}, DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(lose)},
 	}})
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make(chan error, 32*20)
-	for g := range 32 {
-		wg.Go(func() {
-			for i := range 20 {
-				key, count := fmt.Sprintf("/lost/%d/%d", g, i), fmt.Sprintf("/lost/%d/%d/count", g, i)
-				// Sent again after its batch was applied, it would find its
-				// own write and fail its condition, with no error.
-				res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(key, []byte("x"), store.NoLease)}, nil)
-				if err == nil && !res.Succeeded {
-					errs <- fmt.Errorf("%s: condition failed with no error", key)
-				}
-				// Sent again, it would write the key twice (checked below);
-				// the error it gets says its outcome is unknown.
-				_, _ = s.Txn(ctx, nil, []store.Op{store.Put(count, nil, store.NoLease)}, nil)
+	inParallel(t, 32, func(g int, report func(error)) {
+		for i := range 20 {
+			key, count := fmt.Sprintf("/lost/%d/%d", g, i), fmt.Sprintf("/lost/%d/%d/count", g, i)
+			// Sent again after its batch was applied, it would find its
+			// own write and fail its condition, with no error.
+			res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(key, []byte("x"), store.NoLease)}, nil)
+			if err == nil && !res.Succeeded {
+				report(fmt.Errorf("%s: condition failed with no error", key))
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if n, _ := shared(t, reg); n == 0 {
+			// Sent again, it would write the key twice (checked below);
+			// the error it gets says its outcome is unknown.
+			_, _ = s.Txn(ctx, nil, []store.Op{store.Put(count, nil, store.NoLease)}, nil)
+		}
+	})
+	if testenv.StoreBatches(t, reg).Shared == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 	resp, err := s.Client().Get(ctx, "/lost/", clientv3.WithPrefix())
@@ -244,34 +229,25 @@ func TestGroupCommitCancelled(t *testing.T) {
 	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	ctx := context.Background()
 	stop := time.Now().Add(2 * time.Second)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for g := range 32 {
-		wg.Go(func() {
-			for i := 0; time.Now().Before(stop); i++ {
-				key := fmt.Sprintf("/cancel/%d/%d", g, i)
-				if g%2 == 0 { // keep requests in flight
-					if _, err := s.Txn(ctx, nil, []store.Op{store.Put(key, nil, store.NoLease)}, nil); err != nil {
-						errs <- err
-						return
-					}
-					continue
-				}
-				cctx, cancel := context.WithCancel(ctx)
-				cancel()
-				if _, err := s.Txn(cctx, nil, []store.Op{store.Put(key, nil, store.NoLease)}, nil); !errors.Is(err, context.Canceled) {
-					errs <- fmt.Errorf("%s with a cancelled context: got error %s, want context.Canceled", key, fmt.Sprint(err))
+	inParallel(t, 32, func(g int, report func(error)) {
+		for i := 0; time.Now().Before(stop); i++ {
+			key := fmt.Sprintf("/cancel/%d/%d", g, i)
+			if g%2 == 0 { // keep requests in flight
+				if _, err := s.Txn(ctx, nil, []store.Op{store.Put(key, nil, store.NoLease)}, nil); err != nil {
+					report(err)
 					return
 				}
+				continue
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if n, _ := shared(t, reg); n == 0 {
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			if _, err := s.Txn(cctx, nil, []store.Op{store.Put(key, nil, store.NoLease)}, nil); !errors.Is(err, context.Canceled) {
+				report(fmt.Errorf("%s with a cancelled context: got error %s, want context.Canceled", key, fmt.Sprint(err)))
+				return
+			}
+		}
+	})
+	if testenv.StoreBatches(t, reg).Shared == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 	for g := 1; g < 32; g += 2 {
@@ -301,32 +277,23 @@ func TestGroupCommitLeaseGone(t *testing.T) {
 	if err := s.Revoke(ctx, gone); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 32*20)
-	for g := range 32 {
-		wg.Go(func() {
-			for i := range 20 {
-				key := fmt.Sprintf("/lease/%d/%d", g, i)
-				lease := store.NoLease
-				if i%5 == 0 {
-					lease = gone
-				}
-				res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(key, nil, lease)}, nil)
-				switch {
-				case lease == gone && !errors.Is(err, store.ErrLeaseNotFound):
-					errs <- fmt.Errorf("%s with a revoked lease: got %+v, error %s; want ErrLeaseNotFound", key, res, fmt.Sprint(err))
-				case lease != gone && (err != nil || !res.Succeeded):
-					errs <- fmt.Errorf("%s: got %+v, error %s; want success", key, res, fmt.Sprint(err))
-				}
+	inParallel(t, 32, func(g int, report func(error)) {
+		for i := range 20 {
+			key := fmt.Sprintf("/lease/%d/%d", g, i)
+			lease := store.NoLease
+			if i%5 == 0 {
+				lease = gone
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if n, _ := shared(t, reg); n == 0 {
+			res, err := s.Txn(ctx, []store.Cmp{store.Absent(key)}, []store.Op{store.Put(key, nil, lease)}, nil)
+			switch {
+			case lease == gone && !errors.Is(err, store.ErrLeaseNotFound):
+				report(fmt.Errorf("%s with a revoked lease: got %+v, error %s; want ErrLeaseNotFound", key, res, fmt.Sprint(err)))
+			case lease != gone && (err != nil || !res.Succeeded):
+				report(fmt.Errorf("%s: got %+v, error %s; want success", key, res, fmt.Sprint(err)))
+			}
+		}
+	})
+	if testenv.StoreBatches(t, reg).Shared == 0 {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 }
