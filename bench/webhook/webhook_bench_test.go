@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -150,7 +151,8 @@ func BenchmarkWebhook(b *testing.B) {
 	cpu := map[string]cpuShare{} // CPU ms per creation by process, per configuration
 	// The handler's own latency over the unpaced runs (only the sticky
 	// namespace's pods reach it): how much of a creation's time it is.
-	loadedBefore := scrape(b, metricsPort)
+	webhookMetrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
+	loadedBefore := scrape(b, webhookMetrics, admissions)
 	for r := range rounds {
 		for _, ns := range []string{"none", "noop", "sticky"} {
 			cpuBefore := sampleCPU()
@@ -169,17 +171,24 @@ func BenchmarkWebhook(b *testing.B) {
 		}
 	}
 
-	loadedAfter := scrape(b, metricsPort)
+	loadedAfter := scrape(b, webhookMetrics, admissions)
 	l50, l99, _ := quantiles(loadedBefore[admissions], loadedAfter[admissions], 0.015)
 
 	// Handler latency at a paced 200 creations per second, from the webhook's histogram.
 	// The etcd transactions of the same run show how much of the handler's
-	// tail is the state store's.
-	before := scrape(b, metricsPort)
+	// tail is the state store's; etcd's disk latencies (the WAL's fsync
+	// before each answer, the backend's periodic commit, during which etcd
+	// applies no write) and the machine's CPU load and pressure say why.
+	before, etcdBefore := scrape(b, webhookMetrics, admissions, claims), scrape(b, e.Endpoint+"/metrics", walFsync, backendCommit)
+	cpuBefore, stallBefore, pacedStart := sampleCPU(), stall(), time.Now()
 	createPods(ctx, b, k, "sticky", "paced", pacedN, paced)
-	after := scrape(b, metricsPort)
+	busy, stalled, pacedTook := cpuBetween(cpuBefore, sampleCPU()), stall()-stallBefore, time.Since(pacedStart)
+	after, etcdAfter := scrape(b, webhookMetrics, admissions, claims), scrape(b, e.Endpoint+"/metrics", walFsync, backendCommit)
 	p50, p99, within := quantiles(before[admissions], after[admissions], 0.015)
 	t50, t99, _ := quantiles(before[claims], after[claims], 0.015)
+	_, f99, _ := quantiles(etcdBefore[walFsync], etcdAfter[walFsync], 0.015)
+	_, c99, _ := quantiles(etcdBefore[backendCommit], etcdAfter[backendCommit], 0.015)
+	commits := etcdAfter[backendCommit][math.Inf(1)] - etcdBefore[backendCommit][math.Inf(1)]
 
 	mean := func(xs []float64) float64 {
 		s := 0.0
@@ -195,20 +204,24 @@ func BenchmarkWebhook(b *testing.B) {
 	}
 	fmt.Println("CPU per creation (ms) during the unpaced runs, by process:")
 	for _, ns := range []string{"none", "noop", "sticky"} {
-		labels, other := cpu[ns].top(6)
-		total := other
-		var parts []string
-		for _, l := range labels {
-			parts = append(parts, fmt.Sprintf("%s %.2f", l, cpu[ns][l]))
-			total += cpu[ns][l]
-		}
-		fmt.Printf("  %-8s total %.2f: %s, other %.2f\n", ns, total, strings.Join(parts, ", "), other)
+		fmt.Printf("  %-8s %s\n", ns, cpu[ns].String(6))
 	}
 	fmt.Printf("stickynet ÷ no-op webhook = %.2f   (target ≥ 0.9)\n", mean(results["sticky"])/mean(results["noop"]))
 	fmt.Printf("no-op webhook ÷ none      = %.2f\n", mean(results["noop"])/mean(results["none"]))
 	fmt.Printf("handler latency during the unpaced sticky runs: p50 %.2f ms, p99 %.2f ms\n", l50*1000, l99*1000)
 	fmt.Printf("handler latency at %d creations/s: p50 %.2f ms, p99 %.2f ms, %.2f%% within 15 ms (target p99 ≤ 15 ms)\n", paced, p50*1000, p99*1000, within*100)
 	fmt.Printf("  its etcd transactions in the same run: p50 %.2f ms, p99 %.2f ms\n", t50*1000, t99*1000)
+	fmt.Printf("  stickynet's etcd in the same run: WAL fsync p99 %.2f ms; %.0f backend commits, p99 %.2f ms\n", f99*1000, commits, c99*1000)
+	used := 0.0
+	for _, ms := range busy {
+		used += ms
+	}
+	fmt.Printf("  the machine in the same run: CPU %.0f %% of %d cores busy; a runnable task waited for a CPU %.0f %% of the time\n",
+		100*used/float64(pacedTook.Milliseconds())/float64(runtime.NumCPU()), runtime.NumCPU(), 100*stalled.Seconds()/pacedTook.Seconds())
+	for l := range busy {
+		busy[l] /= pacedN
+	}
+	fmt.Printf("  CPU per creation (ms) in the same run: %s\n", busy.String(6))
 	b.ReportMetric(mean(results["sticky"])/mean(results["noop"]), "ratio")
 	b.ReportMetric(p99*1000, "p99-ms")
 }
@@ -313,40 +326,44 @@ func waitReleased(ctx context.Context, b *testing.B, cl client.Client) {
 // histogram is the cumulative bucket counts of one series.
 type histogram map[float64]float64
 
-// The series of the webhook's metrics that the benchmark reads: the
-// allowed admissions, and the etcd transactions that succeeded (the claims).
+// The histogram series the benchmark reads: the webhook's allowed
+// admissions and its etcd transactions that succeeded (the claims), and
+// stickynet's etcd's WAL fsyncs and backend commits.
 const (
-	admissions = `stickynet_webhook_admission_duration_seconds_bucket{result="allowed",`
-	claims     = `stickynet_store_request_duration_seconds_bucket{op="txn",result="ok",`
+	admissions    = `stickynet_webhook_admission_duration_seconds_bucket{result="allowed",`
+	claims        = `stickynet_store_request_duration_seconds_bucket{op="txn",result="ok",`
+	walFsync      = `etcd_disk_wal_fsync_duration_seconds_bucket{`
+	backendCommit = `etcd_disk_backend_commit_duration_seconds_bucket{`
 )
 
-// scrape reads the webhook's metrics once and returns the buckets of the
-// admissions and claims series, by series.
-func scrape(b *testing.B, port int) map[string]histogram {
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+// scrape reads the metrics at url once and returns the buckets of the
+// given histogram series, by series.
+func scrape(b *testing.B, url string, series ...string) map[string]histogram {
+	resp, err := http.Get(url)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	hs := map[string]histogram{admissions: {}, claims: {}}
+	hs := map[string]histogram{}
+	for _, s := range series {
+		hs[s] = histogram{}
+	}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		series, ok := admissions, strings.HasPrefix(line, admissions)
-		if !ok {
-			series, ok = claims, strings.HasPrefix(line, claims)
+		for _, s := range series {
+			if !strings.HasPrefix(line, s) {
+				continue
+			}
+			le := line[strings.Index(line, `le="`)+4:]
+			le = le[:strings.Index(le, `"`)]
+			bound := math.Inf(1)
+			if le != "+Inf" {
+				bound, _ = strconv.ParseFloat(le, 64)
+			}
+			v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+			hs[s][bound] = v
 		}
-		if !ok {
-			continue
-		}
-		le := line[strings.Index(line, `le="`)+4:]
-		le = le[:strings.Index(le, `"`)]
-		bound := math.Inf(1)
-		if le != "+Inf" {
-			bound, _ = strconv.ParseFloat(le, 64)
-		}
-		v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-		hs[series][bound] = v
 	}
 	return hs
 }
