@@ -168,6 +168,7 @@ type plan struct {
 	result    Allocation
 	localIP   netip.Addr // claimed in the cache's in-flight set
 	localMAC  string
+	growing   string                  // the shared identity this plan adds a member to (in the cache's growing count)
 	leases    map[time.Duration][]int // puts in then (by index) that need a lease of that TTL
 	reused    bool                    // result existed already (no write unless pod changed)
 }
@@ -247,8 +248,8 @@ func (a *Allocator) catchUp(ctx context.Context, rev int64) {
 }
 
 func (a *Allocator) unclaim(pool string, p *plan) {
-	if p.localIP.IsValid() {
-		a.cache.unclaimLocal(pool, p.localIP, p.localMAC)
+	if p.localIP.IsValid() || p.growing != "" {
+		a.cache.unclaimLocal(pool, p.localIP, p.localMAC, p.growing)
 	}
 }
 
@@ -331,11 +332,25 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 			}
 		}
 	}
-	if n := len(inPool) + len(elsewhere); req.MaxMembers > 0 && n >= req.MaxMembers {
+	// Members this process is adding right now count too: a burst of a
+	// ReplicaSet's pods admitted together would otherwise each see room
+	// for one more and overshoot the cap together.
+	if n := len(inPool) + len(elsewhere) + c.growing[req.Identity]; req.MaxMembers > 0 && n >= req.MaxMembers {
 		return nil, &SetFullError{Identity: req.Identity, Members: n, Max: req.MaxMembers}
 	}
+	p, err := a.planGrow(req, cooling, allowed)
+	if err == nil {
+		c.growing[req.Identity]++
+		p.growing = req.Identity
+	}
+	return p, err
+}
+
+// planGrow adds a member to a shared identity's set: one of its own cooling
+// addresses back, or a new one.
+func (a *Allocator) planGrow(req *Request, cooling []*entry, allowed func(netip.Addr) bool) (*plan, error) {
 	for _, e := range cooling {
-		if allowed(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+		if allowed(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
 			return a.planReclaim(req, e)
 		}
 	}

@@ -490,6 +490,72 @@ func TestSharedSetCap(t *testing.T) {
 	}
 }
 
+// gatedStore holds every write transaction until the test opens the gate,
+// counting the ones that wait: concurrent claims are all in flight at once.
+type gatedStore struct {
+	store.Store
+	arrived chan struct{}
+	open    chan struct{}
+}
+
+func (g *gatedStore) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
+	if len(then) > 0 {
+		g.arrived <- struct{}{}
+		<-g.open
+	}
+	return g.Store.Txn(ctx, cmps, then, els)
+}
+
+// A burst of a ReplicaSet's pods admitted together by one replica: the
+// members being claimed count against the cap, so the set stops at it.
+func TestSharedSetCapUnderBurst(t *testing.T) {
+	const burst, capN = 8, 3
+	g := &gatedStore{Store: store.NewMemory(), arrived: make(chan struct{}, burst), open: make(chan struct{})}
+	a := startAllocator(t, g, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	errs := make(chan error, burst)
+	for i := range burst {
+		go func() {
+			_, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Pod: fmt.Sprintf("ns/d-%d", i), MaxMembers: capN})
+			errs <- err
+		}()
+	}
+	// Every pod either waits at the gate with its claim or was refused
+	// before sending one; then the claims go through.
+	var full, claimed int
+	for full+claimed < burst {
+		select {
+		case err := <-errs:
+			var sf *SetFullError
+			if !errors.As(err, &sf) {
+				t.Fatalf("a pod refused before its claim: %v", err)
+			}
+			full++
+		case <-g.arrived:
+			claimed++
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	close(g.open)
+	for range claimed {
+		if err := <-errs; err != nil {
+			t.Fatalf("claim: %v", err)
+		}
+	}
+	if claimed != capN || full != burst-capN {
+		t.Fatalf("%d pods claimed a member and %d were told the set is full; want %d and %d", claimed, full, capN, burst-capN)
+	}
+	if n := len(a.Lookup("deployment/ns/d")); n != capN {
+		t.Fatalf("the set has %d members; capped at %d", n, capN)
+	}
+	// Nothing stays counted once the claims are done.
+	if got := len(a.cache.growing); got != 0 {
+		t.Fatalf("%d identities still counted as growing", got)
+	}
+}
+
 // An identity moved away from an address may move back to it while it cools
 // down: within a pool (an ips list rolled back) and across pools; every
 // address it holds then has a MAC, and the address it left cools in turn.

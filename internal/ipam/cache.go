@@ -117,11 +117,12 @@ type cache struct {
 	macs     map[string]*entry
 	inflight map[string]map[netip.Addr]struct{} // pool → addresses being claimed here
 	inMACs   map[string]struct{}
-	bad      int // undecodable values seen (logged by the allocator)
+	growing  map[string]int // shared identity → members being added here (counted against MaxMembers)
+	bad      int            // undecodable values seen (logged by the allocator)
 }
 
 func newCache(k keys) *cache {
-	c := &cache{keys: k, inflight: map[string]map[netip.Addr]struct{}{}, inMACs: map[string]struct{}{}}
+	c := &cache{keys: k, inflight: map[string]map[netip.Addr]struct{}{}, inMACs: map[string]struct{}{}, growing: map[string]int{}}
 	c.reset()
 	return c
 }
@@ -365,11 +366,16 @@ func (c *cache) claimLocal(pool string, ip netip.Addr, mac string) {
 	}
 }
 
-func (c *cache) unclaimLocal(pool string, ip netip.Addr, mac string) {
+func (c *cache) unclaimLocal(pool string, ip netip.Addr, mac, growing string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.inflight[pool], ip)
 	delete(c.inMACs, mac)
+	if growing != "" {
+		if c.growing[growing]--; c.growing[growing] <= 0 {
+			delete(c.growing, growing)
+		}
+	}
 }
 
 // Stats counts a pool's addresses by what uses them.
