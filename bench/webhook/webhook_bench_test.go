@@ -180,9 +180,11 @@ func BenchmarkWebhook(b *testing.B) {
 	// before each answer, the backend's periodic commit, during which etcd
 	// applies no write) and the machine's CPU load and pressure say why.
 	before, etcdBefore := scrape(b, webhookMetrics, admissions, claims), scrape(b, e.Endpoint+"/metrics", walFsync, backendCommit)
+	passesBefore, passTimeBefore := value(b, webhookMetrics, passCount), value(b, webhookMetrics, passTime)
 	cpuBefore, stallBefore, pacedStart := sampleCPU(), stall(), time.Now()
 	createPods(ctx, b, k, "sticky", "paced", pacedN, paced)
 	busy, stalled, pacedTook := cpuBetween(cpuBefore, sampleCPU()), stall()-stallBefore, time.Since(pacedStart)
+	passes, passTime := value(b, webhookMetrics, passCount)-passesBefore, value(b, webhookMetrics, passTime)-passTimeBefore
 	after, etcdAfter := scrape(b, webhookMetrics, admissions, claims), scrape(b, e.Endpoint+"/metrics", walFsync, backendCommit)
 	p50, p99, within := quantiles(before[admissions], after[admissions], 0.015)
 	t50, t99, _ := quantiles(before[claims], after[claims], 0.015)
@@ -222,6 +224,8 @@ func BenchmarkWebhook(b *testing.B) {
 		busy[l] /= pacedN
 	}
 	fmt.Printf("  CPU per creation (ms) in the same run: %s\n", busy.String(6))
+	fmt.Printf("  the release controller in the same run: %.0f passes, %.1f s in all (%.0f %% of the run)\n",
+		passes, passTime, 100*passTime/pacedTook.Seconds())
 	b.ReportMetric(mean(results["sticky"])/mean(results["noop"]), "ratio")
 	b.ReportMetric(p99*1000, "p99-ms")
 }
@@ -335,6 +339,31 @@ const (
 	walFsync      = `etcd_disk_wal_fsync_duration_seconds_bucket{`
 	backendCommit = `etcd_disk_backend_commit_duration_seconds_bucket{`
 )
+
+// The release controller's passes: how many, and their time in all.
+const (
+	passCount = `stickynet_webhook_release_pass_duration_seconds_count{`
+	passTime  = `stickynet_webhook_release_pass_duration_seconds_sum{`
+)
+
+// value reads the metrics at url once and returns the sum of the series
+// that start with prefix.
+func value(b *testing.B, url, prefix string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, prefix) {
+			v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+			sum += v
+		}
+	}
+	return sum
+}
 
 // scrape reads the metrics at url once and returns the buckets of the
 // given histogram series, by series.
