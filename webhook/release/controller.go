@@ -99,7 +99,6 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.MinInterval = 200 * time.Millisecond
 	}
 	c.trigger = make(chan struct{}, 1)
-	c.seen = map[types.UID]bool{}
 	if c.Cache != nil {
 		for _, obj := range []client.Object{
 			&corev1.Pod{}, &appsv1.StatefulSet{}, &appsv1.Deployment{}, &appsv1.ReplicaSet{}, &appsv1.DaemonSet{},
@@ -247,6 +246,19 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 
 	var errs []error
 	now := time.Now()
+	// An address left alone for its grace gets a pass when the grace is
+	// over, whether or not an event comes.
+	var due time.Time
+	again := func(since time.Time) {
+		if d := since.Add(c.Grace); due.IsZero() || d.Before(due) {
+			due = d
+		}
+	}
+	defer func() {
+		if !due.IsZero() {
+			time.AfterFunc(time.Until(due), c.Trigger)
+		}
+	}()
 	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
 	members := map[string][]ipam.Entry{} // identity → entries
 	carriers := make([]*podInfo, len(entries))
@@ -294,6 +306,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			// as the (synced) pod cache sees it; the grace covers a pod that is
 			// still being admitted or not yet in the cache.
 			if now.Sub(e.Since) < c.Grace {
+				again(e.Since)
 				continue
 			}
 			if bp := byKey[e.Pod]; bp != nil && bp.live && bp.identity == e.Identity && bp.pool == e.Pool && bp.ip == e.IP {
@@ -306,19 +319,28 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			}
 			if err := c.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod); err != nil {
 				errs = append(errs, err)
-				continue
 			}
-			e.Pod = ""
-			if carrier != nil { // another live pod of the identity carries it now
-				continue
-			}
+			again(now)
+			// Freeing waits for a later pass, a grace after the unbind (which
+			// restarts Since). A pod re-created under the same name between
+			// the API server's answer above and the unbind leaves no trace in
+			// the state (its admission keeps the record as it is), so this
+			// unbind may be wrong; by then the pod is in the cache and is
+			// bound again, or its admission (now under another pod than the
+			// record's) has changed the record, which fails Release's
+			// compare-and-swap.
+			continue
 		case e.Pod != "":
 			if p := byKey[e.Pod]; p != nil {
 				c.assigned(p)
 			}
 			continue
 		}
-		if e.Held || now.Sub(e.Since) < c.Grace {
+		if e.Held {
+			continue
+		}
+		if now.Sub(e.Since) < c.Grace {
+			again(e.Since)
 			continue
 		}
 		why, err := c.releaseReason(ctx, e, members[e.Identity])
@@ -802,6 +824,9 @@ func (c *Controller) assigned(p *podInfo) {
 	defer c.mu.Unlock()
 	if c.seen[p.pod.UID] {
 		return
+	}
+	if c.seen == nil {
+		c.seen = map[types.UID]bool{}
 	}
 	c.seen[p.pod.UID] = true
 	c.event(p.pod, corev1.EventTypeNormal, "StickyAddressAssigned", "%s with MAC %s from pool %s for %s",

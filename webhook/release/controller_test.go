@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -444,5 +445,68 @@ func TestConflictToldOncePerSpell(t *testing.T) {
 		if !strings.HasPrefix(evs[i], want[i]) {
 			t.Errorf("event %d is %q; want %q", i, evs[i], want[i])
 		}
+	}
+}
+
+// beforeFirstGet is an API reader whose first Get answers NotFound, as read
+// just before fn ran (fn re-creates the object meanwhile).
+type beforeFirstGet struct {
+	client.Reader
+	fn   func()
+	done bool
+}
+
+func (r *beforeFirstGet) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if !r.done {
+		r.done = true
+		r.fn()
+		return apierrors.NewNotFound(corev1.Resource("pods"), key.Name)
+	}
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// A bare pod deleted and created again under the same name while a pass
+// runs: the API server said it was gone, then its admission kept the
+// address as it was, and the pass unbound it. The address stays the pod's
+// (it is not freed in the same pass), and the next pass binds it again.
+func TestRecreatedPodKeepsAddress(t *testing.T) {
+	c, a, p, _ := setup(t)
+	ctx := context.Background()
+	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
+	al, err := a.Allocate(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // past the grace
+	c.APIReader = &beforeFirstGet{Reader: c.APIReader, fn: func() {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "p", Annotations: map[string]string{
+				annotations.Identity: req.Identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
+				annotations.AssignedMAC: al.MAC.String(),
+			}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning},
+		}
+		if _, err := a.Allocate(ctx, req); err != nil { // its admission
+			t.Error(err)
+		}
+		if err := c.Client.Create(ctx, pod); err != nil { // in the cache
+			t.Error(err)
+		}
+	}}
+	freed := func() bool {
+		return len(a.List(func(e ipam.Entry) bool { return e.Identity == req.Identity && !e.Cooling })) == 0
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if freed() {
+		t.Fatalf("the re-created pod's address %s was freed under it", al.IP)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup(req.Identity); freed() || len(got) != 1 || got[0].Pod != "app/p" || got[0].IP != al.IP {
+		t.Fatalf("after the next pass: %+v; want %s bound to app/p", got, al.IP)
 	}
 }
