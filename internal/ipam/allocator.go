@@ -461,6 +461,7 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
 	}
 	p := a.claimOps(req, e.ip, mac, cmps)
+	a.outlastCooling(p, req)
 	if from != nil {
 		// The other address keeps cooling, without the MAC (its MAC key now
 		// points here, with no lease).
@@ -564,11 +565,13 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	}
 	sameAddr := old.pool == pool.Name && old.ip == ip
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
+	backOnCooling := false
 	if !sameAddr {
 		// The target is free, or the identity's own address still cooling
 		// (it moves back, e.g. a rolled-back ips list).
 		if t := c.get(pool.Name, ip); t != nil && t.rev > 0 && t.rec.State == stateCooling && t.rec.ID == req.Identity {
 			cmps = append(cmps, store.At(a.keys.addrKey(pool.Name, ip), t.rev))
+			backOnCooling = true
 		} else {
 			cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
 		}
@@ -577,6 +580,9 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
 	}
 	p := a.claimOps(req, ip, mac, cmps)
+	if backOnCooling {
+		a.outlastCooling(p, req)
+	}
 	if mac != old.rec.MAC {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	}
@@ -608,6 +614,19 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	c.claimLocal(pool.Name, ip, mac)
 	p.localIP, p.localMAC = ip, mac
 	return p, nil
+}
+
+// outlastCooling makes a reservation that takes back an address still
+// cooling live at least the pool's reuse delay: when the reservation's pod
+// never appears, its keys expire with the lease, and the address and MAC
+// must not be free to anyone before their cooling would have ended.
+func (a *Allocator) outlastCooling(p *plan, req *Request) {
+	ttl, delay := a.opts.ReservationTTL, req.Pool.ReuseDelay
+	if req.Token == "" || delay <= ttl {
+		return
+	}
+	p.leases[delay] = append(p.leases[delay], p.leases[ttl]...)
+	delete(p.leases, ttl)
 }
 
 // coolOrDelete keeps a released key for the reuse delay (its lease is filled

@@ -276,6 +276,38 @@ func TestReservationExpiresOrIsBound(t *testing.T) {
 	}
 }
 
+// A pod admitted under a token takes back its identity's address while it
+// cools, and never appears: when its reservation ends, the address and MAC
+// still wait out the rest of the reuse delay before anyone else may have them.
+func TestReservationOverCoolingAddress(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{ReservationTTL: 500 * time.Millisecond})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(3600)})
+	ctx := testCtx(t)
+	for _, shared := range []bool{true, false} {
+		id := "daemonset/ns/agent/node-1"
+		if shared {
+			id = "deployment/ns/web"
+		}
+		first := alloc(t, a, Request{Pool: p, Identity: id, Shared: shared, Pod: "ns/first"})
+		vacate(t, a, "p", first.IP, id, "ns/first")
+		again := alloc(t, a, Request{Pool: p, Identity: id, Shared: shared, Token: "never-bound"})
+		if again.IP != first.IP || !again.Reserved {
+			t.Fatalf("%s took back %+v; want its cooling address %s reserved", id, again, first.IP)
+		}
+		// The reservation's lease (0.5 s plus 2 s of slack) is over; the cooling (1 h) is not.
+		time.Sleep(3 * time.Second)
+		for _, k := range []string{a.keys.addrKey("p", first.IP), a.keys.macKey(first.MAC.String())} {
+			if kv, err := s.Get(ctx, k); err != nil || kv == nil {
+				t.Fatalf("%s: %s is gone with the reservation (%v): free to anyone before its reuse delay", id, k, err)
+			}
+		}
+		if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: first.IP}); err == nil {
+			t.Fatalf("%s: another identity took %s within the reuse delay", id, first.IP)
+		}
+	}
+}
+
 func TestSharedIdentity(t *testing.T) {
 	a := startAllocator(t, store.NewMemory(), Options{})
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
