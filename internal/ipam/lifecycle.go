@@ -189,6 +189,14 @@ func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
 // Unbind records that pod no longer carries the address (the pod is gone). The
 // address stays with its identity. Nothing happens when another pod carries it.
 func (a *Allocator) Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error {
+	return a.Rebind(ctx, pool, ip, pod, "")
+}
+
+// Rebind records that the address, bound to pod, is now carried by pod to of
+// the same identity ("": by none, as Unbind), in one compare-and-swap: a
+// shared member never looks free to a new pod while another carries it.
+// Nothing happens when the address is no longer bound to pod.
+func (a *Allocator) Rebind(ctx context.Context, pool string, ip netip.Addr, pod, to string) error {
 	for range a.opts.MaxAttempts {
 		a.cache.mu.Lock()
 		e := a.cache.get(pool, ip)
@@ -202,11 +210,11 @@ func (a *Allocator) Unbind(ctx context.Context, pool string, ip netip.Addr, pod 
 		}
 		ak := a.keys.addrKey(pool, ip)
 		r := cp.rec
-		r.Pod, r.Since = "", a.now().Unix()
+		r.Pod, r.Since = to, a.now().Unix()
 		ops := []store.Op{store.Put(ak, encode(r), cp.lease)}
 		res, err := a.s.Txn(ctx, []store.Cmp{store.At(ak, cp.rev)}, ops, []store.Op{store.Get(ak)})
 		if err != nil {
-			return fmt.Errorf("unbind %s of pool %s from pod %s: %w", ip, pool, pod, err)
+			return fmt.Errorf("rebind %s of pool %s from pod %s to %q: %w", ip, pool, pod, to, err)
 		}
 		if res.Succeeded {
 			a.applyLocal(ops, res.Revision)
@@ -214,7 +222,7 @@ func (a *Allocator) Unbind(ctx context.Context, pool string, ip netip.Addr, pod 
 		}
 		a.learnGets([]string{ak}, res)
 	}
-	return fmt.Errorf("unbind %s of pool %s: %w", ip, pool, ErrContention)
+	return fmt.Errorf("rebind %s of pool %s from pod %s: %w", ip, pool, pod, ErrContention)
 }
 
 // Release frees an identity's address: it cools down for the pool's reuse

@@ -42,7 +42,7 @@ import (
 type allocator interface {
 	List(match func(ipam.Entry) bool) []ipam.Entry
 	Bind(ctx context.Context, b ipam.Binding) error
-	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
+	Rebind(ctx context.Context, pool string, ip netip.Addr, pod, to string) error
 	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
 	Adopt(ctx context.Context, ad ipam.Adoption) (bool, error)
 	SetPool(p *ipam.Pool)
@@ -317,7 +317,17 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 					continue // carried by a pod without the label, or not known: the API server did not answer
 				}
 			}
-			if err := c.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod); err != nil {
+			if carrier != nil {
+				// Another live pod of the identity carries it: bound to that pod
+				// at once, a shared member never looks free to a third.
+				if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, carrier.key); err != nil {
+					errs = append(errs, err)
+				} else {
+					c.assigned(carrier)
+				}
+				continue
+			}
+			if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, ""); err != nil {
 				errs = append(errs, err)
 			}
 			again(now)

@@ -510,3 +510,36 @@ func TestRecreatedPodKeepsAddress(t *testing.T) {
 		t.Fatalf("after the next pass: %+v; want %s bound to app/p", got, al.IP)
 	}
 }
+
+// A Deployment's member bound to a gone pod while another live pod of the
+// Deployment carries it is bound to that pod in one step: it never looks
+// free, and a third pod cannot be given it.
+func TestMemberCarriedByAnotherPodIsRebound(t *testing.T) {
+	c, a, p, _ := setup(t)
+	ctx := context.Background()
+	id := "deployment/app/web"
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Shared: true, Pod: "app/web-a", IP: netip.MustParseAddr("10.20.0.9")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-b", Annotations: map[string]string{
+			annotations.Identity: id, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
+			annotations.AssignedMAC: al.MAC.String(),
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	if err := c.Client.Create(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // past the grace
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup(id); len(got) != 1 || got[0].Pod != "app/web-b" {
+		t.Fatalf("after the pass: %+v; want %s bound to app/web-b", got, al.IP)
+	}
+	if got, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Shared: true, Pod: "app/web-c"}); err != nil || got.IP == al.IP {
+		t.Fatalf("a third pod got %+v, %v; want another address than %s", got, err, al.IP)
+	}
+}
