@@ -287,7 +287,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			// Confirm a reservation when its pod appears; unconfirmed ones expire by themselves.
 			if p := byToken[e.Token]; p != nil && p.identity == e.Identity && p.ip == e.IP && p.pool == e.Pool {
 				if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: p.key, Token: e.Token}); err != nil {
-					c.event(p.pod, corev1.EventTypeWarning, "StickyAddressLost", "%s: the pod must be recreated to get an address", err)
+					if lost := (*ipam.LostError)(nil); errors.As(err, &lost) {
+						c.event(p.pod, corev1.EventTypeWarning, "StickyAddressLost", "%s: the pod must be recreated to get an address", err)
+					} // else etcd did not answer: the next pass tries again
 					errs = append(errs, err)
 					continue
 				}
