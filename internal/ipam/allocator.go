@@ -336,7 +336,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	// ReplicaSet's pods admitted together would otherwise each see room
 	// for one more and overshoot the cap together.
 	if n := len(inPool) + len(elsewhere) + c.growing[req.Identity]; req.MaxMembers > 0 && n >= req.MaxMembers {
-		return nil, &SetFullError{Identity: req.Identity, Members: n, Max: req.MaxMembers}
+		return nil, &SetFullError{Identity: req.Identity, Members: n, Max: req.MaxMembers, Claiming: c.growing[req.Identity]}
 	}
 	p, err := a.planGrow(req, cooling, allowed)
 	if err == nil {

@@ -560,7 +560,7 @@ func TestSharedSetCapUnderBurst(t *testing.T) {
 		select {
 		case err := <-errs:
 			var sf *SetFullError
-			if !errors.As(err, &sf) {
+			if !errors.As(err, &sf) || sf.Claiming == 0 || !strings.Contains(err.Error(), "being claimed") {
 				t.Fatalf("a pod refused before its claim: %v", err)
 			}
 			full++

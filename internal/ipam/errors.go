@@ -79,9 +79,14 @@ var ErrInvalidRequest = errors.New("invalid allocation request")
 type SetFullError struct {
 	Identity     string
 	Members, Max int
+	Claiming     int // of Members, those being claimed right now for other pods
 }
 
 func (e *SetFullError) Error() string {
-	return fmt.Sprintf("all %d addresses of %s are in use (its set is capped at %d: replicas + maxSurge) and no pod has released one yet; the pod can be created again once an old pod is gone",
-		e.Members, e.Identity, e.Max)
+	claiming := ""
+	if e.Claiming > 0 {
+		claiming = fmt.Sprintf(", %d of them being claimed for pods admitted at this moment", e.Claiming)
+	}
+	return fmt.Sprintf("all %d addresses of %s are in use (its set is capped at %d: replicas + maxSurge%s) and no pod has released one yet; the pod can be created again once an old pod is gone",
+		e.Members, e.Identity, e.Max, claiming)
 }
