@@ -64,6 +64,10 @@ type Handler struct {
 	// StoreTimeout bounds the time spent on the state store per request, so a
 	// denial reaches the API server within the webhook's timeout. Default 7 s.
 	StoreTimeout time.Duration
+	// Grace is the release controller's: a member bound to a pod more
+	// recently is not freed for a pod of a full set, even when its pod cannot
+	// be read (it may still be in its admission chain). Default 30 s.
+	Grace time.Duration
 	// NewToken returns a reservation token (default: 8 random base32 characters).
 	NewToken func() string
 	// Metrics, if set, records admissions.
@@ -134,10 +138,10 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded):
 			log.Error(err, "State store did not answer in time")
-			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was allocated; the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
+			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was half-written (a claim etcd took before the deadline stays with the pod's identity, and creating the pod again gets the same address); the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
 		default:
 			log.Error(err, "Admission failed")
-			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was allocated", err)), resultErrored
+			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was half-written", err)), resultErrored
 		}
 	}
 	return admission.Patched("", buildPatch(pod, out)...), resultAllowed
@@ -318,10 +322,34 @@ func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Obje
 // live pod still carries: a DaemonSet rolling update with maxSurge runs the
 // new pod next to the old one on the same node. A pod that is terminating or
 // has terminated gives its address up; the identity's next pod takes it over.
+//
+// A pod of the same name that exists already keeps its address too: a second
+// create of that name asking for another address, MAC or pool (which the API
+// server refuses as a duplicate once admission is over) must not move the
+// running pod's address and cool it down under it.
 func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error {
 	for _, e := range h.Alloc.Lookup(req.Identity) {
-		if e.Pod == "" || e.Pod == req.Pod {
+		if e.Pod == "" {
 			continue
+		}
+		if e.Pod == req.Pod {
+			if !moves(e, req) {
+				continue
+			}
+			reader := h.APIReader // not the cache: a pod just deleted must not block its successor
+			if reader == nil {
+				reader = h.Reader
+			}
+			ns, name, _ := strings.Cut(req.Pod, "/")
+			err := reader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &corev1.Pod{})
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read pod %s, which carries %s of %s: %w", req.Pod, e.IP, req.Identity, err)
+			}
+			return deny("pod %s exists already and carries %s of pool %s (MAC %s): a second pod of that name, which the API server refuses anyway, does not move its address; create the pod once %s is gone",
+				req.Pod, e.IP, e.Pool, e.MAC, req.Pod)
 		}
 		p, gone, err := h.boundPod(ctx, e.Pod)
 		if err != nil {
@@ -338,6 +366,12 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 			e.IP, req.Identity, e.Pod, hint, e.Pod)
 	}
 	return nil
+}
+
+// moves reports whether the request asks a single identity's pod for another
+// pool, address or MAC than its entry e has.
+func moves(e ipam.Entry, req ipam.Request) bool {
+	return e.Pool != req.Pool.Name || req.IP.IsValid() && req.IP != e.IP || req.MAC != nil && req.MAC.String() != e.MAC.String()
 }
 
 // releaseUnusable releases one free member of a full shared set that the pod
@@ -362,11 +396,16 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 }
 
 // freeGoneMembers unbinds the identity's members whose pods no longer exist
-// (or have terminated) and reports whether it freed any.
+// (or have terminated), bound longer than the grace ago, and reports whether
+// it freed any.
 func (h *Handler) freeGoneMembers(ctx context.Context, identity string) bool {
+	grace := h.Grace
+	if grace == 0 {
+		grace = 30 * time.Second
+	}
 	freed := false
 	for _, e := range h.Alloc.Lookup(identity) {
-		if e.Pod == "" || e.Held || e.Reserved {
+		if e.Pod == "" || e.Held || e.Reserved || time.Since(e.Since) < grace {
 			continue
 		}
 		if _, gone, err := h.boundPod(ctx, e.Pod); err == nil && gone && h.Alloc.Unbind(ctx, e.Pool, e.IP, e.Pod) == nil {

@@ -229,6 +229,25 @@ func TestDeploymentReservation(t *testing.T) {
 	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 2 addresses of deployment/app/api are in use", "capped at 2")
 }
 
+// A pod of a full set frees the members of pods that are gone, but not
+// those bound within the release grace: their pods may still be in their
+// admission chain, not yet stored.
+func TestFullSetFreesOnlyMembersPastTheGrace(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}}
+	e := newEnv(t, rs, dep)
+	// Two named pods (say, of a custom controller) bound at admission, never stored.
+	for _, name := range []string{"api-a", "api-b"} {
+		e.mustAdmit(pod("app", name, nil, ctrl("ReplicaSet", "api-5d8f")))
+	}
+	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 2 addresses of deployment/app/api are in use")
+	if l := e.alloc.Lookup("deployment/app/api"); len(l) != 2 || l[0].Pod == "" || l[1].Pod == "" {
+		t.Fatalf("members bound within the grace were freed: %+v", l)
+	}
+	e.h.Grace = time.Nanosecond
+	e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
+}
+
 // A reservation token is taken back only while its reservation is pending
 // for the same identity: output annotations copied into a template (from a
 // live pod, say) must not make the pods of a scale-up share one address.
@@ -369,6 +388,35 @@ func TestBarePodRequests(t *testing.T) {
 	e.mustDeny(pod("app", "b-0", map[string]string{annotations.IP: "10.20.0.60"}, ctrl("StatefulSet", "b")), annotations.IP, "use "+annotations.IPs)
 	if l := e.alloc.Lookup("pod/app/b"); len(l) != 0 {
 		t.Fatalf("denied pod left allocations %v", l)
+	}
+}
+
+// A second create of a running bare pod's name asking for another address
+// is denied (the API server would refuse the duplicate after admission): it
+// does not move the running pod's address. Once the pod is gone, it moves.
+func TestDuplicateCreateDoesNotMoveAddress(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first := e.mustAdmit(pod("app", "a", nil))
+	ip := first.Annotations[annotations.AssignedIP]
+	running := first.DeepCopy()
+	running.Status.Phase = corev1.PodRunning
+	if err := e.c.Create(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	before := e.store.Revision()
+	e.mustDeny(pod("app", "a", map[string]string{annotations.IP: "10.20.0.99"}), "pod app/a exists already", strings.TrimSuffix(ip, "/24"))
+	if after := e.store.Revision(); after != before {
+		t.Errorf("the denial wrote to the store: revision %d before, %d after", before, after)
+	}
+	if l := e.alloc.Lookup("pod/app/a"); len(l) != 1 || l[0].Cooling || l[0].IP.String()+"/24" != ip {
+		t.Fatalf("the running pod's identity after the duplicate: %+v; want %s bound", l, ip)
+	}
+	if err := e.c.Delete(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mustAdmit(pod("app", "a", map[string]string{annotations.IP: "10.20.0.99"})); got.Annotations[annotations.AssignedIP] != "10.20.0.99/24" {
+		t.Fatalf("after the pod is gone: %s; want 10.20.0.99/24", got.Annotations[annotations.AssignedIP])
 	}
 }
 

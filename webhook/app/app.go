@@ -157,7 +157,7 @@ func Run(ctx context.Context, o Options) error {
 
 	handler := &admission.Handler{
 		Reader: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Alloc: alloc,
-		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, StoreTimeout: o.StoreTimeout,
+		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, StoreTimeout: o.StoreTimeout, Grace: o.ReleaseGrace,
 		Metrics: admission.NewMetrics(metrics.Registry),
 	}
 	// The webhook server starts once the certificate and the address cache are there.
