@@ -187,10 +187,22 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		if err := a.addVF(ctx, at, name, asg); err != nil {
 			return nil, err
 		}
-		if err := a.store.Put(at); err != nil {
-			// Without a record no DEL or restart would find the VF: give it back now.
+		err := a.store.Put(at)
+		recorded := err == nil
+		if err == nil && ctx.Err() != nil {
+			// The plugin gave up waiting: it reports failure, so undo.
+			err = types.NewError(types.ErrTryAgainLater, "request timed out while the VF was being set up; it was undone", "")
+		}
+		if err != nil {
+			// Without a record no restart would find the VF: give it back now.
 			if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
+				a.track(at) // its DEL tries again
 				return nil, fmt.Errorf("%w; undo: %w", err, terr)
+			}
+			if recorded {
+				if derr := a.store.Delete(at); derr != nil {
+					err = fmt.Errorf("%w; %w", err, derr)
+				}
 			}
 			a.mu.Lock()
 			delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))
@@ -215,11 +227,14 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 	if err == nil && ctx.Err() != nil {
 		// The plugin gave up waiting: it reports failure, so undo.
 		err = types.NewError(types.ErrTryAgainLater, "request timed out while the attachment was being set up; it was undone", "")
-		if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
-			err = fmt.Errorf("%w; undo: %w", err, terr)
-		}
 	}
 	if err != nil {
+		// Setup removes what it made when it fails, but only logs what it
+		// could not: its port number goes back only once nothing is left.
+		if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
+			a.track(at) // with its record and port number: its DEL tries again
+			return nil, fmt.Errorf("%w; undo: %w", err, terr)
+		}
 		if derr := a.store.Delete(at); derr != nil {
 			err = fmt.Errorf("%w; %w", err, derr)
 		}

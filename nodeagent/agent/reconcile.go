@@ -66,6 +66,10 @@ func (a *agent) restore(ctx context.Context) error {
 				"podKnown", alive, "hostVeth", hostVeth)
 			if err := a.dp.Teardown(ctx, at); err != nil {
 				errs = append(errs, err)
+				// Still tracked, with its record, its VF or port number in use:
+				// its DEL (or GC, or the next restart) tries again, no other pod
+				// is given its VF or port, and a pod carrying its address waits.
+				a.track(at)
 				continue
 			}
 			errs = append(errs, a.store.Delete(at))
@@ -77,15 +81,11 @@ func (a *agent) restore(ctx context.Context) error {
 			removed++
 			continue
 		}
-		a.mu.Lock()
-		if at.VF != nil {
-			a.usedVFs[vfKey(at.VF.PF, at.VF.Index)] = true
-		} else {
-			if inOVS && ifc.OFPort > 0 {
-				at.OFPort = ifc.OFPort
-			}
-			a.usedPorts[at.OFPort] = true
+		if at.VF == nil && inOVS && ifc.OFPort > 0 {
+			at.OFPort = ifc.OFPort
 		}
+		a.mu.Lock()
+		a.markUsed(at)
 		a.mu.Unlock()
 		if at.VF == nil {
 			if err := a.dp.EnsurePort(ctx, at, inOVS); err != nil {
@@ -116,6 +116,24 @@ func (a *agent) restore(ctx context.Context) error {
 		log.Error(err, "Restore was incomplete")
 	}
 	return nil
+}
+
+// markUsed marks the attachment's VF or port number as taken; a.mu is held.
+func (a *agent) markUsed(at *datapath.Attachment) {
+	if at.VF != nil {
+		a.usedVFs[vfKey(at.VF.PF, at.VF.Index)] = true
+	} else {
+		a.usedPorts[at.OFPort] = true
+	}
+}
+
+// track keeps an attachment that could not be torn down: DEL finds it and
+// tries again, and its VF or port number stays taken meanwhile.
+func (a *agent) track(at *datapath.Attachment) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.markUsed(at)
+	a.atts[at.Key()] = at
 }
 
 // recordFromPod completes an attachment rebuilt from OVS labels with the

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -228,6 +229,33 @@ func TestSriovRestart(t *testing.T) {
 	}
 	if !ping(t, a, "10.94.0.2", 2) {
 		t.Error("no traffic through a's VF after the restart")
+	}
+}
+
+// A pod gone while the agent was down whose VF cannot be given back at the
+// restart (the PF refuses for now) stays tracked: its DEL tries again and
+// restores the VF, and no other pod is given it meanwhile.
+func TestSriovRestoreTeardownFails(t *testing.T) {
+	s := newSriovEnv(t, 2, nil)
+	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	s.agent.Stop(t)
+	s.pods.Delete("default", "a")
+	s.pf.SetFail("SetVfHardwareAddr", errors.New("PF busy"))
+	s.restart()
+	s.pf.SetFail("SetVfHardwareAddr", nil)
+	// VF 0 is still a's: another pod gets VF 1.
+	b := s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
+	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0b" {
+		t.Errorf("b's VF 1 is %+v; want b's MAC (VF 0 still a's)", got)
+	}
+	if err := s.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL a: %v", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
+		t.Errorf("VF 0 after a's DEL is %+v; want it restored", got)
+	}
+	if err := s.cni.Del(b.rt); err != nil {
+		t.Fatalf("DEL b: %v", err)
 	}
 }
 

@@ -30,7 +30,18 @@ type Recorder struct {
 	vfs   map[string]*sriov.Config
 	calls []string
 	// Fail, when set, is returned by the call it names (such as "SetVfTrust").
+	// Set it with SetFail once the recorder is in use.
 	Fail map[string]error
+}
+
+// SetFail makes the call it names return err from now on (nil: succeed).
+func (r *Recorder) SetFail(call string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Fail == nil {
+		r.Fail = map[string]error{}
+	}
+	r.Fail[call] = err
 }
 
 var _ sriov.PF = (*Recorder)(nil)
