@@ -352,7 +352,7 @@ func TestBadInput(t *testing.T) {
 					extra: map[string]string{annotations.SriovNetwork: "fast"},
 				})
 			},
-			wantCode: api.ErrUnsupported, wantMsg: `SriovNetwork "fast" does not exist`,
+			wantCode: api.ErrUnsupported, wantMsg: `annotation stickynet.io/sriov-network: invalid value "fast": expected the name of a SriovNetwork (this one does not exist)`,
 		},
 	}
 	for _, tt := range tests {

@@ -34,7 +34,8 @@ func (a *agent) waitSriovNetwork(ctx context.Context, name string) (*v1alpha1.Sr
 			return n, nil
 		}
 		if a.nets.Synced() {
-			return nil, types.NewError(api.ErrUnsupported, fmt.Sprintf("SriovNetwork %q does not exist", name), "")
+			err := &annotations.Error{Key: annotations.SriovNetwork, Value: name, Accepted: "the name of a SriovNetwork (this one does not exist)"}
+			return nil, types.NewError(api.ErrUnsupported, err.Error(), "")
 		}
 		select {
 		case <-ctx.Done():
