@@ -242,6 +242,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		return nil, err
 	}
 	if err := a.store.Put(at); err != nil {
+		a.track(at) // set up, but the ADD fails: its DEL removes it
 		return nil, err
 	}
 	a.mu.Lock()
