@@ -94,8 +94,8 @@ func New(src source, opts Options) *Server {
 	}
 	s := &Server{opts: opts, src: src, metrics: newMetrics(opts.Registry), mux: http.NewServeMux()}
 	s.exchanges.New = func() any { return new(exchange) }
-	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.filter))
-	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.prioritize))
+	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.filter, demand.Demand.Placed))
+	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.prioritize, opts.Score.Prefers))
 	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { text(w, http.StatusOK, "ok") })
 	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.ready.Load() {
@@ -118,8 +118,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 type verbFunc func(ex *exchange, d demand.Demand)
 
 // verb wraps a verb with the checks every request passes (method, content
-// type, size, decoding), metrics and panic recovery.
-func (s *Server) verb(name string, fn verbFunc) http.HandlerFunc {
+// type, size, decoding, readiness for the pods whose answer needsState),
+// metrics and panic recovery.
+func (s *Server) verb(name string, fn verbFunc, needsState func(demand.Demand) bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		begin := time.Now()
 		code := http.StatusOK
@@ -140,11 +141,6 @@ func (s *Server) verb(name string, fn verbFunc) http.HandlerFunc {
 			text(w, code, err.Error())
 			return
 		}
-		if !s.ready.Load() {
-			code = http.StatusServiceUnavailable
-			text(w, code, "the stickynet extender's informer caches are not synced yet")
-			return
-		}
 		if err := ex.req.decode(ex.body.Bytes()); err != nil {
 			code = http.StatusBadRequest
 			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
@@ -152,6 +148,15 @@ func (s *Server) verb(name string, fn verbFunc) http.HandlerFunc {
 			return
 		}
 		d := demand.Of(ex.req.pod)
+		// A pod the verb answers without the cluster view (nothing
+		// stickynet-specific) is answered before the caches sync too: a
+		// scheduler that calls the extender for every pod keeps scheduling
+		// them while the extender starts.
+		if !s.ready.Load() && needsState(d) {
+			code = http.StatusServiceUnavailable
+			text(w, code, "the stickynet extender's informer caches are not synced yet")
+			return
+		}
 		ex.out, ex.raw, ex.tail = ex.out[:0], nil, nil
 		fn(ex, d)
 		w.Header().Set("Content-Type", "application/json")

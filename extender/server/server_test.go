@@ -253,6 +253,10 @@ func TestReadinessAndMetrics(t *testing.T) {
 	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "not synced") {
 		t.Errorf("filter before sync: %d %s", w.Code, w.Body)
 	}
+	// A pod with nothing stickynet-specific needs no cluster view: it passes before the sync too.
+	if w := post(srv, "/filter", "application/json", bytes.NewReader(fixture(t, "requests/filter-plain.json"))); w.Code != http.StatusOK {
+		t.Errorf("plain pod's filter before sync: %d %s", w.Code, w.Body)
+	}
 	srv.SetReady()
 	if w := get("/readyz"); w.Code != http.StatusOK {
 		t.Errorf("/readyz after sync: %d", w.Code)
@@ -266,14 +270,14 @@ func TestReadinessAndMetrics(t *testing.T) {
 	m := get("/metrics").Body.String()
 	for _, want := range []string{
 		`stickynet_extender_requests_total{code="503",verb="filter"} 1`,
-		`stickynet_extender_requests_total{code="200",verb="filter"} 3`,
+		`stickynet_extender_requests_total{code="200",verb="filter"} 4`,
 		`stickynet_extender_requests_total{code="415",verb="prioritize"} 1`,
 		`stickynet_extender_filtered_nodes_total{cause="pool_selector"} 2`,
 		`stickynet_extender_filtered_nodes_total{cause="no_free_vf"} 1`,
 		`stickynet_extender_filtered_nodes_total{cause="network_selector"} 1`,
 		`stickynet_extender_filtered_nodes_total{cause="no_vfs"} 1`,
-		`stickynet_extender_fast_path_total{verb="filter"} 1`,
-		`stickynet_extender_request_duration_seconds_count{verb="filter"} 4`,
+		`stickynet_extender_fast_path_total{verb="filter"} 2`,
+		`stickynet_extender_request_duration_seconds_count{verb="filter"} 5`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
