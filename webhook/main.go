@@ -15,6 +15,7 @@ import (
 
 	"github.com/stickynet/stickynet/certs"
 	"github.com/stickynet/stickynet/webhook/app"
+	"github.com/stickynet/stickynet/webhook/workload"
 )
 
 func main() {
@@ -45,7 +46,7 @@ func main() {
 	flag.StringVar(&o.SchedulerName, "scheduler-name", "", "schedulerName given to pods that need the stickynet extender (pool with a nodeSelector, SR-IOV); empty leaves pods alone")
 	flag.DurationVar(&o.StoreTimeout, "store-timeout", 7*time.Second, "time budget for the state store per admission (keep it under the webhook timeout)")
 	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", 5*time.Minute, "how long a reservation for a pod without a name lives unconfirmed (the release controller confirms it when the pod appears)")
-	flag.DurationVar(&o.ReleaseGrace, "release-grace", 30*time.Second, "minimum age of an address's last change before the release controller unbinds or frees it")
+	flag.DurationVar(&o.ReleaseGrace, "release-grace", workload.DefaultGrace, "minimum age of an address's last change before the release controller unbinds or frees it")
 	klog.InitFlags(nil)
 	flag.Parse()
 

@@ -85,15 +85,23 @@ func cpuBetween(before, after cpuTicks) cpuShare {
 	return out
 }
 
+// total is the CPU of every label.
+func (c cpuShare) total() float64 {
+	t := 0.0
+	for _, ms := range c {
+		t += ms
+	}
+	return t
+}
+
 // String prints the total and the n labels with the most CPU, largest
 // first, and the rest summed as "other".
 func (c cpuShare) String(n int) string {
 	labels := make([]string, 0, len(c))
-	total := 0.0
-	for l, ms := range c {
+	for l := range c {
 		labels = append(labels, l)
-		total += ms
 	}
+	total := c.total()
 	sort.Slice(labels, func(i, j int) bool { return c[labels[i]] > c[labels[j]] })
 	other := total
 	var parts []string

@@ -153,7 +153,7 @@ func BenchmarkWebhook(b *testing.B) {
 	// The handler's own latency over the unpaced runs (only the sticky
 	// namespace's pods reach it): how much of a creation's time it is.
 	webhookMetrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
-	loadedBefore := scrape(b, webhookMetrics, admissions)
+	loadedBefore := scrape(b, webhookMetrics)
 	for r := range rounds {
 		for _, ns := range []string{"none", "noop", "sticky"} {
 			cpuBefore := sampleCPU()
@@ -174,26 +174,25 @@ func BenchmarkWebhook(b *testing.B) {
 		}
 	}
 
-	loadedAfter := scrape(b, webhookMetrics, admissions)
-	l50, l99, _ := quantiles(loadedBefore[admissions], loadedAfter[admissions], 0.015)
+	loadedAfter := scrape(b, webhookMetrics)
+	l50, l99, _ := quantiles(loadedBefore.histogram(admissions), loadedAfter.histogram(admissions), 0.015)
 
 	// Handler latency at a paced 200 creations per second, from the webhook's histogram.
 	// The etcd transactions of the same run show how much of the handler's
 	// tail is the state store's; etcd's disk latencies (the WAL's fsync
 	// before each answer, the backend's periodic commit, during which etcd
 	// applies no write) and the machine's CPU load and pressure say why.
-	before, etcdBefore := scrape(b, webhookMetrics, admissions, claims), scrape(b, e.Endpoint+"/metrics", walFsync, backendCommit)
-	passesBefore, passTimeBefore := value(b, webhookMetrics, passCount), value(b, webhookMetrics, passTime)
+	before, etcdBefore := scrape(b, webhookMetrics), scrape(b, e.Endpoint+"/metrics")
 	cpuBefore, stallBefore, pacedStart := sampleCPU(), stall(), time.Now()
 	createPods(ctx, b, k, "sticky", "paced", pacedN, paced)
 	busy, stalled, pacedTook := cpuBetween(cpuBefore, sampleCPU()), stall()-stallBefore, time.Since(pacedStart)
-	passes, passTime := value(b, webhookMetrics, passCount)-passesBefore, value(b, webhookMetrics, passTime)-passTimeBefore
-	after, etcdAfter := scrape(b, webhookMetrics, admissions, claims), scrape(b, e.Endpoint+"/metrics", walFsync, backendCommit)
-	p50, p99, within := quantiles(before[admissions], after[admissions], 0.015)
-	t50, t99, _ := quantiles(before[claims], after[claims], 0.015)
-	_, f99, _ := quantiles(etcdBefore[walFsync], etcdAfter[walFsync], 0.015)
-	_, c99, _ := quantiles(etcdBefore[backendCommit], etcdAfter[backendCommit], 0.015)
-	commits := etcdAfter[backendCommit][math.Inf(1)] - etcdBefore[backendCommit][math.Inf(1)]
+	after, etcdAfter := scrape(b, webhookMetrics), scrape(b, e.Endpoint+"/metrics")
+	p50, p99, within := quantiles(before.histogram(admissions), after.histogram(admissions), 0.015)
+	t50, t99, _ := quantiles(before.histogram(claims), after.histogram(claims), 0.015)
+	_, f99, _ := quantiles(etcdBefore.histogram(walFsync), etcdAfter.histogram(walFsync), 0.015)
+	_, c99, _ := quantiles(etcdBefore.histogram(backendCommit), etcdAfter.histogram(backendCommit), 0.015)
+	commits := etcdAfter.histogram(backendCommit)[math.Inf(1)] - etcdBefore.histogram(backendCommit)[math.Inf(1)]
+	passes, passSeconds := after.sum(passCount)-before.sum(passCount), after.sum(passTime)-before.sum(passTime)
 
 	mean := func(xs []float64) float64 {
 		s := 0.0
@@ -218,18 +217,14 @@ func BenchmarkWebhook(b *testing.B) {
 	fmt.Printf("handler latency at %d creations/s: p50 %.2f ms, p99 %.2f ms, %.2f%% within 15 ms (target p99 ≤ 15 ms)\n", paced, p50*1000, p99*1000, within*100)
 	fmt.Printf("  its etcd transactions in the same run: p50 %.2f ms, p99 %.2f ms\n", t50*1000, t99*1000)
 	fmt.Printf("  stickynet's etcd in the same run: WAL fsync p99 %.2f ms; %.0f backend commits, p99 %.2f ms\n", f99*1000, commits, c99*1000)
-	used := 0.0
-	for _, ms := range busy {
-		used += ms
-	}
 	fmt.Printf("  the machine in the same run: CPU %.0f %% of %d cores busy; a runnable task waited for a CPU %.0f %% of the time\n",
-		100*used/float64(pacedTook.Milliseconds())/float64(runtime.NumCPU()), runtime.NumCPU(), 100*stalled.Seconds()/pacedTook.Seconds())
+		100*busy.total()/float64(pacedTook.Milliseconds())/float64(runtime.NumCPU()), runtime.NumCPU(), 100*stalled.Seconds()/pacedTook.Seconds())
 	for l := range busy {
 		busy[l] /= pacedN
 	}
 	fmt.Printf("  CPU per creation (ms) in the same run: %s\n", busy.String(6))
 	fmt.Printf("  the release controller in the same run: %.0f passes, %.1f s in all (%.0f %% of the run)\n",
-		passes, passTime, 100*passTime/pacedTook.Seconds())
+		passes, passSeconds, 100*passSeconds/pacedTook.Seconds())
 	b.ReportMetric(mean(results["sticky"])/mean(results["noop"]), "ratio")
 	b.ReportMetric(p99*1000, "p99-ms")
 }
@@ -350,55 +345,58 @@ const (
 	passTime  = `stickynet_webhook_release_pass_duration_seconds_sum{`
 )
 
-// value reads the metrics at url once and returns the sum of the series
-// that start with prefix.
-func value(b *testing.B, url, prefix string) float64 {
+// metricsPage is the text of a /metrics endpoint, read once.
+type metricsPage []string
+
+// scrape reads the metrics at url.
+func scrape(b *testing.B, url string) metricsPage {
 	resp, err := http.Get(url)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	sum := 0.0
+	var page metricsPage
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if line := sc.Text(); strings.HasPrefix(line, prefix) {
-			v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-			sum += v
-		}
+		page = append(page, sc.Text())
 	}
-	return sum
+	return page
 }
 
-// scrape reads the metrics at url once and returns the buckets of the
-// given histogram series, by series.
-func scrape(b *testing.B, url string, series ...string) map[string]histogram {
-	resp, err := http.Get(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	hs := map[string]histogram{}
-	for _, s := range series {
-		hs[s] = histogram{}
-	}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		for _, s := range series {
-			if !strings.HasPrefix(line, s) {
-				continue
-			}
-			le := line[strings.Index(line, `le="`)+4:]
-			le = le[:strings.Index(le, `"`)]
-			bound := math.Inf(1)
-			if le != "+Inf" {
-				bound, _ = strconv.ParseFloat(le, 64)
-			}
-			v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-			hs[s][bound] = v
+// sum adds up the values of the series that start with prefix.
+func (p metricsPage) sum(prefix string) float64 {
+	total := 0.0
+	for _, line := range p {
+		if strings.HasPrefix(line, prefix) {
+			total += value(line)
 		}
 	}
-	return hs
+	return total
+}
+
+// histogram returns the buckets of the histogram series that start with
+// prefix, summed by bound.
+func (p metricsPage) histogram(prefix string) histogram {
+	h := histogram{}
+	for _, line := range p {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		le := line[strings.Index(line, `le="`)+4:]
+		le = le[:strings.Index(le, `"`)]
+		bound := math.Inf(1)
+		if le != "+Inf" {
+			bound, _ = strconv.ParseFloat(le, 64)
+		}
+		h[bound] += value(line)
+	}
+	return h
+}
+
+// value is a metric line's value.
+func value(line string) float64 {
+	v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+	return v
 }
 
 // quantiles interpolates p50 and p99 within the buckets of after-before, as

@@ -460,8 +460,7 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 		newMAC = mac
 		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
 	}
-	p := a.claimOps(req, e.ip, mac, cmps)
-	a.outlastCooling(p, req)
+	p := a.claimOps(req, e.ip, mac, cmps, true)
 	if from != nil {
 		// The other address keeps cooling, without the MAC (its MAC key now
 		// points here, with no lease).
@@ -521,7 +520,7 @@ func (a *Allocator) claimNew(req *Request, ip netip.Addr, mac string) *plan {
 		store.Absent(a.keys.addrKey(req.Pool.Name, ip)),
 		store.Absent(a.keys.identKey(req.Identity, req.Shared, ip)),
 		store.Absent(a.keys.macKey(mac)),
-	})
+	}, false)
 	p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	return p
 }
@@ -579,10 +578,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	if mac != old.rec.MAC {
 		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
 	}
-	p := a.claimOps(req, ip, mac, cmps)
-	if backOnCooling {
-		a.outlastCooling(p, req)
-	}
+	p := a.claimOps(req, ip, mac, cmps, backOnCooling)
 	if mac != old.rec.MAC {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	}
@@ -616,19 +612,6 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	return p, nil
 }
 
-// outlastCooling makes a reservation that takes back an address still
-// cooling live at least the pool's reuse delay: when the reservation's pod
-// never appears, its keys expire with the lease, and the address and MAC
-// must not be free to anyone before their cooling would have ended.
-func (a *Allocator) outlastCooling(p *plan, req *Request) {
-	ttl, delay := a.opts.ReservationTTL, req.Pool.ReuseDelay
-	if req.Token == "" || delay <= ttl {
-		return
-	}
-	p.leases[delay] = append(p.leases[delay], p.leases[ttl]...)
-	delete(p.leases, ttl)
-}
-
 // coolOrDelete keeps a released key for the reuse delay (its lease is filled
 // in later) or deletes it at once when there is no delay.
 func (a *Allocator) coolOrDelete(key string, value []byte, delay time.Duration) store.Op {
@@ -651,7 +634,11 @@ func (a *Allocator) reuseDelay(pool string) time.Duration {
 func (a *Allocator) SetPool(p *Pool) { a.pools.Store(p.Name, p) }
 
 // claimOps writes the address record, identity index and MAC key of a claim.
-func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []store.Cmp) *plan {
+// A reservation's keys go with its lease: one that takes back an address
+// still cooling (overCooling) lives at least the pool's reuse delay, so that
+// if its pod never appears the address and MAC are not free to anyone
+// before their cooling would have ended.
+func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []store.Cmp, overCooling bool) *plan {
 	pool := req.Pool
 	r := record{ID: req.Identity, Shared: req.Shared, MAC: mac, Pod: req.Pod, State: stateAllocated, Since: a.now().Unix()}
 	if req.Token != "" {
@@ -667,7 +654,11 @@ func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []sto
 		store.Put(a.keys.macKey(mac), ptr, store.NoLease),
 	}
 	if req.Token != "" {
-		p.needLease(a.opts.ReservationTTL, 0)
+		ttl := a.opts.ReservationTTL
+		if overCooling {
+			ttl = max(ttl, pool.ReuseDelay)
+		}
+		p.needLease(ttl, 0)
 	}
 	p.els = []store.Op{store.Get(ak), store.Get(ik)}
 	m, _ := net.ParseMAC(mac)

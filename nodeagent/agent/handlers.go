@@ -204,9 +204,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 					err = fmt.Errorf("%w; %w", err, derr)
 				}
 			}
-			a.mu.Lock()
-			delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))
-			a.mu.Unlock()
+			a.freeVF(at.VF)
 			return nil, err
 		}
 		a.mu.Lock()

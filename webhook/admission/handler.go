@@ -6,6 +6,7 @@
 package admission
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -66,7 +67,8 @@ type Handler struct {
 	StoreTimeout time.Duration
 	// Grace is the release controller's: a member bound to a pod more
 	// recently is not freed for a pod of a full set, even when its pod cannot
-	// be read (it may still be in its admission chain). Default 30 s.
+	// be read (it may still be in its admission chain). Default
+	// workload.DefaultGrace.
 	Grace time.Duration
 	// NewToken returns a reservation token (default: 8 random base32 characters).
 	NewToken func() string
@@ -399,10 +401,7 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 // (or have terminated), bound longer than the grace ago, and reports whether
 // it freed any.
 func (h *Handler) freeGoneMembers(ctx context.Context, identity string) bool {
-	grace := h.Grace
-	if grace == 0 {
-		grace = 30 * time.Second
-	}
+	grace := cmp.Or(h.Grace, workload.DefaultGrace)
 	freed := false
 	for _, e := range h.Alloc.Lookup(identity) {
 		if e.Pod == "" || e.Held || e.Reserved || time.Since(e.Since) < grace {

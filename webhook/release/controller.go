@@ -61,7 +61,7 @@ type Controller struct {
 	Metrics   *Metrics // nil: none
 	// Grace is how long after its last change an address is left alone before
 	// it may be unbound or released, covering pods still being admitted (the
-	// admission chain runs before the pod exists). Default 30 s.
+	// admission chain runs before the pod exists). Default workload.DefaultGrace.
 	Grace time.Duration
 	// Resync is the period of the full reconcile without events. Default 30 s.
 	Resync time.Duration
@@ -90,7 +90,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	log := klog.FromContext(ctx).WithName("release")
 	ctx = klog.NewContext(ctx, log)
 	if c.Grace == 0 {
-		c.Grace = 30 * time.Second
+		c.Grace = workload.DefaultGrace
 	}
 	if c.Resync == 0 {
 		c.Resync = 30 * time.Second

@@ -4,10 +4,17 @@
 package workload
 
 import (
+	"time"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
+
+// DefaultGrace is how long after its last change an address bound to a pod
+// is left alone before it is taken from a pod that cannot be read: the pod
+// may still be in its admission chain, not yet stored (--release-grace).
+const DefaultGrace = 30 * time.Second
 
 // Terminated reports whether the pod has ended (Succeeded or Failed): its
 // sandbox no longer uses its address.
