@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -68,6 +69,12 @@ func measure(t *testing.T, from, to *testPod, toIP string) float64 {
 		out.Reset()
 		client := from.netns.Command(ctx, "iperf3", "-c", toIP, "-t", "60")
 		client.Stdout, client.Stderr = &out, &out
+		// Stopped with SIGINT (nsenter execs iperf3 in place), the client
+		// tells the server the test is over: killed, it left the server busy
+		// until the server noticed, and the next measurement against it
+		// could be refused ("the server is busy running a test").
+		client.Cancel = func() error { return client.Process.Signal(os.Interrupt) }
+		client.WaitDelay = 5 * time.Second
 		if err := client.Start(); err != nil {
 			t.Fatal(err)
 		}
