@@ -295,8 +295,17 @@ func (d *discard) Write(p []byte) (int, error) {
 
 // overHTTP posts to url with a keep-alive client, as kube-scheduler's
 // HTTPExtender does, and reads the whole answer.
+//
+// The client's write buffer holds a whole request (the largest here is
+// 223 KB). With net/http's default of 4 KB, the transport hands a larger
+// body to the TCP connection's ReadFrom, which copies it through a new
+// 32 KB buffer per request: 64 KB of garbage per filter+prioritize pair
+// made this process collect every ~90 pairs, and those pairs, not the
+// server, were the p99 of every transport here (the floor's included:
+// 1.2-2.3 ms, against 0.4-0.8 ms with this buffer). What is measured is
+// the server; the client's own garbage collection is kept out of it.
 func overHTTP(url string) roundTrip {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 5 * time.Second}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, WriteBufferSize: 256 << 10}, Timeout: 5 * time.Second}
 	return func(path string, body []byte, answer int) error {
 		req, err := http.NewRequest(http.MethodPost, url+path+"?answer="+strconv.Itoa(answer), bytes.NewReader(body))
 		if err != nil {
