@@ -267,18 +267,26 @@ func (s *scanner) str() (raw []byte, plain bool, err error) {
 	return nil, false, s.errorf("unterminated string")
 }
 
-// isPlain reports whether b is printable ASCII other than '\\', eight
-// bytes at a time.
+// isPlain reports whether b is printable ASCII other than '\\', 32 bytes
+// at a time (it reads all node names of a request at once). In an 8-byte
+// word x, a byte >= 0x80 has its high bit set in x itself, a byte < 0x20
+// in x - 0x20 and a '\\' or DEL in (x ^ c) - 1. A borrow carries a high
+// bit into a byte that is not special only from a lower byte that is, so a
+// word is flagged exactly when it holds a special byte.
 func isPlain(b []byte) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	for len(b) >= 8 {
+	special := func(b []byte) uint64 {
 		x := binary.LittleEndian.Uint64(b)
-		backslash, del := x^(0x5c*ones), x^(0x7f*ones)
-		special := x | // a byte >= 0x80
-			((x - 0x20*ones) &^ x) | // a byte < 0x20
-			((backslash - ones) &^ backslash) | // a '\\'
-			((del - ones) &^ del) // DEL
-		if special&highs != 0 {
+		return x | (x - 0x20*ones) | ((x ^ 0x5c*ones) - ones) | ((x ^ 0x7f*ones) - ones)
+	}
+	for len(b) >= 32 {
+		if (special(b)|special(b[8:])|special(b[16:])|special(b[24:]))&highs != 0 {
+			return false
+		}
+		b = b[32:]
+	}
+	for len(b) >= 8 {
+		if special(b)&highs != 0 {
 			return false
 		}
 		b = b[8:]

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"maps"
 	"path/filepath"
@@ -80,5 +81,37 @@ func TestPartialPod(t *testing.T) {
 	}
 	if d := demand.Of(sidecars); d.VFs != 4 || !d.Requested || d.StickyKey != "deployment/telco/dpdk@10.0.0.3/24" {
 		t.Errorf("the sidecar pod's demand %+v: want 4 VFs requested (setup 3 + sidecar 1)", d)
+	}
+}
+
+// TestIsPlain checks the word-at-a-time isPlain against a byte-at-a-time
+// reading: every byte value at every position of buffers of 0 to 70 bytes
+// (the 32-byte, 8-byte and 1-byte steps), on plain fillers that sit next
+// to the special values ('!' after ' ', '[' before '\\', '~' before DEL).
+func TestIsPlain(t *testing.T) {
+	ref := func(b []byte) bool {
+		for _, c := range b {
+			if c < 0x20 || c >= 0x7f || c == '\\' {
+				return false
+			}
+		}
+		return true
+	}
+	for _, fill := range []byte{' ', '!', '[', ']', '~', 'a', '"'} {
+		for n := 0; n <= 70; n++ {
+			b := bytes.Repeat([]byte{fill}, n)
+			if !isPlain(b) {
+				t.Fatalf("isPlain(%q) = false, want true", b)
+			}
+			for p := range n {
+				for c := range 256 {
+					b[p] = byte(c)
+					if got, want := isPlain(b), ref(b); got != want {
+						t.Fatalf("isPlain(%q) = %v, want %v (byte %#x at %d of %d)", b, got, want, c, p, n)
+					}
+				}
+				b[p] = fill
+			}
+		}
 	}
 }
