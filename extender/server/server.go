@@ -68,6 +68,8 @@ type Server struct {
 	mux     *http.ServeMux
 	// exchanges holds *exchange, reused from request to request.
 	exchanges sync.Pool
+	// pods are the pods decoded last, shared by filter and prioritize.
+	pods podCache
 }
 
 // exchange is what one request needs: its body, its decoding, the filter's
@@ -141,7 +143,7 @@ func (s *Server) verb(name string, fn verbFunc, needsState func(demand.Demand) b
 			text(w, code, err.Error())
 			return
 		}
-		if err := ex.req.decode(ex.body.Bytes()); err != nil {
+		if err := ex.req.decode(ex.body.Bytes(), &s.pods); err != nil {
 			code = http.StatusBadRequest
 			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
 			text(w, code, name+": "+err.Error())

@@ -171,6 +171,69 @@ func TestSchedulerEncoding(t *testing.T) {
 	}
 }
 
+// TestPodCache checks that a pod decoded for filter is remembered by its
+// JSON and given to prioritize without decoding it again, and that a pod
+// whose JSON differs in any byte is decoded anew: the same pod moved to
+// another pool gets the other pool's answer, and back again the first.
+func TestPodCache(t *testing.T) {
+	srv := newTestServer(Options{})
+	names := []string{"n1", "n2", "n3", "n4", "n5"}
+	filter := func(pool string) (passed int, podJSON []byte) {
+		t.Helper()
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+			Name: "web-1", Namespace: "shop", UID: "u1",
+			Annotations: map[string]string{"stickynet.io/assigned-pool": pool},
+		}}
+		podJSON, err := json.Marshal(pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := post(srv, "/filter", "application/json", bytes.NewReader(body))
+		var res extenderv1.ExtenderFilterResult
+		if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != http.StatusOK || res.NodeNames == nil {
+			t.Fatalf("status %d, %v: %s", w.Code, err, w.Body)
+		}
+		return len(*res.NodeNames), podJSON
+	}
+	for _, tc := range []struct {
+		pool   string
+		passed int
+	}{{"rack1", 4}, {"all", 5}, {"rack1", 4}} {
+		passed, podJSON := filter(tc.pool)
+		if passed != tc.passed {
+			t.Errorf("pool %s: %d nodes passed, want %d", tc.pool, passed, tc.passed)
+		}
+		got := srv.pods.get(podJSON)
+		if got == nil || got.Annotations["stickynet.io/assigned-pool"] != tc.pool {
+			t.Fatalf("pool %s: the cache holds %v for the pod's JSON", tc.pool, got)
+		}
+	}
+
+	// It holds the last podCacheSize pods; a nil cache holds none.
+	var c podCache
+	raw := func(i int) []byte { return []byte(fmt.Sprintf(`{"metadata":{"name":"p%d"}}`, i)) }
+	for i := range podCacheSize + 1 {
+		c.add(raw(i), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint(i)}})
+	}
+	if c.get(raw(0)) != nil {
+		t.Error("the oldest pod is still held after podCacheSize more")
+	}
+	for i := 1; i <= podCacheSize; i++ {
+		if p := c.get(raw(i)); p == nil || p.Name != fmt.Sprint(i) {
+			t.Errorf("pod %d: got %v", i, p)
+		}
+	}
+	var none *podCache
+	none.add(raw(1), &corev1.Pod{})
+	if none.get(raw(1)) != nil {
+		t.Error("a nil cache returned a pod")
+	}
+}
+
 func TestBadRequests(t *testing.T) {
 	srv := newTestServer(Options{MaxRequestBytes: 2048})
 	big := bytes.Repeat([]byte(" "), 4096)
