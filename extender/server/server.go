@@ -66,8 +66,8 @@ type Server struct {
 	ready   atomic.Bool
 	metrics *metrics
 	mux     *http.ServeMux
-	// exchanges holds *exchange, reused from request to request.
-	exchanges sync.Pool
+	// exchanges are reused from request to request.
+	exchanges exchangePool
 	// pods are the pods decoded last, shared by filter and prioritize.
 	pods podCache
 }
@@ -85,6 +85,49 @@ type exchange struct {
 	out, raw, tail []byte
 }
 
+// exchangePool keeps idle exchanges. Unlike a sync.Pool it keeps them
+// across garbage collections, and any goroutine gets any of them: an
+// exchange's buffers grow to the largest request it served (some 500 KB
+// at 5,000 nodes), and a sync.Pool, which drops what it holds over two
+// collections and keeps one object per P out of the others' reach, made
+// the extender grow new ones often enough that their garbage brought the
+// next collection sooner.
+type exchangePool struct {
+	mu   sync.Mutex
+	idle []*exchange
+}
+
+// Bounds of what an exchangePool keeps: a few schedulers ask at a time,
+// and an exchange grown by a request far larger than a cluster's usual
+// is let go.
+const (
+	maxIdleExchanges = 8
+	maxKeptBytes     = 4 << 20
+)
+
+func (p *exchangePool) get() *exchange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.idle); n > 0 {
+		ex := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		return ex
+	}
+	return new(exchange)
+}
+
+func (p *exchangePool) put(ex *exchange) {
+	if ex.body.Cap()+cap(ex.out) > maxKeptBytes {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) < maxIdleExchanges {
+		p.idle = append(p.idle, ex)
+	}
+}
+
 // New returns a Server that reads src. It answers verbs with 503 until
 // SetReady is called.
 func New(src source, opts Options) *Server {
@@ -95,7 +138,6 @@ func New(src source, opts Options) *Server {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	s := &Server{opts: opts, src: src, metrics: newMetrics(opts.Registry), mux: http.NewServeMux()}
-	s.exchanges.New = func() any { return new(exchange) }
 	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.filter, demand.Demand.Placed))
 	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.prioritize, opts.Score.Prefers))
 	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { text(w, http.StatusOK, "ok") })
@@ -135,8 +177,8 @@ func (s *Server) verb(name string, fn verbFunc, needsState func(demand.Demand) b
 			}
 			s.metrics.observe(name, code, time.Since(begin))
 		}()
-		ex := s.exchanges.Get().(*exchange)
-		defer s.exchanges.Put(ex)
+		ex := s.exchanges.get()
+		defer s.exchanges.put(ex)
 		code, err := s.readBody(w, r, &ex.body)
 		if err != nil {
 			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
