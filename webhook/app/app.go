@@ -121,10 +121,14 @@ func Run(ctx context.Context, o Options) error {
 		Scheme:  sch,
 		Metrics: metricsserver.Options{BindAddress: o.MetricsAddr},
 		// Only the pods the webhook gave an address: the rest of the
-		// cluster's pods are neither decoded nor kept.
-		Cache: crcache.Options{ByObject: map[client.Object]crcache.ByObject{
-			&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{annotations.ManagedLabel: "true"})},
-		}},
+		// cluster's pods are neither decoded nor kept. Nothing reads
+		// managedFields, often the largest part of a cached object.
+		Cache: crcache.Options{
+			DefaultTransform: crcache.TransformStripManagedFields(),
+			ByObject: map[client.Object]crcache.ByObject{
+				&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{annotations.ManagedLabel: "true"})},
+			},
+		},
 		HealthProbeBindAddress:  o.ProbeAddr,
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "stickynet-release-controller",
