@@ -22,6 +22,13 @@ var addressWaits = promreg.Register(prometheus.DefaultRegisterer, prometheus.New
 	Help: "CNI ADDs that waited for another pod on the node to give up the pod's MAC or IP, by result (handed_over: it did; timed_out: the ADD failed with try-again-later).",
 }, []string{"result"}))
 
+// bandwidthRefused counts the bandwidth changes the agent did not install
+// (agent.bandwidthFor), in the process's default registry.
+var bandwidthRefused = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "stickynet_nodeagent_bandwidth_refused_total",
+	Help: "Times the node agent refused to install a running pod's changed bandwidth annotations (a burst below one frame, or an ingress rate or burst a tbf cannot honour); the pod kept its limits. Counted at each look (pod update, resync) while the annotations stay.",
+}))
+
 // listenMetrics opens the Prometheus endpoint /metrics on addr: the
 // process's default registry (CNI requests, Go runtime) and the agent's
 // attachment count. It serves until ctx ends.

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
 	"github.com/stickynet/stickynet/nodeagent/ovs"
 )
@@ -94,7 +95,7 @@ func (a *agent) restore(ctx context.Context) error {
 		}
 		want := at.Bandwidth
 		if asg, err := podAssignment(pod); err == nil {
-			want = asg.Bandwidth
+			want = a.bandwidthFor(ctx, pod, at, asg.Bandwidth)
 		}
 		if err := a.dp.SetBandwidth(ctx, at, want, snap); err != nil {
 			errs = append(errs, err)
@@ -224,21 +225,45 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 			continue
 		}
 		unlock := a.lockKey(at.Key())
-		if a.get(at.Key()) == at && asg.Bandwidth != at.Bandwidth {
-			before := at.Bandwidth
-			err := a.dp.SetBandwidth(ctx, at, asg.Bandwidth, nil)
-			if perr := a.store.Put(at); perr != nil {
-				err = errors.Join(err, perr)
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("bandwidth of %s: %w", at.Key(), err))
-			} else {
-				klog.FromContext(ctx).Info("Bandwidth limits changed", "pod", podKey, "key", at.Key(), "from", before, "to", at.Bandwidth)
+		if a.get(at.Key()) == at {
+			if want := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); want != at.Bandwidth {
+				before := at.Bandwidth
+				err := a.dp.SetBandwidth(ctx, at, want, nil)
+				if perr := a.store.Put(at); perr != nil {
+					err = errors.Join(err, perr)
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("bandwidth of %s: %w", at.Key(), err))
+				} else {
+					klog.FromContext(ctx).Info("Bandwidth limits changed", "pod", podKey, "key", at.Key(), "from", before, "to", at.Bandwidth)
+				}
 			}
 		}
 		unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// bandwidthFor returns the limits to install on at for a pod whose
+// annotations ask for want: want, unless it is a change that
+// annotations.CheckBandwidth refuses (a burst below one frame, or into the
+// pod a rate or burst a tbf cannot honour). The webhook checks the limits
+// it writes; these annotations were edited on the pod after it. A refused
+// change keeps the limits in place and is logged with the key, the value
+// and what is accepted, and counted (stickynet_nodeagent_bandwidth_refused_total),
+// each time the pod is looked at (its updates, the resync) until its
+// annotations change; no retry loop. Limits already in place are kept
+// whatever they are, as annotations written earlier may be.
+func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.Attachment, want annotations.Bandwidth) annotations.Bandwidth {
+	if want == at.Bandwidth {
+		return want
+	}
+	if err := annotations.CheckBandwidth(pod.Annotations, want); err != nil {
+		klog.FromContext(ctx).Error(err, "Bandwidth change refused: the pod keeps its limits", "pod", klog.KObj(pod), "key", at.Key(), "limits", at.Bandwidth)
+		bandwidthRefused.Inc()
+		return at.Bandwidth
+	}
+	return want
 }
 
 // resyncLoop re-checks every attachment's limits against what is installed,

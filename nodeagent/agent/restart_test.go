@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 )
@@ -253,10 +255,15 @@ func TestLiveBandwidthApplied(t *testing.T) {
 	}
 	steps := []struct {
 		ingress, egress string
+		ingressBurst    string // bits; "" means none
+		refused         bool   // the agent refuses the change and keeps the limits
 		wantTBF         uint64 // bytes/s
 		wantMeter       string // "" means no meter
 	}{
 		{ingress: "10M", egress: "20M", wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		// A burst below one frame, edited onto the running pod (the webhook
+		// refuses it at admission): refused, the limits stay.
+		{ingress: "10M", egress: "20M", ingressBurst: "100", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
 		{ingress: "15M", egress: "", wantTBF: 15e6 / 8},
 		{ingress: "", egress: "5M", wantTBF: 0, wantMeter: "rate=5000 "},
 		{},
@@ -271,7 +278,14 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		if s.egress == "" {
 			delete(pod.Annotations, annotations.EgressBandwidth)
 		}
+		if s.ingressBurst != "" {
+			pod.Annotations[annotations.IngressBurst] = s.ingressBurst
+		}
+		refusedBefore := bandwidthRefused(t)
 		e.pods.Set(pod)
+		if s.refused {
+			waitFor(t, fmt.Sprintf("step %d refused", i), func() bool { return bandwidthRefused(t) > refusedBefore })
+		}
 		waitFor(t, fmt.Sprintf("step %d", i), func() bool {
 			meter, flow := meterOf()
 			meterOK := meter == "" && !flow
@@ -284,6 +298,23 @@ func TestLiveBandwidthApplied(t *testing.T) {
 			t.Errorf("CHECK after step %d: %v", i, err)
 		}
 	}
+}
+
+// bandwidthRefused reads stickynet_nodeagent_bandwidth_refused_total from
+// the process's default registry (the agent runs in this process).
+func bandwidthRefused(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "stickynet_nodeagent_bandwidth_refused_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("stickynet_nodeagent_bandwidth_refused_total is not registered")
+	return 0
 }
 
 func lastLines(s string, n int) string {
