@@ -235,6 +235,10 @@ type podCache struct {
 // extender.
 const podCacheSize = 8
 
+// maxCachedPodBytes bounds the JSON of a pod a podCache keeps (a pod of
+// the benchmark's, with ten environment variables, is 4 KB).
+const maxCachedPodBytes = 64 << 10
+
 // get returns the pod decoded from raw, or nil.
 func (c *podCache) get(raw []byte) *corev1.Pod {
 	if c == nil {
@@ -250,9 +254,11 @@ func (c *podCache) get(raw []byte) *corev1.Pod {
 	return nil
 }
 
-// add remembers pod as decoded from raw, in place of the oldest entry.
+// add remembers pod as decoded from raw, in place of the oldest entry. A
+// pod of more than maxCachedPodBytes is not kept: each entry's copy keeps
+// the largest capacity it had.
 func (c *podCache) add(raw []byte, pod *corev1.Pod) {
-	if c == nil {
+	if c == nil || len(raw) > maxCachedPodBytes {
 		return
 	}
 	c.mu.Lock()

@@ -17,10 +17,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/stickynet/stickynet/extender/demand"
 	"github.com/stickynet/stickynet/extender/filter"
@@ -77,9 +79,11 @@ type Server struct {
 // outlive the request.
 type exchange struct {
 	body bytes.Buffer
-	req  request
-	res  filter.Result
-	prio score.Result
+	// bodyCap is the body's capacity when the exchange left the pool.
+	bodyCap int
+	req     request
+	res     filter.Result
+	prio    score.Result
 	// The answer is out, followed by raw and tail when raw is set (a part
 	// of the body sent back as is).
 	out, raw, tail []byte
@@ -99,33 +103,59 @@ type exchangePool struct {
 
 // Bounds of what an exchangePool keeps: a few schedulers ask at a time,
 // and an exchange grown by a request far larger than a cluster's usual
-// is let go.
+// (by exchange.retained) is let go.
 const (
 	maxIdleExchanges = 8
-	maxKeptBytes     = 4 << 20
+	maxKeptBytes     = 8 << 20 // about 20,000 cloud-style node names
 )
 
 func (p *exchangePool) get() *exchange {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	ex := new(exchange)
 	if n := len(p.idle); n > 0 {
-		ex := p.idle[n-1]
+		ex = p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
-		return ex
 	}
-	return new(exchange)
+	ex.bodyCap = ex.body.Cap()
+	return ex
 }
 
 func (p *exchangePool) put(ex *exchange) {
-	if ex.body.Cap()+cap(ex.out) > maxKeptBytes {
+	if ex.retained() > maxKeptBytes {
 		return
+	}
+	if ex.body.Cap() != ex.bodyCap {
+		// The body grew into a new buffer: names kept past this request's
+		// would hold the old one.
+		ex.forgetNames()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle) < maxIdleExchanges {
 		p.idle = append(p.idle, ex)
 	}
+}
+
+// retained is about what ex keeps between requests: its buffers and, per
+// node name it has room for, the slices indexed by name (spans, names,
+// nodes passed, failures, priorities and scores).
+func (ex *exchange) retained() int {
+	const perName = int(unsafe.Sizeof(span{}) + 2*unsafe.Sizeof("") + unsafe.Sizeof(filter.Failure{}) +
+		unsafe.Sizeof(extenderv1.HostPriority{}) + 1)
+	names := max(cap(ex.req.spans), cap(ex.req.names), cap(ex.req.decoded), cap(ex.res.Passed), cap(ex.res.Failures), cap(ex.prio.Priorities))
+	return ex.body.Cap() + cap(ex.out) + names*perName
+}
+
+// forgetNames clears every name ex holds, to the slices' capacity.
+func (ex *exchange) forgetNames() {
+	clear(ex.req.names[:cap(ex.req.names)])
+	clear(ex.req.decoded[:cap(ex.req.decoded)])
+	clear(ex.res.Passed[:cap(ex.res.Passed)])
+	clear(ex.res.Failures[:cap(ex.res.Failures)])
+	clear(ex.prio.Priorities[:cap(ex.prio.Priorities)])
+	ex.req.rawNames, ex.raw, ex.tail = nil, nil, nil
 }
 
 // New returns a Server that reads src. It answers verbs with 503 until

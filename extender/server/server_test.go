@@ -401,3 +401,53 @@ func TestConcurrentRequests(t *testing.T) {
 	close(stop)
 	<-mutated
 }
+
+// TestExchangePool checks what the pool keeps: at most maxIdleExchanges,
+// none whose buffers and per-name slices together pass maxKeptBytes (here
+// a small body with room for 400,000 names), and, after a body grew into a
+// new buffer, no name that could hold the old one.
+func TestExchangePool(t *testing.T) {
+	var p exchangePool
+	big := p.get()
+	big.req.spans = make([]span, 0, 400_000)
+	p.put(big)
+	if len(p.idle) != 0 {
+		t.Fatalf("an exchange with room for 400,000 names (about %d bytes) was kept", big.retained())
+	}
+
+	ex := p.get()
+	ex.body.Write([]byte(`["n1"]`))
+	ex.req.names = append(ex.req.names[:0], "n1", "n2")[:1]
+	ex.res.Passed = append(ex.res.Passed[:0], "n1")[:0]
+	ex.body.Grow(1 << 16) // the body moves to a larger buffer
+	p.put(ex)
+	if len(p.idle) != 1 || p.idle[0] != ex {
+		t.Fatalf("a small exchange was not kept: %d idle", len(p.idle))
+	}
+	for _, s := range [][]string{ex.req.names[:cap(ex.req.names)], ex.res.Passed[:cap(ex.res.Passed)]} {
+		for i, n := range s {
+			if n != "" {
+				t.Errorf("name %d (%q) kept after the body moved", i, n)
+			}
+		}
+	}
+
+	var many []*exchange
+	for range maxIdleExchanges + 2 {
+		many = append(many, p.get())
+	}
+	for _, ex := range many {
+		p.put(ex)
+	}
+	if len(p.idle) != maxIdleExchanges {
+		t.Errorf("%d idle exchanges kept, want %d", len(p.idle), maxIdleExchanges)
+	}
+
+	// A pod of more than maxCachedPodBytes is decoded each time, not kept.
+	var c podCache
+	huge := []byte(`{"metadata":{"name":"` + strings.Repeat("x", maxCachedPodBytes) + `"}}`)
+	c.add(huge, &corev1.Pod{})
+	if c.get(huge) != nil {
+		t.Error("a pod of more than maxCachedPodBytes was kept")
+	}
+}
