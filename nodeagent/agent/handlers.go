@@ -189,23 +189,9 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		}
 		err := a.store.Put(at)
 		recorded := err == nil
-		if err == nil && ctx.Err() != nil {
-			// The plugin gave up waiting: it reports failure, so undo.
-			err = types.NewError(types.ErrTryAgainLater, "request timed out while the VF was being set up; it was undone", "")
-		}
-		if err != nil {
+		if err = timedOut(ctx, err, "the VF"); err != nil {
 			// Without a record no restart would find the VF: give it back now.
-			if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
-				a.track(at) // its DEL tries again
-				return nil, fmt.Errorf("%w; undo: %w", err, terr)
-			}
-			if recorded {
-				if derr := a.store.Delete(at); derr != nil {
-					err = fmt.Errorf("%w; %w", err, derr)
-				}
-			}
-			a.freeVF(at.VF)
-			return nil, err
+			return nil, a.undoAdd(ctx, at, recorded, err)
 		}
 		a.mu.Lock()
 		a.atts[at.Key()] = at
@@ -222,22 +208,10 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		return nil, err
 	}
 	hostMAC, err := a.dp.Setup(ctx, at)
-	if err == nil && ctx.Err() != nil {
-		// The plugin gave up waiting: it reports failure, so undo.
-		err = types.NewError(types.ErrTryAgainLater, "request timed out while the attachment was being set up; it was undone", "")
-	}
-	if err != nil {
+	if err = timedOut(ctx, err, "the attachment"); err != nil {
 		// Setup removes what it made when it fails, but only logs what it
-		// could not: its port number goes back only once nothing is left.
-		if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
-			a.track(at) // with its record and port number: its DEL tries again
-			return nil, fmt.Errorf("%w; undo: %w", err, terr)
-		}
-		if derr := a.store.Delete(at); derr != nil {
-			err = fmt.Errorf("%w; %w", err, derr)
-		}
-		a.freePort(at.OFPort)
-		return nil, err
+		// could not.
+		return nil, a.undoAdd(ctx, at, true, err)
 	}
 	if err := a.store.Put(at); err != nil {
 		a.track(at) // set up, but the ADD fails: its DEL removes it
@@ -250,6 +224,37 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		a.wakeWarm()
 	}
 	return buildResult(conf.CNIVersion, at, hostMAC)
+}
+
+// timedOut returns err, or, when the step that set up what (an attachment
+// or a VF) succeeded after the plugin gave up waiting, an error: the
+// plugin reports failure, so the ADD must be undone.
+func timedOut(ctx context.Context, err error, what string) error {
+	if err == nil && ctx.Err() != nil {
+		return types.NewError(types.ErrTryAgainLater, "request timed out while "+what+" was being set up; it was undone", "")
+	}
+	return err
+}
+
+// undoAdd tears down what a failed ADD set up, removes its record (if
+// recorded) and returns err with what the undo could not do. The VF or
+// port number goes back only once nothing is left; otherwise the
+// attachment stays tracked, with its record and its VF or port number, and
+// its DEL tries again.
+func (a *agent) undoAdd(ctx context.Context, at *datapath.Attachment, recorded bool, err error) error {
+	if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
+		a.track(at)
+		return fmt.Errorf("%w; undo: %w", err, terr)
+	}
+	if recorded {
+		if derr := a.store.Delete(at); derr != nil {
+			err = fmt.Errorf("%w; %w", err, derr)
+		}
+	}
+	a.mu.Lock()
+	a.unmarkUsed(at)
+	a.mu.Unlock()
+	return err
 }
 
 // carrierPoll is how often waitCarriers looks again without a removal: a
@@ -454,11 +459,7 @@ func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
 		close(a.detached)
 		a.detached = make(chan struct{})
 	}
-	if at.VF != nil {
-		delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))
-	} else {
-		delete(a.usedPorts, at.OFPort)
-	}
+	a.unmarkUsed(at)
 	a.mu.Unlock()
 	klog.FromContext(ctx).V(2).Info("Attachment removed", "pod", at.Pod(), "key", at.Key(), "hostVeth", at.HostVeth)
 	return nil

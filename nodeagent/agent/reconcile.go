@@ -128,6 +128,15 @@ func (a *agent) markUsed(at *datapath.Attachment) {
 	}
 }
 
+// unmarkUsed gives the attachment's VF or port number back; a.mu is held.
+func (a *agent) unmarkUsed(at *datapath.Attachment) {
+	if at.VF != nil {
+		delete(a.usedVFs, vfKey(at.VF.PF, at.VF.Index))
+	} else {
+		delete(a.usedPorts, at.OFPort)
+	}
+}
+
 // track keeps an attachment that could not be torn down: DEL finds it and
 // tries again, and its VF or port number stays taken meanwhile.
 func (a *agent) track(at *datapath.Attachment) {

@@ -72,9 +72,12 @@ type Controller struct {
 	Ready <-chan struct{}
 
 	trigger chan struct{}
-	mu      sync.Mutex
-	seen    map[types.UID]bool   // pods already given an Assigned event
-	warned  map[types.UID]string // the last StickyAddressConflict of each pod
+	// dueTimer triggers the pass due when an address's grace ends; each
+	// pass replaces it with its own.
+	dueTimer *time.Timer
+	mu       sync.Mutex
+	seen     map[types.UID]bool   // pods already given an Assigned event
+	warned   map[types.UID]string // the last StickyAddressConflict of each pod
 }
 
 var (
@@ -255,8 +258,12 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		}
 	}
 	defer func() {
+		if c.dueTimer != nil {
+			c.dueTimer.Stop()
+			c.dueTimer = nil
+		}
 		if !due.IsZero() {
-			time.AfterFunc(time.Until(due), c.Trigger)
+			c.dueTimer = time.AfterFunc(time.Until(due), c.Trigger)
 		}
 	}()
 	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
