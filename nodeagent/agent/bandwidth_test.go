@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,10 +38,13 @@ const (
 	meterTolerance = 0.10
 )
 
-// iperfServer runs an iperf3 server in the pod until the test ends.
-func iperfServer(t *testing.T, p *testPod) {
+// iperfPort is iperf3's default port.
+const iperfPort = 5201
+
+// iperfServer runs an iperf3 server on port in the pod until the test ends.
+func iperfServer(t *testing.T, p *testPod, port int) {
 	t.Helper()
-	cmd := p.netns.Command(context.Background(), "iperf3", "-s")
+	cmd := p.netns.Command(context.Background(), "iperf3", "-s", "-p", strconv.Itoa(port))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -57,17 +61,17 @@ func rxBytes(t *testing.T, p *testPod) uint64 {
 	return l.Attrs().Statistics.RxBytes
 }
 
-// measure streams TCP from one pod to another (whose iperf3 server runs)
-// and returns the rate, in bit/s of Ethernet frames, the receiver got over
-// the window.
-func measure(t *testing.T, from, to *testPod, toIP string) float64 {
+// measure streams TCP from one pod to another (whose iperf3 server runs on
+// port) and returns the rate, in bit/s of Ethernet frames, the receiver got
+// over the window.
+func measure(t *testing.T, from, to *testPod, toIP string, port int) float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	var out strings.Builder
 	for attempt := 0; ; attempt++ {
 		out.Reset()
-		client := from.netns.Command(ctx, "iperf3", "-c", toIP, "-t", "60")
+		client := from.netns.Command(ctx, "iperf3", "-c", toIP, "-p", strconv.Itoa(port), "-t", "60")
 		client.Stdout, client.Stderr = &out, &out
 		// Stopped with SIGINT (nsenter execs iperf3 in place), the client
 		// tells the server the test is over: killed, it left the server busy
@@ -129,7 +133,6 @@ func TestBandwidthAccuracy(t *testing.T) {
 	needIperf(t)
 	e := newEnv(t, nil)
 	peer := e.addPod(podSpec{name: "peer", ips: "10.85.0.2/24", mac: "02:00:0a:55:00:02"})
-	iperfServer(t, peer)
 	for i, mbit := range []int{20, 100, 300} {
 		t.Run(fmt.Sprintf("%dM", mbit), func(t *testing.T) {
 			rate := fmt.Sprintf("%dM", mbit)
@@ -138,9 +141,15 @@ func TestBandwidthAccuracy(t *testing.T) {
 				name: "limited-" + rate, ips: ip + "/24", mac: fmt.Sprintf("02:00:0a:55:00:%02x", 10+i),
 				extra: map[string]string{annotations.IngressBandwidth: rate, annotations.EgressBandwidth: rate},
 			})
-			iperfServer(t, p)
-			checkRate(t, "into the pod (tbf)", func() float64 { return measure(t, peer, p, ip) }, float64(mbit)*1e6, tbfTolerance)
-			checkRate(t, "out of the pod (meter)", func() float64 { return measure(t, p, peer, "10.85.0.2") }, float64(mbit)*1e6, meterTolerance)
+			iperfServer(t, p, iperfPort)
+			// The peer serves each limited pod on a port of its own: a
+			// client stopped just before its pod is deleted may leave its
+			// "test over" message in the deleted veth (the meter drops
+			// packets), and the server busy with that test for minutes.
+			peerPort := iperfPort + 1 + i
+			iperfServer(t, peer, peerPort)
+			checkRate(t, "into the pod (tbf)", func() float64 { return measure(t, peer, p, ip, iperfPort) }, float64(mbit)*1e6, tbfTolerance)
+			checkRate(t, "out of the pod (meter)", func() float64 { return measure(t, p, peer, "10.85.0.2", peerPort) }, float64(mbit)*1e6, meterTolerance)
 			if err := e.cni.Del(p.rt); err != nil {
 				t.Fatal(err)
 			}
@@ -157,10 +166,10 @@ func TestBandwidthLiveChange(t *testing.T) {
 		extra: map[string]string{annotations.IngressBandwidth: "100M", annotations.EgressBandwidth: "100M"},
 	}
 	p := e.addPod(spec)
-	iperfServer(t, peer)
-	iperfServer(t, p)
-	checkRate(t, "before, into the pod", func() float64 { return measure(t, peer, p, "10.86.0.10") }, 100e6, tbfTolerance)
-	checkRate(t, "before, out of the pod", func() float64 { return measure(t, p, peer, "10.86.0.2") }, 100e6, meterTolerance)
+	iperfServer(t, peer, iperfPort)
+	iperfServer(t, p, iperfPort)
+	checkRate(t, "before, into the pod", func() float64 { return measure(t, peer, p, "10.86.0.10", iperfPort) }, 100e6, tbfTolerance)
+	checkRate(t, "before, out of the pod", func() float64 { return measure(t, p, peer, "10.86.0.2", iperfPort) }, 100e6, meterTolerance)
 
 	hostVeth := e.ovsPortOf("ctr-limited")
 	before := linkIndex(t, e, hostVeth)
@@ -172,8 +181,8 @@ func TestBandwidthLiveChange(t *testing.T) {
 	waitFor(t, "new meter rate", func() bool {
 		return strings.Contains(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge), "rate=20000 ")
 	})
-	checkRate(t, "after, into the pod", func() float64 { return measure(t, peer, p, "10.86.0.10") }, 20e6, tbfTolerance)
-	checkRate(t, "after, out of the pod", func() float64 { return measure(t, p, peer, "10.86.0.2") }, 20e6, meterTolerance)
+	checkRate(t, "after, into the pod", func() float64 { return measure(t, peer, p, "10.86.0.10", iperfPort) }, 20e6, tbfTolerance)
+	checkRate(t, "after, out of the pod", func() float64 { return measure(t, p, peer, "10.86.0.2", iperfPort) }, 20e6, meterTolerance)
 	if after := linkIndex(t, e, hostVeth); after != before {
 		t.Errorf("host veth was recreated (ifindex %d -> %d): the pod was restarted, not changed live", before, after)
 	}
