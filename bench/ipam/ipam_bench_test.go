@@ -28,8 +28,8 @@ import (
 
 const (
 	callers = 64
-	ops     = 20000  // per measured phase
-	rounds  = 4      // the compared phases are interleaved in rounds of ops/rounds
+	ops     = 40000  // per measured kind
+	rounds  = 8      // the compared phases are interleaved in rounds of ops/rounds
 	stored  = 100000 // allocations the cache is rebuilt from
 )
 
