@@ -30,9 +30,9 @@ import (
 // writes anything, so only transactions that name no common key share a
 // request: then the outcome is that of running them one after another.
 // Under load this trades an etcd request, a raft entry and a watch response
-// per transaction for one per batch (make bench-ipam: 0.72-0.78 instead of
-// 0.51-0.59 x the rate of raw single-key transactions on the 2-core VM of
-// README); without load nothing waits.
+// per transaction for one per batch (make bench-ipam, its kinds then run one
+// after another: 0.72-0.78 instead of 0.51-0.59 x the rate of raw single-key
+// transactions on the 2-core VM of README); without load nothing waits.
 const (
 	// maxSending is how many transaction requests of this client may be in
 	// flight (re-sends of a refused batch aside) before the next
