@@ -29,7 +29,7 @@ import (
 const (
 	callers = 64
 	ops     = 40000  // per measured kind
-	rounds  = 8      // the compared phases are interleaved in rounds of ops/rounds
+	rounds  = 8      // the measured kinds run interleaved, in rounds of ops/rounds each
 	stored  = 100000 // allocations the cache is rebuilt from
 )
 
@@ -248,18 +248,20 @@ func BenchmarkIPAM(b *testing.B) {
 
 	host, _ := os.Hostname()
 	fmt.Printf("\nIPAM benchmark: %d callers, %d ops per phase, etcd %s on %s\n", callers, ops, e.Endpoint, host)
+	res := map[*series]result{}
 	for _, s := range kinds {
-		fmt.Println(s.result())
+		res[s] = s.result()
+		fmt.Println(res[s])
 	}
 	fmt.Println(repeat)
 	fmt.Printf("  its etcd transactions: %d succeeded, %d lost a race and were retried; %d etcd requests carried them (%.1f each)\n",
 		won, lost, batches.Requests, batches.Transactions/float64(max(batches.Requests, 1)))
-	rate, p99 := sticky.result().rate()/one.result().rate(), float64(sticky.result().p99)/float64(two.result().p99)
+	rate, p99 := res[sticky].rate()/res[one].rate(), float64(res[sticky].p99)/float64(res[two].p99)
 	fmt.Printf("allocations/s ÷ raw 1-key txn/s = %.2f   (target ≥ 0.5)\n", rate)
 	fmt.Printf("allocation p99 ÷ raw 2-key p99  = %.2f   (target ≤ 1.2)\n", p99)
-	fmt.Printf("  (raw 2-key p99, again ÷ raw 2-key p99 = %.2f: the same transactions measured twice)\n", float64(again.result().p99)/float64(two.result().p99))
+	fmt.Printf("  (raw 2-key p99, again ÷ raw 2-key p99 = %.2f: the same transactions measured twice)\n", float64(res[again].p99)/float64(res[two].p99))
 	fmt.Printf("cache rebuild from %d allocations: median %s (runs %v; target ≤ 2s)\n", stored, rebuilds[1].Round(time.Millisecond), rebuilds)
-	b.ReportMetric(sticky.result().rate(), "alloc/s")
+	b.ReportMetric(res[sticky].rate(), "alloc/s")
 	b.ReportMetric(rate, "ratio-rate")
 	b.ReportMetric(p99, "ratio-p99")
 	b.ReportMetric(rebuilds[1].Seconds(), "rebuild-s")
