@@ -269,7 +269,8 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
 	members := map[string][]ipam.Entry{} // identity → entries
 	carriers := make([]*podInfo, len(entries))
-	var unseen []ipam.Entry // bound, past the grace, and no pod in the cache carries it
+	var unseen []ipam.Entry                 // bound, past the grace, and no pod in the cache carries it
+	released := map[string][]releasedAddr{} // pool → addresses freed in this pass
 	for i, e := range entries {
 		members[e.Identity] = append(members[e.Identity], e)
 		carrier := byAddr[addrKey(e.Pool, e.IP)]
@@ -379,7 +380,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		log.Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
 		kind, _, _ := strings.Cut(e.Identity, "/")
 		c.Metrics.release(kind)
-		c.released(ctx, e, why)
+		released[e.Pool] = append(released[e.Pool], releasedAddr{e, why})
 		ms := members[e.Identity]
 		for i := range ms {
 			if ms[i].IP == e.IP && ms[i].Pool == e.Pool {
@@ -388,6 +389,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	c.announce(ctx, released)
 	if err := c.adopt(ctx, pods, byKey, specs, now); err != nil {
 		errs = append(errs, err)
 	}
@@ -872,11 +874,47 @@ func (c *Controller) forget(pods []podInfo) {
 	}
 }
 
-// released emits the Released event on the IPPool the address came from.
-func (c *Controller) released(ctx context.Context, e ipam.Entry, why string) {
-	ipp := &v1alpha1.IPPool{}
-	if err := c.Client.Get(ctx, client.ObjectKey{Name: e.Pool}, ipp); err != nil {
-		return
+// releasedAddr is an address a pass freed, and why.
+type releasedAddr struct {
+	e   ipam.Entry
+	why string
+}
+
+// Released events: a pass emits one per address on the IPPool it came from,
+// up to releasedEvents per pool; past that, one event counts them and names
+// the first few (the log names each). Deleting a large workload would
+// otherwise queue thousands of events on one object, and the event queue
+// (1,000 deep, sent at --kube-api-qps) would drop other pods' events.
+const (
+	releasedEvents = 10
+	releasedNamed  = 3
+	noteLimit      = 1024 // the API server's limit on an event's note
+)
+
+// announce emits the Released events of a pass.
+func (c *Controller) announce(ctx context.Context, released map[string][]releasedAddr) {
+	for pool, rs := range released {
+		ipp := &v1alpha1.IPPool{}
+		if err := c.Client.Get(ctx, client.ObjectKey{Name: pool}, ipp); err != nil {
+			continue
+		}
+		if len(rs) <= releasedEvents {
+			for _, r := range rs {
+				c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s released from %s: %s", r.e.IP, r.e.Identity, r.why)
+			}
+			continue
+		}
+		named := make([]string, releasedNamed)
+		for i, r := range rs[:releasedNamed] {
+			named[i] = fmt.Sprintf("%s from %s (%s)", r.e.IP, r.e.Identity, r.why)
+		}
+		note := func() string {
+			return fmt.Sprintf("%d addresses released, among them %s and %d more (the webhook's log names each)",
+				len(rs), strings.Join(named, ", "), len(rs)-len(named))
+		}
+		for len(named) > 1 && len(note()) > noteLimit {
+			named = named[:len(named)-1]
+		}
+		c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s", note())
 	}
-	c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s released from %s: %s", e.IP, e.Identity, why)
 }

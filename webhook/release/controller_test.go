@@ -2,6 +2,7 @@ package release
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -107,6 +108,64 @@ func TestStatefulSetReleaseHonoursOrdinalsStart(t *testing.T) {
 		if got := kept(a, id); got != want {
 			t.Errorf("%s kept %v; want %v (ordinals 5..7, %s on the StatefulSet)", id, got, want, annotations.RetentionRelease)
 		}
+	}
+}
+
+// A pass emits a Released event per address on the pool, up to
+// releasedEvents; past that, one event that counts them, within the API
+// server's limit on a note.
+func TestReleasedEvents(t *testing.T) {
+	c, a, p, rec := setup(t)
+	events := func() []string {
+		var evs []string
+		for len(rec.Events) > 0 {
+			evs = append(evs, <-rec.Events)
+		}
+		return evs
+	}
+	sets := func(name string, n int) []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("statefulset/app/%s/%d", name, i)
+		}
+		return ids
+	}
+
+	vacate(t, c, a, p, sets("few", 2)...)
+	evs := events()
+	if len(evs) != 2 {
+		t.Fatalf("%d events for 2 released addresses; want 2:\n%s", len(evs), strings.Join(evs, "\n"))
+	}
+	for _, id := range sets("few", 2) {
+		if !slices.ContainsFunc(evs, func(ev string) bool {
+			return strings.HasPrefix(ev, "Normal StickyAddressReleased 10.20.0.") && strings.Contains(ev, " released from "+id+": ")
+		}) {
+			t.Errorf("no StickyAddressReleased event names an address released from %s:\n%s", id, strings.Join(evs, "\n"))
+		}
+	}
+
+	many := sets("many", releasedEvents+5)
+	vacate(t, c, a, p, many...)
+	evs = events()
+	want := fmt.Sprintf("Normal StickyAddressReleased %d addresses released, among them ", len(many))
+	if len(evs) != 1 || !strings.HasPrefix(evs[0], want) || !strings.Contains(evs[0], fmt.Sprintf(" and %d more ", len(many)-releasedNamed)) {
+		t.Fatalf("events for %d released addresses:\n%s\nwant one starting %q and naming %d", len(many), strings.Join(evs, "\n"), want, releasedNamed)
+	}
+	for _, id := range many {
+		if kept(a, id) {
+			t.Errorf("%s kept its address", id)
+		}
+	}
+
+	long := sets(strings.Repeat("x", 400), releasedEvents+1)
+	vacate(t, c, a, p, long...)
+	evs = events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events for %d released addresses; want 1", len(evs), len(long))
+	}
+	note := strings.TrimPrefix(evs[0], "Normal StickyAddressReleased ")
+	if len(note) > noteLimit || !strings.Contains(note, "among them 10.20.0.") {
+		t.Errorf("note of %d bytes (limit %d), naming no address: %q", len(note), noteLimit, note)
 	}
 }
 
