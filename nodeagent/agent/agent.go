@@ -109,7 +109,8 @@ type Options struct {
 	// empty means do not install the plugin.
 	CNIBinDir, CNIPluginSource string
 	// PodWait bounds how long ADD waits for the pod to reach the agent's
-	// cache and then for another pod on the node to give up its address.
+	// cache and then for another pod on the node to give up its address;
+	// an ADD waits at most half its conflist's timeout.
 	PodWait time.Duration
 	// ResyncPeriod is how often the agent re-checks every pod's limits
 	// (meters are lost when ovs-vswitchd restarts); 0 means never.
@@ -165,9 +166,6 @@ func (o *Options) Defaults() {
 func (o *Options) validate() error {
 	if o.Pods == nil && o.NodeName == "" {
 		return errors.New("node name is not set (--node-name or NODE_NAME)")
-	}
-	if o.PodWait >= api.DefaultTimeout {
-		return fmt.Errorf("pod wait %s must stay below the plugin's timeout %s", o.PodWait, api.DefaultTimeout)
 	}
 	switch o.DatapathType {
 	case "auto", ovs.DatapathNetdev, ovs.DatapathSystem:

@@ -95,10 +95,11 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 		return nil, nil, err
 	}
 	// One budget for the waits of ADD: for the pod to reach the cache, then
-	// for its address to be free on this node.
-	wait, cancel := context.WithTimeout(ctx, a.opts.PodWait)
+	// for its address to be free on this node (and its SriovNetwork known).
+	budget := a.podWait(conf)
+	wait, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	pod, err := a.waitPod(wait, ref)
+	pod, err := a.waitPod(wait, ref, budget)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -108,6 +109,18 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	}
 	res, err := a.attach(ctx, wait, conf, req, pod)
 	return res, nil, err
+}
+
+// podWait is the budget of an ADD's waits: --pod-wait, but at most half the
+// plugin's request timeout (the conflist's "timeout"), so that a wait that
+// runs out ends in the agent's own error, which says what it waited for,
+// before the plugin gives up on the agent.
+func (a *agent) podWait(conf *api.NetConf) time.Duration {
+	t, err := conf.RequestTimeout()
+	if err != nil {
+		return a.opts.PodWait // a.conf refuses such a configuration
+	}
+	return min(a.opts.PodWait, t/2)
 }
 
 // notAdmitted answers ADD for a pod without a stickynet assignment: it goes
@@ -184,7 +197,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		}
 	}
 	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
-		if err := a.addVF(ctx, at, name, asg); err != nil {
+		if err := a.addVF(wait, at, name, asg); err != nil {
 			return nil, err
 		}
 		err := a.store.Put(at)
@@ -416,7 +429,7 @@ func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
 
 // waitPod returns the pod once the agent's cache has it (with the UID the
 // runtime named): the runtime may ask before the watch delivers the pod.
-func (a *agent) waitPod(ctx context.Context, ref podRef) (*corev1.Pod, error) {
+func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (*corev1.Pod, error) {
 	for {
 		a.mu.Lock()
 		changed := a.podChanged
@@ -433,7 +446,7 @@ func (a *agent) waitPod(ctx context.Context, ref podRef) (*corev1.Pod, error) {
 				what = fmt.Sprintf("has UID %s in the node agent's cache, not %s,", pod.UID, ref.UID)
 			}
 			return nil, types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("pod %s %s after %s; try again later", ref, what, a.opts.PodWait),
+				fmt.Sprintf("pod %s %s after %s; try again later", ref, what, budget),
 				"the agent sees pods bound to its node through the API server: is it connected, and is --node-name this node?")
 		}
 	}

@@ -264,13 +264,15 @@ func TestBadInput(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.PodWait = 300 * time.Millisecond })
 	good := podSpec{name: "good", ips: "10.81.0.10/24", mac: "02:00:0a:51:00:0a"}
 	conf := e.cni.List.Plugins[0].Bytes
-	withVersion := func(v string) []byte {
+	with := func(key, value string) []byte {
 		var m map[string]any
 		_ = json.Unmarshal(conf, &m)
-		m["cniVersion"], m["name"] = v, "stickynet"
+		m["cniVersion"], m["name"] = "1.1.0", "stickynet"
+		m[key] = value
 		b, _ := json.Marshal(m)
 		return b
 	}
+	withVersion := func(v string) []byte { return with("cniVersion", v) }
 	tests := []struct {
 		name     string
 		pod      func(t *testing.T) *testPod
@@ -313,7 +315,18 @@ func TestBadInput(t *testing.T) {
 				e.pods.Delete("default", "ghost")
 				return p
 			},
-			wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost is not in the node agent's cache",
+			wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost is not in the node agent's cache after 300ms",
+		},
+		{
+			// The wait is at most half the conflist's timeout: the agent's
+			// error, not the plugin's, says what went wrong.
+			name: "unknown pod, short conflist timeout",
+			pod: func(*testing.T) *testPod {
+				p := e.newPod(podSpec{name: "ghost2", ips: "10.81.0.19/24", mac: "02:00:0a:51:00:13"})
+				e.pods.Delete("default", "ghost2")
+				return p
+			},
+			conf: with("timeout", "400ms"), wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost2 is not in the node agent's cache after 200ms",
 		},
 		{
 			name: "stale pod UID",

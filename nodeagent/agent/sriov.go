@@ -25,10 +25,9 @@ import (
 
 func vfKey(pf string, index int) string { return pf + "/" + strconv.Itoa(index) }
 
-// waitSriovNetwork returns the SriovNetwork once the source has it.
+// waitSriovNetwork returns the SriovNetwork once the source has it, waiting
+// until ctx (the ADD's wait) ends.
 func (a *agent) waitSriovNetwork(ctx context.Context, name string) (*v1alpha1.SriovNetwork, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.opts.PodWait)
-	defer cancel()
 	for {
 		if n, ok := a.nets.Get(name); ok {
 			return n, nil
@@ -40,7 +39,7 @@ func (a *agent) waitSriovNetwork(ctx context.Context, name string) (*v1alpha1.Sr
 		select {
 		case <-ctx.Done():
 			return nil, types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("SriovNetworks not known to the node agent after %s; try again later", a.opts.PodWait), "")
+				"SriovNetworks not known to the node agent when the ADD's wait ran out (--pod-wait, at most half the conflist's timeout); try again later", "")
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -106,7 +105,8 @@ func (a *agent) freeVF(v *datapath.VFState) {
 	delete(a.usedVFs, vfKey(v.PF, v.Index))
 }
 
-// addVF attaches the pod through a VF of the SriovNetwork it names.
+// addVF attaches the pod through a VF of the SriovNetwork it names; ctx is
+// the ADD's wait.
 func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, name string, asg annotations.Assignment) error {
 	n, err := a.waitSriovNetwork(ctx, name)
 	if err != nil {
