@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -880,15 +881,15 @@ type releasedAddr struct {
 	why string
 }
 
-// Released events: a pass emits one per address on the IPPool it came from,
-// up to releasedEvents per pool; past that, one event counts them and names
-// the first few (the log names each). Deleting a large workload would
-// otherwise queue thousands of events on one object, and the event queue
-// (1,000 deep, sent at --kube-api-qps) would drop other pods' events.
+// Released events: a pass gives each IPPool it freed addresses of one
+// event that counts them and names up to releasedNamed, with the reason
+// (the log names each). The events.k8s.io recorder folds events about one
+// object (the pool, at one resourceVersion) with one reason into a series
+// that keeps the first note: one event per address would show a single
+// address and a count.
 const (
-	releasedEvents = 10
-	releasedNamed  = 3
-	noteLimit      = 1024 // the API server's limit on an event's note
+	releasedNamed = 5
+	noteLimit     = 1024 // the API server's limit on an event's note, in bytes
 )
 
 // announce emits the Released events of a pass.
@@ -898,23 +899,41 @@ func (c *Controller) announce(ctx context.Context, released map[string][]release
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: pool}, ipp); err != nil {
 			continue
 		}
-		if len(rs) <= releasedEvents {
-			for _, r := range rs {
-				c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s released from %s: %s", r.e.IP, r.e.Identity, r.why)
-			}
-			continue
-		}
-		named := make([]string, releasedNamed)
-		for i, r := range rs[:releasedNamed] {
-			named[i] = fmt.Sprintf("%s from %s (%s)", r.e.IP, r.e.Identity, r.why)
-		}
-		note := func() string {
-			return fmt.Sprintf("%d addresses released, among them %s and %d more (the webhook's log names each)",
-				len(rs), strings.Join(named, ", "), len(rs)-len(named))
-		}
-		for len(named) > 1 && len(note()) > noteLimit {
-			named = named[:len(named)-1]
-		}
-		c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s", note())
+		c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s", releasedNote(rs))
 	}
+}
+
+// releasedNote says which addresses were released and why: as many as fit
+// in a note, at most releasedNamed, and how many more.
+func releasedNote(rs []releasedAddr) string {
+	if len(rs) == 1 {
+		return truncate(fmt.Sprintf("%s released from %s: %s", rs[0].e.IP, rs[0].e.Identity, rs[0].why), noteLimit)
+	}
+	named := make([]string, 0, releasedNamed)
+	for _, r := range rs[:min(len(rs), releasedNamed)] {
+		named = append(named, fmt.Sprintf("%s from %s (%s)", r.e.IP, r.e.Identity, r.why))
+	}
+	note := func() string {
+		n := fmt.Sprintf("%d addresses released: %s", len(rs), strings.Join(named, ", "))
+		if more := len(rs) - len(named); more > 0 {
+			n += fmt.Sprintf(" and %d more (the webhook's log names each)", more)
+		}
+		return n
+	}
+	for len(named) > 1 && len(note()) > noteLimit {
+		named = named[:len(named)-1]
+	}
+	return truncate(note(), noteLimit)
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -111,9 +112,10 @@ func TestStatefulSetReleaseHonoursOrdinalsStart(t *testing.T) {
 	}
 }
 
-// A pass emits a Released event per address on the pool, up to
-// releasedEvents; past that, one event that counts them, within the API
-// server's limit on a note.
+// A pass gives the pool one Released event that counts the addresses it
+// freed and names up to releasedNamed, within the API server's limit on a
+// note (the events.k8s.io recorder folds events about one pool into a series
+// that keeps the first note only).
 func TestReleasedEvents(t *testing.T) {
 	c, a, p, rec := setup(t)
 	events := func() []string {
@@ -130,26 +132,38 @@ func TestReleasedEvents(t *testing.T) {
 		}
 		return ids
 	}
-
-	vacate(t, c, a, p, sets("few", 2)...)
-	evs := events()
-	if len(evs) != 2 {
-		t.Fatalf("%d events for 2 released addresses; want 2:\n%s", len(evs), strings.Join(evs, "\n"))
+	one := func(evs []string, what string) string {
+		t.Helper()
+		if len(evs) != 1 {
+			t.Fatalf("%d events for %s; want 1:\n%s", len(evs), what, strings.Join(evs, "\n"))
+		}
+		return evs[0]
 	}
-	for _, id := range sets("few", 2) {
-		if !slices.ContainsFunc(evs, func(ev string) bool {
-			return strings.HasPrefix(ev, "Normal StickyAddressReleased 10.20.0.") && strings.Contains(ev, " released from "+id+": ")
-		}) {
-			t.Errorf("no StickyAddressReleased event names an address released from %s:\n%s", id, strings.Join(evs, "\n"))
+
+	vacate(t, c, a, p, "statefulset/app/single/0")
+	if ev := one(events(), "1 released address"); !strings.HasPrefix(ev, "Normal StickyAddressReleased 10.20.0.") ||
+		!strings.Contains(ev, " released from statefulset/app/single/0: the StatefulSet was deleted") {
+		t.Errorf("event %q; want a StickyAddressReleased naming the address, its identity and why", ev)
+	}
+
+	few := sets("few", 3)
+	vacate(t, c, a, p, few...)
+	ev := one(events(), "3 released addresses")
+	if !strings.HasPrefix(ev, "Normal StickyAddressReleased 3 addresses released: 10.20.0.") || strings.Contains(ev, " more ") {
+		t.Errorf("event %q; want one counting and naming the 3 addresses", ev)
+	}
+	for _, id := range few {
+		if !strings.Contains(ev, " from "+id+" (the StatefulSet was deleted)") {
+			t.Errorf("event %q does not name %s and why", ev, id)
 		}
 	}
 
-	many := sets("many", releasedEvents+5)
+	many := sets("many", releasedNamed+10)
 	vacate(t, c, a, p, many...)
-	evs = events()
-	want := fmt.Sprintf("Normal StickyAddressReleased %d addresses released, among them ", len(many))
-	if len(evs) != 1 || !strings.HasPrefix(evs[0], want) || !strings.Contains(evs[0], fmt.Sprintf(" and %d more ", len(many)-releasedNamed)) {
-		t.Fatalf("events for %d released addresses:\n%s\nwant one starting %q and naming %d", len(many), strings.Join(evs, "\n"), want, releasedNamed)
+	ev = one(events(), fmt.Sprintf("%d released addresses", len(many)))
+	if !strings.HasPrefix(ev, fmt.Sprintf("Normal StickyAddressReleased %d addresses released: ", len(many))) ||
+		strings.Count(ev, " from statefulset/app/many/") != releasedNamed || !strings.Contains(ev, " and 10 more ") {
+		t.Errorf("event %q; want one counting %d addresses, naming %d and saying 10 more", ev, len(many), releasedNamed)
 	}
 	for _, id := range many {
 		if kept(a, id) {
@@ -157,15 +171,14 @@ func TestReleasedEvents(t *testing.T) {
 		}
 	}
 
-	long := sets(strings.Repeat("x", 400), releasedEvents+1)
+	long := sets(strings.Repeat("x", 400), 4)
 	vacate(t, c, a, p, long...)
-	evs = events()
-	if len(evs) != 1 {
-		t.Fatalf("%d events for %d released addresses; want 1", len(evs), len(long))
+	note := strings.TrimPrefix(one(events(), "4 released addresses with long identities"), "Normal StickyAddressReleased ")
+	if len(note) > noteLimit || !strings.HasPrefix(note, "4 addresses released: 10.20.0.") || !strings.Contains(note, " more ") {
+		t.Errorf("note of %d bytes (limit %d); want it to name what fits and count the rest: %q", len(note), noteLimit, note)
 	}
-	note := strings.TrimPrefix(evs[0], "Normal StickyAddressReleased ")
-	if len(note) > noteLimit || !strings.Contains(note, "among them 10.20.0.") {
-		t.Errorf("note of %d bytes (limit %d), naming no address: %q", len(note), noteLimit, note)
+	if got := truncate(strings.Repeat("é", 600), noteLimit); len(got) > noteLimit || !utf8.ValidString(got) {
+		t.Errorf("truncate gave %d bytes, valid UTF-8 %v; want at most %d, valid", len(got), utf8.ValidString(got), noteLimit)
 	}
 }
 
