@@ -109,8 +109,10 @@ type Options struct {
 	// empty means do not install the plugin.
 	CNIBinDir, CNIPluginSource string
 	// PodWait bounds how long ADD waits for the pod to reach the agent's
-	// cache and then for another pod on the node to give up its address;
-	// an ADD waits at most half its conflist's timeout.
+	// cache, then for another pod on the node to give up its address and
+	// for the pod's SriovNetwork to be known; an ADD waits at most half its
+	// conflist's timeout, and the conflist the agent installs gives the
+	// plugin at least twice PodWait.
 	PodWait time.Duration
 	// ResyncPeriod is how often the agent re-checks every pod's limits
 	// (meters are lost when ovs-vswitchd restarts); 0 means never.
@@ -167,6 +169,9 @@ func (o *Options) validate() error {
 	if o.Pods == nil && o.NodeName == "" {
 		return errors.New("node name is not set (--node-name or NODE_NAME)")
 	}
+	if o.PodWait < 0 {
+		return fmt.Errorf("pod wait %s: want a positive duration", o.PodWait)
+	}
 	switch o.DatapathType {
 	case "auto", ovs.DatapathNetdev, ovs.DatapathSystem:
 	default:
@@ -218,7 +223,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	conflist, err := BuildConfList(ConfListSpec{Network: opts.CNINetwork, Socket: opts.Socket, CacheDir: opts.CNICacheDir, Fallback: fallback})
+	conflist, err := BuildConfList(ConfListSpec{Network: opts.CNINetwork, Socket: opts.Socket, CacheDir: opts.CNICacheDir, Fallback: fallback, Timeout: 2 * opts.PodWait})
 	if err != nil {
 		return fmt.Errorf("--fallback-conflist=%s: %w", opts.FallbackConfList, err)
 	}

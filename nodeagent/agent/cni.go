@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -114,6 +115,9 @@ type ConfListSpec struct {
 	// Fallback is a CNI network configuration list (JSON) for the pods
 	// stickynet does not serve; empty means none.
 	Fallback []byte
+	// Timeout is the plugin's request timeout when longer than
+	// api.DefaultTimeout (the agent passes twice its pod wait).
+	Timeout time.Duration
 }
 
 // BuildConfList renders the conflist. With a fallback network, the
@@ -128,6 +132,9 @@ func BuildConfList(s ConfListSpec) ([]byte, error) {
 	}
 	if s.CacheDir != "" {
 		entry["cacheDir"] = s.CacheDir
+	}
+	if s.Timeout > api.DefaultTimeout {
+		entry["timeout"] = s.Timeout.String()
 	}
 	if len(s.Fallback) > 0 {
 		list, err := api.ParseFallback(s.Fallback)

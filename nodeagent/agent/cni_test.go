@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
@@ -145,6 +146,29 @@ func TestBuildConfListWithFallback(t *testing.T) {
 	b, err = BuildConfList(ConfListSpec{Network: "net-a", Socket: "/run/x.sock"})
 	if err != nil || strings.Contains(string(b), "fallback") || strings.Contains(string(b), "capabilities") || strings.Contains(string(b), "cacheDir") {
 		t.Errorf("conflist without fallback %s (%v)", b, err)
+	}
+
+	// The plugin's timeout: the default unless the agent asks for longer
+	// (twice its pod wait), and as the plugin reads it.
+	for _, tc := range []struct {
+		timeout time.Duration
+		want    time.Duration
+	}{{0, api.DefaultTimeout}, {api.DefaultTimeout, api.DefaultTimeout}, {16 * time.Second, 16 * time.Second}} {
+		b, err := BuildConfList(ConfListSpec{Network: "net-a", Socket: "/run/x.sock", Timeout: tc.timeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list struct{ Plugins []json.RawMessage }
+		if err := json.Unmarshal(b, &list); err != nil || len(list.Plugins) != 1 {
+			t.Fatalf("conflist %s: %v", b, err)
+		}
+		conf, err := api.ParseNetConf(append([]byte(`{"cniVersion":"1.1.0","name":"net-a",`), list.Plugins[0][1:]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := conf.RequestTimeout(); err != nil || got != tc.want {
+			t.Errorf("Timeout %s: the plugin's timeout is %s (%v); want %s", tc.timeout, got, err, tc.want)
+		}
 	}
 
 	for _, bad := range []struct{ conf, want string }{

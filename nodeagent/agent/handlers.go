@@ -111,6 +111,19 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	return res, nil, err
 }
 
+// waitedFor says how long a wait that ctx ended lasted (its budget, if
+// given, when that ran out), and whether the request was cancelled instead.
+func waitedFor(ctx context.Context, start time.Time, budget time.Duration) string {
+	if budget > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Sprintf("after %s", budget)
+	}
+	why := fmt.Sprintf("after %s", time.Since(start).Round(100*time.Millisecond))
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		why = "when the request was cancelled " + why
+	}
+	return why
+}
+
 // podWait is the budget of an ADD's waits: --pod-wait, but at most half the
 // plugin's request timeout (the conflist's "timeout"), so that a wait that
 // runs out ends in the agent's own error, which says what it waited for,
@@ -197,10 +210,14 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		}
 	}
 	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
-		if err := a.addVF(wait, at, name, asg); err != nil {
+		n, err := a.waitSriovNetwork(wait, name)
+		if err != nil {
 			return nil, err
 		}
-		err := a.store.Put(at)
+		if err := a.addVF(ctx, at, n, asg); err != nil {
+			return nil, err
+		}
+		err = a.store.Put(at)
 		recorded := err == nil
 		if err = timedOut(ctx, err, "the VF"); err != nil {
 			// Without a record no restart would find the VF: give it back now.
@@ -351,10 +368,7 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 			if starting {
 				state += ", its attachment being set up"
 			}
-			why := fmt.Sprintf("after %s", time.Since(start).Round(100*time.Millisecond))
-			if !errors.Is(wait.Err(), context.DeadlineExceeded) {
-				why = "when the request was cancelled " + why
-			}
+			why := waitedFor(wait, start, 0)
 			return types.NewError(types.ErrTryAgainLater,
 				fmt.Sprintf("pod %s: %s is still carried on this node by pod %s (%s; container %s) %s; an address is on one pod at a time: try again once that pod's network is torn down",
 					at.Pod(), sharedAddress(carrier, at), carrier.Pod(), state, carrier.ContainerID, why),
@@ -430,6 +444,7 @@ func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
 // waitPod returns the pod once the agent's cache has it (with the UID the
 // runtime named): the runtime may ask before the watch delivers the pod.
 func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (*corev1.Pod, error) {
+	start := time.Now()
 	for {
 		a.mu.Lock()
 		changed := a.podChanged
@@ -446,7 +461,7 @@ func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (
 				what = fmt.Sprintf("has UID %s in the node agent's cache, not %s,", pod.UID, ref.UID)
 			}
 			return nil, types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("pod %s %s after %s; try again later", ref, what, budget),
+				fmt.Sprintf("pod %s %s %s; try again later", ref, what, waitedFor(ctx, start, budget)),
 				"the agent sees pods bound to its node through the API server: is it connected, and is --node-name this node?")
 		}
 	}

@@ -28,6 +28,7 @@ func vfKey(pf string, index int) string { return pf + "/" + strconv.Itoa(index) 
 // waitSriovNetwork returns the SriovNetwork once the source has it, waiting
 // until ctx (the ADD's wait) ends.
 func (a *agent) waitSriovNetwork(ctx context.Context, name string) (*v1alpha1.SriovNetwork, error) {
+	start := time.Now()
 	for {
 		if n, ok := a.nets.Get(name); ok {
 			return n, nil
@@ -39,7 +40,7 @@ func (a *agent) waitSriovNetwork(ctx context.Context, name string) (*v1alpha1.Sr
 		select {
 		case <-ctx.Done():
 			return nil, types.NewError(types.ErrTryAgainLater,
-				"SriovNetworks not known to the node agent when the ADD's wait ran out (--pod-wait, at most half the conflist's timeout); try again later", "")
+				fmt.Sprintf("SriovNetworks not known to the node agent %s (the ADD waits --pod-wait, at most half the conflist's timeout); try again later", waitedFor(ctx, start, 0)), "")
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -105,13 +106,8 @@ func (a *agent) freeVF(v *datapath.VFState) {
 	delete(a.usedVFs, vfKey(v.PF, v.Index))
 }
 
-// addVF attaches the pod through a VF of the SriovNetwork it names; ctx is
-// the ADD's wait.
-func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, name string, asg annotations.Assignment) error {
-	n, err := a.waitSriovNetwork(ctx, name)
-	if err != nil {
-		return err
-	}
+// addVF attaches the pod through a VF of SriovNetwork n.
+func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, n *v1alpha1.SriovNetwork, asg annotations.Assignment) error {
 	vf, err := a.allocVF(n)
 	if err != nil {
 		return err
