@@ -58,7 +58,8 @@ const (
 	rounds  = 3    // runs of each configuration, interleaved
 	paced   = 200  // creations per second for the latency measurement
 	pacedN  = 3000
-	grace   = 2 * time.Second // the release controller's, short so that addresses free soon after a run
+	grace   = 2 * time.Second  // the release controller's, short so that addresses free soon after a run
+	rest    = 10 * time.Second // the machine at rest, measured before the paced run
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -183,6 +184,15 @@ func BenchmarkWebhook(b *testing.B) {
 	// tail is the state store's; etcd's disk latencies (the WAL's fsync
 	// before each answer, the backend's periodic commit, during which etcd
 	// applies no write) and the machine's CPU load and pressure say why.
+	// The machine at rest first, as the paced run finds it: what the
+	// cluster and stickynet cost per second without creations.
+	restBefore := sampleCPU()
+	time.Sleep(rest)
+	atRest := cpuBetween(restBefore, sampleCPU())
+	for l := range atRest {
+		atRest[l] /= rest.Seconds() // ms of CPU per second
+	}
+
 	before, etcdBefore := scrape(b, webhookMetrics), scrape(b, e.Endpoint+"/metrics")
 	cpuBefore, stallBefore, pacedStart := sampleCPU(), stall(), time.Now()
 	createPods(ctx, b, k, "sticky", "paced", pacedN, paced)
@@ -224,6 +234,8 @@ func BenchmarkWebhook(b *testing.B) {
 		busy[l] /= pacedN
 	}
 	fmt.Printf("  CPU per creation (ms) in the same run: %s\n", busy.String(6))
+	fmt.Printf("  the machine at rest for %s just before it: CPU %.0f %% of %d cores busy; ms of CPU per second: %s\n",
+		rest, atRest.total()/10/float64(runtime.NumCPU()), runtime.NumCPU(), atRest.String(6))
 	fmt.Printf("  the release controller in the same run: %.0f passes, %.1f s in all (%.0f %% of the run)\n",
 		passes, passSeconds, 100*passSeconds/pacedTook.Seconds())
 	b.ReportMetric(mean(results["sticky"])/mean(results["noop"]), "ratio")
