@@ -210,7 +210,6 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 
 // Reconcile runs one full pass.
 func (c *Controller) Reconcile(ctx context.Context) error {
-	log := klog.FromContext(ctx)
 	// The pods are read only (a patch goes to a fresh object): no deep copy
 	// of every pod in the cluster on each pass.
 	podList := &corev1.PodList{}
@@ -248,32 +247,29 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		}
 	}
 
-	var errs []error
 	now := time.Now()
+	ps := &pass{now: now, byToken: byToken, byKey: byKey, released: map[string][]releasedAddr{}}
 	// An address left alone for its grace gets a pass when the grace is
 	// over, whether or not an event comes.
-	var due time.Time
-	again := func(since time.Time) {
-		if d := since.Add(c.Grace); due.IsZero() || d.Before(due) {
-			due = d
-		}
-	}
 	defer func() {
 		if c.dueTimer != nil {
 			c.dueTimer.Stop()
 			c.dueTimer = nil
 		}
-		if !due.IsZero() {
-			c.dueTimer = time.AfterFunc(time.Until(due), c.Trigger)
+		if !ps.due.IsZero() {
+			c.dueTimer = time.AfterFunc(time.Until(ps.due), c.Trigger)
 		}
 	}()
 	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
-	members := map[string][]ipam.Entry{} // identity → entries
+	byIdentity := map[string][]int{} // identity → its entries' indices
+	var identities []string
 	carriers := make([]*podInfo, len(entries))
-	var unseen []ipam.Entry                 // bound, past the grace, and no pod in the cache carries it
-	released := map[string][]releasedAddr{} // pool → addresses freed in this pass
+	var unseen []ipam.Entry // bound, past the grace, and no pod in the cache carries it
 	for i, e := range entries {
-		members[e.Identity] = append(members[e.Identity], e)
+		if _, ok := byIdentity[e.Identity]; !ok {
+			identities = append(identities, e.Identity)
+		}
+		byIdentity[e.Identity] = append(byIdentity[e.Identity], i)
 		carrier := byAddr[addrKey(e.Pool, e.IP)]
 		if carrier != nil && carrier.identity != e.Identity {
 			carrier = nil // a pod that claims an address it does not own
@@ -285,112 +281,39 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	// The cache holds only pods labelled stickynet.io/managed: ask the API
 	// server about the others before believing them gone.
-	carried, err := c.stillCarried(ctx, unseen)
-	if err != nil {
-		errs = append(errs, err)
+	var err error
+	if ps.carried, err = c.stillCarried(ctx, unseen); err != nil {
+		ps.fail(err)
 	}
-	for i, e := range entries {
-		carrier := carriers[i]
-		switch {
-		case e.Reserved || e.Held:
-			// Confirm a reservation when its pod appears; unconfirmed ones expire by themselves.
-			if p := byToken[e.Token]; p != nil && p.identity == e.Identity && p.ip == e.IP && p.pool == e.Pool {
-				if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: p.key, Token: e.Token}); err != nil {
-					if lost := (*ipam.LostError)(nil); errors.As(err, &lost) {
-						c.event(p.pod, corev1.EventTypeWarning, "StickyAddressLost", "%s: the pod must be recreated to get an address", err)
-					} // else etcd did not answer: the next pass tries again
-					errs = append(errs, err)
-					continue
+	// Each identity's entries are settled in order, by one worker (a
+	// Deployment's surplus depends on the members released before it);
+	// identities in parallel, settleWorkers at a time: each step is an etcd
+	// transaction, and one by one the 2,000 addresses of a deleted workload
+	// took seconds per pass.
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(settleWorkers, len(identities)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				members := make([]ipam.Entry, len(byIdentity[id]))
+				for j, i := range byIdentity[id] {
+					members[j] = entries[i]
 				}
-				c.assigned(p)
-			}
-			continue
-		case e.Pod == "" && carrier != nil:
-			if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: carrier.key}); err != nil {
-				errs = append(errs, err)
-			} else {
-				c.assigned(carrier)
-			}
-			continue
-		case e.Pod != "" && (carrier == nil || carrier.key != e.Pod):
-			// The pod the address is bound to is gone or no longer carries it,
-			// as the (synced) pod cache sees it; the grace covers a pod that is
-			// still being admitted or not yet in the cache.
-			if now.Sub(e.Since) < c.Grace {
-				again(e.Since)
-				continue
-			}
-			if bp := byKey[e.Pod]; bp != nil && bp.live && bp.identity == e.Identity && bp.pool == e.Pool && bp.ip == e.IP {
-				continue // the bound pod carries it still; another that does too is a conflict (adopt)
-			}
-			if carrier == nil {
-				if live, known := carried[addrKey(e.Pool, e.IP)]; live || !known {
-					continue // carried by a pod without the label, or not known: the API server did not answer
+				for _, i := range byIdentity[id] {
+					c.settle(ctx, ps, entries[i], carriers[i], &members)
 				}
 			}
-			if carrier != nil {
-				// Another live pod of the identity carries it: bound to that pod
-				// at once, a shared member never looks free to a third.
-				if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, carrier.key); err != nil {
-					errs = append(errs, err)
-				} else {
-					c.assigned(carrier)
-				}
-				continue
-			}
-			if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, ""); err != nil {
-				errs = append(errs, err)
-			}
-			again(now)
-			// Freeing waits for a later pass, a grace after the unbind (which
-			// restarts Since). A pod re-created under the same name between
-			// the API server's answer above and the unbind leaves no trace in
-			// the state (its admission keeps the record as it is), so this
-			// unbind may be wrong; by then the pod is in the cache and is
-			// bound again, or its admission (now under another pod than the
-			// record's) has changed the record, which fails Release's
-			// compare-and-swap.
-			continue
-		case e.Pod != "":
-			if p := byKey[e.Pod]; p != nil {
-				c.assigned(p)
-			}
-			continue
-		}
-		if e.Held {
-			continue
-		}
-		if now.Sub(e.Since) < c.Grace {
-			again(e.Since)
-			continue
-		}
-		why, err := c.releaseReason(ctx, e, members[e.Identity])
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if why == "" {
-			continue
-		}
-		if err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false); err != nil {
-			if !errors.Is(err, ipam.ErrInUse) {
-				errs = append(errs, err)
-			}
-			continue
-		}
-		log.Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
-		kind, _, _ := strings.Cut(e.Identity, "/")
-		c.Metrics.release(kind)
-		released[e.Pool] = append(released[e.Pool], releasedAddr{e, why})
-		ms := members[e.Identity]
-		for i := range ms {
-			if ms[i].IP == e.IP && ms[i].Pool == e.Pool {
-				members[e.Identity] = append(ms[:i:i], ms[i+1:]...)
-				break
-			}
-		}
+		}()
 	}
-	c.announce(ctx, released)
+	for _, id := range identities {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	errs := ps.errs
+	c.announce(ctx, ps.released)
 	if err := c.adopt(ctx, pods, byKey, specs, now); err != nil {
 		errs = append(errs, err)
 	}
@@ -402,6 +325,147 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	c.forget(pods)
 	return errors.Join(errs...)
+}
+
+// settle does what a pass owes one address: confirm or bind it to the pod
+// that carries it, unbind it from a pod that is gone, or release it when the
+// identity's rules say so. members are the identity's addresses not yet
+// released in this pass.
+func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier *podInfo, members *[]ipam.Entry) {
+	switch {
+	case e.Reserved || e.Held:
+		// Confirm a reservation when its pod appears; unconfirmed ones expire by themselves.
+		if p := ps.byToken[e.Token]; p != nil && p.identity == e.Identity && p.ip == e.IP && p.pool == e.Pool {
+			if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: p.key, Token: e.Token}); err != nil {
+				if lost := (*ipam.LostError)(nil); errors.As(err, &lost) {
+					c.event(p.pod, corev1.EventTypeWarning, "StickyAddressLost", "%s: the pod must be recreated to get an address", err)
+				} // else etcd did not answer: the next pass tries again
+				ps.fail(err)
+				return
+			}
+			c.assigned(p)
+		}
+		return
+	case e.Pod == "" && carrier != nil:
+		if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: carrier.key}); err != nil {
+			ps.fail(err)
+		} else {
+			c.assigned(carrier)
+		}
+		return
+	case e.Pod != "" && (carrier == nil || carrier.key != e.Pod):
+		// The pod the address is bound to is gone or no longer carries it,
+		// as the (synced) pod cache sees it; the grace covers a pod that is
+		// still being admitted or not yet in the cache.
+		if ps.now.Sub(e.Since) < c.Grace {
+			ps.again(e.Since, c.Grace)
+			return
+		}
+		if bp := ps.byKey[e.Pod]; bp != nil && bp.live && bp.identity == e.Identity && bp.pool == e.Pool && bp.ip == e.IP {
+			return // the bound pod carries it still; another that does too is a conflict (adopt)
+		}
+		if carrier == nil {
+			if live, known := ps.carried[addrKey(e.Pool, e.IP)]; live || !known {
+				return // carried by a pod without the label, or not known: the API server did not answer
+			}
+		}
+		if carrier != nil {
+			// Another live pod of the identity carries it: bound to that pod
+			// at once, a shared member never looks free to a third.
+			if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, carrier.key); err != nil {
+				ps.fail(err)
+			} else {
+				c.assigned(carrier)
+			}
+			return
+		}
+		if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, ""); err != nil {
+			ps.fail(err)
+		}
+		ps.again(ps.now, c.Grace)
+		// Freeing waits for a later pass, a grace after the unbind (which
+		// restarts Since). A pod re-created under the same name between
+		// the API server's answer above and the unbind leaves no trace in
+		// the state (its admission keeps the record as it is), so this
+		// unbind may be wrong; by then the pod is in the cache and is
+		// bound again, or its admission (now under another pod than the
+		// record's) has changed the record, which fails Release's
+		// compare-and-swap.
+		return
+	case e.Pod != "":
+		if p := ps.byKey[e.Pod]; p != nil {
+			c.assigned(p)
+		}
+		return
+	}
+	if e.Held {
+		return
+	}
+	if ps.now.Sub(e.Since) < c.Grace {
+		ps.again(e.Since, c.Grace)
+		return
+	}
+	why, err := c.releaseReason(ctx, e, *members)
+	if err != nil {
+		ps.fail(err)
+		return
+	}
+	if why == "" {
+		return
+	}
+	if err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false); err != nil {
+		if !errors.Is(err, ipam.ErrInUse) {
+			ps.fail(err)
+		}
+		return
+	}
+	klog.FromContext(ctx).Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
+	kind, _, _ := strings.Cut(e.Identity, "/")
+	c.Metrics.release(kind)
+	ps.release(e, why)
+	ms := *members
+	for i := range ms {
+		if ms[i].IP == e.IP && ms[i].Pool == e.Pool {
+			*members = append(ms[:i:i], ms[i+1:]...)
+			break
+		}
+	}
+}
+
+// settleWorkers is how many identities a pass settles at once.
+const settleWorkers = 16
+
+// pass is what one Reconcile shares between the identities it settles.
+type pass struct {
+	now            time.Time
+	byToken, byKey map[string]*podInfo
+	carried        map[string]bool // from stillCarried, read-only
+
+	mu       sync.Mutex
+	errs     []error
+	due      time.Time                 // when the next pass is due for an address in its grace
+	released map[string][]releasedAddr // pool → addresses freed in this pass
+}
+
+func (p *pass) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.errs = append(p.errs, err)
+}
+
+// again asks for a pass when the grace of a change at since is over.
+func (p *pass) again(since time.Time, grace time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := since.Add(grace); p.due.IsZero() || d.Before(p.due) {
+		p.due = d
+	}
+}
+
+func (p *pass) release(e ipam.Entry, why string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.released[e.Pool] = append(p.released[e.Pool], releasedAddr{e, why})
 }
 
 // adopt records the addresses that live pods carry but the state does not

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -179,6 +180,53 @@ func TestReleasedEvents(t *testing.T) {
 	}
 	if got := truncate(strings.Repeat("é", 600), noteLimit); len(got) > noteLimit || !utf8.ValidString(got) {
 		t.Errorf("truncate gave %d bytes, valid UTF-8 %v; want at most %d, valid", len(got), utf8.ValidString(got), noteLimit)
+	}
+}
+
+// A pass settles identities in parallel, each identity's addresses by one
+// worker: a Deployment with 5 free members and room for 2 loses exactly the
+// 3 highest while the addresses of many gone pods are freed beside it (under
+// -race, a member list shared between workers would show).
+func TestPassReleasesSurplusBesideOthers(t *testing.T) {
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"},
+		Spec: appsv1.DeploymentSpec{Replicas: new(int32(2)), Strategy: appsv1.DeploymentStrategy{
+			Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{MaxSurge: &intstr.IntOrString{IntVal: 0}},
+		}},
+	}
+	c, a, p, _ := setup(t, dep)
+	ctx := context.Background()
+	var web []netip.Addr
+	for i := range 5 {
+		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Pod: fmt.Sprintf("app/web-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		web = append(web, al.IP)
+	}
+	for i, ip := range web {
+		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("app/web-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gone []string
+	for i := range 3 * settleWorkers {
+		gone = append(gone, fmt.Sprintf("pod/app/gone-%d", i))
+	}
+	vacate(t, c, a, p, gone...)
+	for _, id := range gone {
+		if kept(a, id) {
+			t.Errorf("%s kept its address", id)
+		}
+	}
+	slices.SortFunc(web, func(x, y netip.Addr) int { return x.Compare(y) })
+	var left []netip.Addr
+	for _, al := range a.Lookup("deployment/app/web") {
+		left = append(left, al.IP)
+	}
+	slices.SortFunc(left, func(x, y netip.Addr) int { return x.Compare(y) })
+	if !slices.Equal(left, web[:2]) {
+		t.Errorf("the Deployment (room for 2) kept %v of %v; want the 2 lowest", left, web)
 	}
 }
 
