@@ -405,7 +405,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		ps.again(e.Since, c.Grace)
 		return
 	}
-	why, err := c.releaseReason(ctx, e, *members)
+	why, err := c.releaseReason(ctx, ps, e, *members)
 	if err != nil {
 		ps.fail(err)
 		return
@@ -445,6 +445,23 @@ type pass struct {
 	errs     []error
 	due      time.Time                 // when the next pass is due for an address in its grace
 	released map[string][]releasedAddr // pool → addresses freed in this pass
+	gone     map[string]bool           // the API server's answers of gone: "type ns/name" → gone
+}
+
+func (p *pass) goneKnown(what string) (gone, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gone, ok = p.gone[what]
+	return gone, ok
+}
+
+func (p *pass) goneFound(what string, gone bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gone == nil {
+		p.gone = map[string]bool{}
+	}
+	p.gone[what] = gone
 }
 
 func (p *pass) fail(err error) {
@@ -683,7 +700,7 @@ func (c *Controller) retention(sts *appsv1.StatefulSet) string {
 
 // releaseReason says why an address that no pod carries should be freed now
 // ("" to keep it).
-func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []ipam.Entry) (string, error) {
+func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, members []ipam.Entry) (string, error) {
 	id, err := annotations.ParseIdentity(e.Identity)
 	if err != nil {
 		return "", nil // not ours to judge
@@ -694,7 +711,7 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 		return "the pod is gone", nil
 	case annotations.KindStatefulSet:
 		sts := &appsv1.StatefulSet{}
-		gone, err := c.gone(ctx, key, sts)
+		gone, err := c.gone(ctx, ps, key, sts)
 		if err != nil || gone {
 			return reason(gone, "the StatefulSet was deleted"), err
 		}
@@ -715,7 +732,7 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 		}
 	case annotations.KindDeployment:
 		dep := &appsv1.Deployment{}
-		gone, err := c.gone(ctx, key, dep)
+		gone, err := c.gone(ctx, ps, key, dep)
 		if err != nil || gone {
 			return reason(gone, "the Deployment was deleted"), err
 		}
@@ -725,7 +742,7 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 		}
 	case annotations.KindReplicaSet:
 		rs := &appsv1.ReplicaSet{}
-		gone, err := c.gone(ctx, key, rs)
+		gone, err := c.gone(ctx, ps, key, rs)
 		if err != nil || gone {
 			return reason(gone, "the ReplicaSet was deleted"), err
 		}
@@ -734,11 +751,11 @@ func (c *Controller) releaseReason(ctx context.Context, e ipam.Entry, members []
 			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
 		}
 	case annotations.KindDaemonSet:
-		gone, err := c.gone(ctx, key, &appsv1.DaemonSet{})
+		gone, err := c.gone(ctx, ps, key, &appsv1.DaemonSet{})
 		if err != nil || gone {
 			return reason(gone, "the DaemonSet was deleted"), err
 		}
-		gone, err = c.gone(ctx, client.ObjectKey{Name: id.Member}, &corev1.Node{})
+		gone, err = c.gone(ctx, ps, client.ObjectKey{Name: id.Member}, &corev1.Node{})
 		if err != nil || gone {
 			return reason(gone, "node "+id.Member+" was deleted"), err
 		}
@@ -753,8 +770,10 @@ func reason(gone bool, why string) string {
 	return ""
 }
 
-// gone reports whether an object is absent from the cache and, confirmed, from the API server.
-func (c *Controller) gone(ctx context.Context, key client.ObjectKey, obj client.Object) (bool, error) {
+// gone reports whether an object is absent from the cache and, confirmed, from
+// the API server. The API server's answer holds for the pass: the ordinals of
+// a deleted StatefulSet, or the members of a deleted Deployment, ask once.
+func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, obj client.Object) (bool, error) {
 	err := c.Client.Get(ctx, key, obj)
 	if err == nil {
 		return false, nil
@@ -762,14 +781,17 @@ func (c *Controller) gone(ctx context.Context, key client.ObjectKey, obj client.
 	if !apierrors.IsNotFound(err) {
 		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
 	}
+	what := fmt.Sprintf("%T %s", obj, key)
+	if gone, ok := ps.goneKnown(what); ok {
+		return gone, nil
+	}
 	err = c.APIReader.Get(ctx, key, obj)
-	if apierrors.IsNotFound(err) {
-		return true, nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("read %s: %w", what, err)
 	}
-	if err != nil {
-		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
-	}
-	return false, nil
+	gone := err != nil
+	ps.goneFound(what, gone)
+	return gone, nil
 }
 
 // isSurplus reports whether e is among the members to drop to get down to limit:

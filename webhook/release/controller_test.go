@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -227,6 +228,38 @@ func TestPassReleasesSurplusBesideOthers(t *testing.T) {
 	slices.SortFunc(left, func(x, y netip.Addr) int { return x.Compare(y) })
 	if !slices.Equal(left, web[:2]) {
 		t.Errorf("the Deployment (room for 2) kept %v of %v; want the 2 lowest", left, web)
+	}
+}
+
+// countingReader counts the reads that reach the API server.
+type countingReader struct {
+	client.Reader
+	gets atomic.Int32
+}
+
+func (r *countingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	r.gets.Add(1)
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// The ordinals of a deleted StatefulSet ask the API server once per pass
+// whether it is gone, not once each.
+func TestGoneAskedOncePerPass(t *testing.T) {
+	c, a, p, _ := setup(t)
+	api := &countingReader{Reader: c.APIReader}
+	c.APIReader = api
+	var ordinals []string
+	for i := range 20 {
+		ordinals = append(ordinals, fmt.Sprintf("statefulset/app/big/%d", i))
+	}
+	vacate(t, c, a, p, ordinals...)
+	for _, id := range ordinals {
+		if kept(a, id) {
+			t.Errorf("%s kept its address", id)
+		}
+	}
+	if n := api.gets.Load(); n != 1 {
+		t.Errorf("%d reads of the API server for 20 ordinals of one deleted StatefulSet; want 1", n)
 	}
 }
 
