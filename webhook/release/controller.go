@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -445,23 +446,42 @@ type pass struct {
 	errs     []error
 	due      time.Time                 // when the next pass is due for an address in its grace
 	released map[string][]releasedAddr // pool → addresses freed in this pass
-	gone     map[string]bool           // the API server's answers of gone: "type ns/name" → gone
+	gone     map[string]*goneAnswer    // "type ns/name" → the API server's answer
 }
 
-func (p *pass) goneKnown(what string) (gone, ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	gone, ok = p.gone[what]
-	return gone, ok
+// goneAnswer is the API server's answer to whether an object is gone, once
+// ready is closed.
+type goneAnswer struct {
+	ready chan struct{}
+	gone  bool
 }
 
-func (p *pass) goneFound(what string, gone bool) {
+// askGone returns ask = false when the API server has said in this pass
+// that what is gone. Otherwise the caller asks it, and passes the answer to
+// done; callers for the same object meanwhile wait for that answer, and ask
+// again themselves unless it is gone.
+func (p *pass) askGone(what string) (ask bool, done func(gone bool)) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.gone == nil {
-		p.gone = map[string]bool{}
+	a, asked := p.gone[what]
+	if !asked {
+		if p.gone == nil {
+			p.gone = map[string]*goneAnswer{}
+		}
+		a = &goneAnswer{ready: make(chan struct{})}
+		p.gone[what] = a
 	}
-	p.gone[what] = gone
+	p.mu.Unlock()
+	if asked {
+		<-a.ready
+		if a.gone {
+			return false, nil
+		}
+		return true, func(bool) {}
+	}
+	return true, func(gone bool) {
+		a.gone = gone
+		close(a.ready)
+	}
 }
 
 func (p *pass) fail(err error) {
@@ -771,8 +791,11 @@ func reason(gone bool, why string) string {
 }
 
 // gone reports whether an object is absent from the cache and, confirmed, from
-// the API server. The API server's answer holds for the pass: the ordinals of
-// a deleted StatefulSet, or the members of a deleted Deployment, ask once.
+// the API server; when it is not gone, obj holds it. An answer of gone holds
+// for the pass, and workers that ask at the same time wait for the first
+// one's answer: the ordinals of a deleted StatefulSet, or the members of a
+// deleted Deployment, ask the API server once. Any other answer is not kept
+// (each caller needs the object).
 func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, obj client.Object) (bool, error) {
 	err := c.Client.Get(ctx, key, obj)
 	if err == nil {
@@ -782,15 +805,16 @@ func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, o
 		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
 	}
 	what := fmt.Sprintf("%T %s", obj, key)
-	if gone, ok := ps.goneKnown(what); ok {
-		return gone, nil
+	ask, done := ps.askGone(what)
+	if !ask {
+		return true, nil
 	}
 	err = c.APIReader.Get(ctx, key, obj)
-	if err != nil && !apierrors.IsNotFound(err) {
+	gone := apierrors.IsNotFound(err)
+	done(gone)
+	if err != nil && !gone {
 		return false, fmt.Errorf("read %s: %w", what, err)
 	}
-	gone := err != nil
-	ps.goneFound(what, gone)
 	return gone, nil
 }
 
@@ -985,6 +1009,7 @@ func (c *Controller) announce(ctx context.Context, released map[string][]release
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: pool}, ipp); err != nil {
 			continue
 		}
+		slices.SortFunc(rs, func(x, y releasedAddr) int { return x.e.IP.Compare(y.e.IP) })
 		c.event(ipp, corev1.EventTypeNormal, "StickyAddressReleased", "%s", releasedNote(rs))
 	}
 }

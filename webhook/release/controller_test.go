@@ -184,10 +184,9 @@ func TestReleasedEvents(t *testing.T) {
 	}
 }
 
-// A pass settles identities in parallel, each identity's addresses by one
-// worker: a Deployment with 5 free members and room for 2 loses exactly the
-// 3 highest while the addresses of many gone pods are freed beside it (under
-// -race, a member list shared between workers would show).
+// A pass settles identities in parallel: a Deployment with 5 free members
+// and room for 2 loses exactly the 3 highest while the addresses of many
+// gone pods are freed beside it.
 func TestPassReleasesSurplusBesideOthers(t *testing.T) {
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"},
@@ -260,6 +259,42 @@ func TestGoneAskedOncePerPass(t *testing.T) {
 	}
 	if n := api.gets.Load(); n != 1 {
 		t.Errorf("%d reads of the API server for 20 ordinals of one deleted StatefulSet; want 1", n)
+	}
+}
+
+// A Deployment that the cache does not have yet but the API server does
+// keeps its members, for every member of the pass (the API server's answer
+// fills in the Deployment each time; only "gone" is kept for the pass).
+func TestWorkloadOnlyInAPIServerKeepsMembers(t *testing.T) {
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"},
+		Spec: appsv1.DeploymentSpec{Replicas: new(int32(5)), Strategy: appsv1.DeploymentStrategy{
+			Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{MaxSurge: &intstr.IntOrString{IntVal: 0}},
+		}},
+	}
+	c, a, p, _ := setup(t)
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	c.APIReader = apiWith(t, spec, dep) // the cache (c.Client) lacks it
+	ctx := context.Background()
+	var web []netip.Addr
+	for i := range 5 {
+		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Pod: fmt.Sprintf("app/web-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		web = append(web, al.IP)
+	}
+	for i, ip := range web {
+		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("app/web-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup("deployment/app/web"); len(got) != 5 {
+		t.Errorf("the Deployment (5 replicas, in the API server only) kept %d of its 5 members", len(got))
 	}
 }
 
