@@ -235,7 +235,7 @@ func BenchmarkWebhook(b *testing.B) {
 	}
 	fmt.Printf("  CPU per creation (ms) in the same run: %s\n", busy.String(6))
 	fmt.Printf("  the machine at rest for %s just before it: CPU %.0f %% of %d cores busy; ms of CPU per second: %s\n",
-		rest, atRest.total()/10/float64(runtime.NumCPU()), runtime.NumCPU(), atRest.String(6))
+		rest, 100*atRest.total()/1000/float64(runtime.NumCPU()), runtime.NumCPU(), atRest.String(6))
 	fmt.Printf("  the release controller in the same run: %.0f passes, %.1f s in all (%.0f %% of the run)\n",
 		passes, passSeconds, 100*passSeconds/pacedTook.Seconds())
 	b.ReportMetric(mean(results["sticky"])/mean(results["noop"]), "ratio")

@@ -112,11 +112,13 @@ const (
 func (p *exchangePool) get() *exchange {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ex := new(exchange)
+	var ex *exchange
 	if n := len(p.idle); n > 0 {
 		ex = p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
+	} else {
+		ex = new(exchange)
 	}
 	ex.bodyCap = ex.body.Cap()
 	return ex

@@ -249,7 +249,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 
 	now := time.Now()
-	ps := &pass{now: now, byToken: byToken, byKey: byKey, released: map[string][]releasedAddr{}}
+	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, released: map[string][]releasedAddr{}}
 	// An address left alone for its grace gets a pass when the grace is
 	// over, whether or not an event comes.
 	defer func() {
@@ -359,7 +359,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		// as the (synced) pod cache sees it; the grace covers a pod that is
 		// still being admitted or not yet in the cache.
 		if ps.now.Sub(e.Since) < c.Grace {
-			ps.again(e.Since, c.Grace)
+			ps.again(e.Since)
 			return
 		}
 		if bp := ps.byKey[e.Pod]; bp != nil && bp.live && bp.identity == e.Identity && bp.pool == e.Pool && bp.ip == e.IP {
@@ -383,7 +383,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		if err := c.Alloc.Rebind(ctx, e.Pool, e.IP, e.Pod, ""); err != nil {
 			ps.fail(err)
 		}
-		ps.again(ps.now, c.Grace)
+		ps.again(ps.now)
 		// Freeing waits for a later pass, a grace after the unbind (which
 		// restarts Since). A pod re-created under the same name between
 		// the API server's answer above and the unbind leaves no trace in
@@ -403,7 +403,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		return
 	}
 	if ps.now.Sub(e.Since) < c.Grace {
-		ps.again(e.Since, c.Grace)
+		ps.again(e.Since)
 		return
 	}
 	why, err := c.releaseReason(ctx, ps, e, *members)
@@ -439,6 +439,7 @@ const settleWorkers = 16
 // pass is what one Reconcile shares between the identities it settles.
 type pass struct {
 	now            time.Time
+	grace          time.Duration // Controller.Grace
 	byToken, byKey map[string]*podInfo
 	carried        map[string]bool // from stillCarried, read-only
 
@@ -491,10 +492,10 @@ func (p *pass) fail(err error) {
 }
 
 // again asks for a pass when the grace of a change at since is over.
-func (p *pass) again(since time.Time, grace time.Duration) {
+func (p *pass) again(since time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if d := since.Add(grace); p.due.IsZero() || d.Before(p.due) {
+	if d := since.Add(p.grace); p.due.IsZero() || d.Before(p.due) {
 		p.due = d
 	}
 }
@@ -944,9 +945,11 @@ func describe(r policy.Result) string {
 	return fmt.Sprintf("ingress %d bit/s, egress %d bit/s from BandwidthPolicy %s", r.Bandwidth.Ingress.Rate, r.Bandwidth.Egress.Rate, r.Policy)
 }
 
+// event emits an event, its note cut to the API server's limit (which
+// refuses a longer one).
 func (c *Controller) event(obj client.Object, kind, reason, format string, args ...any) {
 	if c.Recorder != nil {
-		c.Recorder.Eventf(obj, nil, kind, reason, reason, format, args...)
+		c.Recorder.Eventf(obj, nil, kind, reason, reason, "%s", truncate(fmt.Sprintf(format, args...), noteLimit))
 	}
 }
 
@@ -1018,7 +1021,7 @@ func (c *Controller) announce(ctx context.Context, released map[string][]release
 // in a note, at most releasedNamed, and how many more.
 func releasedNote(rs []releasedAddr) string {
 	if len(rs) == 1 {
-		return truncate(fmt.Sprintf("%s released from %s: %s", rs[0].e.IP, rs[0].e.Identity, rs[0].why), noteLimit)
+		return fmt.Sprintf("%s released from %s: %s", rs[0].e.IP, rs[0].e.Identity, rs[0].why)
 	}
 	named := make([]string, 0, releasedNamed)
 	for _, r := range rs[:min(len(rs), releasedNamed)] {
@@ -1034,7 +1037,7 @@ func releasedNote(rs []releasedAddr) string {
 	for len(named) > 1 && len(note()) > noteLimit {
 		named = named[:len(named)-1]
 	}
-	return truncate(note(), noteLimit)
+	return note() // event cuts what is still too long
 }
 
 // truncate cuts s to at most n bytes, on a rune boundary, marking the cut.

@@ -184,20 +184,24 @@ func TestReleasedEvents(t *testing.T) {
 	}
 }
 
-// A pass settles identities in parallel: a Deployment with 5 free members
-// and room for 2 loses exactly the 3 highest while the addresses of many
-// gone pods are freed beside it.
-func TestPassReleasesSurplusBesideOthers(t *testing.T) {
-	dep := &appsv1.Deployment{
+// webDeployment is Deployment app/web with the replicas and no surge: its
+// set holds at most replicas addresses.
+func webDeployment(replicas int32) *appsv1.Deployment {
+	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"},
-		Spec: appsv1.DeploymentSpec{Replicas: new(int32(2)), Strategy: appsv1.DeploymentStrategy{
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Strategy: appsv1.DeploymentStrategy{
 			Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{MaxSurge: &intstr.IntOrString{IntVal: 0}},
 		}},
 	}
-	c, a, p, _ := setup(t, dep)
+}
+
+// freeMembers gives deployment/app/web n members, one per pod web-i, then
+// unbinds them all, as if the pods were gone, and returns their addresses.
+func freeMembers(t *testing.T, a *ipam.Allocator, p *ipam.Pool, n int) []netip.Addr {
+	t.Helper()
 	ctx := context.Background()
 	var web []netip.Addr
-	for i := range 5 {
+	for i := range n {
 		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Pod: fmt.Sprintf("app/web-%d", i)})
 		if err != nil {
 			t.Fatal(err)
@@ -209,6 +213,15 @@ func TestPassReleasesSurplusBesideOthers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return web
+}
+
+// A pass settles identities in parallel: a Deployment with 5 free members
+// and room for 2 loses exactly the 3 highest while the addresses of many
+// gone pods are freed beside it.
+func TestPassReleasesSurplusBesideOthers(t *testing.T) {
+	c, a, p, _ := setup(t, webDeployment(2))
+	web := freeMembers(t, a, p, 5)
 	var gone []string
 	for i := range 3 * settleWorkers {
 		gone = append(gone, fmt.Sprintf("pod/app/gone-%d", i))
@@ -266,29 +279,10 @@ func TestGoneAskedOncePerPass(t *testing.T) {
 // keeps its members, for every member of the pass (the API server's answer
 // fills in the Deployment each time; only "gone" is kept for the pass).
 func TestWorkloadOnlyInAPIServerKeepsMembers(t *testing.T) {
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"},
-		Spec: appsv1.DeploymentSpec{Replicas: new(int32(5)), Strategy: appsv1.DeploymentStrategy{
-			Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{MaxSurge: &intstr.IntOrString{IntVal: 0}},
-		}},
-	}
 	c, a, p, _ := setup(t)
-	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
-	c.APIReader = apiWith(t, spec, dep) // the cache (c.Client) lacks it
+	c.APIReader = apiWith(t, v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}, webDeployment(5)) // the cache (c.Client) lacks it
 	ctx := context.Background()
-	var web []netip.Addr
-	for i := range 5 {
-		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Pod: fmt.Sprintf("app/web-%d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		web = append(web, al.IP)
-	}
-	for i, ip := range web {
-		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("app/web-%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	freeMembers(t, a, p, 5)
 	time.Sleep(10 * time.Millisecond)
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
