@@ -550,6 +550,46 @@ func TestEtcdEnv(t *testing.T) {
 	}
 }
 
+// TestPriorityAndRequests: the pods pod creation waits for (webhook,
+// extender, its scheduler, bundled etcd) are system-cluster-critical by
+// default, the node agent system-node-critical, and an empty
+// priorityClassName leaves the cluster's default; the bundled etcd requests
+// CPU and memory (not BestEffort) and takes a nodeSelector and tolerations.
+func TestPriorityAndRequests(t *testing.T) {
+	testenv.Integration(t)
+	want := map[string]string{
+		"Deployment/stickynet-webhook": "system-cluster-critical", "Deployment/stickynet-extender": "system-cluster-critical",
+		"Deployment/stickynet-scheduler": "system-cluster-critical", "StatefulSet/stickynet-etcd": "system-cluster-critical",
+		"DaemonSet/stickynet-nodeagent": "system-node-critical",
+	}
+	objs := render(t)
+	for key, class := range want {
+		doc, ok := objs[key]
+		if !ok {
+			t.Fatalf("chart renders no %s", key)
+		}
+		if got := podTemplate(t, doc).Spec.PriorityClassName; got != class {
+			t.Errorf("%s has priorityClassName %q; want %q", key, got, class)
+		}
+	}
+	etcd := podTemplate(t, objs["StatefulSet/stickynet-etcd"]).Spec
+	if r := etcd.Containers[0].Resources.Requests; r.Cpu().IsZero() || r.Memory().IsZero() {
+		t.Errorf("bundled etcd requests %v; want cpu and memory (not BestEffort)", r)
+	}
+
+	objs = render(t, "webhook.priorityClassName=", "extender.priorityClassName=", "etcd.bundled.priorityClassName=",
+		"etcd.bundled.nodeSelector.disk=ssd", "etcd.bundled.tolerations[0].key=dedicated", "etcd.bundled.tolerations[0].operator=Exists")
+	for key := range want {
+		if got := podTemplate(t, objs[key]).Spec.PriorityClassName; key != "DaemonSet/stickynet-nodeagent" && got != "" {
+			t.Errorf("%s with an empty priorityClassName has %q; want none", key, got)
+		}
+	}
+	etcd = podTemplate(t, objs["StatefulSet/stickynet-etcd"]).Spec
+	if etcd.NodeSelector["disk"] != "ssd" || len(etcd.Tolerations) != 1 || etcd.Tolerations[0].Key != "dedicated" {
+		t.Errorf("bundled etcd nodeSelector %v, tolerations %v; want disk=ssd and the dedicated toleration", etcd.NodeSelector, etcd.Tolerations)
+	}
+}
+
 // TestWebhookValuesChecked: webhook.timeoutSeconds that leaves the etcd
 // requests (timeoutSeconds - 3 s) under 1 s, or that the API server refuses,
 // and an unknown webhook.certMode are refused naming the value and what is
