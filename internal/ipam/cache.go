@@ -387,6 +387,33 @@ type Stats struct {
 	Free      uint64 // available to a new identity now
 }
 
+// list returns the entries that match, unsorted. Only copying the entries
+// holds the lock, which admissions wait for (records and holds are replaced,
+// never changed in place); converting and matching them does not.
+func (c *cache) list(match func(Entry) bool) []Entry {
+	c.mu.Lock()
+	n := 0
+	for _, m := range c.pools {
+		n += len(m)
+	}
+	snap := make([]entry, 0, n)
+	for _, m := range c.pools {
+		for _, e := range m {
+			if e.rev != 0 {
+				snap = append(snap, *e)
+			}
+		}
+	}
+	c.mu.Unlock()
+	var out []Entry
+	for i := range snap {
+		if en := entryOf(&snap[i]); match == nil || match(en) {
+			out = append(out, en)
+		}
+	}
+	return out
+}
+
 func (c *cache) stats(p *Pool) Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -324,21 +324,9 @@ func sortList(out []Entry) []Entry {
 }
 
 // List returns the cached addresses that match (all when match is nil), sorted by pool and address.
+// The sort runs after the cache is unlocked: admissions wait for that lock.
 func (a *Allocator) List(match func(Entry) bool) []Entry {
-	a.cache.mu.Lock()
-	defer a.cache.mu.Unlock()
-	var out []Entry
-	for _, m := range a.cache.pools {
-		for _, e := range m {
-			if e.rev == 0 {
-				continue
-			}
-			if en := entryOf(e); match == nil || match(en) {
-				out = append(out, en)
-			}
-		}
-	}
-	return sortList(out)
+	return sortList(a.cache.list(match))
 }
 
 // Refresh reads the identity's addresses from etcd into the cache (one list
