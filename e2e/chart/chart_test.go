@@ -552,8 +552,8 @@ func TestEtcdEnv(t *testing.T) {
 
 // TestPriorityAndRequests: the pods pod creation waits for (webhook,
 // extender, its scheduler, bundled etcd) are system-cluster-critical by
-// default, the node agent system-node-critical, and an empty
-// priorityClassName leaves the cluster's default; the bundled etcd requests
+// default, the node agent system-node-critical, and empty priorityClassNames
+// leave the cluster's default; the bundled etcd requests
 // CPU and memory (not BestEffort) and takes a nodeSelector and tolerations.
 func TestPriorityAndRequests(t *testing.T) {
 	testenv.Integration(t)
@@ -577,10 +577,10 @@ func TestPriorityAndRequests(t *testing.T) {
 		t.Errorf("bundled etcd requests %v; want cpu and memory (not BestEffort)", r)
 	}
 
-	objs = render(t, "webhook.priorityClassName=", "extender.priorityClassName=", "etcd.bundled.priorityClassName=",
+	objs = render(t, "webhook.priorityClassName=", "extender.priorityClassName=", "etcd.bundled.priorityClassName=", "nodeAgent.priorityClassName=",
 		"etcd.bundled.nodeSelector.disk=ssd", "etcd.bundled.tolerations[0].key=dedicated", "etcd.bundled.tolerations[0].operator=Exists")
 	for key := range want {
-		if got := podTemplate(t, objs[key]).Spec.PriorityClassName; key != "DaemonSet/stickynet-nodeagent" && got != "" {
+		if got := podTemplate(t, objs[key]).Spec.PriorityClassName; got != "" {
 			t.Errorf("%s with an empty priorityClassName has %q; want none", key, got)
 		}
 	}
