@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -114,8 +115,12 @@ func (c *Controller) Start(ctx context.Context) error {
 				return fmt.Errorf("informer for %T: %w", obj, err)
 			}
 			if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-				AddFunc:    func(any) { c.Trigger() },
-				UpdateFunc: func(any, any) { c.Trigger() },
+				AddFunc: func(any) { c.Trigger() },
+				UpdateFunc: func(o, n any) {
+					if relevantUpdate(o, n) {
+						c.Trigger()
+					}
+				},
 				DeleteFunc: func(any) { c.Trigger() },
 			}); err != nil {
 				return fmt.Errorf("watch %T: %w", obj, err)
@@ -166,6 +171,30 @@ func (c *Controller) Start(ctx context.Context) error {
 // the admissions the same process serves.
 func (c *Controller) pause(d time.Duration) time.Duration {
 	return max(c.MinInterval, 4*d)
+}
+
+// relevantUpdate reports whether an update can change what a pass does. A
+// pass reads specs, labels, annotations, owners, deletions and whether a pod
+// has terminated; status alone (node heartbeats, the status of workloads and
+// running pods, the IPPool status a pass writes itself) would keep passes
+// running back to back in a large cluster, each O(pods + addresses). The
+// periodic resync catches whatever this leaves out.
+func relevantUpdate(oldObj, newObj any) bool {
+	o, ok := oldObj.(client.Object)
+	n, ok2 := newObj.(client.Object)
+	if !ok || !ok2 {
+		return true
+	}
+	if o.GetGeneration() != n.GetGeneration() || !o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp()) ||
+		!maps.Equal(o.GetLabels(), n.GetLabels()) || !maps.Equal(o.GetAnnotations(), n.GetAnnotations()) ||
+		!slices.EqualFunc(o.GetOwnerReferences(), n.GetOwnerReferences(), func(a, b metav1.OwnerReference) bool { return a.UID == b.UID }) {
+		return true
+	}
+	if op, isPod := o.(*corev1.Pod); isPod {
+		np, _ := n.(*corev1.Pod)
+		return np == nil || workload.Terminated(op) != workload.Terminated(np)
+	}
+	return false
 }
 
 // Trigger asks for a reconcile soon.

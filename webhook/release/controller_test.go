@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -724,4 +725,60 @@ func TestMemberCarriedByAnotherPodIsRebound(t *testing.T) {
 	if got, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Shared: true, Pod: "app/web-c"}); err != nil || got.IP == al.IP {
 		t.Fatalf("a third pod got %+v, %v; want another address than %s", got, err, al.IP)
 	}
+}
+
+// TestRelevantUpdate: status-only updates (a node's heartbeat, a workload's
+// or a running pod's status, the IPPool status a pass writes) do not trigger
+// a pass; spec (generation), labels, annotations, owners, deletion and a pod
+// terminating do.
+func TestRelevantUpdate(t *testing.T) {
+	now := metav1.Now()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"zone": "a"}}}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "ns", Name: "p", Labels: map[string]string{"app": "web"},
+			Annotations: map[string]string{annotations.AssignedIP: "10.20.0.5/24"},
+		},
+		Status: corev1.PodStatus{Phase: corev1.PodPending},
+	}
+	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", Generation: 1}}
+	ipp := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue", Generation: 1}}
+	for _, tc := range []struct {
+		name     string
+		old, new client.Object
+		want     bool
+	}{
+		{"node heartbeat", node, with(node, func(n *corev1.Node) {
+			n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now}}
+		}), false},
+		{"node labels", node, with(node, func(n *corev1.Node) { n.Labels = map[string]string{"zone": "b"} }), true},
+		{"pod running", pod, with(pod, func(p *corev1.Pod) { p.Status.Phase = corev1.PodRunning; p.Status.PodIP = "10.20.0.5" }), false},
+		{"pod succeeded", pod, with(pod, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }), true},
+		{"pod failed", pod, with(pod, func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }), true},
+		{"pod annotation", pod, with(pod, func(p *corev1.Pod) { p.Annotations[annotations.IngressBandwidth] = "10M" }), true},
+		{"pod labels", pod, with(pod, func(p *corev1.Pod) { p.Labels = nil }), true},
+		{"pod deleted", pod, with(pod, func(p *corev1.Pod) { p.DeletionTimestamp = &now }), true},
+		{"pod owner", pod, with(pod, func(p *corev1.Pod) { p.OwnerReferences = []metav1.OwnerReference{{UID: "u1"}} }), true},
+		{"statefulset status", sts, with(sts, func(s *appsv1.StatefulSet) { s.Status.ReadyReplicas = 3 }), false},
+		{"statefulset scaled", sts, with(sts, func(s *appsv1.StatefulSet) { s.Generation = 2 }), true},
+		{"statefulset retention", sts, with(sts, func(s *appsv1.StatefulSet) {
+			s.Annotations = map[string]string{annotations.IPRetention: annotations.RetentionRelease}
+		}), true},
+		{"ippool status", ipp, with(ipp, func(p *v1alpha1.IPPool) { p.Status.Allocated = 7 }), false},
+		{"ippool spec", ipp, with(ipp, func(p *v1alpha1.IPPool) { p.Generation = 2 }), true},
+	} {
+		if got := relevantUpdate(tc.old, tc.new); got != tc.want {
+			t.Errorf("%s: relevantUpdate = %v; want %v", tc.name, got, tc.want)
+		}
+	}
+	if !relevantUpdate(toolscache.DeletedFinalStateUnknown{Obj: pod}, pod) {
+		t.Error("an update that is not two objects does not trigger a pass")
+	}
+}
+
+// with returns a deep copy of obj changed by f.
+func with[T interface{ DeepCopy() T }](obj T, f func(T)) T {
+	c := obj.DeepCopy()
+	f(c)
+	return c
 }
