@@ -344,7 +344,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	wg.Wait()
 	errs := ps.errs
 	c.announce(ctx, ps.released)
-	if err := c.adopt(ctx, pods, byKey, specs, now); err != nil {
+	if err := c.adopt(ctx, ps, pods, specs); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.updatePools(ctx, pools.Items, specs); err != nil {
@@ -543,7 +543,7 @@ func (p *pass) release(e ipam.Entry, why string) {
 // holds them; when someone else does, or they cannot be recorded, the pod
 // gets a Warning event saying why (once while the reason lasts). Pods younger
 // than the grace are left to their admission and confirmation.
-func (c *Controller) adopt(ctx context.Context, pods []podInfo, byKey map[string]*podInfo, specs map[string]poolSpec, now time.Time) error {
+func (c *Controller) adopt(ctx context.Context, ps *pass, pods []podInfo, specs map[string]poolSpec) error {
 	holders := map[string]ipam.Entry{}
 	for _, e := range c.Alloc.List(func(ipam.Entry) bool { return true }) {
 		holders[addrKey(e.Pool, e.IP)] = e
@@ -552,12 +552,19 @@ func (c *Controller) adopt(ctx context.Context, pods []podInfo, byKey map[string
 	var errs []error
 	for i := range pods {
 		p := &pods[i]
-		if !p.live || now.Sub(p.pod.CreationTimestamp.Time) < c.Grace {
+		if !p.live {
 			continue
 		}
 		key := addrKey(p.pool, p.ip)
-		if h, ok := holders[key]; ok {
-			if who := otherHolder(h, p, byKey); who != "" {
+		h, held := holders[key]
+		if ps.now.Sub(p.pod.CreationTimestamp.Time) < c.Grace {
+			if !held {
+				ps.again(p.pod.CreationTimestamp.Time) // a pass when its grace ends
+			}
+			continue
+		}
+		if held {
+			if who := otherHolder(h, p, ps.byKey); who != "" {
 				c.warn(p, "%s of pool %s, which this pod carries as %s, is %s; recreate the pod to get an address of its own", p.ip, p.pool, p.identity, who)
 			} else {
 				c.unwarn(p)

@@ -606,6 +606,47 @@ func TestAdoptedAddressStaysBound(t *testing.T) {
 	}
 }
 
+// A live pod younger than the grace that carries an unrecorded address is
+// left alone, and the pass schedules the next one for when its grace ends
+// (no event may come: its status updates do not trigger passes), which
+// records the address.
+func TestYoungUnrecordedPodGetsPassAfterGrace(t *testing.T) {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "app", Name: "db-0", UID: "uid-db-0", CreationTimestamp: metav1.Now(),
+			Annotations: map[string]string{
+				annotations.Identity: "statefulset/app/db/0", annotations.AssignedIP: "10.20.0.40/24",
+				annotations.AssignedPool: "blue", annotations.AssignedMAC: "02:00:00:00:00:40",
+			},
+		},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	c, a, _, rec := setup(t, pod)
+	c.Grace = 2 * time.Second // the API keeps creation times to the second
+	c.trigger = make(chan struct{}, 1)
+	ctx := context.Background()
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup("statefulset/app/db/0"); len(got) != 0 {
+		t.Fatalf("recorded within the grace: %+v", got)
+	}
+	select {
+	case <-c.trigger:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pass scheduled for the end of the pod's grace")
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup("statefulset/app/db/0"); len(got) != 1 || got[0].Pod != "app/db-0" {
+		t.Fatalf("after the grace: %+v; want 10.20.0.40 bound to app/db-0", got)
+	}
+	if ev := <-rec.Events; !strings.HasPrefix(ev, "Normal StickyAddressRecorded 10.20.0.40") {
+		t.Errorf("event %q; want StickyAddressRecorded", ev)
+	}
+}
+
 // A conflict is told once while it lasts, again when it changes, and again
 // when it comes back after the pod's address was its own for a pass.
 func TestConflictToldOncePerSpell(t *testing.T) {
