@@ -542,7 +542,8 @@ func (p *pass) release(e ipam.Entry, why string) {
 // A pod gets its address and MAC recorded again for its identity when no one
 // holds them; when someone else does, or they cannot be recorded, the pod
 // gets a Warning event saying why (once while the reason lasts). Pods younger
-// than the grace are left to their admission and confirmation.
+// than the grace are left to their admission and confirmation; one whose
+// address nobody holds gets a pass when its grace ends.
 func (c *Controller) adopt(ctx context.Context, ps *pass, pods []podInfo, specs map[string]poolSpec) error {
 	holders := map[string]ipam.Entry{}
 	for _, e := range c.Alloc.List(func(ipam.Entry) bool { return true }) {
