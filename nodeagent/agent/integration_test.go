@@ -273,6 +273,14 @@ func TestBadInput(t *testing.T) {
 		return b
 	}
 	withVersion := func(v string) []byte { return with("cniVersion", v) }
+	// notCached is a pod the runtime asks about that the agent's cache lacks.
+	notCached := func(s podSpec) func(*testing.T) *testPod {
+		return func(*testing.T) *testPod {
+			p := e.newPod(s)
+			e.pods.Delete("default", s.name)
+			return p
+		}
+	}
 	tests := []struct {
 		name     string
 		pod      func(t *testing.T) *testPod
@@ -309,23 +317,15 @@ func TestBadInput(t *testing.T) {
 			wantCode: api.ErrBadAnnotation, wantMsg: "multicast",
 		},
 		{
-			name: "unknown pod",
-			pod: func(*testing.T) *testPod {
-				p := e.newPod(podSpec{name: "ghost", ips: "10.81.0.13/24", mac: "02:00:0a:51:00:0d"})
-				e.pods.Delete("default", "ghost")
-				return p
-			},
+			name:     "unknown pod",
+			pod:      notCached(podSpec{name: "ghost", ips: "10.81.0.13/24", mac: "02:00:0a:51:00:0d"}),
 			wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost is not in the node agent's cache after 300ms",
 		},
 		{
 			// The wait is at most half the conflist's timeout: the agent's
 			// error, not the plugin's, says what went wrong.
 			name: "unknown pod, short conflist timeout",
-			pod: func(*testing.T) *testPod {
-				p := e.newPod(podSpec{name: "ghost2", ips: "10.81.0.19/24", mac: "02:00:0a:51:00:13"})
-				e.pods.Delete("default", "ghost2")
-				return p
-			},
+			pod:  notCached(podSpec{name: "ghost2", ips: "10.81.0.19/24", mac: "02:00:0a:51:00:13"}),
 			conf: with("timeout", "400ms"), wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost2 is not in the node agent's cache after 200ms",
 		},
 		{

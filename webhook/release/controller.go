@@ -387,8 +387,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		// The pod the address is bound to is gone or no longer carries it,
 		// as the (synced) pod cache sees it; the grace covers a pod that is
 		// still being admitted or not yet in the cache.
-		if ps.now.Sub(e.Since) < c.Grace {
-			ps.again(e.Since)
+		if ps.waiting(e.Since) {
 			return
 		}
 		if bp := ps.byKey[e.Pod]; bp != nil && bp.live && bp.identity == e.Identity && bp.pool == e.Pool && bp.ip == e.IP {
@@ -431,8 +430,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 	if e.Held {
 		return
 	}
-	if ps.now.Sub(e.Since) < c.Grace {
-		ps.again(e.Since)
+	if ps.waiting(e.Since) {
 		return
 	}
 	why, err := c.releaseReason(ctx, ps, e, *members)
@@ -520,6 +518,16 @@ func (p *pass) fail(err error) {
 	p.errs = append(p.errs, err)
 }
 
+// waiting reports whether a change at since is still in its grace, and if
+// so asks for a pass when the grace is over.
+func (p *pass) waiting(since time.Time) bool {
+	if p.now.Sub(since) >= p.grace {
+		return false
+	}
+	p.again(since)
+	return true
+}
+
 // again asks for a pass when the grace of a change at since is over.
 func (p *pass) again(since time.Time) {
 	p.mu.Lock()
@@ -558,7 +566,7 @@ func (c *Controller) adopt(ctx context.Context, ps *pass, pods []podInfo, specs 
 		}
 		key := addrKey(p.pool, p.ip)
 		h, held := holders[key]
-		if ps.now.Sub(p.pod.CreationTimestamp.Time) < c.Grace {
+		if ps.now.Sub(p.pod.CreationTimestamp.Time) < ps.grace {
 			if !held {
 				ps.again(p.pod.CreationTimestamp.Time) // a pass when its grace ends
 			}
