@@ -485,7 +485,8 @@ func TestAddressMoveAnnounced(t *testing.T) {
 }
 
 func TestConflistInstalled(t *testing.T) {
-	e := newEnv(t, nil)
+	// Over 10 s of pod wait, the conflist gives the plugin twice that.
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 8 * time.Second })
 	b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, "10-stickynet.conflist"))
 	if err != nil {
 		t.Fatal(err)
@@ -499,8 +500,8 @@ func TestConflistInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.CNIVersion != "1.1.0" || c.Name != "stickynet" || len(c.Plugins) != 1 ||
-		c.Plugins[0]["type"] != "stickynet" || c.Plugins[0]["socket"] != e.node.Socket {
-		t.Fatalf("conflist %s", b)
+		c.Plugins[0]["type"] != "stickynet" || c.Plugins[0]["socket"] != e.node.Socket || c.Plugins[0]["timeout"] != "16s" {
+		t.Fatalf("conflist %s; want plugin stickynet on socket %s with timeout 16s (twice --pod-wait)", b, e.node.Socket)
 	}
 	fi, err := os.Stat(e.node.Socket)
 	if err != nil {
@@ -625,7 +626,7 @@ func TestPolicingModeSettings(t *testing.T) {
 // new pod's attachment key shares a lock stripe with the old one's: the
 // waiting ADD must not hold up the DEL it waits for.
 func TestAddWaitsForAddressCarrier(t *testing.T) {
-	e := newEnv(t, func(o *agent.Options) { o.PodWait = 4 * time.Second })
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 8 * time.Second })
 	timedOut, handedOver := addressWaits(t, "timed_out"), addressWaits(t, "handed_over")
 	spec := podSpec{name: "ds-old", ips: "10.84.0.10/24", mac: "02:00:0a:54:00:0a"}
 	old := e.addPod(spec)
