@@ -497,6 +497,18 @@ func TestBandwidth(t *testing.T) {
 	p := pod("app", "e", nil)
 	p.Labels["tier"] = "long"
 	e.mustDeny(p, "BandwidthPolicy app/long spec.ingress.burst", `"100M"`, "4.295s")
+	// A podSelector the API server takes but that does not parse selects no
+	// pod; it holds up no pod of the namespace.
+	unparsable := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "broken"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn}}}, Priority: 99,
+		Ingress: &v1alpha1.BandwidthLimit{Rate: resource.MustParse("5M")},
+	}}
+	if err := e.c.Create(context.Background(), unparsable); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mustAdmit(pod("app", "f", nil)); got.Annotations[annotations.BandwidthPolicy] != "gold" {
+		t.Errorf("with an unparsable policy beside gold: %v; want gold's limits", got.Annotations)
+	}
 }
 
 func TestSriov(t *testing.T) {

@@ -40,16 +40,19 @@ func Resolve(pod *corev1.Pod, ownKeys bool, policies []v1alpha1.BandwidthPolicy)
 		}
 		return Result{Bandwidth: bw}, err
 	}
-	p, err := Match(pod, policies)
-	if err != nil || p == nil {
-		return Result{}, err
+	p := Match(pod, policies)
+	if p == nil {
+		return Result{}, nil
 	}
 	bw, err := Limits(p)
 	return Result{Bandwidth: bw, Policy: p.Name}, err
 }
 
-// Match returns the policy that applies to the pod, or nil.
-func Match(pod *corev1.Pod, policies []v1alpha1.BandwidthPolicy) (*v1alpha1.BandwidthPolicy, error) {
+// Match returns the policy that applies to the pod, or nil. A policy whose
+// podSelector does not parse (the API server takes one such as an In
+// without values) selects no pod: it must not hold up the pods of its
+// namespace. SelectorError says what is wrong with it.
+func Match(pod *corev1.Pod, policies []v1alpha1.BandwidthPolicy) *v1alpha1.BandwidthPolicy {
 	var matching []*v1alpha1.BandwidthPolicy
 	for i := range policies {
 		p := &policies[i]
@@ -58,14 +61,14 @@ func Match(pod *corev1.Pod, policies []v1alpha1.BandwidthPolicy) (*v1alpha1.Band
 		}
 		sel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
 		if err != nil {
-			return nil, fmt.Errorf("BandwidthPolicy %s/%s: spec.podSelector: %w", p.Namespace, p.Name, err)
+			continue
 		}
 		if sel.Matches(labels.Set(pod.Labels)) {
 			matching = append(matching, p)
 		}
 	}
 	if len(matching) == 0 {
-		return nil, nil
+		return nil
 	}
 	sort.Slice(matching, func(i, j int) bool {
 		if matching[i].Spec.Priority != matching[j].Spec.Priority {
@@ -73,7 +76,16 @@ func Match(pod *corev1.Pod, policies []v1alpha1.BandwidthPolicy) (*v1alpha1.Band
 		}
 		return matching[i].Name < matching[j].Name
 	})
-	return matching[0], nil
+	return matching[0]
+}
+
+// SelectorError reports a podSelector that does not parse, naming the
+// policy and the field; nil for a valid one.
+func SelectorError(p *v1alpha1.BandwidthPolicy) error {
+	if _, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector); err != nil {
+		return fmt.Errorf("BandwidthPolicy %s/%s: spec.podSelector: %w; it selects no pod until fixed", p.Namespace, p.Name, err)
+	}
+	return nil
 }
 
 // Limits converts a policy's spec to bit/s and bits, validating it as the

@@ -935,16 +935,29 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		return fmt.Errorf("list BandwidthPolicies: %w", err)
 	}
 	var errs []error
+	// A policy whose podSelector does not parse selects no new pod; the pods
+	// it gave limits to keep them until it is fixed or deleted.
+	badSelector := map[types.NamespacedName]bool{}
+	for i := range list.Items {
+		pol := &list.Items[i]
+		if err := policy.SelectorError(pol); err != nil {
+			badSelector[types.NamespacedName{Namespace: pol.Namespace, Name: pol.Name}] = true
+			c.event(pol, corev1.EventTypeWarning, "InvalidBandwidthPolicy", "%s; the pods it gave limits to keep them", err)
+		}
+	}
 	reported := map[types.UID]bool{}
 	for _, p := range pods {
 		if !p.live || p.pod.DeletionTimestamp != nil || policy.Own(p.pod) {
+			continue
+		}
+		if badSelector[types.NamespacedName{Namespace: p.pod.Namespace, Name: p.pod.Annotations[annotations.BandwidthPolicy]}] {
 			continue
 		}
 		res, err := policy.Resolve(p.pod, false, list.Items)
 		if err != nil {
 			// A policy the API server took that cannot work (annotations.Limit.Check):
 			// not a failed pass; the pods keep their limits, and the policy says why.
-			if pol, _ := policy.Match(p.pod, list.Items); pol != nil {
+			if pol := policy.Match(p.pod, list.Items); pol != nil {
 				if !reported[pol.UID] {
 					reported[pol.UID] = true
 					c.event(pol, corev1.EventTypeWarning, "InvalidBandwidthPolicy", "%s; the pods it selects keep their current limits", err)

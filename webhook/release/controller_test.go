@@ -393,44 +393,56 @@ func TestWaitsForAllocatorCache(t *testing.T) {
 }
 
 // A BandwidthPolicy the API server took but that cannot work (an ingress
-// burst longer than the kernel's tbf allows) does not fail the pass: the pods
-// keep their limits and the policy gets one Warning event.
+// burst longer than the kernel's tbf allows, a podSelector that does not
+// parse) does not fail the pass: the pods keep their limits and the policy
+// gets one Warning event.
 func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
-	bad := &v1alpha1.BandwidthPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "long", UID: "p1"},
-		Spec: v1alpha1.BandwidthPolicySpec{
+	for _, tc := range []struct {
+		name string
+		spec v1alpha1.BandwidthPolicySpec
+		want string // in the event
+	}{
+		{"burst", v1alpha1.BandwidthPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
 			Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M"), Burst: new(resource.MustParse("100M"))},
-		},
-	}
-	ann := map[string]string{annotations.Identity: "pod/app/a", annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedPool: "blue", annotations.IngressBandwidth: "1000000", annotations.BandwidthPolicy: "long"}
-	mk := func(name string) *corev1.Pod {
-		a := map[string]string{}
-		for k, v := range ann {
-			a[k] = v
-		}
-		a[annotations.Identity] = "pod/app/" + name
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Labels: map[string]string{"app": "x"}, Annotations: a}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
-	}
-	c, _, _, rec := setup(t, bad, mk("a"), mk("b"))
-	if err := c.Reconcile(context.Background()); err != nil {
-		t.Fatalf("a pass with an unusable policy failed: %v", err)
-	}
-	got := &corev1.Pod{}
-	if err := c.Client.Get(context.Background(), client.ObjectKey{Namespace: "app", Name: "a"}, got); err != nil {
-		t.Fatal(err)
-	}
-	if got.Annotations[annotations.IngressBandwidth] != "1000000" || got.Annotations[annotations.IngressBurst] != "" {
-		t.Errorf("pod limits changed to %v", got.Annotations)
-	}
-	var evs []string // the policy's; the pods, which lack a MAC, get StickyAddressConflict
-	for len(rec.Events) > 0 {
-		if ev := <-rec.Events; !strings.Contains(ev, "StickyAddressConflict") {
-			evs = append(evs, ev)
-		}
-	}
-	if len(evs) != 1 || !strings.Contains(evs[0], "InvalidBandwidthPolicy") || !strings.Contains(evs[0], "spec.ingress.burst") {
-		t.Errorf("events %q; want one InvalidBandwidthPolicy naming spec.ingress.burst", evs)
+		}, "spec.ingress.burst"},
+		{"selector", v1alpha1.BandwidthPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn}}},
+			Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+		}, "spec.podSelector"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "long", UID: "p1"}, Spec: tc.spec}
+			ann := map[string]string{annotations.Identity: "pod/app/a", annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedPool: "blue", annotations.IngressBandwidth: "1000000", annotations.BandwidthPolicy: "long"}
+			mk := func(name string) *corev1.Pod {
+				a := map[string]string{}
+				for k, v := range ann {
+					a[k] = v
+				}
+				a[annotations.Identity] = "pod/app/" + name
+				return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Labels: map[string]string{"app": "x"}, Annotations: a}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+			}
+			c, _, _, rec := setup(t, bad, mk("a"), mk("b"))
+			if err := c.Reconcile(context.Background()); err != nil {
+				t.Fatalf("a pass with an unusable policy failed: %v", err)
+			}
+			got := &corev1.Pod{}
+			if err := c.Client.Get(context.Background(), client.ObjectKey{Namespace: "app", Name: "a"}, got); err != nil {
+				t.Fatal(err)
+			}
+			if got.Annotations[annotations.IngressBandwidth] != "1000000" || got.Annotations[annotations.IngressBurst] != "" || got.Annotations[annotations.BandwidthPolicy] != "long" {
+				t.Errorf("pod limits changed to %v", got.Annotations)
+			}
+			var evs []string // the policy's; the pods, which lack a MAC, get StickyAddressConflict
+			for len(rec.Events) > 0 {
+				if ev := <-rec.Events; !strings.Contains(ev, "StickyAddressConflict") {
+					evs = append(evs, ev)
+				}
+			}
+			if len(evs) != 1 || !strings.Contains(evs[0], "InvalidBandwidthPolicy") || !strings.Contains(evs[0], tc.want) {
+				t.Errorf("events %q; want one InvalidBandwidthPolicy naming %s", evs, tc.want)
+			}
+		})
 	}
 }
 
