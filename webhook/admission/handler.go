@@ -110,8 +110,8 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if pod.Spec.HostNetwork {
 		return admission.Allowed("host-network pod: stickynet does not apply"), resultSkipped
 	}
-	ns := &corev1.Namespace{}
-	if err := h.Reader.Get(ctx, client.ObjectKey{Name: pod.Namespace}, ns); err != nil {
+	ns, err := h.namespace(ctx, pod.Namespace)
+	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("read namespace %s: %w", pod.Namespace, err)), resultErrored
 	}
 	if ns.Labels[annotations.EnabledLabel] != "true" {
@@ -320,6 +320,25 @@ func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Obje
 	return err
 }
 
+// namespace reads the pod's namespace from the cache, or from the API server
+// when the cache has not seen it or has it not opted in: the API server
+// calls the webhook only for opted-in namespaces (its namespaceSelector),
+// and a namespace labelled a moment ago must not have its pods passed
+// through without an address, which no later admission would give them.
+func (h *Handler) namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	ns := &corev1.Namespace{}
+	key := client.ObjectKey{Name: name}
+	if err := h.get(ctx, key, ns); err != nil {
+		return nil, err
+	}
+	if ns.Labels[annotations.EnabledLabel] != "true" && h.APIReader != nil {
+		if err := h.APIReader.Get(ctx, key, ns); err != nil {
+			return nil, err
+		}
+	}
+	return ns, nil
+}
+
 // carriedByAnother denies a pod of a single identity whose address another
 // live pod still carries: a DaemonSet rolling update with maxSurge runs the
 // new pod next to the old one on the same node. A pod that is terminating or
@@ -508,7 +527,7 @@ func (h *Handler) token() string {
 
 func (h *Handler) sriovNetwork(ctx context.Context, name string) (*v1alpha1.SriovNetwork, error) {
 	n := &v1alpha1.SriovNetwork{}
-	if err := h.Reader.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+	if err := h.get(ctx, client.ObjectKey{Name: name}, n); err != nil {
 		if client.IgnoreNotFound(err) != nil {
 			return nil, fmt.Errorf("read SriovNetwork %s: %w", name, err)
 		}

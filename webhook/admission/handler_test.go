@@ -159,6 +159,28 @@ func TestNotOptedInPassesThrough(t *testing.T) {
 	}
 }
 
+// What the webhook's cache has not seen yet (a namespace labelled, a pool or
+// SriovNetwork created a moment ago, as in one kubectl apply with the pods)
+// is read from the API server before the pod is passed through or denied.
+func TestCacheBehindAPIServer(t *testing.T) {
+	e := newEnv(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "late"}})
+	api := fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "late", Labels: map[string]string{annotations.EnabledLabel: "true"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "new", Labels: map[string]string{annotations.EnabledLabel: "true"}}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "green"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24"}},
+		&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fresh"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}, Pool: "green"}},
+	).Build()
+	e.h.APIReader = api
+	for _, p := range []*corev1.Pod{
+		pod("late", "a", map[string]string{annotations.Pool: "green"}),
+		pod("new", "b", map[string]string{annotations.SriovNetwork: "fresh"}),
+	} {
+		if got := e.mustAdmit(p); got.Annotations[annotations.AssignedPool] != "green" {
+			t.Errorf("pod %s/%s: %v; want an address of pool green", p.Namespace, p.Name, got.Annotations)
+		}
+	}
+}
+
 func TestStatefulSetSticky(t *testing.T) {
 	e := newEnv(t)
 	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
@@ -423,7 +445,7 @@ func TestDuplicateCreateDoesNotMoveAddress(t *testing.T) {
 func TestPoolChoice(t *testing.T) {
 	e := newEnv(t)
 	e.mustDeny(pod("app", "a", map[string]string{annotations.Pool: "green"}), annotations.Pool, `"green"`, "have: blue, racked, red, tiny")
-	e.mustDeny(pod("app", "a", map[string]string{annotations.Pool: "red"}), "IPPool red does not admit namespace app")
+	e.mustDeny(pod("app", "a", map[string]string{annotations.Pool: "red"}), "annotation "+annotations.Pool, `"red"`, "spec.namespaceSelector matches namespace app's labels (have: blue, racked, tiny)")
 	got := e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "racked"}))
 	if got.Spec.SchedulerName != "stickynet-scheduler" {
 		t.Fatalf("pod of a pool with a nodeSelector kept scheduler %q", got.Spec.SchedulerName)

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -28,34 +29,49 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		if name != "" && name != sriov.Spec.Pool {
 			return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("no value or %q: SriovNetwork %s draws its addresses from pool %s", sriov.Spec.Pool, sriov.Name, sriov.Spec.Pool)}
 		}
+		if name == "" {
+			key = "SriovNetwork " + sriov.Name + " spec.pool"
+		}
 		name = sriov.Spec.Pool
 	}
 	if name == "" {
 		name = ns.Annotations[annotations.Pool]
 		key = "namespace " + ns.Name + " annotation " + annotations.Pool
 	}
-	list := &v1alpha1.IPPoolList{}
-	if err := h.Reader.List(ctx, list); err != nil {
-		return nil, nil, fmt.Errorf("list IPPools: %w", err)
-	}
-	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
-	if name == "" {
+	// The cache first; a pool it has not seen yet (created a moment ago, as
+	// with a pool and its pods in one kubectl apply) is looked for again in
+	// the API server before the pod is denied.
+	var names []string
+	for _, r := range []client.Reader{h.Reader, h.APIReader} {
+		if r == nil {
+			continue
+		}
+		list := &v1alpha1.IPPoolList{}
+		if err := r.List(ctx, list); err != nil {
+			return nil, nil, fmt.Errorf("list IPPools: %w", err)
+		}
+		sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
+		names = names[:0]
 		for i := range list.Items {
 			p := &list.Items[i]
-			if ok, _ := admits(p, ns); p.Spec.Default && ok {
+			if name == "" {
+				if ok, _ := admits(p, ns); p.Spec.Default && ok {
+					return h.parse(p, ns)
+				}
+				continue
+			}
+			if p.Name == name {
+				if ok, err := admits(p, ns); err == nil && !ok {
+					return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("an IPPool whose spec.namespaceSelector matches namespace %s's labels", ns.Name) + have(admitting(list.Items, ns))}
+				}
 				return h.parse(p, ns)
 			}
+			names = append(names, p.Name)
 		}
+	}
+	if name == "" {
 		return nil, nil, deny("no IPPool for pod %s/%s: set the annotation %s on the pod, its template or namespace %s, or mark an IPPool that admits the namespace with spec.default: true",
 			pod.Namespace, podName(pod), annotations.Pool, ns.Name)
-	}
-	var names []string
-	for i := range list.Items {
-		p := &list.Items[i]
-		if p.Name == name {
-			return h.parse(p, ns)
-		}
-		names = append(names, p.Name)
 	}
 	return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)}
 }
@@ -73,6 +89,17 @@ func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace) (*v1alpha1.IPP
 		return nil, nil, err
 	}
 	return p, pool, nil
+}
+
+// admitting names the pools that admit the namespace.
+func admitting(pools []v1alpha1.IPPool, ns *corev1.Namespace) []string {
+	var names []string
+	for i := range pools {
+		if ok, _ := admits(&pools[i], ns); ok {
+			names = append(names, pools[i].Name)
+		}
+	}
+	return names
 }
 
 func admits(p *v1alpha1.IPPool, ns *corev1.Namespace) (bool, error) {
