@@ -202,6 +202,9 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 		}
 		if req.DryRun {
 			a.unclaim(req.Pool.Name, p)
+			if err := a.cache.requestConflict(&req); err != nil {
+				return Allocation{}, err
+			}
 			return p.result, nil
 		}
 		if err := a.fillLeases(ctx, p); err != nil {
@@ -245,6 +248,25 @@ func (a *Allocator) catchUp(ctx context.Context, rev int64) {
 	wctx, cancel := context.WithTimeout(ctx, catchUpWait)
 	defer cancel()
 	_ = a.refl.WaitForRevision(wctx, rev) // late: plan from what the cache has
+}
+
+// requestConflict reports, from the cache, a requested address or MAC that
+// another identity holds. A claim learns that from etcd (its transaction
+// finds the key present: learn); a dry run, which sends none, only here.
+func (c *cache) requestConflict(req *Request) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if req.IP.IsValid() {
+		if e := c.get(req.Pool.Name, req.IP); e != nil && e.rec.ID != req.Identity {
+			return &ConflictError{Pool: req.Pool.Name, What: "address " + req.IP.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
+		}
+	}
+	if req.MAC != nil {
+		if e := c.macs[req.MAC.String()]; e != nil && e.rec.ID != req.Identity {
+			return &ConflictError{Pool: e.pool, What: "MAC " + req.MAC.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
+		}
+	}
+	return nil
 }
 
 func (a *Allocator) unclaim(pool string, p *plan) {

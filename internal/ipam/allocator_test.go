@@ -456,6 +456,20 @@ func TestDryRunWritesNothing(t *testing.T) {
 	if s.Revision() != before || len(a.Lookup("pod/ns/a")) != 0 {
 		t.Fatal("dry run wrote")
 	}
+	// A dry run asking for an address or MAC another identity holds gets the
+	// conflict the real claim would get; the holder's own dry run does not.
+	held := alloc(t, a, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b"})
+	for _, req := range []Request{
+		{Pool: p, Identity: "pod/ns/c", Pod: "ns/c", IP: held.IP, DryRun: true},
+		{Pool: p, Identity: "pod/ns/c", Pod: "ns/c", MAC: held.MAC, DryRun: true},
+	} {
+		_, err := a.Allocate(context.Background(), req)
+		var ce *ConflictError
+		if !errors.As(err, &ce) || ce.Holder != "pod/ns/b" {
+			t.Errorf("dry run asking for %s/%s held by pod/ns/b: %v; want a ConflictError naming the holder", req.IP, req.MAC, err)
+		}
+	}
+	alloc(t, a, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", IP: held.IP, MAC: held.MAC, DryRun: true})
 }
 
 func TestConcurrentInMemory(t *testing.T) {
