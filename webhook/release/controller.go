@@ -168,10 +168,16 @@ func (c *Controller) Start(ctx context.Context) error {
 // pause is the rest after a reconcile that took d before the next one: at
 // least MinInterval, and four times d, so that the full passes of a large
 // cluster under a stream of pod events take at most a fifth of a core from
-// the admissions the same process serves.
+// the admissions the same process serves; but at most maxPause: a pass that
+// took long waiting (etcd unreachable until the pass's deadline) used no
+// CPU, and four times its length would leave reservations unconfirmed for
+// minutes after etcd is back, as long as the reservation TTL.
 func (c *Controller) pause(d time.Duration) time.Duration {
-	return max(c.MinInterval, 4*d)
+	return min(max(c.MinInterval, 4*d), maxPause)
 }
+
+// maxPause bounds the rest between passes (pause).
+const maxPause = 10 * time.Second
 
 // relevantUpdate reports whether an update can change what a pass does. A
 // pass reads specs, labels, annotations, owners, deletions and whether a pod

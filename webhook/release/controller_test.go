@@ -835,3 +835,19 @@ func with[T interface{ DeepCopy() T }](obj T, f func(T)) T {
 	f(c)
 	return c
 }
+
+// The rest between passes is four times the last one, at least MinInterval,
+// at most maxPause: a pass that waited two minutes for an unreachable etcd
+// must not hold the next one off for eight.
+func TestPause(t *testing.T) {
+	c := &Controller{MinInterval: 200 * time.Millisecond}
+	for _, tc := range []struct{ took, want time.Duration }{
+		{10 * time.Millisecond, 200 * time.Millisecond},
+		{time.Second, 4 * time.Second},
+		{2 * time.Minute, maxPause},
+	} {
+		if got := c.pause(tc.took); got != tc.want {
+			t.Errorf("pause after a %s pass: %s; want %s", tc.took, got, tc.want)
+		}
+	}
+}
