@@ -183,7 +183,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	id, err := h.identity(ctx, pod, token)
 	if err != nil {
-		return nil, deny("%s", err)
+		return nil, err
 	}
 	req := ipam.Request{Pool: pool, Identity: id.String(), Shared: id.Shared(), DryRun: dryRun}
 	if pod.Name != "" {

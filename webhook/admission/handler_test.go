@@ -14,12 +14,14 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -178,6 +180,27 @@ func TestCacheBehindAPIServer(t *testing.T) {
 		if got := e.mustAdmit(p); got.Annotations[annotations.AssignedPool] != "green" {
 			t.Errorf("pod %s/%s: %v; want an address of pool green", p.Namespace, p.Name, got.Annotations)
 		}
+	}
+}
+
+// A pod whose owner does not resolve is denied, naming the owner; a read of
+// it that fails (the API server slow or down) is an error, not a denial that
+// blames the pod.
+func TestOwnerErrors(t *testing.T) {
+	e := newEnv(t)
+	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "gone-1")), "owner ReplicaSet app/gone-1 does not exist")
+	e.mustDeny(pod("app", "db-x", nil, ctrl("StatefulSet", "db")), `StatefulSet pod "db-x" of db has no ordinal`)
+	e.h.Reader = interceptor.NewClient(e.c.(client.WithWatch), interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if _, ok := obj.(*appsv1.ReplicaSet); ok {
+				return apierrors.NewTimeoutError("the server was too slow", 1)
+			}
+			return c.Get(ctx, key, obj, opts...)
+		},
+	})
+	resp, _ := e.admit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), false)
+	if resp.Allowed || resp.Result.Code != http.StatusInternalServerError || !strings.Contains(resp.Result.Message, "read owner ReplicaSet app/api-5d8f") {
+		t.Errorf("ReplicaSet read timing out: %+v; want a 500 naming the ReplicaSet", resp.Result)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -18,7 +19,8 @@ import (
 const podIndexLabel = "apps.kubernetes.io/pod-index"
 
 // identity resolves who owns the pod's addresses (DESIGN.md, "Identity and
-// stickiness"). token is used for pods that have no name yet.
+// stickiness"). token is used for pods that have no name yet. What the pod
+// gets wrong is a denial; a failed read of its ReplicaSet is an error.
 func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (annotations.ID, error) {
 	ns := pod.Namespace
 	owner := metav1.GetControllerOf(pod)
@@ -42,7 +44,7 @@ func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (
 		case owner.Kind == "DaemonSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
 			node := daemonSetNode(pod)
 			if node == "" {
-				return annotations.ID{}, fmt.Errorf("DaemonSet pod of %s/%s names no node in its node affinity or spec.nodeName", ns, owner.Name)
+				return annotations.ID{}, deny("DaemonSet pod of %s/%s names no node in its node affinity or spec.nodeName", ns, owner.Name)
 			}
 			return annotations.ID{Kind: annotations.KindDaemonSet, Namespace: ns, Name: owner.Name, Member: node}, nil
 		}
@@ -65,7 +67,7 @@ func statefulSetOrdinal(pod *corev1.Pod, set string) (int, error) {
 	if n, err := strconv.Atoi(suffix); ok && err == nil && n >= 0 {
 		return n, nil
 	}
-	return 0, fmt.Errorf("StatefulSet pod %q of %s has no ordinal (label %s or name <set>-<ordinal>)", pod.Name, set, podIndexLabel)
+	return 0, deny("StatefulSet pod %q of %s has no ordinal (label %s or name <set>-<ordinal>)", pod.Name, set, podIndexLabel)
 }
 
 // daemonSetNode reads the node a DaemonSet pod is for from the node affinity
@@ -88,7 +90,9 @@ func daemonSetNode(pod *corev1.Pod) string {
 func (h *Handler) replicaSet(ctx context.Context, ns, name string) (*appsv1.ReplicaSet, error) {
 	rs := &appsv1.ReplicaSet{}
 	key := client.ObjectKey{Namespace: ns, Name: name}
-	if err := h.get(ctx, key, rs); err != nil {
+	if err := h.get(ctx, key, rs); apierrors.IsNotFound(err) {
+		return nil, deny("owner ReplicaSet %s/%s does not exist", ns, name)
+	} else if err != nil {
 		return nil, fmt.Errorf("read owner ReplicaSet %s/%s: %w", ns, name, err)
 	}
 	return rs, nil
