@@ -663,6 +663,52 @@ func TestWebhookPDB(t *testing.T) {
 	}
 }
 
+// TestEtcdPDB: with more than one bundled etcd member a PodDisruptionBudget
+// keeps a quorum (2 of 3, 3 of 5); with one, none (it would block every
+// drain of its node).
+func TestEtcdPDB(t *testing.T) {
+	testenv.Integration(t)
+	if _, ok := render(t, "etcd.bundled.replicas=1")["PodDisruptionBudget/stickynet-etcd"]; ok {
+		t.Error("etcd.bundled.replicas=1 renders a PodDisruptionBudget; it would block every drain of the member's node")
+	}
+	for n, quorum := range map[string]int{"3": 2, "5": 3} {
+		pdb := &policyv1.PodDisruptionBudget{}
+		if err := yaml.Unmarshal(render(t, "etcd.bundled.replicas="+n)["PodDisruptionBudget/stickynet-etcd"], pdb); err != nil {
+			t.Fatal(err)
+		}
+		if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != quorum || pdb.Spec.Selector == nil ||
+			pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "stickynet-etcd" {
+			t.Errorf("with %s members the PodDisruptionBudget has minAvailable %v, selector %v; want %d and the etcd pods", n, pdb.Spec.MinAvailable, pdb.Spec.Selector, quorum)
+		}
+	}
+}
+
+// TestNodeAgentReadiness: the node agent's readiness probe asks /readyz on
+// its metrics port; without a metrics port there is no probe.
+func TestNodeAgentReadiness(t *testing.T) {
+	testenv.Integration(t)
+	c := podTemplate(t, render(t)["DaemonSet/stickynet-nodeagent"]).Spec.Containers[0]
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.String() != "metrics" {
+		t.Errorf("node agent readinessProbe %+v; want GET /readyz on the metrics port", p)
+	}
+	if c := podTemplate(t, render(t, "nodeAgent.metricsPort=0")["DaemonSet/stickynet-nodeagent"]).Spec.Containers[0]; c.ReadinessProbe != nil {
+		t.Errorf("nodeAgent.metricsPort=0 renders readinessProbe %+v; want none", c.ReadinessProbe)
+	}
+}
+
+// TestUsers: the webhook and extender run as 65532 whatever user the image
+// declares, the privileged node agent as root.
+func TestUsers(t *testing.T) {
+	testenv.Integration(t)
+	objs := render(t)
+	for key, uid := range map[string]int64{"Deployment/stickynet-webhook": 65532, "Deployment/stickynet-extender": 65532, "DaemonSet/stickynet-nodeagent": 0} {
+		sc := podTemplate(t, objs[key]).Spec.Containers[0].SecurityContext
+		if sc == nil || sc.RunAsUser == nil || *sc.RunAsUser != uid {
+			t.Errorf("%s securityContext %+v; want runAsUser %d", key, sc, uid)
+		}
+	}
+}
+
 // TestEtcdNetworkPolicy: with the bundled etcd, a NetworkPolicy selects the
 // etcd pods and lets in, on the client port, only the webhook's pods and, on
 // both ports, the members themselves (selectors checked against the pod

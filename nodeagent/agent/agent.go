@@ -341,16 +341,16 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	if opts.MetricsAddr != "" {
-		if _, err := listenMetrics(ctx, opts.MetricsAddr, a.count); err != nil {
+		if _, err := listenMetrics(ctx, opts.MetricsAddr, a.count, a.status); err != nil {
 			return err
 		}
+	}
+	if err := a.install(); err != nil {
+		return err
 	}
 	a.mu.Lock()
 	a.ready = true
 	a.mu.Unlock()
-	if err := a.install(); err != nil {
-		return err
-	}
 	var wg sync.WaitGroup
 	wg.Add(4)
 	go func() { defer wg.Done(); a.bandwidthWorker(ctx) }()

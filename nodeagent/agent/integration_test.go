@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -485,8 +486,27 @@ func TestAddressMoveAnnounced(t *testing.T) {
 }
 
 func TestConflistInstalled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := ln.Addr().String()
+	ln.Close()
 	// Over 10 s of pod wait, the conflist gives the plugin twice that.
-	e := newEnv(t, func(o *agent.Options) { o.PodWait = 8 * time.Second })
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 8 * time.Second; o.MetricsAddr = metrics })
+	// Ready (conflist installed, OVS bridge there): the DaemonSet's readiness probe.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz of a running agent: %v %v; want 200", resp, err)
+		}
+	}
 	b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, "10-stickynet.conflist"))
 	if err != nil {
 		t.Fatal(err)

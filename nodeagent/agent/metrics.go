@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -31,8 +32,10 @@ var bandwidthRefused = promreg.Register(prometheus.DefaultRegisterer, prometheus
 
 // listenMetrics opens the Prometheus endpoint /metrics on addr: the
 // process's default registry (CNI requests, Go runtime) and the agent's
-// attachment count. It serves until ctx ends.
-func listenMetrics(ctx context.Context, addr string, attachments func() int) (net.Addr, error) {
+// attachment count; and /readyz, which answers 200 when ready returns nil
+// (the agent serves CNI requests, its conflist is installed and its OVS
+// bridge is there), else 503 with the reason. It serves until ctx ends.
+func listenMetrics(ctx context.Context, addr string, attachments func() int, ready func(context.Context) error) (net.Addr, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "stickynet_nodeagent_attachments",
@@ -40,6 +43,13 @@ func listenMetrics(ctx context.Context, addr string, attachments func() int) (ne
 	}, func() float64 { return float64(attachments()) }))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics endpoint (--metrics-bind-address %q): %w", addr, err)
