@@ -12,7 +12,7 @@ import (
 func TestMetricsEndpoint(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var notReady error = errors.New("stickynet node agent is starting")
+	notReady := errors.New("stickynet node agent is starting")
 	addr, err := listenMetrics(ctx, "127.0.0.1:0", func() int { return 7 }, func(context.Context) error { return notReady })
 	if err != nil {
 		t.Fatal(err)
