@@ -90,12 +90,15 @@ func CheckBandwidth(ann map[string]string, b Bandwidth) error {
 	return b.Egress.Check(false, ek, ann[ek], EgressBurst, ann[EgressBurst])
 }
 
+// BandwidthKeys are the annotations a pod's limits are read from.
+var BandwidthKeys = []string{
+	IngressBandwidth, EgressBandwidth, IngressBurst, EgressBurst,
+	KubernetesIngressBandwidth, KubernetesEgressBandwidth,
+}
+
 // HasBandwidth reports whether any bandwidth key is present.
 func HasBandwidth(ann map[string]string) bool {
-	for _, k := range []string{
-		IngressBandwidth, EgressBandwidth, IngressBurst, EgressBurst,
-		KubernetesIngressBandwidth, KubernetesEgressBandwidth,
-	} {
+	for _, k := range BandwidthKeys {
 		if _, ok := ann[k]; ok {
 			return true
 		}

@@ -157,7 +157,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	ann := pod.Annotations
 	prevToken, prevIdentity := ann[annotations.Reservation], ann[annotations.Identity]
-	policyFilled := ann[annotations.BandwidthPolicy] != ""
+	filledBy := ann[annotations.BandwidthPolicy]
 	for _, k := range annotations.OutputKeys {
 		delete(ann, k)
 	}
@@ -200,7 +200,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		}
 	}
 
-	bw, err := h.bandwidth(ctx, pod, policyFilled)
+	bw, err := h.bandwidth(ctx, pod, filledBy)
 	if err != nil {
 		return nil, err
 	}
@@ -566,14 +566,21 @@ func addVFRequest(pod *corev1.Pod, network string) {
 	c.Resources.Limits[res] = resource.MustParse("1")
 }
 
-func (h *Handler) bandwidth(ctx context.Context, pod *corev1.Pod, policyFilled bool) (policy.Result, error) {
-	own := !policyFilled && annotations.HasBandwidth(pod.Annotations)
-	if own {
+// bandwidth resolves the pod's limits: its own keys win, else the policies.
+// filledBy is the policy the pod's stickynet.io/bandwidth-policy named (on a
+// re-invocation, or a pod copied from a running one): its keys count as that
+// policy's only while they are what it gives; edited, they are the pod's own.
+func (h *Handler) bandwidth(ctx context.Context, pod *corev1.Pod, filledBy string) (policy.Result, error) {
+	has := annotations.HasBandwidth(pod.Annotations)
+	if has && filledBy == "" {
 		return policy.Resolve(pod, true, nil)
 	}
 	list := &v1alpha1.BandwidthPolicyList{}
 	if err := h.Reader.List(ctx, list, client.InNamespace(pod.Namespace)); err != nil {
 		return policy.Result{}, fmt.Errorf("list BandwidthPolicies of %s: %w", pod.Namespace, err)
+	}
+	if has && !policy.Gave(pod, filledBy, list.Items) {
+		return policy.Resolve(pod, true, nil)
 	}
 	return policy.Resolve(pod, false, list.Items)
 }

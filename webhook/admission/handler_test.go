@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -527,6 +528,19 @@ func TestBandwidth(t *testing.T) {
 	own := e.mustAdmit(pod("app", "b", map[string]string{annotations.KubernetesEgressBandwidth: "10M"}))
 	if own.Annotations[annotations.EgressBandwidth] != "10000000" || own.Annotations[annotations.BandwidthPolicy] != "" || own.Annotations[annotations.IngressBandwidth] != "" {
 		t.Fatalf("own limits: %v", own.Annotations)
+	}
+	// Keys a policy filled count as the policy's only while they are what it
+	// gives (a re-invocation); edited (a manifest copied from a running pod),
+	// they are the pod's own.
+	again := e.mustAdmit(pod("app", "g", got.Annotations))
+	if again.Annotations[annotations.BandwidthPolicy] != "gold" || again.Annotations[annotations.IngressBandwidth] != "100000000" {
+		t.Errorf("re-admitted with gold's keys: %v; want gold's limits", again.Annotations)
+	}
+	edited := maps.Clone(got.Annotations)
+	edited[annotations.IngressBandwidth] = "5M"
+	mine := e.mustAdmit(pod("app", "h", edited))
+	if mine.Annotations[annotations.IngressBandwidth] != "5000000" || mine.Annotations[annotations.BandwidthPolicy] != "" {
+		t.Errorf("gold's keys with the ingress rate edited to 5M: %v; want the pod's own limits, no policy", mine.Annotations)
 	}
 	e.mustDeny(pod("app", "c", map[string]string{annotations.IngressBandwidth: "fast"}), annotations.IngressBandwidth, `"fast"`, "such as 10M")
 	// Limits that cannot work are refused at admission, not at the node.

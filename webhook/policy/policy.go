@@ -30,6 +30,31 @@ func Own(pod *corev1.Pod) bool {
 	return !fromPolicy && annotations.HasBandwidth(pod.Annotations)
 }
 
+// Gave reports whether the pod's bandwidth annotations are exactly what the
+// named policy of its namespace gives (no kubernetes.io keys, which a policy
+// never writes).
+func Gave(pod *corev1.Pod, name string, policies []v1alpha1.BandwidthPolicy) bool {
+	for i := range policies {
+		p := &policies[i]
+		if p.Namespace != pod.Namespace || p.Name != name {
+			continue
+		}
+		bw, err := Limits(p)
+		if err != nil {
+			return false
+		}
+		want := bw.Annotations()
+		for _, k := range annotations.BandwidthKeys {
+			got, has := pod.Annotations[k]
+			if w, wants := want[k]; has != wants || got != w {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
 // Resolve returns the pod's bandwidth. ownKeys says whether the pod's
 // bandwidth annotations are its own (at admission: whether it has any).
 func Resolve(pod *corev1.Pod, ownKeys bool, policies []v1alpha1.BandwidthPolicy) (Result, error) {
