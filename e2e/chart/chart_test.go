@@ -123,8 +123,37 @@ func TestLintAndTemplate(t *testing.T) {
 		}
 	}
 	cm := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", "webhook.certMode=cert-manager"))
-	if _, ok := cm["Certificate/stickynet-webhook"]; !ok {
-		t.Error("cert-manager mode renders no Certificate")
+	// The serving certificate comes from a CA Issuer of the chart's own CA,
+	// not from a self-signed Issuer (it would be its own CA: each renewal
+	// would change the caBundle under the replicas still serving the old one).
+	var serving, ca struct {
+		Spec struct {
+			IsCA       bool              `json:"isCA"`
+			SecretName string            `json:"secretName"`
+			IssuerRef  map[string]string `json:"issuerRef"`
+		} `json:"spec"`
+	}
+	var caIssuer struct {
+		Spec struct {
+			CA struct {
+				SecretName string `json:"secretName"`
+			} `json:"ca"`
+		} `json:"spec"`
+	}
+	for key, into := range map[string]any{"Certificate/stickynet-webhook": &serving, "Certificate/stickynet-webhook-ca": &ca, "Issuer/stickynet-ca": &caIssuer} {
+		if err := yaml.Unmarshal(cm[key], into); err != nil || cm[key] == nil {
+			t.Fatalf("cert-manager mode: %s: %v (rendered: %t)", key, err, cm[key] != nil)
+		}
+	}
+	if serving.Spec.IssuerRef["name"] != "stickynet-ca" || !ca.Spec.IsCA || ca.Spec.IssuerRef["name"] != "stickynet-selfsigned" ||
+		caIssuer.Spec.CA.SecretName != ca.Spec.SecretName {
+		t.Errorf("cert-manager mode: serving issuer %v, CA isCA %t issuer %v secret %q, CA Issuer secret %q; want serving from stickynet-ca, a CA from stickynet-selfsigned in the CA Issuer's secret",
+			serving.Spec.IssuerRef, ca.Spec.IsCA, ca.Spec.IssuerRef, ca.Spec.SecretName, caIssuer.Spec.CA.SecretName)
+	}
+	own := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", "webhook.certMode=cert-manager",
+		"--set", "webhook.certManager.issuerRef.name=corp-ca", "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer"))
+	if _, ok := own["Issuer/stickynet-ca"]; ok || own["Certificate/stickynet-webhook"] == nil || !strings.Contains(string(own["Certificate/stickynet-webhook"]), "corp-ca") {
+		t.Errorf("with an issuerRef of your own the chart still makes its CA, or the serving Certificate does not name corp-ca:\n%s", own["Certificate/stickynet-webhook"])
 	}
 	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "")
 	helm(t, "lint", "--strict", chartDir, "--set", fallbackValue)

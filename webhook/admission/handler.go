@@ -78,6 +78,15 @@ type Handler struct {
 
 var _ admission.Handler = (*Handler)(nil)
 
+// Reads lists the kinds the handler reads through Reader, so that a cache
+// can watch them before the first admission.
+func Reads() []client.Object {
+	return []client.Object{
+		&corev1.Namespace{}, &corev1.Pod{}, &appsv1.ReplicaSet{}, &appsv1.Deployment{},
+		&v1alpha1.IPPool{}, &v1alpha1.BandwidthPolicy{}, &v1alpha1.SriovNetwork{},
+	}
+}
+
 // denial is an error whose message is shown to the user as is.
 type denial struct{ msg string }
 

@@ -75,7 +75,28 @@ func newEnv(t *testing.T, objs ...client.Object) *env {
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{Reader: c, Alloc: a, Decoder: admission.NewDecoder(sch), SchedulerName: "stickynet-scheduler", StoreTimeout: time.Second}
+	// Every read of the handler's Reader must be of a kind Reads lists (the
+	// webhook watches those before it is ready).
+	watched := map[string]bool{}
+	for _, o := range Reads() {
+		watched[fmt.Sprintf("%T", o)] = true
+	}
+	check := func(obj any) {
+		if kind := strings.TrimSuffix(fmt.Sprintf("%T", obj), "List"); !watched[kind] {
+			t.Errorf("the handler read a %s, which Reads does not list", kind)
+		}
+	}
+	reader := interceptor.NewClient(c.(client.WithWatch), interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			check(obj)
+			return c.Get(ctx, key, obj, opts...)
+		},
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			check(list)
+			return c.List(ctx, list, opts...)
+		},
+	})
+	h := &Handler{Reader: reader, Alloc: a, Decoder: admission.NewDecoder(sch), SchedulerName: "stickynet-scheduler", StoreTimeout: time.Second}
 	n := 0
 	h.NewToken = func() string { n++; return fmt.Sprintf("tok%d", n) }
 	return &env{t: t, h: h, store: s, alloc: a, c: c}

@@ -133,8 +133,12 @@ func Run(ctx context.Context, o Options) error {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "stickynet-release-controller",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		WebhookServer:           webhook.NewServer(webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}),
-		Logger:                  log,
+		// Run ends when the manager does: give the lease up at once, so
+		// that a rollout does not leave the release controller stopped
+		// for a lease duration.
+		LeaderElectionReleaseOnCancel: true,
+		WebhookServer:                 webhook.NewServer(webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}),
+		Logger:                        log,
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -164,7 +168,11 @@ func Run(ctx context.Context, o Options) error {
 		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, StoreTimeout: o.StoreTimeout, Grace: o.ReleaseGrace,
 		Metrics: admission.NewMetrics(metrics.Registry),
 	}
-	// The webhook server starts once the certificate and the address cache are there.
+	// The webhook server starts once the certificate, the address cache and
+	// the informers of what the handler reads are there: the manager's cache
+	// starts an informer at its first read, and a first admission that waits
+	// for cluster-wide lists of namespaces, pods, workloads and pools one after
+	// another would outlast the API server's timeout in a large cluster.
 	serving := make(chan struct{})
 	if err := mgr.Add(runnable(func(ctx context.Context) error {
 		for _, ch := range []<-chan struct{}{certsReady, allocReady} {
@@ -173,6 +181,17 @@ func Run(ctx context.Context, o Options) error {
 			case <-ctx.Done():
 				return nil
 			}
+		}
+		for _, obj := range admission.Reads() {
+			if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("watch %T for admissions: %w", obj, err)
+			}
+		}
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return nil
 		}
 		mgr.GetWebhookServer().Register(MutatePath, &webhook.Admission{Handler: handler, RecoverPanic: ptr(true)})
 		close(serving)
@@ -185,7 +204,7 @@ func Run(ctx context.Context, o Options) error {
 		case <-serving:
 			return mgr.GetWebhookServer().StartedChecker()(req)
 		default:
-			return errors.New("waiting for the serving certificate and the address cache")
+			return errors.New("waiting for the serving certificate, the address cache and the informers")
 		}
 	}); err != nil {
 		return err
