@@ -86,7 +86,7 @@ func newEnv(t *testing.T, objs ...client.Object) *env {
 			t.Errorf("the handler read a %s, which Reads does not list", kind)
 		}
 	}
-	reader := interceptor.NewClient(c.(client.WithWatch), interceptor.Funcs{
+	reader := interceptor.NewClient(c, interceptor.Funcs{
 		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
 			check(obj)
 			return c.Get(ctx, key, obj, opts...)
