@@ -218,10 +218,10 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 			return nil, err
 		}
 		err = a.store.Put(at)
-		recorded := err == nil
 		if err = timedOut(ctx, err, "the VF"); err != nil {
-			// Without a record no restart would find the VF: give it back now.
-			return nil, a.undoAdd(ctx, at, recorded, err)
+			// addVF recorded the VF before it changed anything: the undo
+			// removes that record with the VF's setup.
+			return nil, a.undoAdd(ctx, at, true, err)
 		}
 		a.mu.Lock()
 		a.atts[at.Key()] = at

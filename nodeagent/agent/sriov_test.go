@@ -259,6 +259,38 @@ func TestSriovRestoreTeardownFails(t *testing.T) {
 	}
 }
 
+// An ADD whose VF setup fails and whose restore of the VF fails too keeps
+// the VF (tracked, with its record): no other pod gets a VF that still holds
+// the failed pod's settings; the DEL that follows restores it and frees it.
+func TestSriovFailedAddRestoreFails(t *testing.T) {
+	s := newSriovEnv(t, 2, nil)
+	a := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	s.pf.SetFail("SetVfVlan", errors.New("PF busy"))
+	if _, err := s.cni.Add(a.rt); err == nil || !strings.Contains(err.Error(), "restore the VF") {
+		t.Fatalf("ADD with the PF refusing VLANs = %v; want an error saying the VF could not be restored", err)
+	}
+	s.pf.SetFail("SetVfVlan", nil)
+	if recs := s.records(); len(recs) != 1 {
+		t.Errorf("records after the failed ADD %v; want a's, kept for its DEL", recs)
+	}
+	b := s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
+	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0b" {
+		t.Errorf("b's VF 1 is %+v; want b's MAC (VF 0 still a's)", got)
+	}
+	if err := s.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL a: %v", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
+		t.Errorf("VF 0 after a's DEL is %+v; want it restored", got)
+	}
+	if recs := s.records(); len(recs) != 1 {
+		t.Errorf("records after a's DEL %v; want b's only", recs)
+	}
+	if err := s.cni.Del(b.rt); err != nil {
+		t.Fatalf("DEL b: %v", err)
+	}
+}
+
 // The agent advertises each SriovNetwork's VFs as an extended resource on
 // its Node, following the networks and their node selectors.
 func TestSriovResourceAdvertised(t *testing.T) {

@@ -59,9 +59,16 @@ func (d *Datapath) PrepareVF(a *Attachment) error {
 	return nil
 }
 
+// RestoreError says that a SetupVF that failed could not put the VF back as
+// it was: the VF is not free for another pod until a teardown succeeds.
+type RestoreError struct{ Err error }
+
+func (e *RestoreError) Error() string { return "restore the VF: " + e.Err.Error() }
+func (e *RestoreError) Unwrap() error { return e.Err }
+
 // SetupVF gives the pod the VF: PF-side settings, then the netdev moves into
 // the pod's namespace under the CNI ifname with the pod's MAC, addresses and
-// routes. On failure the VF is restored.
+// routes. On failure the VF is restored, or the error holds a *RestoreError.
 func (d *Datapath) SetupVF(a *Attachment, cfg sriov.Config) (err error) {
 	pn, err := d.enter(a.Netns)
 	if err != nil {
@@ -73,8 +80,11 @@ func (d *Datapath) SetupVF(a *Attachment, cfg sriov.Config) (err error) {
 			fmt.Sprintf("interface %s already exists in netns %s (%s, MAC %s): pick another ifname or remove it", a.IfName, a.Netns, l.Type(), l.Attrs().HardwareAddr), "")
 	}
 	defer func() {
-		if err != nil {
-			err = errors.Join(err, d.teardownVF(a))
+		if err == nil {
+			return
+		}
+		if terr := d.teardownVF(a); terr != nil {
+			err = errors.Join(err, &RestoreError{Err: terr})
 		}
 	}()
 	if err := sriov.Apply(d.pf, a.VF.PF, a.VF.Index, cfg); err != nil {
@@ -125,8 +135,13 @@ func (d *Datapath) teardownVF(a *Attachment) error {
 	v := a.VF
 	var errs []error
 	if pn, err := d.enter(a.Netns); err == nil {
-		if l, err := pn.nl.LinkByName(a.IfName); err == nil {
-			errs = append(errs, d.moveBack(pn, l.Attrs().Name, v.NetDev))
+		// Under the pod's ifname, or still under its node name when a setup
+		// failed between the move and the rename.
+		for _, name := range []string{a.IfName, v.NetDev} {
+			if l, err := pn.nl.LinkByName(name); err == nil {
+				errs = append(errs, d.moveBack(pn, l.Attrs().Name, v.NetDev))
+				break
+			}
 		}
 		pn.Close()
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // VF is a virtual function of a PF as sysfs shows it.
@@ -92,7 +93,9 @@ type PF interface {
 }
 
 // Apply sets every field of c on the VF, in the order a driver accepts them
-// (the MAC before trust, the VLAN before the link comes up).
+// (the MAC before trust, the VLAN before the link comes up). A driver that
+// cannot set a field (EOPNOTSUPP: some have no VF link state or trust
+// control) is no error while the VF already has the value wanted.
 func Apply(p PF, pf string, vf int, c Config) error {
 	mac, err := net.ParseMAC(c.MAC)
 	if err != nil {
@@ -101,16 +104,26 @@ func Apply(p PF, pf string, vf int, c Config) error {
 	steps := []struct {
 		what string
 		do   func() error
+		has  func(cur Config) bool
 	}{
-		{"MAC", func() error { return p.SetVfHardwareAddr(pf, vf, mac) }},
-		{"VLAN", func() error { return p.SetVfVlan(pf, vf, c.VLAN) }},
-		{"spoof check", func() error { return p.SetVfSpoofchk(pf, vf, c.SpoofChk) }},
-		{"trust", func() error { return p.SetVfTrust(pf, vf, c.Trust) }},
-		{"max_tx_rate", func() error { return p.SetVfMaxTxRate(pf, vf, c.MaxTxRateMbps) }},
-		{"link state", func() error { return p.SetVfLinkState(pf, vf, c.LinkState) }},
+		{"MAC", func() error { return p.SetVfHardwareAddr(pf, vf, mac) }, func(cur Config) bool {
+			m, err := net.ParseMAC(cur.MAC)
+			return err == nil && m.String() == mac.String()
+		}},
+		{"VLAN", func() error { return p.SetVfVlan(pf, vf, c.VLAN) }, func(cur Config) bool { return cur.VLAN == c.VLAN }},
+		{"spoof check", func() error { return p.SetVfSpoofchk(pf, vf, c.SpoofChk) }, func(cur Config) bool { return cur.SpoofChk == c.SpoofChk }},
+		{"trust", func() error { return p.SetVfTrust(pf, vf, c.Trust) }, func(cur Config) bool { return cur.Trust == c.Trust }},
+		{"max_tx_rate", func() error { return p.SetVfMaxTxRate(pf, vf, c.MaxTxRateMbps) }, func(cur Config) bool { return cur.MaxTxRateMbps == c.MaxTxRateMbps }},
+		{"link state", func() error { return p.SetVfLinkState(pf, vf, c.LinkState) }, func(cur Config) bool { return cur.LinkState == c.LinkState }},
 	}
 	for _, s := range steps {
-		if err := s.do(); err != nil {
+		err := s.do()
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			if cur, rerr := p.VfConfig(pf, vf); rerr == nil && s.has(cur) {
+				continue
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("set %s of VF %d on %s: %w", s.what, vf, pf, err)
 		}
 	}

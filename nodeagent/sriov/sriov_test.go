@@ -2,11 +2,14 @@ package sriov_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stickynet/stickynet/nodeagent/sriov"
 	"github.com/stickynet/stickynet/nodeagent/sriov/sriovtest"
@@ -79,5 +82,15 @@ func TestApplyOrderAndErrors(t *testing.T) {
 	}
 	if err := sriov.Apply(r, "pf0", 1, sriov.Config{MAC: "bad"}); err == nil {
 		t.Error("bad MAC: want error")
+	}
+	// A driver without VF link state control: no error while the VF has
+	// the state wanted, an error naming the field when it has not.
+	r.Fail = map[string]error{"SetVfLinkState": fmt.Errorf("netlink: %w", unix.EOPNOTSUPP)}
+	if err := sriov.Apply(r, "pf0", 1, c); err != nil {
+		t.Errorf("Apply of link state %s, which the VF has, on a driver that cannot set it = %v; want nil", c.LinkState, err)
+	}
+	c.LinkState = sriov.LinkDisable
+	if err := sriov.Apply(r, "pf0", 1, c); err == nil || !strings.Contains(err.Error(), "set link state of VF 1 on pf0") {
+		t.Errorf("Apply of link state %s, which the VF has not, on a driver that cannot set it = %v; want the error", c.LinkState, err)
 	}
 }
