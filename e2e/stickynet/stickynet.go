@@ -259,6 +259,7 @@ func (s *System) startWebhook(ctx context.Context) error {
 		"--metrics-bind-address=0", fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probe),
 		"--leader-elect", "--leader-election-namespace="+s.opts.Namespace,
 		"--scheduler-name="+config.SchedulerName,
+		"--shutdown-delay=0", // one replica, called by URL: no endpoints to leave first
 	)
 	if err != nil {
 		return err

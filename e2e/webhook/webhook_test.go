@@ -96,8 +96,8 @@ func TestWebhook(t *testing.T) {
 
 	// Two replicas, as two webhook pods would run: replica a serves namespaces
 	// without the label replica=b, replica b those with it.
-	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}})
-	s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}})
+	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 5*time.Second)
+	b := s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}}, 5*time.Second)
 
 	t.Cleanup(func() {
 		if t.Failed() { // keep what the webhooks were doing for the post-mortem
@@ -122,6 +122,48 @@ func TestWebhook(t *testing.T) {
 	t.Run("PoolStatus", func(t *testing.T) { s.testPoolStatus(ctx, t) })
 	t.Run("UnlabelledLivePodKeepsAddress", func(t *testing.T) { s.testUnlabelled(ctx, t) })
 	t.Run("LostStateRecordedAgain", func(t *testing.T) { s.testLostState(ctx, t, st) })
+	t.Run("ShutdownKeepsServing", func(t *testing.T) { s.testShutdown(ctx, t, b) }) // last: stops replica b
+}
+
+// replica is a webhook replica startWebhook runs.
+type replica struct {
+	probe int
+	stop  func() error // cancels Run and returns what it returned (once)
+}
+
+// testShutdown: a replica told to stop fails /readyz at once and keeps
+// admitting pods through its shutdown delay, then stops cleanly.
+func (s *suite) testShutdown(ctx context.Context, t *testing.T, r *replica) {
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.stop() }()
+	eventually(ctx, t, 5*time.Second, "replica b's /readyz failing once it is told to stop", func() (bool, string) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", r.probe))
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusInternalServerError || resp.StatusCode == http.StatusServiceUnavailable, fmt.Sprintf("readyz %d", resp.StatusCode)
+	})
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "rb", Annotations: map[string]string{annotations.Pool: "shared"}},
+		Spec:       template("late", nil).Spec,
+	}
+	pod.Spec.NodeName = "nowhere"
+	got, err := s.k.CoreV1().Pods("rb").Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("pod created while replica b drains: %v; want it admitted", err)
+	}
+	if got.Annotations[annotations.AssignedIP] == "" {
+		t.Errorf("pod admitted while replica b drains has no address: %v", got.Annotations)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("replica b stopped with %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("replica b still running a minute after it was told to stop")
+	}
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -137,7 +179,7 @@ func freePort(t *testing.T) int {
 
 // startWebhook runs one webhook replica in this process, registers its
 // MutatingWebhookConfiguration and waits until the API server's calls reach it.
-func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement) {
+func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement, shutdownDelay time.Duration) *replica {
 	port, probe := freePort(t), freePort(t)
 	cfgName := "stickynet-" + name
 	mwc := app.WebhookConfiguration(cfgName, systemNS, admissionregistrationv1.WebhookClientConfig{
@@ -162,11 +204,15 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
 			SchedulerName: "", StoreTimeout: 5 * time.Second,
 			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
+			ShutdownDelay: shutdownDelay,
 		})
 	}()
-	t.Cleanup(func() {
+	r := &replica{probe: probe, stop: sync.OnceValue(func() error {
 		cancel()
-		if err := <-done; err != nil {
+		return <-done
+	})}
+	t.Cleanup(func() {
+		if err := r.stop(); err != nil {
 			t.Errorf("webhook %s: %v", name, err)
 		}
 	})
@@ -183,6 +229,7 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 		return resp.StatusCode == http.StatusOK && len(got.Webhooks[0].ClientConfig.CABundle) > 0,
 			fmt.Sprintf("readyz %d, caBundle %d bytes", resp.StatusCode, len(got.Webhooks[0].ClientConfig.CABundle))
 	})
+	return r
 }
 
 // eventually polls cond until it holds or the timeout passes.

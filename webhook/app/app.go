@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -75,6 +76,11 @@ type Options struct {
 	StoreTimeout   time.Duration
 	ReservationTTL time.Duration
 	ReleaseGrace   time.Duration
+	// ShutdownDelay is how long, once Run's context ends, the webhook keeps
+	// serving with /readyz failing before it stops: long enough for the
+	// Service's endpoints to drop it, so that no admission meets a closed
+	// port during a rollout. 0: stop at once.
+	ShutdownDelay time.Duration
 }
 
 // Scheme has the types the webhook reads.
@@ -96,9 +102,26 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return ctrl.GetConfig()
 }
 
-// Run runs the webhook until ctx ends.
+// Run runs the webhook until ctx ends (and o.ShutdownDelay more).
 func Run(ctx context.Context, o Options) error {
 	log := klog.FromContext(ctx)
+	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	var draining atomic.Bool
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-mctx.Done():
+			return
+		}
+		draining.Store(true)
+		log.Info("Shutting down: not ready, still serving", "for", o.ShutdownDelay)
+		select {
+		case <-time.After(o.ShutdownDelay):
+		case <-mctx.Done():
+		}
+		stop()
+	}()
 	cfg, err := restConfig(o.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
@@ -200,6 +223,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("webhook", func(req *http.Request) error {
+		if draining.Load() {
+			return errors.New("shutting down")
+		}
 		select {
 		case <-serving:
 			return mgr.GetWebhookServer().StartedChecker()(req)
@@ -221,7 +247,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	log.Info("Starting stickynet webhook", "port", o.Port, "etcd", o.EtcdEndpoints, "memoryStore", o.MemoryStore)
-	return mgr.Start(ctx)
+	return mgr.Start(mctx)
 }
 
 func ptr[T any](v T) *T { return &v }
