@@ -77,12 +77,9 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 }
 
 func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace) (*v1alpha1.IPPool, *ipam.Pool, error) {
-	ok, err := admits(p, ns)
-	if err != nil {
+	// pool passes only pools that admit the namespace, or whose selector does not parse.
+	if _, err := admits(p, ns); err != nil {
 		return nil, nil, deny("IPPool %s has an invalid spec.namespaceSelector: %s", p.Name, err)
-	}
-	if !ok {
-		return nil, nil, deny("IPPool %s does not admit namespace %s (its spec.namespaceSelector does not match the namespace's labels)", p.Name, ns.Name)
 	}
 	pool, err := ipam.NewPool(p.Name, p.Spec)
 	if err != nil {
