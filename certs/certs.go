@@ -8,9 +8,12 @@ package certs
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
@@ -57,11 +60,15 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 		if len(o.DNSNames) == 0 || o.Secret.Namespace == "" || o.Secret.Name == "" || o.WebhookConfig == "" {
 			return nil, fmt.Errorf("certificate mode %s needs DNS names, a secret namespace/name and the webhook configuration name", ModeSelf)
 		}
-		if err := ensureSecret(mgr, o.Secret); err != nil {
+		c, err := client.New(mgr.GetConfig(), client.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("client for the certificate secret: %w", err)
+		}
+		if err := ensureSecret(c, o.Secret, o.DNSNames); err != nil {
 			return nil, err
 		}
 		ready := make(chan struct{})
-		err := rotator.AddRotator(mgr, &rotator.CertRotator{
+		err = rotator.AddRotator(mgr, &rotator.CertRotator{
 			SecretKey:          o.Secret,
 			CertDir:            o.CertDir,
 			CAName:             "stickynet-ca",
@@ -104,19 +111,56 @@ func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
 
 func (f everyReplica) NeedLeaderElection() bool { return false }
 
-// ensureSecret creates the (empty) Secret the rotator fills, when missing.
-func ensureSecret(mgr manager.Manager, key types.NamespacedName) error {
-	c, err := client.New(mgr.GetConfig(), client.Options{})
-	if err != nil {
-		return fmt.Errorf("client for the certificate secret: %w", err)
-	}
+// ensureSecret creates the (empty) Secret the rotator fills, when missing,
+// and drops a serving certificate that lacks one of dnsNames (the rotator
+// checks the first only), so that the rotator issues a new one under the
+// same CA: the caBundle stays.
+func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
+	err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}})
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create certificate secret %s: %w", key, err)
 	}
+	sec := &corev1.Secret{}
+	if err := c.Get(ctx, key, sec); err != nil {
+		return fmt.Errorf("read certificate secret %s: %w", key, err)
+	}
+	missing := missingNames(sec.Data["tls.crt"], dnsNames)
+	if len(missing) == 0 {
+		return nil
+	}
+	delete(sec.Data, "tls.crt")
+	delete(sec.Data, "tls.key")
+	// A conflict: another replica changed the Secret first (this same
+	// change, or the rotator's); either way the rotator sees it.
+	if err := c.Update(ctx, sec); err != nil && !apierrors.IsConflict(err) {
+		return fmt.Errorf("drop the serving certificate of %s, which lacks %v: %w", key, missing, err)
+	}
 	return nil
+}
+
+// missingNames returns the names the PEM certificate does not carry; none
+// for no certificate (the rotator makes one).
+func missingNames(certPEM []byte, names []string) []string {
+	b, _ := pem.Decode(certPEM)
+	if b == nil {
+		return nil
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil
+	}
+	var missing []string
+	for _, n := range names {
+		if !slices.Contains(cert.DNSNames, n) {
+			missing = append(missing, n)
+		}
+	}
+	return missing
 }
 
 // syncFiles writes the Secret's tls.crt and tls.key into dir whenever they
