@@ -57,7 +57,7 @@ fmt: $(GOFUMPT) ## Format the Go code with gofumpt.
 # One package at a time (-p 1): the suites measure real datapaths (iperf3
 # through tbf and OVS meters at up to 300 Mbit/s) and run whole clusters;
 # two of them at once on 2 cores starve each other's userspace datapath.
-test: verify-generate ## Run every test, unit and integration (as root, after `make tools`). CI runs this.
+test: verify-generate lint ## Lint, then run every test, unit and integration (as root, after `make tools`). CI runs this.
 	$(GO) test -count=1 -p 1 -timeout 80m $(TEST_FLAGS) ./...
 
 .PHONY: test-unit
@@ -70,7 +70,8 @@ fuzz: ## Run the annotation parser fuzzer for 60 s.
 
 .PHONY: verify-generate
 verify-generate: generate ## Fail when generated code or CRDs are out of date.
-	@git diff --exit-code -- api charts/stickynet/crds || (echo "run 'make generate' and commit the result" >&2; exit 1)
+	@git diff --exit-code -- api charts/stickynet/crds && test -z "$$(git status --porcelain -- api charts/stickynet/crds)" || \
+		(git status --short -- api charts/stickynet/crds; echo "run 'make generate' and commit the result" >&2; exit 1)
 
 ##@ Local cluster
 

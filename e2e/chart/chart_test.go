@@ -312,7 +312,11 @@ func TestAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.Stop(context.Background()) })
+	t.Cleanup(func() {
+		if err := c.Stop(context.Background()); err != nil {
+			t.Errorf("stop the cluster: %v", err)
+		}
+	})
 	if err := c.InstallCRDs(ctx, chartDir+"/crds"); err != nil {
 		t.Fatal(err)
 	}
