@@ -151,13 +151,25 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 	case <-ctx.Done():
 		// Still queued, it is never sent; in flight, its outcome is
 		// unknown, as for a transaction sent by itself whose context ends
-		// before etcd answers.
+		// before etcd answers; answered as the context ended (select picks
+		// either ready case), its outcome is known.
 		b.mu.Lock()
-		if i := slices.Index(b.queue, c); i >= 0 {
-			b.queue = slices.Delete(b.queue, i, i+1)
+		queued := slices.Index(b.queue, c)
+		if queued >= 0 {
+			b.queue = slices.Delete(b.queue, queued, queued+1)
 		}
 		b.mu.Unlock()
-		return store.TxnResult{}, fmt.Errorf("etcd txn: %w", ctx.Err())
+		answered := false
+		if queued < 0 {
+			select {
+			case <-c.done:
+				answered = true
+			default:
+			}
+		}
+		if !answered {
+			return store.TxnResult{}, fmt.Errorf("etcd txn: %w", ctx.Err())
+		}
 	}
 	if c.alone {
 		b.observe(1)
