@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -213,6 +214,19 @@ func Run(ctx context.Context, o Options) error {
 				return fmt.Errorf("watch %T for admissions: %w", obj, err)
 			}
 		}
+		// Every replica, not only the leader's release passes, frees
+		// addresses (a pod moving pools, the members of a full set whose
+		// pods are gone): each must know every pool's reuse delay.
+		pools, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.IPPool{})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("watch IPPools for their reuse delays: %w", err)
+		}
+		if _, err := pools.AddEventHandler(poolFeed(alloc)); err != nil {
+			return fmt.Errorf("watch IPPools for their reuse delays: %w", err)
+		}
 		if !mgr.GetCache().WaitForCacheSync(ctx) {
 			return nil
 		}
@@ -248,6 +262,18 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("Starting stickynet webhook", "port", o.Port, "etcd", o.EtcdEndpoints, "memoryStore", o.MemoryStore)
 	return mgr.Start(mctx)
+}
+
+// poolFeed tells the allocator each IPPool's spec as the informer sees it.
+func poolFeed(alloc interface{ SetPool(*ipam.Pool) }) toolscache.ResourceEventHandlerFuncs {
+	set := func(obj any) {
+		if p, ok := obj.(*v1alpha1.IPPool); ok {
+			if pool, err := ipam.NewPool(p.Name, p.Spec); err == nil {
+				alloc.SetPool(pool)
+			}
+		}
+	}
+	return toolscache.ResourceEventHandlerFuncs{AddFunc: set, UpdateFunc: func(_, obj any) { set(obj) }}
 }
 
 func ptr[T any](v T) *T { return &v }
