@@ -597,11 +597,34 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 			cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
 		}
 	}
+	// The MAC it asks for is free, or its own still cooling with an address
+	// it left: the MAC key carries that record's lease, so while the record
+	// is at its revision the MAC is the identity's (as in planReclaim).
+	var macFrom *entry
 	if mac != old.rec.MAC {
-		cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
+		o := c.macs[mac]
+		ownCooling := o != nil && o.rev > 0 && o.rec.State == stateCooling && o.rec.ID == req.Identity
+		switch {
+		case ownCooling && o.pool == pool.Name && o.ip == ip:
+			// The address it moves back onto: compared already.
+		case ownCooling:
+			macFrom = o
+			cmps = append(cmps, store.At(a.keys.addrKey(o.pool, o.ip), o.rev))
+		default:
+			cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
+		}
 	}
-	p := a.claimOps(req, ip, mac, cmps, backOnCooling)
-	if mac != old.rec.MAC {
+	// Under a reservation token, the address it keeps (a new MAC only) is
+	// rewritten as reserved: its lease must outlive the reuse delay, as the
+	// cooling it would have had, should its pod never be confirmed.
+	p := a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)
+	if macFrom != nil {
+		// That address keeps cooling, without the MAC (its key now points here).
+		cool := macFrom.rec
+		cool.MAC = ""
+		p.then = append(p.then, store.Put(a.keys.addrKey(macFrom.pool, macFrom.ip), encode(cool), macFrom.lease))
+		p.els = append(p.els, store.Get(a.keys.addrKey(macFrom.pool, macFrom.ip)))
+	} else if mac != old.rec.MAC {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	}
 	if !sameAddr {

@@ -690,3 +690,54 @@ func TestRefresh(t *testing.T) {
 		t.Fatalf("Refresh of deployment/ns/api read deployment/ns/api-2's %v", l)
 	}
 }
+
+// An identity that moved to another address and MAC and asks for its old
+// address and MAC again (a rolled-back manifest) gets both back from their
+// cooling; its later address and MAC cool in turn.
+func TestMoveBackWithOldMAC(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
+	id := "statefulset/ns/web/0"
+	x, y := netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.11")
+	m1, _ := net.ParseMAC("02:00:00:00:00:01")
+	m2, _ := net.ParseMAC("02:00:00:00:00:02")
+	alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: x, MAC: m1})
+	alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: y, MAC: m2})
+	back := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/web-0", IP: x, MAC: m1})
+	if back.IP != x || back.MAC.String() != m1.String() {
+		t.Fatalf("moving back gave %s %s; want %s %s", back.IP, back.MAC, x, m1)
+	}
+	for _, req := range []Request{
+		{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: y},
+		{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", MAC: m2},
+	} {
+		if _, err := a.Allocate(testCtx(t), req); err == nil {
+			t.Errorf("%s/%s, left by %s, was given to another identity at once", req.IP, req.MAC, id)
+		}
+	}
+}
+
+// A single identity with a bound address that asks for a new MAC under a
+// reservation token whose pod is never confirmed keeps the address at
+// least the pool's reuse delay, as cooling would.
+func TestMACChangeUnderTokenOutlivesReservation(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{ReservationTTL: 500 * time.Millisecond})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(3600)})
+	ctx := testCtx(t)
+	id := "daemonset/ns/agent/node-1"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/first"})
+	m2, _ := net.ParseMAC("02:00:00:00:00:02")
+	again := alloc(t, a, Request{Pool: p, Identity: id, Token: "never-bound", MAC: m2})
+	if again.IP != first.IP || !again.Reserved {
+		t.Fatalf("%s with a new MAC got %+v; want %s reserved", id, again, first.IP)
+	}
+	// The reservation's lease (0.5 s plus 2 s of slack) is over; the reuse delay (1 h) is not.
+	time.Sleep(3 * time.Second)
+	if kv, err := s.Get(ctx, a.keys.addrKey("p", first.IP)); err != nil || kv == nil {
+		t.Fatalf("%s is gone with the reservation (%v): free to anyone at once", first.IP, err)
+	}
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: first.IP}); err == nil {
+		t.Fatalf("another identity took %s within the reuse delay", first.IP)
+	}
+}
