@@ -746,9 +746,9 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 		pool, ip, _, isAddr := a.keys.parseAddrKey(op.Key)
 		switch {
 		case isAddr && kv == nil:
-			a.cache.Apply([]store.Event{{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: res.Revision}}})
+			a.cache.applyLate([]store.Event{{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: res.Revision}}})
 		case isAddr:
-			a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *kv}})
+			a.cache.applyLate([]store.Event{{Type: store.EventPut, KV: *kv}})
 			newest = max(newest, kv.ModRevision)
 			var r record
 			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && pool == req.Pool.Name && r.ID != req.Identity {
@@ -767,7 +767,7 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 				return 0, fmt.Errorf("read %s: %w", ak, err)
 			}
 			if got != nil {
-				a.cache.Apply([]store.Event{{Type: store.EventPut, KV: *got}})
+				a.cache.applyLate([]store.Event{{Type: store.EventPut, KV: *got}})
 				var r record
 				if json.Unmarshal(got.Value, &r) == nil && req.MAC != nil && op.Key == a.keys.macKey(req.MAC.String()) && r.ID != req.Identity {
 					return 0, &ConflictError{Pool: ppool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
@@ -793,7 +793,7 @@ func (a *Allocator) applyLocal(ops []store.Op, rev int64) {
 			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: rev}})
 		}
 	}
-	a.cache.Apply(evs)
+	a.cache.applyLate(evs)
 }
 
 // lease returns a shared lease that lives at least ttl from now. Reservations

@@ -119,6 +119,9 @@ type cache struct {
 	inMACs   map[string]struct{}
 	growing  map[string]int // shared identity → members being added here (counted against MaxMembers)
 	bad      int            // undecodable values seen (logged by the allocator)
+	// watched is the revision up to which the watch has delivered every
+	// change (the list's, then each event's): applyLate skips what is older.
+	watched int64
 }
 
 func newCache(k keys) *cache {
@@ -135,7 +138,7 @@ func (c *cache) reset() {
 
 // Replace implements store.Handler. Values are decoded on every core before
 // the cache is locked and indexed (a rebuild from 100,000 addresses is mostly decoding).
-func (c *cache) Replace(kvs []store.KV, _ int64) {
+func (c *cache) Replace(kvs []store.KV, rev int64) {
 	type decoded struct {
 		pool   string
 		ip     netip.Addr
@@ -172,6 +175,7 @@ func (c *cache) Replace(kvs []store.KV, _ int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reset()
+	c.watched = rev
 	c.idents = make(map[string][]*entry, len(kvs))
 	c.macs = make(map[string]*entry, len(kvs))
 	perPool := map[string]int{}
@@ -204,17 +208,37 @@ func (c *cache) Replace(kvs []store.KV, _ int64) {
 	}
 }
 
-// Apply implements store.Handler.
+// Apply implements store.Handler: the watch's events, in order.
 func (c *cache) Apply(events []store.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range events {
-		ev := &events[i]
-		if ev.Type == store.EventDelete {
-			c.deleteLocked(ev.KV.Key, ev.KV.ModRevision)
-		} else {
-			c.putLocked(&ev.KV)
+		c.watched = max(c.watched, events[i].KV.ModRevision)
+		c.applyLocked(&events[i])
+	}
+}
+
+// applyLate applies what the allocator learnt outside the watch (its own
+// writes, what a lost claim read): it may arrive after the watch delivered
+// a later change of the same key. A put at or below the watched revision is
+// skipped: the cache holds it already, or what came after it (a delete the
+// cache keeps no trace of, which the put would otherwise undo).
+func (c *cache) applyLate(events []store.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range events {
+		if events[i].Type != store.EventDelete && events[i].KV.ModRevision <= c.watched {
+			continue
 		}
+		c.applyLocked(&events[i])
+	}
+}
+
+func (c *cache) applyLocked(ev *store.Event) {
+	if ev.Type == store.EventDelete {
+		c.deleteLocked(ev.KV.Key, ev.KV.ModRevision)
+	} else {
+		c.putLocked(&ev.KV)
 	}
 }
 

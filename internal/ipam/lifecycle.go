@@ -52,7 +52,7 @@ func (a *Allocator) snapshot(ctx context.Context, pool string, ip netip.Addr, id
 			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: key, ModRevision: res.Revision}})
 		}
 	}
-	a.cache.Apply(evs)
+	a.cache.applyLate(evs)
 	a.cache.mu.Lock()
 	defer a.cache.mu.Unlock()
 	if e := a.cache.get(pool, ip); e != nil {
@@ -285,7 +285,7 @@ func (a *Allocator) learnGets(keys []string, res store.TxnResult) {
 			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: k, ModRevision: res.Revision}})
 		}
 	}
-	a.cache.Apply(evs)
+	a.cache.applyLate(evs)
 }
 
 // Entry is an address as the cache sees it, for controllers and status.
