@@ -420,11 +420,24 @@ func (a *Allocator) planKeep(req *Request, e *entry) *plan {
 		p.cmps = append(p.cmps, store.At(hk, e.holdRev))
 		p.els = append(p.els, store.Get(hk))
 	}
-	if req.Pod != "" && e.rec.Pod != req.Pod && e.rec.State == stateAllocated {
+	switch {
+	case req.Pod != "" && e.rec.Pod != req.Pod && e.rec.State == stateAllocated:
 		r := e.rec
 		r.Pod, r.Since = req.Pod, a.now().Unix()
 		p.then = []store.Op{store.Put(ak, encode(r), e.lease)}
 		p.result.Pod = req.Pod
+	case req.Token != "" && !req.Shared && e.rec.Pod == "" && e.hold == nil && e.rec.State == stateAllocated:
+		// A pod being created under a token (a DaemonSet's) takes its
+		// identity's unbound address: a hold marks it in use, so that a
+		// release decided before the pod showed up (its DaemonSet or node
+		// deleted and made again) finds it busy, until Bind confirms the pod
+		// or the hold's lease ends.
+		hk := a.keys.holdKey(e.pool, e.ip)
+		p.cmps = append(p.cmps, store.Absent(hk))
+		p.els = append(p.els, store.Get(hk))
+		p.then = []store.Op{store.Put(hk, encode(hold{Token: req.Token}), store.NoLease)}
+		p.needLease(a.opts.ReservationTTL, 0)
+		p.result.Token, p.result.Reserved = req.Token, true
 	}
 	return p
 }

@@ -741,3 +741,36 @@ func TestMACChangeUnderTokenOutlivesReservation(t *testing.T) {
 		t.Fatalf("another identity took %s within the reuse delay", first.IP)
 	}
 }
+
+// A single identity's unbound address taken by a pod admitted under a token
+// (a DaemonSet pod) is held for that token: a release decided before the
+// pod showed up finds it in use; Bind with the token gives it to the pod; a
+// second admission of the same pod keeps it without writing again.
+func TestTokenKeepOfUnboundAddressHolds(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	id := "daemonset/ns/agent/node-1"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/agent-old"})
+	if err := a.Unbind(ctx, "p", first.IP, "ns/agent-old"); err != nil {
+		t.Fatal(err)
+	}
+	got := alloc(t, a, Request{Pool: p, Identity: id, Token: "tok"})
+	if got.IP != first.IP || !got.Reserved || got.Token != "tok" {
+		t.Fatalf("token admission onto the unbound address: %+v; want %s reserved for tok", got, first.IP)
+	}
+	rev := s.Revision()
+	if again := alloc(t, a, Request{Pool: p, Identity: id, Token: "tok"}); again.IP != first.IP || again.Token != "tok" || s.Revision() != rev {
+		t.Errorf("re-admission under the same token: %+v, revision %d -> %d; want the same answer, nothing written", again, rev, s.Revision())
+	}
+	if err := a.Release(ctx, "p", first.IP, id, false); !errors.Is(err, ErrInUse) {
+		t.Fatalf("release of the held address: %v; want ErrInUse", err)
+	}
+	if err := a.Bind(ctx, Binding{Pool: "p", IP: first.IP, Identity: id, Pod: "ns/agent-new", Token: "tok"}); err != nil {
+		t.Fatal(err)
+	}
+	if l := a.Lookup(id); len(l) != 1 || l[0].Pod != "ns/agent-new" || l[0].Held || l[0].Reserved {
+		t.Fatalf("after Bind: %+v; want bound to ns/agent-new, no hold", l)
+	}
+}
