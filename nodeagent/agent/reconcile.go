@@ -74,7 +74,7 @@ func (a *agent) restore(ctx context.Context) error {
 				continue
 			}
 			errs = append(errs, a.store.Delete(at))
-			if at.VF == nil {
+			if at.VF == nil && !portOfAnother(byName, at) {
 				a.mu.Lock()
 				delete(a.usedPorts, at.OFPort)
 				a.mu.Unlock()
@@ -117,6 +117,18 @@ func (a *agent) restore(ctx context.Context) error {
 		log.Error(err, "Restore was incomplete")
 	}
 	return nil
+}
+
+// portOfAnother reports whether an OVS interface other than at's own has
+// at's OpenFlow port number (a stale record's number, which a kept port
+// took): that number stays taken.
+func portOfAnother(byName map[string]ovs.Interface, at *datapath.Attachment) bool {
+	for name, ifc := range byName {
+		if name != at.HostVeth && ifc.OFPort == at.OFPort {
+			return true
+		}
+	}
+	return false
 }
 
 // markUsed marks the attachment's VF or port number as taken; a.mu is held.
