@@ -308,15 +308,7 @@ func TestAPIServer(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, SimNodes: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(context.Background()); err != nil {
-			t.Errorf("stop the cluster: %v", err)
-		}
-	})
+	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 1})
 	if err := c.InstallCRDs(ctx, chartDir+"/crds"); err != nil {
 		t.Fatal(err)
 	}

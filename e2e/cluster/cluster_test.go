@@ -22,7 +22,6 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
-	"github.com/stickynet/stickynet/e2e/leakcheck"
 	"github.com/stickynet/stickynet/internal/testenv"
 )
 
@@ -37,7 +36,7 @@ func TestRealNodes(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	before := snapshot(ctx, t)
+	before := cluster.SnapshotForTest(ctx, t)
 
 	ext := startExtender(t, "node-2")
 	begin := time.Now()
@@ -138,7 +137,7 @@ func TestRealNodes(t *testing.T) {
 		t.Errorf("stop: %v", err)
 	}
 	t.Logf("cluster stopped in %s", time.Since(begin).Round(time.Millisecond))
-	checkNoLeaks(ctx, t, before, state)
+	cluster.CheckNoLeaks(ctx, t, before, state)
 }
 
 // TestSimulatedNodes adds 200 simulated nodes to three real ones: pods
@@ -151,7 +150,7 @@ func TestSimulatedNodes(t *testing.T) {
 	const simNodes, simPods = 200, 200
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	before := snapshot(ctx, t)
+	before := cluster.SnapshotForTest(ctx, t)
 
 	begin := time.Now()
 	c, err := cluster.Start(ctx, cluster.Config{SimNodes: simNodes})
@@ -221,32 +220,7 @@ func TestSimulatedNodes(t *testing.T) {
 		t.Errorf("stop: %v", err)
 	}
 	t.Logf("cluster stopped in %s", time.Since(begin).Round(time.Millisecond))
-	checkNoLeaks(ctx, t, before, state)
-}
-
-// snapshot records the machine before the cluster starts.
-func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
-	t.Helper()
-	s, err := cluster.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// checkNoLeaks compares the machine with before. Clusters of other tests
-// running at the same time (other packages' suites) are told apart by their
-// markers; anything else new that is not this cluster's must persist for
-// a few seconds to count.
-func checkNoLeaks(ctx context.Context, t *testing.T, before leakcheck.Snapshot, state cluster.State) {
-	t.Helper()
-	leaks, err := cluster.Leaks(ctx, before, state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(leaks) > 0 {
-		t.Errorf("left behind after Stop:\n  %s", strings.Join(leaks, "\n  "))
-	}
+	cluster.CheckNoLeaks(ctx, t, before, state)
 }
 
 func toolboxTemplate(app string, spread []corev1.TopologySpreadConstraint) corev1.PodTemplateSpec {
@@ -542,7 +516,7 @@ func TestNodeCNIChoice(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	before := snapshot(ctx, t)
+	before := cluster.SnapshotForTest(ctx, t)
 	altConf := func(n cluster.Node, bridge, first, last string) []byte {
 		return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"alt","plugins":[{"type":"bridge","bridge":%q,
 			"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q,"rangeStart":%q,"rangeEnd":%q}]]}}]}`,
@@ -650,5 +624,5 @@ func TestNodeCNIChoice(t *testing.T) {
 	if err := c.Stop(ctx); err != nil {
 		t.Errorf("stop: %v", err)
 	}
-	checkNoLeaks(ctx, t, before, state)
+	cluster.CheckNoLeaks(ctx, t, before, state)
 }

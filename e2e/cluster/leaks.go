@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"os"
+	"strings"
+	"testing"
 	"time"
 
 	"github.com/stickynet/stickynet/e2e/internal/host"
@@ -55,4 +57,49 @@ func Leaks(ctx context.Context, before leakcheck.Snapshot, s State) ([]string, e
 		leaks = append(leaks, "folder "+s.Dir)
 	}
 	return leaks, nil
+}
+
+// CheckNoLeaks fails t with what the stopped cluster whose state is s left
+// on the machine since before.
+func CheckNoLeaks(ctx context.Context, t testing.TB, before leakcheck.Snapshot, s State) {
+	t.Helper()
+	leaks, err := Leaks(ctx, before, s)
+	if err != nil {
+		t.Errorf("look for what the cluster left behind: %v", err)
+		return
+	}
+	if len(leaks) > 0 {
+		t.Errorf("left behind after Stop:\n  %s", strings.Join(leaks, "\n  "))
+	}
+}
+
+// SnapshotForTest is Snapshot, failing t on error.
+func SnapshotForTest(ctx context.Context, t testing.TB) leakcheck.Snapshot {
+	t.Helper()
+	before, err := Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return before
+}
+
+// StartForTest starts a cluster for t and, when t ends, stops it and fails
+// t if Stop fails or the cluster left anything on the machine (processes,
+// netns, links, mounts, folders). Cleanups t registers later run first.
+func StartForTest(ctx context.Context, t testing.TB, cfg Config) *Cluster {
+	t.Helper()
+	before := SnapshotForTest(ctx, t)
+	c, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := c.State()
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := c.Stop(ctx); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+		CheckNoLeaks(ctx, t, before, state)
+	})
+	return c
 }

@@ -38,7 +38,6 @@ import (
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/e2e/cluster"
 	"github.com/stickynet/stickynet/e2e/internal/host"
-	"github.com/stickynet/stickynet/e2e/leakcheck"
 	"github.com/stickynet/stickynet/e2e/stickynet"
 	"github.com/stickynet/stickynet/extender/config"
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -61,7 +60,7 @@ func TestStickynet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	ctrl.SetLogger(klog.Background())
-	before := snapshot(ctx, t)
+	before := cluster.SnapshotForTest(ctx, t)
 
 	begin := time.Now()
 	bins, err := stickynet.Build(ctx, t.TempDir())
@@ -148,7 +147,7 @@ func TestStickynet(t *testing.T) {
 		t.Errorf("stop cluster: %v", err)
 	}
 	t.Logf("stickynet and the cluster stopped in %s", time.Since(begin).Round(time.Millisecond))
-	checkNoLeaks(ctx, t, before, state)
+	cluster.CheckNoLeaks(ctx, t, before, state)
 }
 
 func agentNodes(sys *stickynet.System) []string {
@@ -784,28 +783,5 @@ func dumpLogs(t *testing.T, c *cluster.Cluster) {
 			b = b[len(b)-4000:]
 		}
 		t.Logf("%s (end):\n%s", filepath.Base(l), b)
-	}
-}
-
-// snapshot records the machine before the cluster starts.
-func snapshot(ctx context.Context, t *testing.T) leakcheck.Snapshot {
-	t.Helper()
-	s, err := cluster.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// checkNoLeaks compares the machine with before, telling other tests'
-// clusters apart by their markers.
-func checkNoLeaks(ctx context.Context, t *testing.T, before leakcheck.Snapshot, state cluster.State) {
-	t.Helper()
-	leaks, err := cluster.Leaks(ctx, before, state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(leaks) > 0 {
-		t.Errorf("left behind after Stop:\n  %s", strings.Join(leaks, "\n  "))
 	}
 }

@@ -59,15 +59,7 @@ func TestWebhook(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	ctrl.SetLogger(klog.Background())
-	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, SimNodes: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // runs after the webhooks' cleanups: they stop first
-		if err := c.Stop(context.Background()); err != nil {
-			t.Errorf("stop cluster: %v", err)
-		}
-	})
+	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 3}) // stops after the webhooks' cleanups
 	if err := c.InstallCRDs(ctx, "../../charts/stickynet/crds"); err != nil {
 		t.Fatal(err)
 	}

@@ -218,15 +218,7 @@ func start(ctx context.Context, t *testing.T) *env {
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(1)))
 	ctx = klog.NewContext(ctx, logger)
 	crlog.SetLogger(logger) // the informers' controller-runtime logs
-	c, err := cluster.Start(ctx, cluster.Config{Nodes: -1, SimNodes: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(context.Background()); err != nil {
-			t.Errorf("stop cluster: %v", err)
-		}
-	})
+	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 4})
 	if err := c.InstallCRDs(ctx, "../../../charts/stickynet/crds"); err != nil {
 		t.Fatal(err)
 	}
