@@ -47,8 +47,8 @@ func main() {
 	flag.DurationVar(&o.StoreTimeout, "store-timeout", 7*time.Second, "time budget for the state store per admission (keep it under the webhook timeout)")
 	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", 5*time.Minute, "how long a reservation for a pod without a name lives unconfirmed (the release controller confirms it when the pod appears)")
 	flag.DurationVar(&o.ReleaseGrace, "release-grace", workload.DefaultGrace, "minimum age of an address's last change before the release controller unbinds or frees it")
-	klog.InitFlags(nil)
 	flag.DurationVar(&o.ShutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, keep serving this long with /readyz failing before stopping, so that the Service's endpoints drop the replica first (keep it under the pod's terminationGracePeriodSeconds)")
+	klog.InitFlags(nil)
 	flag.Parse()
 
 	o.KubeAPIQPS = float32(qps)

@@ -122,7 +122,7 @@ func TestLintAndTemplate(t *testing.T) {
 			t.Errorf("rendered chart lacks %s", want)
 		}
 	}
-	cm := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", "webhook.certMode=cert-manager"))
+	cm := render(t, "webhook.certMode=cert-manager")
 	// The serving certificate comes from a CA Issuer of the chart's own CA,
 	// not from a self-signed Issuer (it would be its own CA: each renewal
 	// would change the caBundle under the replicas still serving the old one).
@@ -150,8 +150,7 @@ func TestLintAndTemplate(t *testing.T) {
 		t.Errorf("cert-manager mode: serving issuer %v, CA isCA %t issuer %v secret %q, CA Issuer secret %q; want serving from stickynet-ca, a CA from stickynet-selfsigned in the CA Issuer's secret",
 			serving.Spec.IssuerRef, ca.Spec.IsCA, ca.Spec.IssuerRef, ca.Spec.SecretName, caIssuer.Spec.CA.SecretName)
 	}
-	own := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", "webhook.certMode=cert-manager",
-		"--set", "webhook.certManager.issuerRef.name=corp-ca", "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer"))
+	own := render(t, "webhook.certMode=cert-manager", "webhook.certManager.issuerRef.name=corp-ca", "webhook.certManager.issuerRef.kind=ClusterIssuer")
 	if _, ok := own["Issuer/stickynet-ca"]; ok || own["Certificate/stickynet-webhook"] == nil || !strings.Contains(string(own["Certificate/stickynet-webhook"]), "corp-ca") {
 		t.Errorf("with an issuerRef of your own the chart still makes its CA, or the serving Certificate does not name corp-ca:\n%s", own["Certificate/stickynet-webhook"])
 	}

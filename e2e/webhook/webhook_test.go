@@ -88,7 +88,7 @@ func TestWebhook(t *testing.T) {
 
 	// Two replicas, as two webhook pods would run: replica a serves namespaces
 	// without the label replica=b, replica b those with it.
-	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 5*time.Second)
+	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0)
 	b := s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}}, 5*time.Second)
 
 	t.Cleanup(func() {

@@ -486,12 +486,11 @@ func TestAddressMoveAnnounced(t *testing.T) {
 }
 
 func TestConflistInstalled(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics := ln.Addr().String()
-	ln.Close()
+	metrics := fmt.Sprintf("127.0.0.1:%d", port)
 	// Over 10 s of pod wait, the conflist gives the plugin twice that.
 	e := newEnv(t, func(o *agent.Options) { o.PodWait = 8 * time.Second; o.MetricsAddr = metrics })
 	// Ready (conflist installed, OVS bridge there): the DaemonSet's readiness probe.

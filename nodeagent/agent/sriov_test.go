@@ -243,7 +243,16 @@ func TestSriovRestoreTeardownFails(t *testing.T) {
 	s.pf.SetFail("SetVfHardwareAddr", errors.New("PF busy"))
 	s.restart()
 	s.pf.SetFail("SetVfHardwareAddr", nil)
-	// VF 0 is still a's: another pod gets VF 1.
+	b := vf0KeptUntilDEL(t, s, a)
+	if err := s.cni.Del(b.rt); err != nil {
+		t.Fatalf("DEL b: %v", err)
+	}
+}
+
+// vf0KeptUntilDEL checks that VF 0 is still a's: pod b, added now, gets VF
+// 1; a's DEL then restores VF 0. It returns b.
+func vf0KeptUntilDEL(t *testing.T, s *sriovEnv, a *testPod) *testPod {
+	t.Helper()
 	b := s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
 	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0b" {
 		t.Errorf("b's VF 1 is %+v; want b's MAC (VF 0 still a's)", got)
@@ -254,9 +263,7 @@ func TestSriovRestoreTeardownFails(t *testing.T) {
 	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
 		t.Errorf("VF 0 after a's DEL is %+v; want it restored", got)
 	}
-	if err := s.cni.Del(b.rt); err != nil {
-		t.Fatalf("DEL b: %v", err)
-	}
+	return b
 }
 
 // An ADD whose VF setup fails and whose restore of the VF fails too keeps
@@ -273,16 +280,7 @@ func TestSriovFailedAddRestoreFails(t *testing.T) {
 	if recs := s.records(); len(recs) != 1 {
 		t.Errorf("records after the failed ADD %v; want a's, kept for its DEL", recs)
 	}
-	b := s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
-	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0b" {
-		t.Errorf("b's VF 1 is %+v; want b's MAC (VF 0 still a's)", got)
-	}
-	if err := s.cni.Del(a.rt); err != nil {
-		t.Fatalf("DEL a: %v", err)
-	}
-	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
-		t.Errorf("VF 0 after a's DEL is %+v; want it restored", got)
-	}
+	b := vf0KeptUntilDEL(t, s, a)
 	if recs := s.records(); len(recs) != 1 {
 		t.Errorf("records after a's DEL %v; want b's only", recs)
 	}

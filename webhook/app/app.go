@@ -207,25 +207,21 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}
 		for _, obj := range admission.Reads() {
-			if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
+			inf, err := mgr.GetCache().GetInformer(ctx, obj)
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return fmt.Errorf("watch %T for admissions: %w", obj, err)
 			}
-		}
-		// Every replica, not only the leader's release passes, frees
-		// addresses (a pod moving pools, the members of a full set whose
-		// pods are gone): each must know every pool's reuse delay.
-		pools, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.IPPool{})
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+			// Every replica, not only the leader's release passes, frees
+			// addresses (a pod moving pools, the members of a full set whose
+			// pods are gone): each must know every pool's reuse delay.
+			if _, isPool := obj.(*v1alpha1.IPPool); isPool {
+				if _, err := inf.AddEventHandler(poolFeed(alloc)); err != nil {
+					return fmt.Errorf("watch IPPools for their reuse delays: %w", err)
+				}
 			}
-			return fmt.Errorf("watch IPPools for their reuse delays: %w", err)
-		}
-		if _, err := pools.AddEventHandler(poolFeed(alloc)); err != nil {
-			return fmt.Errorf("watch IPPools for their reuse delays: %w", err)
 		}
 		if !mgr.GetCache().WaitForCacheSync(ctx) {
 			return nil

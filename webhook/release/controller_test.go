@@ -3,6 +3,7 @@ package release
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -415,10 +416,7 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 			bad := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "long", UID: "p1"}, Spec: tc.spec}
 			ann := map[string]string{annotations.Identity: "pod/app/a", annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedPool: "blue", annotations.IngressBandwidth: "1000000", annotations.BandwidthPolicy: "long"}
 			mk := func(name string) *corev1.Pod {
-				a := map[string]string{}
-				for k, v := range ann {
-					a[k] = v
-				}
+				a := maps.Clone(ann)
 				a[annotations.Identity] = "pod/app/" + name
 				return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Labels: map[string]string{"app": "x"}, Annotations: a}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
 			}

@@ -154,20 +154,13 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 		// before etcd answers; answered as the context ended (select picks
 		// either ready case), its outcome is known.
 		b.mu.Lock()
-		queued := slices.Index(b.queue, c)
-		if queued >= 0 {
-			b.queue = slices.Delete(b.queue, queued, queued+1)
+		if i := slices.Index(b.queue, c); i >= 0 {
+			b.queue = slices.Delete(b.queue, i, i+1)
 		}
 		b.mu.Unlock()
-		answered := false
-		if queued < 0 {
-			select {
-			case <-c.done:
-				answered = true
-			default:
-			}
-		}
-		if !answered {
+		select {
+		case <-c.done:
+		default:
 			return store.TxnResult{}, fmt.Errorf("etcd txn: %w", ctx.Err())
 		}
 	}
