@@ -65,12 +65,11 @@ const (
 func ptr[T any](v T) *T { return &v }
 
 func freePort(b *testing.B) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testenv.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 func BenchmarkWebhook(b *testing.B) {

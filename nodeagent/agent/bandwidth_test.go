@@ -51,6 +51,15 @@ func iperfServer(t *testing.T, p *testPod, port int) {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 }
 
+// waitListening waits until something in the pod listens on TCP port.
+func waitListening(t *testing.T, p *testPod, port int) {
+	t.Helper()
+	testenv.Eventually(t.Context(), t, 10*time.Second, fmt.Sprintf("a listener on port %d in %s", port, p.pod.Name), func() (bool, string) {
+		out, err := p.netns.Command(t.Context(), "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)).CombinedOutput()
+		return err == nil && len(strings.TrimSpace(string(out))) > 0, fmt.Sprintf("ss: %v: %s", err, out)
+	})
+}
+
 // rxBytes is the byte count the pod's eth0 received.
 func rxBytes(t *testing.T, p *testPod) uint64 {
 	t.Helper()
@@ -222,7 +231,7 @@ func tbfRate(t *testing.T, e *env, name string) uint64 {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // generous: OVS and the agent share 2 cores with the rest of CI
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

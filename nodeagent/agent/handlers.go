@@ -481,6 +481,9 @@ func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
 	if err := a.store.Delete(at); err != nil {
 		return err
 	}
+	// Logged before an ADD waiting for this address is woken, so the log
+	// shows the removal before the next pod's set-up.
+	klog.FromContext(ctx).V(2).Info("Attachment removed", "pod", at.Pod(), "key", at.Key(), "hostVeth", at.HostVeth)
 	a.mu.Lock()
 	if a.atts[at.Key()] == at {
 		delete(a.atts, at.Key())
@@ -489,7 +492,6 @@ func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
 	}
 	a.unmarkUsed(at)
 	a.mu.Unlock()
-	klog.FromContext(ctx).V(2).Info("Attachment removed", "pod", at.Pod(), "key", at.Key(), "hostVeth", at.HostVeth)
 	return nil
 }
 

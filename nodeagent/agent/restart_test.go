@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 )
 
@@ -57,7 +58,7 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cancel(); _ = server.Wait() }()
-	time.Sleep(300 * time.Millisecond)
+	waitListening(t, a, iperfPort)
 	stream := b.netns.Command(ctx, "iperf3", "-c", "10.87.0.10", "-t", "8", "-b", "10M", "-i", "0.5", "-J")
 	var streamOut strings.Builder
 	stream.Stdout = &streamOut
@@ -142,6 +143,11 @@ func TestRestartRemovesGonePods(t *testing.T) {
 	e.agent.Stop(t)
 	e.pods.Delete("default", "c") // c is gone while the agent is down
 	d.netns.Remove(t)             // d's sandbox went, and its veth with it
+	// The kernel deletes the veth when it tears the namespace down, in a
+	// work queue; restore judges by the veth, so wait for it to be gone.
+	testenv.Eventually(context.Background(), t, 30*time.Second, "d's host veth gone with its netns", func() (bool, string) {
+		return !slices.Contains(e.hostVeths(), portD), fmt.Sprintf("host veths %v", e.hostVeths())
+	})
 	e.restart()
 
 	for name, want := range before {

@@ -341,12 +341,16 @@ func TestReleaseUsesPoolReuseDelay(t *testing.T) {
 	if err := admitted.Unbind(ctx, "blue", al.IP, "app/gone-0"); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); len(leader.Lookup("statefulset/app/gone/0")) == 0; time.Sleep(time.Millisecond) {
+	// The leader's cache learns the claim and the unbind from its watch.
+	unbound := func() bool {
+		l := leader.Lookup("statefulset/app/gone/0")
+		return len(l) == 1 && l[0].Pod == ""
+	}
+	for deadline := time.Now().Add(5 * time.Second); !unbound(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the leader's cache never saw the address")
+			t.Fatalf("the leader's cache never saw the address unbound: %+v", leader.Lookup("statefulset/app/gone/0"))
 		}
 	}
-	time.Sleep(10 * time.Millisecond)
 	c := &Controller{Client: apiWith(t, spec), APIReader: apiWith(t, spec), Alloc: leader, Grace: time.Nanosecond}
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
@@ -632,7 +636,9 @@ func TestYoungUnrecordedPodGetsPassAfterGrace(t *testing.T) {
 		Status: corev1.PodStatus{Phase: corev1.PodRunning},
 	}
 	c, a, _, rec := setup(t, pod)
-	c.Grace = 2 * time.Second // the API keeps creation times to the second
+	// The API keeps creation times to the second: the first pass must come
+	// within 4-5 s, which leaves room for a loaded machine.
+	c.Grace = 5 * time.Second
 	c.trigger = make(chan struct{}, 1)
 	ctx := context.Background()
 	if err := c.Reconcile(ctx); err != nil {
@@ -643,7 +649,7 @@ func TestYoungUnrecordedPodGetsPassAfterGrace(t *testing.T) {
 	}
 	select {
 	case <-c.trigger:
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("no pass scheduled for the end of the pod's grace")
 	}
 	if err := c.Reconcile(ctx); err != nil {

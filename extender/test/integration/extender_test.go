@@ -200,8 +200,10 @@ func TestScheduling(t *testing.T) {
 			ran.Spec.NodeName = last
 			e.create(ctx, t, ran)
 			e.waitBound(ctx, t, "sticky-0")
+			next := pod("sticky-0", withPool("everywhere"), id)
+			e.waitExtenderPrefers(ctx, t, next, last)
 			e.delete(ctx, t, "sticky-0")
-			e.create(ctx, t, pod("sticky-0", withPool("everywhere"), id))
+			e.create(ctx, t, next)
 			if node := e.waitBound(ctx, t, "sticky-0"); node != last {
 				t.Errorf("identity's new pod landed on %s, want %s, where it last ran", node, last)
 			}
@@ -425,28 +427,69 @@ func (e *env) waitExtenderPasses(ctx context.Context, t *testing.T, p *corev1.Po
 		if settled != nil && settled() {
 			return true, nil
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.url+"/filter", bytes.NewReader(body))
-		if err != nil {
-			return false, err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := e.client.Do(req)
-		if err != nil {
-			return false, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
+		b, status, err := e.post(ctx, "/filter", body)
 		if err != nil {
 			return false, err
 		}
 		last = string(b)
 		var res extenderv1.ExtenderFilterResult
 		if err := json.Unmarshal(b, &res); err != nil || res.NodeNames == nil {
-			return false, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+			return false, fmt.Errorf("status %d: %s", status, b)
 		}
 		incomplete := strings.Contains(last, "does not exist") || strings.Contains(last, "not yet known")
 		return !incomplete && slices.Equal(*res.NodeNames, want), nil
 	}, func() string { return "last answer: " + last }, func() string { return e.vfView(ctx) })
+}
+
+// waitExtenderPrefers asks the extender's prioritize verb about p on the
+// four nodes until want alone has the top score: the extender's informer
+// has seen where p's identity ran.
+func (e *env) waitExtenderPrefers(ctx context.Context, t *testing.T, p *corev1.Pod, want string) {
+	t.Helper()
+	names := []string{"sim-1", "sim-2", "sim-3", "sim-4"}
+	body, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: p, NodeNames: &names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	e.poll(ctx, t, fmt.Sprintf("the extender to rank %s first for pod %s", want, p.Name), func() (bool, error) {
+		b, status, err := e.post(ctx, "/prioritize", body)
+		if err != nil {
+			return false, err
+		}
+		last = string(b)
+		var res extenderv1.HostPriorityList
+		if err := json.Unmarshal(b, &res); err != nil {
+			return false, fmt.Errorf("status %d: %s", status, b)
+		}
+		var top int64 = -1
+		var best []string
+		for _, h := range res {
+			switch {
+			case h.Score > top:
+				top, best = h.Score, []string{h.Host}
+			case h.Score == top:
+				best = append(best, h.Host)
+			}
+		}
+		return slices.Equal(best, []string{want}), nil
+	}, func() string { return "last answer: " + last })
+}
+
+// post sends body to one of the extender's verbs and returns the answer.
+func (e *env) post(ctx context.Context, path string, body []byte) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.url+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return b, resp.StatusCode, err
 }
 
 // vfView describes what the API server says about VFs: each simulated

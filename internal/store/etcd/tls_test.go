@@ -59,6 +59,8 @@ func TestTLS(t *testing.T) {
 	// TLS on the server's side only: the CA alone reaches it (the chart's
 	// etcd.tlsClientCert: false); without the CA the server is not trusted.
 	open := testenv.StartEtcdTLS(t, testenv.EtcdTLS{CAFile: pki.CAFile, CertFile: server.CertFile, KeyFile: server.KeyFile, AnyClient: true})
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second) // a budget of its own for the second etcd
+	defer cancel()
 	caOnly := dial(t, etcd.Options{Endpoints: []string{open.Endpoint}, CAFile: pki.CAFile})
 	if _, err := caOnly.Txn(ctx, nil, []store.Op{store.Put("/tls/b", []byte("v"), store.NoLease)}, nil); err != nil {
 		t.Fatalf("put with the CA only, to an etcd without client-cert-auth: %v", err)
