@@ -18,12 +18,13 @@ help: ## Show the targets.
 ##@ Build
 
 .PHONY: build
-build: ## Build stickynet's binaries into _output/bin.
+build: ## Build stickynet's binaries into _output/bin: stickynet-webhook, stickynet-extender, stickynet-nodeagent and the CNI plugin stickynet.
 	@mkdir -p $(BIN)
 	$(GO) build ./...
-	@for d in webhook extender nodeagent cni; do \
-	  if [ -f $$d/main.go ]; then $(GO) build -o $(BIN)/stickynet-$$d ./$$d || exit 1; fi; \
+	@for d in webhook extender nodeagent; do \
+	  $(GO) build -o $(BIN)/stickynet-$$d ./$$d || exit 1; \
 	done
+	$(GO) build -o $(BIN)/stickynet ./cni # named after its CNI type, as the runtime looks it up
 
 .PHONY: tools
 tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes, containerd, CNI plugins, pause, helm), cached in ~/.cache/stickynet.

@@ -64,7 +64,7 @@ func BinariesIn(dir string) Binaries {
 		Webhook:   filepath.Join(dir, "stickynet-webhook"),
 		Extender:  filepath.Join(dir, "stickynet-extender"),
 		NodeAgent: filepath.Join(dir, "stickynet-nodeagent"),
-		CNI:       filepath.Join(dir, "stickynet-cni"),
+		CNI:       filepath.Join(dir, api.PluginType), // the CNI type, as runtimes look the plugin up
 	}
 }
 

@@ -39,7 +39,7 @@ func TestCNI(t *testing.T) {
 	cfg := Config{Binaries: BinariesIn("/bin-dir"), SimAgents: 1}
 	n := cluster.Node{Name: "node-1", Dir: "/c/nodes/node-1", Uplink: "eth0"}
 	got := cfg.CNI(n)
-	if !got.PlainUplink || got.Plugins[api.PluginType] != "/bin-dir/stickynet-cni" || got.NodeLabels[NodeLabel] != "true" {
+	if !got.PlainUplink || got.Plugins[api.PluginType] != "/bin-dir/stickynet" || got.NodeLabels[NodeLabel] != "true" {
 		t.Errorf("CNI(node-1) = %+v: want a plain uplink, the plugin and %s", got, NodeLabel)
 	}
 	type confList struct {
