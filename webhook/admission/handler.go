@@ -147,9 +147,10 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me):
 			log.V(2).Info("Denied pod", "reason", err.Error())
 			return admission.Denied(err.Error()), resultDenied
-		case errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			// Canceled: the API server gave up on this call (its own timeout).
 			log.Error(err, "State store did not answer in time")
-			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was half-written (a claim etcd took before the deadline stays with the pod's identity, and creating the pod again gets the same address); the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
+			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was half-written (a claim etcd took before the deadline stays with the pod's identity: a pod created again under the same name gets the same address, while a pod named by generateName or a replica set's next pod may get another and the claim lapses after --reservation-ttl); the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
 		default:
 			log.Error(err, "Admission failed")
 			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was half-written", err)), resultErrored

@@ -181,6 +181,20 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	// Every replica reads etcd every 5 s: one that cannot leaves the
+	// Service, and the leader gives the lead up before the reservations it
+	// cannot confirm expire.
+	probe := &storeProbe{store: st, key: o.KeyPrefix + "probe", period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second}
+	if err := mgr.Add(probe); err != nil {
+		return err
+	}
+	if err := mgr.Add(stepDown{probe: probe, max: max(o.ReservationTTL/3, 20*time.Second)}); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("etcd", probe.check); err != nil {
+		return err
+	}
+
 	o.Certs.CertDir = o.CertDir
 	certsReady, err := certs.Setup(mgr, o.Certs)
 	if err != nil {

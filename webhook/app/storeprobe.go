@@ -1,0 +1,121 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/store"
+)
+
+// storeProbe reads one key from the state store every period, on every
+// replica, and remembers since when the reads fail. A replica that cannot
+// reach etcd is taken out of the Service (check) and, if it leads, gives the
+// lead up (stepDown).
+type storeProbe struct {
+	store   store.Store
+	key     string
+	period  time.Duration
+	timeout time.Duration
+	// notReadyAfter is how long reads must fail before check fails: etcd
+	// electing a leader takes a second or two, and every replica would
+	// leave the Service at once.
+	notReadyAfter time.Duration
+
+	mu           sync.Mutex
+	failingSince time.Time // zero while the reads succeed
+	lastErr      error
+}
+
+// Start probes until ctx ends.
+func (p *storeProbe) Start(ctx context.Context) error {
+	t := time.NewTicker(p.period)
+	defer t.Stop()
+	for {
+		p.probe(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// NeedLeaderElection: every replica probes.
+func (p *storeProbe) NeedLeaderElection() bool { return false }
+
+func (p *storeProbe) probe(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, p.timeout)
+	_, err := p.store.Get(rctx, p.key)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err == nil:
+		if !p.failingSince.IsZero() {
+			klog.FromContext(ctx).Info("etcd answers again", "after", time.Since(p.failingSince).Round(time.Second))
+		}
+		p.failingSince, p.lastErr = time.Time{}, nil
+	case p.failingSince.IsZero():
+		p.failingSince, p.lastErr = time.Now(), err
+		klog.FromContext(ctx).Error(err, "etcd does not answer")
+	default:
+		p.lastErr = err
+	}
+}
+
+// down returns how long the reads have failed (0 while they succeed) and
+// the last error.
+func (p *storeProbe) down() (time.Duration, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failingSince.IsZero() {
+		return 0, nil
+	}
+	return time.Since(p.failingSince), p.lastErr
+}
+
+// check is a readiness check: it fails once reads have failed for
+// notReadyAfter. Such a replica could only answer each admission after
+// its store timeout, with an error.
+func (p *storeProbe) check(*http.Request) error {
+	if d, err := p.down(); d >= p.notReadyAfter {
+		return fmt.Errorf("etcd has not answered for %s: %w", d.Round(time.Second), err)
+	}
+	return nil
+}
+
+// stepDown runs on the leader only: it returns an error, which stops the
+// manager and gives up the leader lease, once reads have failed for max.
+// Only the leader confirms the reservations every replica makes; one it
+// cannot confirm expires with its lease, and its address looks free while
+// its pod carries it. Another replica that reaches etcd should lead.
+type stepDown struct {
+	probe *storeProbe
+	max   time.Duration
+}
+
+func (s stepDown) Start(ctx context.Context) error {
+	t := time.NewTicker(s.probe.period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if d, err := s.probe.down(); d >= s.max {
+			return fmt.Errorf("etcd has not answered this replica for %s (%w): it gives up the lead so that a replica that reaches etcd confirms the reservations before their lease ends", d.Round(time.Second), err)
+		}
+	}
+}
+
+// NeedLeaderElection: it watches over the leader.
+func (stepDown) NeedLeaderElection() bool { return true }

@@ -1,0 +1,66 @@
+package app
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/testenv"
+)
+
+// TestStoreProbe against a real etcd, killed and restarted: readiness fails
+// once etcd has not answered for notReadyAfter, the leader's stepDown
+// returns an error once it has not answered for max, and both recover when
+// etcd is back.
+func TestStoreProbe(t *testing.T) {
+	testenv.Integration(t)
+	e := testenv.StartEtcd(t)
+	st, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := &storeProbe{store: st, key: "/stickynet/probe", period: 100 * time.Millisecond, timeout: 300 * time.Millisecond, notReadyAfter: time.Second}
+	go func() { _ = p.Start(ctx) }()
+	down := make(chan error, 1)
+	go func() { down <- stepDown{probe: p, max: 3 * time.Second}.Start(ctx) }()
+
+	testenv.Eventually(ctx, t, 10*time.Second, "the probe reaching etcd", func() (bool, string) {
+		d, err := p.down()
+		return d == 0 && p.check(nil) == nil, "down " + d.String() + ": " + errString(err)
+	})
+	e.Kill()
+	testenv.Eventually(ctx, t, 20*time.Second, "readiness failing with etcd down", func() (bool, string) {
+		err := p.check(nil)
+		return err != nil && strings.Contains(err.Error(), "etcd has not answered for"), errString(err)
+	})
+	select {
+	case err := <-down:
+		if err == nil || !strings.Contains(err.Error(), "gives up the lead") {
+			t.Fatalf("stepDown returned %v; want an error saying it gives up the lead", err)
+		}
+		if d, _ := p.down(); d < 3*time.Second {
+			t.Errorf("stepDown returned after etcd had been down %s; want at least 3s", d)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("stepDown still running 30 s after etcd was killed")
+	}
+	if err := e.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(ctx, t, 30*time.Second, "readiness back with etcd", func() (bool, string) {
+		err := p.check(nil)
+		return err == nil, errString(err)
+	})
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
