@@ -22,6 +22,7 @@ import (
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
 	"github.com/stickynet/stickynet/nodeagent/api"
 )
@@ -68,7 +69,7 @@ func newFallbackEnv(t *testing.T) *fbEnv {
 	opts.FallbackConfList = file
 	opts.CNICacheDir = e.cacheDir
 	agenttest.StartAgent(t, opts)
-	b, err := os.ReadFile(filepath.Join(opts.CNIConfDir, "10-stickynet.conflist"))
+	b, err := os.ReadFile(filepath.Join(opts.CNIConfDir, agent.DefaultCNIConfName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,7 @@ import (
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
 )
 
@@ -199,7 +200,7 @@ func BenchmarkCNI(b *testing.B) {
 			}
 		}
 	})
-	conflist := filepath.Join(confDir, "10-stickynet.conflist")
+	conflist := filepath.Join(confDir, agent.DefaultCNIConfName)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(conflist); err == nil {

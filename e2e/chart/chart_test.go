@@ -154,7 +154,8 @@ func TestLintAndTemplate(t *testing.T) {
 	if _, ok := own["Issuer/stickynet-ca"]; ok || own["Certificate/stickynet-webhook"] == nil || !strings.Contains(string(own["Certificate/stickynet-webhook"]), "corp-ca") {
 		t.Errorf("with an issuerRef of your own the chart still makes its CA, or the serving Certificate does not name corp-ca:\n%s", own["Certificate/stickynet-webhook"])
 	}
-	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "")
+	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "auto")
+	checkFallback(t, render(t, "nodeAgent.fallbackConflist=")["DaemonSet/stickynet-nodeagent"], "")
 	helm(t, "lint", "--strict", chartDir, "--set", fallbackValue)
 	fb := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue))
 	checkFallback(t, fb["DaemonSet/stickynet-nodeagent"], "/etc/cni/fallback/pods.conflist")
@@ -163,9 +164,10 @@ func TestLintAndTemplate(t *testing.T) {
 // fallbackValue sets the node agent's fallback network.
 const fallbackValue = "nodeAgent.fallbackConflist=/etc/cni/fallback/pods.conflist"
 
-// checkFallback: the node agent gets --fallback-conflist and the host file,
-// read-only, exactly when nodeAgent.fallbackConflist is hostFile.
-func checkFallback(t *testing.T, doc []byte, hostFile string) {
+// checkFallback: with nodeAgent.fallbackConflist a host file, the node
+// agent gets --fallback-conflist and that file, read-only; with "auto" or ""
+// it gets that flag (the binary's default is auto) and no file.
+func checkFallback(t *testing.T, doc []byte, value string) {
 	t.Helper()
 	ds := &appsv1.DaemonSet{}
 	if err := yaml.Unmarshal(doc, ds); err != nil {
@@ -173,9 +175,10 @@ func checkFallback(t *testing.T, doc []byte, hostFile string) {
 	}
 	spec := ds.Spec.Template.Spec
 	var flag string
+	hasFlag := false
 	for _, a := range spec.Containers[0].Args {
 		if strings.HasPrefix(a, "--fallback-conflist=") {
-			flag = strings.TrimPrefix(a, "--fallback-conflist=")
+			flag, hasFlag = strings.TrimPrefix(a, "--fallback-conflist="), true
 		}
 	}
 	var mount *corev1.VolumeMount
@@ -190,14 +193,14 @@ func checkFallback(t *testing.T, doc []byte, hostFile string) {
 			src = v.HostPath.Path
 		}
 	}
-	if hostFile == "" {
-		if flag != "" || mount != nil || src != "" {
-			t.Errorf("without nodeAgent.fallbackConflist the node agent has --fallback-conflist=%q, mount %v, host file %q", flag, mount, src)
+	if value == "" || value == "auto" {
+		if !hasFlag || flag != value || mount != nil || src != "" {
+			t.Errorf("with nodeAgent.fallbackConflist=%q the node agent has --fallback-conflist=%q (given: %t), mount %v, host file %q; want the flag as the value and no file", value, flag, hasFlag, mount, src)
 		}
 		return
 	}
-	if flag == "" || mount == nil || mount.MountPath != flag || !mount.ReadOnly || src != hostFile {
-		t.Errorf("with nodeAgent.fallbackConflist=%s the node agent has --fallback-conflist=%q, mount %+v, host file %q; want the host file mounted read-only where the flag points", hostFile, flag, mount, src)
+	if flag == "" || mount == nil || mount.MountPath != flag || !mount.ReadOnly || src != value {
+		t.Errorf("with nodeAgent.fallbackConflist=%s the node agent has --fallback-conflist=%q, mount %+v, host file %q; want the host file mounted read-only where the flag points", value, flag, mount, src)
 	}
 }
 

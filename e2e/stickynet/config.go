@@ -169,7 +169,9 @@ func agentArgs(bin string, n cluster.Node, kubeconfig, ovsDB, ovsRunDir string) 
 		"--cni-network=" + Network,
 		"--cni-cache-dir=" + pluginCacheDir(n),
 	}
-	if !n.Simulated {
+	if n.Simulated {
+		args = append(args, "--fallback-conflist=") // none: simulated nodes run stickynet or the reference chain, not both
+	} else {
 		args = append(args, "--fallback-conflist="+fallbackFile(n))
 	}
 	return args

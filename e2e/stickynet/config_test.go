@@ -96,10 +96,15 @@ func TestAgentArgs(t *testing.T) {
 		}
 	}
 	sim := cluster.Node{Name: "sim-1", Simulated: true, Dir: "/c/nodes/sim-1", Uplink: "eth0"}
+	var simFallback []string
 	for _, a := range agentArgs("/b/agent", sim, "/c/kubeconfig", "/c/nodes/sim-1/ovs/db.sock", "/c/nodes/sim-1/ovs") {
 		if strings.HasPrefix(a, "--fallback-conflist") {
-			t.Errorf("simulated node's agent has %s; only real nodes have a fallback network", a)
+			simFallback = append(simFallback, a)
 		}
+	}
+	// Without the flag the agent would look for one (auto).
+	if !slices.Equal(simFallback, []string{"--fallback-conflist="}) {
+		t.Errorf("simulated node's agent has %v; want --fallback-conflist= (none): only real nodes have a fallback network", simFallback)
 	}
 	if got[0] != "/b/agent" {
 		t.Errorf("agent args start with %s", got[0])

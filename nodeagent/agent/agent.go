@@ -92,7 +92,7 @@ type Options struct {
 	MTU int
 	// CNIConfDir receives the conflist; empty means do not install one.
 	CNIConfDir string
-	// CNIConfName is the conflist's file name.
+	// CNIConfName is the conflist's file name (default DefaultCNIConfName).
 	CNIConfName string
 	// CNINetwork is the network name in the conflist.
 	CNINetwork string
@@ -102,8 +102,9 @@ type Options struct {
 	CNICacheDir string
 	// FallbackConfList is a CNI conflist file (flag --fallback-conflist)
 	// whose network the conflist embeds as "fallback": the plugin attaches
-	// the pods stickynet does not serve through it. Empty means none: such
-	// pods fail ADD.
+	// the pods stickynet does not serve through it. FallbackAuto takes the
+	// first other network of CNIConfDir. Empty means none: such pods fail
+	// ADD.
 	FallbackConfList string
 	// CNIBinDir receives the plugin binary copied from CNIPluginSource; both
 	// empty means do not install the plugin.
@@ -153,7 +154,7 @@ func (o *Options) Defaults() {
 	}
 	def(&o.OVSDB, "unix:/var/run/openvswitch/db.sock")
 	def(&o.OVSRunDir, "/var/run/openvswitch")
-	def(&o.CNIConfName, "10-stickynet.conflist")
+	def(&o.CNIConfName, DefaultCNIConfName)
 	def(&o.CNINetwork, "stickynet")
 	def(&o.KernelModuleDir, "/sys/module/openvswitch")
 	def(&o.SysfsRoot, "/sys")
@@ -182,6 +183,11 @@ func (o *Options) validate() error {
 	}
 	return nil
 }
+
+// DefaultCNIConfName is the conflist's default file name: runtimes use the
+// first network configuration of their folder in name order, and 00- sorts
+// before the usual 10-calico, 10-flannel and the like.
+const DefaultCNIConfName = "00-stickynet.conflist"
 
 // agent is one running node agent.
 type agent struct {
@@ -219,13 +225,16 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	log := klog.FromContext(ctx).WithName("nodeagent")
 	ctx = klog.NewContext(ctx, log)
-	fallback, err := loadFallback(opts.FallbackConfList)
+	fallbackPath, fallback, skipped, err := opts.fallback()
 	if err != nil {
 		return err
 	}
-	conflist, err := BuildConfList(ConfListSpec{Network: opts.CNINetwork, Socket: opts.Socket, CacheDir: opts.CNICacheDir, Fallback: fallback, Timeout: 2 * opts.PodWait})
+	conflist, err := opts.buildConflist(fallback)
 	if err != nil {
 		return fmt.Errorf("--fallback-conflist=%s: %w", opts.FallbackConfList, err)
+	}
+	if opts.FallbackConfList == FallbackAuto {
+		log.Info("Fallback network for the pods stickynet does not serve", "fallback", fallbackPath, "passedOver", skipped)
 	}
 
 	var kube kubernetes.Interface
@@ -352,7 +361,8 @@ func Run(ctx context.Context, opts Options) error {
 	a.ready = true
 	a.mu.Unlock()
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
+	go func() { defer wg.Done(); a.fallbackLoop(ctx) }()
 	go func() { defer wg.Done(); a.bandwidthWorker(ctx) }()
 	go func() { defer wg.Done(); a.resyncLoop(ctx) }()
 	go func() { defer wg.Done(); a.warmLoop(ctx) }()
@@ -490,21 +500,6 @@ func (a *agent) install() error {
 		return fmt.Errorf("install CNI conflist: %w", err)
 	}
 	return nil
-}
-
-// loadFallback reads and checks the fallback conflist file; nil for none.
-func loadFallback(path string) ([]byte, error) {
-	if path == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--fallback-conflist=%s: cannot read the file: %w", path, err)
-	}
-	if _, err := api.ParseFallback(b); err != nil {
-		return nil, fmt.Errorf("--fallback-conflist=%s: %w", path, err)
-	}
-	return b, nil
 }
 
 func installFile(src, dst string, mode os.FileMode) error {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -184,28 +185,80 @@ func TestBuildConfListWithFallback(t *testing.T) {
 	}
 }
 
-func TestLoadFallback(t *testing.T) {
+func TestFallbackOption(t *testing.T) {
 	dir := t.TempDir()
-	if b, err := loadFallback(""); b != nil || err != nil {
+	load := func(path string) ([]byte, error) {
+		o := Options{FallbackConfList: path}
+		_, b, _, err := o.fallback()
+		return b, err
+	}
+	if b, err := load(""); b != nil || err != nil {
 		t.Errorf("no flag: %s, %v", b, err)
 	}
+	if b, err := load(FallbackAuto); b != nil || err != nil {
+		t.Errorf("auto without a conflist folder: %s, %v; want none", b, err)
+	}
 	missing := dir + "/missing.conflist"
-	if _, err := loadFallback(missing); err == nil || !strings.Contains(err.Error(), "--fallback-conflist="+missing) || !strings.Contains(err.Error(), "cannot read") {
+	if _, err := load(missing); err == nil || !strings.Contains(err.Error(), "--fallback-conflist="+missing) || !strings.Contains(err.Error(), "cannot read") {
 		t.Errorf("missing file: %v", err)
 	}
 	bad := dir + "/bad.conflist"
 	if err := os.WriteFile(bad, []byte(`{"cniVersion":"1.0.0","name":"pods","plugins":[]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadFallback(bad); err == nil || !strings.Contains(err.Error(), "--fallback-conflist="+bad) || !strings.Contains(err.Error(), "plugins") {
+	if _, err := load(bad); err == nil || !strings.Contains(err.Error(), "--fallback-conflist="+bad) || !strings.Contains(err.Error(), "plugins") {
 		t.Errorf("bad file: %v", err)
 	}
 	good := dir + "/good.conflist"
 	if err := os.WriteFile(good, []byte(`{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := loadFallback(good); err != nil || len(b) == 0 {
+	if b, err := load(good); err != nil || len(b) == 0 {
 		t.Errorf("good file: %s, %v", b, err)
+	}
+}
+
+// TestFindFallback: auto takes the first usable network configuration in
+// name order, passing over stickynet's own (under its name or another),
+// files that do not parse and other extensions; a single plugin's .conf
+// becomes a list.
+func TestFindFallback(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if path, b, _, err := findFallback(dir, "00-stickynet.conflist"); path != "" || b != nil || err != nil {
+		t.Fatalf("empty folder: %q %s %v; want none", path, b, err)
+	}
+	if path, _, _, err := findFallback(filepath.Join(dir, "absent"), "00-stickynet.conflist"); path != "" || err != nil {
+		t.Fatalf("absent folder: %q %v; want none", path, err)
+	}
+	write("00-stickynet.conflist", `{"cniVersion":"1.1.0","name":"stickynet","plugins":[{"type":"stickynet"}]}`)
+	write("01-old-stickynet.conflist", `{"cniVersion":"1.1.0","name":"stickynet","plugins":[{"type":"stickynet"}]}`)
+	write("02-broken.conflist", `{"cniVersion":`)
+	write("03-notes.txt", `{"cniVersion":"1.0.0","name":"txt","plugins":[{"type":"bridge"}]}`)
+	write("20-flannel.conflist", `{"cniVersion":"1.0.0","name":"flannel","plugins":[{"type":"flannel"}]}`)
+	write("10-single.conf", `{"cniVersion":"1.0.0","name":"single","type":"bridge","bridge":"cni0"}`)
+	path, b, skipped, err := findFallback(dir, "00-stickynet.conflist")
+	if err != nil || filepath.Base(path) != "10-single.conf" {
+		t.Fatalf("found %q (%v); want 10-single.conf", path, err)
+	}
+	l, err := api.ParseFallback(b)
+	if err != nil || l.Name != "single" || len(l.Plugins) != 1 || l.Plugins[0].Network.Type != "bridge" || !strings.Contains(string(l.Plugins[0].Bytes), `"cni0"`) {
+		t.Errorf("10-single.conf as a list: %s (%v)", b, err)
+	}
+	if len(skipped) != 2 || !strings.HasPrefix(skipped[0], "01-old-stickynet.conflist: ") || !strings.Contains(skipped[0], "another network than stickynet") ||
+		!strings.HasPrefix(skipped[1], "02-broken.conflist: ") {
+		t.Errorf("passed over %q; want 01-old-stickynet.conflist (stickynet's) and 02-broken.conflist, each with its reason", skipped)
+	}
+	if err := os.Remove(filepath.Join(dir, "10-single.conf")); err != nil {
+		t.Fatal(err)
+	}
+	if path, _, _, _ := findFallback(dir, "00-stickynet.conflist"); filepath.Base(path) != "20-flannel.conflist" {
+		t.Errorf("after 10-single.conf went: %q; want 20-flannel.conflist", path)
 	}
 }
 

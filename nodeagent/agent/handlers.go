@@ -442,7 +442,9 @@ func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
 }
 
 // waitPod returns the pod once the agent's cache has it (with the UID the
-// runtime named): the runtime may ask before the watch delivers the pod.
+// runtime named): the runtime may ask before the watch delivers the pod. A
+// static pod's UID is kubelet's own; the API server has its mirror pod,
+// which names that UID in its kubernetes.io/config.mirror annotation.
 func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (*corev1.Pod, error) {
 	start := time.Now()
 	for {
@@ -450,7 +452,7 @@ func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (
 		changed := a.podChanged
 		a.mu.Unlock()
 		pod, ok := a.pods.Get(ref.Namespace, ref.Name)
-		if ok && (ref.UID == "" || string(pod.UID) == ref.UID) {
+		if ok && (ref.UID == "" || string(pod.UID) == ref.UID || pod.Annotations[corev1.MirrorPodAnnotationKey] == ref.UID) {
 			return pod, nil
 		}
 		select {

@@ -47,7 +47,7 @@ func newEnv(t *testing.T, mutate func(*agent.Options)) *env {
 		mutate(&e.opts)
 	}
 	e.agent = agenttest.StartAgent(t, e.opts)
-	e.cni = agenttest.NewCNI(t, e.node, filepath.Join(e.opts.CNIConfDir, "10-stickynet.conflist"))
+	e.cni = agenttest.NewCNI(t, e.node, filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName))
 	return e
 }
 

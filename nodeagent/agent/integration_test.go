@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -507,7 +508,7 @@ func TestConflistInstalled(t *testing.T) {
 			t.Fatalf("/readyz of a running agent: %v %v; want 200", resp, err)
 		}
 	}
-	b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, "10-stickynet.conflist"))
+	b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,6 +530,67 @@ func TestConflistInstalled(t *testing.T) {
 	}
 	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %s; want a socket with 0600", fi.Mode())
+	}
+}
+
+// TestStaticPod: kubelet names a static pod by its own UID; the agent's
+// cache has the mirror pod, whose kubernetes.io/config.mirror annotation
+// holds that UID. Before, such a pod waited for a UID that never came.
+func TestStaticPod(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = time.Second })
+	p := e.newPod(podSpec{
+		name: "static", ips: "10.81.0.30/24", mac: "02:00:0a:51:00:1e",
+		extra: map[string]string{corev1.MirrorPodAnnotationKey: "kubelet-uid-of-static"},
+	})
+	p.rt.Args[4][1] = "kubelet-uid-of-static"
+	if _, err := e.cni.Add(p.rt); err != nil {
+		t.Fatalf("ADD of a static pod by kubelet's UID: %v", err)
+	}
+	if err := e.cni.Del(p.rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+}
+
+// TestFallbackAuto: with --fallback-conflist=auto the agent installs its
+// conflist without a fallback while the folder has no other network, and
+// rewrites it when one appears and when an earlier one in name order does.
+func TestFallbackAuto(t *testing.T) {
+	agent.SetFallbackRescan(t, 200*time.Millisecond)
+	e := newEnv(t, func(o *agent.Options) { o.FallbackConfList = agent.FallbackAuto })
+	fallback := func() string {
+		b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c struct {
+			Plugins []struct {
+				Fallback *struct {
+					Name string `json:"name"`
+				} `json:"fallback"`
+			} `json:"plugins"`
+		}
+		if err := json.Unmarshal(b, &c); err != nil || len(c.Plugins) != 1 {
+			t.Fatalf("conflist %s: %v", b, err)
+		}
+		if c.Plugins[0].Fallback == nil {
+			return ""
+		}
+		return c.Plugins[0].Fallback.Name
+	}
+	if got := fallback(); got != "" {
+		t.Fatalf("fallback %q in a folder without another network; want none", got)
+	}
+	for _, step := range []struct{ file, content, want string }{
+		{"20-pods.conflist", `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge","bridge":"cni0"}]}`, "pods"},
+		{"15-other.conf", `{"cniVersion":"1.0.0","name":"other","type":"bridge","bridge":"cni1"}`, "other"},
+	} {
+		if err := os.WriteFile(filepath.Join(e.opts.CNIConfDir, step.file), []byte(step.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t.Context(), t, 10*time.Second, "the conflist's fallback after "+step.file+" appeared", func() (bool, string) {
+			got := fallback()
+			return got == step.want, fmt.Sprintf("fallback %q, want %q", got, step.want)
+		})
 	}
 }
 

@@ -85,7 +85,7 @@ func newSriovEnv(t *testing.T, vfs int, mutate func(*agent.Options)) *sriovEnv {
 	}
 	e := &env{t: t, node: node, pods: pods, opts: opts}
 	e.agent = agenttest.StartAgent(t, opts)
-	e.cni = agenttest.NewCNI(t, node, filepath.Join(opts.CNIConfDir, "10-stickynet.conflist"))
+	e.cni = agenttest.NewCNI(t, node, filepath.Join(opts.CNIConfDir, agent.DefaultCNIConfName))
 	s.env = e
 	return s
 }

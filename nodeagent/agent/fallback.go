@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/nodeagent/api"
+)
+
+// FallbackAuto as Options.FallbackConfList takes as the fallback the
+// network the runtime would use without stickynet: the first other network
+// configuration of CNIConfDir in name order. It is looked for again every
+// fallbackRescan, so a cluster network installed after the agent (or
+// updated) is picked up: until then pods stickynet does not serve fail ADD
+// and the runtime retries them.
+const FallbackAuto = "auto"
+
+var fallbackRescan = 10 * time.Second // a variable for tests
+
+// fallback returns the fallback conflist the options give, the file it
+// comes from, and for FallbackAuto the files it passed over and why.
+func (o *Options) fallback() (path string, list []byte, skipped []string, err error) {
+	switch o.FallbackConfList {
+	case "":
+		return "", nil, nil, nil
+	case FallbackAuto:
+		if o.CNIConfDir == "" { // no conflist is installed
+			return "", nil, nil, nil
+		}
+		return findFallback(o.CNIConfDir, o.CNIConfName)
+	}
+	b, err := os.ReadFile(o.FallbackConfList)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("--fallback-conflist=%s: cannot read the file: %w", o.FallbackConfList, err)
+	}
+	if _, err := api.ParseFallback(b); err != nil {
+		return "", nil, nil, fmt.Errorf("--fallback-conflist=%s: %w", o.FallbackConfList, err)
+	}
+	return o.FallbackConfList, b, nil, nil
+}
+
+// findFallback returns the first file of dir in name order, other than
+// own, that holds a network configuration usable as the fallback (a list,
+// or a single plugin's configuration made into one), and that list; ""
+// when there is none. It passes over, with the reason, files that do not
+// parse and stickynet's own configurations under other names.
+func findFallback(dir, own string) (path string, list []byte, skipped []string, err error) {
+	files, err := libcni.ConfFiles(dir, []string{".conf", ".conflist", ".json"})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("--fallback-conflist=auto: read %s: %w", dir, err)
+	}
+	slices.Sort(files)
+	for _, f := range files {
+		if filepath.Base(f) == own {
+			continue
+		}
+		b, err := confListBytes(f)
+		if err == nil {
+			_, err = api.ParseFallback(b)
+		}
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s: %v", filepath.Base(f), err))
+			continue
+		}
+		return f, b, skipped, nil
+	}
+	return "", nil, skipped, nil
+}
+
+// confListBytes reads a network configuration file as a list, as runtimes
+// do: a .conflist, or anything with "plugins", is one already; another
+// file is a single plugin's configuration.
+func confListBytes(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var conf struct {
+		Name       string          `json:"name"`
+		CNIVersion string          `json:"cniVersion"`
+		Plugins    json.RawMessage `json:"plugins"`
+	}
+	if strings.HasSuffix(path, ".conflist") {
+		return b, nil
+	}
+	if err := json.Unmarshal(b, &conf); err != nil {
+		return nil, fmt.Errorf("not a network configuration: %w", err)
+	}
+	if conf.Plugins != nil {
+		return b, nil
+	}
+	// A single plugin's configuration (a format libcni no longer reads but
+	// runtimes still do): the list of that one plugin.
+	return json.Marshal(map[string]any{"name": conf.Name, "cniVersion": conf.CNIVersion, "plugins": []json.RawMessage{b}})
+}
+
+// fallbackLoop, for FallbackAuto, looks for the fallback again every
+// fallbackRescan and rewrites the conflist when it changed.
+func (a *agent) fallbackLoop(ctx context.Context) {
+	if a.opts.FallbackConfList != FallbackAuto || a.opts.CNIConfDir == "" {
+		return
+	}
+	t := time.NewTicker(fallbackRescan)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.refreshFallback(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Fallback network not refreshed")
+		}
+	}
+}
+
+// refreshFallback rewrites the conflist if the fallback network changed.
+func (a *agent) refreshFallback(ctx context.Context) error {
+	path, fallback, skipped, err := a.opts.fallback()
+	if err != nil {
+		return err
+	}
+	conflist, err := a.opts.buildConflist(fallback)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(conflist, a.conflist) {
+		return nil
+	}
+	a.conflist = conflist
+	if err := a.install(); err != nil {
+		return err
+	}
+	klog.FromContext(ctx).Info("Fallback network changed; conflist rewritten", "fallback", path, "passedOver", skipped)
+	return nil
+}
+
+// buildConflist is the conflist the agent installs, with fallback (nil:
+// none).
+func (o *Options) buildConflist(fallback []byte) ([]byte, error) {
+	return BuildConfList(ConfListSpec{Network: o.CNINetwork, Socket: o.Socket, CacheDir: o.CNICacheDir, Fallback: fallback, Timeout: 2 * o.PodWait})
+}
