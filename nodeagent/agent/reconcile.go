@@ -308,11 +308,13 @@ func (a *agent) resyncLoop(ctx context.Context) {
 }
 
 func (a *agent) resync(ctx context.Context) error {
+	if err := a.ensureBridge(ctx); err != nil {
+		return err
+	}
 	snap, err := a.dp.Snapshot(ctx)
 	if err != nil {
 		return err
 	}
-	a.dp.LearnMetered(snap)
 	a.mu.Lock()
 	ats := make([]*datapath.Attachment, 0, len(a.atts))
 	for _, at := range a.atts {
@@ -320,6 +322,28 @@ func (a *agent) resync(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	var errs []error
+	// Ports missing from OVS (the bridge was deleted, or OVS's database
+	// reset) while their pods' veths are there: add them again, with their
+	// port numbers, before the limits below need them.
+	readded := 0
+	for _, at := range ats {
+		if _, inOVS := snap.Interfaces[at.HostVeth]; inOVS || at.VF != nil || !a.dp.HostVethExists(at.HostVeth) {
+			continue
+		}
+		unlock := a.lockKey(at.Key())
+		if a.get(at.Key()) == at {
+			klog.FromContext(ctx).Info("Adding the missing OVS port of a pod again", "pod", at.Pod(), "port", at.HostVeth, "ofport", at.OFPort)
+			errs = append(errs, a.dp.EnsurePort(ctx, at, false))
+			readded++
+		}
+		unlock()
+	}
+	if readded > 0 {
+		if snap, err = a.dp.Snapshot(ctx); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	}
+	a.dp.LearnMetered(snap)
 	for _, at := range ats {
 		unlock := a.lockKey(at.Key())
 		if a.get(at.Key()) == at {
@@ -329,4 +353,23 @@ func (a *agent) resync(ctx context.Context) error {
 		a.queue.Add(at.Pod())
 	}
 	return errors.Join(errs...)
+}
+
+// ensureBridge makes the OVS bridge and its uplink again if the bridge is
+// gone (deleted, or OVS's database reset) while the agent runs; the pods'
+// ports follow in resync. Without it every ADD failed until the agent was
+// restarted.
+func (a *agent) ensureBridge(ctx context.Context) error {
+	ok, err := a.ovs.BridgeExists(ctx)
+	if err != nil || ok {
+		return err
+	}
+	klog.FromContext(ctx).Info("OVS bridge missing; making it again", "bridge", a.opts.Bridge, "datapathType", a.dpType)
+	if _, err := a.ovs.EnsureBridge(ctx, a.dpType); err != nil {
+		return err
+	}
+	if a.opts.Uplink != "" {
+		return a.ovs.EnsureUplink(ctx, a.opts.Uplink)
+	}
+	return nil
 }

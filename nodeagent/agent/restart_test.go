@@ -237,6 +237,40 @@ func TestVswitchdRestartRestoresMeters(t *testing.T) {
 	}
 }
 
+// TestBridgeDeletedIsRebuilt: the OVS bridge deleted under a running agent
+// (or OVS's database reset) comes back at the next resync with the uplink,
+// the pods' ports under their port numbers, and their limits; pods reach
+// each other again and new pods can be added. Before, every ADD failed until
+// the agent was restarted.
+func TestBridgeDeletedIsRebuilt(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	a := e.addPod(podSpec{
+		name: "a", ips: "10.90.0.10/24", mac: "02:00:0a:5a:00:0a",
+		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
+	})
+	b := e.addPod(podSpec{name: "b", ips: "10.90.0.11/24", mac: "02:00:0a:5a:00:0b"})
+	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
+	port := e.ovsPortOf("ctr-a")
+	e.node.OVS.Vsctl(t, "del-br", e.node.Bridge)
+	meterRe := regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
+	waitFor(t, "the bridge, the ports and the limits to come back", func() bool {
+		return e.ovsPortOf("ctr-a") == port && e.ovsPortOf("ctr-b") != "" && tbfRate(t, e, port) == 30e6/8 &&
+			meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))
+	})
+	for name, want := range before {
+		if got := e.portState("ctr-" + name); got != want {
+			t.Errorf("pod %s's port (veth, port number) changed across the rebuild: %+v -> %+v", name, want, got)
+		}
+	}
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK after the rebuild: %v", err)
+	}
+	if !ping(t, a, "10.90.0.11", 2) || !ping(t, b, "10.90.0.10", 2) {
+		t.Error("pods do not reach each other after the bridge was rebuilt")
+	}
+	e.addPod(podSpec{name: "c", ips: "10.90.0.12/24", mac: "02:00:0a:5a:00:0c"})
+}
+
 // TestLiveBandwidthApplied changes and removes limits through annotations
 // and checks what is installed (the measured version is in bandwidth_test.go).
 func TestLiveBandwidthApplied(t *testing.T) {

@@ -91,8 +91,11 @@ func (c *Client) vsctl(ctx context.Context, args ...string) ([]byte, error) {
 	return c.run.Run(ctx, nil, c.cfg.Vsctl, append(vsctlGlobal(c.cfg), args...)...)
 }
 
+// ofctl runs ovs-ofctl with the same timeout as ovs-vsctl: without one, a
+// hung ovs-vswitchd would block it, and the lock of the pod it works for,
+// for good.
 func (c *Client) ofctl(ctx context.Context, command string, args ...string) ([]byte, error) {
-	return c.run.Run(ctx, nil, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", command, ofTarget(c.cfg)}, args...)...)
+	return c.run.Run(ctx, nil, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", timeoutArg(c.cfg), command, ofTarget(c.cfg)}, args...)...)
 }
 
 // vsctlGlobal returns ovs-vsctl's leading options.
@@ -101,11 +104,13 @@ func vsctlGlobal(cfg Config) []string {
 	if cfg.DB != "" {
 		out = append(out, "--db="+cfg.DB)
 	}
-	secs := int(cfg.Timeout.Round(time.Second) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	return append(out, "--timeout="+strconv.Itoa(secs))
+	return append(out, timeoutArg(cfg))
+}
+
+// timeoutArg is the --timeout option of ovs-vsctl and ovs-ofctl, in whole
+// seconds (at least 1).
+func timeoutArg(cfg Config) string {
+	return "--timeout=" + strconv.Itoa(max(1, int(cfg.Timeout.Round(time.Second)/time.Second)))
 }
 
 // ofTarget names the switch for ovs-ofctl: the bridge's management socket in
