@@ -386,6 +386,15 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 		if err != nil {
 			return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
 		}
+		if !gone && p.DeletionTimestamp == nil && h.APIReader != nil {
+			// Before a denial, ask the API server: a cache behind it (a
+			// watch that reconnected after a long gap) still shows a pod
+			// deleted meanwhile.
+			p, gone, err = h.livePod(ctx, e.Pod)
+			if err != nil {
+				return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
+			}
+		}
 		if gone || p.DeletionTimestamp != nil {
 			continue
 		}
@@ -446,9 +455,21 @@ func (h *Handler) freeGoneMembers(ctx context.Context, identity string) bool {
 // boundPod reads the pod ("ns/name") an address is bound to; gone is true
 // when it does not exist or has terminated.
 func (h *Handler) boundPod(ctx context.Context, key string) (*corev1.Pod, bool, error) {
+	return readPod(ctx, h.get, key)
+}
+
+// livePod is boundPod read from the API server.
+func (h *Handler) livePod(ctx context.Context, key string) (*corev1.Pod, bool, error) {
+	get := func(ctx context.Context, k client.ObjectKey, obj client.Object) error {
+		return h.APIReader.Get(ctx, k, obj)
+	}
+	return readPod(ctx, get, key)
+}
+
+func readPod(ctx context.Context, get func(context.Context, client.ObjectKey, client.Object) error, key string) (*corev1.Pod, bool, error) {
 	ns, name, _ := strings.Cut(key, "/")
 	p := &corev1.Pod{}
-	err := h.get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
+	err := get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)
 	if apierrors.IsNotFound(err) {
 		return nil, true, nil
 	}

@@ -410,24 +410,10 @@ func TestDaemonSetIdentity(t *testing.T) {
 // until the old pod is terminating or gone.
 func TestDaemonSetSurgeDenied(t *testing.T) {
 	e := newEnv(t)
-	ds := func() *corev1.Pod {
-		p := pod("app", "", nil, ctrl("DaemonSet", "agent"))
-		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
-			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"n1"}}}}},
-		}}}
-		return p
-	}
+	ds := daemonSetPod
 	ctx := context.Background()
-	first := e.mustAdmit(ds())
-	old := first.DeepCopy()
-	old.Name, old.Status.Phase = "agent-old", corev1.PodRunning
-	if err := e.c.Create(ctx, old); err != nil {
-		t.Fatal(err)
-	}
+	first, old := e.runningDaemonSetPod()
 	ip := netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr()
-	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "daemonset/app/agent/n1", Pod: "app/agent-old", Token: first.Annotations[annotations.Reservation]}); err != nil {
-		t.Fatal(err)
-	}
 	before := e.store.Revision()
 	e.mustDeny(ds(), ip.String(), "daemonset/app/agent/n1", "app/agent-old", "maxSurge: 0")
 	if after := e.store.Revision(); after != before {
@@ -442,6 +428,48 @@ func TestDaemonSetSurgeDenied(t *testing.T) {
 	if next.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] || next.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
 		t.Fatalf("after the old pod: %s %s; want the node's %s %s", next.Annotations[annotations.AssignedIP], next.Annotations[annotations.AssignedMAC],
 			first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC])
+	}
+}
+
+// daemonSetPod is a pod of DaemonSet app/agent for node n1.
+func daemonSetPod() *corev1.Pod {
+	p := pod("app", "", nil, ctrl("DaemonSet", "agent"))
+	p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"n1"}}}}},
+	}}}
+	return p
+}
+
+// runningDaemonSetPod admits a daemonSetPod, makes it the running pod
+// app/agent-old in the cache and binds its address to it.
+func (e *env) runningDaemonSetPod() (admitted, running *corev1.Pod) {
+	e.t.Helper()
+	ctx := context.Background()
+	admitted = e.mustAdmit(daemonSetPod())
+	running = admitted.DeepCopy()
+	running.Name, running.Status.Phase = "agent-old", corev1.PodRunning
+	if err := e.c.Create(ctx, running); err != nil {
+		e.t.Fatal(err)
+	}
+	ip := netip.MustParsePrefix(admitted.Annotations[annotations.AssignedIP]).Addr()
+	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "daemonset/app/agent/n1", Pod: "app/agent-old", Token: admitted.Annotations[annotations.Reservation]}); err != nil {
+		e.t.Fatal(err)
+	}
+	return admitted, running
+}
+
+// A cache behind the API server that still shows the node's old DaemonSet
+// pod running does not deny its successor: the API server, asked before a
+// denial, says the old pod is gone. Where it confirms the pod, the denial
+// stands.
+func TestDaemonSetStaleCacheConfirmed(t *testing.T) {
+	e := newEnv(t)
+	first, old := e.runningDaemonSetPod()
+	e.h.APIReader = fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(old.DeepCopy()).Build()
+	e.mustDeny(daemonSetPod(), "app/agent-old", "still running")
+	e.h.APIReader = fake.NewClientBuilder().WithScheme(scheme(t)).Build() // deleted meanwhile
+	if next := e.mustAdmit(daemonSetPod()); next.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] {
+		t.Fatalf("successor of a pod the API server no longer has: %s; want the node's %s", next.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedIP])
 	}
 }
 
