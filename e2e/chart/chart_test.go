@@ -11,7 +11,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -397,6 +399,27 @@ func TestAPIServer(t *testing.T) {
 		if before != after {
 			t.Errorf("after an upgrade the extender's TLS is\n%+v\nwant the installed one\n%+v", after, before)
 		}
+		// A name added (a scheduler of one's own on the host network)
+		// needs a certificate that holds it: a new pair, and the chart's
+		// scheduler rolls.
+		renamed := extenderTLS(t, objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
+			"--dry-run=server", "--kubeconfig", c.KubeconfigPath(), "--set", "extender.extraCertNames={10.96.0.50,sched.example}")))
+		if renamed.CA == before.CA || renamed.SchedulerCASum == before.SchedulerCASum {
+			t.Error("an upgrade with extender.extraCertNames kept the installed CA, whose certificate lacks the names")
+		}
+		block, _ := pem.Decode([]byte(renamed.Cert))
+		if block == nil {
+			t.Fatalf("extender certificate %q is not PEM", renamed.Cert)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc := "stickynet-extender.stickynet-system.svc"
+		if !slices.Equal(cert.DNSNames, []string{svc, svc + ".cluster.local", "sched.example"}) ||
+			len(cert.IPAddresses) != 1 || cert.IPAddresses[0].String() != "10.96.0.50" {
+			t.Errorf("extender certificate with extraCertNames holds DNS names %v and IPs %v; want the Service's names, sched.example and 10.96.0.50", cert.DNSNames, cert.IPAddresses)
+		}
 	})
 }
 
@@ -519,6 +542,7 @@ func TestEmptySchedulerName(t *testing.T) {
 	}{
 		{[]string{"webhook.schedulerName=default-scheduler"}, []string{"webhook.schedulerName", `"default-scheduler"`}},
 		{[]string{"webhook.schedulerName=", "extender.vfResources={stickynet.io/sriov-fast}"}, []string{"extender.vfResources", "webhook.schedulerName"}},
+		{[]string{"extender.vfPlacement=fill"}, []string{"extender.vfPlacement", `"fill"`, "spread, pack or none"}},
 	} {
 		refused(t, tc.sets, tc.want...)
 	}
