@@ -232,7 +232,9 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		return nil, err
 	}
 	// The record goes down first: should the agent die halfway, the restarted
-	// agent (or a DEL) finds what to clean up.
+	// agent (or a DEL) finds what to clean up, and, should the veth be there
+	// already, how to limit its egress (Setup sets the same).
+	at.EgressMode = a.dp.EgressMode()
 	if err := a.store.Put(at); err != nil {
 		a.freePort(at.OFPort)
 		return nil, err
@@ -513,6 +515,15 @@ func (a *agent) del(ctx context.Context, req api.Request) error {
 	// Not in the records (lost cache folder): OVS's labels may still know it.
 	ifcs, err := a.ovs.Interfaces(ctx)
 	if err != nil {
+		// OVS does not answer. Without a record and without the host end of
+		// a veth, nothing of this attachment is on the node (a pod of the
+		// fallback network, or a sandbox whose ADD failed): the DEL succeeds,
+		// so that the runtime can finish stopping the pod. A port row left
+		// in OVS goes at the agent's next restart (restore drops ports whose
+		// veth is gone).
+		if !a.dp.HostVethExists(datapath.HostVethName(req.ContainerID, req.IfName)) {
+			return nil
+		}
 		return err
 	}
 	for _, ifc := range ifcs {

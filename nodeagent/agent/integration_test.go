@@ -533,6 +533,28 @@ func TestConflistInstalled(t *testing.T) {
 	}
 }
 
+// TestDelOfUnknownWithOVSDown: DEL of an attachment the agent has no
+// record of (a fallback pod's DEL also reaches the agent) succeeds while
+// ovsdb-server cannot be reached, since no veth of it is on the node; before,
+// it failed, and the runtime could not finish stopping such pods until OVS
+// was back.
+func TestDelOfUnknownWithOVSDown(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.newPod(podSpec{name: "elsewhere", ips: "10.81.0.31/24", mac: "02:00:0a:51:00:1f"})
+	sock := strings.TrimPrefix(e.node.OVS.DB, "unix:")
+	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := os.Rename(sock+".away", sock); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if err := e.cni.Del(p.rt); err != nil {
+		t.Fatalf("DEL of an attachment never made, with ovsdb-server unreachable: %v", err)
+	}
+}
+
 // TestStaticPod: kubelet names a static pod by its own UID; the agent's
 // cache has the mirror pod, whose kubernetes.io/config.mirror annotation
 // holds that UID. Before, such a pod waited for a UID that never came.

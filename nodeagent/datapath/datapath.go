@@ -228,6 +228,9 @@ func (d *Datapath) EnableSRIOV(pf sriov.PF) { d.pf = pf }
 // MeterMode reports whether egress limits are OpenFlow meters.
 func (d *Datapath) MeterMode() bool { return d.cfg.EgressMode == bandwidth.EgressMeter }
 
+// EgressMode is how pods' egress limits are enforced on this node.
+func (d *Datapath) EgressMode() bandwidth.EgressMode { return d.cfg.EgressMode }
+
 // Config returns the datapath's configuration.
 func (d *Datapath) Config() Config { return d.cfg }
 
@@ -303,7 +306,7 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	}
 	want := a.Bandwidth
 	a.Bandwidth = annotations.Bandwidth{}
-	a.EgressMode = d.cfg.EgressMode
+	a.EgressMode = d.EgressMode()
 	defer func() {
 		if err != nil {
 			if terr := d.Teardown(context.WithoutCancel(ctx), a); terr != nil {
