@@ -158,6 +158,7 @@ func TestLintAndTemplate(t *testing.T) {
 	}
 	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "auto")
 	checkFallback(t, render(t, "nodeAgent.fallbackConflist=")["DaemonSet/stickynet-nodeagent"], "")
+	checkFallback(t, render(t, "nodeAgent.fallbackConflist=null")["DaemonSet/stickynet-nodeagent"], "")
 	helm(t, "lint", "--strict", chartDir, "--set", fallbackValue)
 	fb := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue))
 	checkFallback(t, fb["DaemonSet/stickynet-nodeagent"], "/etc/cni/fallback/pods.conflist")

@@ -357,6 +357,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err := a.install(); err != nil {
 		return err
 	}
+	if f := ahead(opts.CNIConfDir, opts.CNIConfName); opts.CNIConfDir != "" && f != "" {
+		log.Info("Warning: another network configuration sorts before stickynet's; the runtime uses it and never calls stickynet (rename one)", "first", f, "stickynet", opts.CNIConfName)
+	}
 	a.mu.Lock()
 	a.ready = true
 	a.mu.Unlock()

@@ -240,6 +240,7 @@ func TestFindFallback(t *testing.T) {
 	write("01-old-stickynet.conflist", `{"cniVersion":"1.1.0","name":"stickynet","plugins":[{"type":"stickynet"}]}`)
 	write("02-broken.conflist", `{"cniVersion":`)
 	write("03-notes.txt", `{"cniVersion":"1.0.0","name":"txt","plugins":[{"type":"bridge"}]}`)
+	write("05-listy.conf", `{"cniVersion":"1.0.0","name":"listy","plugins":[{"type":"bridge"}]}`) // runtimes read .conf as one plugin
 	write("20-flannel.conflist", `{"cniVersion":"1.0.0","name":"flannel","plugins":[{"type":"flannel"}]}`)
 	write("10-single.conf", `{"cniVersion":"1.0.0","name":"single","type":"bridge","bridge":"cni0"}`)
 	path, b, skipped, err := findFallback(dir, "00-stickynet.conflist")
@@ -250,9 +251,15 @@ func TestFindFallback(t *testing.T) {
 	if err != nil || l.Name != "single" || len(l.Plugins) != 1 || l.Plugins[0].Network.Type != "bridge" || !strings.Contains(string(l.Plugins[0].Bytes), `"cni0"`) {
 		t.Errorf("10-single.conf as a list: %s (%v)", b, err)
 	}
-	if len(skipped) != 2 || !strings.HasPrefix(skipped[0], "01-old-stickynet.conflist: ") || !strings.Contains(skipped[0], "another network than stickynet") ||
-		!strings.HasPrefix(skipped[1], "02-broken.conflist: ") {
-		t.Errorf("passed over %q; want 01-old-stickynet.conflist (stickynet's) and 02-broken.conflist, each with its reason", skipped)
+	if len(skipped) != 3 || !strings.HasPrefix(skipped[0], "01-old-stickynet.conflist: ") || !strings.Contains(skipped[0], "another network than stickynet") ||
+		!strings.HasPrefix(skipped[1], "02-broken.conflist: ") || !strings.HasPrefix(skipped[2], "05-listy.conf: ") || !strings.Contains(skipped[2], `without "type"`) {
+		t.Errorf("passed over %q; want 01-old-stickynet.conflist (stickynet's), 02-broken.conflist and 05-listy.conf (a list in a .conf), each with its reason", skipped)
+	}
+	if f := ahead(dir, "00-stickynet.conflist"); f != "" {
+		t.Errorf("ahead of 00-stickynet.conflist: %q; want none", f)
+	}
+	if f := ahead(dir, "15-mine.conflist"); filepath.Base(f) != "00-stickynet.conflist" {
+		t.Errorf("ahead of 15-mine.conflist: %q; want 00-stickynet.conflist, the first a runtime would use", f)
 	}
 	if err := os.Remove(filepath.Join(dir, "10-single.conf")); err != nil {
 		t.Fatal(err)

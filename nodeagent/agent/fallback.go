@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -64,6 +65,7 @@ func findFallback(dir, own string) (path string, list []byte, skipped []string, 
 		if filepath.Base(f) == own {
 			continue
 		}
+
 		b, err := confListBytes(f)
 		if err == nil {
 			_, err = api.ParseFallback(b)
@@ -77,30 +79,47 @@ func findFallback(dir, own string) (path string, list []byte, skipped []string, 
 	return "", nil, skipped, nil
 }
 
+// ahead returns the first network configuration file of dir that a runtime
+// would use instead of own (it sorts before it and parses), or "".
+func ahead(dir, own string) string {
+	files, _ := libcni.ConfFiles(dir, []string{".conf", ".conflist", ".json"})
+	slices.Sort(files)
+	for _, f := range files {
+		if filepath.Base(f) >= own {
+			return ""
+		}
+		if b, err := confListBytes(f); err == nil {
+			if _, err := libcni.NetworkConfFromBytes(b); err == nil {
+				return f
+			}
+		}
+	}
+	return ""
+}
+
 // confListBytes reads a network configuration file as a list, as runtimes
-// do: a .conflist, or anything with "plugins", is one already; another
-// file is a single plugin's configuration.
+// do: a .conflist is one; a .conf or .json file is a single plugin's
+// configuration (a format libcni no longer reads but runtimes still do),
+// made into the list of that one plugin.
 func confListBytes(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var conf struct {
-		Name       string          `json:"name"`
-		CNIVersion string          `json:"cniVersion"`
-		Plugins    json.RawMessage `json:"plugins"`
-	}
 	if strings.HasSuffix(path, ".conflist") {
 		return b, nil
+	}
+	var conf struct {
+		Name       string `json:"name"`
+		CNIVersion string `json:"cniVersion"`
+		Type       string `json:"type"`
 	}
 	if err := json.Unmarshal(b, &conf); err != nil {
 		return nil, fmt.Errorf("not a network configuration: %w", err)
 	}
-	if conf.Plugins != nil {
-		return b, nil
+	if conf.Type == "" {
+		return nil, errors.New(`a single plugin's configuration without "type" (runtimes read only .conflist files as lists)`)
 	}
-	// A single plugin's configuration (a format libcni no longer reads but
-	// runtimes still do): the list of that one plugin.
 	return json.Marshal(map[string]any{"name": conf.Name, "cniVersion": conf.CNIVersion, "plugins": []json.RawMessage{b}})
 }
 

@@ -186,7 +186,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		Netns:        req.Netns,
 		PodNamespace: pod.Namespace,
 		PodName:      pod.Name,
-		PodUID:       string(pod.UID),
+		PodUID:       kubeletUID(pod),
 		HostVeth:     datapath.HostVethName(req.ContainerID, req.IfName),
 		MAC:          asg.MAC.String(),
 		IPs:          asg.IPs,
@@ -444,9 +444,7 @@ func podAssignment(pod *corev1.Pod) (annotations.Assignment, error) {
 }
 
 // waitPod returns the pod once the agent's cache has it (with the UID the
-// runtime named): the runtime may ask before the watch delivers the pod. A
-// static pod's UID is kubelet's own; the API server has its mirror pod,
-// which names that UID in its kubernetes.io/config.mirror annotation.
+// runtime named): the runtime may ask before the watch delivers the pod.
 func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (*corev1.Pod, error) {
 	start := time.Now()
 	for {
@@ -454,7 +452,7 @@ func (a *agent) waitPod(ctx context.Context, ref podRef, budget time.Duration) (
 		changed := a.podChanged
 		a.mu.Unlock()
 		pod, ok := a.pods.Get(ref.Namespace, ref.Name)
-		if ok && (ref.UID == "" || string(pod.UID) == ref.UID || pod.Annotations[corev1.MirrorPodAnnotationKey] == ref.UID) {
+		if ok && (ref.UID == "" || podHasUID(pod, ref.UID)) {
 			return pod, nil
 		}
 		select {
@@ -625,4 +623,20 @@ func (a *agent) status(ctx context.Context) error {
 		return types.NewError(types.ErrPluginNotAvailable, msg, "")
 	}
 	return nil
+}
+
+// kubeletUID is the UID kubelet and the runtime know pod by: its own, but
+// for a static pod kubelet's, which its mirror pod in the API server names
+// in the kubernetes.io/config.mirror annotation (the mirror pod's own UID
+// changes when it is deleted and made again; the static pod runs on).
+func kubeletUID(pod *corev1.Pod) string {
+	if uid := pod.Annotations[corev1.MirrorPodAnnotationKey]; uid != "" {
+		return uid
+	}
+	return string(pod.UID)
+}
+
+// podHasUID reports whether pod is the one kubelet knows by uid.
+func podHasUID(pod *corev1.Pod, uid string) bool {
+	return string(pod.UID) == uid || kubeletUID(pod) == uid
 }

@@ -557,7 +557,9 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 
 // TestStaticPod: kubelet names a static pod by its own UID; the agent's
 // cache has the mirror pod, whose kubernetes.io/config.mirror annotation
-// holds that UID. Before, such a pod waited for a UID that never came.
+// holds that UID. Before, such a pod waited for a UID that never came. The
+// record keeps kubelet's UID, so a mirror pod made again does not make the
+// pod look gone.
 func TestStaticPod(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.PodWait = time.Second })
 	p := e.newPod(podSpec{
@@ -567,6 +569,15 @@ func TestStaticPod(t *testing.T) {
 	p.rt.Args[4][1] = "kubelet-uid-of-static"
 	if _, err := e.cni.Add(p.rt); err != nil {
 		t.Fatalf("ADD of a static pod by kubelet's UID: %v", err)
+	}
+	// The mirror pod deleted and made again (a new UID) while the static
+	// pod runs on: a restarted agent keeps its port.
+	port := e.ovsPortOf("ctr-static")
+	p.pod.UID = "uid-of-a-new-mirror"
+	e.pods.Set(p.pod)
+	e.restart()
+	if got := e.ovsPortOf("ctr-static"); got != port {
+		t.Fatalf("static pod's port after a restart with its mirror pod made again: %q, want %q", got, port)
 	}
 	if err := e.cni.Del(p.rt); err != nil {
 		t.Fatalf("DEL: %v", err)

@@ -181,7 +181,7 @@ func (a *agent) livePod(at *datapath.Attachment) (*corev1.Pod, bool) {
 		return nil, false
 	}
 	pod, ok := a.pods.Get(at.PodNamespace, at.PodName)
-	if !ok || string(pod.UID) != at.PodUID {
+	if !ok || !podHasUID(pod, at.PodUID) {
 		return nil, false
 	}
 	return pod, true
@@ -195,7 +195,7 @@ func (a *agent) onPodChange(pod *corev1.Pod) {
 	a.podChanged = make(chan struct{})
 	has := false
 	for _, at := range a.atts {
-		if at.PodUID == string(pod.UID) {
+		if podHasUID(pod, at.PodUID) {
 			has = true
 			break
 		}
@@ -329,6 +329,9 @@ func (a *agent) resync(ctx context.Context) error {
 	for _, at := range ats {
 		if _, inOVS := snap.Interfaces[at.HostVeth]; inOVS || at.VF != nil || !a.dp.HostVethExists(at.HostVeth) {
 			continue
+		}
+		if _, alive := a.livePod(at); !alive {
+			continue // tracked only until its DEL or GC removes it (a restore that could not)
 		}
 		unlock := a.lockKey(at.Key())
 		if a.get(at.Key()) == at {

@@ -89,8 +89,7 @@ func (c *Client) AddMeterFlows(ctx context.Context, ports []int) error {
 		b.WriteString(meterFlow(p, p))
 		b.WriteByte('\n')
 	}
-	args := []string{"-O", "OpenFlow13", "add-flows", ofTarget(c.cfg), "-"}
-	if _, err := c.run.Run(ctx, []byte(b.String()), c.cfg.Ofctl, args...); err != nil {
+	if _, err := c.ofctlIn(ctx, []byte(b.String()), "add-flows", "-"); err != nil {
 		return fmt.Errorf("add meter flows for OpenFlow ports %v on %s: %w", ports, c.cfg.Bridge, err)
 	}
 	return nil

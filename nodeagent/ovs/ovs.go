@@ -95,7 +95,12 @@ func (c *Client) vsctl(ctx context.Context, args ...string) ([]byte, error) {
 // hung ovs-vswitchd would block it, and the lock of the pod it works for,
 // for good.
 func (c *Client) ofctl(ctx context.Context, command string, args ...string) ([]byte, error) {
-	return c.run.Run(ctx, nil, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", timeoutArg(c.cfg), command, ofTarget(c.cfg)}, args...)...)
+	return c.ofctlIn(ctx, nil, command, args...)
+}
+
+// ofctlIn is ofctl with stdin.
+func (c *Client) ofctlIn(ctx context.Context, stdin []byte, command string, args ...string) ([]byte, error) {
+	return c.run.Run(ctx, stdin, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", timeoutArg(c.cfg), command, ofTarget(c.cfg)}, args...)...)
 }
 
 // vsctlGlobal returns ovs-vsctl's leading options.

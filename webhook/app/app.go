@@ -134,12 +134,12 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	st, err := openStore(o)
+	raw, err := openStore(o)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	st = store.Instrument(st, metrics.Registry)
+	defer raw.Close()
+	st := store.Instrument(raw, metrics.Registry)
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  sch,
@@ -184,12 +184,15 @@ func Run(ctx context.Context, o Options) error {
 	// Every replica reads etcd every 5 s: one that cannot leaves the
 	// Service, and the leader gives the lead up before the reservations it
 	// cannot confirm expire.
-	probe := &storeProbe{store: st, key: o.KeyPrefix + "probe", period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second}
+	// (Its reads are not counted in the store's metrics.)
+	probe := &storeProbe{store: raw, key: o.KeyPrefix + "probe", period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second}
 	if err := mgr.Add(probe); err != nil {
 		return err
 	}
-	if err := mgr.Add(stepDown{probe: probe, max: max(o.ReservationTTL/3, 20*time.Second)}); err != nil {
-		return err
+	if o.LeaderElection { // a single replica has no one to give the lead to
+		if err := mgr.Add(stepDown{probe: probe, max: max(o.ReservationTTL/3, 20*time.Second)}); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddReadyzCheck("etcd", probe.check); err != nil {
 		return err

@@ -93,16 +93,20 @@ func (p *storeProbe) check(*http.Request) error {
 }
 
 // stepDown runs on the leader only: it returns an error, which stops the
-// manager and gives up the leader lease, once reads have failed for max.
-// Only the leader confirms the reservations every replica makes; one it
-// cannot confirm expires with its lease, and its address looks free while
-// its pod carries it. Another replica that reaches etcd should lead.
+// manager and gives up the leader lease, once reads that succeeded while it
+// led have failed for max. Only the leader confirms the reservations every
+// replica makes; one it cannot confirm expires with its lease, and its
+// address looks free while its pod carries it. Another replica that reaches
+// etcd should lead. A replica that takes the lead while etcd already fails
+// it keeps the lead: when etcd is down for every replica, they step down
+// once each, not in turn for as long as it lasts.
 type stepDown struct {
 	probe *storeProbe
 	max   time.Duration
 }
 
 func (s stepDown) Start(ctx context.Context) error {
+	led := time.Now()
 	t := time.NewTicker(s.probe.period)
 	defer t.Stop()
 	for {
@@ -111,7 +115,8 @@ func (s stepDown) Start(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if d, err := s.probe.down(); d >= s.max {
+		d, err := s.probe.down()
+		if d >= s.max && time.Now().Add(-d).After(led) {
 			return fmt.Errorf("etcd has not answered this replica for %s (%w): it gives up the lead so that a replica that reaches etcd confirms the reservations before their lease ends", d.Round(time.Second), err)
 		}
 	}

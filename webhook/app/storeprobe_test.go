@@ -12,8 +12,9 @@ import (
 
 // TestStoreProbe against a real etcd, killed and restarted: readiness fails
 // once etcd has not answered for notReadyAfter, the leader's stepDown
-// returns an error once it has not answered for max, and both recover when
-// etcd is back.
+// returns an error once it has not answered for max, a leader that takes the
+// lead while etcd is down keeps it, and readiness recovers when etcd is
+// back.
 func TestStoreProbe(t *testing.T) {
 	testenv.Integration(t)
 	e := testenv.StartEtcd(t)
@@ -48,6 +49,15 @@ func TestStoreProbe(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("stepDown still running 30 s after etcd was killed")
+	}
+	// The next leader, which takes the lead while etcd is down (for every
+	// replica, say), keeps it: replicas do not step down in turn.
+	next := make(chan error, 1)
+	go func() { next <- stepDown{probe: p, max: 3 * time.Second}.Start(ctx) }()
+	select {
+	case err := <-next:
+		t.Fatalf("a leader that took the lead with etcd already down stepped down: %v", err)
+	case <-time.After(5 * time.Second):
 	}
 	if err := e.Restart(); err != nil {
 		t.Fatal(err)
