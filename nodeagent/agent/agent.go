@@ -285,14 +285,12 @@ func Run(ctx context.Context, opts Options) error {
 			want = ovs.DatapathSystem
 		}
 	}
-	dpType, err := oc.EnsureBridge(ctx, want)
+	dpType, err := waitOVS(ctx, oc, want, opts.Uplink)
 	if err != nil {
-		return err
-	}
-	if opts.Uplink != "" {
-		if err := oc.EnsureUplink(ctx, opts.Uplink); err != nil {
-			return err
+		if ctx.Err() != nil {
+			return nil // stopped while waiting
 		}
+		return err
 	}
 	egress, err := bandwidth.ResolveEgressMode(opts.EgressMode, dpType)
 	if err != nil {
@@ -383,6 +381,41 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("Stopped")
 	return err
 }
+
+// waitOVS makes the bridge (and adds its uplink) and waits until
+// ovs-vswitchd answers on it, trying again every ovsRetry while Open vSwitch
+// is not there yet (a node booting, OVS restarting). Exiting instead would
+// leave the node without an agent for the container's restart back-off
+// (up to 5 min) after OVS is up. It returns the bridge's datapath type.
+func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (string, error) {
+	log := klog.FromContext(ctx)
+	began := time.Now()
+	for attempt := 0; ; attempt++ {
+		dpType, err := oc.EnsureBridge(ctx, datapathType)
+		if err == nil && uplink != "" {
+			err = oc.EnsureUplink(ctx, uplink)
+		}
+		if err == nil {
+			_, err = oc.Meters(ctx) // ovs-vswitchd answers on the bridge
+		}
+		if err == nil {
+			if attempt > 0 {
+				log.Info("Open vSwitch is ready", "after", time.Since(began).Round(time.Second))
+			}
+			return dpType, nil
+		}
+		if attempt%15 == 0 { // at once, then every 30 s
+			log.Error(err, "Open vSwitch is not ready; waiting for it", "bridge", oc.Bridge())
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for Open vSwitch: %w", err)
+		case <-time.After(ovsRetry):
+		}
+	}
+}
+
+const ovsRetry = 2 * time.Second
 
 // openHostNS opens the node's network namespace (the agent's own when path
 // is empty).

@@ -26,6 +26,7 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
+	"github.com/stickynet/stickynet/nodeagent/agenttest"
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/bandwidth"
 )
@@ -552,6 +553,27 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 	}()
 	if err := e.cni.Del(p.rt); err != nil {
 		t.Fatalf("DEL of an attachment never made, with ovsdb-server unreachable: %v", err)
+	}
+}
+
+// TestAgentWaitsForOVS: an agent started while ovsdb-server cannot be
+// reached waits for it, rather than exiting, and serves once it is back.
+func TestAgentWaitsForOVS(t *testing.T) {
+	node := agenttest.NewNode(t)
+	sock := strings.TrimPrefix(node.OVS.DB, "unix:")
+	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
+		t.Fatal(err)
+	}
+	back := time.AfterFunc(5*time.Second, func() {
+		if err := os.Rename(sock+".away", sock); err != nil {
+			t.Error(err)
+		}
+	})
+	defer back.Stop()
+	began := time.Now()
+	agenttest.StartAgent(t, node.Options(agenttest.NewStatic())) // fails the test if the agent exits
+	if waited := time.Since(began); waited < 5*time.Second {
+		t.Errorf("the agent served after %s, before OVS could be reached (5 s)", waited)
 	}
 }
 
