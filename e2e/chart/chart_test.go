@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -385,20 +386,30 @@ func TestAPIServer(t *testing.T) {
 	// extender and every pod of its profile stays Pending.
 	t.Run("UpgradeKeepsExtenderCert", func(t *testing.T) {
 		installed := render(t)
-		f := filepath.Join(t.TempDir(), "installed.yaml")
-		left := bytes.Join([][]byte{installed["Secret/stickynet-extender-tls"], installed["ConfigMap/stickynet-extender-ca"]}, []byte("\n---\n"))
-		if err := os.WriteFile(f, left, 0o600); err != nil {
-			t.Fatal(err)
+		secret := installed["Secret/stickynet-extender-tls"]
+		// An earlier chart's Secret had no cert-names annotation; it holds the
+		// Service's names, and an upgrade keeps it too.
+		annotation := regexp.MustCompile(`(?m)^\s*annotations: \{stickynet.io/cert-names: .*\}\n`)
+		if !annotation.Match(secret) {
+			t.Fatalf("the extender Secret lacks its cert-names annotation:\n%s", secret)
 		}
-		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
-			t.Fatalf("apply the install's extender Secret and CA: %v\n%s", err, out)
-		}
-		// helm renders an upgrade like this: lookup asks the API server.
-		upgraded := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
-			"--dry-run=server", "--kubeconfig", c.KubeconfigPath()))
-		before, after := extenderTLS(t, installed), extenderTLS(t, upgraded)
-		if before != after {
-			t.Errorf("after an upgrade the extender's TLS is\n%+v\nwant the installed one\n%+v", after, before)
+		var before tlsState
+		for _, left := range [][]byte{annotation.ReplaceAll(secret, nil), secret} {
+			f := filepath.Join(t.TempDir(), "installed.yaml")
+			if err := os.WriteFile(f, bytes.Join([][]byte{left, installed["ConfigMap/stickynet-extender-ca"]}, []byte("\n---\n")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+				t.Fatalf("apply the install's extender Secret and CA: %v\n%s", err, out)
+			}
+			// helm renders an upgrade like this: lookup asks the API server.
+			upgraded := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
+				"--dry-run=server", "--kubeconfig", c.KubeconfigPath()))
+			before = extenderTLS(t, installed)
+			if after := extenderTLS(t, upgraded); before != after {
+				t.Errorf("after an upgrade from a Secret with annotation %t the extender's TLS is\n%+v\nwant the installed one\n%+v",
+					bytes.Equal(left, secret), after, before)
+			}
 		}
 		// A name added (a scheduler of one's own on the host network)
 		// needs a certificate that holds it: a new pair, and the chart's
