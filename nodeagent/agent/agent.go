@@ -355,7 +355,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := a.install(); err != nil {
 		return err
 	}
-	if f := ahead(opts.CNIConfDir, opts.CNIConfName); opts.CNIConfDir != "" && f != "" {
+	if f := ahead(opts.CNIConfDir, opts.CNIConfName); f != "" {
 		log.Info("Warning: another network configuration sorts before stickynet's; the runtime uses it and never calls stickynet (rename one)", "first", f, "stickynet", opts.CNIConfName)
 	}
 	a.mu.Lock()
@@ -391,10 +391,7 @@ func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (
 	log := klog.FromContext(ctx)
 	began := time.Now()
 	for attempt := 0; ; attempt++ {
-		dpType, err := oc.EnsureBridge(ctx, datapathType)
-		if err == nil && uplink != "" {
-			err = oc.EnsureUplink(ctx, uplink)
-		}
+		dpType, err := setUpBridge(ctx, oc, datapathType, uplink)
 		if err == nil {
 			_, err = oc.Meters(ctx) // ovs-vswitchd answers on the bridge
 		}
@@ -416,6 +413,16 @@ func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (
 }
 
 const ovsRetry = 2 * time.Second
+
+// setUpBridge makes the bridge, if it does not exist, and adds the uplink
+// (if any); it returns the bridge's datapath type.
+func setUpBridge(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (string, error) {
+	dpType, err := oc.EnsureBridge(ctx, datapathType)
+	if err == nil && uplink != "" {
+		err = oc.EnsureUplink(ctx, uplink)
+	}
+	return dpType, err
+}
 
 // openHostNS opens the node's network namespace (the agent's own when path
 // is empty).

@@ -82,6 +82,9 @@ func findFallback(dir, own string) (path string, list []byte, skipped []string, 
 // ahead returns the first network configuration file of dir that a runtime
 // would use instead of own (it sorts before it and parses), or "".
 func ahead(dir, own string) string {
+	if dir == "" { // no conflist is installed
+		return ""
+	}
 	files, _ := libcni.ConfFiles(dir, []string{".conf", ".conflist", ".json"})
 	slices.Sort(files)
 	for _, f := range files {
@@ -126,20 +129,8 @@ func confListBytes(path string) ([]byte, error) {
 // fallbackLoop, for FallbackAuto, looks for the fallback again every
 // fallbackRescan and rewrites the conflist when it changed.
 func (a *agent) fallbackLoop(ctx context.Context) {
-	if a.opts.FallbackConfList != FallbackAuto || a.opts.CNIConfDir == "" {
-		return
-	}
-	t := time.NewTicker(fallbackRescan)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := a.refreshFallback(ctx); err != nil {
-			klog.FromContext(ctx).Error(err, "Fallback network not refreshed")
-		}
+	if a.opts.FallbackConfList == FallbackAuto && a.opts.CNIConfDir != "" {
+		every(ctx, fallbackRescan, "Fallback network not refreshed", a.refreshFallback)
 	}
 }
 

@@ -290,10 +290,15 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 // resyncLoop re-checks every attachment's limits against what is installed,
 // and queues every pod so missed annotation changes are applied.
 func (a *agent) resyncLoop(ctx context.Context) {
-	if a.opts.ResyncPeriod <= 0 {
-		return
+	if a.opts.ResyncPeriod > 0 {
+		every(ctx, a.opts.ResyncPeriod, "Resync failed", a.resync)
 	}
-	t := time.NewTicker(a.opts.ResyncPeriod)
+}
+
+// every calls f each period (the first time a period from now) until ctx
+// ends, logging its errors with msg.
+func every(ctx context.Context, period time.Duration, msg string, f func(context.Context) error) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
@@ -301,8 +306,8 @@ func (a *agent) resyncLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := a.resync(ctx); err != nil {
-			klog.FromContext(ctx).Error(err, "Resync failed")
+		if err := f(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, msg)
 		}
 	}
 }
@@ -368,11 +373,6 @@ func (a *agent) ensureBridge(ctx context.Context) error {
 		return err
 	}
 	klog.FromContext(ctx).Info("OVS bridge missing; making it again", "bridge", a.opts.Bridge, "datapathType", a.dpType)
-	if _, err := a.ovs.EnsureBridge(ctx, a.dpType); err != nil {
-		return err
-	}
-	if a.opts.Uplink != "" {
-		return a.ovs.EnsureUplink(ctx, a.opts.Uplink)
-	}
-	return nil
+	_, err = setUpBridge(ctx, a.ovs, a.dpType, a.opts.Uplink)
+	return err
 }

@@ -208,18 +208,28 @@ func TestRestartWithoutCache(t *testing.T) {
 	}
 }
 
+// limitedPair starts an agent that resyncs every 300 ms with pods a
+// (10.<n>.0.10, ingress 30 Mbit/s, egress 40 Mbit/s) and b (10.<n>.0.11,
+// no limits), and returns a's OVS port.
+func limitedPair(t *testing.T, n byte) (e *env, a, b *testPod, port string) {
+	t.Helper()
+	e = newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	a = e.addPod(podSpec{
+		name: "a", ips: fmt.Sprintf("10.%d.0.10/24", n), mac: fmt.Sprintf("02:00:0a:%02x:00:0a", n),
+		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
+	})
+	b = e.addPod(podSpec{name: "b", ips: fmt.Sprintf("10.%d.0.11/24", n), mac: fmt.Sprintf("02:00:0a:%02x:00:0b", n)})
+	return e, a, b, e.ovsPortOf("ctr-a")
+}
+
+// meterRe finds limitedPair's 40 Mbit/s meter in ovs-ofctl dump-meters.
+var meterRe = regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
+
 // TestVswitchdRestartRestoresMeters: ovs-vswitchd forgets OpenFlow meters and
 // flows when it restarts (and clears the root qdisc of the ports it opens);
 // the agent's resync puts both limits back.
 func TestVswitchdRestartRestoresMeters(t *testing.T) {
-	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
-	a := e.addPod(podSpec{
-		name: "a", ips: "10.89.0.10/24", mac: "02:00:0a:59:00:0a",
-		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
-	})
-	b := e.addPod(podSpec{name: "b", ips: "10.89.0.11/24", mac: "02:00:0a:59:00:0b"})
-	port := e.ovsPortOf("ctr-a")
-	meterRe := regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
+	e, a, b, port := limitedPair(t, 0x59)
 	m := meterRe.FindStringSubmatch(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))
 	if m == nil {
 		t.Fatal("no 40 Mbit/s meter after ADD")
@@ -243,16 +253,9 @@ func TestVswitchdRestartRestoresMeters(t *testing.T) {
 // each other again and new pods can be added. Before, every ADD failed until
 // the agent was restarted.
 func TestBridgeDeletedIsRebuilt(t *testing.T) {
-	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
-	a := e.addPod(podSpec{
-		name: "a", ips: "10.90.0.10/24", mac: "02:00:0a:5a:00:0a",
-		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
-	})
-	b := e.addPod(podSpec{name: "b", ips: "10.90.0.11/24", mac: "02:00:0a:5a:00:0b"})
+	e, a, b, port := limitedPair(t, 0x5a)
 	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
-	port := e.ovsPortOf("ctr-a")
 	e.node.OVS.Vsctl(t, "del-br", e.node.Bridge)
-	meterRe := regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
 	waitFor(t, "the bridge, the ports and the limits to come back", func() bool {
 		return e.ovsPortOf("ctr-a") == port && e.ovsPortOf("ctr-b") != "" && tbfRate(t, e, port) == 30e6/8 &&
 			meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))

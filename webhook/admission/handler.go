@@ -322,10 +322,10 @@ func (h *Handler) setCap(ctx context.Context, pod *corev1.Pod, id annotations.ID
 }
 
 // get reads from the cache, or from the API server when the cache has not seen the object yet.
-func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Object) error {
-	err := h.Reader.Get(ctx, key, obj)
+func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	err := h.Reader.Get(ctx, key, obj, opts...)
 	if apierrors.IsNotFound(err) && h.APIReader != nil {
-		err = h.APIReader.Get(ctx, key, obj)
+		err = h.APIReader.Get(ctx, key, obj, opts...)
 	}
 	return err
 }
@@ -460,13 +460,10 @@ func (h *Handler) boundPod(ctx context.Context, key string) (*corev1.Pod, bool, 
 
 // livePod is boundPod read from the API server.
 func (h *Handler) livePod(ctx context.Context, key string) (*corev1.Pod, bool, error) {
-	get := func(ctx context.Context, k client.ObjectKey, obj client.Object) error {
-		return h.APIReader.Get(ctx, k, obj)
-	}
-	return readPod(ctx, get, key)
+	return readPod(ctx, h.APIReader.Get, key)
 }
 
-func readPod(ctx context.Context, get func(context.Context, client.ObjectKey, client.Object) error, key string) (*corev1.Pod, bool, error) {
+func readPod(ctx context.Context, get func(context.Context, client.ObjectKey, client.Object, ...client.GetOption) error, key string) (*corev1.Pod, bool, error) {
 	ns, name, _ := strings.Cut(key, "/")
 	p := &corev1.Pod{}
 	err := get(ctx, client.ObjectKey{Namespace: ns, Name: name}, p)

@@ -9,6 +9,7 @@ package integration
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -417,24 +418,15 @@ func runExtender(ctx context.Context, t *testing.T, c *cluster.Cluster, caFile, 
 // moot.
 func (e *env) waitExtenderPasses(ctx context.Context, t *testing.T, p *corev1.Pod, settled func() bool, want ...string) {
 	t.Helper()
-	names := []string{"sim-1", "sim-2", "sim-3", "sim-4"}
-	body, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: p, NodeNames: &names})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var last string
 	e.poll(ctx, t, fmt.Sprintf("the extender to pass %v for pod %s", want, p.Name), func() (bool, error) {
 		if settled != nil && settled() {
 			return true, nil
 		}
-		b, status, err := e.post(ctx, "/filter", body)
-		if err != nil {
-			return false, err
-		}
-		last = string(b)
 		var res extenderv1.ExtenderFilterResult
-		if err := json.Unmarshal(b, &res); err != nil || res.NodeNames == nil {
-			return false, fmt.Errorf("status %d: %s", status, b)
+		var err error
+		if last, err = e.ask(ctx, "/filter", p, &res); err != nil || res.NodeNames == nil {
+			return false, cmp.Or(err, fmt.Errorf("no node names: %s", last))
 		}
 		incomplete := strings.Contains(last, "does not exist") || strings.Contains(last, "not yet known")
 		return !incomplete && slices.Equal(*res.NodeNames, want), nil
@@ -446,21 +438,12 @@ func (e *env) waitExtenderPasses(ctx context.Context, t *testing.T, p *corev1.Po
 // has seen where p's identity ran.
 func (e *env) waitExtenderPrefers(ctx context.Context, t *testing.T, p *corev1.Pod, want string) {
 	t.Helper()
-	names := []string{"sim-1", "sim-2", "sim-3", "sim-4"}
-	body, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: p, NodeNames: &names})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var last string
 	e.poll(ctx, t, fmt.Sprintf("the extender to rank %s first for pod %s", want, p.Name), func() (bool, error) {
-		b, status, err := e.post(ctx, "/prioritize", body)
-		if err != nil {
-			return false, err
-		}
-		last = string(b)
 		var res extenderv1.HostPriorityList
-		if err := json.Unmarshal(b, &res); err != nil {
-			return false, fmt.Errorf("status %d: %s", status, b)
+		var err error
+		if last, err = e.ask(ctx, "/prioritize", p, &res); err != nil {
+			return false, err
 		}
 		var top int64 = -1
 		var best []string
@@ -476,20 +459,35 @@ func (e *env) waitExtenderPrefers(ctx context.Context, t *testing.T, p *corev1.P
 	}, func() string { return "last answer: " + last })
 }
 
-// post sends body to one of the extender's verbs and returns the answer.
-func (e *env) post(ctx context.Context, path string, body []byte) ([]byte, int, error) {
+// simNodes are the four simulated nodes.
+var simNodes = []string{"sim-1", "sim-2", "sim-3", "sim-4"}
+
+// ask sends one of the extender's verbs (path) the arguments for p on the
+// four nodes and decodes the answer into out; it returns the answer as
+// read, for messages.
+func (e *env) ask(ctx context.Context, path string, p *corev1.Pod, out any) (string, error) {
+	body, err := json.Marshal(&extenderv1.ExtenderArgs{Pod: p, NodeNames: &simNodes})
+	if err != nil {
+		return "", err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.url+path, bytes.NewReader(body))
 	if err != nil {
-		return nil, 0, err
+		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := e.client.Do(req)
 	if err != nil {
-		return nil, 0, err
+		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return b, resp.StatusCode, err
+	if err != nil {
+		return "", err
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return string(b), fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b), nil
 }
 
 // vfView describes what the API server says about VFs: each simulated
@@ -497,7 +495,7 @@ func (e *env) post(ctx context.Context, path string, body []byte) ([]byte, int, 
 // message of a test that timed out waiting for the extender.
 func (e *env) vfView(ctx context.Context) string {
 	var parts []string
-	for _, name := range []string{"sim-1", "sim-2", "sim-3", "sim-4"} {
+	for _, name := range simNodes {
 		n, err := e.cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			parts = append(parts, fmt.Sprintf("node %s: %v", name, err))
