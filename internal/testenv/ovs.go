@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,19 +76,8 @@ func StartOVS(t testing.TB, netns string) *OVS {
 	}); err != nil {
 		t.Fatalf("ovsdb-server did not come up: %v", err)
 	}
-	if err := o.start("ovs-vswitchd", o.DB,
-		"--unixctl="+filepath.Join(dir, "ovs-vswitchd.ctl"),
-		"--log-file="+filepath.Join(dir, "ovs-vswitchd.log"),
-		"-vconsole:off"); err != nil {
+	if err := o.startVswitchd(); err != nil {
 		t.Fatal(err)
-	}
-	// A command that waits for ovs-vswitchd to apply the database answers
-	// only once ovs-vswitchd runs.
-	if err := o.waitFor(func() error {
-		_, err := o.vsctl("--timeout=1", "set", "Open_vSwitch", ".", "external_ids:stickynet-test=1")
-		return err
-	}); err != nil {
-		t.Fatalf("ovs-vswitchd did not come up: %v", err)
 	}
 	return o
 }
@@ -185,25 +175,50 @@ func (o *OVS) Ofctl(t testing.TB, command, bridge string, args ...string) string
 // database, as a crash and restart would: OpenFlow flows and meters are gone.
 func (o *OVS) RestartVswitchd(t testing.TB) {
 	t.Helper()
+	o.StopVswitchd(t)
+	o.StartVswitchd(t)
+}
+
+// StopVswitchd kills ovs-vswitchd, as a crash would; ovsdb-server keeps
+// running, so the database takes changes that nothing applies.
+func (o *OVS) StopVswitchd(t testing.TB) {
+	t.Helper()
 	if len(o.procs) != 2 {
-		t.Fatal("OVS is not running")
+		t.Fatal("ovs-vswitchd is not running")
 	}
 	c := o.procs[1]
 	_ = c.Process.Signal(syscall.SIGKILL)
 	_ = c.Wait()
 	o.procs = o.procs[:1]
+}
+
+// StartVswitchd starts ovs-vswitchd after StopVswitchd.
+func (o *OVS) StartVswitchd(t testing.TB) {
+	t.Helper()
+	if len(o.procs) != 1 {
+		t.Fatal("ovsdb-server alone is not running")
+	}
+	if err := o.startVswitchd(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startVswitchd starts ovs-vswitchd on the database and waits until it
+// applies it: a command that waits for that answers only then.
+func (o *OVS) startVswitchd() error {
 	if err := o.start("ovs-vswitchd", o.DB,
 		"--unixctl="+filepath.Join(o.RunDir, "ovs-vswitchd.ctl"),
 		"--log-file="+filepath.Join(o.RunDir, "ovs-vswitchd.log"),
 		"-vconsole:off"); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := o.waitFor(func() error {
-		_, err := o.vsctl("--timeout=1", "set", "Open_vSwitch", ".", "external_ids:stickynet-test=2")
+		_, err := o.vsctl("--timeout=1", "set", "Open_vSwitch", ".", "external_ids:stickynet-test="+strconv.FormatInt(time.Now().UnixNano(), 10))
 		return err
 	}); err != nil {
-		t.Fatalf("ovs-vswitchd did not come back: %v", err)
+		return fmt.Errorf("ovs-vswitchd did not come up: %w", err)
 	}
+	return nil
 }
 
 // spawner starts processes from one OS thread that lives until close. The

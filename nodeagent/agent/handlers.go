@@ -43,7 +43,11 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	if err != nil {
 		var te *types.Error
 		if !errors.As(err, &te) {
-			te = types.NewError(types.ErrInternal, err.Error(), "")
+			code := uint(types.ErrInternal)
+			if errors.Is(err, ovs.ErrNoAnswer) {
+				code = types.ErrTryAgainLater
+			}
+			te = types.NewError(code, err.Error(), "")
 		}
 		resp = api.Response{Error: te}
 		log.Info("CNI request failed", "code", te.Code, "msg", te.Msg, "details", te.Details, "duration", time.Since(start))
@@ -94,11 +98,13 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	if err != nil {
 		return nil, nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, answerWithin(conf))
+	defer cancel()
 	// One budget for the waits of ADD: for the pod to reach the cache, then
 	// for its address to be free on this node (and its SriovNetwork known).
 	budget := a.podWait(conf)
-	wait, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
+	wait, cancelWait := context.WithTimeout(ctx, budget)
+	defer cancelWait()
 	pod, err := a.waitPod(wait, ref, budget)
 	if err != nil {
 		return nil, nil, err
@@ -109,6 +115,16 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	}
 	res, err := a.attach(ctx, wait, conf, req, pod)
 	return res, nil, err
+}
+
+// answerWithin is how long an ADD may take in the agent: the plugin's
+// request timeout less a tenth. A step that runs out of it, such as an OVS
+// command that ovs-vswitchd does not answer, fails with the agent's own
+// error, which says what did not answer, before the plugin gives up with a
+// bare timeout.
+func answerWithin(conf *api.NetConf) time.Duration {
+	t, _ := conf.RequestTimeout() // a.conf refuses a bad one
+	return t - t/10
 }
 
 // waitedFor says how long a wait that ctx ended lasted (its budget, if

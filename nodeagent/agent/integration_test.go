@@ -556,6 +556,38 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 	}
 }
 
+// TestAddWithVswitchdDown: with ovs-vswitchd down, ADD fails with the
+// agent's own error, "try again later", naming Open vSwitch and the command
+// that it did not answer, before the plugin's request timeout (10 s) ends
+// it with a bare timeout; nothing of the pod is left, and once ovs-vswitchd
+// is back the pod's next ADD works. Before, the plugin's timeout came first.
+func TestAddWithVswitchdDown(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.newPod(podSpec{name: "early", ips: "10.81.0.32/24", mac: "02:00:0a:51:00:20"})
+	e.node.OVS.StopVswitchd(t)
+	_, err := e.cni.Add(p.rt)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch did not answer") ||
+		!strings.Contains(err.Error(), "add-port "+e.node.Bridge) {
+		t.Errorf("ADD with ovs-vswitchd down: %v; want code %d naming Open vSwitch and add-port", err, types.ErrTryAgainLater)
+	}
+	if port := e.ovsPortOf("ctr-early"); port != "" {
+		t.Errorf("port %s left in OVS after the failed ADD", port)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Errorf("host veths left after the failed ADD: %v", v)
+	}
+	if recs := e.records(); len(recs) != 0 {
+		t.Errorf("records left after the failed ADD: %v", recs)
+	}
+	e.node.OVS.StartVswitchd(t)
+	if err := e.cni.Del(p.rt); err != nil { // as the runtime does after a failed ADD
+		t.Fatalf("DEL after the failed ADD: %v", err)
+	}
+	if _, err := e.cni.Add(p.rt); err != nil {
+		t.Fatalf("ADD with ovs-vswitchd back: %v", err)
+	}
+}
+
 // TestAgentWaitsForOVS: an agent started while ovsdb-server cannot be
 // reached waits for it, rather than exiting, and serves once it is back.
 func TestAgentWaitsForOVS(t *testing.T) {

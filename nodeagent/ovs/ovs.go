@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -88,7 +89,7 @@ func New(cfg Config, r runner) *Client {
 func (c *Client) Bridge() string { return c.cfg.Bridge }
 
 func (c *Client) vsctl(ctx context.Context, args ...string) ([]byte, error) {
-	return c.run.Run(ctx, nil, c.cfg.Vsctl, append(vsctlGlobal(c.cfg), args...)...)
+	return c.runOVS(ctx, nil, c.cfg.Vsctl, append(vsctlGlobal(c.cfg, c.timeout(ctx)), args...))
 }
 
 // ofctl runs ovs-ofctl with the same timeout as ovs-vsctl: without one, a
@@ -100,22 +101,60 @@ func (c *Client) ofctl(ctx context.Context, command string, args ...string) ([]b
 
 // ofctlIn is ofctl with stdin.
 func (c *Client) ofctlIn(ctx context.Context, stdin []byte, command string, args ...string) ([]byte, error) {
-	return c.run.Run(ctx, stdin, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", timeoutArg(c.cfg), command, ofTarget(c.cfg)}, args...)...)
+	return c.runOVS(ctx, stdin, c.cfg.Ofctl, append([]string{"-O", "OpenFlow13", timeoutArg(c.timeout(ctx)), command, ofTarget(c.cfg)}, args...))
+}
+
+// ErrNoAnswer is the error of a command that Open vSwitch did not answer in
+// time: ovsdb-server did not, or ovs-vswitchd did not apply the change
+// (ovs-vsctl waits for that unless --no-wait) or did not answer OpenFlow.
+var ErrNoAnswer = errors.New("Open vSwitch did not answer")
+
+// runOVS runs an OVS command. One that its own --timeout ended (it dies of
+// SIGALRM) or that ctx's deadline ended returns ErrNoAnswer with the
+// command, saying how long it waited and what to look at.
+func (c *Client) runOVS(ctx context.Context, stdin []byte, name string, args []string) ([]byte, error) {
+	start := time.Now()
+	out, err := c.run.Run(ctx, stdin, name, args...)
+	if err == nil {
+		return out, nil
+	}
+	var ee *exec.ExitError
+	alarm := false
+	if errors.As(err, &ee) {
+		ws, ok := ee.Sys().(syscall.WaitStatus)
+		alarm = ok && ws.Signaled() && ws.Signal() == syscall.SIGALRM
+	}
+	if alarm || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return out, fmt.Errorf("%w within %s (is ovs-vswitchd running? ovs-vsctl waits for it to apply each change): %s %s",
+			ErrNoAnswer, time.Since(start).Round(100*time.Millisecond), filepath.Base(name), strings.Join(args, " "))
+	}
+	return out, err
+}
+
+// timeout is how long one command may wait for Open vSwitch: the Config's
+// Timeout, but no longer than ctx has left, so that the command's own
+// timeout ends it (with ErrNoAnswer) before the caller gives up.
+func (c *Client) timeout(ctx context.Context) time.Duration {
+	t := c.cfg.Timeout
+	if d, ok := ctx.Deadline(); ok {
+		t = min(t, time.Until(d))
+	}
+	return t
 }
 
 // vsctlGlobal returns ovs-vsctl's leading options.
-func vsctlGlobal(cfg Config) []string {
+func vsctlGlobal(cfg Config, timeout time.Duration) []string {
 	out := []string{}
 	if cfg.DB != "" {
 		out = append(out, "--db="+cfg.DB)
 	}
-	return append(out, timeoutArg(cfg))
+	return append(out, timeoutArg(timeout))
 }
 
 // timeoutArg is the --timeout option of ovs-vsctl and ovs-ofctl, in whole
-// seconds (at least 1).
-func timeoutArg(cfg Config) string {
-	return "--timeout=" + strconv.Itoa(max(1, int(cfg.Timeout.Round(time.Second)/time.Second)))
+// seconds, rounded down (at least 1).
+func timeoutArg(t time.Duration) string {
+	return "--timeout=" + strconv.Itoa(max(1, int(t/time.Second)))
 }
 
 // ofTarget names the switch for ovs-ofctl: the bridge's management socket in

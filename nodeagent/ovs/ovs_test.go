@@ -58,7 +58,7 @@ func TestGlobalsAndTarget(t *testing.T) {
 		{cfg: Config{Bridge: "br", DB: "unix:/x/db.sock", RunDir: "/x", Timeout: 100 * time.Millisecond}, wantGlobal: "--db=unix:/x/db.sock --timeout=1", wantTarget: "unix:/x/br.mgmt"},
 	}
 	for _, tt := range tests {
-		if g := strings.Join(vsctlGlobal(tt.cfg), " "); g != tt.wantGlobal {
+		if g := strings.Join(vsctlGlobal(tt.cfg, tt.cfg.Timeout), " "); g != tt.wantGlobal {
 			t.Errorf("vsctlGlobal(%+v) = %s, want %s", tt.cfg, g, tt.wantGlobal)
 		}
 		if g := ofTarget(tt.cfg); g != tt.wantTarget {
@@ -233,5 +233,54 @@ func TestClientAgainstOVS(t *testing.T) {
 	}
 	if err := c.DelPort(ctx, "p1"); err != nil {
 		t.Fatalf("DelPort of a missing port: %v", err)
+	}
+}
+
+// TestNoAnswer: with ovs-vswitchd gone, a change that waits for it ends in
+// ErrNoAnswer, naming the command, by its own --timeout (capped by the
+// caller's deadline) or by the deadline itself; a --no-wait change still
+// goes through.
+func TestNoAnswer(t *testing.T) {
+	testenv.Root(t)
+	netns, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = netns.Close()
+		if err := testutils.UnmountNS(netns); err != nil {
+			t.Errorf("remove netns %s: %v", netns.Path(), err)
+		}
+	})
+	o := testenv.StartOVS(t, netns.Path())
+	c := New(Config{DB: o.DB, RunDir: o.RunDir, Bridge: "br-t"}, ExecRunner{}) // Timeout 10 s
+	if _, err := c.EnsureBridge(context.Background(), DatapathNetdev); err != nil {
+		t.Fatal(err)
+	}
+	o.StopVswitchd(t)
+	for _, tt := range []struct {
+		name     string
+		deadline time.Duration
+		port     string
+		want     string // in the error
+	}{
+		// ovs-vsctl's own --timeout, cut to the 2 whole seconds the deadline leaves, ends it.
+		{name: "own timeout", deadline: 2900 * time.Millisecond, port: "p1", want: "--timeout=2 "},
+		// The deadline comes before its --timeout (at least 1 s) and ends it.
+		{name: "deadline", deadline: 500 * time.Millisecond, port: "p2", want: "--timeout=1 "},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), tt.deadline)
+		err := c.AddPort(ctx, Port{Name: tt.port, OFPort: 100})
+		ownTimeout := ctx.Err() == nil
+		cancel()
+		if !errors.Is(err, ErrNoAnswer) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "add-port br-t "+tt.port) {
+			t.Errorf("%s: AddPort without ovs-vswitchd = %v; want ErrNoAnswer naming add-port and %q", tt.name, err, tt.want)
+		}
+		if ownTimeout != (tt.name == "own timeout") {
+			t.Errorf("%s: AddPort returned with the deadline passed = %v", tt.name, !ownTimeout)
+		}
+	}
+	if err := c.DelPort(context.Background(), "p1"); err != nil {
+		t.Errorf("DelPort (--no-wait) without ovs-vswitchd: %v", err)
 	}
 }
