@@ -52,6 +52,10 @@ type Allocator struct {
 	leases  map[time.Duration]*bucketLease
 	pools   sync.Map // name → *Pool, for the reuse delay of released addresses
 	now     func() time.Time
+
+	orphanMu   sync.Mutex
+	orphans    []orphan
+	orphanKick chan struct{}
 }
 
 type bucketLease struct {
@@ -74,15 +78,18 @@ func New(s store.Store, opts Options) *Allocator {
 	c := newCache(k)
 	return &Allocator{
 		s: s, keys: k, cache: c, opts: opts,
-		refl:   store.NewReflector(s, k.addr, c),
-		leases: map[time.Duration]*bucketLease{},
-		now:    time.Now,
+		refl:       store.NewReflector(s, k.addr, c),
+		leases:     map[time.Duration]*bucketLease{},
+		now:        time.Now,
+		orphanKick: make(chan struct{}, 1),
 	}
 }
 
-// Start runs the cache's reflector until ctx ends and waits for its first list.
+// Start runs the cache's reflector, and gives back orphaned claims, until
+// ctx ends; it waits for the reflector's first list.
 func (a *Allocator) Start(ctx context.Context) error {
 	go a.refl.Run(ctx)
+	go a.dropOrphans(ctx)
 	if err := a.refl.WaitForRevision(ctx, 0); err != nil {
 		return fmt.Errorf("wait for the address cache: %w", err)
 	}
@@ -218,6 +225,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 			continue
 		}
 		if err != nil {
+			a.noteOrphan(&req, p)
 			return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, err)
 		}
 		if won {

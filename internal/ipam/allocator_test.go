@@ -774,3 +774,134 @@ func TestTokenKeepOfUnboundAddressHolds(t *testing.T) {
 		t.Fatalf("after Bind: %+v; want bound to ns/agent-new, no hold", l)
 	}
 }
+
+// lossyStore is etcd taking a write whose answer never reaches the caller
+// (loseNext: the write applies, the caller gets a deadline error) and then
+// not answering at all until the test says so (down).
+type lossyStore struct {
+	*store.Memory
+	mu       sync.Mutex
+	loseNext bool
+	down     bool
+}
+
+func (l *lossyStore) set(loseNext, down bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.loseNext, l.down = loseNext, down
+}
+
+func (l *lossyStore) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.down {
+		return store.TxnResult{}, fmt.Errorf("etcd unreachable: %w", context.DeadlineExceeded)
+	}
+	if l.loseNext && len(then) > 0 {
+		l.loseNext, l.down = false, true
+		if _, err := l.Memory.Txn(ctx, cmps, then, els); err != nil {
+			return store.TxnResult{}, err
+		}
+		return store.TxnResult{}, fmt.Errorf("answer lost: %w", context.DeadlineExceeded)
+	}
+	return l.Memory.Txn(ctx, cmps, then, els)
+}
+
+func (l *lossyStore) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	l.mu.Lock()
+	down := l.down
+	l.mu.Unlock()
+	if down {
+		return 0, fmt.Errorf("etcd unreachable: %w", context.DeadlineExceeded)
+	}
+	return l.Memory.Grant(ctx, ttl)
+}
+
+// TestOrphanedClaimGivenBack: a shared identity's claim that etcd took while
+// its caller timed out (so the pod was refused) is given back once etcd
+// answers again, not a reservation TTL later: a set at its cap takes the
+// pod's next try. A single identity's is left: the next try gets it.
+func TestOrphanedClaimGivenBack(t *testing.T) {
+	s := &lossyStore{Memory: store.NewMemory()}
+	a := startAllocator(t, s, Options{}) // reservations live 60 s
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	ctx := testCtx(t)
+	const dep = "deployment/ns/d"
+	var members []Allocation
+	for i := range 2 {
+		members = append(members, alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Pod: fmt.Sprintf("ns/d-%d", i), MaxMembers: 2}))
+	}
+	if err := a.Unbind(ctx, "p", members[0].IP, "ns/d-0"); err != nil {
+		t.Fatal(err)
+	}
+	// The replacement's claim (a hold on the free member) is taken by etcd,
+	// but its answer is lost, and etcd goes quiet.
+	s.set(true, false)
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: dep, Shared: true, Token: "t1", MaxMembers: 2}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("claim whose answer was lost: %v", err)
+	}
+	// waitMember waits until member 0 is held under token ("": not held).
+	waitMember := func(token string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			l := a.Lookup(dep)
+			for _, e := range l {
+				if e.IP == members[0].IP && e.Held == (token != "") && (token == "" || e.Token == token) {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("member %s not held under %q: %+v", members[0].IP, token, l)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitMember("t1")
+	var sf *SetFullError
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: dep, Shared: true, Token: "t2", MaxMembers: 2}); !errors.As(err, &sf) {
+		t.Fatalf("next try while the orphan holds the member: %v; want set full", err)
+	}
+	s.set(false, false) // etcd answers again
+	waitMember("")      // the hold is gone
+	got := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: "t2", MaxMembers: 2})
+	if got.IP != members[0].IP || got.Token != "t2" {
+		t.Fatalf("next try after etcd came back: %+v; want member %s under t2", got, members[0].IP)
+	}
+
+	// A new member reserved under a lost answer is released (the pool has
+	// no reuse delay: it is gone).
+	big := mustPool(t, "big", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24"})
+	s.set(true, false)
+	if _, err := a.Allocate(ctx, Request{Pool: big, Identity: "deployment/ns/e", Shared: true, Token: "t3"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("new member whose answer was lost: %v", err)
+	}
+	s.set(false, false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l := a.Lookup("deployment/ns/e")
+		if len(l) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphaned new member: %+v; want it released", l)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A single identity's reservation under a lost answer stays: the pod's
+	// next try (another token) gets it.
+	s.set(true, false)
+	const ds = "daemonset/ns/agent/node-1"
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: ds, Token: "t4"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("single identity's claim whose answer was lost: %v", err)
+	}
+	s.set(false, false)
+	time.Sleep(2 * orphanRetry)
+	if l := a.Lookup(ds); len(l) != 1 || !l[0].Reserved || l[0].Token != "t4" {
+		t.Fatalf("single identity's reservation after etcd came back: %+v; want it kept under t4", l)
+	}
+	if again := alloc(t, a, Request{Pool: p, Identity: ds, Token: "t5"}); again.Token != "t4" {
+		t.Fatalf("next try of the single identity: %+v; want the reservation under t4", again)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/stickynet/stickynet/internal/store"
 )
 
@@ -241,36 +243,158 @@ func (a *Allocator) Release(ctx context.Context, pool string, ip netip.Addr, ide
 		if e.busy() && !force {
 			return fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, ErrInUse)
 		}
-		ak, hk, mk := a.keys.addrKey(pool, ip), a.keys.holdKey(pool, ip), a.keys.macKey(e.rec.MAC)
-		cmps := []store.Cmp{store.At(ak, e.rev), store.At(hk, e.holdRev)}
-		delay := a.reuseDelay(pool)
-		cool := record{ID: e.rec.ID, Shared: e.rec.Shared, MAC: e.rec.MAC, State: stateCooling, Since: a.now().Unix()}
-		p := &plan{then: []store.Op{
-			a.coolOrDelete(ak, encode(cool), delay),
-			a.coolOrDelete(mk, encode(pointer{Pool: pool, IP: ip.String()}), delay),
-			store.Delete(hk),
-			store.Delete(a.keys.identKey(e.rec.ID, e.rec.Shared, ip)),
-		}}
-		if delay > 0 {
-			p.needLease(delay, 0)
-		}
-		if err := a.fillLeases(ctx, p); err != nil {
-			return err
-		}
-		res, err := a.s.Txn(ctx, cmps, p.then, nil)
-		if errors.Is(err, store.ErrLeaseNotFound) {
-			a.dropLeases(p)
-			continue
-		}
+		done, err := a.release(ctx, e)
 		if err != nil {
 			return fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, err)
 		}
-		if res.Succeeded {
-			a.applyLocal(p.then, res.Revision)
+		if done {
 			return nil
 		}
 	}
 	return fmt.Errorf("release %s of pool %s: %w", ip, pool, ErrContention)
+}
+
+// release cools e (as Release does) if neither its record nor its hold has
+// changed since the snapshot; false means they have (or a lease ended).
+func (a *Allocator) release(ctx context.Context, e *entry) (bool, error) {
+	ak, hk, mk := a.keys.addrKey(e.pool, e.ip), a.keys.holdKey(e.pool, e.ip), a.keys.macKey(e.rec.MAC)
+	cmps := []store.Cmp{store.At(ak, e.rev), store.At(hk, e.holdRev)}
+	delay := a.reuseDelay(e.pool)
+	cool := record{ID: e.rec.ID, Shared: e.rec.Shared, MAC: e.rec.MAC, State: stateCooling, Since: a.now().Unix()}
+	p := &plan{then: []store.Op{
+		a.coolOrDelete(ak, encode(cool), delay),
+		a.coolOrDelete(mk, encode(pointer{Pool: e.pool, IP: e.ip.String()}), delay),
+		store.Delete(hk),
+		store.Delete(a.keys.identKey(e.rec.ID, e.rec.Shared, e.ip)),
+	}}
+	if delay > 0 {
+		p.needLease(delay, 0)
+	}
+	if err := a.fillLeases(ctx, p); err != nil {
+		return false, err
+	}
+	res, err := a.s.Txn(ctx, cmps, p.then, nil)
+	if errors.Is(err, store.ErrLeaseNotFound) {
+		a.dropLeases(p)
+		return false, nil
+	}
+	if err != nil || !res.Succeeded {
+		return false, err
+	}
+	a.applyLocal(p.then, res.Revision)
+	return true, nil
+}
+
+// An orphan is a shared identity's claim under a token whose transaction's
+// outcome its caller never learnt (the store call failed: a timeout most
+// often, etcd having taken it or not). The caller refused the pod, and no
+// other pod is ever admitted under that token, so nothing will confirm the
+// claim. Left alone it would lapse with its lease (ReservationTTL), and
+// meanwhile the member would stay held: a set at its cap (a Deployment
+// without surge room) would refuse the pod's next try as full. The
+// allocator gives orphans back as soon as etcd answers. A single identity's
+// claim is not an orphan: its pod's next try, under another token, is given
+// the same reservation.
+type orphan struct {
+	pool  string
+	ip    netip.Addr
+	token string
+	until time.Time // its lease has surely ended by then
+}
+
+// orphanRetry is how often the allocator tries again to give back orphans
+// while etcd does not answer.
+const orphanRetry = 2 * time.Second
+
+// noteOrphan records p's claim for req, whose transaction failed, as an
+// orphan.
+func (a *Allocator) noteOrphan(req *Request, p *plan) {
+	if !req.Shared || p.result.Token == "" || len(p.then) == 0 {
+		return
+	}
+	a.orphanMu.Lock()
+	a.orphans = append(a.orphans, orphan{pool: p.result.Pool, ip: p.result.IP, token: p.result.Token,
+		until: a.now().Add(a.opts.ReservationTTL + max(a.opts.ReservationTTL, a.reuseDelay(p.result.Pool)))})
+	a.orphanMu.Unlock()
+	select {
+	case a.orphanKick <- struct{}{}:
+	default:
+	}
+}
+
+// dropOrphans gives back orphans until ctx ends: at once when one is
+// noted, then every orphanRetry while some are left.
+func (a *Allocator) dropOrphans(ctx context.Context) {
+	t := time.NewTicker(orphanRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.orphanKick:
+		case <-t.C:
+		}
+		a.orphanMu.Lock()
+		todo := a.orphans
+		a.orphans = nil
+		a.orphanMu.Unlock()
+		var left []orphan
+		for _, o := range todo {
+			if a.now().After(o.until) {
+				continue
+			}
+			octx, cancel := context.WithTimeout(ctx, orphanRetry)
+			err := a.dropOrphan(octx, o)
+			cancel()
+			if err != nil {
+				klog.FromContext(ctx).V(2).Info("Cannot give back a claim whose outcome was not known yet; trying again", "pool", o.pool, "ip", o.ip, "err", err.Error())
+				left = append(left, o)
+			}
+		}
+		a.orphanMu.Lock()
+		a.orphans = append(a.orphans, left...)
+		a.orphanMu.Unlock()
+	}
+}
+
+// dropOrphan reads o's address from etcd and, if the claim went through,
+// gives it back: a hold under o's token is removed (the member is free for
+// the identity's next pod), a reservation under it is released (it cools,
+// as a released address does).
+func (a *Allocator) dropOrphan(ctx context.Context, o orphan) error {
+	for range a.opts.MaxAttempts {
+		e, err := a.snapshot(ctx, o.pool, o.ip, "", true)
+		if err != nil {
+			return err
+		}
+		var done bool
+		switch {
+		case e == nil || e.rev <= 0:
+			return nil // etcd did not take it, or it lapsed
+		case e.hold != nil && e.hold.Token == o.token:
+			hk := a.keys.holdKey(o.pool, o.ip)
+			ops := []store.Op{store.Delete(hk)}
+			res, err := a.s.Txn(ctx, []store.Cmp{store.At(hk, e.holdRev)}, ops, nil)
+			if err != nil {
+				return err
+			}
+			if done = res.Succeeded; done {
+				a.applyLocal(ops, res.Revision)
+			}
+		case e.rec.State == stateReserved && e.rec.Token == o.token:
+			if done, err = a.release(ctx, e); err != nil {
+				return err
+			}
+		default:
+			return nil // etcd did not take it
+		}
+		if done {
+			klog.FromContext(ctx).Info("Gave back a claim whose pod was refused when etcd did not answer in time",
+				"pool", o.pool, "ip", o.ip, "identity", e.rec.ID)
+			return nil
+		}
+	}
+	return fmt.Errorf("give back %s of pool %s: %w", o.ip, o.pool, ErrContention)
 }
 
 func (a *Allocator) learnGets(keys []string, res store.TxnResult) {
