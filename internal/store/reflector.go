@@ -25,11 +25,13 @@ type Reflector struct {
 	prefix  string
 	handler Handler
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	rev     int64 // last revision handed to the handler
-	synced  bool
-	relists int
+	mu        sync.Mutex
+	cond      *sync.Cond
+	rev       int64 // last revision handed to the handler
+	synced    bool
+	relists   int
+	wentBack  bool               // Verify found the store behind rev: list again
+	stopWatch context.CancelFunc // ends the running watch
 }
 
 // NewReflector returns a Reflector; call Run to start it.
@@ -63,6 +65,10 @@ func (r *Reflector) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errWentBack) { // Verify logged it
+			needList = true
+			continue
+		}
 		if progressed {
 			backoff = 100 * time.Millisecond
 		}
@@ -82,7 +88,25 @@ func (r *Reflector) Run(ctx context.Context) {
 func (r *Reflector) watch(ctx context.Context) (progressed bool, err error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for resp := range r.store.Watch(wctx, r.prefix, r.Revision()+1) {
+	r.mu.Lock()
+	if r.wentBack {
+		r.wentBack = false
+		r.mu.Unlock()
+		return false, errWentBack
+	}
+	r.stopWatch = cancel
+	from := r.rev + 1
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.stopWatch = nil
+		if r.wentBack {
+			r.wentBack = false
+			err = errWentBack
+		}
+	}()
+	for resp := range r.store.Watch(wctx, r.prefix, from) {
 		if resp.Err != nil {
 			return progressed, resp.Err
 		}
@@ -99,6 +123,8 @@ func (r *Reflector) watch(ctx context.Context) (progressed bool, err error) {
 	return progressed, errors.New("watch closed")
 }
 
+// advance records rev as handed to the handler. A list's revision is taken
+// as it is: after the store went back in time it is below the last one.
 func (r *Reflector) advance(rev int64, list bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -107,11 +133,42 @@ func (r *Reflector) advance(rev int64, list bool) {
 			r.relists++
 		}
 		r.synced = true
+		r.rev = rev
 	}
 	if rev > r.rev {
 		r.rev = rev
 	}
 	r.cond.Broadcast()
+}
+
+// errWentBack ends a watch when Verify found the store behind it.
+var errWentBack = errors.New("the store's revision went back")
+
+// Verify reads the store's current revision through s (the reflector's
+// store, or another client of the same one) and returns the read's error.
+// A revision below the last one handed to the handler before the read means
+// the store went back in time: etcd restored from a snapshot without
+// --bump-revision. Its watch would then stay silent until the revision
+// passed the old one, and the handler would keep the state from before the
+// restore; so the reflector lists again. Call it periodically (a health
+// probe's read).
+func (r *Reflector) Verify(ctx context.Context, s Store) error {
+	before := r.Revision()
+	res, err := s.Txn(ctx, nil, []Op{Get(r.prefix)}, nil)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.synced && res.Revision < before && !r.wentBack {
+		klog.FromContext(ctx).Info("The store's revision is behind the last one seen (etcd restored from a snapshot without --bump-revision?); listing again",
+			"prefix", r.prefix, "storeRevision", res.Revision, "seen", before)
+		r.wentBack = true
+		if r.stopWatch != nil {
+			r.stopWatch()
+		}
+	}
+	return nil
 }
 
 // Revision returns the last revision handed to the handler.

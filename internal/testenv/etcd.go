@@ -127,7 +127,7 @@ func RunEtcd(opts EtcdOptions) (*Etcd, error) {
 		startCmd: opts.Start,
 	}
 	e.args = append([]string{
-		"--name=test", "--data-dir=" + filepath.Join(opts.Dir, "data"),
+		"--name=test", "--data-dir=" + e.DataDir(),
 		"--listen-client-urls=" + e.Endpoint, "--advertise-client-urls=" + e.Endpoint,
 		fmt.Sprintf("--listen-peer-urls=http://127.0.0.1:%d", peer),
 		fmt.Sprintf("--initial-advertise-peer-urls=http://127.0.0.1:%d", peer),
@@ -202,6 +202,10 @@ func (e *Etcd) Kill() {
 	<-e.done
 	e.cmd = nil
 }
+
+// DataDir is etcd's data folder. Between Kill and Restart a test may
+// replace it, with an earlier copy for one, as a restore from a backup does.
+func (e *Etcd) DataDir() string { return filepath.Join(e.dir, "data") }
 
 // Restart starts etcd again on the same data and ports after Kill.
 func (e *Etcd) Restart() error { return e.start() }

@@ -183,9 +183,13 @@ func Run(ctx context.Context, o Options) error {
 
 	// Every replica reads etcd every 5 s: one that cannot leaves the
 	// Service, and the leader gives the lead up before the reservations it
-	// cannot confirm expire.
+	// cannot confirm expire. The read also checks that etcd's revision is
+	// not behind the address cache's (a restore without --bump-revision).
 	// (Its reads are not counted in the store's metrics.)
-	probe := &storeProbe{store: raw, key: o.KeyPrefix + "probe", period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second}
+	probe := &storeProbe{
+		read:   func(ctx context.Context) error { return alloc.Reflector().Verify(ctx, raw) },
+		period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second,
+	}
 	if err := mgr.Add(probe); err != nil {
 		return err
 	}

@@ -8,17 +8,17 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
-
-	"github.com/stickynet/stickynet/internal/store"
 )
 
-// storeProbe reads one key from the state store every period, on every
-// replica, and remembers since when the reads fail. A replica that cannot
-// reach etcd is taken out of the Service (check) and, if it leads, gives the
-// lead up (stepDown).
+// storeProbe reads from the state store every period, on every replica,
+// and remembers since when the reads fail. A replica that cannot reach etcd
+// is taken out of the Service (check) and, if it leads, gives the lead up
+// (stepDown).
 type storeProbe struct {
-	store   store.Store
-	key     string
+	// read is one read of the store. The webhook's is the address cache's
+	// Reflector.Verify, which also finds an etcd restored without
+	// --bump-revision and makes the cache list again.
+	read    func(context.Context) error
 	period  time.Duration
 	timeout time.Duration
 	// notReadyAfter is how long reads must fail before check fails: etcd
@@ -50,7 +50,7 @@ func (p *storeProbe) NeedLeaderElection() bool { return false }
 
 func (p *storeProbe) probe(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, p.timeout)
-	_, err := p.store.Get(rctx, p.key)
+	err := p.read(rctx)
 	cancel()
 	if ctx.Err() != nil {
 		return

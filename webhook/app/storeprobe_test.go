@@ -25,7 +25,10 @@ func TestStoreProbe(t *testing.T) {
 	defer st.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p := &storeProbe{store: st, key: "/stickynet/probe", period: 100 * time.Millisecond, timeout: 300 * time.Millisecond, notReadyAfter: time.Second}
+	p := &storeProbe{
+		read:   func(ctx context.Context) error { _, err := st.Get(ctx, "/stickynet/probe"); return err },
+		period: 100 * time.Millisecond, timeout: 300 * time.Millisecond, notReadyAfter: time.Second,
+	}
 	go func() { _ = p.Start(ctx) }()
 	down := make(chan error, 1)
 	go func() { down <- stepDown{probe: p, max: 3 * time.Second}.Start(ctx) }()
