@@ -393,7 +393,7 @@ func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (
 	for attempt := 0; ; attempt++ {
 		dpType, err := setUpBridge(ctx, oc, datapathType, uplink)
 		if err == nil {
-			_, err = oc.Meters(ctx) // ovs-vswitchd answers on the bridge
+			err = oc.Ping(ctx)
 		}
 		if err == nil {
 			if attempt > 0 {

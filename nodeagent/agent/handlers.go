@@ -638,6 +638,11 @@ func (a *agent) status(ctx context.Context) error {
 		}
 		return types.NewError(types.ErrPluginNotAvailable, msg, "")
 	}
+	// ovs-vswitchd sets up every port (and, on the userspace datapath,
+	// forwards every packet): without it ADD cannot succeed.
+	if err := a.ovs.Ping(ctx); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
 	return nil
 }
 

@@ -556,15 +556,19 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 	}
 }
 
-// TestAddWithVswitchdDown: with ovs-vswitchd down, ADD fails with the
-// agent's own error, "try again later", naming Open vSwitch and the command
-// that it did not answer, before the plugin's request timeout (10 s) ends
-// it with a bare timeout; nothing of the pod is left, and once ovs-vswitchd
-// is back the pod's next ADD works. Before, the plugin's timeout came first.
+// TestAddWithVswitchdDown: with ovs-vswitchd down, STATUS says the plugin
+// is not available, and ADD fails with the agent's own error, "try again
+// later", naming Open vSwitch and the command that it did not answer,
+// before the plugin's request timeout (10 s) ends it with a bare timeout;
+// nothing of the pod is left, and once ovs-vswitchd is back the pod's next
+// ADD works. Before, STATUS passed and the plugin's timeout came first.
 func TestAddWithVswitchdDown(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.newPod(podSpec{name: "early", ips: "10.81.0.32/24", mac: "02:00:0a:51:00:20"})
 	e.node.OVS.StopVswitchd(t)
+	if err := e.cni.Status(); cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "ovs-vswitchd does not answer") {
+		t.Errorf("STATUS with ovs-vswitchd down: %v; want code %d saying ovs-vswitchd does not answer", err, types.ErrPluginNotAvailable)
+	}
 	_, err := e.cni.Add(p.rt)
 	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch did not answer") ||
 		!strings.Contains(err.Error(), "add-port "+e.node.Bridge) {
@@ -580,6 +584,9 @@ func TestAddWithVswitchdDown(t *testing.T) {
 		t.Errorf("records left after the failed ADD: %v", recs)
 	}
 	e.node.OVS.StartVswitchd(t)
+	if err := e.cni.Status(); err != nil {
+		t.Errorf("STATUS with ovs-vswitchd back: %v", err)
+	}
 	if err := e.cni.Del(p.rt); err != nil { // as the runtime does after a failed ADD
 		t.Fatalf("DEL after the failed ADD: %v", err)
 	}

@@ -305,6 +305,15 @@ func (c *Client) DelPort(ctx context.Context, name string) error {
 	return nil
 }
 
+// Ping asks ovs-vswitchd for the bridge's OpenFlow features (ovs-ofctl
+// show): it answers on any datapath once it runs the bridge.
+func (c *Client) Ping(ctx context.Context) error {
+	if _, err := c.ofctl(ctx, "show"); err != nil {
+		return fmt.Errorf("ovs-vswitchd does not answer on bridge %s: %w", c.cfg.Bridge, err)
+	}
+	return nil
+}
+
 // Interface is an OVS interface as ovs-vsctl lists it.
 type Interface struct {
 	Name        string
