@@ -313,8 +313,10 @@ func (a *Allocator) noteOrphan(req *Request, p *plan) {
 		return
 	}
 	a.orphanMu.Lock()
-	a.orphans = append(a.orphans, orphan{pool: p.result.Pool, ip: p.result.IP, token: p.result.Token,
-		until: a.now().Add(a.opts.ReservationTTL + max(a.opts.ReservationTTL, a.reuseDelay(p.result.Pool)))})
+	a.orphans = append(a.orphans, orphan{
+		pool: p.result.Pool, ip: p.result.IP, token: p.result.Token,
+		until: a.now().Add(a.opts.ReservationTTL + max(a.opts.ReservationTTL, a.reuseDelay(p.result.Pool))),
+	})
 	a.orphanMu.Unlock()
 	select {
 	case a.orphanKick <- struct{}{}:

@@ -43,9 +43,11 @@ func (r *restorable) Txn(ctx context.Context, cmps []store.Cmp, then, els []stor
 func (r *restorable) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
 	return r.s().Grant(ctx, ttl)
 }
+
 func (r *restorable) Revoke(ctx context.Context, id store.LeaseID) error {
 	return r.s().Revoke(ctx, id)
 }
+
 func (r *restorable) Watch(ctx context.Context, prefix string, fromRev int64) <-chan store.WatchResponse {
 	return r.s().Watch(ctx, prefix, fromRev)
 }

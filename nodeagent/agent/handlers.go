@@ -43,7 +43,7 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	if err != nil {
 		var te *types.Error
 		if !errors.As(err, &te) {
-			code := uint(types.ErrInternal)
+			code := types.ErrInternal
 			if errors.Is(err, ovs.ErrNoAnswer) {
 				code = types.ErrTryAgainLater
 			}

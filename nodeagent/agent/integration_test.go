@@ -570,7 +570,7 @@ func TestAddWithVswitchdDown(t *testing.T) {
 		t.Errorf("STATUS with ovs-vswitchd down: %v; want code %d saying ovs-vswitchd does not answer", err, types.ErrPluginNotAvailable)
 	}
 	_, err := e.cni.Add(p.rt)
-	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch did not answer") ||
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "no answer from Open vSwitch") ||
 		!strings.Contains(err.Error(), "add-port "+e.node.Bridge) {
 		t.Errorf("ADD with ovs-vswitchd down: %v; want code %d naming Open vSwitch and add-port", err, types.ErrTryAgainLater)
 	}

@@ -107,7 +107,7 @@ func (c *Client) ofctlIn(ctx context.Context, stdin []byte, command string, args
 // ErrNoAnswer is the error of a command that Open vSwitch did not answer in
 // time: ovsdb-server did not, or ovs-vswitchd did not apply the change
 // (ovs-vsctl waits for that unless --no-wait) or did not answer OpenFlow.
-var ErrNoAnswer = errors.New("Open vSwitch did not answer")
+var ErrNoAnswer = errors.New("no answer from Open vSwitch")
 
 // runOVS runs an OVS command. One that its own --timeout ended (it dies of
 // SIGALRM) or that ctx's deadline ended returns ErrNoAnswer with the
