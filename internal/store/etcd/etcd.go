@@ -18,9 +18,15 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/stickynet/stickynet/internal/store"
 )
+
+// reconnectMax is the longest the client waits between attempts to
+// reconnect to an etcd member it lost.
+const reconnectMax = 2 * time.Second
 
 // Options configure the driver.
 type Options struct {
@@ -83,6 +89,14 @@ func New(opts Options) (*Store, error) {
 	// error, and the caches it feeds go stale while other members are fine.
 	cfg.DialKeepAliveTime = cmp.Or(cfg.DialKeepAliveTime, opts.KeepAliveTime, 30*time.Second)
 	cfg.DialKeepAliveTimeout = cmp.Or(cfg.DialKeepAliveTimeout, opts.KeepAliveTimeout, 10*time.Second)
+	// gRPC's default reconnect back-off grows to 2 min: after an outage of
+	// half a minute, the client would try etcd again only some 20–40 s
+	// after it was back, and every admission meanwhile would fail. Cap it
+	// at reconnectMax.
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+		MinConnectTimeout: cfg.DialTimeout,
+	}))
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}

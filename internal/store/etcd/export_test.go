@@ -6,3 +6,6 @@ func Idle(s *Store) bool {
 	defer s.batch.mu.Unlock()
 	return s.batch.sending == 0 && len(s.batch.queue) == 0
 }
+
+// ReconnectMax is reconnectMax.
+const ReconnectMax = reconnectMax
