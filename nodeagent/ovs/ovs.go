@@ -125,8 +125,12 @@ func (c *Client) runOVS(ctx context.Context, stdin []byte, name string, args []s
 		alarm = ok && ws.Signaled() && ws.Signal() == syscall.SIGALRM
 	}
 	if alarm || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return out, fmt.Errorf("%w within %s (is ovs-vswitchd running? ovs-vsctl waits for it to apply each change): %s %s",
-			ErrNoAnswer, time.Since(start).Round(100*time.Millisecond), filepath.Base(name), strings.Join(args, " "))
+		hint := "is ovs-vswitchd running?"
+		if name == c.cfg.Vsctl {
+			hint += " ovs-vsctl waits for it to apply each change"
+		}
+		return out, fmt.Errorf("%w within %s (%s): %s %s",
+			ErrNoAnswer, time.Since(start).Round(100*time.Millisecond), hint, filepath.Base(name), strings.Join(args, " "))
 	}
 	return out, err
 }
