@@ -56,11 +56,10 @@ func (o *Options) fallback() (path string, list []byte, skipped []string, err er
 // when there is none. It passes over, with the reason, files that do not
 // parse and stickynet's own configurations under other names.
 func findFallback(dir, own string) (path string, list []byte, skipped []string, err error) {
-	files, err := libcni.ConfFiles(dir, []string{".conf", ".conflist", ".json"})
+	files, err := confFiles(dir)
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("--fallback-conflist=auto: read %s: %w", dir, err)
 	}
-	slices.Sort(files)
 	for _, f := range files {
 		if filepath.Base(f) == own {
 			continue
@@ -85,8 +84,7 @@ func ahead(dir, own string) string {
 	if dir == "" { // no conflist is installed
 		return ""
 	}
-	files, _ := libcni.ConfFiles(dir, []string{".conf", ".conflist", ".json"})
-	slices.Sort(files)
+	files, _ := confFiles(dir)
 	for _, f := range files {
 		if filepath.Base(f) >= own {
 			return ""
@@ -98,6 +96,14 @@ func ahead(dir, own string) string {
 		}
 	}
 	return ""
+}
+
+// confFiles lists dir's network configuration files in the order a
+// runtime reads them: by name.
+func confFiles(dir string) ([]string, error) {
+	files, err := libcni.ConfFiles(dir, []string{".conf", ".conflist", ".json"})
+	slices.Sort(files)
+	return files, err
 }
 
 // confListBytes reads a network configuration file as a list, as runtimes

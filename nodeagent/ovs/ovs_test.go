@@ -130,7 +130,9 @@ func TestParseMeterFlows(t *testing.T) {
 // runs in a network namespace of its own: the userspace datapath makes
 // persistent tap devices (ovs-netdev and one per bridge) that outlive
 // ovs-vswitchd, and they go with the namespace.
-func TestClientAgainstOVS(t *testing.T) {
+// startOVS starts a private OVS in a throwaway netns.
+func startOVS(t *testing.T) *testenv.OVS {
+	t.Helper()
 	testenv.Root(t)
 	netns, err := testutils.NewNS()
 	if err != nil {
@@ -142,7 +144,11 @@ func TestClientAgainstOVS(t *testing.T) {
 			t.Errorf("remove netns %s: %v", netns.Path(), err)
 		}
 	})
-	o := testenv.StartOVS(t, netns.Path())
+	return testenv.StartOVS(t, netns.Path())
+}
+
+func TestClientAgainstOVS(t *testing.T) {
+	o := startOVS(t)
 	ctx := context.Background()
 	c := New(Config{DB: o.DB, RunDir: o.RunDir, Bridge: "br-t"}, ExecRunner{})
 	if ok, err := c.BridgeExists(ctx); err != nil || ok {
@@ -241,18 +247,7 @@ func TestClientAgainstOVS(t *testing.T) {
 // caller's deadline) or by the deadline itself; a --no-wait change still
 // goes through.
 func TestNoAnswer(t *testing.T) {
-	testenv.Root(t)
-	netns, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = netns.Close()
-		if err := testutils.UnmountNS(netns); err != nil {
-			t.Errorf("remove netns %s: %v", netns.Path(), err)
-		}
-	})
-	o := testenv.StartOVS(t, netns.Path())
+	o := startOVS(t)
 	c := New(Config{DB: o.DB, RunDir: o.RunDir, Bridge: "br-t"}, ExecRunner{}) // Timeout 10 s
 	if _, err := c.EnsureBridge(context.Background(), DatapathNetdev); err != nil {
 		t.Fatal(err)

@@ -383,17 +383,14 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 				req.Pod, e.IP, e.Pool, e.MAC, req.Pod)
 		}
 		p, gone, err := h.boundPod(ctx, e.Pod)
-		if err != nil {
-			return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
-		}
-		if !gone && p.DeletionTimestamp == nil && h.APIReader != nil {
+		if err == nil && !gone && p.DeletionTimestamp == nil && h.APIReader != nil {
 			// Before a denial, ask the API server: a cache behind it (a
 			// watch that reconnected after a long gap) still shows a pod
 			// deleted meanwhile.
 			p, gone, err = h.livePod(ctx, e.Pod)
-			if err != nil {
-				return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
-			}
+		}
+		if err != nil {
+			return fmt.Errorf("read pod %s, which carries %s of %s: %w", e.Pod, e.IP, req.Identity, err)
 		}
 		if gone || p.DeletionTimestamp != nil {
 			continue
