@@ -340,6 +340,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err := nets.Start(ctx, a.wakeAdvertise); err != nil {
 		return fmt.Errorf("start SriovNetwork source: %w", err)
 	}
+	// The marker goes in before the restore installs any limit: an
+	// ovs-vswitchd restart from here on is seen by resyncLoop.
+	if err := oc.Mark(ctx); err != nil {
+		log.Error(err, "Open vSwitch restarts are seen at the next resync only")
+	}
 	if err := a.restore(ctx); err != nil {
 		return err
 	}

@@ -30,6 +30,13 @@ var bandwidthRefused = promreg.Register(prometheus.DefaultRegisterer, prometheus
 	Help: "Times the node agent refused to install a running pod's changed bandwidth annotations (a burst below one frame, or an ingress rate or burst a tbf cannot honour); the pod kept its limits. Counted at each look (pod update, resync) while the annotations stay.",
 }))
 
+// ovsResets counts the times the agent found its marker flow gone
+// (resyncLoop), in the process's default registry.
+var ovsResets = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "stickynet_nodeagent_ovs_resets_total",
+	Help: "Times the node agent found that Open vSwitch had lost its flows (ovs-vswitchd restarted, or the bridge was deleted) and put the pods' ports and limits back at once.",
+}))
+
 // listenMetrics opens the Prometheus endpoint /metrics on addr: the
 // process's default registry (CNI requests, Go runtime) and the agent's
 // attachment count; and /readyz, which answers 200 when ready returns nil

@@ -288,12 +288,51 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 }
 
 // resyncLoop re-checks every attachment's limits against what is installed,
-// and queues every pod so missed annotation changes are applied.
+// and queues every pod so missed annotation changes are applied: every
+// ResyncPeriod, and within ovsCheckPeriod of ovs-vswitchd losing its flows
+// (a restart, which drops the meters and the pods' tbf qdiscs, or the bridge
+// deleted), seen by the marker flow's absence.
 func (a *agent) resyncLoop(ctx context.Context) {
-	if a.opts.ResyncPeriod > 0 {
-		every(ctx, a.opts.ResyncPeriod, "Resync failed", a.resync)
+	if a.opts.ResyncPeriod <= 0 {
+		return
+	}
+	log := klog.FromContext(ctx)
+	full := time.NewTicker(a.opts.ResyncPeriod)
+	defer full.Stop()
+	check := time.NewTicker(ovsCheckPeriod)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-full.C:
+		case <-check.C:
+			// Not answering is for STATUS to report; the next check sees
+			// whether ovs-vswitchd came back without its flows.
+			if marked, err := a.ovs.Marked(ctx); err != nil || marked {
+				continue
+			}
+			log.Info("Open vSwitch lost its flows (ovs-vswitchd restarted, or the bridge was deleted); putting the pods' ports and limits back")
+			ovsResets.Inc()
+		}
+		// Marked before the resync: a reset during it is seen at the next
+		// check. The bridge may have to be made again first.
+		err := a.ensureBridge(ctx)
+		if err == nil {
+			err = a.ovs.Mark(ctx)
+		}
+		if err == nil {
+			err = a.resync(ctx)
+		}
+		if err != nil {
+			log.Error(err, "Resync failed")
+		}
 	}
 }
+
+// ovsCheckPeriod is how often the agent looks for its marker flow (one
+// ovs-ofctl run).
+const ovsCheckPeriod = 2 * time.Second
 
 // every calls f each period (the first time a period from now) until ctx
 // ends, logging its errors with msg.
@@ -312,10 +351,9 @@ func every(ctx context.Context, period time.Duration, msg string, f func(context
 	}
 }
 
+// resync puts back what OVS lost of the attachments (the bridge is there:
+// ensureBridge).
 func (a *agent) resync(ctx context.Context) error {
-	if err := a.ensureBridge(ctx); err != nil {
-		return err
-	}
 	snap, err := a.dp.Snapshot(ctx)
 	if err != nil {
 		return err

@@ -208,12 +208,13 @@ func TestRestartWithoutCache(t *testing.T) {
 	}
 }
 
-// limitedPair starts an agent that resyncs every 300 ms with pods a
-// (10.<n>.0.10, ingress 30 Mbit/s, egress 40 Mbit/s) and b (10.<n>.0.11,
-// no limits), and returns a's OVS port.
+// limitedPair starts an agent with pods a (10.<n>.0.10, ingress 30 Mbit/s,
+// egress 40 Mbit/s) and b (10.<n>.0.11, no limits), and returns a's OVS
+// port. The agent's periodic resync is an hour away: what OVS loses comes
+// back through the marker flow's check.
 func limitedPair(t *testing.T, n byte) (e *env, a, b *testPod, port string) {
 	t.Helper()
-	e = newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	e = newEnv(t, func(o *agent.Options) { o.ResyncPeriod = time.Hour })
 	a = e.addPod(podSpec{
 		name: "a", ips: fmt.Sprintf("10.%d.0.10/24", n), mac: fmt.Sprintf("02:00:0a:%02x:00:0a", n),
 		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
@@ -227,7 +228,8 @@ var meterRe = regexp.MustCompile(`meter=(\d+) .*\n.*rate=40000 `)
 
 // TestVswitchdRestartRestoresMeters: ovs-vswitchd forgets OpenFlow meters and
 // flows when it restarts (and clears the root qdisc of the ports it opens);
-// the agent's resync puts both limits back.
+// the agent sees its marker flow gone and puts both limits back at once,
+// without waiting for its periodic resync.
 func TestVswitchdRestartRestoresMeters(t *testing.T) {
 	e, a, b, port := limitedPair(t, 0x59)
 	m := meterRe.FindStringSubmatch(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))
@@ -248,7 +250,8 @@ func TestVswitchdRestartRestoresMeters(t *testing.T) {
 }
 
 // TestBridgeDeletedIsRebuilt: the OVS bridge deleted under a running agent
-// (or OVS's database reset) comes back at the next resync with the uplink,
+// (or OVS's database reset) comes back, once the agent sees its marker flow
+// gone, with the uplink,
 // the pods' ports under their port numbers, and their limits; pods reach
 // each other again and new pods can be added. Before, every ADD failed until
 // the agent was restarted.

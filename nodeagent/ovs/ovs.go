@@ -318,6 +318,39 @@ func (c *Client) Ping(ctx context.Context) error {
 	return nil
 }
 
+// The marker is a flow in a table no packet reaches (no flow sends packets
+// there). ovs-vswitchd keeps flows only in memory: when it restarts, or the
+// bridge is made again, the marker is gone, and with it the agent's meters
+// and meter flows (and, on the userspace datapath, the root qdiscs of the
+// ports it opens again). Its absence tells the agent to put them back.
+const (
+	markerTable  = 250
+	markerCookie = "0x57c4e7"
+)
+
+// Mark installs the marker flow (again).
+func (c *Client) Mark(ctx context.Context) error {
+	flow := fmt.Sprintf("table=%d,priority=0,cookie=%s,actions=drop", markerTable, markerCookie)
+	if _, err := c.ofctl(ctx, "add-flow", flow); err != nil {
+		return fmt.Errorf("install the marker flow on %s: %w", c.cfg.Bridge, err)
+	}
+	return nil
+}
+
+// Marked reports whether the marker flow is there: false when ovs-vswitchd
+// lost its flows since Mark (or the bridge is gone), an error when it does
+// not answer.
+func (c *Client) Marked(ctx context.Context) (bool, error) {
+	out, err := c.ofctl(ctx, "dump-flows", "--no-stats", fmt.Sprintf("table=%d,cookie=%s/-1", markerTable, markerCookie))
+	if err == nil {
+		return bytes.Contains(out, []byte("cookie="+markerCookie)), nil
+	}
+	if ok, berr := c.BridgeExists(ctx); berr == nil && !ok {
+		return false, nil
+	}
+	return false, fmt.Errorf("look for the marker flow on %s: %w", c.cfg.Bridge, err)
+}
+
 // Interface is an OVS interface as ovs-vsctl lists it.
 type Interface struct {
 	Name        string

@@ -279,3 +279,63 @@ func TestNoAnswer(t *testing.T) {
 		t.Errorf("DelPort (--no-wait) without ovs-vswitchd: %v", err)
 	}
 }
+
+// TestMarker: the marker flow outlives the bridge's reconfigurations but not
+// a restart of ovs-vswitchd or the bridge's deletion; without ovs-vswitchd,
+// Marked is an error, not a restart.
+func TestMarker(t *testing.T) {
+	o := startOVS(t)
+	ctx := context.Background()
+	c := New(Config{DB: o.DB, RunDir: o.RunDir, Bridge: "br-t"}, ExecRunner{})
+	if _, err := c.EnsureBridge(ctx, DatapathNetdev); err != nil {
+		t.Fatal(err)
+	}
+	marked := func(step string, want bool) {
+		t.Helper()
+		if got, err := c.Marked(ctx); err != nil || got != want {
+			t.Errorf("%s: Marked = %v, %v; want %v", step, got, err, want)
+		}
+	}
+	marked("new bridge", false)
+	if err := c.Mark(ctx); err != nil {
+		t.Fatal(err)
+	}
+	marked("after Mark", true)
+	if err := c.AddPort(ctx, Port{Name: "p1", OFPort: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddMeter(ctx, Meter{ID: 100, RateKbps: 1000, BurstKbits: 800}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddMeterFlows(ctx, []int{100}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DelPortFlows(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	marked("after a port and its flows came and went", true)
+	if flows := o.Ofctl(t, "dump-flows", "br-t", "table=0"); !strings.Contains(flows, "priority=0 actions=NORMAL") {
+		t.Errorf("the bridge's default flow is gone:\n%s", flows)
+	}
+
+	o.RestartVswitchd(t)
+	marked("after ovs-vswitchd restarted", false)
+	if err := c.Mark(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o.Vsctl(t, "del-br", "br-t")
+	marked("bridge deleted", false)
+
+	if _, err := c.EnsureBridge(ctx, DatapathNetdev); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mark(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o.StopVswitchd(t)
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if got, err := c.Marked(tctx); err == nil {
+		t.Errorf("Marked without ovs-vswitchd = %v, nil; want an error", got)
+	}
+}
