@@ -276,12 +276,8 @@ func (n *realNode) startOVS(ctx context.Context) error {
 	if _, err := n.c.host.Run(ctx, n.c.bin.OVSDBTool, "create", db, n.c.bin.OVSSchema); err != nil {
 		return fmt.Errorf("create OVS database of %s: %w", n.Name, err)
 	}
-	env := []string{
-		"OVS_RUNDIR=" + n.ovsDir, "OVS_LOGDIR=" + n.ovsDir, "OVS_DBDIR=" + n.ovsDir,
-		"OVS_SYSCONFDIR=" + n.ovsDir, "OVS_PKGDATADIR=" + filepath.Dir(n.c.bin.OVSSchema),
-	}
 	var err error
-	n.ovsdb, err = n.c.startProcess(ctx, n.Name+"-ovsdb-server", n.Netns, n.sysCgroup, env,
+	n.ovsdb, err = n.c.startProcess(ctx, n.Name+"-ovsdb-server", n.Netns, n.sysCgroup, n.ovsEnv(),
 		n.c.bin.OVSDBServer, db,
 		"--remote=punix:"+n.OVSDBSocket,
 		"--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
@@ -292,17 +288,35 @@ func (n *realNode) startOVS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	vsctl := []string{n.c.bin.OVSVsctl, "--db=unix:" + n.OVSDBSocket, "--timeout=5"}
 	if err := waitFor(ctx, n.Name+" ovsdb-server", 50*time.Millisecond, n.ovsdb, func(ctx context.Context) (bool, error) {
 		if _, err := os.Stat(n.OVSDBSocket); err != nil {
 			return false, nil
 		}
-		_, err := n.c.host.Run(ctx, vsctl[0], append(vsctl[1:], "--no-wait", "init")...)
+		_, err := n.vsctl(ctx, "--no-wait", "init")
 		return err == nil, err
 	}); err != nil {
 		return err
 	}
-	n.vswitchd, err = n.c.startProcess(ctx, n.Name+"-ovs-vswitchd", n.Netns, n.sysCgroup, env,
+	return n.startVswitchd(ctx)
+}
+
+// ovsEnv points the OVS programs at the node's own folder.
+func (n *realNode) ovsEnv() []string {
+	return []string{
+		"OVS_RUNDIR=" + n.ovsDir, "OVS_LOGDIR=" + n.ovsDir, "OVS_DBDIR=" + n.ovsDir,
+		"OVS_SYSCONFDIR=" + n.ovsDir, "OVS_PKGDATADIR=" + filepath.Dir(n.c.bin.OVSSchema),
+	}
+}
+
+func (n *realNode) vsctl(ctx context.Context, args ...string) ([]byte, error) {
+	return n.c.host.Run(ctx, n.c.bin.OVSVsctl, append([]string{"--db=unix:" + n.OVSDBSocket, "--timeout=5"}, args...)...)
+}
+
+// startVswitchd starts the node's ovs-vswitchd and waits until it applies
+// its database.
+func (n *realNode) startVswitchd(ctx context.Context) error {
+	var err error
+	n.vswitchd, err = n.c.startProcess(ctx, n.Name+"-ovs-vswitchd", n.Netns, n.sysCgroup, n.ovsEnv(),
 		n.c.bin.OVSVswitchd, "unix:"+n.OVSDBSocket,
 		"--unixctl="+filepath.Join(n.ovsDir, "ovs-vswitchd.ctl"),
 		"--pidfile="+filepath.Join(n.ovsDir, "ovs-vswitchd.pid"),
@@ -314,9 +328,43 @@ func (n *realNode) startOVS(ctx context.Context) error {
 	// Without --no-wait, ovs-vsctl returns once ovs-vswitchd has applied the
 	// change: the daemon is up and reading its database.
 	return waitFor(ctx, n.Name+" ovs-vswitchd", 50*time.Millisecond, n.vswitchd, func(ctx context.Context) (bool, error) {
-		_, err := n.c.host.Run(ctx, vsctl[0], append(vsctl[1:], "set", "Open_vSwitch", ".", "external_ids:system-id="+n.Name)...)
+		_, err := n.vsctl(ctx, "set", "Open_vSwitch", ".", "external_ids:system-id="+n.Name)
 		return err == nil, err
 	})
+}
+
+// StopVswitchd stops the ovs-vswitchd of real node name, as a crash would
+// (its ovsdb-server, and so the bridge's configuration, stay), until
+// StartVswitchd. Cluster.Stop stops it either way.
+func (c *Cluster) StopVswitchd(name string) error {
+	n, err := c.realNode(name)
+	if err != nil {
+		return err
+	}
+	n.vswitchd.Stop(5 * time.Second)
+	return nil
+}
+
+// StartVswitchd starts the ovs-vswitchd of real node name again after
+// StopVswitchd.
+func (c *Cluster) StartVswitchd(ctx context.Context, name string) error {
+	n, err := c.realNode(name)
+	if err != nil {
+		return err
+	}
+	if !n.vswitchd.Exited() {
+		return fmt.Errorf("ovs-vswitchd of %s is running", name)
+	}
+	return n.startVswitchd(ctx)
+}
+
+func (c *Cluster) realNode(name string) (*realNode, error) {
+	for _, n := range c.nodes {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("no real node %q", name)
 }
 
 // importImages loads the image archives into the node's containerd, in

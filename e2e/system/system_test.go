@@ -112,6 +112,7 @@ func TestStickynet(t *testing.T) {
 	t.Run("StatefulSetPodMovesWithItsAddresses", func(t *testing.T) { e.testMove(ctx, t) })
 	t.Run("SimulatedNodeWithAgent", func(t *testing.T) { e.testSimulated(ctx, t) })
 	t.Run("BandwidthPolicyBothWaysAndLive", func(t *testing.T) { e.testBandwidth(ctx, t) })
+	t.Run("NodeNotReadyWhileOVSDown", func(t *testing.T) { e.testOVSDown(ctx, t) })
 	t.Run("UnlabelledNamespaceOnFallbackNetwork", func(t *testing.T) { e.testFallback(ctx, t) })
 	t.Run("DaemonSetPodHandsAddressOver", func(t *testing.T) { e.testDaemonSetHandover(ctx, t) })
 
@@ -311,6 +312,75 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 	}
 	if now, err := e.c.PodNetns(ctx, after); err != nil || now != sandbox {
 		t.Errorf("pod limited's sandbox changed (%s -> %s, %v): the limit was not changed live", sandbox, now, err)
+	}
+}
+
+// testOVSDown: with node-1's ovs-vswitchd stopped, the agent's CNI STATUS
+// fails, containerd reports the network not ready and kubelet marks the node
+// NotReady with the agent's reason; once ovs-vswitchd is back (without its
+// flows, meters and the pods' qdiscs) the agent puts pod limited's 30 Mbit/s
+// limits back before its periodic resync (1 min), the node is Ready again
+// and the pod reaches its peer.
+func (e *env) testOVSDown(ctx context.Context, t *testing.T) {
+	const node = "node-1"
+	n, _ := e.c.Node(node)
+	readyCondition := func() (corev1.NodeCondition, bool) {
+		nd, err := e.k.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return corev1.NodeCondition{Message: err.Error()}, false
+		}
+		for _, c := range nd.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				return c, !slices.ContainsFunc(nd.Spec.Taints, func(tn corev1.Taint) bool { return tn.Key == corev1.TaintNodeNotReady })
+			}
+		}
+		return corev1.NodeCondition{Message: "no Ready condition"}, false
+	}
+	if err := e.c.StopVswitchd(node); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	restarted := false
+	defer func() {
+		if !restarted {
+			if err := e.c.StartVswitchd(ctx, node); err != nil {
+				t.Errorf("start ovs-vswitchd of %s again: %v", node, err)
+			}
+		}
+	}()
+	eventually(ctx, t, 90*time.Second, node+" NotReady, naming ovs-vswitchd", func() (bool, string) {
+		c, _ := readyCondition()
+		return c.Status == corev1.ConditionFalse && strings.Contains(c.Message, "ovs-vswitchd does not answer"), fmt.Sprintf("Ready=%s: %s", c.Status, c.Message)
+	})
+	c, _ := readyCondition()
+	t.Logf("%s NotReady %s after ovs-vswitchd stopped: %s", node, time.Since(stopped).Round(time.Second), c.Message)
+
+	if err := e.c.StartVswitchd(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	started := time.Now()
+	eventually(ctx, t, 20*time.Second, "limited's 30 Mbit/s tbf and meter back on "+node, func() (bool, string) {
+		tbf, err := runIn(ctx, n.Netns, "tc", "qdisc", "show")
+		if err != nil {
+			return false, err.Error()
+		}
+		meters, err := e.ofctl(ctx, n, "dump-meters")
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
+	})
+	t.Logf("limits back %s after ovs-vswitchd started", time.Since(started).Round(100*time.Millisecond))
+	eventually(ctx, t, 90*time.Second, node+" Ready and untainted", func() (bool, string) {
+		c, untainted := readyCondition()
+		return c.Status == corev1.ConditionTrue && untainted, fmt.Sprintf("Ready=%s (untainted %v): %s", c.Status, untainted, c.Message)
+	})
+	t.Logf("%s Ready %s after ovs-vswitchd started", node, time.Since(started).Round(time.Second))
+	peer := e.pod(ctx, t, "peer")
+	out, err := e.c.Kubectl(ctx, "-n", ns, "exec", "limited", "--", "ping", "-c", "3", "-W", "2", peer.Status.PodIP)
+	if err != nil || !strings.Contains(string(out), " 0% packet loss") {
+		t.Errorf("ping from limited on %s to peer after ovs-vswitchd restarted: %v\n%s", node, err, out)
 	}
 }
 
