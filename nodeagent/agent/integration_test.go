@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -563,11 +564,27 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 // nothing of the pod is left, and once ovs-vswitchd is back the pod's next
 // ADD works. Before, STATUS passed and the plugin's timeout came first.
 func TestAddWithVswitchdDown(t *testing.T) {
-	e := newEnv(t, nil)
+	metricsAddr := freeAddr(t)
+	e := newEnv(t, func(o *agent.Options) { o.MetricsAddr = metricsAddr })
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + metricsAddr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := readyz(); code != http.StatusOK {
+		t.Errorf("/readyz with ovs-vswitchd up: %d %q; want 200", code, body)
+	}
 	p := e.newPod(podSpec{name: "early", ips: "10.81.0.32/24", mac: "02:00:0a:51:00:20"})
 	e.node.OVS.StopVswitchd(t)
 	if err := e.cni.Status(); cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "ovs-vswitchd does not answer") {
 		t.Errorf("STATUS with ovs-vswitchd down: %v; want code %d saying ovs-vswitchd does not answer", err, types.ErrPluginNotAvailable)
+	}
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "ovs-vswitchd does not answer") {
+		t.Errorf("/readyz with ovs-vswitchd down: %d %q; want 503 saying ovs-vswitchd does not answer", code, body)
 	}
 	_, err := e.cni.Add(p.rt)
 	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "no answer from Open vSwitch") ||
@@ -587,12 +604,27 @@ func TestAddWithVswitchdDown(t *testing.T) {
 	if err := e.cni.Status(); err != nil {
 		t.Errorf("STATUS with ovs-vswitchd back: %v", err)
 	}
+	if code, body := readyz(); code != http.StatusOK {
+		t.Errorf("/readyz with ovs-vswitchd back: %d %q; want 200", code, body)
+	}
 	if err := e.cni.Del(p.rt); err != nil { // as the runtime does after a failed ADD
 		t.Fatalf("DEL after the failed ADD: %v", err)
 	}
 	if _, err := e.cni.Add(p.rt); err != nil {
 		t.Fatalf("ADD with ovs-vswitchd back: %v", err)
 	}
+}
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // TestAgentWaitsForOVS: an agent started while ovsdb-server cannot be
