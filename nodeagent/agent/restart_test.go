@@ -251,10 +251,9 @@ func TestVswitchdRestartRestoresMeters(t *testing.T) {
 
 // TestBridgeDeletedIsRebuilt: the OVS bridge deleted under a running agent
 // (or OVS's database reset) comes back, once the agent sees its marker flow
-// gone, with the uplink,
-// the pods' ports under their port numbers, and their limits; pods reach
-// each other again and new pods can be added. Before, every ADD failed until
-// the agent was restarted.
+// gone, with the uplink, the pods' ports under their port numbers, and their
+// limits; pods reach each other again and new pods can be added. Before,
+// every ADD failed until the agent was restarted.
 func TestBridgeDeletedIsRebuilt(t *testing.T) {
 	e, a, b, port := limitedPair(t, 0x5a)
 	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
