@@ -26,6 +26,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -671,9 +673,20 @@ type poolSpec struct {
 // addrKey names an address in the maps of a pass: "pool/ip".
 func addrKey(pool string, ip netip.Addr) string { return pool + "/" + ip.String() }
 
+// unlabelled selects the pods the webhook's pod cache leaves out: those
+// without stickynet.io/managed=true.
+var unlabelled = func() client.MatchingLabelsSelector {
+	r, err := labels.NewRequirement(annotations.ManagedLabel, selection.NotEquals, []string{"true"})
+	if err != nil {
+		panic(err)
+	}
+	return client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*r)}
+}()
+
 // listThreshold is how many pods of one namespace stillCarried asks the API
-// server about one by one; with more, it lists the namespace's pods once
-// (a workload deleted at once frees its addresses in one request).
+// server about one by one; with more, it lists the namespace's pods without
+// the label once (a workload deleted at once frees its addresses in one
+// request).
 const listThreshold = 8
 
 // stillCarried asks the API server (not the cache) whether the pods the
@@ -722,12 +735,19 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 
 // readPods reads from the API server the pods of namespace ns that the
 // entries are bound to, by ns/name; a pod that does not exist is missing.
-// It lists the namespace when more than listThreshold pods are asked for.
+// With more than listThreshold pods to ask about, it lists instead the
+// namespace's pods without the label, the ones the cache does not have. A
+// labelled pod missing from the cache was deleted (a DELETED event took it
+// out), or is one re-created under the same name that the cache has not
+// seen yet: settle's unbind of its address is then undone once it has (see
+// settle). Listing every pod of a large namespace at each pass while a big
+// workload went away cost the API server, and the replica, thousands of
+// pods' encoding and decoding per pass.
 func (c *Controller) readPods(ctx context.Context, ns string, entries []ipam.Entry) (map[string]*corev1.Pod, error) {
 	pods := map[string]*corev1.Pod{}
 	if len(entries) > listThreshold {
 		list := &corev1.PodList{}
-		if err := c.APIReader.List(ctx, list, client.InNamespace(ns)); err != nil {
+		if err := c.APIReader.List(ctx, list, client.InNamespace(ns), unlabelled); err != nil {
 			return nil, fmt.Errorf("list pods in %s: %w", ns, err)
 		}
 		for i := range list.Items {

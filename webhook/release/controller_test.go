@@ -855,3 +855,68 @@ func TestPause(t *testing.T) {
 		}
 	}
 }
+
+// listingReader counts the pods that the API server's lists return.
+type listingReader struct {
+	client.Reader
+	listed atomic.Int32
+}
+
+func (r *listingReader) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	err := r.Reader.List(ctx, list, opts...)
+	if l, ok := list.(*corev1.PodList); ok {
+		r.listed.Add(int32(len(l.Items)))
+	}
+	return err
+}
+
+// More than listThreshold pods gone from the cache at once: the API server
+// is asked for the namespace's pods without the label only (the labelled
+// ones the cache has are not listed again), and a live pod among them keeps
+// its address while the others' are freed.
+func TestGoneListsUnlabelledPodsOnly(t *testing.T) {
+	ctx := context.Background()
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	a := startAlloc(t, store.NewMemory())
+	p := pool(t, spec)
+	var labelled []client.Object
+	for i := range 30 {
+		labelled = append(labelled, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+			Namespace: "app", Name: fmt.Sprintf("busy-%d", i), Labels: map[string]string{annotations.ManagedLabel: "true"},
+		}})
+	}
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "pod/app/solo", Pod: "app/solo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	solo := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "solo", Annotations: map[string]string{
+		annotations.Identity: "pod/app/solo", annotations.AssignedIP: netip.PrefixFrom(al.IP, 24).String(), annotations.AssignedPool: "blue",
+	}}}
+	var gone []string
+	for i := range 2 * listThreshold {
+		id := fmt.Sprintf("pod/app/gone-%d", i)
+		if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: fmt.Sprintf("app/gone-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+		gone = append(gone, id)
+	}
+	api := &listingReader{Reader: apiWith(t, spec, append(labelled, solo)...)}
+	c := &Controller{Client: apiWith(t, spec, labelled...), APIReader: api, Alloc: a, Recorder: events.NewFakeRecorder(100), Grace: time.Nanosecond}
+	for range 2 { // the first pass unbinds, the second frees
+		time.Sleep(10 * time.Millisecond)
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range gone {
+		if kept(a, id) {
+			t.Errorf("%s kept its address; its pod is gone", id)
+		}
+	}
+	if got := a.Lookup("pod/app/solo"); len(got) != 1 || got[0].Pod != "app/solo" {
+		t.Errorf("pod solo, live without the label, lost its address: %+v", got)
+	}
+	if n := api.listed.Load(); n != 1 {
+		t.Errorf("the API server's lists returned %d pods; want 1 (solo, the only one without the label, in the one pass that asked)", n)
+	}
+}
