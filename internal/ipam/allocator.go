@@ -111,6 +111,10 @@ type Request struct {
 	// Token identifies a reservation for a pod without a name yet; set exactly
 	// one of Pod and Token. Bind with the same token confirms it.
 	Token string
+	// Ephemeral says that the identity is this request's alone (named after
+	// Token: a bare pod created through generateName), so that no later
+	// request claims under it.
+	Ephemeral bool
 	// IP requests this address (single identities).
 	IP netip.Addr
 	// Candidates restricts a shared identity to these addresses (the ips annotation).

@@ -877,20 +877,35 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 		t.Fatalf("new member whose answer was lost: %v", err)
 	}
 	s.set(false, false)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l := a.Lookup("deployment/ns/e")
-		if len(l) == 0 {
-			break
+	// waitReleased waits until the identity has no address.
+	waitReleased := func(identity string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			l := a.Lookup(identity)
+			if len(l) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("orphaned claim of %s: %+v; want it released", identity, l)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("orphaned new member: %+v; want it released", l)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	waitReleased("deployment/ns/e")
 
-	// A single identity's reservation under a lost answer stays: the pod's
-	// next try (another token) gets it.
+	// So is a bare pod's named by generateName: its identity is named after
+	// the token, and no later try claims under it.
+	s.set(true, false)
+	const bare = "pod/ns/job-t6"
+	if _, err := a.Allocate(ctx, Request{Pool: big, Identity: bare, Token: "t6", Ephemeral: true}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ephemeral identity's claim whose answer was lost: %v", err)
+	}
+	s.set(false, false)
+	waitReleased(bare)
+
+	// Another single identity's reservation under a lost answer stays: the
+	// pod's next try (another token) gets it.
 	s.set(true, false)
 	const ds = "daemonset/ns/agent/node-1"
 	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: ds, Token: "t4"}); !errors.Is(err, context.DeadlineExceeded) {

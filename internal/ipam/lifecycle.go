@@ -285,16 +285,17 @@ func (a *Allocator) release(ctx context.Context, e *entry) (bool, error) {
 	return true, nil
 }
 
-// An orphan is a shared identity's claim under a token whose transaction's
-// outcome its caller never learnt (the store call failed: a timeout most
-// often, etcd having taken it or not). The caller refused the pod, and no
-// other pod is ever admitted under that token, so nothing will confirm the
-// claim. Left alone it would lapse with its lease (ReservationTTL), and
-// meanwhile the member would stay held: a set at its cap (a Deployment
-// without surge room) would refuse the pod's next try as full. The
-// allocator gives orphans back as soon as etcd answers. A single identity's
-// claim is not an orphan: its pod's next try, under another token, is given
-// the same reservation.
+// An orphan is a shared or ephemeral identity's claim under a token whose
+// transaction's outcome its caller never learnt (the store call failed: a
+// timeout most often, etcd having taken it or not). The caller refused the
+// pod, and no other pod is ever admitted under that token, so nothing will
+// confirm the claim. Left alone it would lapse with its lease
+// (ReservationTTL), and meanwhile the member would stay held (a set at its
+// cap, a Deployment without surge room, would refuse the pod's next try as
+// full) or the ephemeral identity's address taken. The allocator gives
+// orphans back as soon as etcd answers. Another single identity's claim is
+// not an orphan: its pod's next try, under another token, is given the same
+// reservation.
 type orphan struct {
 	pool  string
 	ip    netip.Addr
@@ -309,7 +310,7 @@ const orphanRetry = 2 * time.Second
 // noteOrphan records p's claim for req, whose transaction failed, as an
 // orphan.
 func (a *Allocator) noteOrphan(req *Request, p *plan) {
-	if !req.Shared || p.result.Token == "" || len(p.then) == 0 {
+	if !req.Shared && !req.Ephemeral || p.result.Token == "" || len(p.then) == 0 {
 		return
 	}
 	a.orphanMu.Lock()

@@ -150,7 +150,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 			// Canceled: the API server gave up on this call (its own timeout).
 			log.Error(err, "State store did not answer in time")
-			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was half-written (a claim etcd took before the deadline is given back once etcd answers if it was a Deployment's or ReplicaSet's, and otherwise stays with the pod's identity: a pod created again under the same name, or a DaemonSet's next pod for the node, gets the same address, while another pod named by generateName may get another and the claim lapses after --reservation-ttl); the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
+			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was half-written (a claim etcd took before the deadline is given back once etcd answers if it was a Deployment's or ReplicaSet's, or a bare pod's named by generateName, and otherwise stays with the pod's identity: a pod created again under the same name, or a DaemonSet's next pod for the node, gets the same address); the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
 		default:
 			log.Error(err, "Admission failed")
 			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was half-written", err)), resultErrored
@@ -200,6 +200,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		req.Pod = pod.Namespace + "/" + pod.Name
 	} else {
 		req.Token = token
+		req.Ephemeral = id.Kind == annotations.KindPod // named after the token
 	}
 	if err := addressRequests(ann, id, &req); err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -680,6 +681,61 @@ func TestStoreUnreachable(t *testing.T) {
 	if mem.Revision() != 0 {
 		t.Fatal("something was written")
 	}
+}
+
+// lossy, while lose is set, applies the first transaction but answers as
+// if etcd had not answered in time, and then applies none.
+type lossy struct {
+	*store.Memory
+	lose, lost atomic.Bool
+}
+
+func (l *lossy) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
+	if !l.lose.Load() {
+		return l.Memory.Txn(ctx, cmps, then, els)
+	}
+	if !l.lost.Swap(true) {
+		_, _ = l.Memory.Txn(ctx, cmps, then, els)
+	}
+	return store.TxnResult{}, context.DeadlineExceeded
+}
+
+// A bare pod named by generateName whose claim etcd took while its answer
+// was lost is denied, and its claim given back once etcd answers: no later
+// pod has its identity (named after the admission's token), so the address
+// would otherwise stay reserved until --reservation-ttl.
+func TestStoreTimeoutGivesBackGenerateNameClaim(t *testing.T) {
+	e := newEnv(t)
+	ls := &lossy{Memory: store.NewMemory()}
+	ls.lose.Store(true)
+	a := ipam.New(ls, ipam.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.h.Alloc = a
+	p := pod("app", "", nil)
+	p.GenerateName = "job-"
+	resp, _ := e.admit(p, false)
+	if resp.Allowed || resp.Result.Code != http.StatusServiceUnavailable || !strings.Contains(resp.Result.Message, "bare pod's named by generateName") {
+		t.Fatalf("response %+v", resp.Result)
+	}
+	const id = "pod/app/job-tok1"
+	// waitFor waits until id has n addresses.
+	waitFor := func(n int, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for len(a.Lookup(id)) != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s has %+v", what, id, a.Lookup(id))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor(1, "etcd took the claim") // from the watch
+	ls.lose.Store(false)
+	waitFor(0, "the orphaned reservation given back once etcd answers")
 }
 
 func TestInvalidRetentionDenied(t *testing.T) {
