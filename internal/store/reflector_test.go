@@ -4,54 +4,12 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/storetest"
 )
-
-// restorable is a store that can be swapped for another one, as etcd
-// restored from an older snapshot (without --bump-revision) is: its
-// revision is behind what clients have seen. Watches already running stay
-// on the old store, as a watch does that resumes on the restored etcd
-// from a revision it has not reached: nothing arrives.
-type restorable struct {
-	mu  sync.Mutex
-	cur store.Store
-}
-
-func (r *restorable) s() store.Store {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.cur
-}
-
-func (r *restorable) Get(ctx context.Context, key string) (*store.KV, error) {
-	return r.s().Get(ctx, key)
-}
-
-func (r *restorable) List(ctx context.Context, prefix string) ([]store.KV, int64, error) {
-	return r.s().List(ctx, prefix)
-}
-
-func (r *restorable) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
-	return r.s().Txn(ctx, cmps, then, els)
-}
-
-func (r *restorable) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
-	return r.s().Grant(ctx, ttl)
-}
-
-func (r *restorable) Revoke(ctx context.Context, id store.LeaseID) error {
-	return r.s().Revoke(ctx, id)
-}
-
-func (r *restorable) Watch(ctx context.Context, prefix string, fromRev int64) <-chan store.WatchResponse {
-	return r.s().Watch(ctx, prefix, fromRev)
-}
-func (r *restorable) Close() error { return nil }
 
 func put(t *testing.T, s store.Store, key, value string) {
 	t.Helper()
@@ -71,7 +29,7 @@ func TestReflectorAfterRestore(t *testing.T) {
 	for i := range 20 {
 		put(t, live, fmt.Sprintf("/r/k%d", i), "old")
 	}
-	rs := &restorable{cur: live}
+	rs := storetest.NewRestorable(live)
 	h := &storetest.Mirror{}
 	r := store.NewReflector(rs, "/r/", h)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -84,9 +42,7 @@ func TestReflectorAfterRestore(t *testing.T) {
 	if err := r.Verify(ctx, rs); err != nil { // not behind: nothing happens
 		t.Fatal(err)
 	}
-	rs.mu.Lock()
-	rs.cur = backup // restored: revision 1
-	rs.mu.Unlock()
+	rs.Restore(backup)          // restored: revision 1
 	put(t, backup, "/r/b", "2") // revision 2, far below 20
 	if err := r.Verify(ctx, rs); err != nil {
 		t.Fatal(err)

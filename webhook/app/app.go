@@ -186,10 +186,7 @@ func Run(ctx context.Context, o Options) error {
 	// cannot confirm expire. The read also checks that etcd's revision is
 	// not behind the address cache's (a restore without --bump-revision).
 	// (Its reads are not counted in the store's metrics.)
-	probe := &storeProbe{
-		read:   func(ctx context.Context) error { return alloc.Reflector().Verify(ctx, raw) },
-		period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second,
-	}
+	probe := newStoreProbe(alloc, raw)
 	if err := mgr.Add(probe); err != nil {
 		return err
 	}

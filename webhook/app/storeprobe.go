@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store"
 )
 
 // storeProbe reads from the state store every period, on every replica,
@@ -29,6 +32,17 @@ type storeProbe struct {
 	mu           sync.Mutex
 	failingSince time.Time // zero while the reads succeed
 	lastErr      error
+}
+
+// newStoreProbe returns the webhook's probe: every 5 s, a read of raw that
+// checks that its revision is not behind alloc's address cache (restored
+// without --bump-revision), for at most 3 s; not ready after 10 s of
+// failures.
+func newStoreProbe(alloc *ipam.Allocator, raw store.Store) *storeProbe {
+	return &storeProbe{
+		read:   func(ctx context.Context) error { return alloc.Reflector().Verify(ctx, raw) },
+		period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second,
+	}
 }
 
 // Start probes until ctx ends.

@@ -2,11 +2,16 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/store/storetest"
 	"github.com/stickynet/stickynet/internal/testenv"
 )
 
@@ -74,6 +79,45 @@ func TestStoreProbe(t *testing.T) {
 	testenv.Eventually(ctx, t, 15*time.Second, "readiness back with etcd", func() (bool, string) {
 		err := p.check(nil)
 		return err == nil, errString(err)
+	})
+}
+
+// The webhook's probe (newStoreProbe) finds a store restored to an earlier
+// revision (etcd restored without --bump-revision) and makes the address
+// cache list again: the claims the restore lost leave the cache. (Against a
+// real etcd, internal/ipam TestCacheAfterRestore.)
+func TestStoreProbeAfterRestore(t *testing.T) {
+	live := store.NewMemory()
+	rs := storetest.NewRestorable(live)
+	a := ipam.New(rs, ipam.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := ipam.NewPool("p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := range n {
+		if _, err := a.Allocate(ctx, ipam.Request{Pool: pool, Identity: fmt.Sprintf("pod/ns/lost-%d", i), Pod: fmt.Sprintf("ns/lost-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Reflector().WaitForRevision(ctx, live.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	rs.Restore(store.NewMemory()) // a snapshot from before the claims
+	if err := newStoreProbe(a, rs).read(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(ctx, t, 10*time.Second, "the cache without the claims the restore lost", func() (bool, string) {
+		left := 0
+		for i := range n {
+			left += len(a.Lookup(fmt.Sprintf("pod/ns/lost-%d", i)))
+		}
+		return left == 0, fmt.Sprintf("%d of %d claims still in the cache", left, n)
 	})
 }
 
