@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/internal/netlinkdump"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
 	"github.com/stickynet/stickynet/nodeagent/podsource"
@@ -166,7 +167,9 @@ func (e *env) records() []string {
 // hostVeths lists the node's veths whose name starts with "sn".
 func (e *env) hostVeths() []string {
 	e.t.Helper()
-	links, err := e.hostHandle().LinkList()
+	// Links come and go while a test waits for a veth to go: a dump the
+	// kernel interrupts is taken again.
+	links, err := netlinkdump.Retry(e.hostHandle().LinkList)
 	if err != nil {
 		e.t.Fatal(err)
 	}
