@@ -771,9 +771,9 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 		pool, ip, _, isAddr := a.keys.parseAddrKey(op.Key)
 		switch {
 		case isAddr && kv == nil:
-			a.cache.applyLate([]store.Event{{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: res.Revision}}})
+			a.applyLate([]store.Event{{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: res.Revision}}})
 		case isAddr:
-			a.cache.applyLate([]store.Event{{Type: store.EventPut, KV: *kv}})
+			a.applyLate([]store.Event{{Type: store.EventPut, KV: *kv}})
 			newest = max(newest, kv.ModRevision)
 			var r record
 			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && pool == req.Pool.Name && r.ID != req.Identity {
@@ -792,7 +792,7 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 				return 0, fmt.Errorf("read %s: %w", ak, err)
 			}
 			if got != nil {
-				a.cache.applyLate([]store.Event{{Type: store.EventPut, KV: *got}})
+				a.applyLate([]store.Event{{Type: store.EventPut, KV: *got}})
 				var r record
 				if json.Unmarshal(got.Value, &r) == nil && req.MAC != nil && op.Key == a.keys.macKey(req.MAC.String()) && r.ID != req.Identity {
 					return 0, &ConflictError{Pool: ppool, What: "MAC " + req.MAC.String(), Holder: r.ID, Cooling: r.State == stateCooling}
@@ -801,6 +801,17 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 		}
 	}
 	return newest, nil
+}
+
+// applyLate hands the cache what the allocator learnt from etcd's answers
+// (cache.applyLate), and the reflector their revision (Reflector.Saw).
+func (a *Allocator) applyLate(evs []store.Event) {
+	var rev int64
+	for _, ev := range evs {
+		rev = max(rev, ev.KV.ModRevision)
+	}
+	a.refl.Saw(rev)
+	a.cache.applyLate(evs)
 }
 
 // applyLocal folds a successful transaction's writes into the cache at once,
@@ -818,7 +829,7 @@ func (a *Allocator) applyLocal(ops []store.Op, rev int64) {
 			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: op.Key, ModRevision: rev}})
 		}
 	}
-	a.cache.applyLate(evs)
+	a.applyLate(evs)
 }
 
 // lease returns a shared lease that lives at least ttl from now. Reservations

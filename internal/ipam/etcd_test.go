@@ -240,7 +240,13 @@ func TestCacheAfterRestore(t *testing.T) {
 	after := alloc(t, other, Request{Pool: p, Identity: "pod/ns/after", Pod: "ns/after"})
 	ctx := testCtx(t)
 	for {
-		err := a.Reflector().Verify(ctx, st)
+		// Each read bounded, as the webhook's probe bounds its reads (3 s).
+		vctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := a.Reflector().Verify(vctx, st)
+		cancel()
+		if err != nil {
+			t.Logf("Verify: %v", err)
+		}
 		if err == nil && len(a.Lookup("pod/ns/after")) == 1 && len(a.Lookup("pod/ns/lost-0")) == 0 {
 			break
 		}

@@ -54,7 +54,7 @@ func (a *Allocator) snapshot(ctx context.Context, pool string, ip netip.Addr, id
 			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: key, ModRevision: res.Revision}})
 		}
 	}
-	a.cache.applyLate(evs)
+	a.applyLate(evs)
 	a.cache.mu.Lock()
 	defer a.cache.mu.Unlock()
 	if e := a.cache.get(pool, ip); e != nil {
@@ -412,7 +412,7 @@ func (a *Allocator) learnGets(keys []string, res store.TxnResult) {
 			evs = append(evs, store.Event{Type: store.EventDelete, KV: store.KV{Key: k, ModRevision: res.Revision}})
 		}
 	}
-	a.cache.applyLate(evs)
+	a.applyLate(evs)
 }
 
 // Entry is an address as the cache sees it, for controllers and status.

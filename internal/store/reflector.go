@@ -28,6 +28,7 @@ type Reflector struct {
 	mu        sync.Mutex
 	cond      *sync.Cond
 	rev       int64 // last revision handed to the handler
+	saw       int64 // highest revision the handler learnt of otherwise (Saw)
 	synced    bool
 	relists   int
 	wentBack  bool               // Verify found the store behind rev: list again
@@ -134,6 +135,7 @@ func (r *Reflector) advance(rev int64, list bool) {
 		}
 		r.synced = true
 		r.rev = rev
+		r.saw = 0
 	}
 	if rev > r.rev {
 		r.rev = rev
@@ -146,14 +148,17 @@ var errWentBack = errors.New("the store's revision went back")
 
 // Verify reads the store's current revision through s (the reflector's
 // store, or another client of the same one) and returns the read's error.
-// A revision below the last one handed to the handler before the read means
+// A revision below the last one handed to the handler (or passed to Saw)
+// before the read means
 // the store went back in time: etcd restored from a snapshot without
 // --bump-revision. Its watch would then stay silent until the revision
 // passed the old one, and the handler would keep the state from before the
 // restore; so the reflector lists again. Call it periodically (a health
 // probe's read).
 func (r *Reflector) Verify(ctx context.Context, s Store) error {
-	before := r.Revision()
+	r.mu.Lock()
+	before := max(r.rev, r.saw)
+	r.mu.Unlock()
 	res, err := s.Txn(ctx, nil, []Op{Get(r.prefix)}, nil)
 	if err != nil {
 		return err
@@ -169,6 +174,18 @@ func (r *Reflector) Verify(ctx context.Context, s Store) error {
 		}
 	}
 	return nil
+}
+
+// Saw records that the handler holds the store's state at rev, learnt
+// otherwise than from the reflector (the answer to its own write), so that
+// Verify compares the store's revision with it too: writes answered just
+// before a restore, whose events the watch had not delivered yet, would
+// otherwise stay in the handler's state, with the store behind only the
+// revision the watch had reached, and soon not even that.
+func (r *Reflector) Saw(rev int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.saw = max(r.saw, rev)
 }
 
 // Revision returns the last revision handed to the handler.

@@ -60,3 +60,44 @@ func TestReflectorAfterRestore(t *testing.T) {
 		t.Errorf("reflector at revision %d after the restore; want 3", rev)
 	}
 }
+
+// A revision the handler learnt of from a write's answer (Saw), whose event
+// the watch has not delivered, counts for Verify too: a store restored to a
+// revision below it, though above the watch's, makes the reflector list
+// again.
+func TestVerifyCountsSaw(t *testing.T) {
+	backup := store.NewMemory()
+	put(t, backup, "/r/a", "1")
+	live := store.NewMemory()
+	put(t, live, "/r/a", "1")
+	put(t, live, "/r/b", "2")
+	rs := storetest.NewRestorable(live)
+	h := &storetest.Mirror{}
+	r := store.NewReflector(rs, "/r/", h)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	if err := r.WaitForRevision(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	r.Saw(10) // answers to writes up to revision 10, their events not delivered
+	rs.Restore(backup)
+	for i := range 4 {
+		put(t, backup, fmt.Sprintf("/r/n%d", i), "new") // revisions 2 to 5: above the watch's 2, below 10
+	}
+	if err := r.Verify(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"/r/a": "1", "/r/n0": "new", "/r/n1": "new", "/r/n2": "new", "/r/n3": "new"}
+	deadline := time.Now().Add(10 * time.Second)
+	for !maps.Equal(h.Snapshot(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("mirror after the restore: %v; want %v", h.Snapshot(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := r.Relists(); n != 1 {
+		t.Errorf("%d lists after the first; want 1", n)
+	}
+}
