@@ -292,17 +292,7 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 		return bitRate(a[annotations.IngressBandwidth]) == 30e6 && bitRate(a[annotations.EgressBandwidth]) == 30e6,
 			fmt.Sprintf("ingress %q egress %q", a[annotations.IngressBandwidth], a[annotations.EgressBandwidth])
 	})
-	eventually(ctx, t, 60*time.Second, "30 Mbit/s tbf and meter on node-1", func() (bool, string) {
-		tbf, err := runIn(ctx, node1.Netns, "tc", "qdisc", "show")
-		if err != nil {
-			return false, err.Error()
-		}
-		meters, err := e.ofctl(ctx, node1, "dump-meters")
-		if err != nil {
-			return false, err.Error()
-		}
-		return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
-	})
+	eventually(ctx, t, 60*time.Second, "30 Mbit/s tbf and meter on node-1", func() (bool, string) { return e.limits30M(ctx, node1) })
 	e.checkRate(t, "into limited (tbf), after the edit to 30M", func() throughput { return e.measure(ctx, t, "peer", lip, 1) }, 30e6, true)
 	e.checkRate(t, "out of limited (meter), after the edit to 30M", func() throughput { return e.measure(ctx, t, "limited", pip, meterStreams) }, 30e6, false)
 
@@ -360,17 +350,7 @@ func (e *env) testOVSDown(ctx context.Context, t *testing.T) {
 	}
 	restarted = true
 	started := time.Now()
-	eventually(ctx, t, 20*time.Second, "limited's 30 Mbit/s tbf and meter back on "+node, func() (bool, string) {
-		tbf, err := runIn(ctx, n.Netns, "tc", "qdisc", "show")
-		if err != nil {
-			return false, err.Error()
-		}
-		meters, err := e.ofctl(ctx, n, "dump-meters")
-		if err != nil {
-			return false, err.Error()
-		}
-		return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
-	})
+	eventually(ctx, t, 20*time.Second, "limited's 30 Mbit/s tbf and meter back on "+node, func() (bool, string) { return e.limits30M(ctx, n) })
 	t.Logf("limits back %s after ovs-vswitchd started", time.Since(started).Round(100*time.Millisecond))
 	eventually(ctx, t, 90*time.Second, node+" Ready and untainted", func() (bool, string) {
 		c, untainted := readyCondition()
@@ -382,6 +362,20 @@ func (e *env) testOVSDown(ctx context.Context, t *testing.T) {
 	if err != nil || !strings.Contains(string(out), " 0% packet loss") {
 		t.Errorf("ping from limited on %s to peer after ovs-vswitchd restarted: %v\n%s", node, err, out)
 	}
+}
+
+// limits30M reports whether node n has a 30 Mbit/s tbf and a 30 Mbit/s
+// meter installed (pod limited's after the policy edit), with what it found.
+func (e *env) limits30M(ctx context.Context, n cluster.Node) (bool, string) {
+	tbf, err := runIn(ctx, n.Netns, "tc", "qdisc", "show")
+	if err != nil {
+		return false, err.Error()
+	}
+	meters, err := e.ofctl(ctx, n, "dump-meters")
+	if err != nil {
+		return false, err.Error()
+	}
+	return strings.Contains(tbf, "rate 30Mbit") && strings.Contains(meters, "rate=30000 "), tbf + meters
 }
 
 // testFallback: a pod of a namespace without the label, on a node that runs

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/storetest"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -775,54 +776,12 @@ func TestTokenKeepOfUnboundAddressHolds(t *testing.T) {
 	}
 }
 
-// lossyStore is etcd taking a write whose answer never reaches the caller
-// (loseNext: the write applies, the caller gets a deadline error) and then
-// not answering at all until the test says so (down).
-type lossyStore struct {
-	*store.Memory
-	mu       sync.Mutex
-	loseNext bool
-	down     bool
-}
-
-func (l *lossyStore) set(loseNext, down bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.loseNext, l.down = loseNext, down
-}
-
-func (l *lossyStore) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.down {
-		return store.TxnResult{}, fmt.Errorf("etcd unreachable: %w", context.DeadlineExceeded)
-	}
-	if l.loseNext && len(then) > 0 {
-		l.loseNext, l.down = false, true
-		if _, err := l.Memory.Txn(ctx, cmps, then, els); err != nil {
-			return store.TxnResult{}, err
-		}
-		return store.TxnResult{}, fmt.Errorf("answer lost: %w", context.DeadlineExceeded)
-	}
-	return l.Memory.Txn(ctx, cmps, then, els)
-}
-
-func (l *lossyStore) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
-	l.mu.Lock()
-	down := l.down
-	l.mu.Unlock()
-	if down {
-		return 0, fmt.Errorf("etcd unreachable: %w", context.DeadlineExceeded)
-	}
-	return l.Memory.Grant(ctx, ttl)
-}
-
 // TestOrphanedClaimGivenBack: a shared identity's claim that etcd took while
 // its caller timed out (so the pod was refused) is given back once etcd
 // answers again, not a reservation TTL later: a set at its cap takes the
 // pod's next try. A single identity's is left: the next try gets it.
 func TestOrphanedClaimGivenBack(t *testing.T) {
-	s := &lossyStore{Memory: store.NewMemory()}
+	s := storetest.NewLossy()
 	a := startAllocator(t, s, Options{}) // reservations live 60 s
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
 	ctx := testCtx(t)
@@ -836,7 +795,7 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 	}
 	// The replacement's claim (a hold on the free member) is taken by etcd,
 	// but its answer is lost, and etcd goes quiet.
-	s.set(true, false)
+	s.Set(true, false)
 	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: dep, Shared: true, Token: "t1", MaxMembers: 2}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("claim whose answer was lost: %v", err)
 	}
@@ -862,7 +821,7 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: dep, Shared: true, Token: "t2", MaxMembers: 2}); !errors.As(err, &sf) {
 		t.Fatalf("next try while the orphan holds the member: %v; want set full", err)
 	}
-	s.set(false, false) // etcd answers again
+	s.Set(false, false) // etcd answers again
 	waitMember("")      // the hold is gone
 	got := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: "t2", MaxMembers: 2})
 	if got.IP != members[0].IP || got.Token != "t2" {
@@ -872,11 +831,11 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 	// A new member reserved under a lost answer is released (the pool has
 	// no reuse delay: it is gone).
 	big := mustPool(t, "big", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24"})
-	s.set(true, false)
+	s.Set(true, false)
 	if _, err := a.Allocate(ctx, Request{Pool: big, Identity: "deployment/ns/e", Shared: true, Token: "t3"}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("new member whose answer was lost: %v", err)
 	}
-	s.set(false, false)
+	s.Set(false, false)
 	// waitReleased waits until the identity has no address.
 	waitReleased := func(identity string) {
 		t.Helper()
@@ -896,22 +855,22 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 
 	// So is a bare pod's named by generateName: its identity is named after
 	// the token, and no later try claims under it.
-	s.set(true, false)
+	s.Set(true, false)
 	const bare = "pod/ns/job-t6"
 	if _, err := a.Allocate(ctx, Request{Pool: big, Identity: bare, Token: "t6", Ephemeral: true}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ephemeral identity's claim whose answer was lost: %v", err)
 	}
-	s.set(false, false)
+	s.Set(false, false)
 	waitReleased(bare)
 
 	// Another single identity's reservation under a lost answer stays: the
 	// pod's next try (another token) gets it.
-	s.set(true, false)
+	s.Set(true, false)
 	const ds = "daemonset/ns/agent/node-1"
 	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: ds, Token: "t4"}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("single identity's claim whose answer was lost: %v", err)
 	}
-	s.set(false, false)
+	s.Set(false, false)
 	time.Sleep(2 * orphanRetry)
 	if l := a.Lookup(ds); len(l) != 1 || !l[0].Reserved || l[0].Token != "t4" {
 		t.Fatalf("single identity's reservation after etcd came back: %+v; want it kept under t4", l)

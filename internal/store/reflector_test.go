@@ -18,6 +18,30 @@ func put(t *testing.T, s store.Store, key, value string) {
 	}
 }
 
+// runReflector runs a reflector of prefix /r/ over s, into a mirror, until
+// the test ends.
+func runReflector(t *testing.T, s store.Store) (*store.Reflector, *storetest.Mirror) {
+	h := &storetest.Mirror{}
+	r := store.NewReflector(s, "/r/", h)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r, h
+}
+
+// waitMirror waits until the mirror holds want after the restore.
+func waitMirror(t *testing.T, h *storetest.Mirror, want map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !maps.Equal(h.Snapshot(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("mirror after the restore: %v; want %v", h.Snapshot(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestReflectorAfterRestore: a store gone back in time (the backup holds
 // fewer revisions) is found by Verify, and the reflector lists it again
 // and follows it; without Verify its handler would keep the keys from
@@ -30,12 +54,8 @@ func TestReflectorAfterRestore(t *testing.T) {
 		put(t, live, fmt.Sprintf("/r/k%d", i), "old")
 	}
 	rs := storetest.NewRestorable(live)
-	h := &storetest.Mirror{}
-	r := store.NewReflector(rs, "/r/", h)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r, h := runReflector(t, rs)
+	ctx := t.Context()
 	if err := r.WaitForRevision(ctx, 20); err != nil {
 		t.Fatal(err)
 	}
@@ -49,13 +69,7 @@ func TestReflectorAfterRestore(t *testing.T) {
 	}
 	put(t, backup, "/r/c", "3") // after the new list, seen by the new watch
 	want := map[string]string{"/r/a": "1", "/r/b": "2", "/r/c": "3"}
-	deadline := time.Now().Add(10 * time.Second)
-	for !maps.Equal(h.Snapshot(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("mirror after the restore: %v; want %v", h.Snapshot(), want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitMirror(t, h, want)
 	if rev := r.Revision(); rev != 3 {
 		t.Errorf("reflector at revision %d after the restore; want 3", rev)
 	}
@@ -72,12 +86,8 @@ func TestVerifyCountsSaw(t *testing.T) {
 	put(t, live, "/r/a", "1")
 	put(t, live, "/r/b", "2")
 	rs := storetest.NewRestorable(live)
-	h := &storetest.Mirror{}
-	r := store.NewReflector(rs, "/r/", h)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	r, h := runReflector(t, rs)
+	ctx := t.Context()
 	if err := r.WaitForRevision(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
@@ -90,13 +100,7 @@ func TestVerifyCountsSaw(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]string{"/r/a": "1", "/r/n0": "new", "/r/n1": "new", "/r/n2": "new", "/r/n3": "new"}
-	deadline := time.Now().Add(10 * time.Second)
-	for !maps.Equal(h.Snapshot(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("mirror after the restore: %v; want %v", h.Snapshot(), want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitMirror(t, h, want)
 	if n := r.Relists(); n != 1 {
 		t.Errorf("%d lists after the first; want 1", n)
 	}

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +29,7 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/storetest"
 )
 
 func scheme(t *testing.T) *runtime.Scheme {
@@ -683,31 +683,14 @@ func TestStoreUnreachable(t *testing.T) {
 	}
 }
 
-// lossy, while lose is set, applies the first transaction but answers as
-// if etcd had not answered in time, and then applies none.
-type lossy struct {
-	*store.Memory
-	lose, lost atomic.Bool
-}
-
-func (l *lossy) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
-	if !l.lose.Load() {
-		return l.Memory.Txn(ctx, cmps, then, els)
-	}
-	if !l.lost.Swap(true) {
-		_, _ = l.Memory.Txn(ctx, cmps, then, els)
-	}
-	return store.TxnResult{}, context.DeadlineExceeded
-}
-
 // A bare pod named by generateName whose claim etcd took while its answer
 // was lost is denied, and its claim given back once etcd answers: no later
 // pod has its identity (named after the admission's token), so the address
 // would otherwise stay reserved until --reservation-ttl.
 func TestStoreTimeoutGivesBackGenerateNameClaim(t *testing.T) {
 	e := newEnv(t)
-	ls := &lossy{Memory: store.NewMemory()}
-	ls.lose.Store(true)
+	ls := storetest.NewLossy()
+	ls.Set(true, false)
 	a := ipam.New(ls, ipam.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -734,7 +717,7 @@ func TestStoreTimeoutGivesBackGenerateNameClaim(t *testing.T) {
 		}
 	}
 	waitFor(1, "etcd took the claim") // from the watch
-	ls.lose.Store(false)
+	ls.Set(false, false)
 	waitFor(0, "the orphaned reservation given back once etcd answers")
 }
 
