@@ -102,7 +102,10 @@ type IPPoolStatus struct {
 	// ObservedGeneration is the generation these counts were computed for.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Conditions: Ready is False with the reason when the spec cannot be used.
+	// Conditions: Ready is False with the reason when the spec cannot be used,
+	// and True with the reason AddressesOutsideSpec while identities hold
+	// addresses, claimed under an earlier spec, that the current one does not
+	// allow (they move at their next pod).
 	// +optional
 	// +listType=map
 	// +listMapKey=type

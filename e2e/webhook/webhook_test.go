@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -22,6 +23,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -111,6 +113,7 @@ func TestWebhook(t *testing.T) {
 	t.Run("TwoReplicasNeverCollide", func(t *testing.T) { s.testTwoReplicas(ctx, t) })
 	t.Run("BandwidthPolicyEdit", func(t *testing.T) { s.testBandwidthPolicy(ctx, t) })
 	t.Run("PoolStatus", func(t *testing.T) { s.testPoolStatus(ctx, t) })
+	t.Run("EditedPoolMovesAddress", func(t *testing.T) { s.testEditedPool(ctx, t) })
 	t.Run("UnlabelledLivePodKeepsAddress", func(t *testing.T) { s.testUnlabelled(ctx, t) })
 	t.Run("LostStateRecordedAgain", func(t *testing.T) { s.testLostState(ctx, t, st) })
 	t.Run("ShutdownKeepsServing", func(t *testing.T) { s.testShutdown(ctx, t, b) }) // last: stops replica b
@@ -739,6 +742,65 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 		ok := st.Total == 253 && st.Allocated > 0 && st.Allocated+st.Held+st.Cooling+st.Free == st.Total
 		return ok, fmt.Sprintf("%+v", st)
 	})
+}
+
+// testEditedPool: an IPPool edited to exclude the address a StatefulSet's
+// pod carries. The pool's Ready condition says that an address lies outside
+// its spec while the pod runs; the pod, deleted, comes back with another
+// address of the pool and its MAC, and the condition clears.
+func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
+	ns, pool := "edited", "edited"
+	s.namespace(ctx, t, ns, nil)
+	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.78.0.0/28", Gateway: "10.78.0.1", ReuseDelaySeconds: ptr(int32(3))})
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas: ptr(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+			Template: template("db", map[string]string{annotations.Pool: pool}),
+		},
+	}
+	if _, err := s.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.pods(ctx, t, ns, "db", 1)["db-0"]
+	ip := netip.MustParsePrefix(before.ip).Addr()
+	patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"exclude":[%q]}}`, ip)))
+	if err := s.cl.Patch(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}}, patch); err != nil {
+		t.Fatal(err)
+	}
+	ready := func(reason string) {
+		t.Helper()
+		eventually(ctx, t, 30*time.Second, "IPPool "+pool+" Ready with reason "+reason, func() (bool, string) {
+			p := &v1alpha1.IPPool{}
+			if err := s.cl.Get(ctx, client.ObjectKey{Name: pool}, p); err != nil {
+				return false, err.Error()
+			}
+			c := meta.FindStatusCondition(p.Status.Conditions, "Ready")
+			return c != nil && c.Status == metav1.ConditionTrue && c.Reason == reason && c.ObservedGeneration == p.Generation, fmt.Sprintf("%+v", p.Status)
+		})
+	}
+	ready("AddressesOutsideSpec")
+	old, err := s.k.CoreV1().Pods(ns).Get(ctx, "db-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "db-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 60*time.Second, "db-0 replaced", func() (bool, string) {
+		p, err := s.k.CoreV1().Pods(ns).Get(ctx, "db-0", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.UID != old.UID && p.Status.Phase == corev1.PodRunning, string(p.Status.Phase)
+	})
+	after := s.pods(ctx, t, ns, "db", 1)["db-0"]
+	if after.ip == before.ip || after.mac != before.mac || !strings.HasPrefix(after.ip, "10.78.0.") {
+		t.Fatalf("db-0 came back with %v after %s was excluded; had %v: want another address of the pool, the same MAC", after, ip, before)
+	}
+	t.Logf("db-0 moved from %v to %v", before, after)
+	ready("Valid")
 }
 
 // testUnlabelled: the release controller's pod cache holds only pods

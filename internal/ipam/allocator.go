@@ -294,11 +294,15 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	defer c.mu.Unlock()
 	pool := req.Pool
 
+	// An address the pool's spec no longer allows (its cidr, ranges,
+	// exclude or gateway edited since it was claimed) is never handed out
+	// again: a single identity moves off it (keeping its MAC), a shared one's
+	// free member is not taken, and neither is taken back from cooling.
 	var inPool, cooling, elsewhere []*entry
 	for _, e := range c.idents[req.Identity] {
 		switch {
 		case e.rec.State == stateCooling:
-			if e.pool == pool.Name {
+			if e.pool == pool.Name && pool.Contains(e.ip) {
 				cooling = append(cooling, e)
 			}
 		case e.pool == pool.Name:
@@ -315,11 +319,22 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 			return (!req.IP.IsValid() || req.IP == e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
 		}
 		if len(inPool) > 0 {
-			if e := inPool[0]; matches(e) {
+			e := inPool[0]
+			if !pool.Contains(e.ip) {
+				// Its address left the pool: move, back onto an address of its
+				// own still cooling if there is one.
+				for _, o := range cooling {
+					if matches(o) {
+						return a.planMove(req, e, o.ip)
+					}
+				}
+				return a.planMove(req, e, netip.Addr{})
+			}
+			if matches(e) {
 				return a.planKeep(req, e), nil
 			}
 			// The identity asks for another address or MAC than it has: move it.
-			return a.planMove(req, inPool[0], netip.Addr{})
+			return a.planMove(req, e, netip.Addr{})
 		}
 		for _, e := range cooling {
 			if matches(e) {
@@ -350,6 +365,9 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	}
 	for _, e := range inPool {
 		// The same pod, or the same reservation (an admission retried or re-invoked), keeps its member.
+		if !pool.Contains(e.ip) {
+			continue
+		}
 		if req.Pod != "" && e.rec.Pod == req.Pod ||
 			req.Token != "" && (e.rec.Token == req.Token || e.hold != nil && e.hold.Token == req.Token) {
 			return a.planKeep(req, e), nil
@@ -361,7 +379,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		off := rand.IntN(n)
 		for i := range n {
 			e := inPool[(i+off)%n]
-			if e.rec.State == stateAllocated && !e.busy() && allowed(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+			if e.rec.State == stateAllocated && !e.busy() && allowed(e.ip) && pool.Contains(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
 				return a.planTake(req, e), nil
 			}
 		}
@@ -594,7 +612,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	ip := req.IP
 	if !ip.IsValid() {
 		switch {
-		case old.pool == pool.Name:
+		case old.pool == pool.Name && pool.Contains(old.ip):
 			ip = old.ip
 		case back.IsValid():
 			ip = back

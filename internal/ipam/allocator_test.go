@@ -879,3 +879,85 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 		t.Fatalf("next try of the single identity: %+v; want the reservation under t4", again)
 	}
 }
+
+// An IPPool's spec edited under its claims (an address excluded, the cidr
+// changed): an address the pool no longer allows is never handed out again.
+// A single identity moves off it at its next pod, keeping its MAC, and back
+// onto its own cooling address when the spec allows that again; a shared
+// set's free member outside the spec is neither taken nor, cooling, taken
+// back; the pool's stats count what lies outside.
+func TestEditedPool(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1", ReuseDelaySeconds: i32(30)}
+	p := mustPool(t, "p", spec)
+	ctx := testCtx(t)
+	const id, pod = "statefulset/ns/web/0", "ns/web-0"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: pod})
+
+	// Another cidr: the identity moves into it, with the new prefix.
+	renum := spec
+	renum.CIDR, renum.Gateway = "10.1.0.0/25", "10.1.0.1"
+	pr := mustPool(t, "p", renum)
+	if s := a.Stats(pr); s.Outside != 1 || s.Allocated != 0 {
+		t.Fatalf("stats after the cidr changed: %+v; want %s outside", s, first.IP)
+	}
+	// A dry run says what the admission would do, and does nothing.
+	if dry := alloc(t, a, Request{Pool: pr, Identity: id, Pod: pod, DryRun: true}); !pr.Contains(dry.IP) {
+		t.Fatalf("dry run after the cidr changed gave %s", dry.IP)
+	}
+	if s := a.Stats(pr); s.Outside != 1 {
+		t.Fatalf("stats after a dry run: %+v", s)
+	}
+	in := alloc(t, a, Request{Pool: pr, Identity: id, Pod: pod})
+	if !pr.Contains(in.IP) || in.Prefix.Bits() != 25 || in.MAC.String() != first.MAC.String() {
+		t.Fatalf("after the cidr changed the identity got %s (%s) %s; want an address of %s, MAC %s", in.IP, in.Prefix, in.MAC, renum.CIDR, first.MAC)
+	}
+	if again := alloc(t, a, Request{Pool: pr, Identity: id, Pod: pod}); again.IP != in.IP {
+		t.Fatalf("repeat gave %s; want %s", again.IP, in.IP)
+	}
+	if s := a.Stats(pr); s.Outside != 0 || s.Allocated != 1 {
+		t.Fatalf("stats after the move: %+v", s)
+	}
+	// The first spec again, within the reuse delay: back onto its own
+	// address, still cooling.
+	if back := alloc(t, a, Request{Pool: p, Identity: id, Pod: pod}); back.IP != first.IP || back.MAC.String() != first.MAC.String() {
+		t.Fatalf("back to the first spec gave %s %s; want %s %s", back.IP, back.MAC, first.IP, first.MAC)
+	}
+	// Its address excluded: it moves to another one of the pool.
+	excl := spec
+	excl.Exclude = []string{first.IP.String()}
+	pe := mustPool(t, "p", excl)
+	moved := alloc(t, a, Request{Pool: pe, Identity: id, Pod: pod})
+	if moved.IP == first.IP || !pe.Contains(moved.IP) || moved.MAC.String() != first.MAC.String() {
+		t.Fatalf("after %s was excluded the identity got %s %s; want another address of the pool, MAC %s", first.IP, moved.IP, moved.MAC, first.MAC)
+	}
+
+	// A shared set: its free member outside the spec is not taken.
+	const dep = "deployment/ns/d"
+	var members []Allocation
+	for i := range 2 {
+		members = append(members, alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Pod: fmt.Sprintf("ns/d-%d", i)}))
+	}
+	if err := a.Unbind(ctx, "p", members[0].IP, "ns/d-0"); err != nil {
+		t.Fatal(err)
+	}
+	excl.Exclude = []string{first.IP.String(), members[0].IP.String()}
+	pe = mustPool(t, "p", excl)
+	if got := alloc(t, a, Request{Pool: pe, Identity: dep, Shared: true, Pod: "ns/d-2"}); got.IP == members[0].IP || !got.New {
+		t.Fatalf("pod of the set got %+v; want a new member, not %s", got, members[0].IP)
+	}
+	if _, err := a.Allocate(ctx, Request{Pool: pe, Identity: dep, Shared: true, Pod: "ns/d-3", MaxMembers: 3}); !errors.As(err, new(*SetFullError)) {
+		t.Fatalf("set at its cap with a member outside the spec: %v; want it full (the webhook releases that member)", err)
+	}
+	// Released and cooling, outside the spec: not taken back either.
+	if err := a.Release(ctx, "p", members[0].IP, dep, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := alloc(t, a, Request{Pool: pe, Identity: dep, Shared: true, Pod: "ns/d-3", MaxMembers: 3}); got.IP == members[0].IP {
+		t.Fatalf("cooling member %s outside the spec taken back", got.IP)
+	}
+	// Allowed again, within its reuse delay, it is.
+	if got := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Pod: "ns/d-4"}); got.IP != members[0].IP {
+		t.Fatalf("pod of the set got %s; want its cooling member %s back", got.IP, members[0].IP)
+	}
+}

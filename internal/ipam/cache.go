@@ -409,6 +409,10 @@ type Stats struct {
 	Held      int    // sticky, owned by an identity without a live pod
 	Cooling   int    // freed, waiting out the reuse delay
 	Free      uint64 // available to a new identity now
+	// Outside counts addresses claimed under an earlier spec of the pool
+	// that the current one no longer allows (not cooling; in no count above).
+	// Their identities move at their next pod.
+	Outside int
 }
 
 // list returns the entries that match, unsorted. Only copying the entries
@@ -449,7 +453,10 @@ func (c *cache) statsLocked(p *Pool) Stats {
 	var inPool uint64
 	for ip, e := range c.pools[p.Name] {
 		if !p.Contains(ip) {
-			continue // left over from an older spec; counted nowhere
+			if e.rec.State != stateCooling {
+				s.Outside++
+			}
+			continue
 		}
 		inPool++
 		switch {

@@ -407,14 +407,17 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 }
 
 // moves reports whether the request asks a single identity's pod for another
-// pool, address or MAC than its entry e has.
+// pool, address or MAC than its entry e has, or the pool no longer allows
+// e's address (the allocator then moves the identity off it).
 func moves(e ipam.Entry, req ipam.Request) bool {
-	return e.Pool != req.Pool.Name || req.IP.IsValid() && req.IP != e.IP || req.MAC != nil && req.MAC.String() != e.MAC.String()
+	return e.Pool != req.Pool.Name || !req.Pool.Contains(e.IP) ||
+		req.IP.IsValid() && req.IP != e.IP || req.MAC != nil && req.MAC.String() != e.MAC.String()
 }
 
 // releaseUnusable releases one free member of a full shared set that the pod
 // could never take: it lies in another pool or outside the listed addresses
-// (the template moved to another pool or ips list). Otherwise a set at its cap
+// (the template moved to another pool or ips list), or its pool no longer
+// allows it (the IPPool's spec was edited). Otherwise a set at its cap
 // would refuse every pod of the rollout. It cools down, so a rollback within
 // the pool's reuse delay gets it back.
 func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
@@ -422,7 +425,7 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 		if e.Pod != "" || e.Held || e.Reserved {
 			continue
 		}
-		if e.Pool == req.Pool.Name && (len(req.Candidates) == 0 || slices.Contains(req.Candidates, e.IP)) {
+		if e.Pool == req.Pool.Name && req.Pool.Contains(e.IP) && (len(req.Candidates) == 0 || slices.Contains(req.Candidates, e.IP)) {
 			continue
 		}
 		if err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {

@@ -737,32 +737,44 @@ func TestUniversalMACDenied(t *testing.T) {
 // template now names another pool: the surge pod of the rollout gets an
 // address there, and the free member it can never use in the old pool cools
 // down (a rollback takes it back).
-func TestFullSetMovesToAnotherPool(t *testing.T) {
+// newSetEnv is newEnv with Deployment app/api (replicas 1: its set is
+// capped at 2) and its ReplicaSet api-5d8f.
+func newSetEnv(t *testing.T) *env {
 	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
-	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}} // cap 1 + 1
-	e := newEnv(t, rs, dep)
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}}
+	return newEnv(t, rs, dep)
+}
+
+// fullSet admits two pods of ReplicaSet api-5d8f (newSetEnv) in pool blue:
+// the first runs, the second is gone, and its member, returned, is free.
+func (e *env) fullSet() (free netip.Addr) {
+	e.t.Helper()
 	ctx := context.Background()
-	// After a rollout: two members in pool blue, one carried by the live pod, one free.
-	var free netip.Addr
 	for i, name := range []string{"api-5d8f-aaaaa", "api-5d8f-bbbbb"} {
 		got := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
 		ip := netip.MustParsePrefix(got.Annotations[annotations.AssignedIP]).Addr()
 		if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "deployment/app/api", Pod: "app/" + name, Token: got.Annotations[annotations.Reservation]}); err != nil {
-			t.Fatal(err)
+			e.t.Fatal(err)
 		}
 		if i == 1 {
 			if err := e.alloc.Unbind(ctx, "blue", ip, "app/"+name); err != nil {
-				t.Fatal(err)
+				e.t.Fatal(err)
 			}
-			free = ip
-			continue
+			return ip
 		}
 		running := got.DeepCopy()
 		running.Name, running.Status.Phase = name, corev1.PodRunning
 		if err := e.c.Create(ctx, running); err != nil {
-			t.Fatal(err)
+			e.t.Fatal(err)
 		}
 	}
+	return netip.Addr{}
+}
+
+func TestFullSetMovesToAnotherPool(t *testing.T) {
+	e := newSetEnv(t)
+	// After a rollout: two members in pool blue, one carried by the live pod, one free.
+	free := e.fullSet()
 	surge := e.mustAdmit(pod("app", "", map[string]string{annotations.Pool: "tiny"}, ctrl("ReplicaSet", "api-5d8f")))
 	if surge.Annotations[annotations.AssignedPool] != "tiny" {
 		t.Fatalf("surge pod got pool %q", surge.Annotations[annotations.AssignedPool])
@@ -775,6 +787,65 @@ func TestFullSetMovesToAnotherPool(t *testing.T) {
 		if m.IP == free {
 			t.Fatalf("the free member %s of pool blue is still in the set", free)
 		}
+	}
+	if cooling := e.alloc.List(func(en ipam.Entry) bool { return en.Cooling && en.IP == free }); len(cooling) != 1 {
+		t.Fatalf("the free member %s does not cool down", free)
+	}
+}
+
+// An IPPool edited so that it no longer allows addresses its identities
+// hold: a StatefulSet's pod, created again, moves to another address of the
+// pool with its MAC; a second create of a running pod's name does not move
+// the running pod's address; a full Deployment set gives up its free member
+// that the pool no longer allows, so that its next pod is admitted.
+func TestEditedPoolMovesAddresses(t *testing.T) {
+	e := newSetEnv(t)
+	ctx := context.Background()
+	exclude := func(ips ...netip.Addr) {
+		t.Helper()
+		ipp := &v1alpha1.IPPool{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
+			t.Fatal(err)
+		}
+		ipp.Spec.Exclude = nil
+		for _, ip := range ips {
+			ipp.Spec.Exclude = append(ipp.Spec.Exclude, ip.String())
+		}
+		if err := e.c.Update(ctx, ipp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := func(p *corev1.Pod) netip.Addr {
+		return netip.MustParsePrefix(p.Annotations[annotations.AssignedIP]).Addr()
+	}
+
+	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	exclude(addr(first))
+	moved := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	if addr(moved) == addr(first) || moved.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
+		t.Fatalf("after %s was excluded web-0 got %s %s; want another address, MAC %s", addr(first), addr(moved), moved.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedMAC])
+	}
+	// web-0 runs with it; then that address is excluded too.
+	running := moved.DeepCopy()
+	running.Status.Phase = corev1.PodRunning
+	if err := e.c.Create(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: addr(moved), Identity: "statefulset/app/web/0", Pod: "app/web-0"}); err != nil {
+		t.Fatal(err)
+	}
+	exclude(addr(first), addr(moved))
+	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "pod app/web-0 exists already and carries "+addr(moved).String())
+	if l := e.alloc.Lookup("statefulset/app/web/0"); len(l) != 1 || l[0].IP != addr(moved) {
+		t.Fatalf("after the denied create web-0's identity holds %v; want %s", l, addr(moved))
+	}
+
+	// A full Deployment set: one member carried by a live pod, one free.
+	free := e.fullSet()
+	exclude(addr(first), addr(moved), free)
+	next := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
+	if addr(next) == free {
+		t.Fatalf("the set's next pod got %s, which the pool no longer allows", free)
 	}
 	if cooling := e.alloc.List(func(en ipam.Entry) bool { return en.Cooling && en.IP == free }); len(cooling) != 1 {
 		t.Fatalf("the free member %s does not cool down", free)

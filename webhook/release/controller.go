@@ -924,6 +924,13 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 			s := c.Alloc.Stats(pool)
 			st.Total, st.Allocated, st.Held, st.Cooling = clampInt64(s.Total), int64(s.Allocated), int64(s.Held), int64(s.Cooling)
 			st.Free = clampInt64(s.Free)
+			if s.Outside > 0 {
+				// Ready still: the pool hands out its addresses. The others are
+				// not freed here: a spec edited by mistake and put right costs
+				// no workload its addresses.
+				cond.Reason = "AddressesOutsideSpec"
+				cond.Message = fmt.Sprintf("the pool hands out addresses; %d claimed under an earlier spec are outside the current one and are not handed out again: each identity that holds one moves to an address of the current spec at its next pod", s.Outside)
+			}
 		}
 		meta.SetStatusCondition(&st.Conditions, cond)
 		if statusEqual(&ipp.Status, st) {
