@@ -286,7 +286,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 
 	now := time.Now()
-	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, released: map[string][]releasedAddr{}}
+	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, specs: specs, released: map[string][]releasedAddr{}}
 	// An address left alone for its grace gets a pass when the grace is
 	// over, whether or not an event comes.
 	defer func() {
@@ -477,12 +477,20 @@ type pass struct {
 	grace          time.Duration // Controller.Grace
 	byToken, byKey map[string]*podInfo
 	carried        map[string]bool // from stillCarried, read-only
+	specs          map[string]poolSpec
 
 	mu       sync.Mutex
 	errs     []error
 	due      time.Time                 // when the next pass is due for an address in its grace
 	released map[string][]releasedAddr // pool → addresses freed in this pass
 	gone     map[string]*goneAnswer    // "type ns/name" → the API server's answer
+}
+
+// outside reports whether e's pool, as the pass read it, no longer allows
+// e's address (its spec was edited since the address was claimed).
+func (p *pass) outside(e ipam.Entry) bool {
+	pool := p.specs[e.Pool].pool
+	return pool != nil && !pool.Contains(e.IP)
 }
 
 // goneAnswer is the API server's answer to whether an object is gone, once
@@ -829,7 +837,7 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			return reason(gone, "the Deployment was deleted"), err
 		}
 		limit := workload.DeploymentCap(dep)
-		if n := int32(len(members)); n > limit && isSurplus(e, members, limit) {
+		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
 			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), nil
 		}
 	case annotations.KindReplicaSet:
@@ -839,7 +847,7 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			return reason(gone, "the ReplicaSet was deleted"), err
 		}
 		limit := workload.Replicas(rs.Spec.Replicas)
-		if n := int32(len(members)); n > limit && isSurplus(e, members, limit) {
+		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
 			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
 		}
 	case annotations.KindDaemonSet:
@@ -891,15 +899,21 @@ func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, o
 }
 
 // isSurplus reports whether e is among the members to drop to get down to limit:
-// the free ones with the highest addresses go first.
-func isSurplus(e ipam.Entry, members []ipam.Entry, limit int32) bool {
+// the free ones that their pool's spec no longer allows go first (no pod
+// would be given them), then those with the highest addresses.
+func isSurplus(e ipam.Entry, members []ipam.Entry, limit int32, outside func(ipam.Entry) bool) bool {
 	var free []ipam.Entry
 	for _, m := range members {
 		if m.Pod == "" && !m.Held && !m.Reserved {
 			free = append(free, m)
 		}
 	}
-	sort.Slice(free, func(i, j int) bool { return free[j].IP.Less(free[i].IP) })
+	sort.Slice(free, func(i, j int) bool {
+		if oi, oj := outside(free[i]), outside(free[j]); oi != oj {
+			return oi
+		}
+		return free[j].IP.Less(free[i].IP)
+	})
 	excess := len(members) - int(limit)
 	for i := 0; i < excess && i < len(free); i++ {
 		if free[i].IP == e.IP && free[i].Pool == e.Pool {

@@ -920,3 +920,27 @@ func TestGoneListsUnlabelledPodsOnly(t *testing.T) {
 		t.Errorf("the API server's lists returned %d pods; want 1 (solo, the only one without the label, in the one pass that asked)", n)
 	}
 }
+
+// A Deployment's surplus members that the pool no longer allows go first
+// (no pod would be given one), before those with the highest addresses.
+func TestSurplusOutsideTheSpecFirst(t *testing.T) {
+	c, a, p, _ := setup(t, webDeployment(2))
+	web := freeMembers(t, a, p, 4)
+	slices.SortFunc(web, func(x, y netip.Addr) int { return x.Compare(y) })
+	// The lowest member is excluded: it goes, with the highest; the two in
+	// between stay.
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Exclude: []string{web[0].String()}}
+	c.Client, c.APIReader = apiWith(t, spec, webDeployment(2)), apiWith(t, spec, webDeployment(2))
+	time.Sleep(10 * time.Millisecond)
+	if err := c.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var left []netip.Addr
+	for _, al := range a.Lookup("deployment/app/web") {
+		left = append(left, al.IP)
+	}
+	slices.SortFunc(left, func(x, y netip.Addr) int { return x.Compare(y) })
+	if !slices.Equal(left, web[1:3]) {
+		t.Errorf("the Deployment (room for 2) kept %v of %v; want %v (%s excluded)", left, web, web[1:3], web[0])
+	}
+}
