@@ -105,7 +105,7 @@ type IPPoolStatus struct {
 	// Conditions: Ready is False with the reason when the spec cannot be used,
 	// and True with the reason AddressesOutsideSpec while identities hold
 	// addresses, claimed under an earlier spec, that the current one does not
-	// allow (they move at their next pod).
+	// allow (none is handed out again).
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -298,12 +298,16 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	// exclude or gateway edited since it was claimed) is never handed out
 	// again: a single identity moves off it (keeping its MAC), a shared one's
 	// free member is not taken, and neither is taken back from cooling.
-	var inPool, cooling, elsewhere []*entry
+	var inPool, cooling, coolingOutside, elsewhere []*entry
 	for _, e := range c.idents[req.Identity] {
 		switch {
 		case e.rec.State == stateCooling:
-			if e.pool == pool.Name && pool.Contains(e.ip) {
+			switch {
+			case e.pool != pool.Name:
+			case pool.Contains(e.ip):
 				cooling = append(cooling, e)
+			case e.rec.MAC != "":
+				coolingOutside = append(coolingOutside, e)
 			}
 		case e.pool == pool.Name:
 			inPool = append(inPool, e)
@@ -348,6 +352,11 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		if len(elsewhere) > 0 {
 			// The identity now asks for another pool: move it there.
 			return a.planMove(req, elsewhere[0], netip.Addr{})
+		}
+		if len(coolingOutside) > 0 && req.MAC == nil {
+			// Its address, released, cools outside the pool's spec: a new
+			// address, with the identity's MAC.
+			return a.planNewWithMAC(req, coolingOutside[0])
 		}
 		return a.planNew(req)
 	}
@@ -579,6 +588,58 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 	return p, nil
 }
 
+// planNewWithMAC claims a new address for a single identity whose address in
+// the pool, released, cools outside the pool's spec: the identity keeps its
+// MAC, taken from that address, which keeps cooling without it (as
+// planReclaim takes it from another cooling address).
+func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
+	c := a.cache
+	pool := req.Pool
+	ip := req.IP
+	if !ip.IsValid() {
+		var ok bool
+		if ip, ok = c.pickFree(pool); !ok {
+			return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
+		}
+	}
+	fk := a.keys.addrKey(from.pool, from.ip)
+	p := a.claimHeld(req, ip, from.rec.MAC, []store.Cmp{
+		store.Absent(a.keys.addrKey(pool.Name, ip)),
+		store.Absent(a.keys.identKey(req.Identity, false, ip)),
+		store.At(fk, from.rev), // its MAC key carries this record's lease: the MAC is the identity's
+	})
+	cool := from.rec
+	cool.MAC = ""
+	p.then = append(p.then, store.Put(fk, encode(cool), from.lease))
+	p.els = append(p.els, store.Get(fk))
+	c.claimLocal(pool.Name, ip, "")
+	p.localIP = ip
+	return p, nil
+}
+
+// claimHeld is claimOps for a single identity that moves off an address its
+// pool no longer allows. Under a token (a DaemonSet's pod) the new address is
+// written as allocated, with a hold for the token, as planKeep takes an
+// unbound address, rather than reserved: a pod that never appears then
+// leaves the identity its new address and MAC when the hold's lease ends,
+// where a reservation's end would leave it nothing.
+func (a *Allocator) claimHeld(req *Request, ip netip.Addr, mac string, cmps []store.Cmp) *plan {
+	if req.Token == "" {
+		return a.claimOps(req, ip, mac, cmps, false)
+	}
+	bare := *req
+	bare.Token = ""
+	p := a.claimOps(&bare, ip, mac, cmps, false)
+	hk := a.keys.holdKey(req.Pool.Name, ip)
+	p.cmps = append(p.cmps, store.Absent(hk))
+	p.els = append(p.els, store.Get(hk))
+	n := len(p.then)
+	p.then = append(p.then, store.Put(hk, encode(hold{Token: req.Token}), store.NoLease))
+	p.needLease(a.opts.ReservationTTL, n)
+	p.result.Token, p.result.Reserved = req.Token, true
+	return p
+}
+
 // claimNew claims an address, identity key and MAC that are all absent.
 func (a *Allocator) claimNew(req *Request, ip netip.Addr, mac string) *plan {
 	p := a.claimOps(req, ip, mac, []store.Cmp{
@@ -628,6 +689,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		mac = req.MAC.String()
 	}
 	sameAddr := old.pool == pool.Name && old.ip == ip
+	outside := old.pool == pool.Name && !pool.Contains(old.ip)
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
 	backOnCooling := false
 	if !sameAddr {
@@ -660,7 +722,12 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	// Under a reservation token, the address it keeps (a new MAC only) is
 	// rewritten as reserved: its lease must outlive the reuse delay, as the
 	// cooling it would have had, should its pod never be confirmed.
-	p := a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)
+	var p *plan
+	if outside {
+		p = a.claimHeld(req, ip, mac, cmps)
+	} else {
+		p = a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)
+	}
 	if macFrom != nil {
 		// That address keeps cooling, without the MAC (its key now points here).
 		cool := macFrom.rec

@@ -932,6 +932,16 @@ func TestEditedPool(t *testing.T) {
 		t.Fatalf("after %s was excluded the identity got %s %s; want another address of the pool, MAC %s", first.IP, moved.IP, moved.MAC, first.MAC)
 	}
 
+	// Released, cooling with its MAC, then excluded: a new address, the MAC kept.
+	const id1, pod1 = "statefulset/ns/web/1", "ns/web-1"
+	one := alloc(t, a, Request{Pool: pe, Identity: id1, Pod: pod1})
+	vacate(t, a, "p", one.IP, id1, pod1)
+	excl.Exclude = []string{first.IP.String(), one.IP.String()}
+	pe = mustPool(t, "p", excl)
+	if got := alloc(t, a, Request{Pool: pe, Identity: id1, Pod: pod1}); got.IP == one.IP || got.MAC.String() != one.MAC.String() {
+		t.Fatalf("after its cooling %s was excluded web-1 got %s %s; want another address, MAC %s", one.IP, got.IP, got.MAC, one.MAC)
+	}
+
 	// A shared set: its free member outside the spec is not taken.
 	const dep = "deployment/ns/d"
 	var members []Allocation
@@ -959,5 +969,50 @@ func TestEditedPool(t *testing.T) {
 	// Allowed again, within its reuse delay, it is.
 	if got := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Pod: "ns/d-4"}); got.IP != members[0].IP {
 		t.Fatalf("pod of the set got %s; want its cooling member %s back", got.IP, members[0].IP)
+	}
+	// A re-invoked admission whose reservation the pool no longer allows
+	// (edited between its rounds) gets another member.
+	held := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: "re"})
+	excl.Exclude = append(excl.Exclude, held.IP.String())
+	pe = mustPool(t, "p", excl)
+	if got := alloc(t, a, Request{Pool: pe, Identity: dep, Shared: true, Token: "re"}); got.IP == held.IP || !pe.Contains(got.IP) {
+		t.Fatalf("re-invoked admission after %s was excluded got %s", held.IP, got.IP)
+	}
+}
+
+// A DaemonSet's node identity moved off an address the pool no longer
+// allows by a pod that is then never created (another admission step
+// refuses it) keeps its new address and its MAC once the pod's hold ends:
+// a reservation would have left it nothing.
+func TestEditedPoolMoveUnderToken(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{ReservationTTL: 500 * time.Millisecond})
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)}
+	p := mustPool(t, "p", spec)
+	ctx := testCtx(t)
+	const id = "daemonset/ns/agent/node-1"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/agent-old"})
+	if err := a.Unbind(ctx, "p", first.IP, "ns/agent-old"); err != nil {
+		t.Fatal(err)
+	}
+	spec.Exclude = []string{first.IP.String()}
+	pe := mustPool(t, "p", spec)
+	moved := alloc(t, a, Request{Pool: pe, Identity: id, Token: "never"})
+	if moved.IP == first.IP || !moved.Reserved || moved.Token != "never" || moved.MAC.String() != first.MAC.String() {
+		t.Fatalf("pod under a token after %s was excluded: %+v; want another address reserved for it, MAC %s", first.IP, moved, first.MAC)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		l := a.Lookup(id)
+		if len(l) == 1 && !l[0].Held && !l[0].Reserved {
+			if l[0].IP != moved.IP || l[0].MAC.String() != first.MAC.String() {
+				t.Fatalf("after the hold ended the identity holds %+v; want %s, MAC %s", l[0], moved.IP, first.MAC)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the hold did not end: %+v", l)
+		}
+	}
+	if next := alloc(t, a, Request{Pool: pe, Identity: id, Token: "next"}); next.IP != moved.IP || next.MAC.String() != first.MAC.String() {
+		t.Fatalf("the node's next pod got %s %s; want %s %s", next.IP, next.MAC, moved.IP, first.MAC)
 	}
 }

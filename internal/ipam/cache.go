@@ -411,7 +411,7 @@ type Stats struct {
 	Free      uint64 // available to a new identity now
 	// Outside counts addresses claimed under an earlier spec of the pool
 	// that the current one no longer allows (not cooling; in no count above).
-	// Their identities move at their next pod.
+	// The allocator hands none out again.
 	Outside int
 }
 
@@ -453,7 +453,7 @@ func (c *cache) statsLocked(p *Pool) Stats {
 	var inPool uint64
 	for ip, e := range c.pools[p.Name] {
 		if !p.Contains(ip) {
-			if e.rec.State != stateCooling {
+			if e.rev > 0 && e.rec.State != stateCooling {
 				s.Outside++
 			}
 			continue

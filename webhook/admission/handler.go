@@ -202,6 +202,17 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		req.Token = token
 		req.Ephemeral = id.Kind == annotations.KindPod // named after the token
 	}
+	if !req.Shared && h.APIReader != nil && holdsOutside(h.Alloc.Lookup(req.Identity), pool) {
+		// The identity holds an address this replica's copy of the pool does
+		// not allow, so the allocator would move it: read the pool from the
+		// API server first. A copy behind an edit would otherwise move an
+		// identity that another replica has just moved into the new spec
+		// back out of it.
+		if ipp, pool, err = h.freshPool(ctx, ipp.Name, ns); err != nil {
+			return nil, err
+		}
+		req.Pool = pool
+	}
 	if err := addressRequests(ann, id, &req); err != nil {
 		return nil, err
 	}
@@ -404,6 +415,30 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 			e.IP, req.Identity, e.Pod, hint, e.Pod)
 	}
 	return nil
+}
+
+// holdsOutside reports whether one of the entries lies in pool but outside
+// its spec.
+func holdsOutside(entries []ipam.Entry, pool *ipam.Pool) bool {
+	for _, e := range entries {
+		if e.Pool == pool.Name && !pool.Contains(e.IP) {
+			return true
+		}
+	}
+	return false
+}
+
+// freshPool reads the IPPool from the API server.
+func (h *Handler) freshPool(ctx context.Context, name string, ns *corev1.Namespace) (*v1alpha1.IPPool, *ipam.Pool, error) {
+	p := &v1alpha1.IPPool{}
+	err := h.APIReader.Get(ctx, client.ObjectKey{Name: name}, p)
+	if apierrors.IsNotFound(err) {
+		return nil, nil, deny("IPPool %s has just been deleted", name)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read IPPool %s: %w", name, err)
+	}
+	return h.parse(p, ns)
 }
 
 // moves reports whether the request asks a single identity's pod for another

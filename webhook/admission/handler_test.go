@@ -836,6 +836,8 @@ func TestEditedPoolMovesAddresses(t *testing.T) {
 	}
 	exclude(addr(first), addr(moved))
 	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "pod app/web-0 exists already and carries "+addr(moved).String())
+	// An ips list that names an excluded address for the ordinal is denied.
+	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPs: addr(first).String()}, ctrl("StatefulSet", "db")), addr(first).String(), "excluded")
 	if l := e.alloc.Lookup("statefulset/app/web/0"); len(l) != 1 || l[0].IP != addr(moved) {
 		t.Fatalf("after the denied create web-0's identity holds %v; want %s", l, addr(moved))
 	}
@@ -849,5 +851,36 @@ func TestEditedPoolMovesAddresses(t *testing.T) {
 	}
 	if cooling := e.alloc.List(func(en ipam.Entry) bool { return en.Cooling && en.IP == free }); len(cooling) != 1 {
 		t.Fatalf("the free member %s does not cool down", free)
+	}
+}
+
+// A replica whose copy of an IPPool is behind an edit does not move an
+// identity that another replica has moved into the new spec back out of it:
+// before a move off an address its copy does not allow, it reads the pool
+// from the API server.
+func TestEditedPoolOnLaggingReplica(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	// The API server has the new cidr; another replica moved web-0 into it.
+	renum := v1alpha1.IPPoolSpec{CIDR: "10.21.0.0/24", Gateway: "10.21.0.1", VLAN: 100, Default: true, ReuseDelaySeconds: i32(60)}
+	newPool, err := ipam.NewPool("blue", renum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, err := e.alloc.Allocate(ctx, ipam.Request{Pool: newPool, Identity: "statefulset/app/web/0", Pod: "app/web-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.h.APIReader = fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: renum},
+	).Build()
+	got := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	if got.Annotations[annotations.AssignedIP] != moved.Prefix.String() || got.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
+		t.Fatalf("web-0 admitted by a replica whose pool is behind got %s %s; want %s %s (the API server's spec)",
+			got.Annotations[annotations.AssignedIP], got.Annotations[annotations.AssignedMAC], moved.Prefix, first.Annotations[annotations.AssignedMAC])
+	}
+	if got.Annotations[annotations.Gateway] != "10.21.0.1" {
+		t.Errorf("gateway %q; want the API server's 10.21.0.1", got.Annotations[annotations.Gateway])
 	}
 }

@@ -16,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -942,5 +943,49 @@ func TestSurplusOutsideTheSpecFirst(t *testing.T) {
 	slices.SortFunc(left, func(x, y netip.Addr) int { return x.Compare(y) })
 	if !slices.Equal(left, web[1:3]) {
 		t.Errorf("the Deployment (room for 2) kept %v of %v; want %v (%s excluded)", left, web, web[1:3], web[0])
+	}
+}
+
+// An IPPool whose spec no longer allows an address an identity holds says
+// so in its Ready condition (reason AddressesOutsideSpec, with the count),
+// and is plainly Valid again once none does.
+func TestPoolConditionAddressesOutsideSpec(t *testing.T) {
+	db := func() *appsv1.StatefulSet { // keeps ordinal 0's address while no pod runs
+		return &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "db"}, Spec: appsv1.StatefulSetSpec{Replicas: new(int32(1))}}
+	}
+	c, a, p, _ := setup(t, db())
+	ctx := context.Background()
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "statefulset/app/db/0", Pod: "app/db-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := func() *metav1.Condition {
+		t.Helper()
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ipp := &v1alpha1.IPPool{}
+		if err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
+			t.Fatal(err)
+		}
+		return meta.FindStatusCondition(ipp.Status.Conditions, "Ready")
+	}
+	if cond := ready(); cond == nil || cond.Reason != "Valid" {
+		t.Fatalf("Ready %+v; want reason Valid", cond)
+	}
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Exclude: []string{al.IP.String()}}
+	c.Client, c.APIReader = apiWith(t, spec, db()), apiWith(t, spec, db())
+	if cond := ready(); cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason != "AddressesOutsideSpec" || !strings.Contains(cond.Message, "1 claimed under an earlier spec") {
+		t.Fatalf("Ready %+v; want True, reason AddressesOutsideSpec, 1 address", cond)
+	}
+	pe, err := ipam.NewPool("blue", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: pe, Identity: "statefulset/app/db/0", Pod: "app/db-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if cond := ready(); cond == nil || cond.Reason != "Valid" {
+		t.Fatalf("Ready after the move %+v; want reason Valid", cond)
 	}
 }
