@@ -553,30 +553,37 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 	return p, nil
 }
 
-// planNew claims a new address.
-func (a *Allocator) planNew(req *Request) (*plan, error) {
+// newAddr chooses an address for the request to claim: the one it asks for,
+// a free one of those it lists, or a free one of the pool.
+func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	c := a.cache
 	pool := req.Pool
-	var ip netip.Addr
 	switch {
 	case req.IP.IsValid():
-		ip = req.IP
+		return req.IP, nil
 	case len(req.Candidates) > 0:
 		off := rand.IntN(len(req.Candidates))
 		for i := range req.Candidates {
 			if cand := req.Candidates[(i+off)%len(req.Candidates)]; !c.taken(pool.Name, cand) {
-				ip = cand
-				break
+				return cand, nil
 			}
 		}
-		if !ip.IsValid() {
-			return nil, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates)}
-		}
-	default:
-		var ok bool
-		if ip, ok = c.pickFree(pool); !ok {
-			return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
-		}
+		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates)}
+	}
+	ip, ok := c.pickFree(pool)
+	if !ok {
+		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
+	}
+	return ip, nil
+}
+
+// planNew claims a new address.
+func (a *Allocator) planNew(req *Request) (*plan, error) {
+	c := a.cache
+	pool := req.Pool
+	ip, err := a.newAddr(req)
+	if err != nil {
+		return nil, err
 	}
 	mac, err := a.newMAC(req)
 	if err != nil {
@@ -595,12 +602,9 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 	c := a.cache
 	pool := req.Pool
-	ip := req.IP
-	if !ip.IsValid() {
-		var ok bool
-		if ip, ok = c.pickFree(pool); !ok {
-			return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
-		}
+	ip, err := a.newAddr(req)
+	if err != nil {
+		return nil, err
 	}
 	fk := a.keys.addrKey(from.pool, from.ip)
 	p := a.claimHeld(req, ip, from.rec.MAC, []store.Cmp{
@@ -678,9 +682,9 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		case back.IsValid():
 			ip = back
 		default:
-			var ok bool
-			if ip, ok = c.pickFree(pool); !ok {
-				return nil, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
+			var err error
+			if ip, err = a.newAddr(req); err != nil {
+				return nil, err
 			}
 		}
 	}

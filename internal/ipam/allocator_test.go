@@ -1015,4 +1015,18 @@ func TestEditedPoolMoveUnderToken(t *testing.T) {
 	if next := alloc(t, a, Request{Pool: pe, Identity: id, Token: "next"}); next.IP != moved.IP || next.MAC.String() != first.MAC.String() {
 		t.Fatalf("the node's next pod got %s %s; want %s %s", next.IP, next.MAC, moved.IP, first.MAC)
 	}
+
+	// A DaemonSet that lists its addresses (ips): the move picks one of the
+	// list, edited to drop the excluded one.
+	const id2 = "daemonset/ns/agent/node-2"
+	x, y := netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.0.201")
+	two := alloc(t, a, Request{Pool: pe, Identity: id2, Pod: "ns/agent-2", Candidates: []netip.Addr{x}})
+	if two.IP != x {
+		t.Fatalf("node-2 got %s; want %s, the one listed", two.IP, x)
+	}
+	spec.Exclude = append(spec.Exclude, x.String())
+	pe = mustPool(t, "p", spec)
+	if got := alloc(t, a, Request{Pool: pe, Identity: id2, Pod: "ns/agent-2", Candidates: []netip.Addr{y}}); got.IP != y || got.MAC.String() != two.MAC.String() {
+		t.Fatalf("after %s was excluded node-2 got %s %s; want %s, the one now listed, MAC %s", x, got.IP, got.MAC, y, two.MAC)
+	}
 }
