@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -141,6 +142,12 @@ type Allocation struct {
 	Reserved bool
 	// New is true when this request created the allocation or reclaimed it from cooling.
 	New bool
+}
+
+// lists reports whether the request's candidates include ip (true when it
+// lists none).
+func (r *Request) lists(ip netip.Addr) bool {
+	return len(r.Candidates) == 0 || slices.Contains(r.Candidates, ip)
 }
 
 func (r *Request) check() error {
@@ -320,7 +327,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 
 	if !req.Shared {
 		matches := func(e *entry) bool {
-			return (!req.IP.IsValid() || req.IP == e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
+			return (!req.IP.IsValid() || req.IP == e.ip) && req.lists(e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
 		}
 		if len(inPool) > 0 {
 			e := inPool[0]
@@ -361,17 +368,6 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		return a.planNew(req)
 	}
 
-	allowed := func(ip netip.Addr) bool {
-		if len(req.Candidates) == 0 {
-			return true
-		}
-		for _, c := range req.Candidates {
-			if c == ip {
-				return true
-			}
-		}
-		return false
-	}
 	for _, e := range inPool {
 		// The same pod, or the same reservation (an admission retried or re-invoked), keeps its member.
 		if !pool.Contains(e.ip) {
@@ -388,7 +384,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		off := rand.IntN(n)
 		for i := range n {
 			e := inPool[(i+off)%n]
-			if e.rec.State == stateAllocated && !e.busy() && allowed(e.ip) && pool.Contains(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+			if e.rec.State == stateAllocated && !e.busy() && req.lists(e.ip) && pool.Contains(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
 				return a.planTake(req, e), nil
 			}
 		}
@@ -399,7 +395,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 	if n := len(inPool) + len(elsewhere) + c.growing[req.Identity]; req.MaxMembers > 0 && n >= req.MaxMembers {
 		return nil, &SetFullError{Identity: req.Identity, Members: n, Max: req.MaxMembers, Claiming: c.growing[req.Identity]}
 	}
-	p, err := a.planGrow(req, cooling, allowed)
+	p, err := a.planGrow(req, cooling)
 	if err == nil {
 		c.growing[req.Identity]++
 		p.growing = req.Identity
@@ -409,9 +405,9 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 
 // planGrow adds a member to a shared identity's set: one of its own cooling
 // addresses back, or a new one.
-func (a *Allocator) planGrow(req *Request, cooling []*entry, allowed func(netip.Addr) bool) (*plan, error) {
+func (a *Allocator) planGrow(req *Request, cooling []*entry) (*plan, error) {
 	for _, e := range cooling {
-		if allowed(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
+		if req.lists(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
 			return a.planReclaim(req, e)
 		}
 	}
@@ -622,7 +618,7 @@ func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 }
 
 // claimHeld is claimOps for a single identity that moves off an address its
-// pool no longer allows. Under a token (a DaemonSet's pod) the new address is
+// pool, or its ips list, no longer allows. Under a token (a DaemonSet's pod) the new address is
 // written as allocated, with a hold for the token, as planKeep takes an
 // unbound address, rather than reserved: a pod that never appears then
 // leaves the identity its new address and MAC when the hold's lease ends,
@@ -677,7 +673,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	ip := req.IP
 	if !ip.IsValid() {
 		switch {
-		case old.pool == pool.Name && pool.Contains(old.ip):
+		case old.pool == pool.Name && pool.Contains(old.ip) && req.lists(old.ip):
 			ip = old.ip
 		case back.IsValid():
 			ip = back
@@ -693,7 +689,8 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		mac = req.MAC.String()
 	}
 	sameAddr := old.pool == pool.Name && old.ip == ip
-	outside := old.pool == pool.Name && !pool.Contains(old.ip)
+	// Off an address the pool's spec or the request's list no longer allows.
+	unusable := old.pool == pool.Name && (!pool.Contains(old.ip) || !req.lists(old.ip))
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
 	backOnCooling := false
 	if !sameAddr {
@@ -727,7 +724,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	// rewritten as reserved: its lease must outlive the reuse delay, as the
 	// cooling it would have had, should its pod never be confirmed.
 	var p *plan
-	if outside {
+	if unusable {
 		p = a.claimHeld(req, ip, mac, cmps)
 	} else {
 		p = a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)

@@ -1029,4 +1029,18 @@ func TestEditedPoolMoveUnderToken(t *testing.T) {
 	if got := alloc(t, a, Request{Pool: pe, Identity: id2, Pod: "ns/agent-2", Candidates: []netip.Addr{y}}); got.IP != y || got.MAC.String() != two.MAC.String() {
 		t.Fatalf("after %s was excluded node-2 got %s %s; want %s, the one now listed, MAC %s", x, got.IP, got.MAC, y, two.MAC)
 	}
+	// The list edited alone: the identity moves to an address it lists, and
+	// a pod under a token that is never created leaves it that address.
+	z := netip.MustParseAddr("10.0.0.202")
+	got := alloc(t, a, Request{Pool: pe, Identity: id2, Token: "gone", Candidates: []netip.Addr{z}})
+	if got.IP != z || got.MAC.String() != two.MAC.String() {
+		t.Fatalf("after its list was edited node-2 got %s %s; want %s, MAC %s", got.IP, got.MAC, z, two.MAC)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if l := a.Lookup(id2); len(l) == 1 && l[0].IP == z && !l[0].Held && !l[0].Reserved {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("node-2 holds %+v; want %s, without a hold or reservation", l, z)
+		}
+	}
 }
