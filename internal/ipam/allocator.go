@@ -331,20 +331,18 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		}
 		if len(inPool) > 0 {
 			e := inPool[0]
-			if !pool.Contains(e.ip) {
-				// Its address left the pool: move, back onto an address of its
-				// own still cooling if there is one.
-				for _, o := range cooling {
-					if matches(o) {
-						return a.planMove(req, e, o.ip)
-					}
-				}
-				return a.planMove(req, e, netip.Addr{})
-			}
-			if matches(e) {
+			if pool.Contains(e.ip) && matches(e) {
 				return a.planKeep(req, e), nil
 			}
-			// The identity asks for another address or MAC than it has: move it.
+			// The identity asks for another address or MAC than it has, or
+			// may no longer use its address (the pool's spec or the list was
+			// edited): move it, back onto an address of its own still
+			// cooling if one fits (an edit undone).
+			for _, o := range cooling {
+				if matches(o) {
+					return a.planMove(req, e, o.ip)
+				}
+			}
 			return a.planMove(req, e, netip.Addr{})
 		}
 		for _, e := range cooling {
@@ -360,10 +358,15 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 			// The identity now asks for another pool: move it there.
 			return a.planMove(req, elsewhere[0], netip.Addr{})
 		}
-		if len(coolingOutside) > 0 && req.MAC == nil {
-			// Its address, released, cools outside the pool's spec: a new
-			// address, with the identity's MAC.
-			return a.planNewWithMAC(req, coolingOutside[0])
+		if req.MAC == nil {
+			// Its address, released, cools where it may no longer go (outside
+			// the pool's spec or its list): a new address, with the
+			// identity's MAC.
+			for _, e := range slices.Concat(cooling, coolingOutside) {
+				if e.rec.MAC != "" {
+					return a.planNewWithMAC(req, e)
+				}
+			}
 		}
 		return a.planNew(req)
 	}
@@ -592,9 +595,12 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 }
 
 // planNewWithMAC claims a new address for a single identity whose address in
-// the pool, released, cools outside the pool's spec: the identity keeps its
-// MAC, taken from that address, which keeps cooling without it (as
-// planReclaim takes it from another cooling address).
+// the pool, released, cools where the request may not go (outside the pool's
+// spec or its list): the identity keeps its MAC, taken from that address,
+// which keeps cooling without it. As in planReclaim, which takes a MAC back
+// the same way, a claim under a token is a reservation that lives at least
+// the reuse delay: the identity had been released, and a pod that never
+// appears does not bring it back for good.
 func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 	c := a.cache
 	pool := req.Pool
@@ -603,11 +609,11 @@ func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 		return nil, err
 	}
 	fk := a.keys.addrKey(from.pool, from.ip)
-	p := a.claimHeld(req, ip, from.rec.MAC, []store.Cmp{
+	p := a.claimOps(req, ip, from.rec.MAC, []store.Cmp{
 		store.Absent(a.keys.addrKey(pool.Name, ip)),
 		store.Absent(a.keys.identKey(req.Identity, false, ip)),
 		store.At(fk, from.rev), // its MAC key carries this record's lease: the MAC is the identity's
-	})
+	}, true)
 	cool := from.rec
 	cool.MAC = ""
 	p.then = append(p.then, store.Put(fk, encode(cool), from.lease))

@@ -1044,3 +1044,44 @@ func TestEditedPoolMoveUnderToken(t *testing.T) {
 		}
 	}
 }
+
+// A DaemonSet's node identity and its ips list: edited, the identity moves to
+// an address the list names, with its MAC, and back when the edit is undone
+// within the reuse delay; released and then given another list, it keeps
+// its MAC. A pod under a token that takes the MAC of a released identity's
+// address and is never created does not bring the identity back for good.
+func TestDaemonSetListEdited(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{ReservationTTL: 200 * time.Millisecond})
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)}
+	p := mustPool(t, "p", spec)
+	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
+	const n1 = "daemonset/ns/agent/node-1"
+	x := alloc(t, a, Request{Pool: p, Identity: n1, Pod: "ns/a1", Candidates: ip("10.0.0.10")})
+	y := alloc(t, a, Request{Pool: p, Identity: n1, Pod: "ns/a1", Candidates: ip("10.0.0.11")})
+	back := alloc(t, a, Request{Pool: p, Identity: n1, Pod: "ns/a1", Candidates: ip("10.0.0.10")})
+	if y.IP.String() != "10.0.0.11" || back.IP != x.IP || y.MAC.String() != x.MAC.String() || back.MAC.String() != x.MAC.String() {
+		t.Fatalf("node-1 with list [x], [y], [x]: %s %s, %s %s, %s %s; want x, y, x with one MAC", x.IP, x.MAC, y.IP, y.MAC, back.IP, back.MAC)
+	}
+
+	const n2 = "daemonset/ns/agent/node-2"
+	u := alloc(t, a, Request{Pool: p, Identity: n2, Pod: "ns/a2", Candidates: ip("10.0.0.20")})
+	vacate(t, a, "p", u.IP, n2, "ns/a2")
+	if v := alloc(t, a, Request{Pool: p, Identity: n2, Pod: "ns/a2", Candidates: ip("10.0.0.21")}); v.IP.String() != "10.0.0.21" || v.MAC.String() != u.MAC.String() {
+		t.Fatalf("released node-2 given another list got %s %s; want 10.0.0.21, MAC %s", v.IP, v.MAC, u.MAC)
+	}
+
+	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(1)})
+	const n3 = "daemonset/ns/agent/node-3"
+	w := alloc(t, a, Request{Pool: q, Identity: n3, Pod: "ns/a3"})
+	vacate(t, a, "q", w.IP, n3, "ns/a3")
+	qe := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(1), Exclude: []string{w.IP.String()}})
+	got := alloc(t, a, Request{Pool: qe, Identity: n3, Token: "never"})
+	if got.IP == w.IP || got.MAC.String() != w.MAC.String() || !got.Reserved {
+		t.Fatalf("released node-3, its address excluded, under a token: %+v; want another address reserved, MAC %s", got, w.MAC)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(a.Lookup(n3)) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node-3 still holds %+v after its reservation should have ended", a.Lookup(n3))
+		}
+	}
+}

@@ -494,5 +494,18 @@ func (a *Allocator) Lookup(identity string) []Entry {
 	return sortList(out)
 }
 
+// HoldsOutside reports whether the identity has an address in pool p, held
+// or cooling, that p's spec does not allow.
+func (a *Allocator) HoldsOutside(identity string, p *Pool) bool {
+	a.cache.mu.Lock()
+	defer a.cache.mu.Unlock()
+	for _, e := range a.cache.idents[identity] {
+		if e.pool == p.Name && !p.Contains(e.ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // Stats counts the pool's addresses as the cache sees them.
 func (a *Allocator) Stats(p *Pool) Stats { return a.cache.stats(p) }

@@ -43,6 +43,7 @@ type allocator interface {
 	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
 	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
 	Refresh(ctx context.Context, identity string) error
+	HoldsOutside(identity string, p *ipam.Pool) bool
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -202,12 +203,12 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		req.Token = token
 		req.Ephemeral = id.Kind == annotations.KindPod // named after the token
 	}
-	if !req.Shared && h.APIReader != nil && holdsOutside(h.Alloc.Lookup(req.Identity), pool) {
-		// The identity holds an address this replica's copy of the pool does
-		// not allow, so the allocator would move it: read the pool from the
-		// API server first. A copy behind an edit would otherwise move an
-		// identity that another replica has just moved into the new spec
-		// back out of it.
+	if !req.Shared && h.APIReader != nil && h.Alloc.HoldsOutside(req.Identity, pool) {
+		// The identity has an address (held or cooling) this replica's copy
+		// of the pool does not allow, so the allocator would move it or give
+		// it another: read the pool from the API server first. A copy behind
+		// an edit would otherwise move an identity that another replica has
+		// just moved into the new spec back out of it.
 		if ipp, pool, err = h.freshPool(ctx, ipp.Name, ns); err != nil {
 			return nil, err
 		}
@@ -415,17 +416,6 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 			e.IP, req.Identity, e.Pod, hint, e.Pod)
 	}
 	return nil
-}
-
-// holdsOutside reports whether one of the entries lies in pool but outside
-// its spec.
-func holdsOutside(entries []ipam.Entry, pool *ipam.Pool) bool {
-	for _, e := range entries {
-		if e.Pool == pool.Name && !pool.Contains(e.IP) {
-			return true
-		}
-	}
-	return false
 }
 
 // freshPool reads the IPPool from the API server.

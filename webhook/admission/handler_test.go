@@ -852,6 +852,8 @@ func TestEditedPoolMovesAddresses(t *testing.T) {
 	if cooling := e.alloc.List(func(en ipam.Entry) bool { return en.Cooling && en.IP == free }); len(cooling) != 1 {
 		t.Fatalf("the free member %s does not cool down", free)
 	}
+	// An ips list that names an excluded address is denied.
+	e.mustDeny(pod("app", "", map[string]string{annotations.IPs: free.String() + "," + addr(next).String()}, ctrl("ReplicaSet", "api-5d8f")), free.String(), "excluded")
 }
 
 // A replica whose copy of an IPPool is behind an edit does not move an
@@ -882,5 +884,36 @@ func TestEditedPoolOnLaggingReplica(t *testing.T) {
 	}
 	if got.Annotations[annotations.Gateway] != "10.21.0.1" {
 		t.Errorf("gateway %q; want the API server's 10.21.0.1", got.Annotations[annotations.Gateway])
+	}
+}
+
+// The same for an identity whose address, released, cools: a replica whose
+// copy of the pool still excludes it (an edit already undone) reads the pool
+// from the API server and gives the address back, not another one.
+func TestEditedPoolOnLaggingReplicaCooling(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web")))
+	ip := netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr()
+	if err := e.alloc.Unbind(ctx, "blue", ip, "app/web-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.alloc.Release(ctx, "blue", ip, "statefulset/app/web/1", false); err != nil {
+		t.Fatal(err)
+	}
+	ipp := &v1alpha1.IPPool{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
+		t.Fatal(err)
+	}
+	current := ipp.DeepCopy() // the API server's: the exclude undone
+	ipp.Spec.Exclude = []string{ip.String()}
+	if err := e.c.Update(ctx, ipp); err != nil { // this replica's cache
+		t.Fatal(err)
+	}
+	e.h.APIReader = fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(current).Build()
+	got := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web")))
+	if got.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] || got.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
+		t.Fatalf("web-1 admitted by a replica whose pool is behind got %s %s; want %s %s back",
+			got.Annotations[annotations.AssignedIP], got.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC])
 	}
 }
