@@ -144,9 +144,9 @@ type Allocation struct {
 	New bool
 }
 
-// lists reports whether the request's candidates include ip (true when it
+// Lists reports whether the request's candidates include ip (true when it
 // lists none).
-func (r *Request) lists(ip netip.Addr) bool {
+func (r *Request) Lists(ip netip.Addr) bool {
 	return len(r.Candidates) == 0 || slices.Contains(r.Candidates, ip)
 }
 
@@ -327,7 +327,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 
 	if !req.Shared {
 		matches := func(e *entry) bool {
-			return (!req.IP.IsValid() || req.IP == e.ip) && req.lists(e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
+			return (!req.IP.IsValid() || req.IP == e.ip) && req.Lists(e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
 		}
 		if len(inPool) > 0 {
 			e := inPool[0]
@@ -387,7 +387,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		off := rand.IntN(n)
 		for i := range n {
 			e := inPool[(i+off)%n]
-			if e.rec.State == stateAllocated && !e.busy() && req.lists(e.ip) && pool.Contains(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+			if e.rec.State == stateAllocated && !e.busy() && req.Lists(e.ip) && pool.Contains(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
 				return a.planTake(req, e), nil
 			}
 		}
@@ -410,7 +410,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 // addresses back, or a new one.
 func (a *Allocator) planGrow(req *Request, cooling []*entry) (*plan, error) {
 	for _, e := range cooling {
-		if req.lists(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
+		if req.Lists(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
 			return a.planReclaim(req, e)
 		}
 	}
@@ -624,11 +624,11 @@ func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 }
 
 // claimHeld is claimOps for a single identity that moves off an address its
-// pool, or its ips list, no longer allows. Under a token (a DaemonSet's pod) the new address is
-// written as allocated, with a hold for the token, as planKeep takes an
-// unbound address, rather than reserved: a pod that never appears then
-// leaves the identity its new address and MAC when the hold's lease ends,
-// where a reservation's end would leave it nothing.
+// pool, or its ips list, no longer allows. Under a token (a DaemonSet's pod)
+// the new address is written as allocated, with a hold for the token, as
+// planKeep takes an unbound address, rather than reserved: a pod that never
+// appears then leaves the identity its new address and MAC when the hold's
+// lease ends, where a reservation's end would leave it nothing.
 func (a *Allocator) claimHeld(req *Request, ip netip.Addr, mac string, cmps []store.Cmp) *plan {
 	if req.Token == "" {
 		return a.claimOps(req, ip, mac, cmps, false)
@@ -679,7 +679,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	ip := req.IP
 	if !ip.IsValid() {
 		switch {
-		case old.pool == pool.Name && pool.Contains(old.ip) && req.lists(old.ip):
+		case old.pool == pool.Name && pool.Contains(old.ip) && req.Lists(old.ip):
 			ip = old.ip
 		case back.IsValid():
 			ip = back
@@ -696,7 +696,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	}
 	sameAddr := old.pool == pool.Name && old.ip == ip
 	// Off an address the pool's spec or the request's list no longer allows.
-	unusable := old.pool == pool.Name && (!pool.Contains(old.ip) || !req.lists(old.ip))
+	unusable := old.pool == pool.Name && (!pool.Contains(old.ip) || !req.Lists(old.ip))
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
 	backOnCooling := false
 	if !sameAddr {

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -450,7 +449,7 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 		if e.Pod != "" || e.Held || e.Reserved {
 			continue
 		}
-		if e.Pool == req.Pool.Name && req.Pool.Contains(e.IP) && (len(req.Candidates) == 0 || slices.Contains(req.Candidates, e.IP)) {
+		if e.Pool == req.Pool.Name && req.Pool.Contains(e.IP) && req.Lists(e.IP) {
 			continue
 		}
 		if err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {
