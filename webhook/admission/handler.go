@@ -181,7 +181,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	ipp, pool, err := h.pool(ctx, pod, ns, sriov)
 	if err != nil {
-		return nil, err
+		return nil, h.heldInGonePool(ctx, pod, err)
 	}
 
 	token := ""
@@ -415,6 +415,22 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 			e.IP, req.Identity, e.Pod, hint, e.Pod)
 	}
 	return nil
+}
+
+// heldInGonePool adds to a failed pool choice what the pod's identity holds
+// in an IPPool that no longer exists: a StatefulSet stuck because its pool
+// was deleted says why, and how its addresses come back.
+func (h *Handler) heldInGonePool(ctx context.Context, pod *corev1.Pod, err error) error {
+	id, ierr := h.identity(ctx, pod, "")
+	if ierr != nil {
+		return err
+	}
+	for _, e := range h.Alloc.Lookup(id.String()) {
+		if gerr := h.get(ctx, client.ObjectKey{Name: e.Pool}, &v1alpha1.IPPool{}); apierrors.IsNotFound(gerr) {
+			return fmt.Errorf("%w (%s holds %s of IPPool %s, which no longer exists: an IPPool of that name created again gives it back)", err, id, e.IP, e.Pool)
+		}
+	}
+	return err
 }
 
 // freshPool reads the IPPool from the API server.

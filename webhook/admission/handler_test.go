@@ -917,3 +917,31 @@ func TestEditedPoolOnLaggingReplicaCooling(t *testing.T) {
 			got.Annotations[annotations.AssignedIP], got.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC])
 	}
 }
+
+// An IPPool deleted under its claims frees nothing: its pods' next creations
+// are denied (the pool is unknown), and the IPPool created again under the
+// same name gives each identity its address and MAC back.
+func TestDeletedPoolKeepsClaims(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	ipp := &v1alpha1.IPPool{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Delete(ctx, ipp); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "no IPPool for pod app/web-0",
+		"(statefulset/app/web/0 holds "+netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr().String()+" of IPPool blue, which no longer exists: an IPPool of that name created again gives it back)")
+	e.mustDeny(pod("app", "web-0", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), `invalid value "blue"`)
+	again := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: ipp.Spec}
+	if err := e.c.Create(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	back := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	if back.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] || back.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
+		t.Fatalf("web-0 after its pool was created again got %s %s; want %s %s",
+			back.Annotations[annotations.AssignedIP], back.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC])
+	}
+}
