@@ -943,7 +943,7 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 				// not freed here: a spec edited by mistake and put right costs
 				// no workload its addresses.
 				cond.Reason = "AddressesOutsideSpec"
-				cond.Message = fmt.Sprintf("the pool hands out addresses; %d claimed under an earlier spec are outside the current one and are not handed out again: a StatefulSet's, DaemonSet's or bare pod's identity moves off its at its next pod, and a Deployment's or ReplicaSet's set gives up such members once no pod carries them, when it is at its cap or shrinks", s.Outside)
+				cond.Message = fmt.Sprintf("the pool hands out addresses; addresses outside the current spec, claimed under an earlier one: %d. None is handed out again: a StatefulSet's, DaemonSet's or bare pod's identity moves off its at its next pod, and a Deployment's or ReplicaSet's set gives up such members once no pod carries them, when it is at its cap or shrinks", s.Outside)
 			}
 		}
 		meta.SetStatusCondition(&st.Conditions, cond)

@@ -975,7 +975,7 @@ func TestPoolConditionAddressesOutsideSpec(t *testing.T) {
 	}
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Exclude: []string{al.IP.String()}}
 	c.Client, c.APIReader = apiWith(t, spec, db()), apiWith(t, spec, db())
-	if cond := ready(); cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason != "AddressesOutsideSpec" || !strings.Contains(cond.Message, "1 claimed under an earlier spec") {
+	if cond := ready(); cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason != "AddressesOutsideSpec" || !strings.Contains(cond.Message, "claimed under an earlier one: 1.") {
 		t.Fatalf("Ready %+v; want True, reason AddressesOutsideSpec, 1 address", cond)
 	}
 	pe, err := ipam.NewPool("blue", spec)
