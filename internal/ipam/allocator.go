@@ -144,10 +144,10 @@ type Allocation struct {
 	New bool
 }
 
-// Lists reports whether the request's candidates include ip (true when it
-// lists none).
-func (r *Request) Lists(ip netip.Addr) bool {
-	return len(r.Candidates) == 0 || slices.Contains(r.Candidates, ip)
+// Allows reports whether the request may be given ip: an address its pool's
+// current spec allows and, when it lists candidates, one of them.
+func (r *Request) Allows(ip netip.Addr) bool {
+	return r.Pool.Contains(ip) && (len(r.Candidates) == 0 || slices.Contains(r.Candidates, ip))
 }
 
 func (r *Request) check() error {
@@ -327,11 +327,11 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 
 	if !req.Shared {
 		matches := func(e *entry) bool {
-			return (!req.IP.IsValid() || req.IP == e.ip) && req.Lists(e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
+			return (!req.IP.IsValid() || req.IP == e.ip) && req.Allows(e.ip) && (req.MAC == nil || req.MAC.String() == e.rec.MAC)
 		}
 		if len(inPool) > 0 {
 			e := inPool[0]
-			if pool.Contains(e.ip) && matches(e) {
+			if matches(e) {
 				return a.planKeep(req, e), nil
 			}
 			// The identity asks for another address or MAC than it has, or
@@ -387,7 +387,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 		off := rand.IntN(n)
 		for i := range n {
 			e := inPool[(i+off)%n]
-			if e.rec.State == stateAllocated && !e.busy() && req.Lists(e.ip) && pool.Contains(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
+			if e.rec.State == stateAllocated && !e.busy() && req.Allows(e.ip) && !c.inflightLocked(pool.Name, e.ip) {
 				return a.planTake(req, e), nil
 			}
 		}
@@ -410,7 +410,7 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 // addresses back, or a new one.
 func (a *Allocator) planGrow(req *Request, cooling []*entry) (*plan, error) {
 	for _, e := range cooling {
-		if req.Lists(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
+		if req.Allows(e.ip) && !a.cache.inflightLocked(req.Pool.Name, e.ip) {
 			return a.planReclaim(req, e)
 		}
 	}
@@ -521,10 +521,7 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 	}
 	switch {
 	case from != nil:
-		// Its MAC key carries the same lease as its record: while the record
-		// is at this revision, the MAC is the identity's and no one else's.
 		mac = from.rec.MAC
-		cmps = append(cmps, store.At(a.keys.addrKey(from.pool, from.ip), from.rev))
 	case mac == "":
 		var err error
 		if mac, err = a.newMAC(req); err != nil {
@@ -535,17 +532,10 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 	}
 	p := a.claimOps(req, e.ip, mac, cmps, true)
 	if from != nil {
-		// The other address keeps cooling, without the MAC (its MAC key now
-		// points here, with no lease).
-		cool := from.rec
-		cool.MAC = ""
-		p.then = append(p.then, store.Put(a.keys.addrKey(from.pool, from.ip), encode(cool), from.lease))
+		a.takeMAC(p, from)
 	}
 	if newMAC != "" {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
-	}
-	if from != nil {
-		p.els = append(p.els, store.Get(a.keys.addrKey(from.pool, from.ip))) // a lost claim learns its state
 	}
 	a.cache.claimLocal(e.pool, e.ip, newMAC)
 	p.localIP, p.localMAC = e.ip, newMAC
@@ -608,19 +598,28 @@ func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	fk := a.keys.addrKey(from.pool, from.ip)
 	p := a.claimOps(req, ip, from.rec.MAC, []store.Cmp{
 		store.Absent(a.keys.addrKey(pool.Name, ip)),
 		store.Absent(a.keys.identKey(req.Identity, false, ip)),
-		store.At(fk, from.rev), // its MAC key carries this record's lease: the MAC is the identity's
 	}, true)
-	cool := from.rec
-	cool.MAC = ""
-	p.then = append(p.then, store.Put(fk, encode(cool), from.lease))
-	p.els = append(p.els, store.Get(fk))
+	a.takeMAC(p, from)
 	c.claimLocal(pool.Name, ip, "")
 	p.localIP = ip
 	return p, nil
+}
+
+// takeMAC adds to p the taking of the MAC of from, an address of the same
+// identity still cooling. from's MAC key carries from's lease, so while
+// from's record is at its revision (compared) the MAC is the identity's and
+// no one else's; from keeps cooling without the MAC, whose key p points to
+// the new address; a lost claim learns from's state.
+func (a *Allocator) takeMAC(p *plan, from *entry) {
+	fk := a.keys.addrKey(from.pool, from.ip)
+	cool := from.rec
+	cool.MAC = ""
+	p.cmps = append(p.cmps, store.At(fk, from.rev))
+	p.then = append(p.then, store.Put(fk, encode(cool), from.lease))
+	p.els = append(p.els, store.Get(fk))
 }
 
 // claimHeld is claimOps for a single identity that moves off an address its
@@ -679,7 +678,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	ip := req.IP
 	if !ip.IsValid() {
 		switch {
-		case old.pool == pool.Name && pool.Contains(old.ip) && req.Lists(old.ip):
+		case old.pool == pool.Name && req.Allows(old.ip):
 			ip = old.ip
 		case back.IsValid():
 			ip = back
@@ -696,7 +695,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	}
 	sameAddr := old.pool == pool.Name && old.ip == ip
 	// Off an address the pool's spec or the request's list no longer allows.
-	unusable := old.pool == pool.Name && (!pool.Contains(old.ip) || !req.Lists(old.ip))
+	unusable := old.pool == pool.Name && !req.Allows(old.ip)
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
 	backOnCooling := false
 	if !sameAddr {
@@ -710,8 +709,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		}
 	}
 	// The MAC it asks for is free, or its own still cooling with an address
-	// it left: the MAC key carries that record's lease, so while the record
-	// is at its revision the MAC is the identity's (as in planReclaim).
+	// it left (takeMAC).
 	var macFrom *entry
 	if mac != old.rec.MAC {
 		o := c.macs[mac]
@@ -721,7 +719,6 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 			// The address it moves back onto: compared already.
 		case ownCooling:
 			macFrom = o
-			cmps = append(cmps, store.At(a.keys.addrKey(o.pool, o.ip), o.rev))
 		default:
 			cmps = append(cmps, store.Absent(a.keys.macKey(mac)))
 		}
@@ -736,11 +733,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		p = a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)
 	}
 	if macFrom != nil {
-		// That address keeps cooling, without the MAC (its key now points here).
-		cool := macFrom.rec
-		cool.MAC = ""
-		p.then = append(p.then, store.Put(a.keys.addrKey(macFrom.pool, macFrom.ip), encode(cool), macFrom.lease))
-		p.els = append(p.els, store.Get(a.keys.addrKey(macFrom.pool, macFrom.ip)))
+		a.takeMAC(p, macFrom)
 	} else if mac != old.rec.MAC {
 		p.els = append(p.els, store.Get(a.keys.macKey(mac)))
 	}

@@ -150,10 +150,10 @@ var errWentBack = errors.New("the store's revision went back")
 // store, or another client of the same one) and returns the read's error.
 // A revision below the last one handed to the handler (or passed to Saw)
 // before the read means the store went back in time: etcd restored from a
-// snapshot without --bump-revision. Its watch would then stay silent until the revision
-// passed the old one, and the handler would keep the state from before the
-// restore; so the reflector lists again. Call it periodically (a health
-// probe's read).
+// snapshot without --bump-revision. Its watch would then stay silent until
+// the revision passed the old one, and the handler would keep the state
+// from before the restore; so the reflector lists again. Call it
+// periodically (a health probe's read).
 func (r *Reflector) Verify(ctx context.Context, s Store) error {
 	r.mu.Lock()
 	before := max(r.rev, r.saw)

@@ -447,10 +447,10 @@ func (h *Handler) freshPool(ctx context.Context, name string, ns *corev1.Namespa
 }
 
 // moves reports whether the request asks a single identity's pod for another
-// pool, address or MAC than its entry e has, or the pool no longer allows
-// e's address (the allocator then moves the identity off it).
+// pool, address or MAC than its entry e has, or may no longer be given e's
+// address (Request.Allows: the allocator then moves the identity off it).
 func moves(e ipam.Entry, req ipam.Request) bool {
-	return e.Pool != req.Pool.Name || !req.Pool.Contains(e.IP) ||
+	return e.Pool != req.Pool.Name || !req.Allows(e.IP) ||
 		req.IP.IsValid() && req.IP != e.IP || req.MAC != nil && req.MAC.String() != e.MAC.String()
 }
 
@@ -465,7 +465,7 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 		if e.Pod != "" || e.Held || e.Reserved {
 			continue
 		}
-		if e.Pool == req.Pool.Name && req.Pool.Contains(e.IP) && req.Lists(e.IP) {
+		if e.Pool == req.Pool.Name && req.Allows(e.IP) {
 			continue
 		}
 		if err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {

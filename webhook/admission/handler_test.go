@@ -414,7 +414,7 @@ func TestDaemonSetSurgeDenied(t *testing.T) {
 	ds := daemonSetPod
 	ctx := context.Background()
 	first, old := e.runningDaemonSetPod()
-	ip := netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr()
+	ip := assignedIP(first)
 	before := e.store.Revision()
 	e.mustDeny(ds(), ip.String(), "daemonset/app/agent/n1", "app/agent-old", "maxSurge: 0")
 	if after := e.store.Revision(); after != before {
@@ -452,7 +452,7 @@ func (e *env) runningDaemonSetPod() (admitted, running *corev1.Pod) {
 	if err := e.c.Create(ctx, running); err != nil {
 		e.t.Fatal(err)
 	}
-	ip := netip.MustParsePrefix(admitted.Annotations[annotations.AssignedIP]).Addr()
+	ip := assignedIP(admitted)
 	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "daemonset/app/agent/n1", Pod: "app/agent-old", Token: admitted.Annotations[annotations.Reservation]}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -745,6 +745,31 @@ func newSetEnv(t *testing.T) *env {
 	return newEnv(t, rs, dep)
 }
 
+// exclude sets pool blue's spec.exclude to ips in the fake API server (the
+// handler's cache) and returns the pool as it was.
+func (e *env) exclude(ips ...netip.Addr) *v1alpha1.IPPool {
+	e.t.Helper()
+	ctx := context.Background()
+	ipp := &v1alpha1.IPPool{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
+		e.t.Fatal(err)
+	}
+	was := ipp.DeepCopy()
+	ipp.Spec.Exclude = nil
+	for _, ip := range ips {
+		ipp.Spec.Exclude = append(ipp.Spec.Exclude, ip.String())
+	}
+	if err := e.c.Update(ctx, ipp); err != nil {
+		e.t.Fatal(err)
+	}
+	return was
+}
+
+// assignedIP is the address of the pod's stickynet.io/assigned-ip.
+func assignedIP(p *corev1.Pod) netip.Addr {
+	return netip.MustParsePrefix(p.Annotations[annotations.AssignedIP]).Addr()
+}
+
 // fullSet admits two pods of ReplicaSet api-5d8f (newSetEnv) in pool blue:
 // the first runs, the second is gone, and its member, returned, is free.
 func (e *env) fullSet() (free netip.Addr) {
@@ -752,7 +777,7 @@ func (e *env) fullSet() (free netip.Addr) {
 	ctx := context.Background()
 	for i, name := range []string{"api-5d8f-aaaaa", "api-5d8f-bbbbb"} {
 		got := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
-		ip := netip.MustParsePrefix(got.Annotations[annotations.AssignedIP]).Addr()
+		ip := assignedIP(got)
 		if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: ip, Identity: "deployment/app/api", Pod: "app/" + name, Token: got.Annotations[annotations.Reservation]}); err != nil {
 			e.t.Fatal(err)
 		}
@@ -801,29 +826,11 @@ func TestFullSetMovesToAnotherPool(t *testing.T) {
 func TestEditedPoolMovesAddresses(t *testing.T) {
 	e := newSetEnv(t)
 	ctx := context.Background()
-	exclude := func(ips ...netip.Addr) {
-		t.Helper()
-		ipp := &v1alpha1.IPPool{}
-		if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
-			t.Fatal(err)
-		}
-		ipp.Spec.Exclude = nil
-		for _, ip := range ips {
-			ipp.Spec.Exclude = append(ipp.Spec.Exclude, ip.String())
-		}
-		if err := e.c.Update(ctx, ipp); err != nil {
-			t.Fatal(err)
-		}
-	}
-	addr := func(p *corev1.Pod) netip.Addr {
-		return netip.MustParsePrefix(p.Annotations[annotations.AssignedIP]).Addr()
-	}
-
 	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
-	exclude(addr(first))
+	e.exclude(assignedIP(first))
 	moved := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
-	if addr(moved) == addr(first) || moved.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
-		t.Fatalf("after %s was excluded web-0 got %s %s; want another address, MAC %s", addr(first), addr(moved), moved.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedMAC])
+	if assignedIP(moved) == assignedIP(first) || moved.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
+		t.Fatalf("after %s was excluded web-0 got %s %s; want another address, MAC %s", assignedIP(first), assignedIP(moved), moved.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedMAC])
 	}
 	// web-0 runs with it; then that address is excluded too.
 	running := moved.DeepCopy()
@@ -831,29 +838,29 @@ func TestEditedPoolMovesAddresses(t *testing.T) {
 	if err := e.c.Create(ctx, running); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: addr(moved), Identity: "statefulset/app/web/0", Pod: "app/web-0"}); err != nil {
+	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: assignedIP(moved), Identity: "statefulset/app/web/0", Pod: "app/web-0"}); err != nil {
 		t.Fatal(err)
 	}
-	exclude(addr(first), addr(moved))
-	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "pod app/web-0 exists already and carries "+addr(moved).String())
+	e.exclude(assignedIP(first), assignedIP(moved))
+	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "pod app/web-0 exists already and carries "+assignedIP(moved).String())
 	// An ips list that names an excluded address for the ordinal is denied.
-	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPs: addr(first).String()}, ctrl("StatefulSet", "db")), addr(first).String(), "excluded")
-	if l := e.alloc.Lookup("statefulset/app/web/0"); len(l) != 1 || l[0].IP != addr(moved) {
-		t.Fatalf("after the denied create web-0's identity holds %v; want %s", l, addr(moved))
+	e.mustDeny(pod("app", "db-0", map[string]string{annotations.IPs: assignedIP(first).String()}, ctrl("StatefulSet", "db")), assignedIP(first).String(), "excluded")
+	if l := e.alloc.Lookup("statefulset/app/web/0"); len(l) != 1 || l[0].IP != assignedIP(moved) {
+		t.Fatalf("after the denied create web-0's identity holds %v; want %s", l, assignedIP(moved))
 	}
 
 	// A full Deployment set: one member carried by a live pod, one free.
 	free := e.fullSet()
-	exclude(addr(first), addr(moved), free)
+	e.exclude(assignedIP(first), assignedIP(moved), free)
 	next := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
-	if addr(next) == free {
+	if assignedIP(next) == free {
 		t.Fatalf("the set's next pod got %s, which the pool no longer allows", free)
 	}
 	if cooling := e.alloc.List(func(en ipam.Entry) bool { return en.Cooling && en.IP == free }); len(cooling) != 1 {
 		t.Fatalf("the free member %s does not cool down", free)
 	}
 	// An ips list that names an excluded address is denied.
-	e.mustDeny(pod("app", "", map[string]string{annotations.IPs: free.String() + "," + addr(next).String()}, ctrl("ReplicaSet", "api-5d8f")), free.String(), "excluded")
+	e.mustDeny(pod("app", "", map[string]string{annotations.IPs: free.String() + "," + assignedIP(next).String()}, ctrl("ReplicaSet", "api-5d8f")), free.String(), "excluded")
 }
 
 // A replica whose copy of an IPPool is behind an edit does not move an
@@ -894,22 +901,14 @@ func TestEditedPoolOnLaggingReplicaCooling(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	first := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web")))
-	ip := netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr()
+	ip := assignedIP(first)
 	if err := e.alloc.Unbind(ctx, "blue", ip, "app/web-1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.alloc.Release(ctx, "blue", ip, "statefulset/app/web/1", false); err != nil {
 		t.Fatal(err)
 	}
-	ipp := &v1alpha1.IPPool{}
-	if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
-		t.Fatal(err)
-	}
-	current := ipp.DeepCopy() // the API server's: the exclude undone
-	ipp.Spec.Exclude = []string{ip.String()}
-	if err := e.c.Update(ctx, ipp); err != nil { // this replica's cache
-		t.Fatal(err)
-	}
+	current := e.exclude(ip) // this replica's cache excludes it; the API server's (current) does not
 	e.h.APIReader = fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(current).Build()
 	got := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web")))
 	if got.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] || got.Annotations[annotations.AssignedMAC] != first.Annotations[annotations.AssignedMAC] {
@@ -933,7 +932,7 @@ func TestDeletedPoolKeepsClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "no IPPool for pod app/web-0",
-		"(statefulset/app/web/0 holds "+netip.MustParsePrefix(first.Annotations[annotations.AssignedIP]).Addr().String()+" of IPPool blue, which no longer exists: an IPPool of that name created again gives it back)")
+		"(statefulset/app/web/0 holds "+assignedIP(first).String()+" of IPPool blue, which no longer exists: an IPPool of that name created again gives it back)")
 	e.mustDeny(pod("app", "web-0", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), `invalid value "blue"`)
 	again := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: ipp.Spec}
 	if err := e.c.Create(ctx, again); err != nil {
