@@ -53,14 +53,21 @@ const (
 
 func newFallbackEnv(t *testing.T) *fbEnv {
 	t.Helper()
+	return newFallbackEnvAt(t, "1.0.0")
+}
+
+// newFallbackEnvAt is newFallbackEnv with a fallback network of the given
+// CNI version.
+func newFallbackEnvAt(t *testing.T, version string) *fbEnv {
+	t.Helper()
 	testenv.Root(t)
 	refDir := filepath.Dir(testenv.NeedTool(t, "cniplugins", "bridge"))
 	node := agenttest.NewNode(t)
 	pods := agenttest.NewStatic()
 	e := &fbEnv{t: t, node: node, pods: pods, cacheDir: filepath.Join(node.Dir, "plugin-cache"), ipamDir: filepath.Join(node.Dir, "fallback-ipam")}
-	e.fallback = fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[{"type":"bridge","bridge":%q,"capabilities":{"mac":true},`+
+	e.fallback = fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"bridge","bridge":%q,"capabilities":{"mac":true},`+
 		`"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24","rangeStart":%q,"rangeEnd":%q}]]}}]}`,
-		fbNetwork, fbBridge, e.ipamDir, fbFirst, fbSecond)
+		version, fbNetwork, fbBridge, e.ipamDir, fbFirst, fbSecond)
 	file := filepath.Join(node.Dir, "fallback.conflist")
 	if err := os.WriteFile(file, []byte(e.fallback), 0o600); err != nil {
 		t.Fatal(err)
@@ -369,4 +376,24 @@ func cniCodeMsg(err error) (uint, string) {
 
 func hasLink(n *agenttest.Netns, name string) bool {
 	return n.Command(context.Background(), "ip", "link", "show", name).Run() == nil
+}
+
+// TestFallbackWithoutCheck: the stickynet network is CNI 1.1.0, so a
+// runtime may CHECK any of its attachments; a healthy pod attached through a
+// fallback network older than 0.4.0 (flannel's stock conflist says 0.3.1),
+// which has no CHECK, passes it.
+func TestFallbackWithoutCheck(t *testing.T) {
+	e := newFallbackEnvAt(t, "0.3.1")
+	rt, _ := e.pod("plain", nil)
+	if _, err := e.add(rt); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.del(rt); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	})
+	if err := e.check(rt); err != nil {
+		t.Errorf("CHECK of a healthy pod on a CNI 0.3.1 fallback network: %v", err)
+	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
 	"github.com/stickynet/stickynet/nodeagent/api"
 )
@@ -298,6 +299,31 @@ func writeRecord(t *testing.T, cache, containerID, ifName, network string) strin
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestFallbackDelWithoutAgent: DEL of a pod attached through the fallback
+// network needs only the fallback network: with the agent not answering,
+// it detaches the pod, removes the record and succeeds.
+func TestFallbackDelWithoutAgent(t *testing.T) {
+	testenv.Root(t)
+	refDir := filepath.Dir(testenv.NeedTool(t, "cniplugins", "bridge"))
+	cache := t.TempDir()
+	const fb = `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge","bridge":"sndel0"}]}`
+	rec := writeRecord(t, cache, "c0ffee", "eth0", fb) // runPlugin's container
+	missing := filepath.Join(t.TempDir(), "agent.sock")
+	args := "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0"
+	r := runPlugin(t, "DEL", fallbackConf(missing, cache, fb), "CNI_PATH="+refDir, "CNI_NETNS=", args)
+	if r.exit != 0 {
+		t.Errorf("DEL with the agent down: exit %d, stdout %q stderr %q", r.exit, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(rec); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("fallback record after DEL: %v", err)
+	}
+	// Any other DEL still needs the agent.
+	e := cniError(t, runPlugin(t, "DEL", fallbackConf(missing, cache, fb), "CNI_PATH="+refDir, "CNI_NETNS=", args))
+	if e.Code != types.ErrTryAgainLater {
+		t.Errorf("DEL of an attachment without a record, agent down: %+v; want code %d", e, types.ErrTryAgainLater)
+	}
 }
 
 // TestGCSplitsValidAttachments: the agent gets the valid attachments that

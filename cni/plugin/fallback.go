@@ -265,7 +265,14 @@ func (f *fallback) check(ctx context.Context, r *record, rt *libcni.RuntimeConf)
 	if err != nil {
 		return err
 	}
-	if err := f.cni.CheckNetworkList(ctx, list, rt); err != nil {
+	err = f.cni.CheckNetworkList(ctx, list, rt)
+	if errors.Is(err, libcni.ErrorCheckNotSupp) {
+		// A fallback network older than CNI 0.4.0 (flannel's stock conflist
+		// says 0.3.1) has no CHECK; the stickynet network, 1.1.0, is checked
+		// by runtimes, and a healthy pod must not fail it.
+		return nil
+	}
+	if err != nil {
 		return fallbackError(list.Name, err)
 	}
 	return nil

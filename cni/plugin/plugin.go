@@ -149,9 +149,11 @@ func (p *Plugin) addFallback(conf *api.NetConf, fb *fallback, a *skel.CmdArgs, w
 }
 
 // del: an interface attached through the fallback network is detached
-// from it (DEL is idempotent there too, also once the netns is gone); the
-// agent gets the DEL in every case, which is harmless for an interface it
-// does not know.
+// from it (DEL is idempotent there too, also once the netns is gone), and
+// the agent, which keeps nothing of a pod it sent there, is not asked: a
+// node whose agent is down or not yet ready (OVS down, API server out of
+// reach) can still delete such pods, cluster DNS and stickynet's own among
+// them. Every other DEL goes to the agent.
 func (p *Plugin) del(a *skel.CmdArgs) error {
 	conf, fb, err := setup(a)
 	if err != nil {
@@ -166,9 +168,7 @@ func (p *Plugin) del(a *skel.CmdArgs) error {
 		if err != nil {
 			return err
 		}
-		if err := fb.del(context.Background(), r, rt); err != nil {
-			return err
-		}
+		return fb.del(context.Background(), r, rt)
 	}
 	_, err = ask(conf, api.CommandDel, a, a.StdinData)
 	return err
