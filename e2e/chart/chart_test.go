@@ -41,6 +41,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
+	"github.com/stickynet/stickynet/extender/server"
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/webhook/app"
 )
@@ -900,7 +901,13 @@ current-context: c
 			if len(extenders) != 1 {
 				t.Fatalf("the chart's scheduler configuration has %d extenders; want 1", len(extenders))
 			}
-			extenders[0].(map[string]any)["tlsConfig"] = map[string]any{"caFile": caFile}
+			ext, _ := extenders[0].(map[string]any)
+			for key, verb := range map[string]string{"filterVerb": server.FilterVerb, "prioritizeVerb": server.PrioritizeVerb, "preemptVerb": server.PreemptVerb} {
+				if ext[key] != verb {
+					t.Errorf("the chart's extender has %s %v; the extender answers %q", key, ext[key], verb)
+				}
+			}
+			ext["tlsConfig"] = map[string]any{"caFile": caFile}
 			in, err := yaml.Marshal(cfg)
 			if err != nil {
 				t.Fatal(err)

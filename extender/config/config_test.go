@@ -37,11 +37,12 @@ func TestSchedulerConfig(t *testing.T) {
 		t.Fatalf("%d extenders, want 1", len(cfg.Extenders))
 	}
 	e := cfg.Extenders[0]
-	if e.FilterVerb != server.FilterVerb || e.PrioritizeVerb != server.PrioritizeVerb {
-		t.Errorf("verbs %q/%q, the server answers %q/%q", e.FilterVerb, e.PrioritizeVerb, server.FilterVerb, server.PrioritizeVerb)
+	if e.FilterVerb != server.FilterVerb || e.PrioritizeVerb != server.PrioritizeVerb || e.PreemptVerb != server.PreemptVerb {
+		t.Errorf("verbs %q/%q/%q, the server answers %q/%q/%q", e.FilterVerb, e.PrioritizeVerb, e.PreemptVerb,
+			server.FilterVerb, server.PrioritizeVerb, server.PreemptVerb)
 	}
-	if !e.NodeCacheCapable || e.Ignorable || e.BindVerb != "" || e.PreemptVerb != "" || len(e.ManagedResources) != 0 {
-		t.Errorf("extender %+v: want nodeCacheCapable, not ignorable, no bind/preempt verb, no managed resources", e)
+	if !e.NodeCacheCapable || e.Ignorable || e.BindVerb != "" || len(e.ManagedResources) != 0 {
+		t.Errorf("extender %+v: want nodeCacheCapable, not ignorable, no bind verb, no managed resources", e)
 	}
 	if !e.EnableHTTPS || e.TLSConfig == nil || e.TLSConfig.CAFile == "" || e.TLSConfig.Insecure {
 		t.Errorf("extender TLS %+v: want HTTPS verified against a CA", e.TLSConfig)

@@ -132,6 +132,20 @@ func (o Options) Filter(d demand.Demand, nodes []string, r reader) *Result {
 
 // Into is Filter writing into res, whose slices it reuses.
 func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
+	into(res, d, nodes, r, !d.Requested || o.CountRequestedVFs)
+}
+
+// Preemption is Into for the nodes where the scheduler would evict pods to
+// make room for a pod with demand d: a node fails only where no eviction
+// can help (outside the nodeSelector of the pod's pool or SriovNetwork, the
+// pool or network missing, a node the extender does not know), not for
+// want of a free VF, which the victims may hold (the scheduler checks the
+// VF resource with the victims gone).
+func (o Options) Preemption(res *Result, d demand.Demand, nodes []string, r reader) {
+	into(res, d, nodes, r, false)
+}
+
+func into(res *Result, d demand.Demand, nodes []string, r reader, countVFs bool) {
 	res.Passed, res.Failures = res.Passed[:0], res.Failures[:0]
 	res.reasons = [numCauses]string{}
 	if !d.Placed() {
@@ -139,7 +153,7 @@ func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
 		return
 	}
 	c := newCheck(d, r, &res.reasons)
-	c.countVFs = !d.Requested || o.CountRequestedVFs
+	c.countVFs = countVFs
 	for _, name := range nodes {
 		if cause := c.node(name); cause != 0 {
 			res.Failures = append(res.Failures, Failure{Node: name, Cause: cause})

@@ -38,6 +38,46 @@ func DecodeArgs(body []byte) (*extenderv1.ExtenderArgs, error) {
 	return &extenderv1.ExtenderArgs{Pod: r.pod, NodeNames: &names}, nil
 }
 
+// decodePreemption decodes the body of a preempt request, an
+// ExtenderPreemptionArgs, with encoding/json (the scheduler asks it only
+// when it is about to evict pods): the Pod, as podArgs, into ex.req and the
+// candidate nodes into ex.victims. A scheduler whose extender is
+// nodeCacheCapable sends NodeNameToMetaVictims; one that is not sends
+// NodeNameToVictims, whose pods are reduced here to their UIDs, as the
+// answer carries them either way.
+func decodePreemption(ex *exchange) error {
+	var args struct {
+		Pod                   *podArgs
+		NodeNameToVictims     map[string]*extenderv1.Victims
+		NodeNameToMetaVictims map[string]*extenderv1.MetaVictims
+	}
+	if err := json.Unmarshal(ex.body.Bytes(), &args); err != nil {
+		return fmt.Errorf("decode ExtenderPreemptionArgs: %w", err)
+	}
+	if args.Pod == nil {
+		return errors.New(`request has no "Pod"`)
+	}
+	ex.req.pod = args.Pod.pod()
+	ex.victims = args.NodeNameToMetaVictims
+	if ex.victims == nil {
+		ex.victims = make(map[string]*extenderv1.MetaVictims, len(args.NodeNameToVictims))
+		for node, v := range args.NodeNameToVictims {
+			mv := &extenderv1.MetaVictims{}
+			if v != nil {
+				mv.NumPDBViolations = v.NumPDBViolations
+				for _, p := range v.Pods {
+					if p != nil {
+						mv.Pods = append(mv.Pods, &extenderv1.MetaPod{UID: string(p.UID)})
+					}
+				}
+			}
+			ex.victims[node] = mv
+		}
+	}
+	ex.req.count = len(ex.victims)
+	return nil
+}
+
 // request is a decoded filter or prioritize request. The server keeps one
 // per request in flight and reuses it.
 type request struct {

@@ -35,10 +35,11 @@ import (
 const DefaultMaxRequestBytes = 8 << 20
 
 // The verbs, as named in the scheduler's extender configuration
-// (filterVerb, prioritizeVerb) and served at /<verb>.
+// (filterVerb, prioritizeVerb, preemptVerb) and served at /<verb>.
 const (
 	FilterVerb     = "filter"
 	PrioritizeVerb = "prioritize"
+	PreemptVerb    = "preempt"
 )
 
 // source is the cluster view the verbs read.
@@ -84,6 +85,8 @@ type exchange struct {
 	req     request
 	res     filter.Result
 	prio    score.Result
+	// victims is a preempt request's candidate nodes and their victims.
+	victims map[string]*extenderv1.MetaVictims
 	// The answer is out, followed by raw and tail when raw is set (a part
 	// of the body sent back as is).
 	out, raw, tail []byte
@@ -125,6 +128,7 @@ func (p *exchangePool) get() *exchange {
 }
 
 func (p *exchangePool) put(ex *exchange) {
+	ex.victims = nil
 	if ex.retained() > maxKeptBytes {
 		return
 	}
@@ -170,8 +174,9 @@ func New(src source, opts Options) *Server {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	s := &Server{opts: opts, src: src, metrics: newMetrics(opts.Registry), mux: http.NewServeMux()}
-	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.filter, demand.Demand.Placed))
-	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.prioritize, opts.Score.Prefers))
+	s.mux.HandleFunc("/"+FilterVerb, s.verb(FilterVerb, s.decodeArgs, s.filter, demand.Demand.Placed))
+	s.mux.HandleFunc("/"+PrioritizeVerb, s.verb(PrioritizeVerb, s.decodeArgs, s.prioritize, opts.Score.Prefers))
+	s.mux.HandleFunc("/"+PreemptVerb, s.verb(PreemptVerb, decodePreemption, s.preempt, demand.Demand.Placed))
 	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { text(w, http.StatusOK, "ok") })
 	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.ready.Load() {
@@ -193,10 +198,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // verbFunc appends the JSON answer to the decoded request of ex to ex.out.
 type verbFunc func(ex *exchange, d demand.Demand)
 
+// decodeFunc decodes the body of ex into ex.req (and, for preempt, ex.victims).
+type decodeFunc func(ex *exchange) error
+
+// decodeArgs decodes a filter or prioritize request.
+func (s *Server) decodeArgs(ex *exchange) error { return ex.req.decode(ex.body.Bytes(), &s.pods) }
+
 // verb wraps a verb with the checks every request passes (method, content
 // type, size, decoding, readiness for the pods whose answer needsState),
 // metrics and panic recovery.
-func (s *Server) verb(name string, fn verbFunc, needsState func(demand.Demand) bool) http.HandlerFunc {
+func (s *Server) verb(name string, decode decodeFunc, fn verbFunc, needsState func(demand.Demand) bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		begin := time.Now()
 		code := http.StatusOK
@@ -217,7 +228,7 @@ func (s *Server) verb(name string, fn verbFunc, needsState func(demand.Demand) b
 			text(w, code, err.Error())
 			return
 		}
-		if err := ex.req.decode(ex.body.Bytes(), &s.pods); err != nil {
+		if err := decode(ex); err != nil {
 			code = http.StatusBadRequest
 			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
 			text(w, code, name+": "+err.Error())
@@ -301,6 +312,29 @@ func (s *Server) prioritize(ex *exchange, d demand.Demand) {
 		s.metrics.fastPath.WithLabelValues(PrioritizeVerb).Inc()
 	}
 	ex.out = appendPriorities(ex.out, ex.prio.Priorities, ex.req.plain)
+}
+
+// preempt answers a preempt request: the candidate nodes where the pod
+// could work once the scheduler has evicted the victims, each with its
+// victims unchanged. Without it the scheduler would evict pods on a node
+// outside the pod's pool, which the filter then refuses: the victims
+// evicted for nothing, and the pod preempting again on the next such node.
+func (s *Server) preempt(ex *exchange, d demand.Demand) {
+	kept := ex.victims
+	if d.Placed() {
+		names := ex.req.names[:0]
+		for n := range ex.victims {
+			names = append(names, n)
+		}
+		ex.req.names = names
+		s.src.Read(func(r state.Reader) { s.opts.Filter.Preemption(&ex.res, d, names, r) })
+		s.metrics.countFailures(ex.res.Failures)
+		kept = make(map[string]*extenderv1.MetaVictims, len(ex.res.Passed))
+		for _, n := range ex.res.Passed {
+			kept[n] = ex.victims[n]
+		}
+	}
+	ex.out = appendJSON(ex.out, extenderv1.ExtenderPreemptionResult{NodeNameToMetaVictims: kept})
 }
 
 // text answers with a plain-text message.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -168,6 +170,65 @@ func TestSchedulerEncoding(t *testing.T) {
 	}
 	if res.NodeNames == nil || len(*res.NodeNames) != 4 || len(res.FailedAndUnresolvableNodes) != 1 {
 		t.Errorf("answer %+v", res)
+	}
+}
+
+// TestPreempt sends what kube-scheduler sends before it evicts pods for a
+// pod: the candidate nodes with their victims. Only the nodes where the
+// pod's pool and network can work come back, with their victims as sent;
+// a lack of free VFs does not drop a node (its victims may hold them).
+func TestPreempt(t *testing.T) {
+	srv := newTestServer(Options{})
+	meta := func(uid string) *extenderv1.MetaVictims {
+		return &extenderv1.MetaVictims{Pods: []*extenderv1.MetaPod{{UID: uid}}, NumPDBViolations: 1}
+	}
+	all := map[string]*extenderv1.MetaVictims{"n1": meta("v1"), "n2": meta("v2"), "n3": meta("v3"), "n4": meta("v4"), "n5": meta("v5"), "gone": meta("v6")}
+	typed := map[string]*extenderv1.Victims{}
+	for n, v := range all {
+		typed[n] = &extenderv1.Victims{Pods: []*corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Name: "victim", UID: types.UID(v.Pods[0].UID)}}}, NumPDBViolations: 1}
+	}
+	pod := func(ann map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Annotations: ann}}
+	}
+	rack1 := map[string]string{"stickynet.io/assigned-pool": "rack1"}
+	sriov := map[string]string{"stickynet.io/assigned-pool": "rack1", "stickynet.io/sriov-network": "fast"}
+	for _, tc := range []struct {
+		name string
+		args extenderv1.ExtenderPreemptionArgs
+		want []string
+	}{
+		{"plain pod", extenderv1.ExtenderPreemptionArgs{Pod: pod(nil), NodeNameToMetaVictims: all}, []string{"gone", "n1", "n2", "n3", "n4", "n5"}},
+		{"pool", extenderv1.ExtenderPreemptionArgs{Pod: pod(rack1), NodeNameToMetaVictims: all}, []string{"n1", "n2", "n4", "n5"}},
+		{"pool, not nodeCacheCapable", extenderv1.ExtenderPreemptionArgs{Pod: pod(rack1), NodeNameToVictims: typed}, []string{"n1", "n2", "n4", "n5"}},
+		{"pool and VF", extenderv1.ExtenderPreemptionArgs{Pod: pod(sriov), NodeNameToMetaVictims: all}, []string{"n1", "n2", "n5"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body, err := json.Marshal(&tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := post(srv, "/"+PreemptVerb, "application/json", bytes.NewReader(body))
+			var res extenderv1.ExtenderPreemptionResult
+			dec := json.NewDecoder(w.Body)
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&res); err != nil || w.Code != http.StatusOK {
+				t.Fatalf("status %d, %v: %s", w.Code, err, w.Body)
+			}
+			var got []string
+			for n, v := range res.NodeNameToMetaVictims {
+				got = append(got, n)
+				if !reflect.DeepEqual(v, all[n]) {
+					t.Errorf("victims of %s: %+v, want %+v as sent", n, v, all[n])
+				}
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("nodes kept %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if w := post(srv, "/"+PreemptVerb, "application/json", strings.NewReader(`{"NodeNameToMetaVictims":{}}`)); w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), `no "Pod"`) {
+		t.Errorf("request without a pod: status %d %s", w.Code, w.Body)
 	}
 }
 

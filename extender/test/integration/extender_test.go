@@ -33,6 +33,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -211,6 +212,94 @@ func TestScheduling(t *testing.T) {
 			e.delete(ctx, t, "sticky-0")
 		}
 	})
+
+	t.Run("preemption only where the pool works", func(t *testing.T) {
+		// Every node is full. Rack b holds pods cheaper to evict (priority
+		// -10) than rack a's cheapest (0), so the scheduler's own choice of
+		// a node to preempt on would be on rack b, where an address of
+		// pool rack-a cannot work: the preempt verb leaves it rack a.
+		for name, v := range map[string]int32{"e2e-high": 1000, "e2e-negative": -10} {
+			pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Value: v}
+			if _, err := e.cs.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		victim := pod("pre-victim")
+		victim.Spec.NodeName = "sim-2"
+		e.create(ctx, t, victim)
+		onRackB := map[types.UID]string{}
+		for _, node := range []string{"sim-1", "sim-2", "sim-3", "sim-4"} {
+			free := e.freeCPU(ctx, t, node)
+			class := "e2e-high"
+			if node == "sim-3" || node == "sim-4" {
+				class = "e2e-negative"
+			}
+			if free.Sign() > 0 {
+				filler := pod("pre-fill-" + node)
+				filler.Spec.NodeName, filler.Spec.PriorityClassName = node, class
+				filler.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = free
+				e.create(ctx, t, filler)
+			}
+			if class == "e2e-negative" {
+				for _, p := range e.podsOn(ctx, t, node) {
+					onRackB[p.UID] = p.Name
+				}
+			}
+		}
+		pre := pod("preemptor", withPool("rack-a"), withIdentity("statefulset/"+ns+"/pre/0"))
+		pre.Spec.PriorityClassName = "e2e-high"
+		pre.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("1")
+		e.create(ctx, t, pre)
+		if node := e.waitBound(ctx, t, "preemptor"); node != "sim-1" && node != "sim-2" {
+			t.Errorf("pod of pool rack-a landed on %s, outside the pool's nodeSelector", node)
+		}
+		left := map[types.UID]bool{}
+		for _, node := range []string{"sim-3", "sim-4"} {
+			for _, p := range e.podsOn(ctx, t, node) {
+				if p.DeletionTimestamp == nil {
+					left[p.UID] = true
+				}
+			}
+		}
+		for uid, name := range onRackB {
+			if !left[uid] {
+				t.Errorf("pod %s on rack b was evicted for a pod of pool rack-a, which cannot run there", name)
+			}
+		}
+	})
+}
+
+// freeCPU is the node's allocatable CPU less the requests of the pods bound
+// to it that have not finished.
+func (e *env) freeCPU(ctx context.Context, t *testing.T, node string) resource.Quantity {
+	t.Helper()
+	n, err := e.cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := n.Status.Allocatable[corev1.ResourceCPU]
+	for _, p := range e.podsOn(ctx, t, node) {
+		for _, c := range p.Spec.Containers {
+			free.Sub(c.Resources.Requests[corev1.ResourceCPU])
+		}
+	}
+	return free
+}
+
+// podsOn lists the pods bound to the node that have not finished.
+func (e *env) podsOn(ctx context.Context, t *testing.T, node string) []corev1.Pod {
+	t.Helper()
+	list, err := e.cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []corev1.Pod
+	for _, p := range list.Items {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // start brings up a cluster of four simulated nodes, stickynet's CRDs and
