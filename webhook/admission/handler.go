@@ -236,10 +236,12 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	al, err := h.Alloc.Allocate(ctx, req)
 	var full *ipam.SetFullError
+	setCap := req.MaxMembers
 	for errors.As(err, &full) && !dryRun {
 		// Every member is taken: free those whose pods are gone (the release
-		// controller may not have seen it yet), or wait briefly for one.
-		if !h.freeGoneMembers(ctx, req.Identity) && !h.releaseUnusable(ctx, req) {
+		// controller may not have seen it yet), or grow past pods stuck
+		// terminating, or wait briefly for one.
+		if !h.freeGoneMembers(ctx, req.Identity) && !h.releaseUnusable(ctx, req) && !h.growPastStuck(ctx, &req, setCap) {
 			select {
 			case <-ctx.Done():
 				return nil, full
@@ -474,6 +476,34 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 		}
 	}
 	return false
+}
+
+// growPastStuck raises the cap of a full shared set (capped at setCap) by
+// the number of its members whose pods are stuck terminating, and reports
+// whether it raised it. A pod evicted from a node that is out of reach
+// stays Terminating, its address held, until the node returns or its Node
+// object is deleted; the ReplicaSet replaces it at once, and without this
+// the replacements beyond the surge would be refused for as long. Only pods
+// past their deletion time by the grace count: a rollout's old pods, still
+// within their termination grace period, hand their members over as
+// before. The release controller frees the surplus once those pods are gone.
+func (h *Handler) growPastStuck(ctx context.Context, req *ipam.Request, setCap int) bool {
+	grace := cmp.Or(h.Grace, workload.DefaultGrace)
+	stuck := 0
+	for _, e := range h.Alloc.Lookup(req.Identity) {
+		if e.Pod == "" {
+			continue
+		}
+		if p, _, err := h.boundPod(ctx, e.Pod); err == nil && p != nil && p.DeletionTimestamp != nil && time.Since(p.DeletionTimestamp.Time) > grace {
+			stuck++
+		}
+	}
+	if setCap+stuck <= req.MaxMembers {
+		return false
+	}
+	req.MaxMembers = setCap + stuck
+	klog.FromContext(ctx).V(2).Info("Set grows past its cap: pods stuck terminating hold members", "identity", req.Identity, "stuck", stuck, "cap", req.MaxMembers)
+	return true
 }
 
 // freeGoneMembers unbinds the identity's members whose pods no longer exist

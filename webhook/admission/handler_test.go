@@ -316,6 +316,41 @@ func TestFullSetFreesOnlyMembersPastTheGrace(t *testing.T) {
 	e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
 }
 
+// A full set grows past the members of pods stuck terminating (a node out
+// of reach keeps its evicted pods Terminating), not past those of pods still
+// within their termination grace period (a rollout's old pods).
+func TestFullSetGrowsPastPodsStuckTerminating(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(2))}} // cap 3
+	objs := []client.Object{rs, dep}
+	deleted := map[string]time.Duration{"api-b": 10 * time.Second, "api-c": 5 * time.Minute} // ago; the grace is 30 s
+	for _, name := range []string{"api-a", "api-b", "api-c"} {
+		p := pod("app", name, nil, ctrl("ReplicaSet", "api-5d8f"))
+		p.Labels = map[string]string{annotations.ManagedLabel: "true"}
+		p.Status.Phase = corev1.PodRunning
+		if ago, ok := deleted[name]; ok {
+			p.DeletionTimestamp = &metav1.Time{Time: time.Now().Add(-ago)}
+			p.Finalizers = []string{"example.com/hold"}
+		}
+		objs = append(objs, p)
+	}
+	e := newEnv(t, objs...)
+	blue, err := ipam.NewPool("blue", v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", VLAN: 100, Default: true, ReuseDelaySeconds: i32(60)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"api-a", "api-b", "api-c"} {
+		if _, err := e.alloc.Allocate(context.Background(), ipam.Request{Pool: blue, Identity: "deployment/app/api", Shared: true, Pod: "app/" + name, MaxMembers: 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
+	if n := len(e.alloc.Lookup("deployment/app/api")); n != 4 {
+		t.Errorf("set of %d members, want 4: the cap of 3 and one for api-c's stuck member", n)
+	}
+	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 4 addresses of deployment/app/api are in use")
+}
+
 // A reservation token is taken back only while its reservation is pending
 // for the same identity: output annotations copied into a template (from a
 // live pod, say) must not make the pods of a scale-up share one address.
