@@ -449,6 +449,35 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 	}
 }
 
+// A running pod's limits follow the policy its stickynet.io/bandwidth-policy
+// names, edits of its keys included (a policy edit must reach it, and its
+// keys then differ from what the policy gives); without that annotation
+// they are its own, and a policy that selects it leaves them alone.
+func TestRunningPodsOwnLimits(t *testing.T) {
+	pol := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "p"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
+		Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+	}}
+	mk := func(name string, ann map[string]string) *corev1.Pod {
+		a := map[string]string{annotations.Identity: "pod/app/" + name, annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedPool: "blue", annotations.IngressBandwidth: "50M"}
+		maps.Copy(a, ann)
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Labels: map[string]string{"app": "x"}, Annotations: a}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	}
+	c, _, _, _ := setup(t, pol, mk("edited", map[string]string{annotations.BandwidthPolicy: "p"}), mk("own", nil))
+	if err := c.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"edited": "10000000", "own": "50M"} {
+		got := &corev1.Pod{}
+		if err := c.Client.Get(context.Background(), client.ObjectKey{Namespace: "app", Name: name}, got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Annotations[annotations.IngressBandwidth] != want {
+			t.Errorf("pod %s: %s=%q, want %q (annotations %v)", name, annotations.IngressBandwidth, got.Annotations[annotations.IngressBandwidth], want, got.Annotations)
+		}
+	}
+}
+
 // A live pod whose address the state does not hold (its reservation expired
 // before it was confirmed, or the state was lost) gets it recorded again for
 // its identity, with its MAC, bound to it; a pod whose address or MAC someone
