@@ -133,7 +133,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	dryRun := req.DryRun != nil && *req.DryRun
-	out, err := h.mutate(sctx, pod, ns, dryRun)
+	out, warnings, err := h.mutate(sctx, pod, ns, dryRun)
 	if err != nil {
 		var d *denial
 		var ae *annotations.Error
@@ -156,11 +156,14 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was half-written", err)), resultErrored
 		}
 	}
-	return admission.Patched("", buildPatch(pod, out)...), resultAllowed
+	resp := admission.Patched("", buildPatch(pod, out)...)
+	resp.Warnings = warnings
+	return resp, resultAllowed
 }
 
-// mutate returns the pod with its assignment.
-func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, dryRun bool) (*corev1.Pod, error) {
+// mutate returns the pod with its assignment, and warnings for the client
+// (kubectl prints them).
+func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, dryRun bool) (_ *corev1.Pod, warnings []string, _ error) {
 	pod = pod.DeepCopy()
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
@@ -176,12 +179,12 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	if name, ok := ann[annotations.SriovNetwork]; ok {
 		var err error
 		if sriov, err = h.sriovNetwork(ctx, name); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	ipp, pool, err := h.pool(ctx, pod, ns, sriov)
 	if err != nil {
-		return nil, h.heldInGonePool(ctx, pod, err)
+		return nil, nil, h.heldInGonePool(ctx, pod, err)
 	}
 
 	token := ""
@@ -193,7 +196,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	id, err := h.identity(ctx, pod, token)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req := ipam.Request{Pool: pool, Identity: id.String(), Shared: id.Shared(), DryRun: dryRun}
 	if pod.Name != "" {
@@ -209,30 +212,43 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		// an edit would otherwise move an identity that another replica has
 		// just moved into the new spec back out of it.
 		if ipp, pool, err = h.freshPool(ctx, ipp.Name, ns); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		req.Pool = pool
 	}
 	if err := addressRequests(ann, id, &req); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if v, ok := ann[annotations.IPRetention]; ok {
 		if _, err := annotations.ParseRetention(v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 
 	bw, err := h.bandwidth(ctx, pod, filledBy)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if sriov != nil && bw.Bandwidth.Ingress.Rate > 0 {
+		// Traffic into a VF comes from the wire, past the node.
+		if bw.Policy == "" {
+			key := annotations.IngressBandwidth
+			if _, ok := ann[key]; !ok {
+				key = annotations.KubernetesIngressBandwidth
+			}
+			return nil, nil, deny("annotation %s: invalid value %q on a pod with %s=%s: traffic into its VF comes from the wire, not through the node, which cannot limit it; "+
+				"an SR-IOV pod takes %s only (the VF's max_tx_rate)", key, ann[key], annotations.SriovNetwork, sriov.Name, annotations.EgressBandwidth)
+		}
+		warnings = append(warnings, fmt.Sprintf("BandwidthPolicy %s limits traffic into the pod, which its VF of SriovNetwork %s receives from the wire: "+
+			"only the egress limit is enforced (the VF's max_tx_rate)", bw.Policy, sriov.Name))
 	}
 
 	if id.Shared() {
 		if req.MaxMembers, err = h.setCap(ctx, pod, id); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else if err := h.carriedByAnother(ctx, req); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	al, err := h.Alloc.Allocate(ctx, req)
 	var full *ipam.SetFullError
@@ -244,17 +260,17 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		if !h.freeGoneMembers(ctx, req.Identity) && !h.releaseUnusable(ctx, req) && !h.growPastStuck(ctx, &req, setCap) {
 			select {
 			case <-ctx.Done():
-				return nil, full
+				return nil, nil, full
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
 		if ctx.Err() != nil {
-			return nil, full
+			return nil, nil, full
 		}
 		al, err = h.Alloc.Allocate(ctx, req)
 	}
 	if err != nil {
-		return nil, explain(err, ann, req)
+		return nil, nil, explain(err, ann, req)
 	}
 	a := annotations.Assignment{
 		Identity: id.String(), Pool: pool.Name, IPs: []netip.Prefix{al.Prefix}, MAC: al.MAC,
@@ -283,7 +299,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		(sriov != nil || ipp.Spec.NodeSelector != nil) {
 		pod.Spec.SchedulerName = h.SchedulerName
 	}
-	return pod, nil
+	return pod, warnings, nil
 }
 
 // reinvoked reports whether a pod without a name carries the reservation

@@ -674,6 +674,38 @@ func TestSriov(t *testing.T) {
 	e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: "fast", annotations.Pool: "blue"}), annotations.Pool, "draws its addresses from pool tiny")
 }
 
+// Traffic into a VF comes from the wire: an SR-IOV pod's own ingress limit
+// is refused, a BandwidthPolicy's is admitted with a warning (the egress
+// limit, the VF's max_tx_rate, is enforced).
+func TestSriovIngressLimit(t *testing.T) {
+	net := &v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}, Pool: "blue"}}
+	e := newEnv(t, net)
+	for _, key := range []string{annotations.IngressBandwidth, annotations.KubernetesIngressBandwidth} {
+		e.mustDeny(pod("app", "own", map[string]string{annotations.SriovNetwork: "fast", key: "10M"}), key, `"10M"`, "sriov-network=fast", annotations.EgressBandwidth+" only")
+	}
+	if resp, _ := e.admit(pod("app", "egress", map[string]string{annotations.SriovNetwork: "fast", annotations.EgressBandwidth: "10M"}), false); !resp.Allowed || len(resp.Warnings) != 0 {
+		t.Errorf("egress limit on an SR-IOV pod: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
+	}
+	gold := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "gold"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
+		Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+		Egress:      &v1alpha1.BandwidthLimit{Rate: resource.MustParse("5M")},
+	}}
+	if err := e.c.Create(context.Background(), gold); err != nil {
+		t.Fatal(err)
+	}
+	resp, got := e.admit(pod("app", "vf", map[string]string{annotations.SriovNetwork: "fast"}), false)
+	if !resp.Allowed || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "BandwidthPolicy gold") || !strings.Contains(resp.Warnings[0], "only the egress limit") {
+		t.Fatalf("SR-IOV pod selected by a policy with an ingress limit: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
+	}
+	if got.Annotations[annotations.BandwidthPolicy] != "gold" {
+		t.Errorf("annotations %v; want gold's limits", got.Annotations)
+	}
+	if resp, _ := e.admit(pod("app", "veth", nil), false); !resp.Allowed || len(resp.Warnings) != 0 {
+		t.Errorf("pod without a VF: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
+	}
+}
+
 func TestDryRunAllocatesNothing(t *testing.T) {
 	e := newEnv(t)
 	before := e.store.Revision()
