@@ -430,7 +430,10 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		// compare-and-swap.
 		return
 	case e.Pod != "":
-		if p := ps.byKey[e.Pod]; p != nil {
+		// Bound at admission (a named pod): announced by the first pass
+		// that sees the pod, not again by a new leader, whose memory of
+		// announced pods starts empty, for pods long running.
+		if p := ps.byKey[e.Pod]; p != nil && ps.now.Sub(p.pod.CreationTimestamp.Time) < announceWithin {
 			c.assigned(p)
 		}
 		return
@@ -1057,6 +1060,13 @@ func (c *Controller) event(obj client.Object, kind, reason, format string, args 
 		c.Recorder.Eventf(obj, nil, kind, reason, reason, "%s", truncate(fmt.Sprintf(format, args...), noteLimit))
 	}
 }
+
+// announceWithin is how old a pod bound at admission may be for a pass to
+// give it its Assigned event: a leader that took over later (a webhook
+// rollout) would otherwise announce every running pod again. The previous
+// leader announced such a pod within a pass of its creation, unless it was
+// away for this long.
+const announceWithin = 10 * time.Minute
 
 // assigned emits the Assigned event once per pod.
 func (c *Controller) assigned(p *podInfo) {

@@ -449,6 +449,49 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 	}
 }
 
+// A pod bound at admission gets its Assigned event from the first pass that
+// sees it; a new leader (a webhook rollout) does not announce pods that have
+// long been running again.
+func TestAssignedEventOnceAcrossLeaders(t *testing.T) {
+	ctx := context.Background()
+	c, a, p, rec := setup(t)
+	for name, age := range map[string]time.Duration{"db-0": time.Second, "db-1": time.Hour} {
+		id := "statefulset/app/db/" + name[len(name)-1:]
+		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/" + name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID(name), CreationTimestamp: metav1.NewTime(time.Now().Add(-age)),
+			Annotations: map[string]string{annotations.Identity: id, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: "blue", annotations.AssignedMAC: al.MAC.String()}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+		if err := c.Client.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	announced := func() []string {
+		var out []string
+		for len(rec.Events) > 0 {
+			if ev := <-rec.Events; strings.Contains(ev, "StickyAddressAssigned") {
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if evs := announced(); len(evs) != 1 || !strings.Contains(evs[0], "statefulset/app/db/0") {
+		t.Errorf("first leader's events %q; want one, for the new pod db-0", evs)
+	}
+	next := &Controller{Client: c.Client, APIReader: c.APIReader, Alloc: a, Recorder: rec, Grace: time.Nanosecond}
+	if err := next.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if evs := announced(); len(evs) != 1 || !strings.Contains(evs[0], "statefulset/app/db/0") {
+		t.Errorf("next leader's events %q; want db-0's again only (created a second ago: its announcement may have been lost with the old leader)", evs)
+	}
+}
+
 // A running pod's limits follow the policy its stickynet.io/bandwidth-policy
 // names, edits of its keys included (a policy edit must reach it, and its
 // keys then differ from what the policy gives); without that annotation
