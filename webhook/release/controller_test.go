@@ -461,9 +461,9 @@ func TestAssignedEventOnceAcrossLeaders(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID(name), CreationTimestamp: metav1.NewTime(time.Now().Add(-age)),
-			Annotations: map[string]string{annotations.Identity: id, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: "blue", annotations.AssignedMAC: al.MAC.String()}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+		ann := map[string]string{annotations.Identity: id, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: "blue", annotations.AssignedMAC: al.MAC.String()}
+		meta := metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID(name), CreationTimestamp: metav1.NewTime(time.Now().Add(-age)), Annotations: ann}
+		pod := &corev1.Pod{ObjectMeta: meta, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
 		if err := c.Client.Create(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
