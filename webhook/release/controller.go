@@ -854,13 +854,18 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
 		}
 	case annotations.KindDaemonSet:
-		gone, err := c.gone(ctx, ps, key, &appsv1.DaemonSet{})
+		ds := &appsv1.DaemonSet{}
+		gone, err := c.gone(ctx, ps, key, ds)
 		if err != nil || gone {
 			return reason(gone, "the DaemonSet was deleted"), err
 		}
-		gone, err = c.gone(ctx, ps, client.ObjectKey{Name: id.Member}, &corev1.Node{})
+		node := &corev1.Node{}
+		gone, err = c.gone(ctx, ps, client.ObjectKey{Name: id.Member}, node)
 		if err != nil || gone {
 			return reason(gone, "node "+id.Member+" was deleted"), err
+		}
+		if !workload.Selects(ds, node) {
+			return "the DaemonSet's nodeSelector and node affinity no longer select node " + id.Member, nil
 		}
 	}
 	return "", nil

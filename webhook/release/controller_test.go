@@ -117,6 +117,37 @@ func TestStatefulSetReleaseHonoursOrdinalsStart(t *testing.T) {
 	}
 }
 
+// A DaemonSet narrowed by its nodeSelector or node affinity gives up the
+// addresses of the nodes it no longer selects once no pod carries them; the
+// nodes it still selects keep theirs.
+func TestDaemonSetNarrowedReleasesNodes(t *testing.T) {
+	edge := corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "zone", Operator: corev1.NodeSelectorOpIn, Values: []string{"a"}}}}
+	for _, tc := range []struct {
+		name string
+		spec corev1.PodSpec
+	}{
+		{"nodeSelector", corev1.PodSpec{NodeSelector: map[string]string{"role": "edge", "zone": "a"}}},
+		{"node affinity", corev1.PodSpec{NodeSelector: map[string]string{"role": "edge"}, Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{edge}},
+		}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "agent"}, Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: tc.spec}}}
+			objs := []client.Object{ds}
+			for name, labels := range map[string]map[string]string{"n1": {"role": "edge", "zone": "a"}, "n2": {"role": "edge", "zone": "b"}, "n3": nil} {
+				objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}})
+			}
+			c, a, p, _ := setup(t, objs...)
+			vacate(t, c, a, p, "daemonset/app/agent/n1", "daemonset/app/agent/n2", "daemonset/app/agent/n3")
+			for id, want := range map[string]bool{"daemonset/app/agent/n1": true, "daemonset/app/agent/n2": false, "daemonset/app/agent/n3": false} {
+				if got := kept(a, id); got != want {
+					t.Errorf("%s kept %v; want %v (the DaemonSet selects n1 only)", id, got, want)
+				}
+			}
+		})
+	}
+}
+
 // A pass gives the pool one Released event that counts the addresses it
 // freed and names up to releasedNamed, within the API server's limit on a
 // note (the events.k8s.io recorder folds events about one pool into a series

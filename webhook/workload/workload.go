@@ -1,6 +1,7 @@
 // Package workload holds the arithmetic of Kubernetes workloads that both the
 // admission handler and the release controller use: how many addresses a
-// Deployment's or ReplicaSet's set may hold, and whether a pod has ended.
+// Deployment's or ReplicaSet's set may hold, whether a pod has ended, and
+// which nodes a DaemonSet selects.
 package workload
 
 import (
@@ -9,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 )
 
 // DefaultGrace is how long after its last change an address bound to a pod
@@ -49,3 +51,12 @@ func Surge(d *appsv1.Deployment) int32 {
 
 // DeploymentCap is the most addresses a Deployment's set holds: replicas + maxSurge.
 func DeploymentCap(d *appsv1.Deployment) int32 { return Replicas(d.Spec.Replicas) + Surge(d) }
+
+// Selects reports whether the DaemonSet's pod template selects the node by
+// its nodeSelector and required node affinity, as the DaemonSet controller
+// decides where a daemon runs (taints aside: they come and go with
+// maintenance). A template whose affinity does not parse selects it.
+func Selects(ds *appsv1.DaemonSet, node *corev1.Node) bool {
+	ok, err := nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: ds.Spec.Template.Spec}).Match(node)
+	return ok || err != nil
+}
