@@ -381,6 +381,28 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
+	// The bundled etcd's members formed their cluster from its replica
+	// count: an upgrade that changes it fails and names the value; one that
+	// keeps it renders.
+	t.Run("UpgradeKeepsEtcdMembers", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "etcd.yaml")
+		if err := os.WriteFile(f, render(t)["StatefulSet/stickynet-etcd"], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+			t.Fatalf("apply the install's etcd StatefulSet: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+		upgrade := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
+		out, stderr, err := runHelm(t, append(upgrade, "--set", "etcd.bundled.replicas=1")...)
+		if want := "etcd.bundled.replicas: invalid value 1: the bundled etcd cluster in stickynet-system runs 3 members"; err == nil || !strings.Contains(stderr, want) {
+			t.Errorf("upgrade from 3 to 1 etcd members: %v\n%s%s\nwant a failure saying %q", err, out, stderr, want)
+		}
+		if etcd := objects(t, helm(t, upgrade...))["StatefulSet/stickynet-etcd"]; !bytes.Contains(etcd, []byte("replicas: 3")) {
+			t.Errorf("upgrade keeping 3 members rendered:\n%s", etcd)
+		}
+	})
+
 	// The running scheduler reads the extender's CA only at start: an
 	// upgrade must render the CA and certificate the install left, and so
 	// the same checksums (no roll) — else the scheduler distrusts the
