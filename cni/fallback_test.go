@@ -60,14 +60,21 @@ func newFallbackEnv(t *testing.T) *fbEnv {
 // CNI version.
 func newFallbackEnvAt(t *testing.T, version string) *fbEnv {
 	t.Helper()
+	return newFallbackEnvOf(t, `{"cniVersion":%q,"name":%q,"plugins":[{"type":"bridge","bridge":%q,"capabilities":{"mac":true},`+
+		`"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24","rangeStart":%q,"rangeEnd":%q}]]}}]}`,
+		version, fbNetwork, fbBridge)
+}
+
+// newFallbackEnvOf is newFallbackEnv with the fallback conflist format,
+// given its version, name and bridge, then host-local's dataDir and range.
+func newFallbackEnvOf(t *testing.T, format, version, network, bridge string) *fbEnv {
+	t.Helper()
 	testenv.Root(t)
 	refDir := filepath.Dir(testenv.NeedTool(t, "cniplugins", "bridge"))
 	node := agenttest.NewNode(t)
 	pods := agenttest.NewStatic()
 	e := &fbEnv{t: t, node: node, pods: pods, cacheDir: filepath.Join(node.Dir, "plugin-cache"), ipamDir: filepath.Join(node.Dir, "fallback-ipam")}
-	e.fallback = fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"bridge","bridge":%q,"capabilities":{"mac":true},`+
-		`"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24","rangeStart":%q,"rangeEnd":%q}]]}}]}`,
-		version, fbNetwork, fbBridge, e.ipamDir, fbFirst, fbSecond)
+	e.fallback = fmt.Sprintf(format, version, network, bridge, e.ipamDir, fbFirst, fbSecond)
 	file := filepath.Join(node.Dir, "fallback.conflist")
 	if err := os.WriteFile(file, []byte(e.fallback), 0o600); err != nil {
 		t.Fatal(err)
@@ -395,5 +402,38 @@ func TestFallbackWithoutCheck(t *testing.T) {
 	})
 	if err := e.check(rt); err != nil {
 		t.Errorf("CHECK of a healthy pod on a CNI 0.3.1 fallback network: %v", err)
+	}
+}
+
+// TestFallbackGCKeepsOtherAttachments: a fallback network's GC hears of
+// every attachment the runtime holds valid, not only those stickynet
+// attached: with the fallback "auto", the cluster's network as it was, the
+// pods that network attached before stickynet came keep their leases.
+func TestFallbackGCKeepsOtherAttachments(t *testing.T) {
+	// host-local as the fallback's one plugin: the reference bridge plugin
+	// does not pass GC on to its IPAM (v1.10.0), plugins of other networks may.
+	e := newFallbackEnvOf(t, `{"cniVersion":%q,"name":%q,"plugins":[{"type":"host-local","bridge":%q,`+
+		`"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24","rangeStart":%q,"rangeEnd":%q}]]}}]}`,
+		"1.1.0", fbNetwork, fbBridge)
+	// host-local's lease of a pod attached by the same network, directly.
+	if err := os.MkdirAll(filepath.Dir(e.lease(fbSecond)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.lease(fbSecond), []byte("ctr-before\r\neth0"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := &libcni.RuntimeConf{ContainerID: "ctr-before", IfName: "eth0"}
+	if err := e.gc(before); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if !exists(e.lease(fbSecond)) {
+		t.Error("GC released the lease of a valid attachment that the fallback network made before stickynet")
+	}
+	// A lease of no valid attachment goes, as the fallback's GC decides.
+	if err := e.gc(); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if exists(e.lease(fbSecond)) {
+		t.Error("GC with no valid attachment kept the lease: this fallback's GC releases nothing, and the test shows nothing")
 	}
 }

@@ -278,15 +278,19 @@ func (f *fallback) check(ctx context.Context, r *record, rt *libcni.RuntimeConf)
 	return nil
 }
 
-// gc detaches every recorded interface that is not in valid, then runs
-// the fallback's own GC with the valid fallback attachments.
-func (f *fallback) gc(ctx context.Context, recs []*record, valid map[types.GCAttachment]bool) error {
+// gc detaches every recorded interface that is not in valid (the runtime's
+// valid attachments), then runs the fallback's own GC with all of valid:
+// the fallback may be the cluster's network as it was before stickynet
+// ("auto"), whose plugins then still hold the pods they attached directly,
+// and must release none of those.
+func (f *fallback) gc(ctx context.Context, recs []*record, valid []types.GCAttachment) error {
 	var errs []error
-	var keep []types.GCAttachment
+	isValid := make(map[types.GCAttachment]bool, len(valid))
+	for _, v := range valid {
+		isValid[v] = true
+	}
 	for _, r := range recs {
-		k := types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}
-		if valid[k] {
-			keep = append(keep, k)
+		if isValid[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
 			continue
 		}
 		rt, err := r.runtimeConf()
@@ -298,7 +302,7 @@ func (f *fallback) gc(ctx context.Context, recs []*record, valid map[types.GCAtt
 		}
 	}
 	if f.list != nil {
-		if err := f.cni.GCNetworkList(ctx, f.list, &libcni.GCArgs{ValidAttachments: keep}); err != nil {
+		if err := f.cni.GCNetworkList(ctx, f.list, &libcni.GCArgs{ValidAttachments: valid}); err != nil {
 			errs = append(errs, fallbackError(f.list.Name, err))
 		}
 	}

@@ -195,9 +195,9 @@ func (p *Plugin) check(a *skel.CmdArgs) error {
 	return fb.check(context.Background(), r, rt)
 }
 
-// gc splits the runtime's valid attachments: the agent gets those that are
-// not fallback ones, the fallback network the fallback ones; recorded
-// fallback attachments that are not valid are detached first.
+// gc: the agent gets the runtime's valid attachments that are not fallback
+// ones; recorded fallback attachments that are not valid are detached, and
+// the fallback network's GC then gets every valid attachment.
 func (p *Plugin) gc(a *skel.CmdArgs) error {
 	conf, fb, err := setup(a)
 	if err != nil {
@@ -208,15 +208,13 @@ func (p *Plugin) gc(a *skel.CmdArgs) error {
 	for _, r := range recs {
 		recorded[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] = true
 	}
-	valid := map[types.GCAttachment]bool{}
 	var forAgent []types.GCAttachment
 	for _, v := range conf.ValidAttachments {
-		valid[v] = true
 		if !recorded[v] {
 			forAgent = append(forAgent, v)
 		}
 	}
-	errs := []error{rerr, fb.gc(context.Background(), recs, valid)}
+	errs := []error{rerr, fb.gc(context.Background(), recs, conf.ValidAttachments)}
 	config := a.StdinData
 	if len(forAgent) != len(conf.ValidAttachments) {
 		if config, err = withValidAttachments(a.StdinData, forAgent); err != nil {
