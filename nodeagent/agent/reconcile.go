@@ -284,6 +284,12 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 		bandwidthRefused.Inc()
 		return at.Bandwidth
 	}
+	if at.VF != nil && want.Ingress.Rate > 0 && want.Ingress != at.Bandwidth.Ingress {
+		// The webhook refuses a VF pod's own ingress limit at admission;
+		// this one was edited onto the running pod (or came from a policy).
+		klog.FromContext(ctx).Info("Ingress limit not enforced: traffic into a VF comes from the wire; only the egress limit (max_tx_rate) applies",
+			"pod", klog.KObj(pod), "key", at.Key(), "ingress", want.Ingress.Rate)
+	}
 	return want
 }
 
