@@ -25,7 +25,7 @@ func main() {
 	klog.InitFlags(fs)
 	opts := app.Options{VFPlacement: score.Spread}
 	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster configuration")
-	fs.StringVar(&opts.BindAddress, "bind-address", ":8888", "address to serve the verbs (/filter, /prioritize), /healthz, /readyz and /metrics on")
+	fs.StringVar(&opts.BindAddress, "bind-address", ":8888", "address to serve the verbs (/filter, /prioritize, /preempt), /healthz, /readyz and /metrics on")
 	fs.StringVar(&opts.TLSCertFile, "tls-cert-file", "", "serving certificate (PEM); with -tls-private-key-file, serve HTTPS and reload the pair when it changes")
 	fs.StringVar(&opts.TLSKeyFile, "tls-private-key-file", "", "serving certificate's private key (PEM)")
 	fs.Int64Var(&opts.MaxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request body accepted; larger ones get 413")
