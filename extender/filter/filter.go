@@ -18,8 +18,10 @@ package filter
 
 import (
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/stickynet/stickynet/extender/demand"
 	"github.com/stickynet/stickynet/extender/state"
@@ -33,6 +35,7 @@ type reader interface {
 	Network(name string) *state.Selection
 	Resource(name corev1.ResourceName) state.Resource
 	VFs(n *state.Node, res state.Resource) (allocatable, used int64)
+	PodVFs(uid types.UID, name corev1.ResourceName) int64
 }
 
 var _ reader = state.Reader{}
@@ -132,20 +135,32 @@ func (o Options) Filter(d demand.Demand, nodes []string, r reader) *Result {
 
 // Into is Filter writing into res, whose slices it reuses.
 func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
-	into(res, d, nodes, r, !d.Requested || o.CountRequestedVFs)
+	into(res, d, nodes, r, !d.Requested || o.CountRequestedVFs, nil)
 }
 
 // Preemption is Into for the nodes where the scheduler would evict pods to
-// make room for a pod with demand d: a node fails only where no eviction
-// can help (outside the nodeSelector of the pod's pool or SriovNetwork, the
-// pool or network missing, a node the extender does not know), not for
-// want of a free VF, which the victims may hold (the scheduler checks the
-// VF resource with the victims gone).
-func (o Options) Preemption(res *Result, d demand.Demand, nodes []string, r reader) {
-	into(res, d, nodes, r, false)
+// make room for a pod with demand d, victims[node] being the pods it would
+// evict there: a node fails where the eviction cannot make the pod fit by
+// the extender's rules. The VFs the victims hold count as free; where the
+// scheduler counts the pod's VFs itself (Into's rule), it has already
+// checked them with the victims gone, and they are not counted here.
+func (o Options) Preemption(res *Result, d demand.Demand, victims map[string][]types.UID, r reader) {
+	nodes := make([]string, 0, len(victims))
+	for n := range victims {
+		nodes = append(nodes, n)
+	}
+	slices.Sort(nodes)
+	freed := func(node string) int64 {
+		var n int64
+		for _, uid := range victims[node] {
+			n += r.PodVFs(uid, d.Resource)
+		}
+		return n
+	}
+	into(res, d, nodes, r, !d.Requested || o.CountRequestedVFs, freed)
 }
 
-func into(res *Result, d demand.Demand, nodes []string, r reader, countVFs bool) {
+func into(res *Result, d demand.Demand, nodes []string, r reader, countVFs bool, freed func(node string) int64) {
 	res.Passed, res.Failures = res.Passed[:0], res.Failures[:0]
 	res.reasons = [numCauses]string{}
 	if !d.Placed() {
@@ -153,7 +168,7 @@ func into(res *Result, d demand.Demand, nodes []string, r reader, countVFs bool)
 		return
 	}
 	c := newCheck(d, r, &res.reasons)
-	c.countVFs = countVFs
+	c.countVFs, c.freed = countVFs, freed
 	for _, name := range nodes {
 		if cause := c.node(name); cause != 0 {
 			res.Failures = append(res.Failures, Failure{Node: name, Cause: cause})
@@ -172,6 +187,9 @@ type check struct {
 	res     state.Resource
 	// countVFs is false when the scheduler's count of free VFs decides.
 	countVFs bool
+	// freed, if set, is how many of a node's VFs in use count as free
+	// (those of the pods preemption would evict there).
+	freed func(node string) int64
 }
 
 // newCheck looks up the pod's pool and network and words the reasons.
@@ -237,6 +255,9 @@ func (c *check) node(name string) Cause {
 		alloc, used := c.r.VFs(n, c.res)
 		if alloc <= 0 {
 			return CauseNoVFs
+		}
+		if c.freed != nil {
+			used -= c.freed(name)
 		}
 		if alloc-used < c.d.VFs {
 			return CauseNoFreeVF

@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
@@ -322,13 +323,19 @@ func (s *Server) prioritize(ex *exchange, d demand.Demand) {
 func (s *Server) preempt(ex *exchange, d demand.Demand) {
 	kept := ex.victims
 	if d.Placed() {
-		names := ex.req.names[:0]
-		for n := range ex.victims {
-			names = append(names, n)
+		victims := make(map[string][]types.UID, len(ex.victims))
+		for n, v := range ex.victims {
+			var uids []types.UID
+			if v != nil {
+				for _, p := range v.Pods {
+					if p != nil {
+						uids = append(uids, types.UID(p.UID))
+					}
+				}
+			}
+			victims[n] = uids
 		}
-		ex.req.names = names
-		s.src.Read(func(r state.Reader) { s.opts.Filter.Preemption(&ex.res, d, names, r) })
-		s.metrics.countFailures(ex.res.Failures)
+		s.src.Read(func(r state.Reader) { s.opts.Filter.Preemption(&ex.res, d, victims, r) })
 		kept = make(map[string]*extenderv1.MetaVictims, len(ex.res.Passed))
 		for _, n := range ex.res.Passed {
 			kept[n] = ex.victims[n]

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -175,8 +176,10 @@ func TestSchedulerEncoding(t *testing.T) {
 
 // TestPreempt sends what kube-scheduler sends before it evicts pods for a
 // pod: the candidate nodes with their victims. Only the nodes where the
-// pod's pool and network can work come back, with their victims as sent;
-// a lack of free VFs does not drop a node (its victims may hold them).
+// pod's pool and network can work once the victims are gone come back,
+// with their victims as sent. Free VFs are counted, the victims' as free,
+// for a pod that does not request its VF (the scheduler counts those that
+// do, with the victims gone).
 func TestPreempt(t *testing.T) {
 	srv := newTestServer(Options{})
 	meta := func(uid string) *extenderv1.MetaVictims {
@@ -192,6 +195,10 @@ func TestPreempt(t *testing.T) {
 	}
 	rack1 := map[string]string{"stickynet.io/assigned-pool": "rack1"}
 	sriov := map[string]string{"stickynet.io/assigned-pool": "rack1", "stickynet.io/sriov-network": "fast"}
+	requested := pod(sriov)
+	requested.Spec.Containers = []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{fast: resource.MustParse("1")}}}}
+	holderEvicted := maps.Clone(all)
+	holderEvicted["n2"] = meta("holder") // holds n2's one VF
 	for _, tc := range []struct {
 		name string
 		args extenderv1.ExtenderPreemptionArgs
@@ -200,7 +207,9 @@ func TestPreempt(t *testing.T) {
 		{"plain pod", extenderv1.ExtenderPreemptionArgs{Pod: pod(nil), NodeNameToMetaVictims: all}, []string{"gone", "n1", "n2", "n3", "n4", "n5"}},
 		{"pool", extenderv1.ExtenderPreemptionArgs{Pod: pod(rack1), NodeNameToMetaVictims: all}, []string{"n1", "n2", "n4", "n5"}},
 		{"pool, not nodeCacheCapable", extenderv1.ExtenderPreemptionArgs{Pod: pod(rack1), NodeNameToVictims: typed}, []string{"n1", "n2", "n4", "n5"}},
-		{"pool and VF", extenderv1.ExtenderPreemptionArgs{Pod: pod(sriov), NodeNameToMetaVictims: all}, []string{"n1", "n2", "n5"}},
+		{"VF requested", extenderv1.ExtenderPreemptionArgs{Pod: requested, NodeNameToMetaVictims: all}, []string{"n1", "n2", "n5"}},
+		{"VF not requested", extenderv1.ExtenderPreemptionArgs{Pod: pod(sriov), NodeNameToMetaVictims: all}, []string{"n1"}},
+		{"VF not requested, its holder a victim", extenderv1.ExtenderPreemptionArgs{Pod: pod(sriov), NodeNameToMetaVictims: holderEvicted}, []string{"n1", "n2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body, err := json.Marshal(&tc.args)
@@ -215,10 +224,14 @@ func TestPreempt(t *testing.T) {
 				t.Fatalf("status %d, %v: %s", w.Code, err, w.Body)
 			}
 			var got []string
+			sent := tc.args.NodeNameToMetaVictims
+			if sent == nil {
+				sent = all // typed carries the same UIDs
+			}
 			for n, v := range res.NodeNameToMetaVictims {
 				got = append(got, n)
-				if !reflect.DeepEqual(v, all[n]) {
-					t.Errorf("victims of %s: %+v, want %+v as sent", n, v, all[n])
+				if !reflect.DeepEqual(v, sent[n]) {
+					t.Errorf("victims of %s: %+v, want %+v as sent", n, v, sent[n])
 				}
 			}
 			slices.Sort(got)

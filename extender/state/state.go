@@ -508,6 +508,12 @@ func (r Reader) VFs(n *Node, res Resource) (allocatable, used int64) {
 	return 0, 0
 }
 
+// PodVFs returns how many VFs of the resource the pod holds on the node it
+// is bound to (0 for a pod the extender does not know or that holds none).
+func (r Reader) PodVFs(uid types.UID, name corev1.ResourceName) int64 {
+	return r.s.pods[uid].use[name]
+}
+
 // LastNode returns the node the sticky key last ran on, if it is
 // remembered (see Options.LastNodeTTL).
 func (r Reader) LastNode(key string) (string, bool) {
