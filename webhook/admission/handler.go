@@ -252,12 +252,22 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	al, err := h.Alloc.Allocate(ctx, req)
 	var full *ipam.SetFullError
-	setCap := req.MaxMembers
+	setCap, canGrow := req.MaxMembers, true
 	for errors.As(err, &full) && !dryRun {
 		// Every member is taken: free those whose pods are gone (the release
-		// controller may not have seen it yet), or grow past pods stuck
+		// controller may not have seen it yet), grow past pods stuck
 		// terminating, or wait briefly for one.
-		if !h.freeGoneMembers(ctx, req.Identity) && !h.releaseUnusable(ctx, req) && !h.growPastStuck(ctx, &req, setCap) {
+		freed := h.freeGoneMembers(ctx, req.Identity) || h.releaseUnusable(ctx, req)
+		if !freed && canGrow && h.growPastStuck(ctx, &req, setCap) {
+			var ex *ipam.ExhaustedError
+			if al, err = h.Alloc.Allocate(ctx, req); !errors.As(err, &ex) {
+				continue
+			}
+			// No free address to grow onto (the pool, or the set's ips
+			// list, is full): wait for a member as without stuck pods.
+			canGrow, req.MaxMembers = false, setCap
+		}
+		if !freed {
 			select {
 			case <-ctx.Done():
 				return nil, nil, full

@@ -351,6 +351,51 @@ func TestFullSetGrowsPastPodsStuckTerminating(t *testing.T) {
 	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 4 addresses of deployment/app/api are in use")
 }
 
+// A set that cannot grow past a stuck pod (its ips list, as long as its cap,
+// has no address left) waits for a member as it does without one: here a
+// rollout's old pod, in its grace period, that ends during the admission.
+func TestStuckPodWithoutRoomWaitsForAMember(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(2))}} // cap 3
+	ips := []string{"10.20.0.10", "10.20.0.11", "10.20.0.12"}
+	ann := map[string]string{annotations.IPs: strings.Join(ips, ",")}
+	objs := []client.Object{rs, dep}
+	deletion := map[string]time.Duration{"api-b": -5 * time.Minute, "api-c": 20 * time.Second} // stuck; within its grace period
+	for _, name := range []string{"api-a", "api-b", "api-c"} {
+		p := pod("app", name, ann, ctrl("ReplicaSet", "api-5d8f"))
+		p.Labels = map[string]string{annotations.ManagedLabel: "true"}
+		p.Status.Phase = corev1.PodRunning
+		if d, ok := deletion[name]; ok {
+			p.DeletionTimestamp = &metav1.Time{Time: time.Now().Add(d)}
+			p.Finalizers = []string{"example.com/hold"}
+		}
+		objs = append(objs, p)
+	}
+	e := newEnv(t, objs...)
+	e.h.Grace = time.Nanosecond
+	blue, err := ipam.NewPool("blue", v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", VLAN: 100, Default: true, ReuseDelaySeconds: i32(60)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"api-a", "api-b", "api-c"} {
+		if _, err := e.alloc.Allocate(context.Background(), ipam.Request{Pool: blue, Identity: "deployment/app/api", Shared: true, Pod: "app/" + name, MaxMembers: 3, IP: netip.MustParseAddr(ips[i])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // past the grace at the records' one-second resolution
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		p := &corev1.Pod{}
+		if err := e.c.Get(context.Background(), client.ObjectKey{Namespace: "app", Name: "api-c"}, p); err == nil {
+			p.Finalizers = nil
+			_ = e.c.Update(context.Background(), p) // api-c is gone
+		}
+	}()
+	if got := e.mustAdmit(pod("app", "", ann, ctrl("ReplicaSet", "api-5d8f"))); assignedIP(got).String() != ips[2] {
+		t.Errorf("new pod got %s; want api-c's %s once api-c is gone", got.Annotations[annotations.AssignedIP], ips[2])
+	}
+}
+
 // A reservation token is taken back only while its reservation is pending
 // for the same identity: output annotations copied into a template (from a
 // live pod, say) must not make the pods of a scale-up share one address.
