@@ -83,6 +83,9 @@ type Controller struct {
 	mu       sync.Mutex
 	seen     map[types.UID]bool   // pods already given an Assigned event
 	warned   map[types.UID]string // the last StickyAddressConflict of each pod
+	// ingressWarned counts, by BandwidthPolicy, the SR-IOV pods its last
+	// IngressNotEnforced event named.
+	ingressWarned map[types.UID]int
 }
 
 var (
@@ -1001,6 +1004,7 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		}
 	}
 	reported := map[types.UID]bool{}
+	onVF := map[types.NamespacedName][]string{} // policies with an ingress limit: the SR-IOV pods they select
 	for _, p := range pods {
 		if !p.live || p.pod.DeletionTimestamp != nil || policy.Own(p.pod) {
 			continue
@@ -1021,6 +1025,10 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 			}
 			errs = append(errs, err)
 			continue
+		}
+		if _, vf := p.pod.Annotations[annotations.SriovNetwork]; vf && res.Policy != "" && res.Bandwidth.Ingress.Rate > 0 {
+			k := types.NamespacedName{Namespace: p.pod.Namespace, Name: res.Policy}
+			onVF[k] = append(onVF[k], p.pod.Name)
 		}
 		want := res.Bandwidth.Annotations()
 		if res.Policy != "" {
@@ -1048,7 +1056,39 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		}
 		c.event(p.pod, corev1.EventTypeNormal, "BandwidthUpdated", "bandwidth limits now %s", describe(res))
 	}
+	c.ingressOnVFs(list.Items, onVF)
 	return errors.Join(errs...)
+}
+
+// ingressOnVFs gives each policy whose ingress limit reaches SR-IOV pods
+// (onVF: their names, by policy) a Warning event, again only when the count
+// changes: traffic into a VF comes from the wire, and the agent sets only
+// the VF's max_tx_rate (the egress limit). The webhook refuses a VF pod's
+// own ingress limit; a policy's it admits, with an admission warning that
+// a workload's pods give their controller, not the user.
+func (c *Controller) ingressOnVFs(policies []v1alpha1.BandwidthPolicy, onVF map[types.NamespacedName][]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last := c.ingressWarned
+	c.ingressWarned = map[types.UID]int{}
+	for i := range policies {
+		pol := &policies[i]
+		names := onVF[types.NamespacedName{Namespace: pol.Namespace, Name: pol.Name}]
+		if len(names) == 0 {
+			continue
+		}
+		c.ingressWarned[pol.UID] = len(names)
+		if last[pol.UID] == len(names) {
+			continue
+		}
+		slices.Sort(names)
+		shown := strings.Join(names[:min(len(names), 5)], ", ")
+		if len(names) > 5 {
+			shown += ", ..."
+		}
+		c.event(pol, corev1.EventTypeWarning, "IngressNotEnforced", "its ingress limit does not apply to the %d SR-IOV pod(s) it selects (%s): "+
+			"traffic into a VF comes from the wire, not through the node; their egress limit (the VF's max_tx_rate) applies", len(names), shown)
+	}
 }
 
 func describe(r policy.Result) string {

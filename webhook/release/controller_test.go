@@ -480,6 +480,54 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 	}
 }
 
+// A policy whose ingress limit reaches SR-IOV pods gets a Warning event
+// naming them, again only when their number changes.
+func TestIngressNotEnforcedOnVFs(t *testing.T) {
+	ctx := context.Background()
+	pol := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "gold", UID: "gold"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
+		Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+	}}
+	mk := func(name string, vf bool) *corev1.Pod {
+		a := map[string]string{annotations.Identity: "pod/app/" + name, annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedPool: "blue", annotations.IngressBandwidth: "10000000", annotations.BandwidthPolicy: "gold"}
+		if vf {
+			a[annotations.SriovNetwork] = "fast"
+		}
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID(name), Labels: map[string]string{"app": "x"}, Annotations: a}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	}
+	c, _, _, rec := setup(t, pol, mk("vf-1", true), mk("vf-0", true), mk("veth", false))
+	warnings := func() []string {
+		var out []string
+		for len(rec.Events) > 0 {
+			if ev := <-rec.Events; strings.Contains(ev, "IngressNotEnforced") {
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	for pass := range 2 {
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		evs := warnings()
+		if pass == 0 && (len(evs) != 1 || !strings.Contains(evs[0], "2 SR-IOV pod(s) it selects (vf-0, vf-1)")) {
+			t.Errorf("events %q; want one naming vf-0 and vf-1", evs)
+		}
+		if pass == 1 && len(evs) != 0 {
+			t.Errorf("second pass repeated %q", evs)
+		}
+	}
+	if err := c.Client.Create(ctx, mk("vf-2", true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if evs := warnings(); len(evs) != 1 || !strings.Contains(evs[0], "3 SR-IOV pod(s)") {
+		t.Errorf("after a third SR-IOV pod: %q", evs)
+	}
+}
+
 // A pod bound at admission gets its Assigned event from the first pass that
 // sees it; a new leader (a webhook rollout) does not announce pods that have
 // long been running again.
