@@ -1085,3 +1085,15 @@ func TestDaemonSetListEdited(t *testing.T) {
 		}
 	}
 }
+
+// A bare ReplicaSet's set is capped at its replicas: it has no surge.
+func TestSetFullErrorNamesTheCap(t *testing.T) {
+	for id, want := range map[string]string{
+		"deployment/ns/api":      "capped at 3: replicas + maxSurge)",
+		"replicaset/ns/api-6c9f": "capped at 3: replicas)",
+	} {
+		if got := (&SetFullError{Identity: id, Members: 3, Max: 3}).Error(); !strings.Contains(got, want) {
+			t.Errorf("%s: %q; want it to say %q", id, got, want)
+		}
+	}
+}

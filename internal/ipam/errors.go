@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 )
 
 // ExhaustedError says a pool has no address for a new identity, and why.
@@ -87,6 +88,10 @@ func (e *SetFullError) Error() string {
 	if e.Claiming > 0 {
 		claiming = fmt.Sprintf(", %d of them being claimed for pods admitted at this moment", e.Claiming)
 	}
-	return fmt.Sprintf("all %d addresses of %s are in use (its set is capped at %d: replicas + maxSurge%s) and no pod has released one yet; the pod can be created again once an old pod is gone",
-		e.Members, e.Identity, e.Max, claiming)
+	capped := "replicas + maxSurge"
+	if strings.HasPrefix(e.Identity, "replicaset/") {
+		capped = "replicas"
+	}
+	return fmt.Sprintf("all %d addresses of %s are in use (its set is capped at %d: %s%s) and no pod has released one yet; the pod can be created again once an old pod is gone",
+		e.Members, e.Identity, e.Max, capped, claiming)
 }

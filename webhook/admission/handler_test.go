@@ -259,6 +259,19 @@ func TestStatefulSetSticky(t *testing.T) {
 	}
 }
 
+// A StatefulSet pod's ordinal comes from its name, which the controller
+// always sets: a pod-index label copied into the template (which a
+// controller without the PodIndexLabel gate leaves as it is) does not give
+// every pod ordinal 0.
+func TestStatefulSetOrdinalFromName(t *testing.T) {
+	e := newEnv(t)
+	p := pod("app", "web-3", nil, ctrl("StatefulSet", "web"))
+	p.Labels[podIndexLabel] = "0"
+	if got := e.mustAdmit(p); got.Annotations[annotations.Identity] != "statefulset/app/web/3" {
+		t.Errorf("identity %q; want statefulset/app/web/3", got.Annotations[annotations.Identity])
+	}
+}
+
 func TestStatefulSetIPs(t *testing.T) {
 	e := newEnv(t)
 	ips := map[string]string{annotations.IPs: "10.20.0.10, 10.20.0.11"}

@@ -57,15 +57,19 @@ func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (
 	return annotations.ID{Kind: annotations.KindPod, Namespace: ns, Name: name}, nil
 }
 
+// statefulSetOrdinal reads the ordinal from the pod's name, which the
+// StatefulSet controller always sets to <set>-<ordinal>; the pod-index label
+// only where the name says nothing (a template may carry a copied label,
+// which a controller without the PodIndexLabel gate does not overwrite).
 func statefulSetOrdinal(pod *corev1.Pod, set string) (int, error) {
+	suffix, ok := strings.CutPrefix(pod.Name, set+"-")
+	if n, err := strconv.Atoi(suffix); ok && err == nil && n >= 0 {
+		return n, nil
+	}
 	if v, ok := pod.Labels[podIndexLabel]; ok {
 		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
 			return n, nil
 		}
-	}
-	suffix, ok := strings.CutPrefix(pod.Name, set+"-")
-	if n, err := strconv.Atoi(suffix); ok && err == nil && n >= 0 {
-		return n, nil
 	}
 	return 0, deny("StatefulSet pod %q of %s has no ordinal (label %s or name <set>-<ordinal>)", pod.Name, set, podIndexLabel)
 }
