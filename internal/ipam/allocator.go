@@ -49,8 +49,12 @@ type Allocator struct {
 	refl  *store.Reflector
 	opts  Options
 
-	leaseMu sync.Mutex
+	leaseMu sync.Mutex // guards leases
 	leases  map[time.Duration]*bucketLease
+	// granting is held by the one caller granting a lease to refill a
+	// bucket; the others wait for it as long as their own context lets
+	// them (a grant waits for etcd, up to its caller's deadline).
+	granting chan struct{}
 	pools   sync.Map // name → *Pool, for the reuse delay of released addresses
 	now     func() time.Time
 
@@ -81,6 +85,7 @@ func New(s store.Store, opts Options) *Allocator {
 		s: s, keys: k, cache: c, opts: opts,
 		refl:       store.NewReflector(s, k.addr, c),
 		leases:     map[time.Duration]*bucketLease{},
+		granting:   make(chan struct{}, 1),
 		now:        time.Now,
 		orphanKick: make(chan struct{}, 1),
 	}
@@ -921,19 +926,40 @@ func (a *Allocator) applyLocal(ops []store.Op, rev int64) {
 // and cooling records made within a few seconds share one lease, so a claim
 // costs one transaction, not a grant plus a transaction.
 func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
-	a.leaseMu.Lock()
-	defer a.leaseMu.Unlock()
-	now := a.now()
-	if l := a.leases[ttl]; l != nil && l.expires.Sub(now) >= ttl {
-		return l.id, nil
+	if id, ok := a.bucket(ttl); ok {
+		return id, nil
 	}
 	slack := max(ttl/4, 2*time.Second)
+	select {
+	case a.granting <- struct{}{}:
+	case <-ctx.Done():
+		// Another caller's grant waits for etcd: an admission does not
+		// wait past its own deadline behind it.
+		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, ctx.Err())
+	}
+	defer func() { <-a.granting }()
+	if id, ok := a.bucket(ttl); ok { // filled by the grant waited for
+		return id, nil
+	}
+	now := a.now()
 	id, err := a.s.Grant(ctx, ttl+slack)
 	if err != nil {
 		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, err)
 	}
+	a.leaseMu.Lock()
 	a.leases[ttl] = &bucketLease{id: id, expires: now.Add(ttl + slack)}
+	a.leaseMu.Unlock()
 	return id, nil
+}
+
+// bucket returns the shared lease for ttl if it lives at least ttl from now.
+func (a *Allocator) bucket(ttl time.Duration) (store.LeaseID, bool) {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	if l := a.leases[ttl]; l != nil && l.expires.Sub(a.now()) >= ttl {
+		return l.id, true
+	}
+	return 0, false
 }
 
 // fillLeases attaches the plan's leased puts to shared leases.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1095,5 +1096,53 @@ func TestSetFullErrorNamesTheCap(t *testing.T) {
 		if got := (&SetFullError{Identity: id, Members: 3, Max: 3}).Error(); !strings.Contains(got, want) {
 			t.Errorf("%s: %q; want it to say %q", id, got, want)
 		}
+	}
+}
+
+// grantHangs is etcd that does not answer lease grants while hang is set
+// (out of reach: the client waits until its caller's deadline).
+type grantHangs struct {
+	*store.Memory
+	hang atomic.Bool
+}
+
+func (g *grantHangs) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	if g.hang.Load() {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return g.Memory.Grant(ctx, ttl)
+}
+
+// A claim that needs a lease does not wait past its own deadline behind
+// another caller's grant, which waits for an etcd out of reach as long as
+// that caller's deadline allows (the release controller's passes have 2
+// minutes): the admission answers that etcd did not, inside its timeout.
+func TestLeaseWaitEndsWithTheCallersDeadline(t *testing.T) {
+	s := &grantHangs{Memory: store.NewMemory()}
+	a := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1"})
+	got := alloc(t, a, Request{Pool: p, Identity: "statefulset/ns/web/0", Pod: "ns/web-0"})
+	s.hang.Store(true)
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		_ = a.Release(rctx, "p", got.IP, "statefulset/ns/web/0", true) // grants the cooling lease, and hangs
+	}()
+	defer func() { cancel(); <-released }()
+	for len(a.granting) == 0 { // the release holds the grant
+		time.Sleep(time.Millisecond)
+	}
+	actx, acancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer acancel()
+	_, err := a.Allocate(actx, Request{Pool: p, Identity: "deployment/ns/api", Shared: true, Token: "tok-1"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("claim behind a hanging grant: %v; want its own deadline", err)
+	}
+	select {
+	case <-released:
+		t.Fatal("the release gave up first: the claim's return shows nothing")
+	default:
 	}
 }
