@@ -55,8 +55,8 @@ type Allocator struct {
 	// bucket; the others wait for it as long as their own context lets
 	// them (a grant waits for etcd, up to its caller's deadline).
 	granting chan struct{}
-	pools   sync.Map // name → *Pool, for the reuse delay of released addresses
-	now     func() time.Time
+	pools    sync.Map // name → *Pool, for the reuse delay of released addresses
+	now      func() time.Time
 
 	orphanMu   sync.Mutex
 	orphans    []orphan
