@@ -1146,3 +1146,65 @@ func TestLeaseWaitEndsWithTheCallersDeadline(t *testing.T) {
 	default:
 	}
 }
+
+// lateTxn is etcd whose transactions, while late is set, are applied after
+// their callers gave up: the caller's deadline ends first, as when a claim
+// rides a group-commit batch that runs on for the other claims in it.
+type lateTxn struct {
+	*store.Memory
+	late   atomic.Bool
+	landed chan struct{}
+}
+
+func (l *lateTxn) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
+	if !l.late.Load() {
+		return l.Memory.Txn(ctx, cmps, then, els)
+	}
+	<-ctx.Done()
+	go func() {
+		defer close(l.landed)
+		time.Sleep(200 * time.Millisecond) // after the allocator's first look
+		_, _ = l.Memory.Txn(context.Background(), cmps, then, els)
+	}()
+	return store.TxnResult{}, ctx.Err()
+}
+
+// A claim whose pod was refused because etcd did not answer in time, and
+// that lands in etcd after the allocator first looked for it, is still
+// given back: the set's next pod is not refused until the claim's lease ends.
+func TestOrphanThatLandsLateIsGivenBack(t *testing.T) {
+	s := &lateTxn{Memory: store.NewMemory(), landed: make(chan struct{})}
+	a := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1"})
+	s.late.Store(true)
+	actx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.Allocate(actx, Request{Pool: p, Identity: "deployment/ns/api", Shared: true, Token: "tok-1", MaxMembers: 1}); err == nil {
+		t.Fatal("the claim succeeded; want its deadline")
+	}
+	s.late.Store(false)
+	<-s.landed
+	ctx := testCtx(t)
+	for len(a.Lookup("deployment/ns/api")) == 0 { // the cache sees the claim
+		select {
+		case <-ctx.Done():
+			t.Fatal("the late claim never reached the cache")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for {
+		_, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/api", Shared: true, Token: "tok-2", MaxMembers: 1})
+		if err == nil {
+			return
+		}
+		var full *SetFullError
+		if !errors.As(err, &full) {
+			t.Fatal(err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the refused pod's claim, landed late, still fills the set: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

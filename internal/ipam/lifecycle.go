@@ -347,10 +347,12 @@ func (a *Allocator) dropOrphans(ctx context.Context) {
 				continue
 			}
 			octx, cancel := context.WithTimeout(ctx, orphanRetry)
-			err := a.dropOrphan(octx, o)
+			settled, err := a.dropOrphan(octx, o)
 			cancel()
 			if err != nil {
 				klog.FromContext(ctx).V(2).Info("Cannot give back a claim whose outcome was not known yet; trying again", "pool", o.pool, "ip", o.ip, "err", err.Error())
+			}
+			if !settled {
 				left = append(left, o)
 			}
 		}
@@ -363,41 +365,45 @@ func (a *Allocator) dropOrphans(ctx context.Context) {
 // dropOrphan reads o's address from etcd and, if the claim went through,
 // gives it back: a hold under o's token is removed (the member is free for
 // the identity's next pod), a reservation under it is released (it cools,
-// as a released address does).
-func (a *Allocator) dropOrphan(ctx context.Context, o orphan) error {
+// as a released address does). settled is false while nothing under o's
+// token is there: the claim's transaction may still be on its way (its
+// caller gave up on it, not etcd, and a batch it went in runs on for the
+// others), so the orphan is looked at again, every orphanRetry, until its
+// lease would have ended.
+func (a *Allocator) dropOrphan(ctx context.Context, o orphan) (settled bool, _ error) {
 	for range a.opts.MaxAttempts {
 		e, err := a.snapshot(ctx, o.pool, o.ip, "", true)
 		if err != nil {
-			return err
+			return false, err
 		}
 		var done bool
 		switch {
 		case e == nil || e.rev <= 0:
-			return nil // etcd did not take it, or it lapsed
+			return false, nil // not taken (yet), or it lapsed
 		case e.hold != nil && e.hold.Token == o.token:
 			hk := a.keys.holdKey(o.pool, o.ip)
 			ops := []store.Op{store.Delete(hk)}
 			res, err := a.s.Txn(ctx, []store.Cmp{store.At(hk, e.holdRev)}, ops, nil)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if done = res.Succeeded; done {
 				a.applyLocal(ops, res.Revision)
 			}
 		case e.rec.State == stateReserved && e.rec.Token == o.token:
 			if done, err = a.release(ctx, e); err != nil {
-				return err
+				return false, err
 			}
 		default:
-			return nil // etcd did not take it
+			return false, nil // nothing under o's token (yet)
 		}
 		if done {
 			klog.FromContext(ctx).Info("Gave back a claim whose pod was refused when etcd did not answer in time",
 				"pool", o.pool, "ip", o.ip, "identity", e.rec.ID)
-			return nil
+			return true, nil
 		}
 	}
-	return fmt.Errorf("give back %s of pool %s: %w", o.ip, o.pool, ErrContention)
+	return false, fmt.Errorf("give back %s of pool %s: %w", o.ip, o.pool, ErrContention)
 }
 
 func (a *Allocator) learnGets(keys []string, res store.TxnResult) {
