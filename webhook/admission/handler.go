@@ -277,6 +277,12 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		if ctx.Err() != nil {
 			return nil, nil, full
 		}
+		// A scale-up the cache has seen meanwhile (a ReplicaSet scaled
+		// directly races its own pods' admissions) raises the cap.
+		if c, cerr := h.setCap(ctx, pod, id); cerr == nil && c > setCap {
+			req.MaxMembers += c - setCap
+			setCap = c
+		}
 		al, err = h.Alloc.Allocate(ctx, req)
 	}
 	if err != nil {

@@ -409,6 +409,33 @@ func TestStuckPodWithoutRoomWaitsForAMember(t *testing.T) {
 	}
 }
 
+// A full set whose cap rises while a pod waits for a member (a ReplicaSet
+// scaled up directly, racing its new pods' admissions) admits the pod.
+func TestFullSetSeesScaleUpWhileWaiting(t *testing.T) {
+	rollout := metav1.OwnerReference{APIVersion: "argoproj.io/v1alpha1", Kind: "Rollout", Name: "api", UID: "r", Controller: ptr(true)}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-6c9f", OwnerReferences: []metav1.OwnerReference{rollout}}, Spec: appsv1.ReplicaSetSpec{Replicas: ptr(int32(1))}}
+	e := newEnv(t, rs)
+	ctx := context.Background()
+	first := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-6c9f")))
+	running := first.DeepCopy()
+	running.Name, running.Status.Phase = "api-6c9f-aaaaa", corev1.PodRunning
+	if err := e.c.Create(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: assignedIP(first), Identity: "replicaset/app/api-6c9f", Pod: "app/api-6c9f-aaaaa", Token: first.Annotations[annotations.Reservation]}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		r := &appsv1.ReplicaSet{}
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: "app", Name: "api-6c9f"}, r); err == nil {
+			r.Spec.Replicas = ptr(int32(2))
+			_ = e.c.Update(ctx, r)
+		}
+	}()
+	e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-6c9f")))
+}
+
 // A reservation token is taken back only while its reservation is pending
 // for the same identity: output annotations copied into a template (from a
 // live pod, say) must not make the pods of a scale-up share one address.
