@@ -291,6 +291,21 @@ func TestNotAdmitted(t *testing.T) {
 	}
 }
 
+// An assignment copied from another namespace's pod (into a namespace the
+// webhook does not serve) is refused; one of the pod's own namespace is not.
+func TestCopiedAssignment(t *testing.T) {
+	pod := func(ns string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0-debug", Annotations: map[string]string{annotations.AssignedIP: "10.20.0.7/24"}}}
+	}
+	asg := annotations.Assignment{Identity: "statefulset/app/web/0"}
+	if err := copiedAssignment(pod("other"), asg); cniErrCode(err) != api.ErrPodNotAdmitted || !strings.Contains(err.Error(), "statefulset/app/web/0 (10.20.0.7/24), an identity of namespace app") {
+		t.Errorf("copy in namespace other: %v; want error 100 naming the identity and its namespace", err)
+	}
+	if err := copiedAssignment(pod("app"), asg); err != nil {
+		t.Errorf("pod of the identity's namespace: %v", err)
+	}
+}
+
 func cniErrCode(err error) uint {
 	var te *types.Error
 	if errors.As(err, &te) {

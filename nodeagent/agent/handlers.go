@@ -109,9 +109,15 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, perr := annotations.ParseAssignment(pod.Annotations); errors.Is(perr, annotations.ErrNotAssigned) {
+	asg, perr := annotations.ParseAssignment(pod.Annotations)
+	if errors.Is(perr, annotations.ErrNotAssigned) {
 		fb, err := notAdmitted(conf, pod)
 		return nil, fb, err
+	}
+	if perr == nil {
+		if err := copiedAssignment(pod, asg); err != nil {
+			return nil, nil, err
+		}
 	}
 	res, err := a.attach(ctx, wait, conf, req, pod)
 	return res, nil, err
@@ -150,6 +156,20 @@ func (a *agent) podWait(conf *api.NetConf) time.Duration {
 		return a.opts.PodWait // a.conf refuses such a configuration
 	}
 	return min(a.opts.PodWait, t/2)
+}
+
+// copiedAssignment refuses an assignment whose identity is of another
+// namespace than the pod's: copied from another pod's manifest into a
+// namespace the webhook does not serve (which would have replaced it), it
+// would put that pod's address and MAC on the wire twice.
+func copiedAssignment(pod *corev1.Pod, asg annotations.Assignment) error {
+	id, err := annotations.ParseIdentity(asg.Identity)
+	if err != nil || id.Namespace == pod.Namespace {
+		return nil
+	}
+	return types.NewError(api.ErrPodNotAdmitted, fmt.Sprintf("pod %s/%s carries the assignment of %s (%s), an identity of namespace %s: "+
+		"it was copied from another pod, not given by the stickynet webhook; create the pod without the stickynet.io/ output annotations, "+
+		"in a namespace labelled %s=true", pod.Namespace, pod.Name, asg.Identity, pod.Annotations[annotations.AssignedIP], id.Namespace, annotations.EnabledLabel), "")
 }
 
 // notAdmitted answers ADD for a pod without a stickynet assignment: it goes

@@ -117,7 +117,15 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		pod.Namespace = req.Namespace
 	}
 	if pod.Spec.HostNetwork {
-		return admission.Allowed("host-network pod: stickynet does not apply"), resultSkipped
+		// It gets no address; output annotations and the managed label
+		// copied from another pod's manifest go, or the release controller
+		// would take it for that pod.
+		out := pod.DeepCopy()
+		for _, k := range annotations.OutputKeys {
+			delete(out.Annotations, k)
+		}
+		delete(out.Labels, annotations.ManagedLabel)
+		return admission.Patched("host-network pod: stickynet does not apply", buildPatch(pod, out)...), resultSkipped
 	}
 	ns, err := h.namespace(ctx, pod.Namespace)
 	if err != nil {

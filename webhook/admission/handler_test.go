@@ -791,6 +791,26 @@ func TestSriovIngressLimit(t *testing.T) {
 	}
 }
 
+// A host-network pod gets no address, and loses output annotations and the
+// managed label copied from another pod's manifest.
+func TestHostNetworkPodLosesCopiedOutputs(t *testing.T) {
+	e := newEnv(t)
+	p := pod("app", "web-0-debug", map[string]string{annotations.Identity: "statefulset/app/web/0", annotations.AssignedIP: "10.20.0.7/24", "keep": "me"})
+	p.Labels[annotations.ManagedLabel] = "true"
+	p.Spec.HostNetwork = true
+	resp, got := e.admit(p, false)
+	if !resp.Allowed || got == nil {
+		t.Fatalf("host-network pod: %+v", resp.Result)
+	}
+	if _, ok := got.Annotations[annotations.Identity]; ok || got.Annotations[annotations.AssignedIP] != "" || got.Labels[annotations.ManagedLabel] != "" ||
+		got.Annotations["keep"] != "me" || got.Labels["app"] != "x" {
+		t.Errorf("host-network pod admitted with annotations %v, labels %v; want its own only", got.Annotations, got.Labels)
+	}
+	if len(e.alloc.Lookup("statefulset/app/web/0")) != 0 {
+		t.Error("a host-network pod got an address")
+	}
+}
+
 func TestDryRunAllocatesNothing(t *testing.T) {
 	e := newEnv(t)
 	before := e.store.Revision()

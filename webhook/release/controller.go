@@ -240,6 +240,12 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 		if err != nil || len(pfx) == 0 {
 			continue
 		}
+		if pid, err := annotations.ParseIdentity(id); p.Spec.HostNetwork || err == nil && pid.Namespace != p.Namespace {
+			// Output annotations copied from another pod's manifest (into
+			// a host-network pod, or a namespace the webhook does not
+			// serve, where nothing strips them): not a carrier of them.
+			continue
+		}
 		out = append(out, podInfo{
 			pod: p, key: p.Namespace + "/" + p.Name, identity: id, pool: ann[annotations.AssignedPool],
 			ip: pfx[0].Addr(), token: ann[annotations.Reservation],

@@ -528,6 +528,47 @@ func TestIngressNotEnforcedOnVFs(t *testing.T) {
 	}
 }
 
+// A pod carrying output annotations copied from another pod's manifest, in
+// a host-network pod or another namespace (which the webhook does not
+// serve, or where it did not strip them), does not take the identity's
+// address: the StatefulSet's own pod would be refused while it runs.
+func TestCopiedOutputsAreNotACarrier(t *testing.T) {
+	for _, tc := range []struct {
+		name, ns string
+		host     bool
+	}{
+		{"host-network copy in the same namespace", "app", true},
+		{"copy in another namespace", "other", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web"}, Spec: appsv1.StatefulSetSpec{Replicas: new(int32(1))}}
+			c, a, p, _ := setup(t, sts)
+			ctx := context.Background()
+			id := "statefulset/app/web/0"
+			al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/web-0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ann := map[string]string{annotations.Identity: id, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name, annotations.AssignedMAC: al.MAC.String()}
+			cp := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: tc.ns, Name: "web-0-debug", Labels: map[string]string{annotations.ManagedLabel: "true"}, Annotations: ann},
+				Spec:       corev1.PodSpec{HostNetwork: tc.host},
+				Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+			}
+			if err := c.Client.Create(ctx, cp); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond) // past the grace; web-0 is gone
+			if err := c.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := a.Lookup(id); len(got) != 1 || got[0].Pod == tc.ns+"/web-0-debug" {
+				t.Errorf("ordinal 0's addresses after the pass: %+v; want its one address, not bound to the copy", got)
+			}
+		})
+	}
+}
+
 // A pod bound at admission gets its Assigned event from the first pass that
 // sees it; a new leader (a webhook rollout) does not announce pods that have
 // long been running again.
