@@ -18,6 +18,7 @@ package filter
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -145,11 +146,7 @@ func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
 // scheduler counts the pod's VFs itself (Into's rule), it has already
 // checked them with the victims gone, and they are not counted here.
 func (o Options) Preemption(res *Result, d demand.Demand, victims map[string][]types.UID, r reader) {
-	nodes := make([]string, 0, len(victims))
-	for n := range victims {
-		nodes = append(nodes, n)
-	}
-	slices.Sort(nodes)
+	nodes := slices.Collect(maps.Keys(victims))
 	freed := func(node string) int64 {
 		var n int64
 		for _, uid := range victims[node] {

@@ -92,6 +92,17 @@ func ParseIdentity(s string) (ID, error) {
 	return id, nil
 }
 
+// OtherNamespace returns the namespace of identity s when it is not ns:
+// the webhook writes identities of the pod's own namespace only, so such a
+// pod carries output annotations copied from another pod's manifest. An
+// identity that does not parse gives "".
+func OtherNamespace(s, ns string) string {
+	if id, err := ParseIdentity(s); err == nil && id.Namespace != ns {
+		return id.Namespace
+	}
+	return ""
+}
+
 // StatefulSetID returns the identity of a StatefulSet ordinal.
 func StatefulSetID(ns, name string, ordinal int) ID {
 	return ID{Kind: KindStatefulSet, Namespace: ns, Name: name, Member: fmt.Sprint(ordinal)}

@@ -163,13 +163,13 @@ func (a *agent) podWait(conf *api.NetConf) time.Duration {
 // namespace the webhook does not serve (which would have replaced it), it
 // would put that pod's address and MAC on the wire twice.
 func copiedAssignment(pod *corev1.Pod, asg annotations.Assignment) error {
-	id, err := annotations.ParseIdentity(asg.Identity)
-	if err != nil || id.Namespace == pod.Namespace {
+	other := annotations.OtherNamespace(asg.Identity, pod.Namespace)
+	if other == "" {
 		return nil
 	}
 	return types.NewError(api.ErrPodNotAdmitted, fmt.Sprintf("pod %s/%s carries the assignment of %s (%s), an identity of namespace %s: "+
 		"it was copied from another pod, not given by the stickynet webhook; create the pod without the stickynet.io/ output annotations, "+
-		"in a namespace labelled %s=true", pod.Namespace, pod.Name, asg.Identity, pod.Annotations[annotations.AssignedIP], id.Namespace, annotations.EnabledLabel), "")
+		"in a namespace labelled %s=true", pod.Namespace, pod.Name, asg.Identity, pod.Annotations[annotations.AssignedIP], other, annotations.EnabledLabel), "")
 }
 
 // notAdmitted answers ADD for a pod without a stickynet assignment: it goes

@@ -240,7 +240,7 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 		if err != nil || len(pfx) == 0 {
 			continue
 		}
-		if pid, err := annotations.ParseIdentity(id); p.Spec.HostNetwork || err == nil && pid.Namespace != p.Namespace {
+		if p.Spec.HostNetwork || annotations.OtherNamespace(id, p.Namespace) != "" {
 			// Output annotations copied from another pod's manifest (into
 			// a host-network pod, or a namespace the webhook does not
 			// serve, where nothing strips them): not a carrier of them.

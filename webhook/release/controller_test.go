@@ -36,6 +36,18 @@ import (
 
 // setup returns a controller over a fake API with the objects and pool blue,
 // an allocator on the in-memory store, and the controller's event recorder.
+// drained takes the events recorded so far whose text contains reason
+// ("" for all).
+func drained(rec *events.FakeRecorder, reason string) []string {
+	var evs []string
+	for len(rec.Events) > 0 {
+		if ev := <-rec.Events; strings.Contains(ev, reason) {
+			evs = append(evs, ev)
+		}
+	}
+	return evs
+}
+
 func setup(t *testing.T, objs ...client.Object) (*Controller, *ipam.Allocator, *ipam.Pool, *events.FakeRecorder) {
 	t.Helper()
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
@@ -154,13 +166,7 @@ func TestDaemonSetNarrowedReleasesNodes(t *testing.T) {
 // that keeps the first note only).
 func TestReleasedEvents(t *testing.T) {
 	c, a, p, rec := setup(t)
-	events := func() []string {
-		var evs []string
-		for len(rec.Events) > 0 {
-			evs = append(evs, <-rec.Events)
-		}
-		return evs
-	}
+	events := func() []string { return drained(rec, "") }
 	sets := func(name string, n int) []string {
 		ids := make([]string, n)
 		for i := range ids {
@@ -496,15 +502,7 @@ func TestIngressNotEnforcedOnVFs(t *testing.T) {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID(name), Labels: map[string]string{"app": "x"}, Annotations: a}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
 	}
 	c, _, _, rec := setup(t, pol, mk("vf-1", true), mk("vf-0", true), mk("veth", false))
-	warnings := func() []string {
-		var out []string
-		for len(rec.Events) > 0 {
-			if ev := <-rec.Events; strings.Contains(ev, "IngressNotEnforced") {
-				out = append(out, ev)
-			}
-		}
-		return out
-	}
+	warnings := func() []string { return drained(rec, "IngressNotEnforced") }
 	for pass := range 2 {
 		if err := c.Reconcile(ctx); err != nil {
 			t.Fatal(err)
@@ -588,15 +586,7 @@ func TestAssignedEventOnceAcrossLeaders(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	announced := func() []string {
-		var out []string
-		for len(rec.Events) > 0 {
-			if ev := <-rec.Events; strings.Contains(ev, "StickyAddressAssigned") {
-				out = append(out, ev)
-			}
-		}
-		return out
-	}
+	announced := func() []string { return drained(rec, "StickyAddressAssigned") }
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -687,10 +677,7 @@ func TestUnrecordedAddressesOfLivePods(t *testing.T) {
 	if got := a.Lookup("statefulset/app/db/2"); len(got) != 0 {
 		t.Errorf("db-2, whose MAC pod/app/y holds, got %+v", got)
 	}
-	var evs []string
-	for len(rec.Events) > 0 {
-		evs = append(evs, <-rec.Events)
-	}
+	evs := drained(rec, "")
 	for _, want := range []string{
 		"Normal StickyAddressRecorded 10.20.0.7 with MAC 02:00:00:00:00:07 of pool blue",
 		"Normal StickyAddressRecorded 10.20.0.8 with MAC 02:00:00:00:00:08 of pool blue",
@@ -749,10 +736,7 @@ func TestAdoptionConflicts(t *testing.T) {
 			t.Fatalf("pass %d: %v", pass, err)
 		}
 	}
-	var evs []string
-	for len(rec.Events) > 0 {
-		evs = append(evs, <-rec.Events)
-	}
+	evs := drained(rec, "")
 	want := []string{
 		"Normal StickyAddressRecorded 10.20.0.20 with MAC 02:00:00:00:00:20",
 		"Warning StickyAddressConflict 10.20.0.20 of pool blue, which this pod carries as deployment/app/web, is carried by pod app/web-",
@@ -866,10 +850,7 @@ func TestConflictToldOncePerSpell(t *testing.T) {
 	c.warn(p, "held by %s", "y")
 	c.unwarn(p)
 	c.warn(p, "held by %s", "y")
-	var evs []string
-	for len(rec.Events) > 0 {
-		evs = append(evs, <-rec.Events)
-	}
+	evs := drained(rec, "")
 	want := []string{"Warning StickyAddressConflict held by x", "Warning StickyAddressConflict held by y", "Warning StickyAddressConflict held by y"}
 	if len(evs) != len(want) {
 		t.Fatalf("events %q; want %q", evs, want)
