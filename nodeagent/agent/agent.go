@@ -134,6 +134,11 @@ type Options struct {
 	// MetricsAddr is the address of the Prometheus endpoint /metrics, such
 	// as ":9194"; empty means none.
 	MetricsAddr string
+	// DaemonSet is the "namespace/name" of the DaemonSet that runs the
+	// agent: when the agent stops after it was deleted (stickynet
+	// uninstalled), it removes the conflist and plugin it installed.
+	// Empty: it never removes them.
+	DaemonSet string
 	// Ready, when set, is called once the agent answers on its socket.
 	Ready func()
 }
@@ -169,6 +174,11 @@ func (o *Options) Defaults() {
 func (o *Options) validate() error {
 	if o.Pods == nil && o.NodeName == "" {
 		return errors.New("node name is not set (--node-name or NODE_NAME)")
+	}
+	if o.DaemonSet != "" {
+		if _, _, err := parseDaemonSet(o.DaemonSet); err != nil {
+			return err
+		}
 	}
 	if o.PodWait < 0 {
 		return fmt.Errorf("pod wait %s: want a positive duration", o.PodWait)
@@ -214,6 +224,7 @@ type agent struct {
 	detached   chan struct{}                   // closed and replaced when an attachment is removed
 	ready      bool
 	warm       chan struct{} // wakes warmLoop
+	owner      *owner        // the agent's DaemonSet, followed for an uninstall; nil: none
 }
 
 // Run runs the agent until ctx ends. It leaves every attachment in place
@@ -340,6 +351,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err := nets.Start(ctx, a.wakeAdvertise); err != nil {
 		return fmt.Errorf("start SriovNetwork source: %w", err)
 	}
+	if a.owner, err = watchOwner(ctx, kube, opts.DaemonSet); err != nil {
+		return err
+	}
 	// The marker goes in before the restore installs any limit: an
 	// ovs-vswitchd restart from here on is seen by resyncLoop.
 	if err := oc.Mark(ctx); err != nil {
@@ -383,6 +397,7 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("Serving", "socket", opts.Socket, "attachments", a.count())
 	err = srv.Serve(ctx, 10*time.Second)
 	wg.Wait()
+	a.owner.uninstall(ctx)
 	log.Info("Stopped")
 	return err
 }
@@ -537,16 +552,20 @@ func (a *agent) freePort(p int) {
 // install writes the conflist (and the plugin binary) once the agent answers.
 func (a *agent) install() error {
 	if a.opts.CNIBinDir != "" && a.opts.CNIPluginSource != "" {
-		if err := installFile(a.opts.CNIPluginSource, filepath.Join(a.opts.CNIBinDir, api.PluginType), 0o755); err != nil {
+		path := filepath.Join(a.opts.CNIBinDir, api.PluginType)
+		if err := installFile(a.opts.CNIPluginSource, path, 0o755); err != nil {
 			return fmt.Errorf("install CNI plugin: %w", err)
 		}
+		a.owner.wrote(path)
 	}
 	if a.opts.CNIConfDir == "" {
 		return nil
 	}
-	if err := writeFileAtomic(filepath.Join(a.opts.CNIConfDir, a.opts.CNIConfName), a.conflist, 0o644); err != nil {
+	path := filepath.Join(a.opts.CNIConfDir, a.opts.CNIConfName)
+	if err := writeFileAtomic(path, a.conflist, 0o644); err != nil {
 		return fmt.Errorf("install CNI conflist: %w", err)
 	}
+	a.owner.wrote(path)
 	return nil
 }
 

@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// The agent's DaemonSet (Options.DaemonSet) deleted means stickynet is
+// leaving the node (helm uninstall, kubectl delete): the agent that stops
+// then removes the conflist and plugin binary it installed, so that new pods
+// get the node's other network instead of failing, on every node, against an
+// agent that is gone. Any other stop (a rolling update, a crash, the pod
+// deleted by hand) leaves them: pods created meanwhile wait for the agent
+// rather than falling through to another network.
+//
+// The deletion is seen through a watch while the agent runs, not asked for
+// at the stop: helm deletes the release's ServiceAccount and RBAC with the
+// DaemonSet, and a request made with the deleted account's token is refused.
+
+// owner follows the agent's DaemonSet.
+type owner struct {
+	kube     kubernetes.Interface
+	ns, name string
+	seen     atomic.Bool // the DaemonSet existed while the agent ran
+	leaving  atomic.Bool // and was then deleted
+
+	mu        sync.Mutex
+	installed []installed // in the order written: the plugin, then the conflist
+}
+
+// installed is a file the agent wrote, as it last wrote it.
+type installed struct {
+	path string
+	fi   os.FileInfo
+}
+
+// parseDaemonSet splits Options.DaemonSet, "namespace/name".
+func parseDaemonSet(s string) (ns, name string, err error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return "", "", fmt.Errorf("daemonset %q: want namespace/name of the DaemonSet that runs the agent", s)
+	}
+	return ns, name, nil
+}
+
+// watchOwner starts following the DaemonSet; nil without one to follow.
+func watchOwner(ctx context.Context, kube kubernetes.Interface, ref string) (*owner, error) {
+	if ref == "" {
+		return nil, nil
+	}
+	ns, name, err := parseDaemonSet(ref)
+	if err != nil {
+		return nil, err
+	}
+	if kube == nil {
+		return nil, fmt.Errorf("daemonset %q: the agent has no API server to follow it on", ref)
+	}
+	o := &owner{kube: kube, ns: ns, name: name}
+	f := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		}))
+	inf := f.Apps().V1().DaemonSets().Informer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    o.saw,
+		UpdateFunc: func(_, obj any) { o.saw(obj) },
+		DeleteFunc: func(any) { o.gone(ctx) },
+	}); err != nil {
+		return nil, err
+	}
+	f.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil, fmt.Errorf("daemonset %s: watch did not sync: %w", ref, ctx.Err())
+	}
+	if !o.seen.Load() {
+		klog.FromContext(ctx).Info("Warning: the agent's DaemonSet does not exist; the agent will not remove its conflist when stickynet is uninstalled", "daemonset", ref)
+	}
+	return o, nil
+}
+
+func (o *owner) saw(obj any) {
+	ds, ok := obj.(*appsv1.DaemonSet)
+	if !ok {
+		return
+	}
+	o.seen.Store(true)
+	if ds.DeletionTimestamp != nil {
+		o.leaving.Store(true)
+	}
+}
+
+func (o *owner) gone(ctx context.Context) {
+	if o.seen.Load() && !o.leaving.Swap(true) {
+		klog.FromContext(ctx).Info("The agent's DaemonSet is deleted: the agent removes its conflist and plugin when it stops", "daemonset", o.ns+"/"+o.name)
+	}
+}
+
+// wrote records what the agent installed at path.
+func (o *owner) wrote(path string) {
+	if o == nil {
+		return
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i := range o.installed {
+		if o.installed[i].path == path {
+			o.installed[i].fi = fi
+			return
+		}
+	}
+	o.installed = append(o.installed, installed{path, fi})
+}
+
+// uninstall removes what the agent installed if its DaemonSet is gone. A
+// file written since by another agent (a new install's, on the same node)
+// is left.
+func (o *owner) uninstall(ctx context.Context) {
+	if o == nil || !o.seen.Load() {
+		return
+	}
+	log := klog.FromContext(ctx)
+	if !o.leaving.Load() {
+		// The watch may lag the deletion; a refused request (the account
+		// deleted with the DaemonSet) leaves the files.
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		defer cancel()
+		ds, err := o.kube.AppsV1().DaemonSets(o.ns).Get(gctx, o.name, metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) && (err != nil || ds.DeletionTimestamp == nil) {
+			return
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	// The conflist first: a runtime never meets it without its plugin.
+	for i := len(o.installed) - 1; i >= 0; i-- {
+		f := o.installed[i]
+		if fi, err := os.Stat(f.path); err != nil || !os.SameFile(fi, f.fi) {
+			continue
+		}
+		if err := os.Remove(f.path); err != nil {
+			log.Error(err, "Uninstall: could not remove a file the agent installed", "path", f.path)
+		} else {
+			log.Info("Uninstall: removed a file the agent installed", "path", f.path)
+		}
+	}
+}
