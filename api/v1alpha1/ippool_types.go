@@ -45,7 +45,7 @@ type IPPoolSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MaxLength=49
-	// +kubebuilder:validation:items:XValidation:rule="isIP(self) || isCIDR(self)",message="must be an IP address or a CIDR"
+	// +kubebuilder:validation:items:XValidation:rule="isIP(self) || isCIDR(self) && cidr(self).masked() == cidr(self)",message="must be an IP address or a network in canonical CIDR form such as 10.20.2.0/24 (no host bits set)"
 	// +listType=atomic
 	Exclude []string `json:"exclude,omitempty"`
 
@@ -79,7 +79,7 @@ type IPPoolSpec struct {
 	// start with it. It must be unicast. Empty: random locally administered unicast MACs.
 	// +optional
 	// +kubebuilder:validation:Pattern=`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){0,4}$`
-	// +kubebuilder:validation:XValidation:rule="int('0x' + self.substring(0, 2)) % 2 == 0",message="must be a unicast prefix (the low bit of the first octet clear), such as 02:42"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-fA-F][02468aceACE]')",message="must be a unicast prefix (the low bit of the first octet clear), such as 02:42"
 	MACPrefix string `json:"macPrefix,omitempty"`
 
 	// AllowUniversalMAC lets pods request MACs that are not locally administered.
@@ -124,7 +124,7 @@ type IPPoolStatus struct {
 // +kubebuilder:printcolumn:name="Allocated",type=integer,JSONPath=`.status.allocated`
 // +kubebuilder:printcolumn:name="Held",type=integer,JSONPath=`.status.held`
 // +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.free`
-// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IPPool struct {
 	metav1.TypeMeta   `json:",inline"`

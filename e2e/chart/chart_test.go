@@ -356,6 +356,10 @@ func TestAPIServer(t *testing.T) {
 		}
 		for _, ok := range []string{
 			pool("{cidr: 10.20.0.0/16, gateway: 10.20.0.1, ranges: [{start: 10.20.1.1, end: 10.20.1.9}], exclude: [10.20.0.5, 10.20.2.0/24]}"),
+			pool("{cidr: 10.20.0.0/16, macPrefix: '02'}"),
+			pool("{cidr: 10.20.0.0/16, macPrefix: '02:42:ac'}"),
+			pool("{cidr: 10.20.0.0/16, macPrefix: '0A:00:27'}"),
+			pool("{cidr: 10.20.0.0/16, macPrefix: '00:50:56:aa:bb'}"),
 			policy("{podSelector: {}, ingress: {rate: 10M, burst: 40M}, egress: {rate: 10M, burst: 100M}}"),
 			policy("{podSelector: {}, ingress: {rate: 2832}}"),
 		} {
@@ -368,6 +372,9 @@ func TestAPIServer(t *testing.T) {
 			pool("{cidr: 10.20.0.0/16, gateway: 10.21.0.1}"):                           "gateway must lie inside cidr",
 			pool("{cidr: 10.20.0.0/16, ranges: [{start: 10.20.1.1, end: 10.21.0.1}]}"): "every range must lie inside cidr",
 			pool("{cidr: 10.20.0.0/16, exclude: [10.21.0.0/24]}"):                      "every exclude entry",
+			pool("{cidr: 10.20.0.0/16, exclude: [10.20.0.5/24]}"):                      "no host bits set",
+			pool("{cidr: 10.20.0.0/16, macPrefix: '01:00'}"):                           "must be a unicast prefix",
+			pool("{cidr: 10.20.0.0/16, macPrefix: 'ff'}"):                              "must be a unicast prefix",
 			policy("{podSelector: {}, egress: {rate: 500}}"):                           "must be a rate in bit/s from 1k",
 			policy("{podSelector: {}, egress: {rate: 10M, burst: 8k}}"):                "from 12144",
 			policy("{podSelector: {}, ingress: {rate: 2831}}"):                         "at least 2832 bit/s",
