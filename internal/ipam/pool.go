@@ -237,6 +237,69 @@ func (p *Pool) checkMAC(m net.HardwareAddr) error {
 }
 
 // u128 is an IPv6-sized unsigned integer for address arithmetic.
+// OverlapError is an IPPool that can hand out an address an earlier IPPool
+// can too. An address is unique within its pool only (its etcd key names
+// the pool), so two such pools would give one address to two pods.
+type OverlapError struct {
+	Pool, Other string
+	Addr        netip.Addr // the first address both can hand out
+}
+
+func (e *OverlapError) Error() string {
+	return fmt.Sprintf("IPPool %s: its addresses overlap those of IPPool %s, created before it (both can hand out %s), and two pools would give one address to two pods: "+
+		"narrow one of them with spec.ranges or spec.exclude, or delete one", e.Pool, e.Other, e.Addr)
+}
+
+// Overlapping reports, as an *OverlapError, whether pool p (the IPPool ipp)
+// can hand out an address that a pool of all created before it can: earlier
+// by creation time, then by name. The earlier pool goes on as before. Pools
+// may share a CIDR and gateway with ranges or excludes that keep their
+// addresses apart.
+func Overlapping(ipp *v1alpha1.IPPool, p *Pool, all []v1alpha1.IPPool) error {
+	for i := range all {
+		o := &all[i]
+		earlier := o.CreationTimestamp.Before(&ipp.CreationTimestamp) ||
+			o.CreationTimestamp.Equal(&ipp.CreationTimestamp) && o.Name < ipp.Name
+		if !earlier || o.Name == ipp.Name {
+			continue
+		}
+		if op, err := netip.ParsePrefix(o.Spec.CIDR); err != nil || !op.Overlaps(p.Prefix) {
+			continue
+		}
+		q, err := NewPool(o.Name, o.Spec)
+		if err != nil {
+			continue // hands out nothing
+		}
+		if a, ok := p.shared(q); ok {
+			return &OverlapError{Pool: ipp.Name, Other: o.Name, Addr: a}
+		}
+	}
+	return nil
+}
+
+// shared returns the first address both pools can hand out.
+func (p *Pool) shared(q *Pool) (netip.Addr, bool) {
+	for i, j := 0, 0; i < len(p.spans) && j < len(q.spans); {
+		a, b := p.spans[i], q.spans[j]
+		lo, hi := a.lo, a.hi
+		if lo.less(b.lo) {
+			lo = b.lo
+		}
+		if b.hi.less(hi) {
+			hi = b.hi
+		}
+		if !hi.less(lo) {
+			return lo.addr(p.Prefix.Addr().Is4()), true
+		}
+		if a.hi.less(b.hi) {
+			i++
+		} else {
+			j++
+		}
+	}
+	return netip.Addr{}, false
+}
+
 type u128 struct{ hi, lo uint64 }
 
 type span struct{ lo, hi u128 }

@@ -151,8 +151,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		var ne *ipam.NotAllocatableError
 		var sf *ipam.SetFullError
 		var me *ipam.MACNotAllowedError
+		var oe *ipam.OverlapError
 		switch {
-		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me):
+		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &oe):
 			log.V(2).Info("Denied pod", "reason", err.Error())
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
@@ -477,15 +478,16 @@ func (h *Handler) heldInGonePool(ctx context.Context, pod *corev1.Pod, err error
 
 // freshPool reads the IPPool from the API server.
 func (h *Handler) freshPool(ctx context.Context, name string, ns *corev1.Namespace) (*v1alpha1.IPPool, *ipam.Pool, error) {
-	p := &v1alpha1.IPPool{}
-	err := h.APIReader.Get(ctx, client.ObjectKey{Name: name}, p)
-	if apierrors.IsNotFound(err) {
-		return nil, nil, deny("IPPool %s has just been deleted", name)
-	}
-	if err != nil {
+	list := &v1alpha1.IPPoolList{}
+	if err := h.APIReader.List(ctx, list); err != nil {
 		return nil, nil, fmt.Errorf("read IPPool %s: %w", name, err)
 	}
-	return h.parse(p, ns)
+	for i := range list.Items {
+		if list.Items[i].Name == name {
+			return h.parse(&list.Items[i], ns, list.Items)
+		}
+	}
+	return nil, nil, deny("IPPool %s has just been deleted", name)
 }
 
 // moves reports whether the request asks a single identity's pod for another

@@ -1116,3 +1116,18 @@ func TestDeletedPoolKeepsClaims(t *testing.T) {
 			back.Annotations[annotations.AssignedIP], back.Annotations[annotations.AssignedMAC], first.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedMAC])
 	}
 }
+
+// A pool that can hand out an address an earlier pool can is refused, naming
+// that pool, so that no address goes to two pods; the earlier pool, and
+// pools that share a CIDR with ranges apart, hand out as before.
+func TestOverlappingPoolRefused(t *testing.T) {
+	e := newEnv(t,
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "tiny-copy"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/30"}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "half-a"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.60.0.1", End: "10.60.0.100"}}}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "half-b"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.60.0.101", End: "10.60.0.200"}}}})
+	e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "tiny"}))
+	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny-copy"}), "IPPool tiny-copy", "overlap", "IPPool tiny,", "10.30.0.1")
+	e.mustAdmit(pod("app", "b", map[string]string{annotations.Pool: "tiny"}))
+	e.mustAdmit(pod("app", "x", map[string]string{annotations.Pool: "half-a"}))
+	e.mustAdmit(pod("app", "y", map[string]string{annotations.Pool: "half-b"}))
+}

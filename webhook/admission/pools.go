@@ -56,7 +56,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 			p := &list.Items[i]
 			if name == "" {
 				if ok, _ := admits(p, ns); p.Spec.Default && ok {
-					return h.parse(p, ns)
+					return h.parse(p, ns, list.Items)
 				}
 				continue
 			}
@@ -64,7 +64,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 				if ok, err := admits(p, ns); err == nil && !ok {
 					return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("an IPPool whose spec.namespaceSelector matches namespace %s's labels", ns.Name) + have(admitting(list.Items, ns))}
 				}
-				return h.parse(p, ns)
+				return h.parse(p, ns, list.Items)
 			}
 			names = append(names, p.Name)
 		}
@@ -76,13 +76,17 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 	return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)}
 }
 
-func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace) (*v1alpha1.IPPool, *ipam.Pool, error) {
+// parse takes the pool p of all the IPPools for a pod of ns.
+func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace, all []v1alpha1.IPPool) (*v1alpha1.IPPool, *ipam.Pool, error) {
 	// pool passes only pools that admit the namespace, or whose selector does not parse.
 	if _, err := admits(p, ns); err != nil {
 		return nil, nil, deny("IPPool %s has an invalid spec.namespaceSelector: %s", p.Name, err)
 	}
 	pool, err := ipam.NewPool(p.Name, p.Spec)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := ipam.Overlapping(p, pool, all); err != nil {
 		return nil, nil, err
 	}
 	return p, pool, nil

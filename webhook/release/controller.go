@@ -288,10 +288,11 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	specs := make(map[string]poolSpec, len(pools.Items))
 	for i := range pools.Items {
 		p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec)
-		specs[pools.Items[i].Name] = poolSpec{pool: p, err: err}
 		if err == nil {
 			c.Alloc.SetPool(p)
+			err = ipam.Overlapping(&pools.Items[i], p, pools.Items)
 		}
+		specs[pools.Items[i].Name] = poolSpec{pool: p, err: err}
 	}
 
 	now := time.Now()
@@ -683,8 +684,9 @@ func (c *Controller) warn(p *podInfo, format string, args ...any) {
 	}
 }
 
-// poolSpec is an IPPool's spec as the allocator takes it, or why it cannot
-// take it; a pass parses each once.
+// poolSpec is an IPPool's spec as the allocator takes it, and why admission
+// hands out none of its addresses (pool nil: the spec is invalid; else it
+// overlaps an earlier pool); a pass parses each once.
 type poolSpec struct {
 	pool *ipam.Pool
 	err  error
@@ -949,12 +951,22 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 		st.ObservedGeneration = ipp.Generation
 		pool, err := specs[ipp.Name].pool, specs[ipp.Name].err
 		cond := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Valid", Message: "the pool hands out addresses", ObservedGeneration: ipp.Generation}
-		if err != nil {
-			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()
-		} else {
-			s := c.Alloc.Stats(pool)
+		var s ipam.Stats
+		if pool != nil {
+			s = c.Alloc.Stats(pool)
 			st.Total, st.Allocated, st.Held, st.Cooling = clampInt64(s.Total), int64(s.Allocated), int64(s.Held), int64(s.Cooling)
 			st.Free = clampInt64(s.Free)
+		}
+		var overlap *ipam.OverlapError
+		switch {
+		case errors.As(err, &overlap):
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "OverlapsPool", err.Error()
+			st.Free = 0 // admission hands out none of them
+		case err != nil:
+			// The other counts are the last valid spec's.
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()
+			st.Free = 0
+		default:
 			if s.Outside > 0 {
 				// Ready still: the pool hands out its addresses. The others are
 				// not freed here: a spec edited by mistake and put right costs
