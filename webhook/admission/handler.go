@@ -191,11 +191,6 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 			return nil, nil, err
 		}
 	}
-	ipp, pool, err := h.pool(ctx, pod, ns, sriov)
-	if err != nil {
-		return nil, nil, h.heldInGonePool(ctx, pod, err)
-	}
-
 	token := ""
 	if pod.Name == "" {
 		token = h.token()
@@ -206,6 +201,13 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	id, err := h.identity(ctx, pod, token)
 	if err != nil {
 		return nil, nil, err
+	}
+	ipp, pool, warning, err := h.pool(ctx, pod, ns, sriov, id.String())
+	if err != nil {
+		return nil, nil, h.heldInGonePool(ctx, id, err)
+	}
+	if warning != "" {
+		warnings = append(warnings, warning)
 	}
 	req := ipam.Request{Pool: pool, Identity: id.String(), Shared: id.Shared(), DryRun: dryRun}
 	if pod.Name != "" {
@@ -463,11 +465,7 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 // heldInGonePool adds to a failed pool choice what the pod's identity holds
 // in an IPPool that no longer exists: a StatefulSet stuck because its pool
 // was deleted says why, and how its addresses come back.
-func (h *Handler) heldInGonePool(ctx context.Context, pod *corev1.Pod, err error) error {
-	id, ierr := h.identity(ctx, pod, "")
-	if ierr != nil {
-		return err
-	}
+func (h *Handler) heldInGonePool(ctx context.Context, id annotations.ID, err error) error {
 	for _, e := range h.Alloc.Lookup(id.String()) {
 		if gerr := h.get(ctx, client.ObjectKey{Name: e.Pool}, &v1alpha1.IPPool{}); apierrors.IsNotFound(gerr) {
 			return fmt.Errorf("%w (%s holds %s of IPPool %s, which no longer exists: an IPPool of that name created again gives it back)", err, id, e.IP, e.Pool)

@@ -1131,3 +1131,29 @@ func TestOverlappingPoolRefused(t *testing.T) {
 	e.mustAdmit(pod("app", "x", map[string]string{annotations.Pool: "half-a"}))
 	e.mustAdmit(pod("app", "y", map[string]string{annotations.Pool: "half-b"}))
 }
+
+// A second default pool added for a namespace moves no sticky identity: a
+// StatefulSet pod created again keeps its address in the pool it holds it
+// in, a new identity gets the first default pool by name, and both are told
+// that the namespace has two default pools.
+func TestSecondDefaultPoolMovesNoIdentity(t *testing.T) {
+	e := newEnv(t)
+	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	if err := e.c.Create(context.Background(), &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.99.0.0/24", Default: true}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, again := e.admit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), false)
+	if !resp.Allowed {
+		t.Fatalf("web-0 denied: %s", resp.Result.Message)
+	}
+	if got, want := again.Annotations[annotations.AssignedIP], first.Annotations[annotations.AssignedIP]; got != want || again.Annotations[annotations.AssignedPool] != "blue" {
+		t.Errorf("web-0 created again after a second default pool was added got %s of pool %s; want %s of blue", got, again.Annotations[annotations.AssignedPool], want)
+	}
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "IPPools aaa, blue all have spec.default: true") || !strings.Contains(resp.Warnings[0], "where statefulset/app/web/0 holds its address") {
+		t.Errorf("warnings %q; want one naming both default pools and why blue", resp.Warnings)
+	}
+	resp, fresh := e.admit(pod("app", "web2-0", nil, ctrl("StatefulSet", "web2")), false)
+	if !resp.Allowed || fresh.Annotations[annotations.AssignedPool] != "aaa" || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "the first by name") {
+		t.Errorf("a new identity: allowed %v, pool %s, warnings %q; want pool aaa (the first by name), with a warning saying so", resp.Allowed, fresh.Annotations[annotations.AssignedPool], resp.Warnings)
+	}
+}

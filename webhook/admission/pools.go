@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,17 +18,20 @@ import (
 
 // pool chooses the pod's IPPool: the SriovNetwork's pool, else the pod's
 // annotation (set on the pod or its template), else the namespace's
-// annotation, else the default pool that admits the namespace.
-func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, sriov *v1alpha1.SriovNetwork) (*v1alpha1.IPPool, *ipam.Pool, error) {
+// annotation, else the default pool that admits the namespace. Of several
+// such default pools it takes the one where the identity holds an address,
+// so that a default pool added later moves no sticky identity, else the
+// first by name; either way with a warning.
+func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, sriov *v1alpha1.SriovNetwork, identity string) (_ *v1alpha1.IPPool, _ *ipam.Pool, warning string, _ error) {
 	name, key := pod.Annotations[annotations.Pool], annotations.Pool
 	if name != "" {
 		if _, err := annotations.ParseName(key, name); err != nil {
-			return nil, nil, err
+			return nil, nil, "", err
 		}
 	}
 	if sriov != nil && sriov.Spec.Pool != "" {
 		if name != "" && name != sriov.Spec.Pool {
-			return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("no value or %q: SriovNetwork %s draws its addresses from pool %s", sriov.Spec.Pool, sriov.Name, sriov.Spec.Pool)}
+			return nil, nil, "", &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("no value or %q: SriovNetwork %s draws its addresses from pool %s", sriov.Spec.Pool, sriov.Name, sriov.Spec.Pool)}
 		}
 		if name == "" {
 			key = "SriovNetwork " + sriov.Name + " spec.pool"
@@ -48,32 +52,64 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		}
 		list := &v1alpha1.IPPoolList{}
 		if err := r.List(ctx, list); err != nil {
-			return nil, nil, fmt.Errorf("list IPPools: %w", err)
+			return nil, nil, "", fmt.Errorf("list IPPools: %w", err)
 		}
 		sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
 		names = names[:0]
+		var defaults []*v1alpha1.IPPool
 		for i := range list.Items {
 			p := &list.Items[i]
 			if name == "" {
 				if ok, _ := admits(p, ns); p.Spec.Default && ok {
-					return h.parse(p, ns, list.Items)
+					defaults = append(defaults, p)
 				}
 				continue
 			}
 			if p.Name == name {
 				if ok, err := admits(p, ns); err == nil && !ok {
-					return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("an IPPool whose spec.namespaceSelector matches namespace %s's labels", ns.Name) + have(admitting(list.Items, ns))}
+					return nil, nil, "", &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("an IPPool whose spec.namespaceSelector matches namespace %s's labels", ns.Name) + have(admitting(list.Items, ns))}
 				}
-				return h.parse(p, ns, list.Items)
+				ipp, pool, err := h.parse(p, ns, list.Items)
+				return ipp, pool, "", err
 			}
 			names = append(names, p.Name)
 		}
+		if len(defaults) > 0 {
+			p, warning := h.defaultPool(defaults, ns, identity)
+			ipp, pool, err := h.parse(p, ns, list.Items)
+			return ipp, pool, warning, err
+		}
 	}
 	if name == "" {
-		return nil, nil, deny("no IPPool for pod %s/%s: set the annotation %s on the pod, its template or namespace %s, or mark an IPPool that admits the namespace with spec.default: true",
+		return nil, nil, "", deny("no IPPool for pod %s/%s: set the annotation %s on the pod, its template or namespace %s, or mark an IPPool that admits the namespace with spec.default: true",
 			pod.Namespace, podName(pod), annotations.Pool, ns.Name)
 	}
-	return nil, nil, &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)}
+	return nil, nil, "", &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)}
+}
+
+// defaultPool chooses among the default pools (sorted by name) that admit
+// ns: the one where the identity holds an address, else the first.
+func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace, identity string) (*v1alpha1.IPPool, string) {
+	if len(defaults) == 1 {
+		return defaults[0], ""
+	}
+	names := make([]string, len(defaults))
+	for i, p := range defaults {
+		names[i] = p.Name
+	}
+	chosen, why := defaults[0], "the first by name"
+	held := map[string]bool{}
+	for _, e := range h.Alloc.Lookup(identity) {
+		held[e.Pool] = true
+	}
+	for _, p := range defaults {
+		if held[p.Name] {
+			chosen, why = p, "where "+identity+" holds its address"
+			break
+		}
+	}
+	return chosen, fmt.Sprintf("IPPools %s all have spec.default: true and admit namespace %s: the pod gets %s, %s; keep one default pool per namespace, or name the pool with the annotation %s",
+		strings.Join(names, ", "), ns.Name, chosen.Name, why, annotations.Pool)
 }
 
 // parse takes the pool p of all the IPPools for a pod of ns.
