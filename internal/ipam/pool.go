@@ -236,7 +236,6 @@ func (p *Pool) checkMAC(m net.HardwareAddr) error {
 	return nil
 }
 
-// u128 is an IPv6-sized unsigned integer for address arithmetic.
 // OverlapError is an IPPool that can hand out an address an earlier IPPool
 // can too. An address is unique within its pool only (its etcd key names
 // the pool), so two such pools would give one address to two pods.
@@ -300,6 +299,7 @@ func (p *Pool) shared(q *Pool) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// u128 is an IPv6-sized unsigned integer for address arithmetic.
 type u128 struct{ hi, lo uint64 }
 
 type span struct{ lo, hi u128 }
