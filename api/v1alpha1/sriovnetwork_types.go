@@ -21,12 +21,15 @@ type SriovNetworkSpec struct {
 	// +optional
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 	// PFNames are the physical function netdev names (such as ens1f0) whose VFs serve the network.
+	// A PF serves one network on a node: listed by several that select the node, its VFs
+	// are offered to the first of them by name only.
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:items:Pattern=`^[a-zA-Z0-9_.-]{1,15}$`
 	// +listType=set
 	PFNames []string `json:"pfNames"`
-	// VLAN set on the VF through the PF; 0 means untagged.
+	// VLAN set on the VF through the PF; 0 means the pod's pool's VLAN (untagged when
+	// that is 0 too). Edits reach the VFs of new pods only.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=4094

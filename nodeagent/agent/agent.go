@@ -219,6 +219,7 @@ type agent struct {
 	starting   map[string]*datapath.Attachment // ADDs past waitCarriers, not yet in atts
 	usedPorts  map[int]bool                    // OpenFlow port numbers in use on the bridge
 	usedVFs    map[string]bool                 // "pf/index" of VFs given to pods
+	pfOwner    map[string]string               // PF → the SriovNetwork whose VFs it gives (vfCounts)
 	advertise  chan struct{}                   // wakes advertiseLoop
 	podChanged chan struct{}                   // closed and replaced on every pod event
 	detached   chan struct{}                   // closed and replaced when an attachment is removed

@@ -75,6 +75,13 @@ func vfConfig(n *v1alpha1.SriovNetwork, asg annotations.Assignment) sriov.Config
 func (a *agent) allocVF(n *v1alpha1.SriovNetwork) (sriov.VF, error) {
 	var seen []string
 	for _, pf := range n.Spec.PFNames {
+		a.mu.Lock()
+		owner := a.pfOwner[pf]
+		a.mu.Unlock()
+		if owner != "" && owner != n.Name {
+			seen = append(seen, fmt.Sprintf("PF %s is SriovNetwork %s's (the first by name that lists it)", pf, owner))
+			continue
+		}
 		vfs, err := sriov.Discover(a.opts.SysfsRoot, pf)
 		if err != nil {
 			seen = append(seen, err.Error())
@@ -188,8 +195,12 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 // vfCounts is, per resource, the VFs of each SriovNetwork that selects a
 // node with labels: those whose netdev the node sees, plus those given to
 // pods (a VF in a pod's namespace is not visible in the node's sysfs). It is
-// the capacity: the scheduler subtracts what pods request.
-func (a *agent) vfCounts(nodeLabels map[string]string) map[corev1.ResourceName]int {
+// the capacity: the scheduler subtracts what pods request. A PF belongs to
+// one SriovNetwork on a node, the first by name that lists it: counted for
+// each, its VFs would be offered twice, and pods placed on the second count
+// would fail their CNI ADD for want of a VF. shared says which PFs other
+// networks list too.
+func (a *agent) vfCounts(nodeLabels map[string]string) (_ map[corev1.ResourceName]int, shared []string) {
 	out := map[corev1.ResourceName]int{}
 	a.mu.Lock()
 	used := map[string]bool{}
@@ -197,7 +208,10 @@ func (a *agent) vfCounts(nodeLabels map[string]string) map[corev1.ResourceName]i
 		used[k] = true
 	}
 	a.mu.Unlock()
-	for _, n := range a.nets.List() {
+	nets := a.nets.List()
+	sort.Slice(nets, func(i, j int) bool { return nets[i].Name < nets[j].Name })
+	pfOwner := map[string]string{}
+	for _, n := range nets {
 		sel := labels.Everything()
 		if n.Spec.NodeSelector != nil {
 			s, err := metav1.LabelSelectorAsSelector(n.Spec.NodeSelector)
@@ -211,6 +225,13 @@ func (a *agent) vfCounts(nodeLabels map[string]string) map[corev1.ResourceName]i
 		}
 		count := 0
 		for _, pf := range n.Spec.PFNames {
+			if owner, ok := pfOwner[pf]; ok {
+				if owner != n.Name {
+					shared = append(shared, fmt.Sprintf("PF %s of SriovNetwork %s is SriovNetwork %s's", pf, n.Name, owner))
+				}
+				continue
+			}
+			pfOwner[pf] = n.Name
 			vfs, err := sriov.Discover(a.opts.SysfsRoot, pf)
 			if err != nil {
 				continue
@@ -223,7 +244,10 @@ func (a *agent) vfCounts(nodeLabels map[string]string) map[corev1.ResourceName]i
 		}
 		out[ResourceName(n.Name)] = count
 	}
-	return out
+	a.mu.Lock()
+	a.pfOwner = pfOwner
+	a.mu.Unlock()
+	return out, shared
 }
 
 func (a *agent) advertiseOnce(ctx context.Context) error {
@@ -231,9 +255,13 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("get node %s: %w", a.opts.NodeName, err)
 	}
-	patch := resourcePatch(node.Status.Capacity, a.vfCounts(node.Labels))
+	counts, shared := a.vfCounts(node.Labels)
+	patch := resourcePatch(node.Status.Capacity, counts)
 	if patch == nil {
 		return nil
+	}
+	if len(shared) > 0 {
+		klog.FromContext(ctx).Info("Warning: SriovNetworks share PFs; each PF's VFs are offered to the first network by name that lists it only (give each network PFs of its own)", "node", a.opts.NodeName, "shared", shared)
 	}
 	if _, err := a.kube.CoreV1().Nodes().PatchStatus(ctx, a.opts.NodeName, patch); err != nil {
 		return fmt.Errorf("patch SR-IOV resources of node %s: %w", a.opts.NodeName, err)

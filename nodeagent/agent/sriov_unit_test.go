@@ -1,15 +1,20 @@
 package agent
 
 import (
+	"maps"
 	"net"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
+	"github.com/stickynet/stickynet/nodeagent/podsource"
 	"github.com/stickynet/stickynet/nodeagent/sriov"
+	"github.com/stickynet/stickynet/nodeagent/sriov/sriovtest"
 )
 
 func TestResourcePatch(t *testing.T) {
@@ -63,5 +68,33 @@ func TestVFConfig(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// A PF that two SriovNetworks list is the first's by name: its VFs are
+// offered once, not to each network, and the other network's pods take none.
+func TestSharedPFOfferedOnce(t *testing.T) {
+	root := t.TempDir()
+	if err := sriovtest.MakeTree(root, "ens1f0", []string{"v0", "v1", "v2", "v3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sriovtest.MakeTree(root, "ens1f1", []string{"w0", "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	vlan20 := &v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "vlan20"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0", "ens1f1"}, VLAN: 20}}
+	a := &agent{opts: Options{SysfsRoot: root}, usedVFs: map[string]bool{}, nets: podsource.NewStaticSriovNetworks(
+		vlan20,
+		&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "vlan10"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}, VLAN: 10}},
+	)}
+	counts, shared := a.vfCounts(nil)
+	if want := map[corev1.ResourceName]int{"stickynet.io/sriov-vlan10": 4, "stickynet.io/sriov-vlan20": 2}; !maps.Equal(counts, want) {
+		t.Errorf("counts %v; want %v (ens1f0's 4 VFs once, for vlan10)", counts, want)
+	}
+	if len(shared) != 1 || !strings.Contains(shared[0], "PF ens1f0 of SriovNetwork vlan20 is SriovNetwork vlan10's") {
+		t.Errorf("shared %q; want ens1f0 named as vlan10's", shared)
+	}
+	only := &v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "vlan20"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}}}
+	if _, err := a.allocVF(only); err == nil || !strings.Contains(err.Error(), "no free VF of SriovNetwork vlan20") {
+		t.Errorf("a VF of vlan10's PF for vlan20: %v; want none", err)
 	}
 }
