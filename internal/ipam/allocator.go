@@ -671,7 +671,18 @@ func (a *Allocator) newMAC(req *Request) (string, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("no free MAC found under prefix %x of pool %s", req.Pool.MACPrefix, req.Pool.Name)
+	if n := len(req.Pool.MACPrefix); n >= 4 {
+		// At most 65,536 MACs under the prefix, nearly all taken: look at each.
+		size := uint64(1) << (8 * (6 - n))
+		start := rand.Uint64N(size)
+		for i := range size {
+			v := (start + i) % size
+			if m := req.Pool.randomMAC(func() uint64 { return v << (8 * n) }).String(); !a.cache.macTaken(m) {
+				return m, nil
+			}
+		}
+	}
+	return "", &MACExhaustedError{Pool: req.Pool.Name, Prefix: req.Pool.MACPrefix}
 }
 
 // planMove gives a single identity the address or MAC it now asks for (or an

@@ -1208,3 +1208,27 @@ func TestOrphanThatLandsLateIsGivenBack(t *testing.T) {
 		}
 	}
 }
+
+// A pool whose macPrefix leaves few MACs hands out every one of them, and
+// then refuses with an error that names the prefix (not an internal error).
+func TestMACPrefixExhausted(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/16", MACPrefix: "02:42:ac:11:00"})
+	ctx := context.Background()
+	macs := map[string]bool{}
+	for i := range 256 {
+		al, err := a.Allocate(ctx, Request{Pool: p, Identity: fmt.Sprintf("pod/ns/p%d", i), Pod: fmt.Sprintf("ns/p%d", i)})
+		if err != nil {
+			t.Fatalf("allocation %d of the prefix's 256 MACs: %v", i+1, err)
+		}
+		macs[al.MAC.String()] = true
+	}
+	if len(macs) != 256 {
+		t.Fatalf("%d distinct MACs; want 256", len(macs))
+	}
+	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/one-more", Pod: "ns/one-more"})
+	var mx *MACExhaustedError
+	if !errors.As(err, &mx) || !strings.Contains(err.Error(), "the 256 under its spec.macPrefix 02:42:ac:11:00 are all taken") {
+		t.Fatalf("the 257th: %v; want a MACExhaustedError naming the prefix", err)
+	}
+}

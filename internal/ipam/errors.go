@@ -25,6 +25,21 @@ func (e *ExhaustedError) Error() string {
 		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling)
 }
 
+// MACExhaustedError says every MAC under a pool's macPrefix is taken (a
+// random MAC without a prefix was not found free in 1,000 tries either).
+type MACExhaustedError struct {
+	Pool   string
+	Prefix []byte
+}
+
+func (e *MACExhaustedError) Error() string {
+	if len(e.Prefix) == 0 {
+		return fmt.Sprintf("pool %s: no free MAC found in 1000 tries", e.Pool)
+	}
+	return fmt.Sprintf("pool %s is out of MACs: the %d under its spec.macPrefix %s are all taken (MACs are unique across pools); shorten the prefix (each octet less gives 256 times as many) or free addresses",
+		e.Pool, uint64(1)<<(8*(6-len(e.Prefix))), net.HardwareAddr(e.Prefix))
+}
+
 // ConflictError says a requested address or MAC belongs to another identity.
 type ConflictError struct {
 	Pool    string

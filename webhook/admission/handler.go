@@ -152,8 +152,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		var sf *ipam.SetFullError
 		var me *ipam.MACNotAllowedError
 		var oe *ipam.OverlapError
+		var mx *ipam.MACExhaustedError
 		switch {
-		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &oe):
+		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &oe), errors.As(err, &mx):
 			log.V(2).Info("Denied pod", "reason", err.Error())
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):

@@ -1157,3 +1157,13 @@ func TestSecondDefaultPoolMovesNoIdentity(t *testing.T) {
 		t.Errorf("a new identity: allowed %v, pool %s, warnings %q; want pool aaa (the first by name), with a warning saying so", resp.Allowed, fresh.Annotations[annotations.AssignedPool], resp.Warnings)
 	}
 }
+
+// A pool out of MACs under its macPrefix denies the pod, naming the prefix;
+// it was an internal error (HTTP 500).
+func TestMACPrefixExhaustedDenied(t *testing.T) {
+	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "few-macs"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.70.0.0/16", MACPrefix: "02:42:ac:11:00"}})
+	for i := range 256 {
+		e.mustAdmit(pod("app", fmt.Sprintf("p%d", i), map[string]string{annotations.Pool: "few-macs"}))
+	}
+	e.mustDeny(pod("app", "one-more", map[string]string{annotations.Pool: "few-macs"}), "pool few-macs is out of MACs", "spec.macPrefix 02:42:ac:11:00")
+}
