@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -8,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -60,6 +63,15 @@ func NewPool(name string, spec v1alpha1.IPPoolSpec) (*Pool, error) {
 			return nil, bad("reuseDelaySeconds", fmt.Sprint(*spec.ReuseDelaySeconds), "expected 0 or more seconds")
 		}
 		p.ReuseDelay = time.Duration(*spec.ReuseDelaySeconds) * time.Second
+	}
+	for _, sel := range []struct {
+		field string
+		sel   *metav1.LabelSelector
+	}{{"namespaceSelector", spec.NamespaceSelector}, {"nodeSelector", spec.NodeSelector}} {
+		if _, err := metav1.LabelSelectorAsSelector(sel.sel); err != nil {
+			v, _ := json.Marshal(sel.sel)
+			return nil, bad(sel.field, string(v), "not a label selector: "+err.Error())
+		}
 	}
 	if p.VLAN < 0 || p.VLAN > 4094 {
 		return nil, bad("vlan", fmt.Sprint(spec.VLAN), "expected a VLAN ID from 0 to 4094")
@@ -121,8 +133,11 @@ func NewPool(name string, spec v1alpha1.IPPoolSpec) (*Pool, error) {
 		field := fmt.Sprintf("exclude[%d]", i)
 		if strings.Contains(x, "/") {
 			xp, err := netip.ParsePrefix(x)
-			if err != nil || xp.Masked() != xp {
+			if err != nil {
 				return nil, bad(field, x, "expected an IP address or a network in CIDR form")
+			}
+			if xp.Masked() != xp {
+				return nil, bad(field, x, fmt.Sprintf("host bits are set; expected %s", xp.Masked()))
 			}
 			if !pfx.Overlaps(xp) || xp.Bits() < pfx.Bits() {
 				return nil, bad(field, x, "outside cidr "+pfx.String())

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/stickynet/stickynet/api/v1alpha1"
 )
 
@@ -28,6 +30,11 @@ func TestNewPoolErrors(t *testing.T) {
 		{"long mac prefix", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", MACPrefix: "02:00:00:00:00:00"}, "one to five octets"},
 		{"nothing left", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/30", Gateway: "10.0.0.1", Exclude: []string{"10.0.0.2"}}, "no allocatable address"},
 		{"negative delay", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(-1)}, "reuseDelaySeconds"},
+		{"exclude host bits", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Exclude: []string{"10.0.0.5/28"}}, `spec.exclude[0] "10.0.0.5/28": host bits are set; expected 10.0.0.0/28`},
+		{"namespace selector operator", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", NamespaceSelector: &metav1.LabelSelector{
+			MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}},
+		}}, `spec.namespaceSelector "{\"matchExpressions\":[{\"key\":\"team\",\"operator\":\"In\"}]}": not a label selector: values: Invalid value: null`},
+		{"node selector label value", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "a b"}}}, `spec.nodeSelector "{\"matchLabels\":{\"rack\":\"a b\"}}": not a label selector: values[0][rack]: Invalid value: "a b"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1167,3 +1167,19 @@ func TestMACPrefixExhaustedDenied(t *testing.T) {
 	}
 	e.mustDeny(pod("app", "one-more", map[string]string{annotations.Pool: "few-macs"}), "pool few-macs is out of MACs", "spec.macPrefix 02:42:ac:11:00")
 }
+
+// A default pool whose namespaceSelector is not a label selector (the API
+// server takes an In without values) is named in the denial of a pod that
+// would have had it, rather than the pod being told there is no pool.
+func TestDefaultPoolWithBrokenSelectorNamed(t *testing.T) {
+	e := newEnv(t)
+	blue := &v1alpha1.IPPool{}
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, blue); err != nil {
+		t.Fatal(err)
+	}
+	blue.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}}
+	if err := e.c.Update(context.Background(), blue); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDeny(pod("app", "a", nil), "no IPPool for pod app/a", "IPPool blue has spec.default: true, but its spec.namespaceSelector is not a label selector", "values set can't be empty")
+}

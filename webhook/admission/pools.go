@@ -45,7 +45,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 	// The cache first; a pool it has not seen yet (created a moment ago, as
 	// with a pool and its pods in one kubectl apply) is looked for again in
 	// the API server before the pod is denied.
-	var names []string
+	var names, broken []string
 	for _, r := range []client.Reader{h.Reader, h.APIReader} {
 		if r == nil {
 			continue
@@ -55,13 +55,17 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 			return nil, nil, "", fmt.Errorf("list IPPools: %w", err)
 		}
 		sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
-		names = names[:0]
+		names, broken = names[:0], broken[:0]
 		var defaults []*v1alpha1.IPPool
 		for i := range list.Items {
 			p := &list.Items[i]
 			if name == "" {
-				if ok, _ := admits(p, ns); p.Spec.Default && ok {
+				ok, err := admits(p, ns)
+				switch {
+				case p.Spec.Default && ok:
 					defaults = append(defaults, p)
+				case p.Spec.Default && err != nil:
+					broken = append(broken, fmt.Sprintf("IPPool %s has spec.default: true, but its spec.namespaceSelector is not a label selector (%s)", p.Name, err))
 				}
 				continue
 			}
@@ -81,8 +85,12 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		}
 	}
 	if name == "" {
-		return nil, nil, "", deny("no IPPool for pod %s/%s: set the annotation %s on the pod, its template or namespace %s, or mark an IPPool that admits the namespace with spec.default: true",
-			pod.Namespace, podName(pod), annotations.Pool, ns.Name)
+		why := ""
+		if len(broken) > 0 {
+			why = "; " + strings.Join(broken, "; ")
+		}
+		return nil, nil, "", deny("no IPPool for pod %s/%s: set the annotation %s on the pod, its template or namespace %s, or mark an IPPool that admits the namespace with spec.default: true%s",
+			pod.Namespace, podName(pod), annotations.Pool, ns.Name, why)
 	}
 	return nil, nil, "", &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)}
 }

@@ -611,7 +611,11 @@ func (c *Controller) adopt(ctx context.Context, ps *pass, pods []podInfo, specs 
 		}
 		pool := specs[p.pool].pool
 		if pool == nil {
-			c.warn(p, "%s, which this pod carries as %s, is not recorded and cannot be: IPPool %q does not exist", p.ip, p.identity, p.pool)
+			why := fmt.Sprintf("IPPool %q does not exist", p.pool)
+			if err := specs[p.pool].err; err != nil {
+				why = err.Error()
+			}
+			c.warn(p, "%s, which this pod carries as %s, is not recorded and cannot be: %s", p.ip, p.identity, why)
 			continue
 		}
 		mac, err := annotations.ParseMAC(annotations.AssignedMAC, p.pod.Annotations[annotations.AssignedMAC])
