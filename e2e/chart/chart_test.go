@@ -683,6 +683,30 @@ func TestPriorityAndRequests(t *testing.T) {
 	}
 }
 
+// TestValuesSchema: values.schema.json refuses a misspelt key and values of
+// the wrong type or out of range, naming where, which rendered before (a
+// typo silently left the default; a bad duration or boolean rendered a flag
+// the binary refuses at start, in a crash loop), and takes what is valid.
+func TestValuesSchema(t *testing.T) {
+	testenv.Integration(t)
+	for set, want := range map[string]string{
+		"webhook.replica=3":              "at '/webhook': additional properties 'replica' not allowed",
+		"nodeAgent.mtu=abc":              "at '/nodeAgent/mtu': got string, want integer",
+		"webhook.reservationTTL=forever": "at '/webhook/reservationTTL': 'forever' does not match pattern",
+		"extender.preferLastNode=maybe":  "at '/extender/preferLastNode': got string, want boolean",
+		"etcd.bundled.replicas=2":        "at '/etcd/bundled/replicas': value must be one of 1, 3, 5, 7",
+		"webhook.replicas=0":             "at '/webhook/replicas': minimum: got 0, want 1",
+		"nodeAgent.datapathType=kernel":  "at '/nodeAgent/datapathType': value must be one of 'auto', 'netdev', 'system'",
+		"nodeAgent.maxUnavailable=0":     "at '/nodeAgent/maxUnavailable'",
+	} {
+		refused(t, []string{set}, want)
+	}
+	ds := render(t, "nodeAgent.maxUnavailable=10%", "webhook.releaseGrace=1m30s")["DaemonSet/stickynet-nodeagent"]
+	if !bytes.Contains(ds, []byte("maxUnavailable: 10%")) || !bytes.Contains(ds, []byte("kubernetes.io/os: linux")) {
+		t.Errorf("node agent DaemonSet with maxUnavailable 10%%:\n%s", ds)
+	}
+}
+
 // TestWebhookValuesChecked: webhook.timeoutSeconds that leaves the etcd
 // requests (timeoutSeconds - 3 s) under 1 s, or that the API server refuses,
 // and an unknown webhook.certMode are refused naming the value and what is
