@@ -824,6 +824,19 @@ func TestUsers(t *testing.T) {
 			t.Errorf("%s securityContext %+v; want runAsUser %d", key, sc, uid)
 		}
 	}
+	// Every pod but the node agent's (privileged) under the runtime's
+	// default seccomp profile; the scheduler not as root either.
+	for _, key := range []string{"Deployment/stickynet-webhook", "Deployment/stickynet-extender", "Deployment/stickynet-scheduler", "StatefulSet/stickynet-etcd"} {
+		if sc := podTemplate(t, objs[key]).Spec.SecurityContext; sc == nil || sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s pod securityContext %+v; want seccompProfile RuntimeDefault", key, sc)
+		}
+	}
+	if sc := podTemplate(t, objs["Deployment/stickynet-scheduler"]).Spec.Containers[0].SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
+		t.Errorf("scheduler securityContext %+v; want runAsNonRoot, user 65532", sc)
+	}
+	if etcd := podTemplate(t, objs["StatefulSet/stickynet-etcd"]).Spec; etcd.AutomountServiceAccountToken == nil || *etcd.AutomountServiceAccountToken {
+		t.Error("etcd pods mount a service account token; want none")
+	}
 }
 
 // TestEtcdNetworkPolicy: with the bundled etcd, a NetworkPolicy selects the
