@@ -765,18 +765,22 @@ func TestSchedulerImage(t *testing.T) {
 }
 
 // TestWebhookPDB: a PodDisruptionBudget (minAvailable 1) only with more
-// than one webhook replica; with one it would block every drain of its node.
+// than one webhook (or extender) replica; with one it would block every
+// drain of its node.
 func TestWebhookPDB(t *testing.T) {
 	testenv.Integration(t)
-	if _, ok := render(t, "webhook.replicas=1")["PodDisruptionBudget/stickynet-webhook"]; ok {
-		t.Error("webhook.replicas=1 renders a PodDisruptionBudget; with minAvailable 1 it blocks draining the webhook's node")
-	}
-	pdb := &policyv1.PodDisruptionBudget{}
-	if err := yaml.Unmarshal(render(t)["PodDisruptionBudget/stickynet-webhook"], pdb); err != nil {
-		t.Fatal(err)
-	}
-	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
-		t.Errorf("with 2 webhook replicas the PodDisruptionBudget has minAvailable %v; want 1", pdb.Spec.MinAvailable)
+	for _, part := range []string{"webhook", "extender"} {
+		key := "PodDisruptionBudget/stickynet-" + part
+		if _, ok := render(t, part+".replicas=1")[key]; ok {
+			t.Errorf("%s.replicas=1 renders a PodDisruptionBudget; with minAvailable 1 it blocks draining the %s's node", part, part)
+		}
+		pdb := &policyv1.PodDisruptionBudget{}
+		if err := yaml.Unmarshal(render(t)[key], pdb); err != nil {
+			t.Fatal(err)
+		}
+		if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
+			t.Errorf("with 2 %s replicas (the default) the PodDisruptionBudget has minAvailable %v; want 1", part, pdb.Spec.MinAvailable)
+		}
 	}
 }
 
