@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
@@ -21,6 +22,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -29,11 +31,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/certs"
@@ -88,9 +93,12 @@ func TestWebhook(t *testing.T) {
 	}
 
 	// Two replicas, as two webhook pods would run: replica a serves namespaces
-	// without the label replica=b, replica b those with it.
-	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0)
-	b := s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}}, 10*time.Second)
+	// without the label replica=b, replica b those with it. Replica a runs
+	// as the chart's webhook does, on its ServiceAccount with the chart's
+	// RBAC and under the chart's names for its configuration and Secret, so
+	// that every test below fails on a permission the chart lacks.
+	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0, s.chartAccount(ctx, t))
+	b := s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}}, 10*time.Second, "")
 
 	t.Cleanup(func() {
 		if t.Failed() { // keep what the webhooks were doing for the post-mortem
@@ -171,10 +179,17 @@ func freePort(t *testing.T) int {
 }
 
 // startWebhook runs one webhook replica in this process, registers its
-// MutatingWebhookConfiguration and waits until the API server's calls reach it.
-func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement, shutdownDelay time.Duration) *replica {
+// MutatingWebhookConfiguration and waits until the API server's calls reach
+// it. With a kubeconfig (chartAccount's) the replica runs on it, under the
+// chart's names; else as the cluster's admin.
+func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement, shutdownDelay time.Duration, kubeconfig string) *replica {
 	port, probe := freePort(t), freePort(t)
-	cfgName := "stickynet-" + name
+	cfgName, secret := "stickynet-"+name, "stickynet-"+name+"-cert"
+	if kubeconfig != "" {
+		cfgName, secret = "stickynet", "stickynet-webhook-cert"
+	} else {
+		kubeconfig = s.c.KubeconfigPath()
+	}
 	mwc := app.WebhookConfiguration(cfgName, systemNS, admissionregistrationv1.WebhookClientConfig{
 		URL: ptr(fmt.Sprintf("https://localhost:%d%s", port, app.MutatePath)),
 	})
@@ -187,10 +202,10 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 	done := make(chan error, 1)
 	go func() {
 		done <- app.Run(wctx, app.Options{
-			Kubeconfig: s.c.KubeconfigPath(), EtcdEndpoints: []string{etcdEndpoint},
+			Kubeconfig: kubeconfig, EtcdEndpoints: []string{etcdEndpoint},
 			Host: "127.0.0.1", Port: port, CertDir: t.TempDir(),
 			Certs: certs.Options{
-				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: systemNS, Name: cfgName + "-cert"},
+				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: systemNS, Name: secret},
 				DNSNames: []string{"localhost"}, WebhookConfig: cfgName, WriteFiles: true,
 			},
 			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
@@ -223,6 +238,57 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			fmt.Sprintf("readyz %d, caBundle %d bytes", resp.StatusCode, len(got.Webhooks[0].ClientConfig.CABundle))
 	})
 	return r
+}
+
+// chartAccount applies the ServiceAccount, RBAC and certificate Secret that
+// the chart renders for its webhook in systemNS, and returns a kubeconfig
+// with a token of that ServiceAccount.
+func (s *suite) chartAccount(ctx context.Context, t *testing.T) string {
+	cmd := exec.CommandContext(ctx, testenv.NeedTool(t, "helm", "helm"), "template", "sn", "../../charts/stickynet",
+		"--namespace", systemNS, "--kube-version", "v1.37.2", "--show-only", "templates/webhook.yaml")
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	var keep []string
+	for _, doc := range strings.Split(string(out), "\n---") {
+		var obj struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		switch obj.Kind {
+		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Secret":
+			keep = append(keep, doc)
+		}
+	}
+	if len(keep) != 6 {
+		t.Fatalf("the chart's webhook.yaml renders %d of ServiceAccount, ClusterRole(Binding), Role(Binding) and Secret; want 6", len(keep))
+	}
+	f := filepath.Join(t.TempDir(), "rbac.yaml")
+	if err := os.WriteFile(f, []byte(strings.Join(keep, "\n---")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.c.Kubectl(ctx, "apply", "-f", f); err != nil {
+		t.Fatalf("apply the chart's webhook RBAC: %v\n%s", err, out)
+	}
+	tok, err := s.k.CoreV1().ServiceAccounts(systemNS).CreateToken(ctx, "stickynet-webhook", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3 * 3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := s.c.RESTConfig()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData, CertificateAuthority: rc.CAFile}
+	kc.AuthInfos["webhook"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	kc.Contexts["webhook"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "webhook"}
+	kc.CurrentContext = "webhook"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // eventually polls cond until it holds or the timeout passes.
@@ -751,7 +817,7 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
 	ns, pool := "edited", "edited"
 	s.namespace(ctx, t, ns, nil)
-	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.78.0.0/28", Gateway: "10.78.0.1", ReuseDelaySeconds: ptr(int32(3))})
+	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.79.0.0/28", Gateway: "10.79.0.1", ReuseDelaySeconds: ptr(int32(3))})
 	sts := &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns},
 		Spec: appsv1.StatefulSetSpec{
@@ -796,7 +862,7 @@ func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
 		return p.UID != old.UID && p.Status.Phase == corev1.PodRunning, string(p.Status.Phase)
 	})
 	after := s.pods(ctx, t, ns, "db", 1)["db-0"]
-	if after.ip == before.ip || after.mac != before.mac || !strings.HasPrefix(after.ip, "10.78.0.") {
+	if after.ip == before.ip || after.mac != before.mac || !strings.HasPrefix(after.ip, "10.79.0.") {
 		t.Fatalf("db-0 came back with %v after %s was excluded; had %v: want another address of the pool, the same MAC", after, ip, before)
 	}
 	t.Logf("db-0 moved from %v to %v", before, after)
