@@ -2,7 +2,9 @@ package agent_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +17,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
 
+	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
 )
@@ -39,12 +43,8 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	}
 	must(admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
 	must(admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{}))
-	must(admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}))
-	must(admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: name}},
-	}, metav1.CreateOptions{}))
+	// The agent runs on the chart's ServiceAccount and RBAC.
+	applyChartRBAC(t, admin, ns, "templates/nodeagent.yaml")
 	labels := map[string]string{"app": name}
 	must(admin.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -126,5 +126,63 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	}
 	if !exists(plugin) {
 		t.Error("plugin binary another install wrote was removed; want it left")
+	}
+}
+
+// applyChartRBAC creates the ServiceAccount and RBAC objects that the chart
+// renders in template for a release in ns.
+func applyChartRBAC(t *testing.T, k kubernetes.Interface, ns, template string) {
+	t.Helper()
+	cmd := exec.Command(testenv.NeedTool(t, "helm", "helm"), "template", "sn", filepath.Join("..", "..", "charts", "stickynet"),
+		"--namespace", ns, "--kube-version", "v1.37.2", "--show-only", template)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	ctx := t.Context()
+	n := 0
+	for _, doc := range strings.Split(string(out), "\n---") {
+		var kind struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &kind); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		switch kind.Kind {
+		case "ServiceAccount":
+			o := &corev1.ServiceAccount{}
+			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
+				_, err = k.CoreV1().ServiceAccounts(ns).Create(ctx, o, metav1.CreateOptions{})
+			}
+		case "ClusterRole":
+			o := &rbacv1.ClusterRole{}
+			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
+				_, err = k.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+			}
+		case "ClusterRoleBinding":
+			o := &rbacv1.ClusterRoleBinding{}
+			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
+				_, err = k.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+			}
+		case "Role":
+			o := &rbacv1.Role{}
+			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
+				_, err = k.RbacV1().Roles(ns).Create(ctx, o, metav1.CreateOptions{})
+			}
+		case "RoleBinding":
+			o := &rbacv1.RoleBinding{}
+			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
+				_, err = k.RbacV1().RoleBindings(ns).Create(ctx, o, metav1.CreateOptions{})
+			}
+		default:
+			continue
+		}
+		if err != nil {
+			t.Fatalf("create the chart's %s: %v", kind.Kind, err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatalf("the chart's %s renders no ServiceAccount or RBAC", template)
 	}
 }
