@@ -641,6 +641,16 @@ func TestEtcdEnv(t *testing.T) {
 	if c := podTemplate(t, render(t)["StatefulSet/stickynet-etcd"]).Spec.Containers[0]; len(c.Env) != 1 {
 		t.Fatalf("etcd container env by default = %+v; want NAME only", c.Env)
 	}
+	// A space quota below the volume (2Gi, with the WAL and snapshots).
+	for set, want := range map[string]string{"": "--quota-backend-bytes=1073741824", "etcd.bundled.quotaBackendBytes=4294967296": "--quota-backend-bytes=4294967296"} {
+		var sets []string
+		if set != "" {
+			sets = append(sets, set)
+		}
+		if c := podTemplate(t, render(t, sets...)["StatefulSet/stickynet-etcd"]).Spec.Containers[0]; !slices.Contains(c.Command, want) {
+			t.Errorf("etcd command with %q = %v; want %s", set, c.Command, want)
+		}
+	}
 }
 
 // TestPriorityAndRequests: the pods pod creation waits for (webhook,
