@@ -8,12 +8,12 @@ import (
 // BandwidthLimit is a rate limit in one direction.
 type BandwidthLimit struct {
 	// Rate in bit/s as a quantity, such as 10M or 1G; from 1k to 1T.
-	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('999')) && quantity(string(self)).isLessThan(quantity('1000000000001'))",message="must be a rate in bit/s from 1k to 1T, such as 10M or 1G"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('999')) && !quantity(string(self)).isGreaterThan(quantity('1T'))",message="must be a rate in bit/s from 1k to 1T, such as 10M or 1G"
 	Rate resource.Quantity `json:"rate"`
 	// Burst in bits as a quantity, such as 1M; at least one 1518-byte frame
 	// (12144). Empty: a default sized to the rate.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('12143')) && quantity(string(self)).isLessThan(quantity('34359738361'))",message="must be a burst in bits from 12144 (one 1518-byte Ethernet frame) to 4Gi bytes (34359738360), such as 1M"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('12143')) && !quantity(string(self)).isGreaterThan(quantity('34359738360'))",message="must be a burst in bits from 12144 (one 1518-byte Ethernet frame) to 4Gi bytes (34359738360), such as 1M"
 	Burst *resource.Quantity `json:"burst,omitempty"`
 }
 

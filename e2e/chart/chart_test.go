@@ -362,6 +362,7 @@ func TestAPIServer(t *testing.T) {
 			pool("{cidr: 10.20.0.0/16, macPrefix: '00:50:56:aa:bb'}"),
 			policy("{podSelector: {}, ingress: {rate: 10M, burst: 40M}, egress: {rate: 10M, burst: 100M}}"),
 			policy("{podSelector: {}, ingress: {rate: 2832}}"),
+			policy("{podSelector: {}, egress: {rate: 1T, burst: '34359738360'}}"),
 		} {
 			if out, err := apply(t, ok); err != nil {
 				t.Errorf("refused:\n%s\n%v\n%s", ok, err, out)
@@ -376,6 +377,8 @@ func TestAPIServer(t *testing.T) {
 			pool("{cidr: 10.20.0.0/16, macPrefix: '01:00'}"):                           "must be a unicast prefix",
 			pool("{cidr: 10.20.0.0/16, macPrefix: 'ff'}"):                              "must be a unicast prefix",
 			policy("{podSelector: {}, egress: {rate: 500}}"):                           "must be a rate in bit/s from 1k",
+			policy("{podSelector: {}, egress: {rate: '1000000000000.5'}}"):             "must be a rate in bit/s from 1k",
+			policy("{podSelector: {}, egress: {rate: 10M, burst: '34359738360.5'}}"):   "must be a burst in bits",
 			policy("{podSelector: {}, egress: {rate: 10M, burst: 8k}}"):                "from 12144",
 			policy("{podSelector: {}, ingress: {rate: 2831}}"):                         "at least 2832 bit/s",
 			policy("{podSelector: {}, ingress: {rate: 10M, burst: 100M}}"):             "must last at most 4.295 s",
