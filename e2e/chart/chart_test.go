@@ -684,15 +684,17 @@ func TestPriorityAndRequests(t *testing.T) {
 	}
 
 	objs = render(t, "webhook.priorityClassName=", "extender.priorityClassName=", "etcd.bundled.priorityClassName=", "nodeAgent.priorityClassName=",
-		"etcd.bundled.nodeSelector.disk=ssd", "etcd.bundled.tolerations[0].key=dedicated", "etcd.bundled.tolerations[0].operator=Exists")
+		"etcd.bundled.nodeSelector.disk=ssd", "etcd.bundled.tolerations[0].key=dedicated", "etcd.bundled.tolerations[0].operator=Exists",
+		"extender.nodeSelector.disk=ssd", "extender.tolerations[0].key=dedicated", "extender.tolerations[0].operator=Exists")
 	for key := range want {
 		if got := podTemplate(t, objs[key]).Spec.PriorityClassName; got != "" {
 			t.Errorf("%s with an empty priorityClassName has %q; want none", key, got)
 		}
 	}
-	etcd = podTemplate(t, objs["StatefulSet/stickynet-etcd"]).Spec
-	if etcd.NodeSelector["disk"] != "ssd" || len(etcd.Tolerations) != 1 || etcd.Tolerations[0].Key != "dedicated" {
-		t.Errorf("bundled etcd nodeSelector %v, tolerations %v; want disk=ssd and the dedicated toleration", etcd.NodeSelector, etcd.Tolerations)
+	for _, key := range []string{"StatefulSet/stickynet-etcd", "Deployment/stickynet-extender", "Deployment/stickynet-scheduler"} {
+		if spec := podTemplate(t, objs[key]).Spec; spec.NodeSelector["disk"] != "ssd" || len(spec.Tolerations) != 1 || spec.Tolerations[0].Key != "dedicated" {
+			t.Errorf("%s nodeSelector %v, tolerations %v; want disk=ssd and the dedicated toleration", key, spec.NodeSelector, spec.Tolerations)
+		}
 	}
 }
 
