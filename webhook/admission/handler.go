@@ -156,6 +156,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		switch {
 		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &oe), errors.As(err, &mx):
 			log.V(2).Info("Denied pod", "reason", err.Error())
+			h.Metrics.denied(err)
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 			// Canceled: the API server gave up on this call (its own timeout).
@@ -729,6 +730,7 @@ func (h *Handler) bandwidth(ctx context.Context, pod *corev1.Pod, filledBy strin
 type Metrics struct {
 	total    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	denials  *prometheus.CounterVec
 }
 
 const (
@@ -751,9 +753,41 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.0005, .001, .002, .003, .004, .005, .0075, .01, .0125, .015, .02, .03, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
 	}
+	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stickynet_webhook_denials_total",
+		Help: "Pods denied, by reason: exhausted (no address or MAC left in the pool or the listed addresses), set_full (a Deployment's or ReplicaSet's set at its cap), conflict (an address or MAC another identity holds), pool (the IPPool's spec cannot be used, or overlaps another pool), request (the pod's own annotations or pool choice).",
+	}, []string{"reason"})
 	m.total = promreg.Register(reg, m.total)
 	m.duration = promreg.Register(reg, m.duration)
+	m.denials = promreg.Register(reg, m.denials)
 	return m
+}
+
+// denied counts a denial by its reason.
+func (m *Metrics) denied(err error) {
+	if m == nil {
+		return
+	}
+	var (
+		ee *ipam.ExhaustedError
+		mx *ipam.MACExhaustedError
+		sf *ipam.SetFullError
+		ce *ipam.ConflictError
+		pe *ipam.PoolError
+		oe *ipam.OverlapError
+	)
+	reason := "request"
+	switch {
+	case errors.As(err, &ee), errors.As(err, &mx):
+		reason = "exhausted"
+	case errors.As(err, &sf):
+		reason = "set_full"
+	case errors.As(err, &ce):
+		reason = "conflict"
+	case errors.As(err, &pe), errors.As(err, &oe):
+		reason = "pool"
+	}
+	m.denials.WithLabelValues(reason).Inc()
 }
 
 func (m *Metrics) observe(result string, d time.Duration) {

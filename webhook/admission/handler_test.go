@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -1182,4 +1185,23 @@ func TestDefaultPoolWithBrokenSelectorNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.mustDeny(pod("app", "a", nil), "no IPPool for pod app/a", "IPPool blue has spec.default: true, but its spec.namespaceSelector is not a label selector", "values set can't be empty")
+}
+
+// Denials are counted by reason, so that a pool running out is told apart
+// from users' mistakes.
+func TestDenialsCountedByReason(t *testing.T) {
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	e.h.Metrics = NewMetrics(reg)
+	a := e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "tiny"}))
+	e.mustAdmit(pod("app", "b", map[string]string{annotations.Pool: "tiny"}))
+	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny"}), "exhausted")
+	e.mustDeny(pod("app", "d", map[string]string{annotations.Pool: "no-such-pool"}), "no-such-pool")
+	ip := strings.Split(a.Annotations[annotations.AssignedIP], "/")[0]
+	e.mustDeny(pod("app", "e", map[string]string{annotations.Pool: "tiny", annotations.IP: ip}), ip)
+	for reason, want := range map[string]float64{"exhausted": 1, "request": 1, "conflict": 1, "set_full": 0, "pool": 0} {
+		if got := testutil.ToFloat64(e.h.Metrics.denials.WithLabelValues(reason)); got != want {
+			t.Errorf("stickynet_webhook_denials_total{reason=%q} = %v; want %v", reason, got, want)
+		}
+	}
 }

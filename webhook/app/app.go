@@ -210,6 +210,7 @@ func Run(ctx context.Context, o Options) error {
 		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, StoreTimeout: o.StoreTimeout, Grace: o.ReleaseGrace,
 		Metrics: admission.NewMetrics(metrics.Registry),
 	}
+	release.NewPoolCollector(metrics.Registry, mgr.GetClient())
 	// The webhook server starts once the certificate, the address cache and
 	// the informers of what the handler reads are there: the manager's cache
 	// starts an informer at its first read, and a first admission that waits

@@ -13,6 +13,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -1190,5 +1193,35 @@ func TestPoolConditionOverlapsPool(t *testing.T) {
 		if want == "OverlapsPool" && (cond.Status != metav1.ConditionFalse || !strings.Contains(cond.Message, "IPPool blue") || !strings.Contains(cond.Message, "10.20.0.200") || ipp.Status.Free != 0) {
 			t.Errorf("IPPool %s: Ready %+v, free %d; want False naming IPPool blue and 10.20.0.200, nothing free", name, cond, ipp.Status.Free)
 		}
+	}
+}
+
+// The IPPool gauges carry each pool's status counts and readiness, so that
+// a pool running out can be alerted on.
+func TestPoolMetrics(t *testing.T) {
+	c, a, p, _ := setup(t)
+	ctx := context.Background()
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "statefulset/app/db/0", Pod: "app/db-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	NewPoolCollector(reg, c.Client)
+	want := `
+# HELP stickynet_ippool_addresses An IPPool's addresses by state (total, allocated, held, cooling, free), as its status counts them.
+# TYPE stickynet_ippool_addresses gauge
+stickynet_ippool_addresses{pool="blue",state="allocated"} 0
+stickynet_ippool_addresses{pool="blue",state="cooling"} 0
+stickynet_ippool_addresses{pool="blue",state="free"} 253
+stickynet_ippool_addresses{pool="blue",state="held"} 1
+stickynet_ippool_addresses{pool="blue",state="total"} 254
+# HELP stickynet_ippool_ready 1 while an IPPool hands out addresses (its Ready condition is True), else 0.
+# TYPE stickynet_ippool_ready gauge
+stickynet_ippool_ready{pool="blue"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
 	}
 }

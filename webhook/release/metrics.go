@@ -1,10 +1,16 @@
 package release
 
 import (
+	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/promreg"
 )
 
@@ -25,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		passes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "stickynet_webhook_release_pass_duration_seconds",
 			Help:    "Duration of the release controller's full passes, by result (ok or error).",
-			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9), // 1 ms to 65 s
+			Buckets: []float64{.001, .004, .016, .064, .25, 1, 4, 16, 30, 60, 90, 120, 180}, // a pass ends at 2 min
 		}, []string{"result"}),
 	}
 	m.released = promreg.Register(reg, m.released)
@@ -47,5 +53,51 @@ func (m *Metrics) pass(d time.Duration, err error) {
 func (m *Metrics) release(kind string) {
 	if m != nil {
 		m.released.WithLabelValues(kind).Inc()
+	}
+}
+
+// poolCollector exports each IPPool's counts and readiness as its status
+// has them (the release controller writes them), read from the cache on
+// every replica, so that a pool running out can be alerted on.
+type poolCollector struct {
+	reader     client.Reader
+	addrs, rdy *prometheus.Desc
+}
+
+// NewPoolCollector registers the IPPool gauges with reg (once per registry).
+func NewPoolCollector(reg prometheus.Registerer, r client.Reader) {
+	promreg.Register[prometheus.Collector](reg, &poolCollector{
+		reader: r,
+		addrs: prometheus.NewDesc("stickynet_ippool_addresses",
+			"An IPPool's addresses by state (total, allocated, held, cooling, free), as its status counts them.", []string{"pool", "state"}, nil),
+		rdy: prometheus.NewDesc("stickynet_ippool_ready",
+			"1 while an IPPool hands out addresses (its Ready condition is True), else 0.", []string{"pool"}, nil),
+	})
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.addrs
+	ch <- c.rdy
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pools := &v1alpha1.IPPoolList{}
+	if err := c.reader.List(ctx, pools); err != nil {
+		klog.Background().Error(err, "IPPool metrics: list IPPools")
+		return
+	}
+	for i := range pools.Items {
+		p := &pools.Items[i]
+		st := p.Status
+		for state, v := range map[string]int64{"total": st.Total, "allocated": st.Allocated, "held": st.Held, "cooling": st.Cooling, "free": st.Free} {
+			ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(v), p.Name, state)
+		}
+		ready := 0.0
+		if meta.IsStatusConditionPresentAndEqual(st.Conditions, "Ready", metav1.ConditionTrue) {
+			ready = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.rdy, prometheus.GaugeValue, ready, p.Name)
 	}
 }
