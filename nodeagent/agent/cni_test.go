@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr/funcr"
+	"k8s.io/klog/v2"
 
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
@@ -312,4 +316,28 @@ func cniErrCode(err error) uint {
 		return te.Code
 	}
 	return 0
+}
+
+// A failed CNI request is logged once, as an error, naming the pod (from
+// CNI_ARGS) and with the failure under one key: the line had no pod, was at
+// info level, and carried "msg" twice (the log's own and the error's).
+func TestFailureLogNamesPod(t *testing.T) {
+	var lines []string
+	log := funcr.New(func(prefix, args string) { lines = append(lines, args) }, funcr.Options{})
+	resp := (&agent{}).Handle(klog.NewContext(context.Background(), log), api.Request{
+		Command: api.CommandAdd, ContainerID: "c1", IfName: "eth0",
+		Args:   "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0",
+		Config: json.RawMessage(`{"cniVersion":"1.1.0","type":"stickynet"}`),
+	})
+	if resp.Error == nil || len(lines) != 1 {
+		t.Fatalf("response %+v, log %q; want an error, logged once", resp, lines)
+	}
+	for _, want := range []string{`"pod"="shop/web-0"`, `"error"="network configuration has no \"name\""`} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("log line %s lacks %s", lines[0], want)
+		}
+	}
+	if strings.Count(lines[0], `"msg"=`) != 1 {
+		t.Errorf("log line %s has %d msg keys; want 1", lines[0], strings.Count(lines[0], `"msg"=`))
+	}
 }

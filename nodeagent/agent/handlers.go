@@ -22,6 +22,9 @@ import (
 // failures are logged here once and returned as CNI errors.
 func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	log := klog.FromContext(ctx).WithValues("command", req.Command, "containerID", req.ContainerID, "ifname", req.IfName)
+	if p, err := parseCNIArgs(req.Args); err == nil && p.Name != "" {
+		log = log.WithValues("pod", p.String())
+	}
 	ctx = klog.NewContext(ctx, log)
 	start := time.Now()
 	var resp api.Response
@@ -50,7 +53,7 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 			te = types.NewError(code, err.Error(), "")
 		}
 		resp = api.Response{Error: te}
-		log.Info("CNI request failed", "code", te.Code, "msg", te.Msg, "details", te.Details, "duration", time.Since(start))
+		log.Error(te, "CNI request failed", "code", te.Code, "details", te.Details, "duration", time.Since(start))
 		return resp
 	}
 	if resp.Fallback != nil {

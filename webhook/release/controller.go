@@ -159,7 +159,7 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.Metrics.pass(took, err)
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			log.Error(err, "Reconcile failed; retrying")
+			log.Error(brief(err), "Reconcile failed; retrying")
 			time.AfterFunc(time.Second, c.Trigger)
 		}
 		select {
@@ -992,6 +992,30 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 	}
 	return errors.Join(errs...)
 }
+
+// brief shortens an error joined of many (a pass that failed on each of
+// thousands of addresses while etcd was out of reach: one log line of
+// megabytes, every few seconds) to their count and the first few.
+func brief(err error) error {
+	var all []error
+	var flatten func(error)
+	flatten = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				flatten(x)
+			}
+			return
+		}
+		all = append(all, e)
+	}
+	flatten(err)
+	if len(all) <= briefErrors {
+		return err
+	}
+	return fmt.Errorf("%d errors, the first %d: %w", len(all), briefErrors, errors.Join(all[:briefErrors]...))
+}
+
+const briefErrors = 5
 
 func clampInt64(v uint64) int64 {
 	if v > 1<<62 {

@@ -2,6 +2,7 @@ package release
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -1223,5 +1224,22 @@ stickynet_ippool_ready{pool="blue"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
 		t.Error(err)
+	}
+}
+
+// A pass that failed on each of many addresses logs their count and the
+// first few, not one line of every error.
+func TestBriefError(t *testing.T) {
+	var errs []error
+	for i := range 500 {
+		errs = append(errs, fmt.Errorf("rebind 10.20.%d.%d of pool blue: context deadline exceeded", i/256, i%256))
+	}
+	err := errors.Join(errors.Join(errs[:250]...), errors.Join(errs[250:]...))
+	got := brief(err).Error()
+	if !strings.HasPrefix(got, "500 errors, the first 5: rebind 10.20.0.0") || strings.Count(got, "\n") != 4 || len(got) > 400 {
+		t.Errorf("brief(500 errors) = %q (%d bytes); want their count and the first 5", got, len(got))
+	}
+	if one := errors.New("one"); brief(one) != one {
+		t.Error("brief changed a single error")
 	}
 }
