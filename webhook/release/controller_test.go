@@ -1239,7 +1239,7 @@ func TestBriefError(t *testing.T) {
 	if !strings.HasPrefix(got, "500 errors, the first 5: rebind 10.20.0.0") || strings.Count(got, "\n") != 4 || len(got) > 400 {
 		t.Errorf("brief(500 errors) = %q (%d bytes); want their count and the first 5", got, len(got))
 	}
-	if one := errors.New("one"); brief(one) != one {
+	if one := errors.New("one"); brief(one) != one { //nolint:errorlint // the very error, unwrapped
 		t.Error("brief changed a single error")
 	}
 }
