@@ -899,13 +899,20 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 	}
 }
 
-// addressWaits reads stickynet_nodeagent_address_waits_total{result} from the
-// process's default registry (the agents of these tests run in-process).
+// addressWaits reads stickynet_nodeagent_address_waits_total{result}.
 func addressWaits(t *testing.T, result string) float64 {
 	t.Helper()
-	for _, m := range testenv.Metrics(t, prometheus.DefaultGatherer, "stickynet_nodeagent_address_waits_total") {
+	return counter(t, "stickynet_nodeagent_address_waits_total", "result", result)
+}
+
+// counter reads the counter name{label=value} from the process's default
+// registry (the agents of these tests run in-process); 0 if it has no such
+// series yet.
+func counter(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	for _, m := range testenv.Metrics(t, prometheus.DefaultGatherer, name) {
 		for _, l := range m.GetLabel() {
-			if l.GetName() == "result" && l.GetValue() == result {
+			if l.GetName() == label && l.GetValue() == value {
 				return m.GetCounter().GetValue()
 			}
 		}

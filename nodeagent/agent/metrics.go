@@ -37,6 +37,13 @@ var ovsResets = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCou
 	Help: "Times the node agent found that Open vSwitch had lost its flows (ovs-vswitchd restarted, or the bridge was deleted) and put the pods' ports and limits back at once.",
 }))
 
+// backgroundErrors counts the failures of the agent's work outside CNI
+// requests, which only its log told of, in the process's default registry.
+var backgroundErrors = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "stickynet_nodeagent_background_errors_total",
+	Help: "Failures of the node agent's work outside CNI requests, by operation: bandwidth (installing a running pod's limits; retried), resync (the periodic check of ports and limits against OVS), advertise (the Node's SR-IOV resources), restore (the state rebuilt at start).",
+}, []string{"op"}))
+
 // listenMetrics opens the Prometheus endpoint /metrics on addr: the
 // process's default registry (CNI requests, Go runtime) and the agent's
 // attachment count; and /readyz, which answers 200 when ready returns nil

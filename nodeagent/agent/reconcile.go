@@ -115,6 +115,7 @@ func (a *agent) restore(ctx context.Context) error {
 		// Not fatal: the pods that are fine keep being served, and DEL or GC
 		// retry what could not be removed.
 		log.Error(err, "Restore was incomplete")
+		backgroundErrors.WithLabelValues("restore").Inc()
 	}
 	return nil
 }
@@ -217,6 +218,7 @@ func (a *agent) bandwidthWorker(ctx context.Context) {
 		err := a.applyBandwidth(ctx, key)
 		if err != nil && ctx.Err() == nil {
 			log.Error(err, "Applying bandwidth limits failed; will retry", "pod", key)
+			backgroundErrors.WithLabelValues("bandwidth").Inc()
 			a.queue.AddRateLimited(key)
 		} else {
 			a.queue.Forget(key)
@@ -332,6 +334,7 @@ func (a *agent) resyncLoop(ctx context.Context) {
 		}
 		if err != nil {
 			log.Error(err, "Resync failed")
+			backgroundErrors.WithLabelValues("resync").Inc()
 		}
 	}
 }

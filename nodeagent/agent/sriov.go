@@ -177,6 +177,7 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 		if a.nets.Synced() {
 			if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
 				log.Error(err, "Advertising SR-IOV resources failed")
+				backgroundErrors.WithLabelValues("advertise").Inc()
 			}
 		}
 		wait := period

@@ -241,8 +241,12 @@ func TestSriovRestoreTeardownFails(t *testing.T) {
 	s.agent.Stop(t)
 	s.pods.Delete("default", "a")
 	s.pf.SetFail("SetVfHardwareAddr", errors.New("PF busy"))
+	restores := counter(t, "stickynet_nodeagent_background_errors_total", "op", "restore")
 	s.restart()
 	s.pf.SetFail("SetVfHardwareAddr", nil)
+	if got := counter(t, "stickynet_nodeagent_background_errors_total", "op", "restore"); got != restores+1 {
+		t.Errorf("stickynet_nodeagent_background_errors_total{op=restore} = %v after an incomplete restore; want %v", got, restores+1)
+	}
 	b := vf0KeptUntilDEL(t, s, a)
 	if err := s.cni.Del(b.rt); err != nil {
 		t.Fatalf("DEL b: %v", err)
