@@ -912,6 +912,21 @@ func TestEtcdNetworkPolicy(t *testing.T) {
 			t.Errorf("%s reaches etcd's port %d: %t, want %t (ingress %+v)", c.who, c.port, got, c.want, np.Spec.Ingress)
 		}
 	}
+	// From anywhere, etcd's metrics port only.
+	var open []int
+	for _, r := range np.Spec.Ingress {
+		if len(r.From) == 0 {
+			for _, p := range r.Ports {
+				open = append(open, p.Port.IntValue())
+			}
+		}
+	}
+	if !slices.Equal(open, []int{2381}) {
+		t.Errorf("ports open to every source %v; want etcd's metrics port 2381 only", open)
+	}
+	if c := podTemplate(t, objs["StatefulSet/stickynet-etcd"]).Spec.Containers[0]; !slices.Contains(c.Command, "--listen-metrics-urls=http://0.0.0.0:2381") {
+		t.Errorf("etcd command %v does not serve its metrics on 2381", c.Command)
+	}
 	for _, set := range []string{"etcd.bundled.networkPolicy=false", "etcd.endpoints={https://etcd.example:2379}"} {
 		if _, ok := render(t, set)["NetworkPolicy/stickynet-etcd"]; ok {
 			t.Errorf("with %s the chart renders NetworkPolicy stickynet-etcd", set)
