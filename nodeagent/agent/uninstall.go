@@ -83,14 +83,21 @@ func watchOwner(ctx context.Context, kube kubernetes.Interface, ref string) (*ow
 		return nil, err
 	}
 	f.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return nil, fmt.Errorf("daemonset %s: watch did not sync: %w", ref, ctx.Err())
-	}
-	if !o.seen.Load() {
+	// Not a reason to hold up serving pods: a watch that cannot start (no
+	// permission, say) only costs the uninstall its clean-up.
+	wctx, cancel := context.WithTimeout(ctx, ownerSyncWait)
+	defer cancel()
+	switch {
+	case !cache.WaitForCacheSync(wctx.Done(), inf.HasSynced):
+		klog.FromContext(ctx).Info("Warning: cannot watch the agent's DaemonSet yet (see the errors above); until it can, the agent will not remove its conflist when stickynet is uninstalled", "daemonset", ref)
+	case !o.seen.Load():
 		klog.FromContext(ctx).Info("Warning: the agent's DaemonSet does not exist; the agent will not remove its conflist when stickynet is uninstalled", "daemonset", ref)
 	}
 	return o, nil
 }
+
+// ownerSyncWait bounds how long the agent's start waits for its DaemonSet.
+const ownerSyncWait = 10 * time.Second
 
 func (o *owner) saw(obj any) {
 	ds, ok := obj.(*appsv1.DaemonSet)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,21 +57,7 @@ func TestUninstallRemovesConflist(t *testing.T) {
 			},
 		},
 	}, metav1.CreateOptions{}))
-	tok, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: apisrv.Config.Host, CertificateAuthorityData: apisrv.Config.CAData}
-	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
-	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "agent"}
-	kc.CurrentContext = "agent"
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := tokenKubeconfig(t, apisrv, admin, ns, name)
 
 	node := agenttest.NewNode(t)
 	opts := node.Options(nil)
@@ -130,8 +117,8 @@ func TestUninstallRemovesConflist(t *testing.T) {
 }
 
 // applyChartRBAC creates the ServiceAccount and RBAC objects that the chart
-// renders in template for a release in ns.
-func applyChartRBAC(t *testing.T, k kubernetes.Interface, ns, template string) {
+// renders in template for a release in ns, but those of the kinds in skip.
+func applyChartRBAC(t *testing.T, k kubernetes.Interface, ns, template string, skip ...string) {
 	t.Helper()
 	cmd := exec.Command(testenv.NeedTool(t, "helm", "helm"), "template", "sn", filepath.Join("..", "..", "charts", "stickynet"),
 		"--namespace", ns, "--kube-version", "v1.37.2", "--show-only", template)
@@ -146,6 +133,9 @@ func applyChartRBAC(t *testing.T, k kubernetes.Interface, ns, template string) {
 		var kind struct{ Kind string }
 		if err := yaml.Unmarshal([]byte(doc), &kind); err != nil {
 			t.Fatal(err)
+		}
+		if slices.Contains(skip, kind.Kind) {
+			continue
 		}
 		var err error
 		switch kind.Kind {
@@ -185,4 +175,43 @@ func applyChartRBAC(t *testing.T, k kubernetes.Interface, ns, template string) {
 	if n == 0 {
 		t.Fatalf("the chart's %s renders no ServiceAccount or RBAC", template)
 	}
+}
+
+// tokenKubeconfig writes a kubeconfig with a token of the ServiceAccount.
+func tokenKubeconfig(t *testing.T, apisrv *agenttest.APIServer, admin kubernetes.Interface, ns, name string) string {
+	t.Helper()
+	tok, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: apisrv.Config.Host, CertificateAuthorityData: apisrv.Config.CAData}
+	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "agent"}
+	kc.CurrentContext = "agent"
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
+}
+
+// An agent that may not watch its DaemonSet (the chart's Role missing) still
+// starts and serves, without the uninstall's clean-up: the watch is not a
+// reason to hold up pods.
+func TestUninstallWatchRefusedDoesNotBlock(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
+	admin := kubernetes.NewForConfigOrDie(apisrv.Config)
+	const ns, name = "stickynet-system", "stickynet-nodeagent"
+	if _, err := admin.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	applyChartRBAC(t, admin, ns, "templates/nodeagent.yaml", "Role", "RoleBinding")
+	node := agenttest.NewNode(t)
+	opts := node.Options(nil)
+	opts.Pods, opts.Kubeconfig, opts.ResyncPeriod = nil, tokenKubeconfig(t, apisrv, admin, ns, name), time.Hour
+	opts.DaemonSet = ns + "/" + name
+	agenttest.StartAgent(t, opts) // fails unless it serves within 30 s
 }
