@@ -105,9 +105,9 @@ func (o *owner) saw(obj any) {
 		return
 	}
 	o.seen.Store(true)
-	if ds.DeletionTimestamp != nil {
-		o.leaving.Store(true)
-	}
+	// A DaemonSet of the name made again (its orphaned pods adopted, say)
+	// takes the agent back: only a stop while it is gone removes anything.
+	o.leaving.Store(ds.DeletionTimestamp != nil)
 }
 
 func (o *owner) gone(ctx context.Context) {

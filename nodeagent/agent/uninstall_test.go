@@ -47,7 +47,7 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	// The agent runs on the chart's ServiceAccount and RBAC.
 	applyChartRBAC(t, admin, ns, "templates/nodeagent.yaml")
 	labels := map[string]string{"app": name}
-	must(admin.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{
+	ds := &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: appsv1.DaemonSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
@@ -56,7 +56,8 @@ func TestUninstallRemovesConflist(t *testing.T) {
 				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "nodeagent", Image: "stickynet"}}},
 			},
 		},
-	}, metav1.CreateOptions{}))
+	}
+	must(admin.AppsV1().DaemonSets(ns).Create(ctx, ds.DeepCopy(), metav1.CreateOptions{}))
 	kubeconfig := tokenKubeconfig(t, apisrv, admin, ns, name)
 
 	node := agenttest.NewNode(t)
@@ -77,8 +78,20 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	if !exists(conflist) || !exists(plugin) {
 		t.Fatalf("after a stop with the DaemonSet there: conflist there %v, plugin there %v; want both", exists(conflist), exists(plugin))
 	}
-
+	// A DaemonSet deleted and made again (its pods orphaned, then adopted)
+	// while the agent runs takes it back.
 	a := agenttest.StartAgent(t, opts)
+	if err := admin.AppsV1().DaemonSets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	must(admin.AppsV1().DaemonSets(ns).Create(ctx, ds.DeepCopy(), metav1.CreateOptions{}))
+	time.Sleep(3 * time.Second) // for the watch to bring both (no event tells when)
+	a.Stop(t)
+	if !exists(conflist) || !exists(plugin) {
+		t.Fatalf("after a stop with the DaemonSet made again: conflist there %v, plugin there %v; want both", exists(conflist), exists(plugin))
+	}
+
+	a = agenttest.StartAgent(t, opts)
 	// helm uninstall: the DaemonSet, then the agent's account.
 	if err := admin.AppsV1().DaemonSets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
