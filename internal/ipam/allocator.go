@@ -552,23 +552,38 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	c := a.cache
 	pool := req.Pool
+	taken := func(ip netip.Addr) bool { return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil }
 	switch {
 	case req.IP.IsValid():
+		if e := c.takenIn(pool.Sharing, req.IP); e != nil {
+			return netip.Addr{}, &ConflictError{Pool: e.pool, What: "address " + req.IP.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
+		}
 		return req.IP, nil
 	case len(req.Candidates) > 0:
 		off := rand.IntN(len(req.Candidates))
 		for i := range req.Candidates {
-			if cand := req.Candidates[(i+off)%len(req.Candidates)]; !c.taken(pool.Name, cand) {
+			if cand := req.Candidates[(i+off)%len(req.Candidates)]; !taken(cand) {
 				return cand, nil
 			}
 		}
-		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates)}
+		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates), Sharing: pool.Sharing}
 	}
-	ip, ok := c.pickFree(pool)
+	ip, ok := c.pickFree(pool, taken)
 	if !ok {
-		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool)}
+		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool), Sharing: pool.Sharing}
 	}
 	return ip, nil
+}
+
+// guardSharing makes p's claim of ip fail if a pool that shares addresses
+// with the request's (Pool.Sharing) has ip meanwhile, and a lost claim
+// learn that pool's record.
+func (a *Allocator) guardSharing(p *plan, req *Request, ip netip.Addr) {
+	for _, other := range req.Pool.Sharing {
+		k := a.keys.addrKey(other, ip)
+		p.cmps = append(p.cmps, store.Absent(k))
+		p.els = append(p.els, store.Get(k))
+	}
 }
 
 // planNew claims a new address.
@@ -584,6 +599,7 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 		return nil, err
 	}
 	p := a.claimNew(req, ip, mac)
+	a.guardSharing(p, req, ip)
 	c.claimLocal(pool.Name, ip, mac)
 	p.localIP, p.localMAC = ip, mac
 	return p, nil
@@ -608,6 +624,7 @@ func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 		store.Absent(a.keys.identKey(req.Identity, false, ip)),
 	}, true)
 	a.takeMAC(p, from)
+	a.guardSharing(p, req, ip)
 	c.claimLocal(pool.Name, ip, "")
 	p.localIP = ip
 	return p, nil
@@ -757,6 +774,9 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		// A lost claim learns the old address's state too: a cache that
 		// missed its move would otherwise plan the same move again.
 		p.els = append(p.els, store.Get(a.keys.addrKey(old.pool, old.ip)))
+		if !backOnCooling {
+			a.guardSharing(p, req, ip)
+		}
 	}
 	// Release what the identity no longer uses: its old address (with the old
 	// MAC, unless kept) and its old MAC.
@@ -998,11 +1018,11 @@ func (a *Allocator) dropLeases(p *plan) {
 	}
 }
 
-// pickFree chooses a random free address of the pool.
-func (c *cache) pickFree(p *Pool) (netip.Addr, bool) {
+// pickFree chooses a random address of the pool that is not taken.
+func (c *cache) pickFree(p *Pool, taken func(netip.Addr) bool) (netip.Addr, bool) {
 	size := p.Size()
 	for range 64 {
-		if ip := p.nth(rand.Uint64N(size)); !c.taken(p.Name, ip) {
+		if ip := p.nth(rand.Uint64N(size)); !taken(ip) {
 			return ip, true
 		}
 	}
@@ -1012,7 +1032,7 @@ func (c *cache) pickFree(p *Pool) (netip.Addr, bool) {
 	// Nearly full: scan from a random start.
 	start := rand.Uint64N(size)
 	for i := range size {
-		if ip := p.nth((start + i) % size); !c.taken(p.Name, ip) {
+		if ip := p.nth((start + i) % size); !taken(ip) {
 			return ip, true
 		}
 	}

@@ -369,6 +369,20 @@ func (c *cache) taken(pool string, ip netip.Addr) bool {
 	return ok
 }
 
+// takenIn returns the entry of ip in the first of pools that has one (nil
+// if none does; an address being claimed there counts, with no record yet).
+func (c *cache) takenIn(pools []string, ip netip.Addr) *entry {
+	for _, pool := range pools {
+		if e := c.get(pool, ip); e != nil {
+			return e
+		}
+		if _, ok := c.inflight[pool][ip]; ok {
+			return &entry{pool: pool, ip: ip}
+		}
+	}
+	return nil
+}
+
 func (c *cache) macTaken(mac string) bool {
 	if _, ok := c.macs[mac]; ok {
 		return true

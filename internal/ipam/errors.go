@@ -10,9 +10,10 @@ import (
 
 // ExhaustedError says a pool has no address for a new identity, and why.
 type ExhaustedError struct {
-	Pool  string
-	Of    string // what ran out when not the whole pool, such as "the 3 addresses listed for deployment/ns/api"
-	Stats Stats
+	Pool    string
+	Of      string // what ran out when not the whole pool, such as "the 3 addresses listed for deployment/ns/api"
+	Stats   Stats
+	Sharing []string // other pools that can hand out some of the same addresses (Pool.Sharing)
 }
 
 func (e *ExhaustedError) Error() string {
@@ -21,8 +22,12 @@ func (e *ExhaustedError) Error() string {
 	if e.Of != "" {
 		what = e.Of + " in pool " + e.Pool
 	}
-	return fmt.Sprintf("%s is exhausted: all %d addresses are taken (%d by live or starting pods, %d held by sticky identities without a live pod, %d cooling down after release); "+
-		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling)
+	shared := ""
+	if len(e.Sharing) > 0 {
+		shared = fmt.Sprintf(", the others by IPPools %s, which can hand out some of the same addresses", strings.Join(e.Sharing, ", "))
+	}
+	return fmt.Sprintf("%s is exhausted: all %d addresses are taken (%d by live or starting pods, %d held by sticky identities without a live pod, %d cooling down after release%s); "+
+		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling, shared)
 }
 
 // MACExhaustedError says every MAC under a pool's macPrefix is taken (a

@@ -30,6 +30,11 @@ type Pool struct {
 	MACPrefix         []byte
 	AllowUniversalMAC bool
 
+	// Sharing names the other pools that can hand out some of its addresses
+	// (set from the list of IPPools: Sharing); the allocator hands out none
+	// that one of them has.
+	Sharing []string
+
 	spans []span // allocatable, sorted, disjoint
 	size  uint64 // number of allocatable addresses, saturating at MaxUint64
 }
@@ -251,30 +256,15 @@ func (p *Pool) checkMAC(m net.HardwareAddr) error {
 	return nil
 }
 
-// OverlapError is an IPPool that can hand out an address an earlier IPPool
-// can too. An address is unique within its pool only (its etcd key names
-// the pool), so two such pools would give one address to two pods.
-type OverlapError struct {
-	Pool, Other string
-	Addr        netip.Addr // the first address both can hand out
-}
-
-func (e *OverlapError) Error() string {
-	return fmt.Sprintf("IPPool %s: its addresses overlap those of IPPool %s, created before it (both can hand out %s), and two pools would give one address to two pods: "+
-		"narrow one of them with spec.ranges or spec.exclude, or delete one", e.Pool, e.Other, e.Addr)
-}
-
-// Overlapping reports, as an *OverlapError, whether pool p (the IPPool ipp)
-// can hand out an address that a pool of all created before it can: earlier
-// by creation time, then by name. The earlier pool goes on as before. Pools
-// may share a CIDR and gateway with ranges or excludes that keep their
-// addresses apart.
-func Overlapping(ipp *v1alpha1.IPPool, p *Pool, all []v1alpha1.IPPool) error {
+// Sharing returns the IPPools of all, other than p, that can hand out some
+// of p's addresses, and the first address p shares with the first of them.
+// An address is keyed by its pool, so the allocator keeps one that any of
+// them has from being handed out by another (Pool.Sharing). Pools may also
+// share a CIDR with ranges or excludes that keep their addresses apart.
+func Sharing(p *Pool, all []v1alpha1.IPPool) (names []string, first netip.Addr) {
 	for i := range all {
 		o := &all[i]
-		earlier := o.CreationTimestamp.Before(&ipp.CreationTimestamp) ||
-			o.CreationTimestamp.Equal(&ipp.CreationTimestamp) && o.Name < ipp.Name
-		if !earlier || o.Name == ipp.Name {
+		if o.Name == p.Name {
 			continue
 		}
 		if op, err := netip.ParsePrefix(o.Spec.CIDR); err != nil || !op.Overlaps(p.Prefix) {
@@ -285,10 +275,13 @@ func Overlapping(ipp *v1alpha1.IPPool, p *Pool, all []v1alpha1.IPPool) error {
 			continue // hands out nothing
 		}
 		if a, ok := p.shared(q); ok {
-			return &OverlapError{Pool: ipp.Name, Other: o.Name, Addr: a}
+			if names == nil {
+				first = a
+			}
+			names = append(names, o.Name)
 		}
 	}
-	return nil
+	return names, first
 }
 
 // shared returns the first address both pools can hand out.

@@ -151,10 +151,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		var ne *ipam.NotAllocatableError
 		var sf *ipam.SetFullError
 		var me *ipam.MACNotAllowedError
-		var oe *ipam.OverlapError
 		var mx *ipam.MACExhaustedError
 		switch {
-		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &oe), errors.As(err, &mx):
+		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &mx):
 			log.V(2).Info("Denied pod", "reason", err.Error())
 			h.Metrics.denied(err)
 			return admission.Denied(err.Error()), resultDenied
@@ -755,7 +754,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stickynet_webhook_denials_total",
-		Help: "Pods denied, by reason: exhausted (no address or MAC left in the pool or the listed addresses), set_full (a Deployment's or ReplicaSet's set at its cap), conflict (an address or MAC another identity holds), pool (the IPPool's spec cannot be used, or overlaps another pool), request (the pod's own annotations or pool choice).",
+		Help: "Pods denied, by reason: exhausted (no address or MAC left in the pool or the listed addresses), set_full (a Deployment's or ReplicaSet's set at its cap), conflict (an address or MAC another identity holds), pool (the IPPool's spec cannot be used), request (the pod's own annotations or pool choice).",
 	}, []string{"reason"})
 	m.total = promreg.Register(reg, m.total)
 	m.duration = promreg.Register(reg, m.duration)
@@ -774,7 +773,6 @@ func (m *Metrics) denied(err error) {
 		sf *ipam.SetFullError
 		ce *ipam.ConflictError
 		pe *ipam.PoolError
-		oe *ipam.OverlapError
 	)
 	reason := "request"
 	switch {
@@ -784,7 +782,7 @@ func (m *Metrics) denied(err error) {
 		reason = "set_full"
 	case errors.As(err, &ce):
 		reason = "conflict"
-	case errors.As(err, &pe), errors.As(err, &oe):
+	case errors.As(err, &pe):
 		reason = "pool"
 	}
 	m.denials.WithLabelValues(reason).Inc()

@@ -1120,19 +1120,43 @@ func TestDeletedPoolKeepsClaims(t *testing.T) {
 	}
 }
 
-// A pool that can hand out an address an earlier pool can is refused, naming
-// that pool, so that no address goes to two pods; the earlier pool, and
-// pools that share a CIDR with ranges apart, hand out as before.
-func TestOverlappingPoolRefused(t *testing.T) {
+// Pools that share addresses hand each out once: an address one of them
+// has is not handed out by the other (addresses are keyed by pool), neither
+// picked nor asked for, also after an edit makes them overlap; pools that
+// share a CIDR with ranges apart hand out as before.
+func TestSharedAddressesHandedOutOnce(t *testing.T) {
 	e := newEnv(t,
 		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "tiny-copy"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/30"}},
-		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "half-a"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.60.0.1", End: "10.60.0.100"}}}},
-		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "half-b"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.60.0.101", End: "10.60.0.200"}}}})
-	e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "tiny"}))
-	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny-copy"}), "IPPool tiny-copy", "overlap", "IPPool tiny,", "10.30.0.1")
-	e.mustAdmit(pod("app", "b", map[string]string{annotations.Pool: "tiny"}))
-	e.mustAdmit(pod("app", "x", map[string]string{annotations.Pool: "half-a"}))
-	e.mustAdmit(pod("app", "y", map[string]string{annotations.Pool: "half-b"}))
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "half-a"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.60.0.10", End: "10.60.0.10"}}}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "half-b"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.60.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.60.0.11", End: "10.60.0.11"}}}})
+	// tiny and tiny-copy: one /30, two addresses between them.
+	a := e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "tiny"}))
+	b := e.mustAdmit(pod("app", "b", map[string]string{annotations.Pool: "tiny-copy"}))
+	if a.Annotations[annotations.AssignedIP] == b.Annotations[annotations.AssignedIP] {
+		t.Fatalf("pools tiny and tiny-copy both gave out %s", a.Annotations[annotations.AssignedIP])
+	}
+	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny"}), "pool tiny is exhausted", "the others by IPPools tiny-copy")
+	aIP := strings.Split(a.Annotations[annotations.AssignedIP], "/")[0]
+	e.mustDeny(pod("app", "d", map[string]string{annotations.Pool: "tiny-copy", annotations.IP: aIP}), "address "+aIP, "pod/app/a")
+
+	// half-a and half-b: ranges apart, then half-a edited over half-b's.
+	db := e.mustAdmit(pod("app", "db-0", map[string]string{annotations.Pool: "half-b"}, ctrl("StatefulSet", "db")))
+	x := e.mustAdmit(pod("app", "x", map[string]string{annotations.Pool: "half-a"}))
+	if db.Annotations[annotations.AssignedIP] != "10.60.0.11/24" || x.Annotations[annotations.AssignedIP] != "10.60.0.10/24" {
+		t.Fatalf("half-b gave %s, half-a %s; want 10.60.0.11 and 10.60.0.10", db.Annotations[annotations.AssignedIP], x.Annotations[annotations.AssignedIP])
+	}
+	ha := &v1alpha1.IPPool{}
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "half-a"}, ha); err != nil {
+		t.Fatal(err)
+	}
+	ha.Spec.Ranges = []v1alpha1.IPRange{{Start: "10.60.0.10", End: "10.60.0.11"}}
+	if err := e.c.Update(context.Background(), ha); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDeny(pod("app", "y", map[string]string{annotations.Pool: "half-a"}), "pool half-a is exhausted")
+	if again := e.mustAdmit(pod("app", "db-0", map[string]string{annotations.Pool: "half-b"}, ctrl("StatefulSet", "db"))); again.Annotations[annotations.AssignedIP] != "10.60.0.11/24" {
+		t.Errorf("db-0 created again got %s; want its 10.60.0.11", again.Annotations[annotations.AssignedIP])
+	}
 }
 
 // A second default pool added for a namespace moves no sticky identity: a

@@ -130,9 +130,7 @@ func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace, all []v1alpha1
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := ipam.Overlapping(p, pool, all); err != nil {
-		return nil, nil, err
-	}
+	pool.Sharing, _ = ipam.Sharing(pool, all)
 	return p, pool, nil
 }
 

@@ -288,11 +288,12 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	specs := make(map[string]poolSpec, len(pools.Items))
 	for i := range pools.Items {
 		p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec)
+		var shared netip.Addr
 		if err == nil {
+			p.Sharing, shared = ipam.Sharing(p, pools.Items)
 			c.Alloc.SetPool(p)
-			err = ipam.Overlapping(&pools.Items[i], p, pools.Items)
 		}
-		specs[pools.Items[i].Name] = poolSpec{pool: p, err: err}
+		specs[pools.Items[i].Name] = poolSpec{pool: p, err: err, shared: shared}
 	}
 
 	now := time.Now()
@@ -688,12 +689,13 @@ func (c *Controller) warn(p *podInfo, format string, args ...any) {
 	}
 }
 
-// poolSpec is an IPPool's spec as the allocator takes it, and why admission
-// hands out none of its addresses (pool nil: the spec is invalid; else it
-// overlaps an earlier pool); a pass parses each once.
+// poolSpec is an IPPool's spec as the allocator takes it, or why it cannot
+// take it, and the first address it shares with another pool (Sharing); a
+// pass parses each once.
 type poolSpec struct {
-	pool *ipam.Pool
-	err  error
+	pool   *ipam.Pool
+	err    error
+	shared netip.Addr
 }
 
 // addrKey names an address in the maps of a pass: "pool/ip".
@@ -961,15 +963,17 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 			st.Total, st.Allocated, st.Held, st.Cooling = clampInt64(s.Total), int64(s.Allocated), int64(s.Held), int64(s.Cooling)
 			st.Free = clampInt64(s.Free)
 		}
-		var overlap *ipam.OverlapError
 		switch {
-		case errors.As(err, &overlap):
-			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "OverlapsPool", err.Error()
-			st.Free = 0 // admission hands out none of them
 		case err != nil:
-			// The other counts are the last valid spec's.
+			// The other counts are the last valid spec's; none is handed out.
 			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()
 			st.Free = 0
+		case len(pool.Sharing) > 0 && s.Outside == 0:
+			// Ready still: an address one of them has is not handed out by
+			// the other, so the free count can be less than it says.
+			cond.Reason = "SharesAddresses"
+			cond.Message = fmt.Sprintf("the pool hands out addresses; IPPools %s can hand out some of them too (%s, for one): one that either has is not handed out by the other, and the free count includes those the others have",
+				strings.Join(pool.Sharing, ", "), specs[ipp.Name].shared)
 		default:
 			if s.Outside > 0 {
 				// Ready still: the pool hands out its addresses. The others are

@@ -1167,32 +1167,29 @@ func TestPoolConditionAddressesOutsideSpec(t *testing.T) {
 	}
 }
 
-// An IPPool that can hand out an address an earlier pool can is not Ready
-// (reason OverlapsPool, naming that pool) and counts nothing free; the
-// earlier pool, and a pool sharing the CIDR with ranges apart, go on.
-func TestPoolConditionOverlapsPool(t *testing.T) {
-	later := func(name string, spec v1alpha1.IPPoolSpec) *v1alpha1.IPPool {
-		return &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(time.Now().Add(time.Hour))}, Spec: spec}
-	}
+// An IPPool that can hand out some of another pool's addresses says so in
+// its Ready condition (True, reason SharesAddresses, naming the pool and an
+// address); pools sharing a CIDR with ranges apart are plainly Valid.
+func TestPoolConditionSharesAddresses(t *testing.T) {
 	c, _, _, _ := setup(t,
-		later("copy", v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.20.0.200", End: "10.20.0.210"}}}),
-		later("apart", v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/23", Ranges: []v1alpha1.IPRange{{Start: "10.20.1.1", End: "10.20.1.9"}}}))
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "copy"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.20.0.200", End: "10.20.0.210"}}}},
+		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "apart"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/23", Ranges: []v1alpha1.IPRange{{Start: "10.20.1.1", End: "10.20.1.9"}}}})
 	ctx := context.Background()
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]string{"blue": "Valid", "copy": "OverlapsPool", "apart": "Valid"} {
+	for name, want := range map[string]string{"blue": "SharesAddresses", "copy": "SharesAddresses", "apart": "Valid"} {
 		ipp := &v1alpha1.IPPool{}
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: name}, ipp); err != nil {
 			t.Fatal(err)
 		}
 		cond := meta.FindStatusCondition(ipp.Status.Conditions, "Ready")
-		if cond == nil || cond.Reason != want {
-			t.Errorf("IPPool %s: Ready %+v; want reason %s", name, cond, want)
+		if cond == nil || cond.Reason != want || cond.Status != metav1.ConditionTrue {
+			t.Errorf("IPPool %s: Ready %+v; want True, reason %s", name, cond, want)
 			continue
 		}
-		if want == "OverlapsPool" && (cond.Status != metav1.ConditionFalse || !strings.Contains(cond.Message, "IPPool blue") || !strings.Contains(cond.Message, "10.20.0.200") || ipp.Status.Free != 0) {
-			t.Errorf("IPPool %s: Ready %+v, free %d; want False naming IPPool blue and 10.20.0.200, nothing free", name, cond, ipp.Status.Free)
+		if name == "copy" && (!strings.Contains(cond.Message, "IPPools blue can") || !strings.Contains(cond.Message, "10.20.0.200")) {
+			t.Errorf("IPPool copy: Ready message %q; want it to name IPPool blue and 10.20.0.200", cond.Message)
 		}
 	}
 }
