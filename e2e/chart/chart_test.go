@@ -716,6 +716,10 @@ func TestValuesSchema(t *testing.T) {
 	} {
 		refused(t, []string{set}, want)
 	}
+	// Helm's global values (a parent chart's) and a build number as the tag.
+	if c := podTemplate(t, render(t, "global.registry=example", "image.tag=20261206")["Deployment/stickynet-webhook"]).Spec.Containers[0]; c.Image != "ghcr.io/stickynet/stickynet:20261206" {
+		t.Errorf("image.tag=20261206 gave image %s", c.Image)
+	}
 	ds := render(t, "nodeAgent.maxUnavailable=10%", "webhook.releaseGrace=1m30s")["DaemonSet/stickynet-nodeagent"]
 	if !bytes.Contains(ds, []byte("maxUnavailable: 10%")) || !bytes.Contains(ds, []byte("kubernetes.io/os: linux")) {
 		t.Errorf("node agent DaemonSet with maxUnavailable 10%%:\n%s", ds)

@@ -223,7 +223,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		// it another: read the pool from the API server first. A copy behind
 		// an edit would otherwise move an identity that another replica has
 		// just moved into the new spec back out of it.
-		if ipp, pool, err = h.freshPool(ctx, ipp.Name, ns); err != nil {
+		if ipp, pool, err = h.freshPool(ctx, ipp.Name); err != nil {
 			return nil, nil, err
 		}
 		req.Pool = pool
@@ -476,14 +476,14 @@ func (h *Handler) heldInGonePool(ctx context.Context, id annotations.ID, err err
 }
 
 // freshPool reads the IPPool from the API server.
-func (h *Handler) freshPool(ctx context.Context, name string, ns *corev1.Namespace) (*v1alpha1.IPPool, *ipam.Pool, error) {
+func (h *Handler) freshPool(ctx context.Context, name string) (*v1alpha1.IPPool, *ipam.Pool, error) {
 	list := &v1alpha1.IPPoolList{}
 	if err := h.APIReader.List(ctx, list); err != nil {
 		return nil, nil, fmt.Errorf("read IPPool %s: %w", name, err)
 	}
 	for i := range list.Items {
 		if list.Items[i].Name == name {
-			return h.parse(&list.Items[i], ns, list.Items)
+			return parse(&list.Items[i], list.Items)
 		}
 	}
 	return nil, nil, deny("IPPool %s has just been deleted", name)

@@ -1214,7 +1214,9 @@ func TestDefaultPoolWithBrokenSelectorNamed(t *testing.T) {
 // Denials are counted by reason, so that a pool running out is told apart
 // from users' mistakes.
 func TestDenialsCountedByReason(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "broken"}, Spec: v1alpha1.IPPoolSpec{
+		CIDR: "10.71.0.0/24", NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}},
+	}})
 	reg := prometheus.NewRegistry()
 	e.h.Metrics = NewMetrics(reg)
 	a := e.mustAdmit(pod("app", "a", map[string]string{annotations.Pool: "tiny"}))
@@ -1223,7 +1225,8 @@ func TestDenialsCountedByReason(t *testing.T) {
 	e.mustDeny(pod("app", "d", map[string]string{annotations.Pool: "no-such-pool"}), "no-such-pool")
 	ip := strings.Split(a.Annotations[annotations.AssignedIP], "/")[0]
 	e.mustDeny(pod("app", "e", map[string]string{annotations.Pool: "tiny", annotations.IP: ip}), ip)
-	for reason, want := range map[string]float64{"exhausted": 1, "request": 1, "conflict": 1, "set_full": 0, "pool": 0} {
+	e.mustDeny(pod("app", "f", map[string]string{annotations.Pool: "broken"}), "spec.namespaceSelector", "not a label selector")
+	for reason, want := range map[string]float64{"exhausted": 1, "request": 1, "conflict": 1, "set_full": 0, "pool": 1} {
 		if got := testutil.ToFloat64(e.h.Metrics.denials.WithLabelValues(reason)); got != want {
 			t.Errorf("stickynet_webhook_denials_total{reason=%q} = %v; want %v", reason, got, want)
 		}

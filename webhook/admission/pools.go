@@ -73,14 +73,14 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 				if ok, err := admits(p, ns); err == nil && !ok {
 					return nil, nil, "", &annotations.Error{Key: key, Value: name, Accepted: fmt.Sprintf("an IPPool whose spec.namespaceSelector matches namespace %s's labels", ns.Name) + have(admitting(list.Items, ns))}
 				}
-				ipp, pool, err := h.parse(p, ns, list.Items)
+				ipp, pool, err := parse(p, list.Items)
 				return ipp, pool, "", err
 			}
 			names = append(names, p.Name)
 		}
 		if len(defaults) > 0 {
 			p, warning := h.defaultPool(defaults, ns, identity)
-			ipp, pool, err := h.parse(p, ns, list.Items)
+			ipp, pool, err := parse(p, list.Items)
 			return ipp, pool, warning, err
 		}
 	}
@@ -120,12 +120,10 @@ func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace,
 		strings.Join(names, ", "), ns.Name, chosen.Name, why, annotations.Pool)
 }
 
-// parse takes the pool p of all the IPPools for a pod of ns.
-func (h *Handler) parse(p *v1alpha1.IPPool, ns *corev1.Namespace, all []v1alpha1.IPPool) (*v1alpha1.IPPool, *ipam.Pool, error) {
-	// pool passes only pools that admit the namespace, or whose selector does not parse.
-	if _, err := admits(p, ns); err != nil {
-		return nil, nil, deny("IPPool %s has an invalid spec.namespaceSelector: %s", p.Name, err)
-	}
+// parse takes the pool p of all the IPPools.
+func parse(p *v1alpha1.IPPool, all []v1alpha1.IPPool) (*v1alpha1.IPPool, *ipam.Pool, error) {
+	// pool passes only pools that admit the namespace, or whose selector
+	// does not parse, which NewPool refuses.
 	pool, err := ipam.NewPool(p.Name, p.Spec)
 	if err != nil {
 		return nil, nil, err
