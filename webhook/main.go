@@ -14,8 +14,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/stickynet/stickynet/certs"
+	"github.com/stickynet/stickynet/internal/workload"
 	"github.com/stickynet/stickynet/webhook/app"
-	"github.com/stickynet/stickynet/webhook/workload"
 )
 
 func main() {

@@ -352,7 +352,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := nets.Start(ctx, a.wakeAdvertise); err != nil {
 		return fmt.Errorf("start SriovNetwork source: %w", err)
 	}
-	if a.owner, err = watchOwner(ctx, kube, opts.DaemonSet); err != nil {
+	if a.owner, err = watchOwner(ctx, kube, opts.DaemonSet, opts.NodeName); err != nil {
 		return err
 	}
 	// The marker goes in before the restore installs any limit: an

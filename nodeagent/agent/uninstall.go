@@ -17,13 +17,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/stickynet/stickynet/internal/workload"
 )
 
 // The agent's DaemonSet (Options.DaemonSet) deleted means stickynet is
-// leaving the node (helm uninstall, kubectl delete): the agent that stops
-// then removes the conflist and plugin binary it installed, so that new pods
-// get the node's other network instead of failing, on every node, against an
-// agent that is gone. Any other stop (a rolling update, a crash, the pod
+// leaving the node (helm uninstall, kubectl delete), and so does one that no
+// longer selects the node: the agent that stops then removes the conflist
+// and plugin binary it installed, so that new pods get the node's other
+// network instead of failing against an agent that is gone. Any other stop (a rolling update, a crash, the pod
 // deleted by hand) leaves them: pods created meanwhile wait for the agent
 // rather than falling through to another network.
 //
@@ -35,8 +37,10 @@ import (
 type owner struct {
 	kube     kubernetes.Interface
 	ns, name string
-	seen     atomic.Bool // the DaemonSet existed while the agent ran
-	leaving  atomic.Bool // and was then deleted
+	node     string
+	seen     atomic.Bool                      // the DaemonSet existed while the agent ran
+	leaving  atomic.Bool                      // and was then deleted
+	ds       atomic.Pointer[appsv1.DaemonSet] // as last seen
 
 	mu        sync.Mutex
 	installed []installed // in the order written: the plugin, then the conflist
@@ -58,7 +62,7 @@ func parseDaemonSet(s string) (ns, name string, err error) {
 }
 
 // watchOwner starts following the DaemonSet; nil without one to follow.
-func watchOwner(ctx context.Context, kube kubernetes.Interface, ref string) (*owner, error) {
+func watchOwner(ctx context.Context, kube kubernetes.Interface, ref, node string) (*owner, error) {
 	if ref == "" {
 		return nil, nil
 	}
@@ -69,7 +73,7 @@ func watchOwner(ctx context.Context, kube kubernetes.Interface, ref string) (*ow
 	if kube == nil {
 		return nil, fmt.Errorf("daemonset %q: the agent has no API server to follow it on", ref)
 	}
-	o := &owner{kube: kube, ns: ns, name: name}
+	o := &owner{kube: kube, ns: ns, name: name, node: node}
 	f := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(ns),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
 			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
@@ -105,6 +109,7 @@ func (o *owner) saw(obj any) {
 		return
 	}
 	o.seen.Store(true)
+	o.ds.Store(ds)
 	// A DaemonSet of the name made again (its orphaned pods adopted, say)
 	// takes the agent back: only a stop while it is gone removes anything.
 	o.leaving.Store(ds.DeletionTimestamp != nil)
@@ -114,6 +119,25 @@ func (o *owner) gone(ctx context.Context) {
 	if o.seen.Load() && !o.leaving.Swap(true) {
 		klog.FromContext(ctx).Info("The agent's DaemonSet is deleted: the agent removes its conflist and plugin when it stops", "daemonset", o.ns+"/"+o.name)
 	}
+}
+
+// leftNode reports whether the DaemonSet, as last seen, no longer selects
+// the agent's node (its nodeSelector or node affinity narrowed, or the
+// node's labels changed): the agent leaves the node for good, and its
+// conflist would send the node's new pods to no agent.
+func (o *owner) leftNode(ctx context.Context) bool {
+	ds := o.ds.Load()
+	if ds == nil || o.node == "" {
+		return false
+	}
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancel()
+	node, err := o.kube.CoreV1().Nodes().Get(gctx, o.node, metav1.GetOptions{})
+	if err != nil || workload.Selects(ds, node) {
+		return false
+	}
+	klog.FromContext(ctx).Info("The agent's DaemonSet no longer selects this node: the agent removes its conflist and plugin", "daemonset", o.ns+"/"+o.name, "node", o.node)
+	return true
 }
 
 // wrote records what the agent installed at path.
@@ -144,7 +168,7 @@ func (o *owner) uninstall(ctx context.Context) {
 		return
 	}
 	log := klog.FromContext(ctx)
-	if !o.leaving.Load() {
+	if !o.leaving.Load() && !o.leftNode(ctx) {
 		// The watch may lag the deletion; a refused request (the account
 		// deleted with the DaemonSet) leaves the files.
 		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)

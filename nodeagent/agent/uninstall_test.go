@@ -90,6 +90,20 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	if !exists(conflist) || !exists(plugin) {
 		t.Fatalf("after a stop with the DaemonSet made again: conflist there %v, plugin there %v; want both", exists(conflist), exists(plugin))
 	}
+	// A DaemonSet narrowed off the node (nodeAgent.nodeSelector): the agent
+	// leaves the node for good.
+	a = agenttest.StartAgent(t, opts)
+	narrowed, err := admin.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	narrowed.Spec.Template.Spec.NodeSelector = map[string]string{"openvswitch": "yes"}
+	must(admin.AppsV1().DaemonSets(ns).Update(ctx, narrowed, metav1.UpdateOptions{}))
+	time.Sleep(3 * time.Second) // for the watch to bring it
+	a.Stop(t)
+	if exists(conflist) || exists(plugin) {
+		t.Fatalf("after a stop with the DaemonSet no longer selecting the node: conflist there %v, plugin there %v; want neither", exists(conflist), exists(plugin))
+	}
 
 	a = agenttest.StartAgent(t, opts)
 	// helm uninstall: the DaemonSet, then the agent's account.

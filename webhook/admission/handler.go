@@ -31,8 +31,8 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/internal/promreg"
+	"github.com/stickynet/stickynet/internal/workload"
 	"github.com/stickynet/stickynet/webhook/policy"
-	"github.com/stickynet/stickynet/webhook/workload"
 )
 
 // allocator is what the handler needs from the IPAM core.

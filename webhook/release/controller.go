@@ -39,8 +39,8 @@ import (
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/ipam"
+	"github.com/stickynet/stickynet/internal/workload"
 	"github.com/stickynet/stickynet/webhook/policy"
-	"github.com/stickynet/stickynet/webhook/workload"
 )
 
 // allocator is what the controller needs from the IPAM core.

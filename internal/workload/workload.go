@@ -1,7 +1,7 @@
-// Package workload holds the arithmetic of Kubernetes workloads that both the
-// admission handler and the release controller use: how many addresses a
-// Deployment's or ReplicaSet's set may hold, whether a pod has ended, and
-// which nodes a DaemonSet selects.
+// Package workload holds the arithmetic of Kubernetes workloads that the
+// admission handler, the release controller and the node agent use: how
+// many addresses a Deployment's or ReplicaSet's set may hold, whether a pod
+// has ended, and which nodes a DaemonSet selects.
 package workload
 
 import (
