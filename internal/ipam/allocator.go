@@ -284,6 +284,9 @@ func (c *cache) requestConflict(req *Request) error {
 		if e := c.get(req.Pool.Name, req.IP); e != nil && e.rec.ID != req.Identity {
 			return &ConflictError{Pool: req.Pool.Name, What: "address " + req.IP.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
 		}
+		if err := c.sharedConflict(req.Pool, req.IP, req.Identity); err != nil {
+			return err
+		}
 	}
 	if req.MAC != nil {
 		if e := c.macs[req.MAC.String()]; e != nil && e.rec.ID != req.Identity {
@@ -555,8 +558,8 @@ func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	taken := func(ip netip.Addr) bool { return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil }
 	switch {
 	case req.IP.IsValid():
-		if e := c.takenIn(pool.Sharing, req.IP); e != nil {
-			return netip.Addr{}, &ConflictError{Pool: e.pool, What: "address " + req.IP.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
+		if err := c.sharedConflict(pool, req.IP, req.Identity); err != nil {
+			return netip.Addr{}, err
 		}
 		return req.IP, nil
 	case len(req.Candidates) > 0:
@@ -575,11 +578,15 @@ func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	return ip, nil
 }
 
-// guardSharing makes p's claim of ip fail if a pool that shares addresses
-// with the request's (Pool.Sharing) has ip meanwhile, and a lost claim
-// learn that pool's record.
-func (a *Allocator) guardSharing(p *plan, req *Request, ip netip.Addr) {
-	for _, other := range req.Pool.Sharing {
+// guardSharing makes p's claim of ip in pool fail if a pool that shares
+// addresses with it (Pool.Sharing) has ip meanwhile, and a lost claim learn
+// that pool's record; but the pool of released, whose record of ip the plan
+// itself releases (an identity moving between the pools, keeping ip).
+func (a *Allocator) guardSharing(p *plan, pool *Pool, ip netip.Addr, released string) {
+	for _, other := range pool.Sharing {
+		if other == released {
+			continue
+		}
 		k := a.keys.addrKey(other, ip)
 		p.cmps = append(p.cmps, store.Absent(k))
 		p.els = append(p.els, store.Get(k))
@@ -599,7 +606,7 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 		return nil, err
 	}
 	p := a.claimNew(req, ip, mac)
-	a.guardSharing(p, req, ip)
+	a.guardSharing(p, pool, ip, "")
 	c.claimLocal(pool.Name, ip, mac)
 	p.localIP, p.localMAC = ip, mac
 	return p, nil
@@ -624,7 +631,7 @@ func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 		store.Absent(a.keys.identKey(req.Identity, false, ip)),
 	}, true)
 	a.takeMAC(p, from)
-	a.guardSharing(p, req, ip)
+	a.guardSharing(p, pool, ip, "")
 	c.claimLocal(pool.Name, ip, "")
 	p.localIP = ip
 	return p, nil
@@ -709,6 +716,11 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	c := a.cache
 	pool := req.Pool
 	ip := req.IP
+	if ip.IsValid() {
+		if e := c.takenIn(pool.Sharing, ip); e != nil && (e.pool != old.pool || e.ip != old.ip) {
+			return nil, c.sharedConflict(pool, ip, req.Identity)
+		}
+	}
 	if !ip.IsValid() {
 		switch {
 		case old.pool == pool.Name && req.Allows(old.ip):
@@ -775,7 +787,11 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		// missed its move would otherwise plan the same move again.
 		p.els = append(p.els, store.Get(a.keys.addrKey(old.pool, old.ip)))
 		if !backOnCooling {
-			a.guardSharing(p, req, ip)
+			released := ""
+			if old.ip == ip {
+				released = old.pool
+			}
+			a.guardSharing(p, pool, ip, released)
 		}
 	}
 	// Release what the identity no longer uses: its old address (with the old
@@ -897,7 +913,7 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 			a.applyLate([]store.Event{{Type: store.EventPut, KV: *kv}})
 			newest = max(newest, kv.ModRevision)
 			var r record
-			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && pool == req.Pool.Name && r.ID != req.Identity {
+			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && (pool == req.Pool.Name || slices.Contains(req.Pool.Sharing, pool)) && r.ID != req.Identity {
 				return 0, &ConflictError{Pool: pool, What: "address " + ip.String(), Holder: r.ID, Cooling: r.State == stateCooling}
 			}
 		case kv != nil:

@@ -1232,3 +1232,52 @@ func TestMACPrefixExhausted(t *testing.T) {
 		t.Fatalf("the 257th: %v; want a MACExhaustedError naming the prefix", err)
 	}
 }
+
+// sharingPools are two pools of one CIDR that know each other (Pool.Sharing).
+func sharingPools(t *testing.T) (*Pool, *Pool) {
+	a := mustPool(t, "a", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/29"})
+	b := mustPool(t, "b", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/29"})
+	a.Sharing, b.Sharing = []string{"b"}, []string{"a"}
+	return a, b
+}
+
+// An address one of two sharing pools has is not given by the other on any
+// path: asked for (also by a replica whose cache has not seen it yet, and on
+// a dry run), moved onto, or adopted; an identity moving from one pool to
+// the other keeps it.
+func TestSharingPools(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{})
+	stale := startAllocator(t, frozenWatch{s}, Options{MaxAttempts: 3})
+	pa, pb := sharingPools(t)
+	ctx := testCtx(t)
+	held := netip.MustParseAddr("10.30.0.3")
+	alloc(t, a, Request{Pool: pb, Identity: "pod/ns/holder", Pod: "ns/holder", IP: held})
+	var ce *ConflictError
+	for name, r := range map[string]struct {
+		al  *Allocator
+		req Request
+	}{
+		"asked for":           {a, Request{Pool: pa, Identity: "pod/ns/x", Pod: "ns/x", IP: held}},
+		"asked for, lagging":  {stale, Request{Pool: pa, Identity: "pod/ns/y", Pod: "ns/y", IP: held}},
+		"asked for, dry run":  {a, Request{Pool: pa, Identity: "pod/ns/z", Pod: "ns/z", IP: held, DryRun: true}},
+		"moved onto (a to a)": {a, Request{Pool: pa, Identity: "pod/ns/mover", Pod: "ns/mover", IP: held}},
+	} {
+		if name == "moved onto (a to a)" {
+			alloc(t, a, Request{Pool: pa, Identity: "pod/ns/mover", Pod: "ns/mover", IP: netip.MustParseAddr("10.30.0.5")})
+		}
+		if _, err := r.al.Allocate(ctx, r.req); !errors.As(err, &ce) || ce.Holder != "pod/ns/holder" || ce.Pool != "b" {
+			t.Errorf("%s: %v; want a ConflictError naming pod/ns/holder of pool b", name, err)
+		}
+	}
+	ok, err := a.Adopt(ctx, Adoption{Pool: pa, Identity: "statefulset/ns/db/0", Pod: "ns/db-0", IP: held, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}})
+	if ok || !errors.Is(err, ErrNotAdoptable) || !errors.As(err, &ce) {
+		t.Errorf("adopt of pool b's address into pool a: %v %v; want not adoptable, naming its holder", ok, err)
+	}
+	// From pool b to pool a, keeping its address.
+	kept := netip.MustParseAddr("10.30.0.4")
+	alloc(t, a, Request{Pool: pb, Identity: "pod/ns/m", Pod: "ns/m", IP: kept})
+	if got := alloc(t, a, Request{Pool: pa, Identity: "pod/ns/m", Pod: "ns/m", IP: kept}); got.IP != kept || got.Pool != "a" {
+		t.Errorf("move from pool b to a keeping %s: got %s of pool %s", kept, got.IP, got.Pool)
+	}
+}

@@ -377,8 +377,17 @@ func (c *cache) takenIn(pools []string, ip netip.Addr) *entry {
 			return e
 		}
 		if _, ok := c.inflight[pool][ip]; ok {
-			return &entry{pool: pool, ip: ip}
+			return &entry{pool: pool, ip: ip, rec: record{ID: "a pod being admitted"}}
 		}
+	}
+	return nil
+}
+
+// sharedConflict says whether a pool sharing addresses with pool (its
+// Sharing) has ip for an identity other than identity.
+func (c *cache) sharedConflict(pool *Pool, ip netip.Addr, identity string) error {
+	if e := c.takenIn(pool.Sharing, ip); e != nil && e.rec.ID != identity {
+		return &ConflictError{Pool: e.pool, What: "address " + ip.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
 	}
 	return nil
 }

@@ -169,8 +169,15 @@ func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
 			}
 		}
 	}
+	a.cache.mu.Lock()
+	err := a.cache.sharedConflict(ad.Pool, ad.IP, ad.Identity)
+	a.cache.mu.Unlock()
+	if err != nil { // another pool, sharing addresses with this one, has it
+		return false, fmt.Errorf("%w: %w", ErrNotAdoptable, err)
+	}
 	req := Request{Pool: ad.Pool, Identity: ad.Identity, Shared: ad.Shared, Pod: ad.Pod, IP: ad.IP, MAC: ad.MAC}
 	p := a.claimNew(&req, ad.IP, ad.MAC.String())
+	a.guardSharing(p, ad.Pool, ad.IP, "")
 	won, beat, err := a.commit(ctx, p)
 	if err != nil {
 		return false, fmt.Errorf("record %s of pool %s for pod %s: %w", ad.IP, ad.Pool.Name, ad.Pod, err)
