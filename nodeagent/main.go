@@ -49,7 +49,7 @@ func main() {
 	fs.StringVar(&o.SysfsRoot, "sysfs-root", "/sys", "where SR-IOV VFs are looked up (<root>/class/net/<pf>/device/virtfn*)")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "", "address of the Prometheus endpoint /metrics, such as :9194; empty means none")
 	fs.IntVar(&o.MeterReserve, "meter-reserve", 32, "free OpenFlow port numbers kept with an egress meter ready; negative means none")
-	fs.StringVar(&o.DaemonSet, "daemonset", "", "namespace/name of the DaemonSet that runs the agent: when the agent stops after that DaemonSet was deleted (stickynet uninstalled), it removes the conflist and plugin binary it installed, so that new pods get the node's other network; empty means it never removes them")
+	fs.StringVar(&o.DaemonSet, "daemonset", "", "namespace/name of the DaemonSet that runs the agent: when the agent stops after that DaemonSet was deleted (stickynet uninstalled), or while it no longer selects the node, it removes the conflist and plugin binary it installed, so that new pods get the node's other network; empty means it never removes them")
 	klog.InitFlags(fs)
 	flag.Parse()
 	o.EgressMode = bandwidth.EgressMode(egress)

@@ -558,7 +558,9 @@ func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	taken := func(ip netip.Addr) bool { return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil }
 	switch {
 	case req.IP.IsValid():
-		if err := c.sharedConflict(pool, req.IP, req.Identity); err != nil {
+		// Even the identity's own record there: a claim of ip would fail its
+		// compare with that record on every attempt.
+		if err := c.sharedConflict(pool, req.IP, ""); err != nil {
 			return netip.Addr{}, err
 		}
 		return req.IP, nil
@@ -716,9 +718,12 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	c := a.cache
 	pool := req.Pool
 	ip := req.IP
-	if ip.IsValid() {
-		if e := c.takenIn(pool.Sharing, ip); e != nil && (e.pool != old.pool || e.ip != old.ip) {
-			return nil, c.sharedConflict(pool, ip, req.Identity)
+	if ip.IsValid() && old.ip != ip {
+		// A sharing pool has the address it moves onto. (Keeping its
+		// address, in its pool or from a sharing pool into this one,
+		// claims nothing new.)
+		if err := c.sharedConflict(pool, ip, ""); err != nil {
+			return nil, err
 		}
 	}
 	if !ip.IsValid() {

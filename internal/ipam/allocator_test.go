@@ -1280,4 +1280,12 @@ func TestSharingPools(t *testing.T) {
 	if got := alloc(t, a, Request{Pool: pa, Identity: "pod/ns/m", Pod: "ns/m", IP: kept}); got.IP != kept || got.Pool != "a" {
 		t.Errorf("move from pool b to a keeping %s: got %s of pool %s", kept, got.IP, got.Pool)
 	}
+	// Off its address in pool b (cooling there, its own), then asking pool
+	// a for it: a conflict, not a claim that fails its compare each time.
+	own := netip.MustParseAddr("10.30.0.6")
+	alloc(t, a, Request{Pool: pb, Identity: "pod/ns/n", Pod: "ns/n", IP: own})
+	alloc(t, a, Request{Pool: pa, Identity: "pod/ns/n", Pod: "ns/n", IP: netip.MustParseAddr("10.30.0.1")})
+	if _, err := a.Allocate(ctx, Request{Pool: pa, Identity: "pod/ns/n", Pod: "ns/n", IP: own}); !errors.As(err, &ce) || ce.Pool != "b" {
+		t.Errorf("asking pool a for its own address cooling in pool b: %v; want a ConflictError of pool b", err)
+	}
 }

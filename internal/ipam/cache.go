@@ -384,9 +384,9 @@ func (c *cache) takenIn(pools []string, ip netip.Addr) *entry {
 }
 
 // sharedConflict says whether a pool sharing addresses with pool (its
-// Sharing) has ip for an identity other than identity.
+// Sharing) has ip, for an identity other than identity ("": for anyone).
 func (c *cache) sharedConflict(pool *Pool, ip netip.Addr, identity string) error {
-	if e := c.takenIn(pool.Sharing, ip); e != nil && e.rec.ID != identity {
+	if e := c.takenIn(pool.Sharing, ip); e != nil && (identity == "" || e.rec.ID != identity) {
 		return &ConflictError{Pool: e.pool, What: "address " + ip.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
 	}
 	return nil

@@ -170,7 +170,7 @@ func (a *Allocator) Adopt(ctx context.Context, ad Adoption) (bool, error) {
 		}
 	}
 	a.cache.mu.Lock()
-	err := a.cache.sharedConflict(ad.Pool, ad.IP, ad.Identity)
+	err := a.cache.sharedConflict(ad.Pool, ad.IP, "")
 	a.cache.mu.Unlock()
 	if err != nil { // another pool, sharing addresses with this one, has it
 		return false, fmt.Errorf("%w: %w", ErrNotAdoptable, err)

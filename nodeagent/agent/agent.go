@@ -136,8 +136,8 @@ type Options struct {
 	MetricsAddr string
 	// DaemonSet is the "namespace/name" of the DaemonSet that runs the
 	// agent: when the agent stops after it was deleted (stickynet
-	// uninstalled), it removes the conflist and plugin it installed.
-	// Empty: it never removes them.
+	// uninstalled), or while it no longer selects the node, it removes the
+	// conflist and plugin it installed. Empty: it never removes them.
 	DaemonSet string
 	// Ready, when set, is called once the agent answers on its socket.
 	Ready func()

@@ -25,9 +25,10 @@ import (
 // leaving the node (helm uninstall, kubectl delete), and so does one that no
 // longer selects the node: the agent that stops then removes the conflist
 // and plugin binary it installed, so that new pods get the node's other
-// network instead of failing against an agent that is gone. Any other stop (a rolling update, a crash, the pod
-// deleted by hand) leaves them: pods created meanwhile wait for the agent
-// rather than falling through to another network.
+// network instead of failing against an agent that is gone. Any other stop
+// (a rolling update, a crash, the pod deleted by hand) leaves them: pods
+// created meanwhile wait for the agent rather than falling through to
+// another network.
 //
 // The deletion is seen through a watch while the agent runs, not asked for
 // at the stop: helm deletes the release's ServiceAccount and RBAC with the
@@ -160,9 +161,9 @@ func (o *owner) wrote(path string) {
 	o.installed = append(o.installed, installed{path, fi})
 }
 
-// uninstall removes what the agent installed if its DaemonSet is gone. A
-// file written since by another agent (a new install's, on the same node)
-// is left.
+// uninstall removes what the agent installed if its DaemonSet is gone or no
+// longer selects the node. A file written since by another agent (a new
+// install's, on the same node) is left.
 func (o *owner) uninstall(ctx context.Context) {
 	if o == nil || !o.seen.Load() {
 		return
