@@ -143,19 +143,11 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	dryRun := req.DryRun != nil && *req.DryRun
 	out, warnings, err := h.mutate(sctx, pod, ns, dryRun)
 	if err != nil {
-		var d *denial
-		var ae *annotations.Error
-		var pe *ipam.PoolError
-		var ce *ipam.ConflictError
-		var ee *ipam.ExhaustedError
-		var ne *ipam.NotAllocatableError
-		var sf *ipam.SetFullError
-		var me *ipam.MACNotAllowedError
-		var mx *ipam.MACExhaustedError
+		reason, denied := denialReason(err)
 		switch {
-		case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &pe), errors.As(err, &ce), errors.As(err, &ee), errors.As(err, &ne), errors.As(err, &sf), errors.As(err, &me), errors.As(err, &mx):
+		case denied:
 			log.V(2).Info("Denied pod", "reason", err.Error())
-			h.Metrics.denied(err)
+			h.Metrics.denied(reason)
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 			// Canceled: the API server gave up on this call (its own timeout).
@@ -762,30 +754,41 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// denied counts a denial by its reason.
-func (m *Metrics) denied(err error) {
-	if m == nil {
-		return
-	}
+// denialReason says whether err denies the pod (bad input, or what the
+// pool cannot give) rather than failing the admission, and why, as
+// stickynet_webhook_denials_total counts it.
+func denialReason(err error) (string, bool) {
 	var (
 		ee *ipam.ExhaustedError
 		mx *ipam.MACExhaustedError
 		sf *ipam.SetFullError
 		ce *ipam.ConflictError
 		pe *ipam.PoolError
+		d  *denial
+		ae *annotations.Error
+		ne *ipam.NotAllocatableError
+		me *ipam.MACNotAllowedError
 	)
-	reason := "request"
 	switch {
 	case errors.As(err, &ee), errors.As(err, &mx):
-		reason = "exhausted"
+		return "exhausted", true
 	case errors.As(err, &sf):
-		reason = "set_full"
+		return "set_full", true
 	case errors.As(err, &ce):
-		reason = "conflict"
+		return "conflict", true
 	case errors.As(err, &pe):
-		reason = "pool"
+		return "pool", true
+	case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &ne), errors.As(err, &me):
+		return "request", true
 	}
-	m.denials.WithLabelValues(reason).Inc()
+	return "", false
+}
+
+// denied counts a denial by its reason (denialReason).
+func (m *Metrics) denied(reason string) {
+	if m != nil {
+		m.denials.WithLabelValues(reason).Inc()
+	}
 }
 
 func (m *Metrics) observe(result string, d time.Duration) {
