@@ -51,27 +51,11 @@ const chartDir = "../../charts/stickynet"
 // helm runs helm and returns its output; it fails the test if helm fails.
 func helm(t *testing.T, args ...string) []byte {
 	t.Helper()
-	out, stderr, err := runHelm(t, args...)
+	out, stderr, err := testenv.Helm(t, args...)
 	if err != nil {
 		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr)
 	}
 	return out
-}
-
-// runHelm runs helm for the Kubernetes version the local cluster runs
-// (helm's built-in default is older), with folders of its own.
-func runHelm(t *testing.T, args ...string) (stdout []byte, stderr string, err error) {
-	t.Helper()
-	bin := testenv.NeedTool(t, "helm", "helm")
-	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--kube-version") }) {
-		args = append(args, "--kube-version", "v1.37.2")
-	}
-	cmd := exec.Command(bin, args...)
-	var errBuf bytes.Buffer
-	cmd.Stderr = &errBuf
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	stdout, err = cmd.Output()
-	return stdout, errBuf.String(), err
 }
 
 // render renders the chart as release sn in stickynet-system with each of
@@ -404,7 +388,7 @@ func TestAPIServer(t *testing.T) {
 		}
 		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
 		upgrade := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
-		out, stderr, err := runHelm(t, append(upgrade, "--set", "etcd.bundled.replicas=1")...)
+		out, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.replicas=1")...)
 		if want := "etcd.bundled.replicas: invalid value 1: the bundled etcd cluster in stickynet-system runs 3 members"; err == nil || !strings.Contains(stderr, want) {
 			t.Errorf("upgrade from 3 to 1 etcd members: %v\n%s%s\nwant a failure saying %q", err, out, stderr, want)
 		}
@@ -600,7 +584,7 @@ func refused(t *testing.T, sets []string, want ...string) {
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}
-	_, stderr, err := runHelm(t, args...)
+	_, stderr, err := testenv.Helm(t, args...)
 	if err == nil {
 		t.Errorf("helm template --set %v succeeds; want a refusal naming %q", sets, want)
 		return
@@ -1064,7 +1048,7 @@ current-context: c
 	}
 
 	t.Run("vfResourcesWithPack", func(t *testing.T) {
-		_, stderr, err := runHelm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
+		_, stderr, err := testenv.Helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
 			"--set", "extender.vfResources={stickynet.io/sriov-fast}", "--set", "extender.vfPlacement=pack")
 		if err == nil || !strings.Contains(stderr, `extender.vfResources`) || !strings.Contains(stderr, `"pack"`) {
 			t.Errorf("helm template with vfResources and vfPlacement=pack: err %v; want a refusal naming both:\n%s", err, stderr)

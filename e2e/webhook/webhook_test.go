@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
@@ -22,7 +21,6 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -31,14 +29,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/certs"
@@ -97,7 +92,7 @@ func TestWebhook(t *testing.T) {
 	// as the chart's webhook does, on its ServiceAccount with the chart's
 	// RBAC and under the chart's names for its configuration and Secret, so
 	// that every test below fails on a permission the chart lacks.
-	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0, s.chartAccount(ctx, t))
+	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0, s.chartAccount(t))
 	b := s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}}, 10*time.Second, "")
 
 	t.Cleanup(func() {
@@ -243,52 +238,11 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 // chartAccount applies the ServiceAccount, RBAC and certificate Secret that
 // the chart renders for its webhook in systemNS, and returns a kubeconfig
 // with a token of that ServiceAccount.
-func (s *suite) chartAccount(ctx context.Context, t *testing.T) string {
-	cmd := exec.CommandContext(ctx, testenv.NeedTool(t, "helm", "helm"), "template", "sn", "../../charts/stickynet",
-		"--namespace", systemNS, "--kube-version", "v1.37.2", "--show-only", "templates/webhook.yaml")
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helm template: %v", err)
+func (s *suite) chartAccount(t *testing.T) string {
+	if n := testenv.ApplyChartAccount(t, s.c.RESTConfig(), "../../charts/stickynet", systemNS, "templates/webhook.yaml"); n != 6 {
+		t.Fatalf("the chart's webhook.yaml renders %d of ServiceAccount, ClusterRole(Binding), Role(Binding) and Secret; want 6", n)
 	}
-	var keep []string
-	for _, doc := range strings.Split(string(out), "\n---") {
-		var obj struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatal(err)
-		}
-		switch obj.Kind {
-		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Secret":
-			keep = append(keep, doc)
-		}
-	}
-	if len(keep) != 6 {
-		t.Fatalf("the chart's webhook.yaml renders %d of ServiceAccount, ClusterRole(Binding), Role(Binding) and Secret; want 6", len(keep))
-	}
-	f := filepath.Join(t.TempDir(), "rbac.yaml")
-	if err := os.WriteFile(f, []byte(strings.Join(keep, "\n---")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := s.c.Kubectl(ctx, "apply", "-f", f); err != nil {
-		t.Fatalf("apply the chart's webhook RBAC: %v\n%s", err, out)
-	}
-	tok, err := s.k.CoreV1().ServiceAccounts(systemNS).CreateToken(ctx, "stickynet-webhook", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3 * 3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := s.c.RESTConfig()
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData, CertificateAuthority: rc.CAFile}
-	kc.AuthInfos["webhook"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
-	kc.Contexts["webhook"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "webhook"}
-	kc.CurrentContext = "webhook"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testenv.ServiceAccountKubeconfig(t, s.c.RESTConfig(), systemNS, "stickynet-webhook")
 }
 
 // eventually polls cond until it holds or the timeout passes.

@@ -2,23 +2,16 @@ package agent_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
@@ -45,7 +38,7 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	must(admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
 	must(admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{}))
 	// The agent runs on the chart's ServiceAccount and RBAC.
-	applyChartRBAC(t, admin, ns, "templates/nodeagent.yaml")
+	applyChartRBAC(t, apisrv, ns)
 	labels := map[string]string{"app": name}
 	ds := &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -58,7 +51,7 @@ func TestUninstallRemovesConflist(t *testing.T) {
 		},
 	}
 	must(admin.AppsV1().DaemonSets(ns).Create(ctx, ds.DeepCopy(), metav1.CreateOptions{}))
-	kubeconfig := tokenKubeconfig(t, apisrv, admin, ns, name)
+	kubeconfig := testenv.ServiceAccountKubeconfig(t, apisrv.Config, ns, name)
 
 	node := agenttest.NewNode(t)
 	opts := node.Options(nil)
@@ -143,88 +136,6 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	}
 }
 
-// applyChartRBAC creates the ServiceAccount and RBAC objects that the chart
-// renders in template for a release in ns, but those of the kinds in skip.
-func applyChartRBAC(t *testing.T, k kubernetes.Interface, ns, template string, skip ...string) {
-	t.Helper()
-	cmd := exec.Command(testenv.NeedTool(t, "helm", "helm"), "template", "sn", filepath.Join("..", "..", "charts", "stickynet"),
-		"--namespace", ns, "--kube-version", "v1.37.2", "--show-only", template)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helm template: %v", err)
-	}
-	ctx := t.Context()
-	n := 0
-	for _, doc := range strings.Split(string(out), "\n---") {
-		var kind struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &kind); err != nil {
-			t.Fatal(err)
-		}
-		if slices.Contains(skip, kind.Kind) {
-			continue
-		}
-		var err error
-		switch kind.Kind {
-		case "ServiceAccount":
-			o := &corev1.ServiceAccount{}
-			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
-				_, err = k.CoreV1().ServiceAccounts(ns).Create(ctx, o, metav1.CreateOptions{})
-			}
-		case "ClusterRole":
-			o := &rbacv1.ClusterRole{}
-			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
-				_, err = k.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-			}
-		case "ClusterRoleBinding":
-			o := &rbacv1.ClusterRoleBinding{}
-			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
-				_, err = k.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-			}
-		case "Role":
-			o := &rbacv1.Role{}
-			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
-				_, err = k.RbacV1().Roles(ns).Create(ctx, o, metav1.CreateOptions{})
-			}
-		case "RoleBinding":
-			o := &rbacv1.RoleBinding{}
-			if err = yaml.Unmarshal([]byte(doc), o); err == nil {
-				_, err = k.RbacV1().RoleBindings(ns).Create(ctx, o, metav1.CreateOptions{})
-			}
-		default:
-			continue
-		}
-		if err != nil {
-			t.Fatalf("create the chart's %s: %v", kind.Kind, err)
-		}
-		n++
-	}
-	if n == 0 {
-		t.Fatalf("the chart's %s renders no ServiceAccount or RBAC", template)
-	}
-}
-
-// tokenKubeconfig writes a kubeconfig with a token of the ServiceAccount.
-func tokenKubeconfig(t *testing.T, apisrv *agenttest.APIServer, admin kubernetes.Interface, ns, name string) string {
-	t.Helper()
-	tok, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: apisrv.Config.Host, CertificateAuthorityData: apisrv.Config.CAData}
-	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
-	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "agent"}
-	kc.CurrentContext = "agent"
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	return kubeconfig
-}
-
 // An agent that may not watch its DaemonSet (the chart's Role missing) still
 // starts and serves, without the uninstall's clean-up: the watch is not a
 // reason to hold up pods.
@@ -235,10 +146,19 @@ func TestUninstallWatchRefusedDoesNotBlock(t *testing.T) {
 	if _, err := admin.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	applyChartRBAC(t, admin, ns, "templates/nodeagent.yaml", "Role", "RoleBinding")
+	applyChartRBAC(t, apisrv, ns, "Role", "RoleBinding")
 	node := agenttest.NewNode(t)
 	opts := node.Options(nil)
-	opts.Pods, opts.Kubeconfig, opts.ResyncPeriod = nil, tokenKubeconfig(t, apisrv, admin, ns, name), time.Hour
+	opts.Pods, opts.Kubeconfig, opts.ResyncPeriod = nil, testenv.ServiceAccountKubeconfig(t, apisrv.Config, ns, name), time.Hour
 	opts.DaemonSet = ns + "/" + name
 	agenttest.StartAgent(t, opts) // fails unless it serves within 30 s
+}
+
+// applyChartRBAC creates the agent's ServiceAccount and RBAC objects as the
+// chart renders them for a release in ns, but those of the kinds in skip.
+func applyChartRBAC(t *testing.T, apisrv *agenttest.APIServer, ns string, skip ...string) {
+	t.Helper()
+	if testenv.ApplyChartAccount(t, apisrv.Config, filepath.Join("..", "..", "charts", "stickynet"), ns, "templates/nodeagent.yaml", skip...) == 0 {
+		t.Fatal("the chart's templates/nodeagent.yaml renders no ServiceAccount or RBAC")
+	}
 }
