@@ -807,16 +807,21 @@ func TestEtcdPDB(t *testing.T) {
 	}
 }
 
-// TestNodeAgentReadiness: the node agent's readiness probe asks /readyz on
-// its metrics port; without a metrics port there is no probe.
-func TestNodeAgentReadiness(t *testing.T) {
+// TestNodeAgentProbes: the node agent's readiness probe asks /readyz and
+// its liveness probe /livez on its metrics port, the latter with a timeout
+// above the agent's own wait for its lock (5 s), so that a slow answer is
+// its 503, not the probe's timeout; without a metrics port there are none.
+func TestNodeAgentProbes(t *testing.T) {
 	testenv.Integration(t)
 	c := podTemplate(t, render(t)["DaemonSet/stickynet-nodeagent"]).Spec.Containers[0]
 	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.String() != "metrics" {
 		t.Errorf("node agent readinessProbe %+v; want GET /readyz on the metrics port", p)
 	}
-	if c := podTemplate(t, render(t, "nodeAgent.metricsPort=0")["DaemonSet/stickynet-nodeagent"]).Spec.Containers[0]; c.ReadinessProbe != nil {
-		t.Errorf("nodeAgent.metricsPort=0 renders readinessProbe %+v; want none", c.ReadinessProbe)
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/livez" || p.HTTPGet.Port.String() != "metrics" || p.TimeoutSeconds <= 5 {
+		t.Errorf("node agent livenessProbe %+v; want GET /livez on the metrics port with a timeout above 5 s", p)
+	}
+	if c := podTemplate(t, render(t, "nodeAgent.metricsPort=0")["DaemonSet/stickynet-nodeagent"]).Spec.Containers[0]; c.ReadinessProbe != nil || c.LivenessProbe != nil {
+		t.Errorf("nodeAgent.metricsPort=0 renders readinessProbe %+v, livenessProbe %+v; want none", c.ReadinessProbe, c.LivenessProbe)
 	}
 }
 

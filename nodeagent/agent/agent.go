@@ -297,7 +297,15 @@ func Run(ctx context.Context, opts Options) error {
 			want = ovs.DatapathSystem
 		}
 	}
-	dpType, err := waitOVS(ctx, oc, want, opts.Uplink)
+	// The probes and metrics answer from here: while the agent waits for
+	// Open vSwitch, /readyz says why.
+	probes := &health{}
+	if opts.MetricsAddr != "" {
+		if _, err := listenMetrics(ctx, opts.MetricsAddr, probes); err != nil {
+			return err
+		}
+	}
+	dpType, err := waitOVS(ctx, oc, want, opts.Uplink, probes.waiting)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while waiting
@@ -367,11 +375,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if opts.MetricsAddr != "" {
-		if _, err := listenMetrics(ctx, opts.MetricsAddr, a.count, a.status); err != nil {
-			return err
-		}
-	}
+	probes.started(a)
 	if err := a.install(); err != nil {
 		return err
 	}
@@ -407,8 +411,9 @@ func Run(ctx context.Context, opts Options) error {
 // ovs-vswitchd answers on it, trying again every ovsRetry while Open vSwitch
 // is not there yet (a node booting, OVS restarting). Exiting instead would
 // leave the node without an agent for the container's restart back-off
-// (up to 5 min) after OVS is up. It returns the bridge's datapath type.
-func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (string, error) {
+// (up to 5 min) after OVS is up. It tells waiting each failure (for
+// /readyz), and returns the bridge's datapath type.
+func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string, waiting func(error)) (string, error) {
 	log := klog.FromContext(ctx)
 	began := time.Now()
 	for attempt := 0; ; attempt++ {
@@ -422,6 +427,7 @@ func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (
 			}
 			return dpType, nil
 		}
+		waiting(err)
 		if attempt%15 == 0 { // at once, then every 30 s
 			log.Error(err, "Open vSwitch is not ready; waiting for it", "bridge", oc.Bridge())
 		}
@@ -481,6 +487,28 @@ func hostHandle(path string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("netlink handle in node netns %s: %w", path, err)
 	}
 	return h, nil
+}
+
+// live reports an error when the agent's state lock is not free within
+// wait: something holds it that should have let go long ago, and CNI
+// requests wait behind it.
+func (a *agent) live(ctx context.Context, wait time.Duration) error {
+	got := make(chan struct{})
+	go func() {
+		a.mu.Lock()
+		a.mu.Unlock() //nolint:staticcheck // taken only to see that it can be
+		close(got)
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-got:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("the node agent's state lock has been held for more than %s: CNI requests are stuck behind it", wait)
+	case <-ctx.Done():
+		return fmt.Errorf("the node agent's state lock was not free before the probe's timeout: %w", ctx.Err())
+	}
 }
 
 func (a *agent) count() int {

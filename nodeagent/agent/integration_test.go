@@ -566,15 +566,7 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 func TestAddWithVswitchdDown(t *testing.T) {
 	metricsAddr := freeAddr(t)
 	e := newEnv(t, func(o *agent.Options) { o.MetricsAddr = metricsAddr })
-	readyz := func() (int, string) {
-		resp, err := http.Get("http://" + metricsAddr + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	readyz := func() (int, string) { return probe(metricsAddr, "/readyz") }
 	if code, body := readyz(); code != http.StatusOK {
 		t.Errorf("/readyz with ovs-vswitchd up: %d %q; want 200", code, body)
 	}
@@ -585,6 +577,9 @@ func TestAddWithVswitchdDown(t *testing.T) {
 	}
 	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "ovs-vswitchd does not answer") {
 		t.Errorf("/readyz with ovs-vswitchd down: %d %q; want 503 saying ovs-vswitchd does not answer", code, body)
+	}
+	if code, body := probe(metricsAddr, "/livez"); code != http.StatusOK {
+		t.Errorf("/livez with ovs-vswitchd down: %d %q; want 200 (a restart would not bring it back)", code, body)
 	}
 	_, err := e.cni.Add(p.rt)
 	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "no answer from Open vSwitch") ||
@@ -629,23 +624,63 @@ func freeAddr(t *testing.T) string {
 
 // TestAgentWaitsForOVS: an agent started while ovsdb-server cannot be
 // reached waits for it, rather than exiting, and serves once it is back.
+// Meanwhile its /readyz says what it waits for and /livez is ok (a restart
+// would only wait again); before, neither answered until OVS was back.
 func TestAgentWaitsForOVS(t *testing.T) {
 	node := agenttest.NewNode(t)
 	sock := strings.TrimPrefix(node.OVS.DB, "unix:")
 	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
 		t.Fatal(err)
 	}
+	metricsAddr := freeAddr(t)
+	probed := make(chan struct{})
 	back := time.AfterFunc(5*time.Second, func() {
+		<-probed
 		if err := os.Rename(sock+".away", sock); err != nil {
 			t.Error(err)
 		}
 	})
 	defer back.Stop()
+	go func() {
+		defer close(probed)
+		var code int
+		var body string
+		for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if code, body = probe(metricsAddr, "/readyz"); code == http.StatusServiceUnavailable && strings.Contains(body, "waiting for Open vSwitch") {
+				break
+			}
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for Open vSwitch") || !strings.Contains(body, sock) {
+			t.Errorf("/readyz while the agent waits for OVS: %d %q; want 503 saying it waits for Open vSwitch at %s", code, body, sock)
+		}
+		if code, body := probe(metricsAddr, "/livez"); code != http.StatusOK {
+			t.Errorf("/livez while the agent waits for OVS: %d %q; want 200", code, body)
+		}
+	}()
 	began := time.Now()
-	agenttest.StartAgent(t, node.Options(agenttest.NewStatic())) // fails the test if the agent exits
+	opts := node.Options(agenttest.NewStatic())
+	opts.MetricsAddr = metricsAddr
+	agenttest.StartAgent(t, opts) // fails the test if the agent exits
 	if waited := time.Since(began); waited < 5*time.Second {
 		t.Errorf("the agent served after %s, before OVS could be reached (5 s)", waited)
 	}
+	for _, path := range []string{"/readyz", "/livez"} {
+		if code, body := probe(metricsAddr, path); code != http.StatusOK {
+			t.Errorf("%s once the agent serves: %d %q; want 200", path, code, body)
+		}
+	}
+}
+
+// probe GETs path on the agent's metrics endpoint: the status code and
+// body, or 0 and the error when nothing answers.
+func probe(addr, path string) (int, string) {
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // TestStaticPod: kubelet names a static pod by its own UID; the agent's

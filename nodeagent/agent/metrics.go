@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,26 +45,39 @@ var backgroundErrors = promreg.Register(prometheus.DefaultRegisterer, prometheus
 	Help: "Failures of the node agent's work outside CNI requests, by operation: bandwidth (installing a running pod's limits; retried), resync (the periodic check of ports and limits against OVS), advertise (the Node's SR-IOV resources), restore (the state rebuilt at start).",
 }, []string{"op"}))
 
+// probes answers the agent's endpoints: its attachment count, whether it
+// is ready (nil, or why not) and whether it is alive (nil, or why not).
+type probes interface {
+	attachments() int
+	ready(ctx context.Context) error
+	live(ctx context.Context) error
+}
+
 // listenMetrics opens the Prometheus endpoint /metrics on addr: the
 // process's default registry (CNI requests, Go runtime) and the agent's
-// attachment count; and /readyz, which answers 200 when ready returns nil
-// (the agent serves CNI requests, its conflist is installed and its OVS
-// bridge is there), else 503 with the reason. It serves until ctx ends.
-func listenMetrics(ctx context.Context, addr string, attachments func() int, ready func(context.Context) error) (net.Addr, error) {
+// attachment count; /readyz, which answers 200 when the agent is ready (it
+// serves CNI requests, its conflist is installed and its OVS bridge is
+// there), else 503 with the reason; and /livez, 200 unless the agent is
+// stuck. It serves until ctx ends.
+func listenMetrics(ctx context.Context, addr string, p probes) (net.Addr, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "stickynet_nodeagent_attachments",
 		Help: "Pod attachments (OVS ports and VFs) the node agent keeps.",
-	}, func() float64 { return float64(attachments()) }))
+	}, func() float64 { return float64(p.attachments()) }))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready(r.Context()); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
+	probe := func(check func(context.Context) error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if err := check(r.Context()); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = io.WriteString(w, "ok\n")
 		}
-		_, _ = io.WriteString(w, "ok\n")
-	})
+	}
+	mux.HandleFunc("GET /readyz", probe(p.ready))
+	mux.HandleFunc("GET /livez", probe(p.live))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics endpoint (--metrics-bind-address %q): %w", addr, err)
@@ -82,3 +96,63 @@ func listenMetrics(ctx context.Context, addr string, attachments func() int, rea
 	}()
 	return ln.Addr(), nil
 }
+
+// health answers the probes from the agent's start, before the agent is
+// built: while it waits for Open vSwitch, /readyz says why and /livez is
+// ok (waiting is not stuck: a restart would only wait again); then it asks
+// the agent.
+type health struct {
+	mu    sync.Mutex
+	agent *agent
+	ovs   error // why Open vSwitch is not ready, while the agent waits for it
+}
+
+func (h *health) get() (*agent, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.agent, h.ovs
+}
+
+// waiting records why Open vSwitch is not ready yet (waitOVS).
+func (h *health) waiting(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ovs = err
+}
+
+// started hands the probes to the agent.
+func (h *health) started(a *agent) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.agent = a
+}
+
+func (h *health) attachments() int {
+	if a, _ := h.get(); a != nil {
+		return a.count()
+	}
+	return 0
+}
+
+func (h *health) ready(ctx context.Context) error {
+	a, ovsErr := h.get()
+	switch {
+	case a != nil:
+		return a.status(ctx)
+	case ovsErr != nil:
+		return fmt.Errorf("waiting for Open vSwitch: %w", ovsErr)
+	}
+	return errors.New("stickynet node agent is starting")
+}
+
+func (h *health) live(ctx context.Context) error {
+	if a, _ := h.get(); a != nil {
+		return a.live(ctx, liveWait)
+	}
+	return nil
+}
+
+// liveWait is how long /livez waits for the agent's state lock, which every
+// CNI request and resync takes for a moment: held longer, the agent is
+// stuck, and kubelet restarts it (its state is on disk).
+const liveWait = 5 * time.Second
