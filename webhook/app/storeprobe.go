@@ -21,9 +21,13 @@ type storeProbe struct {
 	// read is one read of the store. The webhook's is the address cache's
 	// Reflector.Verify, which also finds an etcd restored without
 	// --bump-revision and makes the cache list again.
-	read    func(context.Context) error
-	period  time.Duration
-	timeout time.Duration
+	read func(context.Context) error
+	// diagnose, if set, says why the store does not answer when a read
+	// fails: the etcd client's error then says only that the deadline
+	// passed (etcd.Store.Diagnose).
+	diagnose func(context.Context) error
+	period   time.Duration
+	timeout  time.Duration
 	// notReadyAfter is how long reads must fail before check fails: etcd
 	// electing a leader takes a second or two, and every replica would
 	// leave the Service at once.
@@ -39,10 +43,14 @@ type storeProbe struct {
 // without --bump-revision), for at most 3 s; not ready after 10 s of
 // failures.
 func newStoreProbe(alloc *ipam.Allocator, raw store.Store) *storeProbe {
-	return &storeProbe{
+	p := &storeProbe{
 		read:   func(ctx context.Context) error { return alloc.Reflector().Verify(ctx, raw) },
 		period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second,
 	}
+	if d, ok := raw.(interface{ Diagnose(context.Context) error }); ok {
+		p.diagnose = d.Diagnose
+	}
+	return p
 }
 
 // Start probes until ctx ends.
@@ -66,6 +74,13 @@ func (p *storeProbe) probe(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, p.timeout)
 	err := p.read(rctx)
 	cancel()
+	if err != nil && p.diagnose != nil {
+		dctx, cancel := context.WithTimeout(ctx, p.timeout)
+		if why := p.diagnose(dctx); why != nil {
+			err = fmt.Errorf("%w (%w)", err, why)
+		}
+		cancel()
+	}
 	if ctx.Err() != nil {
 		return
 	}

@@ -16,7 +16,7 @@ import (
 )
 
 // TestStoreProbe against a real etcd, killed and restarted: readiness fails
-// once etcd has not answered for notReadyAfter, the leader's stepDown
+// once etcd has not answered for notReadyAfter, naming the cause, the leader's stepDown
 // returns an error once it has not answered for max, a leader that takes the
 // lead while etcd is down keeps it, and readiness recovers when etcd is
 // back.
@@ -31,8 +31,9 @@ func TestStoreProbe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := &storeProbe{
-		read:   func(ctx context.Context) error { _, err := st.Get(ctx, "/stickynet/probe"); return err },
-		period: 100 * time.Millisecond, timeout: 300 * time.Millisecond, notReadyAfter: time.Second,
+		read:     func(ctx context.Context) error { _, err := st.Get(ctx, "/stickynet/probe"); return err },
+		diagnose: st.Diagnose,
+		period:   100 * time.Millisecond, timeout: 300 * time.Millisecond, notReadyAfter: time.Second,
 	}
 	go func() { _ = p.Start(ctx) }()
 	down := make(chan error, 1)
@@ -49,9 +50,12 @@ func TestStoreProbe(t *testing.T) {
 		return d == 0 && p.check(nil) == nil, "down " + d.String() + ": " + errString(err)
 	})
 	e.Kill()
-	testenv.Eventually(ctx, t, 20*time.Second, "readiness failing with etcd down", func() (bool, string) {
+	// The client's error says only that the deadline passed; the probe's
+	// says why.
+	testenv.Eventually(ctx, t, 20*time.Second, "readiness failing with etcd down, naming the cause", func() (bool, string) {
 		err := p.check(nil)
-		return err != nil && strings.Contains(err.Error(), "etcd has not answered for"), errString(err)
+		return err != nil && strings.Contains(err.Error(), "etcd has not answered for") &&
+			strings.Contains(err.Error(), "connection refused"), errString(err)
 	})
 	select {
 	case err := <-down:

@@ -62,6 +62,7 @@ type Store struct {
 	cli      *clientv3.Client
 	pageSize int64
 	batch    batcher
+	dialer   dialer // Diagnose's
 }
 
 var _ store.Store = (*Store)(nil)
@@ -108,7 +109,7 @@ func New(opts Options) (*Store, error) {
 	if ps <= 0 {
 		ps = 10000
 	}
-	s := &Store{cli: cli, pageSize: ps}
+	s := &Store{cli: cli, pageSize: ps, dialer: dialer{endpoints: cfg.Endpoints, tls: cfg.TLS, timeout: cfg.DialTimeout}}
 	if opts.Registerer != nil {
 		s.batch.register(opts.Registerer)
 	}

@@ -2,6 +2,7 @@ package etcd_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -15,7 +16,8 @@ import (
 
 // The driver reaches an etcd that serves only TLS and requires client
 // certificates, as production etcd clusters do; without a client
-// certificate it is refused.
+// certificate it is refused. Where the client's error says only that the
+// deadline passed, Diagnose names the cause.
 func TestTLS(t *testing.T) {
 	testenv.Integration(t)
 	pki, err := testenv.NewPKI(filepath.Join(t.TempDir(), "pki"))
@@ -51,6 +53,13 @@ func TestTLS(t *testing.T) {
 	if _, err := anon.Get(actx, "/tls/a"); err == nil {
 		t.Fatal("etcd answered a client without a certificate")
 	}
+	// The client's error ends in the deadline; Diagnose says why.
+	if err := anon.Diagnose(ctx); err == nil || !strings.Contains(err.Error(), "certificate required") || !strings.Contains(err.Error(), e.Endpoint) {
+		t.Errorf("Diagnose without a client certificate: %v; want the endpoint and that etcd requires a certificate", err)
+	}
+	if err := s.Diagnose(ctx); err != nil {
+		t.Errorf("Diagnose with the client certificate: %v; want nil", err)
+	}
 
 	if _, err := etcd.New(etcd.Options{Endpoints: []string{e.Endpoint}, CertFile: client.CertFile}); err == nil || !strings.Contains(err.Error(), "give both or neither") {
 		t.Fatalf("certificate without key: %v", err)
@@ -70,6 +79,25 @@ func TestTLS(t *testing.T) {
 	defer ucancel()
 	if _, err := untrusting.Get(uctx, "/tls/b"); err == nil {
 		t.Fatal("a client without the CA trusted etcd's certificate")
+	}
+	if err := untrusting.Diagnose(ctx); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Errorf("Diagnose without the CA: %v; want etcd's certificate not trusted", err)
+	}
+	if err := caOnly.Diagnose(ctx); err != nil {
+		t.Errorf("Diagnose with the CA, to an etcd without client-cert-auth: %v; want nil", err)
+	}
+	// Nothing listening, and an endpoint that takes connections after one
+	// that does not.
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := dial(t, etcd.Options{Endpoints: []string{down}}).Diagnose(ctx); err == nil || !strings.Contains(err.Error(), down+": dial tcp "+down+": connect: connection refused") {
+		t.Errorf("Diagnose of %s with nothing listening: %v; want connection refused", down, err)
+	}
+	if err := dial(t, etcd.Options{Endpoints: []string{down, open.Endpoint}, CAFile: pki.CAFile}).Diagnose(ctx); err != nil {
+		t.Errorf("Diagnose with one endpoint down and one up: %v; want nil", err)
 	}
 }
 
