@@ -66,12 +66,12 @@ func (d dialer) try(ctx context.Context, ep string) error {
 		return err
 	}
 	defer conn.Close()
-	if tlsCfg == nil {
-		return nil
-	}
 	cfg := tlsCfg.Clone()
-	if cfg.ServerName == "" && network == "tcp" {
+	if cfg != nil && cfg.ServerName == "" && network == "tcp" {
 		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	if cfg == nil || cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+		return nil // no TLS, or a name to check that this dialer cannot know (unixs://)
 	}
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
