@@ -929,6 +929,73 @@ func TestRecreatedPodKeepsAddress(t *testing.T) {
 	}
 }
 
+// A bare or Job pod that has ended (Failed or Succeeded) no longer uses its
+// address, though the pod stays: it is unbound, then freed a grace later, to
+// cool down, so that a Job's next pod asking for the same fixed ip gets it
+// (the README's identity table). A running pod's address stays.
+func TestEndedPodFreesAddress(t *testing.T) {
+	for _, phase := range []corev1.PodPhase{corev1.PodFailed, corev1.PodSucceeded} {
+		t.Run(string(phase), func(t *testing.T) {
+			c, a, p, _ := setup(t)
+			ctx := context.Background()
+			req := ipam.Request{Pool: p, Identity: "pod/app/job-x1", Pod: "app/job-x1"}
+			al, err := a.Allocate(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "job-x1", Annotations: map[string]string{
+					annotations.Identity: req.Identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
+					annotations.AssignedMAC: al.MAC.String(),
+				}},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning},
+			}
+			for _, cl := range []client.Client{c.Client, c.APIReader.(client.Client)} {
+				if err := cl.Create(ctx, pod.DeepCopy()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			state := func() string {
+				es := a.List(func(e ipam.Entry) bool { return e.Identity == req.Identity })
+				if len(es) != 1 {
+					return fmt.Sprintf("%d records", len(es))
+				}
+				return fmt.Sprintf("pod %q cooling %v", es[0].Pod, es[0].Cooling)
+			}
+			pass := func() {
+				t.Helper()
+				time.Sleep(10 * time.Millisecond) // past the grace
+				if err := c.Reconcile(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pass()
+			pass()
+			if got := state(); got != `pod "app/job-x1" cooling false` {
+				t.Fatalf("running pod's address after two passes: %s; want bound to it", got)
+			}
+			for _, cl := range []client.Client{c.Client, c.APIReader.(client.Client)} {
+				ended := pod.DeepCopy()
+				if err := cl.Get(ctx, client.ObjectKeyFromObject(ended), ended); err != nil {
+					t.Fatal(err)
+				}
+				ended.Status.Phase = phase
+				if err := cl.Status().Update(ctx, ended); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pass()
+			if got := state(); got != `pod "" cooling false` {
+				t.Fatalf("after the pod %s, one pass: %s; want unbound, not yet freed", phase, got)
+			}
+			pass()
+			if got := state(); got != `pod "" cooling true` {
+				t.Fatalf("after the pod %s, two passes: %s; want freed (cooling down)", phase, got)
+			}
+		})
+	}
+}
+
 // A Deployment's member bound to a gone pod while another live pod of the
 // Deployment carries it is bound to that pod in one step: it never looks
 // free, and a third pod cannot be given it.
