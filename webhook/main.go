@@ -1,8 +1,10 @@
 // Command stickynet-webhook is stickynet's mutating admission webhook and
-// release controller. See webhook/app.
+// release controller. See webhook/app. `stickynet-webhook allocations`, run
+// in a webhook's pod, lists the addresses in stickynet's state.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -19,6 +21,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "allocations" {
+		os.Exit(app.AllocationsCommand(context.Background(), os.Args[2:], os.Stdout, os.Stderr))
+	}
 	var o app.Options
 	var etcd, secret, dnsNames string
 	flag.StringVar(&etcd, "etcd-endpoints", "", "comma-separated etcd v3 endpoints of the state store, such as http://etcd:2379")

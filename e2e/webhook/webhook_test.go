@@ -6,7 +6,9 @@
 package webhook_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -53,6 +55,7 @@ type suite struct {
 	k     kubernetes.Interface
 	cl    client.Client
 	alloc *ipam.Allocator // reads the state the webhooks write
+	a     *replica        // replica a, on the chart's account
 }
 
 func TestWebhook(t *testing.T) {
@@ -92,7 +95,7 @@ func TestWebhook(t *testing.T) {
 	// as the chart's webhook does, on its ServiceAccount with the chart's
 	// RBAC and under the chart's names for its configuration and Secret, so
 	// that every test below fails on a permission the chart lacks.
-	s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0, s.chartAccount(t))
+	s.a = s.startWebhook(ctx, t, "a", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"b"}}, 0, s.chartAccount(t))
 	b := s.startWebhook(ctx, t, "b", e.Endpoint, metav1.LabelSelectorRequirement{Key: "replica", Operator: metav1.LabelSelectorOpIn, Values: []string{"b"}}, 10*time.Second, "")
 
 	t.Cleanup(func() {
@@ -124,8 +127,9 @@ func TestWebhook(t *testing.T) {
 
 // replica is a webhook replica startWebhook runs.
 type replica struct {
-	probe int
-	stop  func() error // cancels Run and returns what it returned (once)
+	probe   int
+	metrics int          // its metrics endpoint's port, on 127.0.0.1
+	stop    func() error // cancels Run and returns what it returned (once)
 }
 
 // testShutdown: a replica told to stop fails /readyz at once and keeps
@@ -178,7 +182,7 @@ func freePort(t *testing.T) int {
 // it. With a kubeconfig (chartAccount's) the replica runs on it, under the
 // chart's names; else as the cluster's admin.
 func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement, shutdownDelay time.Duration, kubeconfig string) *replica {
-	port, probe := freePort(t), freePort(t)
+	port, probe, metrics := freePort(t), freePort(t), freePort(t)
 	cfgName, secret := "stickynet-"+name, "stickynet-"+name+"-cert"
 	if kubeconfig != "" {
 		cfgName, secret = "stickynet", "stickynet-webhook-cert"
@@ -203,14 +207,14 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: systemNS, Name: secret},
 				DNSNames: []string{"localhost"}, WebhookConfig: cfgName, WriteFiles: true,
 			},
-			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
+			MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metrics), ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
 			SchedulerName: "", StoreTimeout: 5 * time.Second,
 			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
 			ShutdownDelay: shutdownDelay,
 		})
 	}()
-	r := &replica{probe: probe, stop: sync.OnceValue(func() error {
+	r := &replica{probe: probe, metrics: metrics, stop: sync.OnceValue(func() error {
 		cancel()
 		return <-done
 	})}
@@ -370,6 +374,33 @@ func (s *suite) testStatefulSet(ctx context.Context, t *testing.T) {
 			}
 		}
 	}
+	// As an operator lists the state in the webhook's pod (`stickynet-webhook
+	// allocations`, on replica a's metrics endpoint): each ordinal's
+	// address and MAC, allocated, bound to its pod.
+	eventually(ctx, t, 30*time.Second, "the allocations command listing the ordinals", func() (bool, string) {
+		var out, errOut bytes.Buffer
+		if code := app.AllocationsCommand(ctx, []string{"--metrics-address", fmt.Sprintf("127.0.0.1:%d", s.a.metrics), "--identity", "statefulset/sts/web/", "-o", "json"}, &out, &errOut); code != 0 {
+			return false, fmt.Sprintf("exit %d: %s", code, errOut.String())
+		}
+		var list []app.Allocation
+		if err := json.Unmarshal(out.Bytes(), &list); err != nil {
+			return false, err.Error()
+		}
+		got := map[string]addr{}
+		for _, a := range list {
+			if a.State != ipam.StateAllocated || a.Pool != "main" {
+				return false, fmt.Sprintf("%+v", a)
+			}
+			_, name, _ := strings.Cut(a.Pod, "/")
+			got[name] = addr{a.IP, a.MAC}
+		}
+		for name, want := range before {
+			if p, err := netip.ParsePrefix(want.ip); err != nil || got[name] != (addr{p.Addr().String(), want.mac}) {
+				return false, fmt.Sprintf("listed %v; the pods carry %v", got, before)
+			}
+		}
+		return len(got) == len(before), fmt.Sprintf("listed %v; the pods carry %v", got, before)
+	})
 }
 
 func (s *suite) scale(ctx context.Context, t *testing.T, ns, name string, n int32) {

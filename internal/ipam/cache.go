@@ -482,10 +482,10 @@ func (c *cache) statsLocked(p *Pool) Stats {
 			continue
 		}
 		inPool++
-		switch {
-		case e.rec.State == stateCooling:
+		switch stateOf(e.rec.State == stateCooling, e.busy()) {
+		case StateCooling:
 			s.Cooling++
-		case e.busy():
+		case StateAllocated:
 			s.Allocated++
 		default:
 			s.Held++

@@ -437,6 +437,28 @@ type Entry struct {
 	Since   time.Time // last change of the address's state (claim, bind, unbind, release)
 }
 
+// The states of an address, as IPPool status counts them.
+const (
+	StateAllocated = "allocated" // a live pod carries it, or a pod being created has it
+	StateHeld      = "held"      // its sticky identity has no live pod right now
+	StateCooling   = "cooling"   // freed, waiting out the pool's reuse delay
+)
+
+// stateOf is the one place that classifies an address for status and lists.
+func stateOf(cooling, busy bool) string {
+	switch {
+	case cooling:
+		return StateCooling
+	case busy:
+		return StateAllocated
+	}
+	return StateHeld
+}
+
+// State is the address's state as IPPool status counts it (StateAllocated,
+// StateHeld or StateCooling).
+func (e Entry) State() string { return stateOf(e.Cooling, e.Pod != "" || e.Held || e.Reserved) }
+
 func entryOf(e *entry) Entry {
 	mac, _ := net.ParseMAC(e.rec.MAC)
 	en := Entry{

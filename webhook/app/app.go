@@ -141,9 +141,15 @@ func Run(ctx context.Context, o Options) error {
 	defer raw.Close()
 	st := store.Instrument(raw, metrics.Registry)
 
+	alloc := ipam.New(st, ipam.Options{Prefix: o.KeyPrefix, ReservationTTL: o.ReservationTTL})
+	allocReady := make(chan struct{})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  sch,
-		Metrics: metricsserver.Options{BindAddress: o.MetricsAddr},
+		Scheme: sch,
+		// The metrics endpoint also lists the addresses in the state, to
+		// `stickynet-webhook allocations` in the same pod.
+		Metrics: metricsserver.Options{BindAddress: o.MetricsAddr, ExtraHandlers: map[string]http.Handler{
+			AllocationsPath: allocationsHandler(alloc, allocReady),
+		}},
 		// Only the pods the webhook gave an address: the rest of the
 		// cluster's pods are neither decoded nor kept. Nothing reads
 		// managedFields, often the largest part of a cached object.
@@ -168,8 +174,6 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
-	alloc := ipam.New(st, ipam.Options{Prefix: o.KeyPrefix, ReservationTTL: o.ReservationTTL})
-	allocReady := make(chan struct{})
 	if err := mgr.Add(runnable(func(ctx context.Context) error {
 		if err := alloc.Start(ctx); err != nil {
 			return fmt.Errorf("start allocator: %w", err)
