@@ -23,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -316,10 +317,16 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		addVFRequest(pod, sriov.Name)
 	}
 	if h.SchedulerName != "" && (pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == corev1.DefaultSchedulerName) &&
-		(sriov != nil || ipp.Spec.NodeSelector != nil) {
+		(sriov != nil || selectsNodes(ipp.Spec.NodeSelector)) {
 		pod.Spec.SchedulerName = h.SchedulerName
 	}
 	return pod, warnings, nil
+}
+
+// selectsNodes reports whether a pool's nodeSelector leaves some nodes out:
+// an empty one, like none, selects every node.
+func selectsNodes(sel *metav1.LabelSelector) bool {
+	return sel != nil && (len(sel.MatchLabels) > 0 || len(sel.MatchExpressions) > 0)
 }
 
 // reinvoked reports whether a pod without a name carries the reservation

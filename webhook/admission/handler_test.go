@@ -650,6 +650,19 @@ func TestPoolChoice(t *testing.T) {
 	if got := e.mustAdmit(pod("app", "b", nil)); got.Annotations[annotations.AssignedPool] != "blue" || got.Spec.SchedulerName != "" {
 		t.Fatalf("default pool: %v, scheduler %q", got.Annotations, got.Spec.SchedulerName)
 	}
+	// An empty nodeSelector selects every node: nothing for the extender
+	// to place by.
+	open := &v1alpha1.IPPool{}
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, open); err != nil {
+		t.Fatal(err)
+	}
+	open.Spec.NodeSelector = &metav1.LabelSelector{}
+	if err := e.c.Update(context.Background(), open); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mustAdmit(pod("app", "c", nil)); got.Annotations[annotations.AssignedPool] != "blue" || got.Spec.SchedulerName != "" {
+		t.Fatalf("default pool with an empty nodeSelector: %v, scheduler %q; want the default scheduler", got.Annotations, got.Spec.SchedulerName)
+	}
 	// Without a default pool the denial says what to do.
 	blue := &v1alpha1.IPPool{}
 	_ = e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, blue)
