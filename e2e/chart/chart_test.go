@@ -220,10 +220,11 @@ func TestContainerArgsAreFlags(t *testing.T) {
 	// A large number from a values file is a float64 to the templates
 	// (1e+06 unless the chart makes it an integer).
 	values := filepath.Join(t.TempDir(), "values.yaml")
-	if err := os.WriteFile(values, []byte("extender:\n  maxRankedNodes: 1000000\n"), 0o600); err != nil {
+	if err := os.WriteFile(values, []byte("extender:\n  maxRankedNodes: 1000000\n  logVerbosity: 3\nwebhook:\n  logVerbosity: 2\nnodeAgent:\n  logVerbosity: 4\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// With every optional flag the chart can give (the fallback network, TLS to an etcd of one's own).
+	// With every optional flag the chart can give (the fallback network, TLS
+	// to an etcd of one's own, log verbosity).
 	objs := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "-f", values, "--set", fallbackValue,
 		"--set", "etcd.endpoints={https://etcd.example:2379}", "--set", "etcd.tlsSecret=etcd-client", "--set", "etcd.authSecret=etcd-auth"))
 	bins := t.TempDir()
@@ -266,6 +267,9 @@ func TestContainerArgsAreFlags(t *testing.T) {
 		}
 		if base == "stickynet-extender" && !slices.Contains(c.Args, "-max-ranked-nodes=1000000") {
 			t.Errorf("extender with maxRankedNodes: 1000000 in a values file: args %v", c.Args)
+		}
+		if v := map[string]string{"stickynet-webhook": "--v=2", "stickynet-extender": "-v=3", "stickynet-nodeagent": "--v=4"}[base]; !slices.Contains(c.Args, v) {
+			t.Errorf("%s with its logVerbosity in a values file: args %v; want %s", base, c.Args, v)
 		}
 		if base == "stickynet-webhook" {
 			args := strings.Join(c.Args, " ")
