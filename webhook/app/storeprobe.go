@@ -11,6 +11,7 @@ import (
 
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
 )
 
 // storeProbe reads from the state store every period, on every replica,
@@ -38,6 +39,11 @@ type storeProbe struct {
 	lastErr      error
 }
 
+// diagnoser is a store that can say why it does not answer.
+type diagnoser interface{ Diagnose(context.Context) error }
+
+var _ diagnoser = (*etcd.Store)(nil)
+
 // newStoreProbe returns the webhook's probe: every 5 s, a read of raw that
 // checks that its revision is not behind alloc's address cache (restored
 // without --bump-revision), for at most 3 s; not ready after 10 s of
@@ -47,7 +53,7 @@ func newStoreProbe(alloc *ipam.Allocator, raw store.Store) *storeProbe {
 		read:   func(ctx context.Context) error { return alloc.Reflector().Verify(ctx, raw) },
 		period: 5 * time.Second, timeout: 3 * time.Second, notReadyAfter: 10 * time.Second,
 	}
-	if d, ok := raw.(interface{ Diagnose(context.Context) error }); ok {
+	if d, ok := raw.(diagnoser); ok {
 		p.diagnose = d.Diagnose
 	}
 	return p
@@ -71,6 +77,7 @@ func (p *storeProbe) Start(ctx context.Context) error {
 func (p *storeProbe) NeedLeaderElection() bool { return false }
 
 func (p *storeProbe) probe(ctx context.Context) {
+	began := time.Now() // a failure dates from the read, not from its diagnosis
 	rctx, cancel := context.WithTimeout(ctx, p.timeout)
 	err := p.read(rctx)
 	cancel()
@@ -93,7 +100,7 @@ func (p *storeProbe) probe(ctx context.Context) {
 		}
 		p.failingSince, p.lastErr = time.Time{}, nil
 	case p.failingSince.IsZero():
-		p.failingSince, p.lastErr = time.Now(), err
+		p.failingSince, p.lastErr = began, err
 		klog.FromContext(ctx).Error(err, "etcd does not answer")
 	default:
 		p.lastErr = err

@@ -99,6 +99,28 @@ func TestTLS(t *testing.T) {
 	if err := dial(t, etcd.Options{Endpoints: []string{down, open.Endpoint}, CAFile: pki.CAFile}).Diagnose(ctx); err != nil {
 		t.Errorf("Diagnose with one endpoint down and one up: %v; want nil", err)
 	}
+	// An endpoint that takes the TCP connection and then says nothing (a
+	// hung member) does not use up the time of the others.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	hung := "https://" + silent.Addr().String()
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
+	if err := dial(t, etcd.Options{Endpoints: []string{hung, open.Endpoint}, CAFile: pki.CAFile}).Diagnose(dctx); err != nil {
+		t.Errorf("Diagnose with a hung endpoint first and one up: %v; want nil", err)
+	}
 }
 
 // With auth enabled, the driver's username and password are what lets it in.
