@@ -46,6 +46,7 @@ func main() {
 	flag.IntVar(&o.KubeAPIBurst, "kube-api-burst", 200, "burst of queries to the API server")
 	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
 	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.StringVar(&o.AllocationsSocket, "allocations-socket", "", "Unix socket where the webhook lists the addresses in its state to 'stickynet-webhook allocations' run in the same container (the chart's: "+app.DefaultAllocationsSocket+"); empty: none")
 	flag.BoolVar(&o.LeaderElection, "leader-elect", true, "elect a leader to run the release controller (needed with more than one replica)")
 	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	flag.StringVar(&o.SchedulerName, "scheduler-name", "", "schedulerName given to pods that need the stickynet extender (pool with a nodeSelector, SR-IOV); empty leaves pods alone")

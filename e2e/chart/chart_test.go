@@ -280,6 +280,15 @@ func TestContainerArgsAreFlags(t *testing.T) {
 			if !strings.Contains(args, "--etcd-ca-file=/etc/stickynet/etcd-tls/ca.crt") || !strings.Contains(args, "--etcd-key-file=/etc/stickynet/etcd-tls/tls.key") || !mounted || len(c.Env) != 2 {
 				t.Errorf("webhook with etcd.tlsSecret and etcd.authSecret: args %s, mounts %v, env %v", args, c.VolumeMounts, c.Env)
 			}
+			// The allocations command's socket, where it asks by default, on
+			// a volume of its own (the root filesystem is read-only).
+			socketDir := false
+			for _, m := range c.VolumeMounts {
+				socketDir = socketDir || m.MountPath == filepath.Dir(app.DefaultAllocationsSocket) && !m.ReadOnly
+			}
+			if !slices.Contains(c.Args, "--allocations-socket="+app.DefaultAllocationsSocket) || !socketDir {
+				t.Errorf("webhook: args %s, mounts %v; want --allocations-socket=%s on a writable mount", args, c.VolumeMounts, app.DefaultAllocationsSocket)
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		cmd := exec.CommandContext(ctx, bin, append(append([]string{}, c.Args...), "-h")...)

@@ -227,6 +227,12 @@ func (s *System) startExtender(ctx context.Context) error {
 	return nil
 }
 
+// AllocationsSocket is where the webhook of cluster c lists its addresses
+// (`stickynet-webhook allocations --socket`).
+func AllocationsSocket(c *cluster.Cluster) string {
+	return filepath.Join(c.Dir(), "stickynet", "webhook-allocations.sock")
+}
+
 // startWebhook registers the MutatingWebhookConfiguration and runs the
 // webhook on a loopback port with a certificate for localhost that it
 // makes, rotates and injects into that configuration itself.
@@ -257,6 +263,7 @@ func (s *System) startWebhook(ctx context.Context) error {
 		"--cert-mode=self", "--cert-secret="+secret.String(), "--cert-dns-names=localhost", "--cert-write-files",
 		"--webhook-config-name="+WebhookConfigName,
 		"--metrics-bind-address=0", fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probe),
+		"--allocations-socket="+AllocationsSocket(s.c),
 		"--leader-elect", "--leader-election-namespace="+s.opts.Namespace,
 		"--scheduler-name="+config.SchedulerName,
 		"--shutdown-delay=0", // one replica, called by URL: no endpoints to leave first

@@ -127,9 +127,9 @@ func TestWebhook(t *testing.T) {
 
 // replica is a webhook replica startWebhook runs.
 type replica struct {
-	probe   int
-	metrics int          // its metrics endpoint's port, on 127.0.0.1
-	stop    func() error // cancels Run and returns what it returned (once)
+	probe  int
+	socket string       // its --allocations-socket
+	stop   func() error // cancels Run and returns what it returned (once)
 }
 
 // testShutdown: a replica told to stop fails /readyz at once and keeps
@@ -182,7 +182,7 @@ func freePort(t *testing.T) int {
 // it. With a kubeconfig (chartAccount's) the replica runs on it, under the
 // chart's names; else as the cluster's admin.
 func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoint string, sel metav1.LabelSelectorRequirement, shutdownDelay time.Duration, kubeconfig string) *replica {
-	port, probe, metrics := freePort(t), freePort(t), freePort(t)
+	port, probe, socket := freePort(t), freePort(t), filepath.Join(t.TempDir(), "allocations.sock")
 	cfgName, secret := "stickynet-"+name, "stickynet-"+name+"-cert"
 	if kubeconfig != "" {
 		cfgName, secret = "stickynet", "stickynet-webhook-cert"
@@ -207,14 +207,14 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 				Mode: certs.ModeSelf, Secret: types.NamespacedName{Namespace: systemNS, Name: secret},
 				DNSNames: []string{"localhost"}, WebhookConfig: cfgName, WriteFiles: true,
 			},
-			MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metrics), ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
+			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe), AllocationsSocket: socket,
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
 			SchedulerName: "", StoreTimeout: 5 * time.Second,
 			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
 			ShutdownDelay: shutdownDelay,
 		})
 	}()
-	r := &replica{probe: probe, metrics: metrics, stop: sync.OnceValue(func() error {
+	r := &replica{probe: probe, socket: socket, stop: sync.OnceValue(func() error {
 		cancel()
 		return <-done
 	})}
@@ -374,12 +374,12 @@ func (s *suite) testStatefulSet(ctx context.Context, t *testing.T) {
 			}
 		}
 	}
-	// As an operator lists the state in the webhook's pod (`stickynet-webhook
-	// allocations`, on replica a's metrics endpoint): each ordinal's
-	// address and MAC, allocated, bound to its pod.
+	// As an operator lists the state in the webhook's container
+	// (`stickynet-webhook allocations`, on replica a's socket): each
+	// ordinal's address and MAC, allocated, bound to its pod.
 	eventually(ctx, t, 30*time.Second, "the allocations command listing the ordinals", func() (bool, string) {
 		var out, errOut bytes.Buffer
-		if code := app.AllocationsCommand(ctx, []string{"--metrics-address", fmt.Sprintf("127.0.0.1:%d", s.a.metrics), "--identity", "statefulset/sts/web/", "-o", "json"}, &out, &errOut); code != 0 {
+		if code := app.AllocationsCommand(ctx, []string{"--socket", s.a.socket, "--identity", "statefulset/sts/web/", "-o", "json"}, &out, &errOut); code != 0 {
 			return false, fmt.Sprintf("exit %d: %s", code, errOut.String())
 		}
 		var list []app.Allocation

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: brings the local cluster up with stickynet (make cluster-up
-# STICKYNET=1), runs the kubectl session of README.md's "Try it" for real,
+# STICKYNET=1), runs the session of README.md's "Try it" for real,
 # printing each command and its output, and tears the cluster down at the end.
 # KEEP=1 leaves it running (stop it with `make cluster-down`).
 set -euo pipefail
@@ -121,6 +121,18 @@ sleep 2 # the agent applies the annotations within a moment
 say "Into web-1 (tbf on its host veth), then out of it (OpenFlow meter on its OVS port)"
 run kubectl -n demo exec web-0 -- iperf3 -c "$ip" -t 6 -O 1
 run kubectl -n demo exec web-0 -- iperf3 -c "$ip" -t 6 -O 1 -R
+say "Scale to 2: web-2's pod goes, and its identity keeps its address (Retain, the default)"
+run kubectl -n demo scale statefulset web --replicas=2
+run kubectl -n demo wait --for=delete pod/web-2 --timeout=60s
+# The release controller unbinds the address from the gone pod a grace
+# (30 s) after; it is then held by the identity.
+allocations() { _output/bin/stickynet-webhook allocations --socket _output/cluster/stickynet/webhook-allocations.sock "$@"; }
+for _ in $(seq 120); do
+  [[ $(allocations --pool demo --state held 2>/dev/null | wc -l) -ge 2 ]] && break
+  sleep 1
+done
+say "Who has which address, from the webhook's cache of stickynet's state (on a cluster, in its container: kubectl -n <namespace> exec deploy/stickynet-webhook -- stickynet-webhook allocations)"
+run _output/bin/stickynet-webhook allocations --socket _output/cluster/stickynet/webhook-allocations.sock --pool demo
 say "The pool's addresses"
 run kubectl get ippool demo
 if [[ ${KEEP:-} == 1 ]]; then

@@ -1063,15 +1063,8 @@ func (c *cache) pickFree(p *Pool, taken func(netip.Addr) bool) (netip.Addr, bool
 func (c *cache) candidateStats(p *Pool, cands []netip.Addr) Stats {
 	s := Stats{Total: uint64(len(cands))}
 	for _, ip := range cands {
-		e := c.get(p.Name, ip)
-		switch {
-		case e == nil:
-		case e.rec.State == stateCooling:
-			s.Cooling++
-		case e.busy():
-			s.Allocated++
-		default:
-			s.Held++
+		if e := c.get(p.Name, ip); e != nil {
+			s.count(e)
 		}
 	}
 	return s

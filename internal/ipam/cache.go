@@ -63,7 +63,23 @@ type entry struct {
 }
 
 // busy reports whether a live pod or a pending reservation uses the address.
-func (e *entry) busy() bool { return e.rec.Pod != "" || e.hold != nil || e.rec.State == stateReserved }
+func (e *entry) busy() bool { return busy(e.rec.Pod, e.hold != nil, e.rec.State == stateReserved) }
+
+// busy: a pod is bound to the address, a pod being created holds it as a
+// shared member, or it is reserved for a pod being created.
+func busy(pod string, held, reserved bool) bool { return pod != "" || held || reserved }
+
+// count adds the address to the count of its state.
+func (s *Stats) count(e *entry) {
+	switch stateOf(e.rec.State == stateCooling, e.busy()) {
+	case StateCooling:
+		s.Cooling++
+	case StateAllocated:
+		s.Allocated++
+	default:
+		s.Held++
+	}
+}
 
 // keys lays out the allocator's keys under a prefix:
 //
@@ -482,14 +498,7 @@ func (c *cache) statsLocked(p *Pool) Stats {
 			continue
 		}
 		inPool++
-		switch stateOf(e.rec.State == stateCooling, e.busy()) {
-		case StateCooling:
-			s.Cooling++
-		case StateAllocated:
-			s.Allocated++
-		default:
-			s.Held++
-		}
+		s.count(e)
 	}
 	if inPool < s.Total {
 		s.Free = s.Total - inPool

@@ -444,7 +444,8 @@ const (
 	StateCooling   = "cooling"   // freed, waiting out the pool's reuse delay
 )
 
-// stateOf is the one place that classifies an address for status and lists.
+// stateOf is the one place that classifies an address for status counts
+// (Stats.count) and lists (Entry.State).
 func stateOf(cooling, busy bool) string {
 	switch {
 	case cooling:
@@ -457,7 +458,7 @@ func stateOf(cooling, busy bool) string {
 
 // State is the address's state as IPPool status counts it (StateAllocated,
 // StateHeld or StateCooling).
-func (e Entry) State() string { return stateOf(e.Cooling, e.Pod != "" || e.Held || e.Reserved) }
+func (e Entry) State() string { return stateOf(e.Cooling, busy(e.Pod, e.Held, e.Reserved)) }
 
 func entryOf(e *entry) Entry {
 	mac, _ := net.ParseMAC(e.rec.MAC)

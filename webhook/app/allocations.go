@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -21,9 +23,12 @@ import (
 	"github.com/stickynet/stickynet/internal/ipam"
 )
 
-// AllocationsPath is where the metrics endpoint lists the addresses in
-// stickynet's state, for `stickynet-webhook allocations`.
-const AllocationsPath = "/allocations"
+// DefaultAllocationsSocket is where the chart has the webhook serve the
+// address list (--allocations-socket), and where `stickynet-webhook
+// allocations` asks by default.
+const DefaultAllocationsSocket = "/run/stickynet/allocations.sock"
+
+const allocationsPath = "/allocations"
 
 // Allocation is one address in stickynet's state, as GET /allocations
 // lists it.
@@ -71,19 +76,11 @@ func (f allocationFilter) match(e ipam.Entry) bool {
 // allocationsHandler serves GET /allocations: the addresses in this
 // replica's cache of stickynet's state (every replica caches all of it),
 // filtered by the query's pool, ip, identity (a prefix) and state, as JSON.
-// It answers only a client on the pod's loopback (kubectl exec, or
-// port-forward, each gated by RBAC): the metrics port is open to the
-// cluster network, and the list names every workload's addresses. Until
-// the cache is loaded (ready closed) it answers 503.
+// Until the cache is loaded (ready closed) it answers 503.
 func allocationsHandler(alloc *ipam.Allocator, ready <-chan struct{}) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet {
-			http.Error(w, "only GET", http.StatusMethodNotAllowed)
-			return
-		}
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		if a, err := netip.ParseAddr(host); err != nil || !a.Unmap().IsLoopback() {
-			http.Error(w, AllocationsPath+" answers only from inside the webhook's pod (kubectl exec <pod> -- stickynet-webhook allocations): it names every workload's addresses", http.StatusForbidden)
+		if r.Method != http.MethodGet || r.URL.Path != allocationsPath {
+			http.Error(w, "only GET "+allocationsPath, http.StatusNotFound)
 			return
 		}
 		select {
@@ -109,14 +106,56 @@ func allocationsHandler(alloc *ipam.Allocator, ready <-chan struct{}) http.Handl
 	})
 }
 
+// allocationsServer serves allocationsHandler on a Unix socket, made
+// readable by the webhook's own user only: the list names every workload's
+// addresses, so only a process in the webhook's container (kubectl exec,
+// which RBAC gates) may ask. A TCP port, even on loopback, would be open to
+// a service mesh's sidecar, which forwards the cluster's traffic from there.
+type allocationsServer struct {
+	path    string
+	handler http.Handler
+}
+
+// Start serves until ctx ends, replacing a socket a previous run left (a
+// container restarted in the same pod keeps its emptyDir), and removes it
+// when done.
+func (s allocationsServer) Start(ctx context.Context) error {
+	if fi, err := os.Lstat(s.path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(s.path)
+	}
+	ln, err := net.Listen("unix", s.path)
+	if err != nil {
+		return fmt.Errorf("--allocations-socket %q: %w", s.path, err)
+	}
+	defer os.Remove(s.path)
+	if err := os.Chmod(s.path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("--allocations-socket %q: %w", s.path, err)
+	}
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve the address list on %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// NeedLeaderElection: every replica answers for its own cache.
+func (allocationsServer) NeedLeaderElection() bool { return false }
+
 // AllocationsCommand is `stickynet-webhook allocations`: it asks the webhook
-// in the same pod, on its metrics endpoint, for the addresses in
+// in the same container, on its --allocations-socket, for the addresses in
 // stickynet's state and prints them as a table, or as JSON. It returns the
 // process's exit code.
 func AllocationsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("stickynet-webhook allocations", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("metrics-address", "127.0.0.1:8080", "the webhook's metrics endpoint (its --metrics-bind-address), on this pod's loopback")
+	socket := fs.String("socket", DefaultAllocationsSocket, "the webhook's --allocations-socket")
 	pool := fs.String("pool", "", "only addresses of this IPPool")
 	ip := fs.String("ip", "", "only this address")
 	identity := fs.String("identity", "", "only identities that begin with this, such as statefulset/<namespace>/<name>/")
@@ -124,7 +163,7 @@ func AllocationsCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	output := fs.String("o", "table", "output: table or json")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the answer")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: stickynet-webhook allocations [flags]\n\nLists the addresses in stickynet's state (from the webhook's cache), with who has them:\nallocated (a live pod carries it, or one being created), held (a sticky identity without a\nlive pod) or cooling (freed, waiting out the pool's reuse delay). Run it in the webhook's\npod: kubectl -n <namespace> exec deploy/stickynet-webhook -- stickynet-webhook allocations\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: stickynet-webhook allocations [flags]\n\nLists the addresses in stickynet's state (from the webhook's cache), with who has them:\nallocated (a live pod carries it, or one being created), held (a sticky identity without a\nlive pod) or cooling (freed, waiting out the pool's reuse delay). Run it in the webhook's\ncontainer: kubectl -n <namespace> exec deploy/stickynet-webhook -- stickynet-webhook allocations\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -148,7 +187,7 @@ func AllocationsCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 		fmt.Fprintf(stderr, "stickynet-webhook allocations: --%s\n", err)
 		return 2
 	}
-	list, err := getAllocations(ctx, *addr, q, *timeout)
+	list, err := getAllocations(ctx, *socket, q, *timeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "stickynet-webhook allocations: %v\n", err)
 		return 1
@@ -179,31 +218,34 @@ func AllocationsCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	return 0
 }
 
-// getAllocations asks the metrics endpoint at addr for the addresses that
-// match query q.
-func getAllocations(ctx context.Context, addr string, q url.Values, timeout time.Duration) ([]Allocation, error) {
+// getAllocations asks the webhook on socket for the addresses that match
+// query q.
+func getAllocations(ctx context.Context, socket string, q url.Values, timeout time.Duration) ([]Allocation, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	u := url.URL{Scheme: "http", Host: addr, Path: AllocationsPath, RawQuery: q.Encode()}
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	u := url.URL{Scheme: "http", Host: "webhook", Path: allocationsPath, RawQuery: q.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics-address %q: %w", addr, err)
+		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("no answer from the webhook's metrics endpoint at %s (--metrics-address; run this in the webhook's pod, where it serves on its --metrics-bind-address): %w", addr, err)
+		return nil, fmt.Errorf("no answer from the webhook on %s (--socket; run this in the webhook's container, which serves there when started with --allocations-socket, as the chart does): %w", socket, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
 	if err != nil {
-		return nil, fmt.Errorf("read the answer of %s: %w", u.String(), err)
+		return nil, fmt.Errorf("read the webhook's answer on %s: %w", socket, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s: %s", u.String(), resp.Status, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("the webhook on %s: %s: %s", socket, resp.Status, strings.TrimSpace(string(body)))
 	}
 	var list []Allocation
 	if err := json.Unmarshal(body, &list); err != nil {
-		return nil, fmt.Errorf("%s answered what is not a list of addresses: %w", u.String(), err)
+		return nil, fmt.Errorf("the webhook on %s answered what is not a list of addresses: %w", socket, err)
 	}
 	return list, nil
 }

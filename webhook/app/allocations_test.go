@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
-	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,10 +17,11 @@ import (
 	"github.com/stickynet/stickynet/internal/store"
 )
 
-// TestAllocations: GET /allocations lists each address with its state as
-// IPPool status counts it (allocated, held, cooling), filtered; answers
-// only on loopback and once the cache is loaded; and the allocations
-// command prints it as a table or JSON, refusing bad filters by name.
+// TestAllocations: the webhook's Unix socket (mode 0600, replacing a stale
+// one, removed when done) lists each address with its state as IPPool
+// status counts it (allocated, held, cooling), filtered, once the cache is
+// loaded; and the allocations command prints it as a table or JSON,
+// refusing bad filters by name.
 func TestAllocations(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -55,13 +58,40 @@ func TestAllocations(t *testing.T) {
 	}
 
 	ready := make(chan struct{})
-	h := allocationsHandler(alloc, ready)
-	srv := httptest.NewServer(h) // on 127.0.0.1
-	defer srv.Close()
-	addr := strings.TrimPrefix(srv.URL, "http://")
+	socket := filepath.Join(t.TempDir(), "allocations.sock")
+	if err := os.WriteFile(socket, nil, 0o600); err != nil { // a plain file there is not replaced
+		t.Fatal(err)
+	}
+	srv := allocationsServer{path: socket, handler: allocationsHandler(alloc, ready)}
+	if err := srv.Start(ctx); err == nil || !strings.Contains(err.Error(), "--allocations-socket") {
+		t.Fatalf("serving over a plain file: %v; want an error naming the flag", err)
+	}
+	if err := os.Remove(socket); err != nil {
+		t.Fatal(err)
+	}
+	// A socket a previous run left is replaced.
+	if ln, err := net.Listen("unix", socket); err != nil {
+		t.Fatal(err)
+	} else {
+		ln.(*net.UnixListener).SetUnlinkOnClose(false)
+		ln.Close()
+	}
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Start(sctx) }()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
 	get := func(query string) (int, string) {
 		t.Helper()
-		resp, err := http.Get(srv.URL + AllocationsPath + query)
+		var resp *http.Response
+		var err error
+		for range 50 { // until it listens
+			if resp, err = client.Get("http://webhook" + allocationsPath + query); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,19 +157,13 @@ func TestAllocations(t *testing.T) {
 		t.Errorf("a bad ip: %d %q; want 400 naming it", code, body)
 	}
 
-	// From another address than loopback (the metrics port is open to the
-	// cluster network): refused.
-	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodGet, AllocationsPath, nil)
-	req.RemoteAddr = "10.244.1.7:40000"
-	h.ServeHTTP(rec, req)
-	if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "kubectl exec") {
-		t.Errorf("from 10.244.1.7: %d %q; want 403 saying how to ask", rec.Code, rec.Body.String())
+	// Only the webhook's user may connect.
+	if fi, err := os.Stat(socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket %v, %v; want mode 0600", fi, err)
 	}
-
 	run := func(args ...string) (int, string, string) {
 		var out, errOut bytes.Buffer
-		code := AllocationsCommand(ctx, append([]string{"--metrics-address", addr}, args...), &out, &errOut)
+		code := AllocationsCommand(ctx, append([]string{"--socket", socket}, args...), &out, &errOut)
 		return code, out.String(), errOut.String()
 	}
 	code, out, errOut := run("--identity", "statefulset/db/")
@@ -161,8 +185,14 @@ func TestAllocations(t *testing.T) {
 			t.Errorf("%v: code %d, %q; want 2 naming %q", bad, code, errOut, bad[len(bad)-1])
 		}
 	}
-	srv.Close()
-	if code, _, errOut := run(); code != 1 || !strings.Contains(errOut, "no answer from the webhook's metrics endpoint") {
+	stop()
+	if err := <-served; err != nil {
+		t.Errorf("serving stopped with %v", err)
+	}
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("socket left after serving stopped: %v", err)
+	}
+	if code, _, errOut := run(); code != 1 || !strings.Contains(errOut, "no answer from the webhook on "+socket) {
 		t.Errorf("no webhook: code %d, %q", code, errOut)
 	}
 }

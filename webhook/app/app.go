@@ -64,6 +64,9 @@ type Options struct {
 
 	MetricsAddr string
 	ProbeAddr   string
+	// AllocationsSocket, if set, is a Unix socket where the webhook lists
+	// the addresses in the state to `stickynet-webhook allocations`.
+	AllocationsSocket string
 
 	// KubeAPIQPS and KubeAPIBurst limit the client's requests to the API server
 	// (0: client-go's defaults).
@@ -144,12 +147,8 @@ func Run(ctx context.Context, o Options) error {
 	alloc := ipam.New(st, ipam.Options{Prefix: o.KeyPrefix, ReservationTTL: o.ReservationTTL})
 	allocReady := make(chan struct{})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: sch,
-		// The metrics endpoint also lists the addresses in the state, to
-		// `stickynet-webhook allocations` in the same pod.
-		Metrics: metricsserver.Options{BindAddress: o.MetricsAddr, ExtraHandlers: map[string]http.Handler{
-			AllocationsPath: allocationsHandler(alloc, allocReady),
-		}},
+		Scheme:  sch,
+		Metrics: metricsserver.Options{BindAddress: o.MetricsAddr},
 		// Only the pods the webhook gave an address: the rest of the
 		// cluster's pods are neither decoded nor kept. Nothing reads
 		// managedFields, often the largest part of a cached object.
@@ -174,6 +173,13 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
+	// The address list, for `stickynet-webhook allocations` in the same
+	// container.
+	if o.AllocationsSocket != "" {
+		if err := mgr.Add(allocationsServer{path: o.AllocationsSocket, handler: allocationsHandler(alloc, allocReady)}); err != nil {
+			return err
+		}
+	}
 	if err := mgr.Add(runnable(func(ctx context.Context) error {
 		if err := alloc.Start(ctx); err != nil {
 			return fmt.Errorf("start allocator: %w", err)
