@@ -301,7 +301,9 @@ func Run(ctx context.Context, opts Options) error {
 	// Open vSwitch, /readyz says why.
 	probes := &health{}
 	if opts.MetricsAddr != "" {
-		if _, err := listenMetrics(ctx, opts.MetricsAddr, probes); err != nil {
+		mctx, stop := context.WithCancel(ctx) // closed when Run returns, however
+		defer stop()
+		if _, err := listenMetrics(mctx, opts.MetricsAddr, probes); err != nil {
 			return err
 		}
 	}
@@ -411,8 +413,8 @@ func Run(ctx context.Context, opts Options) error {
 // ovs-vswitchd answers on it, trying again every ovsRetry while Open vSwitch
 // is not there yet (a node booting, OVS restarting). Exiting instead would
 // leave the node without an agent for the container's restart back-off
-// (up to 5 min) after OVS is up. It tells waiting each failure (for
-// /readyz), and returns the bridge's datapath type.
+// (up to 5 min) after OVS is up. It tells waiting each attempt's failure,
+// or nil (for /readyz), and returns the bridge's datapath type.
 func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string, waiting func(error)) (string, error) {
 	log := klog.FromContext(ctx)
 	began := time.Now()
@@ -421,13 +423,13 @@ func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string, w
 		if err == nil {
 			err = oc.Ping(ctx)
 		}
+		waiting(err)
 		if err == nil {
 			if attempt > 0 {
 				log.Info("Open vSwitch is ready", "after", time.Since(began).Round(time.Second))
 			}
 			return dpType, nil
 		}
-		waiting(err)
 		if attempt%15 == 0 { // at once, then every 30 s
 			log.Error(err, "Open vSwitch is not ready; waiting for it", "bridge", oc.Bridge())
 		}
@@ -492,22 +494,23 @@ func hostHandle(path string) (*netlink.Handle, error) {
 // live reports an error when the agent's state lock is not free within
 // wait: something holds it that should have let go long ago, and CNI
 // requests wait behind it.
+// It polls, so that probes made while the lock is stuck leave nothing
+// waiting behind.
 func (a *agent) live(ctx context.Context, wait time.Duration) error {
-	got := make(chan struct{})
-	go func() {
-		a.mu.Lock()
-		a.mu.Unlock() //nolint:staticcheck // taken only to see that it can be
-		close(got)
-	}()
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-got:
-		return nil
-	case <-t.C:
-		return fmt.Errorf("the node agent's state lock has been held for more than %s: CNI requests are stuck behind it", wait)
-	case <-ctx.Done():
-		return fmt.Errorf("the node agent's state lock was not free before the probe's timeout: %w", ctx.Err())
+	deadline := time.Now().Add(wait)
+	for {
+		if a.mu.TryLock() {
+			a.mu.Unlock()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the node agent's state lock has been held for more than %s: CNI requests are stuck behind it", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the node agent's state lock was not free before the probe's timeout: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 

@@ -48,7 +48,9 @@ var backgroundErrors = promreg.Register(prometheus.DefaultRegisterer, prometheus
 // probes answers the agent's endpoints: its attachment count, whether it
 // is ready (nil, or why not) and whether it is alive (nil, or why not).
 type probes interface {
-	attachments() int
+	// attachments is the number of attachments, and false before the
+	// agent has read them (no sample then).
+	attachments() (int, bool)
 	ready(ctx context.Context) error
 	live(ctx context.Context) error
 }
@@ -61,10 +63,7 @@ type probes interface {
 // stuck. It serves until ctx ends.
 func listenMetrics(ctx context.Context, addr string, p probes) (net.Addr, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "stickynet_nodeagent_attachments",
-		Help: "Pod attachments (OVS ports and VFs) the node agent keeps.",
-	}, func() float64 { return float64(p.attachments()) }))
+	reg.MustRegister(attachmentsCollector{p})
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
 	probe := func(check func(context.Context) error) http.HandlerFunc {
@@ -127,11 +126,26 @@ func (h *health) started(a *agent) {
 	h.agent = a
 }
 
-func (h *health) attachments() int {
+func (h *health) attachments() (int, bool) {
 	if a, _ := h.get(); a != nil {
-		return a.count()
+		return a.count(), true
 	}
-	return 0
+	return 0, false
+}
+
+// attachmentsCollector exports the attachment count once the agent has
+// read its attachments: while it waits for Open vSwitch there is no sample,
+// rather than a 0 that pods which still have theirs would not bear out.
+type attachmentsCollector struct{ p probes }
+
+var attachmentsDesc = prometheus.NewDesc("stickynet_nodeagent_attachments", "Pod attachments (OVS ports and VFs) the node agent keeps.", nil, nil)
+
+func (attachmentsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- attachmentsDesc }
+
+func (c attachmentsCollector) Collect(ch chan<- prometheus.Metric) {
+	if n, ok := c.p.attachments(); ok {
+		ch <- prometheus.MustNewConstMetric(attachmentsDesc, prometheus.GaugeValue, float64(n))
+	}
 }
 
 func (h *health) ready(ctx context.Context) error {

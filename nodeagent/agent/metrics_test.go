@@ -10,17 +10,21 @@ import (
 	"time"
 )
 
+// TestMetricsEndpoint: /readyz and /livez answer 200 or 503 with the
+// reason; /metrics has the attachment count only once the agent has read
+// its attachments (no sample while it waits for OVS); a second endpoint on
+// the same address names the flag.
 func TestMetricsEndpoint(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	notReady := errors.New("stickynet node agent is starting")
-	p := &fakeProbes{n: 7, readyErr: &notReady}
+	p := &fakeProbes{n: 7, readyErr: &notReady, liveErr: errors.New("the node agent's state lock has been held")}
 	addr, err := listenMetrics(ctx, "127.0.0.1:0", p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	readyz := func() (int, string) {
-		resp, err := http.Get("http://" + addr.String() + "/readyz")
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr.String() + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -28,23 +32,23 @@ func TestMetricsEndpoint(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
 		t.Errorf("/readyz while starting: %d %q; want 503 with the reason", code, body)
 	}
-	notReady = nil
-	if code, body := readyz(); code != http.StatusOK {
-		t.Errorf("/readyz when ready: %d %q; want 200", code, body)
+	if code, body := get("/livez"); code != http.StatusServiceUnavailable || !strings.Contains(body, "state lock") {
+		t.Errorf("/livez when stuck: %d %q; want 503 with the reason", code, body)
 	}
-	resp, err := http.Get("http://" + addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	if _, body := get("/metrics"); strings.Contains(body, "stickynet_nodeagent_attachments") || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics before the agent has read its attachments has a count, or lacks the process's metrics:\n%.2000s", body)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{"stickynet_nodeagent_attachments 7", "go_goroutines"} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("/metrics lacks %q:\n%.2000s", want, body)
+	notReady, p.liveErr, p.started = nil, nil, true
+	for _, path := range []string{"/readyz", "/livez"} {
+		if code, body := get(path); code != http.StatusOK {
+			t.Errorf("%s when ready: %d %q; want 200", path, code, body)
 		}
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, "stickynet_nodeagent_attachments 7") {
+		t.Errorf("/metrics lacks the attachment count:\n%.2000s", body)
 	}
 	if _, err := listenMetrics(ctx, addr.String(), p); err == nil || !strings.Contains(err.Error(), "--metrics-bind-address") {
 		t.Errorf("second endpoint on %s: %v; want an error naming the flag", addr, err)
@@ -53,12 +57,14 @@ func TestMetricsEndpoint(t *testing.T) {
 
 type fakeProbes struct {
 	n        int
+	started  bool
 	readyErr *error
+	liveErr  error
 }
 
-func (f *fakeProbes) attachments() int               { return f.n }
-func (f *fakeProbes) ready(context.Context) error    { return *f.readyErr }
-func (f *fakeProbes) live(ctx context.Context) error { return nil }
+func (f *fakeProbes) attachments() (int, bool)    { return f.n, f.started }
+func (f *fakeProbes) ready(context.Context) error { return *f.readyErr }
+func (f *fakeProbes) live(context.Context) error  { return f.liveErr }
 
 // TestLiveWhileLockHeld: /livez fails while the agent's state lock stays
 // held past the wait (CNI requests stuck behind it), and passes again once
