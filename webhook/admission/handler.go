@@ -324,9 +324,15 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 }
 
 // selectsNodes reports whether a pool's nodeSelector leaves some nodes out:
-// an empty one, like none, selects every node.
+// an empty one, like none, selects every node. One that is not a selector
+// counts as selecting, so that the extender, which reads it the same way
+// (extender/state), refuses the nodes and says why.
 func selectsNodes(sel *metav1.LabelSelector) bool {
-	return sel != nil && (len(sel.MatchLabels) > 0 || len(sel.MatchExpressions) > 0)
+	if sel == nil {
+		return false
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	return err != nil || !s.Empty()
 }
 
 // reinvoked reports whether a pod without a name carries the reservation
