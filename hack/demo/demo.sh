@@ -131,7 +131,7 @@ for _ in $(seq 120); do
   [[ $(allocations --pool demo --state held 2>/dev/null | wc -l) -ge 2 ]] && break
   sleep 1
 done
-say "Who has which address, from the webhook's cache of stickynet's state (on a cluster, in its container: kubectl -n <namespace> exec deploy/stickynet-webhook -- stickynet-webhook allocations)"
+say "Who has which address, from the webhook's cache of stickynet's state (on a cluster, in its container: kubectl -n <namespace> exec deploy/stickynet-webhook -- /usr/local/bin/stickynet-webhook allocations)"
 run _output/bin/stickynet-webhook allocations --socket _output/cluster/stickynet/webhook-allocations.sock --pool demo
 say "The pool's addresses"
 run kubectl get ippool demo

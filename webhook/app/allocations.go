@@ -163,7 +163,7 @@ func AllocationsCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	output := fs.String("o", "table", "output: table or json")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the answer")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: stickynet-webhook allocations [flags]\n\nLists the addresses in stickynet's state (from the webhook's cache), with who has them:\nallocated (a live pod carries it, or one being created), held (a sticky identity without a\nlive pod) or cooling (freed, waiting out the pool's reuse delay). Run it in the webhook's\ncontainer: kubectl -n <namespace> exec deploy/stickynet-webhook -- stickynet-webhook allocations\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: stickynet-webhook allocations [flags]\n\nLists the addresses in stickynet's state (from the webhook's cache), with who has them:\nallocated (a live pod carries it, or one being created), held (a sticky identity without a\nlive pod) or cooling (freed, waiting out the pool's reuse delay). Run it in the webhook's\ncontainer: kubectl -n <namespace> exec deploy/stickynet-webhook -- /usr/local/bin/stickynet-webhook allocations\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
