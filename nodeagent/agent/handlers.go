@@ -531,9 +531,29 @@ func (a *agent) remove(ctx context.Context, at *datapath.Attachment) error {
 		close(a.detached)
 		a.detached = make(chan struct{})
 	}
-	a.unmarkUsed(at)
+	if !a.usedByAnother(at) {
+		a.unmarkUsed(at)
+	}
 	a.mu.Unlock()
 	return nil
+}
+
+// usedByAnother reports whether another attachment, kept or being set up,
+// has at's VF or OpenFlow port number: then it is not at's to give back.
+// a.mu is held.
+func (a *agent) usedByAnother(at *datapath.Attachment) bool {
+	for _, m := range []map[string]*datapath.Attachment{a.atts, a.starting} {
+		for _, o := range m {
+			switch {
+			case o == at:
+			case at.VF != nil && o.VF != nil && vfKey(o.VF.PF, o.VF.Index) == vfKey(at.VF.PF, at.VF.Index):
+				return true
+			case at.VF == nil && o.VF == nil && at.OFPort > 0 && o.OFPort == at.OFPort:
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (a *agent) del(ctx context.Context, req api.Request) error {
@@ -617,10 +637,10 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 		valid[v.ContainerID+"/"+v.IfName] = true
 	}
 	a.mu.Lock()
-	var stale []*datapath.Attachment
+	var tracked []*datapath.Attachment
 	for k, at := range a.atts {
 		if at.Network == conf.Name && !valid[k] {
-			stale = append(stale, at)
+			tracked = append(tracked, at)
 		}
 	}
 	a.mu.Unlock()
@@ -628,23 +648,52 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 	if err != nil {
 		return err
 	}
+	var untracked []*datapath.Attachment // ports OVS has and the records do not
 	for _, ifc := range ifcs {
 		at := fromOVS(ifc)
 		if at.ContainerID == "" || at.Network != conf.Name || valid[at.Key()] || a.get(at.Key()) != nil {
 			continue
 		}
-		stale = append(stale, at)
+		untracked = append(untracked, at)
 	}
+	// Each is removed under its key's lock only if it is still what was
+	// seen: a DEL may have removed it meanwhile, and its VF or port number
+	// may now be another pod's, which a second teardown would undo.
 	var errs []error
-	for _, at := range stale {
-		unlock := a.lockKey(at.Key())
-		if cur := a.get(at.Key()); cur == nil || cur == at {
+	gone := func(at *datapath.Attachment, still bool) {
+		if still {
 			klog.FromContext(ctx).Info("Removing attachment the runtime no longer knows", "pod", at.Pod(), "key", at.Key())
 			errs = append(errs, a.remove(ctx, at))
 		}
+	}
+	for _, at := range tracked {
+		unlock := a.lockKey(at.Key())
+		gone(at, a.get(at.Key()) == at)
+		unlock()
+	}
+	for _, at := range untracked {
+		unlock := a.lockKey(at.Key())
+		still, err := a.inOVS(ctx, at)
+		errs = append(errs, err)
+		gone(at, err == nil && still && a.get(at.Key()) == nil)
 		unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// inOVS reports whether OVS still has the port of an attachment rebuilt from
+// its labels.
+func (a *agent) inOVS(ctx context.Context, at *datapath.Attachment) (bool, error) {
+	ifcs, err := a.ovs.Interfaces(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, ifc := range ifcs {
+		if ifc.Name == at.HostVeth && fromOVS(ifc).Key() == at.Key() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (a *agent) status(ctx context.Context) error {

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/stickynet/stickynet/nodeagent/api"
+	"github.com/stickynet/stickynet/nodeagent/bandwidth"
+	"github.com/stickynet/stickynet/nodeagent/datapath"
+	"github.com/stickynet/stickynet/nodeagent/ovs"
+	"github.com/stickynet/stickynet/nodeagent/podsource"
+	"github.com/stickynet/stickynet/nodeagent/sriov"
+	"github.com/stickynet/stickynet/nodeagent/sriov/sriovtest"
+	"github.com/stickynet/stickynet/nodeagent/state"
+)
+
+// gatedOVS answers every ovs-vsctl call with no interfaces, and holds each
+// listing of interfaces until gate closes (entered, buffered, says the
+// first is there).
+type gatedOVS struct{ entered, gate chan struct{} }
+
+func (g *gatedOVS) Run(_ context.Context, _ []byte, _ string, args ...string) ([]byte, error) {
+	if strings.Contains(strings.Join(args, " "), "list Interface") {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		<-g.gate
+	}
+	return []byte(`{"headings":["name"],"data":[]}`), nil
+}
+
+// TestGCAfterDelLeavesNextPodAlone: a GC that took its list of stale
+// attachments (X) before a DEL removed X, and before a new pod Y was given
+// X's VF, must not remove X again: its second teardown put X's original PF
+// settings back on Y's VF (Y lost its MAC and VLAN) and gave the VF back
+// while Y held it. Found by a review; it failed so before the fix.
+func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostNS.Close()
+	g := &gatedOVS{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	oc := ovs.New(ovs.Config{Bridge: "br-gc-test"}, g)
+	dp := datapath.New(datapath.Config{SysfsRoot: t.TempDir(), EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
+	pf := sriovtest.NewRecorder(map[string]sriov.Config{"pf0/0": {MAC: "00:00:00:00:00:00"}})
+	dp.EnableSRIOV(pf)
+	store, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{
+		pods: podsource.NewStatic(), ovs: oc, dp: dp, store: store,
+		atts: map[string]*datapath.Attachment{}, starting: map[string]*datapath.Attachment{},
+		usedPorts: map[int]bool{}, usedVFs: map[string]bool{}, detached: make(chan struct{}), podChanged: make(chan struct{}),
+	}
+	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sticky", "type": "stickynet", "cni.dev/valid-attachments": []any{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &datapath.Attachment{
+		Network: "sticky", ContainerID: "cX", IfName: "net1", Netns: "/nonexistent/x", MAC: "02:00:00:00:00:0a",
+		VF: &datapath.VFState{PF: "pf0", Index: 0, NetDev: "vfgctest0", Original: sriov.Config{MAC: "00:00:00:00:00:00"}},
+	}
+	a.track(x)
+	if err := store.Put(x); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	gcDone := make(chan error, 1)
+	go func() { gcDone <- a.gc(ctx, api.Request{Command: "GC", Config: conf}) }()
+	<-g.entered // the GC has its list of stale attachments, X among them
+	if err := a.del(ctx, api.Request{Command: "DEL", ContainerID: "cX", IfName: "net1", Config: conf}); err != nil {
+		t.Fatal(err)
+	}
+	// A new pod Y gets the VF, set up on the PF's side as SetupVF does.
+	cfgY := sriov.Config{MAC: "02:00:00:00:00:0b", VLAN: 100, SpoofChk: true, LinkState: sriov.LinkAuto}
+	if err := sriov.Apply(pf, "pf0", 0, cfgY); err != nil {
+		t.Fatal(err)
+	}
+	y := &datapath.Attachment{
+		Network: "sticky", ContainerID: "cY", IfName: "net1", Netns: "/nonexistent/y", MAC: cfgY.MAC,
+		VF: &datapath.VFState{PF: "pf0", Index: 0, NetDev: "vfgctest0", Applied: cfgY},
+	}
+	a.track(y)
+	close(g.gate)
+	if err := <-gcDone; err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if got, err := pf.VfConfig("pf0", 0); err != nil || got != cfgY {
+		t.Errorf("Y's VF after the GC: %+v, %v; want %+v", got, err, cfgY)
+	}
+	if !a.usedVFs["pf0/0"] || a.atts[y.Key()] != y {
+		t.Errorf("after the GC the VF is taken %v, Y kept %v; want both", a.usedVFs["pf0/0"], a.atts[y.Key()] == y)
+	}
+}
