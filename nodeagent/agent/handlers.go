@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
@@ -44,14 +45,7 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 		err = types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI command %q", req.Command), "")
 	}
 	if err != nil {
-		var te *types.Error
-		if !errors.As(err, &te) {
-			code := types.ErrInternal
-			if errors.Is(err, ovs.ErrNoAnswer) {
-				code = types.ErrTryAgainLater
-			}
-			te = types.NewError(code, err.Error(), "")
-		}
+		te := cniError(err)
 		resp = api.Response{Error: te}
 		log.Error(te, "CNI request failed", "code", te.Code, "details", te.Details, "duration", time.Since(start))
 		return resp
@@ -62,6 +56,24 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	}
 	log.V(2).Info("CNI request done", "duration", time.Since(start))
 	return resp
+}
+
+// cniError is the CNI error a request's failure is answered with: the code
+// of the CNI error it carries (else try-again-later when OVS did not answer,
+// else internal) and its whole message, wrapping included (a failed undo's).
+func cniError(err error) *types.Error {
+	var te *types.Error
+	switch {
+	case !errors.As(err, &te):
+		code := types.ErrInternal
+		if errors.Is(err, ovs.ErrNoAnswer) {
+			code = types.ErrTryAgainLater
+		}
+		return types.NewError(code, err.Error(), "")
+	case te.Error() != err.Error():
+		return types.NewError(te.Code, err.Error(), te.Details)
+	}
+	return te
 }
 
 func (a *agent) conf(req api.Request) (*api.NetConf, error) {
@@ -240,6 +252,14 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		return nil, err
 	}
 	defer a.doneStarting(at)
+	// Before the attachment's lock too, which other requests share: the
+	// SriovNetwork may take a moment to reach the agent's cache.
+	var sriovNet *v1alpha1.SriovNetwork
+	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
+		if sriovNet, err = a.waitSriovNetwork(wait, name); err != nil {
+			return nil, err
+		}
+	}
 	unlock := a.lockKey(at.Key())
 	defer unlock()
 	if old := a.get(at.Key()); old != nil {
@@ -248,12 +268,8 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 			return nil, err
 		}
 	}
-	if name := pod.Annotations[annotations.SriovNetwork]; name != "" {
-		n, err := a.waitSriovNetwork(wait, name)
-		if err != nil {
-			return nil, err
-		}
-		if err := a.addVF(ctx, at, n, asg); err != nil {
+	if sriovNet != nil {
+		if err := a.addVF(ctx, at, sriovNet, asg); err != nil {
 			return nil, err
 		}
 		err = a.store.Put(at)
@@ -302,7 +318,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 // plugin reports failure, so the ADD must be undone.
 func timedOut(ctx context.Context, err error, what string) error {
 	if err == nil && ctx.Err() != nil {
-		return types.NewError(types.ErrTryAgainLater, "request timed out while "+what+" was being set up; it was undone", "")
+		return types.NewError(types.ErrTryAgainLater, "request timed out while "+what+" was being set up", "")
 	}
 	return err
 }
@@ -315,7 +331,7 @@ func timedOut(ctx context.Context, err error, what string) error {
 func (a *agent) undoAdd(ctx context.Context, at *datapath.Attachment, recorded bool, err error) error {
 	if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
 		a.track(at)
-		return fmt.Errorf("%w; undo: %w", err, terr)
+		return fmt.Errorf("%w; its undo failed, and what is left stays until the pod's DEL: %w", err, terr)
 	}
 	if recorded {
 		if derr := a.store.Delete(at); derr != nil {

@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -103,5 +106,25 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 	}
 	if !a.usedVFs["pf0/0"] || a.atts[y.Key()] != y {
 		t.Errorf("after the GC the VF is taken %v, Y kept %v; want both", a.usedVFs["pf0/0"], a.atts[y.Key()] == y)
+	}
+}
+
+// TestCNIErrorKeepsWrapping: a CNI error wrapped by a failed undo keeps its
+// code and gains the undo's words; before, the answer said only the inner
+// error ("timed out ... it was undone") while the attachment stayed.
+func TestCNIErrorKeepsWrapping(t *testing.T) {
+	inner := types.NewError(types.ErrTryAgainLater, "request timed out while the VF was being set up", "")
+	got := cniError(fmt.Errorf("%w; its undo failed, and what is left stays until the pod's DEL: %w", inner, errors.New("restore VF 0 of pf0: busy")))
+	if got.Code != types.ErrTryAgainLater || !strings.Contains(got.Msg, "timed out") || !strings.Contains(got.Msg, "its undo failed") || !strings.Contains(got.Msg, "busy") {
+		t.Errorf("got %d %q; want code %d with both failures", got.Code, got.Msg, types.ErrTryAgainLater)
+	}
+	if got := cniError(inner); got != inner {
+		t.Errorf("an unwrapped CNI error: %v; want it as it is", got)
+	}
+	if got := cniError(fmt.Errorf("add-port: %w", ovs.ErrNoAnswer)); got.Code != types.ErrTryAgainLater {
+		t.Errorf("OVS not answering: code %d; want %d", got.Code, types.ErrTryAgainLater)
+	}
+	if got := cniError(errors.New("disk full")); got.Code != types.ErrInternal || got.Msg != "disk full" {
+		t.Errorf("a plain error: %d %q", got.Code, got.Msg)
 	}
 }
