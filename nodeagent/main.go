@@ -45,7 +45,7 @@ func main() {
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "", "where to install the stickynet plugin binary (with --cni-plugin)")
 	fs.StringVar(&o.CNIPluginSource, "cni-plugin", "", "stickynet plugin binary to copy into --cni-bin-dir")
 	fs.DurationVar(&o.PodWait, "pod-wait", 0, "how long ADD waits for the pod to reach the agent, then for another pod on the node to give up its address and for its SriovNetwork to be known; at most half the conflist's timeout, and the conflist the agent installs gives the plugin at least twice this (default 5s)")
-	fs.DurationVar(&o.ResyncPeriod, "resync-period", time.Minute, "how often to re-check every pod's limits and ports against OVS, and to make the OVS bridge and the pods' ports again if they are gone; the same happens within 2 s of ovs-vswitchd losing its flows (a restart drops meters and the pods' qdiscs), seen by a marker flow in OpenFlow table 250; 0 means neither")
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", time.Minute, "how often to re-check every pod's limits and ports against OVS, to make the OVS bridge and the pods' ports again if they are gone, and to remove attachments whose pod sandbox is gone; the same happens within 2 s of ovs-vswitchd losing its flows (a restart drops meters and the pods' qdiscs), seen by a marker flow in OpenFlow table 250; 0 means neither")
 	fs.StringVar(&o.SysfsRoot, "sysfs-root", "/sys", "where SR-IOV VFs are looked up (<root>/class/net/<pf>/device/virtfn*)")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "", "address of the Prometheus endpoint /metrics, such as :9194; empty means none")
 	fs.IntVar(&o.MeterReserve, "meter-reserve", 32, "free OpenFlow port numbers kept with an egress meter ready; negative means none")

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -126,5 +128,69 @@ func TestCNIErrorKeepsWrapping(t *testing.T) {
 	}
 	if got := cniError(errors.New("disk full")); got.Code != types.ErrInternal || got.Msg != "disk full" {
 		t.Errorf("a plain error: %d %q", got.Code, got.Msg)
+	}
+}
+
+// TestSweepRemovesAttachmentsOfGoneSandboxes: a VF attachment kept after a
+// failed DEL (containerd does not send it again for a sandbox whose ADD
+// failed) is removed by the resync's sweep once its netns file is gone: its
+// VF gets its original settings back and is free again. One whose netns is
+// there stays. Before, it stayed until the agent restarted (a review's
+// finding).
+func TestSweepRemovesAttachmentsOfGoneSandboxes(t *testing.T) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostNS.Close()
+	g := &gatedOVS{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	close(g.gate)
+	oc := ovs.New(ovs.Config{Bridge: "br-sweep-test"}, g)
+	dp := datapath.New(datapath.Config{SysfsRoot: t.TempDir(), EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
+	original := sriov.Config{MAC: "00:00:00:00:00:00"}
+	pf := sriovtest.NewRecorder(map[string]sriov.Config{"pf0/0": original, "pf0/1": original})
+	dp.EnableSRIOV(pf)
+	store, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{
+		pods: podsource.NewStatic(), ovs: oc, dp: dp, store: store,
+		atts: map[string]*datapath.Attachment{}, starting: map[string]*datapath.Attachment{},
+		usedPorts: map[int]bool{}, usedVFs: map[string]bool{}, detached: make(chan struct{}), podChanged: make(chan struct{}),
+	}
+	netns := filepath.Join(t.TempDir(), "cni-live")
+	if err := os.WriteFile(netns, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set := sriov.Config{MAC: "02:00:00:00:00:0a", VLAN: 100, SpoofChk: true, LinkState: sriov.LinkAuto}
+	var ats []*datapath.Attachment
+	for i, path := range []string{filepath.Join(t.TempDir(), "cni-gone"), netns} {
+		if err := sriov.Apply(pf, "pf0", i, set); err != nil {
+			t.Fatal(err)
+		}
+		at := &datapath.Attachment{
+			Network: "sticky", ContainerID: fmt.Sprintf("c%d", i), IfName: "net1", Netns: path, MAC: set.MAC,
+			VF: &datapath.VFState{PF: "pf0", Index: i, NetDev: fmt.Sprintf("vfsweep%d", i), Original: original, Applied: set},
+		}
+		a.track(at)
+		if err := store.Put(at); err != nil {
+			t.Fatal(err)
+		}
+		ats = append(ats, at)
+	}
+	if err := a.sweep(context.Background()); err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	if got, _ := pf.VfConfig("pf0", 0); got != original || a.usedVFs["pf0/0"] || a.get(ats[0].Key()) != nil {
+		t.Errorf("VF 0, whose netns is gone, after the sweep: %+v, taken %v, kept %v; want its original settings, free, removed", got, a.usedVFs["pf0/0"], a.get(ats[0].Key()) != nil)
+	}
+	if got, _ := pf.VfConfig("pf0", 1); got != set || !a.usedVFs["pf0/1"] || a.get(ats[1].Key()) != ats[1] {
+		t.Errorf("VF 1, whose netns is there, after the sweep: %+v, taken %v, kept %v; want it as it was", got, a.usedVFs["pf0/1"], a.get(ats[1].Key()) == ats[1])
 	}
 }

@@ -61,10 +61,10 @@ func (a *agent) restore(ctx context.Context) error {
 	for _, at := range known {
 		ifc, inOVS := byName[at.HostVeth]
 		pod, alive := a.livePod(at)
-		hostVeth := at.VF != nil || a.dp.HostVethExists(at.HostVeth)
-		if !alive || !hostVeth || at.MAC == "" {
+		sandbox := !a.dp.SandboxGone(at)
+		if !alive || !sandbox || at.MAC == "" {
 			log.Info("Removing attachment of a pod that is gone", "pod", at.Pod(), "podUID", at.PodUID, "key", at.Key(),
-				"podKnown", alive, "hostVeth", hostVeth)
+				"podKnown", alive, "sandbox", sandbox)
 			if err := a.dp.Teardown(ctx, at); err != nil {
 				errs = append(errs, err)
 				// Still tracked, with its record, its VF or port number in use:
@@ -360,12 +360,13 @@ func every(ctx context.Context, period time.Duration, msg string, f func(context
 	}
 }
 
-// resync puts back what OVS lost of the attachments (the bridge is there:
-// ensureBridge).
+// resync removes the attachments whose sandbox is gone (sweep) and puts
+// back what OVS lost of the others (the bridge is there: ensureBridge).
 func (a *agent) resync(ctx context.Context) error {
+	sweepErr := a.sweep(ctx)
 	snap, err := a.dp.Snapshot(ctx)
 	if err != nil {
-		return err
+		return errors.Join(sweepErr, err)
 	}
 	a.mu.Lock()
 	ats := make([]*datapath.Attachment, 0, len(a.atts))
@@ -406,6 +407,35 @@ func (a *agent) resync(ctx context.Context) error {
 		}
 		unlock()
 		a.queue.Add(at.Pod())
+	}
+	return errors.Join(append(errs, sweepErr)...)
+}
+
+// sweep removes the attachments whose pod sandbox is gone while the agent
+// kept them: the DEL that should have removed them failed (an undo or a
+// teardown that could not finish), and containerd does not send it again
+// for a sandbox whose ADD failed, nor a GC. Without it such a VF stayed
+// taken, with the pod's settings on its PF, until the agent restarted.
+func (a *agent) sweep(ctx context.Context) error {
+	a.mu.Lock()
+	var kept []*datapath.Attachment
+	for k, at := range a.atts {
+		if a.starting[k] == nil {
+			kept = append(kept, at)
+		}
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, at := range kept {
+		if !a.dp.SandboxGone(at) {
+			continue
+		}
+		unlock := a.lockKey(at.Key())
+		if a.get(at.Key()) == at && a.dp.SandboxGone(at) {
+			klog.FromContext(ctx).Info("Removing attachment whose pod sandbox is gone (its DEL failed or never came)", "pod", at.Pod(), "key", at.Key())
+			errs = append(errs, a.remove(ctx, at))
+		}
+		unlock()
 	}
 	return errors.Join(errs...)
 }

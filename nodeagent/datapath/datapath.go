@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -694,6 +695,21 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 	default:
 		return fmt.Errorf("egress mode %q of %s: want meter or policing", a.EgressMode, a.Key())
 	}
+}
+
+// SandboxGone reports whether the pod sandbox an attachment was made for
+// is gone: for a veth, its host end (it goes with the pod's netns); for a
+// VF, the netns file the runtime named (the VF itself returns to the host
+// with the netns).
+func (d *Datapath) SandboxGone(a *Attachment) bool {
+	if a.VF != nil {
+		if a.Netns == "" {
+			return false // not known: kept
+		}
+		_, err := os.Stat(a.Netns)
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	return !d.HostVethExists(a.HostVeth)
 }
 
 // HostVethExists reports whether the host end of an attachment exists (it
