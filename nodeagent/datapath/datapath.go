@@ -143,7 +143,9 @@ type Datapath struct {
 	sysctl    sysctlWriter
 
 	mu      sync.Mutex
-	metered map[int]bool // port numbers with meter and meter flow installed
+	metered map[int]bool   // port numbers with meter and meter flow installed
+	gen     uint64         // counts the changes to metered
+	changed map[int]uint64 // port number → gen of its last change
 
 	pf     sriov.PF // PF-side VF calls; nil: no SR-IOV
 	hostNS ns.NetNS // the node's namespace, where VFs return
@@ -162,6 +164,7 @@ func New(cfg Config, host *netlink.Handle, hostNS ns.NetNS, o ovsClient) *Datapa
 		announcer: packetAnnouncer{},
 		sysctl:    procSysctl{},
 		metered:   map[int]bool{},
+		changed:   map[int]uint64{},
 	}
 }
 
@@ -176,6 +179,8 @@ func (d *Datapath) Metered(n int) bool {
 func (d *Datapath) setMetered(n int, v bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.gen++
+	d.changed[n] = d.gen
 	if v {
 		d.metered[n] = true
 	} else {
@@ -211,16 +216,30 @@ func (d *Datapath) WarmMeters(ctx context.Context, ns []int) error {
 }
 
 // LearnMetered replaces what the datapath knows about installed meters with
-// what snap shows.
+// what snap shows, but for the ports whose meter it set or removed after
+// snap began: an ADD or warm batch that finished meanwhile is newer than
+// the snapshot (forgetting its meter, a pod without a limit that got the
+// port number next kept the previous pod's).
 func (d *Datapath) LearnMetered(snap *Snapshot) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.metered = map[int]bool{}
+	next := map[int]bool{}
 	for port, meter := range snap.MeterFlows {
 		if _, ok := snap.Meters[meter]; ok && port == meter {
-			d.metered[port] = true
+			next[port] = true
 		}
 	}
+	for port, g := range d.changed {
+		switch {
+		case g <= snap.gen:
+			delete(d.changed, port) // the snapshot is as new
+		case d.metered[port]:
+			next[port] = true
+		default:
+			delete(next, port)
+		}
+	}
+	d.metered = next
 }
 
 // EnableSRIOV lets the datapath attach VFs, with pf making the PF-side calls.
@@ -544,11 +563,14 @@ type Snapshot struct {
 	Meters     map[int]ovs.Meter
 	MeterFlows map[int]int // OpenFlow port -> meter
 	Interfaces map[string]ovs.Interface
+	gen        uint64 // the datapath's count of meter changes when it began
 }
 
 // Snapshot reads the bridge's meters, meter flows and interfaces.
 func (d *Datapath) Snapshot(ctx context.Context) (*Snapshot, error) {
-	s := &Snapshot{Interfaces: map[string]ovs.Interface{}}
+	d.mu.Lock()
+	s := &Snapshot{Interfaces: map[string]ovs.Interface{}, gen: d.gen}
+	d.mu.Unlock()
 	var err error
 	if s.Meters, err = d.ovs.Meters(ctx); err != nil {
 		return nil, err

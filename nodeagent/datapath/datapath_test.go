@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stickynet/stickynet/nodeagent/ovs"
 )
 
 func TestARPAnnouncement(t *testing.T) {
@@ -122,5 +124,36 @@ func TestPodAddrSkipsDADForIPv6(t *testing.T) {
 	}
 	if a := podAddr(netip.MustParsePrefix("10.0.0.5/24")); a.Flags != 0 || a.IPNet.String() != "10.0.0.5/24" {
 		t.Errorf("v4 addr %+v", a)
+	}
+}
+
+// TestLearnMeteredKeepsNewerChanges: a resync's snapshot, read before an ADD
+// installed port 7's meter and removed port 9's, does not undo what the
+// datapath knows of them; for the ports it did not touch meanwhile (8, now
+// without its meter in OVS) the snapshot is the truth. Before, the resync
+// forgot port 7's meter, so a pod without a limit that got port 7 next kept
+// the previous pod's (a review's finding).
+func TestLearnMeteredKeepsNewerChanges(t *testing.T) {
+	d := &Datapath{metered: map[int]bool{}, changed: map[int]uint64{}}
+	d.setMetered(8, true)
+	d.setMetered(9, true)
+	d.mu.Lock()
+	snap := &Snapshot{gen: d.gen, Meters: map[int]ovs.Meter{9: {ID: 9}}, MeterFlows: map[int]int{9: 9}}
+	d.mu.Unlock()
+	d.setMetered(7, true)
+	d.setMetered(9, false)
+	d.LearnMetered(snap)
+	for port, want := range map[int]bool{7: true, 8: false, 9: false} {
+		if got := d.Metered(port); got != want {
+			t.Errorf("port %d metered %v after the resync; want %v", port, got, want)
+		}
+	}
+	// The next snapshot, newer than every change, is the truth again.
+	d.mu.Lock()
+	snap = &Snapshot{gen: d.gen, Meters: map[int]ovs.Meter{}, MeterFlows: map[int]int{}}
+	d.mu.Unlock()
+	d.LearnMetered(snap)
+	if d.Metered(7) || len(d.changed) != 0 {
+		t.Errorf("after a newer snapshot: port 7 metered %v, %d changes remembered; want false, 0", d.Metered(7), len(d.changed))
 	}
 }
