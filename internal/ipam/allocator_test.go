@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1020,7 +1021,15 @@ func TestEditedPoolMoveUnderToken(t *testing.T) {
 	// A DaemonSet that lists its addresses (ips): the move picks one of the
 	// list, edited to drop the excluded one.
 	const id2 = "daemonset/ns/agent/node-2"
-	x, y := netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.0.201")
+	// Three addresses that node-1's random picks above did not take (one
+	// run in about 40 picked one of a fixed 10.0.0.200-202 and failed).
+	var x, y, z netip.Addr
+	for base := 200; ; base += 10 {
+		x, y, z = netip.AddrFrom4([4]byte{10, 0, 0, byte(base)}), netip.AddrFrom4([4]byte{10, 0, 0, byte(base + 1)}), netip.AddrFrom4([4]byte{10, 0, 0, byte(base + 2)})
+		if taken := []netip.Addr{first.IP, moved.IP}; !slices.Contains(taken, x) && !slices.Contains(taken, y) && !slices.Contains(taken, z) {
+			break
+		}
+	}
 	two := alloc(t, a, Request{Pool: pe, Identity: id2, Pod: "ns/agent-2", Candidates: []netip.Addr{x}})
 	if two.IP != x {
 		t.Fatalf("node-2 got %s; want %s, the one listed", two.IP, x)
@@ -1032,7 +1041,6 @@ func TestEditedPoolMoveUnderToken(t *testing.T) {
 	}
 	// The list edited alone: the identity moves to an address it lists, and
 	// a pod under a token that is never created leaves it that address.
-	z := netip.MustParseAddr("10.0.0.202")
 	got := alloc(t, a, Request{Pool: pe, Identity: id2, Token: "gone", Candidates: []netip.Addr{z}})
 	if got.IP != z || got.MAC.String() != two.MAC.String() {
 		t.Fatalf("after its list was edited node-2 got %s %s; want %s, MAC %s", got.IP, got.MAC, z, two.MAC)
