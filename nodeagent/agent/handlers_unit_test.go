@@ -40,36 +40,49 @@ func (g *gatedOVS) Run(_ context.Context, _ []byte, _ string, args ...string) ([
 	return []byte(`{"headings":["name"],"data":[]}`), nil
 }
 
+// vfAgent is an agent on the host's netns whose OVS is run (no interfaces),
+// with n VFs of PF pf0 whose PF-side settings start as original and are
+// recorded by the returned PF double.
+func vfAgent(t *testing.T, run *gatedOVS, original sriov.Config, n int) (*agent, *sriovtest.Recorder) {
+	t.Helper()
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hostNS.Close() })
+	oc := ovs.New(ovs.Config{Bridge: "br-unit-test"}, run)
+	dp := datapath.New(datapath.Config{SysfsRoot: t.TempDir(), EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
+	vfs := map[string]sriov.Config{}
+	for i := range n {
+		vfs[fmt.Sprintf("pf0/%d", i)] = original
+	}
+	pf := sriovtest.NewRecorder(vfs)
+	dp.EnableSRIOV(pf)
+	store, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &agent{
+		pods: podsource.NewStatic(), ovs: oc, dp: dp, store: store,
+		atts: map[string]*datapath.Attachment{}, starting: map[string]*datapath.Attachment{},
+		usedPorts: map[int]bool{}, usedVFs: map[string]bool{}, detached: make(chan struct{}), podChanged: make(chan struct{}),
+	}, pf
+}
+
 // TestGCAfterDelLeavesNextPodAlone: a GC that took its list of stale
 // attachments (X) before a DEL removed X, and before a new pod Y was given
 // X's VF, must not remove X again: its second teardown put X's original PF
 // settings back on Y's VF (Y lost its MAC and VLAN) and gave the VF back
 // while Y held it. Found by a review; it failed so before the fix.
 func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	hostNS, err := ns.GetCurrentNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostNS.Close()
 	g := &gatedOVS{entered: make(chan struct{}, 1), gate: make(chan struct{})}
-	oc := ovs.New(ovs.Config{Bridge: "br-gc-test"}, g)
-	dp := datapath.New(datapath.Config{SysfsRoot: t.TempDir(), EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
-	pf := sriovtest.NewRecorder(map[string]sriov.Config{"pf0/0": {MAC: "00:00:00:00:00:00"}})
-	dp.EnableSRIOV(pf)
-	store, err := state.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &agent{
-		pods: podsource.NewStatic(), ovs: oc, dp: dp, store: store,
-		atts: map[string]*datapath.Attachment{}, starting: map[string]*datapath.Attachment{},
-		usedPorts: map[int]bool{}, usedVFs: map[string]bool{}, detached: make(chan struct{}), podChanged: make(chan struct{}),
-	}
+	a, pf := vfAgent(t, g, sriov.Config{MAC: "00:00:00:00:00:00"}, 1)
+	store := a.store
 	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sticky", "type": "stickynet", "cni.dev/valid-attachments": []any{}})
 	if err != nil {
 		t.Fatal(err)
@@ -138,32 +151,11 @@ func TestCNIErrorKeepsWrapping(t *testing.T) {
 // there stays. Before, it stayed until the agent restarted (a review's
 // finding).
 func TestSweepRemovesAttachmentsOfGoneSandboxes(t *testing.T) {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	hostNS, err := ns.GetCurrentNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostNS.Close()
 	g := &gatedOVS{entered: make(chan struct{}, 1), gate: make(chan struct{})}
 	close(g.gate)
-	oc := ovs.New(ovs.Config{Bridge: "br-sweep-test"}, g)
-	dp := datapath.New(datapath.Config{SysfsRoot: t.TempDir(), EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
 	original := sriov.Config{MAC: "00:00:00:00:00:00"}
-	pf := sriovtest.NewRecorder(map[string]sriov.Config{"pf0/0": original, "pf0/1": original})
-	dp.EnableSRIOV(pf)
-	store, err := state.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &agent{
-		pods: podsource.NewStatic(), ovs: oc, dp: dp, store: store,
-		atts: map[string]*datapath.Attachment{}, starting: map[string]*datapath.Attachment{},
-		usedPorts: map[int]bool{}, usedVFs: map[string]bool{}, detached: make(chan struct{}), podChanged: make(chan struct{}),
-	}
+	a, pf := vfAgent(t, g, original, 2)
+	store := a.store
 	netns := filepath.Join(t.TempDir(), "cni-live")
 	if err := os.WriteFile(netns, nil, 0o600); err != nil {
 		t.Fatal(err)

@@ -325,14 +325,11 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 
 // selectsNodes reports whether a pool's nodeSelector leaves some nodes out:
 // an empty one, like none, selects every node. One that is not a selector
-// counts as selecting, so that the extender, which reads it the same way
-// (extender/state), refuses the nodes and says why.
+// counts as selecting, so that the extender refuses the nodes and says why.
+// The same answer as the extender's LabelSelectorAsSelector(...).Empty()
+// (extender/state), without parsing the selector on every admission.
 func selectsNodes(sel *metav1.LabelSelector) bool {
-	if sel == nil {
-		return false
-	}
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	return err != nil || !s.Empty()
+	return sel != nil && len(sel.MatchLabels)+len(sel.MatchExpressions) > 0
 }
 
 // reinvoked reports whether a pod without a name carries the reservation
