@@ -27,6 +27,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/store"
 )
 
@@ -55,7 +56,7 @@ type Allocator struct {
 	// bucket; the others wait for it as long as their own context lets
 	// them (a grant waits for etcd, up to its caller's deadline).
 	granting chan struct{}
-	pools    sync.Map // name → *Pool, for the reuse delay of released addresses
+	delays   sync.Map // pool name → the reuse delay of addresses released from it
 	now      func() time.Time
 
 	orphanMu   sync.Mutex
@@ -216,7 +217,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 	if req.IP.IsValid() && req.Shared {
 		req.Candidates, req.IP = []netip.Addr{req.IP}, netip.Addr{}
 	}
-	a.SetPool(req.Pool)
+	a.delays.Store(req.Pool.Name, req.Pool.ReuseDelay)
 	log := klog.FromContext(ctx)
 	for attempt := 0; attempt < a.opts.MaxAttempts; attempt++ {
 		p, err := a.plan(&req)
@@ -801,7 +802,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	}
 	// Release what the identity no longer uses: its old address (with the old
 	// MAC, unless kept) and its old MAC.
-	delay := a.reuseDelay(old.pool)
+	delay := a.ReuseDelay(old.pool)
 	n := len(p.then)
 	ak, hk, mk := a.keys.addrKey(old.pool, old.ip), a.keys.holdKey(old.pool, old.ip), a.keys.macKey(old.rec.MAC)
 	cool := record{ID: old.rec.ID, MAC: old.rec.MAC, State: stateCooling, Since: a.now().Unix()}
@@ -833,17 +834,29 @@ func (a *Allocator) coolOrDelete(key string, value []byte, delay time.Duration) 
 	return store.Delete(key)
 }
 
-// reuseDelay returns the reuse delay of a pool this allocator has seen.
-func (a *Allocator) reuseDelay(pool string) time.Duration {
-	if p, ok := a.pools.Load(pool); ok {
-		return p.(*Pool).ReuseDelay
+// ReuseDelay returns how long an address released from pool cools: the
+// pool's reuse delay as last learnt (Allocate learns its request's pool,
+// LearnPool any), else DefaultReuseDelay.
+func (a *Allocator) ReuseDelay(pool string) time.Duration {
+	if d, ok := a.delays.Load(pool); ok {
+		return d.(time.Duration)
 	}
 	return DefaultReuseDelay
 }
 
-// SetPool tells the allocator a pool's current spec (its reuse delay applies
-// when addresses leave it). Allocate does this for the request's pool.
-func (a *Allocator) SetPool(p *Pool) { a.pools.Store(p.Name, p) }
+// LearnPool tells the allocator an IPPool's current spec, whose reuse delay
+// applies when addresses leave the pool, and returns NewPool's answer. A spec
+// refused for another field still gives its reuseDelaySeconds: such a pool
+// keeps its claims, released as its workloads go, and they cool for the
+// pool's delay, not the default (to a replica elected after the edit the
+// pool was never valid).
+func (a *Allocator) LearnPool(name string, spec v1alpha1.IPPoolSpec) (*Pool, error) {
+	p, err := NewPool(name, spec)
+	if d, ok := reuseDelayOf(spec); ok {
+		a.delays.Store(name, d)
+	}
+	return p, err
+}
 
 // claimOps writes the address record, identity index and MAC key of a claim.
 // A reservation's keys go with its lease: one that takes back an address

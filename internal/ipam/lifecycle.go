@@ -266,7 +266,7 @@ func (a *Allocator) Release(ctx context.Context, pool string, ip netip.Addr, ide
 func (a *Allocator) release(ctx context.Context, e *entry) (bool, error) {
 	ak, hk, mk := a.keys.addrKey(e.pool, e.ip), a.keys.holdKey(e.pool, e.ip), a.keys.macKey(e.rec.MAC)
 	cmps := []store.Cmp{store.At(ak, e.rev), store.At(hk, e.holdRev)}
-	delay := a.reuseDelay(e.pool)
+	delay := a.ReuseDelay(e.pool)
 	cool := record{ID: e.rec.ID, Shared: e.rec.Shared, MAC: e.rec.MAC, State: stateCooling, Since: a.now().Unix()}
 	p := &plan{then: []store.Op{
 		a.coolOrDelete(ak, encode(cool), delay),
@@ -323,7 +323,7 @@ func (a *Allocator) noteOrphan(req *Request, p *plan) {
 	a.orphanMu.Lock()
 	a.orphans = append(a.orphans, orphan{
 		pool: p.result.Pool, ip: p.result.IP, token: p.result.Token,
-		until: a.now().Add(a.opts.ReservationTTL + max(a.opts.ReservationTTL, a.reuseDelay(p.result.Pool))),
+		until: a.now().Add(a.opts.ReservationTTL + max(a.opts.ReservationTTL, a.ReuseDelay(p.result.Pool))),
 	})
 	a.orphanMu.Unlock()
 	select {

@@ -48,6 +48,15 @@ func (e *PoolError) Error() string {
 	return fmt.Sprintf("IPPool %s: spec.%s %q: %s", e.Pool, e.Field, e.Value, e.Reason)
 }
 
+// reuseDelayOf returns spec's reuse delay; ok is false when
+// spec.reuseDelaySeconds is negative.
+func reuseDelayOf(spec v1alpha1.IPPoolSpec) (_ time.Duration, ok bool) {
+	if spec.ReuseDelaySeconds == nil {
+		return DefaultReuseDelay, true
+	}
+	return time.Duration(*spec.ReuseDelaySeconds) * time.Second, *spec.ReuseDelaySeconds >= 0
+}
+
 // NewPool validates an IPPool spec. The API server's CEL rules check most of
 // this already; NewPool is the authority (it also orders ranges and checks
 // what CEL cannot, such as start <= end).
@@ -62,13 +71,11 @@ func NewPool(name string, spec v1alpha1.IPPoolSpec) (*Pool, error) {
 	if pfx.Masked() != pfx {
 		return nil, bad("cidr", spec.CIDR, fmt.Sprintf("host bits are set; expected %s", pfx.Masked()))
 	}
-	p := &Pool{Name: name, Prefix: pfx, VLAN: int(spec.VLAN), AllowUniversalMAC: spec.AllowUniversalMAC, ReuseDelay: DefaultReuseDelay}
-	if spec.ReuseDelaySeconds != nil {
-		if *spec.ReuseDelaySeconds < 0 {
-			return nil, bad("reuseDelaySeconds", fmt.Sprint(*spec.ReuseDelaySeconds), "expected 0 or more seconds")
-		}
-		p.ReuseDelay = time.Duration(*spec.ReuseDelaySeconds) * time.Second
+	delay, ok := reuseDelayOf(spec)
+	if !ok {
+		return nil, bad("reuseDelaySeconds", fmt.Sprint(*spec.ReuseDelaySeconds), "expected 0 or more seconds")
 	}
+	p := &Pool{Name: name, Prefix: pfx, VLAN: int(spec.VLAN), AllowUniversalMAC: spec.AllowUniversalMAC, ReuseDelay: delay}
 	for _, sel := range []struct {
 		field string
 		sel   *metav1.LabelSelector

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 
@@ -152,8 +153,15 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			return admission.Denied(err.Error()), resultDenied
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 			// Canceled: the API server gave up on this call (its own timeout).
-			log.Error(err, "State store did not answer in time")
-			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach its state store (etcd) within %s; nothing was half-written (a claim etcd took before the deadline is given back once etcd answers if it was a Deployment's or ReplicaSet's, or a bare pod's named by generateName, and otherwise stays with the pod's identity: a pod created again under the same name, or a DaemonSet's next pod for the node, gets the same address); the pod can be created again once etcd is back: %w", timeout, err)), resultErrored
+			// The same deadline covers the handler's reads of the API
+			// server (an owner or pool its cache has not seen yet), whose
+			// errors are *url.Error.
+			what, ue := "its state store (etcd)", (*url.Error)(nil)
+			if errors.As(err, &ue) {
+				what = "the API server"
+			}
+			log.Error(err, "No answer in time", "from", what)
+			return admission.Errored(http.StatusServiceUnavailable, fmt.Errorf("stickynet could not reach %s within %s; nothing was half-written (a claim etcd took before the deadline is given back once etcd answers if it was a Deployment's or ReplicaSet's, or a bare pod's named by generateName, and otherwise stays with the pod's identity: a pod created again under the same name, or a DaemonSet's next pod for the node, gets the same address); the pod can be created again once it answers: %w", what, timeout, err)), resultErrored
 		default:
 			log.Error(err, "Admission failed")
 			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("stickynet: %w; nothing was half-written", err)), resultErrored
@@ -180,7 +188,12 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 
 	var sriov *v1alpha1.SriovNetwork
 	if name, ok := ann[annotations.SriovNetwork]; ok {
-		var err error
+		name, err := annotations.ParseName(annotations.SriovNetwork, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		// Written back trimmed: the extender and the node agent read it.
+		ann[annotations.SriovNetwork] = name
 		if sriov, err = h.sriovNetwork(ctx, name); err != nil {
 			return nil, nil, err
 		}

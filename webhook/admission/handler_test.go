@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -19,10 +20,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -227,6 +230,34 @@ func TestOwnerErrors(t *testing.T) {
 	resp, _ := e.admit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), false)
 	if resp.Allowed || resp.Result.Code != http.StatusInternalServerError || !strings.Contains(resp.Result.Message, "read owner ReplicaSet app/api-5d8f") {
 		t.Errorf("ReplicaSet read timing out: %+v; want a 500 naming the ReplicaSet", resp.Result)
+	}
+	// An API server that does not answer within the store timeout (the
+	// ReplicaSet not in the cache yet, read from the API server, whose
+	// client is a real one here) is named, not etcd.
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = hung.Close() }()
+	go func() { // accepts, never answers
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			defer func() { _ = c.Close() }()
+		}
+	}()
+	mapper := meta.NewDefaultRESTMapper(nil) // no discovery from a server that does not answer
+	mapper.Add(appsv1.SchemeGroupVersion.WithKind("ReplicaSet"), meta.RESTScopeNamespace)
+	api, err := client.New(&rest.Config{Host: "http://" + hung.Addr().String()}, client.Options{Scheme: scheme(t), Mapper: mapper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.h.Reader, e.h.APIReader = e.c, api
+	resp, _ = e.admit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), false)
+	if resp.Allowed || resp.Result.Code != http.StatusServiceUnavailable || !strings.Contains(resp.Result.Message, "could not reach the API server within 1s") || strings.Contains(resp.Result.Message, "etcd)") {
+		t.Errorf("API server not answering: %+v; want a 503 naming the API server, not etcd", resp.Result)
 	}
 }
 
@@ -647,6 +678,10 @@ func TestPoolChoice(t *testing.T) {
 	if got.Spec.SchedulerName != "stickynet-scheduler" {
 		t.Fatalf("pod of a pool with a nodeSelector kept scheduler %q", got.Spec.SchedulerName)
 	}
+	// Spaces around the name are trimmed, as around every other value.
+	if got := e.mustAdmit(pod("app", "s", map[string]string{annotations.Pool: "tiny "})); got.Annotations[annotations.AssignedPool] != "tiny" {
+		t.Fatalf("pool %q: %v", "tiny ", got.Annotations)
+	}
 	if got := e.mustAdmit(pod("app", "b", nil)); got.Annotations[annotations.AssignedPool] != "blue" || got.Spec.SchedulerName != "" {
 		t.Fatalf("default pool: %v, scheduler %q", got.Annotations, got.Spec.SchedulerName)
 	}
@@ -674,13 +709,18 @@ func TestPoolChoice(t *testing.T) {
 	// The namespace annotation names the pool.
 	ns := &corev1.Namespace{}
 	_ = e.c.Get(context.Background(), client.ObjectKey{Name: "app"}, ns)
-	ns.Annotations = map[string]string{annotations.Pool: "tiny"}
+	ns.Annotations = map[string]string{annotations.Pool: " tiny"}
 	if err := e.c.Update(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.mustAdmit(pod("app", "c", nil)); got.Annotations[annotations.AssignedPool] != "tiny" {
 		t.Fatalf("namespace pool: %v", got.Annotations)
 	}
+	ns.Annotations[annotations.Pool] = "Tiny"
+	if err := e.c.Update(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDeny(pod("app", "d", nil), "namespace app annotation "+annotations.Pool, `"Tiny"`, "a Kubernetes object name")
 }
 
 func TestExhausted(t *testing.T) {
@@ -772,6 +812,15 @@ func TestSriov(t *testing.T) {
 		t.Fatalf("pool %q scheduler %q", got.Annotations[annotations.AssignedPool], got.Spec.SchedulerName)
 	}
 	e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: "slow"}), annotations.SriovNetwork, `"slow"`, "have: fast")
+	// A value that is no object name is denied as such (the API server's
+	// client refused to look it up: an internal error); spaces around a name
+	// are trimmed, in the pod too, for the extender and the node agent.
+	for _, v := range []string{"", "fast/x", ".."} {
+		e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: v}), annotations.SriovNetwork, fmt.Sprintf("%q", v), "a Kubernetes object name")
+	}
+	if got := e.mustAdmit(pod("app", "c", map[string]string{annotations.SriovNetwork: " fast "})); got.Annotations[annotations.SriovNetwork] != "fast" || got.Annotations[annotations.AssignedPool] != "tiny" {
+		t.Fatalf("%s %q: the pod's annotation %q, pool %q; want fast, tiny", annotations.SriovNetwork, " fast ", got.Annotations[annotations.SriovNetwork], got.Annotations[annotations.AssignedPool])
+	}
 	e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: "fast", annotations.Pool: "blue"}), annotations.Pool, "draws its addresses from pool tiny")
 }
 
@@ -1196,6 +1245,34 @@ func TestSecondDefaultPoolMovesNoIdentity(t *testing.T) {
 	if !resp.Allowed || fresh.Annotations[annotations.AssignedPool] != "aaa" || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "the first by name") {
 		t.Errorf("a new identity: allowed %v, pool %s, warnings %q; want pool aaa (the first by name), with a warning saying so", resp.Allowed, fresh.Annotations[annotations.AssignedPool], resp.Warnings)
 	}
+}
+
+// A default pool whose spec is refused (its range backwards, which the
+// CRD's rules do not check) is passed over, with a warning, for an identity
+// without an address in it: sorted first by name, it denied every new
+// identity that the valid default pool blue admits. An identity that holds
+// its address there is denied, naming the spec's fault, rather than moved.
+func TestRefusedDefaultPoolPassedOver(t *testing.T) {
+	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.98.0.0/24", Default: true}})
+	if got := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web"))); got.Annotations[annotations.AssignedPool] != "aaa" {
+		t.Fatalf("web-0 got pool %s; want aaa, the first default by name", got.Annotations[annotations.AssignedPool])
+	}
+	aaa := &v1alpha1.IPPool{}
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "aaa"}, aaa); err != nil {
+		t.Fatal(err)
+	}
+	aaa.Spec.Ranges = []v1alpha1.IPRange{{Start: "10.98.0.20", End: "10.98.0.10"}}
+	if err := e.c.Update(context.Background(), aaa); err != nil {
+		t.Fatal(err)
+	}
+	resp, got := e.admit(pod("app", "fresh", nil), false)
+	if !resp.Allowed || got.Annotations[annotations.AssignedPool] != "blue" {
+		t.Fatalf("a new identity: allowed %v (%s), pool %q; want blue", resp.Allowed, resp.Result.Message, got.Annotations[annotations.AssignedPool])
+	}
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "default pool passed over: IPPool aaa: spec.ranges") {
+		t.Errorf("warnings %q; want one naming aaa's fault", resp.Warnings)
+	}
+	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "IPPool aaa: spec.ranges", "10.98.0.20-10.98.0.10")
 }
 
 // A pool out of MACs under its macPrefix denies the pod, naming the prefix;

@@ -24,8 +24,9 @@ import (
 // first by name; either way with a warning.
 func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespace, sriov *v1alpha1.SriovNetwork, identity string) (_ *v1alpha1.IPPool, _ *ipam.Pool, warning string, _ error) {
 	name, key := pod.Annotations[annotations.Pool], annotations.Pool
+	var err error
 	if name != "" {
-		if _, err := annotations.ParseName(key, name); err != nil {
+		if name, err = annotations.ParseName(key, name); err != nil {
 			return nil, nil, "", err
 		}
 	}
@@ -38,9 +39,11 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		}
 		name = sriov.Spec.Pool
 	}
-	if name == "" {
-		name = ns.Annotations[annotations.Pool]
+	if name == "" && ns.Annotations[annotations.Pool] != "" {
 		key = "namespace " + ns.Name + " annotation " + annotations.Pool
+		if name, err = annotations.ParseName(key, ns.Annotations[annotations.Pool]); err != nil {
+			return nil, nil, "", err
+		}
 	}
 	// The cache first; a pool it has not seen yet (created a moment ago, as
 	// with a pool and its pods in one kubectl apply) is looked for again in
@@ -57,16 +60,33 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
 		names, broken = names[:0], broken[:0]
 		var defaults []*v1alpha1.IPPool
+		parsed, refused := map[string]*ipam.Pool{}, map[string]error{}
 		for i := range list.Items {
 			p := &list.Items[i]
 			if name == "" {
-				ok, err := admits(p, ns)
-				switch {
-				case p.Spec.Default && ok:
-					defaults = append(defaults, p)
-				case p.Spec.Default && err != nil:
-					broken = append(broken, fmt.Sprintf("IPPool %s has spec.default: true, but its spec.namespaceSelector is not a label selector (%s)", p.Name, err))
+				if !p.Spec.Default {
+					continue
 				}
+				// A default pool that cannot hand out addresses (its
+				// spec refused) is passed over, but for an identity that
+				// holds an address in it: one such pool, sorted first,
+				// would otherwise deny every new identity that a valid
+				// default pool admits.
+				ok, err := admits(p, ns)
+				if err != nil {
+					broken = append(broken, fmt.Sprintf("IPPool %s has spec.default: true, but its spec.namespaceSelector is not a label selector (%s)", p.Name, err))
+					continue
+				}
+				if !ok {
+					continue
+				}
+				pool, err := ipam.NewPool(p.Name, p.Spec)
+				if err != nil {
+					broken = append(broken, fmt.Sprintf("default pool passed over: %v", err))
+					refused[p.Name] = err
+					continue
+				}
+				defaults, parsed[p.Name] = append(defaults, p), pool
 				continue
 			}
 			if p.Name == name {
@@ -78,10 +98,21 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 			}
 			names = append(names, p.Name)
 		}
+		if len(refused) > 0 {
+			for _, e := range h.Alloc.Lookup(identity) {
+				if err := refused[e.Pool]; err != nil {
+					return nil, nil, "", err // it keeps its address, once the pool is mended
+				}
+			}
+		}
 		if len(defaults) > 0 {
 			p, warning := h.defaultPool(defaults, ns, identity)
-			ipp, pool, err := parse(p, list.Items)
-			return ipp, pool, warning, err
+			if len(broken) > 0 {
+				warning = strings.Join(append(broken, warning), "; ")
+			}
+			pool := parsed[p.Name]
+			pool.Sharing, _ = ipam.Sharing(pool, list.Items)
+			return p, pool, strings.TrimSuffix(warning, "; "), nil
 		}
 	}
 	if name == "" {

@@ -29,11 +29,10 @@ func TestAllocations(t *testing.T) {
 	if err := alloc.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := ipam.NewPool("blue", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/24"})
+	pool, err := alloc.LearnPool("blue", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/24"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	alloc.SetPool(pool)
 	allocate := func(req ipam.Request) ipam.Allocation {
 		t.Helper()
 		req.Pool = pool

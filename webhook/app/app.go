@@ -290,12 +290,10 @@ func Run(ctx context.Context, o Options) error {
 }
 
 // poolFeed tells the allocator each IPPool's spec as the informer sees it.
-func poolFeed(alloc interface{ SetPool(*ipam.Pool) }) toolscache.ResourceEventHandlerFuncs {
+func poolFeed(alloc *ipam.Allocator) toolscache.ResourceEventHandlerFuncs {
 	set := func(obj any) {
 		if p, ok := obj.(*v1alpha1.IPPool); ok {
-			if pool, err := ipam.NewPool(p.Name, p.Spec); err == nil {
-				alloc.SetPool(pool)
-			}
+			_, _ = alloc.LearnPool(p.Name, p.Spec) // a refused spec: the pool's status says why
 		}
 	}
 	return toolscache.ResourceEventHandlerFuncs{AddFunc: set, UpdateFunc: func(_, obj any) { set(obj) }}

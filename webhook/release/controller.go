@@ -50,7 +50,7 @@ type allocator interface {
 	Rebind(ctx context.Context, pool string, ip netip.Addr, pod, to string) error
 	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
 	Adopt(ctx context.Context, ad ipam.Adoption) (bool, error)
-	SetPool(p *ipam.Pool)
+	LearnPool(name string, spec v1alpha1.IPPoolSpec) (*ipam.Pool, error)
 	Stats(p *ipam.Pool) ipam.Stats
 }
 
@@ -287,11 +287,10 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	specs := make(map[string]poolSpec, len(pools.Items))
 	for i := range pools.Items {
-		p, err := ipam.NewPool(pools.Items[i].Name, pools.Items[i].Spec)
+		p, err := c.Alloc.LearnPool(pools.Items[i].Name, pools.Items[i].Spec)
 		var shared netip.Addr
 		if err == nil {
 			p.Sharing, shared = ipam.Sharing(p, pools.Items)
-			c.Alloc.SetPool(p)
 		}
 		specs[pools.Items[i].Name] = poolSpec{pool: p, err: err, shared: shared}
 	}

@@ -370,9 +370,19 @@ func TestStatefulSetRetentionSources(t *testing.T) {
 
 // A controller that has not admitted anything (a new leader) releases with
 // the pool's reuse delay, not the default: with reuseDelaySeconds 0 the
-// address of a deleted StatefulSet is free at once.
+// address of a deleted StatefulSet is free at once. So it is when the pool's
+// spec was since made invalid (a nodeSelector In without values, which the
+// API server takes): the pool keeps its claims, and they cooled for the
+// default 60 s instead of the pool's delay.
 func TestReleaseUsesPoolReuseDelay(t *testing.T) {
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", ReuseDelaySeconds: new(int32(0))}
+	t.Run("valid", func(t *testing.T) { releaseWithReuseDelay(t, spec, spec) })
+	broken := spec
+	broken.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "rack", Operator: metav1.LabelSelectorOpIn}}}
+	t.Run("invalid since", func(t *testing.T) { releaseWithReuseDelay(t, spec, broken) })
+}
+
+func releaseWithReuseDelay(t *testing.T, spec, now v1alpha1.IPPoolSpec) {
 	s := store.NewMemory()
 	admitted, leader := startAlloc(t, s), startAlloc(t, s) // two webhook replicas
 	ctx := context.Background()
@@ -393,7 +403,7 @@ func TestReleaseUsesPoolReuseDelay(t *testing.T) {
 			t.Fatalf("the leader's cache never saw the address unbound: %+v", leader.Lookup("statefulset/app/gone/0"))
 		}
 	}
-	c := &Controller{Client: apiWith(t, spec), APIReader: apiWith(t, spec), Alloc: leader, Grace: time.Nanosecond}
+	c := &Controller{Client: apiWith(t, now), APIReader: apiWith(t, now), Alloc: leader, Grace: time.Nanosecond}
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
