@@ -386,9 +386,13 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		if p := ps.byToken[e.Token]; p != nil && p.identity == e.Identity && p.ip == e.IP && p.pool == e.Pool {
 			if err := c.Alloc.Bind(ctx, ipam.Binding{Pool: e.Pool, IP: e.IP, Identity: e.Identity, Pod: p.key, Token: e.Token}); err != nil {
 				if lost := (*ipam.LostError)(nil); errors.As(err, &lost) {
-					c.event(p.pod, corev1.EventTypeWarning, "StickyAddressLost", "%s: the pod must be recreated to get an address", err)
-				} // else etcd did not answer: the next pass tries again
-				ps.fail(err)
+					// The reservation expired or the address went elsewhere
+					// meanwhile: adopt, later in this pass, records it again
+					// for the pod if no one has it, else warns the pod.
+					klog.FromContext(ctx).V(1).Info("Reservation not confirmed", "pod", p.key, "reason", err)
+					return
+				}
+				ps.fail(err) // etcd did not answer: the next pass tries again
 				return
 			}
 			c.assigned(p)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -701,6 +702,80 @@ func TestUnrecordedAddressesOfLivePods(t *testing.T) {
 		if !slices.ContainsFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, want) }) {
 			t.Errorf("no event starts with %q; events:\n%s", want, strings.Join(evs, "\n"))
 		}
+	}
+}
+
+// leaseLog is a store that keeps the leases it granted.
+type leaseLog struct {
+	*store.Memory
+	mu  sync.Mutex
+	ids []store.LeaseID
+}
+
+func (l *leaseLog) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	id, err := l.Memory.Grant(ctx, ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ids = append(l.ids, id)
+	return id, err
+}
+
+// expiring is an allocator whose reservations expire just as a pass comes
+// to confirm them: Bind revokes every lease and waits for the cache to see
+// it first.
+type expiring struct {
+	*ipam.Allocator
+	s *leaseLog
+}
+
+func (e expiring) Bind(ctx context.Context, b ipam.Binding) error {
+	e.s.mu.Lock()
+	ids := e.s.ids
+	e.s.mu.Unlock()
+	for _, id := range ids {
+		if err := e.s.Revoke(ctx, id); err != nil {
+			return err
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(e.Lookup(b.Identity)) != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return errors.New("the cache never saw the reservation expire")
+		}
+	}
+	return e.Allocator.Bind(ctx, b)
+}
+
+// A reservation that expires as its pod is confirmed is no loss when nobody
+// took the address meanwhile: the same pass records it again for the pod
+// (StickyAddressRecorded). It told the pod it "must be recreated to get an
+// address" (StickyAddressLost) and failed the pass, then recorded it.
+func TestReservationExpiredAtConfirmation(t *testing.T) {
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	s := &leaseLog{Memory: store.NewMemory()}
+	a := startAlloc(t, s)
+	ctx := context.Background()
+	al, err := a.Allocate(ctx, ipam.Request{Pool: pool(t, spec), Identity: "deployment/app/web", Shared: true, Token: "tok-web-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-x", Annotations: map[string]string{
+			annotations.Identity: "deployment/app/web", annotations.AssignedIP: al.IP.String() + "/24", annotations.AssignedPool: "blue",
+			annotations.AssignedMAC: al.MAC.String(), annotations.Reservation: "tok-web-x",
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	rec := events.NewFakeRecorder(100)
+	c := &Controller{Client: apiWith(t, spec, pod), APIReader: apiWith(t, spec, pod), Alloc: expiring{a, s}, Recorder: rec, Grace: time.Nanosecond}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Errorf("pass: %v", err)
+	}
+	if got := a.Lookup("deployment/app/web"); len(got) != 1 || got[0].IP != al.IP || got[0].Pod != "app/web-x" || got[0].Reserved {
+		t.Errorf("after the pass: %+v; want %s bound to app/web-x", got, al.IP)
+	}
+	evs := drained(rec, "")
+	if len(evs) != 1 || !strings.HasPrefix(evs[0], "Normal StickyAddressRecorded "+al.IP.String()) {
+		t.Errorf("events %q; want one StickyAddressRecorded", evs)
 	}
 }
 
