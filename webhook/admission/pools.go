@@ -107,12 +107,12 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		}
 		if len(defaults) > 0 {
 			p, warning := h.defaultPool(defaults, ns, identity)
-			if len(broken) > 0 {
-				warning = strings.Join(append(broken, warning), "; ")
+			if warning != "" {
+				broken = append(broken, warning)
 			}
 			pool := parsed[p.Name]
 			pool.Sharing, _ = ipam.Sharing(pool, list.Items)
-			return p, pool, strings.TrimSuffix(warning, "; "), nil
+			return p, pool, strings.Join(broken, "; "), nil
 		}
 	}
 	if name == "" {
