@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 )
@@ -84,6 +85,14 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 		if err != nil {
 			return nil, fmt.Errorf("add certificate rotator: %w", err)
 		}
+		// A Secret deleted by hand (to force a new certificate) is made
+		// again: the rotator only fills a Secret that exists, and pods that
+		// start meanwhile mount it optional, with no certificate until then.
+		if err := mgr.Add(everyReplica(func(ctx context.Context) error {
+			return keepSecret(ctx, c, o.Secret, o.DNSNames)
+		})); err != nil {
+			return nil, err
+		}
 		if o.WriteFiles {
 			if err := mgr.Add(everyReplica(func(ctx context.Context) error {
 				return syncFiles(ctx, mgr.GetAPIReader(), o.Secret, o.CertDir)
@@ -141,6 +150,31 @@ func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string) 
 		return fmt.Errorf("drop the serving certificate of %s, which lacks %v: %w", key, missing, err)
 	}
 	return nil
+}
+
+// secretCheckEvery is how often each replica checks that the Secret exists.
+var secretCheckEvery = 10 * time.Second
+
+// keepSecret makes the Secret again whenever it is gone, until ctx ends. The
+// rotator then fills it with a new CA and certificate and injects the CA.
+func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, dnsNames []string) error {
+	log := klog.FromContext(ctx).WithValues("secret", key)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(secretCheckEvery):
+		}
+		err := c.Get(ctx, key, &corev1.Secret{})
+		if !apierrors.IsNotFound(err) {
+			continue // there, or the API server did not answer: the next check
+		}
+		if err := ensureSecret(c, key, dnsNames); err != nil {
+			log.Error(err, "Certificate Secret is gone and could not be made again")
+			continue
+		}
+		log.Info("Certificate Secret was gone; made it again, for a new CA and certificate")
+	}
 }
 
 // missingNames returns the names the PEM certificate does not carry; none

@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
@@ -71,5 +76,78 @@ func TestEnsureSecret(t *testing.T) {
 	}
 	if !bytes.Equal(sec.Data["ca.crt"], pki.CAPEM) {
 		t.Error("the CA was dropped with the certificate; the caBundle would change")
+	}
+}
+
+// A Secret deleted by hand (to force a new certificate) is made again by the
+// running replicas, and the rotator fills it and injects its CA into the
+// webhook configuration. It stayed gone: the rotator fills only a Secret
+// that exists, and in the chart no new replica could mount it.
+func TestDeletedSecretMadeAgain(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t)
+	c, err := client.New(apisrv.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	url, none := "https://localhost:9443/mutate-pods", admissionregistrationv1.SideEffectClassNone
+	if err := c.Create(ctx, &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "stickynet"},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name: "pods.stickynet.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			SideEffects: &none, AdmissionReviewVersions: []string{"v1"},
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := ctrl.NewManager(apisrv.Config, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretCheckEvery = 200 * time.Millisecond
+	defer func() { secretCheckEvery = 10 * time.Second }()
+	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
+	ready, err := Setup(mgr, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatal("no certificate within 60 s")
+	}
+	filled := func() (ca []byte, ok bool) {
+		sec := &corev1.Secret{}
+		if err := c.Get(ctx, key, sec); err != nil {
+			return nil, false
+		}
+		return sec.Data["ca.crt"], len(sec.Data["ca.crt"]) > 0 && len(sec.Data["tls.crt"]) > 0 && len(sec.Data["tls.key"]) > 0
+	}
+	first, ok := filled()
+	if !ok {
+		t.Fatal("the Secret was not filled")
+	}
+	if err := c.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ca, ok := filled()
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		injected := ok && c.Get(ctx, client.ObjectKey{Name: "stickynet"}, mwc) == nil && bytes.Equal(mwc.Webhooks[0].ClientConfig.CABundle, ca)
+		if ok && !bytes.Equal(ca, first) && injected {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after the Secret was deleted: filled %v, a new CA %v, caBundle injected %v", ok, ok && !bytes.Equal(ca, first), injected)
+		}
 	}
 }

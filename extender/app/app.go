@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -275,18 +276,30 @@ func watch(ctx context.Context, informers crcache.Cache, st *state.State) ([]too
 }
 
 // handler turns a set and a delete function into informer event handlers,
-// unwrapping the tombstones of deletions the informer missed.
+// unwrapping the tombstones of deletions the informer missed. An update whose
+// object has another UID than before is a deletion and a creation under the
+// same name that the informer saw as one (a relist after a broken watch):
+// the old object is deleted first, or a pod kept by UID would hold its VF
+// forever.
 func handler[T any](set func(*T), del func(*T)) toolscache.ResourceEventHandler {
+	type uider interface{ GetUID() types.UID }
 	return toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if o, ok := obj.(*T); ok {
 				set(o)
 			}
 		},
-		UpdateFunc: func(_, obj any) {
-			if o, ok := obj.(*T); ok {
-				set(o)
+		UpdateFunc: func(prev, obj any) {
+			o, ok := obj.(*T)
+			if !ok {
+				return
 			}
+			if p, ok := prev.(*T); ok {
+				if pu, ok := any(p).(uider); ok && pu.GetUID() != any(o).(uider).GetUID() {
+					del(p)
+				}
+			}
+			set(o)
 		},
 		DeleteFunc: func(obj any) {
 			if t, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {

@@ -2,12 +2,14 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 
@@ -80,6 +82,18 @@ func TestHandlerUnwrapsTombstones(t *testing.T) {
 	h.OnDelete(toolscache.DeletedFinalStateUnknown{Key: "c", Obj: "garbage"})
 	if strings.Join(set, ",") != "a,b" || strings.Join(deleted, ",") != "a,b" {
 		t.Errorf("set %v, deleted %v; want a,b both", set, deleted)
+	}
+	// A pod deleted and created again under its name while the watch was
+	// broken comes as one update: the old UID is deleted (its VF was
+	// counted until the extender restarted), the new one set.
+	var setUIDs, deletedUIDs []types.UID
+	p := handler(func(p *corev1.Pod) { setUIDs = append(setUIDs, p.UID) }, func(p *corev1.Pod) { deletedUIDs = append(deletedUIDs, p.UID) })
+	old := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-0", UID: "uid-1"}}
+	again := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-0", UID: "uid-2"}}
+	p.OnUpdate(old, old)
+	p.OnUpdate(old, again)
+	if fmt.Sprint(setUIDs) != "[uid-1 uid-2]" || fmt.Sprint(deletedUIDs) != "[uid-1]" {
+		t.Errorf("set %v, deleted %v; want uid-1 and uid-2 set, uid-1 deleted", setUIDs, deletedUIDs)
 	}
 }
 
