@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -54,8 +55,9 @@ type Options struct {
 }
 
 // Setup adds what provides the certificate to mgr and returns a channel that
-// is closed once the certificate files are in CertDir.
-func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
+// is closed once the certificate files are in CertDir. stopping ends when the
+// webhook begins to shut down (before mgr's context does).
+func Setup(stopping context.Context, mgr manager.Manager, o Options) (<-chan struct{}, error) {
 	switch o.Mode {
 	case ModeSelf:
 		if len(o.DNSNames) == 0 || o.Secret.Namespace == "" || o.Secret.Name == "" || o.WebhookConfig == "" {
@@ -65,7 +67,7 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client for the certificate secret: %w", err)
 		}
-		if err := ensureSecret(c, o.Secret, o.DNSNames); err != nil {
+		if err := ensureSecret(c, o.Secret, o.DNSNames, nil); err != nil {
 			return nil, err
 		}
 		ready := make(chan struct{})
@@ -88,8 +90,11 @@ func Setup(mgr manager.Manager, o Options) (<-chan struct{}, error) {
 		// A Secret deleted by hand (to force a new certificate) is made
 		// again: the rotator only fills a Secret that exists, and pods that
 		// start meanwhile mount it optional, with no certificate until then.
+		// Not once the webhook is shutting down (stopping ends).
 		if err := mgr.Add(everyReplica(func(ctx context.Context) error {
-			return keepSecret(ctx, c, o.Secret, o.DNSNames)
+			ctx, cancel := context.WithCancel(ctx)
+			defer context.AfterFunc(stopping, cancel)()
+			return keepSecret(ctx, c, o.Secret, o.DNSNames, o.WebhookConfig)
 		})); err != nil {
 			return nil, err
 		}
@@ -124,17 +129,21 @@ func (f everyReplica) NeedLeaderElection() bool { return false }
 // and drops a serving certificate that lacks one of dnsNames (the rotator
 // checks the first only), so that the rotator issues a new one under the
 // same CA: the caBundle stays.
-func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string) error {
+func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string, owner *metav1.OwnerReference) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}})
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	if owner != nil {
+		sec.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	err := c.Create(ctx, sec)
 	if err == nil {
 		return nil
 	}
 	if !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create certificate secret %s: %w", key, err)
 	}
-	sec := &corev1.Secret{}
+	sec = &corev1.Secret{}
 	if err := c.Get(ctx, key, sec); err != nil {
 		return fmt.Errorf("read certificate secret %s: %w", key, err)
 	}
@@ -157,7 +166,11 @@ var secretCheckEvery = 10 * time.Second
 
 // keepSecret makes the Secret again whenever it is gone, until ctx ends. The
 // rotator then fills it with a new CA and certificate and injects the CA.
-func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, dnsNames []string) error {
+// The Secret made again is owned by the webhook configuration, and only
+// made while that exists: an uninstall deletes the Secret, then the
+// configuration (Helm's order), while replicas may still run, and the
+// garbage collector removes a Secret one of them made meanwhile.
+func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, dnsNames []string, webhookConfig string) error {
 	log := klog.FromContext(ctx).WithValues("secret", key)
 	for {
 		select {
@@ -169,7 +182,13 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 		if !apierrors.IsNotFound(err) {
 			continue // there, or the API server did not answer: the next check
 		}
-		if err := ensureSecret(c, key, dnsNames); err != nil {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := c.Get(ctx, client.ObjectKey{Name: webhookConfig}, mwc); err != nil {
+			log.V(1).Info("Certificate Secret is gone, and so is the webhook configuration (uninstalled?): not made again", "webhookConfiguration", webhookConfig, "err", err)
+			continue
+		}
+		owner := &metav1.OwnerReference{APIVersion: admissionregistrationv1.SchemeGroupVersion.String(), Kind: "MutatingWebhookConfiguration", Name: mwc.Name, UID: mwc.UID}
+		if err := ensureSecret(c, key, dnsNames, owner); err != nil {
 			log.Error(err, "Certificate Secret is gone and could not be made again")
 			continue
 		}

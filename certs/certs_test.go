@@ -8,6 +8,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -31,7 +32,7 @@ func TestEnsureSecret(t *testing.T) {
 	ctx := context.Background()
 	key := types.NamespacedName{Namespace: "default", Name: "webhook-cert"}
 	names := []string{"stickynet-webhook.stickynet-system.svc"}
-	if err := ensureSecret(c, key, names); err != nil {
+	if err := ensureSecret(c, key, names, nil); err != nil {
 		t.Fatal(err)
 	}
 	sec := &corev1.Secret{}
@@ -51,7 +52,7 @@ func TestEnsureSecret(t *testing.T) {
 	if err := c.Update(ctx, sec); err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureSecret(c, key, names); err != nil {
+	if err := ensureSecret(c, key, names, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Get(ctx, key, sec); err != nil {
@@ -62,7 +63,7 @@ func TestEnsureSecret(t *testing.T) {
 	}
 
 	more := append(names, names[0]+".cluster.local")
-	if err := ensureSecret(c, key, more); err != nil {
+	if err := ensureSecret(c, key, more, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Get(ctx, key, sec); err != nil {
@@ -108,7 +109,7 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 	secretCheckEvery = 200 * time.Millisecond
 	defer func() { secretCheckEvery = 10 * time.Second }()
 	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
-	ready, err := Setup(mgr, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
+	ready, err := Setup(ctx, mgr, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,10 +145,32 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
 		injected := ok && c.Get(ctx, client.ObjectKey{Name: "stickynet"}, mwc) == nil && bytes.Equal(mwc.Webhooks[0].ClientConfig.CABundle, ca)
 		if ok && !bytes.Equal(ca, first) && injected {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("30 s after the Secret was deleted: filled %v, a new CA %v, caBundle injected %v", ok, ok && !bytes.Equal(ca, first), injected)
 		}
+	}
+	// Owned by the webhook configuration, so that the garbage collector
+	// removes one made during an uninstall; once the configuration is gone,
+	// it is not made again.
+	sec, mwc := &corev1.Secret{}, &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := c.Get(ctx, key, sec); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: "stickynet"}, mwc); err != nil {
+		t.Fatal(err)
+	}
+	if o := sec.OwnerReferences; len(o) != 1 || o[0].Kind != "MutatingWebhookConfiguration" || o[0].UID != mwc.UID {
+		t.Errorf("owners of the Secret made again: %+v; want the webhook configuration (uid %s)", o, mwc.UID)
+	}
+	for _, o := range []client.Object{mwc, sec} {
+		if err := c.Delete(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(10 * secretCheckEvery)
+	if err := c.Get(ctx, key, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the Secret after the webhook configuration was deleted: %v; want it not made again", err)
 	}
 }

@@ -210,7 +210,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	o.Certs.CertDir = o.CertDir
-	certsReady, err := certs.Setup(mgr, o.Certs)
+	certsReady, err := certs.Setup(ctx, mgr, o.Certs)
 	if err != nil {
 		return err
 	}
