@@ -51,7 +51,7 @@ func main() {
 	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	flag.StringVar(&o.SchedulerName, "scheduler-name", "", "schedulerName given to pods that need the stickynet extender (pool with a nodeSelector, SR-IOV); empty leaves pods alone")
 	flag.DurationVar(&o.StoreTimeout, "store-timeout", 7*time.Second, "time budget for the state store per admission (keep it under the webhook timeout)")
-	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", 5*time.Minute, "how long a reservation for a pod without a name lives unconfirmed (the release controller confirms it when the pod appears)")
+	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", app.DefaultReservationTTL, "how long a reservation for a pod without a name lives unconfirmed (the release controller confirms it when the pod appears)")
 	flag.DurationVar(&o.ReleaseGrace, "release-grace", workload.DefaultGrace, "minimum age of an address's last change before the release controller unbinds or frees it")
 	flag.DurationVar(&o.ShutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, keep serving this long with /readyz failing before stopping, so that the Service's endpoints drop the replica first (keep it under the pod's terminationGracePeriodSeconds)")
 	klog.InitFlags(nil)
@@ -67,12 +67,16 @@ func main() {
 	// From the environment, not flags, so that a password stays out of the process list.
 	o.EtcdUsername, o.EtcdPassword = os.Getenv("STICKYNET_ETCD_USERNAME"), os.Getenv("STICKYNET_ETCD_PASSWORD")
 	ns, name, ok := strings.Cut(secret, "/")
-	if !ok {
+	if !ok || ns == "" || name == "" {
 		fmt.Fprintf(os.Stderr, "--cert-secret %q: expected namespace/name\n", secret)
 		os.Exit(2)
 	}
 	o.Certs.Secret = types.NamespacedName{Namespace: ns, Name: name}
 	o.Certs.DNSNames = strings.Split(dnsNames, ",")
+	if err := o.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 
 	ctx := klog.NewContext(ctrl.SetupSignalHandler(), klog.Background())
 	ctrl.SetLogger(klog.Background())

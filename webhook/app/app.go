@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,39 @@ type Options struct {
 	ShutdownDelay time.Duration
 }
 
+// DefaultReservationTTL is --reservation-ttl's default, and what a zero
+// Options.ReservationTTL means.
+const DefaultReservationTTL = 5 * time.Minute
+
+// Validate refuses options the webhook cannot run with, naming the flag.
+// A zero duration means its default.
+func (o *Options) Validate() error {
+	var errs []error
+	for _, d := range []struct {
+		flag  string
+		value time.Duration
+	}{
+		{"--store-timeout", o.StoreTimeout},
+		{"--reservation-ttl", o.ReservationTTL},
+		{"--release-grace", o.ReleaseGrace},
+		{"--shutdown-delay", o.ShutdownDelay},
+		{"--etcd-dial-timeout", o.DialTimeout},
+	} {
+		if d.value < 0 {
+			errs = append(errs, fmt.Errorf("%s %s: expected a duration of 0 (the default) or more", d.flag, d.value))
+		}
+	}
+	if o.Certs.Mode == certs.ModeSelf {
+		for _, n := range o.Certs.DNSNames {
+			if strings.TrimSpace(n) == "" {
+				errs = append(errs, fmt.Errorf("--cert-dns-names %q: expected comma-separated DNS names, none of them empty", strings.Join(o.Certs.DNSNames, ",")))
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Scheme has the types the webhook reads.
 func Scheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
@@ -108,6 +142,12 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 
 // Run runs the webhook until ctx ends (and o.ShutdownDelay more).
 func Run(ctx context.Context, o Options) error {
+	if err := o.Validate(); err != nil {
+		return fmt.Errorf("invalid options: %w", err)
+	}
+	if o.ReservationTTL == 0 {
+		o.ReservationTTL = DefaultReservationTTL
+	}
 	log := klog.FromContext(ctx)
 	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()

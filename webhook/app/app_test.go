@@ -1,12 +1,14 @@
 package app
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/certs"
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/internal/store"
 )
@@ -37,5 +39,36 @@ func TestPoolFeed(t *testing.T) {
 	}
 	if d := alloc.ReuseDelay("unseen"); d != ipam.DefaultReuseDelay {
 		t.Errorf("a pool never seen: reuse delay %s; want the default", d)
+	}
+}
+
+// Validate names the flag and value it refuses; zero durations are the
+// defaults. A negative --release-grace was used as given (every address
+// past its grace at once, pods still being admitted included), and an empty
+// DNS name reached the certificate.
+func TestValidate(t *testing.T) {
+	ok := Options{Certs: certs.Options{Mode: certs.ModeSelf, DNSNames: []string{"stickynet-webhook.stickynet-system.svc"}}}
+	for _, tc := range []struct {
+		change func(*Options)
+		want   string
+	}{
+		{func(*Options) {}, ""},
+		{func(o *Options) { o.ReleaseGrace = -time.Second }, `--release-grace -1s: expected a duration of 0 (the default) or more`},
+		{func(o *Options) { o.StoreTimeout = -time.Second }, `--store-timeout -1s`},
+		{func(o *Options) { o.ReservationTTL = -time.Minute }, `--reservation-ttl -1m0s`},
+		{func(o *Options) { o.ShutdownDelay = -time.Second }, `--shutdown-delay -1s`},
+		{func(o *Options) { o.Certs.DNSNames = []string{""} }, `--cert-dns-names "": expected comma-separated DNS names, none of them empty`},
+		{func(o *Options) { o.Certs.DNSNames = append(o.Certs.DNSNames, " ") }, `--cert-dns-names "stickynet-webhook.stickynet-system.svc, "`},
+		{func(o *Options) { o.Certs = certs.Options{Mode: certs.ModeCertManager} }, ""},
+	} {
+		o := ok
+		tc.change(&o)
+		err := o.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%+v: %v; want it accepted", o, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%+v: %v; want an error containing %q", o, err, tc.want)
+		}
 	}
 }
