@@ -239,3 +239,41 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// The smallest burst admission accepts, one 1518-byte frame, passes
+// full-size frames both ways: the tbf into the pod at 1 Gbit/s (its bucket
+// came out 1,496 bytes, rounded down to whole ticks) and the meter out of it
+// (burst_size came out 12 kbits, rounded down).
+func TestSmallestBurstPassesFullFrames(t *testing.T) {
+	testenv.Root(t)
+	e := newEnv(t, nil)
+	burst := fmt.Sprint(annotations.MinBurst)
+	peer := e.addPod(podSpec{name: "peer", ips: "10.87.0.2/24", mac: "02:00:0a:57:00:02"})
+	e.addPod(podSpec{
+		name: "in", ips: "10.87.0.10/24", mac: "02:00:0a:57:00:0a",
+		extra: map[string]string{annotations.IngressBandwidth: "1G", annotations.IngressBurst: burst},
+	})
+	out := e.addPod(podSpec{
+		name: "out", ips: "10.87.0.11/24", mac: "02:00:0a:57:00:0b",
+		extra: map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: burst},
+	})
+	ping := func(from *testPod, to string, size int) (bool, string) {
+		o, _ := from.netns.Command(t.Context(), "busybox", "ping", "-c", "3", "-W", "2", "-s", fmt.Sprint(size), to).CombinedOutput()
+		return strings.Contains(string(o), "3 packets received"), string(o)
+	}
+	for _, c := range []struct {
+		what string
+		from *testPod
+		to   string
+	}{
+		{"into the pod (tbf, 1 Gbit/s)", peer, "10.87.0.10"},
+		{"out of the pod (meter, 10 Mbit/s)", out, "10.87.0.2"},
+	} {
+		if ok, o := ping(c.from, c.to, 56); !ok {
+			t.Fatalf("%s: small frames do not pass: %s", c.what, o)
+		}
+		if ok, o := ping(c.from, c.to, 1472); !ok {
+			t.Errorf("%s, burst %s bits: 1514-byte frames do not pass: %s", c.what, burst, o)
+		}
+	}
+}

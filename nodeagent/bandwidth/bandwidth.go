@@ -115,8 +115,19 @@ func (p TBFParams) Qdisc(linkIndex int) *netlink.Tbf {
 		},
 		Rate:   p.RateBytes,
 		Limit:  p.LimitBytes,
-		Buffer: netlink.Xmittime(p.RateBytes, p.BurstBytes),
+		Buffer: p.bufferTicks(),
 	}
+}
+
+// bufferTicks is the bucket as the kernel keeps it: the time to send
+// BurstBytes at the rate, in the packet scheduler's ticks, rounded up so that
+// the bucket holds the burst. (netlink.Xmittime rounds down, to whole
+// microseconds, then to whole ticks: at 1 Gbit/s a one-frame bucket came out
+// 1,496 bytes, which tbf drops full-size frames for, and at 20 Gbit/s 0
+// ticks, which the kernel refuses.)
+func (p TBFParams) bufferTicks() uint32 {
+	t := math.Ceil(float64(p.BurstBytes) / float64(p.RateBytes) * 1e6 * netlink.TickInUsec())
+	return uint32(min(t, math.MaxUint32))
 }
 
 // Matches reports whether an installed tbf enforces p. The kernel keeps the
@@ -125,7 +136,7 @@ func (p TBFParams) Matches(q *netlink.Tbf) bool {
 	if q == nil || q.Rate != p.RateBytes || q.Limit != p.LimitBytes {
 		return false
 	}
-	want := netlink.Xmittime(p.RateBytes, p.BurstBytes)
+	want := p.bufferTicks()
 	diff := int64(q.Buffer) - int64(want)
 	return diff >= -1-int64(want/100) && diff <= 1+int64(want/100)
 }
@@ -144,7 +155,13 @@ func Policer(l annotations.Limit) (PolicerParams, error) {
 	rate := max(uint64(l.Rate)/1000, 1)
 	burst := rate * PolicerBurstPercent / 100
 	if l.Burst > 0 {
-		burst = uint64(l.Burst) / 1000
+		burst = (uint64(l.Burst) + 999) / 1000
 	}
-	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, 1)}, nil
+	// At least one full frame plus a millisecond at the rate, in whole
+	// kbits (rounded up): OVS refills a meter's bucket for at most
+	// burst/rate whole milliseconds of idle time, so a bucket of one frame
+	// refilled to less than one (at 10 Mbit/s, 13 kbits came back as 10
+	// after a pause, and every other full-size frame was dropped); and
+	// admission's smallest burst, rounded down to 12 kbits, passed none.
+	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, (annotations.MinBurst+rate+999)/1000)}, nil
 }

@@ -62,6 +62,10 @@ func TestTBF(t *testing.T) {
 		// A burst below one frame (set by a live edit, which admission does not see) is raised to one.
 		{name: "4-bit burst", limit: annotations.Limit{Rate: 10e6, Burst: 4}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 1518, LimitBytes: 62_500}},
 		{name: "4 s burst", limit: annotations.Limit{Rate: 10e6, Burst: 40e6}, want: TBFParams{RateBytes: 1_250_000, BurstBytes: 5_000_000, LimitBytes: 5_000_000}},
+		// Admission's smallest burst at high rates: the kernel's bucket, in
+		// ticks, must still hold it (checked below for every case).
+		{name: "one frame at 1 Gbit/s", limit: annotations.Limit{Rate: 1e9, Burst: annotations.MinBurst}, want: TBFParams{RateBytes: 125e6, BurstBytes: 1518, LimitBytes: 6_250_000}},
+		{name: "one frame at 20 Gbit/s", limit: annotations.Limit{Rate: 20e9, Burst: annotations.MinBurst}, want: TBFParams{RateBytes: 2_500_000_000, BurstBytes: 1518, LimitBytes: 125_000_000}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,6 +86,12 @@ func TestTBF(t *testing.T) {
 			if !got.Matches(q) {
 				t.Error("params do not match their own qdisc")
 			}
+			// What the kernel holds: Buffer ticks at the rate. Rounded
+			// down, one frame at 1 Gbit/s was 1,496 bytes (tbf drops
+			// larger packets) and at 20 Gbit/s 0 ticks (refused).
+			if bucket := float64(q.Buffer) / netlink.TickInUsec() / 1e6 * float64(got.RateBytes); bucket < float64(got.BurstBytes) {
+				t.Errorf("Buffer %d ticks holds %.0f bytes at the rate; want at least the burst, %d", q.Buffer, bucket, got.BurstBytes)
+			}
 			other := *q
 			other.Rate++
 			if got.Matches(&other) || got.Matches(nil) {
@@ -99,7 +109,14 @@ func TestPolicer(t *testing.T) {
 		{limit: annotations.Limit{Rate: 20e6}, want: PolicerParams{RateKbps: 20000, BurstKbits: 16000}},
 		{limit: annotations.Limit{Rate: 300e6}, want: PolicerParams{RateKbps: 300000, BurstKbits: 240000}},
 		{limit: annotations.Limit{Rate: 10e6, Burst: 2e6}, want: PolicerParams{RateKbps: 10000, BurstKbits: 2000}},
-		{limit: annotations.Limit{Rate: 1000, Burst: 1}, want: PolicerParams{RateKbps: 1, BurstKbits: 1}},
+		// Never below one full frame (12,144 bits) plus 1 ms at the rate,
+		// rounded up: admission's smallest burst, and the default at low
+		// rates, gave 12 or 8 kbits, which no full-size frame fits in.
+		{limit: annotations.Limit{Rate: 10e6, Burst: annotations.MinBurst}, want: PolicerParams{RateKbps: 10000, BurstKbits: 23}},
+		{limit: annotations.Limit{Rate: 1e9, Burst: annotations.MinBurst}, want: PolicerParams{RateKbps: 1_000_000, BurstKbits: 1013}},
+		{limit: annotations.Limit{Rate: 10e3}, want: PolicerParams{RateKbps: 10, BurstKbits: 13}},
+		{limit: annotations.Limit{Rate: 1000, Burst: 1}, want: PolicerParams{RateKbps: 1, BurstKbits: 13}},
+		{limit: annotations.Limit{Rate: 10e6, Burst: 2_000_001}, want: PolicerParams{RateKbps: 10000, BurstKbits: 2001}},
 	}
 	for _, tt := range tests {
 		if got, err := Policer(tt.limit); err != nil || got != tt.want {
