@@ -194,6 +194,9 @@ func TestErrors(t *testing.T) {
 		{name: "relative socket", command: "ADD", conf: conf("1.1.0", "agent.sock", ""), wantCode: types.ErrInvalidNetworkConfig, wantMsg: `"socket"`},
 		{name: "bad timeout", command: "ADD", conf: conf("1.1.0", stub.socket, `,"timeout":"soon"`), wantCode: types.ErrInvalidNetworkConfig, wantMsg: `"timeout"`},
 		{name: "GC needs 1.1", command: "GC", conf: conf("1.0.0", stub.socket, ""), wantCode: types.ErrIncompatibleCNIVersion},
+		// Not first in its conflist: the previous plugin's interface, IPs
+		// and DNS were dropped from the result the runtime saw.
+		{name: "ADD after another plugin", command: "ADD", conf: conf("1.1.0", stub.socket, `,"prevResult":{"cniVersion":"1.1.0","ips":[{"address":"127.0.0.1/8"}]}`), wantCode: types.ErrInvalidNetworkConfig, wantMsg: "must be the first plugin"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -97,6 +97,12 @@ func (p *Plugin) add(a *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	// A runtime passes a prevResult on ADD to the plugins after the first of
+	// a conflist. stickynet makes the pod's interface and its result does not
+	// carry another plugin's on, so it must come first.
+	if conf.RawPrevResult != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, `invalid value of "prevResult": stickynet makes the pod's interface and must be the first plugin of its conflist; chain other plugins after it`, "")
+	}
 	resp, err := ask(conf, api.CommandAdd, a, a.StdinData)
 	if err != nil {
 		return err
