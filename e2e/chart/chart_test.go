@@ -144,7 +144,9 @@ func TestLintAndTemplate(t *testing.T) {
 	}
 	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "auto")
 	checkFallback(t, render(t, "nodeAgent.fallbackConflist=")["DaemonSet/stickynet-nodeagent"], "")
-	checkFallback(t, render(t, "nodeAgent.fallbackConflist=null")["DaemonSet/stickynet-nodeagent"], "")
+	// null (a key left empty in a values file) is refused, not taken for
+	// none: that left every pod stickynet does not serve without a network.
+	refused(t, []string{"nodeAgent.fallbackConflist=null"}, "nodeAgent.fallbackConflist: no value (null)", `or "" for none`)
 	helm(t, "lint", "--strict", chartDir, "--set", fallbackValue)
 	fb := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system", "--set", fallbackValue))
 	checkFallback(t, fb["DaemonSet/stickynet-nodeagent"], "/etc/cni/fallback/pods.conflist")
@@ -710,6 +712,10 @@ func TestValuesSchema(t *testing.T) {
 		"webhook.replicas=0":             "at '/webhook/replicas': minimum: got 0, want 1",
 		"nodeAgent.datapathType=kernel":  "at '/nodeAgent/datapathType': value must be one of 'auto', 'netdev', 'system'",
 		"nodeAgent.maxUnavailable=0":     "at '/nodeAgent/maxUnavailable'",
+		"nodeAgent.maxUnavailable=0%":    "at '/nodeAgent/maxUnavailable'",
+		// A bare file name became a hostPath the kubelet refuses: the
+		// agent stayed in ContainerCreating.
+		"nodeAgent.fallbackConflist=calico.conflist": "at '/nodeAgent/fallbackConflist': 'calico.conflist' does not match pattern",
 	} {
 		refused(t, []string{set}, want)
 	}

@@ -378,7 +378,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	probes.started(a)
-	if err := a.install(); err != nil {
+	if err := a.install(ctx); err != nil {
 		return err
 	}
 	if f := ahead(opts.CNIConfDir, opts.CNIConfName); f != "" {
@@ -582,7 +582,7 @@ func (a *agent) freePort(p int) {
 }
 
 // install writes the conflist (and the plugin binary) once the agent answers.
-func (a *agent) install() error {
+func (a *agent) install(ctx context.Context) error {
 	if a.opts.CNIBinDir != "" && a.opts.CNIPluginSource != "" {
 		path := filepath.Join(a.opts.CNIBinDir, api.PluginType)
 		if err := installFile(a.opts.CNIPluginSource, path, 0o755); err != nil {
@@ -598,6 +598,12 @@ func (a *agent) install() error {
 		return fmt.Errorf("install CNI conflist: %w", err)
 	}
 	a.owner.wrote(path)
+	for _, f := range staleConflists(a.opts.CNIConfDir, a.opts.CNIConfName) {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("remove the conflist %s of an earlier install: %w", f, err)
+		}
+		klog.FromContext(ctx).Info("Removed stickynet's conflist of an earlier install under another name", "file", f, "now", path)
+	}
 	return nil
 }
 

@@ -98,6 +98,33 @@ func ahead(dir, own string) string {
 	return ""
 }
 
+// staleConflists returns dir's network configurations other than own that
+// run stickynet's plugin: an earlier install's under another cniConfName
+// (changed on upgrade), which would stay ahead of others and, after an
+// uninstall removed the plugin, fail every new pod on the node.
+func staleConflists(dir, own string) []string {
+	if dir == "" {
+		return nil
+	}
+	files, _ := confFiles(dir)
+	var out []string
+	for _, f := range files {
+		if filepath.Base(f) == own {
+			continue
+		}
+		b, err := confListBytes(f)
+		if err != nil {
+			continue
+		}
+		if l, err := libcni.NetworkConfFromBytes(b); err == nil && slices.ContainsFunc(l.Plugins, func(p *libcni.PluginConfig) bool {
+			return p.Network != nil && p.Network.Type == api.PluginType
+		}) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // confFiles lists dir's network configuration files in the order a
 // runtime reads them: by name.
 func confFiles(dir string) ([]string, error) {
@@ -154,7 +181,7 @@ func (a *agent) refreshFallback(ctx context.Context) error {
 		return nil
 	}
 	a.conflist = conflist
-	if err := a.install(); err != nil {
+	if err := a.install(ctx); err != nil {
 		return err
 	}
 	klog.FromContext(ctx).Info("Fallback network changed; conflist rewritten", "fallback", path, "passedOver", skipped)

@@ -997,3 +997,34 @@ func TestConcurrentAddsOfOneAddress(t *testing.T) {
 		t.Errorf("%d OVS ports carry the address; want 1", ports)
 	}
 }
+
+// An install under another cniConfName (changed on upgrade) left its
+// conflist, which a later uninstall did not remove: it sorted ahead of the
+// node's other network and failed every new pod for want of the plugin. The
+// agent removes stickynet's other conflists when it writes its own, and
+// leaves other networks'.
+func TestInstallRemovesEarlierConflist(t *testing.T) {
+	var earlier, pods string
+	e := newEnv(t, func(o *agent.Options) {
+		if err := os.MkdirAll(o.CNIConfDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		earlier, pods = filepath.Join(o.CNIConfDir, "05-stickynet.conflist"), filepath.Join(o.CNIConfDir, "10-pods.conflist")
+		for path, content := range map[string]string{
+			earlier: `{"cniVersion":"1.0.0","name":"stickynet","plugins":[{"type":"stickynet","socket":"/run/stickynet/agent.sock"}]}`,
+			pods:    `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge","bridge":"cni0"}]}`,
+		} {
+			if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if _, err := os.Stat(earlier); !os.IsNotExist(err) {
+		t.Errorf("the earlier install's %s after the agent started: %v; want it removed", earlier, err)
+	}
+	for _, keep := range []string{pods, filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName)} {
+		if _, err := os.Stat(keep); err != nil {
+			t.Errorf("%s: %v; want it kept", keep, err)
+		}
+	}
+}
