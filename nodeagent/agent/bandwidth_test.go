@@ -15,6 +15,7 @@ import (
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
+	"github.com/stickynet/stickynet/nodeagent/agent"
 )
 
 // Bandwidth tests send with iperf3 (TCP, one stream) between two pods on
@@ -274,6 +275,43 @@ func TestSmallestBurstPassesFullFrames(t *testing.T) {
 		}
 		if ok, o := ping(c.from, c.to, 1472); !ok {
 			t.Errorf("%s, burst %s bits: 1514-byte frames do not pass: %s", c.what, burst, o)
+		}
+	}
+}
+
+// With --mtu 9000 a burst below one jumbo frame, which admission accepts (it
+// knows 1518-byte frames only), is raised to one: an ingress burst of 40k
+// (5,000 bytes) dropped every larger frame.
+func TestJumboFramesPassSmallBurst(t *testing.T) {
+	testenv.Root(t)
+	e := newEnv(t, func(o *agent.Options) { o.MTU = 9000 })
+	peer := e.addPod(podSpec{name: "peer", ips: "10.88.0.2/24", mac: "02:00:0a:58:00:02"})
+	e.addPod(podSpec{name: "free", ips: "10.88.0.9/24", mac: "02:00:0a:58:00:09"})
+	e.addPod(podSpec{
+		name: "in", ips: "10.88.0.10/24", mac: "02:00:0a:58:00:0a",
+		extra: map[string]string{annotations.IngressBandwidth: "100M", annotations.IngressBurst: "40k"},
+	})
+	out := e.addPod(podSpec{
+		name: "out", ips: "10.88.0.11/24", mac: "02:00:0a:58:00:0b",
+		extra: map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: "40k"},
+	})
+	ping := func(from *testPod, to string) (bool, string) {
+		o, _ := from.netns.Command(t.Context(), "busybox", "ping", "-c", "3", "-W", "2", "-s", "8000", to).CombinedOutput()
+		return strings.Contains(string(o), "3 packets received"), string(o)
+	}
+	if ok, o := ping(peer, "10.88.0.9"); !ok {
+		t.Fatalf("8028-byte frames to a pod without limits do not pass: %s", o)
+	}
+	for _, c := range []struct {
+		what string
+		from *testPod
+		to   string
+	}{
+		{"into the pod (tbf, burst 40k)", peer, "10.88.0.10"},
+		{"out of the pod (meter, burst 40k)", out, "10.88.0.2"},
+	} {
+		if ok, o := ping(c.from, c.to); !ok {
+			t.Errorf("%s: 8042-byte frames do not pass: %s", c.what, o)
 		}
 	}
 }

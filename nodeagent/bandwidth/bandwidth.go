@@ -75,8 +75,16 @@ type TBFParams struct {
 	LimitBytes uint32 // queue size
 }
 
-// TBF computes tbf settings for a limit (Rate > 0).
-func TBF(l annotations.Limit) (TBFParams, error) {
+// frameBytes is the largest frame on a link of MTU mtu (0: the kernel's
+// default, 1500), with its Ethernet header, VLAN tag and checksum: the
+// smallest bucket that passes every packet.
+func frameBytes(mtu int) uint64 {
+	return uint64(max(mtu, 1500)) + annotations.MinBurst/8 - 1500
+}
+
+// TBF computes tbf settings for a limit (Rate > 0) on a pod interface of
+// MTU mtu (0: 1500).
+func TBF(l annotations.Limit, mtu int) (TBFParams, error) {
 	if l.Rate <= 0 {
 		return TBFParams{}, fmt.Errorf("tbf rate %d bit/s: want a positive rate", l.Rate)
 	}
@@ -95,9 +103,11 @@ func TBF(l annotations.Limit) (TBFParams, error) {
 	} else {
 		burst = max(uint64(float64(rate)*TBFBurstTime.Seconds()), MinTBFBurst)
 	}
-	// At least one full frame (a live annotation edit skips admission's
-	// checks), within the kernel's cap (below MinIngressRate no frame fits).
-	burst = min(max(burst, annotations.MinBurst/8), maxBurst, math.MaxUint32)
+	// At least one full frame of the MTU (a live annotation edit skips
+	// admission's checks, which know 1518-byte frames only), within the
+	// kernel's cap (below MinIngressRate no frame fits; below about six times
+	// it, no 9000-byte one).
+	burst = min(max(burst, frameBytes(mtu)), maxBurst, math.MaxUint32)
 	limit := max(uint64(float64(rate)*TBFQueueTime.Seconds()), burst)
 	if limit > math.MaxUint32 {
 		limit = math.MaxUint32
@@ -147,8 +157,9 @@ type PolicerParams struct {
 	BurstKbits uint64
 }
 
-// Policer computes meter or policing settings for a limit (Rate > 0).
-func Policer(l annotations.Limit) (PolicerParams, error) {
+// Policer computes meter or policing settings for a limit (Rate > 0) on a
+// pod interface of MTU mtu (0: 1500).
+func Policer(l annotations.Limit, mtu int) (PolicerParams, error) {
 	if l.Rate <= 0 {
 		return PolicerParams{}, fmt.Errorf("policer rate %d bit/s: want a positive rate", l.Rate)
 	}
@@ -157,11 +168,11 @@ func Policer(l annotations.Limit) (PolicerParams, error) {
 	if l.Burst > 0 {
 		burst = (uint64(l.Burst) + 999) / 1000
 	}
-	// At least one full frame plus a millisecond at the rate, in whole
+	// At least one full frame of the MTU plus a millisecond at the rate, in whole
 	// kbits (rounded up): OVS refills a meter's bucket for at most
 	// burst/rate whole milliseconds of idle time, so a bucket of one frame
 	// refilled to less than one (at 10 Mbit/s, 13 kbits came back as 10
 	// after a pause, and every other full-size frame was dropped); and
 	// admission's smallest burst, rounded down to 12 kbits, passed none.
-	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, (annotations.MinBurst+rate+999)/1000)}, nil
+	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, (frameBytes(mtu)*8+rate+999)/1000)}, nil
 }

@@ -42,6 +42,7 @@ func TestTBF(t *testing.T) {
 	tests := []struct {
 		name    string
 		limit   annotations.Limit
+		mtu     int
 		want    TBFParams
 		wantErr string
 	}{
@@ -66,10 +67,14 @@ func TestTBF(t *testing.T) {
 		// ticks, must still hold it (checked below for every case).
 		{name: "one frame at 1 Gbit/s", limit: annotations.Limit{Rate: 1e9, Burst: annotations.MinBurst}, want: TBFParams{RateBytes: 125e6, BurstBytes: 1518, LimitBytes: 6_250_000}},
 		{name: "one frame at 20 Gbit/s", limit: annotations.Limit{Rate: 20e9, Burst: annotations.MinBurst}, want: TBFParams{RateBytes: 2_500_000_000, BurstBytes: 1518, LimitBytes: 125_000_000}},
+		// With jumbo frames the floor is one frame of the MTU: admission's
+		// checks know 1518-byte frames only, and a 5,000-byte burst dropped
+		// every larger frame.
+		{name: "5000-byte burst at MTU 9000", limit: annotations.Limit{Rate: 100e6, Burst: 40e3}, mtu: 9000, want: TBFParams{RateBytes: 12_500_000, BurstBytes: 9018, LimitBytes: 625_000}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := TBF(tt.limit)
+			got, err := TBF(tt.limit, tt.mtu)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("TBF = %+v, %v; want error containing %q", got, err, tt.wantErr)
@@ -104,6 +109,7 @@ func TestTBF(t *testing.T) {
 func TestPolicer(t *testing.T) {
 	tests := []struct {
 		limit annotations.Limit
+		mtu   int
 		want  PolicerParams
 	}{
 		{limit: annotations.Limit{Rate: 20e6}, want: PolicerParams{RateKbps: 20000, BurstKbits: 16000}},
@@ -117,13 +123,14 @@ func TestPolicer(t *testing.T) {
 		{limit: annotations.Limit{Rate: 10e3}, want: PolicerParams{RateKbps: 10, BurstKbits: 13}},
 		{limit: annotations.Limit{Rate: 1000, Burst: 1}, want: PolicerParams{RateKbps: 1, BurstKbits: 13}},
 		{limit: annotations.Limit{Rate: 10e6, Burst: 2_000_001}, want: PolicerParams{RateKbps: 10000, BurstKbits: 2001}},
+		{limit: annotations.Limit{Rate: 10e6, Burst: annotations.MinBurst}, mtu: 9000, want: PolicerParams{RateKbps: 10000, BurstKbits: 83}},
 	}
 	for _, tt := range tests {
-		if got, err := Policer(tt.limit); err != nil || got != tt.want {
+		if got, err := Policer(tt.limit, tt.mtu); err != nil || got != tt.want {
 			t.Errorf("Policer(%+v) = %+v, %v; want %+v", tt.limit, got, err, tt.want)
 		}
 	}
-	if _, err := Policer(annotations.Limit{}); err == nil {
+	if _, err := Policer(annotations.Limit{}, 0); err == nil {
 		t.Error("Policer without rate: want error")
 	}
 }
@@ -132,11 +139,11 @@ func TestPolicer(t *testing.T) {
 // holds one full frame: admission and the node agent agree.
 func TestMinIngressRateHoldsAFrame(t *testing.T) {
 	frame := uint32(annotations.MinBurst / 8)
-	at, err := TBF(annotations.Limit{Rate: annotations.MinIngressRate})
+	at, err := TBF(annotations.Limit{Rate: annotations.MinIngressRate}, 0)
 	if err != nil || at.BurstBytes < frame {
 		t.Fatalf("TBF at %d bit/s: bucket %d bytes, %v; want at least %d", annotations.MinIngressRate, at.BurstBytes, err, frame)
 	}
-	below, err := TBF(annotations.Limit{Rate: annotations.MinIngressRate - 1})
+	below, err := TBF(annotations.Limit{Rate: annotations.MinIngressRate - 1}, 0)
 	if err != nil || below.BurstBytes >= frame {
 		t.Fatalf("TBF at %d bit/s: bucket %d bytes, %v; MinIngressRate is not the lowest rate that holds a frame", annotations.MinIngressRate-1, below.BurstBytes, err)
 	}

@@ -142,7 +142,7 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 		if tbf != nil {
 			add("%s has a tbf (rate %d B/s) but the pod has no ingress limit", a.HostVeth, tbf.Rate)
 		}
-	} else if p, err := bandwidth.TBF(a.Bandwidth.Ingress); err != nil {
+	} else if p, err := bandwidth.TBF(a.Bandwidth.Ingress, a.MTU); err != nil {
 		add("ingress limit: %v", err)
 	} else if !p.Matches(tbf) {
 		add("%s lacks the tbf for %d bit/s", a.HostVeth, a.Bandwidth.Ingress.Rate)
@@ -163,7 +163,7 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 			}
 			break
 		}
-		p, _ := bandwidth.Policer(a.Bandwidth.Egress)
+		p, _ := bandwidth.Policer(a.Bandwidth.Egress, a.MTU)
 		want := ovs.Meter{ID: a.OFPort, RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
 		if m, ok := meters[a.OFPort]; !ok || m != want {
 			add("meter %d is %+v, want %+v", a.OFPort, m, want)
@@ -174,7 +174,7 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 	case bandwidth.EgressPolicing:
 		var want ovs.Policing
 		if a.Bandwidth.Egress.Rate > 0 {
-			p, _ := bandwidth.Policer(a.Bandwidth.Egress)
+			p, _ := bandwidth.Policer(a.Bandwidth.Egress, a.MTU)
 			want = ovs.Policing{RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
 		}
 		if port != nil && port.Policing != want {

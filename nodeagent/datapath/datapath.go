@@ -352,7 +352,7 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	}
 	port := ovs.Port{Name: a.HostVeth, OFPort: a.OFPort, VLAN: a.VLAN, ExternalIDs: a.ExternalIDs()}
 	if a.EgressMode == bandwidth.EgressPolicing && want.Egress.Rate > 0 {
-		p, err := bandwidth.Policer(want.Egress)
+		p, err := bandwidth.Policer(want.Egress, a.MTU)
 		if err != nil {
 			return nil, fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 		}
@@ -629,7 +629,7 @@ func (d *Datapath) setIngress(a *Attachment, want annotations.Limit, verify bool
 		}
 		return nil
 	}
-	p, err := bandwidth.TBF(want)
+	p, err := bandwidth.TBF(want, a.MTU)
 	if err != nil {
 		return fmt.Errorf("ingress limit of %s: %w", a.Pod(), err)
 	}
@@ -666,7 +666,7 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 	case bandwidth.EgressPolicing:
 		var pol ovs.Policing
 		if want.Rate > 0 {
-			p, err := bandwidth.Policer(want)
+			p, err := bandwidth.Policer(want, a.MTU)
 			if err != nil {
 				return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 			}
@@ -691,7 +691,7 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 			d.setMetered(id, false)
 			return d.ovs.DelMeter(ctx, id) // takes the flow with it
 		}
-		p, err := bandwidth.Policer(want)
+		p, err := bandwidth.Policer(want, a.MTU)
 		if err != nil {
 			return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 		}
