@@ -803,6 +803,17 @@ func TestWebhookPDB(t *testing.T) {
 		if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
 			t.Errorf("with 2 %s replicas (the default) the PodDisruptionBudget has minAvailable %v; want 1", part, pdb.Spec.MinAvailable)
 		}
+		checkUnhealthyEvictable(t, key, pdb)
+	}
+}
+
+// checkUnhealthyEvictable: a replica that is not ready may be evicted. With
+// the default policy a drain during an etcd outage, when no webhook replica
+// is ready, waited for a healthy one that could not come.
+func checkUnhealthyEvictable(t *testing.T, key string, pdb *policyv1.PodDisruptionBudget) {
+	t.Helper()
+	if p := pdb.Spec.UnhealthyPodEvictionPolicy; p == nil || *p != policyv1.AlwaysAllow {
+		t.Errorf("%s: unhealthyPodEvictionPolicy %v; want AlwaysAllow", key, p)
 	}
 }
 
@@ -823,6 +834,7 @@ func TestEtcdPDB(t *testing.T) {
 			pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "stickynet-etcd" {
 			t.Errorf("with %s members the PodDisruptionBudget has minAvailable %v, selector %v; want %d and the etcd pods", n, pdb.Spec.MinAvailable, pdb.Spec.Selector, quorum)
 		}
+		checkUnhealthyEvictable(t, "PodDisruptionBudget/stickynet-etcd", pdb)
 	}
 }
 
