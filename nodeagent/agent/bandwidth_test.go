@@ -258,10 +258,6 @@ func TestSmallestBurstPassesFullFrames(t *testing.T) {
 		name: "out", ips: "10.87.0.11/24", mac: "02:00:0a:57:00:0b",
 		extra: map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: burst},
 	})
-	ping := func(from *testPod, to string, size int) (bool, string) {
-		o, _ := from.netns.Command(t.Context(), "busybox", "ping", "-c", "3", "-W", "2", "-s", fmt.Sprint(size), to).CombinedOutput()
-		return strings.Contains(string(o), "3 packets received"), string(o)
-	}
 	for _, c := range []struct {
 		what string
 		from *testPod
@@ -270,10 +266,10 @@ func TestSmallestBurstPassesFullFrames(t *testing.T) {
 		{"into the pod (tbf, 1 Gbit/s)", peer, "10.87.0.10"},
 		{"out of the pod (meter, 10 Mbit/s)", out, "10.87.0.2"},
 	} {
-		if ok, o := ping(c.from, c.to, 56); !ok {
+		if ok, o := pingSize(t, c.from, c.to, 3, 56); !ok {
 			t.Fatalf("%s: small frames do not pass: %s", c.what, o)
 		}
-		if ok, o := ping(c.from, c.to, 1472); !ok {
+		if ok, o := pingSize(t, c.from, c.to, 3, 1472); !ok {
 			t.Errorf("%s, burst %s bits: 1514-byte frames do not pass: %s", c.what, burst, o)
 		}
 	}
@@ -295,11 +291,7 @@ func TestJumboFramesPassSmallBurst(t *testing.T) {
 		name: "out", ips: "10.88.0.11/24", mac: "02:00:0a:58:00:0b",
 		extra: map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: "40k"},
 	})
-	ping := func(from *testPod, to string) (bool, string) {
-		o, _ := from.netns.Command(t.Context(), "busybox", "ping", "-c", "3", "-W", "2", "-s", "8000", to).CombinedOutput()
-		return strings.Contains(string(o), "3 packets received"), string(o)
-	}
-	if ok, o := ping(peer, "10.88.0.9"); !ok {
+	if ok, o := pingSize(t, peer, "10.88.0.9", 3, 8000); !ok {
 		t.Fatalf("8028-byte frames to a pod without limits do not pass: %s", o)
 	}
 	for _, c := range []struct {
@@ -310,7 +302,7 @@ func TestJumboFramesPassSmallBurst(t *testing.T) {
 		{"into the pod (tbf, burst 40k)", peer, "10.88.0.10"},
 		{"out of the pod (meter, burst 40k)", out, "10.88.0.2"},
 	} {
-		if ok, o := ping(c.from, c.to); !ok {
+		if ok, o := pingSize(t, c.from, c.to, 3, 8000); !ok {
 			t.Errorf("%s: 8042-byte frames do not pass: %s", c.what, o)
 		}
 	}

@@ -116,9 +116,7 @@ func staleConflists(dir, own string) []string {
 		if err != nil {
 			continue
 		}
-		if l, err := libcni.NetworkConfFromBytes(b); err == nil && slices.ContainsFunc(l.Plugins, func(p *libcni.PluginConfig) bool {
-			return p.Network != nil && p.Network.Type == api.PluginType
-		}) {
+		if l, err := libcni.NetworkConfFromBytes(b); err == nil && slices.ContainsFunc(l.Plugins, api.IsStickynet) {
 			out = append(out, f)
 		}
 	}

@@ -185,11 +185,20 @@ func (e *env) hostVeths() []string {
 // ping pings from a pod and reports whether all count replies came back.
 func ping(t *testing.T, from *testPod, to string, count int) bool {
 	t.Helper()
-	out, err := from.netns.Command(t.Context(), "busybox", "ping", "-c", fmt.Sprint(count), "-W", "2", to).CombinedOutput()
-	if err != nil {
-		return false
+	ok, _ := pingSize(t, from, to, count, 0)
+	return ok
+}
+
+// pingSize is ping with size bytes of payload (0: ping's default, 56), and
+// ping's output.
+func pingSize(t *testing.T, from *testPod, to string, count, size int) (bool, string) {
+	t.Helper()
+	args := []string{"busybox", "ping", "-c", fmt.Sprint(count), "-W", "2"}
+	if size > 0 {
+		args = append(args, "-s", fmt.Sprint(size))
 	}
-	return strings.Contains(string(out), fmt.Sprintf("%d packets received", count))
+	out, err := from.netns.Command(t.Context(), append(args, to)...).CombinedOutput()
+	return err == nil && strings.Contains(string(out), fmt.Sprintf("%d packets received", count)), string(out)
 }
 
 // sysctlIn reads /proc/sys/<name> inside a namespace.

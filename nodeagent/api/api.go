@@ -148,11 +148,17 @@ func ParseFallback(b []byte) (*libcni.NetworkConfigList, error) {
 		if p.Network.Type == "" {
 			return nil, fmt.Errorf("plugin %d of network configuration list %q has no \"type\"", i, l.Name)
 		}
-		if p.Network.Type == PluginType {
+		if IsStickynet(p) {
 			return nil, fmt.Errorf("plugin %d of network configuration list %q has type %q: a fallback must be another network than stickynet", i, l.Name, PluginType)
 		}
 	}
 	return l, nil
+}
+
+// IsStickynet reports whether a plugin of a network configuration list is
+// stickynet's own.
+func IsStickynet(p *libcni.PluginConfig) bool {
+	return p.Network != nil && p.Network.Type == PluginType
 }
 
 // RequestTimeout returns the configured request timeout.

@@ -75,11 +75,14 @@ type TBFParams struct {
 	LimitBytes uint32 // queue size
 }
 
+// frameOverhead is an Ethernet frame's bytes beyond its MTU: header, VLAN
+// tag and checksum (annotations.MinBurst is one frame of MTU 1500).
+const frameOverhead = annotations.MinBurst/8 - 1500
+
 // frameBytes is the largest frame on a link of MTU mtu (0: the kernel's
-// default, 1500), with its Ethernet header, VLAN tag and checksum: the
-// smallest bucket that passes every packet.
+// default, 1500): the smallest bucket that passes every packet.
 func frameBytes(mtu int) uint64 {
-	return uint64(max(mtu, 1500)) + annotations.MinBurst/8 - 1500
+	return uint64(max(mtu, 1500)) + frameOverhead
 }
 
 // TBF computes tbf settings for a limit (Rate > 0) on a pod interface of
@@ -168,11 +171,13 @@ func Policer(l annotations.Limit, mtu int) (PolicerParams, error) {
 	if l.Burst > 0 {
 		burst = (uint64(l.Burst) + 999) / 1000
 	}
-	// At least one full frame of the MTU plus a millisecond at the rate, in whole
-	// kbits (rounded up): OVS refills a meter's bucket for at most
-	// burst/rate whole milliseconds of idle time, so a bucket of one frame
-	// refilled to less than one (at 10 Mbit/s, 13 kbits came back as 10
-	// after a pause, and every other full-size frame was dropped); and
-	// admission's smallest burst, rounded down to 12 kbits, passed none.
+	// At least one full frame of the MTU plus a millisecond at the rate, in
+	// whole kbits (rounded up): a meter's bucket is refilled for at most
+	// burst/rate whole milliseconds of idle time (the kernel datapath's
+	// meter code does so; the userspace datapath dropped frames here as if
+	// it did too), so a bucket of one frame refilled to less than one (at
+	// 10 Mbit/s every other full-size frame was dropped, as 13 kbits
+	// refilled by 10); and admission's smallest burst, rounded down to 12
+	// kbits, passed none.
 	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, (frameBytes(mtu)*8+rate+999)/1000)}, nil
 }

@@ -151,6 +151,22 @@ func (e *env) mustAdmit(pod *corev1.Pod) *corev1.Pod {
 	return got
 }
 
+// editPool changes IPPool name's spec in the fake API server (the handler's
+// cache) and returns the pool as it was.
+func (e *env) editPool(name string, edit func(*v1alpha1.IPPoolSpec)) *v1alpha1.IPPool {
+	e.t.Helper()
+	p := &v1alpha1.IPPool{}
+	if err := e.c.Get(context.Background(), client.ObjectKey{Name: name}, p); err != nil {
+		e.t.Fatal(err)
+	}
+	was := p.DeepCopy()
+	edit(&p.Spec)
+	if err := e.c.Update(context.Background(), p); err != nil {
+		e.t.Fatal(err)
+	}
+	return was
+}
+
 func (e *env) mustDeny(pod *corev1.Pod, parts ...string) {
 	e.t.Helper()
 	resp, _ := e.admit(pod, false)
@@ -687,24 +703,12 @@ func TestPoolChoice(t *testing.T) {
 	}
 	// An empty nodeSelector selects every node: nothing for the extender
 	// to place by.
-	open := &v1alpha1.IPPool{}
-	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, open); err != nil {
-		t.Fatal(err)
-	}
-	open.Spec.NodeSelector = &metav1.LabelSelector{}
-	if err := e.c.Update(context.Background(), open); err != nil {
-		t.Fatal(err)
-	}
+	e.editPool("blue", func(s *v1alpha1.IPPoolSpec) { s.NodeSelector = &metav1.LabelSelector{} })
 	if got := e.mustAdmit(pod("app", "c", nil)); got.Annotations[annotations.AssignedPool] != "blue" || got.Spec.SchedulerName != "" {
 		t.Fatalf("default pool with an empty nodeSelector: %v, scheduler %q; want the default scheduler", got.Annotations, got.Spec.SchedulerName)
 	}
 	// Without a default pool the denial says what to do.
-	blue := &v1alpha1.IPPool{}
-	_ = e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, blue)
-	blue.Spec.Default = false
-	if err := e.c.Update(context.Background(), blue); err != nil {
-		t.Fatal(err)
-	}
+	e.editPool("blue", func(s *v1alpha1.IPPoolSpec) { s.Default = false })
 	e.mustDeny(pod("app", "c", nil), "no IPPool for pod app/c", "spec.default: true")
 	// The namespace annotation names the pool.
 	ns := &corev1.Namespace{}
@@ -982,24 +986,16 @@ func newSetEnv(t *testing.T) *env {
 	return newEnv(t, rs, dep)
 }
 
-// exclude sets pool blue's spec.exclude to ips in the fake API server (the
-// handler's cache) and returns the pool as it was.
+// exclude sets pool blue's spec.exclude to ips and returns the pool as it
+// was.
 func (e *env) exclude(ips ...netip.Addr) *v1alpha1.IPPool {
 	e.t.Helper()
-	ctx := context.Background()
-	ipp := &v1alpha1.IPPool{}
-	if err := e.c.Get(ctx, client.ObjectKey{Name: "blue"}, ipp); err != nil {
-		e.t.Fatal(err)
-	}
-	was := ipp.DeepCopy()
-	ipp.Spec.Exclude = nil
-	for _, ip := range ips {
-		ipp.Spec.Exclude = append(ipp.Spec.Exclude, ip.String())
-	}
-	if err := e.c.Update(ctx, ipp); err != nil {
-		e.t.Fatal(err)
-	}
-	return was
+	return e.editPool("blue", func(s *v1alpha1.IPPoolSpec) {
+		s.Exclude = nil
+		for _, ip := range ips {
+			s.Exclude = append(s.Exclude, ip.String())
+		}
+	})
 }
 
 // assignedIP is the address of the pod's stickynet.io/assigned-ip.
@@ -1207,14 +1203,7 @@ func TestSharedAddressesHandedOutOnce(t *testing.T) {
 	if db.Annotations[annotations.AssignedIP] != "10.60.0.11/24" || x.Annotations[annotations.AssignedIP] != "10.60.0.10/24" {
 		t.Fatalf("half-b gave %s, half-a %s; want 10.60.0.11 and 10.60.0.10", db.Annotations[annotations.AssignedIP], x.Annotations[annotations.AssignedIP])
 	}
-	ha := &v1alpha1.IPPool{}
-	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "half-a"}, ha); err != nil {
-		t.Fatal(err)
-	}
-	ha.Spec.Ranges = []v1alpha1.IPRange{{Start: "10.60.0.10", End: "10.60.0.11"}}
-	if err := e.c.Update(context.Background(), ha); err != nil {
-		t.Fatal(err)
-	}
+	e.editPool("half-a", func(s *v1alpha1.IPPoolSpec) { s.Ranges = []v1alpha1.IPRange{{Start: "10.60.0.10", End: "10.60.0.11"}} })
 	e.mustDeny(pod("app", "y", map[string]string{annotations.Pool: "half-a"}), "pool half-a is exhausted")
 	if again := e.mustAdmit(pod("app", "db-0", map[string]string{annotations.Pool: "half-b"}, ctrl("StatefulSet", "db"))); again.Annotations[annotations.AssignedIP] != "10.60.0.11/24" {
 		t.Errorf("db-0 created again got %s; want its 10.60.0.11", again.Annotations[annotations.AssignedIP])
@@ -1257,14 +1246,7 @@ func TestRefusedDefaultPoolPassedOver(t *testing.T) {
 	if got := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web"))); got.Annotations[annotations.AssignedPool] != "aaa" {
 		t.Fatalf("web-0 got pool %s; want aaa, the first default by name", got.Annotations[annotations.AssignedPool])
 	}
-	aaa := &v1alpha1.IPPool{}
-	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "aaa"}, aaa); err != nil {
-		t.Fatal(err)
-	}
-	aaa.Spec.Ranges = []v1alpha1.IPRange{{Start: "10.98.0.20", End: "10.98.0.10"}}
-	if err := e.c.Update(context.Background(), aaa); err != nil {
-		t.Fatal(err)
-	}
+	e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { s.Ranges = []v1alpha1.IPRange{{Start: "10.98.0.20", End: "10.98.0.10"}} })
 	resp, got := e.admit(pod("app", "fresh", nil), false)
 	if !resp.Allowed || got.Annotations[annotations.AssignedPool] != "blue" {
 		t.Fatalf("a new identity: allowed %v (%s), pool %q; want blue", resp.Allowed, resp.Result.Message, got.Annotations[annotations.AssignedPool])
@@ -1290,14 +1272,9 @@ func TestMACPrefixExhaustedDenied(t *testing.T) {
 // would have had it, rather than the pod being told there is no pool.
 func TestDefaultPoolWithBrokenSelectorNamed(t *testing.T) {
 	e := newEnv(t)
-	blue := &v1alpha1.IPPool{}
-	if err := e.c.Get(context.Background(), client.ObjectKey{Name: "blue"}, blue); err != nil {
-		t.Fatal(err)
-	}
-	blue.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}}
-	if err := e.c.Update(context.Background(), blue); err != nil {
-		t.Fatal(err)
-	}
+	e.editPool("blue", func(s *v1alpha1.IPPoolSpec) {
+		s.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}}
+	})
 	e.mustDeny(pod("app", "a", nil), "no IPPool for pod app/a", "IPPool blue has spec.default: true, but its spec.namespaceSelector is not a label selector", "values set can't be empty")
 }
 
