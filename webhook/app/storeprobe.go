@@ -141,8 +141,10 @@ type stepDown struct {
 	max   time.Duration
 }
 
-func (s stepDown) Start(ctx context.Context) error {
-	led := time.Now()
+func (s stepDown) Start(ctx context.Context) error { return s.watch(ctx, time.Now()) }
+
+// watch is Start for a lead taken at led.
+func (s stepDown) watch(ctx context.Context, led time.Time) error {
 	t := time.NewTicker(s.probe.period)
 	defer t.Stop()
 	for {

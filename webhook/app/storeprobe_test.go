@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,24 +31,34 @@ func TestStoreProbe(t *testing.T) {
 	defer st.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var reads atomic.Int64 // the probe's successful reads
 	p := &storeProbe{
-		read:     func(ctx context.Context) error { _, err := st.Get(ctx, "/stickynet/probe"); return err },
+		read: func(ctx context.Context) error {
+			_, err := st.Get(ctx, "/stickynet/probe")
+			if err == nil {
+				reads.Add(1)
+			}
+			return err
+		},
 		diagnose: st.Diagnose,
 		period:   100 * time.Millisecond, timeout: 300 * time.Millisecond, notReadyAfter: time.Second,
 	}
 	go func() { _ = p.Start(ctx) }()
 	down := make(chan error, 1)
-	go func() { down <- stepDown{probe: p, max: 3 * time.Second}.Start(ctx) }()
+	led, before := time.Now(), reads.Load()
+	go func() { down <- stepDown{probe: p, max: 3 * time.Second}.watch(ctx, led) }()
 
-	// A read of its own first: the probe reports no failure before its
-	// first read too, and an etcd killed before its first entries are on
-	// disk may not elect itself when restarted (a CI run saw that).
+	// Two successful reads counted after the lead was taken: the second
+	// began after the lead, and so does every failure after it. A failure
+	// that began before the lead would keep it (a CI run's first probe was
+	// still reading when etcd was killed). The probe reports no failure
+	// before its first read either, and an etcd killed before its first
+	// entries are on disk may not elect itself when restarted (a CI run saw
+	// that too).
 	testenv.Eventually(ctx, t, 10*time.Second, "the probe reaching etcd", func() (bool, string) {
-		if _, err := st.Get(ctx, "/stickynet/probe"); err != nil {
-			return false, err.Error()
-		}
 		d, err := p.down()
-		return d == 0 && p.check(nil) == nil, "down " + d.String() + ": " + errString(err)
+		n := reads.Load() - before
+		return n >= 2 && d == 0 && p.check(nil) == nil, fmt.Sprintf("%d reads since the lead, down %s: %s", n, d, errString(err))
 	})
 	e.Kill()
 	// The client's error says only that the deadline passed; the probe's
