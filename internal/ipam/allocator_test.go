@@ -1155,9 +1155,10 @@ func TestLeaseWaitEndsWithTheCallersDeadline(t *testing.T) {
 	}
 }
 
-// lateTxn is etcd whose transactions, while late is set, are applied after
-// their callers gave up: the caller's deadline ends first, as when a claim
-// rides a group-commit batch that runs on for the other claims in it.
+// lateTxn is etcd whose first transaction that writes, once late is set,
+// is applied after its caller gave up: the caller's deadline ends first, as
+// when a claim rides a group-commit batch that runs on for the other claims
+// in it. Reads, and writes after that one, are applied at once.
 type lateTxn struct {
 	*store.Memory
 	late   atomic.Bool
@@ -1165,7 +1166,8 @@ type lateTxn struct {
 }
 
 func (l *lateTxn) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
-	if !l.late.Load() {
+	writes := slices.ContainsFunc(then, store.Op.IsPut)
+	if !writes || !l.late.CompareAndSwap(true, false) {
 		return l.Memory.Txn(ctx, cmps, then, els)
 	}
 	<-ctx.Done()
@@ -1185,14 +1187,19 @@ func TestOrphanThatLandsLateIsGivenBack(t *testing.T) {
 	a := startAllocator(t, s, Options{})
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1"})
 	s.late.Store(true)
-	actx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	// A deadline long enough for the claim's transaction to be sent on a
+	// busy machine: one that ends before would leave nothing to land late.
+	actx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := a.Allocate(actx, Request{Pool: p, Identity: "deployment/ns/api", Shared: true, Token: "tok-1", MaxMembers: 1}); err == nil {
 		t.Fatal("the claim succeeded; want its deadline")
 	}
-	s.late.Store(false)
-	<-s.landed
 	ctx := testCtx(t)
+	select {
+	case <-s.landed:
+	case <-ctx.Done():
+		t.Fatalf("the claim's transaction was never sent (late still %v)", s.late.Load())
+	}
 	for len(a.Lookup("deployment/ns/api")) == 0 { // the cache sees the claim
 		select {
 		case <-ctx.Done():

@@ -446,6 +446,7 @@ func TestStuckPodWithoutRoomWaitsForAMember(t *testing.T) {
 		}
 	}
 	time.Sleep(1100 * time.Millisecond) // past the grace at the records' one-second resolution
+	e.h.StoreTimeout = 10 * time.Second // the wait for a member: 1 s leaves little room after the 300 ms below
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		p := &corev1.Pod{}
@@ -475,6 +476,7 @@ func TestFullSetSeesScaleUpWhileWaiting(t *testing.T) {
 	if err := e.alloc.Bind(ctx, ipam.Binding{Pool: "blue", IP: assignedIP(first), Identity: "replicaset/app/api-6c9f", Pod: "app/api-6c9f-aaaaa", Token: first.Annotations[annotations.Reservation]}); err != nil {
 		t.Fatal(err)
 	}
+	e.h.StoreTimeout = 10 * time.Second // the wait for a member: 1 s leaves little room after the 300 ms below
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		r := &appsv1.ReplicaSet{}

@@ -85,11 +85,10 @@ func TestAllocations(t *testing.T) {
 		t.Helper()
 		var resp *http.Response
 		var err error
-		for range 50 { // until it listens
-			if resp, err = client.Get("http://webhook" + allocationsPath + query); err == nil {
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) { // until it listens
+			if resp, err = client.Get("http://webhook" + allocationsPath + query); err == nil || time.Now().After(end) {
 				break
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
 		if err != nil {
 			t.Fatal(err)

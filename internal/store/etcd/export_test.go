@@ -1,10 +1,19 @@
 package etcd
 
-// Idle reports whether no transaction request is in flight or queued.
+import "time"
+
+// Idle reports whether, within 2 s, no transaction request is in flight or
+// queued: the sender answers its callers just before it gives its request
+// slot back, so the slot may still be taken when every call has returned.
 func Idle(s *Store) bool {
-	s.batch.mu.Lock()
-	defer s.batch.mu.Unlock()
-	return s.batch.sending == 0 && len(s.batch.queue) == 0
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.batch.mu.Lock()
+		idle := s.batch.sending == 0 && len(s.batch.queue) == 0
+		s.batch.mu.Unlock()
+		if idle || time.Now().After(end) {
+			return idle
+		}
+	}
 }
 
 // ReconnectMax is reconnectMax.

@@ -36,7 +36,7 @@ func TestTLS(t *testing.T) {
 	if !strings.HasPrefix(e.Endpoint, "https://") {
 		t.Fatalf("endpoint %s", e.Endpoint)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	s := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}, CAFile: pki.CAFile, CertFile: client.CertFile, KeyFile: client.KeyFile})
@@ -53,10 +53,14 @@ func TestTLS(t *testing.T) {
 	if _, err := anon.Get(actx, "/tls/a"); err == nil {
 		t.Fatal("etcd answered a client without a certificate")
 	}
-	// The client's error ends in the deadline; Diagnose says why.
-	if err := anon.Diagnose(ctx); err == nil || !strings.Contains(err.Error(), "certificate required") || !strings.Contains(err.Error(), e.Endpoint) {
-		t.Errorf("Diagnose without a client certificate: %v; want the endpoint and that etcd requires a certificate", err)
-	}
+	// The client's error ends in the deadline; Diagnose says why. Under
+	// TLS 1.3 etcd's refusal comes after the handshake, and Diagnose waits
+	// 200 ms for it: an etcd starved for longer on a busy machine is not
+	// heard, so a silent answer is asked again.
+	testenv.Eventually(ctx, t, 20*time.Second, "Diagnose without a client certificate naming the endpoint and that etcd requires a certificate", func() (bool, string) {
+		err := anon.Diagnose(ctx)
+		return err != nil && strings.Contains(err.Error(), "certificate required") && strings.Contains(err.Error(), e.Endpoint), fmt.Sprint(err)
+	})
 	if err := s.Diagnose(ctx); err != nil {
 		t.Errorf("Diagnose with the client certificate: %v; want nil", err)
 	}
@@ -68,7 +72,7 @@ func TestTLS(t *testing.T) {
 	// TLS on the server's side only: the CA alone reaches it (the chart's
 	// etcd.tlsClientCert: false); without the CA the server is not trusted.
 	open := testenv.StartEtcdTLS(t, testenv.EtcdTLS{CAFile: pki.CAFile, CertFile: server.CertFile, KeyFile: server.KeyFile, AnyClient: true})
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second) // a budget of its own for the second etcd
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute) // a budget of its own for the second etcd
 	defer cancel()
 	caOnly := dial(t, etcd.Options{Endpoints: []string{open.Endpoint}, CAFile: pki.CAFile})
 	if _, err := caOnly.Txn(ctx, nil, []store.Op{store.Put("/tls/b", []byte("v"), store.NoLease)}, nil); err != nil {
@@ -126,7 +130,7 @@ func TestTLS(t *testing.T) {
 // With auth enabled, the driver's username and password are what lets it in.
 func TestAuth(t *testing.T) {
 	e := testenv.StartEtcd(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	admin := dial(t, etcd.Options{Endpoints: []string{e.Endpoint}})
 	cli := admin.Client()

@@ -219,7 +219,9 @@ func waitGone(t *testing.T, s store.Store, key string, within time.Duration) {
 }
 
 func testLeaseExpiry(t *testing.T, s store.Store, p string, _ Driver) {
-	id, err := s.Grant(ctxT(t), time.Second)
+	// 3 s: the put and the read below must come before it ends, on a busy
+	// machine too.
+	id, err := s.Grant(ctxT(t), 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +305,7 @@ func testWatch(t *testing.T, s store.Store, p string, _ Driver) {
 	mustTxn(t, s, nil, []store.Op{store.Put(p+"outside", []byte("x"), store.NoLease)}, nil)
 	mustTxn(t, s, nil, []store.Op{store.Put(p+"w/b", []byte("2"), store.NoLease), store.Put(p+"w/a", []byte("3"), store.NoLease)}, nil)
 	mustTxn(t, s, nil, []store.Op{store.Delete(p + "w/a")}, nil)
-	id, err := s.Grant(ctx, time.Second)
+	id, err := s.Grant(ctx, 3*time.Second) // outlives the put on a busy machine
 	if err != nil {
 		t.Fatal(err)
 	}
