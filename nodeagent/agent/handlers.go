@@ -406,6 +406,8 @@ func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) erro
 			continue // only attachments that carry nothing: look again, under the lock
 		}
 		if waited == nil {
+			addressWaiting.Inc()
+			defer addressWaiting.Dec() // once: waited is set below
 			klog.FromContext(wait).Info("Waiting for another pod on the node to give up the address", "pod", at.Pod(),
 				"address", sharedAddress(carrier, at), "carrier", carrier.Pod(), "carrierContainerID", carrier.ContainerID)
 		}

@@ -328,10 +328,10 @@ func TestBadInput(t *testing.T) {
 		{
 			// The wait is at most half the conflist's timeout: the agent's
 			// error, not the plugin's, says what went wrong (the other half,
-			// 1 s, is the answer's margin on a loaded machine).
+			// 1.5 s, is the answer's margin on a loaded machine).
 			name: "unknown pod, short conflist timeout",
 			pod:  notCached(podSpec{name: "ghost2", ips: "10.81.0.19/24", mac: "02:00:0a:51:00:13"}),
-			conf: with("timeout", "2s"), wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost2 is not in the node agent's cache after 1s",
+			conf: with("timeout", "3s"), wantCode: types.ErrTryAgainLater, wantMsg: "default/ghost2 is not in the node agent's cache after 1.5s",
 		},
 		{
 			name: "stale pod UID",
@@ -634,6 +634,7 @@ func TestAgentWaitsForOVS(t *testing.T) {
 	}
 	metricsAddr := freeAddr(t)
 	probed := make(chan struct{})
+	began := time.Now()
 	back := time.AfterFunc(5*time.Second, func() {
 		<-probed
 		if err := os.Rename(sock+".away", sock); err != nil {
@@ -645,7 +646,9 @@ func TestAgentWaitsForOVS(t *testing.T) {
 		defer close(probed)
 		var code int
 		var body string
-		for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		// OVS stays away until this probe is done (a slow start of the
+		// agent does not end the wait early; StartAgent allows 30 s).
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 			if code, body = probe(metricsAddr, "/readyz"); code == http.StatusServiceUnavailable && strings.Contains(body, "waiting for Open vSwitch") {
 				break
 			}
@@ -657,7 +660,6 @@ func TestAgentWaitsForOVS(t *testing.T) {
 			t.Errorf("/livez while the agent waits for OVS: %d %q; want 200", code, body)
 		}
 	}()
-	began := time.Now()
 	opts := node.Options(agenttest.NewStatic())
 	opts.MetricsAddr = metricsAddr
 	agenttest.StartAgent(t, opts) // fails the test if the agent exits
@@ -899,10 +901,16 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 		_, err := e.cni.Add(nw.rt)
 		done <- err
 	}()
-	select {
-	case err := <-done:
-		t.Fatalf("ADD of the new pod returned while the old pod still carried the address: %v", err)
-	case <-time.After(500 * time.Millisecond):
+	// The DEL must come while the ADD waits.
+	for end := time.Now().Add(30 * time.Second); gauge(t, "stickynet_nodeagent_address_waiting") != 1; {
+		select {
+		case err := <-done:
+			t.Fatalf("ADD of the new pod returned while the old pod still carried the address: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(end) {
+			t.Fatal("stickynet_nodeagent_address_waiting not 1 within 30 s of the new pod's ADD")
+		}
 	}
 	if err := e.cni.Del(old.rt); err != nil {
 		t.Fatalf("DEL of the old pod: %v", err)
@@ -951,6 +959,16 @@ func counter(t *testing.T, name, label, value string) float64 {
 				return m.GetCounter().GetValue()
 			}
 		}
+	}
+	return 0
+}
+
+// gauge reads the unlabelled gauge name from the process's default
+// registry; 0 if it has no such series yet.
+func gauge(t *testing.T, name string) float64 {
+	t.Helper()
+	for _, m := range testenv.Metrics(t, prometheus.DefaultGatherer, name) {
+		return m.GetGauge().GetValue()
 	}
 	return 0
 }

@@ -24,6 +24,13 @@ var addressWaits = promreg.Register(prometheus.DefaultRegisterer, prometheus.New
 	Help: "CNI ADDs that waited for another pod on the node to give up the pod's MAC or IP, by result (handed_over: it did; timed_out: the ADD failed with try-again-later).",
 }, []string{"result"}))
 
+// addressWaiting is the number of ADDs now waiting in waitCarriers, in the
+// process's default registry.
+var addressWaiting = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewGauge(prometheus.GaugeOpts{
+	Name: "stickynet_nodeagent_address_waiting",
+	Help: "CNI ADDs now waiting for another pod on the node to give up the pod's MAC or IP.",
+}))
+
 // bandwidthRefused counts the bandwidth changes the agent did not install
 // (agent.bandwidthFor), in the process's default registry.
 var bandwidthRefused = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCounter(prometheus.CounterOpts{

@@ -39,9 +39,8 @@ type owner struct {
 	kube     kubernetes.Interface
 	ns, name string
 	node     string
-	seen     atomic.Bool                      // the DaemonSet existed while the agent ran
-	leaving  atomic.Bool                      // and was then deleted
-	ds       atomic.Pointer[appsv1.DaemonSet] // as last seen
+	seen     atomic.Bool // the DaemonSet existed while the agent ran
+	leaving  atomic.Bool // and was then deleted
 
 	mu        sync.Mutex
 	installed []installed // in the order written: the plugin, then the conflist
@@ -110,7 +109,6 @@ func (o *owner) saw(obj any) {
 		return
 	}
 	o.seen.Store(true)
-	o.ds.Store(ds)
 	// A DaemonSet of the name made again (its orphaned pods adopted, say)
 	// takes the agent back: only a stop while it is gone removes anything.
 	o.leaving.Store(ds.DeletionTimestamp != nil)
@@ -122,13 +120,12 @@ func (o *owner) gone(ctx context.Context) {
 	}
 }
 
-// leftNode reports whether the DaemonSet, as last seen, no longer selects
-// the agent's node (its nodeSelector or node affinity narrowed, or the
-// node's labels changed): the agent leaves the node for good, and its
-// conflist would send the node's new pods to no agent.
-func (o *owner) leftNode(ctx context.Context) bool {
-	ds := o.ds.Load()
-	if ds == nil || o.node == "" {
+// leftNode reports whether ds no longer selects the agent's node (its
+// nodeSelector or node affinity narrowed, or the node's labels changed):
+// the agent leaves the node for good, and its conflist would send the
+// node's new pods to no agent.
+func (o *owner) leftNode(ctx context.Context, ds *appsv1.DaemonSet) bool {
+	if o.node == "" {
 		return false
 	}
 	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
@@ -169,13 +166,18 @@ func (o *owner) uninstall(ctx context.Context) {
 		return
 	}
 	log := klog.FromContext(ctx)
-	if !o.leaving.Load() && !o.leftNode(ctx) {
-		// The watch may lag the deletion; a refused request (the account
-		// deleted with the DaemonSet) leaves the files.
+	if !o.leaving.Load() {
+		// The watch may lag a deletion or a narrowing: the DaemonSet is
+		// read again. A refused request (the account deleted with the
+		// DaemonSet) leaves the files.
 		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
 		defer cancel()
 		ds, err := o.kube.AppsV1().DaemonSets(o.ns).Get(gctx, o.name, metav1.GetOptions{})
-		if !apierrors.IsNotFound(err) && (err != nil || ds.DeletionTimestamp == nil) {
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return
+		case ds.DeletionTimestamp == nil && !o.leftNode(ctx, ds):
 			return
 		}
 	}

@@ -92,8 +92,7 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	}
 	narrowed.Spec.Template.Spec.NodeSelector = map[string]string{"openvswitch": "yes"}
 	must(admin.AppsV1().DaemonSets(ns).Update(ctx, narrowed, metav1.UpdateOptions{}))
-	time.Sleep(3 * time.Second) // for the watch to bring it
-	a.Stop(t)
+	a.Stop(t) // at once: the stop reads the DaemonSet, whether or not the watch has brought the edit
 	if exists(conflist) || exists(plugin) {
 		t.Fatalf("after a stop with the DaemonSet no longer selecting the node: conflist there %v, plugin there %v; want neither", exists(conflist), exists(plugin))
 	}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -29,6 +30,9 @@ func StartAPIServer(t testing.TB, crdDirs ...string) *APIServer {
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     crdDirs,
 		ErrorIfCRDPathMissing: len(crdDirs) > 0,
+		// envtest's default of 20 s for each of etcd and kube-apiserver is
+		// short on a busy 2-vCPU machine.
+		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlane: envtest.ControlPlane{
 			APIServer: &envtest.APIServer{Path: testenv.NeedTool(t, "kube", "kube-apiserver")},
 			Etcd:      &envtest.Etcd{Path: testenv.NeedTool(t, "etcd", "etcd")},

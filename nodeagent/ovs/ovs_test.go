@@ -252,27 +252,38 @@ func TestNoAnswer(t *testing.T) {
 	if _, err := c.EnsureBridge(context.Background(), DatapathNetdev); err != nil {
 		t.Fatal(err)
 	}
+	short := New(Config{DB: o.DB, RunDir: o.RunDir, Bridge: "br-t", Timeout: 2 * time.Second}, ExecRunner{})
 	o.StopVswitchd(t)
 	for _, tt := range []struct {
 		name     string
-		deadline time.Duration
+		c        *Client
+		deadline time.Duration // 0: none
 		port     string
 		want     string // in the error
+		// deadlineEnds: the deadline, not its --timeout, ends it. Without
+		// a deadline only its --timeout can.
+		deadlineEnds bool
 	}{
-		// ovs-vsctl's own --timeout, cut to the 2 whole seconds the deadline leaves, ends it.
-		{name: "own timeout", deadline: 2900 * time.Millisecond, port: "p1", want: "--timeout=2 "},
+		// ovs-vsctl's own --timeout, from the Config, ends it.
+		{name: "own timeout", c: short, port: "p1", want: "--timeout=2 "},
+		// Its --timeout is cut to the 2 whole seconds the deadline leaves
+		// (which of the two then ends it depends on how soon it started).
+		{name: "capped timeout", c: c, deadline: 2900 * time.Millisecond, port: "p3", want: "--timeout=2 "},
 		// The deadline comes before its --timeout (at least 1 s) and ends it.
-		{name: "deadline", deadline: 500 * time.Millisecond, port: "p2", want: "--timeout=1 "},
+		{name: "deadline", c: c, deadline: 500 * time.Millisecond, port: "p2", want: "--timeout=1 ", deadlineEnds: true},
 	} {
-		ctx, cancel := context.WithTimeout(context.Background(), tt.deadline)
-		err := c.AddPort(ctx, Port{Name: tt.port, OFPort: 100})
-		ownTimeout := ctx.Err() == nil
+		ctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if tt.deadline > 0 {
+			ctx, cancel = context.WithTimeout(ctx, tt.deadline)
+		}
+		err := tt.c.AddPort(ctx, Port{Name: tt.port, OFPort: 100})
+		byDeadline := ctx.Err() != nil
 		cancel()
 		if !errors.Is(err, ErrNoAnswer) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "add-port br-t "+tt.port) {
 			t.Errorf("%s: AddPort without ovs-vswitchd = %v; want ErrNoAnswer naming add-port and %q", tt.name, err, tt.want)
 		}
-		if ownTimeout != (tt.name == "own timeout") {
-			t.Errorf("%s: AddPort returned with the deadline passed = %v", tt.name, !ownTimeout)
+		if tt.deadlineEnds && !byDeadline {
+			t.Errorf("%s: AddPort returned before the deadline", tt.name)
 		}
 	}
 	if err := c.DelPort(context.Background(), "p1"); err != nil {
