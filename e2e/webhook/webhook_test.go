@@ -50,6 +50,10 @@ import (
 
 const systemNS = "stickynet-system"
 
+// reservationTTL is the webhooks' --reservation-ttl: how long a rejected
+// pod's address stays reserved.
+const reservationTTL = 8 * time.Second
+
 type suite struct {
 	c     *cluster.Cluster
 	k     kubernetes.Interface
@@ -210,7 +214,7 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe), AllocationsSocket: socket,
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
 			SchedulerName: "", StoreTimeout: 5 * time.Second,
-			ReservationTTL: 3 * time.Second, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
+			ReservationTTL: reservationTTL, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
 			ShutdownDelay: shutdownDelay,
 		})
 	}()
@@ -643,11 +647,13 @@ func (s *suite) testRejected(ctx context.Context, t *testing.T) {
 	if _, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "rejected by test policy") {
 		t.Fatalf("pod creation: %v; want the policy's rejection", err)
 	}
-	eventually(ctx, t, 10*time.Second, "a reservation was made", func() (bool, string) {
+	// The reservation lives reservationTTL (and up to 2 s more): long enough
+	// to be seen by a poll on a busy machine.
+	eventually(ctx, t, reservationTTL, "a reservation was made", func() (bool, string) {
 		got := s.alloc.List(isDoomed)
 		return len(got) == 1 && got[0].Reserved, fmt.Sprintf("%+v", got)
 	})
-	eventually(ctx, t, 30*time.Second, "the reservation expires", func() (bool, string) {
+	eventually(ctx, t, 4*reservationTTL, "the reservation expires", func() (bool, string) {
 		got := s.alloc.List(isDoomed)
 		return len(got) == 0, fmt.Sprintf("%+v", got)
 	})

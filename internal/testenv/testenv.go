@@ -2,7 +2,7 @@
 // pinned third-party binaries that `make tools` builds, the rule for tests that
 // need the real thing (skipped only under -short, and then saying why), and a
 // real etcd server process for tests to start, kill and restart, and a poll
-// helper for conditions that come true in their own time.
+// helper for conditions that come true in their own time, and one for pings.
 package testenv
 
 import (
@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -96,4 +97,24 @@ func Eventually(ctx context.Context, t testing.TB, timeout time.Duration, what s
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// PingAll runs ping, a command that sends a few echo requests and prints
+// busybox's or iputils' summary, up to three times until one run has every
+// request answered, and otherwise reports what (an error, not fatal) with
+// the last run's error and output. Busybox's ping waits about a second for
+// the last reply, which a userspace datapath starved for that long on a busy
+// machine misses; a network that does not work loses replies every time.
+func PingAll(t testing.TB, what string, ping func() ([]byte, error)) {
+	t.Helper()
+	var out []byte
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		out, err = ping()
+		if err == nil && strings.Contains(string(out), " 0% packet loss") {
+			return
+		}
+		t.Logf("%s, attempt %d: %v\n%s", what, attempt, err, out)
+	}
+	t.Errorf("%s: not every echo request answered in 3 runs: %v\n%s", what, err, out)
 }

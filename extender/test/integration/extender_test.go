@@ -223,6 +223,14 @@ func TestScheduling(t *testing.T) {
 			if _, err := e.cs.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
+			// The API server's Priority admission reads classes from its
+			// cache, which may not have this one yet.
+			probe := pod("pre-probe")
+			probe.Spec.PriorityClassName = name
+			e.poll(ctx, t, "PriorityClass "+name+" known to admission", func() (bool, error) {
+				_, err := e.cs.CoreV1().Pods(ns).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+				return err == nil, err
+			})
 		}
 		victim := pod("pre-victim")
 		victim.Spec.NodeName = "sim-2"
