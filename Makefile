@@ -21,10 +21,12 @@ help: ## Show the targets.
 build: ## Build stickynet's binaries into _output/bin: stickynet-webhook, stickynet-extender, stickynet-nodeagent and the CNI plugin stickynet.
 	@mkdir -p $(BIN)
 	$(GO) build ./...
+	@# Static (no cgo): the chart copies the CNI plugin onto each node, whose
+	@# C library is not the build machine's, and the image may have none.
 	@for d in webhook extender nodeagent; do \
-	  $(GO) build -o $(BIN)/stickynet-$$d ./$$d || exit 1; \
+	  CGO_ENABLED=0 $(GO) build -o $(BIN)/stickynet-$$d ./$$d || exit 1; \
 	done
-	$(GO) build -o $(BIN)/stickynet ./cni # named after its CNI type, as the runtime looks it up
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/stickynet ./cni # named after its CNI type, as the runtime looks it up
 
 .PHONY: tools
 tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes, containerd, CNI plugins, pause, helm), cached in ~/.cache/stickynet.
