@@ -156,8 +156,26 @@ func TestSriovAttachDetach(t *testing.T) {
 	waitFor(t, "max_tx_rate 50", func() bool { c, _ := s.pf.VfConfig("pf0", 0); return c.MaxTxRateMbps == 50 })
 	s.pf.Calls()
 
+	// The PF gives up the pod's MAC before the VF's netdev is given its own
+	// back: drivers such as ixgbe, i40e and ice refuse an untrusted VF's MAC
+	// change while the PF holds another MAC for it.
+	var netdevMAC string
+	s.pf.OnCall(func(call string) {
+		if call != "SetVfHardwareAddr" {
+			return
+		}
+		if l, err := host.LinkByName("pf0v0"); err != nil {
+			netdevMAC = "no pf0v0 in the node: " + err.Error()
+		} else {
+			netdevMAC = l.Attrs().HardwareAddr.String()
+		}
+	})
 	if err := s.cni.Del(p.rt); err != nil {
 		t.Fatalf("DEL: %v", err)
+	}
+	s.pf.OnCall(nil)
+	if netdevMAC != "02:00:0a:5e:00:0a" {
+		t.Errorf("the VF netdev's MAC when the PF gave up the pod's MAC: %s; want still the pod's 02:00:0a:5e:00:0a (the PF side first)", netdevMAC)
 	}
 	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
 		t.Errorf("VF 0 after DEL is %+v, want it restored to %+v", got, untouched)

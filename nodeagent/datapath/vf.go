@@ -156,6 +156,12 @@ func (d *Datapath) teardownVF(a *Attachment) error {
 			}
 		}
 	}
+	// The PF side first: drivers such as ixgbe, i40e and ice refuse an
+	// untrusted VF's own MAC change while the PF holds another MAC for it
+	// (the pod's), as sriov-cni's DEL also says.
+	if v.Original.MAC != "" {
+		errs = append(errs, sriov.Restore(d.pf, v.PF, v.Index, v.Original))
+	}
 	if l, err := d.host.LinkByName(v.NetDev); err == nil {
 		if mac, err := net.ParseMAC(v.OrigMAC); err == nil && l.Attrs().HardwareAddr.String() != v.OrigMAC {
 			errs = append(errs, wrapf(d.host.LinkSetHardwareAddr(l, mac), "restore MAC of %s", v.NetDev))
@@ -163,9 +169,6 @@ func (d *Datapath) teardownVF(a *Attachment) error {
 		if v.OrigMTU > 0 && l.Attrs().MTU != v.OrigMTU {
 			errs = append(errs, wrapf(d.host.LinkSetMTU(l, v.OrigMTU), "restore MTU of %s", v.NetDev))
 		}
-	}
-	if v.Original.MAC != "" {
-		errs = append(errs, sriov.Apply(d.pf, v.PF, v.Index, v.Original))
 	}
 	return errors.Join(errs...)
 }

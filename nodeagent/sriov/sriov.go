@@ -8,6 +8,7 @@ package sriov
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -93,10 +94,19 @@ type PF interface {
 }
 
 // Apply sets every field of c on the VF, in the order a driver accepts them
-// (the MAC before trust, the VLAN before the link comes up). A driver that
-// cannot set a field (EOPNOTSUPP: some have no VF link state or trust
-// control) is no error while the VF already has the value wanted.
-func Apply(p PF, pf string, vf int, c Config) error {
+// (the MAC before trust, the VLAN before the link comes up), and stops at
+// the first it cannot set. A driver that cannot set a field (EOPNOTSUPP:
+// some have no VF link state or trust control) is no error while the VF
+// already has the value wanted.
+func Apply(p PF, pf string, vf int, c Config) error { return apply(p, pf, vf, c, false) }
+
+// Restore is Apply for putting a VF back as it was: it tries every field
+// even when one fails, so that a driver refusing one (a zero MAC, say)
+// does not leave the VF with the last pod's VLAN, trust and rate limit,
+// and returns the failures together.
+func Restore(p PF, pf string, vf int, c Config) error { return apply(p, pf, vf, c, true) }
+
+func apply(p PF, pf string, vf int, c Config, every bool) error {
 	mac, err := net.ParseMAC(c.MAC)
 	if err != nil {
 		return fmt.Errorf("VF %d of %s: MAC %q: %w", vf, pf, c.MAC, err)
@@ -116,6 +126,7 @@ func Apply(p PF, pf string, vf int, c Config) error {
 		{"max_tx_rate", func() error { return p.SetVfMaxTxRate(pf, vf, c.MaxTxRateMbps) }, func(cur Config) bool { return cur.MaxTxRateMbps == c.MaxTxRateMbps }},
 		{"link state", func() error { return p.SetVfLinkState(pf, vf, c.LinkState) }, func(cur Config) bool { return cur.LinkState == c.LinkState }},
 	}
+	var errs []error
 	for _, s := range steps {
 		err := s.do()
 		if errors.Is(err, unix.EOPNOTSUPP) {
@@ -124,10 +135,13 @@ func Apply(p PF, pf string, vf int, c Config) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("set %s of VF %d on %s: %w", s.what, vf, pf, err)
+			errs = append(errs, fmt.Errorf("set %s of VF %d on %s: %w", s.what, vf, pf, err))
+			if !every {
+				break
+			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // NetlinkPF drives real PFs through netlink.
@@ -211,20 +225,28 @@ func (n NetlinkPF) VfConfig(pf string, vf int) (Config, error) {
 	}
 	for _, v := range l.Attrs().Vfs {
 		if v.ID == vf {
-			c := Config{
-				MAC: v.Mac.String(), VLAN: v.Vlan, SpoofChk: v.Spoofchk, Trust: v.Trust != 0,
-				MaxTxRateMbps: int(v.MaxTxRate), LinkState: LinkAuto,
-			}
-			switch v.LinkState {
-			case 1:
-				c.LinkState = LinkEnable
-			case 2:
-				c.LinkState = LinkDisable
-			}
-			return c, nil
+			return configOf(v), nil
 		}
 	}
 	return Config{}, fmt.Errorf("PF %s has no VF %d", pf, vf)
+}
+
+// configOf is a VF's configuration as the kernel reports it. The kernel
+// reports -1 for a trust setting the driver leaves unset (one without
+// trust control): such a VF is not trusted. (Its spoof check reads as on
+// the same way, netlink turning -1 into true: the default.)
+func configOf(v netlink.VfInfo) Config {
+	c := Config{
+		MAC: v.Mac.String(), VLAN: v.Vlan, SpoofChk: v.Spoofchk, Trust: v.Trust != 0 && v.Trust != math.MaxUint32,
+		MaxTxRateMbps: int(v.MaxTxRate), LinkState: LinkAuto,
+	}
+	switch v.LinkState {
+	case 1:
+		c.LinkState = LinkEnable
+	case 2:
+		c.LinkState = LinkDisable
+	}
+	return c
 }
 
 // linkStateValue maps a link state to IFLA_VF_LINK_STATE_*.

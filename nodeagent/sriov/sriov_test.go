@@ -3,12 +3,15 @@ package sriov_test
 import (
 	"errors"
 	"fmt"
+	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/stickynet/stickynet/nodeagent/sriov"
@@ -94,3 +97,38 @@ func TestApplyOrderAndErrors(t *testing.T) {
 		t.Errorf("Apply of link state %s, which the VF has not, on a driver that cannot set it = %v; want the error", c.LinkState, err)
 	}
 }
+
+// Restore tries every field even when one fails, and names the failures;
+// Apply stops at the first.
+func TestRestoreTriesEveryField(t *testing.T) {
+	pod := sriov.Config{MAC: "02:00:00:00:00:01", VLAN: 100, SpoofChk: false, Trust: true, MaxTxRateMbps: 10, LinkState: sriov.LinkEnable}
+	orig := sriov.Config{MAC: "00:00:00:00:00:00", SpoofChk: true, LinkState: sriov.LinkAuto}
+	r := sriovtest.NewRecorder(map[string]sriov.Config{"pf0/1": pod})
+	r.SetFail("SetVfHardwareAddr", errors.New("invalid argument")) // a driver refusing a zero MAC
+	if err := sriov.Apply(r, "pf0", 1, orig); err == nil || len(r.Calls()) != 1 {
+		t.Fatalf("Apply with the MAC refused = %v; want the error, after that one call", err)
+	}
+	err := sriov.Restore(r, "pf0", 1, orig)
+	if err == nil || !strings.Contains(err.Error(), "set MAC of VF 1 on pf0: invalid argument") {
+		t.Errorf("Restore with the MAC refused = %v; want the MAC's error", err)
+	}
+	want := orig
+	want.MAC = pod.MAC
+	if got, _ := r.VfConfig("pf0", 1); got != want {
+		t.Errorf("VF after Restore %+v; want every other field restored: %+v", got, want)
+	}
+}
+
+// The kernel reports -1 for a trust setting a driver leaves unset: not
+// trusted. Read as trusted, every VF of such a driver failed its ADD (trust
+// off wanted, EOPNOTSUPP, and "has" true).
+func TestConfigOfUnreportedTrust(t *testing.T) {
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	for trust, want := range map[uint32]bool{0: false, 1: true, math.MaxUint32: false} {
+		got := sriov.ConfigOf(netlink.VfInfo{ID: 1, Mac: mac, Trust: trust, Spoofchk: true})
+		if got.Trust != want {
+			t.Errorf("trust %d read as %v; want %v", trust, got.Trust, want)
+		}
+	}
+}
+

@@ -32,6 +32,16 @@ type Recorder struct {
 	// Fail, when set, is returned by the call it names (such as "SetVfTrust").
 	// Set it with SetFail once the recorder is in use.
 	Fail map[string]error
+	// before, if set, is called with each call's name before it is made.
+	before func(call string)
+}
+
+// OnCall calls f with the name of each call before it is made (nil: none),
+// for a test to look at the node at that moment.
+func (r *Recorder) OnCall(f func(call string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.before = f
 }
 
 // SetFail makes the call it names return err from now on (nil: succeed).
@@ -59,6 +69,12 @@ func NewRecorder(initial map[string]sriov.Config) *Recorder {
 func key(pf string, vf int) string { return fmt.Sprintf("%s/%d", pf, vf) }
 
 func (r *Recorder) do(call, pf string, vf int, arg string, set func(*sriov.Config)) error {
+	r.mu.Lock()
+	before := r.before
+	r.mu.Unlock()
+	if before != nil {
+		before(call)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, fmt.Sprintf("%s %s/%d %s", call, pf, vf, arg))

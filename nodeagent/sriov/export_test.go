@@ -1,0 +1,4 @@
+package sriov
+
+// ConfigOf is configOf.
+var ConfigOf = configOf
