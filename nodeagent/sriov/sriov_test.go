@@ -131,4 +131,3 @@ func TestConfigOfUnreportedTrust(t *testing.T) {
 		}
 	}
 }
-
