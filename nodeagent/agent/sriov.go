@@ -131,7 +131,7 @@ func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, n *v1alpha1.
 		return err
 	}
 	cfg := vfConfig(n, asg)
-	if err := a.dp.SetupVF(at, cfg); err != nil {
+	if err := a.dp.SetupVF(ctx, at, cfg); err != nil {
 		if _, stuck := errors.AsType[*datapath.RestoreError](err); stuck {
 			// Not as it was: the VF stays this attachment's, with its
 			// record, and the DEL that follows a failed ADD restores it

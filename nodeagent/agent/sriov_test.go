@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -268,6 +269,37 @@ func TestSriovRestoreTeardownFails(t *testing.T) {
 	b := vf0KeptUntilDEL(t, s, a)
 	if err := s.cni.Del(b.rt); err != nil {
 		t.Fatalf("DEL b: %v", err)
+	}
+}
+
+// A VF destroyed under its pod (the PF's sriov_numvfs lowered, its driver
+// unloaded) has nothing to restore: the pod's DEL succeeds and leaves
+// nothing, where before it failed for good on the PF and the pod stayed
+// Terminating.
+func TestSriovVFGoneDel(t *testing.T) {
+	s := newSriovEnv(t, 2, nil)
+	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	s.pf.Calls() // the ADD's
+	// The VF goes: its netdev (the pod's eth0), its sysfs entry, and the
+	// PF no longer knows it.
+	pn := handleIn(t, a.netns)
+	if l, err := pn.LinkByName("eth0"); err != nil {
+		t.Fatal(err)
+	} else if err := pn.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(s.opts.SysfsRoot, "class", "net", "pf0", "device", "virtfn0")); err != nil {
+		t.Fatal(err)
+	}
+	for _, call := range []string{"SetVfHardwareAddr", "SetVfVlan", "SetVfSpoofchk", "SetVfTrust", "SetVfMaxTxRate", "SetVfLinkState"} {
+		s.pf.SetFail(call, errors.New("invalid argument"))
+	}
+	if err := s.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL of a pod whose VF is gone: %v", err)
+	}
+	nothingLeftVF(t, s, a)
+	if got := s.pf.Calls(); slices.ContainsFunc(got, func(c string) bool { return strings.Contains(c, "pf0/0") }) {
+		t.Errorf("PF calls for the gone VF 0: %v; want none", got)
 	}
 }
 

@@ -537,7 +537,7 @@ func podRoutes(linkIndex int, ips []netip.Prefix, gateways []netip.Addr) []*netl
 // gone, taking the veth pair with it).
 func (d *Datapath) Teardown(ctx context.Context, a *Attachment) error {
 	if a.VF != nil {
-		return d.teardownVF(a)
+		return d.teardownVF(ctx, a)
 	}
 	var g errgroup.Group
 	g.Go(func() error { return d.ovs.DelPort(ctx, a.HostVeth) })

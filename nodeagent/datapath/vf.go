@@ -1,12 +1,15 @@
 package datapath
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"k8s.io/klog/v2"
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/nodeagent/api"
@@ -69,7 +72,7 @@ func (e *RestoreError) Unwrap() error { return e.Err }
 // SetupVF gives the pod the VF: PF-side settings, then the netdev moves into
 // the pod's namespace under the CNI ifname with the pod's MAC, addresses and
 // routes. On failure the VF is restored, or the error holds a *RestoreError.
-func (d *Datapath) SetupVF(a *Attachment, cfg sriov.Config) (err error) {
+func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config) (err error) {
 	pn, err := d.enter(a.Netns)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, err.Error(), "")
@@ -83,7 +86,7 @@ func (d *Datapath) SetupVF(a *Attachment, cfg sriov.Config) (err error) {
 		if err == nil {
 			return
 		}
-		if terr := d.teardownVF(a); terr != nil {
+		if terr := d.teardownVF(ctx, a); terr != nil {
 			err = errors.Join(err, &RestoreError{Err: terr})
 		}
 	}()
@@ -131,7 +134,7 @@ func (d *Datapath) SetupVF(a *Attachment, cfg sriov.Config) (err error) {
 // kernel has already moved a physical VF's netdev back to the initial
 // namespace (found again through sysfs); whatever cannot be found is
 // skipped, the PF side is restored regardless.
-func (d *Datapath) teardownVF(a *Attachment) error {
+func (d *Datapath) teardownVF(ctx context.Context, a *Attachment) error {
 	v := a.VF
 	var errs []error
 	if pn, err := d.enter(a.Netns); err == nil {
@@ -158,9 +161,15 @@ func (d *Datapath) teardownVF(a *Attachment) error {
 	}
 	// The PF side first: drivers such as ixgbe, i40e and ice refuse an
 	// untrusted VF's own MAC change while the PF holds another MAC for it
-	// (the pod's), as sriov-cni's DEL also says.
+	// (the pod's), as sriov-cni's DEL also says. A VF that is gone (its PF's
+	// sriov_numvfs lowered, the driver unloaded) has nothing to restore:
+	// trying would fail every DEL, and the pod would stay Terminating.
 	if v.Original.MAC != "" {
-		errs = append(errs, sriov.Restore(d.pf, v.PF, v.Index, v.Original))
+		if gone := d.vfGone(v); gone != "" {
+			klog.FromContext(ctx).Info("The VF is gone from the node: nothing to restore on its PF", "pf", v.PF, "vf", v.Index, "why", gone)
+		} else {
+			errs = append(errs, sriov.Restore(d.pf, v.PF, v.Index, v.Original))
+		}
 	}
 	if l, err := d.host.LinkByName(v.NetDev); err == nil {
 		if mac, err := net.ParseMAC(v.OrigMAC); err == nil && l.Attrs().HardwareAddr.String() != v.OrigMAC {
@@ -171,6 +180,24 @@ func (d *Datapath) teardownVF(a *Attachment) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// vfGone says why v's VF no longer exists in sysfs ("" while it does, or
+// when sysfs cannot be read for another reason).
+func (d *Datapath) vfGone(v *VFState) string {
+	vfs, err := sriov.Discover(d.cfg.SysfsRoot, v.PF)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Sprintf("PF %s is not in sysfs any more (its driver unloaded, or renamed)", v.PF)
+	}
+	if err != nil {
+		return ""
+	}
+	for _, cur := range vfs {
+		if cur.Index == v.Index {
+			return ""
+		}
+	}
+	return fmt.Sprintf("PF %s has no VF %d any more (sriov_numvfs lowered)", v.PF, v.Index)
 }
 
 // moveBack renames the pod's VF netdev to its node name inside the pod's
