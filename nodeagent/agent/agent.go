@@ -548,10 +548,12 @@ const (
 
 // allocPort reserves a free OpenFlow port number (also the meter ID): for a
 // pod with an egress limit the lowest one whose meter and flow are in place,
-// for one without the lowest one without; else the lowest free one.
+// for one without the lowest one without; else the lowest free one. Outside
+// meter mode no pod wants a meter (one left from before the mode changed).
 func (a *agent) allocPort(egressLimit bool) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	egressLimit = egressLimit && a.dp.MeterMode()
 	first := 0
 	for p := firstPodPort; p <= lastPodPort; p++ {
 		if a.usedPorts[p] {

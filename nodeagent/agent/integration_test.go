@@ -863,6 +863,30 @@ func TestPolicingModeSettings(t *testing.T) {
 	}
 }
 
+// A meter left by a pod of meter mode (kept for the next limited pod) does
+// not police a pod added after the agent switched to policing: the number
+// is not preferred, and a pod given it has the meter removed. Before, the
+// new pod got the old pod's number, meter and flow on top of its policing.
+func TestMeterOfEarlierModeRemoved(t *testing.T) {
+	e := newEnv(t, nil) // meter mode
+	a := e.addPod(podSpec{name: "a", ips: "10.96.0.10/24", mac: "02:00:0a:60:00:0a", extra: map[string]string{annotations.EgressBandwidth: "5M"}})
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatal(err)
+	}
+	if flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge); !strings.Contains(flows, "meter:") {
+		t.Fatalf("no meter flow kept after the limited pod's DEL (what this test starts from):\n%s", flows)
+	}
+	e.opts.EgressMode = bandwidth.EgressPolicing
+	e.restart()
+	for i, name := range []string{"b", "c"} {
+		e.addPod(podSpec{name: name, ips: fmt.Sprintf("10.96.0.%d/24", 11+i), mac: fmt.Sprintf("02:00:0a:60:00:%02x", 11+i), extra: map[string]string{annotations.EgressBandwidth: "40M"}})
+		ofport := e.node.OVS.Vsctl(t, "get", "Interface", e.ovsPortOf("ctr-"+name), "ofport")
+		if flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge); strings.Contains(flows, "in_port="+ofport+" actions=meter:") {
+			t.Errorf("pod %s (port %s) added in policing mode goes through a meter:\n%s", name, ofport, flows)
+		}
+	}
+}
+
 // A DaemonSet's rolling update creates the node's new pod, which gets the
 // node's address, while the old pod terminates. The new pod's ADD waits for
 // the old pod's DEL, gives up with "try again later" naming the old pod when

@@ -369,11 +369,19 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 		tPort = time.Since(start)
 		return d.setIngress(a, want.Ingress, false)
 	})
-	if a.EgressMode == bandwidth.EgressMeter && (want.Egress.Rate > 0 || d.Metered(a.OFPort)) {
+	switch {
+	case a.EgressMode == bandwidth.EgressMeter && (want.Egress.Rate > 0 || d.Metered(a.OFPort)):
 		g.Go(func() error {
 			err := d.setEgress(ctx, a, want.Egress, nil)
 			tMeter = time.Since(start)
 			return err
+		})
+	case a.EgressMode != bandwidth.EgressMeter && d.Metered(a.OFPort):
+		// A meter left on the number by a pod of before the egress mode
+		// changed would police this pod too.
+		g.Go(func() error {
+			d.setMetered(a.OFPort, false)
+			return d.ovs.DelMeter(ctx, a.OFPort) // takes the flow with it
 		})
 	}
 	podErr := d.configurePodLink(a, pn, d.cfg.TxChecksumOff)
