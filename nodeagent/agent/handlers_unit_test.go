@@ -56,10 +56,16 @@ func vfAgent(t *testing.T, run *gatedOVS, original sriov.Config, n int) (*agent,
 	}
 	t.Cleanup(func() { hostNS.Close() })
 	oc := ovs.New(ovs.Config{Bridge: "br-unit-test"}, run)
-	dp := datapath.New(datapath.Config{SysfsRoot: t.TempDir(), EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
+	root := t.TempDir()
+	dp := datapath.New(datapath.Config{SysfsRoot: root, EgressMode: bandwidth.EgressPolicing}, h, hostNS, oc)
 	vfs := map[string]sriov.Config{}
+	var netdevs []string
 	for i := range n {
 		vfs[fmt.Sprintf("pf0/%d", i)] = original
+		netdevs = append(netdevs, fmt.Sprintf("pf0v%d", i))
+	}
+	if err := sriovtest.MakeTree(root, "pf0", netdevs); err != nil { // the VFs exist
+		t.Fatal(err)
 	}
 	pf := sriovtest.NewRecorder(vfs)
 	dp.EnableSRIOV(pf)
