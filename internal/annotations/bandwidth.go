@@ -43,6 +43,16 @@ func ParseBandwidth(ann map[string]string) (Bandwidth, error) {
 	return b, nil
 }
 
+// VFRateMbps is the limit as an SR-IOV VF's max_tx_rate, which is whole
+// Mbit/s: rounded up (a VF cannot do less than 1); 0 without a limit. The
+// VF has no burst.
+func (l Limit) VFRateMbps() int {
+	if l.Rate <= 0 {
+		return 0
+	}
+	return int((l.Rate + 999_999) / 1_000_000)
+}
+
 // BurstTime is how long the burst lasts at the rate.
 func (l Limit) BurstTime() time.Duration {
 	if l.Rate <= 0 {

@@ -52,7 +52,7 @@ func vfConfig(n *v1alpha1.SriovNetwork, asg annotations.Assignment) sriov.Config
 		MAC:           asg.MAC.String(),
 		VLAN:          asg.VLAN,
 		SpoofChk:      true,
-		MaxTxRateMbps: datapath.MaxTxRateMbps(asg.Bandwidth.Egress),
+		MaxTxRateMbps: asg.Bandwidth.Egress.VFRateMbps(),
 		LinkState:     sriov.LinkAuto,
 	}
 	if n.Spec.VLAN > 0 {

@@ -29,15 +29,6 @@ type VFState struct {
 	Applied  sriov.Config `json:"applied"`  // PF-side, for the pod
 }
 
-// MaxTxRateMbps turns an egress limit into a VF max_tx_rate (Mbit/s, rounded
-// up: a VF cannot do less than 1).
-func MaxTxRateMbps(l annotations.Limit) int {
-	if l.Rate <= 0 {
-		return 0
-	}
-	return int((l.Rate + 999_999) / 1_000_000)
-}
-
 // HostLinkExists reports whether the node's namespace has an interface name.
 func (d *Datapath) HostLinkExists(name string) bool {
 	_, err := d.host.LinkByName(name)
@@ -232,7 +223,7 @@ func wrapf(err error, format string, args ...any) error {
 // setVFBandwidth applies the egress limit as the VF's max_tx_rate; a VF has
 // no place for an ingress limit on the host side, so that one is not enforced.
 func (d *Datapath) setVFBandwidth(a *Attachment, want annotations.Bandwidth) error {
-	rate := MaxTxRateMbps(want.Egress)
+	rate := want.Egress.VFRateMbps()
 	if rate != a.VF.Applied.MaxTxRateMbps {
 		if err := d.pf.SetVfMaxTxRate(a.VF.PF, a.VF.Index, rate); err != nil {
 			return fmt.Errorf("set max_tx_rate of VF %d on %s: %w", a.VF.Index, a.VF.PF, err)

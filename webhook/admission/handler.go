@@ -260,6 +260,16 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		warnings = append(warnings, fmt.Sprintf("BandwidthPolicy %s limits traffic into the pod, which its VF of SriovNetwork %s receives from the wire: "+
 			"only the egress limit is enforced (the VF's max_tx_rate)", bw.Policy, sriov.Name))
 	}
+	if eg := bw.Bandwidth.Egress; sriov != nil && eg.Rate%1_000_000 != 0 {
+		from := "annotation " + annotations.EgressBandwidth
+		if bw.Policy != "" {
+			from = "BandwidthPolicy " + bw.Policy
+		} else if _, ok := ann[annotations.EgressBandwidth]; !ok {
+			from = "annotation " + annotations.KubernetesEgressBandwidth
+		}
+		warnings = append(warnings, fmt.Sprintf("%s: an egress limit of %d bit/s on a VF of SriovNetwork %s is enforced as %d Mbit/s: a VF's max_tx_rate is whole Mbit/s, rounded up",
+			from, eg.Rate, sriov.Name, eg.VFRateMbps()))
+	}
 
 	if id.Shared() {
 		if req.MaxMembers, err = h.setCap(ctx, pod, id); err != nil {

@@ -842,6 +842,11 @@ func TestSriovIngressLimit(t *testing.T) {
 	if resp, _ := e.admit(pod("app", "egress", map[string]string{annotations.SriovNetwork: "fast", annotations.EgressBandwidth: "10M"}), false); !resp.Allowed || len(resp.Warnings) != 0 {
 		t.Errorf("egress limit on an SR-IOV pod: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
 	}
+	// A VF's max_tx_rate is whole Mbit/s: 500k is enforced as 1M.
+	resp, _ := e.admit(pod("app", "slow", map[string]string{annotations.SriovNetwork: "fast", annotations.KubernetesEgressBandwidth: "500k"}), false)
+	if !resp.Allowed || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "annotation "+annotations.KubernetesEgressBandwidth+": an egress limit of 500000 bit/s on a VF of SriovNetwork fast is enforced as 1 Mbit/s") {
+		t.Errorf("egress limit of 500k on an SR-IOV pod: allowed %v, warnings %q; want one naming the key and 1 Mbit/s", resp.Allowed, resp.Warnings)
+	}
 	gold := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "gold"}, Spec: v1alpha1.BandwidthPolicySpec{
 		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
 		Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
