@@ -124,7 +124,8 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 // MTU, and restores its PF-side settings. When the pod's netns is gone the
 // kernel has already moved a physical VF's netdev back to the initial
 // namespace (found again through sysfs); whatever cannot be found is
-// skipped, the PF side is restored regardless.
+// skipped, the PF side is restored regardless, unless the VF itself is
+// gone.
 func (d *Datapath) teardownVF(ctx context.Context, a *Attachment) error {
 	v := a.VF
 	var errs []error
