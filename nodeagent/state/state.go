@@ -20,13 +20,27 @@ type Store struct {
 	dir string
 }
 
-// Open creates the folder if needed.
+// Open creates the folder if needed, and removes the temporary files of
+// writes that an agent stopped (a crash, a kill) between creating and
+// renaming: one agent writes the folder, and it is starting.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create cache folder %s: %w", dir, err)
 	}
+	left, err := filepath.Glob(filepath.Join(dir, tmpPattern))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range left {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove an unfinished write: %w", err)
+		}
+	}
 	return &Store{dir: dir}, nil
 }
+
+// tmpPattern names a write not yet renamed into place.
+const tmpPattern = ".tmp-*"
 
 // fileName maps a key to a file name: container IDs and ifnames hold no '/',
 // so the key's separator becomes '_', and anything else unsafe is escaped.
@@ -57,7 +71,7 @@ func (s *Store) Put(a *datapath.Attachment) error {
 	if err != nil {
 		return fmt.Errorf("encode attachment %s: %w", a.Key(), err)
 	}
-	f, err := os.CreateTemp(s.dir, ".tmp-*")
+	f, err := os.CreateTemp(s.dir, tmpPattern)
 	if err != nil {
 		return fmt.Errorf("write attachment %s: %w", a.Key(), err)
 	}

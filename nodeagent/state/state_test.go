@@ -1,6 +1,7 @@
 package state
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -71,5 +72,25 @@ func TestListReportsBadRecords(t *testing.T) {
 	}
 	if _, err := s.List(); err == nil || !strings.Contains(err.Error(), "x_eth0.json") {
 		t.Fatalf("List error = %v; want one naming the bad file", err)
+	}
+}
+
+// A write the agent never finished (stopped between creating the temporary
+// file and renaming it) is removed when the folder is opened; records stay.
+func TestOpenRemovesUnfinishedWrites(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{".tmp-123": "{", "x_eth0.json": "{}"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".tmp-123")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("unfinished write after Open: %v; want it removed", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x_eth0.json")); err != nil {
+		t.Errorf("record after Open: %v; want it kept", err)
 	}
 }
