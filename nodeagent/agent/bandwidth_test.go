@@ -249,15 +249,7 @@ func TestSmallestBurstPassesFullFrames(t *testing.T) {
 	testenv.Root(t)
 	e := newEnv(t, nil)
 	burst := fmt.Sprint(annotations.MinBurst)
-	peer := e.addPod(podSpec{name: "peer", ips: "10.87.0.2/24", mac: "02:00:0a:57:00:02"})
-	e.addPod(podSpec{
-		name: "in", ips: "10.87.0.10/24", mac: "02:00:0a:57:00:0a",
-		extra: map[string]string{annotations.IngressBandwidth: "1G", annotations.IngressBurst: burst},
-	})
-	out := e.addPod(podSpec{
-		name: "out", ips: "10.87.0.11/24", mac: "02:00:0a:57:00:0b",
-		extra: map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: burst},
-	})
+	peer, out := limitedPods(e, 0x57, "1G", "10M", burst)
 	for _, c := range []struct {
 		what string
 		from *testPod
@@ -281,16 +273,8 @@ func TestSmallestBurstPassesFullFrames(t *testing.T) {
 func TestJumboFramesPassSmallBurst(t *testing.T) {
 	testenv.Root(t)
 	e := newEnv(t, func(o *agent.Options) { o.MTU = 9000 })
-	peer := e.addPod(podSpec{name: "peer", ips: "10.88.0.2/24", mac: "02:00:0a:58:00:02"})
+	peer, out := limitedPods(e, 0x58, "100M", "10M", "40k")
 	e.addPod(podSpec{name: "free", ips: "10.88.0.9/24", mac: "02:00:0a:58:00:09"})
-	e.addPod(podSpec{
-		name: "in", ips: "10.88.0.10/24", mac: "02:00:0a:58:00:0a",
-		extra: map[string]string{annotations.IngressBandwidth: "100M", annotations.IngressBurst: "40k"},
-	})
-	out := e.addPod(podSpec{
-		name: "out", ips: "10.88.0.11/24", mac: "02:00:0a:58:00:0b",
-		extra: map[string]string{annotations.EgressBandwidth: "10M", annotations.EgressBurst: "40k"},
-	})
 	if ok, o := pingSize(t, peer, "10.88.0.9", 3, 8000); !ok {
 		t.Fatalf("8028-byte frames to a pod without limits do not pass: %s", o)
 	}
@@ -307,3 +291,17 @@ func TestJumboFramesPassSmallBurst(t *testing.T) {
 		}
 	}
 }
+
+// limitedPods adds pods peer (10.<n>.0.2, no limits), in (10.<n>.0.10,
+// ingress limited to ingress) and out (10.<n>.0.11, egress limited to
+// egress), both limits with burst, and returns peer and out.
+func limitedPods(e *env, n byte, ingress, egress, burst string) (peer, out *testPod) {
+	pod := func(name string, last byte, extra map[string]string) *testPod {
+		return e.addPod(podSpec{name: name, ips: fmt.Sprintf("10.%d.0.%d/24", n, last), mac: fmt.Sprintf("02:00:0a:%02x:00:%02x", n, last), extra: extra})
+	}
+	peer = pod("peer", 2, nil)
+	pod("in", 10, map[string]string{annotations.IngressBandwidth: ingress, annotations.IngressBurst: burst})
+	out = pod("out", 11, map[string]string{annotations.EgressBandwidth: egress, annotations.EgressBurst: burst})
+	return peer, out
+}
+
