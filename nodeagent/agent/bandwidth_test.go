@@ -304,4 +304,3 @@ func limitedPods(e *env, n byte, ingress, egress, burst string) (peer, out *test
 	out = pod("out", 11, map[string]string{annotations.EgressBandwidth: egress, annotations.EgressBurst: burst})
 	return peer, out
 }
-
