@@ -299,7 +299,10 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 // and queues every pod so missed annotation changes are applied: every
 // ResyncPeriod, and within ovsCheckPeriod of ovs-vswitchd losing its flows
 // (a restart, which drops the meters and the pods' tbf qdiscs, or the bridge
-// deleted), seen by the marker flow's absence.
+// deleted), seen by the marker flow's absence. A resync that fails is tried
+// again ovsCheckPeriod later, then at twice the wait each time, at most
+// ResyncPeriod apart: the marker is set before the resync, so the check no
+// longer sees that OVS's state is still not all back.
 func (a *agent) resyncLoop(ctx context.Context) {
 	if a.opts.ResyncPeriod <= 0 {
 		return
@@ -309,11 +312,17 @@ func (a *agent) resyncLoop(ctx context.Context) {
 	defer full.Stop()
 	check := time.NewTicker(ovsCheckPeriod)
 	defer check.Stop()
+	var (
+		retry     <-chan time.Time // while a failed resync waits to be tried again
+		retryWait time.Duration
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-full.C:
+		case <-retry:
+			log.Info("Trying the failed resync again")
 		case <-check.C:
 			// Not answering is for STATUS to report; the next check sees
 			// whether ovs-vswitchd came back without its flows.
@@ -332,9 +341,14 @@ func (a *agent) resyncLoop(ctx context.Context) {
 		if err == nil {
 			err = a.resync(ctx)
 		}
+		retry = nil
 		if err != nil {
-			log.Error(err, "Resync failed")
+			retryWait = min(max(2*retryWait, ovsCheckPeriod), a.opts.ResyncPeriod)
+			retry = time.After(retryWait)
+			log.Error(err, "Resync failed", "retryIn", retryWait)
 			backgroundErrors.WithLabelValues("resync").Inc()
+		} else {
+			retryWait = 0
 		}
 	}
 }

@@ -272,6 +272,28 @@ func TestSriovRestoreTeardownFails(t *testing.T) {
 	}
 }
 
+// A resync that fails is tried again within seconds, not at the next
+// periodic resync (an hour away here): this one, run because OVS lost its
+// flows, fails to give back the VF of a pod whose sandbox is gone while the
+// PF refuses, and sets the marker flow, so the next checks saw nothing
+// wrong. Before, the VF stayed taken until the periodic resync.
+func TestFailedResyncRetried(t *testing.T) {
+	s := newSriovEnv(t, 2, func(o *agent.Options) { o.ResyncPeriod = time.Hour })
+	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	s.pf.SetFail("SetVfHardwareAddr", errors.New("PF busy"))
+	a.netns.Remove(t) // the sandbox is gone, and no DEL comes
+	failed := counter(t, "stickynet_nodeagent_background_errors_total", "op", "resync")
+	s.node.OVS.Ofctl(t, "del-flows", s.node.Bridge, "table=250") // the marker flow
+	waitFor(t, "the resync to fail", func() bool {
+		return counter(t, "stickynet_nodeagent_background_errors_total", "op", "resync") > failed
+	})
+	s.pf.SetFail("SetVfHardwareAddr", nil)
+	waitFor(t, "the failed resync to be tried again and give VF 0 back", func() bool {
+		got, _ := s.pf.VfConfig("pf0", 0)
+		return got == untouched && len(s.records()) == 0
+	})
+}
+
 // A VF destroyed under its pod (the PF's sriov_numvfs lowered, its driver
 // unloaded) has nothing to restore: the pod's DEL succeeds and leaves
 // nothing, where before it failed for good on the PF and the pod stayed
