@@ -662,10 +662,9 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 		}
 	}
 	a.mu.Unlock()
-	ifcs, err := a.ovs.Interfaces(ctx)
-	if err != nil {
-		return err
-	}
+	// OVS not answering leaves the ports it has and the records do not for
+	// the next GC, not the tracked attachments: a VF's teardown needs no OVS.
+	ifcs, listErr := a.ovs.Interfaces(ctx)
 	var untracked []*datapath.Attachment // ports OVS has and the records do not
 	for _, ifc := range ifcs {
 		at := fromOVS(ifc)
@@ -677,7 +676,7 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 	// Each is removed under its key's lock only if it is still what was
 	// seen: a DEL may have removed it meanwhile, and its VF or port number
 	// may now be another pod's, which a second teardown would undo.
-	var errs []error
+	errs := []error{listErr}
 	gone := func(at *datapath.Attachment, still bool) {
 		if still {
 			klog.FromContext(ctx).Info("Removing attachment the runtime no longer knows", "pod", at.Pod(), "key", at.Key())

@@ -27,9 +27,15 @@ import (
 // gatedOVS answers every ovs-vsctl call with no interfaces, and holds each
 // listing of interfaces until gate closes (entered, buffered, says the
 // first is there).
-type gatedOVS struct{ entered, gate chan struct{} }
+type gatedOVS struct {
+	entered, gate chan struct{}
+	fail          error // every command's answer, when set
+}
 
 func (g *gatedOVS) Run(_ context.Context, _ []byte, _ string, args ...string) ([]byte, error) {
+	if g.fail != nil {
+		return nil, g.fail
+	}
 	if strings.Contains(strings.Join(args, " "), "list Interface") {
 		select {
 		case g.entered <- struct{}{}:
@@ -127,6 +133,38 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 	}
 	if !a.usedVFs["pf0/0"] || a.atts[y.Key()] != y {
 		t.Errorf("after the GC the VF is taken %v, Y kept %v; want both", a.usedVFs["pf0/0"], a.atts[y.Key()] == y)
+	}
+}
+
+// TestGCWithoutOVSRemovesVFs: a GC while OVS does not answer still gives
+// back the VFs of the attachments the runtime no longer knows (their
+// teardown needs no OVS), and fails naming OVS. Before, it returned at the
+// failed port listing and removed nothing.
+func TestGCWithoutOVSRemovesVFs(t *testing.T) {
+	original := sriov.Config{MAC: "00:00:00:00:00:00"}
+	a, pf := vfAgent(t, &gatedOVS{fail: errors.New("ovsdb-server does not answer")}, original, 1)
+	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sticky", "type": "stickynet", "cni.dev/valid-attachments": []any{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := sriov.Config{MAC: "02:00:00:00:00:0a", VLAN: 100, SpoofChk: true, LinkState: sriov.LinkAuto}
+	if err := sriov.Apply(pf, "pf0", 0, set); err != nil {
+		t.Fatal(err)
+	}
+	x := &datapath.Attachment{
+		Network: "sticky", ContainerID: "cX", IfName: "net1", Netns: "/nonexistent/x", MAC: set.MAC,
+		VF: &datapath.VFState{PF: "pf0", Index: 0, NetDev: "vfgcovs0", Original: original, Applied: set},
+	}
+	a.track(x)
+	if err := a.store.Put(x); err != nil {
+		t.Fatal(err)
+	}
+	err = a.gc(context.Background(), api.Request{Command: "GC", Config: conf})
+	if err == nil || !strings.Contains(err.Error(), "ovsdb-server does not answer") {
+		t.Errorf("GC with OVS not answering = %v; want an error naming OVS", err)
+	}
+	if got, _ := pf.VfConfig("pf0", 0); got != original || a.usedVFs["pf0/0"] || a.get(x.Key()) != nil {
+		t.Errorf("the stale VF after the GC: %+v, taken %v, kept %v; want its original settings, free, removed", got, a.usedVFs["pf0/0"], a.get(x.Key()) != nil)
 	}
 }
 
