@@ -271,6 +271,10 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 			from, eg.Rate, sriov.Name, eg.VFRateMbps()))
 	}
 
+	if w := hostPortWarning(pod); w != "" {
+		warnings = append(warnings, w)
+	}
+
 	if id.Shared() {
 		if req.MaxMembers, err = h.setCap(ctx, pod, id); err != nil {
 			return nil, nil, err
@@ -827,4 +831,27 @@ func (m *Metrics) denied(reason string) {
 func (m *Metrics) observe(result string, d time.Duration) {
 	m.total.WithLabelValues(result).Inc()
 	m.duration.WithLabelValues(result).Observe(d.Seconds())
+}
+
+// hostPortWarning words the warning for a pod that asks for host ports:
+// its network is stickynet's alone (the node agent's conflist chains no
+// portmap plugin), so nothing maps them; the scheduler still reserves them.
+func hostPortWarning(pod *corev1.Pod) string {
+	var ports []string
+	add := func(field string, cs []corev1.Container) {
+		for i, c := range cs {
+			for j, p := range c.Ports {
+				if p.HostPort != 0 {
+					ports = append(ports, fmt.Sprintf("spec.%s[%d].ports[%d].hostPort=%d", field, i, j, p.HostPort))
+				}
+			}
+		}
+	}
+	add("initContainers", pod.Spec.InitContainers)
+	add("containers", pod.Spec.Containers)
+	if len(ports) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s: host ports are not mapped for pods stickynet attaches (its network has no portmap plugin); reach the pod at its sticky address (%s) or through a Service",
+		strings.Join(ports, ", "), annotations.AssignedIP)
 }

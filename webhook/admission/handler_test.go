@@ -867,6 +867,23 @@ func TestSriovIngressLimit(t *testing.T) {
 	}
 }
 
+// A pod that asks for host ports is admitted with a warning naming each:
+// nothing maps them for a pod stickynet attaches.
+func TestHostPortWarning(t *testing.T) {
+	e := newEnv(t)
+	p := pod("app", "hp", nil)
+	p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "d", Image: "busybox", Ports: []corev1.ContainerPort{{ContainerPort: 80}, {ContainerPort: 8443, HostPort: 443}}})
+	p.Spec.InitContainers = []corev1.Container{{Name: "i", Image: "busybox", Ports: []corev1.ContainerPort{{ContainerPort: 53, HostPort: 53}}}}
+	resp, got := e.admit(p, false)
+	want := "spec.initContainers[0].ports[0].hostPort=53, spec.containers[1].ports[1].hostPort=443: host ports are not mapped for pods stickynet attaches"
+	if !resp.Allowed || got == nil || got.Annotations[annotations.AssignedIP] == "" || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], want) {
+		t.Errorf("pod with host ports: allowed %v, warnings %q; want an address and one warning containing %q", resp.Allowed, resp.Warnings, want)
+	}
+	if resp, _ := e.admit(pod("app", "plain", nil), false); !resp.Allowed || len(resp.Warnings) != 0 {
+		t.Errorf("pod without host ports: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
+	}
+}
+
 // A host-network pod gets no address, and loses output annotations and the
 // managed label copied from another pod's manifest.
 func TestHostNetworkPodLosesCopiedOutputs(t *testing.T) {
