@@ -322,10 +322,46 @@ func TestFallbackDelWithoutAgent(t *testing.T) {
 	if _, err := os.Stat(rec); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("fallback record after DEL: %v", err)
 	}
-	// Any other DEL still needs the agent.
+	// Any other DEL needs the agent (without "agentCacheDir": see
+	// TestDelWithoutAgentNorRecord).
 	e := cniError(t, runPlugin(t, "DEL", fallbackConf(missing, cache, fb), "CNI_PATH="+refDir, "CNI_NETNS=", args))
 	if e.Code != types.ErrTryAgainLater {
 		t.Errorf("DEL of an attachment without a record, agent down: %+v; want code %d", e, types.ErrTryAgainLater)
+	}
+}
+
+// TestDelWithoutAgentNorRecord: a DEL that cannot reach the agent succeeds
+// when the agent's cache folder ("agentCacheDir") holds no record of the
+// attachment (the agent writes it before making anything: an ADD that
+// failed for want of the agent left nothing), and fails with code 11 when
+// it holds one, when the conflist names no such folder, or when the agent
+// is there but does not answer (it may be working on the attachment).
+func TestDelWithoutAgentNorRecord(t *testing.T) {
+	agentCache := t.TempDir()
+	missing := filepath.Join(t.TempDir(), "agent.sock")
+	withFolder := conf("1.1.0", missing, fmt.Sprintf(`,"agentCacheDir":%q`, agentCache))
+	if r := runPlugin(t, "DEL", withFolder); r.exit != 0 {
+		t.Errorf("DEL with the agent down and no record of it: exit %d, stdout %q; want success", r.exit, r.stdout)
+	}
+	if e := cniError(t, runPlugin(t, "DEL", conf("1.1.0", missing, ""))); e.Code != types.ErrTryAgainLater {
+		t.Errorf("DEL with the agent down, no agentCacheDir: %+v; want code %d", e, types.ErrTryAgainLater)
+	}
+	// runPlugin's container c0ffee, interface eth0.
+	if err := os.WriteFile(filepath.Join(agentCache, api.RecordName("c0ffee", "eth0")), []byte(`{}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if e := cniError(t, runPlugin(t, "DEL", withFolder)); e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, "not reachable") {
+		t.Errorf("DEL with the agent down and its record there: %+v; want code %d saying the agent is not reachable", e, types.ErrTryAgainLater)
+	}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	stub := startStub(t, func(api.Request) (int, []byte) {
+		<-release
+		return 200, []byte(`{}`)
+	})
+	hanging := conf("1.1.0", stub.socket, fmt.Sprintf(`,"timeout":"300ms","agentCacheDir":%q`, t.TempDir()))
+	if e := cniError(t, runPlugin(t, "DEL", hanging)); e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, "did not answer DEL") {
+		t.Errorf("DEL with the agent not answering, no record: %+v; want code %d", e, types.ErrTryAgainLater)
 	}
 }
 

@@ -17,6 +17,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -177,6 +179,16 @@ func (p *Plugin) del(a *skel.CmdArgs) error {
 		return fb.del(context.Background(), r, rt)
 	}
 	_, err = ask(conf, api.CommandDel, a, a.StdinData)
+	var ns *notSentError
+	if errors.As(err, &ns) && conf.AgentCacheDir != "" {
+		// The agent writes its record before it makes anything: without
+		// one, the attachment has nothing to remove (an ADD that failed
+		// for want of the agent, or a DEL repeated).
+		_, serr := os.Lstat(filepath.Join(conf.AgentCacheDir, api.RecordName(a.ContainerID, a.IfName)))
+		if errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+	}
 	return err
 }
 
@@ -318,15 +330,29 @@ func Forward(ctx context.Context, socket string, req api.Request) (*api.Response
 
 // unreachable turns a transport failure into CNI error 11.
 func unreachable(ctx context.Context, socket, command string, waited time.Duration, err error) error {
+	var e *types.Error
 	if ctx.Err() != nil {
-		return types.NewError(types.ErrTryAgainLater,
+		e = types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("stickynet node agent on %s did not answer %s within %s; try again later", socket, command, waited.Round(time.Millisecond)),
 			"the agent may be starting or overloaded; see the logs of the stickynet node agent on this node")
+	} else {
+		e = types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("stickynet node agent is not reachable on %s: %v; try again later", socket, cause(err)),
+			"is the stickynet node agent running on this node, and does the conflist's \"socket\" match its --socket flag?")
 	}
-	return types.NewError(types.ErrTryAgainLater,
-		fmt.Sprintf("stickynet node agent is not reachable on %s: %v; try again later", socket, cause(err)),
-		"is the stickynet node agent running on this node, and does the conflist's \"socket\" match its --socket flag?")
+	if oe := (*net.OpError)(nil); errors.As(err, &oe) && oe.Op == "dial" {
+		return &notSentError{e}
+	}
+	return e
 }
+
+// notSentError is the error of a request that never reached the agent:
+// nothing could be dialled on its socket.
+type notSentError struct{ err *types.Error }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+
+func (e *notSentError) Unwrap() error { return e.err }
 
 // cause strips the URL wrapper net/http puts around transport errors.
 func cause(err error) error {

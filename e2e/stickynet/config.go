@@ -130,12 +130,16 @@ func FallbackConfList(n cluster.Node) []byte {
 // confListSpec is stickynet's conflist on node n, as its agent installs it.
 func confListSpec(n cluster.Node) agent.ConfListSpec {
 	return agent.ConfListSpec{
-		Network:  Network,
-		Socket:   AgentSocket(n),
-		CacheDir: pluginCacheDir(n),
-		Fallback: FallbackConfList(n),
+		Network:       Network,
+		Socket:        AgentSocket(n),
+		CacheDir:      pluginCacheDir(n),
+		AgentCacheDir: agentCacheDir(n),
+		Fallback:      FallbackConfList(n),
 	}
 }
+
+// agentCacheDir holds the agent's attachment records on node n.
+func agentCacheDir(n cluster.Node) string { return filepath.Join(agentDir(n), "attachments") }
 
 // agentDir holds a node's agent socket and attachment records.
 func agentDir(n cluster.Node) string { return filepath.Join(n.Dir, "stickynet") }
@@ -160,7 +164,7 @@ func agentArgs(bin string, n cluster.Node, kubeconfig, ovsDB, ovsRunDir string) 
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + kubeconfig,
 		"--socket=" + AgentSocket(n),
-		"--cache-dir=" + filepath.Join(agentDir(n), "attachments"),
+		"--cache-dir=" + agentCacheDir(n),
 		"--bridge=" + Bridge,
 		"--uplink=" + n.Uplink,
 		"--ovs-db=unix:" + ovsDB,

@@ -112,6 +112,9 @@ type ConfListSpec struct {
 	// CacheDir is the plugin's "cacheDir" (its records of fallback
 	// attachments); empty leaves the plugin's default, api.DefaultCacheDir.
 	CacheDir string
+	// AgentCacheDir is the agent's folder of attachment records, for the
+	// plugin's "agentCacheDir"; empty leaves it out.
+	AgentCacheDir string
 	// Fallback is a CNI network configuration list (JSON) for the pods
 	// stickynet does not serve; empty means none.
 	Fallback []byte
@@ -132,6 +135,9 @@ func BuildConfList(s ConfListSpec) ([]byte, error) {
 	}
 	if s.CacheDir != "" {
 		entry["cacheDir"] = s.CacheDir
+	}
+	if s.AgentCacheDir != "" {
+		entry["agentCacheDir"] = s.AgentCacheDir
 	}
 	if s.Timeout > api.DefaultTimeout {
 		entry["timeout"] = s.Timeout.String()

@@ -189,5 +189,5 @@ func (a *agent) refreshFallback(ctx context.Context) error {
 // buildConflist is the conflist the agent installs, with fallback (nil:
 // none).
 func (o *Options) buildConflist(fallback []byte) ([]byte, error) {
-	return BuildConfList(ConfListSpec{Network: o.CNINetwork, Socket: o.Socket, CacheDir: o.CNICacheDir, Fallback: fallback, Timeout: 2 * o.PodWait})
+	return BuildConfList(ConfListSpec{Network: o.CNINetwork, Socket: o.Socket, CacheDir: o.CNICacheDir, AgentCacheDir: o.CacheDir, Fallback: fallback, Timeout: 2 * o.PodWait})
 }

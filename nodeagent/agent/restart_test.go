@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
+	"github.com/stickynet/stickynet/nodeagent/agenttest"
 )
 
 // portState is what must not change for a pod the agent keeps.
@@ -202,6 +204,30 @@ func TestRestartWithoutCache(t *testing.T) {
 	}
 	if err := e.cni.Del(a.rt); err != nil {
 		t.Fatal(err)
+	}
+	if p := e.ovsPortOf("ctr-a"); p != "" {
+		t.Errorf("port %s left after DEL", p)
+	}
+}
+
+// TestDelWithAgentDown: with the agent stopped, a DEL through the conflist
+// it installed succeeds for an attachment it holds no record of (an ADD that
+// failed for want of the agent), and fails with code 11 for a pod it set
+// up, which the agent, back, then removes.
+func TestDelWithAgentDown(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.addPod(podSpec{name: "a", ips: "10.91.0.10/24", mac: "02:00:0a:5b:00:0a"})
+	never := e.newPod(podSpec{name: "never", ips: "10.91.0.11/24", mac: "02:00:0a:5b:00:0b"})
+	e.agent.Stop(t)
+	if err := e.cni.Del(never.rt); err != nil {
+		t.Errorf("DEL of an attachment the agent has no record of, agent down: %v; want success", err)
+	}
+	if err := e.cni.Del(a.rt); cniCode(err) != types.ErrTryAgainLater {
+		t.Errorf("DEL of a pod the agent set up, agent down: %v; want code %d", err, types.ErrTryAgainLater)
+	}
+	e.agent = agenttest.StartAgent(t, e.opts)
+	if err := e.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL with the agent back: %v", err)
 	}
 	if p := e.ovsPortOf("ctr-a"); p != "" {
 		t.Errorf("port %s left after DEL", p)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -74,6 +75,12 @@ type NetConf struct {
 	// libcni's cache of the fallback's results; empty means DefaultCacheDir.
 	// It must be private to the node (GC removes what it does not know).
 	CacheDir string `json:"cacheDir,omitempty"`
+	// AgentCacheDir is the node agent's folder of attachment records (its
+	// --cache-dir). A DEL that cannot reach the agent (nothing listens on
+	// its socket) succeeds when that folder holds no record of the
+	// attachment: the agent writes the record before it makes anything, so
+	// there is nothing to remove. Empty: such a DEL fails (try again later).
+	AgentCacheDir string `json:"agentCacheDir,omitempty"`
 	// RuntimeConfig is what the runtime passes for the capabilities the
 	// entry declares (the agent's conflist declares those of the fallback's
 	// plugins, such as portMappings); the plugin hands it to the fallback.
@@ -198,4 +205,23 @@ type Response struct {
 type Fallback struct {
 	// Reason says why, for the plugin's messages.
 	Reason string `json:"reason"`
+}
+
+// RecordName is the file name of the node agent's record of the attachment
+// (containerID, ifName) in its cache folder. Container IDs and ifnames hold
+// no '/', so the key's separator becomes '_', and anything else unsafe is
+// escaped.
+func RecordName(containerID, ifName string) string {
+	esc := func(v string) string {
+		var b strings.Builder
+		for _, r := range v {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' {
+				b.WriteRune(r)
+			} else {
+				fmt.Fprintf(&b, "%%%02x", r)
+			}
+		}
+		return b.String()
+	}
+	return esc(containerID) + "_" + esc(ifName) + ".json"
 }

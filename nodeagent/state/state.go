@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
 )
 
@@ -42,25 +43,9 @@ func Open(dir string) (*Store, error) {
 // tmpPattern names a write not yet renamed into place.
 const tmpPattern = ".tmp-*"
 
-// fileName maps a key to a file name: container IDs and ifnames hold no '/',
-// so the key's separator becomes '_', and anything else unsafe is escaped.
+// path is the record's file (api.RecordName, which the plugin reads too).
 func (s *Store) path(a *datapath.Attachment) string {
-	return filepath.Join(s.dir, fileName(a.ContainerID, a.IfName))
-}
-
-func fileName(containerID, ifName string) string {
-	esc := func(v string) string {
-		var b strings.Builder
-		for _, r := range v {
-			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' {
-				b.WriteRune(r)
-			} else {
-				fmt.Fprintf(&b, "%%%02x", r)
-			}
-		}
-		return b.String()
-	}
-	return esc(containerID) + "_" + esc(ifName) + ".json"
+	return filepath.Join(s.dir, api.RecordName(a.ContainerID, a.IfName))
 }
 
 // Put writes the record (temporary file, rename). There is no fsync: the
