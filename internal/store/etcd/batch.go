@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -52,6 +53,14 @@ const (
 	// refused batch is then sent by itself, and the limit the batches are
 	// cut to halves until etcd takes them.
 	maxTxnOps = 128
+	// slowRequest is how long a request may keep its slot. One slower gives
+	// the slot up, and the next transactions go out without waiting for it:
+	// a member that went silent (a node powered off, a black-holed path)
+	// holds the requests the client sent it until the keepalive closes the
+	// connection (up to 40 s by default), and with both slots held so every
+	// transaction waited for that, while the other members would answer.
+	// etcd answers in milliseconds; it warns of requests slower than 100 ms.
+	slowRequest = time.Second
 )
 
 // call is one Store.Txn.
@@ -97,7 +106,7 @@ func newCall(ctx context.Context, cmps []store.Cmp, then, els []store.Op) *call 
 type batcher struct {
 	mu      sync.Mutex
 	queue   []*call
-	sending int // requests in flight, not counting re-sends of a refused batch
+	sending int // request slots taken (maxSending at most): requests in flight but slow ones and re-sends of a refused batch
 	opsCap  int // the operation budget of a request (0: maxTxnOps), halved when etcd says too many
 	// size observes the transactions of each request; refused counts the
 	// batches refused as a whole and sent again one by one (nil: no metrics).
@@ -139,8 +148,11 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 		b.sending++
 		b.mu.Unlock()
 		b.observe(1)
+		slot := s.holdSlot()
 		res, err := s.txn(ctx, cmps, then, els)
-		s.sent()
+		if slot.release() {
+			s.sent()
+		}
 		return res, err
 	}
 	c.done = make(chan struct{})
@@ -171,8 +183,34 @@ func (s *Store) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op)
 	return c.res, c.err
 }
 
-// sent frees the request slot of a transaction sent by itself, or hands it
-// to a sender of the transactions that queued meanwhile.
+// slot is a request slot held by a request in flight.
+type slot struct {
+	timer *time.Timer
+	given atomic.Bool // given up: the request was slow
+}
+
+// holdSlot starts the clock of the slot the caller has taken for its
+// request: once the request is slowRequest old the slot goes to the
+// transactions that queued meanwhile, or is freed (sent).
+func (s *Store) holdSlot() *slot {
+	sl := &slot{}
+	sl.timer = time.AfterFunc(slowRequest, func() {
+		if sl.given.CompareAndSwap(false, true) {
+			s.sent()
+		}
+	})
+	return sl
+}
+
+// release stops the slot's clock when the request is back, and reports
+// whether the caller still holds the slot (false: it was given up).
+func (sl *slot) release() bool {
+	sl.timer.Stop()
+	return sl.given.CompareAndSwap(false, true)
+}
+
+// sent frees a request slot, or hands it to a sender of the transactions
+// that queued meanwhile.
 func (s *Store) sent() {
 	b := &s.batch
 	b.mu.Lock()
@@ -196,7 +234,11 @@ func (s *Store) drain() {
 			return
 		}
 		b.mu.Unlock()
+		slot := s.holdSlot()
 		s.send(batch, opsCap)
+		if !slot.release() {
+			return // the request was slow: another sender has the slot
+		}
 	}
 }
 

@@ -130,3 +130,52 @@ func TestWatchSurvivesSilentConnection(t *testing.T) {
 		t.Fatalf("the cache holds %d of 11 keys", n)
 	}
 }
+
+// Transactions keep going to the members that answer while one member is
+// silent: the client sends every other request to it (round robin), and
+// each of those holds its request slot only until it is slow, not until the
+// keepalive gives up on the connection. Before, the first two such requests
+// took both slots and every transaction after them waited in the queue,
+// never sent, until its context ended.
+func TestTxnsPassASilentMember(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	f := newFreezer(t, e.Endpoint[len("http://"):])
+	via := "http://" + f.ln.Addr().String()
+	// The keepalive would close the silent connection only after 40 s.
+	s := dial(t, etcd.Options{Endpoints: []string{via, e.Endpoint}, KeepAliveTime: 30 * time.Second, KeepAliveTimeout: 10 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	put := func(ctx context.Context, key string) error {
+		_, err := s.Txn(ctx, nil, []store.Op{store.Put(key, []byte("v"), store.NoLease)}, nil)
+		return err
+	}
+	for i := range 4 { // both members answer
+		if err := put(ctx, fmt.Sprintf("/pass/before/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.frozen.Store(true)
+	// Callers that wait long: those sent to the silent member stay in
+	// flight for the rest of the test.
+	for i := range 6 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = put(ctx, fmt.Sprintf("/pass/long/%d", i)) }()
+		time.Sleep(50 * time.Millisecond)
+	}
+	passed := 0
+	var errs []error
+	for i := range 4 {
+		sctx, scancel := context.WithTimeout(ctx, 3*time.Second)
+		err := put(sctx, fmt.Sprintf("/pass/short/%d", i))
+		scancel()
+		if err == nil {
+			passed++
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	if passed == 0 {
+		t.Fatalf("none of 4 transactions, each given 3 s, passed while one of two members was silent: %v", errs)
+	}
+}
