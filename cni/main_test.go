@@ -331,15 +331,23 @@ func TestFallbackDelWithoutAgent(t *testing.T) {
 }
 
 // TestDelWithoutAgentNorRecord: a DEL that cannot reach the agent succeeds
-// when the agent's cache folder ("agentCacheDir") holds no record of the
-// attachment (the agent writes it before making anything: an ADD that
-// failed for want of the agent left nothing), and fails with code 11 when
-// it holds one, when the conflist names no such folder, or when the agent
-// is there but does not answer (it may be working on the attachment).
+// when the agent's cache folder ("agentCacheDir") is complete and holds no
+// record of the attachment (the agent writes it before making anything: an
+// ADD that failed for want of the agent left nothing), and fails with code
+// 11 when it holds one, when the folder is not marked complete (lost,
+// wiped, not mounted, or the agent still restoring), when the conflist names
+// no such folder, or when the agent is there but does not answer (it may be
+// working on the attachment).
 func TestDelWithoutAgentNorRecord(t *testing.T) {
 	agentCache := t.TempDir()
 	missing := filepath.Join(t.TempDir(), "agent.sock")
 	withFolder := conf("1.1.0", missing, fmt.Sprintf(`,"agentCacheDir":%q`, agentCache))
+	if e := cniError(t, runPlugin(t, "DEL", withFolder)); e.Code != types.ErrTryAgainLater {
+		t.Errorf("DEL with the agent down, its folder not complete: %+v; want code %d", e, types.ErrTryAgainLater)
+	}
+	if err := os.WriteFile(filepath.Join(agentCache, api.RecordsComplete), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if r := runPlugin(t, "DEL", withFolder); r.exit != 0 {
 		t.Errorf("DEL with the agent down and no record of it: exit %d, stdout %q; want success", r.exit, r.stdout)
 	}
@@ -359,7 +367,11 @@ func TestDelWithoutAgentNorRecord(t *testing.T) {
 		<-release
 		return 200, []byte(`{}`)
 	})
-	hanging := conf("1.1.0", stub.socket, fmt.Sprintf(`,"timeout":"300ms","agentCacheDir":%q`, t.TempDir()))
+	empty := t.TempDir()
+	if err := os.WriteFile(filepath.Join(empty, api.RecordsComplete), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hanging := conf("1.1.0", stub.socket, fmt.Sprintf(`,"timeout":"300ms","agentCacheDir":%q`, empty))
 	if e := cniError(t, runPlugin(t, "DEL", hanging)); e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, "did not answer DEL") {
 		t.Errorf("DEL with the agent not answering, no record: %+v; want code %d", e, types.ErrTryAgainLater)
 	}

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -180,16 +181,26 @@ func (p *Plugin) del(a *skel.CmdArgs) error {
 	}
 	_, err = ask(conf, api.CommandDel, a, a.StdinData)
 	var ns *notSentError
-	if errors.As(err, &ns) && conf.AgentCacheDir != "" {
-		// The agent writes its record before it makes anything: without
-		// one, the attachment has nothing to remove (an ADD that failed
-		// for want of the agent, or a DEL repeated).
-		_, serr := os.Lstat(filepath.Join(conf.AgentCacheDir, api.RecordName(a.ContainerID, a.IfName)))
-		if errors.Is(serr, os.ErrNotExist) {
-			return nil
-		}
+	if errors.As(err, &ns) && nothingMade(conf.AgentCacheDir, a.ContainerID, a.IfName) {
+		return nil
 	}
 	return err
+}
+
+// nothingMade reports whether the agent's folder of records (dir, the
+// conflist's agentCacheDir) shows that the agent made nothing for the
+// attachment: it is complete (api.RecordsComplete) and holds no record of
+// it. The agent writes a record before it makes anything, so an ADD that
+// failed for want of the agent, or a DEL repeated, leaves none.
+func nothingMade(dir, containerID, ifName string) bool {
+	if !filepath.IsAbs(dir) {
+		return false
+	}
+	if _, err := os.Lstat(filepath.Join(dir, api.RecordsComplete)); err != nil {
+		return false
+	}
+	_, err := os.Lstat(filepath.Join(dir, api.RecordName(containerID, ifName)))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // check: the fallback network checks its own interfaces, the agent the others.
@@ -340,14 +351,14 @@ func unreachable(ctx context.Context, socket, command string, waited time.Durati
 			fmt.Sprintf("stickynet node agent is not reachable on %s: %v; try again later", socket, cause(err)),
 			"is the stickynet node agent running on this node, and does the conflist's \"socket\" match its --socket flag?")
 	}
-	if oe := (*net.OpError)(nil); errors.As(err, &oe) && oe.Op == "dial" {
-		return &notSentError{e}
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return &notSentError{e} // no socket, or nothing listening on it
 	}
 	return e
 }
 
 // notSentError is the error of a request that never reached the agent:
-// nothing could be dialled on its socket.
+// its socket is missing, or nothing listens on it.
 type notSentError struct{ err *types.Error }
 
 func (e *notSentError) Error() string { return e.err.Error() }

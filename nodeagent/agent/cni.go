@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -113,7 +114,8 @@ type ConfListSpec struct {
 	// attachments); empty leaves the plugin's default, api.DefaultCacheDir.
 	CacheDir string
 	// AgentCacheDir is the agent's folder of attachment records, for the
-	// plugin's "agentCacheDir"; empty leaves it out.
+	// plugin's "agentCacheDir"; empty or a relative path (the plugin's
+	// working folder is not the agent's) leaves it out.
 	AgentCacheDir string
 	// Fallback is a CNI network configuration list (JSON) for the pods
 	// stickynet does not serve; empty means none.
@@ -136,7 +138,7 @@ func BuildConfList(s ConfListSpec) ([]byte, error) {
 	if s.CacheDir != "" {
 		entry["cacheDir"] = s.CacheDir
 	}
-	if s.AgentCacheDir != "" {
+	if filepath.IsAbs(s.AgentCacheDir) {
 		entry["agentCacheDir"] = s.AgentCacheDir
 	}
 	if s.Timeout > api.DefaultTimeout {

@@ -662,8 +662,9 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 		}
 	}
 	a.mu.Unlock()
-	// OVS not answering leaves the ports it has and the records do not for
-	// the next GC, not the tracked attachments: a VF's teardown needs no OVS.
+	// OVS not answering leaves the ports for the next GC, those it has and
+	// the records do not and those of tracked veth attachments, but not
+	// the VFs: their teardown needs no OVS.
 	ifcs, listErr := a.ovs.Interfaces(ctx)
 	var untracked []*datapath.Attachment // ports OVS has and the records do not
 	for _, ifc := range ifcs {
@@ -684,6 +685,9 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 		}
 	}
 	for _, at := range tracked {
+		if listErr != nil && at.VF == nil {
+			continue // its port needs OVS: the next GC
+		}
 		unlock := a.lockKey(at.Key())
 		gone(at, a.get(at.Key()) == at)
 		unlock()

@@ -138,8 +138,9 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 
 // TestGCWithoutOVSRemovesVFs: a GC while OVS does not answer still gives
 // back the VFs of the attachments the runtime no longer knows (their
-// teardown needs no OVS), and fails naming OVS. Before, it returned at the
-// failed port listing and removed nothing.
+// teardown needs no OVS), keeps the veth ones for the next GC, and fails
+// naming OVS. Before, it returned at the failed port listing and removed
+// nothing.
 func TestGCWithoutOVSRemovesVFs(t *testing.T) {
 	original := sriov.Config{MAC: "00:00:00:00:00:00"}
 	a, pf := vfAgent(t, &gatedOVS{fail: errors.New("ovsdb-server does not answer")}, original, 1)
@@ -159,12 +160,18 @@ func TestGCWithoutOVSRemovesVFs(t *testing.T) {
 	if err := a.store.Put(x); err != nil {
 		t.Fatal(err)
 	}
+	// A veth attachment's port needs OVS: it waits for the next GC.
+	y := &datapath.Attachment{Network: "sticky", ContainerID: "cY", IfName: "eth0", Netns: "/nonexistent/y", HostVeth: "vethgcovs0", OFPort: 7}
+	a.track(y)
 	err = a.gc(context.Background(), api.Request{Command: "GC", Config: conf})
 	if err == nil || !strings.Contains(err.Error(), "ovsdb-server does not answer") {
 		t.Errorf("GC with OVS not answering = %v; want an error naming OVS", err)
 	}
 	if got, _ := pf.VfConfig("pf0", 0); got != original || a.usedVFs["pf0/0"] || a.get(x.Key()) != nil {
 		t.Errorf("the stale VF after the GC: %+v, taken %v, kept %v; want its original settings, free, removed", got, a.usedVFs["pf0/0"], a.get(x.Key()) != nil)
+	}
+	if a.get(y.Key()) != y {
+		t.Error("the stale veth attachment was removed while OVS did not answer; want it kept for the next GC")
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/stickynet/stickynet/internal/netlinkdump"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
+	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/podsource"
 )
 
@@ -150,7 +151,8 @@ func (e *env) ovsPortOf(containerID string) string {
 		fmt.Sprintf("external_ids:stickynet-container-id=%q", containerID)))
 }
 
-// records lists the agent's record files.
+// records lists the files in the agent's records folder but its
+// api.RecordsComplete mark.
 func (e *env) records() []string {
 	e.t.Helper()
 	entries, err := os.ReadDir(e.opts.CacheDir)
@@ -159,7 +161,9 @@ func (e *env) records() []string {
 	}
 	var out []string
 	for _, en := range entries {
-		out = append(out, en.Name())
+		if en.Name() != api.RecordsComplete {
+			out = append(out, en.Name())
+		}
 	}
 	return out
 }

@@ -50,6 +50,11 @@ func (a *agent) restore(ctx context.Context) error {
 		}
 		log.Info("OVS port without a record", "port", ifc.Name, "pod", at.Pod(), "key", at.Key())
 		known[at.Key()] = a.recordFromPod(at)
+		// Until its record is written below, a missing record proves
+		// nothing to the plugin.
+		if err := a.store.SetComplete(false); err != nil {
+			log.Error(err, "The plugin may take a DEL for this pod as done while the agent is down")
+		}
 	}
 	snap, err := a.dp.Snapshot(ctx)
 	if err != nil {
@@ -58,6 +63,7 @@ func (a *agent) restore(ctx context.Context) error {
 	a.dp.LearnMetered(snap)
 	var kept, removed int
 	var errs []error
+	recorded := true // every attachment kept has its record
 	for _, at := range known {
 		ifc, inOVS := byName[at.HostVeth]
 		pod, alive := a.livePod(at)
@@ -100,7 +106,10 @@ func (a *agent) restore(ctx context.Context) error {
 		if err := a.dp.SetBandwidth(ctx, at, want, snap); err != nil {
 			errs = append(errs, err)
 		}
-		errs = append(errs, a.store.Put(at))
+		if err := a.store.Put(at); err != nil {
+			errs = append(errs, err)
+			recorded = false
+		}
 		// The pod source runs already: its events read a.atts under a.mu.
 		a.mu.Lock()
 		a.atts[at.Key()] = at
@@ -111,6 +120,8 @@ func (a *agent) restore(ctx context.Context) error {
 		kept++
 	}
 	log.Info("Restored attachments", "kept", kept, "removed", removed)
+	// The plugin trusts a missing record only in a complete folder.
+	errs = append(errs, a.store.SetComplete(recorded))
 	if err := errors.Join(errs...); err != nil {
 		// Not fatal: the pods that are fine keep being served, and DEL or GC
 		// retry what could not be removed.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
+	"github.com/stickynet/stickynet/nodeagent/api"
 )
 
 // portState is what must not change for a pod the agent keeps.
@@ -192,7 +194,15 @@ func TestRestartWithoutCache(t *testing.T) {
 	if err := os.RemoveAll(e.opts.CacheDir); err != nil {
 		t.Fatal(err)
 	}
-	e.restart()
+	// With the records lost, no record proves nothing: the plugin waits
+	// for the agent.
+	if err := e.cni.Del(a.rt); cniCode(err) != types.ErrTryAgainLater {
+		t.Errorf("DEL with the agent down and its records lost: %v; want code %d", err, types.ErrTryAgainLater)
+	}
+	e.agent = agenttest.StartAgent(t, e.opts)
+	if _, err := os.Stat(filepath.Join(e.opts.CacheDir, api.RecordsComplete)); err != nil {
+		t.Errorf("records folder after the rebuild: %v; want it marked complete", err)
+	}
 	if got := e.portState("ctr-a"); got != before {
 		t.Errorf("port changed: %+v -> %+v", before, got)
 	}

@@ -76,10 +76,11 @@ type NetConf struct {
 	// It must be private to the node (GC removes what it does not know).
 	CacheDir string `json:"cacheDir,omitempty"`
 	// AgentCacheDir is the node agent's folder of attachment records (its
-	// --cache-dir). A DEL that cannot reach the agent (nothing listens on
-	// its socket) succeeds when that folder holds no record of the
-	// attachment: the agent writes the record before it makes anything, so
-	// there is nothing to remove. Empty: such a DEL fails (try again later).
+	// --cache-dir, an absolute path on the host). A DEL that cannot reach
+	// the agent (nothing listens on its socket) succeeds when that folder
+	// holds RecordsComplete and no record of the attachment: the agent
+	// writes the record before it makes anything, so there is nothing to
+	// remove. Empty: such a DEL fails (try again later).
 	AgentCacheDir string `json:"agentCacheDir,omitempty"`
 	// RuntimeConfig is what the runtime passes for the capabilities the
 	// entry declares (the agent's conflist declares those of the fallback's
@@ -206,6 +207,14 @@ type Fallback struct {
 	// Reason says why, for the plugin's messages.
 	Reason string `json:"reason"`
 }
+
+// RecordsComplete is a file the node agent keeps in its folder of records
+// while every attachment it made has its record there: it writes it once its
+// restore at start has recorded every attachment it kept (those it found
+// only in OVS's labels among them), and removes it when a record of one it
+// kept could not be written. A folder that was lost, wiped or never mounted
+// has none, and a missing record there proves nothing.
+const RecordsComplete = ".complete"
 
 // RecordName is the file name of the node agent's record of the attachment
 // (containerID, ifName) in its cache folder. Container IDs and ifnames hold

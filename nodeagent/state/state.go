@@ -48,6 +48,22 @@ func (s *Store) path(a *datapath.Attachment) string {
 	return filepath.Join(s.dir, api.RecordName(a.ContainerID, a.IfName))
 }
 
+// SetComplete writes the folder's api.RecordsComplete file, or removes it
+// (complete false).
+func (s *Store) SetComplete(complete bool) error {
+	p := filepath.Join(s.dir, api.RecordsComplete)
+	if !complete {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+		return nil
+	}
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
 // Put writes the record (temporary file, rename). There is no fsync: the
 // records must survive the agent, not the node (a rebooted node has none of
 // the attachments left), and ADD waits for this write.

@@ -178,4 +178,10 @@ func TestTxnsPassASilentMember(t *testing.T) {
 	if passed == 0 {
 		t.Fatalf("none of 4 transactions, each given 3 s, passed while one of two members was silent: %v", errs)
 	}
+	// The slow requests gave their slots up: none may be taken twice over.
+	cancel()
+	wg.Wait()
+	if !etcd.Idle(s) {
+		t.Error("request slots still taken once every transaction returned")
+	}
 }
