@@ -1,9 +1,10 @@
 // Package filter owns the extender's filter verb: which of the candidate
 // nodes can host a pod's sticky address and, for an SR-IOV pod, its VF. A
-// node outside the nodeSelector of the pod's IPPool fails for good (the
-// subnet is not reachable there; preemption cannot help); a node that lacks
-// the pod's SriovNetwork or a free VF of it fails with a reason naming the
-// network. Pods stickynet did not admit pass every node at once.
+// node outside the nodeSelector of the pod's IPPool fails (the subnet is not
+// reachable there); a node that lacks the pod's SriovNetwork or a free VF of
+// it fails with a reason naming the network; every failure is reported as
+// one preemption cannot resolve (Result.Failed). Pods stickynet did not
+// admit pass every node at once.
 //
 // Free VFs are the node's allocatable VFs minus those held by the pods bound
 // to it, as the extender's informers saw them. For a pod that requests the
@@ -13,7 +14,8 @@
 // extender then leaves the count to the scheduler (Options.CountRequestedVFs).
 // Its own view may lag by the few milliseconds its watch takes, and a node it
 // rejects on stale data is only looked at again on the scheduler's next
-// cluster event.
+// cluster event (any pod or node change; IPPool and SriovNetwork edits are
+// none) or after 5 minutes.
 package filter
 
 import (
@@ -74,11 +76,6 @@ func (c Cause) String() string {
 	return "unknown"
 }
 
-// Unresolvable reports whether preempting pods cannot make a node that
-// failed for this cause fit (FailedAndUnresolvableNodes rather than
-// FailedNodes): the pool's subnet is not reachable there.
-func (c Cause) Unresolvable() bool { return c == CausePoolMissing || c == CausePoolSelector }
-
 // Failure is a node that cannot host the pod.
 type Failure struct {
 	// Node is the node's name.
@@ -106,14 +103,20 @@ func (r *Result) Reason(c Cause) string {
 	return ""
 }
 
-// Failed returns the failures that are unresolvable or not, as the map of
-// the scheduler's API.
-func (r *Result) Failed(unresolvable bool) map[string]string {
-	m := map[string]string{}
+// Failed returns the failures as the map of the scheduler's API. The
+// scheduler gets them all as unresolvable (FailedAndUnresolvableNodes):
+// no eviction it would make helps. It shows the extender only the nodes its
+// own plugins passed, and its preemption simulates evictions with those
+// plugins alone, so on such a node it found the pod fitting with no victim
+// and failed the attempt with "expected at least one victim pod on node"
+// (kube-scheduler 1.37, preemption.go) whenever the node ran pods of lower
+// priority; nor can it count the VFs that evicting a pod would free (those
+// it counts itself, for pods that request them, it checks before calling
+// the extender). Nodes its plugins rejected reach the preempt verb instead.
+func (r *Result) Failed() map[string]string {
+	m := make(map[string]string, len(r.Failures))
 	for _, f := range r.Failures {
-		if f.Cause.Unresolvable() == unresolvable {
-			m[f.Node] = r.reasons[f.Cause]
-		}
+		m[f.Node] = r.reasons[f.Cause]
 	}
 	return m
 }

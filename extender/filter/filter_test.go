@@ -78,13 +78,12 @@ func TestFilter(t *testing.T) {
 		noFreeVF     = `node(s) without a free VF of SriovNetwork "fast" (stickynet.io/sriov-fast)`
 	)
 	for _, tc := range []struct {
-		name         string
-		opts         Options
-		d            demand.Demand
-		nodes        []string
-		passed       []string
-		failed       map[string]string
-		unresolvable map[string]string
+		name   string
+		opts   Options
+		d      demand.Demand
+		nodes  []string
+		passed []string
+		failed map[string]string // every failure is unresolvable (Result.Failed)
 	}{
 		{
 			name: "pod stickynet did not admit passes everywhere, unknown nodes too",
@@ -93,8 +92,8 @@ func TestFilter(t *testing.T) {
 		},
 		{
 			name: "pool selector", d: demand.Demand{Pool: "rack1"}, nodes: all,
-			passed:       []string{"n1", "n2", "n4", "n5"},
-			unresolvable: map[string]string{"n3": outsideRack1},
+			passed: []string{"n1", "n2", "n4", "n5"},
+			failed: map[string]string{"n3": outsideRack1},
 		},
 		{
 			name: "pool without selector", d: demand.Demand{Pool: "all"}, nodes: all,
@@ -102,14 +101,14 @@ func TestFilter(t *testing.T) {
 		},
 		{
 			name: "missing pool", d: demand.Demand{Pool: "gone"}, nodes: []string{"n1", "n3"},
-			unresolvable: map[string]string{
+			failed: map[string]string{
 				"n1": `node(s) rejected: IPPool "gone" (stickynet.io/assigned-pool) does not exist`,
 				"n3": `node(s) rejected: IPPool "gone" (stickynet.io/assigned-pool) does not exist`,
 			},
 		},
 		{
 			name: "invalid pool selector", d: demand.Demand{Pool: "bad"}, nodes: []string{"n1"},
-			unresolvable: map[string]string{"n1": `node(s) rejected: IPPool "bad" has an invalid nodeSelector: "Near" is not a valid label selector operator`},
+			failed: map[string]string{"n1": `node(s) rejected: IPPool "bad" has an invalid nodeSelector: "Near" is not a valid label selector operator`},
 		},
 		{
 			name: "one VF, not requested", d: sriov("all", 1, false), nodes: all,
@@ -137,9 +136,8 @@ func TestFilter(t *testing.T) {
 		},
 		{
 			name: "pool failure takes precedence over the network's", d: sriov("rack1", 1, false), nodes: all,
-			passed:       []string{"n1"},
-			failed:       map[string]string{"n2": noFreeVF, "n4": outsideFast, "n5": noVFs},
-			unresolvable: map[string]string{"n3": outsideRack1},
+			passed: []string{"n1"},
+			failed: map[string]string{"n2": noFreeVF, "n3": outsideRack1, "n4": outsideFast, "n5": noVFs},
 		},
 		{
 			name: "missing network", d: demand.Demand{Network: "slow", Resource: "stickynet.io/sriov-slow", VFs: 1}, nodes: []string{"n1"},
@@ -158,11 +156,8 @@ func TestFilter(t *testing.T) {
 			if !slices.Equal(res.Passed, tc.passed) {
 				t.Errorf("passed %v, want %v", res.Passed, tc.passed)
 			}
-			if got := res.Failed(false); !maps.Equal(got, nilToEmpty(tc.failed)) {
+			if got := res.Failed(); !maps.Equal(got, nilToEmpty(tc.failed)) {
 				t.Errorf("failed %v, want %v", got, tc.failed)
-			}
-			if got := res.Failed(true); !maps.Equal(got, nilToEmpty(tc.unresolvable)) {
-				t.Errorf("unresolvable %v, want %v", got, tc.unresolvable)
 			}
 			if n := len(res.Passed) + len(res.Failures); n != len(tc.nodes) {
 				t.Errorf("%d nodes in the result, %d asked", n, len(tc.nodes))
@@ -193,10 +188,6 @@ func TestCauses(t *testing.T) {
 	for c := CauseUnknownNode; c < numCauses; c++ {
 		if c.String() == "unknown" || c.String() == "" {
 			t.Errorf("cause %d has no name", c)
-		}
-		want := c == CausePoolMissing || c == CausePoolSelector
-		if c.Unresolvable() != want {
-			t.Errorf("%s.Unresolvable() = %v", c, c.Unresolvable())
 		}
 	}
 }

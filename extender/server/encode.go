@@ -30,27 +30,20 @@ func appendFilterResult(b []byte, res *filter.Result, plain bool) []byte {
 		}
 		b = appendName(b, n, plain)
 	}
-	b = append(b, `],"FailedNodes":`...)
-	b = appendFailures(b, res, false, plain)
-	b = append(b, `,"FailedAndUnresolvableNodes":`...)
-	b = appendFailures(b, res, true, plain)
+	// Every failure is unresolvable: filter.Result.Failed says why.
+	b = append(b, `],"FailedNodes":{},"FailedAndUnresolvableNodes":`...)
+	b = appendFailures(b, res, plain)
 	return append(b, `,"Error":""}`...)
 }
 
-// appendFailures appends the failures that are unresolvable or not as a
-// FailedNodesMap.
-func appendFailures(b []byte, res *filter.Result, unresolvable, plain bool) []byte {
+// appendFailures appends the failures as a FailedNodesMap.
+func appendFailures(b []byte, res *filter.Result, plain bool) []byte {
 	b = append(b, '{')
-	first := true
 	var quoted [][]byte // per cause
-	for _, f := range res.Failures {
-		if f.Cause.Unresolvable() != unresolvable {
-			continue
-		}
-		if !first {
+	for i, f := range res.Failures {
+		if i > 0 {
 			b = append(b, ',')
 		}
-		first = false
 		b = appendName(b, f.Node, plain)
 		b = append(b, ':')
 		for int(f.Cause) >= len(quoted) {

@@ -275,6 +275,24 @@ func TestScheduling(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("no preemption where only the extender objects", func(t *testing.T) {
+		// A high-priority pod that fits everywhere by the scheduler's own
+		// plugins (no CPU request), on nodes running pods of lower
+		// priority, that the extender rejects everywhere: its SriovNetwork
+		// does not exist (deleted after admission). Evicting pods cannot
+		// help; reported as if it could, the scheduler's preemption found
+		// the pod fitting with no victim and failed (waitFailedScheduling
+		// looks for that).
+		p := pod("pre-extender-only", withPool("everywhere"), withNetwork("absent", 0))
+		p.Spec.PriorityClassName = "e2e-high"
+		delete(p.Spec.Containers[0].Resources.Requests, corev1.ResourceCPU)
+		e.create(ctx, t, p)
+		e.waitFailedScheduling(ctx, t, "pre-extender-only",
+			`4 node(s) rejected: SriovNetwork "absent" (stickynet.io/sriov-network) does not exist`,
+			"Preemption is not helpful")
+		e.delete(ctx, t, "pre-extender-only")
+	})
 }
 
 // freeCPU is the node's allocatable CPU less the requests of the pods bound
@@ -733,6 +751,13 @@ func (e *env) waitFailedScheduling(ctx context.Context, t *testing.T, name strin
 		}
 		return false, nil
 	}, func() string { return "events: " + strings.Join(msgs, " || ") })
+	// A node the extender rejected as one preemption could help, where it
+	// cannot, sent the scheduler's preemption into an error.
+	for _, m := range msgs {
+		if strings.Contains(m, "expected at least one victim") {
+			t.Errorf("pod %s: the scheduler's preemption failed on a node only the extender rejected: %s", name, m)
+		}
+	}
 	p, err := e.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
