@@ -255,6 +255,27 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 	return out
 }
 
+// addressesInUse returns the addresses that live pods have, by their
+// status (podIPs, as the runtime reported what the CNI plugin set up),
+// whatever their annotations say: annotations edited after admission (an
+// identity taken off by hand, a tool that rewrites them) must not free an
+// address under the pod that uses it. Host-network pods have the node's.
+func addressesInUse(list []corev1.Pod) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for i := range list {
+		p := &list[i]
+		if p.Spec.HostNetwork || workload.Terminated(p) {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				out[a] = true
+			}
+		}
+	}
+	return out
+}
+
 // Reconcile runs one full pass.
 func (c *Controller) Reconcile(ctx context.Context) error {
 	// The pods are read only (a patch goes to a fresh object): no deep copy
@@ -264,6 +285,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		return fmt.Errorf("list pods: %w", err)
 	}
 	pods := podsWithAssignment(podList.Items)
+	inUse := addressesInUse(podList.Items)
 	byToken := map[string]*podInfo{}
 	byAddr := map[string]*podInfo{} // pool/ip → live pod carrying it
 	byKey := map[string]*podInfo{}
@@ -296,7 +318,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 
 	now := time.Now()
-	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, specs: specs, released: map[string][]releasedAddr{}}
+	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, inUse: inUse, specs: specs, released: map[string][]releasedAddr{}}
 	// An address left alone for its grace gets a pass when the grace is
 	// over, whether or not an event comes.
 	defer func() {
@@ -323,7 +345,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			carrier = nil // a pod that claims an address it does not own
 		}
 		carriers[i] = carrier
-		if carrier == nil && e.Pod != "" && !e.Reserved && !e.Held && now.Sub(e.Since) >= c.Grace {
+		if carrier == nil && e.Pod != "" && !e.Reserved && !e.Held && !inUse[e.IP] && now.Sub(e.Since) >= c.Grace {
 			unseen = append(unseen, e)
 		}
 	}
@@ -404,6 +426,12 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		} else {
 			c.assigned(carrier)
 		}
+		return
+	case carrier == nil && ps.inUse[e.IP]:
+		// A live pod has the address, by its status, while no pod's
+		// annotations say so (they were edited after admission): it is
+		// neither unbound nor freed under that pod.
+		klog.FromContext(ctx).V(1).Info("A live pod has the address but not its annotations; keeping it", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "boundTo", e.Pod)
 		return
 	case e.Pod != "" && (carrier == nil || carrier.key != e.Pod):
 		// The pod the address is bound to is gone or no longer carries it,
@@ -493,7 +521,8 @@ type pass struct {
 	now            time.Time
 	grace          time.Duration // Controller.Grace
 	byToken, byKey map[string]*podInfo
-	carried        map[string]bool // from stillCarried, read-only
+	inUse          map[netip.Addr]bool // addressesInUse, read-only
+	carried        map[string]bool     // from stillCarried, read-only
 	specs          map[string]poolSpec
 
 	mu       sync.Mutex
@@ -758,6 +787,9 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 						"pod", e.Pod, "label", annotations.ManagedLabel, "ip", e.IP)
 					out[addr] = true
 				}
+			}
+			if addressesInUse([]corev1.Pod{*p})[e.IP] {
+				out[addr] = true // its annotations edited too, but it has the address
 			}
 		}
 	}

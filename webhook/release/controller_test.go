@@ -582,6 +582,46 @@ func TestCopiedOutputsAreNotACarrier(t *testing.T) {
 	}
 }
 
+// A live pod whose stickynet annotations were edited away after admission
+// (by hand, or by a tool that rewrites annotations) keeps its address while
+// its status says it has it, with its label or without: before, the pass
+// unbound it a grace later and freed it, for another pod to take while the
+// first still used it.
+func TestEditedOutputsKeepAddress(t *testing.T) {
+	for _, labelled := range []bool{true, false} {
+		t.Run(fmt.Sprintf("labelled %v", labelled), func(t *testing.T) {
+			c, a, p, _ := setup(t)
+			ctx := context.Background()
+			id := "pod/app/p"
+			al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/p"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "p", Labels: map[string]string{}, Annotations: map[string]string{
+					annotations.AssignedPool: p.Name, // the identity and address taken off
+				}},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: al.IP.String()}}},
+			}
+			if labelled {
+				pod.Labels[annotations.ManagedLabel] = "true"
+			}
+			if err := c.Client.Create(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 { // unbind, then free a grace later
+				time.Sleep(10 * time.Millisecond) // past the grace
+				if err := c.Reconcile(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := a.Lookup(id); len(got) != 1 || got[0].Pod != "app/p" || got[0].IP != al.IP {
+				t.Errorf("the address %s of pod app/p, which still has it, after the passes: %+v; want it bound to app/p", al.IP, got)
+			}
+		})
+	}
+}
+
 // A pod bound at admission gets its Assigned event from the first pass that
 // sees it; a new leader (a webhook rollout) does not announce pods that have
 // long been running again.
