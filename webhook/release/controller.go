@@ -86,6 +86,8 @@ type Controller struct {
 	// ingressWarned counts, by BandwidthPolicy, the SR-IOV pods its last
 	// IngressNotEnforced event named.
 	ingressWarned map[types.UID]int
+	// goneSince is when each object ("type ns/name") was first found gone.
+	goneSince map[string]time.Time
 }
 
 var (
@@ -318,6 +320,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 
 	now := time.Now()
+	c.forgetGone(now)
 	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, inUse: inUse, specs: specs, released: map[string][]releasedAddr{}}
 	// An address left alone for its grace gets a pass when the grace is
 	// over, whether or not an event comes.
@@ -937,25 +940,67 @@ func reason(gone bool, why string) string {
 // deleted Deployment, ask the API server once. Any other answer is not kept
 // (each caller needs the object).
 func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, obj client.Object) (bool, error) {
+	what := fmt.Sprintf("%T %s", obj, key)
 	err := c.Client.Get(ctx, key, obj)
 	if err == nil {
+		c.goneFor(what, time.Time{})
 		return false, nil
 	}
 	if !apierrors.IsNotFound(err) {
-		return false, fmt.Errorf("read %T %s: %w", obj, key, err)
-	}
-	what := fmt.Sprintf("%T %s", obj, key)
-	ask, done := ps.askGone(what)
-	if !ask {
-		return true, nil
-	}
-	err = c.APIReader.Get(ctx, key, obj)
-	gone := apierrors.IsNotFound(err)
-	done(gone)
-	if err != nil && !gone {
 		return false, fmt.Errorf("read %s: %w", what, err)
 	}
-	return gone, nil
+	ask, done := ps.askGone(what)
+	if ask {
+		err = c.APIReader.Get(ctx, key, obj)
+		gone := apierrors.IsNotFound(err)
+		done(gone)
+		if err != nil && !gone {
+			return false, fmt.Errorf("read %s: %w", what, err)
+		}
+		if !gone {
+			c.goneFor(what, time.Time{})
+			return false, nil
+		}
+	}
+	// Gone for a grace: one deleted and made again at once (kubectl delete
+	// --cascade=orphan then apply, to change what a StatefulSet does not
+	// let one edit; replace --force) keeps the addresses of its members
+	// that had no pod at the moment, as it keeps its pods.
+	return !ps.waiting(c.goneFor(what, ps.now)), nil
+}
+
+// forgetGone drops what goneFor learned long ago (ten graces, at least 10
+// min): such an object has had its addresses released (or they are carried
+// by live pods, which keep them), and one found gone again waits another
+// grace.
+func (c *Controller) forgetGone(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for what, since := range c.goneSince {
+		if now.Sub(since) > max(10*c.Grace, 10*time.Minute) {
+			delete(c.goneSince, what)
+		}
+	}
+}
+
+// goneFor records that the object what is gone at now (zero: it is there)
+// and returns since when this replica has seen it gone.
+func (c *Controller) goneFor(what string, now time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.IsZero() {
+		delete(c.goneSince, what)
+		return now
+	}
+	since, ok := c.goneSince[what]
+	if !ok {
+		if c.goneSince == nil {
+			c.goneSince = map[string]time.Time{}
+		}
+		since = now
+		c.goneSince[what] = since
+	}
+	return since
 }
 
 // isSurplus reports whether e is among the members to drop to get down to limit:
