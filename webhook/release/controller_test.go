@@ -138,7 +138,7 @@ func TestWorkloadMadeAgainKeepsAddresses(t *testing.T) {
 	if err := a.Unbind(ctx, p.Name, al.IP, "app/db-4"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // the unbind is past the grace
+	time.Sleep(100 * time.Millisecond)       // the unbind is past the grace
 	if err := c.Reconcile(ctx); err != nil { // the StatefulSet is gone
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestWorkloadMadeAgainKeepsAddresses(t *testing.T) {
 	if err := c.Client.Create(ctx, sts); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // past the grace of its deletion
+	time.Sleep(100 * time.Millisecond)       // past the grace of its deletion
 	if err := c.Reconcile(ctx); err != nil { // made again
 		t.Fatal(err)
 	}
