@@ -32,6 +32,7 @@ func main() {
 	fs.BoolVar(&opts.PreferLastNode, "prefer-last-node", true, "score the node a pod's sticky identity last ran on highest")
 	fs.DurationVar(&opts.LastNodeTTL, "last-node-ttl", 24*time.Hour, "forget an identity's last node this long after its pod is gone; 0: keep it while the extender runs")
 	fs.BoolVar(&opts.CountRequestedVFs, "count-requested-vfs", false, "also check free VFs for pods that request stickynet.io/sriov-<network>; needed only if the scheduler does not count that resource (NodeResourcesFit ignoredResources; never through the extender's managedResources, with which the scheduler skips the extender for every pod without such a request); by default the scheduler's own, never stale count decides for them")
+	fs.DurationVar(&opts.ShutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, keep answering this long with /readyz failing before stopping, so that the Service's endpoints drop the replica first (keep it under the pod's terminationGracePeriodSeconds)")
 	fs.Func("vf-placement", "rank nodes for SR-IOV pods by free VFs: spread (most free first), pack (fewest free first) or none (default spread)", func(s string) error {
 		p, err := score.ParsePlacement(s)
 		opts.VFPlacement = p

@@ -209,7 +209,8 @@ func (s *System) startExtender(ctx context.Context) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	s.extenderURL = "http://" + addr
 	s.extender, err = s.start(ctx, "extender", "", nil, s.opts.Binaries.Extender,
-		"--kubeconfig="+s.c.KubeconfigPath(), "--bind-address="+addr)
+		"--kubeconfig="+s.c.KubeconfigPath(), "--bind-address="+addr,
+		"--shutdown-delay=0") // one replica, called by URL: no endpoints to leave first
 	if err != nil {
 		return err
 	}

@@ -71,6 +71,11 @@ type Options struct {
 	// ShutdownTimeout bounds how long requests in flight may finish when
 	// the context ends; 0 means 10 s.
 	ShutdownTimeout time.Duration
+	// ShutdownDelay is how long, once Run's context ends, the extender keeps
+	// answering with /readyz failing, so that the scheduler's requests stop
+	// coming (the Service's endpoints drop a terminating pod) before it
+	// stops serving; 0 stops at once.
+	ShutdownDelay time.Duration
 }
 
 // Validate checks the options.
@@ -85,6 +90,9 @@ func (o *Options) Validate() error {
 	if o.MaxRequestBytes < 0 {
 		errs = append(errs, fmt.Errorf("max request bytes %d: must not be negative", o.MaxRequestBytes))
 	}
+	if o.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("shutdown delay %v: must not be negative", o.ShutdownDelay))
+	}
 	if o.LastNodeTTL < 0 {
 		errs = append(errs, fmt.Errorf("last node TTL %v: must not be negative", o.LastNodeTTL))
 	}
@@ -94,13 +102,18 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Run serves until ctx ends, then shuts down and returns nil; it returns an
-// error if the extender cannot start or fails.
+// Run serves until ctx ends (and opts.ShutdownDelay more), then shuts down
+// and returns nil; it returns an error if the extender cannot start or fails.
 func Run(ctx context.Context, opts Options) error {
 	if err := opts.Validate(); err != nil {
 		return fmt.Errorf("invalid options: %w", err)
 	}
 	logger := klog.FromContext(ctx)
+	// Everything runs under ctx, which ends opts.ShutdownDelay after the
+	// caller's (stopping) does.
+	stopping := ctx
+	ctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
 	cfg, err := restConfig(opts)
 	if err != nil {
 		return err
@@ -127,6 +140,23 @@ func Run(ctx context.Context, opts Options) error {
 		Score:           score.Options{PreferLastNode: opts.PreferLastNode, Placement: opts.VFPlacement, MaxListed: maxListed(opts.MaxRankedNodes)},
 		Registry:        reg,
 	})
+
+	go func() {
+		select {
+		case <-stopping.Done():
+		case <-ctx.Done():
+			return
+		}
+		if opts.ShutdownDelay > 0 {
+			srv.Drain()
+			logger.Info("Shutting down: not ready, still serving", "for", opts.ShutdownDelay)
+			select {
+			case <-time.After(opts.ShutdownDelay):
+			case <-ctx.Done():
+			}
+		}
+		stop()
+	}()
 
 	ln := opts.Listener
 	if ln == nil {

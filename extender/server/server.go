@@ -65,11 +65,13 @@ type Options struct {
 
 // Server answers the scheduler. Build one with New.
 type Server struct {
-	opts    Options
-	src     source
-	ready   atomic.Bool
-	metrics *metrics
-	mux     *http.ServeMux
+	opts  Options
+	src   source
+	ready atomic.Bool
+	// draining is set once the extender is shutting down (Drain).
+	draining atomic.Bool
+	metrics  *metrics
+	mux      *http.ServeMux
 	// exchanges are reused from request to request.
 	exchanges exchangePool
 	// pods are the pods decoded last, shared by filter and prioritize.
@@ -180,11 +182,14 @@ func New(src source, opts Options) *Server {
 	s.mux.HandleFunc("/"+PreemptVerb, s.verb(PreemptVerb, decodePreemption, s.preempt, demand.Demand.Placed))
 	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { text(w, http.StatusOK, "ok") })
 	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.ready.Load() {
+		switch {
+		case s.draining.Load():
+			text(w, http.StatusServiceUnavailable, "shutting down")
+		case !s.ready.Load():
 			text(w, http.StatusServiceUnavailable, "informer caches not synced yet")
-			return
+		default:
+			text(w, http.StatusOK, "ok")
 		}
-		text(w, http.StatusOK, "ok")
 	})
 	s.mux.Handle("/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
 	return s
@@ -192,6 +197,10 @@ func New(src source, opts Options) *Server {
 
 // SetReady marks the cluster view complete: verbs are answered from now on.
 func (s *Server) SetReady() { s.ready.Store(true) }
+
+// Drain makes /readyz fail from now on, while the verbs are still answered:
+// the extender is shutting down, and the Service's endpoints drop it first.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 // ServeHTTP serves the verbs, health and metrics.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }

@@ -41,6 +41,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -67,6 +68,7 @@ const (
 type env struct {
 	cs     kubernetes.Interface
 	crc    client.Client
+	rest   *rest.Config // the cluster's admin config
 	url    string       // the extender's
 	client *http.Client // trusts the extender's serving certificate
 }
@@ -276,6 +278,46 @@ func TestScheduling(t *testing.T) {
 		}
 	})
 
+	t.Run("shutdown: not ready, still answering", func(t *testing.T) {
+		// A second extender stopped with a delay fails /readyz at once and
+		// answers the verbs until the delay is over, so that the Service's
+		// endpoints drop it before it stops serving.
+		const delay = 10 * time.Second
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := &env{url: "http://" + ln.Addr().String(), client: &http.Client{Timeout: 5 * time.Second}}
+		runCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		done := make(chan error, 1)
+		go func() {
+			done <- app.Run(runCtx, app.Options{RESTConfig: e.rest, Listener: ln, VFPlacement: score.Spread, ShutdownDelay: delay})
+		}()
+		readyz := func() int {
+			resp, err := other.client.Get(other.url + "/readyz")
+			if err != nil {
+				return 0
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		e.poll(ctx, t, "the second extender ready", func() (bool, error) { return readyz() == http.StatusOK, nil })
+		stop()
+		stopped := time.Now()
+		e.poll(ctx, t, "its /readyz failing once stopped", func() (bool, error) { return readyz() == http.StatusServiceUnavailable, nil })
+		var res extenderv1.ExtenderFilterResult
+		if body, err := other.ask(ctx, "/filter", pod("after-stop"), &res); err != nil || res.NodeNames == nil || len(*res.NodeNames) != len(simNodes) {
+			t.Errorf("filter %s after the stop (delay %s): %v %s; want every node passed", time.Since(stopped).Round(time.Millisecond), delay, err, body)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(stopped); took < delay {
+			t.Errorf("the extender stopped %s after its context ended; want at least the delay, %s", took, delay)
+		}
+	})
+
 	t.Run("no preemption where only the extender objects", func(t *testing.T) {
 		// A high-priority pod that fits everywhere by the scheduler's own
 		// plugins (no CPU request), on nodes running pods of lower
@@ -348,7 +390,7 @@ func start(ctx context.Context, t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{cs: c.Client(), crc: crc}
+	e := &env{cs: c.Client(), crc: crc, rest: c.RESTConfig()}
 	e.setUpNodes(ctx, t)
 	for _, p := range []*v1alpha1.IPPool{
 		ipPool("rack-a", "10.31.0.0/24", map[string]string{rackKey: "a"}),
