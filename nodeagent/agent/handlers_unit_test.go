@@ -86,6 +86,17 @@ func vfAgent(t *testing.T, run *gatedOVS, original sriov.Config, n int) (*agent,
 	}, pf
 }
 
+// gcConfig is the configuration of a GC of network sticky that lists no
+// valid attachment.
+func gcConfig(t *testing.T) []byte {
+	t.Helper()
+	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sticky", "type": "stickynet", "cni.dev/valid-attachments": []any{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conf
+}
+
 // TestGCAfterDelLeavesNextPodAlone: a GC that took its list of stale
 // attachments (X) before a DEL removed X, and before a new pod Y was given
 // X's VF, must not remove X again: its second teardown put X's original PF
@@ -95,10 +106,7 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 	g := &gatedOVS{entered: make(chan struct{}, 1), gate: make(chan struct{})}
 	a, pf := vfAgent(t, g, sriov.Config{MAC: "00:00:00:00:00:00"}, 1)
 	store := a.store
-	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sticky", "type": "stickynet", "cni.dev/valid-attachments": []any{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := gcConfig(t)
 	x := &datapath.Attachment{
 		Network: "sticky", ContainerID: "cX", IfName: "net1", Netns: "/nonexistent/x", MAC: "02:00:00:00:00:0a",
 		VF: &datapath.VFState{PF: "pf0", Index: 0, NetDev: "vfgctest0", Original: sriov.Config{MAC: "00:00:00:00:00:00"}},
@@ -144,10 +152,7 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 func TestGCWithoutOVSRemovesVFs(t *testing.T) {
 	original := sriov.Config{MAC: "00:00:00:00:00:00"}
 	a, pf := vfAgent(t, &gatedOVS{fail: errors.New("ovsdb-server does not answer")}, original, 1)
-	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "sticky", "type": "stickynet", "cni.dev/valid-attachments": []any{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := gcConfig(t)
 	set := sriov.Config{MAC: "02:00:00:00:00:0a", VLAN: 100, SpoofChk: true, LinkState: sriov.LinkAuto}
 	if err := sriov.Apply(pf, "pf0", 0, set); err != nil {
 		t.Fatal(err)
@@ -163,7 +168,7 @@ func TestGCWithoutOVSRemovesVFs(t *testing.T) {
 	// A veth attachment's port needs OVS: it waits for the next GC.
 	y := &datapath.Attachment{Network: "sticky", ContainerID: "cY", IfName: "eth0", Netns: "/nonexistent/y", HostVeth: "vethgcovs0", OFPort: 7}
 	a.track(y)
-	err = a.gc(context.Background(), api.Request{Command: "GC", Config: conf})
+	err := a.gc(context.Background(), api.Request{Command: "GC", Config: conf})
 	if err == nil || !strings.Contains(err.Error(), "ovsdb-server does not answer") {
 		t.Errorf("GC with OVS not answering = %v; want an error naming OVS", err)
 	}

@@ -43,6 +43,7 @@ func (a *agent) restore(ctx context.Context) error {
 	for _, r := range records {
 		known[r.Key()] = r
 	}
+	adopted := false
 	for _, ifc := range ifcs {
 		at := fromOVS(ifc)
 		if at.ContainerID == "" || known[at.Key()] != nil {
@@ -50,10 +51,13 @@ func (a *agent) restore(ctx context.Context) error {
 		}
 		log.Info("OVS port without a record", "port", ifc.Name, "pod", at.Pod(), "key", at.Key())
 		known[at.Key()] = a.recordFromPod(at)
-		// Until its record is written below, a missing record proves
-		// nothing to the plugin.
+		adopted = true
+	}
+	// Until their records are written below, a missing record proves
+	// nothing to the plugin.
+	if adopted {
 		if err := a.store.SetComplete(false); err != nil {
-			log.Error(err, "The plugin may take a DEL for this pod as done while the agent is down")
+			log.Error(err, "The plugin may take a DEL of a pod found only in OVS's labels as done while the agent is down")
 		}
 	}
 	snap, err := a.dp.Snapshot(ctx)

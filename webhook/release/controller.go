@@ -265,14 +265,23 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 func addressesInUse(list []corev1.Pod) map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
 	for i := range list {
-		p := &list[i]
-		if p.Spec.HostNetwork || workload.Terminated(p) {
-			continue
+		for _, a := range statusAddrs(&list[i]) {
+			out[a] = true
 		}
-		for _, ip := range p.Status.PodIPs {
-			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				out[a] = true
-			}
+	}
+	return out
+}
+
+// statusAddrs returns the addresses p has by its status while it is live
+// (none for a host-network pod, which has the node's).
+func statusAddrs(p *corev1.Pod) []netip.Addr {
+	if p.Spec.HostNetwork || workload.Terminated(p) {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ip := range p.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a)
 		}
 	}
 	return out
@@ -791,7 +800,7 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 					out[addr] = true
 				}
 			}
-			if addressesInUse([]corev1.Pod{*p})[e.IP] {
+			if slices.Contains(statusAddrs(p), e.IP) {
 				out[addr] = true // its annotations edited too, but it has the address
 			}
 		}
@@ -943,7 +952,7 @@ func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, o
 	what := fmt.Sprintf("%T %s", obj, key)
 	err := c.Client.Get(ctx, key, obj)
 	if err == nil {
-		c.goneFor(what, time.Time{})
+		c.present(what)
 		return false, nil
 	}
 	if !apierrors.IsNotFound(err) {
@@ -958,7 +967,7 @@ func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, o
 			return false, fmt.Errorf("read %s: %w", what, err)
 		}
 		if !gone {
-			c.goneFor(what, time.Time{})
+			c.present(what)
 			return false, nil
 		}
 	}
@@ -983,15 +992,18 @@ func (c *Controller) forgetGone(now time.Time) {
 	}
 }
 
-// goneFor records that the object what is gone at now (zero: it is there)
-// and returns since when this replica has seen it gone.
+// present records that the object what exists.
+func (c *Controller) present(what string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.goneSince, what)
+}
+
+// goneFor records that the object what is gone at now and returns since
+// when this replica has seen it gone.
 func (c *Controller) goneFor(what string, now time.Time) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now.IsZero() {
-		delete(c.goneSince, what)
-		return now
-	}
 	since, ok := c.goneSince[what]
 	if !ok {
 		if c.goneSince == nil {
