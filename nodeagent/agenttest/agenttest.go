@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"golang.org/x/sys/unix"
@@ -263,8 +264,12 @@ func NewCNI(t testing.TB, node *Node, conflist string) *CNI {
 	if err != nil {
 		t.Fatalf("parse conflist %s: %v", conflist, err)
 	}
+	// The exec is libcni's default, given here: without one, each call
+	// sets it up again, a data race between calls made at once (tests run
+	// ADDs concurrently; go test -race reports it).
+	plugins := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
 	return &CNI{
-		Config:  libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(node.Dir, "libcni-cache"), nil),
+		Config:  libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(node.Dir, "libcni-cache"), plugins),
 		List:    list,
 		BinDir:  bin,
 		Timeout: 30 * time.Second,
