@@ -102,15 +102,24 @@ type IPPoolStatus struct {
 	// ObservedGeneration is the generation these counts were computed for.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Conditions: Ready is False with the reason when the spec cannot be used,
-	// and True with the reason AddressesOutsideSpec while identities hold
-	// addresses, claimed under an earlier spec, that the current one does not
-	// allow (none is handed out again).
+	// Conditions: Ready is False with the reason InvalidSpec when the spec
+	// cannot be used, False with the reason Deleting while the IPPool, being
+	// deleted, waits for its addresses to be freed, and True with the reason
+	// AddressesOutsideSpec while identities hold addresses, claimed under an
+	// earlier spec, that the current one does not allow (none is handed out
+	// again).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
+
+// IPPoolInUseFinalizer is on an IPPool while etcd holds a record of one of
+// its addresses (allocated, reserved, held or cooling). The release
+// controller adds it and takes it off once none is held: an IPPool deleted
+// while in use waits, handing out no new address, until the identities
+// holding its addresses are gone.
+const IPPoolInUseFinalizer = "stickynet.io/addresses-in-use"
 
 // IPPool is a cluster-wide subnet from which pods get sticky IP and MAC addresses.
 //

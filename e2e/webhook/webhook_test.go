@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -124,6 +125,7 @@ func TestWebhook(t *testing.T) {
 	t.Run("BandwidthPolicyEdit", func(t *testing.T) { s.testBandwidthPolicy(ctx, t) })
 	t.Run("PoolStatus", func(t *testing.T) { s.testPoolStatus(ctx, t) })
 	t.Run("EditedPoolMovesAddress", func(t *testing.T) { s.testEditedPool(ctx, t) })
+	t.Run("DeletedPoolWaitsForItsAddresses", func(t *testing.T) { s.testDeletedPool(ctx, t) })
 	t.Run("UnlabelledLivePodKeepsAddress", func(t *testing.T) { s.testUnlabelled(ctx, t) })
 	t.Run("LostStateRecordedAgain", func(t *testing.T) { s.testLostState(ctx, t, st) })
 	t.Run("ShutdownKeepsServing", func(t *testing.T) { s.testShutdown(ctx, t, b) }) // last: stops replica b
@@ -858,6 +860,75 @@ func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
 	}
 	t.Logf("db-0 moved from %v to %v", before, after)
 	ready("Valid")
+}
+
+// testDeletedPool: an IPPool whose address a StatefulSet's pod carries has
+// the in-use finalizer; deleted, it stays (Ready False, reason Deleting) and
+// hands out no new address, and goes once the StatefulSet is deleted and
+// its address has cooled.
+func (s *suite) testDeletedPool(ctx context.Context, t *testing.T) {
+	ns, pool := "leaving", "leaving"
+	s.namespace(ctx, t, ns, nil)
+	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.80.0.0/28", ReuseDelaySeconds: ptr(int32(2))})
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas: ptr(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+			Template: template("db", map[string]string{annotations.Pool: pool}),
+		},
+	}
+	if _, err := s.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.pods(ctx, t, ns, "db", 1)
+	get := func() (*v1alpha1.IPPool, error) {
+		p := &v1alpha1.IPPool{}
+		return p, s.cl.Get(ctx, client.ObjectKey{Name: pool}, p)
+	}
+	eventually(ctx, t, 30*time.Second, "IPPool "+pool+" in use: its finalizer", func() (bool, string) {
+		p, err := get()
+		if err != nil {
+			return false, err.Error()
+		}
+		return slices.Contains(p.Finalizers, v1alpha1.IPPoolInUseFinalizer), fmt.Sprintf("finalizers %v", p.Finalizers)
+	})
+	if err := s.cl.Delete(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 30*time.Second, "IPPool "+pool+" deleted in use: Ready False, reason Deleting", func() (bool, string) {
+		p, err := get()
+		if err != nil {
+			return false, err.Error()
+		}
+		c := meta.FindStatusCondition(p.Status.Conditions, "Ready")
+		return p.DeletionTimestamp != nil && c != nil && c.Status == metav1.ConditionFalse && c.Reason == "Deleting", fmt.Sprintf("%+v", p.Status)
+	})
+	bare := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: ns, Annotations: map[string]string{annotations.Pool: pool}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+	}
+	if _, err := s.k.CoreV1().Pods(ns).Create(ctx, bare, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "IPPool leaving is being deleted") {
+		t.Fatalf("a new pod of IPPool %s being deleted: %v; want denied, naming the pool being deleted", pool, err)
+	}
+	if err := s.k.AppsV1().StatefulSets(ns).Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Its pod goes, the address is freed a grace later and cools 2 s; a
+	// pass after that lets the pool go (the resync, or a nudge).
+	eventually(ctx, t, 90*time.Second, "IPPool "+pool+" gone once none of its addresses is held", func() (bool, string) {
+		p, err := get()
+		if apierrors.IsNotFound(err) {
+			return true, ""
+		}
+		if err != nil {
+			return false, err.Error()
+		}
+		if len(s.alloc.List(func(e ipam.Entry) bool { return e.Pool == pool })) == 0 {
+			s.nudgeRelease(ctx, t, time.Now().String())
+		}
+		return false, fmt.Sprintf("finalizers %v, %+v", p.Finalizers, p.Status)
+	})
 }
 
 // testUnlabelled: the release controller's pod cache holds only pods

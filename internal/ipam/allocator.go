@@ -556,6 +556,9 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	c := a.cache
 	pool := req.Pool
+	if pool.Deleting {
+		return netip.Addr{}, &PoolDeletingError{Pool: pool.Name}
+	}
 	taken := func(ip netip.Addr) bool { return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil }
 	switch {
 	case req.IP.IsValid():
@@ -756,6 +759,9 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 			cmps = append(cmps, store.At(a.keys.addrKey(pool.Name, ip), t.rev))
 			backOnCooling = true
 		} else {
+			if pool.Deleting {
+				return nil, &PoolDeletingError{Pool: pool.Name}
+			}
 			cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
 		}
 	}

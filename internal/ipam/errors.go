@@ -30,6 +30,16 @@ func (e *ExhaustedError) Error() string {
 		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling, shared)
 }
 
+// PoolDeletingError says a pool being deleted hands out no new address.
+type PoolDeletingError struct {
+	Pool string
+}
+
+func (e *PoolDeletingError) Error() string {
+	return fmt.Sprintf("IPPool %s is being deleted: it hands out no new address (the identities that hold one of its addresses keep it), "+
+		"and it goes once none is held; name another pool with the annotation stickynet.io/pool, or create the IPPool again once it is gone", e.Pool)
+}
+
 // MACExhaustedError says every MAC under a pool's macPrefix is taken (a
 // random MAC without a prefix was not found free in 1,000 tries either).
 type MACExhaustedError struct {

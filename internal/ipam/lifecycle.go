@@ -543,5 +543,16 @@ func (a *Allocator) HoldsOutside(identity string, p *Pool) bool {
 	return false
 }
 
+// InUse reports whether etcd holds any record of an address of the pool
+// (allocated, reserved, held or cooling), read from etcd itself rather than
+// the cache, which may lag a claim made a moment ago by another replica.
+func (a *Allocator) InUse(ctx context.Context, pool string) (bool, error) {
+	kvs, _, err := a.s.List(ctx, a.keys.addr+pool+"/")
+	if err != nil {
+		return false, fmt.Errorf("read the addresses of IPPool %s from etcd: %w", pool, err)
+	}
+	return len(kvs) > 0, nil
+}
+
 // Stats counts the pool's addresses as the cache sees them.
 func (a *Allocator) Stats(p *Pool) Stats { return a.cache.stats(p) }

@@ -35,6 +35,11 @@ type Pool struct {
 	// that one of them has.
 	Sharing []string
 
+	// Deleting says the IPPool is being deleted (its deletion waits for
+	// v1alpha1.IPPoolInUseFinalizer): the allocator hands out no new address
+	// of it (PoolDeletingError), while its identities keep theirs.
+	Deleting bool
+
 	spans []span // allocatable, sorted, disjoint
 	size  uint64 // number of allocatable addresses, saturating at MaxUint64
 }

@@ -801,6 +801,7 @@ func denialReason(err error) (string, bool) {
 		sf *ipam.SetFullError
 		ce *ipam.ConflictError
 		pe *ipam.PoolError
+		pd *ipam.PoolDeletingError
 		d  *denial
 		ae *annotations.Error
 		ne *ipam.NotAllocatableError
@@ -813,7 +814,7 @@ func denialReason(err error) (string, bool) {
 		return "set_full", true
 	case errors.As(err, &ce):
 		return "conflict", true
-	case errors.As(err, &pe):
+	case errors.As(err, &pe), errors.As(err, &pd):
 		return "pool", true
 	case errors.As(err, &d), errors.As(err, &ae), errors.As(err, &ne), errors.As(err, &me):
 		return "request", true

@@ -1202,6 +1202,51 @@ func TestDeletedPoolKeepsClaims(t *testing.T) {
 	}
 }
 
+// An IPPool being deleted (kept by its finalizer while addresses are held)
+// hands out no new address: an identity that holds one keeps it, a new
+// identity, one asking for another address of it, or one moving into it is
+// denied naming the pool; a second default pool takes the new identities.
+func TestDeletingPoolHandsOutNothingNew(t *testing.T) {
+	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "zz-green"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.70.0.0/24", Default: true}})
+	ctx := context.Background()
+	first := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	if got := first.Annotations[annotations.AssignedPool]; got != "blue" {
+		t.Fatalf("web-0 got pool %s; want blue, the first default by name", got)
+	}
+	solo := e.mustAdmit(pod("app", "solo", map[string]string{annotations.Pool: "tiny"}))
+	for _, name := range []string{"blue", "tiny"} {
+		ipp := &v1alpha1.IPPool{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: name}, ipp); err != nil {
+			t.Fatal(err)
+		}
+		ipp.Finalizers = []string{v1alpha1.IPPoolInUseFinalizer}
+		if err := e.c.Update(ctx, ipp); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.Delete(ctx, ipp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again := e.mustAdmit(pod("app", "web-0", nil, ctrl("StatefulSet", "web")))
+	if again.Annotations[annotations.AssignedIP] != first.Annotations[annotations.AssignedIP] || again.Annotations[annotations.AssignedPool] != "blue" {
+		t.Errorf("web-0 created again while its pool is being deleted got %s of %s; want its %s of blue",
+			again.Annotations[annotations.AssignedIP], again.Annotations[annotations.AssignedPool], first.Annotations[annotations.AssignedIP])
+	}
+	if next := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web"))); next.Annotations[annotations.AssignedPool] != "zz-green" {
+		t.Errorf("web-1, new, got pool %s; want zz-green, the default pool not being deleted", next.Annotations[annotations.AssignedPool])
+	}
+	e.mustDeny(pod("app", "web-2", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), "IPPool blue is being deleted: it hands out no new address")
+	other := "10.30.0.2" // of tiny's two addresses, the one solo does not have
+	if solo.Annotations[annotations.AssignedIP] == other+"/30" {
+		other = "10.30.0.1"
+	}
+	e.mustDeny(pod("app", "solo", map[string]string{annotations.Pool: "tiny", annotations.IP: other}), "IPPool tiny is being deleted")
+	e.mustDeny(pod("app", "web-0", map[string]string{annotations.Pool: "tiny"}, ctrl("StatefulSet", "web")), "IPPool tiny is being deleted")
+	if got := e.alloc.Lookup("statefulset/app/web/0"); len(got) != 1 || got[0].Pool != "blue" {
+		t.Errorf("statefulset/app/web/0 holds %v after the denied move; want its address of blue alone", got)
+	}
+}
+
 // Pools that share addresses hand each out once: an address one of them
 // has is not handed out by the other (addresses are keyed by pool), neither
 // picked nor asked for, also after an edit makes them overlap; pools that

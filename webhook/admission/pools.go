@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -111,7 +112,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 				broken = append(broken, warning)
 			}
 			pool := parsed[p.Name]
-			pool.Sharing, _ = ipam.Sharing(pool, list.Items)
+			complete(pool, p, list.Items)
 			return p, pool, strings.Join(broken, "; "), nil
 		}
 	}
@@ -127,7 +128,8 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 }
 
 // defaultPool chooses among the default pools (sorted by name) that admit
-// ns: the one where the identity holds an address, else the first.
+// ns: the one where the identity holds an address, else the first not being
+// deleted (a pool being deleted hands out no new address), else the first.
 func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace, identity string) (*v1alpha1.IPPool, string) {
 	if len(defaults) == 1 {
 		return defaults[0], ""
@@ -137,6 +139,9 @@ func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace,
 		names[i] = p.Name
 	}
 	chosen, why := defaults[0], "the first by name"
+	if i := slices.IndexFunc(defaults, func(p *v1alpha1.IPPool) bool { return p.DeletionTimestamp == nil }); i > 0 {
+		chosen, why = defaults[i], "the first by name not being deleted"
+	}
 	held := map[string]bool{}
 	for _, e := range h.Alloc.Lookup(identity) {
 		held[e.Pool] = true
@@ -159,8 +164,15 @@ func parse(p *v1alpha1.IPPool, all []v1alpha1.IPPool) (*v1alpha1.IPPool, *ipam.P
 	if err != nil {
 		return nil, nil, err
 	}
-	pool.Sharing, _ = ipam.Sharing(pool, all)
+	complete(pool, p, all)
 	return p, pool, nil
+}
+
+// complete sets what pool, parsed from p's spec, learns from the rest of p
+// and from all the IPPools.
+func complete(pool *ipam.Pool, p *v1alpha1.IPPool, all []v1alpha1.IPPool) {
+	pool.Sharing, _ = ipam.Sharing(pool, all)
+	pool.Deleting = p.DeletionTimestamp != nil
 }
 
 // admitting names the pools that admit the namespace.

@@ -34,6 +34,7 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -52,6 +53,7 @@ type allocator interface {
 	Adopt(ctx context.Context, ad ipam.Adoption) (bool, error)
 	LearnPool(name string, spec v1alpha1.IPPoolSpec) (*ipam.Pool, error)
 	Stats(p *ipam.Pool) ipam.Stats
+	InUse(ctx context.Context, pool string) (bool, error)
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -342,7 +344,8 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			c.dueTimer = time.AfterFunc(time.Until(ps.due), c.Trigger)
 		}
 	}()
-	entries := c.Alloc.List(func(e ipam.Entry) bool { return !e.Cooling })
+	held := map[string]int{} // pool → its addresses in the cache, cooling ones too
+	entries := c.Alloc.List(func(e ipam.Entry) bool { held[e.Pool]++; return !e.Cooling })
 	byIdentity := map[string][]int{} // identity → its entries' indices
 	var identities []string
 	carriers := make([]*podInfo, len(entries))
@@ -399,7 +402,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := c.adopt(ctx, ps, pods, specs); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.updatePools(ctx, pools.Items, specs); err != nil {
+	if err := c.updatePools(ctx, pools.Items, specs, held); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.reresolveBandwidth(ctx, pods); err != nil {
@@ -1041,10 +1044,13 @@ func isSurplus(e ipam.Entry, members []ipam.Entry, limit int32, outside func(ipa
 }
 
 // updatePools writes each IPPool's counts and readiness to its status.
-func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, specs map[string]poolSpec) error {
+func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, specs map[string]poolSpec, held map[string]int) error {
 	var errs []error
 	for i := range pools {
 		ipp := &pools[i]
+		if err := c.protect(ctx, ipp, held[ipp.Name] > 0); err != nil {
+			errs = append(errs, err)
+		}
 		st := ipp.Status.DeepCopy()
 		st.ObservedGeneration = ipp.Generation
 		pool, err := specs[ipp.Name].pool, specs[ipp.Name].err
@@ -1056,6 +1062,11 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 			st.Free = clampInt64(s.Free)
 		}
 		switch {
+		case ipp.DeletionTimestamp != nil:
+			cond.Status, cond.Reason = metav1.ConditionFalse, "Deleting"
+			cond.Message = fmt.Sprintf("the IPPool is being deleted: it hands out no new address, and goes once none of its addresses is held (%d now); the identities holding them keep them until their workloads, nodes or pods are gone and the addresses have cooled",
+				held[ipp.Name])
+			st.Free = 0
 		case err != nil:
 			// The other counts are the last valid spec's; none is handed out.
 			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidSpec", err.Error()
@@ -1087,6 +1098,39 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// protect keeps v1alpha1.IPPoolInUseFinalizer on the pool exactly while it
+// holds addresses (held, as the allocator's cache sees them), so that a pool
+// deleted in use waits for them to be freed. Without it the deletion went
+// through, the pool's identities kept their records in etcd, and an IPPool
+// created under another name over the same addresses handed them out again
+// to other pods. The finalizer comes off only once etcd itself holds none of
+// the pool's addresses: the cache may lag a claim made a moment ago. A
+// conflict waits for the next pass.
+func (c *Controller) protect(ctx context.Context, ipp *v1alpha1.IPPool, held bool) error {
+	has := controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
+	orig := ipp.DeepCopy()
+	switch {
+	case held && !has && ipp.DeletionTimestamp == nil: // none can be added to an object being deleted
+		controllerutil.AddFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
+	case !held && has:
+		inUse, err := c.Alloc.InUse(ctx, ipp.Name)
+		if err != nil || inUse {
+			return err
+		}
+		controllerutil.RemoveFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
+	default:
+		return nil
+	}
+	err := c.Client.Patch(ctx, ipp, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("update the finalizers of IPPool %s: %w", ipp.Name, err)
+	}
+	if err == nil && has && ipp.DeletionTimestamp != nil {
+		klog.FromContext(ctx).Info("IPPool let go: none of its addresses is held any more", "pool", ipp.Name)
+	}
+	return nil
 }
 
 // brief shortens an error joined of many (a pass that failed on each of

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -1399,6 +1400,64 @@ func TestPoolConditionAddressesOutsideSpec(t *testing.T) {
 	}
 	if cond := ready(); cond == nil || cond.Reason != "Valid" {
 		t.Fatalf("Ready after the move %+v; want reason Valid", cond)
+	}
+}
+
+// An IPPool holding addresses carries the in-use finalizer: deleted, it
+// stays (Ready False, reason Deleting) until none of its addresses is held,
+// and then goes. Before, nothing kept it, and an IPPool created over the
+// same addresses under another name handed them out again.
+func TestPoolInUseWaitsForItsAddresses(t *testing.T) {
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", ReuseDelaySeconds: new(int32(0))}
+	a := startAlloc(t, store.NewMemory())
+	c := &Controller{Client: apiWith(t, spec), APIReader: apiWith(t, spec), Alloc: a, Recorder: events.NewFakeRecorder(100), Grace: time.Nanosecond}
+	ctx := context.Background()
+	blue := func() (*v1alpha1.IPPool, bool) {
+		t.Helper()
+		time.Sleep(10 * time.Millisecond) // past the grace
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ipp := &v1alpha1.IPPool{}
+		err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, ipp)
+		if apierrors.IsNotFound(err) {
+			return nil, false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ipp, controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
+	}
+	if _, protected := blue(); protected {
+		t.Fatal("blue holds no address, yet has the in-use finalizer")
+	}
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: pool(t, spec), Identity: "statefulset/app/db/0", Pod: "app/db-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, protected := blue(); !protected {
+		t.Fatal("blue holds an address, and has no in-use finalizer")
+	}
+	ipp, _ := blue()
+	if err := c.Client.Delete(ctx, ipp); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // the StatefulSet is gone: its ordinal's address goes, in a pass or two
+		ipp, protected := blue()
+		if ipp == nil {
+			break
+		}
+		if cond := meta.FindStatusCondition(ipp.Status.Conditions, "Ready"); cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != "Deleting" {
+			t.Errorf("Ready of blue being deleted: %+v; want False, reason Deleting", cond)
+		}
+		if kept(a, "statefulset/app/db/0") && !protected {
+			t.Fatal("blue lost its in-use finalizer while statefulset/app/db/0 holds its address")
+		}
+	}
+	if kept(a, "statefulset/app/db/0") {
+		t.Fatal("statefulset/app/db/0 still holds its address three passes after its StatefulSet was found gone")
+	}
+	if ipp, _ := blue(); ipp != nil {
+		t.Fatalf("blue, deleted, still there once none of its addresses is held: finalizers %v", ipp.Finalizers)
 	}
 }
 
