@@ -550,10 +550,12 @@ const (
 // pod with an egress limit the lowest one whose meter and flow are in place,
 // for one without the lowest one without; else the lowest free one. Outside
 // meter mode no pod wants a meter (one left from before the mode changed).
-func (a *agent) allocPort(egressLimit bool) (int, error) {
+// It sets at.OFPort under a.mu: at is in a.starting, where usedByAnother
+// reads it while other requests run.
+func (a *agent) allocPort(at *datapath.Attachment) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	egressLimit = egressLimit && a.dp.MeterMode()
+	egressLimit := at.Bandwidth.Egress.Rate > 0 && a.dp.MeterMode()
 	first := 0
 	for p := firstPodPort; p <= lastPodPort; p++ {
 		if a.usedPorts[p] {
@@ -571,10 +573,11 @@ func (a *agent) allocPort(egressLimit bool) (int, error) {
 		}
 	}
 	if first == 0 {
-		return 0, errors.New("no free OpenFlow port number on the bridge")
+		return errors.New("no free OpenFlow port number on the bridge")
 	}
 	a.usedPorts[first] = true
-	return first, nil
+	at.OFPort = first
+	return nil
 }
 
 func (a *agent) freePort(p int) {

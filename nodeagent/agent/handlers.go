@@ -283,7 +283,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		a.mu.Unlock()
 		return buildResult(conf.CNIVersion, at, nil)
 	}
-	if at.OFPort, err = a.allocPort(at.Bandwidth.Egress.Rate > 0); err != nil {
+	if err := a.allocPort(at); err != nil {
 		return nil, err
 	}
 	// The record goes down first: should the agent die halfway, the restarted

@@ -119,8 +119,10 @@ func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, n *v1alpha1.
 	if err != nil {
 		return err
 	}
+	a.mu.Lock() // at is in a.starting, where usedByAnother reads at.VF
 	at.VF = &datapath.VFState{PF: vf.PF, Index: vf.Index, PCI: vf.PCI, NetDev: vf.NetDev}
 	at.HostVeth = ""
+	a.mu.Unlock()
 	if err := a.dp.PrepareVF(at); err != nil {
 		a.freeVF(at.VF)
 		return err
