@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,9 +88,8 @@ type run struct {
 	elapsed        time.Duration
 }
 
-// runPlugin runs the plugin binary as a container runtime would.
-func runPlugin(t *testing.T, command, conf string, env ...string) run {
-	t.Helper()
+// pluginCmd is the plugin binary as a container runtime runs it.
+func pluginCmd(command, conf string, env ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append([]string{
 		"STICKYNET_CNI_MAIN=1",
@@ -100,6 +101,13 @@ func runPlugin(t *testing.T, command, conf string, env ...string) run {
 		"CNI_ARGS=K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0",
 	}, env...)
 	cmd.Stdin = strings.NewReader(conf)
+	return cmd
+}
+
+// runPlugin runs the plugin binary as a container runtime would.
+func runPlugin(t *testing.T, command, conf string, env ...string) run {
+	t.Helper()
+	cmd := pluginCmd(command, conf, env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
@@ -286,6 +294,60 @@ func TestFallbackConfigErrors(t *testing.T) {
 				t.Fatalf("error = %+v; want code %d saying %q", e, types.ErrInvalidNetworkConfig, tt.want)
 			}
 		})
+	}
+}
+
+// TestFallbackPluginDiesWithPlugin: a fallback plugin still running when
+// the stickynet plugin is killed dies with it. A runtime kills a plugin that
+// takes longer than it waits and goes on with DEL, which a fallback ADD
+// left running would race.
+func TestFallbackPluginDiesWithPlugin(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) {
+		return 200, jsonOf(t, api.Response{Fallback: &api.Fallback{Reason: "not stickynet's"}})
+	})
+	bin, cache := t.TempDir(), t.TempDir()
+	pidFile := filepath.Join(bin, "pid")
+	script := "#!/bin/sh\necho $$ > " + pidFile + ".tmp && mv " + pidFile + ".tmp " + pidFile + "\nexec sleep 60\n"
+	if err := os.WriteFile(filepath.Join(bin, "slow"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := pluginCmd("ADD", fallbackConf(stub.socket, cache, `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"slow"}]}`), "CNI_PATH="+bin)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var pid int
+	deadline := time.Now().Add(20 * time.Second)
+	for pid == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+				t.Fatalf("pid file %q: %v", b, err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fallback plugin did not start in 20 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Alive: the fallback plugin's process (its stat names sleep), not a zombie.
+	alive := func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err == nil && strings.Contains(string(b), "(sleep)") && !strings.Contains(string(b), ") Z ")
+	}
+	t.Cleanup(func() {
+		if alive() {
+			_ = syscall.Kill(pid, syscall.SIGKILL) // the test's own child's child
+		}
+	})
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	for deadline := time.Now().Add(5 * time.Second); alive(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("fallback plugin (pid %d) still running 5 s after the stickynet plugin was killed", pid)
+		}
 	}
 }
 

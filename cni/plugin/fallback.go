@@ -42,7 +42,7 @@ type record struct {
 // container runtime would, and keeps the records of its attachments.
 type fallback struct {
 	dir  string                    // records
-	cni  *libcni.CNIConfig         // plugins from CNI_PATH, results cached in the cacheDir
+	cni  *libcni.CNIConfig         // plugins from CNI_PATH (childExec), results cached in the cacheDir
 	list *libcni.NetworkConfigList // the conflist's fallback; nil without one
 }
 
@@ -53,7 +53,7 @@ func newFallback(conf *api.NetConf, cniPath string) (*fallback, error) {
 	}
 	return &fallback{
 		dir:  filepath.Join(conf.CacheDir, recordDir),
-		cni:  libcni.NewCNIConfigWithCacheDir(filepath.SplitList(cniPath), conf.CacheDir, nil),
+		cni:  libcni.NewCNIConfigWithCacheDir(filepath.SplitList(cniPath), conf.CacheDir, &childExec{}),
 		list: list,
 	}, nil
 }

@@ -1,0 +1,81 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// childExec runs the fallback network's plugins for libcni, as its default
+// exec does, but each as a child the kernel kills (SIGKILL) when this plugin
+// dies first. A runtime kills a plugin that takes longer than it waits (as
+// containerd does at its CNI timeout) and goes on with DEL; a fallback
+// plugin left running its ADD would race that DEL.
+type childExec struct {
+	version.PluginDecoder
+}
+
+var _ invoke.Exec = &childExec{}
+
+func (*childExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+// busyTries bounds the runs of a plugin whose binary is still open for
+// writing (ETXTBSY: being installed), 100 ms apart.
+const busyTries = 5
+
+func (*childExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	for try := 1; ; try++ {
+		stdout.Reset()
+		stderr.Reset()
+		cmd := exec.CommandContext(ctx, path)
+		cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = environ, bytes.NewReader(stdin), &stdout, &stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		err := runOnThisThread(cmd)
+		if errors.Is(err, syscall.ETXTBSY) && try < busyTries {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		// The plugin's stderr is the runtime's log of this plugin too.
+		_, _ = os.Stderr.Write(stderr.Bytes())
+		if err != nil {
+			return nil, childError(path, err, stdout.Bytes(), stderr.Bytes())
+		}
+		return stdout.Bytes(), nil
+	}
+}
+
+// runOnThisThread runs cmd with the calling goroutine locked to its thread:
+// the kernel sends Pdeathsig when the thread that started the child ends,
+// and the Go runtime ends a thread when a goroutine locked to it exits.
+func runOnThisThread(cmd *exec.Cmd) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return cmd.Run()
+}
+
+// childError is the error of a plugin that failed: the CNI error it printed,
+// else what it wrote to stderr.
+func childError(path string, err error, stdout, stderr []byte) error {
+	var e types.Error
+	if len(stdout) > 0 && json.Unmarshal(stdout, &e) == nil && e.Code != 0 {
+		return &e
+	}
+	if len(stderr) > 0 {
+		return fmt.Errorf("plugin %s: %w: %s", path, err, bytes.TrimSpace(stderr))
+	}
+	return fmt.Errorf("plugin %s: %w", path, err)
+}
