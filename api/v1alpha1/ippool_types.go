@@ -114,11 +114,11 @@ type IPPoolStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// IPPoolInUseFinalizer is on an IPPool while etcd holds a record of one of
-// its addresses (allocated, reserved, held or cooling). The release
-// controller adds it and takes it off once none is held: an IPPool deleted
-// while in use waits, handing out no new address, until the identities
-// holding its addresses are gone.
+// IPPoolInUseFinalizer is on every IPPool the release controller has seen.
+// It takes it off an IPPool being deleted once none of the pool's addresses
+// is held (allocated, reserved, held or cooling): an IPPool deleted while in
+// use waits, handing out no address to an identity that holds none of it,
+// until the identities holding its addresses are gone.
 const IPPoolInUseFinalizer = "stickynet.io/addresses-in-use"
 
 // IPPool is a cluster-wide subnet from which pods get sticky IP and MAC addresses.

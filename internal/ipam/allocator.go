@@ -556,9 +556,6 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	c := a.cache
 	pool := req.Pool
-	if pool.Deleting {
-		return netip.Addr{}, &PoolDeletingError{Pool: pool.Name}
-	}
 	taken := func(ip netip.Addr) bool { return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil }
 	switch {
 	case req.IP.IsValid():
@@ -599,10 +596,24 @@ func (a *Allocator) guardSharing(p *plan, pool *Pool, ip netip.Addr, released st
 	}
 }
 
+// closed refuses an address of a pool being deleted to an identity that
+// holds none of it: a new identity, one moving in from another pool, a set
+// growing past its members. Identities that hold addresses of the pool keep
+// them, take their own cooling ones back, and move within it.
+func closed(pool *Pool) error {
+	if pool.Deleting {
+		return &PoolDeletingError{Pool: pool.Name}
+	}
+	return nil
+}
+
 // planNew claims a new address.
 func (a *Allocator) planNew(req *Request) (*plan, error) {
 	c := a.cache
 	pool := req.Pool
+	if err := closed(pool); err != nil {
+		return nil, err
+	}
 	ip, err := a.newAddr(req)
 	if err != nil {
 		return nil, err
@@ -628,6 +639,9 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 	c := a.cache
 	pool := req.Pool
+	if err := closed(pool); err != nil {
+		return nil, err
+	}
 	ip, err := a.newAddr(req)
 	if err != nil {
 		return nil, err
@@ -737,6 +751,11 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		case back.IsValid():
 			ip = back
 		default:
+			if old.pool != pool.Name {
+				if err := closed(pool); err != nil { // moving in (below, for an address asked for)
+					return nil, err
+				}
+			}
 			var err error
 			if ip, err = a.newAddr(req); err != nil {
 				return nil, err
@@ -759,8 +778,13 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 			cmps = append(cmps, store.At(a.keys.addrKey(pool.Name, ip), t.rev))
 			backOnCooling = true
 		} else {
-			if pool.Deleting {
-				return nil, &PoolDeletingError{Pool: pool.Name}
+			if old.pool != pool.Name {
+				// Into a pool being deleted, onto an address of its that
+				// the identity does not have. (A move within it gives one
+				// back as it takes one.)
+				if err := closed(pool); err != nil {
+					return nil, err
+				}
 			}
 			cmps = append(cmps, store.Absent(a.keys.addrKey(pool.Name, ip)))
 		}

@@ -30,13 +30,14 @@ func (e *ExhaustedError) Error() string {
 		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling, shared)
 }
 
-// PoolDeletingError says a pool being deleted hands out no new address.
+// PoolDeletingError says a pool being deleted hands out no address to an
+// identity that holds none of it.
 type PoolDeletingError struct {
 	Pool string
 }
 
 func (e *PoolDeletingError) Error() string {
-	return fmt.Sprintf("IPPool %s is being deleted: it hands out no new address (the identities that hold one of its addresses keep it), "+
+	return fmt.Sprintf("IPPool %s is being deleted: it hands out no address to an identity that holds none of its addresses (those that hold one keep it), "+
 		"and it goes once none is held; name another pool with the annotation stickynet.io/pool, or create the IPPool again once it is gone", e.Pool)
 }
 

@@ -543,15 +543,20 @@ func (a *Allocator) HoldsOutside(identity string, p *Pool) bool {
 	return false
 }
 
-// InUse reports whether etcd holds any record of an address of the pool
-// (allocated, reserved, held or cooling), read from etcd itself rather than
-// the cache, which may lag a claim made a moment ago by another replica.
-func (a *Allocator) InUse(ctx context.Context, pool string) (bool, error) {
+// PoolKeys returns the etcd keys of the pool's addresses (records,
+// allocated, reserved, held or cooling, and holds), read from etcd itself
+// rather than the cache, which may lag a claim made a moment ago by another
+// replica, and skips records it cannot decode.
+func (a *Allocator) PoolKeys(ctx context.Context, pool string) ([]string, error) {
 	kvs, _, err := a.s.List(ctx, a.keys.addr+pool+"/")
 	if err != nil {
-		return false, fmt.Errorf("read the addresses of IPPool %s from etcd: %w", pool, err)
+		return nil, fmt.Errorf("read the addresses of IPPool %s from etcd: %w", pool, err)
 	}
-	return len(kvs) > 0, nil
+	keys := make([]string, len(kvs))
+	for i, kv := range kvs {
+		keys[i] = kv.Key
+	}
+	return keys, nil
 }
 
 // Stats counts the pool's addresses as the cache sees them.

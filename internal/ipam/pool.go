@@ -36,8 +36,9 @@ type Pool struct {
 	Sharing []string
 
 	// Deleting says the IPPool is being deleted (its deletion waits for
-	// v1alpha1.IPPoolInUseFinalizer): the allocator hands out no new address
-	// of it (PoolDeletingError), while its identities keep theirs.
+	// v1alpha1.IPPoolInUseFinalizer): the allocator hands out none of its
+	// addresses to an identity that holds none (PoolDeletingError), while its
+	// identities keep theirs.
 	Deleting bool
 
 	spans []span // allocatable, sorted, disjoint

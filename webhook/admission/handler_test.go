@@ -1203,9 +1203,10 @@ func TestDeletedPoolKeepsClaims(t *testing.T) {
 }
 
 // An IPPool being deleted (kept by its finalizer while addresses are held)
-// hands out no new address: an identity that holds one keeps it, a new
-// identity, one asking for another address of it, or one moving into it is
-// denied naming the pool; a second default pool takes the new identities.
+// hands out no address to an identity that holds none of it: a new identity
+// or one moving into it is denied naming the pool, and a second default pool
+// takes the new identities. An identity that holds one keeps it, and may
+// move within the pool (it gives one back as it takes one).
 func TestDeletingPoolHandsOutNothingNew(t *testing.T) {
 	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "zz-green"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.70.0.0/24", Default: true}})
 	ctx := context.Background()
@@ -1235,12 +1236,17 @@ func TestDeletingPoolHandsOutNothingNew(t *testing.T) {
 	if next := e.mustAdmit(pod("app", "web-1", nil, ctrl("StatefulSet", "web"))); next.Annotations[annotations.AssignedPool] != "zz-green" {
 		t.Errorf("web-1, new, got pool %s; want zz-green, the default pool not being deleted", next.Annotations[annotations.AssignedPool])
 	}
-	e.mustDeny(pod("app", "web-2", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), "IPPool blue is being deleted: it hands out no new address")
+	e.mustDeny(pod("app", "web-2", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), "IPPool blue is being deleted: it hands out no address to an identity that holds none")
 	other := "10.30.0.2" // of tiny's two addresses, the one solo does not have
 	if solo.Annotations[annotations.AssignedIP] == other+"/30" {
 		other = "10.30.0.1"
 	}
-	e.mustDeny(pod("app", "solo", map[string]string{annotations.Pool: "tiny", annotations.IP: other}), "IPPool tiny is being deleted")
+	if moved := e.mustAdmit(pod("app", "solo", map[string]string{annotations.Pool: "tiny", annotations.IP: other})); moved.Annotations[annotations.AssignedIP] != other+"/30" {
+		t.Errorf("solo asking for %s of tiny, being deleted, got %s; want it (a move within the pool)", other, moved.Annotations[annotations.AssignedIP])
+	}
+	if got := e.alloc.Lookup("pod/app/solo"); len(got) != 1 || got[0].IP.String() != other {
+		t.Errorf("pod/app/solo holds %+v after its move; want %s alone", got, other)
+	}
 	e.mustDeny(pod("app", "web-0", map[string]string{annotations.Pool: "tiny"}, ctrl("StatefulSet", "web")), "IPPool tiny is being deleted")
 	if got := e.alloc.Lookup("statefulset/app/web/0"); len(got) != 1 || got[0].Pool != "blue" {
 		t.Errorf("statefulset/app/web/0 holds %v after the denied move; want its address of blue alone", got)

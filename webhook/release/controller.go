@@ -53,7 +53,7 @@ type allocator interface {
 	Adopt(ctx context.Context, ad ipam.Adoption) (bool, error)
 	LearnPool(name string, spec v1alpha1.IPPoolSpec) (*ipam.Pool, error)
 	Stats(p *ipam.Pool) ipam.Stats
-	InUse(ctx context.Context, pool string) (bool, error)
+	PoolKeys(ctx context.Context, pool string) ([]string, error)
 }
 
 var _ allocator = (*ipam.Allocator)(nil)
@@ -1048,8 +1048,9 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 	var errs []error
 	for i := range pools {
 		ipp := &pools[i]
-		if err := c.protect(ctx, ipp, held[ipp.Name] > 0); err != nil {
-			errs = append(errs, err)
+		unseen, perr := c.protect(ctx, ipp, held[ipp.Name])
+		if perr != nil {
+			errs = append(errs, perr)
 		}
 		st := ipp.Status.DeepCopy()
 		st.ObservedGeneration = ipp.Generation
@@ -1064,8 +1065,11 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 		switch {
 		case ipp.DeletionTimestamp != nil:
 			cond.Status, cond.Reason = metav1.ConditionFalse, "Deleting"
-			cond.Message = fmt.Sprintf("the IPPool is being deleted: it hands out no new address, and goes once none of its addresses is held (%d now); the identities holding them keep them until their workloads, nodes or pods are gone and the addresses have cooled",
+			cond.Message = fmt.Sprintf("the IPPool is being deleted: it hands out no address to an identity that holds none of its addresses, and goes once none is held (%d now); the identities holding them keep them until their workloads, nodes or pods are gone and the addresses have cooled",
 				held[ipp.Name])
+			if unseen != "" {
+				cond.Message += "; " + unseen
+			}
 			st.Free = 0
 		case err != nil:
 			// The other counts are the last valid spec's; none is handed out.
@@ -1100,37 +1104,42 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 	return errors.Join(errs...)
 }
 
-// protect keeps v1alpha1.IPPoolInUseFinalizer on the pool exactly while it
-// holds addresses (held, as the allocator's cache sees them), so that a pool
-// deleted in use waits for them to be freed. Without it the deletion went
-// through, the pool's identities kept their records in etcd, and an IPPool
+// protect keeps v1alpha1.IPPoolInUseFinalizer on every IPPool, and takes it
+// off one being deleted once none of its addresses is held: the allocator's
+// cache holds none (held) and etcd itself holds no key of the pool (the cache
+// may lag a claim made a moment ago). Without it the deletion of a pool in
+// use went through, its identities kept their records in etcd, and an IPPool
 // created under another name over the same addresses handed them out again
-// to other pods. The finalizer comes off only once etcd itself holds none of
-// the pool's addresses: the cache may lag a claim made a moment ago. A
-// conflict waits for the next pass.
-func (c *Controller) protect(ctx context.Context, ipp *v1alpha1.IPPool, held bool) error {
+// to other pods. On every pool, not only those in use: one that went empty
+// and lost it would be unguarded from its next claim to the next pass. A
+// conflict waits for the next pass. unseen says what etcd holds of a pool
+// being deleted that the cache does not show.
+func (c *Controller) protect(ctx context.Context, ipp *v1alpha1.IPPool, held int) (unseen string, _ error) {
 	has := controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
 	orig := ipp.DeepCopy()
 	switch {
-	case held && !has && ipp.DeletionTimestamp == nil: // none can be added to an object being deleted
+	case ipp.DeletionTimestamp == nil && !has: // none can be added to an object being deleted
 		controllerutil.AddFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
-	case !held && has:
-		inUse, err := c.Alloc.InUse(ctx, ipp.Name)
-		if err != nil || inUse {
-			return err
+	case ipp.DeletionTimestamp != nil && has && held == 0:
+		keys, err := c.Alloc.PoolKeys(ctx, ipp.Name)
+		if err != nil {
+			return "", err
+		}
+		if len(keys) > 0 {
+			return fmt.Sprintf("etcd holds %d keys of its addresses that this replica's cache does not show (a claim made a moment ago, or records it cannot read), such as %s", len(keys), keys[0]), nil
 		}
 		controllerutil.RemoveFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
 	default:
-		return nil
+		return "", nil
 	}
 	err := c.Client.Patch(ctx, ipp, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-		return fmt.Errorf("update the finalizers of IPPool %s: %w", ipp.Name, err)
+		return "", fmt.Errorf("update the finalizers of IPPool %s: %w", ipp.Name, err)
 	}
-	if err == nil && has && ipp.DeletionTimestamp != nil {
+	if err == nil && has {
 		klog.FromContext(ctx).Info("IPPool let go: none of its addresses is held any more", "pool", ipp.Name)
 	}
-	return nil
+	return "", nil
 }
 
 // brief shortens an error joined of many (a pass that failed on each of

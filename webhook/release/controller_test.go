@@ -1403,16 +1403,18 @@ func TestPoolConditionAddressesOutsideSpec(t *testing.T) {
 	}
 }
 
-// An IPPool holding addresses carries the in-use finalizer: deleted, it
-// stays (Ready False, reason Deleting) until none of its addresses is held,
-// and then goes. Before, nothing kept it, and an IPPool created over the
-// same addresses under another name handed them out again.
+// Every IPPool carries the in-use finalizer: deleted, it stays (Ready
+// False, reason Deleting) while any of its addresses is held, also a record
+// the cache cannot read (etcd is asked), and then goes. Before, nothing kept
+// it, and an IPPool created over the same addresses under another name
+// handed them out again.
 func TestPoolInUseWaitsForItsAddresses(t *testing.T) {
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", ReuseDelaySeconds: new(int32(0))}
-	a := startAlloc(t, store.NewMemory())
+	s := store.NewMemory()
+	a := startAlloc(t, s)
 	c := &Controller{Client: apiWith(t, spec), APIReader: apiWith(t, spec), Alloc: a, Recorder: events.NewFakeRecorder(100), Grace: time.Nanosecond}
 	ctx := context.Background()
-	blue := func() (*v1alpha1.IPPool, bool) {
+	blue := func() *v1alpha1.IPPool {
 		t.Helper()
 		time.Sleep(10 * time.Millisecond) // past the grace
 		if err := c.Reconcile(ctx); err != nil {
@@ -1421,42 +1423,55 @@ func TestPoolInUseWaitsForItsAddresses(t *testing.T) {
 		ipp := &v1alpha1.IPPool{}
 		err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, ipp)
 		if apierrors.IsNotFound(err) {
-			return nil, false
+			return nil
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ipp, controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
+		return ipp
 	}
-	if _, protected := blue(); protected {
-		t.Fatal("blue holds no address, yet has the in-use finalizer")
+	deleting := func(ipp *v1alpha1.IPPool, says string) {
+		t.Helper()
+		if ipp == nil {
+			t.Fatalf("blue, deleted, went while it was to say %q", says)
+		}
+		if !controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer) {
+			t.Fatalf("blue, deleted in use, lost its in-use finalizer: %v", ipp.Finalizers)
+		}
+		if cond := meta.FindStatusCondition(ipp.Status.Conditions, "Ready"); cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != "Deleting" || !strings.Contains(cond.Message, says) {
+			t.Errorf("Ready of blue being deleted: %+v; want False, reason Deleting, saying %q", cond, says)
+		}
+	}
+	ipp := blue()
+	if !controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer) {
+		t.Fatalf("blue has no in-use finalizer after a pass: %v", ipp.Finalizers)
 	}
 	if _, err := a.Allocate(ctx, ipam.Request{Pool: pool(t, spec), Identity: "statefulset/app/db/0", Pod: "app/db-0"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, protected := blue(); !protected {
-		t.Fatal("blue holds an address, and has no in-use finalizer")
-	}
-	ipp, _ := blue()
-	if err := c.Client.Delete(ctx, ipp); err != nil {
+	// A record the cache skips: it cannot decode it.
+	const unreadable = "/stickynet/ipam/addr/blue/10.20.0.99"
+	if _, err := s.Txn(ctx, nil, []store.Op{store.Put(unreadable, []byte("{not json"), store.NoLease)}, nil); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Client.Delete(ctx, blue()); err != nil {
+		t.Fatal(err)
+	}
+	deleting(blue(), "(1 now)")
 	for range 3 { // the StatefulSet is gone: its ordinal's address goes, in a pass or two
-		ipp, protected := blue()
-		if ipp == nil {
+		if !kept(a, "statefulset/app/db/0") {
 			break
 		}
-		if cond := meta.FindStatusCondition(ipp.Status.Conditions, "Ready"); cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != "Deleting" {
-			t.Errorf("Ready of blue being deleted: %+v; want False, reason Deleting", cond)
-		}
-		if kept(a, "statefulset/app/db/0") && !protected {
-			t.Fatal("blue lost its in-use finalizer while statefulset/app/db/0 holds its address")
-		}
+		deleting(blue(), "")
 	}
 	if kept(a, "statefulset/app/db/0") {
 		t.Fatal("statefulset/app/db/0 still holds its address three passes after its StatefulSet was found gone")
 	}
-	if ipp, _ := blue(); ipp != nil {
+	deleting(blue(), "etcd holds 1 keys of its addresses that this replica's cache does not show (a claim made a moment ago, or records it cannot read), such as "+unreadable)
+	if _, err := s.Txn(ctx, nil, []store.Op{store.Delete(unreadable)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ipp := blue(); ipp != nil {
 		t.Fatalf("blue, deleted, still there once none of its addresses is held: finalizers %v", ipp.Finalizers)
 	}
 }
