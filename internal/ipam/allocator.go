@@ -599,7 +599,8 @@ func (a *Allocator) guardSharing(p *plan, pool *Pool, ip netip.Addr, released st
 // closed refuses an address of a pool being deleted to an identity that
 // holds none of it: a new identity, one moving in from another pool, a set
 // growing past its members. Identities that hold addresses of the pool keep
-// them, take their own cooling ones back, and move within it.
+// them, take their own cooling ones back, and move within it (planMove, and
+// planNewWithMAC off an address that cools outside the spec).
 func closed(pool *Pool) error {
 	if pool.Deleting {
 		return &PoolDeletingError{Pool: pool.Name}
@@ -639,9 +640,6 @@ func (a *Allocator) planNew(req *Request) (*plan, error) {
 func (a *Allocator) planNewWithMAC(req *Request, from *entry) (*plan, error) {
 	c := a.cache
 	pool := req.Pool
-	if err := closed(pool); err != nil {
-		return nil, err
-	}
 	ip, err := a.newAddr(req)
 	if err != nil {
 		return nil, err

@@ -544,9 +544,9 @@ func (a *Allocator) HoldsOutside(identity string, p *Pool) bool {
 }
 
 // PoolKeys returns the etcd keys of the pool's addresses (records,
-// allocated, reserved, held or cooling, and holds), read from etcd itself
-// rather than the cache, which may lag a claim made a moment ago by another
-// replica, and skips records it cannot decode.
+// allocated, reserved, held or cooling, and holds), read from etcd itself:
+// the cache may lag a claim made a moment ago by another replica, and skips
+// records it cannot decode.
 func (a *Allocator) PoolKeys(ctx context.Context, pool string) ([]string, error) {
 	kvs, _, err := a.s.List(ctx, a.keys.addr+pool+"/")
 	if err != nil {

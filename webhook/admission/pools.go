@@ -129,7 +129,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 
 // defaultPool chooses among the default pools (sorted by name) that admit
 // ns: the one where the identity holds an address, else the first not being
-// deleted (a pool being deleted hands out no new address), else the first.
+// deleted (one being deleted refuses new identities), else the first.
 func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace, identity string) (*v1alpha1.IPPool, string) {
 	if len(defaults) == 1 {
 		return defaults[0], ""
