@@ -330,13 +330,21 @@ func TestFallbackPluginDiesWithPlugin(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// Alive: the fallback plugin's process (its stat names sleep), not a zombie.
-	alive := func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		return err == nil && strings.Contains(string(b), "(sleep)") && !strings.Contains(string(b), ") Z ")
+	stat := func() string {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return string(b)
+	}
+	sleeping := func() bool { st := stat(); return strings.Contains(st, "(sleep) ") && !strings.Contains(st, ") Z ") }
+	// The fallback plugin runs sleep (the shell execs it) before the
+	// stickynet plugin is killed: until then its stat says (slow).
+	for !sleeping() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the fallback plugin did not exec sleep in 20 s: %q", stat())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	t.Cleanup(func() {
-		if alive() {
+		if sleeping() {
 			_ = syscall.Kill(pid, syscall.SIGKILL) // the test's own child's child
 		}
 	})
@@ -344,6 +352,7 @@ func TestFallbackPluginDiesWithPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
+	alive := func() bool { st := stat(); return st != "" && !strings.Contains(st, ") Z ") }
 	for deadline := time.Now().Add(5 * time.Second); alive(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("fallback plugin (pid %d) still running 5 s after the stickynet plugin was killed", pid)

@@ -21,7 +21,10 @@ import (
 // exec does, but each as a child the kernel kills (SIGKILL) when this plugin
 // dies first. A runtime kills a plugin that takes longer than it waits (as
 // containerd does at its CNI timeout) and goes on with DEL; a fallback
-// plugin left running its ADD would race that DEL.
+// plugin left running its ADD would race that DEL. Only the fallback's own
+// plugin processes die so: what they start in turn (a delegated plugin, or
+// a daemon they hand the work to, as Calico's and Cilium's do) goes on, and
+// so does a plugin binary that is setuid or has file capabilities.
 type childExec struct {
 	version.PluginDecoder
 }
@@ -33,8 +36,8 @@ func (*childExec) FindInPath(plugin string, paths []string) (string, error) {
 }
 
 // busyTries bounds the runs of a plugin whose binary is still open for
-// writing (ETXTBSY: being installed), 100 ms apart.
-const busyTries = 5
+// writing (ETXTBSY: being installed), a second apart, as libcni's.
+const busyTries = 6
 
 func (*childExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
@@ -46,7 +49,7 @@ func (*childExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		err := runOnThisThread(cmd)
 		if errors.Is(err, syscall.ETXTBSY) && try < busyTries {
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(time.Second)
 			continue
 		}
 		// The plugin's stderr is the runtime's log of this plugin too.
@@ -68,14 +71,16 @@ func runOnThisThread(cmd *exec.Cmd) error {
 }
 
 // childError is the error of a plugin that failed: the CNI error it printed,
-// else what it wrote to stderr.
+// else what it wrote.
 func childError(path string, err error, stdout, stderr []byte) error {
 	var e types.Error
-	if len(stdout) > 0 && json.Unmarshal(stdout, &e) == nil && e.Code != 0 {
+	if json.Unmarshal(stdout, &e) == nil && (e.Code != 0 || e.Msg != "") {
 		return &e
 	}
-	if len(stderr) > 0 {
-		return fmt.Errorf("plugin %s: %w: %s", path, err, bytes.TrimSpace(stderr))
+	for _, out := range [][]byte{stderr, stdout} {
+		if len(bytes.TrimSpace(out)) > 0 {
+			return fmt.Errorf("plugin %s: %w: %s", path, err, bytes.TrimSpace(out))
+		}
 	}
 	return fmt.Errorf("plugin %s: %w", path, err)
 }
