@@ -803,14 +803,10 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 	})
 }
 
-// testEditedPool: an IPPool edited to exclude the address a StatefulSet's
-// pod carries. The pool's Ready condition says that an address lies outside
-// its spec while the pod runs; the pod, deleted, comes back with another
-// address of the pool and its MAC, and the condition clears.
-func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
-	ns, pool := "edited", "edited"
-	s.namespace(ctx, t, ns, nil)
-	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.79.0.0/28", Gateway: "10.79.0.1", ReuseDelaySeconds: ptr(int32(3))})
+// singleDB creates StatefulSet db of one replica in ns, its pods drawing
+// from pool.
+func (s *suite) singleDB(ctx context.Context, t *testing.T, ns, pool string) {
+	t.Helper()
 	sts := &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns},
 		Spec: appsv1.StatefulSetSpec{
@@ -822,6 +818,17 @@ func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
 	if _, err := s.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// testEditedPool: an IPPool edited to exclude the address a StatefulSet's
+// pod carries. The pool's Ready condition says that an address lies outside
+// its spec while the pod runs; the pod, deleted, comes back with another
+// address of the pool and its MAC, and the condition clears.
+func (s *suite) testEditedPool(ctx context.Context, t *testing.T) {
+	ns, pool := "edited", "edited"
+	s.namespace(ctx, t, ns, nil)
+	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.79.0.0/28", Gateway: "10.79.0.1", ReuseDelaySeconds: ptr(int32(3))})
+	s.singleDB(ctx, t, ns, pool)
 	before := s.pods(ctx, t, ns, "db", 1)["db-0"]
 	ip := netip.MustParsePrefix(before.ip).Addr()
 	patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"exclude":[%q]}}`, ip)))
@@ -870,17 +877,7 @@ func (s *suite) testDeletedPool(ctx context.Context, t *testing.T) {
 	ns, pool := "leaving", "leaving"
 	s.namespace(ctx, t, ns, nil)
 	s.createPool(ctx, t, pool, v1alpha1.IPPoolSpec{CIDR: "10.80.0.0/28", ReuseDelaySeconds: ptr(int32(2))})
-	sts := &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas: ptr(int32(1)),
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
-			Template: template("db", map[string]string{annotations.Pool: pool}),
-		},
-	}
-	if _, err := s.k.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	s.singleDB(ctx, t, ns, pool)
 	s.pods(ctx, t, ns, "db", 1)
 	get := func() (*v1alpha1.IPPool, error) {
 		p := &v1alpha1.IPPool{}
