@@ -128,14 +128,102 @@ func TestWebhook(t *testing.T) {
 	t.Run("DeletedPoolWaitsForItsAddresses", func(t *testing.T) { s.testDeletedPool(ctx, t) })
 	t.Run("UnlabelledLivePodKeepsAddress", func(t *testing.T) { s.testUnlabelled(ctx, t) })
 	t.Run("LostStateRecordedAgain", func(t *testing.T) { s.testLostState(ctx, t, st) })
+	t.Run("LostLeaseKeepsServing", func(t *testing.T) { s.testLostLease(ctx, t, s.a, b) })
 	t.Run("ShutdownKeepsServing", func(t *testing.T) { s.testShutdown(ctx, t, b) }) // last: stops replica b
 }
 
 // replica is a webhook replica startWebhook runs.
 type replica struct {
 	probe  int
-	socket string       // its --allocations-socket
-	stop   func() error // cancels Run and returns what it returned (once)
+	socket string        // its --allocations-socket
+	stop   func() error  // cancels Run and returns what it returned (once)
+	exited chan struct{} // closed when Run returns
+}
+
+// testLostLease: the release controller's Lease taken by someone else, as
+// when its leader cannot renew it for its renew deadline (10 s; the API
+// server out of its reach, say). Both replicas go on serving admissions,
+// and the leader stops its release controller: the address of a pod deleted
+// meanwhile is not freed while the Lease is not theirs. Once it expires a
+// replica leads again and frees that address. Before, the leader's process
+// ended at once (controller-runtime's manager does on a lost Lease),
+// cutting the admissions in flight.
+func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica) {
+	ns := "lease"
+	s.namespace(ctx, t, ns, nil)
+	bare := func(name string) *corev1.Pod {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: template(name, nil).Spec}
+		pod.Spec.NodeName = "nowhere" // never runs: no kubelet confirms its deletion
+		got, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("create pod %s: %v", name, err)
+		}
+		if got.Annotations[annotations.AssignedIP] == "" {
+			t.Fatalf("pod %s admitted without an address: %v", name, got.Annotations)
+		}
+		return got
+	}
+	bare("before")
+	eventually(ctx, t, 30*time.Second, "pod before's address confirmed", func() (bool, string) {
+		got := s.alloc.Lookup("pod/" + ns + "/before")
+		return len(got) == 1 && got[0].Pod == ns+"/before" && !got[0].Reserved, fmt.Sprintf("%+v", got)
+	})
+
+	leases := s.k.CoordinationV1().Leases(systemNS)
+	l, err := leases.Get(ctx, app.LeaseName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.NewMicroTime(time.Now())
+	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = ptr("intruder"), ptr(int32(30)), &now, &now
+	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	serving := func(what string) {
+		t.Helper()
+		for i, r := range rs {
+			select {
+			case <-r.exited:
+				t.Fatalf("replica %d stopped (%v) %s", i, r.stop(), what)
+			default:
+			}
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", r.probe))
+			if err != nil {
+				t.Fatalf("replica %d's /readyz %s: %v", i, what, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("replica %d's /readyz answers %d %s", i, resp.StatusCode, what)
+			}
+		}
+	}
+	time.Sleep(14 * time.Second) // past the renew deadline and a retry period, with room
+	serving("after the Lease was taken")
+	bare("during")
+	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "before", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2*time.Second + 3*time.Second) // ReleaseGrace is 2 s; a pass every 200 ms
+	if got := s.alloc.Lookup("pod/" + ns + "/before"); len(got) != 1 {
+		t.Fatalf("pod before's address %+v freed while the Lease was the intruder's; want it kept until a replica leads", got)
+	}
+	if l, err := leases.Get(ctx, app.LeaseName, metav1.GetOptions{}); err != nil || *l.Spec.HolderIdentity != "intruder" {
+		t.Fatalf("Lease held by %v (%v); want it still the intruder's: the test's timing is off", l.Spec.HolderIdentity, err)
+	}
+	serving("while the Lease is the intruder's")
+
+	eventually(ctx, t, 60*time.Second, "a replica leading again and freeing pod before's address", func() (bool, string) {
+		l, err := leases.Get(ctx, app.LeaseName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		got := s.alloc.Lookup("pod/" + ns + "/before")
+		return *l.Spec.HolderIdentity != "intruder" && len(got) == 0, fmt.Sprintf("Lease held by %s, address %+v", *l.Spec.HolderIdentity, got)
+	})
+	serving("after a replica took the Lease again")
+	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "during", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // testShutdown: a replica told to stop fails /readyz at once and keeps
@@ -204,8 +292,9 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithCancel(klog.NewContext(ctx, klog.Background().WithName("webhook-"+name)))
-	done := make(chan error, 1)
+	done, exited := make(chan error, 1), make(chan struct{})
 	go func() {
+		defer close(exited)
 		done <- app.Run(wctx, app.Options{
 			Kubeconfig: kubeconfig, EtcdEndpoints: []string{etcdEndpoint},
 			Host: "127.0.0.1", Port: port, CertDir: t.TempDir(),
@@ -220,7 +309,7 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			ShutdownDelay: shutdownDelay,
 		})
 	}()
-	r := &replica{probe: probe, socket: socket, stop: sync.OnceValue(func() error {
+	r := &replica{probe: probe, socket: socket, exited: exited, stop: sync.OnceValue(func() error {
 		cancel()
 		return <-done
 	})}

@@ -27,6 +27,7 @@ import (
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -74,6 +75,9 @@ type Options struct {
 	KubeAPIQPS   float32
 	KubeAPIBurst int
 
+	// LeaderElection elects, through the Lease LeaseName in
+	// LeaderElectionNamespace (default: the pod's), the replica that runs
+	// the release controller (leadership); without it this replica runs it.
 	LeaderElection          bool
 	LeaderElectionNamespace string
 
@@ -198,16 +202,11 @@ func Run(ctx context.Context, o Options) error {
 				&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{annotations.ManagedLabel: "true"})},
 			},
 		},
-		HealthProbeBindAddress:  o.ProbeAddr,
-		LeaderElection:          o.LeaderElection,
-		LeaderElectionID:        "stickynet-release-controller",
-		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		// Run ends when the manager does: give the lease up at once, so
-		// that a rollout does not leave the release controller stopped
-		// for a lease duration.
-		LeaderElectionReleaseOnCancel: true,
-		WebhookServer:                 webhook.NewServer(webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}),
-		Logger:                        log,
+		HealthProbeBindAddress: o.ProbeAddr,
+		// No leader election of the manager's: leadership (leader.go)
+		// elects the release controller's leader.
+		WebhookServer: webhook.NewServer(webhook.Options{Host: o.Host, Port: o.Port, CertDir: o.CertDir}),
+		Logger:        log,
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -239,11 +238,6 @@ func Run(ctx context.Context, o Options) error {
 	probe := newStoreProbe(alloc, raw)
 	if err := mgr.Add(probe); err != nil {
 		return err
-	}
-	if o.LeaderElection { // a single replica has no one to give the lead to
-		if err := mgr.Add(stepDown{probe: probe, max: max(o.ReservationTTL/3, 20*time.Second)}); err != nil {
-			return err
-		}
 	}
 	if err := mgr.AddReadyzCheck("etcd", probe.check); err != nil {
 		return err
@@ -318,11 +312,24 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	if err := mgr.Add(&release.Controller{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
-		Recorder: mgr.GetEventRecorder("stickynet"), Grace: o.ReleaseGrace, Metrics: release.NewMetrics(metrics.Registry),
-		Ready: allocReady,
-	}); err != nil {
+	// The leader's term: the release controller, made afresh for each, and
+	// the watch that gives the lead up when etcd does not answer (with one
+	// replica there is no one to give it to).
+	rec, releaseMetrics := mgr.GetEventRecorder("stickynet"), release.NewMetrics(metrics.Registry)
+	lead, err := newLeadership(o, cfg, rec, func() []manager.Runnable {
+		term := []manager.Runnable{&release.Controller{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
+			Recorder: rec, Grace: o.ReleaseGrace, Metrics: releaseMetrics, Ready: allocReady,
+		}}
+		if o.LeaderElection {
+			term = append(term, stepDown{probe: probe, max: max(o.ReservationTTL/3, 20*time.Second)})
+		}
+		return term
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(lead); err != nil {
 		return err
 	}
 	log.Info("Starting stickynet webhook", "port", o.Port, "etcd", o.EtcdEndpoints, "memoryStore", o.MemoryStore)

@@ -128,14 +128,16 @@ func (p *storeProbe) check(*http.Request) error {
 	return nil
 }
 
-// stepDown runs on the leader only: it returns an error, which stops the
-// manager and gives up the leader lease, once reads that succeeded while it
-// led have failed for max. Only the leader confirms the reservations every
-// replica makes; one it cannot confirm expires with its lease, and its
-// address looks free while its pod carries it. Another replica that reaches
-// etcd should lead. A replica that takes the lead while etcd already fails
-// it keeps the lead: when etcd is down for every replica, they step down
-// once each, not in turn for as long as it lasts.
+// stepDown runs in the leader's term: it returns an error, which ends the
+// term (the release controller stops, the Lease is given up, and this
+// replica campaigns again after a back-off, serving admissions meanwhile),
+// once reads that succeeded while it led have failed for max. Only the
+// leader confirms the reservations every replica makes; one it cannot
+// confirm expires with its lease, and its address looks free while its pod
+// carries it. Another replica that reaches etcd should lead. A replica that
+// takes the lead while etcd already fails it keeps the lead: when etcd is
+// down for every replica, they step down once each, not in turn for as
+// long as it lasts.
 type stepDown struct {
 	probe *storeProbe
 	max   time.Duration
@@ -159,6 +161,3 @@ func (s stepDown) watch(ctx context.Context, led time.Time) error {
 		}
 	}
 }
-
-// NeedLeaderElection: it watches over the leader.
-func (stepDown) NeedLeaderElection() bool { return true }

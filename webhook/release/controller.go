@@ -58,7 +58,8 @@ type allocator interface {
 
 var _ allocator = (*ipam.Allocator)(nil)
 
-// Controller reconciles addresses with the cluster. It runs on the leader only.
+// Controller reconciles addresses with the cluster. It runs on the leader
+// only, a new Controller for each term as leader.
 type Controller struct {
 	Client    client.Client // cached reads; writes
 	APIReader client.Reader // uncached reads that confirm a workload or pod is gone
@@ -92,13 +93,7 @@ type Controller struct {
 	goneSince map[string]time.Time
 }
 
-var (
-	_ manager.Runnable               = (*Controller)(nil)
-	_ manager.LeaderElectionRunnable = (*Controller)(nil)
-)
-
-// NeedLeaderElection implements manager.LeaderElectionRunnable.
-func (c *Controller) NeedLeaderElection() bool { return true }
+var _ manager.Runnable = (*Controller)(nil)
 
 // Start runs the controller until ctx ends.
 func (c *Controller) Start(ctx context.Context) error {
@@ -123,7 +118,7 @@ func (c *Controller) Start(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("informer for %T: %w", obj, err)
 			}
-			if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 				AddFunc: func(any) { c.Trigger() },
 				UpdateFunc: func(o, n any) {
 					if relevantUpdate(o, n) {
@@ -131,9 +126,13 @@ func (c *Controller) Start(ctx context.Context) error {
 					}
 				},
 				DeleteFunc: func(any) { c.Trigger() },
-			}); err != nil {
+			})
+			if err != nil {
 				return fmt.Errorf("watch %T: %w", obj, err)
 			}
+			// The informers outlive a term as leader: a replica that leads
+			// again runs a new Controller on them.
+			defer func() { _ = inf.RemoveEventHandler(reg) }()
 		}
 		if !c.Cache.WaitForCacheSync(ctx) {
 			return errors.New("caches did not sync")
@@ -148,6 +147,11 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	tick := time.NewTicker(c.Resync)
 	defer tick.Stop()
+	defer func() { // Reconcile, which sets it, runs on this goroutine
+		if c.dueTimer != nil {
+			c.dueTimer.Stop()
+		}
+	}()
 	c.Trigger()
 	for {
 		select {

@@ -1,0 +1,205 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+)
+
+// LeaseName is the Lease in --leader-election-namespace whose holder runs
+// the release controller.
+const LeaseName = "stickynet-release-controller"
+
+// The leader election's timing, controller-runtime's defaults: a leader
+// that cannot renew its Lease for renewDeadline stops leading, and another
+// replica takes the Lease leaseDuration after its last renewal.
+const (
+	leaseDuration = 15 * time.Second
+	renewDeadline = 10 * time.Second
+	retryPeriod   = 2 * time.Second
+)
+
+// leadership runs what only the leader runs (the release controller and
+// the stepDown watch over it) for as long as this replica holds the Lease,
+// and campaigns again when a term ends, while the replica goes on serving
+// admissions. A term ends when the Lease is lost (not renewed for
+// renewDeadline), when something it runs fails (stepDown: etcd does not
+// answer this replica), or when the webhook stops; what it ran has stopped
+// before the Lease is given up or campaigned for again. The manager's own
+// leader election is not used: on losing its Lease it ends the process at
+// once, cutting the admissions in flight.
+type leadership struct {
+	// lock is the Lease; nil runs one term for as long as the webhook runs,
+	// with no election (a single replica).
+	lock resourcelock.Interface
+	// term returns what one term runs, afresh for each.
+	term func() []manager.Runnable
+
+	leaseDuration, renewDeadline, retryPeriod time.Duration
+	// backoff is how long a replica whose term failed waits before it
+	// campaigns again, so that another replica takes the Lease.
+	backoff time.Duration
+}
+
+// newLeadership returns the leadership of the release controller for a
+// webhook with options o, on cfg's API server.
+func newLeadership(o Options, cfg *rest.Config, rec events.EventRecorder, term func() []manager.Runnable) (*leadership, error) {
+	l := &leadership{term: term, leaseDuration: leaseDuration, renewDeadline: renewDeadline, retryPeriod: retryPeriod, backoff: leaseDuration}
+	if !o.LeaderElection {
+		return l, nil
+	}
+	ns := o.LeaderElectionNamespace
+	if ns == "" {
+		b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+		if err != nil {
+			return nil, fmt.Errorf("--leader-election-namespace not set and not running in a pod (%w): set it to the namespace of the Lease %s", err, LeaseName)
+		}
+		ns = strings.TrimSpace(string(b))
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("leader election identity: %w", err)
+	}
+	// The client's timeout is half the renew deadline, so that one hung
+	// request does not cost the Lease (client-go's advice).
+	l.lock, err = resourcelock.NewFromKubeconfig(resourcelock.LeasesResourceLock, ns, LeaseName,
+		resourcelock.ResourceLockConfig{Identity: host + "_" + string(uuid.NewUUID()), EventRecorder: leaseEvents{rec}},
+		cfg, renewDeadline)
+	if err != nil {
+		return nil, fmt.Errorf("leader election Lease %s/%s: %w", ns, LeaseName, err)
+	}
+	return l, nil
+}
+
+// NeedLeaderElection: leadership is the election; it runs on every replica.
+func (*leadership) NeedLeaderElection() bool { return false }
+
+// Start campaigns and leads, term after term, until ctx ends.
+func (l *leadership) Start(ctx context.Context) error {
+	log := klog.FromContext(ctx).WithName("leader")
+	ctx = klog.NewContext(ctx, log)
+	if l.lock == nil {
+		return runAll(ctx, l.term())
+	}
+	for {
+		err := l.campaign(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			log.Info("Lost the lead of the release controller; campaigning again", "lease", LeaseName)
+			continue
+		}
+		log.Error(err, "Gave up the lead of the release controller; campaigning again later, while serving admissions", "lease", LeaseName, "after", l.backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(l.backoff):
+		}
+	}
+}
+
+// campaign waits for the Lease and runs one term while it holds it. It
+// returns once nothing of the term runs and the Lease is given up, with the
+// error that ended the term (nil: the Lease was lost, ctx ended, or the
+// Lease never came).
+func (l *leadership) campaign(ctx context.Context) error {
+	log := klog.FromContext(ctx)
+	// elect outlives ctx: a leader gives the Lease up (ending elect) only
+	// once its term has stopped.
+	elect, giveUp := context.WithCancel(context.WithoutCancel(ctx))
+	defer giveUp()
+	var (
+		mu      sync.Mutex
+		over    bool // no term starts any more
+		leading bool
+		terms   sync.WaitGroup
+		result  error
+	)
+	defer context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		over = true
+		if !leading { // still campaigning: stop
+			giveUp()
+		}
+	})()
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock: l.lock, Name: LeaseName,
+		LeaseDuration: l.leaseDuration, RenewDeadline: l.renewDeadline, RetryPeriod: l.retryPeriod,
+		ReleaseOnCancel: true,
+		Callbacks: leaderelection.LeaderCallbacks{
+			// held ends when the Lease is lost or given up.
+			OnStartedLeading: func(held context.Context) {
+				mu.Lock()
+				if over {
+					mu.Unlock()
+					return
+				}
+				leading = true
+				terms.Add(1)
+				mu.Unlock()
+				defer terms.Done()
+				log.Info("Leading the release controller", "lease", LeaseName)
+				run, stop := context.WithCancel(held)
+				defer context.AfterFunc(ctx, stop)()
+				result = runAll(run, l.term())
+				stop()
+				giveUp()
+			},
+			OnStoppedLeading: func() {},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	le.Run(elect) // returns once the Lease is lost or given up, or elect ends while campaigning
+	mu.Lock()
+	over = true
+	mu.Unlock()
+	terms.Wait() // a Lease lost under a running term: it is stopping
+	return result
+}
+
+// runAll runs rs until ctx ends or one of them fails, and returns once all
+// have returned, with the first error.
+func runAll(ctx context.Context, rs []manager.Runnable) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(rs))
+	for _, r := range rs {
+		go func() { errs <- r.Start(ctx) }()
+	}
+	var first error
+	for range rs {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	if first == nil && ctx.Err() == nil {
+		return errors.New("the release controller stopped by itself")
+	}
+	return first
+}
+
+// leaseEvents records the leader election's events on the Lease
+// ("… became leader") through the webhook's event recorder.
+type leaseEvents struct{ rec events.EventRecorder }
+
+func (e leaseEvents) Eventf(obj runtime.Object, eventType, reason, message string, args ...any) {
+	e.rec.Eventf(obj, nil, eventType, reason, "LeaderElection", message, args...)
+}
