@@ -211,6 +211,9 @@ func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica)
 		t.Fatalf("Lease held by %v (%v); want it still the intruder's: the test's timing is off", l.Spec.HolderIdentity, err)
 	}
 	serving("while the Lease is the intruder's")
+	if got := leaderGauge(t); got != 0 {
+		t.Errorf("stickynet_webhook_release_leader %v while the Lease is the intruder's; want 0", got)
+	}
 
 	eventually(ctx, t, 60*time.Second, "a replica leading again and freeing pod before's address", func() (bool, string) {
 		l, err := leases.Get(ctx, app.LeaseName, metav1.GetOptions{})
@@ -221,6 +224,9 @@ func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica)
 		return *l.Spec.HolderIdentity != "intruder" && len(got) == 0, fmt.Sprintf("Lease held by %s, address %+v", *l.Spec.HolderIdentity, got)
 	})
 	serving("after a replica took the Lease again")
+	if got := leaderGauge(t); got != 1 {
+		t.Errorf("stickynet_webhook_release_leader %v with a replica leading; want 1", got)
+	}
 	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "during", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
 		t.Fatal(err)
 	}
@@ -1186,6 +1192,16 @@ func (s *suite) nudgeRelease(ctx context.Context, t *testing.T, value string) {
 		n := passCount(t)
 		return n > before, fmt.Sprintf("%v passes, %v before", n, before)
 	})
+}
+
+// leaderGauge reads stickynet_webhook_release_leader, which both replicas
+// (in this process) set.
+func leaderGauge(t *testing.T) float64 {
+	var v float64
+	for _, m := range testenv.Metrics(t, crmetrics.Registry, "stickynet_webhook_release_leader") {
+		v += m.GetGauge().GetValue()
+	}
+	return v
 }
 
 // passCount reads how many passes the release controllers ran, from

@@ -316,7 +316,7 @@ func Run(ctx context.Context, o Options) error {
 	// the watch that gives the lead up when etcd does not answer (with one
 	// replica there is no one to give it to).
 	rec, releaseMetrics := mgr.GetEventRecorder("stickynet"), release.NewMetrics(metrics.Registry)
-	lead, err := newLeadership(o, cfg, rec, func() []manager.Runnable {
+	lead, err := newLeadership(o, cfg, rec, metrics.Registry, func() []manager.Runnable {
 		term := []manager.Runnable{&release.Controller{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
 			Recorder: rec, Grace: o.ReleaseGrace, Metrics: releaseMetrics, Ready: allocReady,

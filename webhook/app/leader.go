@@ -9,6 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/rest"
@@ -17,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+
+	"github.com/stickynet/stickynet/internal/promreg"
 )
 
 // LeaseName is the Lease in --leader-election-namespace whose holder runs
@@ -47,6 +52,8 @@ type leadership struct {
 	lock resourcelock.Interface
 	// term returns what one term runs, afresh for each.
 	term func() []manager.Runnable
+	// leading is 1 while a term runs here (nil: not exported).
+	leading prometheus.Gauge
 
 	leaseDuration, renewDeadline, retryPeriod time.Duration
 	// backoff is how long a replica whose term failed waits before it
@@ -56,8 +63,14 @@ type leadership struct {
 
 // newLeadership returns the leadership of the release controller for a
 // webhook with options o, on cfg's API server.
-func newLeadership(o Options, cfg *rest.Config, rec events.EventRecorder, term func() []manager.Runnable) (*leadership, error) {
-	l := &leadership{term: term, leaseDuration: leaseDuration, renewDeadline: renewDeadline, retryPeriod: retryPeriod, backoff: leaseDuration}
+func newLeadership(o Options, cfg *rest.Config, rec events.EventRecorder, reg prometheus.Registerer, term func() []manager.Runnable) (*leadership, error) {
+	l := &leadership{
+		term: term, leaseDuration: leaseDuration, renewDeadline: renewDeadline, retryPeriod: retryPeriod, backoff: leaseDuration,
+		leading: promreg.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stickynet_webhook_release_leader",
+			Help: "1 while this replica runs the release controller (it holds the Lease " + LeaseName + ", or runs without leader election).",
+		})),
+	}
 	if !o.LeaderElection {
 		return l, nil
 	}
@@ -92,12 +105,15 @@ func (l *leadership) Start(ctx context.Context) error {
 	log := klog.FromContext(ctx).WithName("leader")
 	ctx = klog.NewContext(ctx, log)
 	if l.lock == nil {
-		return runAll(ctx, l.term())
+		return l.run(ctx)
 	}
 	for {
 		err := l.campaign(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errElection) {
+			return err
 		}
 		if err == nil {
 			log.Info("Lost the lead of the release controller; campaigning again", "lease", LeaseName)
@@ -112,14 +128,25 @@ func (l *leadership) Start(ctx context.Context) error {
 	}
 }
 
+// errElection is a leader election that cannot run at all.
+var errElection = errors.New("leader election")
+
+// run runs one term until ctx ends or the term fails.
+func (l *leadership) run(ctx context.Context) error {
+	if l.leading != nil {
+		l.leading.Set(1)
+		defer l.leading.Set(0)
+	}
+	return runAll(ctx, l.term())
+}
+
 // campaign waits for the Lease and runs one term while it holds it. It
 // returns once nothing of the term runs and the Lease is given up, with the
 // error that ended the term (nil: the Lease was lost, ctx ended, or the
 // Lease never came).
 func (l *leadership) campaign(ctx context.Context) error {
 	log := klog.FromContext(ctx)
-	// elect outlives ctx: a leader gives the Lease up (ending elect) only
-	// once its term has stopped.
+	// elect outlives ctx: a leader ends it only once its term has stopped.
 	elect, giveUp := context.WithCancel(context.WithoutCancel(ctx))
 	defer giveUp()
 	var (
@@ -140,7 +167,10 @@ func (l *leadership) campaign(ctx context.Context) error {
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock: l.lock, Name: LeaseName,
 		LeaseDuration: l.leaseDuration, RenewDeadline: l.renewDeadline, RetryPeriod: l.retryPeriod,
-		ReleaseOnCancel: true,
+		// Not client-go's release, which on a failed renewal gives the
+		// Lease up before the term is told to stop: release, below, once
+		// it has.
+		ReleaseOnCancel: false,
 		Callbacks: leaderelection.LeaderCallbacks{
 			// held ends when the Lease is lost or given up.
 			OnStartedLeading: func(held context.Context) {
@@ -156,7 +186,7 @@ func (l *leadership) campaign(ctx context.Context) error {
 				log.Info("Leading the release controller", "lease", LeaseName)
 				run, stop := context.WithCancel(held)
 				defer context.AfterFunc(ctx, stop)()
-				result = runAll(run, l.term())
+				result = l.run(run)
 				stop()
 				giveUp()
 			},
@@ -164,14 +194,44 @@ func (l *leadership) campaign(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("leader election: %w", err)
+		return fmt.Errorf("%w: %w", errElection, err)
 	}
-	le.Run(elect) // returns once the Lease is lost or given up, or elect ends while campaigning
+	le.Run(elect) // returns once renewing failed or elect ended
 	mu.Lock()
 	over = true
+	led := leading
 	mu.Unlock()
 	terms.Wait() // a Lease lost under a running term: it is stopping
+	if led {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.renewDeadline)
+		defer cancel()
+		if err := l.release(rctx); err != nil {
+			log.Error(err, "Could not give up the Lease; another replica takes it when it expires", "lease", LeaseName)
+		}
+	}
 	return result
+}
+
+// release gives up the Lease if this replica still holds it, as client-go
+// does (no holder, a duration of 1 s), so that another replica takes it at
+// its next retry rather than once it expires.
+func (l *leadership) release(ctx context.Context) error {
+	for {
+		rec, _, err := l.lock.Get(ctx)
+		if err != nil {
+			return err
+		}
+		if rec.HolderIdentity != l.lock.Identity() {
+			return nil
+		}
+		now := metav1.NewTime(time.Now())
+		err = l.lock.Update(ctx, resourcelock.LeaderElectionRecord{
+			LeaderTransitions: rec.LeaderTransitions, LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now,
+		})
+		if !apierrors.IsConflict(err) {
+			return err
+		}
+	}
 }
 
 // runAll runs rs until ctx ends or one of them fails, and returns once all

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
@@ -19,19 +22,24 @@ import (
 
 // terms records the terms two replicas' leaderships run.
 type terms struct {
-	mu   sync.Mutex
-	log  []term
-	fail map[string]chan error // a replica's running term returns what is sent
+	leases coordinationv1client.LeaseInterface
+	mu     sync.Mutex
+	log    []term
+	fail   map[string]chan error // a replica's running term returns what is sent
 }
 
 type term struct {
 	who        string
 	start, end time.Time // end zero: running
+	// heldAtEnd: the Lease still named this replica when the term had
+	// stopped.
+	heldAtEnd bool
 }
 
-// runner returns the term of replica who: it runs until its context ends
-// or an error is sent to fail it.
-func (ts *terms) runner(who string) func() []manager.Runnable {
+// runner returns the term of replica who, whose identity in the Lease is
+// id: it runs until its context ends or an error is sent to fail it, and
+// takes a while to stop, as a release pass finishing would.
+func (ts *terms) runner(who string, id func() string) func() []manager.Runnable {
 	return func() []manager.Runnable {
 		return []manager.Runnable{manager.RunnableFunc(func(ctx context.Context) error {
 			ts.mu.Lock()
@@ -44,9 +52,11 @@ func (ts *terms) runner(who string) func() []manager.Runnable {
 			case <-ctx.Done():
 			case err = <-fail:
 			}
-			time.Sleep(300 * time.Millisecond) // a release pass finishing
+			time.Sleep(time.Second)
+			l, gerr := ts.leases.Get(context.Background(), LeaseName, metav1.GetOptions{})
 			ts.mu.Lock()
 			ts.log[i].end = time.Now()
+			ts.log[i].heldAtEnd = gerr == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == id()
 			ts.mu.Unlock()
 			return err
 		})}
@@ -64,6 +74,13 @@ func (ts *terms) running() ([]string, int) {
 		}
 	}
 	return out, len(ts.log)
+}
+
+// get returns term i.
+func (ts *terms) get(i int) term {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.log[i]
 }
 
 // overlaps names two terms that ran at the same time.
@@ -87,32 +104,58 @@ func (ts *terms) overlaps() string {
 	return ""
 }
 
+// refusingLock is a Lease whose renewals by its holder fail while refuse is
+// set, as when the API server times them out, while reads and a release
+// still go through.
+type refusingLock struct {
+	resourcelock.Interface
+	refuse atomic.Bool
+}
+
+func (l *refusingLock) Update(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	if l.refuse.Load() && r.HolderIdentity == l.Identity() {
+		return errors.New("renewal refused by the test")
+	}
+	return l.Interface.Update(ctx, r)
+}
+
 // TestLeadershipOutlivesItsTerms, on a real API server: two replicas'
-// leaderships never run terms at the same time; a replica whose Lease is
-// taken stops its term and campaigns again, its Start still running (the
-// manager's leader election ended the process); a replica whose term fails
-// gives the Lease up at once to the other and waits its back-off; and on
-// stopping, the leader stops its term before it gives the Lease up.
+// leaderships never run terms at the same time, and a term has stopped
+// before its replica gives the Lease up. A replica whose renewals fail
+// stops its term, then gives the Lease up to the other; one whose Lease
+// is taken by another holder stops its term, and a replica leads again once
+// that Lease expires; one whose term fails gives the Lease up to the other
+// at once and campaigns again only after its back-off; on stopping, the
+// leader stops its term, then gives the Lease up. Through all of it
+// leadership.Start keeps running (the manager's leader election ended the
+// process on a lost Lease).
 func TestLeadershipOutlivesItsTerms(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 1}) // (a cluster needs a node)
 	leases := c.Client().CoordinationV1().Leases(metav1.NamespaceDefault)
-	ts := &terms{fail: map[string]chan error{"a": make(chan error, 1), "b": make(chan error, 1)}}
-	done := map[string]chan error{}
+	ts := &terms{leases: leases, fail: map[string]chan error{"a": make(chan error, 1), "b": make(chan error, 1)}}
+	const backoff = 10 * time.Second
+	done, locks := map[string]chan error{}, map[string]*refusingLock{}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	for _, who := range []string{"a", "b"} {
-		l, err := newLeadership(Options{LeaderElection: true, LeaderElectionNamespace: metav1.NamespaceDefault}, c.RESTConfig(), events.NewFakeRecorder(100), ts.runner(who))
+		l, err := newLeadership(Options{LeaderElection: true, LeaderElectionNamespace: metav1.NamespaceDefault}, c.RESTConfig(), events.NewFakeRecorder(100), prometheus.NewRegistry(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.leaseDuration, l.renewDeadline, l.retryPeriod, l.backoff = 4*time.Second, 3*time.Second, 500*time.Millisecond, 8*time.Second
+		lock := &refusingLock{Interface: l.lock}
+		l.lock, locks[who] = lock, lock
+		l.term = ts.runner(who, lock.Identity)
+		// A renew deadline with room on a loaded 2-core machine; the
+		// others shorter than the webhook's to keep the test short.
+		l.leaseDuration, l.renewDeadline, l.retryPeriod, l.backoff = 8*time.Second, 6*time.Second, time.Second, backoff
 		ch := make(chan error, 1)
 		done[who] = ch
 		go func() { ch <- l.Start(lctx) }()
 	}
+	other := map[string]string{"a": "b", "b": "a"}
 	stillRunning := func() {
 		t.Helper()
 		for who, ch := range done {
@@ -126,20 +169,34 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 			t.Fatalf("two terms at once: %s", o)
 		}
 	}
-	leader := func(what string) string {
+	// leads waits until who alone runs a term (anyone: ""), the n-th.
+	leads := func(who string, n int, within time.Duration, what string) string {
 		t.Helper()
-		var who string
-		testenv.Eventually(ctx, t, 30*time.Second, what, func() (bool, string) {
-			run, n := ts.running()
+		var got string
+		testenv.Eventually(ctx, t, within, what, func() (bool, string) {
+			run, m := ts.running()
 			if len(run) == 1 {
-				who = run[0]
+				got = run[0]
 			}
-			return len(run) == 1, fmt.Sprintf("%d terms so far, running: %v", n, run)
+			return len(run) == 1 && (who == "" || got == who) && m == n, fmt.Sprintf("%d terms so far, running: %v", m, run)
 		})
 		stillRunning()
-		return who
+		return got
 	}
-	first := leader("one replica leading")
+	heldAtEnd := func(i int, what string) {
+		t.Helper()
+		if tm := ts.get(i); !tm.heldAtEnd {
+			t.Fatalf("%s: replica %s had given the Lease up before its term stopped (ended %s)", what, tm.who, tm.end.Format(time.StampMilli))
+		}
+	}
+	first := leads("", 1, 30*time.Second, "one replica leading")
+
+	// Its renewals fail while the API server answers: its term stops, then
+	// it gives the Lease up, and the other leads.
+	locks[first].refuse.Store(true)
+	leads(other[first], 2, 20*time.Second, "the other replica leading once the first's renewals failed")
+	locks[first].refuse.Store(false)
+	heldAtEnd(0, "renewals failing")
 
 	// The Lease taken by someone else: the leader stops leading at its renew
 	// deadline, and a replica leads again once that Lease expires.
@@ -148,7 +205,7 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := metav1.NewMicroTime(time.Now())
-	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = ptr("intruder"), ptr(int32(8)), &now, &now
+	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = ptr("intruder"), ptr(int32(12)), &now, &now
 	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -160,28 +217,21 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 	if l, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err != nil || *l.Spec.HolderIdentity != "intruder" {
 		t.Fatalf("Lease %v (%v); want it still the intruder's: the test's timing is off", l.Spec.HolderIdentity, err)
 	}
-	second := leader("a replica leading again once the intruder's Lease expired")
+	second := leads("", 3, 30*time.Second, "a replica leading again once the intruder's Lease expired")
 
-	// The leader's term fails: the other replica leads within a few retry
-	// periods, not a Lease duration, and the failed one waits its back-off.
-	_, before := ts.running()
+	// Its term fails: the other replica leads within a few retry periods,
+	// not a Lease duration. When the other's term fails in turn, before the
+	// first's back-off ends, no one leads until it has.
 	ts.fail[second] <- errors.New("etcd does not answer")
-	other := map[string]string{"a": "b", "b": "a"}[second]
 	failedAt := time.Now()
-	testenv.Eventually(ctx, t, 3*time.Second, "the other replica leading within 3 s of the failure", func() (bool, string) {
-		run, _ := ts.running()
-		return slices.Equal(run, []string{other}), fmt.Sprintf("running: %v", run)
-	})
-	stillRunning()
-	// The failed replica, campaigning again after its back-off, takes the
-	// Lease once the other's term fails in turn.
-	time.Sleep(time.Until(failedAt.Add(8 * time.Second)))
-	ts.fail[other] <- errors.New("etcd does not answer")
-	testenv.Eventually(ctx, t, 3*time.Second, "the replica that failed first leading again after its back-off", func() (bool, string) {
-		run, n := ts.running()
-		return slices.Equal(run, []string{second}) && n == before+2, fmt.Sprintf("running %v, %d terms since the first failure", run, n-before)
-	})
-	stillRunning()
+	leads(other[second], 4, 6*time.Second, "the other replica leading within 6 s of the failure")
+	heldAtEnd(2, "a term failing")
+	ts.fail[other[second]] <- errors.New("etcd does not answer")
+	leads(second, 5, 2*backoff, "the replica that failed first leading again after its back-off")
+	heldAtEnd(3, "a term failing")
+	if began := ts.get(4).start.Sub(failedAt); began < backoff {
+		t.Fatalf("replica %s led again %s after its term failed; want its back-off of %s first", second, began, backoff)
+	}
 
 	// Stopping: the term ends, then the Lease is given up.
 	stop()
@@ -198,10 +248,10 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 	if run, _ := ts.running(); len(run) > 0 {
 		t.Errorf("terms still running after Start returned: %v", run)
 	}
+	heldAtEnd(4, "stopping")
 	if l, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err != nil {
 		t.Fatal(err)
 	} else if h := l.Spec.HolderIdentity; h != nil && *h != "" {
 		t.Errorf("the Lease is still held by %s after the leader stopped; want it given up", *h)
 	}
-	t.Logf("first leader %s, after the intruder %s", first, second)
 }

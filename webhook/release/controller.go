@@ -116,6 +116,9 @@ func (c *Controller) Start(ctx context.Context) error {
 		} {
 			inf, err := c.Cache.GetInformer(ctx, obj)
 			if err != nil {
+				if ctx.Err() != nil { // the term ended while it started
+					return nil
+				}
 				return fmt.Errorf("informer for %T: %w", obj, err)
 			}
 			reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
@@ -135,6 +138,9 @@ func (c *Controller) Start(ctx context.Context) error {
 			defer func() { _ = inf.RemoveEventHandler(reg) }()
 		}
 		if !c.Cache.WaitForCacheSync(ctx) {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return errors.New("caches did not sync")
 		}
 	}
