@@ -1058,9 +1058,12 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 	var errs []error
 	for i := range pools {
 		ipp := &pools[i]
-		unseen, perr := c.protect(ctx, ipp, held[ipp.Name])
+		unseen, letGo, perr := c.protect(ctx, ipp, held[ipp.Name])
 		if perr != nil {
 			errs = append(errs, perr)
+		}
+		if letGo { // the API server deletes it: no status to write
+			continue
 		}
 		st := ipp.Status.DeepCopy()
 		st.ObservedGeneration = ipp.Generation
@@ -1123,8 +1126,9 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 // to other pods. On every pool, not only those in use: one that went empty
 // and lost it would be unguarded from its next claim to the next pass. A
 // conflict waits for the next pass. unseen says what etcd holds of a pool
-// being deleted that the cache does not show.
-func (c *Controller) protect(ctx context.Context, ipp *v1alpha1.IPPool, held int) (unseen string, _ error) {
+// being deleted that the cache does not show; letGo, that the finalizer
+// came off the last one and the API server deletes the pool.
+func (c *Controller) protect(ctx context.Context, ipp *v1alpha1.IPPool, held int) (unseen string, letGo bool, _ error) {
 	has := controllerutil.ContainsFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
 	orig := ipp.DeepCopy()
 	switch {
@@ -1133,23 +1137,24 @@ func (c *Controller) protect(ctx context.Context, ipp *v1alpha1.IPPool, held int
 	case ipp.DeletionTimestamp != nil && has && held == 0:
 		keys, err := c.Alloc.PoolKeys(ctx, ipp.Name)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
 		if len(keys) > 0 {
-			return fmt.Sprintf("etcd holds %d keys of its addresses that this replica's cache does not show (a claim made a moment ago, or records it cannot read), such as %s", len(keys), keys[0]), nil
+			return fmt.Sprintf("etcd holds %d keys of its addresses that this replica's cache does not show (a claim made a moment ago, or records it cannot read), such as %s", len(keys), keys[0]), false, nil
 		}
 		controllerutil.RemoveFinalizer(ipp, v1alpha1.IPPoolInUseFinalizer)
 	default:
-		return "", nil
+		return "", false, nil
 	}
 	err := c.Client.Patch(ctx, ipp, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-		return "", fmt.Errorf("update the finalizers of IPPool %s: %w", ipp.Name, err)
+		return "", false, fmt.Errorf("update the finalizers of IPPool %s: %w", ipp.Name, err)
 	}
 	if err == nil && has {
 		klog.FromContext(ctx).Info("IPPool let go: none of its addresses is held any more", "pool", ipp.Name)
+		return "", len(ipp.Finalizers) == 0, nil
 	}
-	return "", nil
+	return "", false, nil
 }
 
 // brief shortens an error joined of many (a pass that failed on each of

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -1407,12 +1408,23 @@ func TestPoolConditionAddressesOutsideSpec(t *testing.T) {
 // False, reason Deleting) while any of its addresses is held, also a record
 // the cache cannot read (etcd is asked), and then goes. Before, nothing kept
 // it, and an IPPool created over the same addresses under another name
-// handed them out again.
+// handed them out again. The pass that lets it go writes no status to it
+// (it did, and got NotFound).
 func TestPoolInUseWaitsForItsAddresses(t *testing.T) {
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", ReuseDelaySeconds: new(int32(0))}
 	s := store.NewMemory()
 	a := startAlloc(t, s)
-	c := &Controller{Client: apiWith(t, spec), APIReader: apiWith(t, spec), Alloc: a, Recorder: events.NewFakeRecorder(100), Grace: time.Nanosecond}
+	var statusNotFound atomic.Int32
+	api := interceptor.NewClient(apiWith(t, spec).(client.WithWatch), interceptor.Funcs{
+		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+			err := c.SubResource(sub).Update(ctx, obj, opts...)
+			if apierrors.IsNotFound(err) {
+				statusNotFound.Add(1)
+			}
+			return err
+		},
+	})
+	c := &Controller{Client: api, APIReader: apiWith(t, spec), Alloc: a, Recorder: events.NewFakeRecorder(100), Grace: time.Nanosecond}
 	ctx := context.Background()
 	blue := func() *v1alpha1.IPPool {
 		t.Helper()
@@ -1473,6 +1485,9 @@ func TestPoolInUseWaitsForItsAddresses(t *testing.T) {
 	}
 	if ipp := blue(); ipp != nil {
 		t.Fatalf("blue, deleted, still there once none of its addresses is held: finalizers %v", ipp.Finalizers)
+	}
+	if n := statusNotFound.Load(); n > 0 {
+		t.Errorf("%d status updates of blue after its finalizer came off (NotFound)", n)
 	}
 }
 
