@@ -6,8 +6,10 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,6 +166,45 @@ func TestBandwidthAccuracy(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// An egress limit lifted while ovs-ofctl cannot reach ovs-vswitchd: the
+// meter's deletion fails, and the retry deletes it. Before, the failed
+// attempt had already marked the meter gone, so the retry found nothing to
+// do and the pod stayed policed at the old rate (until a resync, none here).
+func TestLiftedLimitRetriedAfterFailure(t *testing.T) {
+	testenv.Root(t)
+	e := newEnv(t, nil)
+	p := e.addPod(podSpec{
+		name: "lifted", ips: "10.88.0.10/24", mac: "02:00:0a:58:00:0a",
+		extra: map[string]string{annotations.EgressBandwidth: "20M"},
+	})
+	meters := func() string { return e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge) }
+	if m := meters(); !strings.Contains(m, "rate=20000 ") {
+		t.Fatalf("no 20 Mbit/s meter after ADD: %s", m)
+	}
+	mgmt := filepath.Join(e.node.OVS.RunDir, e.node.Bridge+".mgmt")
+	if err := os.Rename(mgmt, mgmt+".away"); err != nil { // ovs-ofctl cannot connect; ovs-vswitchd keeps its meters
+		t.Fatal(err)
+	}
+	back := sync.OnceFunc(func() {
+		if err := os.Rename(mgmt+".away", mgmt); err != nil {
+			t.Error(err)
+		}
+	})
+	defer back()
+	failed := counter(t, "stickynet_nodeagent_background_errors_total", "op", "bandwidth")
+	pod := p.pod.DeepCopy()
+	delete(pod.Annotations, annotations.EgressBandwidth)
+	e.pods.Set(pod)
+	waitFor(t, "a failed attempt to lift the limit", func() bool {
+		return counter(t, "stickynet_nodeagent_background_errors_total", "op", "bandwidth") > failed
+	})
+	back()
+	waitFor(t, "the meter deleted by a retry", func() bool { return !strings.Contains(meters(), "rate=20000 ") })
+	if err := e.cni.Del(p.rt); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -335,7 +335,11 @@ func (a *agent) undoAdd(ctx context.Context, at *datapath.Attachment, recorded b
 	}
 	if recorded {
 		if derr := a.store.Delete(at); derr != nil {
-			err = fmt.Errorf("%w; %w", err, derr)
+			// Its record stays: so does its VF or port number, or a
+			// restart would tear down from the record what the next pod
+			// given them set up.
+			a.track(at)
+			return fmt.Errorf("%w; its record stays until the pod's DEL: %w", err, derr)
 		}
 	}
 	a.mu.Lock()
@@ -348,8 +352,9 @@ func (a *agent) undoAdd(ctx context.Context, at *datapath.Attachment, recorded b
 // carrier's host veth goes with its netns, with no word to the agent.
 const carrierPoll = 250 * time.Millisecond
 
-// waitCarriers returns once no attachment of another pod on this node, set
-// up or being set up, carries at's MAC or one of its IPs on at's VLAN, and
+// waitCarriers returns once no attachment of another sandbox on this node
+// (another pod's, or an earlier sandbox of at's pod), set up or being set
+// up, carries at's MAC or one of its IPs on at's VLAN, and
 // then counts at as being set up (until doneStarting) so that an ADD that
 // overlaps this one waits for it in turn. An address is on one pod at a
 // time, else OVS's MAC learning and the neighbours' caches send its traffic
@@ -362,9 +367,13 @@ const carrierPoll = 250 * time.Millisecond
 func (a *agent) waitCarriers(wait context.Context, at *datapath.Attachment) error {
 	var waited *datapath.Attachment
 	start := time.Now()
-	gone := map[*datapath.Attachment]bool{}      // carry nothing any more (carries)
-	other := func(o *datapath.Attachment) bool { // another pod's, with an address of at's
-		return o.PodUID != at.PodUID && o.Key() != at.Key() && sharesAddress(o, at)
+	gone := map[*datapath.Attachment]bool{} // carry nothing any more (carries)
+	// Another sandbox's, with an address of at's: another pod's, or an
+	// earlier sandbox of the same pod that still carries it (its DEL
+	// failed or has not come). The interfaces of one sandbox share its
+	// assignment.
+	other := func(o *datapath.Attachment) bool {
+		return o.ContainerID != at.ContainerID && sharesAddress(o, at)
 	}
 	for {
 		a.mu.Lock()

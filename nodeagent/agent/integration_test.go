@@ -966,6 +966,38 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 	}
 }
 
+// A pod's sandbox made again while its earlier sandbox still carries the
+// address (that sandbox's DEL failed or has not come): the new sandbox's
+// ADD waits for the old one, as for another pod's, and gives up naming the
+// pod, rather than putting the pod's MAC and IP on a second port (or, for
+// an SR-IOV pod, a second VF). Before, only other pods' attachments were
+// waited for. Once the old sandbox's DEL comes, the new one attaches.
+func TestNewSandboxWaitsForOldSandbox(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
+	old := e.addPod(podSpec{name: "resandboxed", ips: "10.87.0.10/24", mac: "02:00:0a:57:00:0a"})
+	n := agenttest.NewNetns(t)
+	next := &testPod{pod: old.pod, netns: n, rt: agenttest.RuntimeConf("ctr-resandboxed-2", n, "eth0", old.pod)}
+	_, err := e.cni.Add(next.rt)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "MAC 02:00:0a:57:00:0a is still carried on this node by pod default/resandboxed") {
+		t.Fatalf("ADD of the pod's new sandbox while its old sandbox carries the address: %v; want code %d naming the pod", err, types.ErrTryAgainLater)
+	}
+	if p := e.ovsPortOf("ctr-resandboxed-2"); p != "" {
+		t.Errorf("the refused ADD left OVS port %s", p)
+	}
+	if err := e.cni.Del(old.rt); err != nil {
+		t.Fatalf("DEL of the old sandbox: %v", err)
+	}
+	if _, err := e.cni.Add(next.rt); err != nil {
+		t.Fatalf("ADD of the new sandbox after the old one's DEL: %v", err)
+	}
+	if e.ovsPortOf("ctr-resandboxed-2") == "" {
+		t.Error("the new sandbox has no OVS port")
+	}
+	if err := e.cni.Del(next.rt); err != nil {
+		t.Errorf("DEL of the new sandbox: %v", err)
+	}
+}
+
 // addressWaits reads stickynet_nodeagent_address_waits_total{result}.
 func addressWaits(t *testing.T, result string) float64 {
 	t.Helper()

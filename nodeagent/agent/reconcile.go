@@ -83,7 +83,12 @@ func (a *agent) restore(ctx context.Context) error {
 				a.track(at)
 				continue
 			}
-			errs = append(errs, a.store.Delete(at))
+			if err := a.store.Delete(at); err != nil {
+				// Its record stays: its VF or port number too (as above).
+				errs = append(errs, err)
+				a.track(at)
+				continue
+			}
 			if at.VF == nil && !portOfAnother(byName, at) {
 				a.mu.Lock()
 				delete(a.usedPorts, at.OFPort)

@@ -142,7 +142,8 @@ func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, n *v1alpha1.
 			return err
 		}
 		if derr := a.store.Delete(at); derr != nil {
-			err = errors.Join(err, derr)
+			a.track(at) // its record stays, and the VF with it (undoAdd's rule)
+			return errors.Join(err, derr)
 		}
 		a.freeVF(at.VF)
 		return err

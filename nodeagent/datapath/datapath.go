@@ -176,6 +176,19 @@ func (d *Datapath) Metered(n int) bool {
 	return d.metered[n]
 }
 
+// delMeter deletes meter n, and its flow with it. One that could not be
+// deleted stays marked, so that the next try deletes it rather than
+// finding nothing to do (a pod whose limit was lifted policed at the old
+// rate, and the next pod on the number too).
+func (d *Datapath) delMeter(ctx context.Context, n int) error {
+	d.setMetered(n, false)
+	if err := d.ovs.DelMeter(ctx, n); err != nil {
+		d.setMetered(n, true)
+		return err
+	}
+	return nil
+}
+
 func (d *Datapath) setMetered(n int, v bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -379,10 +392,7 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	case a.EgressMode != bandwidth.EgressMeter && d.Metered(a.OFPort):
 		// A meter left on the number by a pod of before the egress mode
 		// changed would police this pod too.
-		g.Go(func() error {
-			d.setMetered(a.OFPort, false)
-			return d.ovs.DelMeter(ctx, a.OFPort) // takes the flow with it
-		})
+		g.Go(func() error { return d.delMeter(ctx, a.OFPort) })
 	}
 	podErr := d.configurePodLink(a, pn, d.cfg.TxChecksumOff)
 	tPod := time.Since(start)
@@ -696,8 +706,7 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 			if !d.Metered(id) && (snap == nil || !hasKey(snap.Meters, id)) {
 				return nil
 			}
-			d.setMetered(id, false)
-			return d.ovs.DelMeter(ctx, id) // takes the flow with it
+			return d.delMeter(ctx, id)
 		}
 		p, err := bandwidth.Policer(want, a.MTU)
 		if err != nil {
