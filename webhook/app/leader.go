@@ -30,7 +30,8 @@ const LeaseName = "stickynet-release-controller"
 
 // The leader election's timing, controller-runtime's defaults: a leader
 // that cannot renew its Lease for renewDeadline stops leading, and another
-// replica takes the Lease leaseDuration after its last renewal.
+// replica, trying every retryPeriod, takes the Lease once it has seen no
+// renewal for leaseDuration (or at once when the leader gave it up).
 const (
 	leaseDuration = 15 * time.Second
 	renewDeadline = 10 * time.Second
