@@ -556,7 +556,9 @@ func (a *Allocator) planReclaim(req *Request, e *entry) (*plan, error) {
 func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	c := a.cache
 	pool := req.Pool
-	taken := func(ip netip.Addr) bool { return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil }
+	taken := func(ip netip.Addr) bool {
+		return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil || c.heldElsewhere(pool.Name, ip) != nil
+	}
 	switch {
 	case req.IP.IsValid():
 		// Even the identity's own record there: a claim of ip would fail its

@@ -1304,3 +1304,30 @@ func TestSharingPools(t *testing.T) {
 		t.Errorf("asking pool a for its own address cooling in pool b: %v; want a ConflictError of pool b", err)
 	}
 }
+
+// Two pools of one CIDR edited apart: pool b's identity keeps an address
+// that b's spec no longer allows and a's now does. Pool a does not hand it
+// out, asked for or picked, though neither pool names the other in Sharing
+// (worked out from the specs). Before, a gave it to its next pod: the same
+// address on two live pods.
+func TestPoolsEditedApartKeepHeldAddresses(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	ctx := testCtx(t)
+	held := netip.MustParseAddr("10.31.0.3")
+	alloc(t, a, Request{Pool: mustPool(t, "b", v1alpha1.IPPoolSpec{CIDR: "10.31.0.0/29"}), Identity: "statefulset/ns/db/0", Pod: "ns/db-0", IP: held})
+	// The edit: a takes .1–.3, b .4–.6.
+	pa := mustPool(t, "a", v1alpha1.IPPoolSpec{CIDR: "10.31.0.0/29", Ranges: []v1alpha1.IPRange{{Start: "10.31.0.1", End: "10.31.0.3"}}})
+	var ce *ConflictError
+	if _, err := a.Allocate(ctx, Request{Pool: pa, Identity: "pod/ns/x", Pod: "ns/x", IP: held}); !errors.As(err, &ce) || ce.Pool != "b" || ce.Holder != "statefulset/ns/db/0" {
+		t.Errorf("pool a asked for %s, which pool b's identity holds: %v; want a ConflictError naming it", held, err)
+	}
+	for i := range 2 {
+		if got := alloc(t, a, Request{Pool: pa, Identity: fmt.Sprintf("pod/ns/p%d", i), Pod: fmt.Sprintf("ns/p%d", i)}); got.IP == held {
+			t.Fatalf("pool a handed out %s, which pool b's identity holds", held)
+		}
+	}
+	var ex *ExhaustedError
+	if got, err := a.Allocate(ctx, Request{Pool: pa, Identity: "pod/ns/p2", Pod: "ns/p2"}); !errors.As(err, &ex) {
+		t.Errorf("pool a with .1 and .2 taken and .3 pool b's: got %+v, %v; want an ExhaustedError", got, err)
+	}
+}

@@ -399,10 +399,33 @@ func (c *cache) takenIn(pools []string, ip netip.Addr) *entry {
 	return nil
 }
 
-// sharedConflict says whether a pool sharing addresses with pool (its
-// Sharing) has ip, for an identity other than identity ("": for anyone).
+// heldElsewhere returns a record of ip in a pool other than pool, if the
+// cache has one. A pool keeps what its identities hold when its spec moves
+// off those addresses (a running pod keeps its address), so Sharing, worked
+// out from the specs, need not name every pool that has ip: two pools
+// edited apart, the one no longer allowing an address that the other now
+// does.
+func (c *cache) heldElsewhere(pool string, ip netip.Addr) *entry {
+	for name, m := range c.pools {
+		if name == pool {
+			continue
+		}
+		if e := m[ip]; e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// sharedConflict says whether another pool has ip (a pool sharing addresses
+// with pool, its Sharing, or any pool with a record of it), for an identity
+// other than identity ("": for anyone).
 func (c *cache) sharedConflict(pool *Pool, ip netip.Addr, identity string) error {
-	if e := c.takenIn(pool.Sharing, ip); e != nil && (identity == "" || e.rec.ID != identity) {
+	e := c.takenIn(pool.Sharing, ip)
+	if e == nil {
+		e = c.heldElsewhere(pool.Name, ip)
+	}
+	if e != nil && (identity == "" || e.rec.ID != identity) {
 		return &ConflictError{Pool: e.pool, What: "address " + ip.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
 	}
 	return nil
