@@ -28,6 +28,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/store"
 )
 
@@ -367,13 +368,24 @@ func (a *Allocator) plan(req *Request) (*plan, error) {
 			// The identity now asks for another pool: move it there.
 			return a.planMove(req, elsewhere[0], netip.Addr{})
 		}
-		if req.MAC == nil {
-			// Its address, released, cools where it may no longer go (outside
-			// the pool's spec or its list): a new address, with the
-			// identity's MAC.
-			for _, e := range slices.Concat(cooling, coolingOutside) {
-				if e.rec.MAC != "" {
-					return a.planNewWithMAC(req, e)
+		// Its address, released, cools where it may no longer go (outside
+		// the pool's spec or its list), or the pod asks for another address
+		// with the MAC that cools there: a new address, with the identity's
+		// MAC. (A claim of the MAC as new would fail its compare with the
+		// identity's own MAC key on every attempt.)
+		for _, e := range slices.Concat(cooling, coolingOutside) {
+			if e.rec.MAC != "" && (req.MAC == nil || req.MAC.String() == e.rec.MAC) {
+				return a.planNewWithMAC(req, e)
+			}
+		}
+		if req.IP.IsValid() && req.MAC != nil {
+			// Its own cooling address asked for with another MAC: taking the
+			// address back keeps its MAC, so say which.
+			for _, e := range cooling {
+				if e.ip == req.IP && e.rec.MAC != "" {
+					return nil, &NotAllocatableError{IP: req.IP, Reason: fmt.Sprintf(
+						"this identity's, cooling with MAC %s for pool %s's reuse delay: ask for it with that MAC or with no %s, or for another address",
+						e.rec.MAC, pool.Name, annotations.MAC)}
 				}
 			}
 		}

@@ -1331,3 +1331,30 @@ func TestPoolsEditedApartKeepHeldAddresses(t *testing.T) {
 		t.Errorf("pool a with .1 and .2 taken and .3 pool b's: got %+v, %v; want an ExhaustedError", got, err)
 	}
 }
+
+// A bare pod created again under its name while its address cools, asking
+// for its MAC with another address: it gets that address with its MAC. Asking
+// for its cooling address with another MAC: a denial that names the MAC the
+// address keeps. Before, both claims failed their compare with the
+// identity's own keys on every attempt, and the pod was refused with "too
+// many concurrent changes; try again" until the reuse delay ended.
+func TestOwnCoolingAddressAndMACAskedApart(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(3600)})
+	ctx := testCtx(t)
+	ipA, ipB := netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.11")
+	m, m2 := net.HardwareAddr{2, 0, 0, 0, 0, 1}, net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	first := alloc(t, a, Request{Pool: p, Identity: "pod/ns/db", Pod: "ns/db", IP: ipA, MAC: m})
+	vacate(t, a, "p", first.IP, "pod/ns/db", "ns/db")
+	var ne *NotAllocatableError
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/db", Pod: "ns/db", IP: ipA, MAC: m2}); !errors.As(err, &ne) || !strings.Contains(err.Error(), "cooling with MAC 02:00:00:00:00:01") {
+		t.Errorf("its cooling address with another MAC: %v; want a NotAllocatableError naming the MAC the address keeps", err)
+	}
+	got, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/db", Pod: "ns/db", IP: ipB, MAC: m})
+	if err != nil || got.IP != ipB || got.MAC.String() != m.String() {
+		t.Fatalf("another address with its cooling MAC: %+v, %v; want %s with MAC %s", got, err, ipB, m)
+	}
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: ipA}); err == nil {
+		t.Errorf("another identity took %s within its reuse delay", ipA)
+	}
+}
