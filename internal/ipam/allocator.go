@@ -497,6 +497,26 @@ func (a *Allocator) planKeep(req *Request, e *entry) *plan {
 		p.then = []store.Op{store.Put(hk, encode(hold{Token: req.Token}), store.NoLease)}
 		p.needLease(a.opts.ReservationTTL, 0)
 		p.result.Token, p.result.Reserved = req.Token, true
+	case req.Token != "" && !req.Shared && e.rec.State == stateReserved && e.rec.Token != req.Token:
+		// A pod created again under another token (a DaemonSet's, the first
+		// refused after admission) gets the reservation still pending for its
+		// identity, under the first pod's token: the reservation starts over, or it
+		// could end before the release controller confirms the new pod, and
+		// its address look free while the pod carries it. Not shorter than a
+		// reservation over a cooling address has to last: the reuse delay
+		// from when it was claimed.
+		ttl := a.opts.ReservationTTL
+		if a.now().Add(ttl).Before(time.Unix(e.rec.Since, 0).Add(req.Pool.ReuseDelay)) {
+			ttl = max(ttl, req.Pool.ReuseDelay)
+		}
+		p.then = []store.Op{
+			store.Put(ak, encode(e.rec), store.NoLease),
+			store.Put(a.keys.identKey(req.Identity, false, e.ip), encode(pointer{Pool: e.pool, IP: e.ip.String()}), store.NoLease),
+		}
+		if e.rec.MAC != "" {
+			p.then = append(p.then, store.Put(a.keys.macKey(e.rec.MAC), encode(pointer{Pool: e.pool, IP: e.ip.String()}), store.NoLease))
+		}
+		p.needLease(ttl, 0)
 	}
 	return p
 }

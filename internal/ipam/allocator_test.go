@@ -241,7 +241,9 @@ func TestReleaseAndReuseDelay(t *testing.T) {
 func TestReservationExpiresOrIsBound(t *testing.T) {
 	s := store.NewMemory()
 	a := startAllocator(t, s, Options{ReservationTTL: time.Second})
-	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	// No reuse delay: a reservation taken again by a pod under another
+	// token starts over, and lasts at least the reuse delay from its claim.
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(0)})
 	ctx := testCtx(t)
 	lost := alloc(t, a, Request{Pool: p, Identity: "daemonset/ns/agent/node-1", Token: "t1"})
 	kept := alloc(t, a, Request{Pool: p, Identity: "daemonset/ns/agent/node-2", Token: "t2"})
@@ -1356,5 +1358,37 @@ func TestOwnCoolingAddressAndMACAskedApart(t *testing.T) {
 	}
 	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: ipA}); err == nil {
 		t.Errorf("another identity took %s within its reuse delay", ipA)
+	}
+}
+
+// A DaemonSet's pod refused after admission, and the node's next pod
+// admitted under another token near the end of the first one's
+// reservation: the reservation starts over with the new pod, so it does not
+// end before the release controller confirms that pod. Before, the new pod
+// got what was left of the first one's lease, and the address, its identity
+// and MAC keys went with it (no cooling), free to others while the pod
+// carried it.
+func TestReservationStartsOverForNextPod(t *testing.T) {
+	s := store.NewMemory()
+	a := startAllocator(t, s, Options{ReservationTTL: time.Second})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(0)})
+	ctx := testCtx(t)
+	const id = "daemonset/ns/agent/node-1"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Token: "refused"})
+	began := time.Now()
+	// The first reservation's lease (1 s plus 2 s of slack) ends 3 s after it began.
+	time.Sleep(2500 * time.Millisecond)
+	next := alloc(t, a, Request{Pool: p, Identity: id, Token: "next"})
+	if next.IP != first.IP || !next.Reserved {
+		t.Fatalf("the node's next pod got %+v; want the pending reservation of %s", next, first.IP)
+	}
+	time.Sleep(time.Until(began.Add(4 * time.Second)))
+	for _, k := range []string{a.keys.addrKey("p", first.IP), a.keys.identKey(id, false, first.IP), a.keys.macKey(first.MAC.String())} {
+		if kv, err := s.Get(ctx, k); err != nil || kv == nil {
+			t.Errorf("%s gone with the first pod's reservation (%v), 1.5 s after the next pod took it", k, err)
+		}
+	}
+	if err := a.Bind(ctx, Binding{Pool: "p", IP: first.IP, Identity: id, Pod: "ns/agent-next", Token: next.Token}); err != nil {
+		t.Errorf("binding the next pod: %v", err)
 	}
 }
