@@ -515,7 +515,7 @@ func (h *Handler) freshPool(ctx context.Context, name string) (*v1alpha1.IPPool,
 			return parse(&list.Items[i], list.Items)
 		}
 	}
-	return nil, nil, deny("IPPool %s has just been deleted", name)
+	return nil, nil, deny("IPPool %s, the pod's pool, has just been deleted: create it again, or name another pool in %s (on the pod, its template or its namespace), or make one the default", name, annotations.Pool)
 }
 
 // moves reports whether the request asks a single identity's pod for another
