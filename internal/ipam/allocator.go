@@ -839,8 +839,12 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	// Under a reservation token, the address it keeps (a new MAC only) is
 	// rewritten as reserved: its lease must outlive the reuse delay, as the
 	// cooling it would have had, should its pod never be confirmed.
+	// A move onto another address under a token (a DaemonSet's pod: off
+	// an address it may no longer use, or into the pool its template now
+	// names) is held, not reserved, so that a pod that is never created
+	// leaves the identity its new address and MAC rather than nothing.
 	var p *plan
-	if unusable {
+	if unusable || req.Token != "" && !sameAddr {
 		p = a.claimHeld(req, ip, mac, cmps)
 	} else {
 		p = a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)

@@ -1392,3 +1392,43 @@ func TestReservationStartsOverForNextPod(t *testing.T) {
 		t.Errorf("binding the next pod: %v", err)
 	}
 }
+
+// A DaemonSet's node identity moved into another pool (its template's pool
+// edited) by a pod that is then never created keeps its new address and its
+// MAC once the pod's hold ends. Before, the move was a reservation: when it
+// ended, the identity had neither, and its MAC was free to anyone.
+func TestPoolChangeMoveUnderToken(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{ReservationTTL: 500 * time.Millisecond})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(30)})
+	q := mustPool(t, "q", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24", ReuseDelaySeconds: i32(30)})
+	ctx := testCtx(t)
+	const id = "daemonset/ns/agent/node-1"
+	first := alloc(t, a, Request{Pool: p, Identity: id, Pod: "ns/agent-old"})
+	if err := a.Unbind(ctx, "p", first.IP, "ns/agent-old"); err != nil {
+		t.Fatal(err)
+	}
+	moved := alloc(t, a, Request{Pool: q, Identity: id, Token: "never"})
+	if moved.Pool != "q" || !moved.Reserved || moved.Token != "never" || moved.MAC.String() != first.MAC.String() {
+		t.Fatalf("pod under a token after the pool changed: %+v; want an address of q for it, MAC %s", moved, first.MAC)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var inQ []Entry
+		for _, e := range a.Lookup(id) {
+			if e.Pool == "q" {
+				inQ = append(inQ, e)
+			}
+		}
+		if len(inQ) == 1 && !inQ[0].Held && !inQ[0].Reserved {
+			if inQ[0].IP != moved.IP || inQ[0].MAC.String() != first.MAC.String() {
+				t.Fatalf("after the hold ended the identity holds %+v in q; want %s, MAC %s", inQ[0], moved.IP, first.MAC)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the identity holds %+v in q 10 s after the pod's hold began; want %s, neither held nor reserved", inQ, moved.IP)
+		}
+	}
+	if next := alloc(t, a, Request{Pool: q, Identity: id, Token: "next"}); next.IP != moved.IP || next.MAC.String() != first.MAC.String() {
+		t.Fatalf("the node's next pod got %s %s; want %s %s", next.IP, next.MAC, moved.IP, first.MAC)
+	}
+}
