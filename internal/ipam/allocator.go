@@ -589,7 +589,7 @@ func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 	c := a.cache
 	pool := req.Pool
 	taken := func(ip netip.Addr) bool {
-		return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil || c.heldElsewhere(pool.Name, ip) != nil
+		return c.taken(pool.Name, ip) || c.takenIn(pool.Sharing, ip) != nil || c.heldElsewhere(pool.Name, ip, "") != nil
 	}
 	switch {
 	case req.IP.IsValid():

@@ -399,18 +399,18 @@ func (c *cache) takenIn(pools []string, ip netip.Addr) *entry {
 	return nil
 }
 
-// heldElsewhere returns a record of ip in a pool other than pool, if the
-// cache has one. A pool keeps what its identities hold when its spec moves
-// off those addresses (a running pod keeps its address), so Sharing, worked
-// out from the specs, need not name every pool that has ip: two pools
-// edited apart, the one no longer allowing an address that the other now
-// does.
-func (c *cache) heldElsewhere(pool string, ip netip.Addr) *entry {
+// heldElsewhere returns a record of ip in a pool other than pool, of an
+// identity other than identity ("": of anyone), if the cache has one. A pool
+// keeps what its identities hold when its spec moves off those addresses (a
+// running pod keeps its address), so Sharing, worked out from the specs,
+// need not name every pool that has ip: two pools edited apart, the one no
+// longer allowing an address that the other now does.
+func (c *cache) heldElsewhere(pool string, ip netip.Addr, identity string) *entry {
 	for name, m := range c.pools {
 		if name == pool {
 			continue
 		}
-		if e := m[ip]; e != nil {
+		if e := m[ip]; e != nil && (identity == "" || e.rec.ID != identity) {
 			return e
 		}
 	}
@@ -422,8 +422,8 @@ func (c *cache) heldElsewhere(pool string, ip netip.Addr) *entry {
 // other than identity ("": for anyone).
 func (c *cache) sharedConflict(pool *Pool, ip netip.Addr, identity string) error {
 	e := c.takenIn(pool.Sharing, ip)
-	if e == nil {
-		e = c.heldElsewhere(pool.Name, ip)
+	if e == nil || identity != "" && e.rec.ID == identity {
+		e = c.heldElsewhere(pool.Name, ip, identity)
 	}
 	if e != nil && (identity == "" || e.rec.ID != identity) {
 		return &ConflictError{Pool: e.pool, What: "address " + ip.String(), Holder: e.rec.ID, Cooling: e.rec.State == stateCooling}
