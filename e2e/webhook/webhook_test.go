@@ -170,15 +170,7 @@ func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica)
 	})
 
 	leases := s.k.CoordinationV1().Leases(systemNS)
-	l, err := leases.Get(ctx, app.LeaseName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := metav1.NewMicroTime(time.Now())
-	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = ptr("intruder"), ptr(int32(30)), &now, &now
-	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.TakeLease(ctx, t, leases, app.LeaseName, "intruder", 30*time.Second)
 	serving := func(what string) {
 		t.Helper()
 		for i, r := range rs {

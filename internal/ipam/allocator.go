@@ -509,13 +509,7 @@ func (a *Allocator) planKeep(req *Request, e *entry) *plan {
 		if a.now().Add(ttl).Before(time.Unix(e.rec.Since, 0).Add(req.Pool.ReuseDelay)) {
 			ttl = max(ttl, req.Pool.ReuseDelay)
 		}
-		p.then = []store.Op{
-			store.Put(ak, encode(e.rec), store.NoLease),
-			store.Put(a.keys.identKey(req.Identity, false, e.ip), encode(pointer{Pool: e.pool, IP: e.ip.String()}), store.NoLease),
-		}
-		if e.rec.MAC != "" {
-			p.then = append(p.then, store.Put(a.keys.macKey(e.rec.MAC), encode(pointer{Pool: e.pool, IP: e.ip.String()}), store.NoLease))
-		}
+		p.then = a.recordOps(e.pool, e.ip, e.rec)
 		p.needLease(ttl, 0)
 	}
 	return p
@@ -703,16 +697,13 @@ func (a *Allocator) takeMAC(p *plan, from *entry) {
 	p.els = append(p.els, store.Get(fk))
 }
 
-// claimHeld is claimOps for a single identity that moves off an address its
-// pool, or its ips list, no longer allows. Under a token (a DaemonSet's pod)
-// the new address is written as allocated, with a hold for the token, as
-// planKeep takes an unbound address, rather than reserved: a pod that never
-// appears then leaves the identity its new address and MAC when the hold's
-// lease ends, where a reservation's end would leave it nothing.
+// claimHeld is claimOps for a single identity that moves onto another
+// address under a token (a DaemonSet's pod): the new address is written as
+// allocated, with a hold for the token, as planKeep takes an unbound
+// address, rather than reserved: a pod that never appears then leaves the
+// identity its new address and MAC when the hold's lease ends, where a
+// reservation's end would leave it nothing.
 func (a *Allocator) claimHeld(req *Request, ip netip.Addr, mac string, cmps []store.Cmp) *plan {
-	if req.Token == "" {
-		return a.claimOps(req, ip, mac, cmps, false)
-	}
 	bare := *req
 	bare.Token = ""
 	p := a.claimOps(&bare, ip, mac, cmps, false)
@@ -724,6 +715,20 @@ func (a *Allocator) claimHeld(req *Request, ip netip.Addr, mac string, cmps []st
 	p.needLease(a.opts.ReservationTTL, n)
 	p.result.Token, p.result.Reserved = req.Token, true
 	return p
+}
+
+// recordOps writes r as the record of ip in pool, with the identity key and
+// the MAC key (if it has a MAC) that point to it, all without a lease.
+func (a *Allocator) recordOps(pool string, ip netip.Addr, r record) []store.Op {
+	ptr := encode(pointer{Pool: pool, IP: ip.String()})
+	ops := []store.Op{
+		store.Put(a.keys.addrKey(pool, ip), encode(r), store.NoLease),
+		store.Put(a.keys.identKey(r.ID, r.Shared, ip), ptr, store.NoLease),
+	}
+	if r.MAC != "" {
+		ops = append(ops, store.Put(a.keys.macKey(r.MAC), ptr, store.NoLease))
+	}
+	return ops
 }
 
 // claimNew claims an address, identity key and MAC that are all absent.
@@ -799,8 +804,6 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 		mac = req.MAC.String()
 	}
 	sameAddr := old.pool == pool.Name && old.ip == ip
-	// Off an address the pool's spec or the request's list no longer allows.
-	unusable := old.pool == pool.Name && !req.Allows(old.ip)
 	cmps := []store.Cmp{store.At(a.keys.addrKey(old.pool, old.ip), old.rev)}
 	backOnCooling := false
 	if !sameAddr {
@@ -844,7 +847,7 @@ func (a *Allocator) planMove(req *Request, old *entry, back netip.Addr) (*plan, 
 	// names) is held, not reserved, so that a pod that is never created
 	// leaves the identity its new address and MAC rather than nothing.
 	var p *plan
-	if unusable || req.Token != "" && !sameAddr {
+	if req.Token != "" && !sameAddr {
 		p = a.claimHeld(req, ip, mac, cmps)
 	} else {
 		p = a.claimOps(req, ip, mac, cmps, backOnCooling || sameAddr)
@@ -937,13 +940,7 @@ func (a *Allocator) claimOps(req *Request, ip netip.Addr, mac string, cmps []sto
 	}
 	ak := a.keys.addrKey(pool.Name, ip)
 	ik := a.keys.identKey(req.Identity, req.Shared, ip)
-	ptr := encode(pointer{Pool: pool.Name, IP: ip.String()})
-	p := &plan{cmps: cmps}
-	p.then = []store.Op{
-		store.Put(ak, encode(r), store.NoLease),
-		store.Put(ik, ptr, store.NoLease),
-		store.Put(a.keys.macKey(mac), ptr, store.NoLease),
-	}
+	p := &plan{cmps: cmps, then: a.recordOps(pool.Name, ip, r)}
 	if req.Token != "" {
 		ttl := a.opts.ReservationTTL
 		if overCooling {

@@ -15,6 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 )
 
 // CacheDir is where hack/build-tools.sh puts the binaries it builds.
@@ -117,4 +120,20 @@ func PingAll(t testing.TB, what string, ping func() ([]byte, error)) {
 		t.Logf("%s, attempt %d: %v\n%s", what, attempt, err, out)
 	}
 	t.Errorf("%s: not every echo request answered in 3 runs: %v\n%s", what, err, out)
+}
+
+// TakeLease makes holder the holder of the Lease name for d from now, as
+// another candidate that took it would: its holder stops leading once it
+// cannot renew it.
+func TakeLease(ctx context.Context, t testing.TB, leases coordinationv1client.LeaseInterface, name, holder string, d time.Duration) {
+	t.Helper()
+	l, err := leases.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, secs := metav1.NewMicroTime(time.Now()), int32(d/time.Second)
+	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = &holder, &secs, &now, &now
+	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

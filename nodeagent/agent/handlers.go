@@ -334,11 +334,7 @@ func (a *agent) undoAdd(ctx context.Context, at *datapath.Attachment, recorded b
 		return fmt.Errorf("%w; its undo failed, and what is left stays until the pod's DEL: %w", err, terr)
 	}
 	if recorded {
-		if derr := a.store.Delete(at); derr != nil {
-			// Its record stays: so does its VF or port number, or a
-			// restart would tear down from the record what the next pod
-			// given them set up.
-			a.track(at)
+		if derr := a.dropRecord(at); derr != nil {
 			return fmt.Errorf("%w; its record stays until the pod's DEL: %w", err, derr)
 		}
 	}

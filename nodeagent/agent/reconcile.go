@@ -83,10 +83,8 @@ func (a *agent) restore(ctx context.Context) error {
 				a.track(at)
 				continue
 			}
-			if err := a.store.Delete(at); err != nil {
-				// Its record stays: its VF or port number too (as above).
+			if err := a.dropRecord(at); err != nil {
 				errs = append(errs, err)
-				a.track(at)
 				continue
 			}
 			if at.VF == nil && !portOfAnother(byName, at) {
@@ -168,6 +166,18 @@ func (a *agent) unmarkUsed(at *datapath.Attachment) {
 	} else {
 		delete(a.usedPorts, at.OFPort)
 	}
+}
+
+// dropRecord removes the record of at, which nothing is left of. One that
+// cannot be removed keeps at tracked, with its VF or port number, or a
+// restart would tear down from the record what the next pod given them set
+// up; its DEL, the GC or the next restart tries again.
+func (a *agent) dropRecord(at *datapath.Attachment) error {
+	if err := a.store.Delete(at); err != nil {
+		a.track(at)
+		return err
+	}
+	return nil
 }
 
 // track keeps an attachment that could not be torn down: DEL finds it and

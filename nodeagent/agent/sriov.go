@@ -141,8 +141,7 @@ func (a *agent) addVF(ctx context.Context, at *datapath.Attachment, n *v1alpha1.
 			a.track(at)
 			return err
 		}
-		if derr := a.store.Delete(at); derr != nil {
-			a.track(at) // its record stays, and the VF with it (undoAdd's rule)
+		if derr := a.dropRecord(at); derr != nil {
 			return errors.Join(err, derr)
 		}
 		a.freeVF(at.VF)

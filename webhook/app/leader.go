@@ -53,7 +53,7 @@ type leadership struct {
 	lock resourcelock.Interface
 	// term returns what one term runs, afresh for each.
 	term func() []manager.Runnable
-	// leading is 1 while a term runs here (nil: not exported).
+	// leading is 1 while a term runs here.
 	leading prometheus.Gauge
 
 	leaseDuration, renewDeadline, retryPeriod time.Duration
@@ -134,10 +134,8 @@ var errElection = errors.New("leader election")
 
 // run runs one term until ctx ends or the term fails.
 func (l *leadership) run(ctx context.Context) error {
-	if l.leading != nil {
-		l.leading.Set(1)
-		defer l.leading.Set(0)
-	}
+	l.leading.Set(1)
+	defer l.leading.Set(0)
 	return runAll(ctx, l.term())
 }
 

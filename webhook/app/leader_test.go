@@ -200,15 +200,7 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 
 	// The Lease taken by someone else: the leader stops leading at its renew
 	// deadline, and a replica leads again once that Lease expires.
-	l, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := metav1.NewMicroTime(time.Now())
-	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = ptr("intruder"), ptr(int32(12)), &now, &now
-	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.TakeLease(ctx, t, leases, LeaseName, "intruder", 12*time.Second)
 	testenv.Eventually(ctx, t, 15*time.Second, "no term running while the intruder holds the Lease", func() (bool, string) {
 		run, _ := ts.running()
 		return len(run) == 0, fmt.Sprintf("running: %v", run)
