@@ -233,6 +233,27 @@ func TestAssignmentRoundTrip(t *testing.T) {
 	if _, err := ParseAssignment(map[string]string{}); !errors.Is(err, ErrNotAssigned) {
 		t.Fatalf("empty annotations: %v, want ErrNotAssigned", err)
 	}
+	// A kubernetes.io rate edited onto the admitted pod, or malformed,
+	// leaves its assignment readable, with the stickynet limit in force
+	// (the node agent read it as an error: the pod's next sandbox failed);
+	// ParseBandwidth, as admission reads, still tells the conflict. Where
+	// the stickynet key is gone, the kubernetes.io key applies.
+	for _, v := range []string{"20M", "10Mbps"} {
+		ann[KubernetesIngressBandwidth] = v
+		if got, err := ParseAssignment(ann); err != nil || got.Bandwidth != a.Bandwidth {
+			t.Errorf("%s %q beside %s %q: ParseAssignment = %+v, %v; want the limits %+v", KubernetesIngressBandwidth, v, IngressBandwidth, ann[IngressBandwidth], got.Bandwidth, err, a.Bandwidth)
+		}
+		var ae *Error
+		if _, err := ParseBandwidth(ann); !errors.As(err, &ae) || ae.Key != KubernetesIngressBandwidth || ae.Value != v {
+			t.Errorf("%s %q: ParseBandwidth = %v; want an error naming it", KubernetesIngressBandwidth, v, err)
+		}
+	}
+	ann[KubernetesIngressBandwidth] = "20M"
+	delete(ann, IngressBandwidth)
+	delete(ann, IngressBurst)
+	if got, err := ParseAssignment(ann); err != nil || got.Bandwidth.Ingress != (Limit{Rate: 20e6}) {
+		t.Errorf("%s alone: ParseAssignment = %+v, %v; want an ingress rate of 20M", KubernetesIngressBandwidth, got.Bandwidth, err)
+	}
 	ann[AssignedMAC] = "nope"
 	if _, err := ParseAssignment(ann); err == nil || !strings.Contains(err.Error(), AssignedMAC) {
 		t.Fatalf("bad MAC: %v", err)

@@ -75,7 +75,7 @@ func ParseAssignment(ann map[string]string) (Assignment, error) {
 			return a, err
 		}
 	}
-	if a.Bandwidth, err = ParseBandwidth(ann); err != nil {
+	if a.Bandwidth, err = AssignedBandwidth(ann); err != nil {
 		return a, err
 	}
 	a.Identity = ann[Identity]

@@ -22,16 +22,30 @@ type Bandwidth struct {
 // IsZero reports whether no limit is set in either direction.
 func (b Bandwidth) IsZero() bool { return b == Bandwidth{} }
 
-// ParseBandwidth reads the bandwidth keys from annotations. The stickynet keys
-// win; the kubernetes.io rate keys are accepted where they are absent, and a
-// conflict between the two is an error. A burst without a rate is an error.
+// ParseBandwidth reads the bandwidth keys from annotations, as admission
+// does. The stickynet keys win; the kubernetes.io rate keys are accepted
+// where they are absent, and a conflict between the two is an error. A burst
+// without a rate is an error.
 func ParseBandwidth(ann map[string]string) (Bandwidth, error) {
+	return parseBandwidth(ann, true)
+}
+
+// AssignedBandwidth reads the limits of an admitted pod, whose stickynet
+// keys the webhook wrote from the limits it resolved: as ParseBandwidth, but
+// a kubernetes.io rate key beside a stickynet key is not read at all, so
+// that one edited after admission cannot make the pod's assignment
+// unreadable (ParseBandwidth tells such a conflict).
+func AssignedBandwidth(ann map[string]string) (Bandwidth, error) {
+	return parseBandwidth(ann, false)
+}
+
+func parseBandwidth(ann map[string]string, strict bool) (Bandwidth, error) {
 	var b Bandwidth
 	var err error
-	if b.Ingress.Rate, err = rate(ann, IngressBandwidth, KubernetesIngressBandwidth); err != nil {
+	if b.Ingress.Rate, err = rate(ann, IngressBandwidth, KubernetesIngressBandwidth, strict); err != nil {
 		return Bandwidth{}, err
 	}
-	if b.Egress.Rate, err = rate(ann, EgressBandwidth, KubernetesEgressBandwidth); err != nil {
+	if b.Egress.Rate, err = rate(ann, EgressBandwidth, KubernetesEgressBandwidth, strict); err != nil {
 		return Bandwidth{}, err
 	}
 	if b.Ingress.Burst, err = burst(ann, IngressBurst, b.Ingress.Rate, IngressBandwidth); err != nil {
@@ -116,9 +130,12 @@ func HasBandwidth(ann map[string]string) bool {
 	return false
 }
 
-func rate(ann map[string]string, key, k8sKey string) (int64, error) {
+func rate(ann map[string]string, key, k8sKey string, strict bool) (int64, error) {
 	v, ok := ann[key]
 	kv, kok := ann[k8sKey]
+	if ok && !strict {
+		kok = false
+	}
 	if !ok && !kok {
 		return 0, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -272,10 +273,20 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 		if !ok {
 			continue
 		}
-		asg, err := podAssignment(pod)
-		if err != nil {
-			errs = append(errs, err)
+		asg, err := annotations.ParseAssignment(pod.Annotations)
+		if ae := (*annotations.Error)(nil); errors.As(err, &ae) && slices.Contains(annotations.BandwidthKeys, ae.Key) {
+			refuseBandwidth(ctx, pod, at, err) // edited onto the running pod: no retry
 			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", podKey, err))
+			continue
+		}
+		if _, err := annotations.ParseBandwidth(pod.Annotations); err != nil {
+			// A kubernetes.io rate beside the stickynet one the webhook
+			// wrote, edited onto the running pod: the stickynet key stays
+			// in force.
+			refuseBandwidth(ctx, pod, at, err)
 		}
 		unlock := a.lockKey(at.Key())
 		if a.get(at.Key()) == at {
@@ -312,8 +323,7 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 		return want
 	}
 	if err := annotations.CheckBandwidth(pod.Annotations, want); err != nil {
-		klog.FromContext(ctx).Error(err, "Bandwidth change refused: the pod keeps its limits", "pod", klog.KObj(pod), "key", at.Key(), "limits", at.Bandwidth)
-		bandwidthRefused.Inc()
+		refuseBandwidth(ctx, pod, at, err)
 		return at.Bandwidth
 	}
 	if at.VF != nil && want.Ingress.Rate > 0 && want.Ingress != at.Bandwidth.Ingress {
@@ -323,6 +333,13 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 			"pod", klog.KObj(pod), "key", at.Key(), "ingress", want.Ingress.Rate)
 	}
 	return want
+}
+
+// refuseBandwidth logs and counts a bandwidth change the agent does not
+// make: at keeps its limits.
+func refuseBandwidth(ctx context.Context, pod *corev1.Pod, at *datapath.Attachment, err error) {
+	klog.FromContext(ctx).Error(err, "Bandwidth change refused: the pod keeps its limits", "pod", klog.KObj(pod), "key", at.Key(), "limits", at.Bandwidth)
+	bandwidthRefused.Inc()
 }
 
 // resyncLoop re-checks every attachment's limits against what is installed,

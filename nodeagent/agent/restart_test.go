@@ -337,6 +337,7 @@ func TestLiveBandwidthApplied(t *testing.T) {
 	steps := []struct {
 		ingress, egress string
 		ingressBurst    string // bits; "" means none
+		k8sIngress      string // kubernetes.io/ingress-bandwidth; "" means none
 		refused         bool   // the agent refuses the change and keeps the limits
 		wantTBF         uint64 // bytes/s
 		wantMeter       string // "" means no meter
@@ -345,6 +346,16 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		// A burst below one frame, edited onto the running pod (the webhook
 		// refuses it at admission): refused, the limits stay.
 		{ingress: "10M", egress: "20M", ingressBurst: "100", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		// The webhook writes the stickynet key beside the pod's own
+		// kubernetes.io key; an edit of the latter alone is refused, as is
+		// a malformed value (the pod's assignment stays readable: before,
+		// each was an error retried without end, and the pod's next
+		// sandbox failed). Without the stickynet key the kubernetes.io
+		// key applies.
+		{ingress: "10M", egress: "20M", k8sIngress: "10M", wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{ingress: "10M", egress: "20M", k8sIngress: "20M", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{ingress: "10Mbps", egress: "20M", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{egress: "20M", k8sIngress: "20M", wantTBF: 20e6 / 8, wantMeter: "rate=20000 "},
 		{ingress: "15M", egress: "", wantTBF: 15e6 / 8},
 		{ingress: "", egress: "5M", wantTBF: 0, wantMeter: "rate=5000 "},
 		{},
@@ -362,6 +373,10 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		if s.ingressBurst != "" {
 			pod.Annotations[annotations.IngressBurst] = s.ingressBurst
 		}
+		delete(pod.Annotations, annotations.KubernetesIngressBandwidth)
+		if s.k8sIngress != "" {
+			pod.Annotations[annotations.KubernetesIngressBandwidth] = s.k8sIngress
+		}
 		refusedBefore := bandwidthRefused(t)
 		e.pods.Set(pod)
 		if s.refused {
@@ -378,6 +393,14 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		if err := e.cni.Check(a.rt); err != nil {
 			t.Errorf("CHECK after step %d: %v", i, err)
 		}
+	}
+	// A sandbox made while the two keys differ (a pod's next one, after an
+	// edit) gets the stickynet limit.
+	e.addPod(podSpec{name: "b", ips: "10.90.0.11/24", mac: "02:00:0a:5a:00:0b", extra: map[string]string{
+		annotations.IngressBandwidth: "10M", annotations.KubernetesIngressBandwidth: "20M",
+	}})
+	if got := tbfRate(t, e, e.ovsPortOf("ctr-b")); got != 10e6/8 {
+		t.Errorf("tbf of a pod added with %s 10M and %s 20M: %d bytes/s, want %d", annotations.IngressBandwidth, annotations.KubernetesIngressBandwidth, got, uint64(10e6/8))
 	}
 }
 
