@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -325,6 +326,27 @@ func TestSriovVFGoneDel(t *testing.T) {
 	}
 }
 
+// A driver that refuses every max_tx_rate, 0 too (ixgbe while its PF's
+// link is down or below 10 Gbit/s): a pod without an egress limit gets its
+// VF and gives it back (before, its ADD failed); a limited one is refused,
+// naming the rate.
+func TestSriovRateRefusedByDriver(t *testing.T) {
+	s := newSriovEnv(t, 2, nil)
+	s.pf.SetFail("SetVfMaxTxRate", unix.EINVAL)
+	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	if err := s.cni.Del(a.rt); err != nil {
+		t.Fatalf("DEL of a pod without a limit, the driver refusing max_tx_rate: %v", err)
+	}
+	nothingLeftVF(t, s, a)
+	b := s.newPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", map[string]string{annotations.EgressBandwidth: "50M"}))
+	if _, err := s.cni.Add(b.rt); err == nil || !strings.Contains(err.Error(), "max_tx_rate of VF 0 on pf0 to 50 Mbit/s: invalid argument") {
+		t.Fatalf("ADD of a pod limited to 50M, the driver refusing max_tx_rate = %v; want an error naming the rate", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 0); got != untouched {
+		t.Errorf("VF 0 after the refused ADD is %+v; want it restored", got)
+	}
+}
+
 // vf0KeptUntilDEL checks that VF 0 is still a's: pod b, added now, gets VF
 // 1; a's DEL then restores VF 0. It returns b.
 func vf0KeptUntilDEL(t *testing.T, s *sriovEnv, a *testPod) *testPod {
@@ -348,11 +370,21 @@ func vf0KeptUntilDEL(t *testing.T, s *sriovEnv, a *testPod) *testPod {
 func TestSriovFailedAddRestoreFails(t *testing.T) {
 	s := newSriovEnv(t, 2, nil)
 	a := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	// The VLAN is refused after the pod's MAC is set; from then on the MAC
+	// is refused too, so the restore cannot put the VF's own MAC back (a
+	// refused VLAN the VF still has is no failure of the restore).
 	s.pf.SetFail("SetVfVlan", errors.New("PF busy"))
+	s.pf.OnCall(func(call string) {
+		if call == "SetVfVlan" {
+			s.pf.SetFail("SetVfHardwareAddr", errors.New("PF busy"))
+		}
+	})
 	if _, err := s.cni.Add(a.rt); err == nil || !strings.Contains(err.Error(), "restore the VF") {
-		t.Fatalf("ADD with the PF refusing VLANs = %v; want an error saying the VF could not be restored", err)
+		t.Fatalf("ADD with the PF refusing VLANs, then MACs = %v; want an error saying the VF could not be restored", err)
 	}
+	s.pf.OnCall(nil)
 	s.pf.SetFail("SetVfVlan", nil)
+	s.pf.SetFail("SetVfHardwareAddr", nil)
 	if recs := s.records(); len(recs) != 1 {
 		t.Errorf("records after the failed ADD %v; want a's, kept for its DEL", recs)
 	}

@@ -227,7 +227,7 @@ func (d *Datapath) setVFBandwidth(a *Attachment, want annotations.Bandwidth) err
 	rate := want.Egress.VFRateMbps()
 	if rate != a.VF.Applied.MaxTxRateMbps {
 		if err := d.pf.SetVfMaxTxRate(a.VF.PF, a.VF.Index, rate); err != nil {
-			return fmt.Errorf("set max_tx_rate of VF %d on %s: %w", a.VF.Index, a.VF.PF, err)
+			return fmt.Errorf("set max_tx_rate of VF %d on %s to %d Mbit/s (the egress limit): %w", a.VF.Index, a.VF.PF, rate, err)
 		}
 		a.VF.Applied.MaxTxRateMbps = rate
 	}

@@ -17,7 +17,6 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // VF is a virtual function of a PF as sysfs shows it.
@@ -95,9 +94,11 @@ type PF interface {
 
 // Apply sets every field of c on the VF, in the order a driver accepts them
 // (the MAC before trust, the VLAN before the link comes up), and stops at
-// the first it cannot set. A driver that cannot set a field (EOPNOTSUPP:
-// some have no VF link state or trust control) is no error while the VF
-// already has the value wanted.
+// the first it cannot set. A driver that refuses a field is no error while
+// the VF already has the value wanted: some have no VF link state or trust
+// control (EOPNOTSUPP), and ixgbe refuses any max_tx_rate, 0 too, while its
+// PF's link is down or not at 10 Gbit/s (EINVAL), which would fail every
+// pod's ADD there, limited or not.
 func Apply(p PF, pf string, vf int, c Config) error { return apply(p, pf, vf, c, false) }
 
 // Restore is Apply for putting a VF back as it was: it tries every field
@@ -113,29 +114,28 @@ func apply(p PF, pf string, vf int, c Config, every bool) error {
 	}
 	steps := []struct {
 		what string
+		to   any
 		do   func() error
 		has  func(cur Config) bool
 	}{
-		{"MAC", func() error { return p.SetVfHardwareAddr(pf, vf, mac) }, func(cur Config) bool {
+		{"MAC", mac, func() error { return p.SetVfHardwareAddr(pf, vf, mac) }, func(cur Config) bool {
 			m, err := net.ParseMAC(cur.MAC)
 			return err == nil && m.String() == mac.String()
 		}},
-		{"VLAN", func() error { return p.SetVfVlan(pf, vf, c.VLAN) }, func(cur Config) bool { return cur.VLAN == c.VLAN }},
-		{"spoof check", func() error { return p.SetVfSpoofchk(pf, vf, c.SpoofChk) }, func(cur Config) bool { return cur.SpoofChk == c.SpoofChk }},
-		{"trust", func() error { return p.SetVfTrust(pf, vf, c.Trust) }, func(cur Config) bool { return cur.Trust == c.Trust }},
-		{"max_tx_rate", func() error { return p.SetVfMaxTxRate(pf, vf, c.MaxTxRateMbps) }, func(cur Config) bool { return cur.MaxTxRateMbps == c.MaxTxRateMbps }},
-		{"link state", func() error { return p.SetVfLinkState(pf, vf, c.LinkState) }, func(cur Config) bool { return cur.LinkState == c.LinkState }},
+		{"VLAN", c.VLAN, func() error { return p.SetVfVlan(pf, vf, c.VLAN) }, func(cur Config) bool { return cur.VLAN == c.VLAN }},
+		{"spoof check", c.SpoofChk, func() error { return p.SetVfSpoofchk(pf, vf, c.SpoofChk) }, func(cur Config) bool { return cur.SpoofChk == c.SpoofChk }},
+		{"trust", c.Trust, func() error { return p.SetVfTrust(pf, vf, c.Trust) }, func(cur Config) bool { return cur.Trust == c.Trust }},
+		{"max_tx_rate", fmt.Sprintf("%d Mbit/s", c.MaxTxRateMbps), func() error { return p.SetVfMaxTxRate(pf, vf, c.MaxTxRateMbps) }, func(cur Config) bool { return cur.MaxTxRateMbps == c.MaxTxRateMbps }},
+		{"link state", c.LinkState, func() error { return p.SetVfLinkState(pf, vf, c.LinkState) }, func(cur Config) bool { return cur.LinkState == c.LinkState }},
 	}
 	var errs []error
 	for _, s := range steps {
 		err := s.do()
-		if errors.Is(err, unix.EOPNOTSUPP) {
+		if err != nil {
 			if cur, rerr := p.VfConfig(pf, vf); rerr == nil && s.has(cur) {
 				continue
 			}
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("set %s of VF %d on %s: %w", s.what, vf, pf, err))
+			errs = append(errs, fmt.Errorf("set %s of VF %d on %s to %v: %w", s.what, vf, pf, s.to, err))
 			if !every {
 				break
 			}

@@ -79,9 +79,24 @@ func TestApplyOrderAndErrors(t *testing.T) {
 		t.Errorf("VF config %+v, want %+v", got, c)
 	}
 	r.Fail = map[string]error{"SetVfTrust": errors.New("operation not supported")}
-	err := sriov.Apply(r, "pf0", 1, c)
-	if err == nil || !strings.Contains(err.Error(), "set trust of VF 1 on pf0") {
+	trusted := c
+	trusted.Trust = true
+	err := sriov.Apply(r, "pf0", 1, trusted)
+	if err == nil || !strings.Contains(err.Error(), "set trust of VF 1 on pf0 to true: operation not supported") {
 		t.Errorf("Apply with a failing driver = %v", err)
+	}
+	// A driver that refuses any max_tx_rate (ixgbe while its PF's link is
+	// down or below 10 Gbit/s: EINVAL, 0 too): no error while the VF has
+	// the rate wanted (before, every pod's ADD there failed, limited or
+	// not), an error naming the field and the rate when it has not.
+	r.Fail = map[string]error{"SetVfMaxTxRate": unix.EINVAL}
+	if err := sriov.Apply(r, "pf0", 1, c); err != nil {
+		t.Errorf("Apply of max_tx_rate %d, which the VF has, on a driver that refuses it = %v; want nil", c.MaxTxRateMbps, err)
+	}
+	unlimited := c
+	unlimited.MaxTxRateMbps = 0
+	if err := sriov.Apply(r, "pf0", 1, unlimited); err == nil || !strings.Contains(err.Error(), "set max_tx_rate of VF 1 on pf0 to 0 Mbit/s: invalid argument") {
+		t.Errorf("Apply of max_tx_rate 0, which the VF has not, on a driver that refuses it = %v; want the error", err)
 	}
 	if err := sriov.Apply(r, "pf0", 1, sriov.Config{MAC: "bad"}); err == nil {
 		t.Error("bad MAC: want error")
@@ -109,7 +124,7 @@ func TestRestoreTriesEveryField(t *testing.T) {
 		t.Fatalf("Apply with the MAC refused = %v; want the error, after that one call", err)
 	}
 	err := sriov.Restore(r, "pf0", 1, orig)
-	if err == nil || !strings.Contains(err.Error(), "set MAC of VF 1 on pf0: invalid argument") {
+	if err == nil || !strings.Contains(err.Error(), "set MAC of VF 1 on pf0 to 00:00:00:00:00:00: invalid argument") {
 		t.Errorf("Restore with the MAC refused = %v; want the MAC's error", err)
 	}
 	want := orig
