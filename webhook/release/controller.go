@@ -793,8 +793,19 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 		byNS[ns] = append(byNS[ns], e)
 	}
 	var errs []error
-	for ns, es := range byNS {
-		pods, err := c.readPods(ctx, ns, es)
+	bctx, cancel := context.WithTimeout(ctx, carriedBudget)
+	defer cancel()
+	left := 0
+	for ns, es := range byNS { // in random order: each pass asks about others first
+		if bctx.Err() != nil && ctx.Err() == nil {
+			left += len(es)
+			continue
+		}
+		pods, err := c.readPods(bctx, ns, es)
+		if err != nil && bctx.Err() != nil && ctx.Err() == nil {
+			left += len(es)
+			continue
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -818,8 +829,21 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 			}
 		}
 	}
+	if left > 0 {
+		klog.FromContext(ctx).Info("Not every address whose pod the cache lacks was checked with the API server in this pass; they stay bound, and the next pass checks them",
+			"unchecked", left, "checked", len(entries)-left, "budget", carriedBudget)
+		c.Trigger()
+	}
 	return out, errors.Join(errs...)
 }
+
+// carriedBudget bounds the time a pass spends in stillCarried. Asking the
+// API server about the pods of thousands of emptied namespaces one by one
+// (at --kube-api-qps, or from a slow API server) could take the pass's
+// whole deadline, every pass: the pass then confirmed no reservation, and
+// they expired under their running pods, their addresses free for others.
+// The addresses not asked about stay bound until a later pass asks.
+var carriedBudget = 30 * time.Second
 
 // readPods reads from the API server the pods of namespace ns that the
 // entries are bound to, by ns/name; a pod that does not exist is missing.

@@ -341,6 +341,82 @@ func (r *countingReader) Get(ctx context.Context, key client.ObjectKey, obj clie
 	return r.Reader.Get(ctx, key, obj, opts...)
 }
 
+// slowReader answers each read of a pod after delay, as a slow (or
+// rate-limited) API server.
+type slowReader struct {
+	client.Reader
+	delay time.Duration
+}
+
+func (r *slowReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*corev1.Pod); ok {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(r.delay):
+		}
+	}
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// A pass whose checks of gone pods with the API server would outlast its
+// deadline still confirms the reservations of running pods, and later passes
+// get through the rest. Before, every pass spent its deadline on the checks,
+// confirmed nothing, and the reservations expired under their pods.
+func TestSlowAPIServerStillConfirms(t *testing.T) {
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	a := startAlloc(t, store.NewMemory())
+	p := pool(t, spec)
+	ctx := context.Background()
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Token: "tok-web-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-x", Annotations: map[string]string{
+			annotations.Identity: "deployment/app/web", annotations.AssignedIP: al.IP.String() + "/24", annotations.AssignedPool: "blue",
+			annotations.AssignedMAC: al.MAC.String(), annotations.Reservation: "tok-web-x",
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	var gone []string // bound to pods of 20 namespaces, gone: the cache lacks them
+	for i := range 20 {
+		id := fmt.Sprintf("pod/ns-%d/gone", i)
+		if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: fmt.Sprintf("ns-%d/gone", i)}); err != nil {
+			t.Fatal(err)
+		}
+		gone = append(gone, id)
+	}
+	c := &Controller{
+		Client: apiWith(t, spec, pod), APIReader: &slowReader{Reader: apiWith(t, spec, pod), delay: 100 * time.Millisecond},
+		Alloc: a, Recorder: events.NewFakeRecorder(100), Grace: time.Nanosecond,
+	}
+	defer func(b time.Duration) { carriedBudget = b }(carriedBudget)
+	carriedBudget = 300 * time.Millisecond // 3 of the 20 reads; all 20 take 2 s
+	time.Sleep(10 * time.Millisecond)      // the bindings are past the grace
+	pass := func() {
+		t.Helper()
+		pctx, cancel := context.WithTimeout(ctx, time.Second) // the pass's deadline
+		defer cancel()
+		if err := c.Reconcile(pctx); err != nil {
+			t.Errorf("pass: %v", err)
+		}
+	}
+	pass()
+	if got := a.Lookup("deployment/app/web"); len(got) != 1 || got[0].Pod != "app/web-x" || got[0].Reserved {
+		t.Fatalf("after a pass with 2 s of checks and a 1 s deadline: %+v; want %s confirmed for app/web-x", got, al.IP)
+	}
+	for range 20 {
+		if !slices.ContainsFunc(gone, func(id string) bool {
+			return slices.ContainsFunc(a.Lookup(id), func(e ipam.Entry) bool { return e.Pod != "" })
+		}) {
+			return
+		}
+		pass()
+	}
+	t.Error("20 passes did not unbind every address of the 20 gone pods")
+}
+
 // The ordinals of a deleted StatefulSet ask the API server once per pass
 // whether it is gone, not once each (vacate runs two passes).
 func TestGoneAskedOncePerPass(t *testing.T) {
