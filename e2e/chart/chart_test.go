@@ -767,7 +767,7 @@ func TestSchedulerImage(t *testing.T) {
 		sets []string
 		want string
 	}{
-		{"v1.30.0", nil, "registry.k8s.io/kube-scheduler:v1.30.0"},
+		{"v1.31.0", nil, "registry.k8s.io/kube-scheduler:v1.31.0"},
 		{"v1.31.4+k3s1", nil, "registry.k8s.io/kube-scheduler:v1.31.4"},
 		{"v1.32.2-gke.1297002", nil, "registry.k8s.io/kube-scheduler:v1.32.2"},
 		{"v1.31.4", []string{"extender.scheduler.tag=v1.31.9"}, "registry.k8s.io/kube-scheduler:v1.31.9"},
