@@ -723,6 +723,22 @@ func TestValuesSchema(t *testing.T) {
 	if c := podTemplate(t, render(t, "global.registry=example", "image.tag=20261206")["Deployment/stickynet-webhook"]).Spec.Containers[0]; c.Image != "ghcr.io/stickynet/stickynet:20261206" {
 		t.Errorf("image.tag=20261206 gave image %s", c.Image)
 	}
+	// Build numbers as the tags, from --set and from a values file (as a
+	// GitOps tool passes them): before, the file's rendered as
+	// 2.0261206e+07 and the scheduler's as %!s(int64=20261206).
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte("image:\n  tag: 20261206\nextender:\n  scheduler:\n    tag: 20261207\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, how := range [][]string{{"-f", values}, {"--set", "image.tag=20261206", "--set", "extender.scheduler.tag=20261207"}} {
+		objs := objects(t, helm(t, append([]string{"template", "sn", chartDir, "--namespace", "stickynet-system"}, how...)...))
+		if c := podTemplate(t, objs["Deployment/stickynet-webhook"]).Spec.Containers[0]; c.Image != "ghcr.io/stickynet/stickynet:20261206" {
+			t.Errorf("%v: webhook image %s; want tag 20261206", how, c.Image)
+		}
+		if c := podTemplate(t, objs["Deployment/stickynet-scheduler"]).Spec.Containers[0]; c.Image != "registry.k8s.io/kube-scheduler:20261207" {
+			t.Errorf("%v: scheduler image %s; want tag 20261207", how, c.Image)
+		}
+	}
 	ds := render(t, "nodeAgent.maxUnavailable=10%", "webhook.releaseGrace=1m30s")["DaemonSet/stickynet-nodeagent"]
 	if !bytes.Contains(ds, []byte("maxUnavailable: 10%")) || !bytes.Contains(ds, []byte("kubernetes.io/os: linux")) {
 		t.Errorf("node agent DaemonSet with maxUnavailable 10%%:\n%s", ds)

@@ -1,5 +1,14 @@
 {{- define "stickynet.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ .Values.image.repository }}:{{ include "stickynet.tag" (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end -}}
+
+{{/*
+An image tag as written: a number (a build number, which the schema takes)
+comes from a values file as a float64, which prints as 2.0261206e+07, and
+from --set as an int64, which %s prints as %!s(int64=...).
+*/}}
+{{- define "stickynet.tag" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else if . }}{{ int64 . }}{{ end }}
 {{- end -}}
 
 {{- define "stickynet.labels" -}}
@@ -37,11 +46,11 @@ Below 1 s etcd requests could not succeed, so such a timeoutSeconds is refused.
 {{- $last := last (splitList "/" $image) }}
 {{- if or (contains ":" $last) (contains "@" $last) }}
 {{- with .Values.extender.scheduler.tag }}
-{{- fail (printf "extender.scheduler.tag: %q given while extender.scheduler.image %q has a tag or digest already; set one of them" . $image) }}
+{{- fail (printf "extender.scheduler.tag: %q given while extender.scheduler.image %q has a tag or digest already; set one of them" (include "stickynet.tag" .) $image) }}
 {{- end }}
 {{- $image }}
 {{- else }}
-{{- $tag := .Values.extender.scheduler.tag | default (regexFind "^v[0-9]+\\.[0-9]+\\.[0-9]+" .Capabilities.KubeVersion.Version) }}
+{{- $tag := include "stickynet.tag" .Values.extender.scheduler.tag | default (regexFind "^v[0-9]+\\.[0-9]+\\.[0-9]+" .Capabilities.KubeVersion.Version) }}
 {{- if not $tag }}
 {{- fail (printf "extender.scheduler.tag: empty, and the cluster's version %q has no vMAJOR.MINOR.PATCH to use instead; set the kube-scheduler tag" .Capabilities.KubeVersion.Version) }}
 {{- end }}
