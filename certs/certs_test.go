@@ -3,6 +3,10 @@ package certs
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -109,7 +113,8 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 	secretCheckEvery = 200 * time.Millisecond
 	defer func() { secretCheckEvery = 10 * time.Second }()
 	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
-	ready, err := Setup(ctx, mgr, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
+	dir := t.TempDir()
+	ready, err := Setup(ctx, mgr, Options{Mode: ModeSelf, CertDir: dir, Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +156,18 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 			t.Fatalf("30 s after the Secret was deleted: filled %v, a new CA %v, caBundle injected %v", ok, ok && !bytes.Equal(ca, first), injected)
 		}
 	}
+	// The certificate the webhook serves (the chart's replicas copy it as
+	// here) follows the new CA within seconds of its injection: until then
+	// the API server refuses the replica.
+	ca, _ := filled()
+	injected := time.Now()
+	for !signedBy(t, filepath.Join(dir, "tls.crt"), ca) {
+		if time.Since(injected) > 5*time.Second {
+			t.Fatal("5 s after the new CA's injection, the certificate files are not signed by it")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("certificate files signed by the new CA %s after its injection", time.Since(injected).Round(10*time.Millisecond))
 	// Owned by the webhook configuration, so that the garbage collector
 	// removes one made during an uninstall; once the configuration is gone,
 	// it is not made again.
@@ -173,4 +190,28 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 	if err := c.Get(ctx, key, &corev1.Secret{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the Secret after the webhook configuration was deleted: %v; want it not made again", err)
 	}
+}
+
+// signedBy reports whether the PEM certificate in file verifies against the
+// PEM CA.
+func signedBy(t *testing.T, file string, caPEM []byte) bool {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return false
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return false
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatal("the Secret's ca.crt holds no certificate")
+	}
+	_, err = cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: "localhost"})
+	return err == nil
 }

@@ -142,6 +142,21 @@ func TestLintAndTemplate(t *testing.T) {
 	if _, ok := own["Issuer/stickynet-ca"]; ok || own["Certificate/stickynet-webhook"] == nil || !strings.Contains(string(own["Certificate/stickynet-webhook"]), "corp-ca") {
 		t.Errorf("with an issuerRef of your own the chart still makes its CA, or the serving Certificate does not name corp-ca:\n%s", own["Certificate/stickynet-webhook"])
 	}
+	// In self mode each replica copies its certificate from the Secret into
+	// an emptyDir, so that a new CA is served within seconds of its
+	// injection into the caBundle (a mounted Secret follows after about a
+	// minute of refused admissions); cert-manager's Secret is mounted.
+	for mode, rendered := range map[string]map[string][]byte{"self": objs, "cert-manager": cm} {
+		spec := podTemplate(t, rendered["Deployment/stickynet-webhook"]).Spec
+		i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "certs" })
+		if i < 0 {
+			t.Fatalf("%s mode: the webhook has no certs volume", mode)
+		}
+		writes := slices.Contains(spec.Containers[0].Args, "--cert-write-files")
+		if v := spec.Volumes[i]; mode == "self" && (v.EmptyDir == nil || !writes) || mode == "cert-manager" && (v.Secret == nil || writes) {
+			t.Errorf("%s mode: certs volume %+v, --cert-write-files %t; want an emptyDir the webhook writes in self mode, the Secret in cert-manager mode", mode, v.VolumeSource, writes)
+		}
+	}
 	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "auto")
 	checkFallback(t, render(t, "nodeAgent.fallbackConflist=")["DaemonSet/stickynet-nodeagent"], "")
 	// null (a key left empty in a values file) is refused, not taken for
