@@ -161,8 +161,10 @@ type PolicerParams struct {
 }
 
 // Policer computes meter or policing settings for a limit (Rate > 0) on a
-// pod interface of MTU mtu (0: 1500).
-func Policer(l annotations.Limit, mtu int) (PolicerParams, error) {
+// pod interface of MTU mtu (0: 1500); gso says whether the pod's packets
+// reach the port unsegmented (GSO/TSO, up to 64 KiB: the kernel datapath,
+// where the pod's veth keeps its offloads).
+func Policer(l annotations.Limit, mtu int, gso bool) (PolicerParams, error) {
 	if l.Rate <= 0 {
 		return PolicerParams{}, fmt.Errorf("policer rate %d bit/s: want a positive rate", l.Rate)
 	}
@@ -179,5 +181,20 @@ func Policer(l annotations.Limit, mtu int) (PolicerParams, error) {
 	// 10 Mbit/s every other full-size frame was dropped, as 13 kbits
 	// refilled by 10); and admission's smallest burst, rounded down to 12
 	// kbits, passed none.
-	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, (frameBytes(mtu)*8+rate+999)/1000)}, nil
+	//
+	// With GSO, at least the largest packet (64 KiB) plus a millisecond:
+	// tc's police action, which OVS's ingress policing is, charges a GSO
+	// packet's whole length against a bucket it caps at the burst, so a
+	// packet longer than the burst is never within the limit and is
+	// dropped, and TCP out of a pod given a smaller burst collapses (read
+	// from the kernel's act_police; this kernel lacks it). Meters in older
+	// kernels cap their bucket at the burst too.
+	largest := frameBytes(mtu)
+	if gso {
+		largest = max(largest, gsoMaxBytes)
+	}
+	return PolicerParams{RateKbps: rate, BurstKbits: max(burst, (largest*8+rate+999)/1000)}, nil
 }
+
+// gsoMaxBytes is the largest packet GSO makes (the kernel's GSO_LEGACY_MAX_SIZE).
+const gsoMaxBytes = 64 << 10

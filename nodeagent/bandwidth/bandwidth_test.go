@@ -110,6 +110,7 @@ func TestPolicer(t *testing.T) {
 	tests := []struct {
 		limit annotations.Limit
 		mtu   int
+		gso   bool
 		want  PolicerParams
 	}{
 		{limit: annotations.Limit{Rate: 20e6}, want: PolicerParams{RateKbps: 20000, BurstKbits: 16000}},
@@ -124,13 +125,21 @@ func TestPolicer(t *testing.T) {
 		{limit: annotations.Limit{Rate: 1000, Burst: 1}, want: PolicerParams{RateKbps: 1, BurstKbits: 13}},
 		{limit: annotations.Limit{Rate: 10e6, Burst: 2_000_001}, want: PolicerParams{RateKbps: 10000, BurstKbits: 2001}},
 		{limit: annotations.Limit{Rate: 10e6, Burst: annotations.MinBurst}, mtu: 9000, want: PolicerParams{RateKbps: 10000, BurstKbits: 83}},
+		// With GSO (the kernel datapath) never below the largest GSO packet
+		// (64 KiB) plus 1 ms at the rate: tc's police action drops every
+		// packet longer than its burst.
+		{limit: annotations.Limit{Rate: 10e6, Burst: annotations.MinBurst}, gso: true, want: PolicerParams{RateKbps: 10000, BurstKbits: 535}},
+		{limit: annotations.Limit{Rate: 10e6, Burst: 100e3}, mtu: 9000, gso: true, want: PolicerParams{RateKbps: 10000, BurstKbits: 535}},
+		{limit: annotations.Limit{Rate: 10e3}, gso: true, want: PolicerParams{RateKbps: 10, BurstKbits: 525}},
+		{limit: annotations.Limit{Rate: 20e6}, gso: true, want: PolicerParams{RateKbps: 20000, BurstKbits: 16000}},
+		{limit: annotations.Limit{Rate: 10e6, Burst: 2e6}, gso: true, want: PolicerParams{RateKbps: 10000, BurstKbits: 2000}},
 	}
 	for _, tt := range tests {
-		if got, err := Policer(tt.limit, tt.mtu); err != nil || got != tt.want {
-			t.Errorf("Policer(%+v) = %+v, %v; want %+v", tt.limit, got, err, tt.want)
+		if got, err := Policer(tt.limit, tt.mtu, tt.gso); err != nil || got != tt.want {
+			t.Errorf("Policer(%+v, mtu %d, gso %t) = %+v, %v; want %+v", tt.limit, tt.mtu, tt.gso, got, err, tt.want)
 		}
 	}
-	if _, err := Policer(annotations.Limit{}, 0); err == nil {
+	if _, err := Policer(annotations.Limit{}, 0, false); err == nil {
 		t.Error("Policer without rate: want error")
 	}
 }

@@ -163,7 +163,7 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 			}
 			break
 		}
-		p, _ := bandwidth.Policer(a.Bandwidth.Egress, a.MTU)
+		p, _ := d.policer(a.Bandwidth.Egress, a.MTU)
 		want := ovs.Meter{ID: a.OFPort, RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
 		if m, ok := meters[a.OFPort]; !ok || m != want {
 			add("meter %d is %+v, want %+v", a.OFPort, m, want)
@@ -174,7 +174,7 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 	case bandwidth.EgressPolicing:
 		var want ovs.Policing
 		if a.Bandwidth.Egress.Rate > 0 {
-			p, _ := bandwidth.Policer(a.Bandwidth.Egress, a.MTU)
+			p, _ := d.policer(a.Bandwidth.Egress, a.MTU)
 			want = ovs.Policing{RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
 		}
 		if port != nil && port.Policing != want {

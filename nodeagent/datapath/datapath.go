@@ -365,7 +365,7 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	}
 	port := ovs.Port{Name: a.HostVeth, OFPort: a.OFPort, VLAN: a.VLAN, ExternalIDs: a.ExternalIDs()}
 	if a.EgressMode == bandwidth.EgressPolicing && want.Egress.Rate > 0 {
-		p, err := bandwidth.Policer(want.Egress, a.MTU)
+		p, err := d.policer(want.Egress, a.MTU)
 		if err != nil {
 			return nil, fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 		}
@@ -684,7 +684,7 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 	case bandwidth.EgressPolicing:
 		var pol ovs.Policing
 		if want.Rate > 0 {
-			p, err := bandwidth.Policer(want, a.MTU)
+			p, err := d.policer(want, a.MTU)
 			if err != nil {
 				return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 			}
@@ -708,7 +708,7 @@ func (d *Datapath) setEgress(ctx context.Context, a *Attachment, want annotation
 			}
 			return d.delMeter(ctx, id)
 		}
-		p, err := bandwidth.Policer(want, a.MTU)
+		p, err := d.policer(want, a.MTU)
 		if err != nil {
 			return fmt.Errorf("egress limit of %s: %w", a.Pod(), err)
 		}
@@ -786,4 +786,11 @@ func vlanString(v int) string {
 func hasKey[K comparable, V any](m map[K]V, k K) bool {
 	_, ok := m[k]
 	return ok
+}
+
+// policer is bandwidth.Policer for this node: the pod's packets reach its
+// port unsegmented (GSO) unless its veth's TX checksum offload is off, which
+// takes TSO and GSO with it (the userspace datapath).
+func (d *Datapath) policer(l annotations.Limit, mtu int) (bandwidth.PolicerParams, error) {
+	return bandwidth.Policer(l, mtu, !d.cfg.TxChecksumOff)
 }
