@@ -28,13 +28,17 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	klabels "k8s.io/apimachinery/pkg/labels"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	certutil "k8s.io/client-go/util/cert"
 	configv1 "k8s.io/kube-scheduler/config/v1"
 	"k8s.io/utils/ptr"
@@ -402,6 +406,76 @@ func TestAPIServer(t *testing.T) {
 			if err == nil || !strings.Contains(out, want) {
 				t.Errorf("%s\ngot %v:\n%s\nwant a refusal containing %q", manifest, err, out, want)
 			}
+		}
+	})
+
+	// The node agent's token, bound to a pod on a node, may patch that
+	// node's status (its SR-IOV capacity) and no other's: RBAC cannot name
+	// the node, and before, root on one node could rewrite every node's.
+	t.Run("NodeAgentPatchesOwnNodeOnly", func(t *testing.T) {
+		objs := render(t)
+		var docs []string
+		for _, key := range []string{
+			"ServiceAccount/stickynet-nodeagent", "ClusterRole/stickynet-nodeagent", "ClusterRoleBinding/stickynet-nodeagent",
+			"ValidatingAdmissionPolicy/stickynet-nodeagent-own-node", "ValidatingAdmissionPolicyBinding/stickynet-nodeagent-own-node",
+		} {
+			if objs[key] == nil {
+				t.Fatalf("the chart renders no %s", key)
+			}
+			docs = append(docs, string(objs[key]))
+		}
+		f := filepath.Join(t.TempDir(), "nodeagent-rbac.yaml")
+		if err := os.WriteFile(f, []byte(strings.Join(docs, "\n---\n")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+			t.Fatalf("apply the node agent's RBAC and policy: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+		k := c.Client()
+		for _, n := range []string{"own-a", "own-b"} {
+			if _, err := k.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = k.CoreV1().Nodes().Delete(context.Background(), n, metav1.DeleteOptions{}) })
+		}
+		// A pod of the agent's ServiceAccount on own-a (no kubelet runs it),
+		// and a token bound to it, as the agent's projected token is.
+		pod, err := k.CoreV1().Pods("stickynet-system").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "agent-own-a"},
+			Spec: corev1.PodSpec{
+				NodeName: "own-a", ServiceAccountName: "stickynet-nodeagent",
+				Containers: []corev1.Container{{Name: "agent", Image: "example.invalid/agent"}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = k.CoreV1().Pods("stickynet-system").Delete(context.Background(), pod.Name, *metav1.NewDeleteOptions(0))
+		})
+		tr, err := k.CoreV1().ServiceAccounts("stickynet-system").CreateToken(ctx, "stickynet-nodeagent", &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := rest.AnonymousClientConfig(c.RESTConfig())
+		cfg.BearerToken = tr.Status.Token
+		agent := kubernetes.NewForConfigOrDie(cfg)
+		patch := []byte(`{"status":{"capacity":{"stickynet.io/sriov-fast":"4"}}}`)
+		// The policy reaches the API server's admission within a moment.
+		var errB error
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if _, errB = agent.CoreV1().Nodes().PatchStatus(ctx, "own-b", patch); errB != nil {
+				break
+			}
+		}
+		if !apierrors.IsForbidden(errB) || !strings.Contains(errB.Error(), "the stickynet node agent on node own-a may change the status of its own node only, not of own-b") {
+			t.Errorf("the agent of own-a patches own-b's status: %v; want it refused, naming both nodes", errB)
+		}
+		if _, err := agent.CoreV1().Nodes().PatchStatus(ctx, "own-a", patch); err != nil {
+			t.Errorf("the agent of own-a patches own-a's status: %v", err)
 		}
 	})
 
