@@ -950,6 +950,16 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 		if err != nil || gone {
 			return reason(gone, "the ReplicaSet was deleted"), err
 		}
+		if dep := metav1.GetControllerOf(rs); dep != nil && dep.Kind == "Deployment" {
+			// Adopted by a Deployment (re-applied after a delete with
+			// --cascade=orphan): its next pods take the Deployment's
+			// addresses, and this identity's free members would stay held,
+			// as its replicas never fall below them.
+			if isSurplus(e, members, 0, ps.outside) {
+				return "the ReplicaSet belongs to Deployment " + dep.Name + " now, whose pods take the Deployment's addresses", nil
+			}
+			return "", nil
+		}
 		limit := workload.Replicas(rs.Spec.Replicas)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
 			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil

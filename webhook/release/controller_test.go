@@ -303,6 +303,58 @@ func freeMembers(t *testing.T, a *ipam.Allocator, p *ipam.Pool, n int) []netip.A
 	return web
 }
 
+// A ReplicaSet adopted by a Deployment (re-applied after a delete with
+// --cascade=orphan) gives up the members no pod of it carries: its next pods
+// take the Deployment's addresses. Before, they stayed held for as long as
+// the ReplicaSet lived, its replicas never below their count.
+func TestAdoptedReplicaSetFreesMembers(t *testing.T) {
+	isController := true
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-abc", OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: "apps/v1", Kind: "Deployment", Name: "web", UID: "uid-web", Controller: &isController,
+		}}},
+		Spec: appsv1.ReplicaSetSpec{Replicas: new(int32(3))},
+	}
+	c, a, p, _ := setup(t, rs, webDeployment(3))
+	freeRSMembers(t, c, a, p)
+	if kept(a, "replicaset/app/web-abc") {
+		t.Errorf("the adopted ReplicaSet's free members are still held: %+v", a.Lookup("replicaset/app/web-abc"))
+	}
+	// A ReplicaSet of its own keeps them, up to its replicas.
+	rs.OwnerReferences = nil
+	c, a, p, _ = setup(t, rs)
+	freeRSMembers(t, c, a, p)
+	if got := a.Lookup("replicaset/app/web-abc"); len(got) != 2 {
+		t.Errorf("a ReplicaSet of its own with 3 replicas holds %+v; want its 2 members", got)
+	}
+}
+
+// freeRSMembers gives replicaset/app/web-abc two members, pods web-abc-0
+// and 1, unbinds them as if the pods were gone, and runs two passes.
+func freeRSMembers(t *testing.T, c *Controller, a *ipam.Allocator, p *ipam.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	var ips []netip.Addr
+	for i := range 2 {
+		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "replicaset/app/web-abc", Shared: true, Pod: fmt.Sprintf("app/web-abc-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips = append(ips, al.IP)
+	}
+	for i, ip := range ips {
+		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("app/web-abc-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		time.Sleep(10 * time.Millisecond)
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A pass settles identities in parallel: a Deployment with 5 free members
 // and room for 2 loses exactly the 3 highest while the addresses of many
 // gone pods are freed beside it.
