@@ -269,19 +269,31 @@ func podsWithAssignment(list []corev1.Pod) []podInfo {
 	return out
 }
 
-// addressesInUse returns the addresses that live pods have, by their
-// status (podIPs, as the runtime reported what the CNI plugin set up),
-// whatever their annotations say: annotations edited after admission (an
-// identity taken off by hand, a tool that rewrites them) must not free an
-// address under the pod that uses it. Host-network pods have the node's.
-func addressesInUse(list []corev1.Pod) map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
+// addrsInUse are the addresses that live pods have, by their status
+// (podIPs, as the runtime reported what the CNI plugin set up), whatever
+// their annotations say: annotations edited after admission (an identity
+// taken off by hand, a tool that rewrites them) must not free an address
+// under the pod that uses it. Host-network pods have the node's. Each is
+// keyed by the pool the pod's annotations name, or none.
+type addrsInUse map[string]bool
+
+func addressesInUse(list []corev1.Pod) addrsInUse {
+	out := addrsInUse{}
 	for i := range list {
 		for _, a := range statusAddrs(&list[i]) {
-			out[a] = true
+			out[addrKey(list[i].Annotations[annotations.AssignedPool], a)] = true
 		}
 	}
 	return out
+}
+
+// has reports whether a live pod has e's address, unless that pod's
+// annotations name another pool: an address that two pools gave out (see
+// ipam.Pool.Sharing) is not held in one for a pod of the other, which kept
+// it from being freed while that pod lived, and the first pool's deletion
+// waiting on it.
+func (u addrsInUse) has(e ipam.Entry) bool {
+	return u[addrKey(e.Pool, e.IP)] || u[addrKey("", e.IP)]
 }
 
 // statusAddrs returns the addresses p has by its status while it is live
@@ -370,7 +382,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 			carrier = nil // a pod that claims an address it does not own
 		}
 		carriers[i] = carrier
-		if carrier == nil && e.Pod != "" && !e.Reserved && !e.Held && !inUse[e.IP] && now.Sub(e.Since) >= c.Grace {
+		if carrier == nil && e.Pod != "" && !e.Reserved && !e.Held && !inUse.has(e) && now.Sub(e.Since) >= c.Grace {
 			unseen = append(unseen, e)
 		}
 	}
@@ -452,7 +464,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 			c.assigned(carrier)
 		}
 		return
-	case carrier == nil && ps.inUse[e.IP]:
+	case carrier == nil && ps.inUse.has(e):
 		// A live pod has the address, by its status, while no pod's
 		// annotations say so (they were edited after admission): it is
 		// neither unbound nor freed under that pod.
@@ -546,8 +558,8 @@ type pass struct {
 	now            time.Time
 	grace          time.Duration // Controller.Grace
 	byToken, byKey map[string]*podInfo
-	inUse          map[netip.Addr]bool // addressesInUse, read-only
-	carried        map[string]bool     // from stillCarried, read-only
+	inUse          addrsInUse      // read-only
+	carried        map[string]bool // from stillCarried, read-only
 	specs          map[string]poolSpec
 
 	mu       sync.Mutex

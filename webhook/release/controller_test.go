@@ -795,6 +795,37 @@ func TestEditedOutputsKeepAddress(t *testing.T) {
 	}
 }
 
+// A live pod of another pool with the same address (two pools that gave it
+// out both, see ipam.Pool.Sharing) does not keep this pool's record of it
+// once its own pod is gone. Before, the record stayed for as long as the
+// other pod lived, and this pool's deletion waited on it.
+func TestOtherPoolsPodDoesNotKeepAddress(t *testing.T) {
+	c, a, p, _ := setup(t)
+	ctx := context.Background()
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "pod/app/gone", Pod: "app/gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "q", Labels: map[string]string{annotations.ManagedLabel: "true"}, Annotations: map[string]string{
+			annotations.Identity: "pod/app/q", annotations.AssignedPool: "red", annotations.AssignedIP: al.Prefix.String(), annotations.AssignedMAC: "02:00:00:00:00:51",
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: al.IP.String()}}},
+	}
+	if err := c.Client.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // unbind, then free a grace later
+		time.Sleep(10 * time.Millisecond) // past the grace
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if kept(a, "pod/app/gone") {
+		t.Errorf("pool blue's record of %s, whose pod is gone, is kept for pod app/q of pool red: %+v", al.IP, a.Lookup("pod/app/gone"))
+	}
+}
+
 // A pod bound at admission gets its Assigned event from the first pass that
 // sees it; a new leader (a webhook rollout) does not announce pods that have
 // long been running again.
