@@ -44,7 +44,7 @@ func (a *agent) restore(ctx context.Context) error {
 	for _, r := range records {
 		known[r.Key()] = r
 	}
-	adopted := false
+	adopted := map[string]bool{} // found in OVS only: the limits in force are not known
 	for _, ifc := range ifcs {
 		at := fromOVS(ifc)
 		if at.ContainerID == "" || known[at.Key()] != nil {
@@ -52,11 +52,11 @@ func (a *agent) restore(ctx context.Context) error {
 		}
 		log.Info("OVS port without a record", "port", ifc.Name, "pod", at.Pod(), "key", at.Key())
 		known[at.Key()] = a.recordFromPod(at)
-		adopted = true
+		adopted[at.Key()] = true
 	}
 	// Until their records are written below, a missing record proves
 	// nothing to the plugin.
-	if adopted {
+	if len(adopted) > 0 {
 		if err := a.store.SetComplete(false); err != nil {
 			log.Error(err, "The plugin may take a DEL of a pod found only in OVS's labels as done while the agent is down")
 		}
@@ -108,7 +108,12 @@ func (a *agent) restore(ctx context.Context) error {
 			}
 		}
 		want := at.Bandwidth
-		if asg, err := podAssignment(pod); err == nil {
+		if asg, err := podAssignment(pod); err == nil && adopted[at.Key()] {
+			// The pod's limits, as its ADD installed them: a change the
+			// agent would refuse must not lift the limits in force, which
+			// are unknown here (their zero value means none).
+			want = asg.Bandwidth
+		} else if err == nil {
 			want = a.bandwidthFor(ctx, pod, at, asg.Bandwidth)
 		}
 		if err := a.dp.SetBandwidth(ctx, at, want, snap); err != nil {

@@ -190,6 +190,16 @@ func TestRestartWithoutCache(t *testing.T) {
 		extra: map[string]string{annotations.IngressBandwidth: "30M", annotations.EgressBandwidth: "40M"},
 	})
 	before := e.portState("ctr-a")
+	// A change the agent refuses (a burst below one frame, edited onto the
+	// running pod): the limits stay, and must stay after the rebuild too.
+	// Before, the rebuild, not knowing the limits in force, took them for
+	// none, and the refusal kept none.
+	edited := a.pod.DeepCopy()
+	edited.Annotations[annotations.IngressBurst] = "100"
+	refusedBefore := bandwidthRefused(t)
+	e.pods.Set(edited)
+	waitFor(t, "the edit refused", func() bool { return bandwidthRefused(t) > refusedBefore })
+	port := e.ovsPortOf("ctr-a")
 	e.agent.Stop(t)
 	if err := os.RemoveAll(e.opts.CacheDir); err != nil {
 		t.Fatal(err)
@@ -208,6 +218,12 @@ func TestRestartWithoutCache(t *testing.T) {
 	}
 	if err := e.cni.Check(a.rt); err != nil {
 		t.Errorf("CHECK after rebuilding from OVS: %v", err)
+	}
+	if got := tbfRate(t, e, port); got != 30e6/8 {
+		t.Errorf("tbf after rebuilding from OVS: %d bytes/s; want %d (30M)", got, uint64(30e6/8))
+	}
+	if flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge); !strings.Contains(flows, "meter:") {
+		t.Errorf("no egress meter after rebuilding from OVS:\n%s", flows)
 	}
 	if recs := e.records(); len(recs) != 1 {
 		t.Errorf("records %v; want the rebuilt one", recs)
