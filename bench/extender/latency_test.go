@@ -103,7 +103,7 @@ func bigCluster(nodeName func(int) string) (*state.State, []string) {
 		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"bench.stickynet.io/sriov-fast": "true"}},
 	}})
 	st.SetPod(&corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "old-web-0", Annotations: map[string]string{"stickynet.io/identity": "statefulset/bench/web/0"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "old-web-0", Annotations: map[string]string{"stickynet.io/identity": "statefulset/bench/web/0", "stickynet.io/assigned-pool": "all"}},
 		Spec:       corev1.PodSpec{NodeName: names[4321]},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	})

@@ -41,10 +41,17 @@ type Demand struct {
 // a node. A pod that is not placed passes every node.
 func (d Demand) Placed() bool { return d.Pool != "" || d.Network != "" }
 
-// Of returns the demand of pod.
+// Admitted reports whether the webhook admitted a pod with these
+// annotations: it writes stickynet.io/assigned-pool on every pod it serves.
+// A pod it did not serve (a host-network pod, one of a namespace not opted
+// in) may still carry its inputs, stickynet.io/sriov-network or a copied
+// identity: they ask for nothing.
+func Admitted(ann map[string]string) bool { return ann[annotations.AssignedPool] != "" }
+
+// Of returns the demand of pod; none for a pod the webhook did not admit.
 func Of(pod *corev1.Pod) Demand {
 	ann := pod.Annotations
-	if len(ann) == 0 {
+	if !Admitted(ann) {
 		return Demand{}
 	}
 	d := Demand{
@@ -61,10 +68,11 @@ func Of(pod *corev1.Pod) Demand {
 }
 
 // StickyKey returns the key under which the node a pod ran on is
-// remembered, from its annotations; see Demand.StickyKey.
+// remembered, from its annotations; see Demand.StickyKey. None for a pod
+// the webhook did not admit.
 func StickyKey(ann map[string]string) string {
 	id := ann[annotations.Identity]
-	if id == "" {
+	if id == "" || !Admitted(ann) {
 		return ""
 	}
 	if parsed, err := annotations.ParseIdentity(id); err == nil && parsed.Shared() {
@@ -140,11 +148,11 @@ func Requests(pod *corev1.Pod) map[corev1.ResourceName]int64 {
 }
 
 // Usage returns the VFs a pod holds on its node, per resource: its requests,
-// plus one VF of the network it names if it does not request that network's
-// resource. Nil when it holds none.
+// plus, if the webhook admitted it, one VF of the network it names if it
+// does not request that network's resource. Nil when it holds none.
 func Usage(pod *corev1.Pod) map[corev1.ResourceName]int64 {
 	use := Requests(pod)
-	if nw := pod.Annotations[annotations.SriovNetwork]; nw != "" {
+	if nw := pod.Annotations[annotations.SriovNetwork]; nw != "" && Admitted(pod.Annotations) {
 		res := corev1.ResourceName(annotations.SriovResourcePrefix + nw)
 		if use[res] == 0 {
 			if use == nil {

@@ -36,8 +36,22 @@ func TestOf(t *testing.T) {
 		},
 		{
 			name: "network without request needs one VF",
+			ann:  map[string]string{"stickynet.io/sriov-network": "fast", "stickynet.io/assigned-pool": "p"},
+			want: Demand{Pool: "p", Network: "fast", Resource: fast, VFs: 1},
+		},
+		// A pod the webhook did not admit (host network, a namespace not
+		// opted in) asks for nothing, whatever it carries: before, its
+		// network and copied identity were enforced and counted.
+		{
+			name: "network on a pod not admitted",
 			ann:  map[string]string{"stickynet.io/sriov-network": "fast"},
-			want: Demand{Network: "fast", Resource: fast, VFs: 1},
+			reqs: vfs(1),
+			want: Demand{},
+		},
+		{
+			name: "identity on a pod not admitted",
+			ann:  map[string]string{"stickynet.io/identity": "statefulset/ns/web/0"},
+			want: Demand{},
 		},
 		{
 			name: "network with request of two VFs",
@@ -47,18 +61,18 @@ func TestOf(t *testing.T) {
 		},
 		{
 			name: "deployment identity is keyed by address",
-			ann:  map[string]string{"stickynet.io/identity": "deployment/ns/api", "stickynet.io/assigned-ip": "10.0.0.5/24,fd00::5/64"},
-			want: Demand{StickyKey: "deployment/ns/api@10.0.0.5/24"},
+			ann:  map[string]string{"stickynet.io/identity": "deployment/ns/api", "stickynet.io/assigned-ip": "10.0.0.5/24,fd00::5/64", "stickynet.io/assigned-pool": "p"},
+			want: Demand{Pool: "p", StickyKey: "deployment/ns/api@10.0.0.5/24"},
 		},
 		{
 			name: "deployment identity without address has no key",
-			ann:  map[string]string{"stickynet.io/identity": "replicaset/ns/api"},
-			want: Demand{},
+			ann:  map[string]string{"stickynet.io/identity": "replicaset/ns/api", "stickynet.io/assigned-pool": "p"},
+			want: Demand{Pool: "p"},
 		},
 		{
 			name: "unparsable identity is used as is",
-			ann:  map[string]string{"stickynet.io/identity": "weird"},
-			want: Demand{StickyKey: "weird"},
+			ann:  map[string]string{"stickynet.io/identity": "weird", "stickynet.io/assigned-pool": "p"},
+			want: Demand{Pool: "p", StickyKey: "weird"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,10 +131,17 @@ func TestRequestsAndUsage(t *testing.T) {
 		},
 		{
 			name:      "annotation without request holds one VF",
-			ann:       map[string]string{"stickynet.io/sriov-network": "fast"},
+			ann:       map[string]string{"stickynet.io/sriov-network": "fast", "stickynet.io/assigned-pool": "p"},
 			pod:       corev1.PodSpec{Containers: []corev1.Container{container(corev1.ResourceList{other: resource.MustParse("1")})}},
 			wantReq:   map[corev1.ResourceName]int64{other: 1},
 			wantUsage: map[corev1.ResourceName]int64{other: 1, fast: 1},
+		},
+		{
+			name:      "annotation on a pod not admitted holds no VF",
+			ann:       map[string]string{"stickynet.io/sriov-network": "fast"},
+			pod:       corev1.PodSpec{Containers: []corev1.Container{container(corev1.ResourceList{other: resource.MustParse("1")})}},
+			wantReq:   map[corev1.ResourceName]int64{other: 1},
+			wantUsage: map[corev1.ResourceName]int64{other: 1},
 		},
 		{
 			name: "prefix alone is not a VF resource",

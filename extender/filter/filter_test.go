@@ -45,7 +45,7 @@ func cluster(t *testing.T) *state.State {
 		s.SetNode(node)
 	}
 	s.SetPod(&corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "holder", UID: types.UID("holder"), Annotations: map[string]string{"stickynet.io/sriov-network": "fast"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "holder", UID: types.UID("holder"), Annotations: map[string]string{"stickynet.io/sriov-network": "fast", "stickynet.io/assigned-pool": "rack1"}},
 		Spec:       corev1.PodSpec{NodeName: "n2"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	})

@@ -41,7 +41,7 @@ func cluster(t *testing.T) *state.State {
 		}
 	}
 	s.SetPod(&corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "w0", CreationTimestamp: metav1.NewTime(time.Now()), Annotations: map[string]string{"stickynet.io/identity": "statefulset/ns/web/0"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "w0", CreationTimestamp: metav1.NewTime(time.Now()), Annotations: map[string]string{"stickynet.io/identity": "statefulset/ns/web/0", "stickynet.io/assigned-pool": "p"}},
 		Spec:       corev1.PodSpec{NodeName: "n3"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	})
@@ -177,7 +177,7 @@ func TestMaxListed(t *testing.T) {
 		}
 	}
 	s.SetPod(&corev1.Pod{ // the identity last ran on m005, a lower node
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "w0", CreationTimestamp: metav1.NewTime(time.Now()), Annotations: map[string]string{"stickynet.io/identity": "statefulset/ns/web/0"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "w0", CreationTimestamp: metav1.NewTime(time.Now()), Annotations: map[string]string{"stickynet.io/identity": "statefulset/ns/web/0", "stickynet.io/assigned-pool": "p"}},
 		Spec:       corev1.PodSpec{NodeName: "m005"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	})

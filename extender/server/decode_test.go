@@ -41,7 +41,7 @@ func TestPartialPod(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: "dpdk-3", Namespace: "telco", UID: "u-3", Labels: map[string]string{"app": "dpdk"},
 			Annotations: map[string]string{
-				"stickynet.io/sriov-network": "fast", "stickynet.io/identity": "deployment/telco/dpdk",
+				"stickynet.io/sriov-network": "fast", "stickynet.io/identity": "deployment/telco/dpdk", "stickynet.io/assigned-pool": "telco",
 				"stickynet.io/assigned-ip": "10.0.0.3/24", "kubectl.kubernetes.io/last-applied-configuration": `{"big": "json"}`,
 			},
 		},

@@ -59,12 +59,12 @@ func testState() *state.State {
 		s.SetNode(node)
 	}
 	s.SetPod(&corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "holder", UID: "holder", Annotations: map[string]string{"stickynet.io/sriov-network": "fast"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "holder", UID: "holder", Annotations: map[string]string{"stickynet.io/sriov-network": "fast", "stickynet.io/assigned-pool": "rack1"}},
 		Spec:       corev1.PodSpec{NodeName: "n2"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	})
 	s.SetPod(&corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "old-web-0", Annotations: map[string]string{"stickynet.io/identity": "statefulset/shop/web/0"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", UID: "old-web-0", Annotations: map[string]string{"stickynet.io/identity": "statefulset/shop/web/0", "stickynet.io/assigned-pool": "all"}},
 		Spec:       corev1.PodSpec{NodeName: "n3"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	})

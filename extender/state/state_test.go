@@ -43,7 +43,7 @@ func labelSel(kv ...string) *metav1.LabelSelector {
 // vfPod is a pod bound to nodeName holding n VFs of fast (by request).
 func vfPod(uid, nodeName string, n int64) *corev1.Pod {
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: uid, Namespace: "ns", UID: types.UID(uid), Annotations: map[string]string{"stickynet.io/sriov-network": "fast"}},
+		ObjectMeta: metav1.ObjectMeta{Name: uid, Namespace: "ns", UID: types.UID(uid), Annotations: map[string]string{"stickynet.io/sriov-network": "fast", "stickynet.io/assigned-pool": "p"}},
 		Spec: corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{
 			Name: "c", Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{fast: *resource.NewQuantity(n, resource.DecimalSI)}},
 		}}},
@@ -55,7 +55,7 @@ func stickyPod(uid, identity, nodeName string, created time.Time) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: uid, Namespace: "ns", UID: types.UID(uid), CreationTimestamp: metav1.NewTime(created),
-			Annotations: map[string]string{"stickynet.io/identity": identity},
+			Annotations: map[string]string{"stickynet.io/identity": identity, "stickynet.io/assigned-pool": "p"},
 		},
 		Spec:   corev1.PodSpec{NodeName: nodeName},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning},
@@ -287,7 +287,7 @@ func TestSlimTransforms(t *testing.T) {
 		t.Fatal(err)
 	}
 	sp := out.(*corev1.Pod)
-	if sp.UID != "p" || sp.Spec.NodeName != "a" || sp.Status.Phase != corev1.PodRunning || len(sp.Annotations) != 1 ||
+	if sp.UID != "p" || sp.Spec.NodeName != "a" || sp.Status.Phase != corev1.PodRunning || len(sp.Annotations) != 2 ||
 		sp.Spec.Containers[0].Image != "" || len(sp.Spec.Containers[0].Resources.Requests) != 1 {
 		t.Errorf("SlimPod = %+v", sp)
 	}
