@@ -54,8 +54,7 @@ type Allocator struct {
 	leaseMu sync.Mutex // guards leases
 	leases  map[time.Duration]*bucketLease
 	// granting is held by the one caller granting a lease to refill a
-	// bucket; the others wait for it as long as their own context lets
-	// them (a grant waits for etcd, up to its caller's deadline).
+	// bucket; the others wait for it up to grantWait, then grant their own.
 	granting chan struct{}
 	delays   sync.Map // pool name → the reuse delay of addresses released from it
 	now      func() time.Time
@@ -1058,16 +1057,22 @@ func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID
 		return id, nil
 	}
 	slack := max(ttl/4, 2*time.Second)
+	wait := time.NewTimer(grantWait)
+	defer wait.Stop()
 	select {
 	case a.granting <- struct{}{}:
+		defer func() { <-a.granting }()
+		if id, ok := a.bucket(ttl); ok { // filled by the grant waited for
+			return id, nil
+		}
+	case <-wait.C:
+		// The grant waited for is slow: sent to an etcd member gone silent,
+		// it waits until the keepalive closes the connection (about 40 s),
+		// and everyone behind it failed at their deadline meanwhile. This
+		// grant goes its own way, likely to a member that answers; a lease
+		// too many expires by itself.
 	case <-ctx.Done():
-		// Another caller's grant waits for etcd: an admission does not
-		// wait past its own deadline behind it.
 		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, ctx.Err())
-	}
-	defer func() { <-a.granting }()
-	if id, ok := a.bucket(ttl); ok { // filled by the grant waited for
-		return id, nil
 	}
 	now := a.now()
 	id, err := a.s.Grant(ctx, ttl+slack)
@@ -1075,10 +1080,17 @@ func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID
 		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, err)
 	}
 	a.leaseMu.Lock()
-	a.leases[ttl] = &bucketLease{id: id, expires: now.Add(ttl + slack)}
+	if l := a.leases[ttl]; l == nil || l.expires.Before(now.Add(ttl+slack)) {
+		a.leases[ttl] = &bucketLease{id: id, expires: now.Add(ttl + slack)}
+	}
 	a.leaseMu.Unlock()
 	return id, nil
 }
+
+// grantWait is how long a caller waits for another's grant of a lease
+// before granting its own (as the group commit gives up a slow request's
+// place after a second).
+var grantWait = time.Second
 
 // bucket returns the shared lease for ttl if it lives at least ttl from now.
 func (a *Allocator) bucket(ttl time.Duration) (store.LeaseID, bool) {

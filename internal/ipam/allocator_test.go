@@ -557,6 +557,45 @@ func (g *gatedStore) Txn(ctx context.Context, cmps []store.Cmp, then, els []stor
 	return g.Store.Txn(ctx, cmps, then, els)
 }
 
+// stuckGrant holds the first lease grant until its context ends, as a grant
+// sent to an etcd member gone silent waits for the keepalive.
+type stuckGrant struct {
+	store.Store
+	stuck atomic.Bool
+	held  chan struct{}
+}
+
+func (g *stuckGrant) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
+	if g.stuck.CompareAndSwap(false, true) {
+		close(g.held)
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return g.Store.Grant(ctx, ttl)
+}
+
+// A claim under a token needs a lease; one caller's grant that hangs does
+// not hold up the others past a second (they grant their own). Before, they
+// waited behind it until their deadline: a release's grant stuck on a
+// silent etcd member for its 2-minute pass failed every reserving admission
+// of the replica until the connection closed.
+func TestStuckGrantDoesNotHoldOthers(t *testing.T) {
+	g := &stuckGrant{Store: store.NewMemory(), held: make(chan struct{})}
+	a := startAllocator(t, g, Options{ReservationTTL: time.Minute})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	long, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	go func() {
+		_, _ = a.Allocate(long, Request{Pool: p, Identity: "deployment/ns/first", Shared: true, Token: "t0"})
+	}()
+	<-g.held
+	ctx, cancel3 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel3()
+	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t1"}); err != nil {
+		t.Fatalf("a claim under a token, another caller's grant stuck: %v", err)
+	}
+}
+
 // A burst of a ReplicaSet's pods admitted together by one replica: the
 // members being claimed count against the cap, so the set stops at it.
 func TestSharedSetCapUnderBurst(t *testing.T) {
