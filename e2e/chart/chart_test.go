@@ -1159,11 +1159,15 @@ current-context: c
 				t.Fatal(err)
 			}
 			var scored []string
+			var preemptPct int32
 			for _, p := range loaded.Profiles {
 				if ptr.Deref(p.SchedulerName, "") != "stickynet-scheduler" {
 					continue
 				}
 				for _, pc := range p.PluginConfig {
+					if pre := (&configv1.DefaultPreemptionArgs{}); pc.Name == "DefaultPreemption" && yaml.Unmarshal(pc.Args.Raw, pre) == nil {
+						preemptPct = ptr.Deref(pre.MinCandidateNodesPercentage, 0)
+					}
 					args := &configv1.NodeResourcesFitArgs{}
 					if pc.Name != "NodeResourcesFit" || yaml.Unmarshal(pc.Args.Raw, args) != nil || args.ScoringStrategy == nil {
 						continue
@@ -1177,6 +1181,11 @@ current-context: c
 			}
 			if !slices.Equal(scored, tc.resources) {
 				t.Errorf("kube-scheduler's stickynet-scheduler profile scores the VF resources %v; want %v", scored, tc.resources)
+			}
+			// Preemption tries every node: the extender drops those the
+			// pod's pool or VF cannot work on after the scheduler's sample.
+			if preemptPct != 100 {
+				t.Errorf("kube-scheduler's stickynet-scheduler profile preempts among %d%% of the nodes; want 100", preemptPct)
 			}
 			dep := &appsv1.Deployment{}
 			if err := yaml.Unmarshal(objs["Deployment/stickynet-extender"], dep); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	configv1 "k8s.io/kube-scheduler/config/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/stickynet/stickynet/extender/server"
@@ -32,6 +33,9 @@ func TestSchedulerConfig(t *testing.T) {
 	}
 	if p := cfg.Profiles[0].PercentageOfNodesToScore; p == nil || *p != 100 {
 		t.Errorf("percentageOfNodesToScore %v, want 100", p)
+	}
+	if pct := preemptionPercentage(t, cfg.Profiles[0]); pct != 100 {
+		t.Errorf("DefaultPreemption minCandidateNodesPercentage %d, want 100: a sample of a large cluster may hold no node the pod's pool or VF works on", pct)
 	}
 	if len(cfg.Extenders) != 1 {
 		t.Fatalf("%d extenders, want 1", len(cfg.Extenders))
@@ -128,4 +132,21 @@ func TestRBAC(t *testing.T) {
 			t.Errorf("no list/watch on %s %q", want.resource, want.group)
 		}
 	}
+}
+
+// preemptionPercentage is the profile's DefaultPreemption
+// minCandidateNodesPercentage (0 when not set).
+func preemptionPercentage(t *testing.T, p configv1.KubeSchedulerProfile) int32 {
+	t.Helper()
+	for _, pc := range p.PluginConfig {
+		if pc.Name != "DefaultPreemption" {
+			continue
+		}
+		args := &configv1.DefaultPreemptionArgs{}
+		if err := yaml.Unmarshal(pc.Args.Raw, args); err != nil {
+			t.Fatal(err)
+		}
+		return ptr.Deref(args.MinCandidateNodesPercentage, 0)
+	}
+	return 0
 }
