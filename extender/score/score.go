@@ -132,17 +132,25 @@ func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
 	for i, name := range nodes {
 		s := int64(0)
 		if name == last {
-			s = top
-		} else if n := r.Node(name); n != nil {
+			res.scores[i] = int8(top)
+			continue
+		}
+		if n := r.Node(name); n != nil {
 			alloc, used := r.VFs(n, vr)
 			s = vfScore(o.Placement, alloc, alloc-used-d.VFs)
 		}
 		res.scores[i] = int8(s)
 		low = min(low, s)
 	}
-	var count [top + 1]int // nodes by score above the lowest
+	// The others shifted so that the lowest scores 0; the last node keeps
+	// its 10. Shifted too, it led the nodes with about as many free VFs by
+	// a point or two (10 - 7 against 8 - 7), which the scheduler's own
+	// scores outweighed.
+	var count [top + 1]int // nodes by score
 	for i, s := range res.scores {
-		res.scores[i] = s - int8(low)
+		if nodes[i] != last {
+			res.scores[i] = s - int8(low)
+		}
 		count[res.scores[i]]++
 	}
 	// List every node that scores above cut, and need of the nodes that

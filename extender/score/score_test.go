@@ -72,6 +72,9 @@ func TestPrioritize(t *testing.T) {
 		{name: "pack", opts: Options{Placement: Pack}, d: vf, nodes: all, want: "[n1:1 n2:5 n3:9]"},
 		{name: "spread with the last node first", opts: Options{PreferLastNode: true, Placement: Spread}, d: sticky(vf), nodes: all, want: "[n1:7 n2:3 n3:10]"},
 		{name: "shifted so the lowest candidate scores 0", opts: Options{Placement: Spread}, d: vf, nodes: []string{"n1", "n2"}, want: "[n1:4]"},
+		// The last node keeps its 10 when the others are shifted (before,
+		// 10 - 3: it led n1 by 3, which the scheduler's scores outweighed).
+		{name: "the last node is not shifted", opts: Options{PreferLastNode: true, Placement: Spread}, d: sticky(vf), nodes: []string{"n1", "n2", "n3"}, want: "[n1:4 n3:10]"},
 		{name: "equal candidates score 0", opts: Options{Placement: Pack}, d: vf, nodes: []string{"n3"}, want: "[]"},
 		{name: "more VFs than free", opts: Options{Placement: Spread}, d: demand.Demand{Network: "fast", Resource: fast, VFs: 6}, nodes: all, want: "[n1:2]"},
 		{name: "placement none keeps only the last node", opts: Options{PreferLastNode: true, Placement: None}, d: sticky(vf), nodes: all, want: "[n3:10]"},
@@ -203,8 +206,8 @@ func TestMaxListed(t *testing.T) {
 			names = append(names, hp.Host)
 			switch {
 			case hp.Host == "m005":
-				if hp.Score != 4 { // 10 - 6, the lowest candidate's score
-					t.Errorf("the last node m005 scores %d; want 4", hp.Score)
+				if hp.Score != 10 { // not shifted with the others (it was 10 - 6)
+					t.Errorf("the last node m005 scores %d; want 10", hp.Score)
 				}
 			case hp.Host < "m030":
 				t.Errorf("%s, below the cut, is listed (score %d)", hp.Host, hp.Score)
