@@ -1071,6 +1071,9 @@ func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID
 		// and everyone behind it failed at their deadline meanwhile. This
 		// grant goes its own way, likely to a member that answers; a lease
 		// too many expires by itself.
+		if id, ok := a.bucket(ttl); ok { // filled by another that went its own way
+			return id, nil
+		}
 	case <-ctx.Done():
 		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, ctx.Err())
 	}
