@@ -347,8 +347,19 @@ func unreachable(ctx context.Context, socket, command string, waited time.Durati
 			fmt.Sprintf("stickynet node agent on %s did not answer %s within %s; try again later", socket, command, waited.Round(time.Millisecond)),
 			"the agent may be starting or overloaded; see the logs of the stickynet node agent on this node")
 	} else {
+		// Not the syscall's own words: containerd (go-cni) takes a DEL error
+		// that says "no such file or directory" (with no netns, as after a
+		// reboot) or "not found" for a teardown already done, and would
+		// never send the DEL again.
+		why := fmt.Sprint(cause(err))
+		switch {
+		case errors.Is(err, syscall.ENOENT):
+			why = "the socket does not exist"
+		case errors.Is(err, syscall.ECONNREFUSED):
+			why = "nothing accepts connections on the socket"
+		}
 		e = types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("stickynet node agent is not reachable on %s: %v; try again later", socket, cause(err)),
+			fmt.Sprintf("stickynet node agent is not reachable on %s: %s; try again later", socket, why),
 			"is the stickynet node agent running on this node, and does the conflist's \"socket\" match its --socket flag?")
 	}
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
