@@ -178,8 +178,12 @@ func (a *agent) refreshFallback(ctx context.Context) error {
 	if bytes.Equal(conflist, a.conflist) {
 		return nil
 	}
+	installed := a.conflist
 	a.conflist = conflist
 	if err := a.install(ctx); err != nil {
+		// The next rescan tries again: taken as installed, the new
+		// conflist was never written until the agent restarted.
+		a.conflist = installed
 		return err
 	}
 	klog.FromContext(ctx).Info("Fallback network changed; conflist rewritten", "fallback", path, "passedOver", skipped)

@@ -755,6 +755,30 @@ func TestFallbackAuto(t *testing.T) {
 			return got == step.want, fmt.Sprintf("fallback %q, want %q", got, step.want)
 		})
 	}
+	// A rewrite that fails (here: a folder where the conflist goes) is
+	// tried again at the next rescan. Before, the new conflist was taken as
+	// written, and never written until the agent restarted.
+	own := filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName)
+	if err := os.Remove(own); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.opts.CNIConfDir, "10-first.conflist"), []byte(`{"cniVersion":"1.0.0","name":"first","plugins":[{"type":"bridge","bridge":"cni2"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // three rescans, each failing to write
+	if err := os.Remove(own); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t.Context(), t, 10*time.Second, "the conflist written after a failed rewrite", func() (bool, string) {
+		if _, err := os.Stat(own); err != nil {
+			return false, err.Error()
+		}
+		got := fallback()
+		return got == "first", fmt.Sprintf("fallback %q, want %q", got, "first")
+	})
 }
 
 // A pod's port number keeps its meter and flow after the pod goes: the next
