@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -215,6 +216,21 @@ func runtimeConf(containerID, netns, ifName, cniArgs string, rc map[string]any) 
 
 func (r *record) runtimeConf() (*libcni.RuntimeConf, error) {
 	return runtimeConf(r.ContainerID, r.Netns, r.IfName, r.Args, r.RuntimeConfig)
+}
+
+// capabilityArgs are the capability arguments for a DEL or CHECK of the
+// recorded attachment: the runtime's, over those its ADD was given. The
+// runtime passes only the capabilities of the conflist as it is now, and one
+// rewritten since (the fallback network changed) may lack one the recorded
+// network has: portmap, given no portMappings, removes nothing, and its
+// forwarding rules, which match before a later pod's, stayed.
+func (r *record) capabilityArgs(now map[string]any) map[string]any {
+	if len(r.RuntimeConfig) == 0 {
+		return now
+	}
+	out := maps.Clone(r.RuntimeConfig)
+	maps.Copy(out, now)
+	return out
 }
 
 // add attaches the interface through the fallback network and returns the

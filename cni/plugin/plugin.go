@@ -173,7 +173,7 @@ func (p *Plugin) del(a *skel.CmdArgs) error {
 		return err
 	}
 	if r != nil {
-		rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig)
+		rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, r.capabilityArgs(conf.RuntimeConfig))
 		if err != nil {
 			return err
 		}
@@ -217,7 +217,7 @@ func (p *Plugin) check(a *skel.CmdArgs) error {
 		_, err = ask(conf, api.CommandCheck, a, a.StdinData)
 		return err
 	}
-	rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig)
+	rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, r.capabilityArgs(conf.RuntimeConfig))
 	if err != nil {
 		return err
 	}
