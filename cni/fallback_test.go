@@ -437,3 +437,39 @@ func TestFallbackGCKeepsOtherAttachments(t *testing.T) {
 		t.Error("GC with no valid attachment kept the lease: this fallback's GC releases nothing, and the test shows nothing")
 	}
 }
+
+// TestDelOfPodAttachedBeforeStickynet: a pod the fallback network attached
+// directly, before stickynet's conflist was there (the node's pods of before
+// the install), is torn down through stickynet's conflist, as the runtime
+// has it now: the agent has no attachment of it, and the plugin detaches it
+// from the fallback network. Before, its veth and address lease stayed.
+func TestDelOfPodAttachedBeforeStickynet(t *testing.T) {
+	e := newFallbackEnv(t)
+	list, err := libcni.ConfListFromBytes([]byte(e.fallback))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := e.pod("before", nil)
+	if err := e.in(func(ctx context.Context) error {
+		_, err := e.cni.AddNetworkList(ctx, list, rt)
+		return err
+	}); err != nil {
+		t.Fatalf("ADD through the fallback network directly: %v", err)
+	}
+	if !exists(e.lease(fbFirst)) || len(e.fallbackVeths()) != 1 || exists(e.record(rt)) {
+		t.Fatalf("after the direct ADD: lease %t, fallback veths %v, stickynet record %t; want a lease, one veth, no record",
+			exists(e.lease(fbFirst)), e.fallbackVeths(), exists(e.record(rt)))
+	}
+	if err := e.del(rt); err != nil {
+		t.Fatalf("DEL through stickynet's conflist: %v", err)
+	}
+	if exists(e.lease(fbFirst)) || len(e.fallbackVeths()) != 0 {
+		t.Errorf("after DEL through stickynet's conflist: lease %t, fallback veths %v; want both gone", exists(e.lease(fbFirst)), e.fallbackVeths())
+	}
+	// A DEL of a sandbox neither network attached (an ADD that failed
+	// early) still succeeds.
+	never, _ := e.pod("never", nil)
+	if err := e.del(never); err != nil {
+		t.Errorf("DEL of a sandbox no network attached: %v", err)
+	}
+}

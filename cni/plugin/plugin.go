@@ -179,10 +179,25 @@ func (p *Plugin) del(a *skel.CmdArgs) error {
 		}
 		return fb.del(context.Background(), r, rt)
 	}
-	_, err = ask(conf, api.CommandDel, a, a.StdinData)
+	resp, err := ask(conf, api.CommandDel, a, a.StdinData)
 	var ns *notSentError
 	if errors.As(err, &ns) && nothingMade(conf.AgentCacheDir, a.ContainerID, a.IfName) {
 		return nil
+	}
+	if err == nil && resp.Fallback != nil && len(conf.Fallback) > 0 {
+		// The agent has no attachment of it: one the fallback network made
+		// before stickynet's conflist was there (the node's pods of before
+		// the install) is detached from it too, as the runtime tears the
+		// sandbox down through the conflist it has now. Before, its address
+		// lease and hostPort rules stayed. DEL is idempotent for one it
+		// never made; a failure there, or a network that does not answer
+		// within the conflist's timeout, does not hold up this DEL.
+		if rt, rerr := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig); rerr == nil {
+			timeout, _ := conf.RequestTimeout()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			_ = fb.del(ctx, &record{ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns, Network: conf.Fallback}, rt)
+			cancel()
+		}
 	}
 	return err
 }

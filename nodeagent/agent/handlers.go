@@ -34,7 +34,7 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	case api.CommandAdd:
 		resp.Result, resp.Fallback, err = a.add(ctx, req)
 	case api.CommandDel:
-		err = a.del(ctx, req)
+		resp.Fallback, err = a.del(ctx, req)
 	case api.CommandCheck:
 		err = a.check(ctx, req)
 	case api.CommandGC:
@@ -579,18 +579,25 @@ func (a *agent) usedByAnother(at *datapath.Attachment) bool {
 	return false
 }
 
-func (a *agent) del(ctx context.Context, req api.Request) error {
+// noAttachment answers a DEL of an attachment the agent has none of: the
+// plugin then detaches it from the fallback network too, for one that
+// network made before stickynet's conflist was there (the node's pods of
+// before the install, or of while the agent was not yet ready): the runtime
+// tears a sandbox down through the conflist it has now, stickynet's.
+var noAttachment = &api.Fallback{Reason: "no stickynet attachment of this container and interface on the node"}
+
+func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error) {
 	if _, err := a.conf(req); err != nil {
-		return err
+		return nil, err
 	}
 	if err := needAttachmentArgs(req); err != nil {
-		return err
+		return nil, err
 	}
 	key := req.ContainerID + "/" + req.IfName
 	unlock := a.lockKey(key)
 	defer unlock()
 	if at := a.get(key); at != nil {
-		return a.remove(ctx, at)
+		return nil, a.remove(ctx, at)
 	}
 	// Not in the records (lost cache folder): OVS's labels may still know it.
 	ifcs, err := a.ovs.Interfaces(ctx)
@@ -602,16 +609,16 @@ func (a *agent) del(ctx context.Context, req api.Request) error {
 		// in OVS goes at the agent's next restart (restore drops ports whose
 		// veth is gone).
 		if !a.dp.HostVethExists(datapath.HostVethName(req.ContainerID, req.IfName)) {
-			return nil
+			return noAttachment, nil
 		}
-		return err
+		return nil, err
 	}
 	for _, ifc := range ifcs {
 		if ifc.ExternalIDs[datapath.IDContainerID] == req.ContainerID && ifc.ExternalIDs[datapath.IDIfName] == req.IfName {
-			return a.remove(ctx, fromOVS(ifc))
+			return nil, a.remove(ctx, fromOVS(ifc))
 		}
 	}
-	return nil
+	return noAttachment, nil
 }
 
 // fromOVS rebuilds what teardown needs from an OVS interface's labels.

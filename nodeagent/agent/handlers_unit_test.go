@@ -119,7 +119,7 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 	gcDone := make(chan error, 1)
 	go func() { gcDone <- a.gc(ctx, api.Request{Command: "GC", Config: conf}) }()
 	<-g.entered // the GC has its list of stale attachments, X among them
-	if err := a.del(ctx, api.Request{Command: "DEL", ContainerID: "cX", IfName: "net1", Config: conf}); err != nil {
+	if _, err := a.del(ctx, api.Request{Command: "DEL", ContainerID: "cX", IfName: "net1", Config: conf}); err != nil {
 		t.Fatal(err)
 	}
 	// A new pod Y gets the VF, set up on the PF's side as SetupVF does.

@@ -202,7 +202,10 @@ type Response struct {
 }
 
 // Fallback tells the plugin that stickynet does not serve the pod and that
-// the conflist's fallback network attaches it.
+// the conflist's fallback network attaches it. In answer to a DEL: the agent
+// has no attachment of the container and interface, and the plugin detaches
+// it from the fallback network too (one that network made before
+// stickynet's conflist was there).
 type Fallback struct {
 	// Reason says why, for the plugin's messages.
 	Reason string `json:"reason"`
