@@ -181,7 +181,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	raw, err := openStore(o)
+	raw, err := openStore(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -355,22 +355,20 @@ func (r runnable) Start(ctx context.Context) error { return r(ctx) }
 // NeedLeaderElection: these run on every replica.
 func (r runnable) NeedLeaderElection() bool { return false }
 
-func openStore(o Options) (store.Store, error) {
+func openStore(ctx context.Context, o Options) (store.Store, error) {
 	if o.MemoryStore {
 		return store.NewMemory(), nil
 	}
 	if len(o.EtcdEndpoints) == 0 {
 		return nil, errors.New("no state store: set --etcd-endpoints (or --memory-store for a single-replica trial)")
 	}
-	s, err := etcd.New(etcd.Options{
-		Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout,
-		CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile,
-		Username: o.EtcdUsername, Password: o.EtcdPassword, Registerer: metrics.Registry,
+	return openDialing(ctx, func() (store.Store, error) {
+		return etcd.New(etcd.Options{ // registers its metrics once connected
+			Endpoints: o.EtcdEndpoints, DialTimeout: o.DialTimeout,
+			CAFile: o.EtcdCAFile, CertFile: o.EtcdCertFile, KeyFile: o.EtcdKeyFile,
+			Username: o.EtcdUsername, Password: o.EtcdPassword, Registerer: metrics.Registry,
+		})
 	})
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 // WebhookConfiguration returns the MutatingWebhookConfiguration stickynet

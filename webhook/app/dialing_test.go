@@ -1,0 +1,84 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/stickynet/stickynet/internal/store"
+	"github.com/stickynet/stickynet/internal/store/etcd"
+)
+
+// A replica whose etcd does not answer at start (with authentication the
+// client logs in as it connects) starts anyway and connects when etcd
+// answers; its calls wait for that as long as their context lets them.
+// Before, the binary exited, into CrashLoopBackOff. A connection refused
+// for good (a wrong password, a missing file) still stops it.
+func TestStoreConnectsWhenEtcdAnswers(t *testing.T) {
+	defer func(d time.Duration) { dialRetry = d }(dialRetry)
+	dialRetry = 50 * time.Millisecond
+
+	// What the etcd client returns when it logs in to an etcd that does not
+	// answer: taken for silence, not for a refusal.
+	_, err := etcd.New(etcd.Options{Endpoints: []string{"http://127.0.0.1:1"}, Username: "u", Password: "p", DialTimeout: time.Second})
+	if err == nil || !unanswered(err) {
+		t.Fatalf("etcd.New with authentication, etcd down: %v; want an error taken for etcd's silence", err)
+	}
+
+	var attempts atomic.Int32
+	mem := store.NewMemory()
+	s, err := openDialing(t.Context(), func() (store.Store, error) {
+		if attempts.Add(1) <= 3 {
+			return nil, status.Error(codes.Unavailable, "connection refused")
+		}
+		return mem, nil
+	})
+	if err != nil {
+		t.Fatalf("open with etcd silent: %v; want a store that connects later", err)
+	}
+	short, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.Get(short, "/k"); err == nil || !strings.Contains(err.Error(), "not connected to etcd yet") {
+		t.Errorf("Get before the connection: %v; want an error saying it is not connected yet", err)
+	}
+	long, cancel2 := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel2()
+	if _, _, err := s.List(long, "/"); err != nil {
+		t.Fatalf("List once etcd answers: %v", err)
+	}
+	if n := attempts.Load(); n != 4 {
+		t.Errorf("%d attempts; want 4 (3 unanswered, then connected)", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Error(err)
+	}
+
+	refused := errors.New("etcdserver: authentication failed, invalid user ID or password")
+	if _, err := openDialing(t.Context(), func() (store.Store, error) { return nil, refused }); !errors.Is(err, refused) {
+		t.Errorf("open refused for good: %v; want that error", err)
+	}
+
+	// Closed while still connecting: it stops trying.
+	attempts.Store(0)
+	s, err = openDialing(t.Context(), func() (store.Store, error) {
+		attempts.Add(1)
+		return nil, context.DeadlineExceeded
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Error(err)
+	}
+	n := attempts.Load()
+	time.Sleep(5 * dialRetry)
+	if attempts.Load() != n {
+		t.Error("still connecting after Close")
+	}
+}
