@@ -114,6 +114,14 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %s: expected a duration of 0 (the default) or more", d.flag, d.value))
 		}
 	}
+	// A negative port turns controller-runtime's server off while its
+	// readiness check passes: a replica Ready that serves nothing.
+	if o.Port < 0 || o.Port > 65535 {
+		errs = append(errs, fmt.Errorf("--port %d: expected a TCP port from 1 to 65535 (0: the default, 9443)", o.Port))
+	}
+	if o.KubeAPIQPS < 0 || o.KubeAPIBurst < 0 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %g, --kube-api-burst %d: expected 0 (the client's defaults) or more", o.KubeAPIQPS, o.KubeAPIBurst))
+	}
 	if o.Certs.Mode == certs.ModeSelf {
 		for _, n := range o.Certs.DNSNames {
 			if strings.TrimSpace(n) == "" {

@@ -60,6 +60,12 @@ func TestValidate(t *testing.T) {
 		{func(o *Options) { o.Certs.DNSNames = []string{""} }, `--cert-dns-names "": expected comma-separated DNS names, none of them empty`},
 		{func(o *Options) { o.Certs.DNSNames = append(o.Certs.DNSNames, " ") }, `--cert-dns-names "stickynet-webhook.stickynet-system.svc, "`},
 		{func(o *Options) { o.Certs = certs.Options{Mode: certs.ModeCertManager} }, ""},
+		// A negative port turned the server off while /readyz passed.
+		{func(o *Options) { o.Port = -1 }, `--port -1: expected a TCP port from 1 to 65535`},
+		{func(o *Options) { o.Port = 70000 }, `--port 70000`},
+		{func(o *Options) { o.Port = 9443 }, ""},
+		{func(o *Options) { o.KubeAPIQPS = -1 }, `--kube-api-qps -1`},
+		{func(o *Options) { o.KubeAPIBurst = -5 }, `--kube-api-burst -5`},
 	} {
 		o := ok
 		tc.change(&o)
