@@ -337,6 +337,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	lead.ready = allocReady
 	if err := mgr.Add(lead); err != nil {
 		return err
 	}

@@ -60,6 +60,14 @@ type leadership struct {
 	// backoff is how long a replica whose term failed waits before it
 	// campaigns again, so that another replica takes the Lease.
 	backoff time.Duration
+	// ready, when set, is closed once the replica's store has answered (its
+	// address cache is built); it campaigns only then. A replica that never
+	// reached etcd (cut off from it, or etcd with authentication down since
+	// it started) took the Lease and kept it: stepDown keeps the lead when
+	// etcd failed before the term began, as when it is down for everyone,
+	// and its release controller, waiting for the cache, confirmed no
+	// reservation.
+	ready <-chan struct{}
 }
 
 // newLeadership returns the leadership of the release controller for a
@@ -107,6 +115,13 @@ func (l *leadership) Start(ctx context.Context) error {
 	ctx = klog.NewContext(ctx, log)
 	if l.lock == nil {
 		return l.run(ctx)
+	}
+	if l.ready != nil {
+		select {
+		case <-l.ready:
+		case <-ctx.Done():
+			return nil
+		}
 	}
 	for {
 		err := l.campaign(ctx)

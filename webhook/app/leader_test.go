@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/tools/events"
@@ -246,4 +247,57 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 	} else if h := l.Spec.HolderIdentity; h != nil && *h != "" {
 		t.Errorf("the Lease is still held by %s after the leader stopped; want it given up", *h)
 	}
+}
+
+// A replica campaigns for the Lease only once its store has answered. One
+// that never reached etcd took the Lease and kept it (stepDown keeps the
+// lead when etcd failed before the term began, as when it is down for
+// everyone), and its release controller confirmed no reservation.
+func TestNoCampaignBeforeStoreAnswers(t *testing.T) {
+	testenv.Root(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 1})
+	leases := c.Client().CoordinationV1().Leases(metav1.NamespaceDefault)
+	l, err := newLeadership(Options{LeaderElection: true, LeaderElectionNamespace: metav1.NamespaceDefault}, c.RESTConfig(), events.NewFakeRecorder(100), prometheus.NewRegistry(),
+		func() []manager.Runnable {
+			return []manager.Runnable{runnable(func(ctx context.Context) error { <-ctx.Done(); return nil })} // a term until the end
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.leaseDuration, l.renewDeadline, l.retryPeriod = 8*time.Second, 6*time.Second, time.Second
+	ready := make(chan struct{})
+	l.ready = ready
+	lctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.Start(lctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("leadership: %v", err)
+		}
+	}()
+	time.Sleep(4 * l.retryPeriod) // a campaign takes a free Lease at its first try
+	if got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
+		t.Fatalf("Lease held by %q before the store answered; want no campaign yet", ptrOr(got.Spec.HolderIdentity))
+	} else if !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	close(ready)
+	testenv.Eventually(ctx, t, 30*time.Second, "the Lease taken once the store answered", func() (bool, string) {
+		got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		h := ptrOr(got.Spec.HolderIdentity)
+		return h == l.lock.Identity(), "holder " + h
+	})
+}
+
+func ptrOr(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
