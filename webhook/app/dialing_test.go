@@ -3,11 +3,13 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -29,6 +31,16 @@ func TestStoreConnectsWhenEtcdAnswers(t *testing.T) {
 	_, err := etcd.New(etcd.Options{Endpoints: []string{"http://127.0.0.1:1"}, Username: "u", Password: "p", DialTimeout: time.Second})
 	if err == nil || !unanswered(err) {
 		t.Fatalf("etcd.New with authentication, etcd down: %v; want an error taken for etcd's silence", err)
+	}
+	// etcd's own answers that it cannot serve yet, as the client makes
+	// them, count as silence too; a refusal does not.
+	for _, e := range []error{rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged} {
+		if !unanswered(fmt.Errorf("connect: %w", e)) {
+			t.Errorf("%v: taken for a refusal; want it taken for etcd's silence", e)
+		}
+	}
+	if unanswered(rpctypes.ErrAuthFailed) {
+		t.Errorf("%v: taken for etcd's silence; want a refusal", rpctypes.ErrAuthFailed)
 	}
 
 	var attempts atomic.Int32
