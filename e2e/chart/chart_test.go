@@ -485,6 +485,15 @@ func TestAPIServer(t *testing.T) {
 		if errA != nil {
 			t.Errorf("the agent of own-a patches own-a's status: %v", errA)
 		}
+		// A request as the agent's account with no extra at all (here the
+		// admin impersonating it; a legacy Secret token) names no node and
+		// is not limited: the policy's check must not fail on the missing
+		// field (failing closed, it refused such a request).
+		imp := c.RESTConfig()
+		imp.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:stickynet-system:stickynet-nodeagent"}
+		if _, err := kubernetes.NewForConfigOrDie(imp).CoreV1().Nodes().PatchStatus(ctx, "own-b", patch); err != nil {
+			t.Errorf("the agent's account without a node in its credentials patches own-b's status: %v; want it passed", err)
+		}
 	})
 
 	// The bundled etcd's members formed their cluster from its replica
