@@ -54,10 +54,11 @@ type Allocator struct {
 	leaseMu sync.Mutex // guards leases
 	leases  map[time.Duration]*bucketLease
 	// granting is held by the one caller granting a lease to refill a
-	// bucket; the others wait for it up to grantWait, then grant their own.
-	granting chan struct{}
-	delays   sync.Map // pool name → the reuse delay of addresses released from it
-	now      func() time.Time
+	// bucket; beside's slots by callers that waited grantWait for it (see
+	// lease).
+	granting, beside chan struct{}
+	delays           sync.Map // pool name → the reuse delay of addresses released from it
+	now              func() time.Time
 
 	orphanMu   sync.Mutex
 	orphans    []orphan
@@ -87,6 +88,7 @@ func New(s store.Store, opts Options) *Allocator {
 		refl:       store.NewReflector(s, k.addr, c),
 		leases:     map[time.Duration]*bucketLease{},
 		granting:   make(chan struct{}, 1),
+		beside:     make(chan struct{}, grantsBeside),
 		now:        time.Now,
 		orphanKick: make(chan struct{}, 1),
 	}
@@ -1057,25 +1059,33 @@ func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID
 		return id, nil
 	}
 	slack := max(ttl/4, 2*time.Second)
+	// One caller grants, the others wait for it. A grant that takes longer
+	// than grantWait may have gone to an etcd member gone silent, where it
+	// waits until the keepalive closes the connection (about 40 s), and
+	// everyone behind it failed at their deadline meanwhile: those that have
+	// waited that long may also take one of the slots beside, and grant
+	// their own, likely from a member that answers (a lease too many expires
+	// by itself). A grant merely slow (etcd busy) gets at most as many
+	// others beside it, not one for every caller.
+	var beside chan struct{} // nil (never ready) until grantWait has passed
 	wait := time.NewTimer(grantWait)
 	defer wait.Stop()
-	select {
-	case a.granting <- struct{}{}:
-		defer func() { <-a.granting }()
-		if id, ok := a.bucket(ttl); ok { // filled by the grant waited for
-			return id, nil
+	for waiting := true; waiting; {
+		select {
+		case a.granting <- struct{}{}:
+			defer func() { <-a.granting }()
+			waiting = false
+		case beside <- struct{}{}:
+			defer func() { <-a.beside }()
+			waiting = false
+		case <-wait.C:
+			beside = a.beside
+		case <-ctx.Done():
+			return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, ctx.Err())
 		}
-	case <-wait.C:
-		// The grant waited for is slow: sent to an etcd member gone silent,
-		// it waits until the keepalive closes the connection (about 40 s),
-		// and everyone behind it failed at their deadline meanwhile. This
-		// grant goes its own way, likely to a member that answers; a lease
-		// too many expires by itself.
-		if id, ok := a.bucket(ttl); ok { // filled by another that went its own way
-			return id, nil
-		}
-	case <-ctx.Done():
-		return 0, fmt.Errorf("grant a lease of %s: %w", ttl+slack, ctx.Err())
+	}
+	if id, ok := a.bucket(ttl); ok { // filled by a grant waited for
+		return id, nil
 	}
 	now := a.now()
 	id, err := a.s.Grant(ctx, ttl+slack)
@@ -1091,9 +1101,12 @@ func (a *Allocator) lease(ctx context.Context, ttl time.Duration) (store.LeaseID
 }
 
 // grantWait is how long a caller waits for another's grant of a lease
-// before granting its own (as the group commit gives up a slow request's
-// place after a second).
+// before it may grant its own (as the group commit gives up a slow
+// request's place after a second), and grantsBeside how many such grants
+// run at once.
 var grantWait = time.Second
+
+const grantsBeside = 3
 
 // bucket returns the shared lease for ttl if it lives at least ttl from now.
 func (a *Allocator) bucket(ttl time.Duration) (store.LeaseID, bool) {

@@ -559,10 +559,13 @@ func (g *gatedStore) Txn(ctx context.Context, cmps []store.Cmp, then, els []stor
 
 // stuckGrant holds the first lease grant until its context ends, as a grant
 // sent to an etcd member gone silent waits for the keepalive.
+// The others take slow each, counting how many run at once.
 type stuckGrant struct {
 	store.Store
-	stuck atomic.Bool
-	held  chan struct{}
+	stuck          atomic.Bool
+	held           chan struct{}
+	slow           time.Duration
+	inflight, peak atomic.Int32
 }
 
 func (g *stuckGrant) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, error) {
@@ -571,6 +574,11 @@ func (g *stuckGrant) Grant(ctx context.Context, ttl time.Duration) (store.LeaseI
 		<-ctx.Done()
 		return 0, ctx.Err()
 	}
+	n := g.inflight.Add(1)
+	defer g.inflight.Add(-1)
+	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
+	}
+	time.Sleep(g.slow)
 	return g.Store.Grant(ctx, ttl)
 }
 
@@ -593,6 +601,29 @@ func TestStuckGrantDoesNotHoldOthers(t *testing.T) {
 	defer cancel3()
 	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/d", Shared: true, Token: "t1"}); err != nil {
 		t.Fatalf("a claim under a token, another caller's grant stuck: %v", err)
+	}
+	// Many callers behind slow grants (etcd busy): a few grants at once
+	// beside the stuck one, not one for every caller.
+	a.leaseMu.Lock()
+	clear(a.leases) // the bucket empty again
+	a.leaseMu.Unlock()
+	g.slow = 1500 * time.Millisecond
+	errs := make(chan error, 20)
+	for i := range 20 {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := a.Allocate(ctx, Request{Pool: p, Identity: fmt.Sprintf("deployment/ns/many-%d", i), Shared: true, Token: fmt.Sprintf("m%d", i)})
+			errs <- err
+		}()
+	}
+	for range 20 {
+		if err := <-errs; err != nil {
+			t.Errorf("a claim under a token behind slow grants: %v", err)
+		}
+	}
+	if p := g.peak.Load(); p > grantsBeside {
+		t.Errorf("%d grants at once beside a stuck one; want at most %d", p, grantsBeside)
 	}
 }
 
