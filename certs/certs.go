@@ -199,12 +199,8 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 // missingNames returns the names the PEM certificate does not carry; none
 // for no certificate (the rotator makes one).
 func missingNames(certPEM []byte, names []string) []string {
-	b, _ := pem.Decode(certPEM)
-	if b == nil {
-		return nil
-	}
-	cert, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
+	cert := parseCert(certPEM)
+	if cert == nil {
 		return nil
 	}
 	var missing []string
@@ -214,6 +210,19 @@ func missingNames(certPEM []byte, names []string) []string {
 		}
 	}
 	return missing
+}
+
+// parseCert returns the first certificate of PEM data; nil for none.
+func parseCert(certPEM []byte) *x509.Certificate {
+	b, _ := pem.Decode(certPEM)
+	if b == nil {
+		return nil
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil
+	}
+	return cert
 }
 
 // syncFiles writes the Secret's tls.crt and tls.key into dir whenever they

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"testing"
@@ -200,12 +199,8 @@ func signedBy(t *testing.T, file string, caPEM []byte) bool {
 	if err != nil {
 		return false
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return false
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
+	cert := parseCert(b)
+	if cert == nil {
 		return false
 	}
 	roots := x509.NewCertPool()

@@ -186,8 +186,8 @@ func Policer(l annotations.Limit, mtu int, gso bool) (PolicerParams, error) {
 	// tc's police action, which OVS's ingress policing is, charges a GSO
 	// packet's whole length against a bucket it caps at the burst, so a
 	// packet longer than the burst is never within the limit and is
-	// dropped, and TCP out of a pod given a smaller burst collapses (read
-	// from the kernel's act_police; this kernel lacks it). Meters in older
+	// dropped, and TCP out of a pod given a smaller burst collapses (as a review
+	// read in the kernel's act_police; this kernel lacks it). Meters in older
 	// kernels cap their bucket at the burst too.
 	largest := frameBytes(mtu)
 	if gso {

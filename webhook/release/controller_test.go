@@ -114,12 +114,7 @@ func vacate(t *testing.T, c *Controller, a *ipam.Allocator, p *ipam.Pool, identi
 	}
 	// Two passes a grace apart: a workload found gone in the first is
 	// released from in the second.
-	for range 2 {
-		time.Sleep(10 * time.Millisecond)
-		if err := c.Reconcile(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	passes(t, c, 2)
 }
 
 func kept(a *ipam.Allocator, identity string) bool { return len(a.Lookup(identity)) > 0 }
@@ -286,21 +281,39 @@ func webDeployment(replicas int32) *appsv1.Deployment {
 // unbinds them all, as if the pods were gone, and returns their addresses.
 func freeMembers(t *testing.T, a *ipam.Allocator, p *ipam.Pool, n int) []netip.Addr {
 	t.Helper()
+	return freeSetMembers(t, a, p, "deployment/app/web", "app/web", n)
+}
+
+// freeSetMembers gives the shared identity n members, one per pod
+// <podPrefix>-i, then unbinds them all and returns their addresses.
+func freeSetMembers(t *testing.T, a *ipam.Allocator, p *ipam.Pool, identity, podPrefix string, n int) []netip.Addr {
+	t.Helper()
 	ctx := context.Background()
-	var web []netip.Addr
+	var ips []netip.Addr
 	for i := range n {
-		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Pod: fmt.Sprintf("app/web-%d", i)})
+		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: identity, Shared: true, Pod: fmt.Sprintf("%s-%d", podPrefix, i)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		web = append(web, al.IP)
+		ips = append(ips, al.IP)
 	}
-	for i, ip := range web {
-		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("app/web-%d", i)); err != nil {
+	for i, ip := range ips {
+		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("%s-%d", podPrefix, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return web
+	return ips
+}
+
+// passes runs n passes, each past the grace (10 ms) of the one before.
+func passes(t *testing.T, c *Controller, n int) {
+	t.Helper()
+	for range n {
+		time.Sleep(10 * time.Millisecond)
+		if err := c.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // A ReplicaSet adopted by a Deployment (re-applied after a delete with
@@ -316,42 +329,18 @@ func TestAdoptedReplicaSetFreesMembers(t *testing.T) {
 		Spec: appsv1.ReplicaSetSpec{Replicas: new(int32(3))},
 	}
 	c, a, p, _ := setup(t, rs, webDeployment(3))
-	freeRSMembers(t, c, a, p)
+	freeSetMembers(t, a, p, "replicaset/app/web-abc", "app/web-abc", 2)
+	passes(t, c, 2)
 	if kept(a, "replicaset/app/web-abc") {
 		t.Errorf("the adopted ReplicaSet's free members are still held: %+v", a.Lookup("replicaset/app/web-abc"))
 	}
 	// A ReplicaSet of its own keeps them, up to its replicas.
 	rs.OwnerReferences = nil
 	c, a, p, _ = setup(t, rs)
-	freeRSMembers(t, c, a, p)
+	freeSetMembers(t, a, p, "replicaset/app/web-abc", "app/web-abc", 2)
+	passes(t, c, 2)
 	if got := a.Lookup("replicaset/app/web-abc"); len(got) != 2 {
 		t.Errorf("a ReplicaSet of its own with 3 replicas holds %+v; want its 2 members", got)
-	}
-}
-
-// freeRSMembers gives replicaset/app/web-abc two members, pods web-abc-0
-// and 1, unbinds them as if the pods were gone, and runs two passes.
-func freeRSMembers(t *testing.T, c *Controller, a *ipam.Allocator, p *ipam.Pool) {
-	t.Helper()
-	ctx := context.Background()
-	var ips []netip.Addr
-	for i := range 2 {
-		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "replicaset/app/web-abc", Shared: true, Pod: fmt.Sprintf("app/web-abc-%d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ips = append(ips, al.IP)
-	}
-	for i, ip := range ips {
-		if err := a.Unbind(ctx, p.Name, ip, fmt.Sprintf("app/web-abc-%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range 2 {
-		time.Sleep(10 * time.Millisecond)
-		if err := c.Reconcile(ctx); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -815,12 +804,7 @@ func TestOtherPoolsPodDoesNotKeepAddress(t *testing.T) {
 	if err := c.Client.Create(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 { // unbind, then free a grace later
-		time.Sleep(10 * time.Millisecond) // past the grace
-		if err := c.Reconcile(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	passes(t, c, 3) // unbind, then free a grace later
 	if kept(a, "pod/app/gone") {
 		t.Errorf("pool blue's record of %s, whose pod is gone, is kept for pod app/q of pool red: %+v", al.IP, a.Lookup("pod/app/gone"))
 	}
