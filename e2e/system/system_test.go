@@ -115,6 +115,7 @@ func TestStickynet(t *testing.T) {
 	t.Run("NodeNotReadyWhileOVSDown", func(t *testing.T) { e.testOVSDown(ctx, t) })
 	t.Run("UnlabelledNamespaceOnFallbackNetwork", func(t *testing.T) { e.testFallback(ctx, t) })
 	t.Run("DaemonSetPodHandsAddressOver", func(t *testing.T) { e.testDaemonSetHandover(ctx, t) })
+	t.Run("PodOfWidenedPoolScheduled", func(t *testing.T) { e.testWidenedPool(ctx, t) })
 
 	// Everything goes; each agent removes its pods' ports on CNI DEL.
 	if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
@@ -443,6 +444,75 @@ func (e *env) testFallback(ctx context.Context, t *testing.T) {
 // until the old pod's port is gone. Either way the node agent's log shows
 // the old pod's attachment removed before the new pod's is set up, and the
 // new pod runs with the node's IP and MAC on eth0.
+// testWidenedPool: a pod of a pool whose nodeSelector matches no node stays
+// Pending, the extender keeping it off every node; the pool is widened to
+// node-3, and the pod lands there within seconds. kube-scheduler does not
+// watch IPPools: without the release controller's PlacementChanged update
+// of the pod, it would try the pod again only at its next cluster event or
+// after 5 min.
+func (e *env) testWidenedPool(ctx context.Context, t *testing.T) {
+	const name, pool = "widened", "narrow"
+	spec, err := stickynet.PoolSpec(e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := netip.MustParsePrefix(spec.CIDR).Addr().As4()
+	spec.Ranges = []v1alpha1.IPRange{{ // beside pool e2e's (x.y.6.1 on)
+		Start: netip.AddrFrom4([4]byte{b[0], b[1], 5, 1}).String(), End: netip.AddrFrom4([4]byte{b[0], b[1], 5, 30}).String(),
+	}}
+	spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelHostname: "no-such-node"}}
+	ipp := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}, Spec: spec}
+	if err := e.cl.Create(ctx, ipp); err != nil {
+		t.Fatal(err)
+	}
+	pods := e.k.CoreV1().Pods(ns)
+	defer func() {
+		if err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("delete pod %s: %v", name, err)
+		}
+		eventually(ctx, t, 60*time.Second, "pod "+name+" gone", func() (bool, string) {
+			_, err := pods.Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), fmt.Sprint(err)
+		})
+		if err := e.cl.Delete(ctx, ipp); err != nil {
+			t.Errorf("delete IPPool %s: %v", pool, err)
+		}
+	}()
+	tmpl := toolbox(name, nil)
+	tmpl.Annotations = map[string]string{annotations.Pool: pool}
+	if _, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: tmpl.Spec}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, 60*time.Second, "pod "+name+" found no node", func() (bool, string) {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Reason == corev1.PodReasonUnschedulable {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("on %q, conditions %v", p.Spec.NodeName, p.Status.Conditions)
+	})
+	if err := e.cl.Get(ctx, client.ObjectKeyFromObject(ipp), ipp); err != nil {
+		t.Fatal(err)
+	}
+	ipp.Spec.NodeSelector.MatchLabels[corev1.LabelHostname] = "node-3"
+	if err := e.cl.Update(ctx, ipp); err != nil {
+		t.Fatal(err)
+	}
+	widened := time.Now()
+	eventually(ctx, t, 45*time.Second, "pod "+name+" on node-3 after its pool was widened to it", func() (bool, string) {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.Spec.NodeName == "node-3", fmt.Sprintf("on %q, %s %q", p.Spec.NodeName, annotations.PlacementChanged, p.Annotations[annotations.PlacementChanged])
+	})
+	t.Logf("pod %s scheduled %s after its pool was widened", name, time.Since(widened).Round(100*time.Millisecond))
+}
+
 func (e *env) testDaemonSetHandover(ctx context.Context, t *testing.T) {
 	const name, node = "agentds", "node-2"
 	tmpl := toolbox(name, nil)

@@ -54,6 +54,13 @@ const (
 	Reservation = "stickynet.io/reservation"
 )
 
+// PlacementChanged is written by the release controller on a pod the
+// scheduler found no node for, when the nodeSelector of its IPPool or
+// SriovNetwork changes ("IPPool/<name> generation <n>"): the pod's update
+// makes the scheduler try it again at once rather than within 5 min. It
+// carries no meaning beyond that.
+const PlacementChanged = "stickynet.io/placement-changed"
+
 // OutputKeys are the keys only the webhook writes; it drops any a user sets.
 var OutputKeys = []string{Identity, AssignedIP, AssignedMAC, Gateway, VLAN, AssignedPool, BandwidthPolicy, Reservation}
 

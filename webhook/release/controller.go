@@ -3,8 +3,9 @@
 // it confirms reservations when their pods appear, records which pod carries
 // which address, frees addresses by the retention rules of DESIGN.md
 // ("Identity and stickiness") — never one that a live pod carries — keeps
-// IPPool status counts current, and re-resolves pods' bandwidth annotations
-// when BandwidthPolicies change.
+// IPPool status counts current, re-resolves pods' bandwidth annotations
+// when BandwidthPolicies change, and has the scheduler try again the pods it
+// found no node for when their pool's or network's nodeSelector changes.
 package release
 
 import (
@@ -91,6 +92,8 @@ type Controller struct {
 	ingressWarned map[types.UID]int
 	// goneSince is when each object ("type ns/name") was first found gone.
 	goneSince map[string]time.Time
+	// placements are the nodeSelectors the term's last pass saw (requeue).
+	placements placements
 }
 
 var _ manager.Runnable = (*Controller)(nil)
@@ -112,7 +115,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	if c.Cache != nil {
 		for _, obj := range []client.Object{
 			&corev1.Pod{}, &appsv1.StatefulSet{}, &appsv1.Deployment{}, &appsv1.ReplicaSet{}, &appsv1.DaemonSet{},
-			&corev1.Node{}, &v1alpha1.IPPool{}, &v1alpha1.BandwidthPolicy{},
+			&corev1.Node{}, &v1alpha1.IPPool{}, &v1alpha1.BandwidthPolicy{}, &v1alpha1.SriovNetwork{},
 		} {
 			inf, err := c.Cache.GetInformer(ctx, obj)
 			if err != nil {
@@ -428,6 +431,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := c.reresolveBandwidth(ctx, pods); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.requeue(ctx, pods, pools.Items); err != nil {
 		errs = append(errs, err)
 	}
 	c.forget(pods)

@@ -18,6 +18,7 @@ import (
 type Metrics struct {
 	released *prometheus.CounterVec
 	passes   *prometheus.HistogramVec
+	requeues prometheus.Counter
 }
 
 // NewMetrics registers the release controller's metrics with reg, or shares
@@ -33,8 +34,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of the release controller's full passes, by result (ok or error).",
 			Buckets: []float64{.001, .004, .016, .064, .25, 1, 4, 16, 30, 60, 90, 120, 180}, // a pass ends at 2 min
 		}, []string{"result"}),
+		requeues: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stickynet_webhook_requeued_pods_total",
+			Help: "Unschedulable pods the release controller had the scheduler try again, after their IPPool's or SriovNetwork's nodeSelector changed.",
+		}),
 	}
 	m.released = promreg.Register(reg, m.released)
+	m.requeues = promreg.Register(reg, m.requeues)
 	m.passes = promreg.Register(reg, m.passes)
 	return m
 }
@@ -48,6 +54,12 @@ func (m *Metrics) pass(d time.Duration, err error) {
 		result = "error"
 	}
 	m.passes.WithLabelValues(result).Observe(d.Seconds())
+}
+
+func (m *Metrics) requeued() {
+	if m != nil {
+		m.requeues.Inc()
+	}
 }
 
 func (m *Metrics) release(kind string) {

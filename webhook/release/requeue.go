@@ -1,0 +1,119 @@
+package release
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/annotations"
+)
+
+// A pod the scheduler could not place is tried again at its next cluster
+// event, or after 5 min. kube-scheduler does not watch IPPools or
+// SriovNetworks, so a pod the extender kept off every node for its pool or
+// network waited up to 5 min after that pool's or network's nodeSelector
+// was widened (or after it was created, where the extender had not yet seen
+// it). requeue writes annotations.PlacementChanged on such pods: an update of
+// the pod, on which the scheduler tries it again at once.
+
+// placements are the nodeSelectors of every IPPool ("IPPool/<name>") and
+// SriovNetwork ("SriovNetwork/<name>") as a pass saw them.
+type placements map[string]placement
+
+type placement struct {
+	selector   string // metav1.FormatLabelSelector's
+	generation int64
+}
+
+func placementsOf(pools []v1alpha1.IPPool, networks []v1alpha1.SriovNetwork) placements {
+	out := make(placements, len(pools)+len(networks))
+	for i := range pools {
+		out["IPPool/"+pools[i].Name] = placement{metav1.FormatLabelSelector(pools[i].Spec.NodeSelector), pools[i].Generation}
+	}
+	for i := range networks {
+		out["SriovNetwork/"+networks[i].Name] = placement{metav1.FormatLabelSelector(networks[i].Spec.NodeSelector), networks[i].Generation}
+	}
+	return out
+}
+
+// unschedulable reports whether the scheduler tried p and found no node.
+func unschedulable(p *corev1.Pod) bool {
+	if p.Spec.NodeName != "" || p.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled {
+			return c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable
+		}
+	}
+	return false
+}
+
+// requeue writes annotations.PlacementChanged on the unschedulable pods of
+// every IPPool and SriovNetwork whose nodeSelector changed, or that was
+// created, since the term's previous pass. The first pass of a term has
+// nothing to compare with and only remembers. A pool whose pods could not
+// all be written counts as changed again in the next pass.
+func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alpha1.IPPool) error {
+	networks := &v1alpha1.SriovNetworkList{}
+	if err := c.Client.List(ctx, networks); err != nil {
+		return fmt.Errorf("list SriovNetworks: %w", err)
+	}
+	now := placementsOf(pools, networks.Items)
+	prev := c.placements
+	c.placements = now
+	if prev == nil {
+		return nil
+	}
+	changed := map[string]string{} // key → the annotation's value
+	for k, p := range now {
+		if q, ok := prev[k]; !ok || q.selector != p.selector {
+			changed[k] = fmt.Sprintf("%s generation %d", k, p.generation)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, p := range pods {
+		if !unschedulable(p.pod) {
+			continue
+		}
+		key := "IPPool/" + p.pool
+		value, ok := changed[key]
+		if !ok {
+			key = "SriovNetwork/" + p.pod.Annotations[annotations.SriovNetwork]
+			if value, ok = changed[key]; !ok {
+				continue
+			}
+		}
+		if p.pod.Annotations[annotations.PlacementChanged] == value {
+			continue
+		}
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotations.PlacementChanged: value}}})
+		target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.pod.Namespace, Name: p.pod.Name}}
+		if err := c.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, body)); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			errs = append(errs, fmt.Errorf("ask the scheduler to try pod %s again: %w", p.key, err))
+			if q, ok := prev[key]; ok {
+				c.placements[key] = q
+			} else {
+				delete(c.placements, key)
+			}
+			continue
+		}
+		c.Metrics.requeued()
+		c.event(p.pod, corev1.EventTypeNormal, "PlacementChanged", "the nodeSelector of %s changed: scheduling tried again", key)
+	}
+	return errors.Join(errs...)
+}
