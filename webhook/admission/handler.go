@@ -211,7 +211,7 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	ipp, pool, warning, err := h.pool(ctx, pod, ns, sriov, id.String())
 	if err != nil {
-		return nil, nil, h.heldInGonePool(ctx, id, err)
+		return nil, nil, err
 	}
 	if warning != "" {
 		warnings = append(warnings, warning)
@@ -492,11 +492,12 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 	return nil
 }
 
-// heldInGonePool adds to a failed pool choice what the pod's identity holds
-// in an IPPool that no longer exists: a StatefulSet stuck because its pool
-// was deleted says why, and how its addresses come back.
-func (h *Handler) heldInGonePool(ctx context.Context, id annotations.ID, err error) error {
-	for _, e := range h.Alloc.Lookup(id.String()) {
+// heldInGonePool adds to the denial of a pod that names an unknown pool what
+// the pod's identity holds in an IPPool that no longer exists: a StatefulSet
+// stuck because its pool was deleted says why, and how its addresses come
+// back. (For a pod that names no pool, keepHeld says it.)
+func (h *Handler) heldInGonePool(ctx context.Context, id string, err error) error {
+	for _, e := range h.Alloc.Lookup(id) {
 		if gerr := h.get(ctx, client.ObjectKey{Name: e.Pool}, &v1alpha1.IPPool{}); apierrors.IsNotFound(gerr) {
 			return fmt.Errorf("%w (%s holds %s of IPPool %s, which no longer exists: an IPPool of that name created again gives it back)", err, id, e.IP, e.Pool)
 		}

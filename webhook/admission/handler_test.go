@@ -710,8 +710,9 @@ func TestPoolChoice(t *testing.T) {
 		t.Fatalf("default pool with an empty nodeSelector: %v, scheduler %q; want the default scheduler", got.Annotations, got.Spec.SchedulerName)
 	}
 	// Without a default pool the denial says what to do.
+	// (a new identity: c keeps blue, where it holds its address).
 	e.editPool("blue", func(s *v1alpha1.IPPoolSpec) { s.Default = false })
-	e.mustDeny(pod("app", "c", nil), "no IPPool for pod app/c", "spec.default: true")
+	e.mustDeny(pod("app", "d", nil), "no IPPool for pod app/d", "spec.default: true")
 	// The namespace annotation names the pool.
 	ns := &corev1.Namespace{}
 	_ = e.c.Get(context.Background(), client.ObjectKey{Name: "app"}, ns)
@@ -1188,9 +1189,10 @@ func TestDeletedPoolKeepsClaims(t *testing.T) {
 	if err := e.c.Delete(ctx, ipp); err != nil {
 		t.Fatal(err)
 	}
-	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "no IPPool for pod app/web-0",
+	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")),
+		"IPPool blue, where statefulset/app/web/0 holds "+assignedIP(first).String()+", does not exist: create it again to give the address back")
+	e.mustDeny(pod("app", "web-0", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), `invalid value "blue"`,
 		"(statefulset/app/web/0 holds "+assignedIP(first).String()+" of IPPool blue, which no longer exists: an IPPool of that name created again gives it back)")
-	e.mustDeny(pod("app", "web-0", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")), `invalid value "blue"`)
 	again := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: ipp.Spec}
 	if err := e.c.Create(ctx, again); err != nil {
 		t.Fatal(err)
@@ -1330,6 +1332,80 @@ func TestRefusedDefaultPoolPassedOver(t *testing.T) {
 		t.Errorf("warnings %q; want one naming aaa's fault", resp.Warnings)
 	}
 	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "IPPool aaa: spec.ranges", "10.98.0.20-10.98.0.10")
+}
+
+// An identity keeps the pool where it holds its address when the pod names
+// none, whatever became of the default pools: a StatefulSet ordinal whose
+// default pool stopped admitting its namespace (a selector edited, or one
+// that does not parse), was deleted, or is no longer a default pool, moved
+// to another default pool at its next pod, its address cooling for anyone.
+// Now the pod is denied, naming the pool, the address and the way out, and
+// the address stays held; a pool no longer default but still usable keeps
+// the identity, with a warning; naming a pool moves it.
+func TestHeldAddressKeepsItsPool(t *testing.T) {
+	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.98.0.0/24", Default: true}})
+	web0 := func() *corev1.Pod { return pod("app", "web-0", nil, ctrl("StatefulSet", "web")) }
+	first := e.mustAdmit(web0())
+	ip := first.Annotations[annotations.AssignedIP]
+	if first.Annotations[annotations.AssignedPool] != "aaa" {
+		t.Fatalf("web-0 got pool %s; want aaa, the first default by name", first.Annotations[annotations.AssignedPool])
+	}
+	stillHeld := func(step string) {
+		t.Helper()
+		got := e.alloc.Lookup("statefulset/app/web/0")
+		if len(got) != 1 || got[0].Pool != "aaa" || got[0].IP.String()+"/24" != ip {
+			t.Errorf("%s: statefulset/app/web/0 holds %v; want %s in aaa", step, got, ip)
+		}
+	}
+	addr := strings.TrimSuffix(ip, "/24")
+	restore := e.editPool("aaa", func(*v1alpha1.IPPoolSpec) {}).Spec
+	for _, tc := range []struct {
+		name string
+		edit func(*v1alpha1.IPPoolSpec)
+		want string
+	}{
+		{"selector no longer matching", func(s *v1alpha1.IPPoolSpec) {
+			s.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"team": "b"}}
+		}, "no longer admits namespace app (spec.namespaceSelector)"},
+		{"selector not parsing", func(s *v1alpha1.IPPoolSpec) {
+			s.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}}
+		}, "spec.namespaceSelector that is not a label selector"},
+	} {
+		e.editPool("aaa", tc.edit)
+		e.mustDeny(web0(), "IPPool aaa, where statefulset/app/web/0 holds "+addr, tc.want, "name another pool with the annotation stickynet.io/pool")
+		stillHeld(tc.name)
+		if got := e.mustAdmit(pod("app", "fresh-"+strings.ReplaceAll(tc.name, " ", "-"), nil)); got.Annotations[annotations.AssignedPool] != "blue" {
+			t.Errorf("%s: a new identity got pool %s; want blue", tc.name, got.Annotations[annotations.AssignedPool])
+		}
+		e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { *s = restore })
+	}
+
+	e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { s.Default = false })
+	resp, got := e.admit(web0(), false)
+	if !resp.Allowed || got.Annotations[annotations.AssignedPool] != "aaa" || got.Annotations[annotations.AssignedIP] != ip {
+		t.Fatalf("aaa no longer default: allowed %v (%s), %s from %s; want %s from aaa", resp.Allowed, resp.Result.Message, got.Annotations[annotations.AssignedIP], got.Annotations[annotations.AssignedPool], ip)
+	}
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "is not a default pool (spec.default: false) but keeps the identity") {
+		t.Errorf("warnings %q; want one saying aaa keeps the identity", resp.Warnings)
+	}
+
+	// A cache that has not seen aaa yet is not believed: the API server has it.
+	lagging := fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { s.Default = true }).DeepCopy()).Build()
+	e.h.APIReader = lagging
+	if err := e.c.Delete(context.Background(), &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mustAdmit(web0()); got.Annotations[annotations.AssignedPool] != "aaa" || got.Annotations[annotations.AssignedIP] != ip {
+		t.Errorf("aaa only in the API server: %s from %s; want %s from aaa", got.Annotations[annotations.AssignedIP], got.Annotations[annotations.AssignedPool], ip)
+	}
+	e.h.APIReader = nil
+	e.mustDeny(web0(), "IPPool aaa, where statefulset/app/web/0 holds "+addr, "does not exist: create it again to give the address back")
+	stillHeld("deleted")
+
+	moved := e.mustAdmit(pod("app", "web-0", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")))
+	if moved.Annotations[annotations.AssignedPool] != "blue" {
+		t.Errorf("web-0 naming pool blue got %s; want blue", moved.Annotations[annotations.AssignedPool])
+	}
 }
 
 // A pool out of MACs under its macPrefix denies the pod, naming the prefix;
