@@ -82,7 +82,8 @@ type IPPoolSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-fA-F][02468aceACE]')",message="must be a unicast prefix (the low bit of the first octet clear), such as 02:42"
 	MACPrefix string `json:"macPrefix,omitempty"`
 
-	// AllowUniversalMAC lets pods request MACs that are not locally administered.
+	// AllowUniversalMAC lets pods request MACs that are not locally
+	// administered (those under macPrefix are the pool's own either way).
 	// +optional
 	AllowUniversalMAC bool `json:"allowUniversalMAC,omitempty"`
 }

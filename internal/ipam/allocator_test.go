@@ -1320,6 +1320,40 @@ func TestMACPrefixExhausted(t *testing.T) {
 	}
 }
 
+// A pool whose macPrefix is universally administered (a vendor's OUI, which
+// the spec accepts) hands out MACs under it; those are the pool's own, so
+// they are recorded again after lost state and may be asked for. Adopt
+// refused them as universally administered without spec.allowUniversalMAC,
+// so after an etcd restore (or a reservation that expired unconfirmed) the
+// pod kept running with an address the next identity was given.
+func TestUniversalMACPrefixIsThePools(t *testing.T) {
+	ctx := testCtx(t)
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", MACPrefix: "00:16:3e"})
+	al := alloc(t, startAllocator(t, store.NewMemory(), Options{}), Request{Pool: p, Identity: "statefulset/ns/db/0", Pod: "ns/db-0"})
+	if !strings.HasPrefix(al.MAC.String(), "00:16:3e:") {
+		t.Fatalf("MAC %s; want one under the pool's prefix", al.MAC)
+	}
+	a := startAllocator(t, store.NewMemory(), Options{}) // the state lost
+	ok, err := a.Adopt(ctx, Adoption{Pool: p, Identity: "statefulset/ns/db/0", Pod: "ns/db-0", IP: al.IP, MAC: al.MAC})
+	if err != nil || !ok {
+		t.Fatalf("Adopt of the pool's own MAC %s: %v, %v; want it recorded again", al.MAC, ok, err)
+	}
+	_, err = a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/other", Pod: "ns/other", IP: al.IP})
+	var conflict *ConflictError
+	if !errors.As(err, &conflict) {
+		t.Fatalf("another identity asking for %s after the adoption: %v; want a ConflictError", al.IP, err)
+	}
+	asked := net.HardwareAddr{0x00, 0x16, 0x3e, 1, 2, 3}
+	if got := alloc(t, a, Request{Pool: p, Identity: "pod/ns/asks", Pod: "ns/asks", MAC: asked}); got.MAC.String() != asked.String() {
+		t.Errorf("asked for %s under the pool's prefix, got %s", asked, got.MAC)
+	}
+	_, err = a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/outside", Pod: "ns/outside", MAC: net.HardwareAddr{0x00, 0x1b, 0x21, 1, 2, 3}})
+	var refused *MACNotAllowedError
+	if !errors.As(err, &refused) {
+		t.Errorf("a universally administered MAC outside the prefix: %v; want MACNotAllowedError", err)
+	}
+}
+
 // sharingPools are two pools of one CIDR that know each other (Pool.Sharing).
 func sharingPools(t *testing.T) (*Pool, *Pool) {
 	a := mustPool(t, "a", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/29"})

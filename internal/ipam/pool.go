@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -261,8 +262,13 @@ func (p *Pool) randomMAC(rnd func() uint64) net.HardwareAddr {
 	return m
 }
 
-// checkMAC validates a requested MAC against the pool.
+// checkMAC validates a requested or recorded MAC against the pool. A MAC
+// under the pool's macPrefix is the pool's own, universally administered or
+// not: the pool hands those out.
 func (p *Pool) checkMAC(m net.HardwareAddr) error {
+	if len(p.MACPrefix) > 0 && bytes.HasPrefix(m, p.MACPrefix) {
+		return nil
+	}
 	if !annotations.IsLocallyAdministered(m) && !p.AllowUniversalMAC {
 		return &MACNotAllowedError{MAC: m, Pool: p.Name, Reason: fmt.Sprintf("is a universally administered MAC and pool %s does not allow those (spec.allowUniversalMAC)", p.Name)}
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -679,7 +680,11 @@ func explain(err error, ann map[string]string, req ipam.Request) error {
 	case errors.As(err, &ce):
 		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an address of pool %s that is free or already held by %s", req.Pool.Name, req.Identity), Err: err}
 	case errors.As(err, &me):
-		return &annotations.Error{Key: annotations.MAC, Value: ann[annotations.MAC], Accepted: "a locally administered unicast MAC such as 02:42:ac:11:00:02 (or set spec.allowUniversalMAC on pool " + req.Pool.Name + ")", Err: err}
+		under := ""
+		if len(req.Pool.MACPrefix) > 0 {
+			under = ", or one under the pool's spec.macPrefix " + net.HardwareAddr(req.Pool.MACPrefix).String()
+		}
+		return &annotations.Error{Key: annotations.MAC, Value: ann[annotations.MAC], Accepted: "a locally administered unicast MAC such as 02:42:ac:11:00:02" + under + " (or set spec.allowUniversalMAC on pool " + req.Pool.Name + ")", Err: err}
 	case errors.As(err, &ne):
 		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an allocatable address of pool %s (%s)", req.Pool.Name, req.Pool.Prefix), Err: err}
 	}

@@ -997,6 +997,14 @@ func TestUniversalMACDenied(t *testing.T) {
 	e := newEnv(t)
 	e.mustDeny(pod("app", "m", map[string]string{annotations.MAC: "00:11:22:33:44:55"}),
 		annotations.MAC, `"00:11:22:33:44:55"`, "locally administered", "spec.allowUniversalMAC")
+	// A MAC under the pool's macPrefix is the pool's own, universally
+	// administered or not.
+	e.editPool("tiny", func(s *v1alpha1.IPPoolSpec) { s.MACPrefix = "00:16:3e" })
+	if got := e.mustAdmit(pod("app", "v", map[string]string{annotations.Pool: "tiny", annotations.MAC: "00:16:3e:00:00:01"})); got.Annotations[annotations.AssignedMAC] != "00:16:3e:00:00:01" {
+		t.Errorf("MAC under the pool's prefix: got %s", got.Annotations[annotations.AssignedMAC])
+	}
+	e.mustDeny(pod("app", "w", map[string]string{annotations.Pool: "tiny", annotations.MAC: "00:11:22:33:44:55"}),
+		"or one under the pool's spec.macPrefix 00:16:3e", "spec.allowUniversalMAC on pool tiny")
 }
 
 // A Deployment whose set is at its cap (replicas + maxSurge) and whose
