@@ -357,7 +357,7 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	}
 	// The host end is a switch port: no IPv6 of its own (no link-local
 	// address, no router solicitations or MLD reports for OVS to flood).
-	if err := d.inHost(func() error { return d.sysctl.Set(ipv6Disable(a.HostVeth), "1") }); err != nil {
+	if err := d.inHost(func() error { return d.disableIPv6(a.HostVeth) }); err != nil {
 		return nil, fmt.Errorf("disable IPv6 on host veth %s: %w", a.HostVeth, err)
 	}
 	if err := d.host.LinkSetUp(host); err != nil {
@@ -451,7 +451,7 @@ func (d *Datapath) configurePodLink(a *Attachment, pn *podNetns, txChecksumOff b
 	if !hasIPv6(a.IPs) {
 		// An IPv4-only pod: no link-local address, DAD, router solicitations
 		// or MLD reports that OVS would flood to every port of the bridge.
-		if err := pn.ns.Do(func(ns.NetNS) error { return d.sysctl.Set(ipv6Disable(a.IfName), "1") }); err != nil {
+		if err := pn.ns.Do(func(ns.NetNS) error { return d.disableIPv6(a.IfName) }); err != nil {
 			return fmt.Errorf("disable IPv6 on %s in netns %s: %w", a.IfName, a.Netns, err)
 		}
 	}
@@ -502,8 +502,17 @@ func hasIPv6(ips []netip.Prefix) bool {
 	return false
 }
 
-// ipv6Disable is the sysctl that turns IPv6 off on an interface.
-func ipv6Disable(ifName string) string { return "net/ipv6/conf/" + ifName + "/disable_ipv6" }
+// disableIPv6 turns IPv6 off on an interface of the calling thread's network
+// namespace, just found by its caller. A kernel booted with ipv6.disable=1
+// has no net/ipv6 sysctls at all, and no IPv6 to turn off: its missing file
+// is no failure (every ADD on such a node failed).
+func (d *Datapath) disableIPv6(ifName string) error {
+	err := d.sysctl.Set("net/ipv6/conf/"+ifName+"/disable_ipv6", "1")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
 
 // inHost runs fn in the node's network namespace.
 func (d *Datapath) inHost(fn func() error) error {
