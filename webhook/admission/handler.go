@@ -198,6 +198,10 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		if sriov, err = h.sriovNetwork(ctx, name); err != nil {
 			return nil, nil, err
 		}
+		if n, where := vfRequests(pod, name); n > 1 {
+			return nil, nil, deny("pod %s/%s asks for %d VFs of SriovNetwork %s (%s); a pod gets one: ask for %s%s: 1 in one container, or leave it to stickynet, which adds it to the first",
+				pod.Namespace, podName(pod), n, name, strings.Join(where, ", "), annotations.SriovResourcePrefix, name)
+		}
 	}
 	token := ""
 	if pod.Name == "" {
@@ -724,9 +728,37 @@ func have(names []string) string {
 	return " (have: " + strings.Join(names, ", ") + ")"
 }
 
-// addVFRequest asks for one VF of the network in the first container.
+// vfRequests counts the VFs of the network that the pod's containers (and
+// sidecars, whose requests add up with them) ask for, and names where.
+func vfRequests(pod *corev1.Pod, network string) (n int64, where []string) {
+	res := corev1.ResourceName(annotations.SriovResourcePrefix + network)
+	count := func(kind string, c *corev1.Container) {
+		q, ok := c.Resources.Limits[res]
+		if !ok {
+			q, ok = c.Resources.Requests[res]
+		}
+		if ok && !q.IsZero() {
+			n += q.Value()
+			where = append(where, fmt.Sprintf("%s %s: %s", kind, c.Name, q.String()))
+		}
+	}
+	for i := range pod.Spec.InitContainers {
+		if c := &pod.Spec.InitContainers[i]; c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			count("sidecar", c)
+		}
+	}
+	for i := range pod.Spec.Containers {
+		count("container", &pod.Spec.Containers[i])
+	}
+	return n, where
+}
+
+// addVFRequest asks for one VF of the network in the first container, unless
+// a container asks for it already: the manifest's own, or this webhook's on
+// an earlier invocation, before another webhook put a container first (the
+// pod asked for two VFs, and needed two free on its node).
 func addVFRequest(pod *corev1.Pod, network string) {
-	if len(pod.Spec.Containers) == 0 {
+	if n, _ := vfRequests(pod, network); len(pod.Spec.Containers) == 0 || n > 0 {
 		return
 	}
 	c := &pod.Spec.Containers[0]

@@ -829,6 +829,36 @@ func TestSriov(t *testing.T) {
 		t.Fatalf("%s %q: the pod's annotation %q, pool %q; want fast, tiny", annotations.SriovNetwork, " fast ", got.Annotations[annotations.SriovNetwork], got.Annotations[annotations.AssignedPool])
 	}
 	e.mustDeny(pod("app", "b", map[string]string{annotations.SriovNetwork: "fast", annotations.Pool: "blue"}), annotations.Pool, "draws its addresses from pool tiny")
+
+	// One VF per pod: none added where a container asks for it already (a
+	// manifest that asks in its second container; a re-invocation after
+	// another webhook put a container first), and more than one denied.
+	// Before, each added one to the first container: the pod asked for two.
+	vfs := func(p *corev1.Pod) (total int64, in string) {
+		for _, c := range p.Spec.Containers {
+			if q, ok := c.Resources.Limits[res]; ok {
+				total, in = total+q.Value(), c.Name
+			}
+		}
+		return total, in
+	}
+	e = newEnv(t, &v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}, Pool: "blue"}})
+	got = e.mustAdmit(pod("app", "a", map[string]string{annotations.SriovNetwork: "fast"}))
+	own := pod("app", "own", map[string]string{annotations.SriovNetwork: "fast"})
+	one := corev1.ResourceList{res: resource.MustParse("1")}
+	own.Spec.Containers = append(own.Spec.Containers, corev1.Container{Name: "app", Image: "busybox", Resources: corev1.ResourceRequirements{Requests: one, Limits: one}})
+	if n, in := vfs(e.mustAdmit(own)); n != 1 || in != "app" {
+		t.Errorf("pod asking for the VF in its container app: %d VFs, last in %s; want 1, in app", n, in)
+	}
+	again := got.DeepCopy()
+	again.Spec.Containers = append([]corev1.Container{{Name: "proxy", Image: "busybox"}}, again.Spec.Containers...)
+	if n, in := vfs(e.mustAdmit(again)); n != 1 || in != "c" {
+		t.Errorf("re-invoked with a container put first: %d VFs, last in %s; want 1, in c", n, in)
+	}
+	two := own.DeepCopy()
+	two.Name = "two"
+	two.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: one, Limits: one}
+	e.mustDeny(two, "pod app/two asks for 2 VFs of SriovNetwork fast (container c: 1, container app: 1); a pod gets one")
 }
 
 // Traffic into a VF comes from the wire: an SR-IOV pod's own ingress limit
