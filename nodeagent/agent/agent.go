@@ -450,6 +450,11 @@ func setUpBridge(ctx context.Context, oc *ovs.Client, datapathType, uplink strin
 	if err == nil && uplink != "" {
 		err = oc.EnsureUplink(ctx, uplink)
 	}
+	if err == nil && uplink != "" {
+		if msg, ierr := oc.InterfaceError(ctx, uplink); ierr == nil && msg != "" {
+			klog.FromContext(ctx).Error(nil, "The uplink does not work: pods will reach only the pods of this node; /readyz fails until it does", "uplink", uplink, "bridge", oc.Bridge(), "ovsError", msg)
+		}
+	}
 	return dpType, err
 }
 

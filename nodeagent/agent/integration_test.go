@@ -673,6 +673,33 @@ func TestAgentWaitsForOVS(t *testing.T) {
 	}
 }
 
+// An uplink Open vSwitch cannot open (a NIC name mistyped, or not on this
+// node) fails /readyz, naming it and OVS's error, while CNI STATUS and ADD
+// work (the node's pods keep their node-local network); once the NIC is
+// there, /readyz passes. ovs-vsctl add-port exits 0 on such a failure, and
+// the agent served as if the uplink worked: pods Running, reaching nothing
+// beyond their node.
+func TestUplinkThatDoesNotWork(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.Uplink, o.MetricsAddr = "upl0", freeAddr(t) })
+	code, body := probe(e.opts.MetricsAddr, "/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "uplink upl0 (--uplink) on OVS bridge br-stickynet does not work: could not open network device upl0") {
+		t.Errorf("/readyz with no upl0 on the node: %d %q; want 503 naming the uplink and OVS's error", code, body)
+	}
+	if err := e.cni.Status(); err != nil {
+		t.Errorf("STATUS with no upl0 on the node: %v; want it to pass (pods still reach their node's pods)", err)
+	}
+	e.addPod(podSpec{name: "a", ips: "10.80.0.10/24", mac: "02:00:0a:50:00:0a"})
+	e.node.Netns.Run(t, "ip", "link", "add", "upl0", "type", "veth", "peer", "name", "upl0p")
+	e.node.Netns.Run(t, "ip", "link", "set", "upl0", "up")
+	deadline := time.Now().Add(20 * time.Second)
+	for code, body = probe(e.opts.MetricsAddr, "/readyz"); code != http.StatusOK && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code != http.StatusOK {
+		t.Errorf("/readyz once upl0 exists: %d %q; want 200", code, body)
+	}
+}
+
 // probe GETs path on the agent's metrics endpoint: the status code and
 // body, or 0 and the error when nothing answers.
 func probe(addr, path string) (int, string) {

@@ -159,7 +159,10 @@ func (h *health) ready(ctx context.Context) error {
 	a, ovsErr := h.get()
 	switch {
 	case a != nil:
-		return a.status(ctx)
+		if err := a.status(ctx); err != nil {
+			return err
+		}
+		return a.uplinkStatus(ctx)
 	case ovsErr != nil:
 		return fmt.Errorf("waiting for Open vSwitch: %w", ovsErr)
 	}
