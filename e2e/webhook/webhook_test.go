@@ -631,9 +631,12 @@ func (s *suite) testRollout(ctx context.Context, t *testing.T) {
 		if len(members) > 4 {
 			t.Fatalf("rev %d: the deployment owns %d addresses; want at most replicas+maxSurge = 4: %v", rev, len(members), members)
 		}
-		for _, ip := range ips(now) {
+		for i, ip := range ips(now) {
 			if !members[ip] {
 				t.Fatalf("rev %d: pod address %s is not a member of the deployment's set %v", rev, ip, members)
+			}
+			if i > 0 && ips(now)[i-1] == ip {
+				t.Fatalf("rev %d: two pods have address %s: %v", rev, ip, now)
 			}
 		}
 		for _, ip := range ips(first) {
@@ -860,7 +863,9 @@ func (s *suite) testBandwidthPolicy(ctx context.Context, t *testing.T) {
 	if err := s.cl.Update(ctx, pol); err != nil {
 		t.Fatal(err)
 	}
-	eventually(ctx, t, 30*time.Second, "the policy edit reaches the pod", func() (bool, string) {
+	// Within 10 s: a pass follows the policy's event at once; the periodic
+	// pass, every 30 s, would get there too within a wait as long as that.
+	eventually(ctx, t, 10*time.Second, "the policy edit reaches the pod", func() (bool, string) {
 		p, err := s.k.CoreV1().Pods(ns).Get(ctx, "limited", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -871,7 +876,7 @@ func (s *suite) testBandwidthPolicy(ctx context.Context, t *testing.T) {
 	if err := s.cl.Delete(ctx, pol); err != nil {
 		t.Fatal(err)
 	}
-	eventually(ctx, t, 30*time.Second, "deleting the policy lifts the limits", func() (bool, string) {
+	eventually(ctx, t, 10*time.Second, "deleting the policy lifts the limits", func() (bool, string) {
 		p, err := s.k.CoreV1().Pods(ns).Get(ctx, "limited", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()

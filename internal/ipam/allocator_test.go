@@ -1354,6 +1354,68 @@ func TestUniversalMACPrefixIsThePools(t *testing.T) {
 	}
 }
 
+// Two replicas give a Deployment's one free member to two pods being created
+// (no name yet: each takes it under a hold key, which leaves the address's
+// record as it was): the second, whose cache has not seen the first's hold,
+// is refused it by the hold's absence check and takes another address. The
+// e2e test of two replicas has bare pods only, whose addresses are new.
+func TestTwoReplicasTakeOneFreeMember(t *testing.T) {
+	s := store.NewMemory()
+	a1 := startAllocator(t, s, Options{})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	const dep = "deployment/ns/d"
+	var members []Allocation
+	for i := range 2 {
+		members = append(members, alloc(t, a1, Request{Pool: p, Identity: dep, Shared: true, Pod: fmt.Sprintf("ns/d-%d", i), MaxMembers: 3}))
+	}
+	if err := a1.Unbind(testCtx(t), "p", members[0].IP, "ns/d-0"); err != nil {
+		t.Fatal(err)
+	}
+	a2 := startAllocator(t, frozenWatch{s}, Options{}) // sees members[0] free, and nothing after
+	one := alloc(t, a1, Request{Pool: p, Identity: dep, Shared: true, Token: "t1", MaxMembers: 3})
+	two := alloc(t, a2, Request{Pool: p, Identity: dep, Shared: true, Token: "t2", MaxMembers: 3})
+	if one.IP == two.IP {
+		t.Fatalf("two pods admitted by two replicas both got %s", one.IP)
+	}
+}
+
+// A free member that a pod being created took under a hold, whose creation
+// a later admission step refused (a quota, a policy), is free again once the
+// reservation TTL passes: the release controller never clears holds. The
+// e2e test of a refused reservation has a bare pod's only.
+func TestRefusedMembersHoldExpires(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{ReservationTTL: 500 * time.Millisecond})
+	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"})
+	const dep = "deployment/ns/d"
+	first := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Pod: "ns/d-0", MaxMembers: 2})
+	alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Pod: "ns/d-1", MaxMembers: 2})
+	if err := a.Unbind(testCtx(t), "p", first.IP, "ns/d-0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := alloc(t, a, Request{Pool: p, Identity: dep, Shared: true, Token: "refused", MaxMembers: 2}); got.IP != first.IP {
+		t.Fatalf("the refused pod got %s; want the free member %s", got.IP, first.IP)
+	}
+	member := func() Entry {
+		for _, e := range a.Lookup(dep) {
+			if e.IP == first.IP {
+				return e
+			}
+		}
+		t.Fatalf("%s is no longer a member of %s", first.IP, dep)
+		return Entry{}
+	}
+	if !member().Held {
+		t.Fatalf("%s not held after the refused pod's admission", first.IP)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for member().Held && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if e := member(); e.Held || e.Pod != "" {
+		t.Fatalf("%s 10 s after the hold's 500 ms TTL: held %v, pod %q; want free", first.IP, e.Held, e.Pod)
+	}
+}
+
 // sharingPools are two pools of one CIDR that know each other (Pool.Sharing).
 func sharingPools(t *testing.T) (*Pool, *Pool) {
 	a := mustPool(t, "a", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/29"})

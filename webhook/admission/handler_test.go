@@ -376,6 +376,13 @@ func TestFullSetFreesOnlyMembersPastTheGrace(t *testing.T) {
 		t.Fatalf("members bound within the grace were freed: %+v", l)
 	}
 	e.h.Grace = time.Nanosecond
+	// A dry run frees nothing: the members it could free stay as they are
+	// (sideEffects: NoneOnDryRun).
+	before := e.store.Revision()
+	e.admit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), true)
+	if e.store.Revision() != before {
+		t.Fatal("a dry run of a pod of a full set wrote to the store")
+	}
 	e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
 }
 
