@@ -53,6 +53,20 @@ var ErrNotAssigned = errors.New("pod has no " + AssignedIP + " annotation: it wa
 
 // ParseAssignment reads an assignment from a pod's annotations.
 func ParseAssignment(ann map[string]string) (Assignment, error) {
+	a, err := ParseAddressing(ann)
+	if err != nil {
+		return a, err
+	}
+	if a.Bandwidth, err = AssignedBandwidth(ann); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// ParseAddressing reads what ParseAssignment does but the bandwidth keys: a
+// pod's addresses, MAC and VLAN, which a bandwidth key edited into a form
+// the agent refuses leaves as they are.
+func ParseAddressing(ann map[string]string) (Assignment, error) {
 	var a Assignment
 	ipv, ok := ann[AssignedIP]
 	if !ok {
@@ -74,9 +88,6 @@ func ParseAssignment(ann map[string]string) (Assignment, error) {
 		if a.VLAN, err = ParseVLAN(VLAN, v); err != nil {
 			return a, err
 		}
-	}
-	if a.Bandwidth, err = AssignedBandwidth(ann); err != nil {
-		return a, err
 	}
 	a.Identity = ann[Identity]
 	a.Pool = ann[AssignedPool]

@@ -107,17 +107,26 @@ func (a *agent) restore(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
-		want := at.Bandwidth
-		if asg, err := podAssignment(pod); err == nil && adopted[at.Key()] {
+		want, set := at.Bandwidth, true
+		asg, err := podAssignment(pod)
+		switch {
+		case err == nil && adopted[at.Key()]:
 			// The pod's limits, as its ADD installed them: a change the
 			// agent would refuse must not lift the limits in force, which
 			// are unknown here (their zero value means none).
 			want = asg.Bandwidth
-		} else if err == nil {
+		case err == nil:
 			want = a.bandwidthFor(ctx, pod, at, asg.Bandwidth)
+		case adopted[at.Key()]:
+			// Its bandwidth keys unreadable, and no record of the limits
+			// in force: they are left as installed.
+			log.Info("Limits of a pod rebuilt from OVS left as installed: its bandwidth annotations cannot be read", "pod", at.Pod(), "err", err.Error())
+			set, at.LimitsUnknown = false, true
 		}
-		if err := a.dp.SetBandwidth(ctx, at, want, snap); err != nil {
-			errs = append(errs, err)
+		if set {
+			if err := a.dp.SetBandwidth(ctx, at, want, snap); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if err := a.store.Put(at); err != nil {
 			errs = append(errs, err)
@@ -202,7 +211,10 @@ func (a *agent) recordFromPod(at *datapath.Attachment) *datapath.Attachment {
 	if !ok {
 		return at
 	}
-	asg, err := podAssignment(pod)
+	// Not the bandwidth keys: one edited into a form the agent refuses left
+	// the running pod's network as it is, and an attachment without a MAC
+	// is taken for one whose pod is gone, and removed.
+	asg, err := annotations.ParseAddressing(pod.Annotations)
 	if err != nil {
 		return at
 	}
@@ -295,7 +307,7 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 		}
 		unlock := a.lockKey(at.Key())
 		if a.get(at.Key()) == at {
-			if want := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); want != at.Bandwidth {
+			if want := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); want != at.Bandwidth || at.LimitsUnknown {
 				before := at.Bandwidth
 				err := a.dp.SetBandwidth(ctx, at, want, nil)
 				if perr := a.store.Put(at); perr != nil {

@@ -184,18 +184,29 @@ func TestRestartRemovesGonePods(t *testing.T) {
 // the restarted agent rebuilds the attachments from the OVS labels and the
 // pods, and CHECK and DEL work.
 func TestRestartWithoutCache(t *testing.T) {
+	// A change the agent refuses, edited onto the running pod: the limits
+	// stay, and must stay after the rebuild too. Before, the rebuild, not
+	// knowing the limits in force, took them for none, and the refusal
+	// kept none (a burst below one frame); and a bandwidth key it cannot
+	// read made the rebuild take the pod for gone and remove its port, the
+	// running pod left without a network (malformed).
+	for _, edit := range []struct{ name, key, value string }{
+		{"burst below a frame", annotations.IngressBurst, "100"},
+		{"malformed", annotations.IngressBandwidth, "10Mbps"},
+	} {
+		t.Run(edit.name, func(t *testing.T) { testRestartWithoutCache(t, edit.key, edit.value) })
+	}
+}
+
+func testRestartWithoutCache(t *testing.T, key, value string) {
 	e := newEnv(t, nil)
 	a := e.addPod(podSpec{
 		name: "a", ips: "10.88.0.10/24", mac: "02:00:0a:58:00:0a", gw: "10.88.0.1", vlan: 5,
 		extra: map[string]string{annotations.IngressBandwidth: "30M", annotations.EgressBandwidth: "40M"},
 	})
 	before := e.portState("ctr-a")
-	// A change the agent refuses (a burst below one frame, edited onto the
-	// running pod): the limits stay, and must stay after the rebuild too.
-	// Before, the rebuild, not knowing the limits in force, took them for
-	// none, and the refusal kept none.
 	edited := a.pod.DeepCopy()
-	edited.Annotations[annotations.IngressBurst] = "100"
+	edited.Annotations[key] = value
 	refusedBefore := bandwidthRefused(t)
 	e.pods.Set(edited)
 	waitFor(t, "the edit refused", func() bool { return bandwidthRefused(t) > refusedBefore })
@@ -227,6 +238,16 @@ func TestRestartWithoutCache(t *testing.T) {
 	}
 	if recs := e.records(); len(recs) != 1 {
 		t.Errorf("records %v; want the rebuilt one", recs)
+	}
+	// The edit undone, the limits taken off: they go, though the rebuilt
+	// record did not know them.
+	lifted := a.pod.DeepCopy()
+	delete(lifted.Annotations, annotations.IngressBandwidth)
+	delete(lifted.Annotations, annotations.EgressBandwidth)
+	e.pods.Set(lifted)
+	waitFor(t, "the limits lifted", func() bool { return tbfRate(t, e, port) == 0 })
+	if err := e.cni.Check(a.rt); err != nil {
+		t.Errorf("CHECK after the limits were lifted: %v", err)
 	}
 	if err := e.cni.Del(a.rt); err != nil {
 		t.Fatal(err)

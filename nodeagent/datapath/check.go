@@ -132,6 +132,9 @@ func (d *Datapath) checkPod(a *Attachment) []string {
 }
 
 func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netlink.Link, port *ovs.Interface) []string {
+	if a.LimitsUnknown {
+		return nil
+	}
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	tbf, err := d.rootTBF(host)

@@ -68,6 +68,11 @@ type Attachment struct {
 	VLAN         int                   `json:"vlan,omitempty"`
 	MTU          int                   `json:"mtu,omitempty"`
 	Bandwidth    annotations.Bandwidth `json:"bandwidth"` // limits in force
+	// LimitsUnknown says that Bandwidth is not known to be in force (an
+	// attachment rebuilt from OVS whose pod's bandwidth keys could not be
+	// read): the next SetBandwidth compares with what is installed, and
+	// CHECK does not check the limits.
+	LimitsUnknown bool `json:"limitsUnknown,omitempty"`
 	// EgressMode is how the egress limit is enforced (meter or policing).
 	EgressMode bandwidth.EgressMode `json:"egressMode,omitempty"`
 	// VF is set for an SR-IOV attachment, which has no veth and no OVS port.
@@ -624,6 +629,12 @@ func (d *Datapath) SetBandwidth(ctx context.Context, a *Attachment, want annotat
 	if a.VF != nil {
 		return d.setVFBandwidth(a, want)
 	}
+	if a.LimitsUnknown && snap == nil {
+		var err error
+		if snap, err = d.Snapshot(ctx); err != nil {
+			return err
+		}
+	}
 	if err := d.setIngress(a, want.Ingress, snap != nil); err != nil {
 		return err
 	}
@@ -632,6 +643,7 @@ func (d *Datapath) SetBandwidth(ctx context.Context, a *Attachment, want annotat
 		return err
 	}
 	a.Bandwidth.Egress = want.Egress
+	a.LimitsUnknown = false
 	return nil
 }
 
