@@ -225,8 +225,10 @@ func (p *Pool) WhyNot(a netip.Addr) string {
 		return ""
 	case a == p.Gateway:
 		return fmt.Sprintf("the gateway of pool %s", p.Name)
-	case a == p.Prefix.Addr():
+	case a == p.Prefix.Addr() && a.Is4() && p.Prefix.Bits() <= 30:
 		return fmt.Sprintf("the network address of pool %s (%s)", p.Name, p.Prefix)
+	case a == p.Prefix.Addr() && a.Is6() && p.Prefix.Bits() <= 126:
+		return fmt.Sprintf("the subnet-router anycast address of pool %s (%s)", p.Name, p.Prefix)
 	}
 	if _, last := prefixBounds(p.Prefix); a.Is4() && p.Prefix.Bits() <= 30 && u128From(a) == last {
 		return fmt.Sprintf("the broadcast address of pool %s (%s)", p.Name, p.Prefix)

@@ -115,6 +115,25 @@ func TestWhyNot(t *testing.T) {
 			t.Errorf("WhyNot(%s) = %q; want %q", ip, got, want)
 		}
 	}
+	// A /31 or /127 has no network address, both of its addresses usable:
+	// one left out is excluded, not "the network address".
+	for _, tc := range []struct{ cidr, exclude, want string }{
+		{"10.40.0.0/31", "10.40.0.0", "excluded"},
+		{"fd00::/127", "fd00::", "excluded"},
+		{"fd00::/64", "", "the subnet-router anycast address"},
+	} {
+		spec := v1alpha1.IPPoolSpec{CIDR: tc.cidr}
+		if tc.exclude != "" {
+			spec.Exclude = []string{tc.exclude}
+		}
+		p, err := NewPool("p", spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.WhyNot(p.Prefix.Addr()); !strings.Contains(got, tc.want) {
+			t.Errorf("%s: WhyNot(%s) = %q; want %q", tc.cidr, p.Prefix.Addr(), got, tc.want)
+		}
+	}
 }
 
 func TestRandomMAC(t *testing.T) {
