@@ -278,9 +278,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 			// removes that record with the VF's setup.
 			return nil, a.undoAdd(ctx, at, true, err)
 		}
-		a.mu.Lock()
-		a.atts[at.Key()] = at
-		a.mu.Unlock()
+		a.attached(at)
 		return buildResult(conf.CNIVersion, at, nil)
 	}
 	if err := a.allocPort(at); err != nil {
@@ -304,13 +302,22 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		a.track(at) // set up, but the ADD fails: its DEL removes it
 		return nil, err
 	}
-	a.mu.Lock()
-	a.atts[at.Key()] = at
-	a.mu.Unlock()
+	a.attached(at)
 	if at.Bandwidth.Egress.Rate > 0 {
 		a.wakeWarm()
 	}
 	return buildResult(conf.CNIVersion, at, hostMAC)
+}
+
+// attached counts at as the pod's attachment, set up by an ADD, and checks
+// the pod's limits once more: a change made while the ADD ran (which read
+// the pod at its start, then may have waited for a carrier or for OVS)
+// found no attachment to queue, and would otherwise wait for the resync.
+func (a *agent) attached(at *datapath.Attachment) {
+	a.mu.Lock()
+	a.atts[at.Key()] = at
+	a.mu.Unlock()
+	a.queue.Add(at.Pod())
 }
 
 // timedOut returns err, or, when the step that set up what (an attachment

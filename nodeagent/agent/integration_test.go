@@ -987,15 +987,23 @@ func TestAddWaitsForAddressCarrier(t *testing.T) {
 			t.Fatal("stickynet_nodeagent_address_waiting not 1 within 30 s of the new pod's ADD")
 		}
 	}
+	// A limit given to the new pod while its ADD waits (the ADD read the
+	// pod before) is applied once the ADD is done, not at the next resync:
+	// the pod's update found no attachment yet to queue.
+	limited := nw.pod.DeepCopy()
+	limited.Annotations[annotations.IngressBandwidth] = "20M"
+	e.pods.Set(limited)
 	if err := e.cni.Del(old.rt); err != nil {
 		t.Fatalf("DEL of the old pod: %v", err)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("ADD of the new pod after the old pod's DEL: %v", err)
 	}
-	if e.ovsPortOf("ctr-"+nw.pod.Name) == "" {
-		t.Error("the new pod has no OVS port")
+	port := e.ovsPortOf("ctr-" + nw.pod.Name)
+	if port == "" {
+		t.Fatal("the new pod has no OVS port")
 	}
+	waitFor(t, "the limit given during the ADD applied", func() bool { return tbfRate(t, e, port) == 20e6/8 })
 	for result, want := range map[string]float64{"timed_out": timedOut + 1, "handed_over": handedOver + 1} {
 		if got := addressWaits(t, result); got != want {
 			t.Errorf("stickynet_nodeagent_address_waits_total{result=%q} = %v; want %v (one more than before)", result, got, want)
