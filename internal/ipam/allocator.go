@@ -601,11 +601,11 @@ func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 				return cand, nil
 			}
 		}
-		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates), Sharing: pool.Sharing}
+		return netip.Addr{}, c.heldByOthers(&ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates), Sharing: pool.Sharing}, pool, req.Candidates)
 	}
 	ip, ok := c.pickFree(pool, taken)
 	if !ok {
-		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool), Sharing: pool.Sharing}
+		return netip.Addr{}, c.heldByOthers(&ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool), Sharing: pool.Sharing}, pool, nil)
 	}
 	return ip, nil
 }

@@ -1495,8 +1495,9 @@ func TestPoolsEditedApartKeepHeldAddresses(t *testing.T) {
 		}
 	}
 	var ex *ExhaustedError
-	if got, err := a.Allocate(ctx, Request{Pool: pa, Identity: "pod/ns/p2", Pod: "ns/p2"}); !errors.As(err, &ex) {
-		t.Errorf("pool a with .1 and .2 taken and .3 pool b's: got %+v, %v; want an ExhaustedError", got, err)
+	if got, err := a.Allocate(ctx, Request{Pool: pa, Identity: "pod/ns/p2", Pod: "ns/p2"}); !errors.As(err, &ex) ||
+		!strings.Contains(err.Error(), "all 3 addresses are taken (2 by live or starting pods, 0 held by sticky identities without a live pod, 0 cooling down after release, 1 by identities of IPPools b, which hold them from an earlier spec)") {
+		t.Errorf("pool a with .1 and .2 taken and .3 pool b's: got %+v, %v; want an ExhaustedError that counts the address pool b's identity holds", got, err)
 	}
 }
 

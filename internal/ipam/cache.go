@@ -2,8 +2,10 @@ package ipam
 
 import (
 	"encoding/json"
+	"maps"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -415,6 +417,28 @@ func (c *cache) heldElsewhere(pool string, ip netip.Addr, identity string) *entr
 		}
 	}
 	return nil
+}
+
+// heldByOthers adds to e the addresses of pool's spec (of candidates, when
+// set) that pools other than pool and its Sharing have records of, which
+// its Stats count free. It reads every other pool's records: for an
+// exhausted pool's error only.
+func (c *cache) heldByOthers(e *ExhaustedError, pool *Pool, candidates []netip.Addr) *ExhaustedError {
+	names := map[string]bool{}
+	for name, m := range c.pools {
+		if name == pool.Name || slices.Contains(pool.Sharing, name) {
+			continue
+		}
+		for ip, rec := range m {
+			if rec.rev == 0 || !pool.Contains(ip) || c.pools[pool.Name][ip] != nil || candidates != nil && !slices.Contains(candidates, ip) {
+				continue
+			}
+			e.Elsewhere++
+			names[name] = true
+		}
+	}
+	e.ElsewherePools = slices.Sorted(maps.Keys(names))
+	return e
 }
 
 // sharedConflict says whether another pool has ip (a pool sharing addresses
