@@ -117,7 +117,8 @@ func (a *agent) restore(ctx context.Context) error {
 			want = asg.Bandwidth
 		case err == nil:
 			want = a.bandwidthFor(ctx, pod, at, asg.Bandwidth)
-		case adopted[at.Key()]:
+			set = settles(at, want, asg.Bandwidth)
+		case adopted[at.Key()] || at.LimitsUnknown:
 			// Its bandwidth keys unreadable, and no record of the limits
 			// in force: they are left as installed.
 			log.Info("Limits of a pod rebuilt from OVS left as installed: its bandwidth annotations cannot be read", "pod", at.Pod(), "err", err.Error())
@@ -307,7 +308,7 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 		}
 		unlock := a.lockKey(at.Key())
 		if a.get(at.Key()) == at {
-			if want := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); want != at.Bandwidth || at.LimitsUnknown {
+			if want := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); (want != at.Bandwidth || at.LimitsUnknown) && settles(at, want, asg.Bandwidth) {
 				before := at.Bandwidth
 				err := a.dp.SetBandwidth(ctx, at, want, nil)
 				if perr := a.store.Put(at); perr != nil {
@@ -323,6 +324,15 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 		unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// settles reports whether want, what bandwidthFor gives for limits the pod
+// asks for (asked), may be installed on at: always, but on an attachment
+// whose limits in force are unknown (Attachment.LimitsUnknown), where only
+// what the pod asks for replaces them, not the limits a refused change
+// falls back to (at.Bandwidth, which there means unknown, not none).
+func settles(at *datapath.Attachment, want, asked annotations.Bandwidth) bool {
+	return !at.LimitsUnknown || want == asked
 }
 
 // bandwidthFor returns the limits to install on at for a pod whose
@@ -480,7 +490,7 @@ func (a *agent) resync(ctx context.Context) error {
 	a.dp.LearnMetered(snap)
 	for _, at := range ats {
 		unlock := a.lockKey(at.Key())
-		if a.get(at.Key()) == at {
+		if a.get(at.Key()) == at && !at.LimitsUnknown {
 			errs = append(errs, a.dp.SetBandwidth(ctx, at, at.Bandwidth, snap))
 		}
 		unlock()

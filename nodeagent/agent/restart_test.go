@@ -199,7 +199,7 @@ func TestRestartWithoutCache(t *testing.T) {
 }
 
 func testRestartWithoutCache(t *testing.T, key, value string) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 500 * time.Millisecond })
 	a := e.addPod(podSpec{
 		name: "a", ips: "10.88.0.10/24", mac: "02:00:0a:58:00:0a", gw: "10.88.0.1", vlan: 5,
 		extra: map[string]string{annotations.IngressBandwidth: "30M", annotations.EgressBandwidth: "40M"},
@@ -239,6 +239,28 @@ func testRestartWithoutCache(t *testing.T, key, value string) {
 	if recs := e.records(); len(recs) != 1 {
 		t.Errorf("records %v; want the rebuilt one", recs)
 	}
+	// They stay through resyncs, another restart (now with the record) and
+	// a change the agent refuses.
+	stay := func(after string) {
+		t.Helper()
+		if got := tbfRate(t, e, port); got != 30e6/8 {
+			t.Errorf("tbf %s: %d bytes/s; want %d (30M)", after, got, uint64(30e6/8))
+		}
+		if flows := e.node.OVS.Ofctl(t, "dump-flows", e.node.Bridge); !strings.Contains(flows, "meter:") {
+			t.Errorf("no egress meter %s:\n%s", after, flows)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	stay("after resyncs")
+	e.restart()
+	stay("after a second restart")
+	refused := a.pod.DeepCopy() // readable, but a burst below one frame
+	refused.Annotations[annotations.IngressBurst] = "99"
+	refusedBefore = bandwidthRefused(t)
+	e.pods.Set(refused)
+	waitFor(t, "the second edit refused", func() bool { return bandwidthRefused(t) > refusedBefore })
+	time.Sleep(500 * time.Millisecond) // the refusal is counted before the worker would act on it
+	stay("after a refused change")
 	// The edit undone, the limits taken off: they go, though the rebuilt
 	// record did not know them.
 	lifted := a.pod.DeepCopy()
