@@ -1379,14 +1379,11 @@ func TestRefusedDefaultPoolPassedOver(t *testing.T) {
 	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "IPPool aaa: spec.ranges", "10.98.0.20-10.98.0.10")
 }
 
-// An identity keeps the pool where it holds its address when the pod names
-// none, whatever became of the default pools: a StatefulSet ordinal whose
-// default pool stopped admitting its namespace (a selector edited, or one
-// that does not parse), was deleted, or is no longer a default pool, moved
-// to another default pool at its next pod, its address cooling for anyone.
-// Now the pod is denied, naming the pool, the address and the way out, and
-// the address stays held; a pool no longer default but still usable keeps
-// the identity, with a warning; naming a pool moves it.
+// A StatefulSet ordinal whose default pool stopped admitting its namespace
+// (a selector edited, or one that does not parse) or was deleted moved to
+// another default pool at its next pod, its address cooling for anyone. Now
+// the pod is denied, naming the pool, the address and the way out, and the
+// address stays held; naming a pool moves it.
 func TestHeldAddressKeepsItsPool(t *testing.T) {
 	e := newEnv(t, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.98.0.0/24", Default: true}})
 	web0 := func() *corev1.Pod { return pod("app", "web-0", nil, ctrl("StatefulSet", "web")) }
@@ -1425,17 +1422,8 @@ func TestHeldAddressKeepsItsPool(t *testing.T) {
 		e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { *s = restore })
 	}
 
-	e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { s.Default = false })
-	resp, got := e.admit(web0(), false)
-	if !resp.Allowed || got.Annotations[annotations.AssignedPool] != "aaa" || got.Annotations[annotations.AssignedIP] != ip {
-		t.Fatalf("aaa no longer default: allowed %v (%s), %s from %s; want %s from aaa", resp.Allowed, resp.Result.Message, got.Annotations[annotations.AssignedIP], got.Annotations[annotations.AssignedPool], ip)
-	}
-	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "is not a default pool (spec.default: false) but keeps the identity") {
-		t.Errorf("warnings %q; want one saying aaa keeps the identity", resp.Warnings)
-	}
-
 	// A cache that has not seen aaa yet is not believed: the API server has it.
-	lagging := fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(e.editPool("aaa", func(s *v1alpha1.IPPoolSpec) { s.Default = true }).DeepCopy()).Build()
+	lagging := fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(e.editPool("aaa", func(*v1alpha1.IPPoolSpec) {}).DeepCopy()).Build()
 	e.h.APIReader = lagging
 	if err := e.c.Delete(context.Background(), &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "aaa"}}); err != nil {
 		t.Fatal(err)
@@ -1450,6 +1438,17 @@ func TestHeldAddressKeepsItsPool(t *testing.T) {
 	moved := e.mustAdmit(pod("app", "web-0", map[string]string{annotations.Pool: "blue"}, ctrl("StatefulSet", "web")))
 	if moved.Annotations[annotations.AssignedPool] != "blue" {
 		t.Errorf("web-0 naming pool blue got %s; want blue", moved.Annotations[annotations.AssignedPool])
+	}
+
+	// An address in a pool that is not a default pool came from naming it:
+	// without the name the identity goes to the default pool, as a rollback
+	// to a template without the annotation does.
+	db0 := func(ann map[string]string) *corev1.Pod { return pod("app", "db-0", ann, ctrl("StatefulSet", "db")) }
+	if got := e.mustAdmit(db0(map[string]string{annotations.Pool: "tiny"})); got.Annotations[annotations.AssignedPool] != "tiny" {
+		t.Fatalf("db-0 naming tiny got %s", got.Annotations[annotations.AssignedPool])
+	}
+	if got := e.mustAdmit(db0(nil)); got.Annotations[annotations.AssignedPool] != "blue" {
+		t.Errorf("db-0 naming no pool, its address in tiny (not a default pool): got %s; want blue, the default", got.Annotations[annotations.AssignedPool])
 	}
 }
 

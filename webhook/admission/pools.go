@@ -101,14 +101,12 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		}
 		if name == "" {
 			final := r == h.APIReader || h.APIReader == nil
-			kept, again, err := h.keepHeld(identity, ns, list.Items, parsed, refused, final)
-			switch {
-			case err != nil:
+			again, err := h.heldInDefault(identity, ns, list.Items, parsed, refused, final)
+			if err != nil {
 				return nil, nil, "", err
-			case again:
+			}
+			if again {
 				continue
-			case kept != nil:
-				return kept.ipp, kept.pool, strings.Join(append(broken, kept.warning), "; "), nil
 			}
 		}
 		if len(defaults) > 0 {
@@ -132,61 +130,51 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 	return nil, nil, "", h.heldInGonePool(ctx, identity, &annotations.Error{Key: key, Value: name, Accepted: "the name of an IPPool" + have(names)})
 }
 
-// held is the pool of an identity that keeps its address there (keepHeld).
-type held struct {
-	ipp     *v1alpha1.IPPool
-	pool    *ipam.Pool
-	warning string
-}
-
-// keepHeld decides the pool of a pod that names none, for an identity that
-// holds an address in a pool other than the default pools that admit the
-// namespace (defaults, parsed; refused: those whose spec is refused). A
-// default pool added, switched or made unusable since moves no sticky
-// identity: one still usable for the namespace, no longer a default pool,
-// keeps it (with a warning); one that is not usable denies the pod, naming
-// the pool, the address and what to mend; naming a pool with the
-// annotation moves the identity. It returns no decision for an identity
-// that holds nothing, or holds its address in one of defaults, and asks to
-// look again (again) when the pool is missing from a reader other than the
-// final one, which may lag.
-func (h *Handler) keepHeld(identity string, ns *corev1.Namespace, all []v1alpha1.IPPool, defaults map[string]*ipam.Pool, refused map[string]error, final bool) (_ *held, again bool, _ error) {
+// heldInDefault denies a pod that names no pool when its identity holds its
+// address in a default pool that cannot serve it any more: one whose spec is
+// refused (refused), that no longer admits the namespace, whose
+// namespaceSelector does not parse, or that is gone. Such an identity moved
+// to another default pool at its next pod, its address cooling for anyone;
+// now it keeps its address for when the pool is mended, and naming a pool
+// with the annotation moves it. An identity that holds its address in one
+// of the usable default pools (defaults) is defaultPool's; one in a pool
+// that is not a default pool got it by naming that pool, and without the
+// name goes to the default pool, as a rollback to a template without the
+// annotation does. A pool missing from a reader other than the final one,
+// which may lag, is looked for again (again).
+func (h *Handler) heldInDefault(identity string, ns *corev1.Namespace, all []v1alpha1.IPPool, defaults map[string]*ipam.Pool, refused map[string]error, final bool) (again bool, _ error) {
 	entries := h.Alloc.Lookup(identity)
 	for _, e := range entries {
 		if defaults[e.Pool] != nil {
-			return nil, false, nil
+			return false, nil
 		}
 	}
-	if len(entries) == 0 {
-		return nil, false, nil
-	}
-	e := entries[0]
-	if err := refused[e.Pool]; err != nil {
-		return nil, false, err // it keeps its address, once the pool is mended
-	}
-	holds := fmt.Sprintf("IPPool %s, where %s holds %s,", e.Pool, identity, e.IP)
 	move := fmt.Sprintf("or name another pool with the annotation %s to move the identity there", annotations.Pool)
-	i := slices.IndexFunc(all, func(p v1alpha1.IPPool) bool { return p.Name == e.Pool })
-	if i < 0 {
-		if !final {
-			return nil, true, nil
+	for _, e := range entries {
+		if err := refused[e.Pool]; err != nil {
+			return false, err // it keeps its address, once the pool is mended
 		}
-		return nil, false, deny("%s does not exist: create it again to give the address back, %s", holds, move)
+		holds := fmt.Sprintf("IPPool %s, where %s holds %s,", e.Pool, identity, e.IP)
+		i := slices.IndexFunc(all, func(p v1alpha1.IPPool) bool { return p.Name == e.Pool })
+		if i < 0 {
+			if !final {
+				return true, nil
+			}
+			return false, deny("%s does not exist: create it again to give the address back, %s", holds, move)
+		}
+		p := &all[i]
+		if !p.Spec.Default {
+			continue
+		}
+		ok, err := admits(p, ns)
+		if err != nil {
+			return false, deny("%s has a spec.namespaceSelector that is not a label selector (%v): mend it to give the address back, %s", holds, err, move)
+		}
+		if !ok {
+			return false, deny("%s no longer admits namespace %s (spec.namespaceSelector): the address stays held for when it does, %s", holds, ns.Name, move)
+		}
 	}
-	p := &all[i]
-	ok, err := admits(p, ns)
-	if err != nil {
-		return nil, false, deny("%s has a spec.namespaceSelector that is not a label selector (%v): mend it to give the address back, %s", holds, err, move)
-	}
-	if !ok {
-		return nil, false, deny("%s no longer admits namespace %s (spec.namespaceSelector): the address stays held for when it does, %s", holds, ns.Name, move)
-	}
-	pool, err := ipam.NewPool(p.Name, p.Spec)
-	if err != nil {
-		return nil, false, err
-	}
-	complete(pool, p, all)
-	return &held{ipp: p, pool: pool, warning: fmt.Sprintf("%s is not a default pool (spec.default: false) but keeps the identity; name a pool with the annotation %s to move it", holds, annotations.Pool)}, false, nil
+	return false, nil
 }
 
 // defaultPool chooses among the default pools (sorted by name) that admit
