@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -102,6 +103,13 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 		target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.pod.Namespace, Name: p.pod.Name}}
 		if err := c.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, body)); err != nil {
 			if apierrors.IsNotFound(err) {
+				continue
+			}
+			if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
+				// Refused for good (a policy on pod updates, annotations at
+				// their size limit): trying again each pass would fail
+				// every pass. The pod waits for the scheduler's own retry.
+				klog.FromContext(ctx).Error(err, "Could not ask the scheduler to try a pod again", "pod", p.key, "changed", key)
 				continue
 			}
 			errs = append(errs, fmt.Errorf("ask the scheduler to try pod %s again: %w", p.key, err))

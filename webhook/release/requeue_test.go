@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -52,12 +53,15 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 		pending("vf", "red", true, annotations.SriovNetwork, "fast"),
 	}
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
-	failPatch := true
+	failPatch, forbid := true, false
 	api := interceptor.NewClient(apiWith(t, spec, objs...).(client.WithWatch), interceptor.Funcs{
 		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
 			if failPatch && obj.GetName() == "waiting" {
 				failPatch = false
 				return errors.New("injected")
+			}
+			if forbid && obj.GetName() == "waiting" {
+				return apierrors.NewForbidden(corev1.Resource("pods"), "waiting", errors.New("a policy"))
 			}
 			return c.Patch(ctx, obj, patch, opts...)
 		},
@@ -131,5 +135,19 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(c.Metrics.requeues); n != 2 {
 		t.Errorf("stickynet_webhook_requeued_pods_total %v, want 2 (one per change and pod)", n)
+	}
+
+	// A write refused for good (a policy on pod updates) fails no pass:
+	// each would fail, and be run again at once.
+	forbid = true
+	blue.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "b"}}
+	blue.Generation++ // as the API server does on a spec change; the fake client does not
+	if err := c.Client.Update(ctx, blue); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := pass(); err != nil {
+			t.Errorf("pass with the write forbidden: %v; want no error", err)
+		}
 	}
 }
