@@ -500,7 +500,7 @@ func (h *Handler) carriedByAnother(ctx context.Context, req ipam.Request) error 
 // heldInGonePool adds to the denial of a pod that names an unknown pool what
 // the pod's identity holds in an IPPool that no longer exists: a StatefulSet
 // stuck because its pool was deleted says why, and how its addresses come
-// back. (For a pod that names no pool, keepHeld says it.)
+// back. (For a pod that names no pool, heldInDefault says it.)
 func (h *Handler) heldInGonePool(ctx context.Context, id string, err error) error {
 	for _, e := range h.Alloc.Lookup(id) {
 		if gerr := h.get(ctx, client.ObjectKey{Name: e.Pool}, &v1alpha1.IPPool{}); apierrors.IsNotFound(gerr) {
