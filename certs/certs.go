@@ -49,8 +49,9 @@ type Options struct {
 	// ServerCertDuration and Lookahead: a certificate lives ServerCertDuration
 	// and is replaced Lookahead before it expires (defaults 1 year and 90 days).
 	ServerCertDuration, Lookahead time.Duration
-	// WriteFiles copies the Secret's certificate into CertDir, for a webhook
-	// that runs outside a pod (in a pod, kubelet mounts the Secret there).
+	// WriteFiles copies the Secret's certificate into CertDir, and again on
+	// each change: a new CA is served within about a second, where a mounted
+	// Secret follows it only at the kubelet's refresh (the chart copies).
 	WriteFiles bool
 }
 

@@ -120,9 +120,11 @@ func TestLintAndTemplate(t *testing.T) {
 	// would change the caBundle under the replicas still serving the old one).
 	var serving, ca struct {
 		Spec struct {
-			IsCA       bool              `json:"isCA"`
-			SecretName string            `json:"secretName"`
-			IssuerRef  map[string]string `json:"issuerRef"`
+			IsCA        bool              `json:"isCA"`
+			SecretName  string            `json:"secretName"`
+			IssuerRef   map[string]string `json:"issuerRef"`
+			Duration    string            `json:"duration"`
+			RenewBefore string            `json:"renewBefore"`
 		} `json:"spec"`
 	}
 	var caIssuer struct {
@@ -141,6 +143,23 @@ func TestLintAndTemplate(t *testing.T) {
 		caIssuer.Spec.CA.SecretName != ca.Spec.SecretName {
 		t.Errorf("cert-manager mode: serving issuer %v, CA isCA %t issuer %v secret %q, CA Issuer secret %q; want serving from stickynet-ca, a CA from stickynet-selfsigned in the CA Issuer's secret",
 			serving.Spec.IssuerRef, ca.Spec.IsCA, ca.Spec.IssuerRef, ca.Spec.SecretName, caIssuer.Spec.CA.SecretName)
+	}
+	// cert-manager reissues no serving certificate when its CA is renewed:
+	// the caBundle (the serving Secret's ca.crt) keeps the old CA until the
+	// serving certificate's next renewal, which must come before the old CA
+	// expires. With a 60-day renewal (cert-manager's defaults) and the CA
+	// renewed 30 days early, one renewal in two came after it: every
+	// admission refused ("certificate has expired") for up to 30 days.
+	hours := func(what, d string) time.Duration {
+		v, err := time.ParseDuration(d)
+		if err != nil {
+			t.Fatalf("cert-manager mode: %s %q: %v", what, d, err)
+		}
+		return v
+	}
+	renewEvery := hours("serving duration", serving.Spec.Duration) - hours("serving renewBefore", serving.Spec.RenewBefore)
+	if caEarly := hours("CA renewBefore", ca.Spec.RenewBefore); renewEvery+7*24*time.Hour > caEarly {
+		t.Errorf("cert-manager mode: the serving certificate is renewed every %s, the CA %s before it expires; want the serving renewal at least a week shorter, so that one lands between the CA's renewal and the old CA's expiry", renewEvery, caEarly)
 	}
 	own := render(t, "webhook.certMode=cert-manager", "webhook.certManager.issuerRef.name=corp-ca", "webhook.certManager.issuerRef.kind=ClusterIssuer")
 	if _, ok := own["Issuer/stickynet-ca"]; ok || own["Certificate/stickynet-webhook"] == nil || !strings.Contains(string(own["Certificate/stickynet-webhook"]), "corp-ca") {
