@@ -450,12 +450,31 @@ func setUpBridge(ctx context.Context, oc *ovs.Client, datapathType, uplink strin
 	if err == nil && uplink != "" {
 		err = oc.EnsureUplink(ctx, uplink)
 	}
-	if err == nil && uplink != "" {
-		if msg, ierr := oc.InterfaceError(ctx, uplink); ierr == nil && msg != "" {
-			klog.FromContext(ctx).Error(nil, "The uplink does not work: pods will reach only the pods of this node; /readyz fails until it does", "uplink", uplink, "bridge", oc.Bridge(), "ovsError", msg)
+	if err == nil {
+		if perr := uplinkProblem(ctx, oc, uplink); perr != nil {
+			klog.FromContext(ctx).Error(perr, "/readyz fails until the uplink works")
 		}
 	}
 	return dpType, err
+}
+
+// uplinkProblem reports an uplink (if any) that Open vSwitch could not open
+// (a NIC name mistyped, or not on this node): pods still get their addresses
+// and reach the pods of their node, but nothing beyond it. It fails /readyz
+// only, not CNI STATUS, which would take the node's network, and its pods
+// with it, out of service.
+func uplinkProblem(ctx context.Context, oc *ovs.Client, uplink string) error {
+	if uplink == "" {
+		return nil
+	}
+	msg, err := oc.InterfaceError(ctx, uplink)
+	if err != nil {
+		return err
+	}
+	if msg != "" {
+		return fmt.Errorf("uplink %s (--uplink) on OVS bridge %s does not work: %s; pods reach only the pods of this node", uplink, oc.Bridge(), msg)
+	}
+	return nil
 }
 
 // openHostNS opens the node's network namespace (the agent's own when path

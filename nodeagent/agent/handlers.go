@@ -758,26 +758,6 @@ func (a *agent) status(ctx context.Context) error {
 	return nil
 }
 
-// uplinkStatus reports an uplink that Open vSwitch could not open (a NIC
-// name mistyped, or not on this node): pods still get their addresses and
-// reach the pods of their node, but nothing beyond it. It fails /readyz
-// only, not CNI STATUS, which would take the node's network, and its pods
-// with it, out of service; a DaemonSet rollout of a wrong uplink stops at
-// the first node.
-func (a *agent) uplinkStatus(ctx context.Context) error {
-	if a.opts.Uplink == "" {
-		return nil
-	}
-	msg, err := a.ovs.InterfaceError(ctx, a.opts.Uplink)
-	if err != nil {
-		return err
-	}
-	if msg != "" {
-		return fmt.Errorf("uplink %s (--uplink) on OVS bridge %s does not work: %s; pods reach only the pods of this node", a.opts.Uplink, a.opts.Bridge, msg)
-	}
-	return nil
-}
-
 // kubeletUID is the UID kubelet and the runtime know pod by: its own, but
 // for a static pod kubelet's, which its mirror pod in the API server names
 // in the kubernetes.io/config.mirror annotation (the mirror pod's own UID

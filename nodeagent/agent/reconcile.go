@@ -116,8 +116,7 @@ func (a *agent) restore(ctx context.Context) error {
 			// are unknown here (their zero value means none).
 			want = asg.Bandwidth
 		case err == nil:
-			want = a.bandwidthFor(ctx, pod, at, asg.Bandwidth)
-			set = settles(at, want, asg.Bandwidth)
+			want, set = a.bandwidthFor(ctx, pod, at, asg.Bandwidth)
 		case adopted[at.Key()] || at.LimitsUnknown:
 			// Its bandwidth keys unreadable, and no record of the limits
 			// in force: they are left as installed.
@@ -308,7 +307,7 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 		}
 		unlock := a.lockKey(at.Key())
 		if a.get(at.Key()) == at {
-			if want := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); (want != at.Bandwidth || at.LimitsUnknown) && settles(at, want, asg.Bandwidth) {
+			if want, ok := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); ok && (want != at.Bandwidth || at.LimitsUnknown) {
 				before := at.Bandwidth
 				err := a.dp.SetBandwidth(ctx, at, want, nil)
 				if perr := a.store.Put(at); perr != nil {
@@ -326,15 +325,6 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 	return errors.Join(errs...)
 }
 
-// settles reports whether want, what bandwidthFor gives for limits the pod
-// asks for (asked), may be installed on at: always, but on an attachment
-// whose limits in force are unknown (Attachment.LimitsUnknown), where only
-// what the pod asks for replaces them, not the limits a refused change
-// falls back to (at.Bandwidth, which there means unknown, not none).
-func settles(at *datapath.Attachment, want, asked annotations.Bandwidth) bool {
-	return !at.LimitsUnknown || want == asked
-}
-
 // bandwidthFor returns the limits to install on at for a pod whose
 // annotations ask for want: want, unless it is a change that
 // annotations.CheckBandwidth refuses (a burst below one frame, or into the
@@ -344,14 +334,17 @@ func settles(at *datapath.Attachment, want, asked annotations.Bandwidth) bool {
 // and what is accepted, and counted (stickynet_nodeagent_bandwidth_refused_total),
 // each time the pod is looked at (its updates, the resync) until its
 // annotations change; no retry loop. Limits already in place are kept
-// whatever they are, as annotations written earlier may be.
-func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.Attachment, want annotations.Bandwidth) annotations.Bandwidth {
+// whatever they are, as annotations written earlier may be. ok is false
+// when there is nothing to install: a refused change on an attachment whose
+// limits in force are unknown (Attachment.LimitsUnknown: its at.Bandwidth
+// means unknown, not none), which keeps what is installed.
+func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.Attachment, want annotations.Bandwidth) (_ annotations.Bandwidth, ok bool) {
 	if want == at.Bandwidth {
-		return want
+		return want, true
 	}
 	if err := annotations.CheckBandwidth(pod.Annotations, want); err != nil {
 		refuseBandwidth(ctx, pod, at, err)
-		return at.Bandwidth
+		return at.Bandwidth, !at.LimitsUnknown
 	}
 	if at.VF != nil && want.Ingress.Rate > 0 && want.Ingress != at.Bandwidth.Ingress {
 		// The webhook refuses a VF pod's own ingress limit at admission;
@@ -359,7 +352,7 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 		klog.FromContext(ctx).Info("Ingress limit not enforced: traffic into a VF comes from the wire; only the egress limit (max_tx_rate) applies",
 			"pod", klog.KObj(pod), "key", at.Key(), "ingress", want.Ingress.Rate)
 	}
-	return want
+	return want, true
 }
 
 // refuseBandwidth logs and counts a bandwidth change the agent does not

@@ -49,6 +49,10 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 	// The cache first; a pool it has not seen yet (created a moment ago, as
 	// with a pool and its pods in one kubectl apply) is looked for again in
 	// the API server before the pod is denied.
+	var held []ipam.Entry // the identity's addresses, for a pod that names no pool
+	if name == "" {
+		held = h.Alloc.Lookup(identity)
+	}
 	var names, broken []string
 	for _, r := range []client.Reader{h.Reader, h.APIReader} {
 		if r == nil {
@@ -101,7 +105,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 		}
 		if name == "" {
 			final := r == h.APIReader || h.APIReader == nil
-			again, err := h.heldInDefault(identity, ns, list.Items, parsed, refused, final)
+			again, err := heldInDefault(identity, held, ns, list.Items, parsed, refused, final)
 			if err != nil {
 				return nil, nil, "", err
 			}
@@ -110,7 +114,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 			}
 		}
 		if len(defaults) > 0 {
-			p, warning := h.defaultPool(defaults, ns, identity)
+			p, warning := defaultPool(defaults, ns, identity, held)
 			if warning != "" {
 				broken = append(broken, warning)
 			}
@@ -142,8 +146,7 @@ func (h *Handler) pool(ctx context.Context, pod *corev1.Pod, ns *corev1.Namespac
 // name goes to the default pool, as a rollback to a template without the
 // annotation does. A pool missing from a reader other than the final one,
 // which may lag, is looked for again (again).
-func (h *Handler) heldInDefault(identity string, ns *corev1.Namespace, all []v1alpha1.IPPool, defaults map[string]*ipam.Pool, refused map[string]error, final bool) (again bool, _ error) {
-	entries := h.Alloc.Lookup(identity)
+func heldInDefault(identity string, entries []ipam.Entry, ns *corev1.Namespace, all []v1alpha1.IPPool, defaults map[string]*ipam.Pool, refused map[string]error, final bool) (again bool, _ error) {
 	for _, e := range entries {
 		if defaults[e.Pool] != nil {
 			return false, nil
@@ -178,9 +181,10 @@ func (h *Handler) heldInDefault(identity string, ns *corev1.Namespace, all []v1a
 }
 
 // defaultPool chooses among the default pools (sorted by name) that admit
-// ns: the one where the identity holds an address, else the first not being
-// deleted (one being deleted refuses new identities), else the first.
-func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace, identity string) (*v1alpha1.IPPool, string) {
+// ns: the one where the identity holds an address (of entries, its
+// addresses), else the first not being deleted (one being deleted refuses
+// new identities), else the first.
+func defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace, identity string, entries []ipam.Entry) (*v1alpha1.IPPool, string) {
 	if len(defaults) == 1 {
 		return defaults[0], ""
 	}
@@ -193,7 +197,7 @@ func (h *Handler) defaultPool(defaults []*v1alpha1.IPPool, ns *corev1.Namespace,
 		chosen, why = defaults[i], "the first by name not being deleted"
 	}
 	held := map[string]bool{}
-	for _, e := range h.Alloc.Lookup(identity) {
+	for _, e := range entries {
 		held[e.Pool] = true
 	}
 	for _, p := range defaults {

@@ -1310,9 +1310,7 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		if len(changes) == 0 {
 			continue
 		}
-		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": changes}})
-		target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.pod.Namespace, Name: p.pod.Name}}
-		if err := c.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, body)); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.patchAnnotations(ctx, p.pod, changes); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("update bandwidth of pod %s: %w", p.key, err))
 			continue
 		}
@@ -1320,6 +1318,15 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 	}
 	c.ingressOnVFs(list.Items, onVF)
 	return errors.Join(errs...)
+}
+
+// patchAnnotations sets (or, for nil values, removes) annotations of pod,
+// read from the cache: a merge patch of those keys alone, on the pod as the
+// API server has it.
+func (c *Controller) patchAnnotations(ctx context.Context, pod *corev1.Pod, changes map[string]any) error {
+	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": changes}})
+	target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name}}
+	return c.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, body))
 }
 
 // ingressOnVFs gives each policy whose ingress limit reaches SR-IOV pods

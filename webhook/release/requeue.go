@@ -2,16 +2,13 @@ package release
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -99,9 +96,7 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 		if p.pod.Annotations[annotations.PlacementChanged] == value {
 			continue
 		}
-		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotations.PlacementChanged: value}}})
-		target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.pod.Namespace, Name: p.pod.Name}}
-		if err := c.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, body)); err != nil {
+		if err := c.patchAnnotations(ctx, p.pod, map[string]any{annotations.PlacementChanged: value}); err != nil {
 			if apierrors.IsNotFound(err) {
 				continue
 			}
