@@ -601,11 +601,11 @@ func (a *Allocator) newAddr(req *Request) (netip.Addr, error) {
 				return cand, nil
 			}
 		}
-		return netip.Addr{}, c.heldByOthers(&ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates), Sharing: pool.Sharing}, pool, req.Candidates)
+		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Of: fmt.Sprintf("the %d addresses listed for %s", len(req.Candidates), req.Identity), Stats: c.candidateStats(pool, req.Candidates), Sharing: pool.Sharing}
 	}
 	ip, ok := c.pickFree(pool, taken)
 	if !ok {
-		return netip.Addr{}, c.heldByOthers(&ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool), Sharing: pool.Sharing}, pool, nil)
+		return netip.Addr{}, &ExhaustedError{Pool: pool.Name, Stats: c.statsLocked(pool), Sharing: pool.Sharing}
 	}
 	return ip, nil
 }
@@ -1166,10 +1166,16 @@ func (c *cache) pickFree(p *Pool, taken func(netip.Addr) bool) (netip.Addr, bool
 
 func (c *cache) candidateStats(p *Pool, cands []netip.Addr) Stats {
 	s := Stats{Total: uint64(len(cands))}
+	n := 0
 	for _, ip := range cands {
 		if e := c.get(p.Name, ip); e != nil {
 			s.count(e)
+			n++
 		}
+	}
+	s.Shared, s.Elsewhere, s.ElsewherePools = c.others(p, cands)
+	if taken := n + s.Shared + s.Elsewhere; taken < len(cands) {
+		s.Free = uint64(len(cands) - taken)
 	}
 	return s
 }

@@ -1501,6 +1501,26 @@ func TestPoolsEditedApartKeepHeldAddresses(t *testing.T) {
 	}
 }
 
+// A pool's free count leaves out the addresses of its spec that other pools
+// have: a pool sharing its addresses, and a pool whose identity holds one
+// from an earlier spec (edited apart), named. Before, both counted free, and
+// the IPPool's status said addresses were free that no pod could get.
+func TestStatsLeaveOutOthersAddresses(t *testing.T) {
+	a := startAllocator(t, store.NewMemory(), Options{})
+	pa, pb := sharingPools(t) // 10.30.0.0/29: 6 addresses
+	alloc(t, a, Request{Pool: pb, Identity: "pod/ns/b1", Pod: "ns/b1", IP: netip.MustParseAddr("10.30.0.1")})
+	alloc(t, a, Request{Pool: pa, Identity: "pod/ns/a1", Pod: "ns/a1", IP: netip.MustParseAddr("10.30.0.2")})
+	old := mustPool(t, "old", v1alpha1.IPPoolSpec{CIDR: "10.30.0.0/29"}) // since edited apart
+	alloc(t, a, Request{Pool: old, Identity: "statefulset/ns/db/0", Pod: "ns/db-0", IP: netip.MustParseAddr("10.30.0.3")})
+	s := a.Stats(pa)
+	if s.Total != 6 || s.Allocated != 1 || s.Shared != 1 || s.Elsewhere != 1 || !slices.Equal(s.ElsewherePools, []string{"old"}) || s.Free != 3 {
+		t.Errorf("pool a with .2 its own, .1 pool b's and .3 pool old's: %+v; want total 6, allocated 1, shared 1, elsewhere 1 (pool old), free 3", s)
+	}
+	if s := a.Stats(pb); s.Allocated != 1 || s.Shared != 1 || s.Elsewhere != 1 || s.Free != 3 {
+		t.Errorf("pool b with .1 its own, .2 pool a's and .3 pool old's: %+v; want allocated 1, shared 1, elsewhere 1, free 3", s)
+	}
+}
+
 // A bare pod created again under its name while its address cools, asking
 // for its MAC with another address: it gets that address with its MAC. Asking
 // for its cooling address with another MAC: a denial that names the MAC the

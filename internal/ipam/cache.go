@@ -419,26 +419,34 @@ func (c *cache) heldElsewhere(pool string, ip netip.Addr, identity string) *entr
 	return nil
 }
 
-// heldByOthers adds to e the addresses of pool's spec (of candidates, when
-// set) that pools other than pool and its Sharing have records of, which
-// its Stats count free. It reads every other pool's records: for an
-// exhausted pool's error only.
-func (c *cache) heldByOthers(e *ExhaustedError, pool *Pool, candidates []netip.Addr) *ExhaustedError {
+// others counts the addresses of pool's spec (of candidates, when set) that
+// pool has no record of and other pools have: those of pools that can hand
+// out the same addresses (Pool.Sharing), and those of the others, which it
+// names (pools edited apart: a pool keeps what its identities hold when its
+// spec moves off those addresses). Neither is handed out. It reads every
+// other pool's records.
+func (c *cache) others(pool *Pool, candidates []netip.Addr) (shared, elsewhere int, elsewherePools []string) {
+	seen := map[netip.Addr]bool{}
 	names := map[string]bool{}
 	for name, m := range c.pools {
-		if name == pool.Name || slices.Contains(pool.Sharing, name) {
+		if name == pool.Name {
 			continue
 		}
+		sharing := slices.Contains(pool.Sharing, name)
 		for ip, rec := range m {
-			if rec.rev == 0 || !pool.Contains(ip) || c.pools[pool.Name][ip] != nil || candidates != nil && !slices.Contains(candidates, ip) {
+			if rec.rev == 0 || seen[ip] || !pool.Contains(ip) || c.pools[pool.Name][ip] != nil || candidates != nil && !slices.Contains(candidates, ip) {
 				continue
 			}
-			e.Elsewhere++
+			seen[ip] = true
+			if sharing {
+				shared++
+				continue
+			}
+			elsewhere++
 			names[name] = true
 		}
 	}
-	e.ElsewherePools = slices.Sorted(maps.Keys(names))
-	return e
+	return shared, elsewhere, slices.Sorted(maps.Keys(names))
 }
 
 // sharedConflict says whether another pool has ip (a pool sharing addresses
@@ -494,7 +502,13 @@ type Stats struct {
 	Allocated int    // carried by a live pod or reserved for one being created
 	Held      int    // sticky, owned by an identity without a live pod
 	Cooling   int    // freed, waiting out the reuse delay
-	Free      uint64 // available to a new identity now
+	// Shared counts the addresses, in no count above, that pools able to
+	// hand out the same ones (Pool.Sharing) have; Elsewhere those that other
+	// pools' identities hold from an earlier spec (pools edited apart),
+	// ElsewherePools names those pools. Neither is handed out.
+	Shared, Elsewhere int
+	ElsewherePools    []string
+	Free              uint64 // available to a new identity now
 	// Outside counts addresses claimed under an earlier spec of the pool
 	// that the current one no longer allows (not cooling; in no count above).
 	// The allocator hands none out again.
@@ -547,8 +561,9 @@ func (c *cache) statsLocked(p *Pool) Stats {
 		inPool++
 		s.count(e)
 	}
-	if inPool < s.Total {
-		s.Free = s.Total - inPool
+	s.Shared, s.Elsewhere, s.ElsewherePools = c.others(p, nil)
+	if taken := inPool + uint64(s.Shared+s.Elsewhere); taken < s.Total {
+		s.Free = s.Total - taken
 	}
 	return s
 }

@@ -14,11 +14,6 @@ type ExhaustedError struct {
 	Of      string // what ran out when not the whole pool, such as "the 3 addresses listed for deployment/ns/api"
 	Stats   Stats
 	Sharing []string // other pools that can hand out some of the same addresses (Pool.Sharing)
-	// Elsewhere counts the addresses of the pool's spec that other pools'
-	// identities hold (pools edited apart: a pool keeps what its identities
-	// hold), ElsewherePools names those pools; Stats counts them free.
-	Elsewhere      int
-	ElsewherePools []string
 }
 
 func (e *ExhaustedError) Error() string {
@@ -28,11 +23,11 @@ func (e *ExhaustedError) Error() string {
 		what = e.Of + " in pool " + e.Pool
 	}
 	shared := ""
-	if e.Elsewhere > 0 {
-		shared = fmt.Sprintf(", %d by identities of IPPools %s, which hold them from an earlier spec", e.Elsewhere, strings.Join(e.ElsewherePools, ", "))
+	if s.Elsewhere > 0 {
+		shared = fmt.Sprintf(", %d by identities of IPPools %s, which hold them from an earlier spec", s.Elsewhere, strings.Join(s.ElsewherePools, ", "))
 	}
 	if len(e.Sharing) > 0 {
-		shared += fmt.Sprintf(", the others by IPPools %s, which can hand out some of the same addresses", strings.Join(e.Sharing, ", "))
+		shared += fmt.Sprintf(", %d by IPPools %s, which can hand out some of the same addresses", s.Shared, strings.Join(e.Sharing, ", "))
 	}
 	return fmt.Sprintf("%s is exhausted: all %d addresses are taken (%d by live or starting pods, %d held by sticky identities without a live pod, %d cooling down after release%s); "+
 		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling, shared)

@@ -1315,7 +1315,7 @@ func TestSharedAddressesHandedOutOnce(t *testing.T) {
 	if a.Annotations[annotations.AssignedIP] == b.Annotations[annotations.AssignedIP] {
 		t.Fatalf("pools tiny and tiny-copy both gave out %s", a.Annotations[annotations.AssignedIP])
 	}
-	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny"}), "pool tiny is exhausted", "the others by IPPools tiny-copy")
+	e.mustDeny(pod("app", "c", map[string]string{annotations.Pool: "tiny"}), "pool tiny is exhausted", "1 by IPPools tiny-copy")
 	aIP := strings.Split(a.Annotations[annotations.AssignedIP], "/")[0]
 	e.mustDeny(pod("app", "d", map[string]string{annotations.Pool: "tiny-copy", annotations.IP: aIP}), "address "+aIP, "pod/app/a")
 

@@ -1144,7 +1144,7 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 			// Ready still: an address one of them has is not handed out by
 			// the other, so the free count can be less than it says.
 			cond.Reason = "SharesAddresses"
-			cond.Message = fmt.Sprintf("the pool hands out addresses; IPPools %s can hand out some of them too (%s, for one): one that either has is not handed out by the other, and the free count includes those the others have",
+			cond.Message = fmt.Sprintf("the pool hands out addresses; IPPools %s can hand out some of them too (%s, for one): one that either has is not handed out by the other, nor counted free",
 				strings.Join(pool.Sharing, ", "), specs[ipp.Name].shared)
 		default:
 			if s.Outside > 0 {
