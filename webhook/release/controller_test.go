@@ -30,6 +30,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/cache/informertest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -608,6 +609,104 @@ func TestWaitsForAllocatorCache(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); total() == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no pool status 5 s after the cache was ready")
+		}
+	}
+}
+
+// An edit of a BandwidthPolicy starts a pass at once: the pods it selects get
+// the new limits without waiting for the periodic pass (an hour here), and
+// nothing else starts one meanwhile. With the policy's informer left out of
+// those the controller follows, the edit waited for that pass.
+func TestBandwidthPolicyEditStartsPass(t *testing.T) {
+	ctx := context.Background()
+	pol := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "gold", Generation: 1}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
+		Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+	}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "a", Labels: map[string]string{"app": "x"}, Annotations: map[string]string{
+		annotations.Identity: "pod/app/a", annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedPool: "blue", annotations.IngressBandwidth: "10000000", annotations.BandwidthPolicy: "gold",
+	}}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	c, _, _, _ := setup(t, pol, pod)
+	sch := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(sch); err != nil {
+		t.Fatal(err)
+	}
+	if err := v1alpha1.AddToScheme(sch); err != nil {
+		t.Fatal(err)
+	}
+	informers := &informertest.FakeInformers{Scheme: sch}
+	reg := prometheus.NewRegistry()
+	c.Cache, c.Resync, c.MinInterval, c.Metrics = informers, time.Hour, time.Millisecond, NewMetrics(reg)
+	passes := func() uint64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, mf := range mfs {
+			if mf.GetName() == "stickynet_webhook_release_pass_duration_seconds" {
+				for _, m := range mf.GetMetric() {
+					n += m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+		return n
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- c.Start(rctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Start: %v", err)
+		}
+	}()
+	ingress := func() string {
+		got := &corev1.Pod{}
+		if err := c.Client.Get(ctx, client.ObjectKeyFromObject(pod), got); err != nil {
+			t.Fatal(err)
+		}
+		return got.Annotations[annotations.IngressBandwidth]
+	}
+	// The passes the start makes (the first, and those it makes due) are over
+	// once none has run for 300 ms.
+	for deadline, n := time.Now().Add(5*time.Second), uint64(0); ; {
+		time.Sleep(300 * time.Millisecond)
+		m := passes()
+		if m > 0 && m == n {
+			break
+		}
+		n = m
+		if time.Now().After(deadline) {
+			t.Fatalf("passes still running (%d) 5 s after the start", n)
+		}
+	}
+	quiet := passes()
+	edited := pol.DeepCopy()
+	edited.Spec.Ingress.Rate = resource.MustParse("20M")
+	edited.Generation = 2
+	for _, cl := range []client.Client{c.Client, c.APIReader.(client.Client)} {
+		cur := &v1alpha1.BandwidthPolicy{}
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(pol), cur); err != nil {
+			t.Fatal(err)
+		}
+		cur.Spec = edited.Spec
+		if err := cl.Update(ctx, cur); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n, got := passes(), ingress(); n != quiet || got != "10000000" {
+		t.Fatalf("%d passes and ingress %s before the policy's event; want none and 10000000 (else this test cannot tell the event's pass)", n-quiet, got)
+	}
+	inf, err := informers.FakeInformerFor(ctx, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inf.Update(pol, edited)
+	for deadline := time.Now().Add(5 * time.Second); ingress() != "20000000"; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ingress %s 5 s after the policy's edit; want 20000000", ingress())
 		}
 	}
 }
