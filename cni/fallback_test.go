@@ -42,6 +42,7 @@ type fbEnv struct {
 	ipamDir   string
 	fallback  string
 	pluginBin string
+	agent     *agenttest.Agent
 }
 
 const (
@@ -82,7 +83,7 @@ func newFallbackEnvOf(t *testing.T, format, version, network, bridge string) *fb
 	opts := node.Options(pods)
 	opts.FallbackConfList = file
 	opts.CNICacheDir = e.cacheDir
-	agenttest.StartAgent(t, opts)
+	e.agent = agenttest.StartAgent(t, opts)
 	b, err := os.ReadFile(filepath.Join(opts.CNIConfDir, agent.DefaultCNIConfName))
 	if err != nil {
 		t.Fatal(err)
@@ -443,33 +444,45 @@ func TestFallbackGCKeepsOtherAttachments(t *testing.T) {
 // the install), is torn down through stickynet's conflist, as the runtime
 // has it now: the agent has no attachment of it, and the plugin detaches it
 // from the fallback network. Before, its veth and address lease stayed.
+//
+// With the agent down (restarting, waiting for OVS, the node's first boot
+// after the install), the same: the agent's records show it made nothing of
+// the pod. Before, that DEL succeeded without detaching it, and its lease
+// and hostPort rules stayed for good (containerd sends no GC).
 func TestDelOfPodAttachedBeforeStickynet(t *testing.T) {
-	e := newFallbackEnv(t)
-	list, err := libcni.ConfListFromBytes([]byte(e.fallback))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, _ := e.pod("before", nil)
-	if err := e.in(func(ctx context.Context) error {
-		_, err := e.cni.AddNetworkList(ctx, list, rt)
-		return err
-	}); err != nil {
-		t.Fatalf("ADD through the fallback network directly: %v", err)
-	}
-	if !exists(e.lease(fbFirst)) || len(e.fallbackVeths()) != 1 || exists(e.record(rt)) {
-		t.Fatalf("after the direct ADD: lease %t, fallback veths %v, stickynet record %t; want a lease, one veth, no record",
-			exists(e.lease(fbFirst)), e.fallbackVeths(), exists(e.record(rt)))
-	}
-	if err := e.del(rt); err != nil {
-		t.Fatalf("DEL through stickynet's conflist: %v", err)
-	}
-	if exists(e.lease(fbFirst)) || len(e.fallbackVeths()) != 0 {
-		t.Errorf("after DEL through stickynet's conflist: lease %t, fallback veths %v; want both gone", exists(e.lease(fbFirst)), e.fallbackVeths())
-	}
-	// A DEL of a sandbox neither network attached (an ADD that failed
-	// early) still succeeds.
-	never, _ := e.pod("never", nil)
-	if err := e.del(never); err != nil {
-		t.Errorf("DEL of a sandbox no network attached: %v", err)
+	for _, agentDown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("agentDown=%t", agentDown), func(t *testing.T) {
+			e := newFallbackEnv(t)
+			list, err := libcni.ConfListFromBytes([]byte(e.fallback))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt, _ := e.pod("before", nil)
+			if err := e.in(func(ctx context.Context) error {
+				_, err := e.cni.AddNetworkList(ctx, list, rt)
+				return err
+			}); err != nil {
+				t.Fatalf("ADD through the fallback network directly: %v", err)
+			}
+			if !exists(e.lease(fbFirst)) || len(e.fallbackVeths()) != 1 || exists(e.record(rt)) {
+				t.Fatalf("after the direct ADD: lease %t, fallback veths %v, stickynet record %t; want a lease, one veth, no record",
+					exists(e.lease(fbFirst)), e.fallbackVeths(), exists(e.record(rt)))
+			}
+			if agentDown {
+				e.agent.Stop(t)
+			}
+			if err := e.del(rt); err != nil {
+				t.Fatalf("DEL through stickynet's conflist: %v", err)
+			}
+			if exists(e.lease(fbFirst)) || len(e.fallbackVeths()) != 0 {
+				t.Errorf("after DEL through stickynet's conflist: lease %t, fallback veths %v; want both gone", exists(e.lease(fbFirst)), e.fallbackVeths())
+			}
+			// A DEL of a sandbox neither network attached (an ADD that failed
+			// early) still succeeds.
+			never, _ := e.pod("never", nil)
+			if err := e.del(never); err != nil {
+				t.Errorf("DEL of a sandbox no network attached: %v", err)
+			}
+		})
 	}
 }

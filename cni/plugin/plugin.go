@@ -182,24 +182,38 @@ func (p *Plugin) del(a *skel.CmdArgs) error {
 	resp, err := ask(conf, api.CommandDel, a, a.StdinData)
 	var ns *notSentError
 	if errors.As(err, &ns) && nothingMade(conf.AgentCacheDir, a.ContainerID, a.IfName) {
+		// The agent is not there (restarting, waiting for OVS, a node's
+		// first boot after the install), but made nothing of this one: it
+		// may be a pod of before the install, detached below as when the
+		// agent answers. Before, its lease and hostPort rules stayed.
+		delBeforeInstall(conf, fb, a)
 		return nil
 	}
-	if err == nil && resp.Fallback != nil && len(conf.Fallback) > 0 {
-		// The agent has no attachment of it: one the fallback network made
-		// before stickynet's conflist was there (the node's pods of before
-		// the install) is detached from it too, as the runtime tears the
-		// sandbox down through the conflist it has now. Before, its address
-		// lease and hostPort rules stayed. DEL is idempotent for one it
-		// never made; a failure there, or a network that does not answer
-		// within the conflist's timeout, does not hold up this DEL.
-		if rt, rerr := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig); rerr == nil {
-			timeout, _ := conf.RequestTimeout()
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			_ = fb.del(ctx, &record{ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns, Network: conf.Fallback}, rt)
-			cancel()
-		}
+	if err == nil && resp.Fallback != nil {
+		delBeforeInstall(conf, fb, a)
 	}
 	return err
+}
+
+// delBeforeInstall detaches from the fallback network an attachment the
+// agent has none of: one the fallback network made before stickynet's
+// conflist was there (the node's pods of before the install), which the
+// runtime tears down through the conflist it has now. Before, its address
+// lease and hostPort rules stayed. DEL is idempotent for one it never
+// made; a failure there, or a network that does not answer within the
+// conflist's timeout, does not hold up the DEL.
+func delBeforeInstall(conf *api.NetConf, fb *fallback, a *skel.CmdArgs) {
+	if len(conf.Fallback) == 0 {
+		return
+	}
+	rt, err := runtimeConf(a.ContainerID, a.Netns, a.IfName, a.Args, conf.RuntimeConfig)
+	if err != nil {
+		return
+	}
+	timeout, _ := conf.RequestTimeout()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_ = fb.del(ctx, &record{ContainerID: a.ContainerID, IfName: a.IfName, Netns: a.Netns, Network: conf.Fallback}, rt)
 }
 
 // nothingMade reports whether the agent's folder of records (dir, the
