@@ -87,6 +87,7 @@ type Controller struct {
 	mu       sync.Mutex
 	seen     map[types.UID]bool   // pods already given an Assigned event
 	warned   map[types.UID]string // the last StickyAddressConflict of each pod
+	offNet   map[types.UID]string // the address each pod off stickynet's network was last told about
 	// ingressWarned counts, by BandwidthPolicy, the SR-IOV pods its last
 	// IngressNotEnforced event named.
 	ingressWarned map[types.UID]int
@@ -436,6 +437,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := c.requeue(ctx, pods, pools.Items); err != nil {
 		errs = append(errs, err)
 	}
+	c.offNetwork(pods)
 	c.forget(pods)
 	return errors.Join(errs...)
 }
@@ -1415,6 +1417,44 @@ func (c *Controller) forget(pods []podInfo) {
 			delete(c.warned, uid)
 		}
 	}
+	for uid := range c.offNet {
+		if !live[uid] {
+			delete(c.offNet, uid)
+		}
+	}
+}
+
+// offNetwork warns, once per pod and address, of live pods that run with an
+// address other than their assignment by their status: the node's own
+// network attached them, not stickynet's (no node agent serving on the node
+// when the pod started: nodeAgent.nodeSelector leaves the node out, a node
+// that joined before its agent was ready, another CNI configuration taking
+// precedence). Nothing else tells: the pod runs, its identity keeps its
+// address, and the pod is reachable at neither where its peers expect.
+func (c *Controller) offNetwork(pods []podInfo) {
+	off := 0
+	for i := range pods {
+		p := &pods[i]
+		have := statusAddrs(p.pod)
+		if !p.live || len(have) == 0 || slices.Contains(have, p.ip) {
+			continue
+		}
+		off++
+		c.mu.Lock()
+		if c.offNet == nil {
+			c.offNet = map[types.UID]string{}
+		}
+		told := c.offNet[p.pod.UID] == have[0].String()
+		c.offNet[p.pod.UID] = have[0].String()
+		c.mu.Unlock()
+		if !told {
+			c.event(p.pod, corev1.EventTypeWarning, "NotOnStickynetNetwork",
+				"the pod runs with address %s, not its stickynet address %s: the network of node %s attached it, not stickynet's (no stickynet node agent serving there when the pod started); "+
+					"delete the pod once the agent serves on its node, or keep the pool's pods off the node with the IPPool's nodeSelector; its identity keeps %s",
+				have[0], p.ip, p.pod.Spec.NodeName, p.ip)
+		}
+	}
+	c.Metrics.offNetwork(off)
 }
 
 // releasedAddr is an address a pass freed, and why.

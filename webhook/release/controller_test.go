@@ -1765,6 +1765,55 @@ func TestPoolConditionSharesAddresses(t *testing.T) {
 	}
 }
 
+// A live pod whose status shows an address other than its assignment (the
+// node's own network attached it: no agent served there) gets one Warning
+// naming both addresses and its node, again only when the address changes,
+// and is counted in a gauge. Before, nothing told: the pod ran off
+// stickynet's network while its identity held the address.
+func TestPodOffNetworkWarned(t *testing.T) {
+	ctx := context.Background()
+	mk := func(name, assigned, ip string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, UID: types.UID(name), Annotations: map[string]string{
+			annotations.Identity: "pod/app/" + name, annotations.AssignedIP: assigned + "/24", annotations.AssignedPool: "blue",
+		}}, Spec: corev1.PodSpec{NodeName: "n1"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+		if ip != "" {
+			p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+		}
+		return p
+	}
+	c, _, _, rec := setup(t, mk("off", "10.20.0.5", "10.244.0.7"), mk("on", "10.20.0.6", "10.20.0.6"), mk("starting", "10.20.0.7", ""))
+	c.Metrics = NewMetrics(prometheus.NewRegistry())
+	for pass := range 2 {
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		evs := drained(rec, "NotOnStickynetNetwork")
+		if pass == 0 && (len(evs) != 1 || !strings.Contains(evs[0], "10.244.0.7, not its stickynet address 10.20.0.5") || !strings.Contains(evs[0], "node n1")) {
+			t.Errorf("events %q; want one naming 10.244.0.7, 10.20.0.5 and node n1", evs)
+		}
+		if pass == 1 && len(evs) != 0 {
+			t.Errorf("second pass repeated %q", evs)
+		}
+		if n := testutil.ToFloat64(c.Metrics.offNet); n != 1 {
+			t.Errorf("pass %d: stickynet_webhook_pods_off_network %g; want 1", pass, n)
+		}
+	}
+	fixed := &corev1.Pod{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Namespace: "app", Name: "off"}, fixed); err != nil {
+		t.Fatal(err)
+	}
+	fixed.Status.PodIP, fixed.Status.PodIPs = "10.20.0.5", []corev1.PodIP{{IP: "10.20.0.5"}}
+	if err := c.Client.Status().Update(ctx, fixed); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(c.Metrics.offNet); n != 0 {
+		t.Errorf("with the pod on its address: stickynet_webhook_pods_off_network %g; want 0", n)
+	}
+}
+
 // The IPPool gauges carry each pool's status counts and readiness, so that
 // a pool running out can be alerted on.
 func TestPoolMetrics(t *testing.T) {

@@ -19,6 +19,7 @@ type Metrics struct {
 	released *prometheus.CounterVec
 	passes   *prometheus.HistogramVec
 	requeues prometheus.Counter
+	offNet   prometheus.Gauge
 }
 
 // NewMetrics registers the release controller's metrics with reg, or shares
@@ -39,6 +40,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Unschedulable pods the release controller had the scheduler try again, after their IPPool's or SriovNetwork's nodeSelector changed.",
 		}),
 	}
+	m.offNet = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "stickynet_webhook_pods_off_network",
+		Help: "Live pods that, by their status, run with an address other than their stickynet one (the node's own network attached them: no node agent serving there when they started), as the release controller's last pass found them.",
+	})
+	m.offNet = promreg.Register(reg, m.offNet)
 	m.released = promreg.Register(reg, m.released)
 	m.requeues = promreg.Register(reg, m.requeues)
 	m.passes = promreg.Register(reg, m.passes)
@@ -59,6 +65,12 @@ func (m *Metrics) pass(d time.Duration, err error) {
 func (m *Metrics) requeued() {
 	if m != nil {
 		m.requeues.Inc()
+	}
+}
+
+func (m *Metrics) offNetwork(n int) {
+	if m != nil {
+		m.offNet.Set(float64(n))
 	}
 }
 
