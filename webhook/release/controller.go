@@ -935,9 +935,8 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 		return "the pod is gone", nil
 	case annotations.KindStatefulSet:
 		sts := &appsv1.StatefulSet{}
-		gone, err := c.gone(ctx, ps, key, sts)
-		if err != nil || gone {
-			return reason(gone, "the StatefulSet was deleted"), err
+		if at, err := c.find(ctx, ps, key, sts); err != nil || at != present {
+			return reason(at, "the StatefulSet was deleted"), err
 		}
 		if c.retention(sts) != annotations.RetentionRelease {
 			return "", nil
@@ -956,9 +955,8 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 		}
 	case annotations.KindDeployment:
 		dep := &appsv1.Deployment{}
-		gone, err := c.gone(ctx, ps, key, dep)
-		if err != nil || gone {
-			return reason(gone, "the Deployment was deleted"), err
+		if at, err := c.find(ctx, ps, key, dep); err != nil || at != present {
+			return reason(at, "the Deployment was deleted"), err
 		}
 		limit := workload.DeploymentCap(dep)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
@@ -966,9 +964,8 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 		}
 	case annotations.KindReplicaSet:
 		rs := &appsv1.ReplicaSet{}
-		gone, err := c.gone(ctx, ps, key, rs)
-		if err != nil || gone {
-			return reason(gone, "the ReplicaSet was deleted"), err
+		if at, err := c.find(ctx, ps, key, rs); err != nil || at != present {
+			return reason(at, "the ReplicaSet was deleted"), err
 		}
 		if dep := metav1.GetControllerOf(rs); dep != nil && dep.Kind == "Deployment" {
 			// Adopted by a Deployment (re-applied after a delete with
@@ -986,14 +983,12 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 		}
 	case annotations.KindDaemonSet:
 		ds := &appsv1.DaemonSet{}
-		gone, err := c.gone(ctx, ps, key, ds)
-		if err != nil || gone {
-			return reason(gone, "the DaemonSet was deleted"), err
+		if at, err := c.find(ctx, ps, key, ds); err != nil || at != present {
+			return reason(at, "the DaemonSet was deleted"), err
 		}
 		node := &corev1.Node{}
-		gone, err = c.gone(ctx, ps, client.ObjectKey{Name: id.Member}, node)
-		if err != nil || gone {
-			return reason(gone, "node "+id.Member+" was deleted"), err
+		if at, err := c.find(ctx, ps, client.ObjectKey{Name: id.Member}, node); err != nil || at != present {
+			return reason(at, "node "+id.Member+" was deleted"), err
 		}
 		if !workload.Selects(ds, node) {
 			return "the DaemonSet's nodeSelector and node affinity no longer select node " + id.Member, nil
@@ -1002,47 +997,63 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 	return "", nil
 }
 
-func reason(gone bool, why string) string {
-	if gone {
+// presence is what find found of an object.
+type presence int
+
+const (
+	present  presence = iota // there: obj holds it
+	justGone                 // gone, not yet for a grace: everything is kept
+	gone                     // gone for a grace
+)
+
+// reason is why when at is gone: the addresses go; "" otherwise.
+func reason(at presence, why string) string {
+	if at == gone {
 		return why
 	}
 	return ""
 }
 
-// gone reports whether an object is absent from the cache and, confirmed, from
-// the API server; when it is not gone, obj holds it. An answer of gone holds
-// for the pass, and workers that ask at the same time wait for the first
-// one's answer: the ordinals of a deleted StatefulSet, or the members of a
+// find reads an object from the cache and, when absent there, from the API
+// server; when present, obj holds it. An answer of absent holds for the
+// pass, and workers that ask at the same time wait for the first one's
+// answer: the ordinals of a deleted StatefulSet, or the members of a
 // deleted Deployment, ask the API server once. Any other answer is not kept
 // (each caller needs the object).
-func (c *Controller) gone(ctx context.Context, ps *pass, key client.ObjectKey, obj client.Object) (bool, error) {
+func (c *Controller) find(ctx context.Context, ps *pass, key client.ObjectKey, obj client.Object) (presence, error) {
 	what := fmt.Sprintf("%T %s", obj, key)
 	err := c.Client.Get(ctx, key, obj)
 	if err == nil {
 		c.present(what)
-		return false, nil
+		return present, nil
 	}
 	if !apierrors.IsNotFound(err) {
-		return false, fmt.Errorf("read %s: %w", what, err)
+		return present, fmt.Errorf("read %s: %w", what, err)
 	}
 	ask, done := ps.askGone(what)
 	if ask {
 		err = c.APIReader.Get(ctx, key, obj)
-		gone := apierrors.IsNotFound(err)
-		done(gone)
-		if err != nil && !gone {
-			return false, fmt.Errorf("read %s: %w", what, err)
+		absent := apierrors.IsNotFound(err)
+		done(absent)
+		if err != nil && !absent {
+			return present, fmt.Errorf("read %s: %w", what, err)
 		}
-		if !gone {
+		if !absent {
 			c.present(what)
-			return false, nil
+			return present, nil
 		}
 	}
 	// Gone for a grace: one deleted and made again at once (kubectl delete
 	// --cascade=orphan then apply, to change what a StatefulSet does not
 	// let one edit; replace --force) keeps the addresses of its members
-	// that had no pod at the moment, as it keeps its pods.
-	return !ps.waiting(c.goneFor(what, ps.now)), nil
+	// that had no pod at the moment, as it keeps its pods. Within the
+	// grace, nothing is judged from obj, which holds nothing: an empty
+	// Deployment has room for 2 addresses, an empty Node is selected by no
+	// DaemonSet with a nodeSelector.
+	if ps.waiting(c.goneFor(what, ps.now)) {
+		return justGone, nil
+	}
+	return gone, nil
 }
 
 // forgetGone drops what goneFor learned long ago (ten graces, at least 10

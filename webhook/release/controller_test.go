@@ -156,6 +156,60 @@ func TestWorkloadMadeAgainKeepsAddresses(t *testing.T) {
 	}
 }
 
+// A Deployment, ReplicaSet or DaemonSet node gone for less than the grace
+// keeps every address (the free members of a set too), and a pass after the
+// grace frees them as gone. Before, such a pass judged the empty object
+// that the read left: a Deployment with room for 2 addresses (1 replica and
+// its surge) freed its other free members at once, a ReplicaSet all but 1,
+// and a DaemonSet with a nodeSelector no longer selected the node (from a
+// review).
+func TestGoneWithinGraceJudgesNothing(t *testing.T) {
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "agent"},
+		Spec:       appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{NodeSelector: map[string]string{"kubernetes.io/os": "linux"}}}},
+	}
+	for _, tc := range []struct {
+		name, identity string
+		members        int
+		give           func(t *testing.T, a *ipam.Allocator, p *ipam.Pool)
+	}{
+		{"Deployment", "deployment/app/web", 5, func(t *testing.T, a *ipam.Allocator, p *ipam.Pool) { freeMembers(t, a, p, 5) }},
+		{"ReplicaSet", "replicaset/app/web-abc", 4, func(t *testing.T, a *ipam.Allocator, p *ipam.Pool) {
+			freeSetMembers(t, a, p, "replicaset/app/web-abc", "app/web-abc", 4)
+		}},
+		{"DaemonSet node", "daemonset/app/agent/n1", 1, func(t *testing.T, a *ipam.Allocator, p *ipam.Pool) {
+			ctx := context.Background()
+			al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "daemonset/app/agent/n1", Pod: "app/agent-x"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Unbind(ctx, p.Name, al.IP, "app/agent-x"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, a, p, _ := setup(t, ds) // the Deployment, the ReplicaSet and node n1 are gone
+			c.Grace = 200 * time.Millisecond
+			tc.give(t, a, p)
+			time.Sleep(300 * time.Millisecond) // the unbinds are past the grace
+			if err := c.Reconcile(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := a.Lookup(tc.identity); len(got) != tc.members {
+				t.Fatalf("the pass that first found it gone left %d of %d addresses; want all (gone for a grace first)", len(got), tc.members)
+			}
+			time.Sleep(300 * time.Millisecond) // gone for the grace
+			if err := c.Reconcile(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := a.Lookup(tc.identity); len(got) != 0 {
+				t.Errorf("gone for the grace: %d addresses left; want none", len(got))
+			}
+		})
+	}
+}
+
 // With Release, a StatefulSet frees the addresses of ordinals outside
 // spec.ordinals.start .. start+replicas-1, and keeps those inside.
 func TestStatefulSetReleaseHonoursOrdinalsStart(t *testing.T) {
