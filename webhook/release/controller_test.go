@@ -918,11 +918,14 @@ func TestEditedOutputsKeepAddress(t *testing.T) {
 				}},
 				Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: al.IP.String()}}},
 			}
+			// The cache holds only labelled pods: an unlabelled one is
+			// found by the API server alone (stillCarried).
+			c.APIReader = apiWith(t, v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}, pod.DeepCopy())
 			if labelled {
 				pod.Labels[annotations.ManagedLabel] = "true"
-			}
-			if err := c.Client.Create(ctx, pod); err != nil {
-				t.Fatal(err)
+				if err := c.Client.Create(ctx, pod); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for range 3 { // unbind, then free a grace later
 				time.Sleep(10 * time.Millisecond) // past the grace
@@ -1392,6 +1395,78 @@ func TestRecreatedPodKeepsAddress(t *testing.T) {
 	}
 	if got := a.Lookup(req.Identity); freed() || len(got) != 1 || got[0].Pod != "app/p" || got[0].IP != al.IP {
 		t.Fatalf("after the next pass: %+v; want %s bound to app/p", got, al.IP)
+	}
+}
+
+// An address is freed a grace after its unbind, not at the next pass: a pod
+// created again under the same name meanwhile, admitted but not yet in the
+// cache, keeps it.
+func TestFreedAGraceAfterUnbind(t *testing.T) {
+	c, a, p, _ := setup(t)
+	c.Grace = 2 * time.Second
+	ctx := context.Background()
+	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
+	al, err := a.Allocate(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2100 * time.Millisecond) // past the grace of the allocation (whole seconds)
+	c.APIReader = &beforeFirstGet{Reader: c.APIReader, fn: func() {
+		if _, err := a.Allocate(ctx, req); err != nil { // created again and admitted; not in the cache yet
+			t.Error(err)
+		}
+	}}
+	for range 2 { // the unbind, then a pass within its grace
+		if err := c.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := a.Lookup(req.Identity); len(got) != 1 || got[0].IP != al.IP || got[0].Cooling {
+		t.Fatalf("a pass within the grace of the unbind: %+v; want %s kept", got, al.IP)
+	}
+}
+
+// admittedBeforeRelease is an allocator that admits a pod (admit) just
+// before each Release, as when a pod is admitted between a pass's reads
+// and its release.
+type admittedBeforeRelease struct {
+	*ipam.Allocator
+	admit func()
+}
+
+func (a admittedBeforeRelease) Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error {
+	a.admit()
+	return a.Allocator.Release(ctx, pool, ip, identity, force)
+}
+
+// A release does not take an address from under a pod admitted after the
+// pass read the state: a deleted DaemonSet's node identity whose next pod
+// (made again at once) is admitted under a token keeps its address.
+func TestReleaseSparesPodAdmittedMeanwhile(t *testing.T) {
+	c, a, p, _ := setup(t) // no DaemonSet app/agent
+	ctx := context.Background()
+	id := "daemonset/app/agent/n1"
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/agent-old"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unbind(ctx, p.Name, al.IP, "app/agent-old"); err != nil {
+		t.Fatal(err)
+	}
+	admitted := 0
+	c.Alloc = admittedBeforeRelease{Allocator: a, admit: func() {
+		admitted++
+		if got, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Token: fmt.Sprintf("tok-%d", admitted)}); err != nil || got.IP != al.IP {
+			t.Errorf("admission of the node's next pod: %+v, %v; want %s", got, err, al.IP)
+		}
+	}}
+	passes(t, c, 2)
+	if admitted == 0 {
+		t.Fatal("no release was tried: the test did not test the release")
+	}
+	if got := a.Lookup(id); len(got) != 1 || got[0].IP != al.IP || got[0].Cooling {
+		t.Errorf("the address the node's new pod was admitted with: %+v; want %s kept", got, al.IP)
 	}
 }
 
