@@ -604,7 +604,18 @@ func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error)
 	unlock := a.lockKey(key)
 	defer unlock()
 	if at := a.get(key); at != nil {
-		return nil, a.remove(ctx, at)
+		err := a.remove(ctx, at)
+		if err != nil && at.VF == nil && !a.dp.HostVethExists(at.HostVeth) {
+			// Only OVS's port row is left (ovsdb-server does not answer):
+			// nothing on the node carries the pod's addresses. The DEL
+			// succeeds, so that the runtime can finish stopping the pod (a
+			// StatefulSet's next pod waits for that), and the attachment
+			// stays tracked: resync's sweep removes the row and the record
+			// once OVS answers. Before, the pod stayed Terminating as long.
+			klog.FromContext(ctx).Info("Pod's veth removed; its OVS port is removed once OVS answers", "pod", at.Pod(), "key", key, "err", err)
+			return nil, nil
+		}
+		return nil, err
 	}
 	// Not in the records (lost cache folder): OVS's labels may still know it.
 	ifcs, err := a.ovs.Interfaces(ctx)

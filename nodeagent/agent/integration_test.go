@@ -557,6 +557,39 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 	}
 }
 
+// TestDelWithOVSDown: DEL of a pod the agent set up succeeds while
+// ovsdb-server cannot be reached, once its veth is gone (nothing on the node
+// carries its addresses), and its port row and record go when OVS answers
+// again. Before, the DEL failed until OVS was back, and the pod stayed
+// Terminating: a StatefulSet could not make it again elsewhere.
+func TestDelWithOVSDown(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	p := e.addPod(podSpec{name: "leaving", ips: "10.81.0.33/24", mac: "02:00:0a:51:00:21"})
+	sock := strings.TrimPrefix(e.node.OVS.DB, "unix:")
+	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
+		t.Fatal(err)
+	}
+	back := false
+	defer func() {
+		if !back {
+			_ = os.Rename(sock+".away", sock)
+		}
+	}()
+	if err := e.cni.Del(p.rt); err != nil {
+		t.Fatalf("DEL with ovsdb-server unreachable: %v", err)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Errorf("host veths left after the DEL: %v", v)
+	}
+	time.Sleep(time.Second) // resync passes that cannot reach OVS
+	if err := os.Rename(sock+".away", sock); err != nil {
+		t.Fatal(err)
+	}
+	back = true
+	waitFor(t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf("ctr-leaving") == "" })
+	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+}
+
 // TestAddWithVswitchdDown: with ovs-vswitchd down, STATUS says the plugin
 // is not available, and ADD fails with the agent's own error, "try again
 // later", naming Open vSwitch and the command that it did not answer,
