@@ -76,6 +76,40 @@ type Server struct {
 	exchanges exchangePool
 	// pods are the pods decoded last, shared by filter and prioritize.
 	pods podCache
+	// rejects limits the refusals logged at the default verbosity.
+	rejects rejectLog
+}
+
+// rejectLog keeps when each kind of refusal (verb and status) was last
+// logged at the default verbosity. kube-scheduler drops the body of an
+// answer other than 200: its event says only "failed filter with extender
+// at URL …, code N", so the extender's log is the one place that says why
+// (a scheduler configuration without nodeCacheCapable, a body too large).
+type rejectLog struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+// rejectLogEvery is how often each kind of refusal is logged at the
+// default verbosity; the others are logged at verbosity 2.
+const rejectLogEvery = time.Minute
+
+func (l *rejectLog) log(logger klog.Logger, verb string, code int, r *http.Request, err error) {
+	key := verb + " " + strconv.Itoa(code)
+	now := time.Now()
+	l.mu.Lock()
+	loud := now.Sub(l.last[key]) >= rejectLogEvery
+	if loud {
+		if l.last == nil {
+			l.last = map[string]time.Time{}
+		}
+		l.last[key] = now
+	}
+	l.mu.Unlock()
+	if !loud {
+		logger = logger.V(2)
+	}
+	logger.Info("Rejected request (kube-scheduler shows only the status code; like refusals are logged again at verbosity 2, or after a minute)", "verb", verb, "status", code, "remote", r.RemoteAddr, "err", err)
 }
 
 // exchange is what one request needs: its body, its decoding, the filter's
@@ -234,13 +268,13 @@ func (s *Server) verb(name string, decode decodeFunc, fn verbFunc, needsState fu
 		defer s.exchanges.put(ex)
 		code, err := s.readBody(w, r, &ex.body)
 		if err != nil {
-			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
+			s.rejects.log(logger, name, code, r, err)
 			text(w, code, err.Error())
 			return
 		}
 		if err := decode(ex); err != nil {
 			code = http.StatusBadRequest
-			logger.V(2).Info("Rejected request", "verb", name, "status", code, "remote", r.RemoteAddr, "err", err)
+			s.rejects.log(logger, name, code, r, err)
 			text(w, code, name+": "+err.Error())
 			return
 		}
@@ -251,6 +285,7 @@ func (s *Server) verb(name string, decode decodeFunc, fn verbFunc, needsState fu
 		// them while the extender starts.
 		if !s.ready.Load() && needsState(d) {
 			code = http.StatusServiceUnavailable
+			s.rejects.log(logger, name, code, r, errors.New("the informer caches are not synced yet"))
 			text(w, code, "the stickynet extender's informer caches are not synced yet")
 			return
 		}
@@ -268,6 +303,10 @@ func (s *Server) verb(name string, decode decodeFunc, fn verbFunc, needsState fu
 	}
 }
 
+// tooLargeHint ends a refusal of a body too large: a scheduler whose
+// extender configuration lacks nodeCacheCapable sends whole Node objects.
+const tooLargeHint = " (a scheduler sends whole Node objects unless the extender's entry in its configuration has nodeCacheCapable: true, which stickynet needs; else raise --max-request-bytes)"
+
 // readBody checks the method and content type and reads the body, up to
 // MaxRequestBytes, into buf. On error it returns the status to answer with.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer) (int, error) {
@@ -280,7 +319,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buf
 		return http.StatusUnsupportedMediaType, fmt.Errorf("content type %q not supported: expected application/json", ct)
 	}
 	if r.ContentLength > s.opts.MaxRequestBytes {
-		return http.StatusRequestEntityTooLarge, fmt.Errorf("body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxRequestBytes)
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("body of %d bytes exceeds the limit of %d bytes%s", r.ContentLength, s.opts.MaxRequestBytes, tooLargeHint)
 	}
 	buf.Reset()
 	if r.ContentLength > 0 {
@@ -289,7 +328,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buf
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opts.MaxRequestBytes)); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("body exceeds the limit of %d bytes", tooLarge.Limit)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("body exceeds the limit of %d bytes%s", tooLarge.Limit, tooLargeHint)
 		}
 		return http.StatusBadRequest, fmt.Errorf("read body: %w", err)
 	}

@@ -21,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -285,6 +287,15 @@ func TestPodCache(t *testing.T) {
 		if got == nil || got.Annotations["stickynet.io/assigned-pool"] != tc.pool {
 			t.Fatalf("pool %s: the cache holds %v for the pod's JSON", tc.pool, got)
 		}
+		held := 0
+		for _, e := range srv.pods.entries {
+			if e.pod != nil && bytes.Equal(e.raw, podJSON) {
+				held++
+			}
+		}
+		if held != 1 {
+			t.Errorf("pool %s: the cache holds the pod's JSON %d times; want once (decoded again instead of taken from the cache)", tc.pool, held)
+		}
 	}
 
 	// It holds the last podCacheSize pods; a nil cache holds none.
@@ -326,7 +337,7 @@ func TestBadRequests(t *testing.T) {
 		{name: "text content type", path: "/filter", contentType: "text/plain", body: fixture(t, "requests/filter-plain.json"), want: http.StatusUnsupportedMediaType, wantMsg: `content type "text/plain" not supported: expected application/json`},
 		{name: "no content type", path: "/prioritize", body: fixture(t, "requests/filter-plain.json"), want: http.StatusUnsupportedMediaType, wantMsg: "expected application/json"},
 		{name: "broken content type", path: "/filter", contentType: "application/json; charset", body: fixture(t, "requests/filter-plain.json"), want: http.StatusUnsupportedMediaType},
-		{name: "declared too large", path: "/filter", contentType: "application/json", body: big, want: http.StatusRequestEntityTooLarge, wantMsg: "body of 4096 bytes exceeds the limit of 2048 bytes"},
+		{name: "declared too large", path: "/filter", contentType: "application/json", body: big, want: http.StatusRequestEntityTooLarge, wantMsg: "body of 4096 bytes exceeds the limit of 2048 bytes (a scheduler sends whole Node objects unless the extender's entry in its configuration has nodeCacheCapable: true"},
 		{name: "streamed too large", path: "/prioritize", contentType: "application/json", body: big, chunked: true, want: http.StatusRequestEntityTooLarge, wantMsg: "body exceeds the limit of 2048 bytes"},
 		{name: "empty body", path: "/filter", contentType: "application/json", want: http.StatusBadRequest, wantMsg: "filter: empty body: expected a JSON ExtenderArgs object"},
 		{name: "truncated JSON", path: "/filter", contentType: "application/json", body: fixture(t, "requests/bad-truncated.json"), want: http.StatusBadRequest, wantMsg: "filter: decode ExtenderArgs"},
@@ -369,6 +380,31 @@ func TestBadRequests(t *testing.T) {
 				t.Errorf("Allow header %q", w.Header().Get("Allow"))
 			}
 		})
+	}
+}
+
+// A refusal is logged at the default verbosity, once a minute for each verb
+// and status: kube-scheduler drops the body of an answer other than 200, and
+// its event says only the status code. Before, refusals were logged at
+// verbosity 2 only, and the chart runs the extender at 0: a scheduler
+// configuration without nodeCacheCapable failed every pod with "code 400"
+// and an empty log.
+func TestRefusalsLogged(t *testing.T) {
+	srv := newTestServer(Options{})
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(0), ktesting.BufferLogs(true)))
+	for range 3 {
+		req := httptest.NewRequest(http.MethodPost, "/filter", bytes.NewReader(fixture(t, "requests/bad-nodes-not-cache-capable.json")))
+		req.Header.Set("Content-Type", "application/json")
+		req = req.WithContext(klog.NewContext(req.Context(), logger))
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, req)
+		if w.Code != http.StatusBadRequest {
+			t.Fatalf("status %d; want 400", w.Code)
+		}
+	}
+	logged := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
+	if n := strings.Count(logged, "set nodeCacheCapable: true"); n != 1 {
+		t.Errorf("three refusals logged %d times at verbosity 0; want once:\n%s", n, logged)
 	}
 }
 
