@@ -239,6 +239,9 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 		}
 		req.Pool = pool
 	}
+	if err := h.onNamedNode(ctx, pod, ipp, sriov); err != nil {
+		return nil, nil, err
+	}
 	if err := addressRequests(ann, id, &req); err != nil {
 		return nil, nil, err
 	}

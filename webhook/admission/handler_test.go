@@ -810,6 +810,34 @@ func TestBandwidth(t *testing.T) {
 	}
 }
 
+// A pod created with spec.nodeName (no scheduler, so no extender) on a
+// node its pool's or SriovNetwork's nodeSelector leaves out is denied,
+// naming the node and the selector. Before, it was admitted and ran with an
+// address its node could not reach.
+func TestNamedNodeOutsidePlacement(t *testing.T) {
+	node := func(name string, l map[string]string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+	}
+	e := newEnv(t, node("n1", map[string]string{"rack": "1"}), node("n3", map[string]string{"rack": "2"}),
+		&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{
+			PFNames: []string{"ens1f0"}, Pool: "racked", NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"sriov": "true"}},
+		}})
+	e.h.APIReader = e.c
+	on := func(name, nodeName string, ann map[string]string) *corev1.Pod {
+		p := pod("app", name, ann)
+		p.Spec.NodeName = nodeName
+		return p
+	}
+	e.mustDeny(on("a", "n3", map[string]string{annotations.Pool: "racked"}), "names node n3 in spec.nodeName", "IPPool racked (rack=1) leaves out")
+	if n := len(e.alloc.Lookup("pod/app/a")); n != 0 {
+		t.Errorf("the denied pod's identity holds %d addresses; want none", n)
+	}
+	e.mustAdmit(on("b", "n1", map[string]string{annotations.Pool: "racked"}))
+	e.mustAdmit(on("c", "gone", map[string]string{annotations.Pool: "racked"})) // no such node: nothing runs it
+	e.mustAdmit(on("d", "n3", nil))                                             // pool blue selects every node
+	e.mustDeny(on("e", "n1", map[string]string{annotations.SriovNetwork: "fast"}), "names node n1 in spec.nodeName", "SriovNetwork fast (sriov=true) leaves out")
+}
+
 func TestSriov(t *testing.T) {
 	net := &v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f0"}, Pool: "tiny"}}
 	e := newEnv(t, net)
