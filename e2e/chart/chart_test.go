@@ -101,6 +101,36 @@ func objects(t *testing.T, manifest []byte) map[string][]byte {
 	}
 }
 
+// The extender's container listens on 8888 whatever extender.bindPort
+// says, which sets the Service's port and the scheduler's URL: the
+// container runs without privileges, and a bindPort below 1024 made it
+// crash-loop where the runtime does not open low ports to such containers
+// (containerd before 2.0; read, not tried: the local cluster's containerd
+// 2.4 does open them).
+func TestExtenderBindPort(t *testing.T) {
+	testenv.Integration(t)
+	objs := render(t, "extender.bindPort=443")
+	for obj, wants := range map[string][]string{
+		"Deployment/stickynet-extender": {"-bind-address=:8888", "containerPort: 8888"},
+		"Service/stickynet-extender":    {"port: 443"},
+	} {
+		for _, want := range wants {
+			if !strings.Contains(string(objs[obj]), want) {
+				t.Errorf("%s with extender.bindPort=443 lacks %q:\n%s", obj, want, objs[obj])
+			}
+		}
+	}
+	found := false
+	for name, doc := range objs {
+		if strings.HasPrefix(name, "ConfigMap/") && strings.Contains(string(doc), "urlPrefix: https://stickynet-extender.stickynet-system.svc:443") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no scheduler configuration with the extender's URL on port 443")
+	}
+}
+
 func TestLintAndTemplate(t *testing.T) {
 	testenv.Integration(t)
 	helm(t, "lint", "--strict", chartDir)
