@@ -459,8 +459,9 @@ func TestReadinessAndMetrics(t *testing.T) {
 }
 
 // TestConcurrentRequests answers requests from several goroutines while
-// the cluster view changes; run with -race it checks that pooled request
-// state and the view are not shared unsafely.
+// the cluster view changes; under the race detector (make test-race, part
+// of make test) it checks that pooled request state and the view are not
+// shared unsafely.
 func TestConcurrentRequests(t *testing.T) {
 	st := testState()
 	srv := New(st, Options{Score: score.Options{PreferLastNode: true, Placement: score.Spread}})
