@@ -98,6 +98,12 @@ type IPPoolStatus struct {
 	Held int64 `json:"held"`
 	// Cooling is the number of freed addresses waiting out reuseDelaySeconds.
 	Cooling int64 `json:"cooling"`
+	// OtherPools is the number of the pool's addresses that other IPPools
+	// have: pools that can hand out the same addresses, or identities of
+	// pools whose spec allowed them before. None is handed out here; with
+	// the counts above and Free they add up to Total.
+	// +optional
+	OtherPools int64 `json:"otherPools,omitempty"`
 	// Free is the number of addresses available to a new identity now.
 	Free int64 `json:"free"`
 	// ObservedGeneration is the generation these counts were computed for.

@@ -892,7 +892,7 @@ func (s *suite) testPoolStatus(ctx context.Context, t *testing.T) {
 			return false, err.Error()
 		}
 		st := p.Status
-		ok := st.Total == 253 && st.Allocated > 0 && st.Allocated+st.Held+st.Cooling+st.Free == st.Total
+		ok := st.Total == 253 && st.Allocated > 0 && st.Allocated+st.Held+st.Cooling+st.OtherPools+st.Free == st.Total
 		return ok, fmt.Sprintf("%+v", st)
 	})
 }

@@ -1138,7 +1138,7 @@ func (c *Controller) updatePools(ctx context.Context, pools []v1alpha1.IPPool, s
 		if pool != nil {
 			s = c.Alloc.Stats(pool)
 			st.Total, st.Allocated, st.Held, st.Cooling = clampInt64(s.Total), int64(s.Allocated), int64(s.Held), int64(s.Cooling)
-			st.Free = clampInt64(s.Free)
+			st.OtherPools, st.Free = int64(s.Shared+s.Elsewhere), clampInt64(s.Free)
 		}
 		switch {
 		case ipp.DeletionTimestamp != nil:

@@ -1870,13 +1870,26 @@ func TestPoolInUseWaitsForItsAddresses(t *testing.T) {
 // An IPPool that can hand out some of another pool's addresses says so in
 // its Ready condition (True, reason SharesAddresses, naming the pool and an
 // address); pools sharing a CIDR with ranges apart are plainly Valid.
+//
+// Its status counts the addresses the other pools have (otherPools), not as
+// free: the counts add up to the total.
 func TestPoolConditionSharesAddresses(t *testing.T) {
-	c, _, _, _ := setup(t,
+	c, a, p, _ := setup(t,
 		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "copy"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.20.0.200", End: "10.20.0.210"}}}},
 		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "apart"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/23", Ranges: []v1alpha1.IPRange{{Start: "10.20.1.1", End: "10.20.1.9"}}}})
 	ctx := context.Background()
+	if _, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "statefulset/app/db/0", Pod: "app/db-0", IP: netip.MustParseAddr("10.20.0.205")}); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
+	}
+	cp := &v1alpha1.IPPool{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: "copy"}, cp); err != nil {
+		t.Fatal(err)
+	}
+	if st := cp.Status; st.Total != 11 || st.OtherPools != 1 || st.Free != 10 || st.Allocated+st.Held+st.Cooling+st.OtherPools+st.Free != st.Total {
+		t.Errorf("IPPool copy with 10.20.0.205 pool blue's: status %+v; want total 11, otherPools 1, free 10", st)
 	}
 	for name, want := range map[string]string{"blue": "SharesAddresses", "copy": "SharesAddresses", "apart": "Valid"} {
 		ipp := &v1alpha1.IPPool{}
@@ -1957,12 +1970,13 @@ func TestPoolMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	NewPoolCollector(reg, c.Client)
 	want := `
-# HELP stickynet_ippool_addresses An IPPool's addresses by state (total, allocated, held, cooling, free), as its status counts them.
+# HELP stickynet_ippool_addresses An IPPool's addresses by state (total, allocated, held, cooling, other-pools, free), as its status counts them.
 # TYPE stickynet_ippool_addresses gauge
 stickynet_ippool_addresses{pool="blue",state="allocated"} 0
 stickynet_ippool_addresses{pool="blue",state="cooling"} 0
 stickynet_ippool_addresses{pool="blue",state="free"} 253
 stickynet_ippool_addresses{pool="blue",state="held"} 1
+stickynet_ippool_addresses{pool="blue",state="other-pools"} 0
 stickynet_ippool_addresses{pool="blue",state="total"} 254
 # HELP stickynet_ippool_ready 1 while an IPPool hands out addresses (its Ready condition is True), else 0.
 # TYPE stickynet_ippool_ready gauge

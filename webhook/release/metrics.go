@@ -93,7 +93,7 @@ func NewPoolCollector(reg prometheus.Registerer, r client.Reader) {
 	promreg.Register[prometheus.Collector](reg, &poolCollector{
 		reader: r,
 		addrs: prometheus.NewDesc("stickynet_ippool_addresses",
-			"An IPPool's addresses by state (total, allocated, held, cooling, free), as its status counts them.", []string{"pool", "state"}, nil),
+			"An IPPool's addresses by state (total, allocated, held, cooling, other-pools, free), as its status counts them.", []string{"pool", "state"}, nil),
 		rdy: prometheus.NewDesc("stickynet_ippool_ready",
 			"1 while an IPPool hands out addresses (its Ready condition is True), else 0.", []string{"pool"}, nil),
 	})
@@ -115,7 +115,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for i := range pools.Items {
 		p := &pools.Items[i]
 		st := p.Status
-		for state, v := range map[string]int64{"total": st.Total, "allocated": st.Allocated, "held": st.Held, "cooling": st.Cooling, "free": st.Free} {
+		for state, v := range map[string]int64{"total": st.Total, "allocated": st.Allocated, "held": st.Held, "cooling": st.Cooling, "other-pools": st.OtherPools, "free": st.Free} {
 			ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(v), p.Name, state)
 		}
 		ready := 0.0
