@@ -338,6 +338,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	lead.ready = allocReady
+	if o.LeaderElection {
+		lead.storeUp = func() bool { d, _ := probe.down(); return d == 0 }
+	}
 	if err := mgr.Add(lead); err != nil {
 		return err
 	}

@@ -63,11 +63,15 @@ type leadership struct {
 	// ready, when set, is closed once the replica's store has answered (its
 	// address cache is built); it campaigns only then. A replica that never
 	// reached etcd (cut off from it, or etcd with authentication down since
-	// it started) took the Lease and kept it: stepDown keeps the lead when
-	// etcd failed before the term began, as when it is down for everyone,
-	// and its release controller, waiting for the cache, confirmed no
-	// reservation.
+	// it started) took the Lease and kept it, and its release controller,
+	// waiting for the cache, confirmed no reservation.
 	ready <-chan struct{}
+	// storeUp, when set, says whether the replica's store answers now; it
+	// campaigns only while it does. A replica that had reached etcd and then
+	// lost it campaigned on, took the Lease when the leader's ended, and its
+	// release controller confirmed nothing while it held it: the
+	// reservations of live pods expired and their addresses went to others.
+	storeUp func() bool
 }
 
 // newLeadership returns the leadership of the release controller for a
@@ -124,6 +128,9 @@ func (l *leadership) Start(ctx context.Context) error {
 		}
 	}
 	for {
+		if !l.waitStore(ctx) {
+			return nil
+		}
 		err := l.campaign(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -140,6 +147,27 @@ func (l *leadership) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(l.backoff):
+		}
+	}
+}
+
+// waitStore waits until the store answers (storeUp), and reports whether it
+// does (false: ctx ended first).
+func (l *leadership) waitStore(ctx context.Context) bool {
+	if l.storeUp == nil || l.storeUp() {
+		return ctx.Err() == nil
+	}
+	klog.FromContext(ctx).Info("Not campaigning for the release controller while etcd does not answer this replica", "lease", LeaseName)
+	t := time.NewTicker(l.retryPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			if l.storeUp() {
+				return true
+			}
 		}
 	}
 }

@@ -295,6 +295,54 @@ func TestNoCampaignBeforeStoreAnswers(t *testing.T) {
 	})
 }
 
+// TestNoCampaignWhileStoreDown: a replica whose store does not answer (it
+// had reached etcd, then lost it) does not campaign, and campaigns once it
+// answers again. Before, it took the Lease when the leader's ended and kept
+// it, confirming no reservation.
+func TestNoCampaignWhileStoreDown(t *testing.T) {
+	testenv.Root(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 1})
+	leases := c.Client().CoordinationV1().Leases(metav1.NamespaceDefault)
+	l, err := newLeadership(Options{LeaderElection: true, LeaderElectionNamespace: metav1.NamespaceDefault}, c.RESTConfig(), events.NewFakeRecorder(100), prometheus.NewRegistry(),
+		func() []manager.Runnable {
+			return []manager.Runnable{runnable(func(ctx context.Context) error { <-ctx.Done(); return nil })} // a term until the end
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.leaseDuration, l.renewDeadline, l.retryPeriod = 8*time.Second, 6*time.Second, time.Second
+	ready := make(chan struct{})
+	close(ready) // the store answered once
+	var up atomic.Bool
+	l.ready, l.storeUp = ready, up.Load
+	lctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.Start(lctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("leadership: %v", err)
+		}
+	}()
+	time.Sleep(4 * l.retryPeriod) // a campaign takes a free Lease at its first try
+	if got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
+		t.Fatalf("Lease held by %q while the store did not answer; want no campaign", ptrOr(got.Spec.HolderIdentity))
+	} else if !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	up.Store(true)
+	testenv.Eventually(ctx, t, 30*time.Second, "the Lease taken once the store answered again", func() (bool, string) {
+		got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		h := ptrOr(got.Spec.HolderIdentity)
+		return h == l.lock.Identity(), "holder " + h
+	})
+}
+
 func ptrOr(s *string) string {
 	if s == nil {
 		return ""

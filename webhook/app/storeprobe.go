@@ -130,23 +130,24 @@ func (p *storeProbe) check(*http.Request) error {
 
 // stepDown runs in the leader's term: it returns an error, which ends the
 // term (the release controller stops, the Lease is given up, and this
-// replica campaigns again after a back-off, serving admissions meanwhile),
-// once reads that succeeded while it led have failed for max. Only the
-// leader confirms the reservations every replica makes; one it cannot
-// confirm expires with its lease, and its address looks free while its pod
-// carries it. Another replica that reaches etcd should lead. A replica that
-// takes the lead while etcd already fails it keeps the lead: when etcd is
-// down for every replica, they step down once each, not in turn for as
-// long as it lasts.
+// replica campaigns again after a back-off once its reads succeed, serving
+// admissions meanwhile), at once when reads fail as the term begins (the
+// replica's etcd failed while it was campaigning), or once reads that
+// succeeded while it led have failed for max. Only the leader confirms the
+// reservations every replica makes; one it cannot confirm expires with its
+// lease, and its address looks free while its pod carries it. Another
+// replica that reaches etcd should lead. When etcd is down for every
+// replica, none leads until it is back (leadership.storeUp): they do not
+// take the lead in turn.
 type stepDown struct {
 	probe *storeProbe
 	max   time.Duration
 }
 
-func (s stepDown) Start(ctx context.Context) error { return s.watch(ctx, time.Now()) }
-
-// watch is Start for a lead taken at led.
-func (s stepDown) watch(ctx context.Context, led time.Time) error {
+func (s stepDown) Start(ctx context.Context) error {
+	if d, err := s.probe.down(); d > 0 {
+		return fmt.Errorf("etcd does not answer this replica (%w): it gives the lead back, so that a replica that reaches etcd confirms the reservations before their lease ends", err)
+	}
 	t := time.NewTicker(s.probe.period)
 	defer t.Stop()
 	for {
@@ -156,7 +157,7 @@ func (s stepDown) watch(ctx context.Context, led time.Time) error {
 		case <-t.C:
 		}
 		d, err := s.probe.down()
-		if d >= s.max && time.Now().Add(-d).After(led) {
+		if d >= s.max {
 			return fmt.Errorf("etcd has not answered this replica for %s (%w): it gives up the lead so that a replica that reaches etcd confirms the reservations before their lease ends", d.Round(time.Second), err)
 		}
 	}
