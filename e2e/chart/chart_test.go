@@ -131,6 +131,44 @@ func TestExtenderBindPort(t *testing.T) {
 	}
 }
 
+// The webhook's readiness probe takes a replica out of the Service within
+// about 4 s of /readyz failing (etcd not answering it for 10 s); with the
+// kubelet's defaults it took 20-30 s more, and about one admission in N
+// waited out the store timeout there.
+func TestWebhookReadinessProbe(t *testing.T) {
+	testenv.Integration(t)
+	var dep struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Name           string `json:"name"`
+						ReadinessProbe struct {
+							PeriodSeconds    int `json:"periodSeconds"`
+							FailureThreshold int `json:"failureThreshold"`
+						} `json:"readinessProbe"`
+					} `json:"containers"`
+				} `json:"spec"`
+			} `json:"template"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(render(t)["Deployment/stickynet-webhook"], &dep); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		period, fails := c.ReadinessProbe.PeriodSeconds, c.ReadinessProbe.FailureThreshold
+		if period == 0 {
+			period = 10 // the kubelet's default
+		}
+		if fails == 0 {
+			fails = 3
+		}
+		if period*fails > 5 {
+			t.Errorf("container %s: readiness probe every %d s, %d failures; want at most 5 s in all", c.Name, period, fails)
+		}
+	}
+}
+
 func TestLintAndTemplate(t *testing.T) {
 	testenv.Integration(t)
 	helm(t, "lint", "--strict", chartDir)

@@ -122,6 +122,14 @@ func (o *Options) Validate() error {
 	if o.KubeAPIQPS < 0 || o.KubeAPIBurst < 0 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps %g, --kube-api-burst %d: expected 0 (the client's defaults) or more", o.KubeAPIQPS, o.KubeAPIBurst))
 	}
+	switch o.Certs.Mode {
+	case certs.ModeSelf, certs.ModeCertManager:
+	default:
+		errs = append(errs, fmt.Errorf("--cert-mode %q: expected %s or %s", o.Certs.Mode, certs.ModeSelf, certs.ModeCertManager))
+	}
+	if o.Certs.Mode == certs.ModeSelf && strings.TrimSpace(o.Certs.WebhookConfig) == "" {
+		errs = append(errs, fmt.Errorf("--webhook-config-name %q: expected the name of the MutatingWebhookConfiguration whose caBundle the webhook keeps (--cert-mode %s)", o.Certs.WebhookConfig, certs.ModeSelf))
+	}
 	if o.Certs.Mode == certs.ModeSelf {
 		for _, n := range o.Certs.DNSNames {
 			if strings.TrimSpace(n) == "" {

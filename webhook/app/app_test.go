@@ -47,7 +47,7 @@ func TestPoolFeed(t *testing.T) {
 // past its grace at once, pods still being admitted included), and an empty
 // DNS name reached the certificate.
 func TestValidate(t *testing.T) {
-	ok := Options{Certs: certs.Options{Mode: certs.ModeSelf, DNSNames: []string{"stickynet-webhook.stickynet-system.svc"}}}
+	ok := Options{Certs: certs.Options{Mode: certs.ModeSelf, DNSNames: []string{"stickynet-webhook.stickynet-system.svc"}, WebhookConfig: "stickynet"}}
 	for _, tc := range []struct {
 		change func(*Options)
 		want   string
@@ -60,6 +60,10 @@ func TestValidate(t *testing.T) {
 		{func(o *Options) { o.Certs.DNSNames = []string{""} }, `--cert-dns-names "": expected comma-separated DNS names, none of them empty`},
 		{func(o *Options) { o.Certs.DNSNames = append(o.Certs.DNSNames, " ") }, `--cert-dns-names "stickynet-webhook.stickynet-system.svc, "`},
 		{func(o *Options) { o.Certs = certs.Options{Mode: certs.ModeCertManager} }, ""},
+		// A mistyped mode was found only after the etcd connection and the
+		// manager's start, without naming the flag.
+		{func(o *Options) { o.Certs.Mode = "Self" }, `--cert-mode "Self": expected self or cert-manager`},
+		{func(o *Options) { o.Certs.WebhookConfig = "" }, `--webhook-config-name "": expected the name of the MutatingWebhookConfiguration`},
 		// A negative port turned the server off while /readyz passed.
 		{func(o *Options) { o.Port = -1 }, `--port -1: expected a TCP port from 1 to 65535`},
 		{func(o *Options) { o.Port = 70000 }, `--port 70000`},
