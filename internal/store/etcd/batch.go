@@ -355,9 +355,11 @@ func (s *Store) send(batch []*call, opsCap int) {
 // refused reports whether etcd (or the client, before sending) turned a
 // request down without applying any of it, for a reason that a smaller
 // request may not have: a transaction's lease gone, a key written twice,
-// too many operations or bytes, or one transaction not permitted.
+// too many operations or bytes, one transaction not permitted, or its
+// backend quota reached (NOSPACE: etcd refuses a request that writes
+// anything, and serves the reads and deletes sent alone).
 func refused(err error) bool {
-	for _, r := range []error{rpctypes.ErrLeaseNotFound, rpctypes.ErrDuplicateKey, rpctypes.ErrTooManyOps, rpctypes.ErrRequestTooLarge, rpctypes.ErrPermissionDenied} {
+	for _, r := range []error{rpctypes.ErrLeaseNotFound, rpctypes.ErrDuplicateKey, rpctypes.ErrTooManyOps, rpctypes.ErrRequestTooLarge, rpctypes.ErrPermissionDenied, rpctypes.ErrNoSpace} {
 		if errors.Is(err, r) {
 			return true
 		}

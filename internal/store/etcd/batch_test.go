@@ -297,3 +297,52 @@ func TestGroupCommitLeaseGone(t *testing.T) {
 		t.Fatal("no transaction shared a request: group commit was not exercised")
 	}
 }
+
+// TestGroupCommitNoSpace: with etcd's NOSPACE alarm raised (its backend
+// quota reached), the transactions that write fail with etcd's error, and
+// the reads and deletes they shared requests with succeed, as they do
+// alone: etcd refuses a whole request that writes before applying any of
+// it. Before, every transaction of such a request failed, the readiness
+// probe's read among them (from a review).
+func TestGroupCommitNoSpace(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s, reg := newStore(t, etcd.Options{Endpoints: []string{e.Endpoint}})
+	ctx := context.Background()
+	for g := range 16 {
+		if _, err := s.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("/nospace/del/%d", g), []byte("x"), store.NoLease)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli := s.Client()
+	st, err := cli.Status(ctx, e.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := etcdserverpb.NewMaintenanceClient(cli.ActiveConnection())
+	if _, err := mc.Alarm(ctx, &etcdserverpb.AlarmRequest{Action: etcdserverpb.AlarmRequest_ACTIVATE, MemberID: st.Header.MemberId, Alarm: etcdserverpb.AlarmType_NOSPACE}); err != nil {
+		t.Fatal(err)
+	}
+	inParallel(t, 32, func(g int, report func(error)) {
+		for i := range 20 {
+			var err error
+			switch g % 3 {
+			case 0: // writes: refused
+				_, err = s.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("/nospace/put/%d/%d", g, i), []byte("x"), store.NoLease)}, nil)
+				if !errors.Is(err, rpctypes.ErrNoSpace) {
+					report(fmt.Errorf("put with NOSPACE raised: %v; want etcd's ErrNoSpace", err))
+				}
+				continue
+			case 1:
+				_, err = s.Txn(ctx, nil, []store.Op{store.Get(fmt.Sprintf("/nospace/del/%d", g%16))}, nil)
+			case 2:
+				_, err = s.Txn(ctx, nil, []store.Op{store.Delete(fmt.Sprintf("/nospace/del/%d", (g+i)%16))}, nil)
+			}
+			if err != nil {
+				report(fmt.Errorf("read or delete with NOSPACE raised, batched with puts: %v; want it to succeed, as alone", err))
+			}
+		}
+	})
+	if testenv.StoreBatches(t, reg).Shared == 0 {
+		t.Fatal("no transaction shared a request: group commit was not exercised")
+	}
+}
