@@ -329,7 +329,7 @@ func TestGroupCommitNoSpace(t *testing.T) {
 			case 0: // writes: refused
 				_, err = s.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("/nospace/put/%d/%d", g, i), []byte("x"), store.NoLease)}, nil)
 				if !errors.Is(err, rpctypes.ErrNoSpace) {
-					report(fmt.Errorf("put with NOSPACE raised: %v; want etcd's ErrNoSpace", err))
+					report(fmt.Errorf("put with NOSPACE raised: %s; want etcd's ErrNoSpace", fmt.Sprint(err)))
 				}
 				continue
 			case 1:
@@ -338,7 +338,7 @@ func TestGroupCommitNoSpace(t *testing.T) {
 				_, err = s.Txn(ctx, nil, []store.Op{store.Delete(fmt.Sprintf("/nospace/del/%d", (g+i)%16))}, nil)
 			}
 			if err != nil {
-				report(fmt.Errorf("read or delete with NOSPACE raised, batched with puts: %v; want it to succeed, as alone", err))
+				report(fmt.Errorf("read or delete with NOSPACE raised, batched with puts: %w; want it to succeed, as alone", err))
 			}
 		}
 	})
