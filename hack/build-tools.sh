@@ -26,6 +26,14 @@ build() {
   echo "$name=$out"
 }
 
+# version TOOL prints the tool's version from hack/tool-versions.
+version() {
+  local v
+  v=$(awk -v t="$1" '$1 == t { print $2 }' "$here/tool-versions")
+  [ -n "$v" ] || { echo "no version of $1 in $here/tool-versions" >&2; exit 2; }
+  echo "$v"
+}
+
 kube_ldflags() {
   local v=$1 minor=$2 p
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -36,7 +44,9 @@ kube_ldflags() {
 for tool in "$@"; do
   case "$tool" in
   kube)
-    build kube kube v1.37.2 "$(kube_ldflags v1.37.2 37)" "" \
+    v=$(version kube)
+    minor=${v#v1.}
+    build kube kube "$v" "$(kube_ldflags "$v" "${minor%%.*}")" "" \
       kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
       kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
       kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
@@ -44,28 +54,31 @@ for tool in "$@"; do
       kubectl=k8s.io/kubernetes/cmd/kubectl
     ;;
   etcd)
-    build etcd etcd v3.7.3 "" "" etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3
+    build etcd etcd "$(version etcd)" "" "" etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3
     ;;
   containerd)
-    build containerd containerd v2.4.2 "-X github.com/containerd/containerd/v2/version.Version=2.4.2" no_btrfs \
+    v=$(version containerd)
+    build containerd containerd "$v" "-X github.com/containerd/containerd/v2/version.Version=${v#v}" no_btrfs \
       containerd=github.com/containerd/containerd/v2/cmd/containerd \
       containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
       ctr=github.com/containerd/containerd/v2/cmd/ctr
     ;;
   cniplugins)
-    build cniplugins cniplugins v1.10.0 "" "" \
+    build cniplugins cniplugins "$(version cniplugins)" "" "" \
       bridge=github.com/containernetworking/plugins/plugins/main/bridge \
       host-local=github.com/containernetworking/plugins/plugins/ipam/host-local \
       loopback=github.com/containernetworking/plugins/plugins/main/loopback \
       bandwidth=github.com/containernetworking/plugins/plugins/meta/bandwidth
     ;;
   helm)
-    build helm helm v3.22.0 "-X helm.sh/helm/v3/internal/version.version=v3.22.0" "" helm=helm.sh/helm/v3/cmd/helm
+    v=$(version helm)
+    build helm helm "$v" "-X helm.sh/helm/v3/internal/version.version=$v" "" helm=helm.sh/helm/v3/cmd/helm
     ;;
   images)
     # Programs baked into the local cluster's images (e2e/images assembles them).
-    # Bump the version when hack/images changes: the cache is keyed by it.
-    build images images v1.0.0 "" "" pause=./pause
+    # Bump its version (hack/tool-versions) when hack/images changes: the
+    # cache is keyed by it.
+    build images images "$(version images)" "" "" pause=./pause
     ;;
   *)
     echo "unknown tool $tool" >&2

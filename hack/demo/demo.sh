@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 cache=${STICKYNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stickynet}
-kube=$(ls -d "$cache"/kube-v*/ 2>/dev/null | sort | tail -n 1)
-if [[ -z $kube ]]; then
-  echo "demo: kubectl not found under $cache: run make tools first" >&2
+kube=$cache/kube-$(awk '$1 == "kube" { print $2 }' hack/tool-versions)
+if [[ ! -x $kube/kubectl ]]; then
+  echo "demo: kubectl not found in $kube: run make tools first" >&2
   exit 1
 fi
 export PATH=$kube:$PATH KUBECONFIG=$PWD/_output/kubeconfig

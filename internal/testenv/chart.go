@@ -20,17 +20,18 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// KubeVersion is the Kubernetes version the tests run; helm renders for it
-// (its built-in default is older than the chart allows).
-const KubeVersion = "v1.37.2"
-
-// Helm runs helm for KubeVersion unless args name one, with folders of its
-// own.
+// Helm runs helm for the Kubernetes version the tests run (hack/tool-versions'
+// kube; helm's built-in default is older than the chart allows) unless args
+// name one, with folders of its own.
 func Helm(t testing.TB, args ...string) (stdout []byte, stderr string, err error) {
 	t.Helper()
 	bin := NeedTool(t, "helm", "helm")
 	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--kube-version") }) {
-		args = append(args, "--kube-version", KubeVersion)
+		kube, err := ToolVersion("kube")
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--kube-version", kube)
 	}
 	cmd := exec.Command(bin, args...)
 	var errBuf bytes.Buffer

@@ -7,12 +7,14 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,17 +34,70 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "stickynet")
 }
 
-// Tool returns the path of a binary built by hack/build-tools.sh for tool (such as
-// "etcd" or "kube"), or an error telling how to build it.
-func Tool(tool, binary string) (string, error) {
-	matches, _ := filepath.Glob(filepath.Join(CacheDir(), tool+"-v*", binary))
-	sort.Strings(matches)
-	for i := len(matches) - 1; i >= 0; i-- {
-		if fi, err := os.Stat(matches[i]); err == nil && fi.Mode()&0o111 != 0 {
-			return matches[i], nil
+// toolVersions reads hack/tool-versions, the version of each tool
+// hack/build-tools.sh builds: found from this file's place in the source
+// (tests), else in the working folder or one above it (a binary such as
+// localcluster, run by make from the clone).
+var toolVersions = sync.OnceValues(func() (map[string]string, error) {
+	var paths []string
+	if _, self, _, ok := runtime.Caller(0); ok {
+		paths = append(paths, filepath.Join(filepath.Dir(self), "..", "..", "hack", "tool-versions"))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; ; d = filepath.Dir(d) {
+			paths = append(paths, filepath.Join(d, "hack", "tool-versions"))
+			if filepath.Dir(d) == d {
+				break
+			}
 		}
 	}
-	return "", fmt.Errorf("%s not found under %s: run `make tools` (hack/build-tools.sh %s)", binary, CacheDir(), tool)
+	var b []byte
+	err := errors.New("hack/tool-versions not found")
+	for _, p := range paths {
+		if b, err = os.ReadFile(p); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the pinned tool versions: %w", err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+			out[f[0]] = f[1]
+		}
+	}
+	return out, nil
+})
+
+// ToolVersion returns the version of tool that hack/tool-versions pins.
+func ToolVersion(tool string) (string, error) {
+	vs, err := toolVersions()
+	if err != nil {
+		return "", err
+	}
+	v, ok := vs[tool]
+	if !ok {
+		return "", fmt.Errorf("no version of %s in hack/tool-versions", tool)
+	}
+	return v, nil
+}
+
+// Tool returns the path of a binary built by hack/build-tools.sh for tool (such as
+// "etcd" or "kube") at the version hack/tool-versions pins, or an error telling how
+// to build it. Other versions in the cache (another clone's, an older pin's) are
+// not used: before, the one whose name sorted last was, so v1.37.2 won over
+// v1.37.10, and another clone's newer pin over this one's.
+func Tool(tool, binary string) (string, error) {
+	v, err := ToolVersion(tool)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(CacheDir(), tool+"-"+v, binary)
+	if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s %s not found at %s: run `make tools` (hack/build-tools.sh %s)", tool, v, p, tool)
 }
 
 // NeedTool returns the tool's binary or fails the test (never skips: a missing
