@@ -37,3 +37,19 @@ func TestToolPinnedVersion(t *testing.T) {
 		t.Errorf("Tool(kube, kubelet) without the pinned version built: %q; want an error telling to run make tools", got)
 	}
 }
+
+// FreePort never hands out a port twice in a process, though the kernel
+// may give a port just closed to the next bind.
+func TestFreePortOnce(t *testing.T) {
+	seen := map[int]bool{}
+	for range 2000 {
+		p, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+}
