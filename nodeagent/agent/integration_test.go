@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -644,15 +645,14 @@ func TestAddWithVswitchdDown(t *testing.T) {
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
-// ago.
+// ago (testenv.FreePort: never one handed out before in this process).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
 // TestAgentWaitsForOVS: an agent started while ovsdb-server cannot be
