@@ -190,6 +190,9 @@ func startStickynet(ctx context.Context, cfg cluster.Config, opts Options) (*clu
 
 // supervise runs the cluster until SIGTERM or SIGINT, then stops it.
 func supervise(ctx context.Context, opts Options) error {
+	// Not inherited by the daemons it starts: were it, a supervisor that
+	// died after starting one left `up` waiting for an EOF that never came.
+	syscall.CloseOnExec(readyFD)
 	ready := os.NewFile(readyFD, "ready")
 	ctx, cancel := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
