@@ -312,7 +312,7 @@ func TestFallbackPluginDiesWithPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := pluginCmd("ADD", fallbackConf(stub.socket, cache, `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"slow"}]}`), "CNI_PATH="+bin)
-	if err := cmd.Start(); err != nil {
+	if err := testenv.StartTied(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })

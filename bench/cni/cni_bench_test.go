@@ -182,7 +182,7 @@ func BenchmarkCNI(b *testing.B) {
 	// timings); STICKYNET_BENCH_AGENT_LOG keeps the agent's log at that path.
 	agentCmd.Args = append(agentCmd.Args, strings.Fields(os.Getenv("STICKYNET_BENCH_AGENT_ARGS"))...)
 	agentCmd.Stdout, agentCmd.Stderr = logf, logf
-	if err := agentCmd.Start(); err != nil {
+	if err := testenv.StartTied(agentCmd); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {

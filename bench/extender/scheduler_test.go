@@ -195,7 +195,7 @@ func runPhase(ctx context.Context, b *testing.B, cs kubernetes.Interface, kubeco
 	cmd := exec.Command(bin, "--config="+cfgPath, "--secure-port=0", "--v=1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	started := time.Now()
-	if err := cmd.Start(); err != nil {
+	if err := testenv.StartTied(cmd); err != nil {
 		b.Fatalf("start kube-scheduler: %v", err)
 	}
 	exited := make(chan struct{})

@@ -347,7 +347,7 @@ func iperf(ctx context.Context, t *testing.T, c *cluster.Cluster, a, b *corev1.P
 		t.Error(err)
 		return
 	}
-	if err := srv.Start(); err != nil {
+	if err := testenv.StartTied(srv); err != nil {
 		t.Error(err)
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -254,3 +255,18 @@ func (s *spawner) start(cmd *exec.Cmd) error {
 }
 
 func (s *spawner) close() { close(s.reqs) }
+
+// tied is the spawner of StartTied, for the process's lifetime.
+var tied = sync.OnceValue(newSpawner)
+
+// StartTied starts cmd so that it is killed when the test process ends,
+// however it ends: a helper a test starts (an iperf3 server, a kube-scheduler
+// of a benchmark) outlived a test binary that panicked or timed out, no
+// t.Cleanup having run, with the namespace it ran in.
+func StartTied(cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	return tied().start(cmd)
+}

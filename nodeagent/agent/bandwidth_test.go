@@ -48,7 +48,7 @@ const iperfPort = 5201
 func iperfServer(t *testing.T, p *testPod, port int) {
 	t.Helper()
 	cmd := p.netns.Command(context.Background(), "iperf3", "-s", "-p", strconv.Itoa(port))
-	if err := cmd.Start(); err != nil {
+	if err := testenv.StartTied(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
@@ -91,7 +91,7 @@ func measure(t *testing.T, from, to *testPod, toIP string, port int) float64 {
 		// could be refused ("the server is busy running a test").
 		client.Cancel = func() error { return client.Process.Signal(os.Interrupt) }
 		client.WaitDelay = 5 * time.Second
-		if err := client.Start(); err != nil {
+		if err := testenv.StartTied(client); err != nil {
 			t.Fatal(err)
 		}
 		exited, done := make(chan error, 1), make(chan struct{})

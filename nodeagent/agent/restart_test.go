@@ -58,7 +58,7 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 	var pingOut strings.Builder
 	pinger.Stdout = &pingOut
 	server := a.netns.Command(ctx, "iperf3", "-s", "-1")
-	if err := server.Start(); err != nil {
+	if err := testenv.StartTied(server); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cancel(); _ = server.Wait() }()
@@ -66,10 +66,10 @@ func TestRestartKeepsPodsRunning(t *testing.T) {
 	stream := b.netns.Command(ctx, "iperf3", "-c", "10.87.0.10", "-t", "8", "-b", "10M", "-i", "0.5", "-J")
 	var streamOut strings.Builder
 	stream.Stdout = &streamOut
-	if err := pinger.Start(); err != nil {
+	if err := testenv.StartTied(pinger); err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Start(); err != nil {
+	if err := testenv.StartTied(stream); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
