@@ -203,6 +203,13 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer raw.Close()
 	st := store.Instrument(raw, metrics.Registry)
+	// A connection etcd refuses for good once it answers (a wrong password)
+	// stops the webhook, naming why, as it does at the first attempt.
+	var refused <-chan struct{}
+	refusal := func() error { return nil }
+	if d, ok := raw.(*dialing); ok {
+		refused, refusal = d.Refused()
+	}
 
 	alloc := ipam.New(st, ipam.Options{Prefix: o.KeyPrefix, ReservationTTL: o.ReservationTTL})
 	allocReady := make(chan struct{})
@@ -234,6 +241,16 @@ func Run(ctx context.Context, o Options) error {
 		if err := mgr.Add(allocationsServer{path: o.AllocationsSocket, handler: allocationsHandler(alloc, allocReady)}); err != nil {
 			return err
 		}
+	}
+	if err := mgr.Add(runnable(func(ctx context.Context) error {
+		select {
+		case <-refused: // nil without dialing: never
+			return refusal()
+		case <-ctx.Done():
+			return nil
+		}
+	})); err != nil {
+		return err
 	}
 	if err := mgr.Add(runnable(func(ctx context.Context) error {
 		if err := alloc.Start(ctx); err != nil {

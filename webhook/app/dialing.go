@@ -22,10 +22,16 @@ import (
 // cache waits for the store), and is ready once etcd answers. Its calls wait
 // for the connection as long as their context lets them.
 type dialing struct {
-	ready  chan struct{}
-	s      store.Store // set before ready is closed
-	cancel context.CancelFunc
-	done   chan struct{}
+	ready chan struct{}
+	s     store.Store // set before ready is closed
+	// refused is closed when etcd refuses the connection for good (a wrong
+	// password once etcd answers): err says why, calls fail with it, and
+	// the webhook stops (Refused). Before, such a refusal after a first
+	// unanswered attempt was retried for good, logged as "did not answer".
+	refused chan struct{}
+	err     error // set before refused is closed
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 // dialRetry is how long dialing waits between attempts (a var for tests).
@@ -46,7 +52,7 @@ func openDialing(ctx context.Context, connect func() (store.Store, error)) (stor
 	log := klog.FromContext(ctx)
 	log.Error(err, "etcd did not answer; connecting again in the background, not ready meanwhile", "every", dialRetry)
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d := &dialing{ready: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	d := &dialing{ready: make(chan struct{}), refused: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(d.done)
 		for {
@@ -62,10 +68,22 @@ func openDialing(ctx context.Context, connect func() (store.Store, error)) (stor
 				log.Info("Connected to etcd")
 				return
 			}
+			if !unanswered(err) {
+				d.err = fmt.Errorf("etcd refused the connection: %w", err)
+				close(d.refused)
+				log.Error(err, "etcd refused the connection; not connecting again")
+				return
+			}
 			log.Error(err, "etcd did not answer; connecting again", "in", dialRetry)
 		}
 	}()
 	return d, nil
+}
+
+// Refused is closed when etcd refuses the connection for good; the
+// returned function then says why.
+func (d *dialing) Refused() (<-chan struct{}, func() error) {
+	return d.refused, func() error { return d.err }
 }
 
 // unanswered reports whether a connection failed because etcd did not
@@ -90,6 +108,8 @@ func (d *dialing) wait(ctx context.Context) (store.Store, error) {
 	select {
 	case <-d.ready:
 		return d.s, nil
+	case <-d.refused:
+		return nil, d.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("not connected to etcd yet: %w", ctx.Err())
 	}

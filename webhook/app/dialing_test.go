@@ -76,6 +76,41 @@ func TestStoreConnectsWhenEtcdAnswers(t *testing.T) {
 		t.Errorf("open refused for good: %v; want that error", err)
 	}
 
+	// Refused for good once etcd answers, after a first attempt it did not
+	// answer: calls fail with the refusal, and no attempt follows. Before,
+	// it was retried for good, logged as etcd not answering, and calls said
+	// only that it was not connected yet.
+	attempts.Store(0)
+	s, err = openDialing(t.Context(), func() (store.Store, error) {
+		if attempts.Add(1) == 1 {
+			return nil, status.Error(codes.Unavailable, "connection refused")
+		}
+		return nil, rpctypes.ErrAuthFailed
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, why := s.(*dialing).Refused()
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not refused 5 s after etcd refused the connection")
+	}
+	if err := why(); !errors.Is(err, rpctypes.ErrAuthFailed) {
+		t.Errorf("refusal %v; want etcd's authentication error", err)
+	}
+	if _, err := s.Get(t.Context(), "/k"); !errors.Is(err, rpctypes.ErrAuthFailed) {
+		t.Errorf("Get once refused: %v; want etcd's authentication error", err)
+	}
+	tried := attempts.Load()
+	time.Sleep(5 * dialRetry)
+	if attempts.Load() != tried || tried != 2 {
+		t.Errorf("%d attempts, then %d; want 2, none after the refusal", tried, attempts.Load())
+	}
+	if err := s.Close(); err != nil {
+		t.Error(err)
+	}
+
 	// Closed while still connecting: it stops trying.
 	attempts.Store(0)
 	s, err = openDialing(t.Context(), func() (store.Store, error) {
