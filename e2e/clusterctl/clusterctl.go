@@ -91,8 +91,17 @@ func logFile(dir string) string { return filepath.Join(filepath.Dir(dir), filepa
 // up starts the supervisor in a session of its own and waits for its word.
 func up(ctx context.Context, opts Options) error {
 	begin := time.Now()
-	if s, err := cluster.ReadState(opts.Dir); err == nil && s.OwnerAlive() {
-		return fmt.Errorf("a cluster already runs from %s (supervisor PID %d): make cluster-down first", opts.Dir, s.OwnerPID)
+	if s, err := cluster.ReadState(opts.Dir); err == nil {
+		if s.OwnerAlive() {
+			return fmt.Errorf("a cluster already runs from %s (supervisor PID %d): make cluster-down first", opts.Dir, s.OwnerPID)
+		}
+		// Its supervisor went without a teardown, and the registry that
+		// TeardownStale reads went too (a reboot empties /run): remove what
+		// it left. Before, the new cluster met the old OVS databases
+		// ("File exists") and etcd data in the folder.
+		if err := cluster.Teardown(ctx, s); err != nil {
+			return fmt.Errorf("remove what the cluster of %s left (its supervisor, PID %d, is gone): %w", opts.Dir, s.OwnerPID, err)
+		}
 	}
 	if err := cluster.TeardownStale(ctx); err != nil {
 		return err
