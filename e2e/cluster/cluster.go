@@ -156,9 +156,6 @@ type Cluster struct {
 	schedKubeconfig string
 	nodes           []*realNode
 	simNodes        []Node
-	// kubeletFolders are the folders of the kubelets' device-plugin socket
-	// that the cluster's real nodes create (deviceplugin.go).
-	kubeletFolders []string
 
 	simMu  sync.Mutex
 	sim    *nodesim.Simulator
@@ -280,6 +277,9 @@ func (c *Cluster) setupFabric(ctx context.Context) error {
 		return err
 	}
 	c.state.Subnet = subnet.String()
+	if c.cfg.Nodes > 0 {
+		c.state.KubeletFolders = devicePluginFolders()
+	}
 	if err := c.state.write(); err != nil {
 		return err
 	}
@@ -410,7 +410,7 @@ func (c *Cluster) stop(ctx context.Context) error {
 	wg.Wait()
 	log.V(1).Info("Nodes stopped", "elapsed", time.Since(begin).Round(time.Millisecond))
 	if len(c.nodes) > 0 {
-		errs = append(errs, removeDevicePluginSocket(c.kubeletFolders))
+		errs = append(errs, removeDevicePluginSocket(c.state.KubeletFolders))
 	}
 	c.hookMu.Lock()
 	hooks := c.afterNodes

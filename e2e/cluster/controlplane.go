@@ -53,9 +53,6 @@ func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 		return err
 	}
 
-	if c.cfg.Nodes > 0 {
-		c.kubeletFolders = devicePluginFolders()
-	}
 	for i := range c.cfg.Nodes {
 		n, err := c.prepareRealNode(i)
 		if err != nil {

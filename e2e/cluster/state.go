@@ -40,6 +40,12 @@ type State struct {
 	OwnerStart uint64 `json:"ownerStart"`
 	// Subnet is the fabric and pod subnet.
 	Subnet string `json:"subnet"`
+	// KubeletFolders are the folders of the kubelets' device-plugin socket
+	// that did not exist before the cluster (deepest first): Teardown
+	// removes them, with the socket, once no kubelet serves it. Kept here,
+	// not only by the owner, so that a cluster whose owner died leaves
+	// neither (before, every later cluster took them for the machine's).
+	KubeletFolders []string `json:"kubeletFolders,omitempty"`
 }
 
 // Prefix starts the name of every netns, link and cgroup of the cluster.
@@ -146,6 +152,9 @@ func teardown(ctx context.Context, h *host.Host, s State) error {
 	errs = append(errs, err, deleteLinks(h, links, s.Bridge()))
 	if err := h.RemoveCgroup(s.Cgroup(), 10*time.Second); err != nil {
 		errs = append(errs, err)
+	}
+	if len(s.KubeletFolders) > 0 {
+		errs = append(errs, removeDevicePluginSocket(s.KubeletFolders))
 	}
 	if s.OwnedDir {
 		errs = append(errs, removeAll(s.Dir))
