@@ -66,6 +66,20 @@ func main() {
 	}
 	// From the environment, not flags, so that a password stays out of the process list.
 	o.EtcdUsername, o.EtcdPassword = os.Getenv("STICKYNET_ETCD_USERNAME"), os.Getenv("STICKYNET_ETCD_PASSWORD")
+	if (o.EtcdUsername == "") != (o.EtcdPassword == "") {
+		// The etcd client logs in only with both: one alone turned
+		// authentication off, and etcd's refusal named neither.
+		fmt.Fprintln(os.Stderr, "$STICKYNET_ETCD_USERNAME and $STICKYNET_ETCD_PASSWORD: expected both set (etcd with authentication) or neither; one is empty")
+		os.Exit(2)
+	}
+	// Below a minute, a leader's step-down (a third of it, at least 20 s)
+	// and the next leader's start outlast the reservations it cannot
+	// confirm: their addresses would look free under running pods. Tests
+	// of package app use shorter ones through Options.
+	if o.ReservationTTL < time.Minute {
+		fmt.Fprintf(os.Stderr, "--reservation-ttl %s: expected 1m or more (the release controller's leader must be able to hand over within it)\n", o.ReservationTTL)
+		os.Exit(2)
+	}
 	ns, name, ok := strings.Cut(secret, "/")
 	if !ok || ns == "" || name == "" {
 		fmt.Fprintf(os.Stderr, "--cert-secret %q: expected namespace/name\n", secret)
