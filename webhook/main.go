@@ -76,7 +76,7 @@ func main() {
 	// and the next leader's start outlast the reservations it cannot
 	// confirm: their addresses would look free under running pods. Tests
 	// of package app use shorter ones through Options.
-	if o.ReservationTTL < time.Minute {
+	if o.ReservationTTL != 0 && o.ReservationTTL < time.Minute { // 0: the default
 		fmt.Fprintf(os.Stderr, "--reservation-ttl %s: expected 1m or more (the release controller's leader must be able to hand over within it)\n", o.ReservationTTL)
 		os.Exit(2)
 	}
