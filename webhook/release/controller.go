@@ -155,6 +155,9 @@ func (c *Controller) Start(ctx context.Context) error {
 			return nil
 		}
 	}
+	// The gauge is the leader's: a replica whose term ended would report its
+	// last count for good, and an alert on it never clear.
+	defer c.Metrics.offNetwork(0)
 	tick := time.NewTicker(c.Resync)
 	defer tick.Stop()
 	defer func() { // Reconcile, which sets it, runs on this goroutine

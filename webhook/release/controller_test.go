@@ -1954,6 +1954,29 @@ func TestPodOffNetworkWarned(t *testing.T) {
 	if n := testutil.ToFloat64(c.Metrics.offNet); n != 0 {
 		t.Errorf("with the pod on its address: stickynet_webhook_pods_off_network %g; want 0", n)
 	}
+
+	// The gauge is the leader's: it goes to 0 when the term ends, so that a
+	// replica no longer leading does not report its last count for good.
+	fixed.Status.PodIP, fixed.Status.PodIPs = "10.244.0.7", []corev1.PodIP{{IP: "10.244.0.7"}}
+	if err := c.Client.Status().Update(ctx, fixed); err != nil {
+		t.Fatal(err)
+	}
+	c.Resync = time.Hour
+	term, end := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Start(term) }()
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(c.Metrics.offNet) != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the term's first pass did not count the pod off the network within 5 s")
+		}
+	}
+	end()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(c.Metrics.offNet); n != 0 {
+		t.Errorf("after the term: stickynet_webhook_pods_off_network %g; want 0", n)
+	}
 }
 
 // The IPPool gauges carry each pool's status counts and readiness, so that
