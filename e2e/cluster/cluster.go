@@ -248,7 +248,8 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	return c, nil
 }
 
-func randomID() (string, error) {
+// randomID draws a cluster ID (a var for tests).
+var randomID = func() (string, error) {
 	b := make([]byte, 2)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("draw cluster id: %w", err)
@@ -267,6 +268,25 @@ func (c *Cluster) setupFabric(ctx context.Context) error {
 	defer unlock()
 	if err := c.host.PrepareNetnsDir(); err != nil {
 		return err
+	}
+	// The ID names the cluster's cgroup, netns and links, which a failed
+	// start's teardown removes: one another live cluster has (1 in 65,536)
+	// would take that cluster down with it. Drawn again until free.
+	for i := 0; ; i++ {
+		_, serr := os.Stat(c.state.registryPath())
+		links, lerr := c.host.Links(c.state.Prefix())
+		if lerr != nil {
+			return lerr
+		}
+		if errors.Is(serr, os.ErrNotExist) && len(links) == 0 {
+			break
+		}
+		if i == 100 {
+			return fmt.Errorf("no free cluster ID in 100 draws (the last, %s, is taken)", c.state.ID)
+		}
+		if c.state.ID, err = randomID(); err != nil {
+			return err
+		}
 	}
 	subnet, err := c.freeSubnet()
 	if err != nil {
