@@ -21,7 +21,7 @@ func TestClusterIDNotTaken(t *testing.T) {
 	defer cancel()
 	// A live cluster's registration (this process owns it, so no sweep
 	// takes it for a dead one's).
-	live := State{ID: "beef", Dir: t.TempDir(), OwnerPID: os.Getpid()}
+	live := State{ID: "beef", Dir: t.TempDir(), OwnedDir: true, OwnerPID: os.Getpid()} // OwnedDir: were it left by a crash, a sweep removes it whole
 	if me, err := host.ReadProcess(os.Getpid()); err == nil {
 		live.OwnerStart = me.Start
 	}
