@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -32,6 +33,8 @@ type dialing struct {
 	err     error // set before refused is closed
 	cancel  context.CancelFunc
 	done    chan struct{}
+	mu      sync.Mutex
+	last    error // the last attempt's error, for Diagnose
 }
 
 // dialRetry is how long dialing waits between attempts (a var for tests).
@@ -52,7 +55,7 @@ func openDialing(ctx context.Context, connect func() (store.Store, error)) (stor
 	log := klog.FromContext(ctx)
 	log.Error(err, "etcd did not answer; connecting again in the background, not ready meanwhile", "every", dialRetry)
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d := &dialing{ready: make(chan struct{}), refused: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	d := &dialing{ready: make(chan struct{}), refused: make(chan struct{}), cancel: cancel, done: make(chan struct{}), last: err}
 	go func() {
 		defer close(d.done)
 		for {
@@ -74,6 +77,9 @@ func openDialing(ctx context.Context, connect func() (store.Store, error)) (stor
 				log.Error(err, "etcd refused the connection; not connecting again")
 				return
 			}
+			d.mu.Lock()
+			d.last = err
+			d.mu.Unlock()
 			log.Error(err, "etcd did not answer; connecting again", "in", dialRetry)
 		}
 	}()
@@ -166,13 +172,21 @@ func (d *dialing) Watch(ctx context.Context, prefix string, fromRev int64) <-cha
 	return s.Watch(ctx, prefix, fromRev)
 }
 
-// Diagnose is the store's, once connected (see storeProbe).
+// Diagnose is the store's once connected (see storeProbe); before, the
+// last attempt's error, which says why (etcd.New diagnoses a connection
+// that failed). Before, it waited for the connection, and /readyz said only
+// that the store was not connected yet.
 func (d *dialing) Diagnose(ctx context.Context) error {
-	s, err := d.wait(ctx)
-	if err != nil {
-		return err
+	select {
+	case <-d.ready:
+	case <-d.refused:
+		return d.err
+	default:
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.last
 	}
-	if dg, ok := s.(diagnoser); ok {
+	if dg, ok := d.s.(diagnoser); ok {
 		return dg.Diagnose(ctx)
 	}
 	return nil

@@ -32,6 +32,27 @@ func TestStoreConnectsWhenEtcdAnswers(t *testing.T) {
 	if err == nil || !unanswered(err) {
 		t.Fatalf("etcd.New with authentication, etcd down: %v; want an error taken for etcd's silence", err)
 	}
+	// It says why (the client's own error is the bare deadline), and so does
+	// a dialing store's Diagnose, for /readyz, until it connects. Before,
+	// both said only that the deadline passed, or that it was not
+	// connected yet (from a review).
+	if !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("etcd.New with authentication, etcd down: %v; want the cause, connection refused", err)
+	}
+	silent, err := openDialing(t.Context(), func() (store.Store, error) {
+		return etcd.New(etcd.Options{Endpoints: []string{"http://127.0.0.1:1"}, Username: "u", Password: "p", DialTimeout: time.Second})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, dcancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer dcancel()
+	if err := silent.(*dialing).Diagnose(dctx); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Diagnose before connecting: %v; want the cause, connection refused", err)
+	}
+	if err := silent.Close(); err != nil {
+		t.Error(err)
+	}
 	// etcd's own answers that it cannot serve yet, as the client makes
 	// them, count as silence too; a refusal does not.
 	for _, e := range []error{rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged} {

@@ -103,6 +103,15 @@ func New(opts Options) (*Store, error) {
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
+		// With authentication the client logs in as it connects, and its
+		// error is then the bare deadline, whatever the connection failed
+		// on: say why, as Diagnose does for a connected store.
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+		derr := dialer{endpoints: cfg.Endpoints, tls: cfg.TLS, timeout: cfg.DialTimeout}.diagnose(ctx)
+		cancel()
+		if derr != nil {
+			return nil, fmt.Errorf("connect to etcd %v: %w (%w)", cfg.Endpoints, err, derr)
+		}
 		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, err)
 	}
 	ps := opts.PageSize
