@@ -172,9 +172,9 @@ func (d *dialing) Watch(ctx context.Context, prefix string, fromRev int64) <-cha
 	return s.Watch(ctx, prefix, fromRev)
 }
 
-// Diagnose is the store's once connected (see storeProbe); before, the
+// Diagnose is the store's once connected (see storeProbe); until then, the
 // last attempt's error, which says why (etcd.New diagnoses a connection
-// that failed). Before, it waited for the connection, and /readyz said only
+// that failed). It used to wait for the connection, and /readyz said only
 // that the store was not connected yet.
 func (d *dialing) Diagnose(ctx context.Context) error {
 	select {
