@@ -35,29 +35,15 @@ func CacheDir() string {
 }
 
 // toolVersions reads hack/tool-versions, the version of each tool
-// hack/build-tools.sh builds: found from this file's place in the source
-// (tests), else in the working folder or one above it (a binary such as
-// localcluster, run by make from the clone).
+// hack/build-tools.sh builds, found from this file's place in the source
+// (the tests, and localcluster, which make builds from the clone without
+// -trimpath).
 var toolVersions = sync.OnceValues(func() (map[string]string, error) {
-	var paths []string
-	if _, self, _, ok := runtime.Caller(0); ok {
-		paths = append(paths, filepath.Join(filepath.Dir(self), "..", "..", "hack", "tool-versions"))
+	_, self, _, ok := runtime.Caller(0)
+	if !ok {
+		return nil, errors.New("the pinned tool versions: this file's path is not known")
 	}
-	if wd, err := os.Getwd(); err == nil {
-		for d := wd; ; d = filepath.Dir(d) {
-			paths = append(paths, filepath.Join(d, "hack", "tool-versions"))
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	var b []byte
-	err := errors.New("hack/tool-versions not found")
-	for _, p := range paths {
-		if b, err = os.ReadFile(p); err == nil {
-			break
-		}
-	}
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(self), "..", "..", "hack", "tool-versions"))
 	if err != nil {
 		return nil, fmt.Errorf("the pinned tool versions: %w", err)
 	}

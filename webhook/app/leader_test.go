@@ -250,48 +250,13 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 }
 
 // A replica campaigns for the Lease only once its store has answered. One
-// that never reached etcd took the Lease and kept it (stepDown keeps the
-// lead when etcd failed before the term began, as when it is down for
-// everyone), and its release controller confirmed no reservation.
+// that never reached etcd took the Lease and kept it, and its release
+// controller, waiting for the address cache, confirmed no reservation.
 func TestNoCampaignBeforeStoreAnswers(t *testing.T) {
-	testenv.Root(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 1})
-	leases := c.Client().CoordinationV1().Leases(metav1.NamespaceDefault)
-	l, err := newLeadership(Options{LeaderElection: true, LeaderElectionNamespace: metav1.NamespaceDefault}, c.RESTConfig(), events.NewFakeRecorder(100), prometheus.NewRegistry(),
-		func() []manager.Runnable {
-			return []manager.Runnable{runnable(func(ctx context.Context) error { <-ctx.Done(); return nil })} // a term until the end
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.leaseDuration, l.renewDeadline, l.retryPeriod = 8*time.Second, 6*time.Second, time.Second
-	ready := make(chan struct{})
-	l.ready = ready
-	lctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- l.Start(lctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("leadership: %v", err)
-		}
-	}()
-	time.Sleep(4 * l.retryPeriod) // a campaign takes a free Lease at its first try
-	if got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
-		t.Fatalf("Lease held by %q before the store answered; want no campaign yet", ptrOr(got.Spec.HolderIdentity))
-	} else if !apierrors.IsNotFound(err) {
-		t.Fatal(err)
-	}
-	close(ready)
-	testenv.Eventually(ctx, t, 30*time.Second, "the Lease taken once the store answered", func() (bool, string) {
-		got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		h := ptrOr(got.Spec.HolderIdentity)
-		return h == l.lock.Identity(), "holder " + h
+	campaignGated(t, "before the store answered", func(l *leadership) func() {
+		ready := make(chan struct{})
+		l.ready = ready
+		return func() { close(ready) }
 	})
 }
 
@@ -300,6 +265,21 @@ func TestNoCampaignBeforeStoreAnswers(t *testing.T) {
 // answers again. Before, it took the Lease when the leader's ended and kept
 // it, confirming no reservation.
 func TestNoCampaignWhileStoreDown(t *testing.T) {
+	campaignGated(t, "while the store did not answer", func(l *leadership) func() {
+		ready := make(chan struct{})
+		close(ready) // the store answered once
+		var up atomic.Bool
+		l.ready, l.storeUp = ready, up.Load
+		return func() { up.Store(true) }
+	})
+}
+
+// campaignGated runs a leadership, on a real API server, whose campaign
+// gate closes (set up by gate, which returns what opens it): no Lease is
+// taken while it is closed (what says when), and the Lease is taken once
+// it opens.
+func campaignGated(t *testing.T, what string, gate func(l *leadership) (open func())) {
+	t.Helper()
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -313,10 +293,7 @@ func TestNoCampaignWhileStoreDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.leaseDuration, l.renewDeadline, l.retryPeriod = 8*time.Second, 6*time.Second, time.Second
-	ready := make(chan struct{})
-	close(ready) // the store answered once
-	var up atomic.Bool
-	l.ready, l.storeUp = ready, up.Load
+	open := gate(l)
 	lctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- l.Start(lctx) }()
@@ -328,12 +305,12 @@ func TestNoCampaignWhileStoreDown(t *testing.T) {
 	}()
 	time.Sleep(4 * l.retryPeriod) // a campaign takes a free Lease at its first try
 	if got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
-		t.Fatalf("Lease held by %q while the store did not answer; want no campaign", ptrOr(got.Spec.HolderIdentity))
+		t.Fatalf("Lease held by %q %s; want no campaign", ptrOr(got.Spec.HolderIdentity), what)
 	} else if !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
-	up.Store(true)
-	testenv.Eventually(ctx, t, 30*time.Second, "the Lease taken once the store answered again", func() (bool, string) {
+	open()
+	testenv.Eventually(ctx, t, 30*time.Second, "the Lease taken once the gate opened", func() (bool, string) {
 		got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()

@@ -756,17 +756,25 @@ func (c *Controller) unwarn(p *podInfo) {
 // warn emits a StickyAddressConflict Warning on p's pod, unless the last
 // one it got said the same and the conflict has lasted since.
 func (c *Controller) warn(p *podInfo, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	c.mu.Lock()
-	if c.warned == nil {
-		c.warned = map[types.UID]string{}
-	}
-	same := c.warned[p.pod.UID] == msg
-	c.warned[p.pod.UID] = msg
-	c.mu.Unlock()
-	if !same {
+	if msg := fmt.Sprintf(format, args...); c.toldAnew(&c.warned, p.pod.UID, msg) {
 		c.event(p.pod, corev1.EventTypeWarning, "StickyAddressConflict", "%s", msg)
 	}
+}
+
+// toldAnew records what (a warning, or what it is about) as the last one
+// told to pod uid in memory m, and reports whether it differs from the one
+// before: a warning is given again only when it changes.
+func (c *Controller) toldAnew(m *map[types.UID]string, uid types.UID, what string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if *m == nil {
+		*m = map[types.UID]string{}
+	}
+	if (*m)[uid] == what {
+		return false
+	}
+	(*m)[uid] = what
+	return true
 }
 
 // poolSpec is an IPPool's spec as the allocator takes it, or why it cannot
@@ -1426,14 +1434,11 @@ func (c *Controller) forget(pods []podInfo) {
 			delete(c.seen, uid)
 		}
 	}
-	for uid := range c.warned {
-		if !live[uid] {
-			delete(c.warned, uid)
-		}
-	}
-	for uid := range c.offNet {
-		if !live[uid] {
-			delete(c.offNet, uid)
+	for _, m := range []map[types.UID]string{c.warned, c.offNet} {
+		for uid := range m {
+			if !live[uid] {
+				delete(m, uid)
+			}
 		}
 	}
 }
@@ -1454,14 +1459,7 @@ func (c *Controller) offNetwork(pods []podInfo) {
 			continue
 		}
 		off++
-		c.mu.Lock()
-		if c.offNet == nil {
-			c.offNet = map[types.UID]string{}
-		}
-		told := c.offNet[p.pod.UID] == have[0].String()
-		c.offNet[p.pod.UID] = have[0].String()
-		c.mu.Unlock()
-		if !told {
+		if c.toldAnew(&c.offNet, p.pod.UID, have[0].String()) {
 			c.event(p.pod, corev1.EventTypeWarning, "NotOnStickynetNetwork",
 				"the pod runs with address %s, not its stickynet address %s: the network of node %s attached it, not stickynet's (no stickynet node agent serving there when the pod started); "+
 					"delete the pod once the agent serves on its node, or keep the pool's pods off the node with the IPPool's nodeSelector; its identity keeps %s",

@@ -633,21 +633,29 @@ func releaseWithReuseDelay(t *testing.T, spec, now v1alpha1.IPPoolSpec) {
 	}
 }
 
+// startController runs c.Start until the returned function, which ends it
+// and waits for it to return.
+func startController(t *testing.T, c *Controller) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Start(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Start: %v", err)
+		}
+	}
+}
+
 // The controller waits for the allocator's first list before its first
 // pass: before it, pool status would say every address is free.
 func TestWaitsForAllocatorCache(t *testing.T) {
 	c, _, _, _ := setup(t)
 	ready := make(chan struct{})
 	c.Ready, c.Resync = ready, time.Hour
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- c.Start(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Start: %v", err)
-		}
-	}()
+	ctx := context.Background()
+	defer startController(t, c)()
 	total := func() int64 {
 		p := &v1alpha1.IPPool{}
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, p); err != nil {
@@ -706,15 +714,7 @@ func TestBandwidthPolicyEditStartsPass(t *testing.T) {
 		}
 		return n
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error)
-	go func() { done <- c.Start(rctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Start: %v", err)
-		}
-	}()
+	defer startController(t, c)()
 	ingress := func() string {
 		got := &corev1.Pod{}
 		if err := c.Client.Get(ctx, client.ObjectKeyFromObject(pod), got); err != nil {
@@ -1962,18 +1962,13 @@ func TestPodOffNetworkWarned(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Resync = time.Hour
-	term, end := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Start(term) }()
+	end := startController(t, c)
 	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(c.Metrics.offNet) != 1; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the term's first pass did not count the pod off the network within 5 s")
 		}
 	}
 	end()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	if n := testutil.ToFloat64(c.Metrics.offNet); n != 0 {
 		t.Errorf("after the term: stickynet_webhook_pods_off_network %g; want 0", n)
 	}
