@@ -74,6 +74,12 @@ const (
 	ManagedLabel = "stickynet.io/managed"
 	// SriovResourcePrefix + SriovNetwork name is the extended resource of the network's VFs.
 	SriovResourcePrefix = "stickynet.io/sriov-"
+	// NetworkResource is the extended resource each node agent advertises
+	// (as many as the node's pods) once it serves pods, and that the webhook
+	// asks one of for every pod it gives an address: the scheduler then
+	// places such pods only on nodes where stickynet attaches them, not on a
+	// node without an agent, whose own network would give them another address.
+	NetworkResource = "stickynet.io/network"
 )
 
 // Retention values of IPRetention.

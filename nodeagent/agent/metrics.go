@@ -49,7 +49,7 @@ var ovsResets = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCou
 // requests, which only its log told of, in the process's default registry.
 var backgroundErrors = promreg.Register(prometheus.DefaultRegisterer, prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "stickynet_nodeagent_background_errors_total",
-	Help: "Failures of the node agent's work outside CNI requests, by operation: bandwidth (installing a running pod's limits; retried), resync (the periodic check of ports and limits against OVS), advertise (the Node's SR-IOV resources), restore (the state rebuilt at start).",
+	Help: "Failures of the node agent's work outside CNI requests, by operation: bandwidth (installing a running pod's limits; retried), resync (the periodic check of ports and limits against OVS), advertise (the Node's stickynet.io/network and SR-IOV resources), restore (the state rebuilt at start).",
 }, []string{"op"}))
 
 // probes answers the agent's endpoints: its attachment count, whether it

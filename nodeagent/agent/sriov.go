@@ -164,8 +164,12 @@ func (a *agent) wakeAdvertise() {
 	}
 }
 
-// advertiseLoop keeps the Node's SR-IOV extended resources right: for each
-// SriovNetwork that selects the node, the number of its VFs here.
+// advertiseLoop keeps the Node's extended resources right: stickynet's
+// network (annotations.NetworkResource), advertised only while the agent
+// serves, and for each SriovNetwork that selects the node the number of its
+// VFs here. It checks them every ResyncPeriod: a kubelet that finds its
+// device-plugin checkpoints gone (a recreated node) zeroes every extended
+// resource as it registers.
 func (a *agent) advertiseLoop(ctx context.Context) {
 	if a.kube == nil || a.opts.NodeName == "" {
 		return
@@ -178,7 +182,7 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	for {
 		if a.nets.Synced() {
 			if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
-				log.Error(err, "Advertising SR-IOV resources failed")
+				log.Error(err, "Advertising the node's resources failed")
 				backgroundErrors.WithLabelValues("advertise").Inc()
 			}
 		}
@@ -259,6 +263,7 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 		return fmt.Errorf("get node %s: %w", a.opts.NodeName, err)
 	}
 	counts, shared := a.vfCounts(node.Labels)
+	counts[annotations.NetworkResource] = networkCapacity(node)
 	patch := resourcePatch(node.Status.Capacity, counts)
 	if patch == nil {
 		return nil
@@ -269,16 +274,33 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 	if _, err := a.kube.CoreV1().Nodes().PatchStatus(ctx, a.opts.NodeName, patch); err != nil {
 		return fmt.Errorf("patch SR-IOV resources of node %s: %w", a.opts.NodeName, err)
 	}
-	klog.FromContext(ctx).Info("SR-IOV resources advertised", "node", a.opts.NodeName, "patch", string(patch))
+	klog.FromContext(ctx).Info("Node resources advertised", "node", a.opts.NodeName, "patch", string(patch))
 	return nil
 }
 
-// resourcePatch is the merge patch that makes the node's stickynet.io/sriov-*
-// capacity and allocatable equal want (nil when they already are).
+// networkCapacity is how many pods the node can attach to stickynet's
+// network: as many as it runs pods, so that the resource never binds before
+// the node's own pod limit (kubelet's default of 110 if the node has none yet).
+func networkCapacity(node *corev1.Node) int {
+	if q, ok := node.Status.Capacity[corev1.ResourcePods]; ok && q.Value() > 0 {
+		return int(q.Value())
+	}
+	return 110
+}
+
+// ownResource reports whether the agent keeps name on its Node: stickynet's
+// network and the SR-IOV networks' VFs.
+func ownResource(name corev1.ResourceName) bool {
+	return name == annotations.NetworkResource || strings.HasPrefix(string(name), annotations.SriovResourcePrefix)
+}
+
+// resourcePatch is the merge patch that makes the node's own resources
+// (ownResource) in capacity and allocatable equal want (nil when they
+// already are); a nil want removes them all.
 func resourcePatch(have corev1.ResourceList, want map[corev1.ResourceName]int) []byte {
 	set := map[string]any{}
 	for name, q := range have {
-		if strings.HasPrefix(string(name), annotations.SriovResourcePrefix) {
+		if ownResource(name) {
 			if _, ok := want[name]; !ok {
 				set[string(name)] = nil
 			} else if q.Value() == int64(want[name]) {

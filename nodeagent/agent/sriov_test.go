@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -398,13 +399,20 @@ func TestSriovFailedAddRestoreFails(t *testing.T) {
 }
 
 // The agent advertises each SriovNetwork's VFs as an extended resource on
-// its Node, following the networks and their node selectors.
+// its Node, following the networks and their node selectors, and
+// stickynet's network as many times as the node runs pods.
 func TestSriovResourceAdvertised(t *testing.T) {
 	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
 	ctx := t.Context()
 	kube := kubernetes.NewForConfigOrDie(apisrv.Config)
 	dyn := dynamic.NewForConfigOrDie(apisrv.Config)
-	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{"nic": "fast"}}}, metav1.CreateOptions{}); err != nil {
+	n, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{"nic": "fast"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Capacity = corev1.ResourceList{corev1.ResourcePods: resource.MustParse("42")}
+	n.Status.Allocatable = n.Status.Capacity
+	if _, err := kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
@@ -455,6 +463,9 @@ func TestSriovResourceAdvertised(t *testing.T) {
 		return out
 	}
 	waitFor(t, "stickynet.io/sriov-fast: 5", func() bool { return resources()["stickynet.io/sriov-fast"] == "5" })
+	if got := resources()[annotations.NetworkResource]; got != "42" {
+		t.Errorf("%s: %s; want 42, the node's pods", annotations.NetworkResource, got)
+	}
 	if _, ok := resources()["stickynet.io/sriov-elsewhere"]; ok {
 		t.Error("a network whose selector does not match the node is advertised")
 	}

@@ -37,6 +37,14 @@ func TestResourcePatch(t *testing.T) {
 			out: `{"status":{"allocatable":{"stickynet.io/sriov-a":"3","stickynet.io/sriov-b":"0"},"capacity":{"stickynet.io/sriov-a":"3","stickynet.io/sriov-b":"0"}}}`,
 		},
 		{name: "nothing to do", want: map[corev1.ResourceName]int{"stickynet.io/sriov-a": 4, "stickynet.io/sriov-old": 2}},
+		{
+			name: "network added", want: map[corev1.ResourceName]int{"stickynet.io/network": 110, "stickynet.io/sriov-a": 4, "stickynet.io/sriov-old": 2},
+			out: `{"status":{"allocatable":{"stickynet.io/network":"110"},"capacity":{"stickynet.io/network":"110"}}}`,
+		},
+		{
+			name: "all withdrawn", want: nil,
+			out: `{"status":{"allocatable":{"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null},"capacity":{"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null}}}`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -183,10 +183,20 @@ func (o *owner) uninstall(ctx context.Context) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	ours := func(f installed) bool {
+		fi, err := os.Stat(f.path)
+		return err == nil && os.SameFile(fi, f.fi)
+	}
+	// The resources go before the conflist, so that no pod is placed here
+	// to meet the node's other network; not once a new install's agent has
+	// written its own conflist (it advertises them now).
+	if n := len(o.installed); n > 0 && ours(o.installed[n-1]) {
+		o.withdraw(ctx)
+	}
 	// The conflist first: a runtime never meets it without its plugin.
 	for i := len(o.installed) - 1; i >= 0; i-- {
 		f := o.installed[i]
-		if fi, err := os.Stat(f.path); err != nil || !os.SameFile(fi, f.fi) {
+		if !ours(f) {
 			continue
 		}
 		if err := os.Remove(f.path); err != nil {
@@ -195,4 +205,29 @@ func (o *owner) uninstall(ctx context.Context) {
 			log.Info("Uninstall: removed a file the agent installed", "path", f.path)
 		}
 	}
+}
+
+// withdraw removes the agent's resources (ownResource) from its Node, so
+// that the scheduler places no more of stickynet's pods here. Best effort: a
+// refused request (the account deleted with the DaemonSet, at an uninstall,
+// when no webhook asks for them any more) leaves them.
+func (o *owner) withdraw(ctx context.Context) {
+	if o.node == "" {
+		return
+	}
+	log := klog.FromContext(ctx)
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancel()
+	node, err := o.kube.CoreV1().Nodes().Get(gctx, o.node, metav1.GetOptions{})
+	if err == nil {
+		patch := resourcePatch(node.Status.Capacity, nil)
+		if patch == nil {
+			return
+		}
+		if _, err = o.kube.CoreV1().Nodes().PatchStatus(gctx, o.node, patch); err == nil {
+			log.Info("Uninstall: removed the agent's resources from its node", "node", o.node, "patch", string(patch))
+			return
+		}
+	}
+	log.Error(err, "Uninstall: could not remove the agent's resources from its node", "node", o.node)
 }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
 	"github.com/stickynet/stickynet/nodeagent/agent"
 	"github.com/stickynet/stickynet/nodeagent/agenttest"
@@ -67,13 +68,30 @@ func TestUninstallRemovesConflist(t *testing.T) {
 		return err == nil
 	}
 
-	agenttest.StartAgent(t, opts).Stop(t)
-	if !exists(conflist) || !exists(plugin) {
-		t.Fatalf("after a stop with the DaemonSet there: conflist there %v, plugin there %v; want both", exists(conflist), exists(plugin))
+	// The agent's resources, too, stay on the node across a stop that is
+	// not a leave, and go with its conflist when it leaves.
+	network := func() string {
+		t.Helper()
+		n, err := admin.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, ok := n.Status.Allocatable[annotations.NetworkResource]
+		if !ok {
+			return "none"
+		}
+		return q.String()
+	}
+
+	a := agenttest.StartAgent(t, opts)
+	waitFor(t, annotations.NetworkResource+" advertised", func() bool { return network() == "110" })
+	a.Stop(t)
+	if !exists(conflist) || !exists(plugin) || network() != "110" {
+		t.Fatalf("after a stop with the DaemonSet there: conflist there %v, plugin there %v, %s %s; want both, and 110", exists(conflist), exists(plugin), annotations.NetworkResource, network())
 	}
 	// A DaemonSet deleted and made again (its pods orphaned, then adopted)
 	// while the agent runs takes it back.
-	a := agenttest.StartAgent(t, opts)
+	a = agenttest.StartAgent(t, opts)
 	if err := admin.AppsV1().DaemonSets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +111,8 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	narrowed.Spec.Template.Spec.NodeSelector = map[string]string{"openvswitch": "yes"}
 	must(admin.AppsV1().DaemonSets(ns).Update(ctx, narrowed, metav1.UpdateOptions{}))
 	a.Stop(t) // at once: the stop reads the DaemonSet, whether or not the watch has brought the edit
-	if exists(conflist) || exists(plugin) {
-		t.Fatalf("after a stop with the DaemonSet no longer selecting the node: conflist there %v, plugin there %v; want neither", exists(conflist), exists(plugin))
+	if exists(conflist) || exists(plugin) || network() != "none" {
+		t.Fatalf("after a stop with the DaemonSet no longer selecting the node: conflist there %v, plugin there %v, %s %s; want neither, and none", exists(conflist), exists(plugin), annotations.NetworkResource, network())
 	}
 
 	a = agenttest.StartAgent(t, opts)
