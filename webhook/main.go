@@ -16,6 +16,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/stickynet/stickynet/certs"
+	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/workload"
 	"github.com/stickynet/stickynet/webhook/app"
 )
@@ -50,6 +51,7 @@ func main() {
 	flag.BoolVar(&o.LeaderElection, "leader-elect", true, "elect a leader to run the release controller (needed with more than one replica)")
 	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	flag.StringVar(&o.SchedulerName, "scheduler-name", "", "schedulerName given to pods that need the stickynet extender (pool with a nodeSelector, SR-IOV); empty leaves pods alone")
+	flag.BoolVar(&o.NetworkResource, "network-resource", true, "give each pod that gets an address a request for one "+annotations.NetworkResource+", which node agents advertise once they serve, so that such pods are scheduled only on nodes whose agent attaches them; false lets them run on nodes without an agent, on another network (each reported as NotOnStickynetNetwork)")
 	flag.DurationVar(&o.StoreTimeout, "store-timeout", 7*time.Second, "time budget for the state store per admission (keep it under the webhook timeout)")
 	flag.DurationVar(&o.ReservationTTL, "reservation-ttl", app.DefaultReservationTTL, "how long a reservation for a pod without a name lives unconfirmed (the release controller confirms it when the pod appears)")
 	flag.DurationVar(&o.ReleaseGrace, "release-grace", workload.DefaultGrace, "minimum age of an address's last change before the release controller unbinds or frees it")

@@ -153,6 +153,8 @@ func BenchmarkWebhook(b *testing.B) {
 		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort), ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe),
 		LeaderElection: false, StoreTimeout: 7 * time.Second, ReleaseGrace: grace,
 		KubeAPIQPS: 100, KubeAPIBurst: 200,
+		NetworkResource: true, // the chart's default: two more patch operations per pod
+
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -116,6 +116,7 @@ func TestStickynet(t *testing.T) {
 	t.Run("UnlabelledNamespaceOnFallbackNetwork", func(t *testing.T) { e.testFallback(ctx, t) })
 	t.Run("DaemonSetPodHandsAddressOver", func(t *testing.T) { e.testDaemonSetHandover(ctx, t) })
 	t.Run("PodOfWidenedPoolScheduled", func(t *testing.T) { e.testWidenedPool(ctx, t) })
+	t.Run("NoPodOnNodeWithoutAgent", func(t *testing.T) { e.testNodeWithoutAgent(ctx, t) })
 
 	// Everything goes; each agent removes its pods' ports on CNI DEL.
 	if err := e.k.AppsV1().StatefulSets(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
@@ -511,6 +512,83 @@ func (e *env) testWidenedPool(ctx context.Context, t *testing.T) {
 		return p.Spec.NodeName == "node-3", fmt.Sprintf("on %q, %s %q", p.Spec.NodeName, annotations.PlacementChanged, p.Annotations[annotations.PlacementChanged])
 	})
 	t.Logf("pod %s scheduled %s after its pool was widened", name, time.Since(widened).Round(100*time.Millisecond))
+}
+
+// testNodeWithoutAgent: a node without a serving agent (sim-2, which keeps
+// the reference chain) would attach stickynet's pods with its own network
+// and addresses. Only nodes whose agent serves advertise
+// stickynet.io/network, of which the webhook asks one for each pod it
+// gives an address, so such a pod, held to sim-2 and of a pool that selects
+// every node (the default scheduler alone places it), is never scheduled.
+func (e *env) testNodeWithoutAgent(ctx context.Context, t *testing.T) {
+	const name, pool = "agentless", "everywhere"
+	res := corev1.ResourceName(annotations.NetworkResource)
+	// The agents advertise it once they serve, soon after they are ready.
+	eventually(ctx, t, 30*time.Second, string(res)+" on the nodes whose agent serves only", func() (bool, string) {
+		var wrong []string
+		for _, node := range []string{"node-1", "sim-1", "sim-2"} {
+			n, err := e.k.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			q, ok := n.Status.Allocatable[res]
+			if want := node != "sim-2"; ok != want || (ok && q.Value() < 1) {
+				wrong = append(wrong, fmt.Sprintf("%s: %q (present %v, want %v)", node, q.String(), ok, want))
+			}
+		}
+		return len(wrong) == 0, strings.Join(wrong, "; ")
+	})
+	spec, err := stickynet.PoolSpec(e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := netip.MustParsePrefix(spec.CIDR).Addr().As4()
+	spec.Ranges = []v1alpha1.IPRange{{ // beside pool narrow's (x.y.5.1 to 30)
+		Start: netip.AddrFrom4([4]byte{b[0], b[1], 5, 40}).String(), End: netip.AddrFrom4([4]byte{b[0], b[1], 5, 50}).String(),
+	}}
+	spec.NodeSelector = nil
+	ipp := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}, Spec: spec}
+	if err := e.cl.Create(ctx, ipp); err != nil {
+		t.Fatal(err)
+	}
+	pods := e.k.CoreV1().Pods(ns)
+	defer func() {
+		if err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("delete pod %s: %v", name, err)
+		}
+		eventually(ctx, t, 60*time.Second, "pod "+name+" gone", func() (bool, string) {
+			_, err := pods.Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), fmt.Sprint(err)
+		})
+		if err := e.cl.Delete(ctx, ipp); err != nil {
+			t.Errorf("delete IPPool %s: %v", pool, err)
+		}
+	}()
+	tmpl := toolbox(name, nil)
+	tmpl.Annotations = map[string]string{annotations.Pool: pool}
+	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: "sim-2"}
+	p, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: tmpl.Spec}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Annotations[annotations.AssignedPool] != pool || p.Spec.SchedulerName != corev1.DefaultSchedulerName {
+		t.Fatalf("pod %s: pool %q, scheduler %q; want %s and the default scheduler", name, p.Annotations[annotations.AssignedPool], p.Spec.SchedulerName, pool)
+	}
+	eventually(ctx, t, 60*time.Second, "pod "+name+" unschedulable for want of "+string(res), func() (bool, string) {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if p.Spec.NodeName != "" {
+			t.Fatalf("pod %s scheduled to %s, a node without a serving agent", name, p.Spec.NodeName)
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Reason == corev1.PodReasonUnschedulable && strings.Contains(c.Message, "Insufficient "+string(res)) {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("conditions %v", p.Status.Conditions)
+	})
 }
 
 func (e *env) testDaemonSetHandover(ctx context.Context, t *testing.T) {

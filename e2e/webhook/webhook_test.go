@@ -304,7 +304,9 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 			},
 			MetricsAddr: "0", ProbeAddr: fmt.Sprintf("127.0.0.1:%d", probe), AllocationsSocket: socket,
 			LeaderElection: true, LeaderElectionNamespace: systemNS,
-			SchedulerName: "", StoreTimeout: 5 * time.Second,
+			// NetworkResource off: the simulated nodes run no node agent to
+			// advertise stickynet.io/network (e2e/system tests it on).
+			SchedulerName: "", NetworkResource: false, StoreTimeout: 5 * time.Second,
 			ReservationTTL: reservationTTL, ReleaseGrace: 2 * time.Second, KubeAPIQPS: 100, KubeAPIBurst: 200,
 			ShutdownDelay: shutdownDelay,
 		})

@@ -169,7 +169,10 @@ func (a *agent) wakeAdvertise() {
 // serves, and for each SriovNetwork that selects the node the number of its
 // VFs here. It checks them every ResyncPeriod: a kubelet that finds its
 // device-plugin checkpoints gone (a recreated node) zeroes every extended
-// resource as it registers.
+// resource as it registers. A failed pass is tried again after 1 s, then
+// twice as long each time up to ResyncPeriod: until the first succeeds, the
+// node takes none of stickynet's pods (its Node not there yet, the API
+// server not answering).
 func (a *agent) advertiseLoop(ctx context.Context) {
 	if a.kube == nil || a.opts.NodeName == "" {
 		return
@@ -179,15 +182,18 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	if period <= 0 {
 		period = time.Minute
 	}
+	retry := time.Second
 	for {
+		wait := period
 		if a.nets.Synced() {
 			if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
-				log.Error(err, "Advertising the node's resources failed")
+				log.Error(err, "Advertising the node's resources failed", "retryIn", min(retry, period))
 				backgroundErrors.WithLabelValues("advertise").Inc()
+				wait, retry = min(retry, period), retry*2
+			} else {
+				retry = time.Second
 			}
-		}
-		wait := period
-		if !a.nets.Synced() {
+		} else {
 			wait = time.Second
 		}
 		select {

@@ -475,6 +475,33 @@ func TestSriovResourceAdvertised(t *testing.T) {
 	waitFor(t, "stickynet.io/sriov-fast to go", func() bool { _, ok := resources()["stickynet.io/sriov-fast"]; return !ok })
 }
 
+// An agent that starts before its Node is registered (a simulated node, an
+// API server that does not answer yet) advertises stickynet.io/network
+// within seconds of the Node's arrival, not a resync period later: until
+// then the node takes none of stickynet's pods.
+func TestNetworkResourceOnceNodeRegistered(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
+	ctx := t.Context()
+	kube := kubernetes.NewForConfigOrDie(apisrv.Config)
+	node := agenttest.NewNode(t)
+	opts := node.Options(nil)
+	opts.Pods, opts.Kubeconfig = nil, apisrv.Kubeconfig
+	opts.ResyncPeriod = time.Hour
+	agenttest.StartAgent(t, opts)
+	time.Sleep(3 * time.Second) // a few failed passes
+	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, annotations.NetworkResource+" on the Node registered after the agent started", func() bool {
+		n, err := kube.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, ok := n.Status.Allocatable[annotations.NetworkResource]
+		return ok && q.Value() == 110
+	})
+}
+
 // A VF carries its pod's MAC and VLAN, set through the PF, until DEL resets
 // it, even once the pod's netns is gone: a replacement with the same address
 // waits for that DEL.

@@ -65,6 +65,10 @@ type Handler struct {
 	// scheduler extender (their pool has a nodeSelector, or they ask for a VF)
 	// and name the default scheduler.
 	SchedulerName string
+	// NetworkResource, when set, gives each pod that gets an address a
+	// request for one annotations.NetworkResource, which the node agents
+	// advertise: such pods are then placed only on nodes whose agent serves.
+	NetworkResource bool
 	// StoreTimeout bounds the time spent on the state store per request, so a
 	// denial reaches the API server within the webhook's timeout. Default 7 s.
 	StoreTimeout time.Duration
@@ -349,7 +353,10 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 	}
 	pod.Labels[annotations.ManagedLabel] = "true"
 	if sriov != nil {
-		addVFRequest(pod, sriov.Name)
+		addRequest(pod, corev1.ResourceName(annotations.SriovResourcePrefix+sriov.Name))
+	}
+	if h.NetworkResource {
+		addRequest(pod, annotations.NetworkResource)
 	}
 	if h.SchedulerName != "" && (pod.Spec.SchedulerName == "" || pod.Spec.SchedulerName == corev1.DefaultSchedulerName) &&
 		(sriov != nil || selectsNodes(ipp.Spec.NodeSelector)) {
@@ -734,7 +741,12 @@ func have(names []string) string {
 // vfRequests counts the VFs of the network that the pod's containers (and
 // sidecars, whose requests add up with them) ask for, and names where.
 func vfRequests(pod *corev1.Pod, network string) (n int64, where []string) {
-	res := corev1.ResourceName(annotations.SriovResourcePrefix + network)
+	return requests(pod, corev1.ResourceName(annotations.SriovResourcePrefix+network))
+}
+
+// requests counts what the pod's containers and sidecars ask of res, and
+// names where.
+func requests(pod *corev1.Pod, res corev1.ResourceName) (n int64, where []string) {
 	count := func(kind string, c *corev1.Container) {
 		q, ok := c.Resources.Limits[res]
 		if !ok {
@@ -756,16 +768,15 @@ func vfRequests(pod *corev1.Pod, network string) (n int64, where []string) {
 	return n, where
 }
 
-// addVFRequest asks for one VF of the network in the first container, unless
-// a container asks for it already: the manifest's own, or this webhook's on
-// an earlier invocation, before another webhook put a container first (the
-// pod asked for two VFs, and needed two free on its node).
-func addVFRequest(pod *corev1.Pod, network string) {
-	if n, _ := vfRequests(pod, network); len(pod.Spec.Containers) == 0 || n > 0 {
+// addRequest asks for one of res in the first container, unless a container
+// asks for it already: the manifest's own, or this webhook's on an earlier
+// invocation, before another webhook put a container first (the pod would
+// have asked for two VFs, and needed two free on its node).
+func addRequest(pod *corev1.Pod, res corev1.ResourceName) {
+	if n, _ := requests(pod, res); len(pod.Spec.Containers) == 0 || n > 0 {
 		return
 	}
 	c := &pod.Spec.Containers[0]
-	res := corev1.ResourceName(annotations.SriovResourcePrefix + network)
 	if c.Resources.Requests == nil {
 		c.Resources.Requests = corev1.ResourceList{}
 	}

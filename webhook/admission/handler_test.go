@@ -103,7 +103,7 @@ func newEnv(t *testing.T, objs ...client.Object) *env {
 			return c.List(ctx, list, opts...)
 		},
 	})
-	h := &Handler{Reader: reader, Alloc: a, Decoder: admission.NewDecoder(sch), SchedulerName: "stickynet-scheduler", StoreTimeout: time.Second}
+	h := &Handler{Reader: reader, Alloc: a, Decoder: admission.NewDecoder(sch), SchedulerName: "stickynet-scheduler", NetworkResource: true, StoreTimeout: time.Second}
 	n := 0
 	h.NewToken = func() string { n++; return fmt.Sprintf("tok%d", n) }
 	return &env{t: t, h: h, store: s, alloc: a, c: c}
@@ -894,6 +894,44 @@ func TestSriov(t *testing.T) {
 	two.Name = "two"
 	two.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: one, Limits: one}
 	e.mustDeny(two, "pod app/two asks for 2 VFs of SriovNetwork fast (container c: 1, container app: 1); a pod gets one")
+}
+
+// Every pod that gets an address asks for one stickynet.io/network, which
+// only nodes whose agent serves advertise, so that the scheduler never puts
+// it on a node whose own network would attach it; once, however often it is
+// admitted. Pods stickynet passes by ask for nothing.
+func TestNetworkResource(t *testing.T) {
+	res := corev1.ResourceName(annotations.NetworkResource)
+	asked := func(p *corev1.Pod) (requests, limits int64, in []string) {
+		for _, c := range p.Spec.Containers {
+			r, rok := c.Resources.Requests[res]
+			l, lok := c.Resources.Limits[res]
+			if rok || lok {
+				requests, limits, in = requests+r.Value(), limits+l.Value(), append(in, c.Name)
+			}
+		}
+		return requests, limits, in
+	}
+	e := newEnv(t)
+	got := e.mustAdmit(pod("app", "a", nil))
+	if r, l, in := asked(got); r != 1 || l != 1 || len(in) != 1 || in[0] != "c" {
+		t.Errorf("%s: requests %d, limits %d, in %v; want 1 and 1 in the first container, c", res, r, l, in)
+	}
+	again := got.DeepCopy()
+	again.Spec.Containers = append([]corev1.Container{{Name: "proxy", Image: "busybox"}}, again.Spec.Containers...)
+	if r, _, in := asked(e.mustAdmit(again)); r != 1 || len(in) != 1 || in[0] != "c" {
+		t.Errorf("re-invoked with a container put first: %s requests %d in %v; want 1, in c", res, r, in)
+	}
+	out := pod("other", "b", nil) // namespace not opted in
+	if r, _, in := asked(e.mustAdmit(out)); r != 0 {
+		t.Errorf("a pod of a namespace not opted in asks for %d %s (in %v); want none", r, res, in)
+	}
+
+	e = newEnv(t)
+	e.h.NetworkResource = false
+	if r, _, in := asked(e.mustAdmit(pod("app", "a", nil))); r != 0 {
+		t.Errorf("with NetworkResource off: %d %s asked (in %v); want none", r, res, in)
+	}
 }
 
 // Traffic into a VF comes from the wire: an SR-IOV pod's own ingress limit

@@ -81,10 +81,12 @@ type Options struct {
 	LeaderElection          bool
 	LeaderElectionNamespace string
 
-	SchedulerName  string
-	StoreTimeout   time.Duration
-	ReservationTTL time.Duration
-	ReleaseGrace   time.Duration
+	SchedulerName string
+	// NetworkResource: see admission.Handler.
+	NetworkResource bool
+	StoreTimeout    time.Duration
+	ReservationTTL  time.Duration
+	ReleaseGrace    time.Duration
 	// ShutdownDelay is how long, once Run's context ends, the webhook keeps
 	// serving with /readyz failing before it stops: long enough for the
 	// Service's endpoints to drop it, so that no admission meets a closed
@@ -284,7 +286,7 @@ func Run(ctx context.Context, o Options) error {
 
 	handler := &admission.Handler{
 		Reader: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Alloc: alloc,
-		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, StoreTimeout: o.StoreTimeout, Grace: o.ReleaseGrace,
+		Decoder: cradmission.NewDecoder(sch), SchedulerName: o.SchedulerName, NetworkResource: o.NetworkResource, StoreTimeout: o.StoreTimeout, Grace: o.ReleaseGrace,
 		Metrics: admission.NewMetrics(metrics.Registry),
 	}
 	release.NewPoolCollector(metrics.Registry, mgr.GetClient())
