@@ -940,8 +940,8 @@ func TestValuesSchema(t *testing.T) {
 
 // TestWebhookValuesChecked: webhook.timeoutSeconds that leaves the etcd
 // requests (timeoutSeconds - 3 s) under 1 s, or that the API server refuses,
-// and an unknown webhook.certMode are refused naming the value and what is
-// accepted; 4 gives a 1 s store timeout.
+// a webhook.reservationTTL under 1m and an unknown webhook.certMode are
+// refused naming the value and what is accepted; 4 gives a 1 s store timeout.
 func TestWebhookValuesChecked(t *testing.T) {
 	testenv.Integration(t)
 	for _, v := range []string{"0", "3", "31", "2.5"} {
@@ -951,6 +951,30 @@ func TestWebhookValuesChecked(t *testing.T) {
 		refused(t, []string{"webhook.certMode=" + v}, fmt.Sprintf("webhook.certMode: %q", v), "self or cert-manager")
 	}
 	refused(t, []string{"etcd.tlsSecret=etcd-client"}, `etcd.tlsSecret: "etcd-client"`, "the bundled etcd serves plain http")
+	// A reservation TTL under 1m passed the schema, and the binary refused
+	// it at start: no replica ready, every pod of an opted-in namespace refused.
+	for _, v := range []string{"30s", "0.5m", "59s999ms"} {
+		refused(t, []string{"webhook.reservationTTL=" + v}, "webhook.reservationTTL: "+v+" is not accepted", "at least 1m")
+	}
+	for _, v := range []string{"1m", "90s", "0s", "1h30m"} {
+		if args := podTemplate(t, render(t, "webhook.reservationTTL="+v)["Deployment/stickynet-webhook"]).Spec.Containers[0].Args; !slices.Contains(args, "--reservation-ttl="+v) {
+			t.Errorf("webhook.reservationTTL=%s: webhook args %v", v, args)
+		}
+	}
+	// webhook.networkResource: the flag only to turn it off, so that values
+	// without the key (helm upgrade --reuse-values from a chart without it)
+	// render no empty boolean, which the binary refuses.
+	for set, want := range map[string][]string{
+		"webhook.networkResource=false": {"--network-resource=false"},
+		"webhook.networkResource=true":  nil,
+		"webhook.networkResource=null":  nil,
+	} {
+		args := podTemplate(t, render(t, set)["Deployment/stickynet-webhook"]).Spec.Containers[0].Args
+		got := slices.DeleteFunc(slices.Clone(args), func(a string) bool { return !strings.HasPrefix(a, "--network-resource") })
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: webhook args %v; want %v", set, got, want)
+		}
+	}
 	// Server-side TLS only: the CA, no client certificate.
 	args := podTemplate(t, render(t, "etcd.endpoints={https://etcd.example:2379}", "etcd.tlsSecret=etcd-ca", "etcd.tlsClientCert=false")["Deployment/stickynet-webhook"]).Spec.Containers[0].Args
 	if !slices.Contains(args, "--etcd-ca-file=/etc/stickynet/etcd-tls/ca.crt") || slices.ContainsFunc(args, func(a string) bool {

@@ -185,16 +185,15 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	retry := time.Second
 	for {
 		wait := period
-		if a.nets.Synced() {
-			if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
-				log.Error(err, "Advertising the node's resources failed", "retryIn", min(retry, period))
-				backgroundErrors.WithLabelValues("advertise").Inc()
-				wait, retry = min(retry, period), retry*2
-			} else {
-				retry = time.Second
-			}
+		if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
+			wait, retry = min(retry, period), min(retry*2, period)
+			log.Error(err, "Advertising the node's resources failed", "retryIn", wait)
+			backgroundErrors.WithLabelValues("advertise").Inc()
 		} else {
-			wait = time.Second
+			retry = time.Second
+		}
+		if !a.nets.Synced() {
+			wait = min(wait, time.Second)
 		}
 		select {
 		case <-ctx.Done():
@@ -268,7 +267,21 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("get node %s: %w", a.opts.NodeName, err)
 	}
-	counts, shared := a.vfCounts(node.Labels)
+	var counts map[corev1.ResourceName]int
+	var shared []string
+	if a.nets.Synced() {
+		counts, shared = a.vfCounts(node.Labels)
+	} else {
+		// The SriovNetworks not listed yet (or not at all: no CRD, no
+		// permission) hold up the VFs' counts, which keep their values,
+		// not stickynet's network.
+		counts = map[corev1.ResourceName]int{}
+		for name, q := range node.Status.Capacity {
+			if ownResource(name) {
+				counts[name] = int(q.Value())
+			}
+		}
+	}
 	counts[annotations.NetworkResource] = networkCapacity(node)
 	patch := resourcePatch(node.Status.Capacity, counts)
 	if patch == nil {
@@ -278,7 +291,7 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 		klog.FromContext(ctx).Info("Warning: SriovNetworks share PFs; each PF's VFs are offered to the first network by name that lists it only (give each network PFs of its own)", "node", a.opts.NodeName, "shared", shared)
 	}
 	if _, err := a.kube.CoreV1().Nodes().PatchStatus(ctx, a.opts.NodeName, patch); err != nil {
-		return fmt.Errorf("patch SR-IOV resources of node %s: %w", a.opts.NodeName, err)
+		return fmt.Errorf("patch the resources of node %s: %w", a.opts.NodeName, err)
 	}
 	klog.FromContext(ctx).Info("Node resources advertised", "node", a.opts.NodeName, "patch", string(patch))
 	return nil

@@ -478,9 +478,11 @@ func TestSriovResourceAdvertised(t *testing.T) {
 // An agent that starts before its Node is registered (a simulated node, an
 // API server that does not answer yet) advertises stickynet.io/network
 // within seconds of the Node's arrival, not a resync period later: until
-// then the node takes none of stickynet's pods.
+// then the node takes none of stickynet's pods. Nor does it wait for the
+// SriovNetworks, here never listed (no CRD): their VFs' counts keep the
+// values they have.
 func TestNetworkResourceOnceNodeRegistered(t *testing.T) {
-	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
+	apisrv := agenttest.StartAPIServer(t)
 	ctx := t.Context()
 	kube := kubernetes.NewForConfigOrDie(apisrv.Config)
 	node := agenttest.NewNode(t)
@@ -489,17 +491,28 @@ func TestNetworkResourceOnceNodeRegistered(t *testing.T) {
 	opts.ResyncPeriod = time.Hour
 	agenttest.StartAgent(t, opts)
 	time.Sleep(3 * time.Second) // a few failed passes
-	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{}); err != nil {
+	vfs := corev1.ResourceName("stickynet.io/sriov-fast")
+	had := corev1.ResourceList{vfs: resource.MustParse("2")}
+	// Registered with its status, as a kubelet does (an update after would
+	// race the agent's patch).
+	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-1"}, Status: corev1.NodeStatus{Capacity: had, Allocatable: had},
+	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	var status corev1.NodeStatus
 	waitFor(t, annotations.NetworkResource+" on the Node registered after the agent started", func() bool {
 		n, err := kube.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		status = n.Status
 		q, ok := n.Status.Allocatable[annotations.NetworkResource]
 		return ok && q.Value() == 110
 	})
+	if q, ok := status.Allocatable[vfs]; !ok || q.Value() != 2 {
+		t.Errorf("%s: %s (present %v); want the 2 it had, the SriovNetworks not listed", vfs, q.String(), ok)
+	}
 }
 
 // A VF carries its pod's MAC and VLAN, set through the PF, until DEL resets

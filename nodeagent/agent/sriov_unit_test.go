@@ -23,8 +23,11 @@ func TestResourcePatch(t *testing.T) {
 		"stickynet.io/sriov-a":   resource.MustParse("4"),
 		"stickynet.io/sriov-old": resource.MustParse("2"),
 	}
+	withNetwork := have.DeepCopy()
+	withNetwork["stickynet.io/network"] = resource.MustParse("110")
 	tests := []struct {
 		name string
+		have corev1.ResourceList // default: have
 		want map[corev1.ResourceName]int
 		out  string
 	}{
@@ -42,12 +45,16 @@ func TestResourcePatch(t *testing.T) {
 			out: `{"status":{"allocatable":{"stickynet.io/network":"110"},"capacity":{"stickynet.io/network":"110"}}}`,
 		},
 		{
-			name: "all withdrawn", want: nil,
-			out: `{"status":{"allocatable":{"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null},"capacity":{"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null}}}`,
+			name: "all withdrawn", have: withNetwork, want: nil,
+			out: `{"status":{"allocatable":{"stickynet.io/network":null,"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null},"capacity":{"stickynet.io/network":null,"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null}}}`,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			have := have
+			if tt.have != nil {
+				have = tt.have
+			}
 			if got := string(resourcePatch(have, tt.want)); got != tt.out {
 				t.Errorf("got  %s\nwant %s", got, tt.out)
 			}

@@ -815,10 +815,13 @@ func TestBandwidth(t *testing.T) {
 // naming the node and the selector. Before, it was admitted and ran with an
 // address its node could not reach.
 func TestNamedNodeOutsidePlacement(t *testing.T) {
+	served := corev1.ResourceList{annotations.NetworkResource: resource.MustParse("110")}
 	node := func(name string, l map[string]string) *corev1.Node {
-		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}, Status: corev1.NodeStatus{Capacity: served, Allocatable: served}}
 	}
-	e := newEnv(t, node("n1", map[string]string{"rack": "1"}), node("n3", map[string]string{"rack": "2"}),
+	agentless := node("n4", nil)
+	agentless.Status = corev1.NodeStatus{}
+	e := newEnv(t, node("n1", map[string]string{"rack": "1"}), node("n3", map[string]string{"rack": "2"}), agentless,
 		&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{
 			PFNames: []string{"ens1f0"}, Pool: "racked", NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"sriov": "true"}},
 		}})
@@ -836,6 +839,11 @@ func TestNamedNodeOutsidePlacement(t *testing.T) {
 	e.mustAdmit(on("c", "gone", map[string]string{annotations.Pool: "racked"})) // no such node: nothing runs it
 	e.mustAdmit(on("d", "n3", nil))                                             // pool blue selects every node
 	e.mustDeny(on("e", "n1", map[string]string{annotations.SriovNetwork: "fast"}), "names node n1 in spec.nodeName", "SriovNetwork fast (sriov=true) leaves out")
+	// A node whose agent does not serve (it advertises no
+	// stickynet.io/network, which the kubelet would drop from the request).
+	e.mustDeny(on("f", "n4", nil), "names node n4 in spec.nodeName, which advertises no stickynet.io/network")
+	e.h.NetworkResource = false
+	e.mustAdmit(on("g", "n4", nil))
 }
 
 func TestSriov(t *testing.T) {

@@ -40,6 +40,20 @@ Below 1 s etcd requests could not succeed, so such a timeoutSeconds is refused.
 {{- sub (int $t) 3 }}
 {{- end -}}
 
+{{/*
+The seconds of a Go duration such as 90s, 5m or 1h30m (the values schema
+checks the form).
+*/}}
+{{- define "stickynet.durationSeconds" -}}
+{{- $total := 0.0 }}
+{{- $per := dict "ns" 1e-9 "us" 1e-6 "µs" 1e-6 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" (toString .) -1 }}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" . }}
+{{- $total = addf $total (mulf (float64 $n) (get $per (trimPrefix $n .))) }}
+{{- end }}
+{{- $total }}
+{{- end -}}
+
 {{/* The kube-scheduler image: a tag or digest in extender.scheduler.image is kept; otherwise extender.scheduler.tag, or the cluster's version. */}}
 {{- define "stickynet.schedulerImage" -}}
 {{- $image := .Values.extender.scheduler.image }}
