@@ -43,10 +43,6 @@ make -s cluster-up STICKYNET=1 NODES=3 SIM_NODES=0
 node_ip=$(kubectl get node node-1 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
 net=${node_ip%.*.*}
 
-say "A namespace whose pods get sticky addresses"
-run kubectl create namespace demo
-run kubectl label namespace demo stickynet.io/enabled=true
-
 say "An IPPool on the nodes that run stickynet's agent; the default pool of the namespaces it admits"
 apply <<EOF
 apiVersion: stickynet.io/v1alpha1
@@ -60,6 +56,10 @@ spec:
   nodeSelector: {matchLabels: {e2e.stickynet.io/stickynet: "true"}}
   default: true
 EOF
+
+say "A namespace whose pods get sticky addresses (after the pool: a pod of an opted-in namespace that no pool serves is refused)"
+run kubectl create namespace demo
+run kubectl label namespace demo stickynet.io/enabled=true
 
 say "A StatefulSet of three pods (busybox and an iperf3 server)"
 apply <<'EOF'

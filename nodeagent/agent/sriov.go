@@ -13,7 +13,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
@@ -182,6 +185,9 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	if period <= 0 {
 		period = time.Minute
 	}
+	if err := a.watchNode(ctx); err != nil {
+		log.Error(err, "The node's resources are checked every resync period only", "period", period)
+	}
 	retry := time.Second
 	for {
 		wait := period
@@ -202,6 +208,33 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// watchNode wakes advertiseLoop when the Node shows stickynet's network
+// other than the agent advertises it: gone (a Node deleted and registered
+// again, a kubelet that zeroed it, a hand edit) or of another count (the
+// node's pod limit changed). Without the watch (no permission to list
+// Nodes, say) the resync period finds it.
+func (a *agent) watchNode(ctx context.Context) error {
+	f := informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+		lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.opts.NodeName).String()
+	}))
+	check := func(obj any) {
+		node, ok := obj.(*corev1.Node)
+		if !ok {
+			return
+		}
+		if q, ok := node.Status.Allocatable[annotations.NetworkResource]; !ok || q.Value() != int64(networkCapacity(node)) {
+			a.wakeAdvertise()
+		}
+	}
+	if _, err := f.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: check, UpdateFunc: func(_, obj any) { check(obj) },
+	}); err != nil {
+		return fmt.Errorf("watch node %s: %w", a.opts.NodeName, err)
+	}
+	f.Start(ctx.Done())
+	return nil
 }
 
 // vfCounts is, per resource, the VFs of each SriovNetwork that selects a

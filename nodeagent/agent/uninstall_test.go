@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -97,6 +98,12 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	}
 	must(admin.AppsV1().DaemonSets(ns).Create(ctx, ds.DeepCopy(), metav1.CreateOptions{}))
 	time.Sleep(3 * time.Second) // for the watch to bring both (no event tells when)
+	// Taken off the Node (a Node registered again, a kubelet that zeroed
+	// it), it is put back at once through the agent's watch of its Node
+	// (the resync period is an hour here), which the chart's RBAC allows.
+	remove := []byte(`[{"op":"remove","path":"/status/capacity/stickynet.io~1network"},{"op":"remove","path":"/status/allocatable/stickynet.io~1network"}]`)
+	must(admin.CoreV1().Nodes().Patch(ctx, "node-1", types.JSONPatchType, remove, metav1.PatchOptions{}, "status"))
+	waitFor(t, annotations.NetworkResource+" put back", func() bool { return network() == "110" })
 	a.Stop(t)
 	if !exists(conflist) || !exists(plugin) {
 		t.Fatalf("after a stop with the DaemonSet made again: conflist there %v, plugin there %v; want both", exists(conflist), exists(plugin))
