@@ -168,14 +168,14 @@ func (a *agent) wakeAdvertise() {
 }
 
 // advertiseLoop keeps the Node's extended resources right: stickynet's
-// network (annotations.NetworkResource), advertised only while the agent
-// serves, and for each SriovNetwork that selects the node the number of its
-// VFs here. It checks them every ResyncPeriod: a kubelet that finds its
-// device-plugin checkpoints gone (a recreated node) zeroes every extended
-// resource as it registers. A failed pass is tried again after 1 s, then
-// twice as long each time up to ResyncPeriod: until the first succeeds, the
-// node takes none of stickynet's pods (its Node not there yet, the API
-// server not answering).
+// network (annotations.NetworkResource), from the agent's first serving on
+// until it leaves the node (a stop that is not a leave keeps it), and for
+// each SriovNetwork that selects the node the number of its VFs here. It
+// checks them when the SriovNetworks or the Node change and every
+// ResyncPeriod. A failed pass is tried again after 1 s, then twice as long
+// each time up to ResyncPeriod (backoff): until one succeeds, the node takes
+// none of stickynet's pods (its Node not there yet, the API server not
+// answering).
 func (a *agent) advertiseLoop(ctx context.Context) {
 	if a.kube == nil || a.opts.NodeName == "" {
 		return
@@ -188,18 +188,15 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	if err := a.watchNode(ctx); err != nil {
 		log.Error(err, "The node's resources are checked every resync period only", "period", period)
 	}
-	retry := time.Second
+	var retry time.Duration
 	for {
 		wait := period
 		if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
-			wait, retry = min(retry, period), min(retry*2, period)
+			wait, retry = backoff(retry, period)
 			log.Error(err, "Advertising the node's resources failed", "retryIn", wait)
 			backgroundErrors.WithLabelValues("advertise").Inc()
 		} else {
-			retry = time.Second
-		}
-		if !a.nets.Synced() {
-			wait = min(wait, time.Second)
+			retry = 0
 		}
 		select {
 		case <-ctx.Done():
@@ -210,11 +207,19 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	}
 }
 
+// backoff is the wait after a failure that follows a wait of last (0: none
+// failed before), and the new last: 1 s, then twice as long each time, up
+// to period.
+func backoff(last, period time.Duration) (wait, next time.Duration) {
+	wait = min(max(2*last, time.Second), period)
+	return wait, wait
+}
+
 // watchNode wakes advertiseLoop when the Node shows stickynet's network
 // other than the agent advertises it: gone (a Node deleted and registered
 // again, a kubelet that zeroed it, a hand edit) or of another count (the
-// node's pod limit changed). Without the watch (no permission to list
-// Nodes, say) the resync period finds it.
+// node's pod limit changed). A watch that cannot list the Node (no
+// permission) logs why; the resync period then finds it.
 func (a *agent) watchNode(ctx context.Context) error {
 	f := informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
 		lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.opts.NodeName).String()
@@ -316,7 +321,7 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 		}
 	}
 	counts[annotations.NetworkResource] = networkCapacity(node)
-	patch := resourcePatch(node.Status.Capacity, counts)
+	patch := resourcePatch(node.Status, counts)
 	if patch == nil {
 		return nil
 	}
@@ -347,39 +352,26 @@ func ownResource(name corev1.ResourceName) bool {
 }
 
 // resourcePatch is the merge patch that makes the node's own resources
-// (ownResource) in capacity and allocatable equal want (nil when they
-// already are); a nil want removes them all.
-func resourcePatch(have corev1.ResourceList, want map[corev1.ResourceName]int) []byte {
+// (ownResource) in capacity and allocatable both equal want (nil when they
+// already are); a nil want removes them all. The scheduler and the kubelet
+// read allocatable, so it counts as much as capacity.
+func resourcePatch(status corev1.NodeStatus, want map[corev1.ResourceName]int) []byte {
 	set := map[string]any{}
-	for name, q := range have {
-		if ownResource(name) {
-			if _, ok := want[name]; !ok {
+	for _, have := range []corev1.ResourceList{status.Capacity, status.Allocatable} {
+		for name := range have {
+			if _, wanted := want[name]; ownResource(name) && !wanted {
 				set[string(name)] = nil
-			} else if q.Value() == int64(want[name]) {
-				set[string(name)] = "keep"
 			}
 		}
 	}
-	names := make([]string, 0, len(want))
-	for name := range want {
-		names = append(names, string(name))
-	}
-	sort.Strings(names)
-	changed := false
-	for _, name := range names {
-		if set[name] == "keep" {
-			delete(set, name)
-			continue
-		}
-		set[name] = strconv.Itoa(want[corev1.ResourceName(name)])
-		changed = true
-	}
-	for _, v := range set {
-		if v == nil {
-			changed = true
+	for name, n := range want {
+		c, cok := status.Capacity[name]
+		a, aok := status.Allocatable[name]
+		if !cok || !aok || c.Value() != int64(n) || a.Value() != int64(n) {
+			set[string(name)] = strconv.Itoa(n)
 		}
 	}
-	if !changed {
+	if len(set) == 0 {
 		return nil
 	}
 	b, _ := json.Marshal(map[string]any{"status": map[string]any{"capacity": set, "allocatable": set}})

@@ -477,10 +477,10 @@ func TestSriovResourceAdvertised(t *testing.T) {
 
 // An agent that starts before its Node is registered (a simulated node, an
 // API server that does not answer yet) advertises stickynet.io/network
-// within seconds of the Node's arrival, not a resync period later: until
-// then the node takes none of stickynet's pods. Nor does it wait for the
-// SriovNetworks, here never listed (no CRD): their VFs' counts keep the
-// values they have.
+// within seconds of the Node's arrival (its watch of the Node and its retry
+// each see to it), not a resync period later: until then the node takes
+// none of stickynet's pods. Nor does it wait for the SriovNetworks, here
+// never listed (no CRD): their VFs' counts keep the values they have.
 func TestNetworkResourceOnceNodeRegistered(t *testing.T) {
 	apisrv := agenttest.StartAPIServer(t)
 	ctx := t.Context()

@@ -3,8 +3,10 @@ package agent
 import (
 	"maps"
 	"net"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -26,10 +28,11 @@ func TestResourcePatch(t *testing.T) {
 	withNetwork := have.DeepCopy()
 	withNetwork["stickynet.io/network"] = resource.MustParse("110")
 	tests := []struct {
-		name string
-		have corev1.ResourceList // default: have
-		want map[corev1.ResourceName]int
-		out  string
+		name        string
+		have        corev1.ResourceList // capacity; default: have
+		allocatable corev1.ResourceList // default: as capacity
+		want        map[corev1.ResourceName]int
+		out         string
 	}{
 		{
 			name: "unchanged and one gone", want: map[corev1.ResourceName]int{"stickynet.io/sriov-a": 4},
@@ -45,20 +48,52 @@ func TestResourcePatch(t *testing.T) {
 			out: `{"status":{"allocatable":{"stickynet.io/network":"110"},"capacity":{"stickynet.io/network":"110"}}}`,
 		},
 		{
+			// Taken off allocatable only (by hand): the scheduler and the
+			// kubelet read that one.
+			name: "allocatable short", have: withNetwork, allocatable: have,
+			want: map[corev1.ResourceName]int{"stickynet.io/network": 110, "stickynet.io/sriov-a": 4, "stickynet.io/sriov-old": 2},
+			out:  `{"status":{"allocatable":{"stickynet.io/network":"110"},"capacity":{"stickynet.io/network":"110"}}}`,
+		},
+		{
 			name: "all withdrawn", have: withNetwork, want: nil,
 			out: `{"status":{"allocatable":{"stickynet.io/network":null,"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null},"capacity":{"stickynet.io/network":null,"stickynet.io/sriov-a":null,"stickynet.io/sriov-old":null}}}`,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			have := have
+			st := corev1.NodeStatus{Capacity: have, Allocatable: tt.allocatable}
 			if tt.have != nil {
-				have = tt.have
+				st.Capacity = tt.have
 			}
-			if got := string(resourcePatch(have, tt.want)); got != tt.out {
+			if st.Allocatable == nil {
+				st.Allocatable = st.Capacity
+			}
+			if got := string(resourcePatch(st, tt.want)); got != tt.out {
 				t.Errorf("got  %s\nwant %s", got, tt.out)
 			}
 		})
+	}
+}
+
+// The wait after each failure doubles from 1 s and stops at the period
+// (doubling without a cap overflowed after about 34 failures into waits of
+// nothing).
+func TestBackoff(t *testing.T) {
+	var last time.Duration
+	var waits []time.Duration
+	for range 100 {
+		var w time.Duration
+		w, last = backoff(last, time.Minute)
+		waits = append(waits, w)
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute}
+	if !slices.Equal(waits[:len(want)], want) {
+		t.Errorf("first waits %v; want %v", waits[:len(want)], want)
+	}
+	for i, w := range waits[len(want):] {
+		if w != time.Minute {
+			t.Fatalf("wait %d: %v; want the period, 1m", len(want)+i+1, w)
+		}
 	}
 }
 

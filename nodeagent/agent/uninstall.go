@@ -187,10 +187,15 @@ func (o *owner) uninstall(ctx context.Context) {
 		fi, err := os.Stat(f.path)
 		return err == nil && os.SameFile(fi, f.fi)
 	}
+	replaced := func(f installed) bool {
+		fi, err := os.Stat(f.path)
+		return err == nil && !os.SameFile(fi, f.fi)
+	}
 	// The resources go before the conflist, so that no pod is placed here
 	// to meet the node's other network; not once a new install's agent has
-	// written its own conflist (it advertises them now).
-	if n := len(o.installed); n > 0 && ours(o.installed[n-1]) {
+	// written its own conflist (it advertises them now). A conflist that is
+	// gone (removed by hand) is no other agent's.
+	if n := len(o.installed); n == 0 || !replaced(o.installed[n-1]) {
 		o.withdraw(ctx)
 	}
 	// The conflist first: a runtime never meets it without its plugin.
@@ -220,7 +225,7 @@ func (o *owner) withdraw(ctx context.Context) {
 	defer cancel()
 	node, err := o.kube.CoreV1().Nodes().Get(gctx, o.node, metav1.GetOptions{})
 	if err == nil {
-		patch := resourcePatch(node.Status.Capacity, nil)
+		patch := resourcePatch(node.Status, nil)
 		if patch == nil {
 			return
 		}

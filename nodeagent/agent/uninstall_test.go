@@ -117,6 +117,11 @@ func TestUninstallRemovesConflist(t *testing.T) {
 	}
 	narrowed.Spec.Template.Spec.NodeSelector = map[string]string{"openvswitch": "yes"}
 	must(admin.AppsV1().DaemonSets(ns).Update(ctx, narrowed, metav1.UpdateOptions{}))
+	// The conflist removed by hand meanwhile is no other agent's: the
+	// resources go all the same.
+	if err := os.Remove(conflist); err != nil {
+		t.Fatal(err)
+	}
 	a.Stop(t) // at once: the stop reads the DaemonSet, whether or not the watch has brought the edit
 	if exists(conflist) || exists(plugin) || network() != "none" {
 		t.Fatalf("after a stop with the DaemonSet no longer selecting the node: conflist there %v, plugin there %v, %s %s; want neither, and none", exists(conflist), exists(plugin), annotations.NetworkResource, network())

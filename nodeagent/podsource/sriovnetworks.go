@@ -45,6 +45,13 @@ func (s *SriovNetworkInformer) Start(ctx context.Context, onChange func()) error
 		return fmt.Errorf("SriovNetwork informer handler: %w", err)
 	}
 	f.Start(ctx.Done())
+	// Once listed, even with none there (no event then): a caller that
+	// waits for Synced learns it.
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), s.inf.HasSynced) {
+			notify(nil)
+		}
+	}()
 	return nil
 }
 

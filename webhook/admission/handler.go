@@ -207,6 +207,10 @@ func (h *Handler) mutate(ctx context.Context, pod *corev1.Pod, ns *corev1.Namesp
 				pod.Namespace, podName(pod), n, name, strings.Join(where, ", "), annotations.SriovResourcePrefix, name)
 		}
 	}
+	if n, where := requests(pod, annotations.NetworkResource); n > 1 {
+		return nil, nil, deny("pod %s/%s asks for %d %s (%s); a pod takes one of its node's: ask for 1 in one container, or leave it to stickynet, which adds it to the first",
+			pod.Namespace, podName(pod), n, annotations.NetworkResource, strings.Join(where, ", "))
+	}
 	token := ""
 	if pod.Name == "" {
 		token = h.token()

@@ -930,6 +930,9 @@ func TestNetworkResource(t *testing.T) {
 	if r, _, in := asked(e.mustAdmit(again)); r != 1 || len(in) != 1 || in[0] != "c" {
 		t.Errorf("re-invoked with a container put first: %s requests %d in %v; want 1, in c", res, r, in)
 	}
+	three := pod("app", "three", nil)
+	three.Spec.Containers[0].Resources.Limits = corev1.ResourceList{res: resource.MustParse("3")}
+	e.mustDeny(three, "pod app/three asks for 3 stickynet.io/network (container c: 3); a pod takes one")
 	out := pod("other", "b", nil) // namespace not opted in
 	if r, _, in := asked(e.mustAdmit(out)); r != 0 {
 		t.Errorf("a pod of a namespace not opted in asks for %d %s (in %v); want none", r, res, in)
