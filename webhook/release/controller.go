@@ -431,13 +431,14 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := c.adopt(ctx, ps, pods, specs); err != nil {
 		errs = append(errs, err)
 	}
+	unobserved := unobservedPools(pools.Items) // before updatePools writes their status
 	if err := c.updatePools(ctx, pools.Items, specs, held); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.reresolveBandwidth(ctx, pods); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.requeue(ctx, pods, pools.Items); err != nil {
+	if err := c.requeue(ctx, pods, pools.Items, unobserved); err != nil {
 		errs = append(errs, err)
 	}
 	c.offNetwork(pods)

@@ -57,10 +57,14 @@ func unschedulable(p *corev1.Pod) bool {
 
 // requeue writes annotations.PlacementChanged on the unschedulable pods of
 // every IPPool and SriovNetwork whose nodeSelector changed, or that was
-// created, since the term's previous pass. The first pass of a term has
-// nothing to compare with and only remembers. A pool whose pods could not
-// all be written counts as changed again in the next pass.
-func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alpha1.IPPool) error {
+// created, since the term's previous pass. The first pass of a term has no
+// pass to compare with: it takes the IPPools whose spec changed since a
+// pass last wrote their status (unobserved: status.observedGeneration
+// behind, read before this pass wrote it), such as an edit made while the
+// lead changed hands; SriovNetworks have no status, and such an edit of
+// one waits for the scheduler's own retry. A pool whose pods could not all
+// be written counts as changed again in the next pass.
+func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alpha1.IPPool, unobserved map[string]bool) error {
 	networks := &v1alpha1.SriovNetworkList{}
 	if err := c.Client.List(ctx, networks); err != nil {
 		return fmt.Errorf("list SriovNetworks: %w", err)
@@ -68,14 +72,14 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 	now := placementsOf(pools, networks.Items)
 	prev := c.placements
 	c.placements = now
-	if prev == nil {
-		return nil
-	}
 	changed := map[string]string{} // key → the annotation's value
 	for k, p := range now {
-		if q, ok := prev[k]; !ok || q.selector != p.selector {
+		if q, ok := prev[k]; (prev != nil && (!ok || q.selector != p.selector)) || (prev == nil && unobserved[k]) {
 			changed[k] = fmt.Sprintf("%s generation %d", k, p.generation)
 		}
+	}
+	if prev == nil {
+		prev = placements{} // a failed write forgets the key: changed again next pass
 	}
 	if len(changed) == 0 {
 		return nil
@@ -116,7 +120,28 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 			continue
 		}
 		c.Metrics.requeued()
-		c.event(p.pod, corev1.EventTypeNormal, "PlacementChanged", "the nodeSelector of %s changed: scheduling tried again", key)
+		c.event(p.pod, corev1.EventTypeNormal, "PlacementChanged", "%s changed (%s): scheduling tried again", key, why(prevHad(prev, key)))
 	}
 	return errors.Join(errs...)
+}
+
+// unobservedPools names ("IPPool/<name>") the IPPools whose spec changed
+// since a pass last wrote their status.
+func unobservedPools(pools []v1alpha1.IPPool) map[string]bool {
+	out := map[string]bool{}
+	for i := range pools {
+		if pools[i].Status.ObservedGeneration < pools[i].Generation {
+			out["IPPool/"+pools[i].Name] = true
+		}
+	}
+	return out
+}
+
+func prevHad(prev placements, key string) bool { _, ok := prev[key]; return ok }
+
+func why(compared bool) string {
+	if compared {
+		return "its nodeSelector"
+	}
+	return "created, or edited since the release controller last looked"
 }

@@ -151,3 +151,47 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 		}
 	}
 }
+
+// A new leader's first pass has no earlier pass to compare nodeSelectors
+// with: it asks the scheduler to try again the unschedulable pods of the
+// IPPools whose spec changed since a pass last wrote their status (an edit
+// made while the lead changed hands), and of no other pool. Before, it only
+// remembered, and those pods waited for the scheduler's own retry (5 min).
+func TestRequeueAfterLeaderChange(t *testing.T) {
+	unschedulable := func(name, pool string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Annotations: map[string]string{
+				annotations.Identity: "pod/app/" + name, annotations.AssignedIP: "10.20.0.9/24", annotations.AssignedPool: pool,
+			}},
+			Status: corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{
+				{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable},
+			}},
+		}
+	}
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	edited := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "edited", Generation: 5}, Spec: spec, Status: v1alpha1.IPPoolStatus{ObservedGeneration: 4}}
+	seen := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "seen", Generation: 5}, Spec: spec, Status: v1alpha1.IPPoolStatus{ObservedGeneration: 5}}
+	api := apiWith(t, spec, edited, seen, unschedulable("of-edited", "edited"), unschedulable("of-seen", "seen"))
+	rec := events.NewFakeRecorder(100)
+	c := &Controller{Client: api, APIReader: api, Alloc: startAlloc(t, store.NewMemory()), Recorder: rec, Grace: time.Hour, Metrics: NewMetrics(prometheus.NewRegistry())}
+	ctx := context.Background()
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	list := &corev1.PodList{}
+	if err := api.List(ctx, list); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list.Items {
+		if v, ok := p.Annotations[annotations.PlacementChanged]; ok {
+			got[p.Name] = v
+		}
+	}
+	if len(got) != 1 || got["of-edited"] != "IPPool/edited generation 5" {
+		t.Errorf("a new term's first pass wrote %v; want only pod of-edited, IPPool/edited generation 5", got)
+	}
+	if evs := drained(rec, "PlacementChanged"); len(evs) != 1 || !strings.Contains(evs[0], "IPPool/edited changed (created, or edited since the release controller last looked)") {
+		t.Errorf("events %q; want one PlacementChanged naming IPPool/edited", evs)
+	}
+}
