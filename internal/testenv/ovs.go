@@ -193,6 +193,24 @@ func (o *OVS) StopVswitchd(t testing.TB) {
 	o.procs = o.procs[:1]
 }
 
+// FreezeDB stops ovsdb-server (SIGSTOP) until the returned func or the
+// test's end continues it: it keeps its socket and takes connections, but
+// answers nothing, as a hung server does.
+func (o *OVS) FreezeDB(t testing.TB) (thaw func()) {
+	t.Helper()
+	if len(o.procs) == 0 {
+		t.Fatal("ovsdb-server is not running")
+	}
+	p := o.procs[0].Process
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	thaw = func() { once.Do(func() { _ = p.Signal(syscall.SIGCONT) }) }
+	t.Cleanup(thaw)
+	return thaw
+}
+
 // StartVswitchd starts ovs-vswitchd after StopVswitchd.
 func (o *OVS) StartVswitchd(t testing.TB) {
 	t.Helper()

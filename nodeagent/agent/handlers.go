@@ -138,7 +138,7 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	return res, nil, err
 }
 
-// answerWithin is how long an ADD may take in the agent: the plugin's
+// answerWithin is how long an ADD or a DEL may take in the agent: the plugin's
 // request timeout less a tenth. A step that runs out of it, such as an OVS
 // command that ovs-vswitchd does not answer, fails with the agent's own
 // error, which says what did not answer, before the plugin gives up with a
@@ -594,12 +594,20 @@ func (a *agent) usedByAnother(at *datapath.Attachment) bool {
 var noAttachment = &api.Fallback{Reason: "no stickynet attachment of this container and interface on the node"}
 
 func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error) {
-	if _, err := a.conf(req); err != nil {
+	conf, err := a.conf(req)
+	if err != nil {
 		return nil, err
 	}
 	if err := needAttachmentArgs(req); err != nil {
 		return nil, err
 	}
+	// Within the plugin's timeout, as ADD: an ovsdb-server that takes the
+	// connection and does not answer held each DEL past it (ovs-vsctl's own
+	// timeout is as long), so that the runtime retried it for as long as
+	// ovsdb-server hung and the pod stayed Terminating, although its veth
+	// went at the first try.
+	ctx, cancel := context.WithTimeout(ctx, answerWithin(conf))
+	defer cancel()
 	key := req.ContainerID + "/" + req.IfName
 	unlock := a.lockKey(key)
 	defer unlock()

@@ -591,6 +591,29 @@ func TestDelWithOVSDown(t *testing.T) {
 	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
 }
 
+// TestDelWithOVSHung: an ovsdb-server that takes connections and answers
+// nothing (stopped here) fails no DEL once the pod's veth is gone, the
+// first or a retried one: each answers within the plugin's timeout, and
+// the port row and record go once ovsdb-server answers again. Before, each
+// DEL waited for ovs-vsctl's own timeout, as long as the plugin's, and
+// failed: the pod stayed Terminating for as long as ovsdb-server hung.
+func TestDelWithOVSHung(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	p := e.addPod(podSpec{name: "leaving", ips: "10.81.0.34/24", mac: "02:00:0a:51:00:22"})
+	thaw := e.node.OVS.FreezeDB(t)
+	for _, try := range []string{"first", "retried"} {
+		if err := e.cni.Del(p.rt); err != nil {
+			t.Fatalf("%s DEL with ovsdb-server not answering: %v", try, err)
+		}
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Errorf("host veths left after the DEL: %v", v)
+	}
+	thaw()
+	waitFor(t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf("ctr-leaving") == "" })
+	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+}
+
 // TestAddWithVswitchdDown: with ovs-vswitchd down, STATUS says the plugin
 // is not available, and ADD fails with the agent's own error, "try again
 // later", naming Open vSwitch and the command that it did not answer,
