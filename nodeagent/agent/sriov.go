@@ -188,11 +188,12 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	if err := a.watchNode(ctx); err != nil {
 		log.Error(err, "The node's resources are checked every resync period only", "period", period)
 	}
-	var retry time.Duration
+	var retry time.Duration // the wait after the last failure; 0: it succeeded
 	for {
 		wait := period
 		if err := a.advertiseOnce(ctx); err != nil && ctx.Err() == nil {
-			wait, retry = backoff(retry, period)
+			retry = backoff(retry, period)
+			wait = retry
 			log.Error(err, "Advertising the node's resources failed", "retryIn", wait)
 			backgroundErrors.WithLabelValues("advertise").Inc()
 		} else {
@@ -207,12 +208,10 @@ func (a *agent) advertiseLoop(ctx context.Context) {
 	}
 }
 
-// backoff is the wait after a failure that follows a wait of last (0: none
-// failed before), and the new last: 1 s, then twice as long each time, up
-// to period.
-func backoff(last, period time.Duration) (wait, next time.Duration) {
-	wait = min(max(2*last, time.Second), period)
-	return wait, wait
+// backoff is the wait after a failure that follows a wait of last (0: the
+// pass before succeeded): 1 s, then twice as long each time, up to period.
+func backoff(last, period time.Duration) time.Duration {
+	return min(max(2*last, time.Second), period)
 }
 
 // watchNode wakes advertiseLoop when the Node shows stickynet's network

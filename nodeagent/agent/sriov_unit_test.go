@@ -82,9 +82,8 @@ func TestBackoff(t *testing.T) {
 	var last time.Duration
 	var waits []time.Duration
 	for range 100 {
-		var w time.Duration
-		w, last = backoff(last, time.Minute)
-		waits = append(waits, w)
+		last = backoff(last, time.Minute)
+		waits = append(waits, last)
 	}
 	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute}
 	if !slices.Equal(waits[:len(want)], want) {
