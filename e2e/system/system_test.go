@@ -452,38 +452,9 @@ func (e *env) testFallback(ctx context.Context, t *testing.T) {
 // of the pod, it would try the pod again only at its next cluster event or
 // after 5 min.
 func (e *env) testWidenedPool(ctx context.Context, t *testing.T) {
-	const name, pool = "widened", "narrow"
-	spec, err := stickynet.PoolSpec(e.c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := netip.MustParsePrefix(spec.CIDR).Addr().As4()
-	spec.Ranges = []v1alpha1.IPRange{{ // beside pool e2e's (x.y.6.1 on)
-		Start: netip.AddrFrom4([4]byte{b[0], b[1], 5, 1}).String(), End: netip.AddrFrom4([4]byte{b[0], b[1], 5, 30}).String(),
-	}}
-	spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelHostname: "no-such-node"}}
-	ipp := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}, Spec: spec}
-	if err := e.cl.Create(ctx, ipp); err != nil {
-		t.Fatal(err)
-	}
+	const name = "widened"
+	ipp, _ := e.poolPod(ctx, t, "narrow", 1, 30, &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelHostname: "no-such-node"}}, name, nil)
 	pods := e.k.CoreV1().Pods(ns)
-	defer func() {
-		if err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
-			t.Errorf("delete pod %s: %v", name, err)
-		}
-		eventually(ctx, t, 60*time.Second, "pod "+name+" gone", func() (bool, string) {
-			_, err := pods.Get(ctx, name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), fmt.Sprint(err)
-		})
-		if err := e.cl.Delete(ctx, ipp); err != nil {
-			t.Errorf("delete IPPool %s: %v", pool, err)
-		}
-	}()
-	tmpl := toolbox(name, nil)
-	tmpl.Annotations = map[string]string{annotations.Pool: pool}
-	if _, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: tmpl.Spec}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	eventually(ctx, t, 60*time.Second, "pod "+name+" found no node", func() (bool, string) {
 		p, err := pods.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -538,39 +509,9 @@ func (e *env) testNodeWithoutAgent(ctx context.Context, t *testing.T) {
 		}
 		return len(wrong) == 0, strings.Join(wrong, "; ")
 	})
-	spec, err := stickynet.PoolSpec(e.c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := netip.MustParsePrefix(spec.CIDR).Addr().As4()
-	spec.Ranges = []v1alpha1.IPRange{{ // beside pool narrow's (x.y.5.1 to 30)
-		Start: netip.AddrFrom4([4]byte{b[0], b[1], 5, 40}).String(), End: netip.AddrFrom4([4]byte{b[0], b[1], 5, 50}).String(),
-	}}
-	spec.NodeSelector = nil
-	ipp := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}, Spec: spec}
-	if err := e.cl.Create(ctx, ipp); err != nil {
-		t.Fatal(err)
-	}
+	// Beside pool narrow's addresses (x.y.5.1 to 30); no nodeSelector.
+	_, p := e.poolPod(ctx, t, pool, 40, 50, nil, name, map[string]string{corev1.LabelHostname: "sim-2"})
 	pods := e.k.CoreV1().Pods(ns)
-	defer func() {
-		if err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
-			t.Errorf("delete pod %s: %v", name, err)
-		}
-		eventually(ctx, t, 60*time.Second, "pod "+name+" gone", func() (bool, string) {
-			_, err := pods.Get(ctx, name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), fmt.Sprint(err)
-		})
-		if err := e.cl.Delete(ctx, ipp); err != nil {
-			t.Errorf("delete IPPool %s: %v", pool, err)
-		}
-	}()
-	tmpl := toolbox(name, nil)
-	tmpl.Annotations = map[string]string{annotations.Pool: pool}
-	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: "sim-2"}
-	p, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: tmpl.Spec}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if p.Annotations[annotations.AssignedPool] != pool || p.Spec.SchedulerName != corev1.DefaultSchedulerName {
 		t.Fatalf("pod %s: pool %q, scheduler %q; want %s and the default scheduler", name, p.Annotations[annotations.AssignedPool], p.Spec.SchedulerName, pool)
 	}
@@ -589,6 +530,50 @@ func (e *env) testNodeWithoutAgent(ctx context.Context, t *testing.T) {
 		}
 		return false, fmt.Sprintf("conditions %v", p.Status.Conditions)
 	})
+}
+
+// poolPod creates IPPool pool over x.y.5.<first> to x.y.5.<last> (beside
+// pool e2e's, x.y.6.1 on) with nodeSelector sel, and a toolbox pod name that
+// names it, held to nodes (when given) instead of the real nodes. When the
+// test ends the pod goes, then the pool.
+func (e *env) poolPod(ctx context.Context, t *testing.T, pool string, first, last byte, sel *metav1.LabelSelector, name string, nodes map[string]string) (*v1alpha1.IPPool, *corev1.Pod) {
+	t.Helper()
+	spec, err := stickynet.PoolSpec(e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := netip.MustParsePrefix(spec.CIDR).Addr().As4()
+	spec.Ranges = []v1alpha1.IPRange{{
+		Start: netip.AddrFrom4([4]byte{b[0], b[1], 5, first}).String(), End: netip.AddrFrom4([4]byte{b[0], b[1], 5, last}).String(),
+	}}
+	spec.NodeSelector = sel
+	ipp := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: pool}, Spec: spec}
+	if err := e.cl.Create(ctx, ipp); err != nil {
+		t.Fatal(err)
+	}
+	pods := e.k.CoreV1().Pods(ns)
+	t.Cleanup(func() {
+		if err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("delete pod %s: %v", name, err)
+		}
+		eventually(ctx, t, 60*time.Second, "pod "+name+" gone", func() (bool, string) {
+			_, err := pods.Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), fmt.Sprint(err)
+		})
+		if err := e.cl.Delete(ctx, ipp); err != nil {
+			t.Errorf("delete IPPool %s: %v", pool, err)
+		}
+	})
+	tmpl := toolbox(name, nil)
+	tmpl.Annotations = map[string]string{annotations.Pool: pool}
+	if nodes != nil {
+		tmpl.Spec.NodeSelector = nodes
+	}
+	p, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: tmpl.Spec}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ipp, p
 }
 
 func (e *env) testDaemonSetHandover(ctx context.Context, t *testing.T) {
