@@ -342,6 +342,7 @@ func TestContainerArgsAreFlags(t *testing.T) {
 	}
 	names := map[string]string{"webhook": "stickynet-webhook", "extender": "stickynet-extender", "nodeagent": "stickynet-nodeagent"}
 	var containers []corev1.Container
+	var agents []string // namespace/name of the DaemonSets that run the node agent
 	for key, doc := range objs {
 		switch {
 		case strings.HasPrefix(key, "Deployment/"):
@@ -356,6 +357,11 @@ func TestContainerArgsAreFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			containers = append(containers, d.Spec.Template.Spec.Containers...)
+			for _, c := range d.Spec.Template.Spec.Containers {
+				if len(c.Command) > 0 && filepath.Base(c.Command[0]) == "stickynet-nodeagent" {
+					agents = append(agents, d.Namespace+"/"+d.Name)
+				}
+			}
 		}
 	}
 	checked := 0
@@ -393,6 +399,11 @@ func TestContainerArgsAreFlags(t *testing.T) {
 			socketDir := false
 			for _, m := range c.VolumeMounts {
 				socketDir = socketDir || m.MountPath == filepath.Dir(app.DefaultAllocationsSocket) && !m.ReadOnly
+			}
+			// The DaemonSet whose stale resources the webhook's leader
+			// withdraws is the one the chart runs the agents with.
+			if len(agents) != 1 || !slices.Contains(c.Args, "--node-agent-daemonset="+agents[0]) {
+				t.Errorf("webhook: args %s; want --node-agent-daemonset naming the node agents' DaemonSet %v", args, agents)
 			}
 			if !slices.Contains(c.Args, "--allocations-socket="+app.DefaultAllocationsSocket) || !socketDir {
 				t.Errorf("webhook: args %s, mounts %v; want --allocations-socket=%s on a writable mount", args, c.VolumeMounts, app.DefaultAllocationsSocket)

@@ -5,10 +5,13 @@
 package workload
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 )
@@ -59,4 +62,14 @@ func DeploymentCap(d *appsv1.Deployment) int32 { return Replicas(d.Spec.Replicas
 func Selects(ds *appsv1.DaemonSet, node *corev1.Node) bool {
 	ok, err := nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: ds.Spec.Template.Spec}).Match(node)
 	return ok || err != nil
+}
+
+// ParseDaemonSet reads "namespace/name" of the node agents' DaemonSet (the
+// agent's --daemonset, the webhook's --node-agent-daemonset).
+func ParseDaemonSet(s string) (types.NamespacedName, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return types.NamespacedName{}, fmt.Errorf("%q: expected namespace/name of the DaemonSet that runs the node agents", s)
+	}
+	return types.NamespacedName{Namespace: ns, Name: name}, nil
 }

@@ -26,6 +26,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
+	"github.com/stickynet/stickynet/internal/workload"
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/bandwidth"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
@@ -176,8 +177,8 @@ func (o *Options) validate() error {
 		return errors.New("node name is not set (--node-name or NODE_NAME)")
 	}
 	if o.DaemonSet != "" {
-		if _, _, err := parseDaemonSet(o.DaemonSet); err != nil {
-			return err
+		if _, err := workload.ParseDaemonSet(o.DaemonSet); err != nil {
+			return fmt.Errorf("daemonset: %w", err)
 		}
 	}
 	if o.PodWait < 0 {

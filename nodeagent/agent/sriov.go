@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -314,13 +313,13 @@ func (a *agent) advertiseOnce(ctx context.Context) error {
 		// not stickynet's network.
 		counts = map[corev1.ResourceName]int{}
 		for name, q := range node.Status.Capacity {
-			if ownResource(name) {
+			if annotations.OwnResource(name) {
 				counts[name] = int(q.Value())
 			}
 		}
 	}
 	counts[annotations.NetworkResource] = networkCapacity(node)
-	patch := resourcePatch(node.Status, counts)
+	patch := annotations.ResourcePatch(node.Status, counts)
 	if patch == nil {
 		return nil
 	}
@@ -342,37 +341,4 @@ func networkCapacity(node *corev1.Node) int {
 		return int(q.Value())
 	}
 	return 110
-}
-
-// ownResource reports whether the agent keeps name on its Node: stickynet's
-// network and the SR-IOV networks' VFs.
-func ownResource(name corev1.ResourceName) bool {
-	return name == annotations.NetworkResource || strings.HasPrefix(string(name), annotations.SriovResourcePrefix)
-}
-
-// resourcePatch is the merge patch that makes the node's own resources
-// (ownResource) in capacity and allocatable both equal want (nil when they
-// already are); a nil want removes them all. The scheduler and the kubelet
-// read allocatable, so it counts as much as capacity.
-func resourcePatch(status corev1.NodeStatus, want map[corev1.ResourceName]int) []byte {
-	set := map[string]any{}
-	for _, have := range []corev1.ResourceList{status.Capacity, status.Allocatable} {
-		for name := range have {
-			if _, wanted := want[name]; ownResource(name) && !wanted {
-				set[string(name)] = nil
-			}
-		}
-	}
-	for name, n := range want {
-		c, cok := status.Capacity[name]
-		a, aok := status.Allocatable[name]
-		if !cok || !aok || c.Value() != int64(n) || a.Value() != int64(n) {
-			set[string(name)] = strconv.Itoa(n)
-		}
-	}
-	if len(set) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(map[string]any{"status": map[string]any{"capacity": set, "allocatable": set}})
-	return b
 }

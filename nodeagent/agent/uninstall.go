@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/workload"
 )
 
@@ -52,24 +52,16 @@ type installed struct {
 	fi   os.FileInfo
 }
 
-// parseDaemonSet splits Options.DaemonSet, "namespace/name".
-func parseDaemonSet(s string) (ns, name string, err error) {
-	ns, name, ok := strings.Cut(s, "/")
-	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return "", "", fmt.Errorf("daemonset %q: want namespace/name of the DaemonSet that runs the agent", s)
-	}
-	return ns, name, nil
-}
-
 // watchOwner starts following the DaemonSet; nil without one to follow.
 func watchOwner(ctx context.Context, kube kubernetes.Interface, ref, node string) (*owner, error) {
 	if ref == "" {
 		return nil, nil
 	}
-	ns, name, err := parseDaemonSet(ref)
+	ds, err := workload.ParseDaemonSet(ref)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("daemonset: %w", err)
 	}
+	ns, name := ds.Namespace, ds.Name
 	if kube == nil {
 		return nil, fmt.Errorf("daemonset %q: the agent has no API server to follow it on", ref)
 	}
@@ -212,7 +204,7 @@ func (o *owner) uninstall(ctx context.Context) {
 	}
 }
 
-// withdraw removes the agent's resources (ownResource) from its Node, so
+// withdraw removes the agent's resources (annotations.OwnResource) from its Node, so
 // that the scheduler places no more of stickynet's pods here. Best effort: a
 // refused request (the account deleted with the DaemonSet, at an uninstall,
 // when no webhook asks for them any more) leaves them.
@@ -225,7 +217,7 @@ func (o *owner) withdraw(ctx context.Context) {
 	defer cancel()
 	node, err := o.kube.CoreV1().Nodes().Get(gctx, o.node, metav1.GetOptions{})
 	if err == nil {
-		patch := resourcePatch(node.Status, nil)
+		patch := annotations.ResourcePatch(node.Status, nil)
 		if patch == nil {
 			return
 		}

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -39,6 +40,7 @@ import (
 	"github.com/stickynet/stickynet/internal/ipam"
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/store/etcd"
+	"github.com/stickynet/stickynet/internal/workload"
 	"github.com/stickynet/stickynet/webhook/admission"
 	"github.com/stickynet/stickynet/webhook/release"
 )
@@ -84,9 +86,14 @@ type Options struct {
 	SchedulerName string
 	// NetworkResource: see admission.Handler.
 	NetworkResource bool
-	StoreTimeout    time.Duration
-	ReservationTTL  time.Duration
-	ReleaseGrace    time.Duration
+	// NodeAgentDaemonSet, "namespace/name" of the node agents' DaemonSet:
+	// the leader withdraws the stale resources of agents that could not
+	// from the Nodes it does not select (release.Controller.NodeAgent).
+	// Empty: none.
+	NodeAgentDaemonSet string
+	StoreTimeout       time.Duration
+	ReservationTTL     time.Duration
+	ReleaseGrace       time.Duration
 	// ShutdownDelay is how long, once Run's context ends, the webhook keeps
 	// serving with /readyz failing before it stops: long enough for the
 	// Service's endpoints to drop it, so that no admission meets a closed
@@ -118,6 +125,11 @@ func (o *Options) Validate() error {
 	}
 	// A negative port turns controller-runtime's server off while its
 	// readiness check passes: a replica Ready that serves nothing.
+	if o.NodeAgentDaemonSet != "" {
+		if _, err := workload.ParseDaemonSet(o.NodeAgentDaemonSet); err != nil {
+			errs = append(errs, fmt.Errorf("--node-agent-daemonset: %w", err))
+		}
+	}
 	if o.Port < 0 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d: expected a TCP port from 1 to 65535 (0: the default, 9443)", o.Port))
 	}
@@ -351,10 +363,14 @@ func Run(ctx context.Context, o Options) error {
 	// the watch that gives the lead up when etcd does not answer (with one
 	// replica there is no one to give it to).
 	rec, releaseMetrics := mgr.GetEventRecorder("stickynet"), release.NewMetrics(metrics.Registry)
+	var nodeAgent types.NamespacedName
+	if o.NodeAgentDaemonSet != "" {
+		nodeAgent, _ = workload.ParseDaemonSet(o.NodeAgentDaemonSet) // Validate checked it
+	}
 	lead, err := newLeadership(o, cfg, rec, metrics.Registry, func() []manager.Runnable {
 		term := []manager.Runnable{&release.Controller{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Cache: mgr.GetCache(), Alloc: alloc,
-			Recorder: rec, Grace: o.ReleaseGrace, Metrics: releaseMetrics, Ready: allocReady,
+			Recorder: rec, Grace: o.ReleaseGrace, Metrics: releaseMetrics, Ready: allocReady, NodeAgent: nodeAgent,
 		}}
 		if o.LeaderElection {
 			term = append(term, stepDown{probe: probe, max: max(o.ReservationTTL/3, 20*time.Second)})

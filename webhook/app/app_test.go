@@ -70,6 +70,8 @@ func TestValidate(t *testing.T) {
 		{func(o *Options) { o.Port = 9443 }, ""},
 		{func(o *Options) { o.KubeAPIQPS = -1 }, `--kube-api-qps -1`},
 		{func(o *Options) { o.KubeAPIBurst = -5 }, `--kube-api-burst -5`},
+		{func(o *Options) { o.NodeAgentDaemonSet = "stickynet-system/stickynet-nodeagent" }, ""},
+		{func(o *Options) { o.NodeAgentDaemonSet = "stickynet-nodeagent" }, `--node-agent-daemonset: "stickynet-nodeagent": expected namespace/name of the DaemonSet that runs the node agents`},
 	} {
 		o := ok
 		tc.change(&o)

@@ -76,6 +76,10 @@ type Controller struct {
 	Resync time.Duration
 	// MinInterval spaces event-triggered reconciles. Default 200 ms.
 	MinInterval time.Duration
+	// NodeAgent is the node agents' DaemonSet, whose stale resources each
+	// pass withdraws from the Nodes it does not select (noderesources.go).
+	// Empty: none.
+	NodeAgent types.NamespacedName
 	// Ready, if set, is closed once the allocator's cache has its first list:
 	// before that the cache knows no address and pool status would read empty.
 	Ready <-chan struct{}
@@ -439,6 +443,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := c.requeue(ctx, pods, pools.Items, unobserved); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.withdrawStale(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	c.offNetwork(pods)

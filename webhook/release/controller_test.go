@@ -67,6 +67,14 @@ func setup(t *testing.T, objs ...client.Object) (*Controller, *ipam.Allocator, *
 // apiWith is a fake API server holding the objects and pool blue with spec.
 func apiWith(t *testing.T, spec v1alpha1.IPPoolSpec, objs ...client.Object) client.Client {
 	t.Helper()
+	s := scheme(t)
+	p := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: spec}
+	return fake.NewClientBuilder().WithScheme(s).WithObjects(append(objs, p)...).WithStatusSubresource(p).Build()
+}
+
+// scheme has the types the webhook reads.
+func scheme(t *testing.T) *runtime.Scheme {
+	t.Helper()
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
 		t.Fatal(err)
@@ -74,8 +82,7 @@ func apiWith(t *testing.T, spec v1alpha1.IPPoolSpec, objs ...client.Object) clie
 	if err := v1alpha1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
-	p := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "blue"}, Spec: spec}
-	return fake.NewClientBuilder().WithScheme(s).WithObjects(append(objs, p)...).WithStatusSubresource(p).Build()
+	return s
 }
 
 func startAlloc(t *testing.T, s store.Store) *ipam.Allocator {
