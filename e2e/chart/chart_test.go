@@ -34,8 +34,10 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	klabels "k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -591,6 +593,77 @@ func TestAPIServer(t *testing.T) {
 		imp.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:stickynet-system:stickynet-nodeagent"}
 		if _, err := kubernetes.NewForConfigOrDie(imp).CoreV1().Nodes().PatchStatus(ctx, "own-b", patch); err != nil {
 			t.Errorf("the agent's account without a node in its credentials patches own-b's status: %v; want it passed", err)
+		}
+	})
+
+	// The webhook's account may patch every Node's status (RBAC), to take
+	// stickynet's stale resources off; its policy refuses it anything else.
+	t.Run("WebhookOnlyWithdrawsFromNodes", func(t *testing.T) {
+		objs := render(t)
+		var docs []string
+		for _, key := range []string{
+			"ServiceAccount/stickynet-webhook", "ClusterRole/stickynet-webhook", "ClusterRoleBinding/stickynet-webhook",
+			"ValidatingAdmissionPolicy/stickynet-webhook-node-status", "ValidatingAdmissionPolicyBinding/stickynet-webhook-node-status",
+		} {
+			if objs[key] == nil {
+				t.Fatalf("the chart renders no %s", key)
+			}
+			docs = append(docs, string(objs[key]))
+		}
+		f := filepath.Join(t.TempDir(), "webhook-rbac.yaml")
+		if err := os.WriteFile(f, []byte(strings.Join(docs, "\n---\n")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+			t.Fatalf("apply the webhook's RBAC and policy: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+		k := c.Client()
+		if _, err := k.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "stale-a", Labels: map[string]string{"zone": "a"}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k.CoreV1().Nodes().Delete(context.Background(), "stale-a", metav1.DeleteOptions{}) })
+		res := `"stickynet.io/network":"110","stickynet.io/sriov-fast":"4","example.com/gpu":"2","cpu":"2"`
+		if _, err := k.CoreV1().Nodes().PatchStatus(ctx, "stale-a", []byte(`{"status":{"capacity":{`+res+`},"allocatable":{`+res+`},`+
+			`"conditions":[{"type":"Ready","status":"False","reason":"Test","lastHeartbeatTime":"2026-01-01T00:00:00Z","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}`)); err != nil {
+			t.Fatal(err)
+		}
+		imp := c.RESTConfig()
+		imp.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:stickynet-system:stickynet-webhook"}
+		webhook := kubernetes.NewForConfigOrDie(imp)
+		both := func(set string) []byte {
+			return []byte(`{"status":{"capacity":{` + set + `},"allocatable":{` + set + `}}}`)
+		}
+		refused := []struct{ what, patch, want string }{
+			{"adds a resource", string(both(`"stickynet.io/sriov-new":"8"`)), "not add or change any: stickynet.io/sriov-new, stickynet.io/sriov-new"},
+			{"raises one", string(both(`"cpu":"64"`)), "not add or change any: cpu, cpu"},
+			{"removes another's", string(both(`"example.com/gpu":null`)), "not example.com/gpu, example.com/gpu"},
+			{"marks the node ready", `{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Test"}]}}`, "and change nothing else there"},
+			{"moves its address", `{"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.9"}]}}`, "and change nothing else there"},
+		}
+		// The binding and the policy reach the API server's authorizer and
+		// admission within a moment: until then a patch may pass, or be
+		// refused by RBAC. The first, refused, shows both have arrived (as a
+		// dry run: one that passed before the policy would have written).
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			_, err := webhook.CoreV1().Nodes().Patch(ctx, "stale-a", types.MergePatchType, []byte(refused[0].patch), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}, "status")
+			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), refused[0].want) {
+				break
+			}
+		}
+		for _, r := range refused {
+			_, err := webhook.CoreV1().Nodes().PatchStatus(ctx, "stale-a", []byte(r.patch))
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), r.want) {
+				t.Errorf("the webhook's account %s on a node: %v; want it refused, saying %q", r.what, err, r.want)
+			}
+		}
+		// What the release controller's leader writes.
+		got, err := webhook.CoreV1().Nodes().PatchStatus(ctx, "stale-a", both(`"stickynet.io/network":null,"stickynet.io/sriov-fast":null`))
+		if err != nil {
+			t.Fatalf("the webhook's account withdraws stickynet's resources: %v", err)
+		}
+		if _, ok := got.Status.Allocatable["stickynet.io/network"]; ok || got.Status.Allocatable.Name("example.com/gpu", resource.DecimalSI).Value() != 2 || got.Labels["zone"] != "a" {
+			t.Errorf("after the withdrawal: labels %v, allocatable %v; want only stickynet's gone", got.Labels, got.Status.Allocatable)
 		}
 	})
 
