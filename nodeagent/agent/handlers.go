@@ -276,7 +276,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 		if err = timedOut(ctx, err, "the VF"); err != nil {
 			// addVF recorded the VF before it changed anything: the undo
 			// removes that record with the VF's setup.
-			return nil, a.undoAdd(ctx, at, true, err)
+			return nil, a.undoAdd(ctx, conf, at, err)
 		}
 		a.attached(at)
 		return buildResult(conf.CNIVersion, at, nil)
@@ -294,9 +294,7 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 	}
 	hostMAC, err := a.dp.Setup(ctx, at)
 	if err = timedOut(ctx, err, "the attachment"); err != nil {
-		// Setup removes what it made when it fails, but only logs what it
-		// could not.
-		return nil, a.undoAdd(ctx, at, true, err)
+		return nil, a.undoAdd(ctx, conf, at, err)
 	}
 	if err := a.store.Put(at); err != nil {
 		a.track(at) // set up, but the ADD fails: its DEL removes it
@@ -330,20 +328,32 @@ func timedOut(ctx context.Context, err error, what string) error {
 	return err
 }
 
-// undoAdd tears down what a failed ADD set up, removes its record (if
-// recorded) and returns err with what the undo could not do. The VF or
-// port number goes back only once nothing is left; otherwise the
-// attachment stays tracked, with its record and its VF or port number, and
-// its DEL tries again.
-func (a *agent) undoAdd(ctx context.Context, at *datapath.Attachment, recorded bool, err error) error {
-	if terr := a.dp.Teardown(context.WithoutCancel(ctx), at); terr != nil {
+// undoAdd tears down what a failed ADD set up, removes its record and
+// returns err with what the undo could not do. The VF or port number goes
+// back only once nothing is left; otherwise the attachment stays tracked,
+// with its record and its VF or port number, and its DEL tries again (and
+// the resync, for an OVS port whose veth is gone).
+//
+// The undo has what is left of the ADD's time (ctx) and a twentieth of the
+// plugin's timeout more, so that the ADD answers before the plugin gives up
+// even when an OVS command hangs (ovsdb-server taking connections and
+// answering nothing): with no deadline, each teardown waited the OVS
+// command's own timeout, as long as the plugin's, and the runtime's DEL
+// waited for the undo's lock.
+func (a *agent) undoAdd(ctx context.Context, conf *api.NetConf, at *datapath.Attachment, err error) error {
+	t, _ := conf.RequestTimeout() // a.conf refuses a bad one
+	left := t / 20
+	if dl, ok := ctx.Deadline(); ok {
+		left += max(time.Until(dl), 0)
+	}
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), left)
+	defer cancel()
+	if terr := a.dp.Teardown(uctx, at); terr != nil {
 		a.track(at)
 		return fmt.Errorf("%w; its undo failed, and what is left stays until the pod's DEL: %w", err, terr)
 	}
-	if recorded {
-		if derr := a.dropRecord(at); derr != nil {
-			return fmt.Errorf("%w; its record stays until the pod's DEL: %w", err, derr)
-		}
+	if derr := a.dropRecord(at); derr != nil {
+		return fmt.Errorf("%w; its record stays until the pod's DEL: %w", err, derr)
 	}
 	a.mu.Lock()
 	a.unmarkUsed(at)

@@ -614,6 +614,37 @@ func TestDelWithOVSHung(t *testing.T) {
 	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
 }
 
+// TestAddWithOVSHung: with ovsdb-server taking connections and answering
+// nothing, ADD fails with the agent's own error, "try again later", naming
+// Open vSwitch, before the plugin's request timeout (10 s) ends it with a
+// bare timeout: the undo of what it set up (the veth at once, the OVS port
+// once OVS answers) gets what the plugin still waits, not an OVS command's
+// own timeout twice over (about 28 s before). The DEL the runtime sends
+// next succeeds; once OVS answers, the port row and the record go, and the
+// pod's next ADD works.
+func TestAddWithOVSHung(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	p := e.newPod(podSpec{name: "stuck", ips: "10.81.0.35/24", mac: "02:00:0a:51:00:23"})
+	thaw := e.node.OVS.FreezeDB(t)
+	_, err := e.cni.Add(p.rt)
+	t.Logf("ADD: %v", err)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch") {
+		t.Errorf("ADD with ovsdb-server not answering: %v; want the agent's code %d naming Open vSwitch", err, types.ErrTryAgainLater)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Errorf("host veths left after the failed ADD: %v", v)
+	}
+	if err := e.cni.Del(p.rt); err != nil { // as the runtime does after a failed ADD
+		t.Errorf("DEL after the failed ADD, ovsdb-server still not answering: %v", err)
+	}
+	thaw()
+	waitFor(t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf("ctr-stuck") == "" })
+	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+	if _, err := e.cni.Add(p.rt); err != nil {
+		t.Fatalf("ADD with ovsdb-server answering again: %v", err)
+	}
+}
+
 // TestAddWithVswitchdDown: with ovs-vswitchd down, STATUS says the plugin
 // is not available, and ADD fails with the agent's own error, "try again
 // later", naming Open vSwitch and the command that it did not answer,

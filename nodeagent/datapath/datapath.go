@@ -319,15 +319,18 @@ func (d *Datapath) enter(path string) (*podNetns, error) {
 	return &podNetns{ns: n, nl: h}, nil
 }
 
-// Setup makes the attachment: on failure it removes whatever it made, so
-// nothing is left half-configured. It returns the host veth's MAC.
+// Setup makes the attachment and returns the host veth's MAC. On failure
+// what it made stays, for the caller's Teardown: the agent's undo of a
+// failed ADD, within what the plugin still waits (an OVS command that
+// ovsdb-server does not answer would otherwise hold each teardown for its
+// own timeout).
 //
 // Once the veth pair exists, the steps that do not depend on each other run
 // at once: the OVS port (ovs-vsctl waits for ovs-vswitchd), the egress meter
 // and its flow (ovs-ofctl; a flow may name a port number before the port
 // exists), and the pod side (netlink). The ingress qdisc follows the port; the
 // announcements go out last, when the port forwards.
-func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.HardwareAddr, err error) {
+func (d *Datapath) Setup(ctx context.Context, a *Attachment) (net.HardwareAddr, error) {
 	log := klog.FromContext(ctx).WithValues("pod", a.Pod(), "containerID", a.ContainerID, "ifname", a.IfName)
 	mac, err := net.ParseMAC(a.MAC)
 	if err != nil {
@@ -345,13 +348,6 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (hostMAC net.Hardwa
 	want := a.Bandwidth
 	a.Bandwidth = annotations.Bandwidth{}
 	a.EgressMode = d.EgressMode()
-	defer func() {
-		if err != nil {
-			if terr := d.Teardown(context.WithoutCancel(ctx), a); terr != nil {
-				log.Error(terr, "Cleanup after a failed setup left something behind")
-			}
-		}
-	}()
 	start := time.Now()
 	if err := d.addVeth(a, mac, pn); err != nil {
 		return nil, err
