@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -640,6 +641,8 @@ func TestAPIServer(t *testing.T) {
 			{"removes another's", string(both(`"example.com/gpu":null`)), "not example.com/gpu, example.com/gpu"},
 			{"marks the node ready", `{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Test"}]}}`, "and change nothing else there"},
 			{"moves its address", `{"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.9"}]}}`, "and change nothing else there"},
+			{"relabels it", `{"metadata":{"labels":{"zone":"b"}}}`, "and change nothing else there"},
+			{"gives it an owner", `{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"gone","uid":"00000000-0000-0000-0000-000000000001"}]}}`, "and change nothing else there"},
 		}
 		// The binding and the policy reach the API server's authorizer and
 		// admission within a moment: until then a patch may pass, or be
@@ -1077,6 +1080,36 @@ func TestWebhookValuesChecked(t *testing.T) {
 // TestSchedulerImage: kube-scheduler's tag is the cluster's version
 // (vMAJOR.MINOR.PATCH of it) unless extender.scheduler.tag, or a tag in
 // extender.scheduler.image, says otherwise; both at once is refused.
+// TestWebhookNodeStatusPolicy: the policy that limits the webhook's writes to
+// Node status names every field of NodeStatus but the two it may take
+// stickynet's resources from, and the writable metadata the status
+// subresource keeps (a field added to NodeStatus by a later Kubernetes, such
+// as declaredFeatures, which the scheduler filters on, would otherwise be
+// the webhook's to write).
+func TestWebhookNodeStatusPolicy(t *testing.T) {
+	testenv.Integration(t)
+	policy := string(render(t)["ValidatingAdmissionPolicy/stickynet-webhook-node-status"])
+	if policy == "" {
+		t.Fatal("the chart renders no ValidatingAdmissionPolicy stickynet-webhook-node-status")
+	}
+	var want []string
+	st := reflect.TypeFor[corev1.NodeStatus]()
+	for i := range st.NumField() {
+		name, _, _ := strings.Cut(st.Field(i).Tag.Get("json"), ",")
+		if name != "capacity" && name != "allocatable" {
+			want = append(want, "object.status.?"+name+" == oldObject.status.?"+name)
+		}
+	}
+	for _, name := range []string{"labels", "annotations", "ownerReferences", "finalizers"} {
+		want = append(want, "object.metadata.?"+name+" == oldObject.metadata.?"+name)
+	}
+	for _, w := range want {
+		if !strings.Contains(policy, w) {
+			t.Errorf("the webhook's node-status policy does not check %q", w)
+		}
+	}
+}
+
 func TestSchedulerImage(t *testing.T) {
 	testenv.Integration(t)
 	for _, tc := range []struct {

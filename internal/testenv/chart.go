@@ -42,11 +42,15 @@ func Helm(t testing.TB, args ...string) (stdout []byte, stderr string, err error
 }
 
 // chartAccountKinds are the kinds ApplyChartAccount creates.
-var chartAccountKinds = []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Secret"}
+var chartAccountKinds = []string{
+	"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Secret",
+	"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+}
 
 // ApplyChartAccount renders template of the chart for a release in ns and
 // creates, through cfg, what it has of a component's account: its
-// ServiceAccount, RBAC and Secret objects, but those of the kinds in skip.
+// ServiceAccount, RBAC and Secret objects and the admission policies that
+// limit it, but those of the kinds in skip.
 // It returns how many it created.
 func ApplyChartAccount(t testing.TB, cfg *rest.Config, chart, ns, template string, skip ...string) int {
 	t.Helper()

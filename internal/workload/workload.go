@@ -59,9 +59,15 @@ func DeploymentCap(d *appsv1.Deployment) int32 { return Replicas(d.Spec.Replicas
 // its nodeSelector and required node affinity, as the DaemonSet controller
 // decides where a daemon runs (taints aside: they come and go with
 // maintenance). A template whose affinity does not parse selects it.
-func Selects(ds *appsv1.DaemonSet, node *corev1.Node) bool {
-	ok, err := nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: ds.Spec.Template.Spec}).Match(node)
-	return ok || err != nil
+func Selects(ds *appsv1.DaemonSet, node *corev1.Node) bool { return SelectsNodes(ds)(node) }
+
+// SelectsNodes is Selects for many nodes: the template's affinity is read once.
+func SelectsNodes(ds *appsv1.DaemonSet) func(*corev1.Node) bool {
+	aff := nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: ds.Spec.Template.Spec})
+	return func(node *corev1.Node) bool {
+		ok, err := aff.Match(node)
+		return ok || err != nil
+	}
 }
 
 // ParseDaemonSet reads "namespace/name" of the node agents' DaemonSet (the

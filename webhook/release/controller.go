@@ -99,6 +99,9 @@ type Controller struct {
 	goneSince map[string]time.Time
 	// placements are the nodeSelectors the term's last pass saw (requeue).
 	placements placements
+	// staleRetry is when each node whose stale resources could not be
+	// withdrawn is tried again (noderesources.go).
+	staleRetry map[string]time.Time
 }
 
 var _ manager.Runnable = (*Controller)(nil)
@@ -445,9 +448,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := c.requeue(ctx, pods, pools.Items, unobserved); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.withdrawStale(ctx); err != nil {
-		errs = append(errs, err)
-	}
+	c.withdrawStale(ctx)
 	c.offNetwork(pods)
 	c.forget(pods)
 	return errors.Join(errs...)

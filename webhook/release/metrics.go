@@ -20,6 +20,7 @@ type Metrics struct {
 	passes   *prometheus.HistogramVec
 	requeues prometheus.Counter
 	offNet   prometheus.Gauge
+	stale    *prometheus.CounterVec
 }
 
 // NewMetrics registers the release controller's metrics with reg, or shares
@@ -44,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "stickynet_webhook_pods_off_network",
 		Help: "Live pods that, by their status, run with an address other than their stickynet one (the node's own network attached them: no node agent serving there when they started), as the release controller's last pass found them.",
 	})
+	m.stale = promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stickynet_webhook_stale_node_resources_withdrawals_total",
+		Help: "Withdrawals of stale stickynet.io/ resources from Nodes that the node agents' DaemonSet does not select, by result (ok, or error: the API server refused; tried again after 5 min).",
+	}, []string{"result"}))
 	m.offNet = promreg.Register(reg, m.offNet)
 	m.released = promreg.Register(reg, m.released)
 	m.requeues = promreg.Register(reg, m.requeues)
@@ -60,6 +65,17 @@ func (m *Metrics) pass(d time.Duration, err error) {
 		result = "error"
 	}
 	m.passes.WithLabelValues(result).Observe(d.Seconds())
+}
+
+func (m *Metrics) staleWithdrawal(ok bool) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if !ok {
+		result = "error"
+	}
+	m.stale.WithLabelValues(result).Inc()
 }
 
 func (m *Metrics) requeued() {

@@ -1,6 +1,8 @@
 package release
 
 import (
+	"context"
+	"errors"
 	"maps"
 	"path/filepath"
 	"slices"
@@ -9,8 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -18,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/stickynet/stickynet/internal/store"
 	"github.com/stickynet/stickynet/internal/testenv"
@@ -25,10 +30,12 @@ import (
 )
 
 // A pass takes stickynet's resources off the Nodes that the node agents'
-// DaemonSet does not select and where none of its pods runs (what an
-// uninstall leaves, before a new install whose agents leave such a node
-// out), and only those, only stickynet's, only once the DaemonSet is there;
-// through a real kube-apiserver, on the chart's account for the webhook.
+// DaemonSet does not select and where no agent runs (what an uninstall
+// leaves, before a new install whose agents leave such a node out), and only
+// those, only stickynet's, only once the DaemonSet is there; through a real
+// kube-apiserver, on the chart's account for the webhook and under its
+// node-status policy. A withdrawal the API server refuses does not fail the
+// pass and waits before it is tried again.
 func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
 	ctx := t.Context()
@@ -48,15 +55,17 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := client.New(cfg, client.Options{Scheme: scheme(t)})
+	api, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// served: selected by the DaemonSet; left: not, no agent (the stale
 	// one); agent-there: not selected, but its agent pod still runs;
-	// leaving: not selected, its agent pod being deleted (a node down when
-	// its DaemonSet stopped selecting it); plain: nothing of stickynet's.
+	// orphan-there: an agent pod there that no controller owns; leaving:
+	// not selected, its agent pod being deleted (a node down when its
+	// DaemonSet stopped selecting it); refused: stale, but the API server
+	// refuses its patch; plain: nothing of stickynet's.
 	stickynet := corev1.ResourceList{
 		"stickynet.io/network":    resource.MustParse("110"),
 		"stickynet.io/sriov-fast": resource.MustParse("4"),
@@ -70,7 +79,9 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 		{"served", map[string]string{"stickynet": "yes"}, true},
 		{"left", nil, true},
 		{"agent-there", nil, true},
+		{"orphan-there", nil, true},
 		{"leaving", nil, true},
+		{"refused", nil, true},
 		{"plain", nil, false},
 	} {
 		node, err := admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: n.labels}}, metav1.CreateOptions{})
@@ -79,9 +90,7 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 		}
 		res := other.DeepCopy()
 		if n.stickynet {
-			for k, v := range stickynet {
-				res[k] = v
-			}
+			maps.Copy(res, stickynet)
 		}
 		node.Status.Capacity, node.Status.Allocatable = res, res.DeepCopy()
 		must(admin.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}))
@@ -109,10 +118,29 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	}
 	before := resources()
 
+	// The policy is in force once it refuses the account a change (a dry
+	// run: nothing is written either way).
+	testenv.Eventually(ctx, t, 30*time.Second, "the webhook's node-status policy in force", func() (bool, string) {
+		err := api.Status().Patch(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
+			client.RawPatch(types.MergePatchType, []byte(`{"status":{"capacity":{"cpu":"64"}}}`)), client.DryRunAll)
+		return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "may only remove stickynet.io/ resources"), "a raise of cpu: " + errString(err)
+	})
+
+	refusals := 0
+	refusing := interceptor.NewClient(api, interceptor.Funcs{
+		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+			if obj.GetName() == "refused" {
+				refusals++
+				return apierrors.NewForbidden(corev1.Resource("nodes"), "refused", errors.New("a policy of the cluster's"))
+			}
+			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
+		},
+	})
+	reg := prometheus.NewRegistry()
 	rec := events.NewFakeRecorder(100)
 	c := &Controller{
-		Client: api, APIReader: api, Alloc: startAlloc(t, store.NewMemory()), Recorder: rec, Grace: time.Hour,
-		Metrics: NewMetrics(prometheus.NewRegistry()), NodeAgent: types.NamespacedName{Namespace: ns, Name: name},
+		Client: refusing, APIReader: api, Alloc: startAlloc(t, store.NewMemory()), Recorder: rec, Grace: time.Hour,
+		Metrics: NewMetrics(reg), NodeAgent: types.NamespacedName{Namespace: ns, Name: name},
 	}
 	// No DaemonSet yet (an install's webhook before its agents): nothing
 	// is known to be stale.
@@ -141,13 +169,13 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}))
-	for _, node := range []string{"agent-there", "leaving"} {
+	for _, node := range []string{"agent-there", "orphan-there", "leaving"} {
 		p := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{
-				Name: name + "-" + node, Labels: labels,
-				OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(ds, appsv1.SchemeGroupVersion.WithKind("DaemonSet"))},
-			},
-			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "nodeagent", Image: "stickynet"}}},
+			ObjectMeta: metav1.ObjectMeta{Name: name + "-" + node, Labels: labels},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "nodeagent", Image: "stickynet"}}},
+		}
+		if node != "orphan-there" {
+			p.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(ds, appsv1.SchemeGroupVersion.WithKind("DaemonSet"))}
 		}
 		if node == "leaving" {
 			p.Finalizers = []string{"stickynet.io/test"} // kept, Terminating, as on a node down
@@ -156,11 +184,11 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	}
 	must(nil, admin.CoreV1().Pods(ns).Delete(ctx, name+"-leaving", metav1.DeleteOptions{}))
 	t.Cleanup(func() {
-		_, _ = admin.CoreV1().Pods(ns).Patch(ctx, name+"-leaving", types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		_, _ = admin.CoreV1().Pods(ns).Patch(context.Background(), name+"-leaving", types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	})
 
 	if err := c.Reconcile(ctx); err != nil {
-		t.Fatal(err)
+		t.Fatalf("pass with a withdrawal refused: %v; want the pass to succeed", err)
 	}
 	want := maps.Clone(before)
 	want["left"], want["leaving"] = before["plain"], before["plain"]
@@ -176,6 +204,18 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	if len(evs) != 2 || !strings.Contains(evs[0], "stickynet.io/network") || !strings.Contains(evs[0], ns+"/"+name) {
 		t.Errorf("events: %q; want one StaleResourcesWithdrawn for each of the two nodes, naming the resources and the DaemonSet", evs)
 	}
+	for result, n := range map[string]float64{"ok": 2, "error": 1} {
+		if got := testutil.ToFloat64(c.Metrics.stale.WithLabelValues(result)); got != n {
+			t.Errorf("stickynet_webhook_stale_node_resources_withdrawals_total{result=%q} = %g; want %g", result, got, n)
+		}
+	}
+	// The refused node waits staleRetry; the others are done.
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if refusals != 1 {
+		t.Errorf("the refused node's withdrawal was tried %d times in two passes; want once (then after %s)", refusals, staleRetry)
+	}
 
 	// The DaemonSet being deleted (an uninstall under way): its agents
 	// withdraw what they can themselves.
@@ -183,7 +223,7 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	must(admin.AppsV1().DaemonSets(ns).Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":["stickynet.io/test"]}}`), metav1.PatchOptions{}))
 	must(nil, admin.AppsV1().DaemonSets(ns).Delete(ctx, name, metav1.DeleteOptions{}))
 	t.Cleanup(func() {
-		_, _ = admin.AppsV1().DaemonSets(ns).Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		_, _ = admin.AppsV1().DaemonSets(ns).Patch(context.Background(), name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	})
 	if err := c.Reconcile(ctx); err != nil {
 		t.Fatal(err)
@@ -191,4 +231,11 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 	if got := resources()["left"]; !strings.Contains(got, "stickynet.io/network") {
 		t.Errorf("node left while the DaemonSet is being deleted: %s; want stickynet.io/network kept", got)
 	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "passed"
+	}
+	return err.Error()
 }
