@@ -59,14 +59,14 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 }
 
 // cniError is the CNI error a request's failure is answered with: the code
-// of the CNI error it carries (else try-again-later when OVS did not answer,
-// else internal) and its whole message, wrapping included (a failed undo's).
+// of the CNI error it carries (else try-again-later when OVS did not answer
+// or could not be reached, else internal) and its whole message, wrapping included (a failed undo's).
 func cniError(err error) *types.Error {
 	var te *types.Error
 	switch {
 	case !errors.As(err, &te):
 		code := types.ErrInternal
-		if errors.Is(err, ovs.ErrNoAnswer) {
+		if errors.Is(err, ovs.ErrNoAnswer) || errors.Is(err, ovs.ErrUnreachable) {
 			code = types.ErrTryAgainLater
 		}
 		return types.NewError(code, err.Error(), "")

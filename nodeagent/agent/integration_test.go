@@ -645,6 +645,41 @@ func TestAddWithOVSHung(t *testing.T) {
 	}
 }
 
+// TestAddWithOVSDBUnreachable: with ovsdb-server's socket gone (ovsdb-server
+// restarting, or stopped), ADD fails with "try again later" naming
+// ovsdb-server, as for an Open vSwitch that does not answer, not as an
+// internal error (code 999, before); nothing of the pod is left once its
+// DEL has run and OVS is back, and its next ADD works.
+func TestAddWithOVSDBUnreachable(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
+	p := e.newPod(podSpec{name: "nodb", ips: "10.81.0.36/24", mac: "02:00:0a:51:00:24"})
+	sock := strings.TrimPrefix(e.node.OVS.DB, "unix:")
+	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
+		t.Fatal(err)
+	}
+	back := func() {
+		if err := os.Rename(sock+".away", sock); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(back)
+	_, err := e.cni.Add(p.rt)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "cannot reach ovsdb-server") {
+		t.Errorf("ADD with ovsdb-server's socket gone: %v; want code %d saying it cannot reach ovsdb-server", err, types.ErrTryAgainLater)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Errorf("host veths left after the failed ADD: %v", v)
+	}
+	if err := e.cni.Del(p.rt); err != nil { // as the runtime does after a failed ADD
+		t.Errorf("DEL after the failed ADD, ovsdb-server's socket still gone: %v", err)
+	}
+	back()
+	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+	if _, err := e.cni.Add(p.rt); err != nil {
+		t.Fatalf("ADD with ovsdb-server's socket back: %v", err)
+	}
+}
+
 // TestAddWithVswitchdDown: with ovs-vswitchd down, STATUS says the plugin
 // is not available, and ADD fails with the agent's own error, "try again
 // later", naming Open vSwitch and the command that it did not answer,

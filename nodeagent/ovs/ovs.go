@@ -109,6 +109,16 @@ func (c *Client) ofctlIn(ctx context.Context, stdin []byte, command string, args
 // (ovs-vsctl waits for that unless --no-wait) or did not answer OpenFlow.
 var ErrNoAnswer = errors.New("no answer from Open vSwitch")
 
+// ErrUnreachable is the error of a command that could not connect to
+// ovsdb-server or to the bridge's management socket (the socket missing,
+// or refusing: Open vSwitch stopped or restarting). Like ErrNoAnswer, it
+// passes once Open vSwitch is back.
+var ErrUnreachable = errors.New("cannot reach Open vSwitch")
+
+// unreachable are what ovs-vsctl and ovs-ofctl print when they cannot
+// connect to their socket.
+var unreachable = []string{"database connection failed", "failed to connect to socket", "failed to open socket"}
+
 // runOVS runs an OVS command. One that its own --timeout ended (it dies of
 // SIGALRM) or that ctx's deadline ended returns ErrNoAnswer with the
 // command, saying how long it waited and what to look at.
@@ -131,6 +141,15 @@ func (c *Client) runOVS(ctx context.Context, stdin []byte, name string, args []s
 		}
 		return out, fmt.Errorf("%w within %s (%s): %s %s",
 			ErrNoAnswer, time.Since(start).Round(100*time.Millisecond), hint, filepath.Base(name), strings.Join(args, " "))
+	}
+	for _, u := range unreachable {
+		if strings.Contains(err.Error(), u) {
+			what := "ovs-vswitchd's management socket"
+			if name == c.cfg.Vsctl {
+				what = "ovsdb-server"
+			}
+			return out, fmt.Errorf("%w: cannot reach %s (is it running?): %w", ErrUnreachable, what, err)
+		}
 	}
 	return out, err
 }
