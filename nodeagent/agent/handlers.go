@@ -28,6 +28,13 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	}
 	ctx = klog.NewContext(ctx, log)
 	start := time.Now()
+	// Every command answers within the plugin's timeout (answerWithin); a
+	// configuration that does not parse is refused by the command itself.
+	if conf, err := a.conf(req); err == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, answerWithin(conf))
+		defer cancel()
+	}
 	var resp api.Response
 	var err error
 	switch req.Command {
@@ -113,8 +120,6 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, answerWithin(conf))
-	defer cancel()
 	// One budget for the waits of ADD: for the pod to reach the cache, then
 	// for its address to be free on this node (and its SriovNetwork known).
 	budget := a.podWait(conf)
@@ -138,11 +143,15 @@ func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback
 	return res, nil, err
 }
 
-// answerWithin is how long an ADD or a DEL may take in the agent: the plugin's
-// request timeout less a tenth. A step that runs out of it, such as an OVS
-// command that ovs-vswitchd does not answer, fails with the agent's own
-// error, which says what did not answer, before the plugin gives up with a
-// bare timeout.
+// answerWithin is how long a command may take in the agent (Handle): the
+// plugin's request timeout less a tenth. A step that runs out of it, such as
+// an OVS command that ovs-vswitchd or ovsdb-server does not answer, fails
+// with the agent's own error, which says what did not answer, before the
+// plugin gives up with a bare timeout. (An ovsdb-server that took the
+// connection and answered nothing held each DEL past the plugin's timeout,
+// ovs-vsctl's own being as long: the runtime retried it for as long and the
+// pod stayed Terminating, although its veth went at the first try; CHECK,
+// GC and STATUS likewise.)
 func answerWithin(conf *api.NetConf) time.Duration {
 	t, _ := conf.RequestTimeout() // a.conf refuses a bad one
 	return t - t/10
@@ -604,20 +613,12 @@ func (a *agent) usedByAnother(at *datapath.Attachment) bool {
 var noAttachment = &api.Fallback{Reason: "no stickynet attachment of this container and interface on the node"}
 
 func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error) {
-	conf, err := a.conf(req)
-	if err != nil {
+	if _, err := a.conf(req); err != nil {
 		return nil, err
 	}
 	if err := needAttachmentArgs(req); err != nil {
 		return nil, err
 	}
-	// Within the plugin's timeout, as ADD: an ovsdb-server that takes the
-	// connection and does not answer held each DEL past it (ovs-vsctl's own
-	// timeout is as long), so that the runtime retried it for as long as
-	// ovsdb-server hung and the pod stayed Terminating, although its veth
-	// went at the first try.
-	ctx, cancel := context.WithTimeout(ctx, answerWithin(conf))
-	defer cancel()
 	key := req.ContainerID + "/" + req.IfName
 	unlock := a.lockKey(key)
 	defer unlock()

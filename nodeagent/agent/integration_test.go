@@ -645,6 +645,32 @@ func TestAddWithOVSHung(t *testing.T) {
 	}
 }
 
+// TestCommandsWithOVSHung: with ovsdb-server taking connections and
+// answering nothing, CHECK, GC and STATUS answer with the agent's own error
+// naming Open vSwitch, before the plugin's request timeout, as ADD and DEL
+// do (one deadline for every command, in Handle); before, each waited out
+// its OVS commands' own timeouts and the plugin answered a bare timeout.
+func TestCommandsWithOVSHung(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.addPod(podSpec{name: "checked", ips: "10.81.0.37/24", mac: "02:00:0a:51:00:25"})
+	thaw := e.node.OVS.FreezeDB(t)
+	defer thaw()
+	for _, c := range []struct {
+		command string
+		code    uint
+		run     func() error
+	}{
+		{"STATUS", types.ErrPluginNotAvailable, e.cni.Status},
+		{"CHECK", types.ErrTryAgainLater, func() error { return e.cni.Check(p.rt) }},
+		{"GC", types.ErrTryAgainLater, func() error { return e.cni.GC(nil) }},
+	} {
+		err := c.run()
+		if cniCode(err) != c.code || !strings.Contains(err.Error(), "Open vSwitch") {
+			t.Errorf("%s with ovsdb-server not answering: %v; want the agent's code %d naming Open vSwitch", c.command, err, c.code)
+		}
+	}
+}
+
 // TestAddWithOVSDBUnreachable: with ovsdb-server's socket gone (ovsdb-server
 // restarting, or stopped), ADD fails with "try again later" naming
 // ovsdb-server, as for an Open vSwitch that does not answer, not as an
