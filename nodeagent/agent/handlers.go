@@ -29,7 +29,8 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	ctx = klog.NewContext(ctx, log)
 	start := time.Now()
 	// Every command answers within the plugin's timeout (answerWithin); a
-	// configuration that does not parse is refused by the command itself.
+	// configuration that does not parse gets none (ADD, DEL, CHECK and GC
+	// refuse it; the runtime always sends one that does).
 	if conf, err := a.conf(req); err == nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, answerWithin(conf))
@@ -343,7 +344,7 @@ func timedOut(ctx context.Context, err error, what string) error {
 // with its record and its VF or port number, and its DEL tries again (and
 // the resync, for an OVS port whose veth is gone).
 //
-// The undo has what is left of the ADD's time (ctx) and a twentieth of the
+// The undo has what is left of the ADD's time (ctx) and a fiftieth of the
 // plugin's timeout more, so that the ADD answers before the plugin gives up
 // even when an OVS command hangs (ovsdb-server taking connections and
 // answering nothing): with no deadline, each teardown waited the OVS
@@ -351,7 +352,7 @@ func timedOut(ctx context.Context, err error, what string) error {
 // waited for the undo's lock.
 func (a *agent) undoAdd(ctx context.Context, conf *api.NetConf, at *datapath.Attachment, err error) error {
 	t, _ := conf.RequestTimeout() // a.conf refuses a bad one
-	left := t / 20
+	left := t / 50
 	if dl, ok := ctx.Deadline(); ok {
 		left += max(time.Until(dl), 0)
 	}
@@ -733,20 +734,35 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 			errs = append(errs, a.remove(ctx, at))
 		}
 	}
+	// Past the request's deadline the rest waits for the next GC (or the
+	// resync's sweep), said once rather than as one OVS failure each.
+	left := 0
 	for _, at := range tracked {
 		if listErr != nil && at.VF == nil {
 			continue // its port needs OVS: the next GC
+		}
+		if ctx.Err() != nil {
+			left++
+			continue
 		}
 		unlock := a.lockKey(at.Key())
 		gone(at, a.get(at.Key()) == at)
 		unlock()
 	}
 	for _, at := range untracked {
+		if ctx.Err() != nil {
+			left++
+			continue
+		}
 		unlock := a.lockKey(at.Key())
 		still, err := a.inOVS(ctx, at)
 		errs = append(errs, err)
 		gone(at, err == nil && still && a.get(at.Key()) == nil)
 		unlock()
+	}
+	if left > 0 {
+		errs = append(errs, types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("GC ran out of time with %d attachments the runtime no longer knows left; the next GC removes them", left), ""))
 	}
 	return errors.Join(errs...)
 }

@@ -671,6 +671,23 @@ func TestCommandsWithOVSHung(t *testing.T) {
 	}
 }
 
+// TestCheckWithVswitchdDown: CHECK of a pod whose egress a meter limits,
+// with ovs-vswitchd down (ovsdb-server up), says "try again later", naming
+// Open vSwitch: the meters cannot be read, which is not a difference from
+// what was set up (before: code 104, "differs from what was set up").
+func TestCheckWithVswitchdDown(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.addPod(podSpec{name: "metered", ips: "10.81.0.38/24", mac: "02:00:0a:51:00:26", extra: map[string]string{annotations.EgressBandwidth: "20M"}})
+	if err := e.cni.Check(p.rt); err != nil {
+		t.Fatalf("CHECK with Open vSwitch up: %v", err)
+	}
+	e.node.OVS.StopVswitchd(t)
+	defer e.node.OVS.StartVswitchd(t)
+	if err := e.cni.Check(p.rt); cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch") {
+		t.Errorf("CHECK with ovs-vswitchd down: %v; want code %d naming Open vSwitch", err, types.ErrTryAgainLater)
+	}
+}
+
 // TestAddWithOVSDBUnreachable: with ovsdb-server's socket gone (ovsdb-server
 // restarting, or stopped), ADD fails with "try again later" naming
 // ovsdb-server, as for an Open vSwitch that does not answer, not as an

@@ -65,7 +65,11 @@ func (d *Datapath) Check(ctx context.Context, a *Attachment) error {
 		}
 	}
 	if host != nil {
-		problems = append(problems, d.checkBandwidth(ctx, a, host, port)...)
+		bw, err := d.checkBandwidth(ctx, a, host, port)
+		if err != nil {
+			return err // OVS did not answer: not a difference
+		}
+		problems = append(problems, bw...)
 	}
 	problems = append(problems, d.checkPod(a)...)
 	if len(problems) == 0 {
@@ -131,9 +135,11 @@ func (d *Datapath) checkPod(a *Attachment) []string {
 	return problems
 }
 
-func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netlink.Link, port *ovs.Interface) []string {
+// checkBandwidth lists how the limits in force differ from a's; an error
+// is a meter or flow listing that failed.
+func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netlink.Link, port *ovs.Interface) ([]string, error) {
 	if a.LimitsUnknown {
-		return nil
+		return nil, nil
 	}
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
@@ -154,11 +160,11 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 	case bandwidth.EgressMeter:
 		meters, err := d.ovs.Meters(ctx)
 		if err != nil {
-			return append(problems, err.Error())
+			return nil, err
 		}
 		flows, err := d.ovs.MeterFlows(ctx)
 		if err != nil {
-			return append(problems, err.Error())
+			return nil, err
 		}
 		if a.Bandwidth.Egress.Rate == 0 {
 			if _, ok := flows[a.OFPort]; ok {
@@ -184,5 +190,5 @@ func (d *Datapath) checkBandwidth(ctx context.Context, a *Attachment, host netli
 			add("OVS interface %s polices at %+v, want %+v", a.HostVeth, port.Policing, want)
 		}
 	}
-	return problems
+	return problems, nil
 }

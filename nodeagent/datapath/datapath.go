@@ -373,31 +373,35 @@ func (d *Datapath) Setup(ctx context.Context, a *Attachment) (net.HardwareAddr, 
 		port.Policing = &ovs.Policing{RateKbps: p.RateKbps, BurstKbits: p.BurstKbits}
 	}
 	var tPort, tMeter time.Duration
+	// Each step's error is kept (errgroup keeps the first only: an egress
+	// meter refused at once hid the port's "no answer" that came later).
 	var g errgroup.Group
+	var portErr, egressErr error
 	// The qdisc goes on after the port: ovs-vswitchd clears the root qdisc of
 	// an interface it adds when the port has no QoS of its own.
 	g.Go(func() error {
-		if err := d.ovs.AddPort(ctx, port); err != nil {
-			return err
+		if portErr = d.ovs.AddPort(ctx, port); portErr == nil {
+			tPort = time.Since(start)
+			portErr = d.setIngress(a, want.Ingress, false)
 		}
-		tPort = time.Since(start)
-		return d.setIngress(a, want.Ingress, false)
+		return nil
 	})
 	switch {
 	case a.EgressMode == bandwidth.EgressMeter && (want.Egress.Rate > 0 || d.Metered(a.OFPort)):
 		g.Go(func() error {
-			err := d.setEgress(ctx, a, want.Egress, nil)
+			egressErr = d.setEgress(ctx, a, want.Egress, nil)
 			tMeter = time.Since(start)
-			return err
+			return nil
 		})
 	case a.EgressMode != bandwidth.EgressMeter && d.Metered(a.OFPort):
 		// A meter left on the number by a pod of before the egress mode
 		// changed would police this pod too.
-		g.Go(func() error { return d.delMeter(ctx, a.OFPort) })
+		g.Go(func() error { egressErr = d.delMeter(ctx, a.OFPort); return nil })
 	}
 	podErr := d.configurePodLink(a, pn, d.cfg.TxChecksumOff)
 	tPod := time.Since(start)
-	if err := errors.Join(g.Wait(), podErr); err != nil {
+	_ = g.Wait()
+	if err := errors.Join(portErr, egressErr, podErr); err != nil {
 		// What was made is recorded, so Teardown removes it.
 		a.Bandwidth = want
 		return nil, err

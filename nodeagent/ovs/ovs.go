@@ -115,9 +115,24 @@ var ErrNoAnswer = errors.New("no answer from Open vSwitch")
 // passes once Open vSwitch is back.
 var ErrUnreachable = errors.New("cannot reach Open vSwitch")
 
-// unreachable are what ovs-vsctl and ovs-ofctl print when they cannot
-// connect to their socket.
-var unreachable = []string{"database connection failed", "failed to connect to socket", "failed to open socket"}
+// unreachable says whether a failed command's message is that of ovs-vsctl
+// or ovs-ofctl that could not connect to its socket: "database connection
+// failed", "connecting to unix:…/br.mgmt" or "failed to connect to socket",
+// for a socket missing or refusing or a peer that hung up (not, say, a
+// bridge that does not speak OpenFlow 1.3: "(Protocol error)").
+func unreachable(msg string) bool {
+	what := strings.Contains(msg, "database connection failed") || strings.Contains(msg, "connecting to ") ||
+		strings.Contains(msg, "failed to connect to socket") || strings.Contains(msg, "failed to open socket")
+	if !what {
+		return false
+	}
+	for _, why := range []string{"No such file or directory", "Connection refused", "Broken pipe", "Connection reset by peer", "End of file"} {
+		if strings.Contains(msg, why) {
+			return true
+		}
+	}
+	return false
+}
 
 // runOVS runs an OVS command. One that its own --timeout ended (it dies of
 // SIGALRM) or that ctx's deadline ended returns ErrNoAnswer with the
@@ -142,14 +157,12 @@ func (c *Client) runOVS(ctx context.Context, stdin []byte, name string, args []s
 		return out, fmt.Errorf("%w within %s (%s): %s %s",
 			ErrNoAnswer, time.Since(start).Round(100*time.Millisecond), hint, filepath.Base(name), strings.Join(args, " "))
 	}
-	for _, u := range unreachable {
-		if strings.Contains(err.Error(), u) {
-			what := "ovs-vswitchd's management socket"
-			if name == c.cfg.Vsctl {
-				what = "ovsdb-server"
-			}
-			return out, fmt.Errorf("%w: cannot reach %s (is it running?): %w", ErrUnreachable, what, err)
+	if unreachable(err.Error()) {
+		what := "ovs-vswitchd's management socket"
+		if name == c.cfg.Vsctl {
+			what = "ovsdb-server"
 		}
+		return out, fmt.Errorf("%w: cannot reach %s (is it running?): %w", ErrUnreachable, what, err)
 	}
 	return out, err
 }

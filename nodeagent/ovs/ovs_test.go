@@ -3,6 +3,7 @@ package ovs
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -288,6 +289,39 @@ func TestNoAnswer(t *testing.T) {
 	}
 	if err := c.DelPort(context.Background(), "p1"); err != nil {
 		t.Errorf("DelPort (--no-wait) without ovs-vswitchd: %v", err)
+	}
+	// ovs-ofctl finds no management socket: unreachable, at once.
+	if _, err := c.Meters(context.Background()); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "cannot reach ovs-vswitchd's management socket") {
+		t.Errorf("Meters without ovs-vswitchd = %v; want ErrUnreachable naming the management socket", err)
+	}
+	// ovs-vsctl finds no ovsdb-server socket.
+	sock := strings.TrimPrefix(o.DB, "unix:")
+	if err := os.Rename(sock, sock+".away"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = os.Rename(sock+".away", sock) }()
+	if _, err := c.Interfaces(context.Background()); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "cannot reach ovsdb-server") {
+		t.Errorf("Interfaces without ovsdb-server's socket = %v; want ErrUnreachable naming ovsdb-server", err)
+	}
+}
+
+// unreachable tells a connection that failed from other failures, such as a
+// bridge that does not speak OpenFlow 1.3 (messages of ovs-vsctl and
+// ovs-ofctl 3.1).
+func TestUnreachable(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"ovs-vsctl: unix:/run/openvswitch/db.sock: database connection failed (No such file or directory)": true,
+		"ovs-vsctl: unix:/run/openvswitch/db.sock: database connection failed (Connection refused)":        true,
+		"ovs-ofctl: connecting to unix:/run/openvswitch/br0.mgmt (No such file or directory)":              true,
+		"ovs-ofctl: connecting to unix:/run/openvswitch/br0.mgmt (Connection refused)":                     true,
+		"ovs-ofctl: unix:/run/openvswitch/br0.mgmt: failed to connect to socket (Broken pipe)":             true,
+		"ovs-ofctl: unix:/run/openvswitch/br0.mgmt: failed to connect to socket (Protocol error)":          false,
+		"ovs-vsctl: no bridge named br0":             false,
+		"ovs-ofctl: br0 is not a bridge or a socket": false,
+	} {
+		if got := unreachable(msg); got != want {
+			t.Errorf("unreachable(%q) = %v; want %v", msg, got, want)
+		}
 	}
 }
 
