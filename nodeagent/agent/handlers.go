@@ -68,7 +68,8 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 
 // cniError is the CNI error a request's failure is answered with: the code
 // of the CNI error it carries (else try-again-later when OVS did not answer
-// or could not be reached, else internal) and its whole message, wrapping included (a failed undo's).
+// or could not be reached, else internal) and its whole message, wrapping
+// included (a failed undo's).
 func cniError(err error) *types.Error {
 	var te *types.Error
 	switch {
@@ -762,7 +763,7 @@ func (a *agent) gc(ctx context.Context, req api.Request) error {
 	}
 	if left > 0 {
 		errs = append(errs, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("GC ran out of time with %d attachments the runtime no longer knows left; the next GC removes them", left), ""))
+			fmt.Sprintf("GC ran out of time: %d attachments the runtime no longer knows are left for the next GC", left), ""))
 	}
 	return errors.Join(errs...)
 }
