@@ -628,8 +628,8 @@ func TestAddWithOVSHung(t *testing.T) {
 	thaw := e.node.OVS.FreezeDB(t)
 	_, err := e.cni.Add(p.rt)
 	t.Logf("ADD: %v", err)
-	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch") {
-		t.Errorf("ADD with ovsdb-server not answering: %v; want the agent's code %d naming Open vSwitch", err, types.ErrTryAgainLater)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "Open vSwitch") || !strings.Contains(err.Error(), "ovsdb-server does not answer") {
+		t.Errorf("ADD with ovsdb-server not answering: %v; want the agent's code %d naming Open vSwitch and ovsdb-server", err, types.ErrTryAgainLater)
 	}
 	if v := e.hostVeths(); len(v) != 0 {
 		t.Errorf("host veths left after the failed ADD: %v", v)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -150,9 +151,14 @@ func (c *Client) runOVS(ctx context.Context, stdin []byte, name string, args []s
 		alarm = ok && ws.Signaled() && ws.Signal() == syscall.SIGALRM
 	}
 	if alarm || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// ovs-vsctl waits for ovsdb-server, and for ovs-vswitchd to apply
+		// a change unless --no-wait; ovs-ofctl talks to ovs-vswitchd.
 		hint := "is ovs-vswitchd running?"
 		if name == c.cfg.Vsctl {
-			hint += " ovs-vsctl waits for it to apply each change"
+			hint = "is ovs-vswitchd running? ovs-vsctl waits for it to apply each change; or ovsdb-server does not answer"
+			if slices.Contains(args, "--no-wait") {
+				hint = "ovsdb-server does not answer"
+			}
 		}
 		return out, fmt.Errorf("%w within %s (%s): %s %s",
 			ErrNoAnswer, time.Since(start).Round(100*time.Millisecond), hint, filepath.Base(name), strings.Join(args, " "))
