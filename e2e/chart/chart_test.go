@@ -510,29 +510,34 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
-	// The node agent's token, bound to a pod on a node, may patch that
-	// node's status (its SR-IOV capacity) and no other's: RBAC cannot name
-	// the node, and before, root on one node could rewrite every node's.
-	t.Run("NodeAgentPatchesOwnNodeOnly", func(t *testing.T) {
+	// applyRendered applies the chart's objects named by keys ("Kind/name"),
+	// as rendered for the install, until the test ends.
+	applyRendered := func(t *testing.T, keys ...string) {
+		t.Helper()
 		objs := render(t)
 		var docs []string
-		for _, key := range []string{
-			"ServiceAccount/stickynet-nodeagent", "ClusterRole/stickynet-nodeagent", "ClusterRoleBinding/stickynet-nodeagent",
-			"ValidatingAdmissionPolicy/stickynet-nodeagent-own-node", "ValidatingAdmissionPolicyBinding/stickynet-nodeagent-own-node",
-		} {
+		for _, key := range keys {
 			if objs[key] == nil {
 				t.Fatalf("the chart renders no %s", key)
 			}
 			docs = append(docs, string(objs[key]))
 		}
-		f := filepath.Join(t.TempDir(), "nodeagent-rbac.yaml")
+		f := filepath.Join(t.TempDir(), "rendered.yaml")
 		if err := os.WriteFile(f, []byte(strings.Join(docs, "\n---\n")), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
-			t.Fatalf("apply the node agent's RBAC and policy: %v\n%s", err, out)
+			t.Fatalf("apply %v: %v\n%s", keys, err, out)
 		}
 		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+	}
+
+	// The node agent's token, bound to a pod on a node, may patch that
+	// node's status (its SR-IOV capacity) and no other's: RBAC cannot name
+	// the node, and before, root on one node could rewrite every node's.
+	t.Run("NodeAgentPatchesOwnNodeOnly", func(t *testing.T) {
+		applyRendered(t, "ServiceAccount/stickynet-nodeagent", "ClusterRole/stickynet-nodeagent", "ClusterRoleBinding/stickynet-nodeagent",
+			"ValidatingAdmissionPolicy/stickynet-nodeagent-own-node", "ValidatingAdmissionPolicyBinding/stickynet-nodeagent-own-node")
 		k := c.Client()
 		for _, n := range []string{"own-a", "own-b"} {
 			if _, err := k.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
@@ -600,25 +605,8 @@ func TestAPIServer(t *testing.T) {
 	// The webhook's account may patch every Node's status (RBAC), to take
 	// stickynet's stale resources off; its policy refuses it anything else.
 	t.Run("WebhookOnlyWithdrawsFromNodes", func(t *testing.T) {
-		objs := render(t)
-		var docs []string
-		for _, key := range []string{
-			"ServiceAccount/stickynet-webhook", "ClusterRole/stickynet-webhook", "ClusterRoleBinding/stickynet-webhook",
-			"ValidatingAdmissionPolicy/stickynet-webhook-node-status", "ValidatingAdmissionPolicyBinding/stickynet-webhook-node-status",
-		} {
-			if objs[key] == nil {
-				t.Fatalf("the chart renders no %s", key)
-			}
-			docs = append(docs, string(objs[key]))
-		}
-		f := filepath.Join(t.TempDir(), "webhook-rbac.yaml")
-		if err := os.WriteFile(f, []byte(strings.Join(docs, "\n---\n")), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
-			t.Fatalf("apply the webhook's RBAC and policy: %v\n%s", err, out)
-		}
-		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+		applyRendered(t, "ServiceAccount/stickynet-webhook", "ClusterRole/stickynet-webhook", "ClusterRoleBinding/stickynet-webhook",
+			"ValidatingAdmissionPolicy/stickynet-webhook-node-status", "ValidatingAdmissionPolicyBinding/stickynet-webhook-node-status")
 		k := c.Client()
 		if _, err := k.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "stale-a", Labels: map[string]string{"zone": "a"}}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

@@ -32,6 +32,12 @@ func HasOwnResource(status corev1.NodeStatus) bool {
 // when they already are); a nil want removes them all. The scheduler and
 // the kubelet read allocatable, so it counts as much as capacity.
 func ResourcePatch(status corev1.NodeStatus, want map[corev1.ResourceName]int) []byte {
+	return ResourcePatchAt(status, want, "")
+}
+
+// ResourcePatchAt is ResourcePatch that applies only to the Node at
+// resourceVersion (a conflict otherwise); "": any.
+func ResourcePatchAt(status corev1.NodeStatus, want map[corev1.ResourceName]int, resourceVersion string) []byte {
 	set := map[string]any{}
 	for _, have := range []corev1.ResourceList{status.Capacity, status.Allocatable} {
 		for name := range have {
@@ -50,6 +56,10 @@ func ResourcePatch(status corev1.NodeStatus, want map[corev1.ResourceName]int) [
 	if len(set) == 0 {
 		return nil
 	}
-	b, _ := json.Marshal(map[string]any{"status": map[string]any{"capacity": set, "allocatable": set}})
+	patch := map[string]any{"status": map[string]any{"capacity": set, "allocatable": set}}
+	if resourceVersion != "" {
+		patch["metadata"] = map[string]any{"resourceVersion": resourceVersion}
+	}
+	b, _ := json.Marshal(patch)
 	return b
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
@@ -104,4 +106,23 @@ func ServiceAccountKubeconfig(t testing.TB, cfg *rest.Config, ns, name string) s
 		t.Fatal(err)
 	}
 	return path
+}
+
+// ChartAccountKubeconfig creates namespace ns (if missing), then the
+// account of the chart's template for a release there (ApplyChartAccount,
+// but the kinds in skip; a template that renders none fails the test), and
+// returns a kubeconfig with a token of its ServiceAccount account.
+func ChartAccountKubeconfig(t testing.TB, cfg *rest.Config, chart, ns, template, account string, skip ...string) string {
+	t.Helper()
+	k, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if ApplyChartAccount(t, cfg, chart, ns, template, skip...) == 0 {
+		t.Fatalf("the chart's %s renders no ServiceAccount or RBAC", template)
+	}
+	return ServiceAccountKubeconfig(t, cfg, ns, account)
 }

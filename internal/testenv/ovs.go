@@ -211,6 +211,28 @@ func (o *OVS) FreezeDB(t testing.TB) (thaw func()) {
 	return thaw
 }
 
+// HideDB moves ovsdb-server's socket away until the returned func or the
+// test's end puts it back: new connections fail (no such file) while
+// ovsdb-server keeps running, as when it restarts. back may be called from
+// any goroutine; a failed move back is an error of the test.
+func (o *OVS) HideDB(t testing.TB) (back func()) {
+	t.Helper()
+	sock := strings.TrimPrefix(o.DB, "unix:")
+	if err := os.Rename(sock, sock+".away"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	back = func() {
+		once.Do(func() {
+			if err := os.Rename(sock+".away", sock); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(back)
+	return back
+}
+
 // StartVswitchd starts ovs-vswitchd after StopVswitchd.
 func (o *OVS) StartVswitchd(t testing.TB) {
 	t.Helper()

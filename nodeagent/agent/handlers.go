@@ -28,10 +28,12 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	}
 	ctx = klog.NewContext(ctx, log)
 	start := time.Now()
-	// Every command answers within the plugin's timeout (answerWithin); a
-	// configuration that does not parse gets none (ADD, DEL, CHECK and GC
-	// refuse it; the runtime always sends one that does).
-	if conf, err := a.conf(req); err == nil {
+	// The network configuration is read once, here. Every command answers
+	// within the plugin's timeout (answerWithin); one whose configuration
+	// does not parse gets none: ADD, DEL, CHECK and GC refuse it (STATUS
+	// reads none; the runtime always sends one that parses).
+	conf, confErr := a.conf(req)
+	if confErr == nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, answerWithin(conf))
 		defer cancel()
@@ -39,14 +41,21 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 	var resp api.Response
 	var err error
 	switch req.Command {
-	case api.CommandAdd:
-		resp.Result, resp.Fallback, err = a.add(ctx, req)
-	case api.CommandDel:
-		resp.Fallback, err = a.del(ctx, req)
-	case api.CommandCheck:
-		err = a.check(ctx, req)
-	case api.CommandGC:
-		err = a.gc(ctx, req)
+	case api.CommandAdd, api.CommandDel, api.CommandCheck, api.CommandGC:
+		if confErr != nil {
+			err = confErr
+			break
+		}
+		switch req.Command {
+		case api.CommandAdd:
+			resp.Result, resp.Fallback, err = a.add(ctx, conf, req)
+		case api.CommandDel:
+			resp.Fallback, err = a.del(ctx, req)
+		case api.CommandCheck:
+			err = a.check(ctx, req)
+		case api.CommandGC:
+			err = a.gc(ctx, conf)
+		}
 	case api.CommandStatus:
 		err = a.status(ctx)
 	default:
@@ -107,11 +116,7 @@ func needAttachmentArgs(req api.Request) error {
 
 // add attaches a pod stickynet serves, or tells the plugin to attach it
 // through the conflist's fallback network (see notAdmitted).
-func (a *agent) add(ctx context.Context, req api.Request) ([]byte, *api.Fallback, error) {
-	conf, err := a.conf(req)
-	if err != nil {
-		return nil, nil, err
-	}
+func (a *agent) add(ctx context.Context, conf *api.NetConf, req api.Request) ([]byte, *api.Fallback, error) {
 	if err := needAttachmentArgs(req); err != nil {
 		return nil, nil, err
 	}
@@ -615,9 +620,6 @@ func (a *agent) usedByAnother(at *datapath.Attachment) bool {
 var noAttachment = &api.Fallback{Reason: "no stickynet attachment of this container and interface on the node"}
 
 func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error) {
-	if _, err := a.conf(req); err != nil {
-		return nil, err
-	}
 	if err := needAttachmentArgs(req); err != nil {
 		return nil, err
 	}
@@ -677,9 +679,6 @@ func fromOVS(ifc ovs.Interface) *datapath.Attachment {
 }
 
 func (a *agent) check(ctx context.Context, req api.Request) error {
-	if _, err := a.conf(req); err != nil {
-		return err
-	}
 	if err := needAttachmentArgs(req); err != nil {
 		return err
 	}
@@ -696,11 +695,7 @@ func (a *agent) check(ctx context.Context, req api.Request) error {
 
 // gc removes the attachments of the network that are not in the runtime's
 // list of valid ones.
-func (a *agent) gc(ctx context.Context, req api.Request) error {
-	conf, err := a.conf(req)
-	if err != nil {
-		return err
-	}
+func (a *agent) gc(ctx context.Context, conf *api.NetConf) error {
 	valid := map[string]bool{}
 	for _, v := range conf.ValidAttachments {
 		valid[v.ContainerID+"/"+v.IfName] = true

@@ -97,6 +97,16 @@ func gcConfig(t *testing.T) []byte {
 	return conf
 }
 
+// netConf parses a network configuration, as Handle does before GC.
+func netConf(t *testing.T, conf []byte) *api.NetConf {
+	t.Helper()
+	c, err := api.ParseNetConf(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // TestGCAfterDelLeavesNextPodAlone: a GC that took its list of stale
 // attachments (X) before a DEL removed X, and before a new pod Y was given
 // X's VF, must not remove X again: its second teardown put X's original PF
@@ -117,7 +127,7 @@ func TestGCAfterDelLeavesNextPodAlone(t *testing.T) {
 	}
 	ctx := context.Background()
 	gcDone := make(chan error, 1)
-	go func() { gcDone <- a.gc(ctx, api.Request{Command: "GC", Config: conf}) }()
+	go func() { gcDone <- a.gc(ctx, netConf(t, conf)) }()
 	<-g.entered // the GC has its list of stale attachments, X among them
 	if _, err := a.del(ctx, api.Request{Command: "DEL", ContainerID: "cX", IfName: "net1", Config: conf}); err != nil {
 		t.Fatal(err)
@@ -168,7 +178,7 @@ func TestGCWithoutOVSRemovesVFs(t *testing.T) {
 	// A veth attachment's port needs OVS: it waits for the next GC.
 	y := &datapath.Attachment{Network: "sticky", ContainerID: "cY", IfName: "eth0", Netns: "/nonexistent/y", HostVeth: "vethgcovs0", OFPort: 7}
 	a.track(y)
-	err := a.gc(context.Background(), api.Request{Command: "GC", Config: conf})
+	err := a.gc(context.Background(), netConf(t, conf))
 	if err == nil || !strings.Contains(err.Error(), "ovsdb-server does not answer") {
 		t.Errorf("GC with OVS not answering = %v; want an error naming OVS", err)
 	}

@@ -151,6 +151,14 @@ func (e *env) ovsPortOf(containerID string) string {
 		fmt.Sprintf("external_ids:stickynet-container-id=%q", containerID)))
 }
 
+// waitRemoved waits until the container's OVS port and every record are
+// gone (once OVS answers again).
+func (e *env) waitRemoved(containerID string) {
+	e.t.Helper()
+	waitFor(e.t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf(containerID) == "" })
+	waitFor(e.t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+}
+
 // records lists the files in the agent's records folder but its
 // api.RecordsComplete mark.
 func (e *env) records() []string {

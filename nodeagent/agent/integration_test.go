@@ -544,15 +544,7 @@ func TestConflistInstalled(t *testing.T) {
 func TestDelOfUnknownWithOVSDown(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.newPod(podSpec{name: "elsewhere", ips: "10.81.0.31/24", mac: "02:00:0a:51:00:1f"})
-	sock := strings.TrimPrefix(e.node.OVS.DB, "unix:")
-	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := os.Rename(sock+".away", sock); err != nil {
-			t.Fatal(err)
-		}
-	}()
+	e.node.OVS.HideDB(t)
 	if err := e.cni.Del(p.rt); err != nil {
 		t.Fatalf("DEL of an attachment never made, with ovsdb-server unreachable: %v", err)
 	}
@@ -566,16 +558,7 @@ func TestDelOfUnknownWithOVSDown(t *testing.T) {
 func TestDelWithOVSDown(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
 	p := e.addPod(podSpec{name: "leaving", ips: "10.81.0.33/24", mac: "02:00:0a:51:00:21"})
-	sock := strings.TrimPrefix(e.node.OVS.DB, "unix:")
-	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
-		t.Fatal(err)
-	}
-	back := false
-	defer func() {
-		if !back {
-			_ = os.Rename(sock+".away", sock)
-		}
-	}()
+	back := e.node.OVS.HideDB(t)
 	if err := e.cni.Del(p.rt); err != nil {
 		t.Fatalf("DEL with ovsdb-server unreachable: %v", err)
 	}
@@ -583,12 +566,8 @@ func TestDelWithOVSDown(t *testing.T) {
 		t.Errorf("host veths left after the DEL: %v", v)
 	}
 	time.Sleep(time.Second) // resync passes that cannot reach OVS
-	if err := os.Rename(sock+".away", sock); err != nil {
-		t.Fatal(err)
-	}
-	back = true
-	waitFor(t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf("ctr-leaving") == "" })
-	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+	back()
+	e.waitRemoved("ctr-leaving")
 }
 
 // TestDelWithOVSHung: an ovsdb-server that takes connections and answers
@@ -610,8 +589,7 @@ func TestDelWithOVSHung(t *testing.T) {
 		t.Errorf("host veths left after the DEL: %v", v)
 	}
 	thaw()
-	waitFor(t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf("ctr-leaving") == "" })
-	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+	e.waitRemoved("ctr-leaving")
 }
 
 // TestAddWithOVSHung: with ovsdb-server taking connections and answering
@@ -638,8 +616,7 @@ func TestAddWithOVSHung(t *testing.T) {
 		t.Errorf("DEL after the failed ADD, ovsdb-server still not answering: %v", err)
 	}
 	thaw()
-	waitFor(t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf("ctr-stuck") == "" })
-	waitFor(t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+	e.waitRemoved("ctr-stuck")
 	if _, err := e.cni.Add(p.rt); err != nil {
 		t.Fatalf("ADD with ovsdb-server answering again: %v", err)
 	}
@@ -696,16 +673,7 @@ func TestCheckWithVswitchdDown(t *testing.T) {
 func TestAddWithOVSDBUnreachable(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
 	p := e.newPod(podSpec{name: "nodb", ips: "10.81.0.36/24", mac: "02:00:0a:51:00:24"})
-	sock := strings.TrimPrefix(e.node.OVS.DB, "unix:")
-	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
-		t.Fatal(err)
-	}
-	back := func() {
-		if err := os.Rename(sock+".away", sock); err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(back)
+	back := e.node.OVS.HideDB(t)
 	_, err := e.cni.Add(p.rt)
 	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "cannot reach ovsdb-server") {
 		t.Errorf("ADD with ovsdb-server's socket gone: %v; want code %d saying it cannot reach ovsdb-server", err, types.ErrTryAgainLater)
@@ -794,17 +762,13 @@ func freeAddr(t *testing.T) string {
 func TestAgentWaitsForOVS(t *testing.T) {
 	node := agenttest.NewNode(t)
 	sock := strings.TrimPrefix(node.OVS.DB, "unix:")
-	if err := os.Rename(sock, sock+".away"); err != nil { // new connections fail; ovsdb-server keeps running
-		t.Fatal(err)
-	}
+	hidden := node.OVS.HideDB(t)
 	metricsAddr := freeAddr(t)
 	probed := make(chan struct{})
 	began := time.Now()
 	back := time.AfterFunc(5*time.Second, func() {
 		<-probed
-		if err := os.Rename(sock+".away", sock); err != nil {
-			t.Error(err)
-		}
+		hidden()
 	})
 	defer back.Stop()
 	go func() {

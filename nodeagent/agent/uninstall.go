@@ -204,10 +204,11 @@ func (o *owner) uninstall(ctx context.Context) {
 	}
 }
 
-// withdraw removes the agent's resources (annotations.OwnResource) from its Node, so
-// that the scheduler places no more of stickynet's pods here. Best effort: a
-// refused request (the account deleted with the DaemonSet, at an uninstall,
-// when no webhook asks for them any more) leaves them.
+// withdraw removes the agent's resources (annotations.OwnResource) from its
+// Node, so that the scheduler places no more of stickynet's pods here. Best
+// effort: a refused request (the account deleted with the DaemonSet, at an
+// uninstall) leaves them, for a later install's webhook to withdraw
+// (webhook/release/noderesources.go).
 func (o *owner) withdraw(ctx context.Context) {
 	if o.node == "" {
 		return

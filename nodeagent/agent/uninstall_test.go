@@ -37,10 +37,9 @@ func TestUninstallRemovesConflist(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
-	must(admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{}))
 	// The agent runs on the chart's ServiceAccount and RBAC.
-	applyChartRBAC(t, apisrv, ns)
+	kubeconfig := testenv.ChartAccountKubeconfig(t, apisrv.Config, chartDir, ns, "templates/nodeagent.yaml", name)
+	must(admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{}))
 	labels := map[string]string{"app": name}
 	ds := &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -53,7 +52,6 @@ func TestUninstallRemovesConflist(t *testing.T) {
 		},
 	}
 	must(admin.AppsV1().DaemonSets(ns).Create(ctx, ds.DeepCopy(), metav1.CreateOptions{}))
-	kubeconfig := testenv.ServiceAccountKubeconfig(t, apisrv.Config, ns, name)
 
 	node := agenttest.NewNode(t)
 	opts := node.Options(nil)
@@ -170,24 +168,14 @@ func TestUninstallRemovesConflist(t *testing.T) {
 // reason to hold up pods.
 func TestUninstallWatchRefusedDoesNotBlock(t *testing.T) {
 	apisrv := agenttest.StartAPIServer(t, filepath.Join("..", "..", "charts", "stickynet", "crds"))
-	admin := kubernetes.NewForConfigOrDie(apisrv.Config)
 	const ns, name = "stickynet-system", "stickynet-nodeagent"
-	if _, err := admin.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	applyChartRBAC(t, apisrv, ns, "Role", "RoleBinding")
+	kubeconfig := testenv.ChartAccountKubeconfig(t, apisrv.Config, chartDir, ns, "templates/nodeagent.yaml", name, "Role", "RoleBinding")
 	node := agenttest.NewNode(t)
 	opts := node.Options(nil)
-	opts.Pods, opts.Kubeconfig, opts.ResyncPeriod = nil, testenv.ServiceAccountKubeconfig(t, apisrv.Config, ns, name), time.Hour
+	opts.Pods, opts.Kubeconfig, opts.ResyncPeriod = nil, kubeconfig, time.Hour
 	opts.DaemonSet = ns + "/" + name
 	agenttest.StartAgent(t, opts) // fails unless it serves within 30 s
 }
 
-// applyChartRBAC creates the agent's ServiceAccount and RBAC objects as the
-// chart renders them for a release in ns, but those of the kinds in skip.
-func applyChartRBAC(t *testing.T, apisrv *agenttest.APIServer, ns string, skip ...string) {
-	t.Helper()
-	if testenv.ApplyChartAccount(t, apisrv.Config, filepath.Join("..", "..", "charts", "stickynet"), ns, "templates/nodeagent.yaml", skip...) == 0 {
-		t.Fatal("the chart's templates/nodeagent.yaml renders no ServiceAccount or RBAC")
-	}
-}
+// chartDir is the chart, whose accounts the agent runs on.
+var chartDir = filepath.Join("..", "..", "charts", "stickynet")

@@ -3,7 +3,6 @@ package ovs
 import (
 	"context"
 	"errors"
-	"os"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -295,11 +294,7 @@ func TestNoAnswer(t *testing.T) {
 		t.Errorf("Meters without ovs-vswitchd = %v; want ErrUnreachable naming the management socket", err)
 	}
 	// ovs-vsctl finds no ovsdb-server socket.
-	sock := strings.TrimPrefix(o.DB, "unix:")
-	if err := os.Rename(sock, sock+".away"); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = os.Rename(sock+".away", sock) }()
+	o.HideDB(t)
 	if _, err := c.Interfaces(context.Background()); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "cannot reach ovsdb-server") {
 		t.Errorf("Interfaces without ovsdb-server's socket = %v; want ErrUnreachable naming ovsdb-server", err)
 	}

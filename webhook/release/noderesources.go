@@ -2,7 +2,6 @@ package release
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -105,15 +104,7 @@ const staleRetry = 5 * time.Minute
 // withdrawFrom patches n's status as cached: a Node changed since (its agent
 // withdrew them itself, say) is a conflict, and the next pass sees it anew.
 func (c *Controller) withdrawFrom(ctx context.Context, n *corev1.Node) error {
-	var body map[string]any
-	if err := json.Unmarshal(annotations.ResourcePatch(n.Status, nil), &body); err != nil {
-		return err
-	}
-	body["metadata"] = map[string]any{"resourceVersion": n.ResourceVersion}
-	patch, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
+	patch := annotations.ResourcePatchAt(n.Status, nil, n.ResourceVersion)
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
 	if err := c.Client.Status().Patch(ctx, node, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {

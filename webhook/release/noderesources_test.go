@@ -47,11 +47,7 @@ func TestStaleNodeResourcesWithdrawn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
-	if testenv.ApplyChartAccount(t, apisrv.Config, filepath.Join("..", "..", "charts", "stickynet"), ns, "templates/webhook.yaml") == 0 {
-		t.Fatal("the chart's templates/webhook.yaml renders no ServiceAccount or RBAC")
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", testenv.ServiceAccountKubeconfig(t, apisrv.Config, ns, "stickynet-webhook"))
+	cfg, err := clientcmd.BuildConfigFromFlags("", testenv.ChartAccountKubeconfig(t, apisrv.Config, filepath.Join("..", "..", "charts", "stickynet"), ns, "templates/webhook.yaml", "stickynet-webhook"))
 	if err != nil {
 		t.Fatal(err)
 	}
