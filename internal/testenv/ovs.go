@@ -198,10 +198,23 @@ func (o *OVS) StopVswitchd(t testing.TB) {
 // answers nothing, as a hung server does.
 func (o *OVS) FreezeDB(t testing.TB) (thaw func()) {
 	t.Helper()
-	if len(o.procs) == 0 {
-		t.Fatal("ovsdb-server is not running")
+	return o.freeze(t, 0, "ovsdb-server")
+}
+
+// FreezeVswitchd stops ovs-vswitchd (SIGSTOP) until the returned func or
+// the test's end continues it: ovs-ofctl connects to its bridges' sockets
+// and gets no answer, and ovs-vsctl changes wait for it.
+func (o *OVS) FreezeVswitchd(t testing.TB) (thaw func()) {
+	t.Helper()
+	return o.freeze(t, 1, "ovs-vswitchd")
+}
+
+func (o *OVS) freeze(t testing.TB, i int, name string) (thaw func()) {
+	t.Helper()
+	if len(o.procs) <= i {
+		t.Fatalf("%s is not running", name)
 	}
-	p := o.procs[0].Process
+	p := o.procs[i].Process
 	if err := p.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

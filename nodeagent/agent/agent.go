@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -213,7 +214,7 @@ type agent struct {
 	network  string
 	conflist []byte // what install writes
 	queue    workqueue.TypedRateLimitingInterface[string]
-	keyLocks [keyStripes]sync.Mutex
+	keyLocks keyLocks
 
 	mu         sync.Mutex
 	atts       map[string]*datapath.Attachment // by Attachment.Key
@@ -324,12 +325,13 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	a := &agent{
-		opts:  opts,
-		pods:  pods,
-		nets:  nets,
-		kube:  kube,
-		ovs:   oc,
-		store: store,
+		opts:     opts,
+		pods:     pods,
+		nets:     nets,
+		kube:     kube,
+		ovs:      oc,
+		store:    store,
+		keyLocks: newKeyLocks(),
 		dp: datapath.New(datapath.Config{
 			EgressMode:    egress,
 			TxChecksumOff: dpType == ovs.DatapathNetdev,
@@ -545,12 +547,41 @@ func (a *agent) count() int {
 	return len(a.atts)
 }
 
+// keyLocks serialize work on attachments: one lock per stripe of keys, a
+// channel with room for one, so that a wait can end with its context.
+type keyLocks [keyStripes]chan struct{}
+
+func newKeyLocks() (l keyLocks) {
+	for i := range l {
+		l[i] = make(chan struct{}, 1)
+	}
+	return l
+}
+
 // lockKey serializes work on one attachment. Keys share a stripe of locks:
-// hold at most one, and wait for nothing while holding it.
-func (a *agent) lockKey(key string) func() {
-	m := &a.keyLocks[lockStripe(key)]
-	m.Lock()
-	return m.Unlock
+// hold at most one, and wait for nothing while holding it. The wait ends
+// with ctx: a CNI request then answers "try again later" within the
+// plugin's timeout. Whoever holds the lock may take long: a limit being
+// set in the background while Open vSwitch does not answer holds it for an
+// OVS command's timeout, as long as the plugin's; before, a DEL, CHECK or
+// GC of that pod waited it out, answered after the plugin had given up,
+// and the runtime's retry waited again.
+func (a *agent) lockKey(ctx context.Context, key string) (unlock func(), err error) {
+	l := a.keyLocks[lockStripe(key)]
+	unlock = func() { <-l }
+	select {
+	case l <- struct{}{}: // a free lock is taken even after ctx ended
+		return unlock, nil
+	default:
+	}
+	start := time.Now()
+	select {
+	case l <- struct{}{}:
+		return unlock, nil
+	case <-ctx.Done():
+		return nil, types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("another operation on attachment %s (or on one sharing its lock) was still running %s", key, waitedFor(ctx, start, 0)), "")
+	}
 }
 
 // keyStripes is the number of attachment locks.

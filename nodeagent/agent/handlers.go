@@ -276,7 +276,10 @@ func (a *agent) attach(ctx, wait context.Context, conf *api.NetConf, req api.Req
 			return nil, err
 		}
 	}
-	unlock := a.lockKey(at.Key())
+	unlock, err := a.lockKey(ctx, at.Key())
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	if old := a.get(at.Key()); old != nil {
 		// ADD again without DEL: start over rather than trust what is there.
@@ -624,7 +627,10 @@ func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error)
 		return nil, err
 	}
 	key := req.ContainerID + "/" + req.IfName
-	unlock := a.lockKey(key)
+	unlock, err := a.lockKey(ctx, key)
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	if at := a.get(key); at != nil {
 		err := a.remove(ctx, at)
@@ -683,7 +689,10 @@ func (a *agent) check(ctx context.Context, req api.Request) error {
 		return err
 	}
 	key := req.ContainerID + "/" + req.IfName
-	unlock := a.lockKey(key)
+	unlock, err := a.lockKey(ctx, key)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	at := a.get(key)
 	if at == nil {
@@ -731,26 +740,34 @@ func (a *agent) gc(ctx context.Context, conf *api.NetConf) error {
 		}
 	}
 	// Past the request's deadline the rest waits for the next GC (or the
-	// resync's sweep), said once rather than as one OVS failure each.
+	// resync's sweep), said once rather than as one OVS failure each; so
+	// does one whose lock another operation held until then.
 	left := 0
+	lock := func(at *datapath.Attachment) (unlock func(), ok bool) {
+		if ctx.Err() == nil {
+			if unlock, err := a.lockKey(ctx, at.Key()); err == nil {
+				return unlock, true
+			}
+		}
+		left++
+		return nil, false
+	}
 	for _, at := range tracked {
 		if listErr != nil && at.VF == nil {
 			continue // its port needs OVS: the next GC
 		}
-		if ctx.Err() != nil {
-			left++
+		unlock, ok := lock(at)
+		if !ok {
 			continue
 		}
-		unlock := a.lockKey(at.Key())
 		gone(at, a.get(at.Key()) == at)
 		unlock()
 	}
 	for _, at := range untracked {
-		if ctx.Err() != nil {
-			left++
+		unlock, ok := lock(at)
+		if !ok {
 			continue
 		}
-		unlock := a.lockKey(at.Key())
 		still, err := a.inOVS(ctx, at)
 		errs = append(errs, err)
 		gone(at, err == nil && still && a.get(at.Key()) == nil)
@@ -758,7 +775,7 @@ func (a *agent) gc(ctx context.Context, conf *api.NetConf) error {
 	}
 	if left > 0 {
 		errs = append(errs, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("GC ran out of time: %d attachments the runtime no longer knows are left for the next GC", left), ""))
+			fmt.Sprintf("GC ran out of time: %d of the attachments the runtime no longer knows are left for the next GC", left), ""))
 	}
 	return errors.Join(errs...)
 }

@@ -83,6 +83,7 @@ func vfAgent(t *testing.T, run *gatedOVS, original sriov.Config, n int) (*agent,
 		pods: podsource.NewStatic(), ovs: oc, dp: dp, store: store,
 		atts: map[string]*datapath.Attachment{}, starting: map[string]*datapath.Attachment{},
 		usedPorts: map[int]bool{}, usedVFs: map[string]bool{}, detached: make(chan struct{}), podChanged: make(chan struct{}),
+		keyLocks: newKeyLocks(),
 	}, pf
 }
 

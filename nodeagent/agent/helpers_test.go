@@ -1,12 +1,15 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -157,6 +160,56 @@ func (e *env) waitRemoved(containerID string) {
 	e.t.Helper()
 	waitFor(e.t, "the pod's OVS port removed once OVS answers", func() bool { return e.ovsPortOf(containerID) == "" })
 	waitFor(e.t, "the pod's record removed", func() bool { return len(e.records()) == 0 })
+}
+
+// confWith is the stickynet plugin's network configuration as the runtime
+// passes it, with the keys of set set.
+func (e *env) confWith(set map[string]any) []byte {
+	var m map[string]any
+	if err := json.Unmarshal(e.cni.List.Plugins[0].Bytes, &m); err != nil {
+		e.t.Fatal(err)
+	}
+	m["cniVersion"], m["name"] = "1.1.0", "stickynet"
+	maps.Copy(m, set)
+	b, err := json.Marshal(m)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+// waitChild waits until a child of the test process (the agent runs in
+// it) runs a command whose arguments contain each of args.
+func waitChild(t *testing.T, what string, args ...string) {
+	t.Helper()
+	self := strconv.Itoa(os.Getpid())
+	waitFor(t, what, func() bool {
+		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+		for _, st := range stats {
+			b, err := os.ReadFile(st)
+			// comm, in parentheses, may hold spaces: ppid is the second
+			// field after its closing one.
+			i := strings.LastIndexByte(string(b), ')')
+			if err != nil || i < 0 {
+				continue // gone meanwhile
+			}
+			if f := strings.Fields(string(b[i+1:])); len(f) < 2 || f[1] != self {
+				continue
+			}
+			cmdline, err := os.ReadFile(filepath.Join(filepath.Dir(st), "cmdline"))
+			if err != nil {
+				continue
+			}
+			all := true
+			for _, a := range args {
+				all = all && strings.Contains(string(cmdline), a)
+			}
+			if all {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // records lists the files in the agent's records folder but its

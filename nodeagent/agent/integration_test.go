@@ -268,15 +268,7 @@ func nothingLeft(t *testing.T, e *env, p *testPod) {
 func TestBadInput(t *testing.T) {
 	e := newEnv(t, func(o *agent.Options) { o.PodWait = 2 * time.Second })
 	good := podSpec{name: "good", ips: "10.81.0.10/24", mac: "02:00:0a:51:00:0a"}
-	conf := e.cni.List.Plugins[0].Bytes
-	with := func(key, value string) []byte {
-		var m map[string]any
-		_ = json.Unmarshal(conf, &m)
-		m["cniVersion"], m["name"] = "1.1.0", "stickynet"
-		m[key] = value
-		b, _ := json.Marshal(m)
-		return b
-	}
+	with := func(key, value string) []byte { return e.confWith(map[string]any{key: value}) }
 	withVersion := func(v string) []byte { return with("cniVersion", v) }
 	// notCached is a pod the runtime asks about that the agent's cache lacks.
 	notCached := func(s podSpec) func(*testing.T) *testPod {
@@ -646,6 +638,48 @@ func TestCommandsWithOVSHung(t *testing.T) {
 			t.Errorf("%s with ovsdb-server not answering: %v; want the agent's code %d naming Open vSwitch", c.command, err, c.code)
 		}
 	}
+}
+
+// TestRequestsOnBusyAttachment: CHECK, GC and DEL of a pod whose
+// attachment a background step holds (its egress limit being changed while
+// ovs-vswitchd does not answer: the step waits an OVS command's 10 s,
+// longer than the plugin's timeout, 2 s in these requests' configuration)
+// answer "try again later" within the plugin's timeout, saying what they
+// waited for; once OVS answers, the pod's DEL succeeds. Before, each waited
+// for the lock past the plugin's timeout and the plugin answered a bare
+// timeout.
+func TestRequestsOnBusyAttachment(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.addPod(podSpec{name: "busy", ips: "10.81.0.39/24", mac: "02:00:0a:51:00:27", extra: map[string]string{annotations.EgressBandwidth: "20M"}})
+	thaw := e.node.OVS.FreezeVswitchd(t)
+	defer thaw()
+	pod := p.pod.DeepCopy()
+	pod.Annotations[annotations.EgressBandwidth] = "10M"
+	e.pods.Set(pod)
+	waitChild(t, "the agent changing the pod's meter", "ovs-ofctl", "meter")
+	conf := e.confWith(map[string]any{"timeout": "2s"})
+	gcConf := e.confWith(map[string]any{"timeout": "2s", "cni.dev/valid-attachments": []types.GCAttachment{}})
+	for _, c := range []struct {
+		command string
+		conf    []byte
+		want    string
+	}{
+		{"CHECK", conf, "was still running after"},
+		{"GC", gcConf, "GC ran out of time: 1 of the attachments"},
+		{"DEL", conf, "was still running after"},
+	} {
+		start := time.Now()
+		_, err := e.cni.Raw(c.command, c.conf, p.rt)
+		if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s while the pod's meter is being changed, ovs-vswitchd not answering: %v (after %s); want code %d saying %q",
+				c.command, err, time.Since(start).Round(time.Millisecond), types.ErrTryAgainLater, c.want)
+		}
+	}
+	thaw()
+	if err := e.cni.Del(p.rt); err != nil {
+		t.Errorf("DEL once ovs-vswitchd answers: %v", err)
+	}
+	e.waitRemoved("ctr-busy")
 }
 
 // TestCheckWithVswitchdDown: CHECK of a pod whose egress a meter limits,

@@ -305,7 +305,10 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 			// in force.
 			refuseBandwidth(ctx, pod, at, err)
 		}
-		unlock := a.lockKey(at.Key())
+		unlock, err := a.lockKey(ctx, at.Key())
+		if err != nil {
+			return errors.Join(append(errs, err)...) // the agent is stopping
+		}
 		if a.get(at.Key()) == at {
 			if want, ok := a.bandwidthFor(ctx, pod, at, asg.Bandwidth); ok && (want != at.Bandwidth || at.LimitsUnknown) {
 				before := at.Bandwidth
@@ -467,7 +470,10 @@ func (a *agent) resync(ctx context.Context) error {
 		if _, alive := a.livePod(at); !alive {
 			continue // tracked only until its DEL or GC removes it (a restore that could not)
 		}
-		unlock := a.lockKey(at.Key())
+		unlock, err := a.lockKey(ctx, at.Key())
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 		if a.get(at.Key()) == at {
 			klog.FromContext(ctx).Info("Adding the missing OVS port of a pod again", "pod", at.Pod(), "port", at.HostVeth, "ofport", at.OFPort)
 			errs = append(errs, a.dp.EnsurePort(ctx, at, false))
@@ -482,7 +488,10 @@ func (a *agent) resync(ctx context.Context) error {
 	}
 	a.dp.LearnMetered(snap)
 	for _, at := range ats {
-		unlock := a.lockKey(at.Key())
+		unlock, err := a.lockKey(ctx, at.Key())
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 		if a.get(at.Key()) == at && !at.LimitsUnknown {
 			errs = append(errs, a.dp.SetBandwidth(ctx, at, at.Bandwidth, snap))
 		}
@@ -511,7 +520,10 @@ func (a *agent) sweep(ctx context.Context) error {
 		if !a.dp.SandboxGone(at) {
 			continue
 		}
-		unlock := a.lockKey(at.Key())
+		unlock, err := a.lockKey(ctx, at.Key())
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 		if a.get(at.Key()) == at && a.dp.SandboxGone(at) {
 			klog.FromContext(ctx).Info("Removing attachment whose pod sandbox is gone (its DEL failed or never came)", "pod", at.Pod(), "key", at.Key())
 			errs = append(errs, a.remove(ctx, at))
