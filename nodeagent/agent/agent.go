@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -567,20 +568,44 @@ func newKeyLocks() (l keyLocks) {
 // GC of that pod waited it out, answered after the plugin had given up,
 // and the runtime's retry waited again.
 func (a *agent) lockKey(ctx context.Context, key string) (unlock func(), err error) {
-	l := a.keyLocks[lockStripe(key)]
-	unlock = func() { <-l }
-	select {
-	case l <- struct{}{}: // a free lock is taken even after ctx ended
+	if unlock, ok := a.tryLockKey(key); ok { // a free lock is taken even after ctx ended
 		return unlock, nil
-	default:
 	}
+	l := a.keyLocks[lockStripe(key)]
 	start := time.Now()
 	select {
 	case l <- struct{}{}:
-		return unlock, nil
+		return unlocker(l), nil
 	case <-ctx.Done():
 		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("another operation on attachment %s (or on one sharing its lock) was still running %s", key, waitedFor(ctx, start, 0)), "")
+			fmt.Sprintf("another operation on attachment %s (or on one sharing its lock) was still running after %s; try again later",
+				key, time.Since(start).Round(100*time.Millisecond)), "")
+	}
+}
+
+// tryLockKey takes the lock of key if it is free.
+func (a *agent) tryLockKey(key string) (unlock func(), ok bool) {
+	l := a.keyLocks[lockStripe(key)]
+	if l == nil {
+		panic("agent's keyLocks not made (newKeyLocks)")
+	}
+	select {
+	case l <- struct{}{}:
+		return unlocker(l), true
+	default:
+		return nil, false
+	}
+}
+
+// unlocker releases l once; a second call is a bug, which would release
+// another holder's lock.
+func unlocker(l chan struct{}) func() {
+	var done atomic.Bool
+	return func() {
+		if done.Swap(true) {
+			panic("attachment lock released twice")
+		}
+		<-l
 	}
 }
 

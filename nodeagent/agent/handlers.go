@@ -741,13 +741,17 @@ func (a *agent) gc(ctx context.Context, conf *api.NetConf) error {
 	}
 	// Past the request's deadline the rest waits for the next GC (or the
 	// resync's sweep), said once rather than as one OVS failure each; so
-	// does one whose lock another operation held until then.
-	left := 0
+	// does one whose lock another operation held until then (a limit being
+	// set while OVS hangs: it takes the rest of the time, and those after
+	// it wait for the next GC too).
+	left, leftBusy := 0, 0
 	lock := func(at *datapath.Attachment) (unlock func(), ok bool) {
 		if ctx.Err() == nil {
-			if unlock, err := a.lockKey(ctx, at.Key()); err == nil {
+			unlock, err := a.lockKey(ctx, at.Key())
+			if err == nil {
 				return unlock, true
 			}
+			leftBusy++
 		}
 		left++
 		return nil, false
@@ -774,8 +778,11 @@ func (a *agent) gc(ctx context.Context, conf *api.NetConf) error {
 		unlock()
 	}
 	if left > 0 {
-		errs = append(errs, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("GC ran out of time: %d of the attachments the runtime no longer knows are left for the next GC", left), ""))
+		msg := fmt.Sprintf("GC ran out of time: %d of the attachments the runtime no longer knows are left for the next GC", left)
+		if leftBusy > 0 {
+			msg += fmt.Sprintf(" (%d held by another operation until then)", leftBusy)
+		}
+		errs = append(errs, types.NewError(types.ErrTryAgainLater, msg, ""))
 	}
 	return errors.Join(errs...)
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -252,4 +253,32 @@ func TestSweepRemovesAttachmentsOfGoneSandboxes(t *testing.T) {
 	if got, _ := pf.VfConfig("pf0", 1); got != set || !a.usedVFs["pf0/1"] || a.get(ats[1].Key()) != ats[1] {
 		t.Errorf("VF 1, whose netns is there, after the sweep: %+v, taken %v, kept %v; want it as it was", got, a.usedVFs["pf0/1"], a.get(ats[1].Key()) == ats[1])
 	}
+}
+
+// TestAttachmentLock: a lock another holds makes lockKey wait until its
+// context ends, with code 11; once released it is taken; releasing it
+// twice panics rather than releasing another holder's lock.
+func TestAttachmentLock(t *testing.T) {
+	a := &agent{keyLocks: newKeyLocks()}
+	unlock, err := a.lockKey(context.Background(), "c1/eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.lockKey(ctx, "c1/eth0"); cniError(err).Code != types.ErrTryAgainLater || !strings.Contains(err.Error(), "c1/eth0") {
+		t.Errorf("lockKey of a held lock: %v; want code %d naming the attachment", err, types.ErrTryAgainLater)
+	}
+	unlock()
+	again, err := a.lockKey(ctx, "c1/eth0") // ctx has ended: a free lock is still taken
+	if err != nil {
+		t.Fatalf("lockKey of a released lock: %v", err)
+	}
+	defer again()
+	defer func() {
+		if recover() == nil {
+			t.Error("releasing a lock twice did not panic")
+		}
+	}()
+	unlock()
 }

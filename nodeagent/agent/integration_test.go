@@ -649,14 +649,16 @@ func TestCommandsWithOVSHung(t *testing.T) {
 // for the lock past the plugin's timeout and the plugin answered a bare
 // timeout.
 func TestRequestsOnBusyAttachment(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(o *agent.Options) { o.EgressMode = bandwidth.EgressMeter })
 	p := e.addPod(podSpec{name: "busy", ips: "10.81.0.39/24", mac: "02:00:0a:51:00:27", extra: map[string]string{annotations.EgressBandwidth: "20M"}})
+	ofport := strings.TrimSpace(e.node.OVS.Vsctl(t, "get", "Interface", e.ovsPortOf("ctr-busy"), "ofport"))
 	thaw := e.node.OVS.FreezeVswitchd(t)
 	defer thaw()
 	pod := p.pod.DeepCopy()
 	pod.Annotations[annotations.EgressBandwidth] = "10M"
 	e.pods.Set(pod)
-	waitChild(t, "the agent changing the pod's meter", "ovs-ofctl", "meter")
+	// The bandwidth worker holds the pod's lock while it waits for this.
+	waitChild(t, "the agent changing the pod's meter", "ovs-ofctl", "mod-meter", "meter="+ofport+",")
 	conf := e.confWith(map[string]any{"timeout": "2s"})
 	gcConf := e.confWith(map[string]any{"timeout": "2s", "cni.dev/valid-attachments": []types.GCAttachment{}})
 	for _, c := range []struct {
@@ -665,7 +667,7 @@ func TestRequestsOnBusyAttachment(t *testing.T) {
 		want    string
 	}{
 		{"CHECK", conf, "was still running after"},
-		{"GC", gcConf, "GC ran out of time: 1 of the attachments"},
+		{"GC", gcConf, "GC ran out of time: 1 of the attachments the runtime no longer knows are left for the next GC (1 held by another operation until then)"},
 		{"DEL", conf, "was still running after"},
 	} {
 		start := time.Now()
