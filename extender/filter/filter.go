@@ -228,29 +228,39 @@ func newCheck(d demand.Demand, r reader, reasons *[numCauses]string) *check {
 	return c
 }
 
-// node returns why the node cannot host the pod, or 0 if it can.
+// node returns why the node cannot host the pod, or 0 if it can. A node not
+// yet in the extender's cache fails only where its record is needed: a
+// nodeSelector or the extender's count of VFs (a pool without a selector
+// on a node just added passed only after the Node reached the watch; the
+// scheduler then retried the pod at its next event, or 5 min later).
 func (c *check) node(name string) Cause {
-	n := c.r.Node(name)
-	if n == nil {
-		return CauseUnknownNode
-	}
+	n := c.r.Node(name) // nil: not yet known
 	if c.d.Pool != "" {
-		if c.pool == nil {
+		switch {
+		case c.pool == nil:
 			return CausePoolMissing
-		}
-		if !c.pool.Selects(n) {
+		case c.pool.SelectsAll():
+		case n == nil:
+			return CauseUnknownNode
+		case !c.pool.Selects(n):
 			return CausePoolSelector
 		}
 	}
 	if c.d.Network != "" {
-		if c.network == nil {
+		switch {
+		case c.network == nil:
 			return CauseNetworkMissing
-		}
-		if !c.network.Selects(n) {
+		case c.network.SelectsAll():
+		case n == nil:
+			return CauseUnknownNode
+		case !c.network.Selects(n):
 			return CauseNetworkSelector
 		}
 		if !c.countVFs {
 			return 0
+		}
+		if n == nil {
+			return CauseUnknownNode
 		}
 		alloc, used := c.r.VFs(n, c.res)
 		if alloc <= 0 {

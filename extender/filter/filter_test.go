@@ -59,6 +59,7 @@ func cluster(t *testing.T) *state.State {
 	s.SetNetwork(&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Spec: v1alpha1.SriovNetworkSpec{
 		PFNames: []string{"ens1f0"}, NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"sriov": "yes"}},
 	}})
+	s.SetNetwork(&v1alpha1.SriovNetwork{ObjectMeta: metav1.ObjectMeta{Name: "any"}, Spec: v1alpha1.SriovNetworkSpec{PFNames: []string{"ens1f1"}}})
 	return s
 }
 
@@ -144,9 +145,34 @@ func TestFilter(t *testing.T) {
 			failed: map[string]string{"n1": `node(s) rejected: SriovNetwork "slow" (stickynet.io/sriov-network) does not exist`},
 		},
 		{
-			name: "node unknown to the extender", d: demand.Demand{Pool: "all"}, nodes: []string{"n1", "zz"},
+			name: "node unknown to the extender, pool with a selector", d: demand.Demand{Pool: "rack1"}, nodes: []string{"n1", "zz"},
 			passed: []string{"n1"},
 			failed: map[string]string{"zz": "node(s) not yet known to the stickynet extender"},
+		},
+		{
+			// Nothing to look up: it passes (it failed until the Node
+			// reached the extender's watch).
+			name: "node unknown to the extender, pool without a selector", d: demand.Demand{Pool: "all"}, nodes: []string{"n1", "zz"},
+			passed: []string{"n1", "zz"},
+		},
+		{
+			name: "node unknown to the extender, network with a selector", d: sriov("all", 1, true), nodes: []string{"n1", "zz"},
+			passed: []string{"n1"},
+			failed: map[string]string{"zz": "node(s) not yet known to the stickynet extender"},
+		},
+		{
+			name: "node unknown to the extender, network without a selector, VFs counted by the scheduler",
+			d:    demand.Demand{Pool: "all", Network: "any", Resource: "stickynet.io/sriov-any", VFs: 1, Requested: true}, nodes: []string{"zz"},
+			passed: []string{"zz"},
+		},
+		{
+			name: "node unknown to the extender, VFs counted by the extender", opts: Options{CountRequestedVFs: true},
+			d: demand.Demand{Pool: "all", Network: "any", Resource: "stickynet.io/sriov-any", VFs: 1, Requested: true}, nodes: []string{"zz"},
+			failed: map[string]string{"zz": "node(s) not yet known to the stickynet extender"},
+		},
+		{
+			name: "node unknown to the extender, missing pool", d: demand.Demand{Pool: "gone"}, nodes: []string{"zz"},
+			failed: map[string]string{"zz": `node(s) rejected: IPPool "gone" (stickynet.io/assigned-pool) does not exist`},
 		},
 		{name: "no candidates", d: demand.Demand{Pool: "rack1"}, nodes: []string{}},
 	} {

@@ -183,12 +183,15 @@ func (o Options) Into(res *Result, d demand.Demand, nodes []string, r reader) {
 }
 
 // vfScore scores a node with alloc VFs of which free remain once the pod is
-// placed, from 0 to top-1.
+// placed, from 0 to top-1. A node where the pod's VFs do not fit (free < 0:
+// VFs held by pods the scheduler does not count, or allocatable lowered
+// below what is used) scores 0 whatever the placement: packing scored it
+// highest, as if it were exactly full.
 func vfScore(p Placement, alloc, free int64) int64 {
-	if alloc <= 0 {
+	if alloc <= 0 || free < 0 {
 		return 0
 	}
-	free = min(max(free, 0), alloc)
+	free = min(free, alloc)
 	n := free
 	if p == Pack {
 		n = alloc - free

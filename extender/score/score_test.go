@@ -131,7 +131,8 @@ func TestParsePlacement(t *testing.T) {
 }
 
 // Scores stay within 0..top-1 whatever a node advertises: 9·free overflowed
-// int64 for an allocatable of 1.5e18 VFs.
+// int64 for an allocatable of 1.5e18 VFs. A node the pod's VFs do not fit
+// scores 0 in both placements.
 func TestVFScoreBounds(t *testing.T) {
 	const huge = 1_500_000_000_000_000_000
 	for _, c := range []struct {
@@ -151,6 +152,8 @@ func TestVFScoreBounds(t *testing.T) {
 		{Pack, 8, 2, 6},
 		{Pack, huge, 0, 9},
 		{Pack, huge, huge / 2, 4},
+		{Pack, 8, -1, 0}, // the pod's VF does not fit: 9 before
+		{Pack, 8, -8, 0},
 	} {
 		if got := vfScore(c.p, c.alloc, c.free); got != c.want {
 			t.Errorf("vfScore(%s, %d, %d) = %d; want %d", c.p, c.alloc, c.free, got, c.want)

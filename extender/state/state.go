@@ -366,12 +366,19 @@ func (s *State) SetPod(p *corev1.Pod) {
 		}
 	}
 	if rec.sticky != "" {
-		if live {
-			created := p.CreationTimestamp.Time
-			if l, ok := s.last[rec.sticky]; !ok || l.pod == p.UID || !l.running || !created.Before(l.created) {
+		created := p.CreationTimestamp.Time
+		l, ok := s.last[rec.sticky]
+		switch {
+		case live:
+			if !ok || l.pod == p.UID || !l.running || !created.Before(l.created) {
 				s.last[rec.sticky] = lastRun{node: rec.node, pod: p.UID, created: created, running: true}
 			}
-		} else {
+		case !ok || (!l.running && l.pod != p.UID && !created.Before(l.created)):
+			// First seen finished (the extender started after it stopped, a
+			// StatefulSet pod evicted and not yet replaced): where it ran
+			// still counts for its identity's next pod, from now.
+			s.last[rec.sticky] = lastRun{node: rec.node, pod: p.UID, created: created, since: s.opts.Now()}
+		default:
 			s.stopped(rec, p.UID)
 		}
 	}
@@ -526,6 +533,10 @@ func (r Reader) LastNode(key string) (string, bool) {
 	}
 	return l.node, true
 }
+
+// SelectsAll reports whether the selection reaches every node: it has no
+// nodeSelector (and none that is invalid).
+func (sel *Selection) SelectsAll() bool { return sel.err == nil && sel.selector == nil }
 
 // Selects reports whether the selection reaches node n.
 func (sel *Selection) Selects(n *Node) bool {

@@ -263,6 +263,40 @@ func TestLastNode(t *testing.T) {
 	}
 }
 
+// A pod the extender first sees finished (it started after the pod
+// stopped) still gives its node to its identity's next pod; a newer pod
+// that runs elsewhere takes over, and the finished one seen again does not
+// take it back. Before, only a pod first seen running was remembered.
+func TestLastNodeOfPodFirstSeenFinished(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := New(Options{LastNodeTTL: time.Hour, Now: func() time.Time { return now }})
+	id := "statefulset/ns/web/0"
+	last := func() string {
+		n := "-"
+		s.Read(func(r Reader) {
+			if got, ok := r.LastNode(id); ok {
+				n = got
+			}
+		})
+		return n
+	}
+	failed := stickyPod("u1", id, "a", now.Add(-time.Hour))
+	failed.Status.Phase = corev1.PodFailed
+	s.SetPod(failed)
+	if got := last(); got != "a" {
+		t.Errorf("LastNode after a pod first seen failed on a = %s, want a", got)
+	}
+	now = now.Add(59 * time.Minute) // the TTL counts from when it was seen
+	if got := last(); got != "a" {
+		t.Errorf("LastNode within the TTL of the failed pod = %s, want a", got)
+	}
+	s.SetPod(stickyPod("u2", id, "b", now))
+	s.SetPod(failed)
+	if got := last(); got != "b" {
+		t.Errorf("LastNode with a newer pod running on b, the failed one seen again = %s, want b", got)
+	}
+}
+
 func TestSlimTransforms(t *testing.T) {
 	n := node("a", map[string]string{"rack": "1"}, 4)
 	n.Status.Images = []corev1.ContainerImage{{Names: []string{"big"}}}
