@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "stickynet", Subsystem: "extender", Name: "requests_total",
-			Help: "Extender requests by verb and HTTP status code.",
+			Help: "Extender requests by verb and HTTP status code (a filter refused through its result's Error, answered 200: the status it stands for).",
 		}, []string{"verb", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "stickynet", Subsystem: "extender", Name: "request_duration_seconds",

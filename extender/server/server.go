@@ -8,6 +8,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -109,7 +110,7 @@ func (l *rejectLog) log(logger klog.Logger, verb string, code int, r *http.Reque
 	if !loud {
 		logger = logger.V(2)
 	}
-	logger.Info("Rejected request (kube-scheduler shows only the status code; like refusals are logged again at verbosity 2, or after a minute)", "verb", verb, "status", code, "remote", r.RemoteAddr, "err", err)
+	logger.Info("Rejected request (like refusals are logged again at verbosity 2, or after a minute)", "verb", verb, "status", code, "remote", r.RemoteAddr, "err", err)
 }
 
 // exchange is what one request needs: its body, its decoding, the filter's
@@ -269,13 +270,13 @@ func (s *Server) verb(name string, decode decodeFunc, fn verbFunc, needsState fu
 		code, err := s.readBody(w, r, &ex.body)
 		if err != nil {
 			s.rejects.log(logger, name, code, r, err)
-			text(w, code, err.Error())
+			refuse(w, name, code, err.Error())
 			return
 		}
 		if err := decode(ex); err != nil {
 			code = http.StatusBadRequest
 			s.rejects.log(logger, name, code, r, err)
-			text(w, code, name+": "+err.Error())
+			refuse(w, name, code, name+": "+err.Error())
 			return
 		}
 		d := demand.Of(ex.req.pod)
@@ -286,7 +287,7 @@ func (s *Server) verb(name string, decode decodeFunc, fn verbFunc, needsState fu
 		if !s.ready.Load() && needsState(d) {
 			code = http.StatusServiceUnavailable
 			s.rejects.log(logger, name, code, r, errors.New("the informer caches are not synced yet"))
-			text(w, code, "the stickynet extender's informer caches are not synced yet")
+			refuse(w, name, code, "the stickynet extender's informer caches are not synced yet")
 			return
 		}
 		ex.out, ex.raw, ex.tail = ex.out[:0], nil, nil
@@ -393,6 +394,25 @@ func (s *Server) preempt(ex *exchange, d demand.Demand) {
 }
 
 // text answers with a plain-text message.
+// refuse answers a verb the extender cannot serve with code and msg. A
+// filter request from a scheduler (POST, JSON) is answered 200 with msg as
+// the result's Error instead: kube-scheduler keeps only the status code of
+// another answer (its event read "failed filter with extender at URL …,
+// code 400"), and puts a filter's Error in the pod's FailedScheduling
+// event, read from kube-scheduler's extender.go. Prioritize and preempt
+// answers have no Error field; a scheduler ignores a failed prioritize.
+// The metrics count the refusal by code either way.
+func refuse(w http.ResponseWriter, verb string, code int, msg string) {
+	if verb != FilterVerb || code == http.StatusMethodNotAllowed || code == http.StatusUnsupportedMediaType {
+		text(w, code, msg)
+		return
+	}
+	b, _ := json.Marshal(extenderv1.ExtenderFilterResult{Error: msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	_, _ = w.Write(b)
+}
+
 func text(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")

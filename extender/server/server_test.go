@@ -370,11 +370,12 @@ func TestBadRequests(t *testing.T) {
 			}
 			w := httptest.NewRecorder()
 			srv.ServeHTTP(w, req)
-			if w.Code != tc.want {
-				t.Fatalf("status %d, want %d: %s", w.Code, tc.want, w.Body)
+			code, msg := refusal(t, tc.path, w)
+			if code != tc.want {
+				t.Fatalf("status %d, want %d: %s", code, tc.want, w.Body)
 			}
-			if tc.wantMsg != "" && !strings.Contains(w.Body.String(), tc.wantMsg) {
-				t.Errorf("message %q does not contain %q", w.Body, tc.wantMsg)
+			if tc.wantMsg != "" && !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("message %q does not contain %q", msg, tc.wantMsg)
 			}
 			if tc.want == http.StatusMethodNotAllowed && w.Header().Get("Allow") != http.MethodPost {
 				t.Errorf("Allow header %q", w.Header().Get("Allow"))
@@ -383,9 +384,43 @@ func TestBadRequests(t *testing.T) {
 	}
 }
 
+// refusal returns the status of an answer and its message. A filter that a
+// scheduler sent (POST, JSON) is refused with 200 and the message in the
+// result's Error, which kube-scheduler puts in the pod's event (of another
+// status it keeps only the code): that counts here as 400 for a request
+// that does not decode, 413 for one too large and 503 before the caches
+// sync, the status the metrics count it under.
+func refusal(t *testing.T, path string, w *httptest.ResponseRecorder) (int, string) {
+	t.Helper()
+	if path != "/"+FilterVerb || w.Code != http.StatusOK {
+		switch w.Code {
+		case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable:
+			if path == "/"+FilterVerb {
+				t.Errorf("filter refused with status %d (a scheduler shows only the code); want 200 with the reason as the result's Error: %s", w.Code, w.Body)
+			}
+		}
+		return w.Code, w.Body.String()
+	}
+	var res extenderv1.ExtenderFilterResult
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil {
+		t.Fatalf("filter answer is not an ExtenderFilterResult: %v: %s", err, w.Body)
+	}
+	switch {
+	case res.Error == "":
+		return w.Code, ""
+	case strings.Contains(res.Error, "exceeds the limit"):
+		return http.StatusRequestEntityTooLarge, res.Error
+	case strings.Contains(res.Error, "not synced"):
+		return http.StatusServiceUnavailable, res.Error
+	}
+	return http.StatusBadRequest, res.Error
+}
+
 // A refusal is logged at the default verbosity, once a minute for each verb
 // and status: kube-scheduler drops the body of an answer other than 200, and
-// its event says only the status code. Before, refusals were logged at
+// its event says only the status code (a filter's refusal now reaches the
+// pod's event through the result's Error, but prioritize and preempt have
+// none, and an operator reads the log). Before, refusals were logged at
 // verbosity 2 only, and the chart runs the extender at 0: a scheduler
 // configuration without nodeCacheCapable failed every pod with "code 400"
 // and an empty log.
@@ -398,8 +433,8 @@ func TestRefusalsLogged(t *testing.T) {
 		req = req.WithContext(klog.NewContext(req.Context(), logger))
 		w := httptest.NewRecorder()
 		srv.ServeHTTP(w, req)
-		if w.Code != http.StatusBadRequest {
-			t.Fatalf("status %d; want 400", w.Code)
+		if code, msg := refusal(t, "/filter", w); code != http.StatusBadRequest || !strings.Contains(msg, "set nodeCacheCapable: true") {
+			t.Fatalf("status %d %q; want 400 saying to set nodeCacheCapable", code, msg)
 		}
 	}
 	logged := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
@@ -423,7 +458,7 @@ func TestReadinessAndMetrics(t *testing.T) {
 		t.Errorf("/readyz before sync: %d", w.Code)
 	}
 	w := post(srv, "/filter", "application/json", bytes.NewReader(fixture(t, "requests/filter-pool.json")))
-	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "not synced") {
+	if code, msg := refusal(t, "/filter", w); code != http.StatusServiceUnavailable || !strings.Contains(msg, "not synced") {
 		t.Errorf("filter before sync: %d %s", w.Code, w.Body)
 	}
 	// A pod with nothing stickynet-specific needs no cluster view: it passes before the sync too.
