@@ -658,9 +658,97 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
+	// The webhook's token may write only stickynet.io/ annotations of pods
+	// (RBAC grants patch on every pod) and create only its own certificate's
+	// Secret (RBAC cannot name what is created: a service-account token
+	// Secret for another account of the namespace would hand out its token).
+	t.Run("WebhookOnlyAnnotatesPodsAndMakesItsSecret", func(t *testing.T) {
+		applyRendered(t, "ServiceAccount/stickynet-webhook", "ClusterRole/stickynet-webhook", "ClusterRoleBinding/stickynet-webhook",
+			"Role/stickynet-webhook", "RoleBinding/stickynet-webhook",
+			"ValidatingAdmissionPolicy/stickynet-webhook-pods", "ValidatingAdmissionPolicyBinding/stickynet-webhook-pods",
+			"ValidatingAdmissionPolicy/stickynet-webhook-secrets", "ValidatingAdmissionPolicyBinding/stickynet-webhook-secrets")
+		k := c.Client()
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{
+				Name: "annotated", Namespace: "default", Labels: map[string]string{"app": "a"},
+				Annotations: map[string]string{"keep": "x", "stickynet.io/ingress-bandwidth": "10M"},
+			},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}},
+		}
+		if _, err := k.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = k.CoreV1().Pods("default").Delete(context.Background(), "annotated", metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		})
+		imp := c.RESTConfig()
+		imp.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:stickynet-system:stickynet-webhook"}
+		webhook := kubernetes.NewForConfigOrDie(imp)
+		refused := []struct{ what, patch, want string }{
+			{"adds another annotation", `{"metadata":{"annotations":{"other.io/x":"y"}}}`, "not other.io/x"},
+			{"removes one", `{"metadata":{"annotations":{"keep":null}}}`, "not keep"},
+			{"relabels it", `{"metadata":{"labels":{"app":"b"}}}`, "and nothing else there"},
+			{"gives it an owner", `{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"gone","uid":"00000000-0000-0000-0000-000000000001"}]}}`, "and nothing else there"},
+			{"adds a finalizer", `{"metadata":{"finalizers":["example.com/hold"]}}`, "and nothing else there"},
+			{"changes its image", `{"spec":{"containers":[{"name":"c","image":"example.com/other:1"}]}}`, "and nothing else there"},
+		}
+		patch := func(p string, opts metav1.PatchOptions) error {
+			_, err := webhook.CoreV1().Pods("default").Patch(ctx, "annotated", types.StrategicMergePatchType, []byte(p), opts)
+			return err
+		}
+		// As for the node-status policy: the first refusal, a dry run,
+		// shows the binding and the policy have reached the API server.
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			err := patch(refused[0].patch, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
+			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), refused[0].want) {
+				break
+			}
+		}
+		for _, r := range refused {
+			if err := patch(r.patch, metav1.PatchOptions{}); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), r.want) {
+				t.Errorf("the webhook's account %s on a pod: %v; want it refused, saying %q", r.what, err, r.want)
+			}
+		}
+		// What the release controller writes (a merge patch, as it sends).
+		got, err := webhook.CoreV1().Pods("default").Patch(ctx, "annotated", types.MergePatchType,
+			[]byte(`{"metadata":{"annotations":{"stickynet.io/ingress-bandwidth":"20M","stickynet.io/placement-changed":"1"}}}`), metav1.PatchOptions{})
+		if err != nil {
+			t.Fatalf("the webhook's account writes stickynet.io/ annotations: %v", err)
+		}
+		if got.Annotations["stickynet.io/ingress-bandwidth"] != "20M" || got.Annotations["keep"] != "x" || got.Labels["app"] != "a" {
+			t.Errorf("after the release controller's patch: labels %v, annotations %v", got.Labels, got.Annotations)
+		}
+
+		secrets := webhook.CoreV1().Secrets("stickynet-system")
+		const refusedSecret = "may only create its own Secret stickynet-webhook-cert, of type Opaque"
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			_, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "other"}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), refusedSecret) {
+				break
+			}
+		}
+		for _, sec := range []*corev1.Secret{
+			{ObjectMeta: metav1.ObjectMeta{Name: "stickynet-scheduler-token", Annotations: map[string]string{corev1.ServiceAccountNameKey: "stickynet-scheduler"}}, Type: corev1.SecretTypeServiceAccountToken},
+			{ObjectMeta: metav1.ObjectMeta{Name: "stickynet-webhook-cert", Annotations: map[string]string{corev1.ServiceAccountNameKey: "stickynet-scheduler"}}, Type: corev1.SecretTypeServiceAccountToken},
+			{ObjectMeta: metav1.ObjectMeta{Name: "other"}},
+		} {
+			_, err := secrets.Create(ctx, sec, metav1.CreateOptions{})
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), refusedSecret) {
+				t.Errorf("the webhook's account creates Secret %s of type %q: %v; want it refused, saying %q", sec.Name, sec.Type, err, refusedSecret)
+			}
+		}
+		// What certs/ makes again when its Secret was deleted.
+		if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "stickynet-webhook-cert"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("the webhook's account creates its own Secret: %v", err)
+		}
+		t.Cleanup(func() {
+			_ = k.CoreV1().Secrets("stickynet-system").Delete(context.Background(), "stickynet-webhook-cert", metav1.DeleteOptions{})
+		})
+	})
+
 	// The bundled etcd's members formed their cluster from its replica
-	// count: an upgrade that changes it fails and names the value; one that
-	// keeps it renders.
+	// count, and its volumes cannot change: an upgrade that changes either
+	// fails and names the value; one that keeps them renders.
 	t.Run("UpgradeKeepsEtcdMembers", func(t *testing.T) {
 		f := filepath.Join(t.TempDir(), "etcd.yaml")
 		if err := os.WriteFile(f, render(t)["StatefulSet/stickynet-etcd"], 0o600); err != nil {
@@ -674,6 +762,17 @@ func TestAPIServer(t *testing.T) {
 		out, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.replicas=1")...)
 		if want := "etcd.bundled.replicas: invalid value 1: the bundled etcd cluster in stickynet-system runs 3 members"; err == nil || !strings.Contains(stderr, want) {
 			t.Errorf("upgrade from 3 to 1 etcd members: %v\n%s%s\nwant a failure saying %q", err, out, stderr, want)
+		}
+		// Its volumes neither: the API server refuses the StatefulSet's
+		// change, after the upgrade changed the other objects.
+		for _, c := range []struct{ set, want string }{
+			{"etcd.bundled.storage=4Gi", `etcd.bundled.storage: invalid value "4Gi": the bundled etcd's volumes in stickynet-system were made with 2Gi`},
+			{"etcd.bundled.storageClassName=fast", `etcd.bundled.storageClassName: invalid value "fast": the bundled etcd's volumes in stickynet-system were made with ""`},
+		} {
+			out, stderr, err := testenv.Helm(t, append(upgrade, "--set", c.set)...)
+			if err == nil || !strings.Contains(stderr, c.want) {
+				t.Errorf("upgrade with %s: %v\n%s%s\nwant a failure saying %q", c.set, err, out, stderr, c.want)
+			}
 		}
 		if etcd := objects(t, helm(t, upgrade...))["StatefulSet/stickynet-etcd"]; !bytes.Contains(etcd, []byte("replicas: 3")) {
 			t.Errorf("upgrade keeping 3 members rendered:\n%s", etcd)

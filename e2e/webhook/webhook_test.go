@@ -337,11 +337,12 @@ func (s *suite) startWebhook(ctx context.Context, t *testing.T, name, etcdEndpoi
 }
 
 // chartAccount applies the ServiceAccount, RBAC, certificate Secret and
-// node-status policy that the chart renders for its webhook in systemNS, and returns a kubeconfig
-// with a token of that ServiceAccount.
+// admission policies (node status, pods, Secrets) that the chart renders
+// for its webhook in systemNS, and returns a kubeconfig with a token of
+// that ServiceAccount.
 func (s *suite) chartAccount(t *testing.T) string {
-	if n := testenv.ApplyChartAccount(t, s.c.RESTConfig(), "../../charts/stickynet", systemNS, "templates/webhook.yaml"); n != 8 {
-		t.Fatalf("the chart's webhook.yaml renders %d of ServiceAccount, ClusterRole(Binding), Role(Binding), Secret and ValidatingAdmissionPolicy(Binding); want 8", n)
+	if n := testenv.ApplyChartAccount(t, s.c.RESTConfig(), "../../charts/stickynet", systemNS, "templates/webhook.yaml"); n != 12 {
+		t.Fatalf("the chart's webhook.yaml renders %d of ServiceAccount, ClusterRole(Binding), Role(Binding), Secret and 3 ValidatingAdmissionPolicy(Binding); want 12", n)
 	}
 	return testenv.ServiceAccountKubeconfig(t, s.c.RESTConfig(), systemNS, "stickynet-webhook")
 }
