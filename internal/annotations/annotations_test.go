@@ -28,6 +28,16 @@ func TestParseRate(t *testing.T) {
 		{in: "10X", wantErr: true},
 		{in: "", wantErr: true},
 		{in: "10 M", wantErr: true},
+		{in: "1e9", want: 1_000_000_000},
+		{in: "1.5e+6", want: 1_500_000},
+		{in: "+10M", want: 10_000_000},
+		{in: "10000000000m", want: 10_000_000},
+		// Exponents resource.ParseQuantity takes minutes over, or wraps
+		// past 32 bits (read as 1e9 before).
+		{in: "1e-100000000", wantErr: true},
+		{in: "1e-2147483647", wantErr: true},
+		{in: "1e4294967305", wantErr: true},
+		{in: "1" + strings.Repeat("0", 40) + "m", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
