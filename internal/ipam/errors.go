@@ -29,6 +29,11 @@ func (e *ExhaustedError) Error() string {
 	if len(e.Sharing) > 0 {
 		shared += fmt.Sprintf(", %d by IPPools %s, which can hand out some of the same addresses", s.Shared, strings.Join(e.Sharing, ", "))
 	}
+	if e.Of != "" {
+		// More addresses in the pool would not help: the list is the limit.
+		return fmt.Sprintf("%s are all taken (%d by live or starting pods, %d held by sticky identities without a live pod, %d cooling down after release%s); "+
+			"list more, or free some by deleting the workloads that hold them", what, s.Allocated, s.Held, s.Cooling, shared)
+	}
 	return fmt.Sprintf("%s is exhausted: all %d addresses are taken (%d by live or starting pods, %d held by sticky identities without a live pod, %d cooling down after release%s); "+
 		"free some by deleting the workloads that hold them, or add addresses to the pool", what, s.Total, s.Allocated, s.Held, s.Cooling, shared)
 }

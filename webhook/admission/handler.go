@@ -688,6 +688,7 @@ func explain(err error, ann map[string]string, req ipam.Request) error {
 	var ce *ipam.ConflictError
 	var ne *ipam.NotAllocatableError
 	var me *ipam.MACNotAllowedError
+	var ee *ipam.ExhaustedError
 	key := annotations.IP
 	if _, ok := ann[annotations.IPs]; ok {
 		key = annotations.IPs
@@ -705,6 +706,9 @@ func explain(err error, ann map[string]string, req ipam.Request) error {
 		return &annotations.Error{Key: annotations.MAC, Value: ann[annotations.MAC], Accepted: "a locally administered unicast MAC such as 02:42:ac:11:00:02" + under + " (or set spec.allowUniversalMAC on pool " + req.Pool.Name + ")", Err: err}
 	case errors.As(err, &ne):
 		return &annotations.Error{Key: key, Value: ann[key], Accepted: fmt.Sprintf("an allocatable address of pool %s (%s)", req.Pool.Name, req.Pool.Prefix), Err: err}
+	case errors.As(err, &ee) && ee.Of != "" && len(req.Candidates) > 0:
+		// The workload's list ran out, not the pool: name the list.
+		return &annotations.Error{Key: annotations.IPs, Value: ann[annotations.IPs], Accepted: "an address for each pod the workload runs at once (its replicas, and during a rollout its maxSurge more)", Err: err}
 	}
 	return err
 }

@@ -421,6 +421,22 @@ func TestFullSetGrowsPastPodsStuckTerminating(t *testing.T) {
 	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "all 4 addresses of deployment/app/api are in use")
 }
 
+// A Deployment whose ips list is used up is denied naming the list and
+// what it needs, not told to add addresses to the pool (which would not
+// help: before, the denial named no annotation and said just that).
+func TestDeploymentIPsListUsedUp(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(4))}}
+	e := newEnv(t, rs, dep)
+	ann := map[string]string{annotations.IPs: "10.20.0.10,10.20.0.11"}
+	for range 2 {
+		e.mustAdmit(pod("app", "", ann, ctrl("ReplicaSet", "api-5d8f")))
+	}
+	e.mustDeny(pod("app", "", ann, ctrl("ReplicaSet", "api-5d8f")),
+		`annotation stickynet.io/ips: invalid value "10.20.0.10,10.20.0.11"`, "an address for each pod the workload runs at once",
+		"the 2 addresses listed for deployment/app/api in pool blue are all taken", "list more")
+}
+
 // A set that cannot grow past a stuck pod (its ips list, as long as its cap,
 // has no address left) waits for a member as it does without one: here a
 // rollout's old pod, in its grace period, that ends during the admission.
