@@ -170,7 +170,7 @@ func TestParseBandwidth(t *testing.T) {
 			ann:     map[string]string{IngressBandwidth: "10M", KubernetesIngressBandwidth: "20M"},
 			wantErr: KubernetesIngressBandwidth,
 		},
-		{name: "burst without rate", ann: map[string]string{EgressBurst: "1M"}, wantErr: "unless " + EgressBandwidth},
+		{name: "burst without rate", ann: map[string]string{EgressBurst: "1M"}, wantErr: "unless " + EgressBandwidth + " (or " + KubernetesEgressBandwidth + ") is set"},
 		{name: "bad rate", ann: map[string]string{EgressBandwidth: "fast"}, wantErr: `"fast"`},
 	}
 	for _, tt := range tests {

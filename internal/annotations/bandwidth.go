@@ -48,10 +48,10 @@ func parseBandwidth(ann map[string]string, strict bool) (Bandwidth, error) {
 	if b.Egress.Rate, err = rate(ann, EgressBandwidth, KubernetesEgressBandwidth, strict); err != nil {
 		return Bandwidth{}, err
 	}
-	if b.Ingress.Burst, err = burst(ann, IngressBurst, b.Ingress.Rate, IngressBandwidth); err != nil {
+	if b.Ingress.Burst, err = burst(ann, IngressBurst, b.Ingress.Rate, IngressBandwidth, KubernetesIngressBandwidth); err != nil {
 		return Bandwidth{}, err
 	}
-	if b.Egress.Burst, err = burst(ann, EgressBurst, b.Egress.Rate, EgressBandwidth); err != nil {
+	if b.Egress.Burst, err = burst(ann, EgressBurst, b.Egress.Rate, EgressBandwidth, KubernetesEgressBandwidth); err != nil {
 		return Bandwidth{}, err
 	}
 	return b, nil
@@ -159,13 +159,13 @@ func rate(ann map[string]string, key, k8sKey string, strict bool) (int64, error)
 	return r, nil
 }
 
-func burst(ann map[string]string, key string, rate int64, rateKey string) (int64, error) {
+func burst(ann map[string]string, key string, rate int64, rateKey, k8sRateKey string) (int64, error) {
 	v, ok := ann[key]
 	if !ok {
 		return 0, nil
 	}
 	if rate == 0 {
-		return 0, invalid(key, v, "no value unless "+rateKey+" is set too", nil)
+		return 0, invalid(key, v, "no value unless "+rateKey+" (or "+k8sRateKey+") is set too", nil)
 	}
 	return ParseBurst(key, v)
 }

@@ -78,6 +78,11 @@ func NewPool(name string, spec v1alpha1.IPPoolSpec) (*Pool, error) {
 	if pfx.Masked() != pfx {
 		return nil, bad("cidr", spec.CIDR, fmt.Sprintf("host bits are set; expected %s", pfx.Masked()))
 	}
+	if pfx.Addr().Is4In6() {
+		// Requested addresses are read as IPv4 (annotations.ParseIP unmaps
+		// them), so such a pool would deny every one of its own.
+		return nil, bad("cidr", spec.CIDR, "an IPv4-mapped IPv6 network; expected the IPv4 network itself, such as 10.20.0.0/24 for ::ffff:10.20.0.0/120")
+	}
 	delay, ok := reuseDelayOf(spec)
 	if !ok {
 		return nil, bad("reuseDelaySeconds", fmt.Sprint(*spec.ReuseDelaySeconds), "expected 0 or more seconds")

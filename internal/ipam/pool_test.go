@@ -20,6 +20,7 @@ func TestNewPoolErrors(t *testing.T) {
 	}{
 		{"bad cidr", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/33"}, `spec.cidr "10.0.0.0/33"`},
 		{"host bits", v1alpha1.IPPoolSpec{CIDR: "10.0.0.5/24"}, "expected 10.0.0.0/24"},
+		{"IPv4-mapped", v1alpha1.IPPoolSpec{CIDR: "::ffff:10.0.0.0/120"}, `spec.cidr "::ffff:10.0.0.0/120": an IPv4-mapped IPv6 network; expected the IPv4 network itself`},
 		{"gateway outside", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.1.1"}, `spec.gateway "10.0.1.1": outside cidr 10.0.0.0/24`},
 		{"gateway family", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "fd00::1"}, "spec.gateway"},
 		{"range outside", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.0.0.10", End: "10.0.1.10"}}}, "spec.ranges[0].end"},

@@ -598,7 +598,7 @@ func TestDaemonSetIdentity(t *testing.T) {
 		t.Fatalf("identity %q", got.Annotations[annotations.Identity])
 	}
 	bare := pod("app", "", nil, ctrl("DaemonSet", "agent"))
-	e.mustDeny(bare, "names no node")
+	e.mustDeny(bare, "names no node: expected spec.nodeName, or a required node affinity term matchFields metadata.name In [one node]")
 }
 
 // A node's DaemonSet address goes to one pod at a time: a rolling update

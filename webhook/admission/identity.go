@@ -44,7 +44,7 @@ func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (
 		case owner.Kind == "DaemonSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
 			node := daemonSetNode(pod)
 			if node == "" {
-				return annotations.ID{}, deny("DaemonSet pod of %s/%s names no node in its node affinity or spec.nodeName", ns, owner.Name)
+				return annotations.ID{}, deny("DaemonSet pod of %s/%s names no node: expected spec.nodeName, or a required node affinity term matchFields metadata.name In [one node], as the DaemonSet controller writes", ns, owner.Name)
 			}
 			return annotations.ID{Kind: annotations.KindDaemonSet, Namespace: ns, Name: owner.Name, Member: node}, nil
 		}
