@@ -89,7 +89,7 @@ var _ admission.Handler = (*Handler)(nil)
 // can watch them before the first admission.
 func Reads() []client.Object {
 	return []client.Object{
-		&corev1.Namespace{}, &corev1.Pod{}, &appsv1.ReplicaSet{}, &appsv1.Deployment{},
+		&corev1.Namespace{}, &corev1.Pod{}, &appsv1.ReplicaSet{}, &appsv1.Deployment{}, &appsv1.StatefulSet{}, &appsv1.DaemonSet{},
 		&v1alpha1.IPPool{}, &v1alpha1.BandwidthPolicy{}, &v1alpha1.SriovNetwork{},
 	}
 }

@@ -322,6 +322,40 @@ func TestStatefulSetOrdinalFromName(t *testing.T) {
 	}
 }
 
+// A pod whose controller reference names an existing StatefulSet,
+// DaemonSet or ReplicaSet under another UID (written by hand: anyone who
+// may create pods in the namespace could take web-0's address and MAC while
+// its pod is gone) is denied; the controller's own pods are admitted.
+func TestForgedControllerReference(t *testing.T) {
+	meta := func(name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Namespace: "app", Name: name, UID: "real"}
+	}
+	e := newEnv(t,
+		&appsv1.StatefulSet{ObjectMeta: meta("web")},
+		&appsv1.DaemonSet{ObjectMeta: meta("agent")},
+		&appsv1.ReplicaSet{ObjectMeta: meta("api-5d8f")},
+	)
+	own := func(kind, name string) metav1.OwnerReference {
+		r := ctrl(kind, name)
+		r.UID = "real"
+		return r
+	}
+	onNode := func(p *corev1.Pod) *corev1.Pod {
+		p.Spec.NodeName = "n1"
+		return p
+	}
+	e.mustDeny(pod("app", "web-0", nil, ctrl("StatefulSet", "web")), "names StatefulSet app/web with UID x, but StatefulSet app/web has UID real")
+	e.mustDeny(onNode(pod("app", "", nil, ctrl("DaemonSet", "agent"))), "names DaemonSet app/agent with UID x")
+	e.mustDeny(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")), "names ReplicaSet app/api-5d8f with UID x")
+	if got := e.mustAdmit(pod("app", "web-0", nil, own("StatefulSet", "web"))); got.Annotations[annotations.Identity] != "statefulset/app/web/0" {
+		t.Errorf("the StatefulSet's own pod: identity %q", got.Annotations[annotations.Identity])
+	}
+	e.mustAdmit(onNode(pod("app", "", nil, own("DaemonSet", "agent"))))
+	e.mustAdmit(pod("app", "", nil, own("ReplicaSet", "api-5d8f")))
+	// A controller that does not exist takes no one's identity.
+	e.mustAdmit(pod("app", "db-0", nil, ctrl("StatefulSet", "db")))
+}
+
 func TestStatefulSetIPs(t *testing.T) {
 	e := newEnv(t)
 	ips := map[string]string{annotations.IPs: "10.20.0.10, 10.20.0.11"}
@@ -335,7 +369,7 @@ func TestStatefulSetIPs(t *testing.T) {
 }
 
 func TestDeploymentReservation(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	e := newEnv(t, rs)
 	p := pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f"))
 	got := e.mustAdmit(p)
@@ -364,7 +398,7 @@ func TestDeploymentReservation(t *testing.T) {
 // those bound within the release grace: their pods may still be in their
 // admission chain, not yet stored.
 func TestFullSetFreesOnlyMembersPastTheGrace(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}}
 	e := newEnv(t, rs, dep)
 	// Two named pods (say, of a custom controller) bound at admission, never stored.
@@ -390,7 +424,7 @@ func TestFullSetFreesOnlyMembersPastTheGrace(t *testing.T) {
 // of reach keeps its evicted pods Terminating), not past those of pods still
 // within their termination grace period (a rollout's old pods).
 func TestFullSetGrowsPastPodsStuckTerminating(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(2))}} // cap 3
 	objs := []client.Object{rs, dep}
 	deleted := map[string]time.Duration{"api-b": 10 * time.Second, "api-c": 5 * time.Minute} // ago; the grace is 30 s
@@ -425,7 +459,7 @@ func TestFullSetGrowsPastPodsStuckTerminating(t *testing.T) {
 // what it needs, not told to add addresses to the pool (which would not
 // help: before, the denial named no annotation and said just that).
 func TestDeploymentIPsListUsedUp(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(4))}}
 	e := newEnv(t, rs, dep)
 	ann := map[string]string{annotations.IPs: "10.20.0.10,10.20.0.11"}
@@ -441,7 +475,7 @@ func TestDeploymentIPsListUsedUp(t *testing.T) {
 // has no address left) waits for a member as it does without one: here a
 // rollout's old pod, in its grace period, that ends during the admission.
 func TestStuckPodWithoutRoomWaitsForAMember(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(2))}} // cap 3
 	ips := []string{"10.20.0.10", "10.20.0.11", "10.20.0.12"}
 	ann := map[string]string{annotations.IPs: strings.Join(ips, ",")}
@@ -487,7 +521,7 @@ func TestStuckPodWithoutRoomWaitsForAMember(t *testing.T) {
 // scaled up directly, racing its new pods' admissions) admits the pod.
 func TestFullSetSeesScaleUpWhileWaiting(t *testing.T) {
 	rollout := metav1.OwnerReference{APIVersion: "argoproj.io/v1alpha1", Kind: "Rollout", Name: "api", UID: "r", Controller: ptr(true)}
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-6c9f", OwnerReferences: []metav1.OwnerReference{rollout}}, Spec: appsv1.ReplicaSetSpec{Replicas: ptr(int32(1))}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-6c9f", OwnerReferences: []metav1.OwnerReference{rollout}}, Spec: appsv1.ReplicaSetSpec{Replicas: ptr(int32(1))}}
 	e := newEnv(t, rs)
 	ctx := context.Background()
 	first := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-6c9f")))
@@ -515,7 +549,7 @@ func TestFullSetSeesScaleUpWhileWaiting(t *testing.T) {
 // for the same identity: output annotations copied into a template (from a
 // live pod, say) must not make the pods of a scale-up share one address.
 func TestCopiedReservationToken(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	e := newEnv(t, rs)
 	copied := func() map[string]string {
 		return map[string]string{annotations.Identity: "deployment/app/api", annotations.Reservation: "stale", annotations.AssignedIP: "10.20.0.9/24"}
@@ -553,7 +587,7 @@ func (l *lagging) Refresh(ctx context.Context, identity string) error {
 // before that replica's cache has seen the first round's reservation: it
 // reads etcd and keeps the reservation rather than making a second one.
 func TestReinvocationOnAnotherReplica(t *testing.T) {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	e := newEnv(t, rs)
 	first := e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-5d8f")))
 	other := *e.h
@@ -1144,7 +1178,7 @@ func TestUniversalMACDenied(t *testing.T) {
 // newSetEnv is newEnv with Deployment app/api (replicas 1: its set is
 // capped at 2) and its ReplicaSet api-5d8f.
 func newSetEnv(t *testing.T) *env {
-	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: "x", Namespace: "app", Name: "api-5d8f", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "api", UID: "d", Controller: ptr(true)}}}}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "api"}, Spec: appsv1.DeploymentSpec{Replicas: ptr(int32(1))}}
 	return newEnv(t, rs, dep)
 }

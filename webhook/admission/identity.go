@@ -31,9 +31,12 @@ func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (
 			if err != nil {
 				return annotations.ID{}, err
 			}
+			if err := h.checkOwner(ctx, ns, owner, &appsv1.StatefulSet{}); err != nil {
+				return annotations.ID{}, err
+			}
 			return annotations.StatefulSetID(ns, owner.Name, ord), nil
 		case owner.Kind == "ReplicaSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
-			rs, err := h.replicaSet(ctx, ns, owner.Name)
+			rs, err := h.replicaSet(ctx, ns, owner)
 			if err != nil {
 				return annotations.ID{}, err
 			}
@@ -42,6 +45,9 @@ func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (
 			}
 			return annotations.ID{Kind: annotations.KindReplicaSet, Namespace: ns, Name: rs.Name}, nil
 		case owner.Kind == "DaemonSet" && strings.HasPrefix(owner.APIVersion, "apps/"):
+			if err := h.checkOwner(ctx, ns, owner, &appsv1.DaemonSet{}); err != nil {
+				return annotations.ID{}, err
+			}
 			node := daemonSetNode(pod)
 			if node == "" {
 				return annotations.ID{}, deny("DaemonSet pod of %s/%s names no node: expected spec.nodeName, or a required node affinity term matchFields metadata.name In [one node], as the DaemonSet controller writes", ns, owner.Name)
@@ -89,15 +95,53 @@ func daemonSetNode(pod *corev1.Pod) string {
 	return pod.Spec.NodeName
 }
 
-// replicaSet reads a ReplicaSet from the cache, or from the API server when the
-// cache has not seen it yet (it was created a moment ago).
-func (h *Handler) replicaSet(ctx context.Context, ns, name string) (*appsv1.ReplicaSet, error) {
+// replicaSet reads the pod's owner ReplicaSet from the cache, or from the API
+// server when the cache has not seen it yet (it was created a moment ago),
+// and checks that it is the one the pod's reference names (checkOwner).
+func (h *Handler) replicaSet(ctx context.Context, ns string, owner *metav1.OwnerReference) (*appsv1.ReplicaSet, error) {
 	rs := &appsv1.ReplicaSet{}
-	key := client.ObjectKey{Namespace: ns, Name: name}
+	key := client.ObjectKey{Namespace: ns, Name: owner.Name}
 	if err := h.get(ctx, key, rs); apierrors.IsNotFound(err) {
-		return nil, deny("owner ReplicaSet %s/%s does not exist", ns, name)
+		return nil, deny("owner ReplicaSet %s/%s does not exist", ns, owner.Name)
 	} else if err != nil {
-		return nil, fmt.Errorf("read owner ReplicaSet %s/%s: %w", ns, name, err)
+		return nil, fmt.Errorf("read owner ReplicaSet %s/%s: %w", ns, owner.Name, err)
+	}
+	if err := h.sameOwner(ctx, key, owner, rs); err != nil {
+		return nil, err
 	}
 	return rs, nil
+}
+
+// checkOwner checks that the StatefulSet or DaemonSet the pod's controller
+// reference names, if it exists, is the one of the reference's UID: anyone
+// who may create pods in the namespace could otherwise write that reference
+// into a pod web-0 of their own and take the address and MAC of web-0's
+// identity while its pod is gone. A reference to one that does not exist
+// takes no one's identity (and the garbage collector deletes the pod).
+func (h *Handler) checkOwner(ctx context.Context, ns string, owner *metav1.OwnerReference, obj client.Object) error {
+	key := client.ObjectKey{Namespace: ns, Name: owner.Name}
+	if err := h.get(ctx, key, obj); apierrors.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("read owner %s %s/%s: %w", owner.Kind, ns, owner.Name, err)
+	}
+	return h.sameOwner(ctx, key, owner, obj)
+}
+
+// sameOwner denies a pod whose controller reference's UID is not obj's,
+// read again from the API server first: the cache may still hold an earlier
+// object of that name (deleted and made again a moment ago).
+func (h *Handler) sameOwner(ctx context.Context, key client.ObjectKey, owner *metav1.OwnerReference, obj client.Object) error {
+	if obj.GetUID() != owner.UID && h.APIReader != nil {
+		if err := h.APIReader.Get(ctx, key, obj); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("read owner %s %s: %w", owner.Kind, key, err)
+		} else if apierrors.IsNotFound(err) {
+			return nil
+		}
+	}
+	if obj.GetUID() != owner.UID {
+		return deny("the pod's controller reference names %s %s with UID %s, but %s %s has UID %s: a pod takes the identity of its own controller only",
+			owner.Kind, key, owner.UID, owner.Kind, key, obj.GetUID())
+	}
+	return nil
 }
