@@ -1022,6 +1022,28 @@ func TestEtcdEnv(t *testing.T) {
 	}
 }
 
+// TestEtcdEndpoints: the webhook reaches the bundled etcd through each
+// member's own name, so that its client spreads requests over the members
+// (through the client Service it kept one connection to the first it
+// reached); etcd.endpoints of an etcd of one's own are passed as given.
+func TestEtcdEndpoints(t *testing.T) {
+	testenv.Integration(t)
+	for _, c := range []struct {
+		sets []string
+		want string
+	}{
+		{nil, "--etcd-endpoints=http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379," +
+			"http://stickynet-etcd-1.stickynet-etcd-peers.stickynet-system.svc:2379,http://stickynet-etcd-2.stickynet-etcd-peers.stickynet-system.svc:2379"},
+		{[]string{"etcd.bundled.replicas=1"}, "--etcd-endpoints=http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379"},
+		{[]string{"etcd.endpoints={https://a:2379,https://b:2379}"}, "--etcd-endpoints=https://a:2379,https://b:2379"},
+	} {
+		args := podTemplate(t, render(t, c.sets...)["Deployment/stickynet-webhook"]).Spec.Containers[0].Args
+		if !slices.Contains(args, c.want) {
+			t.Errorf("webhook args with %v = %v; want %s", c.sets, args, c.want)
+		}
+	}
+}
+
 // TestPriorityAndRequests: the pods pod creation waits for (webhook,
 // extender, its scheduler, bundled etcd) are system-cluster-critical by
 // default, the node agent system-node-critical, and empty priorityClassNames

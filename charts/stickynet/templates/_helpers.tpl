@@ -22,7 +22,15 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
 {{- if .Values.etcd.endpoints -}}
 {{ join "," .Values.etcd.endpoints }}
 {{- else if .Values.etcd.bundled.enabled -}}
-http://stickynet-etcd.{{ .Release.Namespace }}.svc:2379
+{{- /* Every member, not the client Service: the etcd client spreads its
+requests over its endpoints and leaves out those it cannot reach, where
+through the Service it kept one connection to whichever member it reached
+first, also one cut off from the others (read from etcd's client, not
+tried). */}}
+{{- $ns := .Release.Namespace -}}
+{{- range $i, $_ := until (int .Values.etcd.bundled.replicas) -}}
+{{ if $i }},{{ end }}http://stickynet-etcd-{{ $i }}.stickynet-etcd-peers.{{ $ns }}.svc:2379
+{{- end -}}
 {{- else -}}
 {{ fail "etcd: set etcd.endpoints or etcd.bundled.enabled=true" }}
 {{- end -}}
