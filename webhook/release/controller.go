@@ -551,6 +551,12 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 	if why == "" {
 		return
 	}
+	if carried, err := c.namedPodCarries(ctx, e); err != nil || carried {
+		if err != nil {
+			ps.fail(err)
+		}
+		return
+	}
 	if err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false); err != nil {
 		if !errors.Is(err, ipam.ErrInUse) {
 			ps.fail(err)
@@ -875,6 +881,36 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 		c.Trigger()
 	}
 	return out, errors.Join(errs...)
+}
+
+// namedPodCarries asks the API server, before e is freed, whether the bare
+// pod its identity names carries e's address. e is unbound and was judged
+// from the cache, which holds only labelled pods and may lag: a pod made
+// again under its name (an operator's, whose admission writes nothing) that
+// the cache had not seen a grace after the unbind lost its address to
+// cooling, to be handed to another after the reuse delay. A StatefulSet's
+// ordinal is freed only once the StatefulSet no longer wants it (deleted a
+// grace, or scaled below it), when no pod of that name comes back; asking
+// about each would cost a deleted StatefulSet a read per ordinal.
+func (c *Controller) namedPodCarries(ctx context.Context, e ipam.Entry) (bool, error) {
+	id, err := annotations.ParseIdentity(e.Identity)
+	if err != nil || c.APIReader == nil || id.Kind != annotations.KindPod {
+		return false, nil
+	}
+	name := id.Name
+	p := &corev1.Pod{}
+	if err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: name}, p); apierrors.IsNotFound(err) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("read pod %s/%s before freeing %s: %w", id.Namespace, name, e.IP, err)
+	}
+	for _, info := range podsWithAssignment([]corev1.Pod{*p}) {
+		if info.live && info.identity == e.Identity && info.ip == e.IP {
+			klog.FromContext(ctx).Info("Pod carries the address the cache had it without; keeping it", "pod", klog.KObj(p), "ip", e.IP, "identity", e.Identity)
+			return true, nil
+		}
+	}
+	return !workload.Terminated(p) && slices.Contains(statusAddrs(p), e.IP), nil
 }
 
 // carriedBudget bounds the time a pass spends in stillCarried. Asking the
@@ -1343,8 +1379,18 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		if len(changes) == 0 {
 			continue
 		}
-		if err := c.patchAnnotations(ctx, p.pod, changes); err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("update bandwidth of pod %s: %w", p.key, err))
+		if err := c.patchAnnotations(ctx, p.pod, changes); err != nil {
+			switch {
+			case apierrors.IsNotFound(err):
+			case apierrors.IsForbidden(err) || apierrors.IsInvalid(err):
+				// Refused for good (a policy on pod updates, annotations at
+				// their size limit): not a failed pass, which was tried
+				// again every second, refused every time. The pod keeps
+				// its limits and says why; later passes try once each.
+				c.event(p.pod, corev1.EventTypeWarning, "BandwidthNotUpdated", "bandwidth limits %s not written: %v", describe(res), err)
+			default:
+				errs = append(errs, fmt.Errorf("update bandwidth of pod %s: %w", p.key, err))
+			}
 			continue
 		}
 		c.event(p.pod, corev1.EventTypeNormal, "BandwidthUpdated", "bandwidth limits now %s", describe(res))

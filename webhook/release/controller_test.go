@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -823,6 +824,43 @@ func TestInvalidBandwidthPolicyDoesNotFailPass(t *testing.T) {
 	}
 }
 
+// A pod whose annotation patch the API server refuses for good (a policy
+// on pod updates) gets a Warning event, and the pass does not fail: before,
+// it failed and was tried again every second, refused every time.
+func TestRefusedBandwidthPatchDoesNotFailPass(t *testing.T) {
+	pol := &v1alpha1.BandwidthPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "slow", UID: "p1"}, Spec: v1alpha1.BandwidthPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
+		Ingress:     &v1alpha1.BandwidthLimit{Rate: resource.MustParse("10M")},
+	}}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "a", UID: "u1", Labels: map[string]string{"app": "x"}, Annotations: map[string]string{
+			annotations.Identity: "pod/app/a", annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedMAC: "02:00:0a:14:00:05", annotations.AssignedPool: "blue",
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	c, _, _, rec := setup(t, pol, p)
+	c.Client = interceptor.NewClient(c.Client.(client.WithWatch), interceptor.Funcs{
+		Patch: func(ctx context.Context, cl client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			if _, ok := obj.(*corev1.Pod); ok {
+				return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, obj.GetName(), errors.New("denied by a policy"))
+			}
+			return cl.Patch(ctx, obj, patch, opts...)
+		},
+	})
+	if err := c.Reconcile(context.Background()); err != nil {
+		t.Fatalf("a pass whose bandwidth patch was refused failed: %v", err)
+	}
+	var evs []string
+	for len(rec.Events) > 0 {
+		if ev := <-rec.Events; strings.Contains(ev, "Bandwidth") {
+			evs = append(evs, ev)
+		}
+	}
+	if len(evs) != 1 || !strings.Contains(evs[0], "Warning BandwidthNotUpdated") || !strings.Contains(evs[0], "denied by a policy") {
+		t.Errorf("events %q; want one Warning BandwidthNotUpdated saying why", evs)
+	}
+}
+
 // A policy whose ingress limit reaches SR-IOV pods gets a Warning event
 // naming them, again only when their number changes.
 func TestIngressNotEnforcedOnVFs(t *testing.T) {
@@ -1431,6 +1469,51 @@ func TestFreedAGraceAfterUnbind(t *testing.T) {
 	}
 	if got := a.Lookup(req.Identity); len(got) != 1 || got[0].IP != al.IP || got[0].Cooling {
 		t.Fatalf("a pass within the grace of the unbind: %+v; want %s kept", got, al.IP)
+	}
+}
+
+// An unbound address of a bare pod's identity is not freed while the API
+// server has that pod carrying it, though the cache lacks it (a pod made
+// again under its name, its admission writing nothing, the cache behind):
+// before, it was freed from the cache's view alone and handed to another
+// after the reuse delay.
+func TestUnboundAddressOfPodMissingFromCache(t *testing.T) {
+	for _, tc := range []struct{ identity, pod string }{
+		{"pod/app/p", "p"},
+	} {
+		t.Run(tc.identity, func(t *testing.T) {
+			c, a, p, _ := setup(t)
+			ctx := context.Background()
+			req := ipam.Request{Pool: p, Identity: tc.identity, Pod: "app/" + tc.pod}
+			al, err := a.Allocate(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond) // past the grace
+			if err := c.Reconcile(ctx); err != nil { // no pod anywhere: unbound
+				t.Fatal(err)
+			}
+			if got := a.Lookup(tc.identity); len(got) != 1 || got[0].Pod != "" {
+				t.Fatalf("after the first pass: %+v; want the address unbound", got)
+			}
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: tc.pod, Annotations: map[string]string{
+					annotations.Identity: tc.identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
+					annotations.AssignedMAC: al.MAC.String(),
+				}},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning},
+			}
+			if err := c.APIReader.(client.Client).Create(ctx, pod); err != nil { // in the API server, not the cache
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond) // past the grace of the unbind
+			if err := c.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := a.Lookup(tc.identity); len(got) != 1 || got[0].Cooling {
+				t.Fatalf("a pass with the pod in the API server only: %+v; want %s kept", got, al.IP)
+			}
+		})
 	}
 }
 
