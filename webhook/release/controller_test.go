@@ -1478,42 +1478,36 @@ func TestFreedAGraceAfterUnbind(t *testing.T) {
 // before, it was freed from the cache's view alone and handed to another
 // after the reuse delay.
 func TestUnboundAddressOfPodMissingFromCache(t *testing.T) {
-	for _, tc := range []struct{ identity, pod string }{
-		{"pod/app/p", "p"},
-	} {
-		t.Run(tc.identity, func(t *testing.T) {
-			c, a, p, _ := setup(t)
-			ctx := context.Background()
-			req := ipam.Request{Pool: p, Identity: tc.identity, Pod: "app/" + tc.pod}
-			al, err := a.Allocate(ctx, req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(10 * time.Millisecond) // past the grace
-			if err := c.Reconcile(ctx); err != nil { // no pod anywhere: unbound
-				t.Fatal(err)
-			}
-			if got := a.Lookup(tc.identity); len(got) != 1 || got[0].Pod != "" {
-				t.Fatalf("after the first pass: %+v; want the address unbound", got)
-			}
-			pod := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: tc.pod, Annotations: map[string]string{
-					annotations.Identity: tc.identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
-					annotations.AssignedMAC: al.MAC.String(),
-				}},
-				Status: corev1.PodStatus{Phase: corev1.PodRunning},
-			}
-			if err := c.APIReader.(client.Client).Create(ctx, pod); err != nil { // in the API server, not the cache
-				t.Fatal(err)
-			}
-			time.Sleep(10 * time.Millisecond) // past the grace of the unbind
-			if err := c.Reconcile(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if got := a.Lookup(tc.identity); len(got) != 1 || got[0].Cooling {
-				t.Fatalf("a pass with the pod in the API server only: %+v; want %s kept", got, al.IP)
-			}
-		})
+	c, a, p, _ := setup(t)
+	ctx := context.Background()
+	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
+	al, err := a.Allocate(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // past the grace
+	if err := c.Reconcile(ctx); err != nil { // no pod anywhere: unbound
+		t.Fatal(err)
+	}
+	if got := a.Lookup(req.Identity); len(got) != 1 || got[0].Pod != "" {
+		t.Fatalf("after the first pass: %+v; want the address unbound", got)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "p", Annotations: map[string]string{
+			annotations.Identity: req.Identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
+			annotations.AssignedMAC: al.MAC.String(),
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	if err := c.APIReader.(client.Client).Create(ctx, pod); err != nil { // in the API server, not the cache
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // past the grace of the unbind
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup(req.Identity); len(got) != 1 || got[0].Cooling {
+		t.Fatalf("a pass with the pod in the API server only: %+v; want %s kept", got, al.IP)
 	}
 }
 
