@@ -1485,7 +1485,7 @@ func TestUnboundAddressOfPodMissingFromCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond) // past the grace
+	time.Sleep(10 * time.Millisecond)        // past the grace
 	if err := c.Reconcile(ctx); err != nil { // no pod anywhere: unbound
 		t.Fatal(err)
 	}
