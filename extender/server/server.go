@@ -393,7 +393,6 @@ func (s *Server) preempt(ex *exchange, d demand.Demand) {
 	ex.out = appendJSON(ex.out, extenderv1.ExtenderPreemptionResult{NodeNameToMetaVictims: kept})
 }
 
-// text answers with a plain-text message.
 // refuse answers a verb the extender cannot serve with code and msg. A
 // filter request from a scheduler (POST, JSON) is answered 200 with msg as
 // the result's Error instead: kube-scheduler keeps only the status code of
@@ -413,6 +412,7 @@ func refuse(w http.ResponseWriter, verb string, code int, msg string) {
 	_, _ = w.Write(b)
 }
 
+// text answers with a plain-text message.
 func text(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")

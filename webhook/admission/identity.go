@@ -133,10 +133,12 @@ func (h *Handler) checkOwner(ctx context.Context, ns string, owner *metav1.Owner
 // object of that name (deleted and made again a moment ago).
 func (h *Handler) sameOwner(ctx context.Context, key client.ObjectKey, owner *metav1.OwnerReference, obj client.Object) error {
 	if obj.GetUID() != owner.UID && h.APIReader != nil {
-		if err := h.APIReader.Get(ctx, key, obj); err != nil && !apierrors.IsNotFound(err) {
+		err := h.APIReader.Get(ctx, key, obj)
+		if apierrors.IsNotFound(err) {
+			return nil // deleted meanwhile: as checkOwner for one that does not exist
+		}
+		if err != nil {
 			return fmt.Errorf("read owner %s %s: %w", owner.Kind, key, err)
-		} else if apierrors.IsNotFound(err) {
-			return nil
 		}
 	}
 	if obj.GetUID() != owner.UID {

@@ -897,12 +897,11 @@ func (c *Controller) namedPodCarries(ctx context.Context, e ipam.Entry) (bool, e
 	if err != nil || c.APIReader == nil || id.Kind != annotations.KindPod {
 		return false, nil
 	}
-	name := id.Name
 	p := &corev1.Pod{}
-	if err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: name}, p); apierrors.IsNotFound(err) {
+	if err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: id.Name}, p); apierrors.IsNotFound(err) {
 		return false, nil
 	} else if err != nil {
-		return false, fmt.Errorf("read pod %s/%s before freeing %s: %w", id.Namespace, name, e.IP, err)
+		return false, fmt.Errorf("read pod %s/%s before freeing %s: %w", id.Namespace, id.Name, e.IP, err)
 	}
 	for _, info := range podsWithAssignment([]corev1.Pod{*p}) {
 		if info.live && info.identity == e.Identity && info.ip == e.IP {
@@ -1381,7 +1380,7 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		}
 		if err := c.patchAnnotations(ctx, p.pod, changes); err != nil {
 			switch {
-			case apierrors.IsNotFound(err):
+			case apierrors.IsNotFound(err): // gone: nothing to write
 			case apierrors.IsForbidden(err) || apierrors.IsInvalid(err):
 				// Refused for good (a policy on pod updates, annotations at
 				// their size limit): not a failed pass, which was tried
