@@ -427,6 +427,19 @@ func TestContainerArgsAreFlags(t *testing.T) {
 	}
 }
 
+// waitRefused tries (a dry run, or a call the API server refuses) until it
+// is refused with a message containing want, or 30 s pass: a binding and a
+// policy reach the API server's authorizer and admission a moment after
+// they are applied, and until then a call may pass or be refused by RBAC.
+// The caller's own checks then tell whether they arrived.
+func waitRefused(try func() error, want string) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if err := try(); apierrors.IsForbidden(err) && strings.Contains(err.Error(), want) {
+			return
+		}
+	}
+}
+
 // TestAPIServer renders the chart against a real API server: every object
 // must pass a server-side dry run, and an upgrade (lookup finding what the
 // install left) keeps the extender's CA and certificate.
@@ -570,17 +583,11 @@ func TestAPIServer(t *testing.T) {
 		cfg.BearerToken = tr.Status.Token
 		agent := kubernetes.NewForConfigOrDie(cfg)
 		patch := []byte(`{"status":{"capacity":{"stickynet.io/sriov-fast":"4"}}}`)
-		// The binding and the policy reach the API server's authorizer and
-		// admission within a moment: until then a patch may pass, or be
-		// refused by RBAC.
 		want := "the stickynet node agent on node own-a may change the status of its own node only, not of own-b"
-		var errB, errA error
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-			if _, errB = agent.CoreV1().Nodes().PatchStatus(ctx, "own-b", patch); apierrors.IsForbidden(errB) && strings.Contains(errB.Error(), want) {
-				break
-			}
-		}
-		if !apierrors.IsForbidden(errB) || !strings.Contains(errB.Error(), want) {
+		patchB := func() error { _, err := agent.CoreV1().Nodes().PatchStatus(ctx, "own-b", patch); return err }
+		waitRefused(patchB, want)
+		var errA error
+		if errB := patchB(); !apierrors.IsForbidden(errB) || !strings.Contains(errB.Error(), want) {
 			t.Errorf("the agent of own-a patches own-b's status: %v; want it refused, naming both nodes", errB)
 		}
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
@@ -632,16 +639,12 @@ func TestAPIServer(t *testing.T) {
 			{"relabels it", `{"metadata":{"labels":{"zone":"b"}}}`, "and change nothing else there"},
 			{"gives it an owner", `{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"gone","uid":"00000000-0000-0000-0000-000000000001"}]}}`, "and change nothing else there"},
 		}
-		// The binding and the policy reach the API server's authorizer and
-		// admission within a moment: until then a patch may pass, or be
-		// refused by RBAC. The first, refused, shows both have arrived (as a
-		// dry run: one that passed before the policy would have written).
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		// The first, refused, shows the binding and the policy have arrived
+		// (as a dry run: one that passed before the policy would have written).
+		waitRefused(func() error {
 			_, err := webhook.CoreV1().Nodes().Patch(ctx, "stale-a", types.MergePatchType, []byte(refused[0].patch), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}, "status")
-			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), refused[0].want) {
-				break
-			}
-		}
+			return err
+		}, refused[0].want)
 		for _, r := range refused {
 			_, err := webhook.CoreV1().Nodes().PatchStatus(ctx, "stale-a", []byte(r.patch))
 			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), r.want) {
@@ -698,12 +701,7 @@ func TestAPIServer(t *testing.T) {
 		}
 		// As for the node-status policy: the first refusal, a dry run,
 		// shows the binding and the policy have reached the API server.
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-			err := patch(refused[0].patch, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
-			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), refused[0].want) {
-				break
-			}
-		}
+		waitRefused(func() error { return patch(refused[0].patch, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}) }, refused[0].want)
 		for _, r := range refused {
 			if err := patch(r.patch, metav1.PatchOptions{}); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), r.want) {
 				t.Errorf("the webhook's account %s on a pod: %v; want it refused, saying %q", r.what, err, r.want)
@@ -721,12 +719,10 @@ func TestAPIServer(t *testing.T) {
 
 		secrets := webhook.CoreV1().Secrets("stickynet-system")
 		const refusedSecret = "may only create its own Secret stickynet-webhook-cert, of type Opaque"
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		waitRefused(func() error {
 			_, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "other"}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), refusedSecret) {
-				break
-			}
-		}
+			return err
+		}, refusedSecret)
 		for _, sec := range []*corev1.Secret{
 			{ObjectMeta: metav1.ObjectMeta{Name: "stickynet-scheduler-token", Annotations: map[string]string{corev1.ServiceAccountNameKey: "stickynet-scheduler"}}, Type: corev1.SecretTypeServiceAccountToken},
 			{ObjectMeta: metav1.ObjectMeta{Name: "stickynet-webhook-cert", Annotations: map[string]string{corev1.ServiceAccountNameKey: "stickynet-scheduler"}}, Type: corev1.SecretTypeServiceAccountToken},

@@ -82,9 +82,10 @@ func ParseBurst(key, value string) (int64, error) {
 // quantityShape is what a rate or burst may look like before
 // resource.ParseQuantity reads it: a Kubernetes quantity with an exponent of
 // at most two digits, in at most 40 characters. ParseQuantity takes any
-// exponent: it spent 2.5 s on 1e-10000000 and did not finish 1e-2147483647
-// (a webhook's CPU, while the API server's call timed out), and it wraps
-// one past 32 bits (1e4294967305 read as 1e9).
+// exponent: 1e-100000000 ran past TestParseRate's 15 s timeout without this
+// check (a review measured 2.5 s for 1e-10000000), the webhook's CPU while
+// the API server's call timed out; and it wraps one past 32 bits
+// (1e4294967305 read as 1e9, TestParseRate).
 var quantityShape = regexp.MustCompile(`^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([numkMGTPE]|[KMGTPE]i|[eE][+-]?[0-9]{1,2})?$`)
 
 func parseQuantity(key, value string, lo, hi int64, accepted string) (int64, error) {

@@ -117,7 +117,8 @@ func (h *Handler) replicaSet(ctx context.Context, ns string, owner *metav1.Owner
 // who may create pods in the namespace could otherwise write that reference
 // into a pod web-0 of their own and take the address and MAC of web-0's
 // identity while its pod is gone. A reference to one that does not exist
-// takes no one's identity (and the garbage collector deletes the pod).
+// takes no one's identity (and the garbage collector deletes the pod: read
+// from its documentation, not tried).
 func (h *Handler) checkOwner(ctx context.Context, ns string, owner *metav1.OwnerReference, obj client.Object) error {
 	key := client.ObjectKey{Namespace: ns, Name: owner.Name}
 	if err := h.get(ctx, key, obj); apierrors.IsNotFound(err) {

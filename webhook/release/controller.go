@@ -1381,11 +1381,10 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		if err := c.patchAnnotations(ctx, p.pod, changes); err != nil {
 			switch {
 			case apierrors.IsNotFound(err): // gone: nothing to write
-			case apierrors.IsForbidden(err) || apierrors.IsInvalid(err):
-				// Refused for good (a policy on pod updates, annotations at
-				// their size limit): not a failed pass, which was tried
-				// again every second, refused every time. The pod keeps
-				// its limits and says why; later passes try once each.
+			case refusedForGood(err):
+				// Not a failed pass, which was tried again every second,
+				// refused every time. The pod keeps its limits and says
+				// why; later passes try once each.
 				c.event(p.pod, corev1.EventTypeWarning, "BandwidthNotUpdated", "bandwidth limits %s not written: %v", describe(res), err)
 			default:
 				errs = append(errs, fmt.Errorf("update bandwidth of pod %s: %w", p.key, err))
@@ -1397,6 +1396,11 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 	c.ingressOnVFs(list.Items, onVF)
 	return errors.Join(errs...)
 }
+
+// refusedForGood reports whether the API server refused a pod's annotation
+// patch for a reason that trying again will not change (a policy on pod
+// updates, annotations at their size limit).
+func refusedForGood(err error) bool { return apierrors.IsForbidden(err) || apierrors.IsInvalid(err) }
 
 // patchAnnotations sets (or, for nil values, removes) annotations of pod,
 // read from the cache: a merge patch of those keys alone, on the pod as the

@@ -128,6 +128,18 @@ func vacate(t *testing.T, c *Controller, a *ipam.Allocator, p *ipam.Pool, identi
 
 func kept(a *ipam.Allocator, identity string) bool { return len(a.Lookup(identity)) > 0 }
 
+// runningPod is a running pod app/name of identity that carries al of pool p,
+// as its admission left it.
+func runningPod(name, identity string, al ipam.Allocation, p *ipam.Pool) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Annotations: map[string]string{
+			annotations.Identity: identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
+			annotations.AssignedMAC: al.MAC.String(),
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+}
+
 // A StatefulSet deleted and made again within the grace (kubectl delete
 // --cascade=orphan then apply, to change its volumeClaimTemplates) keeps
 // the addresses of its ordinals that had no pod, as it keeps its pods and
@@ -1411,13 +1423,7 @@ func TestRecreatedPodKeepsAddress(t *testing.T) {
 	}
 	time.Sleep(10 * time.Millisecond) // past the grace
 	c.APIReader = &beforeFirstGet{Reader: c.APIReader, fn: func() {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "p", Annotations: map[string]string{
-				annotations.Identity: req.Identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
-				annotations.AssignedMAC: al.MAC.String(),
-			}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning},
-		}
+		pod := runningPod("p", req.Identity, al, p)
 		if _, err := a.Allocate(ctx, req); err != nil { // its admission
 			t.Error(err)
 		}
@@ -1492,13 +1498,7 @@ func TestUnboundAddressOfPodMissingFromCache(t *testing.T) {
 	if got := a.Lookup(req.Identity); len(got) != 1 || got[0].Pod != "" {
 		t.Fatalf("after the first pass: %+v; want the address unbound", got)
 	}
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "p", Annotations: map[string]string{
-			annotations.Identity: req.Identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
-			annotations.AssignedMAC: al.MAC.String(),
-		}},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning},
-	}
+	pod := runningPod("p", req.Identity, al, p)
 	if err := c.APIReader.(client.Client).Create(ctx, pod); err != nil { // in the API server, not the cache
 		t.Fatal(err)
 	}
@@ -1568,13 +1568,7 @@ func TestEndedPodFreesAddress(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pod := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "job-x1", Annotations: map[string]string{
-					annotations.Identity: req.Identity, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
-					annotations.AssignedMAC: al.MAC.String(),
-				}},
-				Status: corev1.PodStatus{Phase: corev1.PodRunning},
-			}
+			pod := runningPod("job-x1", req.Identity, al, p)
 			for _, cl := range []client.Client{c.Client, c.APIReader.(client.Client)} {
 				if err := cl.Create(ctx, pod.DeepCopy()); err != nil {
 					t.Fatal(err)
@@ -1632,13 +1626,7 @@ func TestMemberCarriedByAnotherPodIsRebound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-b", Annotations: map[string]string{
-			annotations.Identity: id, annotations.AssignedIP: al.Prefix.String(), annotations.AssignedPool: p.Name,
-			annotations.AssignedMAC: al.MAC.String(),
-		}},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning},
-	}
+	b := runningPod("web-b", id, al, p)
 	if err := c.Client.Create(ctx, b); err != nil {
 		t.Fatal(err)
 	}

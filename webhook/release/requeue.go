@@ -104,10 +104,9 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 			if apierrors.IsNotFound(err) {
 				continue
 			}
-			if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
-				// Refused for good (a policy on pod updates, annotations at
-				// their size limit): trying again each pass would fail
-				// every pass. The pod waits for the scheduler's own retry.
+			if refusedForGood(err) {
+				// Trying again each pass would fail every pass. The pod
+				// waits for the scheduler's own retry.
 				klog.FromContext(ctx).Error(err, "Could not ask the scheduler to try a pod again", "pod", p.key, "changed", key)
 				continue
 			}
