@@ -60,8 +60,8 @@ func vacate(t *testing.T, a *Allocator, pool string, ip netip.Addr, identity, po
 	if err := a.Unbind(testCtx(t), pool, ip, pod); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Release(testCtx(t), pool, ip, identity, false); err != nil {
-		t.Fatal(err)
+	if released, err := a.Release(testCtx(t), pool, ip, identity, false); err != nil || !released {
+		t.Fatalf("release of %s from %s: %v, %v; want true, nil", ip, identity, released, err)
 	}
 }
 
@@ -204,12 +204,15 @@ func TestReleaseAndReuseDelay(t *testing.T) {
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(2)})
 	ctx := testCtx(t)
 	first := alloc(t, a, Request{Pool: p, Identity: "pod/ns/a", Pod: "ns/a"})
-	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); !errors.Is(err, ErrInUse) {
+	if _, err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); !errors.Is(err, ErrInUse) {
 		t.Fatalf("release of an address a pod carries: %v; want ErrInUse", err)
 	}
 	vacate(t, a, "p", first.IP, "pod/ns/a", "ns/a")
 	if s := a.Stats(p); s.Cooling != 1 || s.Held != 0 {
 		t.Fatalf("stats after release: %+v", s)
+	}
+	if released, err := a.Release(ctx, "p", first.IP, "pod/ns/a", false); err != nil || released {
+		t.Fatalf("release of a cooling address: %v, %v; want false, nil (released before)", released, err)
 	}
 	// Another identity may not take it while it cools down.
 	_, err := a.Allocate(ctx, Request{Pool: p, Identity: "pod/ns/b", Pod: "ns/b", IP: first.IP})
@@ -222,7 +225,7 @@ func TestReleaseAndReuseDelay(t *testing.T) {
 	if again.IP != first.IP || again.MAC.String() != first.MAC.String() {
 		t.Fatalf("reclaim gave %s %s; want %s %s", again.IP, again.MAC, first.IP, first.MAC)
 	}
-	if err := a.Release(ctx, "p", first.IP, "pod/ns/a", true); err != nil {
+	if _, err := a.Release(ctx, "p", first.IP, "pod/ns/a", true); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -839,7 +842,7 @@ func TestTokenKeepOfUnboundAddressHolds(t *testing.T) {
 	if again := alloc(t, a, Request{Pool: p, Identity: id, Token: "tok"}); again.IP != first.IP || again.Token != "tok" || s.Revision() != rev {
 		t.Errorf("re-admission under the same token: %+v, revision %d -> %d; want the same answer, nothing written", again, rev, s.Revision())
 	}
-	if err := a.Release(ctx, "p", first.IP, id, false); !errors.Is(err, ErrInUse) {
+	if _, err := a.Release(ctx, "p", first.IP, id, false); !errors.Is(err, ErrInUse) {
 		t.Fatalf("release of the held address: %v; want ErrInUse", err)
 	}
 	if err := a.Bind(ctx, Binding{Pool: "p", IP: first.IP, Identity: id, Pod: "ns/agent-new", Token: "tok"}); err != nil {
@@ -1034,7 +1037,7 @@ func TestEditedPool(t *testing.T) {
 		t.Fatalf("set at its cap with a member outside the spec: %v; want it full (the webhook releases that member)", err)
 	}
 	// Released and cooling, outside the spec: not taken back either.
-	if err := a.Release(ctx, "p", members[0].IP, dep, false); err != nil {
+	if _, err := a.Release(ctx, "p", members[0].IP, dep, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := alloc(t, a, Request{Pool: pe, Identity: dep, Shared: true, Pod: "ns/d-3", MaxMembers: 3}); got.IP == members[0].IP {
@@ -1208,7 +1211,7 @@ func TestLeaseWaitEndsWithTheCallersDeadline(t *testing.T) {
 	released := make(chan struct{})
 	go func() {
 		defer close(released)
-		_ = a.Release(rctx, "p", got.IP, "statefulset/ns/web/0", true) // grants the cooling lease, and hangs
+		_, _ = a.Release(rctx, "p", got.IP, "statefulset/ns/web/0", true) // grants the cooling lease, and hangs
 	}()
 	defer func() { cancel(); <-released }()
 	for len(a.granting) == 0 { // the release holds the grant

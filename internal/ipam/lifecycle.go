@@ -237,28 +237,30 @@ func (a *Allocator) Rebind(ctx context.Context, pool string, ip netip.Addr, pod,
 // Release frees an identity's address: it cools down for the pool's reuse
 // delay (only the same identity may take it back meanwhile), then it is gone.
 // It returns ErrInUse when a pod carries the address or is being created with
-// it, unless force is set. Releasing an address the identity does not own is a no-op.
-func (a *Allocator) Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error {
+// it, unless force is set. Releasing an address the identity does not own, or
+// that is already cooling, does nothing; released reports whether this call
+// freed it (another caller may have, between the caller's read and this).
+func (a *Allocator) Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) (released bool, err error) {
 	for attempt := range a.opts.MaxAttempts {
 		e, err := a.snapshot(ctx, pool, ip, identity, attempt > 0)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if e == nil || e.rev <= 0 || e.rec.ID != identity || e.rec.State == stateCooling {
-			return nil
+			return false, nil
 		}
 		if e.busy() && !force {
-			return fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, ErrInUse)
+			return false, fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, ErrInUse)
 		}
 		done, err := a.release(ctx, e)
 		if err != nil {
-			return fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, err)
+			return false, fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, err)
 		}
 		if done {
-			return nil
+			return true, nil
 		}
 	}
-	return fmt.Errorf("release %s of pool %s: %w", ip, pool, ErrContention)
+	return false, fmt.Errorf("release %s of pool %s: %w", ip, pool, ErrContention)
 }
 
 // release cools e (as Release does) if neither its record nor its hold has

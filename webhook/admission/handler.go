@@ -43,7 +43,7 @@ type allocator interface {
 	Allocate(ctx context.Context, req ipam.Request) (ipam.Allocation, error)
 	Lookup(identity string) []ipam.Entry
 	Unbind(ctx context.Context, pool string, ip netip.Addr, pod string) error
-	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
+	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) (bool, error)
 	Refresh(ctx context.Context, identity string) error
 	HoldsOutside(identity string, p *ipam.Pool) bool
 }
@@ -560,8 +560,10 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 		if e.Pool == req.Pool.Name && req.Allows(e.IP) {
 			continue
 		}
-		if err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {
-			klog.FromContext(ctx).V(2).Info("Released a member the set's pods can no longer use", "identity", req.Identity, "pool", e.Pool, "ip", e.IP)
+		if released, err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {
+			if released { // else another freed it first: room all the same
+				klog.FromContext(ctx).V(2).Info("Released a member the set's pods can no longer use", "identity", req.Identity, "pool", e.Pool, "ip", e.IP)
+			}
 			return true
 		}
 	}

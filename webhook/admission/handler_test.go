@@ -1335,7 +1335,7 @@ func TestEditedPoolOnLaggingReplicaCooling(t *testing.T) {
 	if err := e.alloc.Unbind(ctx, "blue", ip, "app/web-1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.alloc.Release(ctx, "blue", ip, "statefulset/app/web/1", false); err != nil {
+	if _, err := e.alloc.Release(ctx, "blue", ip, "statefulset/app/web/1", false); err != nil {
 		t.Fatal(err)
 	}
 	current := e.exclude(ip) // this replica's cache excludes it; the API server's (current) does not

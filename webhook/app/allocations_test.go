@@ -52,7 +52,7 @@ func TestAllocations(t *testing.T) {
 	if err := alloc.Unbind(ctx, "blue", freed.IP, "app/once"); err != nil {
 		t.Fatal(err)
 	}
-	if err := alloc.Release(ctx, "blue", freed.IP, "pod/app/once", false); err != nil {
+	if _, err := alloc.Release(ctx, "blue", freed.IP, "pod/app/once", false); err != nil {
 		t.Fatal(err)
 	}
 

@@ -50,7 +50,7 @@ type allocator interface {
 	List(match func(ipam.Entry) bool) []ipam.Entry
 	Bind(ctx context.Context, b ipam.Binding) error
 	Rebind(ctx context.Context, pool string, ip netip.Addr, pod, to string) error
-	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) error
+	Release(ctx context.Context, pool string, ip netip.Addr, identity string, force bool) (bool, error)
 	Adopt(ctx context.Context, ad ipam.Adoption) (bool, error)
 	LearnPool(name string, spec v1alpha1.IPPoolSpec) (*ipam.Pool, error)
 	Stats(p *ipam.Pool) ipam.Stats
@@ -557,16 +557,19 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		}
 		return
 	}
-	if err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false); err != nil {
+	released, err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false)
+	if err != nil {
 		if !errors.Is(err, ipam.ErrInUse) {
 			ps.fail(err)
 		}
 		return
 	}
-	klog.FromContext(ctx).Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
-	kind, _, _ := strings.Cut(e.Identity, "/")
-	c.Metrics.release(kind)
-	ps.release(e, why)
+	if released { // else another (an admission, a leader before this one) freed it first, and said so
+		klog.FromContext(ctx).Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
+		kind, _, _ := strings.Cut(e.Identity, "/")
+		c.Metrics.release(kind)
+		ps.release(e, why)
+	}
 	ms := *members
 	for i := range ms {
 		if ms[i].IP == e.IP && ms[i].Pool == e.Pool {
