@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -99,6 +100,9 @@ func Setup(stopping context.Context, mgr manager.Manager, o Options) (<-chan str
 		})); err != nil {
 			return nil, err
 		}
+		if err := mgr.AddReadyzCheck("webhook-configuration", configExists(c, o.WebhookConfig)); err != nil {
+			return nil, err
+		}
 		if o.WriteFiles {
 			if err := mgr.Add(everyReplica(func(ctx context.Context) error {
 				return syncFiles(ctx, mgr.GetAPIReader(), o.Secret, o.CertDir)
@@ -162,7 +166,7 @@ func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string, 
 	return nil
 }
 
-// secretCheckEvery is how often each replica checks that the Secret exists.
+// secretCheckEvery is how often each replica checks the Secret.
 var secretCheckEvery = 10 * time.Second
 
 // keepSecret makes the Secret again whenever it is gone, until ctx ends. The
@@ -171,6 +175,13 @@ var secretCheckEvery = 10 * time.Second
 // made while that exists: an uninstall deletes the Secret, then the
 // configuration (Helm's order), while replicas may still run, and the
 // garbage collector removes a Secret one of them made meanwhile.
+//
+// It also drops, again and again, a serving certificate that lacks one of
+// dnsNames (as ensureSecret does at start): during a rollout that adds a
+// name, a replica of the previous release, whose rotator checks only the
+// first name, may issue the next certificate without it, which would then
+// stand until its renewal, months later. Replicas of both releases
+// (same CA, so the caBundle stays) issue in turn until the old ones are gone.
 func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, dnsNames []string, webhookConfig string) error {
 	log := klog.FromContext(ctx).WithValues("secret", key)
 	for {
@@ -179,13 +190,28 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 			return nil
 		case <-time.After(secretCheckEvery):
 		}
-		err := c.Get(ctx, key, &corev1.Secret{})
+		sec := &corev1.Secret{}
+		err := c.Get(ctx, key, sec)
+		if err == nil {
+			if missing := missingNames(sec.Data["tls.crt"], dnsNames); len(missing) > 0 {
+				if err := ensureSecret(c, key, dnsNames, nil); err != nil {
+					log.Error(err, "Serving certificate lacks DNS names and could not be dropped", "missing", missing)
+				} else {
+					log.Info("Serving certificate lacked DNS names (issued by a replica of another release?); dropped it, for one with them under the same CA", "missing", missing)
+				}
+			}
+			continue
+		}
 		if !apierrors.IsNotFound(err) {
-			continue // there, or the API server did not answer: the next check
+			continue // the API server did not answer: the next check
 		}
 		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
 		if err := c.Get(ctx, client.ObjectKey{Name: webhookConfig}, mwc); err != nil {
-			log.V(1).Info("Certificate Secret is gone, and so is the webhook configuration (uninstalled?): not made again", "webhookConfiguration", webhookConfig, "err", err)
+			if apierrors.IsNotFound(err) {
+				log.V(1).Info("Certificate Secret is gone, and so is the webhook configuration (uninstalled?): not made again", "webhookConfiguration", webhookConfig)
+			} else {
+				log.Error(err, "Certificate Secret is gone; could not read the webhook configuration that would own it again", "webhookConfiguration", webhookConfig)
+			}
 			continue
 		}
 		owner := &metav1.OwnerReference{APIVersion: admissionregistrationv1.SchemeGroupVersion.String(), Kind: "MutatingWebhookConfiguration", Name: mwc.Name, UID: mwc.UID}
@@ -194,6 +220,22 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 			continue
 		}
 		log.Info("Certificate Secret was gone; made it again, for a new CA and certificate")
+	}
+}
+
+// configExists is a readiness check that fails while the webhook
+// configuration is missing: the API server does not call the webhook then
+// (pods are admitted without addresses) and the rotator has no caBundle to
+// keep, which it only logs. A wrong --webhook-config-name made every replica
+// Ready all the same. Other errors (the API server not answering) pass: a
+// replica's readiness is not the API server's.
+func configExists(c client.Reader, name string) func(*http.Request) error {
+	return func(req *http.Request) error {
+		err := c.Get(req.Context(), client.ObjectKey{Name: name}, &admissionregistrationv1.MutatingWebhookConfiguration{})
+		if apierrors.IsNotFound(err) {
+			return fmt.Errorf("MutatingWebhookConfiguration %q (--webhook-config-name) does not exist: the API server does not call this webhook, and its caBundle cannot be kept", name)
+		}
+		return nil
 	}
 }
 
@@ -232,10 +274,18 @@ func syncFiles(ctx context.Context, r client.Reader, key types.NamespacedName, d
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create certificate folder: %w", err)
 	}
-	var last string
+	var last, lastErr string
 	for {
 		sec := &corev1.Secret{}
-		if err := r.Get(ctx, key, sec); err == nil {
+		err := r.Get(ctx, key, sec)
+		if err != nil && err.Error() != lastErr { // each new error once, not every second
+			klog.FromContext(ctx).Error(err, "Could not read the certificate Secret; serving the certificate last copied", "secret", key)
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
+		}
+		if err == nil {
 			crt, k := sec.Data["tls.crt"], sec.Data["tls.key"]
 			if len(crt) > 0 && len(k) > 0 && string(crt)+string(k) != last {
 				if err := writeAtomic(filepath.Join(dir, "tls.key"), k); err != nil {

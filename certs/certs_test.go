@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -209,4 +212,103 @@ func signedBy(t *testing.T, file string, caPEM []byte) bool {
 	}
 	_, err = cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: "localhost"})
 	return err == nil
+}
+
+// A serving certificate that lacks one of the replica's DNS names, issued
+// under the same CA after the replica started (by a replica of the previous
+// release, during a rollout that adds a name: its rotator checks only the
+// first name), is dropped, and the rotator issues one with every name. It
+// stood until its renewal, months later.
+func TestCertificateLackingANameReissued(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t)
+	c, err := client.New(apisrv.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mgr, err := ctrl.NewManager(apisrv.Config, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretCheckEvery = 200 * time.Millisecond
+	defer func() { secretCheckEvery = 10 * time.Second }()
+	key := types.NamespacedName{Namespace: "default", Name: "names-cert"} // a controller name of its own (the rotator's is the Secret's)
+	names := []string{"localhost", "stickynet-webhook.default.svc"}
+	ready, err := Setup(ctx, mgr, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: names, WebhookConfig: "stickynet", WriteFiles: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatal("no certificate within 60 s")
+	}
+	sec := &corev1.Secret{}
+	if err := c.Get(ctx, key, sec); err != nil {
+		t.Fatal(err)
+	}
+	pki, err := testenv.LoadPKI(t.TempDir(), sec.Data["ca.crt"], sec.Data["ca.key"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := pki.Issue("old", testenv.CertSpec{CN: names[0], DNS: names[:1], Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.Data["tls.crt"], sec.Data["tls.key"] = old.CertPEM, old.KeyPEM
+	if err := c.Update(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if err := c.Get(ctx, key, sec); err != nil {
+			t.Fatal(err)
+		}
+		missing := missingNames(sec.Data["tls.crt"], names)
+		if len(sec.Data["tls.crt"]) > 0 && len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after a certificate without %s was written, the Secret's lacks %v", names[1], missing)
+		}
+	}
+	if !bytes.Equal(sec.Data["ca.crt"], pki.CAPEM) {
+		t.Error("the CA changed; the caBundle would have had to follow")
+	}
+}
+
+// The readiness check fails, naming the flag, while the webhook
+// configuration does not exist, and passes once it does.
+func TestReadyOnlyWithWebhookConfiguration(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t)
+	c, err := client.New(apisrv.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := configExists(c, "stickynet")
+	req := httptest.NewRequest(http.MethodGet, "/readyz", nil)
+	if err := check(req); err == nil || !strings.Contains(err.Error(), `MutatingWebhookConfiguration "stickynet" (--webhook-config-name) does not exist`) {
+		t.Errorf("without the configuration: %v; want it named, with the flag", err)
+	}
+	url, none := "https://localhost:9443/mutate-pods", admissionregistrationv1.SideEffectClassNone
+	if err := c.Create(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "stickynet"},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name: "pods.stickynet.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			SideEffects: &none, AdmissionReviewVersions: []string{"v1"},
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(req); err != nil {
+		t.Errorf("with the configuration: %v; want ready", err)
+	}
 }

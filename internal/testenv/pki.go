@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -60,6 +61,41 @@ func NewPKI(dir string) (*PKI, error) {
 		return nil, fmt.Errorf("write CA certificate: %w", err)
 	}
 	return p, nil
+}
+
+// LoadPKI is the PKI of an existing CA (certificate and key in PEM; the key
+// PKCS #1, PKCS #8 or EC), issuing into dir: to sign as another program's CA
+// does, such as the webhook's rotator.
+func LoadPKI(dir string, caPEM, keyPEM []byte) (*PKI, error) {
+	cb, _ := pem.Decode(caPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, errors.New("CA certificate or key is not PEM")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse CA certificate: %w", err)
+	}
+	var key any
+	switch kb.Type {
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(kb.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(kb.Bytes)
+	default:
+		key, err = x509.ParsePKCS8PrivateKey(kb.Bytes)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parse CA key (%s): %w", kb.Type, err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("CA key %T does not sign", key)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pki folder: %w", err)
+	}
+	return &PKI{Dir: dir, CAPEM: caPEM, cert: cert, key: signer}, nil
 }
 
 // CertSpec says what one issued certificate is for.

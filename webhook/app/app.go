@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -149,6 +150,18 @@ func (o *Options) Validate() error {
 			if strings.TrimSpace(n) == "" {
 				errs = append(errs, fmt.Errorf("--cert-dns-names %q: expected comma-separated DNS names, none of them empty", strings.Join(o.Certs.DNSNames, ",")))
 				break
+			}
+			// A space after a comma made a certificate for " b.svc", not b.svc.
+			if msgs := validation.IsDNS1123Subdomain(n); len(msgs) > 0 {
+				errs = append(errs, fmt.Errorf("--cert-dns-names %q: %q is not a DNS name: %s", strings.Join(o.Certs.DNSNames, ","), n, strings.Join(msgs, "; ")))
+				break
+			}
+		}
+		// Empty when Options come from code that sets none (main checks
+		// namespace/name): setup refuses that.
+		if s := o.Certs.Secret; s.Namespace != "" || s.Name != "" {
+			if msgs := append(validation.IsDNS1123Label(s.Namespace), validation.IsDNS1123Subdomain(s.Name)...); len(msgs) > 0 {
+				errs = append(errs, fmt.Errorf("--cert-secret %q: expected namespace/name of a Secret: %s", s.Namespace+"/"+s.Name, strings.Join(msgs, "; ")))
 			}
 		}
 	}

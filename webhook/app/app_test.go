@@ -6,6 +6,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/stickynet/stickynet/api/v1alpha1"
 	"github.com/stickynet/stickynet/certs"
@@ -59,6 +60,14 @@ func TestValidate(t *testing.T) {
 		{func(o *Options) { o.ShutdownDelay = -time.Second }, `--shutdown-delay -1s`},
 		{func(o *Options) { o.Certs.DNSNames = []string{""} }, `--cert-dns-names "": expected comma-separated DNS names, none of them empty`},
 		{func(o *Options) { o.Certs.DNSNames = append(o.Certs.DNSNames, " ") }, `--cert-dns-names "stickynet-webhook.stickynet-system.svc, "`},
+		// A space after a comma made a certificate for " b.svc".
+		{func(o *Options) { o.Certs.DNSNames = []string{"a.svc", " b.svc"} }, `--cert-dns-names "a.svc, b.svc": " b.svc" is not a DNS name: a lowercase RFC 1123 subdomain`},
+		{func(o *Options) { o.Certs.DNSNames = []string{"a.svc", "b.svc.cluster.local"} }, ""},
+		{func(o *Options) {
+			o.Certs.Secret = types.NamespacedName{Namespace: "stickynet-system", Name: "stickynet-webhook-cert"}
+		}, ""},
+		// Refused by the API server only once the webhook ran, naming no flag.
+		{func(o *Options) { o.Certs.Secret = types.NamespacedName{Namespace: "ns", Name: "a/b"} }, `--cert-secret "ns/a/b": expected namespace/name of a Secret: a lowercase RFC 1123 subdomain`},
 		{func(o *Options) { o.Certs = certs.Options{Mode: certs.ModeCertManager} }, ""},
 		// A mistyped mode was found only after the etcd connection and the
 		// manager's start, without naming the flag.
