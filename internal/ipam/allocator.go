@@ -235,7 +235,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) (Allocation, erro
 		}
 		if err := a.fillLeases(ctx, p); err != nil {
 			a.unclaim(req.Pool.Name, p)
-			return Allocation{}, err
+			return Allocation{}, fmt.Errorf("claim address for %s in pool %s: %w", req.Identity, req.Pool.Name, err)
 		}
 		won, beat, err := a.commit(ctx, p)
 		a.unclaim(req.Pool.Name, p)
@@ -1008,7 +1008,7 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 			ak := a.keys.addrKey(ppool, pip)
 			got, err := a.s.Get(ctx, ak)
 			if err != nil {
-				return 0, fmt.Errorf("read %s: %w", ak, err)
+				return 0, fmt.Errorf("claim address for %s in pool %s: read %s: %w", req.Identity, req.Pool.Name, ak, err)
 			}
 			if got != nil {
 				a.applyLate([]store.Event{{Type: store.EventPut, KV: *got}})

@@ -126,7 +126,7 @@ func (a *Allocator) Bind(ctx context.Context, b Binding) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("bind %s of pool %s: %w", b.IP, b.Pool, ErrContention)
+	return fmt.Errorf("bind %s of pool %s to pod %s: %w", b.IP, b.Pool, b.Pod, ErrContention)
 }
 
 // Adoption is an address a live pod carries, as its annotations say.
@@ -260,7 +260,7 @@ func (a *Allocator) Release(ctx context.Context, pool string, ip netip.Addr, ide
 			return true, nil
 		}
 	}
-	return false, fmt.Errorf("release %s of pool %s: %w", ip, pool, ErrContention)
+	return false, fmt.Errorf("release %s of pool %s from %s: %w", ip, pool, identity, ErrContention)
 }
 
 // release cools e (as Release does) if neither its record nor its hold has
