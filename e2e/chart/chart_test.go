@@ -158,6 +158,9 @@ func TestWebhookReadinessProbe(t *testing.T) {
 	if err := yaml.Unmarshal(render(t)["Deployment/stickynet-webhook"], &dep); err != nil {
 		t.Fatal(err)
 	}
+	if len(dep.Spec.Template.Spec.Containers) == 0 {
+		t.Fatal("the chart renders no Deployment/stickynet-webhook with containers")
+	}
 	for _, c := range dep.Spec.Template.Spec.Containers {
 		period, fails := c.ReadinessProbe.PeriodSeconds, c.ReadinessProbe.FailureThreshold
 		if period == 0 {
@@ -866,6 +869,9 @@ func podTemplate(t *testing.T, doc []byte) corev1.PodTemplateSpec {
 	}
 	if err := yaml.Unmarshal(doc, &obj); err != nil {
 		t.Fatal(err)
+	}
+	if len(obj.Spec.Template.Spec.Containers) == 0 { // an object the render lacks reads as an empty template
+		t.Fatalf("no pod template with containers in %.60q", doc)
 	}
 	return obj.Spec.Template
 }
