@@ -197,6 +197,27 @@ func TestSriovAttachDetach(t *testing.T) {
 	}
 }
 
+// A VF keeps its own MTU under the agent's --mtu, which is for the veths on
+// the OVS fabric: a VF cannot exceed its PF's MTU, and --mtu 9000 beside a
+// PF at 1500 failed every VF pod's ADD. The pod's limits count frames of the
+// VF's MTU.
+func TestSriovKeepsVFMTU(t *testing.T) {
+	s := newSriovEnv(t, 1, func(o *agent.Options) { o.MTU = 9000 })
+	p := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	if _, err := s.cni.Add(p.rt); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if l, err := handleIn(t, p.netns).LinkByName("eth0"); err != nil || l.Attrs().MTU != 1400 {
+		t.Fatalf("pod eth0: %v %v; want the VF's MTU 1400, not --mtu 9000", l, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(s.opts.CacheDir, "ctr-a_eth0.json")); err != nil || !strings.Contains(string(b), `"mtu": 1400`) {
+		t.Errorf("record: %v\n%s; want the VF's MTU 1400, by which the pod's limits count frames", err, b)
+	}
+	if err := s.cni.Del(p.rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+}
+
 func TestSriovNetnsGoneAndExhaustion(t *testing.T) {
 	s := newSriovEnv(t, 2, func(o *agent.Options) { o.PodWait = 300 * time.Millisecond })
 	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))

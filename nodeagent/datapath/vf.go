@@ -47,6 +47,11 @@ func (d *Datapath) PrepareVF(a *Attachment) error {
 		return fmt.Errorf("VF %d of %s: netdev %s: %w", a.VF.Index, a.VF.PF, a.VF.NetDev, err)
 	}
 	a.VF.OrigMAC, a.VF.OrigMTU = l.Attrs().HardwareAddr.String(), l.Attrs().MTU
+	// A VF keeps its own MTU, and the pod's limits count frames of it: its
+	// traffic leaves through the PF, on the PF's network, not on the OVS
+	// fabric the agent's --mtu is for, and a VF cannot exceed its PF's MTU
+	// (--mtu 9000 beside a PF at 1500 failed every VF pod's ADD).
+	a.MTU = a.VF.OrigMTU
 	if a.VF.Original, err = d.pf.VfConfig(a.VF.PF, a.VF.Index); err != nil {
 		return fmt.Errorf("read VF %d of %s: %w", a.VF.Index, a.VF.PF, err)
 	}
@@ -108,11 +113,6 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 	}
 	if err := pn.nl.LinkSetHardwareAddr(pl, mac); err != nil {
 		return fmt.Errorf("set MAC of %s: %w", a.IfName, err)
-	}
-	if a.MTU > 0 {
-		if err := pn.nl.LinkSetMTU(pl, a.MTU); err != nil {
-			return fmt.Errorf("set MTU of %s: %w", a.IfName, err)
-		}
 	}
 	if err := d.configurePodLink(a, pn, false); err != nil {
 		return err
