@@ -634,7 +634,8 @@ func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error)
 	defer unlock()
 	if at := a.get(key); at != nil {
 		err := a.remove(ctx, at)
-		if err != nil && at.VF == nil && !a.dp.HostVethExists(at.HostVeth) {
+		switch {
+		case err != nil && at.VF == nil && !a.dp.HostVethExists(at.HostVeth):
 			// Only OVS's port row is left (ovsdb-server does not answer):
 			// nothing on the node carries the pod's addresses. The DEL
 			// succeeds, so that the runtime can finish stopping the pod (a
@@ -642,6 +643,15 @@ func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error)
 			// stays tracked: resync's sweep removes the row and the record
 			// once OVS answers. Before, the pod stayed Terminating as long.
 			klog.FromContext(ctx).Info("Pod's veth removed; its OVS port is removed once OVS answers", "pod", at.Pod(), "key", key, "err", err)
+			return nil, nil
+		case err != nil && at.VF != nil && a.dp.HostLinkExists(at.VF.NetDev):
+			// The VF's netdev is back in the node; what failed is putting
+			// its former settings back (the PF refused, for now). Likewise
+			// the DEL succeeds and the attachment stays tracked, the VF
+			// given to no other pod: resync's sweep restores it once the
+			// sandbox is gone. Before, every DEL failed while the PF
+			// refused, and the pod stayed Terminating.
+			klog.FromContext(ctx).Info("Pod's VF back in the node; its former settings are restored once the PF takes them", "pod", at.Pod(), "key", key, "pf", at.VF.PF, "vf", at.VF.Index, "err", err)
 			return nil, nil
 		}
 		return nil, err
