@@ -6,7 +6,9 @@
 //
 // Defaults (DESIGN.md, "Datapath on a node"): the tbf queue holds at least
 // 25 ms at the rate (50 ms here: on the userspace datapath a single TCP
-// stream at 300 Mbit/s reached only ~92 % of the rate with a 25 ms queue); the
+// stream at 300 Mbit/s reached only ~92 % of the rate with a 25 ms queue),
+// and at least the burst (below about 10.5 Mbit/s the 64 KiB burst is the
+// longer: half a second of queue at 1 Mbit/s); the
 // tbf burst is 8 ms at the rate but at least 64 KiB (with 2 ms, 300 Mbit/s
 // reached 89-99 % from run to run, with 8 ms 99-100 %); the meter and policing
 // burst is 80 % of one second at the rate, which a drop-only policer needs
@@ -75,8 +77,9 @@ type TBFParams struct {
 	LimitBytes uint32 // queue size
 }
 
-// frameOverhead is an Ethernet frame's bytes beyond its MTU: header, VLAN
-// tag and checksum (annotations.MinBurst is one frame of MTU 1500).
+// frameOverhead is an Ethernet frame's bytes beyond its MTU: header and
+// checksum, no VLAN tag (the pod's veth is an access port;
+// annotations.MinBurst is one frame of MTU 1500).
 const frameOverhead = annotations.MinBurst/8 - 1500
 
 // frameBytes is the largest frame on a link of MTU mtu (0: the kernel's

@@ -1,8 +1,9 @@
 // Package sriov owns the SR-IOV side of the node agent: finding the virtual
 // functions (VFs) of physical functions (PFs) in sysfs under a configurable
-// root, the PF-side VF settings (MAC, VLAN, spoof check, trust, max_tx_rate,
-// link state) behind a small interface, and moving a VF's netdev into a pod's
-// network namespace and back, restoring the VF as it was found.
+// root, and the PF-side VF settings (MAC, VLAN, spoof check, trust,
+// max_tx_rate, link state) behind a small interface, applied and restored as
+// they were found. Moving a VF's netdev into a pod's network namespace and
+// back is package datapath's (SetupVF, teardownVF).
 package sriov
 
 import (
