@@ -23,7 +23,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
@@ -69,6 +71,9 @@ type Options struct {
 	Kubeconfig string
 	// Pods replaces the informer (tests, simulations); then Kubeconfig is unused.
 	Pods PodSource
+	// Events records events on pods (a bandwidth change the agent refuses);
+	// nil: made from the API client, none without one.
+	Events events.EventRecorder
 	// Netns is the node's network namespace (a path); empty means the agent's
 	// own. OVS must run in the same namespace.
 	Netns string
@@ -208,6 +213,7 @@ type agent struct {
 	pods     PodSource
 	nets     SriovNetworkSource
 	kube     kubernetes.Interface // nil without an API server
+	events   events.EventRecorder // nil: none
 	ovs      *ovs.Client
 	dp       *datapath.Datapath
 	store    *state.Store
@@ -271,6 +277,15 @@ func Run(ctx context.Context, opts Options) error {
 	if pods == nil {
 		pods = podsource.NewInformer(kube, opts.NodeName)
 	}
+	recorder := opts.Events
+	if recorder == nil && kube != nil {
+		b := events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
+		if err := b.StartRecordingToSinkWithContext(ctx); err != nil {
+			return fmt.Errorf("start recording events: %w", err)
+		}
+		defer b.Shutdown()
+		recorder = b.NewRecorder(scheme.Scheme, "stickynet-nodeagent")
+	}
 	nets := opts.SriovNetworks
 	if nets == nil && dyn != nil {
 		nets = podsource.NewSriovNetworkInformer(dyn)
@@ -330,6 +345,7 @@ func Run(ctx context.Context, opts Options) error {
 		pods:     pods,
 		nets:     nets,
 		kube:     kube,
+		events:   recorder,
 		ovs:      oc,
 		store:    store,
 		keyLocks: newKeyLocks(),

@@ -292,7 +292,7 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 		}
 		asg, err := annotations.ParseAssignment(pod.Annotations)
 		if ae := (*annotations.Error)(nil); errors.As(err, &ae) && slices.Contains(annotations.BandwidthKeys, ae.Key) {
-			refuseBandwidth(ctx, pod, at, err) // edited onto the running pod: no retry
+			a.refuseBandwidth(ctx, pod, at, err) // edited onto the running pod: no retry
 			continue
 		}
 		if err != nil {
@@ -303,7 +303,7 @@ func (a *agent) applyBandwidth(ctx context.Context, podKey string) error {
 			// A kubernetes.io rate beside the stickynet one the webhook
 			// wrote, edited onto the running pod: the stickynet key stays
 			// in force.
-			refuseBandwidth(ctx, pod, at, err)
+			a.refuseBandwidth(ctx, pod, at, err)
 		}
 		unlock, err := a.lockKey(ctx, at.Key())
 		if err != nil {
@@ -346,7 +346,7 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 		return want, true
 	}
 	if err := annotations.CheckBandwidth(pod.Annotations, want); err != nil {
-		refuseBandwidth(ctx, pod, at, err)
+		a.refuseBandwidth(ctx, pod, at, err)
 		return at.Bandwidth, !at.LimitsUnknown
 	}
 	if at.VF != nil && want.Ingress.Rate > 0 && want.Ingress != at.Bandwidth.Ingress {
@@ -358,11 +358,17 @@ func (a *agent) bandwidthFor(ctx context.Context, pod *corev1.Pod, at *datapath.
 	return want, true
 }
 
-// refuseBandwidth logs and counts a bandwidth change the agent does not
+// refuseBandwidth logs, counts and records on the pod (a Warning
+// BandwidthNotApplied event, which kubectl describe shows; the recorder
+// folds repeats into one series) a bandwidth change the agent does not
 // make: at keeps its limits.
-func refuseBandwidth(ctx context.Context, pod *corev1.Pod, at *datapath.Attachment, err error) {
+func (a *agent) refuseBandwidth(ctx context.Context, pod *corev1.Pod, at *datapath.Attachment, err error) {
 	klog.FromContext(ctx).Error(err, "Bandwidth change refused: the pod keeps its limits", "pod", klog.KObj(pod), "key", at.Key(), "limits", at.Bandwidth)
 	bandwidthRefused.Inc()
+	if a.events != nil {
+		a.events.Eventf(pod, nil, corev1.EventTypeWarning, "BandwidthNotApplied", "ApplyBandwidth",
+			"%v; the pod keeps the limits in force on node %s", err, a.opts.NodeName)
+	}
 }
 
 // resyncLoop re-checks every attachment's limits against what is installed,

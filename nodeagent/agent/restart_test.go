@@ -10,11 +10,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/stickynet/stickynet/internal/annotations"
 	"github.com/stickynet/stickynet/internal/testenv"
@@ -374,7 +376,8 @@ func TestBridgeDeletedIsRebuilt(t *testing.T) {
 // TestLiveBandwidthApplied changes and removes limits through annotations
 // and checks what is installed (the measured version is in bandwidth_test.go).
 func TestLiveBandwidthApplied(t *testing.T) {
-	e := newEnv(t, nil)
+	evs := &eventLog{}
+	e := newEnv(t, func(o *agent.Options) { o.Events = evs })
 	a := e.addPod(podSpec{name: "a", ips: "10.90.0.10/24", mac: "02:00:0a:5a:00:0a"})
 	port := e.ovsPortOf("ctr-a")
 	ofport, _ := strconv.Atoi(e.node.OVS.Vsctl(t, "get", "Interface", port, "ofport"))
@@ -397,14 +400,14 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		ingress, egress string
 		ingressBurst    string // bits; "" means none
 		k8sIngress      string // kubernetes.io/ingress-bandwidth; "" means none
-		refused         bool   // the agent refuses the change and keeps the limits
+		refused         string // the key for which the agent refuses the change, keeping the limits
 		wantTBF         uint64 // bytes/s
 		wantMeter       string // "" means no meter
 	}{
 		{ingress: "10M", egress: "20M", wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
 		// A burst below one frame, edited onto the running pod (the webhook
 		// refuses it at admission): refused, the limits stay.
-		{ingress: "10M", egress: "20M", ingressBurst: "100", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{ingress: "10M", egress: "20M", ingressBurst: "100", refused: annotations.IngressBurst, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
 		// The webhook writes the stickynet key beside the pod's own
 		// kubernetes.io key; an edit of the latter alone is refused, as is
 		// a malformed value (the pod's assignment stays readable: before,
@@ -412,8 +415,8 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		// sandbox failed). Without the stickynet key the kubernetes.io
 		// key applies.
 		{ingress: "10M", egress: "20M", k8sIngress: "10M", wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
-		{ingress: "10M", egress: "20M", k8sIngress: "20M", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
-		{ingress: "10Mbps", egress: "20M", refused: true, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{ingress: "10M", egress: "20M", k8sIngress: "20M", refused: annotations.KubernetesIngressBandwidth, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
+		{ingress: "10Mbps", egress: "20M", refused: annotations.IngressBandwidth, wantTBF: 10e6 / 8, wantMeter: "rate=20000 "},
 		{egress: "20M", k8sIngress: "20M", wantTBF: 20e6 / 8, wantMeter: "rate=20000 "},
 		{ingress: "15M", egress: "", wantTBF: 15e6 / 8},
 		{ingress: "", egress: "5M", wantTBF: 0, wantMeter: "rate=5000 "},
@@ -437,9 +440,14 @@ func TestLiveBandwidthApplied(t *testing.T) {
 			pod.Annotations[annotations.KubernetesIngressBandwidth] = s.k8sIngress
 		}
 		refusedBefore := bandwidthRefused(t)
+		evs.take()
 		e.pods.Set(pod)
-		if s.refused {
+		if s.refused != "" {
 			waitFor(t, fmt.Sprintf("step %d refused", i), func() bool { return bandwidthRefused(t) > refusedBefore })
+			// On the pod too, where kubectl describe shows it.
+			if got := evs.take(); len(got) == 0 || !strings.HasPrefix(got[0], "Warning BandwidthNotApplied annotation "+s.refused+": invalid value") || !strings.Contains(got[0], "the pod keeps the limits in force on node") {
+				t.Errorf("step %d: events %q; want a Warning BandwidthNotApplied naming %s", i, got, s.refused)
+			}
 		}
 		waitFor(t, fmt.Sprintf("step %d", i), func() bool {
 			meter, flow := meterOf()
@@ -461,6 +469,28 @@ func TestLiveBandwidthApplied(t *testing.T) {
 	if got := tbfRate(t, e, e.ovsPortOf("ctr-b")); got != 10e6/8 {
 		t.Errorf("tbf of a pod added with %s 10M and %s 20M: %d bytes/s, want %d", annotations.IngressBandwidth, annotations.KubernetesIngressBandwidth, got, uint64(10e6/8))
 	}
+}
+
+// eventLog is an events.EventRecorder that keeps each event as "type
+// reason note".
+type eventLog struct {
+	mu  sync.Mutex
+	evs []string
+}
+
+func (l *eventLog) Eventf(_, _ runtime.Object, eventtype, reason, _, note string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.evs = append(l.evs, eventtype+" "+reason+" "+fmt.Sprintf(note, args...))
+}
+
+// take returns the events recorded since the last take.
+func (l *eventLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	evs := l.evs
+	l.evs = nil
+	return evs
 }
 
 // bandwidthRefused reads stickynet_nodeagent_bandwidth_refused_total from
