@@ -69,7 +69,7 @@ func Setup(stopping context.Context, mgr manager.Manager, o Options) (<-chan str
 		if err != nil {
 			return nil, fmt.Errorf("client for the certificate secret: %w", err)
 		}
-		if err := ensureSecret(c, o.Secret, o.DNSNames, nil); err != nil {
+		if err := ensureSecret(c, o.Secret, o.DNSNames, configOwner(c, o.WebhookConfig)); err != nil {
 			return nil, err
 		}
 		ready := make(chan struct{})
@@ -214,13 +214,30 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 			}
 			continue
 		}
-		owner := &metav1.OwnerReference{APIVersion: admissionregistrationv1.SchemeGroupVersion.String(), Kind: "MutatingWebhookConfiguration", Name: mwc.Name, UID: mwc.UID}
-		if err := ensureSecret(c, key, dnsNames, owner); err != nil {
+		if err := ensureSecret(c, key, dnsNames, ownedBy(mwc)); err != nil {
 			log.Error(err, "Certificate Secret is gone and could not be made again")
 			continue
 		}
 		log.Info("Certificate Secret was gone; made it again, for a new CA and certificate")
 	}
+}
+
+func ownedBy(mwc *admissionregistrationv1.MutatingWebhookConfiguration) *metav1.OwnerReference {
+	return &metav1.OwnerReference{APIVersion: admissionregistrationv1.SchemeGroupVersion.String(), Kind: "MutatingWebhookConfiguration", Name: mwc.Name, UID: mwc.UID}
+}
+
+// configOwner is the owner of a Secret made at start: the webhook
+// configuration, as for one made again (keepSecret), so that the garbage
+// collector removes it with the configuration; nil when that cannot be read
+// (not made yet, as outside the chart): the replica starts all the same.
+func configOwner(c client.Reader, name string) *metav1.OwnerReference {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := c.Get(ctx, client.ObjectKey{Name: name}, mwc); err != nil {
+		return nil
+	}
+	return ownedBy(mwc)
 }
 
 // configExists is a readiness check that fails while the webhook

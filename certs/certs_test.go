@@ -144,6 +144,12 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 	if !ok {
 		t.Fatal("the Secret was not filled")
 	}
+	// Made at start (it did not exist), it is owned by the configuration
+	// as one made again is (below).
+	if sec, mwc := (&corev1.Secret{}), (&admissionregistrationv1.MutatingWebhookConfiguration{}); c.Get(ctx, key, sec) != nil || c.Get(ctx, client.ObjectKey{Name: "stickynet"}, mwc) != nil ||
+		len(sec.OwnerReferences) != 1 || sec.OwnerReferences[0].UID != mwc.UID {
+		t.Errorf("owners of the Secret made at start: %+v; want the webhook configuration (uid %s)", sec.OwnerReferences, mwc.UID)
+	}
 	if err := c.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}); err != nil {
 		t.Fatal(err)
 	}
