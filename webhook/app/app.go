@@ -124,13 +124,13 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %s: expected a duration of 0 (the default) or more", d.flag, d.value))
 		}
 	}
-	// A negative port turns controller-runtime's server off while its
-	// readiness check passes: a replica Ready that serves nothing.
 	if o.NodeAgentDaemonSet != "" {
 		if _, err := workload.ParseDaemonSet(o.NodeAgentDaemonSet); err != nil {
 			errs = append(errs, fmt.Errorf("--node-agent-daemonset: %w", err))
 		}
 	}
+	// A negative port turns controller-runtime's server off while its
+	// readiness check passes: a replica Ready that serves nothing.
 	if o.Port < 0 || o.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d: expected a TCP port from 1 to 65535 (0: the default, 9443)", o.Port))
 	}
