@@ -148,22 +148,31 @@ func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string, 
 	if !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create certificate secret %s: %w", key, err)
 	}
-	sec = &corev1.Secret{}
+	_, err = dropLacking(ctx, c, key, dnsNames)
+	return err
+}
+
+// dropLacking drops the Secret's serving certificate and key when the
+// certificate lacks one of dnsNames, and returns the names it lacked. It
+// makes no Secret: one gone meanwhile (an uninstall) stays gone.
+func dropLacking(ctx context.Context, c client.Client, key types.NamespacedName, dnsNames []string) ([]string, error) {
+	sec := &corev1.Secret{}
 	if err := c.Get(ctx, key, sec); err != nil {
-		return fmt.Errorf("read certificate secret %s: %w", key, err)
+		return nil, client.IgnoreNotFound(fmt.Errorf("read certificate secret %s: %w", key, err))
 	}
 	missing := missingNames(sec.Data["tls.crt"], dnsNames)
 	if len(missing) == 0 {
-		return nil
+		return nil, nil
 	}
 	delete(sec.Data, "tls.crt")
 	delete(sec.Data, "tls.key")
 	// A conflict: another replica changed the Secret first (this same
-	// change, or the rotator's); either way the rotator sees it.
-	if err := c.Update(ctx, sec); err != nil && !apierrors.IsConflict(err) {
-		return fmt.Errorf("drop the serving certificate of %s, which lacks %v: %w", key, missing, err)
+	// change, or the rotator's); either way the rotator sees it, and the
+	// next check looks again.
+	if err := c.Update(ctx, sec); err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+		return missing, fmt.Errorf("drop the serving certificate of %s, which lacks %v: %w", key, missing, err)
 	}
-	return nil
+	return missing, nil
 }
 
 // secretCheckEvery is how often each replica checks the Secret.
@@ -190,15 +199,12 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 			return nil
 		case <-time.After(secretCheckEvery):
 		}
-		sec := &corev1.Secret{}
-		err := c.Get(ctx, key, sec)
+		err := c.Get(ctx, key, &corev1.Secret{})
 		if err == nil {
-			if missing := missingNames(sec.Data["tls.crt"], dnsNames); len(missing) > 0 {
-				if err := ensureSecret(c, key, dnsNames, nil); err != nil {
-					log.Error(err, "Serving certificate lacks DNS names and could not be dropped", "missing", missing)
-				} else {
-					log.Info("Serving certificate lacked DNS names (issued by a replica of another release?); dropped it, for one with them under the same CA", "missing", missing)
-				}
+			if missing, err := dropLacking(ctx, c, key, dnsNames); err != nil {
+				log.Error(err, "Serving certificate lacks DNS names and could not be dropped")
+			} else if len(missing) > 0 {
+				log.Info("Serving certificate lacked DNS names (issued by a replica of another release?); dropped it, for one with them under the same CA", "missing", missing)
 			}
 			continue
 		}
@@ -244,11 +250,14 @@ func configOwner(c client.Reader, name string) *metav1.OwnerReference {
 // configuration is missing: the API server does not call the webhook then
 // (pods are admitted without addresses) and the rotator has no caBundle to
 // keep, which it only logs. A wrong --webhook-config-name made every replica
-// Ready all the same. Other errors (the API server not answering) pass: a
-// replica's readiness is not the API server's.
+// Ready all the same. Other errors, a slow answer among them (500 ms, within
+// the chart's probe timeout), pass: a replica's readiness is not the API
+// server's, and every replica would fail together.
 func configExists(c client.Reader, name string) func(*http.Request) error {
 	return func(req *http.Request) error {
-		err := c.Get(req.Context(), client.ObjectKey{Name: name}, &admissionregistrationv1.MutatingWebhookConfiguration{})
+		ctx, cancel := context.WithTimeout(req.Context(), 500*time.Millisecond)
+		defer cancel()
+		err := c.Get(ctx, client.ObjectKey{Name: name}, &admissionregistrationv1.MutatingWebhookConfiguration{})
 		if apierrors.IsNotFound(err) {
 			return fmt.Errorf("MutatingWebhookConfiguration %q (--webhook-config-name) does not exist: the API server does not call this webhook, and its caBundle cannot be kept", name)
 		}
@@ -291,28 +300,33 @@ func syncFiles(ctx context.Context, r client.Reader, key types.NamespacedName, d
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create certificate folder: %w", err)
 	}
-	var last, lastErr string
+	log := klog.FromContext(ctx).WithValues("secret", key, "dir", dir)
+	// report logs each new error once, not every second.
+	report := func(last *string, err error, msg string) {
+		if err != nil && err.Error() != *last {
+			log.Error(err, msg)
+		}
+		*last = ""
+		if err != nil {
+			*last = err.Error()
+		}
+	}
+	var last, readErr, writeErr string
 	for {
 		sec := &corev1.Secret{}
 		err := r.Get(ctx, key, sec)
-		if err != nil && err.Error() != lastErr { // each new error once, not every second
-			klog.FromContext(ctx).Error(err, "Could not read the certificate Secret; serving the certificate last copied", "secret", key)
-		}
-		lastErr = ""
-		if err != nil {
-			lastErr = err.Error()
-		}
-		if err == nil {
-			crt, k := sec.Data["tls.crt"], sec.Data["tls.key"]
-			if len(crt) > 0 && len(k) > 0 && string(crt)+string(k) != last {
-				if err := writeAtomic(filepath.Join(dir, "tls.key"), k); err != nil {
-					return err
-				}
-				if err := writeAtomic(filepath.Join(dir, "tls.crt"), crt); err != nil {
-					return err
-				}
+		report(&readErr, err, "Could not read the certificate Secret; serving the certificate last copied")
+		if crt, k := sec.Data["tls.crt"], sec.Data["tls.key"]; err == nil && len(crt) > 0 && len(k) > 0 && string(crt)+string(k) != last {
+			err := writeAtomic(filepath.Join(dir, "tls.key"), k)
+			if err == nil {
+				err = writeAtomic(filepath.Join(dir, "tls.crt"), crt)
+			}
+			if err == nil {
 				last = string(crt) + string(k)
 			}
+			// A Secret mounted read-only there, say: the files it has are
+			// served. Tried again each second.
+			report(&writeErr, err, "Could not copy the certificate into the folder (a Secret mounted there? then --cert-write-files=false)")
 		}
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/stickynet/stickynet/internal/testenv"
@@ -316,5 +317,67 @@ func TestReadyOnlyWithWebhookConfiguration(t *testing.T) {
 	}
 	if err := check(req); err != nil {
 		t.Errorf("with the configuration: %v; want ready", err)
+	}
+	// An API server that does not answer fails no replica: the check gives
+	// up within the chart's probe timeout (1 s) and passes.
+	start := time.Now()
+	if err := configExists(hung{}, "stickynet")(req); err != nil || time.Since(start) > time.Second {
+		t.Errorf("with the API server not answering: %v after %s; want ready within 1 s", err, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// hung is an API server that answers NotFound after 3 s, unless the
+// caller gives up first.
+type hung struct{ client.Reader }
+
+func (hung) Get(ctx context.Context, key client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(3 * time.Second):
+		return apierrors.NewNotFound(admissionregistrationv1.Resource("mutatingwebhookconfigurations"), key.Name)
+	}
+}
+
+// A certificate that cannot be copied into the folder (a Secret mounted
+// there read-only, with --cert-write-files on, its default) is logged and
+// tried again each second; before, the copier returned its error, which
+// stopped the webhook.
+func TestSyncFilesOutlivesWriteErrors(t *testing.T) {
+	key := types.NamespacedName{Namespace: "default", Name: "cert"}
+	c := fake.NewClientBuilder().WithObjects(&corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
+		Data:       map[string][]byte{"tls.crt": []byte("crt"), "tls.key": []byte("key")},
+	}).Build()
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "tls.key.tmp") // a folder where the key's temporary file goes
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- syncFiles(ctx, c, key, dir) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("syncFiles: %v", err)
+		}
+	}()
+	select {
+	case err := <-done:
+		done <- err
+		t.Fatalf("syncFiles returned on a write error: %v; want it to keep trying", err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if b, err := os.ReadFile(filepath.Join(dir, "tls.crt")); err == nil && string(b) == "crt" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("5 s after the folder could be written, no tls.crt in it")
+		}
 	}
 }
