@@ -644,14 +644,18 @@ func (a *agent) del(ctx context.Context, req api.Request) (*api.Fallback, error)
 			// once OVS answers. Before, the pod stayed Terminating as long.
 			klog.FromContext(ctx).Info("Pod's veth removed; its OVS port is removed once OVS answers", "pod", at.Pod(), "key", key, "err", err)
 			return nil, nil
-		case err != nil && at.VF != nil && a.dp.HostLinkExists(at.VF.NetDev):
-			// The VF's netdev is back in the node; what failed is putting
-			// its former settings back (the PF refused, for now). Likewise
-			// the DEL succeeds and the attachment stays tracked, the VF
-			// given to no other pod: resync's sweep restores it once the
-			// sandbox is gone. Before, every DEL failed while the PF
-			// refused, and the pod stayed Terminating.
-			klog.FromContext(ctx).Info("Pod's VF back in the node; its former settings are restored once the PF takes them", "pod", at.Pod(), "key", key, "pf", at.VF.PF, "vf", at.VF.Index, "err", err)
+		case err != nil && a.dp.VFOutOfPod(at):
+			// The VF's netdev is back in the node and the PF no longer
+			// gives it the pod's MAC; what failed is putting the rest of
+			// its former state back (a VLAN or rate the PF refused, for
+			// now). Likewise the DEL succeeds and the attachment stays
+			// tracked, the VF given to no other pod: resync's sweep
+			// restores it once the sandbox is gone (with --resync-period
+			// 0, the agent's next start does). Before, every DEL failed
+			// while the PF refused, and the pod stayed Terminating. While
+			// the PF still gives the VF the pod's MAC, the DEL fails: the
+			// pod's identity must not start elsewhere meanwhile.
+			klog.FromContext(ctx).Info("Pod's VF out of the pod; the rest of its former state is put back later", "pod", at.Pod(), "key", key, "pf", at.VF.PF, "vf", at.VF.Index, "err", err)
 			return nil, nil
 		}
 		return nil, err

@@ -386,25 +386,36 @@ func vf0KeptUntilDEL(t *testing.T, s *sriovEnv, a *testPod) *testPod {
 	return b
 }
 
-// A DEL whose VF's former settings the PF refuses to take back (for now)
-// succeeds once the VF's netdev is back in the node, so the pod can finish
-// terminating; the VF stays the pod's, given to no other, until resync's
-// sweep restores it after the sandbox is gone. Before, every DEL failed
-// while the PF refused, and the pod stayed Terminating.
+// A DEL whose VF's former VLAN the PF refuses to take back (for now)
+// succeeds once the VF's netdev is back in the node and the PF no longer
+// gives the VF the pod's MAC, so the pod can finish terminating; the VF
+// stays the pod's, given to no other, until resync's sweep restores it
+// after the sandbox is gone. Before, every DEL failed while the PF refused,
+// and the pod stayed Terminating. While the PF still gives the VF the pod's
+// MAC, the DEL fails: the pod's identity must not start elsewhere meanwhile.
 func TestSriovDelRestoreRefused(t *testing.T) {
 	s := newSriovEnv(t, 2, func(o *agent.Options) { o.ResyncPeriod = 300 * time.Millisecond })
 	a := s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
 	s.pf.SetFail("SetVfHardwareAddr", errors.New("PF busy"))
+	if err := s.cni.Del(a.rt); err == nil || !strings.Contains(err.Error(), "PF busy") {
+		t.Fatalf("DEL with the PF refusing the VF's own MAC: %v; want the refusal (the VF would still send as the pod)", err)
+	}
+	s.pf.SetFail("SetVfHardwareAddr", nil)
+	if err := s.cni.Del(a.rt); err != nil { // the runtime's next try
+		t.Fatalf("DEL once the PF takes the MAC: %v", err)
+	}
+	a = s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil)) // VF 0 again
+	s.pf.SetFail("SetVfVlan", errors.New("PF busy"))
 	if err := s.cni.Del(a.rt); err != nil {
-		t.Fatalf("DEL with the PF refusing the VF's MAC: %v; want it to succeed, the VF's netdev back in the node", err)
+		t.Fatalf("DEL with the PF refusing the VF's former VLAN only: %v; want it to succeed, the VF out of the pod", err)
 	}
 	if _, err := s.hostHandle().LinkByName("pf0v0"); err != nil {
 		t.Fatalf("VF 0's netdev not back in the node after DEL: %v", err)
 	}
-	if got, _ := s.pf.VfConfig("pf0", 0); got.MAC != "02:00:0a:5e:00:0a" {
-		t.Fatalf("VF 0 after the refused restore is %+v; the test wants the PF to have kept the pod's MAC", got)
+	if got, _ := s.pf.VfConfig("pf0", 0); got.VLAN != 100 || got.MAC != untouched.MAC {
+		t.Fatalf("VF 0 after the DEL is %+v; the test wants its own MAC back and the pod's VLAN 100 left", got)
 	}
-	s.pf.SetFail("SetVfHardwareAddr", nil) // the PF would take it now: only the sweep may give it back
+	s.pf.SetFail("SetVfVlan", nil) // the PF would take it now: only the sweep may give it back
 	b := s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
 	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0b" {
 		t.Errorf("b's VF 1 is %+v; want b's MAC (VF 0, not restored, still a's)", got)

@@ -35,6 +35,19 @@ func (d *Datapath) HostLinkExists(name string) bool {
 	return err == nil
 }
 
+// VFOutOfPod reports whether nothing of the attachment's VF is the pod's any
+// more, whatever else of its former state is still to be put back: its
+// netdev is in the node, and the PF no longer gives the VF the pod's MAC
+// (were it brought up, the VF would send as the pod, whose identity may be
+// running elsewhere by then). false when that cannot be read.
+func (d *Datapath) VFOutOfPod(a *Attachment) bool {
+	if a.VF == nil || d.pf == nil || !d.HostLinkExists(a.VF.NetDev) {
+		return false
+	}
+	cur, err := d.pf.VfConfig(a.VF.PF, a.VF.Index)
+	return err == nil && !strings.EqualFold(cur.MAC, a.MAC)
+}
+
 // PrepareVF records how the attachment's VF is now (netdev MAC and MTU,
 // PF-side settings), changing nothing: the caller stores the record before
 // SetupVF changes anything.
