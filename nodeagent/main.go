@@ -36,7 +36,7 @@ func main() {
 	fs.StringVar(&o.OVSRunDir, "ovs-rundir", "/var/run/openvswitch", "ovs-vswitchd run folder (bridge management sockets)")
 	fs.StringVar(&o.Vsctl, "ovs-vsctl", "ovs-vsctl", "ovs-vsctl command")
 	fs.StringVar(&o.Ofctl, "ovs-ofctl", "ovs-ofctl", "ovs-ofctl command")
-	fs.IntVar(&o.MTU, "mtu", 0, "MTU of pod veths; 0 means the kernel default (an SR-IOV VF keeps its own, which its PF bounds)")
+	fs.IntVar(&o.MTU, "mtu", 0, "MTU of pod veths, and of SR-IOV VFs up to their PF's; 0 means the kernel default (a VF keeps its own)")
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "where to install the conflist; empty means do not")
 	fs.StringVar(&o.CNIConfName, "cni-conf-name", agent.DefaultCNIConfName, "conflist file name; runtimes use the first of --cni-conf-dir in name order, so it must sort before the cluster's other networks'")
 	fs.StringVar(&o.CNINetwork, "cni-network", "stickynet", "network name in the conflist")

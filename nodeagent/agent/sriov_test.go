@@ -197,24 +197,30 @@ func TestSriovAttachDetach(t *testing.T) {
 	}
 }
 
-// A VF keeps its own MTU under the agent's --mtu, which is for the veths on
-// the OVS fabric: a VF cannot exceed its PF's MTU, and --mtu 9000 beside a
-// PF at 1500 failed every VF pod's ADD. The pod's limits count frames of the
-// VF's MTU.
-func TestSriovKeepsVFMTU(t *testing.T) {
+// A VF takes the agent's --mtu but never above its PF's: drivers refuse a
+// VF an MTU above its PF's, and --mtu 9000 for the OVS fabric beside a PF
+// at 1500 would have failed every VF pod's ADD. The record keeps the MTU
+// the VF has.
+func TestSriovVFMTUBoundByPF(t *testing.T) {
 	s := newSriovEnv(t, 1, func(o *agent.Options) { o.MTU = 9000 })
+	if err := s.hostHandle().LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pf0", MTU: 1450}, PeerName: "pf0w", PeerNamespace: netlink.NsFd(int(s.wire.Fd()))}); err != nil { // the PF's netdev (this kernel has no dummy links)
+		t.Fatal(err)
+	}
 	p := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
 	if _, err := s.cni.Add(p.rt); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	if l, err := handleIn(t, p.netns).LinkByName("eth0"); err != nil || l.Attrs().MTU != 1400 {
-		t.Fatalf("pod eth0: %v %v; want the VF's MTU 1400, not --mtu 9000", l, err)
+	if l, err := handleIn(t, p.netns).LinkByName("eth0"); err != nil || l.Attrs().MTU != 1450 {
+		t.Fatalf("pod eth0: %v %v; want the PF's MTU 1450 (not --mtu 9000, nor the VF's 1400)", l, err)
 	}
-	if b, err := os.ReadFile(filepath.Join(s.opts.CacheDir, "ctr-a_eth0.json")); err != nil || !strings.Contains(string(b), `"mtu": 1400`) {
-		t.Errorf("record: %v\n%s; want the VF's MTU 1400, by which the pod's limits count frames", err, b)
+	if b, err := os.ReadFile(filepath.Join(s.opts.CacheDir, "ctr-a_eth0.json")); err != nil || !strings.Contains(string(b), `"mtu": 1450`) {
+		t.Errorf("record: %v\n%s; want the MTU the VF has, 1450", err, b)
 	}
 	if err := s.cni.Del(p.rt); err != nil {
 		t.Fatalf("DEL: %v", err)
+	}
+	if l, err := s.hostHandle().LinkByName("pf0v0"); err != nil || l.Attrs().MTU != 1400 {
+		t.Errorf("VF netdev after DEL: %v %v; want its own MTU 1400 back", l, err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,11 +61,6 @@ func (d *Datapath) PrepareVF(a *Attachment) error {
 		return fmt.Errorf("VF %d of %s: netdev %s: %w", a.VF.Index, a.VF.PF, a.VF.NetDev, err)
 	}
 	a.VF.OrigMAC, a.VF.OrigMTU = l.Attrs().HardwareAddr.String(), l.Attrs().MTU
-	// A VF keeps its own MTU, and the pod's limits count frames of it: its
-	// traffic leaves through the PF, on the PF's network, not on the OVS
-	// fabric the agent's --mtu is for, and a VF cannot exceed its PF's MTU
-	// (--mtu 9000 beside a PF at 1500 failed every VF pod's ADD).
-	a.MTU = a.VF.OrigMTU
 	if a.VF.Original, err = d.pf.VfConfig(a.VF.PF, a.VF.Index); err != nil {
 		return fmt.Errorf("read VF %d of %s: %w", a.VF.Index, a.VF.PF, err)
 	}
@@ -127,6 +123,21 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 	if err := pn.nl.LinkSetHardwareAddr(pl, mac); err != nil {
 		return fmt.Errorf("set MAC of %s: %w", a.IfName, err)
 	}
+	// The agent's MTU, but not above the PF's: a VF's traffic leaves
+	// through its PF, and drivers refuse a VF an MTU above the PF's (--mtu
+	// 9000 for the OVS fabric beside a PF at 1500 would fail every VF
+	// pod's ADD). 0 leaves the VF's own. The record keeps the MTU the VF
+	// has.
+	mtu := a.MTU
+	if pf, err := d.host.LinkByName(a.VF.PF); err == nil && mtu > pf.Attrs().MTU {
+		mtu = pf.Attrs().MTU
+	}
+	if mtu > 0 && mtu != pl.Attrs().MTU {
+		if err := pn.nl.LinkSetMTU(pl, mtu); err != nil {
+			return fmt.Errorf("set MTU of %s to %d: %w", a.IfName, mtu, err)
+		}
+	}
+	a.MTU = cmp.Or(mtu, pl.Attrs().MTU)
 	if err := d.configurePodLink(a, pn, false); err != nil {
 		return err
 	}
