@@ -2,11 +2,13 @@ package annotations
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestParseRate(t *testing.T) {
@@ -139,6 +141,20 @@ func TestParseMAC(t *testing.T) {
 	}
 	if m, _ := ParseMAC(MAC, "00:1b:21:3a:4f:10"); IsLocallyAdministered(m) {
 		t.Error("00:... should be universal")
+	}
+}
+
+// An error quotes a long value by its start and length: a denial, a log
+// line or an event (the API server refuses a note past 1 KiB) is not
+// swamped by an annotation of up to 256 KiB. A short value is quoted whole.
+func TestErrorQuotesLongValueShort(t *testing.T) {
+	long := "é" + strings.Repeat("x", 300000)
+	msg := invalid(IngressBandwidth, long, "a rate", nil).Error()
+	if len(msg) > 200 || !strings.Contains(msg, `invalid value "éxxx`) || !strings.Contains(msg, fmt.Sprintf("… (%d bytes): expected a rate", len(long))) || !utf8.ValidString(msg) {
+		t.Errorf("error for a %d-byte value: %d bytes, %q; want its start and length", len(long), len(msg), msg)
+	}
+	if msg := invalid(IngressBandwidth, "10Mbps", "a rate", nil).Error(); msg != `annotation stickynet.io/ingress-bandwidth: invalid value "10Mbps": expected a rate` {
+		t.Errorf("error for a short value: %q", msg)
 	}
 }
 

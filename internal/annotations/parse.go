@@ -6,8 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -56,7 +58,7 @@ func (e *Error) Error() string {
 	if strings.Contains(e.Key, " ") { // a resource's field, such as "BandwidthPolicy ns/name spec.ingress.rate"
 		what = e.Key
 	}
-	msg := fmt.Sprintf("%s: invalid value %q: expected %s", what, e.Value, e.Accepted)
+	msg := fmt.Sprintf("%s: invalid value %s: expected %s", what, shown(e.Value), e.Accepted)
 	if e.Err != nil {
 		msg += " (" + e.Err.Error() + ")"
 	}
@@ -64,6 +66,21 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// shown is a value as an Error quotes it: whole up to 100 bytes, else its
+// start and its length, so that a long one (an annotation may hold 256 KiB)
+// does not swamp a denial, a log line or an event, whose note the API server
+// refuses past 1 KiB.
+func shown(v string) string {
+	if len(v) <= 100 {
+		return strconv.Quote(v)
+	}
+	cut := 64
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%q… (%d bytes)", v[:cut], len(v))
+}
 
 func invalid(key, value, accepted string, err error) error {
 	return &Error{Key: key, Value: value, Accepted: accepted, Err: err}

@@ -562,7 +562,7 @@ func (h *Handler) releaseUnusable(ctx context.Context, req ipam.Request) bool {
 		}
 		if released, err := h.Alloc.Release(ctx, e.Pool, e.IP, req.Identity, false); err == nil {
 			if released { // else another freed it first: room all the same
-				klog.FromContext(ctx).V(2).Info("Released a member the set's pods can no longer use", "identity", req.Identity, "pool", e.Pool, "ip", e.IP)
+				klog.FromContext(ctx).Info("Released a member the set's pods can no longer use", "identity", req.Identity, "pool", e.Pool, "ip", e.IP)
 			}
 			return true
 		}

@@ -564,7 +564,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 		}
 		return
 	}
-	if released { // else another (an admission, a leader before this one) freed it first, and said so
+	if released { // else another freed it first: an admission (which logs it), a leader before this one
 		klog.FromContext(ctx).Info("Released address", "pool", e.Pool, "ip", e.IP, "identity", e.Identity, "reason", why)
 		kind, _, _ := strings.Cut(e.Identity, "/")
 		c.Metrics.release(kind)
