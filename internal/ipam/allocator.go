@@ -995,7 +995,16 @@ func (a *Allocator) learn(ctx context.Context, req *Request, p *plan, res store.
 			a.applyLate([]store.Event{{Type: store.EventPut, KV: *kv}})
 			newest = max(newest, kv.ModRevision)
 			var r record
-			if json.Unmarshal(kv.Value, &r) == nil && !p.reused && ip == req.IP && (pool == req.Pool.Name || slices.Contains(req.Pool.Sharing, pool)) && r.ID != req.Identity {
+			if err := json.Unmarshal(kv.Value, &r); err != nil {
+				if ip != req.IP {
+					continue // a pick of the allocator's: the next attempt picks again
+				}
+				// Not stickynet's writing (a hand edit): the cache skips it,
+				// so every attempt at the address asked for would lose to it,
+				// and the caller be told of contention instead.
+				return 0, fmt.Errorf("claim address %s for %s in pool %s: the record %s in etcd does not decode (%w): mend or delete it", ip, req.Identity, req.Pool.Name, op.Key, err)
+			}
+			if !p.reused && ip == req.IP && (pool == req.Pool.Name || slices.Contains(req.Pool.Sharing, pool)) && r.ID != req.Identity {
 				return 0, &ConflictError{Pool: pool, What: "address " + ip.String(), Holder: r.ID, Cooling: r.State == stateCooling}
 			}
 		case kv != nil:
