@@ -149,16 +149,17 @@ func ensureSecret(c client.Client, key types.NamespacedName, dnsNames []string, 
 		return fmt.Errorf("create certificate secret %s: %w", key, err)
 	}
 	_, err = dropLacking(ctx, c, key, dnsNames)
-	return err
+	return client.IgnoreNotFound(err)
 }
 
 // dropLacking drops the Secret's serving certificate and key when the
-// certificate lacks one of dnsNames, and returns the names it lacked. It
-// makes no Secret: one gone meanwhile (an uninstall) stays gone.
+// certificate lacks one of dnsNames, and returns the names it lacked (only
+// those, with an error, when the drop failed). It makes no Secret: one
+// gone (an uninstall) is an error IsNotFound tells.
 func dropLacking(ctx context.Context, c client.Client, key types.NamespacedName, dnsNames []string) ([]string, error) {
 	sec := &corev1.Secret{}
 	if err := c.Get(ctx, key, sec); err != nil {
-		return nil, client.IgnoreNotFound(fmt.Errorf("read certificate secret %s: %w", key, err))
+		return nil, fmt.Errorf("read certificate secret %s: %w", key, err)
 	}
 	missing := missingNames(sec.Data["tls.crt"], dnsNames)
 	if len(missing) == 0 {
@@ -199,17 +200,15 @@ func keepSecret(ctx context.Context, c client.Client, key types.NamespacedName, 
 			return nil
 		case <-time.After(secretCheckEvery):
 		}
-		err := c.Get(ctx, key, &corev1.Secret{})
-		if err == nil {
-			if missing, err := dropLacking(ctx, c, key, dnsNames); err != nil {
-				log.Error(err, "Serving certificate lacks DNS names and could not be dropped")
-			} else if len(missing) > 0 {
-				log.Info("Serving certificate lacked DNS names (issued by a replica of another release?); dropped it, for one with them under the same CA", "missing", missing)
-			}
-			continue
+		missing, err := dropLacking(ctx, c, key, dnsNames)
+		switch {
+		case err == nil && len(missing) > 0:
+			log.Info("Serving certificate lacked DNS names (issued by a replica of another release?); dropped it, for one with them under the same CA", "missing", missing)
+		case len(missing) > 0:
+			log.Error(err, "Serving certificate lacks DNS names and could not be dropped")
 		}
 		if !apierrors.IsNotFound(err) {
-			continue // the API server did not answer: the next check
+			continue // there, or the API server did not answer: the next check
 		}
 		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
 		if err := c.Get(ctx, client.ObjectKey{Name: webhookConfig}, mwc); err != nil {

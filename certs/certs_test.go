@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -97,43 +98,11 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	url, none := "https://localhost:9443/mutate-pods", admissionregistrationv1.SideEffectClassNone
-	if err := c.Create(ctx, &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "stickynet"},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{{
-			Name: "pods.stickynet.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
-			SideEffects: &none, AdmissionReviewVersions: []string{"v1"},
-		}},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	mgr, err := ctrl.NewManager(apisrv.Config, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretCheckEvery = 200 * time.Millisecond
-	defer func() { secretCheckEvery = 10 * time.Second }()
+	ctx := context.Background()
+	createWebhookConfig(t, c)
 	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
 	dir := t.TempDir()
-	ready, err := Setup(ctx, mgr, Options{Mode: ModeSelf, CertDir: dir, Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(60 * time.Second):
-		t.Fatal("no certificate within 60 s")
-	}
+	startSelf(t, apisrv.Config, Options{Mode: ModeSelf, CertDir: dir, Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
 	filled := func() (ca []byte, ok bool) {
 		sec := &corev1.Secret{}
 		if err := c.Get(ctx, key, sec); err != nil {
@@ -201,6 +170,54 @@ func TestDeletedSecretMadeAgain(t *testing.T) {
 	}
 }
 
+// createWebhookConfig creates the MutatingWebhookConfiguration stickynet,
+// whose caBundle a self-mode replica keeps.
+func createWebhookConfig(t *testing.T, c client.Client) {
+	t.Helper()
+	url, none := "https://localhost:9443/mutate-pods", admissionregistrationv1.SideEffectClassNone
+	if err := c.Create(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "stickynet"},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name: "pods.stickynet.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			SideEffects: &none, AdmissionReviewVersions: []string{"v1"},
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startSelf runs what Setup adds for o on a manager of cfg until the test
+// ends, the Secret checked every 200 ms, and waits for the first
+// certificate.
+func startSelf(t *testing.T, cfg *rest.Config, o Options) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretCheckEvery = 200 * time.Millisecond
+	t.Cleanup(func() { secretCheckEvery = 10 * time.Second })
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, err := Setup(ctx, mgr, o)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	select {
+	case <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatal("no certificate within 60 s")
+	}
+}
+
 // signedBy reports whether the PEM certificate in file verifies against the
 // PEM CA.
 func signedBy(t *testing.T, file string, caPEM []byte) bool {
@@ -232,33 +249,10 @@ func TestCertificateLackingANameReissued(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	mgr, err := ctrl.NewManager(apisrv.Config, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretCheckEvery = 200 * time.Millisecond
-	defer func() { secretCheckEvery = 10 * time.Second }()
+	ctx := context.Background()
 	key := types.NamespacedName{Namespace: "default", Name: "names-cert"} // a controller name of its own (the rotator's is the Secret's)
 	names := []string{"localhost", "stickynet-webhook.default.svc"}
-	ready, err := Setup(ctx, mgr, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: names, WebhookConfig: "stickynet", WriteFiles: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(60 * time.Second):
-		t.Fatal("no certificate within 60 s")
-	}
+	startSelf(t, apisrv.Config, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: names, WebhookConfig: "stickynet", WriteFiles: true})
 	sec := &corev1.Secret{}
 	if err := c.Get(ctx, key, sec); err != nil {
 		t.Fatal(err)
@@ -305,16 +299,7 @@ func TestReadyOnlyWithWebhookConfiguration(t *testing.T) {
 	if err := check(req); err == nil || !strings.Contains(err.Error(), `MutatingWebhookConfiguration "stickynet" (--webhook-config-name) does not exist`) {
 		t.Errorf("without the configuration: %v; want it named, with the flag", err)
 	}
-	url, none := "https://localhost:9443/mutate-pods", admissionregistrationv1.SideEffectClassNone
-	if err := c.Create(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "stickynet"},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{{
-			Name: "pods.stickynet.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
-			SideEffects: &none, AdmissionReviewVersions: []string{"v1"},
-		}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	createWebhookConfig(t, c)
 	if err := check(req); err != nil {
 		t.Errorf("with the configuration: %v; want ready", err)
 	}

@@ -1409,6 +1409,18 @@ func (r *beforeFirstGet) Get(ctx context.Context, key client.ObjectKey, obj clie
 	return r.Reader.Get(ctx, key, obj, opts...)
 }
 
+// barePodP allocates an address of p to bare pod app/p, bound to it, and
+// returns the request and the allocation.
+func barePodP(t *testing.T, a *ipam.Allocator, p *ipam.Pool) (ipam.Request, ipam.Allocation) {
+	t.Helper()
+	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
+	al, err := a.Allocate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req, al
+}
+
 // A bare pod deleted and created again under the same name while a pass
 // runs: the API server said it was gone, then its admission kept the
 // address as it was, and the pass unbound it. The address stays the pod's
@@ -1416,11 +1428,7 @@ func (r *beforeFirstGet) Get(ctx context.Context, key client.ObjectKey, obj clie
 func TestRecreatedPodKeepsAddress(t *testing.T) {
 	c, a, p, _ := setup(t)
 	ctx := context.Background()
-	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
-	al, err := a.Allocate(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req, al := barePodP(t, a, p)
 	time.Sleep(10 * time.Millisecond) // past the grace
 	c.APIReader = &beforeFirstGet{Reader: c.APIReader, fn: func() {
 		pod := runningPod("p", req.Identity, al, p)
@@ -1456,11 +1464,7 @@ func TestFreedAGraceAfterUnbind(t *testing.T) {
 	c, a, p, _ := setup(t)
 	c.Grace = 2 * time.Second
 	ctx := context.Background()
-	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
-	al, err := a.Allocate(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req, al := barePodP(t, a, p)
 	time.Sleep(2100 * time.Millisecond) // past the grace of the allocation (whole seconds)
 	c.APIReader = &beforeFirstGet{Reader: c.APIReader, fn: func() {
 		if _, err := a.Allocate(ctx, req); err != nil { // created again and admitted; not in the cache yet
@@ -1486,11 +1490,7 @@ func TestFreedAGraceAfterUnbind(t *testing.T) {
 func TestUnboundAddressOfPodMissingFromCache(t *testing.T) {
 	c, a, p, _ := setup(t)
 	ctx := context.Background()
-	req := ipam.Request{Pool: p, Identity: "pod/app/p", Pod: "app/p"}
-	al, err := a.Allocate(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req, al := barePodP(t, a, p)
 	time.Sleep(10 * time.Millisecond)        // past the grace
 	if err := c.Reconcile(ctx); err != nil { // no pod anywhere: unbound
 		t.Fatal(err)
