@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -73,6 +74,21 @@ func newEnv(t *testing.T, objs ...client.Object) *env {
 		&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "racked"}, Spec: v1alpha1.IPPoolSpec{
 			CIDR: "10.50.0.0/24", NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "1"}},
 		}},
+	}
+	// The workloads the tests' controller references (ctrl) name, unless
+	// the test brings its own.
+	for _, w := range []client.Object{
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web", UID: "x"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web2", UID: "x"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "db", UID: "x"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "b", UID: "x"}},
+		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "agent", UID: "x"}},
+	} {
+		if !slices.ContainsFunc(objs, func(o client.Object) bool {
+			return fmt.Sprintf("%T", o) == fmt.Sprintf("%T", w) && o.GetNamespace() == w.GetNamespace() && o.GetName() == w.GetName()
+		}) {
+			base = append(base, w)
+		}
 	}
 	sch := scheme(t)
 	c := fake.NewClientBuilder().WithScheme(sch).WithObjects(append(base, objs...)...).Build()
@@ -317,9 +333,16 @@ func TestStatefulSetSticky(t *testing.T) {
 func TestStatefulSetOrdinalFromName(t *testing.T) {
 	e := newEnv(t)
 	p := pod("app", "web-3", nil, ctrl("StatefulSet", "web"))
-	p.Labels[podIndexLabel] = "0"
+	p.Labels["apps.kubernetes.io/pod-index"] = "0"
 	if got := e.mustAdmit(p); got.Annotations[annotations.Identity] != "statefulset/app/web/3" {
 		t.Errorf("identity %q; want statefulset/app/web/3", got.Annotations[annotations.Identity])
+	}
+	// A pod of another name takes no ordinal from the label: a StatefulSet
+	// pod's manifest copied and renamed, its controller reference with it.
+	for _, name := range []string{"x", "web-03", "web-+3", "db-3"} {
+		p := pod("app", name, nil, ctrl("StatefulSet", "web"))
+		p.Labels["apps.kubernetes.io/pod-index"] = "3"
+		e.mustDeny(p, "StatefulSet pod \""+name+"\" of web has no ordinal: a StatefulSet's pods are named web-<ordinal>")
 	}
 }
 
@@ -353,8 +376,11 @@ func TestForgedControllerReference(t *testing.T) {
 	}
 	e.mustAdmit(onNode(pod("app", "", nil, own("DaemonSet", "agent"))))
 	e.mustAdmit(pod("app", "", nil, own("ReplicaSet", "api-5d8f")))
-	// A controller that does not exist takes no one's identity.
-	e.mustAdmit(pod("app", "db-0", nil, ctrl("StatefulSet", "db")))
+	// Nor does a reference to a controller that does not exist: a
+	// StatefulSet deleted a moment ago (or with --cascade=orphan) still
+	// holds its ordinals' addresses.
+	e.mustDeny(pod("app", "gone-0", nil, ctrl("StatefulSet", "gone")), "owner StatefulSet app/gone does not exist")
+	e.mustDeny(onNode(pod("app", "", nil, ctrl("DaemonSet", "gone"))), "owner DaemonSet app/gone does not exist")
 }
 
 func TestStatefulSetIPs(t *testing.T) {

@@ -15,9 +15,6 @@ import (
 	"github.com/stickynet/stickynet/internal/annotations"
 )
 
-// podIndexLabel is set by the StatefulSet controller on its pods.
-const podIndexLabel = "apps.kubernetes.io/pod-index"
-
 // identity resolves who owns the pod's addresses (DESIGN.md, "Identity and
 // stickiness"). token is used for pods that have no name yet. What the pod
 // gets wrong is a denial; a failed read of its ReplicaSet is an error.
@@ -64,20 +61,17 @@ func (h *Handler) identity(ctx context.Context, pod *corev1.Pod, token string) (
 }
 
 // statefulSetOrdinal reads the ordinal from the pod's name, which the
-// StatefulSet controller always sets to <set>-<ordinal>; the pod-index label
-// only where the name says nothing (a template may carry a copied label,
-// which a controller without the PodIndexLabel gate does not overwrite).
+// StatefulSet controller always sets to <set>-<ordinal>. Not from the
+// pod-index label: a template may carry a copied one, which a controller
+// without the PodIndexLabel gate does not overwrite, and a pod of another
+// name (a StatefulSet pod's manifest copied and renamed, its controller
+// reference with it) would take that ordinal's address and MAC.
 func statefulSetOrdinal(pod *corev1.Pod, set string) (int, error) {
 	suffix, ok := strings.CutPrefix(pod.Name, set+"-")
-	if n, err := strconv.Atoi(suffix); ok && err == nil && n >= 0 {
+	if n, err := strconv.Atoi(suffix); ok && err == nil && n >= 0 && strconv.Itoa(n) == suffix {
 		return n, nil
 	}
-	if v, ok := pod.Labels[podIndexLabel]; ok {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-			return n, nil
-		}
-	}
-	return 0, deny("StatefulSet pod %q of %s has no ordinal (label %s or name <set>-<ordinal>)", pod.Name, set, podIndexLabel)
+	return 0, deny("StatefulSet pod %q of %s has no ordinal: a StatefulSet's pods are named %s-<ordinal>, as its controller names them", pod.Name, set, set)
 }
 
 // daemonSetNode reads the node a DaemonSet pod is for from the node affinity
@@ -102,7 +96,7 @@ func (h *Handler) replicaSet(ctx context.Context, ns string, owner *metav1.Owner
 	rs := &appsv1.ReplicaSet{}
 	key := client.ObjectKey{Namespace: ns, Name: owner.Name}
 	if err := h.get(ctx, key, rs); apierrors.IsNotFound(err) {
-		return nil, deny("owner ReplicaSet %s/%s does not exist", ns, owner.Name)
+		return nil, ownerMissing(owner, key)
 	} else if err != nil {
 		return nil, fmt.Errorf("read owner ReplicaSet %s/%s: %w", ns, owner.Name, err)
 	}
@@ -113,16 +107,18 @@ func (h *Handler) replicaSet(ctx context.Context, ns string, owner *metav1.Owner
 }
 
 // checkOwner checks that the StatefulSet or DaemonSet the pod's controller
-// reference names, if it exists, is the one of the reference's UID: anyone
-// who may create pods in the namespace could otherwise write that reference
-// into a pod web-0 of their own and take the address and MAC of web-0's
-// identity while its pod is gone. A reference to one that does not exist
-// takes no one's identity (and the garbage collector deletes the pod: read
-// from its documentation, not tried).
+// reference names exists and is the one of the reference's UID: anyone who
+// may create pods in the namespace could otherwise write that reference into
+// a pod web-0 of their own and take the address and MAC of web-0's identity
+// while its pod is gone, also while the StatefulSet is deleted (its
+// addresses wait out the release grace; with --cascade=orphan, before it is
+// applied again, its scaled-down ordinals' for good). A controller makes pods
+// only for a workload that exists; a pod of one deleted a moment ago is the
+// garbage collector's to delete.
 func (h *Handler) checkOwner(ctx context.Context, ns string, owner *metav1.OwnerReference, obj client.Object) error {
 	key := client.ObjectKey{Namespace: ns, Name: owner.Name}
 	if err := h.get(ctx, key, obj); apierrors.IsNotFound(err) {
-		return nil
+		return ownerMissing(owner, key)
 	} else if err != nil {
 		return fmt.Errorf("read owner %s %s/%s: %w", owner.Kind, ns, owner.Name, err)
 	}
@@ -136,7 +132,7 @@ func (h *Handler) sameOwner(ctx context.Context, key client.ObjectKey, owner *me
 	if obj.GetUID() != owner.UID && h.APIReader != nil {
 		err := h.APIReader.Get(ctx, key, obj)
 		if apierrors.IsNotFound(err) {
-			return nil // deleted meanwhile: as checkOwner for one that does not exist
+			return ownerMissing(owner, key) // deleted meanwhile
 		}
 		if err != nil {
 			return fmt.Errorf("read owner %s %s: %w", owner.Kind, key, err)
@@ -147,4 +143,10 @@ func (h *Handler) sameOwner(ctx context.Context, key client.ObjectKey, owner *me
 			owner.Kind, key, owner.UID, owner.Kind, key, obj.GetUID())
 	}
 	return nil
+}
+
+// ownerMissing is the denial of a pod whose controller reference names a
+// workload that does not exist.
+func ownerMissing(owner *metav1.OwnerReference, key client.ObjectKey) error {
+	return deny("owner %s %s does not exist: a pod takes the identity of an existing controller only", owner.Kind, key)
 }
