@@ -543,7 +543,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 	if ps.waiting(e.Since) {
 		return
 	}
-	why, err := c.releaseReason(ctx, ps, e, *members)
+	why, ask, err := c.releaseReason(ctx, ps, e, *members)
 	if err != nil {
 		ps.fail(err)
 		return
@@ -551,7 +551,7 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 	if why == "" {
 		return
 	}
-	if carried, err := c.namedPodCarries(ctx, e); err != nil || carried {
+	if carried, err := c.namedPodCarries(ctx, e, ask); err != nil || carried {
 		if err != nil {
 			ps.fail(err)
 		}
@@ -886,25 +886,27 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 	return out, errors.Join(errs...)
 }
 
-// namedPodCarries asks the API server, before e is freed, whether the bare
-// pod its identity names carries e's address. e is unbound and was judged
-// from the cache, which holds only labelled pods and may lag: a pod made
-// again under its name (an operator's, whose admission writes nothing) that
-// the cache had not seen a grace after the unbind lost its address to
-// cooling, to be handed to another after the reuse delay. A StatefulSet's
-// ordinal is freed only once the StatefulSet no longer wants it (deleted a
-// grace, or scaled below it), when no pod of that name comes back; asking
-// about each would cost a deleted StatefulSet a read per ordinal.
-func (c *Controller) namedPodCarries(ctx context.Context, e ipam.Entry) (bool, error) {
+// namedPodCarries asks the API server, before e is freed, whether pod name
+// (of e's identity's namespace; "": none to ask about) carries e's address.
+// e is unbound and was judged from the cache, which holds only labelled pods
+// and may lag: a pod made again under its name (an operator's, whose
+// admission writes nothing) that the cache had not seen a grace after the
+// unbind lost its address to cooling, to be handed to another after the
+// reuse delay. releaseReason names the bare pod of a pod identity, and a
+// StatefulSet ordinal's pod when the StatefulSet was scaled below it (the
+// set scaled up again meanwhile, the cache behind on both); not the
+// ordinals of a deleted StatefulSet, where asking would cost a read per
+// ordinal and no pod of theirs comes back.
+func (c *Controller) namedPodCarries(ctx context.Context, e ipam.Entry, name string) (bool, error) {
 	id, err := annotations.ParseIdentity(e.Identity)
-	if err != nil || c.APIReader == nil || id.Kind != annotations.KindPod {
+	if err != nil || c.APIReader == nil || name == "" {
 		return false, nil
 	}
 	p := &corev1.Pod{}
-	if err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: id.Name}, p); apierrors.IsNotFound(err) {
+	if err := c.APIReader.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: name}, p); apierrors.IsNotFound(err) {
 		return false, nil
 	} else if err != nil {
-		return false, fmt.Errorf("read pod %s/%s before freeing %s: %w", id.Namespace, id.Name, e.IP, err)
+		return false, fmt.Errorf("read pod %s/%s before freeing %s: %w", id.Namespace, name, e.IP, err)
 	}
 	for _, info := range podsWithAssignment([]corev1.Pod{*p}) {
 		if info.live && info.identity == e.Identity && info.ip == e.IP {
@@ -981,23 +983,24 @@ func (c *Controller) retention(sts *appsv1.StatefulSet) string {
 }
 
 // releaseReason says why an address that no pod carries should be freed now
-// ("" to keep it).
-func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, members []ipam.Entry) (string, error) {
+// ("" to keep it), and the pod that namedPodCarries asks the API server
+// about first ("" none).
+func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, members []ipam.Entry) (why, ask string, err error) {
 	id, err := annotations.ParseIdentity(e.Identity)
 	if err != nil {
-		return "", nil // not ours to judge
+		return "", "", nil // not ours to judge
 	}
 	key := client.ObjectKey{Namespace: id.Namespace, Name: id.Name}
 	switch id.Kind {
 	case annotations.KindPod:
-		return "the pod is gone", nil
+		return "the pod is gone", id.Name, nil
 	case annotations.KindStatefulSet:
 		sts := &appsv1.StatefulSet{}
 		if at, err := c.find(ctx, ps, key, sts); err != nil || at != present {
-			return reason(at, "the StatefulSet was deleted"), err
+			return reason(at, "the StatefulSet was deleted"), "", err
 		}
 		if c.retention(sts) != annotations.RetentionRelease {
-			return "", nil
+			return "", "", nil
 		}
 		ord, _ := id.Ordinal()
 		start := 0
@@ -1009,21 +1012,22 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			if end == start {
 				ordinals = "no ordinals (0 replicas)"
 			}
-			return fmt.Sprintf("ordinal %d is outside the StatefulSet's %s with %s: %s", ord, ordinals, annotations.IPRetention, annotations.RetentionRelease), nil
+			return fmt.Sprintf("ordinal %d is outside the StatefulSet's %s with %s: %s", ord, ordinals, annotations.IPRetention, annotations.RetentionRelease),
+				fmt.Sprintf("%s-%d", id.Name, ord), nil
 		}
 	case annotations.KindDeployment:
 		dep := &appsv1.Deployment{}
 		if at, err := c.find(ctx, ps, key, dep); err != nil || at != present {
-			return reason(at, "the Deployment was deleted"), err
+			return reason(at, "the Deployment was deleted"), "", err
 		}
 		limit := workload.DeploymentCap(dep)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
-			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), nil
+			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), "", nil
 		}
 	case annotations.KindReplicaSet:
 		rs := &appsv1.ReplicaSet{}
 		if at, err := c.find(ctx, ps, key, rs); err != nil || at != present {
-			return reason(at, "the ReplicaSet was deleted"), err
+			return reason(at, "the ReplicaSet was deleted"), "", err
 		}
 		if dep := metav1.GetControllerOf(rs); dep != nil && dep.Kind == "Deployment" {
 			// Adopted by a Deployment (re-applied after a delete with
@@ -1031,28 +1035,28 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			// addresses, and this identity's free members would stay held,
 			// as its replicas never fall below them.
 			if isSurplus(e, members, 0, ps.outside) {
-				return "the ReplicaSet belongs to Deployment " + dep.Name + " now, whose pods take the Deployment's addresses", nil
+				return "the ReplicaSet belongs to Deployment " + dep.Name + " now, whose pods take the Deployment's addresses", "", nil
 			}
-			return "", nil
+			return "", "", nil
 		}
 		limit := workload.Replicas(rs.Spec.Replicas)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
-			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
+			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), "", nil
 		}
 	case annotations.KindDaemonSet:
 		ds := &appsv1.DaemonSet{}
 		if at, err := c.find(ctx, ps, key, ds); err != nil || at != present {
-			return reason(at, "the DaemonSet was deleted"), err
+			return reason(at, "the DaemonSet was deleted"), "", err
 		}
 		node := &corev1.Node{}
 		if at, err := c.find(ctx, ps, client.ObjectKey{Name: id.Member}, node); err != nil || at != present {
-			return reason(at, "node "+id.Member+" was deleted"), err
+			return reason(at, "node "+id.Member+" was deleted"), "", err
 		}
 		if !workload.Selects(ds, node) {
-			return "the DaemonSet's nodeSelector and node affinity no longer select node " + id.Member, nil
+			return "the DaemonSet's nodeSelector and node affinity no longer select node " + id.Member, "", nil
 		}
 	}
-	return "", nil
+	return "", "", nil
 }
 
 // presence is what find found of an object.

@@ -1511,6 +1511,48 @@ func TestUnboundAddressOfPodMissingFromCache(t *testing.T) {
 	}
 }
 
+// Nor an unbound address of a StatefulSet ordinal past the replicas the
+// cache has (Release), while the API server has that ordinal's pod carrying
+// it: the set scaled down and up again at once, the new pod admitted while
+// its record still named it (admission writing nothing), and the cache
+// behind on both. Before, the ordinal was freed from the cache's view.
+func TestScaledDownOrdinalCarriedInAPIServer(t *testing.T) {
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "db", Annotations: map[string]string{annotations.IPRetention: annotations.RetentionRelease}},
+		Spec:       appsv1.StatefulSetSpec{Replicas: new(int32(1))},
+	}
+	c, a, p, _ := setup(t, sts)
+	ctx := context.Background()
+	id := "statefulset/app/db/1"
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/db-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unbind(ctx, p.Name, al.IP, "app/db-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.APIReader.(client.Client).Create(ctx, runningPod("db-1", id, al, p)); err != nil { // not in the cache
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // past the grace of the unbind
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup(id); len(got) != 1 || got[0].Cooling {
+		t.Fatalf("a pass with db-1 in the API server only: %+v; want %s kept", got, al.IP)
+	}
+	// With no such pod, the ordinal is freed, as before.
+	if err := c.APIReader.(client.Client).Delete(ctx, runningPod("db-1", id, al, p)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Lookup(id); len(got) != 0 {
+		t.Fatalf("a pass with db-1 gone: %+v; want %s freed", got, al.IP)
+	}
+}
+
 // admittedBeforeRelease is an allocator that admits a pod (admit) just
 // before each Release, as when a pod is admitted between a pass's reads
 // and its release.
