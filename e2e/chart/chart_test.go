@@ -69,11 +69,16 @@ func helm(t *testing.T, args ...string) []byte {
 // sets given to --set, and splits the result with objects.
 func render(t *testing.T, sets ...string) map[string][]byte {
 	t.Helper()
-	args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system"}
+	return objects(t, helm(t, append([]string{"template", "sn", chartDir, "--namespace", "stickynet-system"}, setArgs(sets)...)...))
+}
+
+// setArgs is helm's --set for each of sets.
+func setArgs(sets []string) []string {
+	var args []string
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}
-	return objects(t, helm(t, args...))
+	return args
 }
 
 // objects splits a rendered manifest into documents, keyed by kind/name.
@@ -775,6 +780,45 @@ func TestAPIServer(t *testing.T) {
 		}
 		if etcd := objects(t, helm(t, upgrade...))["StatefulSet/stickynet-etcd"]; !bytes.Contains(etcd, []byte("replicas: 3")) {
 			t.Errorf("upgrade keeping 3 members rendered:\n%s", etcd)
+		}
+	})
+
+	// The webhook's state is in one etcd under one key prefix: an upgrade
+	// that would move it to another (empty) store fails and names the
+	// value, unless etcd.allowStoreChange says so; one that keeps an
+	// endpoint of the installed etcd renders.
+	t.Run("UpgradeKeepsStateStore", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "webhook.yaml")
+		if err := os.WriteFile(f, render(t)["Deployment/stickynet-webhook"], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+			t.Fatalf("apply the install's webhook Deployment: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+		upgrade := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
+		const bundled = "http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379,http://stickynet-etcd-1.stickynet-etcd-peers.stickynet-system.svc:2379,http://stickynet-etcd-2.stickynet-etcd-peers.stickynet-system.svc:2379"
+		for _, c := range []struct {
+			sets []string
+			want string
+		}{
+			{[]string{"etcd.keyPrefix=/other/"}, `etcd.keyPrefix: invalid value "/other/": the installed webhook keeps its state under "/stickynet/"; an upgrade to another state store starts from an empty one`},
+			{[]string{"etcd.bundled.enabled=false", "etcd.endpoints={http://etcd.example:2379}"}, `etcd.endpoints: invalid value "http://etcd.example:2379" (etcd.bundled.enabled false): it shares no endpoint with the etcd the installed webhook keeps its state in (` + bundled + ")"},
+		} {
+			out, stderr, err := testenv.Helm(t, append(upgrade, setArgs(c.sets)...)...)
+			if err == nil || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, "etcd.allowStoreChange=true") {
+				t.Errorf("upgrade with %v: %v\n%s%s\nwant a failure saying %q and naming etcd.allowStoreChange", c.sets, err, out, stderr, c.want)
+			}
+			if _, stderr, err := testenv.Helm(t, append(upgrade, setArgs(append(c.sets, "etcd.allowStoreChange=true"))...)...); err != nil {
+				t.Errorf("upgrade with %v and etcd.allowStoreChange=true: %v\n%s", c.sets, err, stderr)
+			}
+		}
+		// One endpoint of the installed etcd kept (a member added to an
+		// etcd of one's own), and the install as it is: both render.
+		for _, sets := range [][]string{{"etcd.bundled.enabled=false", "etcd.endpoints={http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379,http://etcd.example:2379}"}, nil} {
+			if _, stderr, err := testenv.Helm(t, append(upgrade, setArgs(sets)...)...); err != nil {
+				t.Errorf("upgrade with %v: %v\n%s", sets, err, stderr)
+			}
 		}
 	})
 
