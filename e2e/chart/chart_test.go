@@ -781,6 +781,23 @@ func TestAPIServer(t *testing.T) {
 		if etcd := objects(t, helm(t, upgrade...))["StatefulSet/stickynet-etcd"]; !bytes.Contains(etcd, []byte("replicas: 3")) {
 			t.Errorf("upgrade keeping 3 members rendered:\n%s", etcd)
 		}
+		// A size the API server writes in its own form ("2048Mi" as "2Gi"):
+		// an upgrade with the same value renders.
+		if err := os.WriteFile(f, render(t, "etcd.bundled.storage=2048Mi")["StatefulSet/stickynet-etcd"], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+			t.Fatalf("apply the etcd StatefulSet with 2048Mi: %v\n%s", err, out)
+		}
+		if out, err := c.Kubectl(ctx, "get", "statefulset", "-n", "stickynet-system", "stickynet-etcd", "-o", "jsonpath={.spec.volumeClaimTemplates[0].spec.resources.requests.storage}"); err != nil || string(out) != "2Gi" {
+			t.Errorf("the API server keeps 2048Mi as %q (%v); the test expects it to write 2Gi", out, err)
+		}
+		if _, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.storage=2048Mi")...); err != nil {
+			t.Errorf("upgrade with the storage as installed, 2048Mi: %v\n%s", err, stderr)
+		}
+		if _, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.storage=4Gi")...); err == nil || !strings.Contains(stderr, `etcd.bundled.storage: invalid value "4Gi": the bundled etcd's volumes in stickynet-system were made with 2Gi`) {
+			t.Errorf("upgrade from 2048Mi to 4Gi: %v\n%s", err, stderr)
+		}
 	})
 
 	// The webhook's state is in one etcd under one key prefix: an upgrade
