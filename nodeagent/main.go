@@ -40,7 +40,7 @@ func main() {
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "where to install the conflist; empty means do not")
 	fs.StringVar(&o.CNIConfName, "cni-conf-name", agent.DefaultCNIConfName, "conflist file name; runtimes use the first of --cni-conf-dir in name order, so it must sort before the cluster's other networks'")
 	fs.StringVar(&o.CNINetwork, "cni-network", "stickynet", "network name in the conflist")
-	fs.StringVar(&o.FallbackConfList, "fallback-conflist", agent.FallbackAuto, "CNI conflist file of the network for pods stickynet does not serve (embedded in the conflist as \"fallback\"); \"auto\": the first other network configuration of --cni-conf-dir in name order, the one the runtime would use without stickynet, looked for again every 10 s; empty means none: such pods fail CNI ADD")
+	fs.StringVar(&o.FallbackConfList, "fallback-conflist", agent.FallbackAuto, "CNI conflist file of the network for pods stickynet does not serve (embedded in the conflist as \"fallback\", read again every 10 s); \"auto\": the first other network configuration of --cni-conf-dir in name order, the one the runtime would use without stickynet, looked for again every 10 s; empty means none: such pods fail CNI ADD")
 	fs.StringVar(&o.CNICacheDir, "cni-cache-dir", "", "the plugin's \"cacheDir\" in the conflist (records of fallback attachments); empty means "+api.DefaultCacheDir)
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "", "where to install the stickynet plugin binary (with --cni-plugin)")
 	fs.StringVar(&o.CNIPluginSource, "cni-plugin", "", "stickynet plugin binary to copy into --cni-bin-dir")

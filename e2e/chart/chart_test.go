@@ -273,8 +273,10 @@ func TestLintAndTemplate(t *testing.T) {
 const fallbackValue = "nodeAgent.fallbackConflist=/etc/cni/fallback/pods.conflist"
 
 // checkFallback: with nodeAgent.fallbackConflist a host file, the node
-// agent gets --fallback-conflist and that file, read-only; with "auto" or ""
-// it gets that flag (the binary's default is auto) and no file.
+// agent gets --fallback-conflist and that file's folder, read-only (a file's
+// own bind mount keeps the old file when it is replaced by a rename); with
+// "auto" or "" it gets that flag (the binary's default is auto) and no
+// file.
 func checkFallback(t *testing.T, doc []byte, value string) {
 	t.Helper()
 	ds := &appsv1.DaemonSet{}
@@ -307,8 +309,8 @@ func checkFallback(t *testing.T, doc []byte, value string) {
 		}
 		return
 	}
-	if flag == "" || mount == nil || mount.MountPath != flag || !mount.ReadOnly || src != value {
-		t.Errorf("with nodeAgent.fallbackConflist=%s the node agent has --fallback-conflist=%q, mount %+v, host file %q; want the host file mounted read-only where the flag points", value, flag, mount, src)
+	if flag == "" || mount == nil || mount.MountPath != filepath.Dir(flag) || filepath.Base(flag) != filepath.Base(value) || !mount.ReadOnly || src != filepath.Dir(value) {
+		t.Errorf("with nodeAgent.fallbackConflist=%s the node agent has --fallback-conflist=%q, mount %+v, host folder %q; want the host file's folder mounted read-only where the flag points", value, flag, mount, src)
 	}
 }
 

@@ -26,6 +26,10 @@ import (
 // and the runtime retries them.
 const FallbackAuto = "auto"
 
+// fallbackRescan is how often the fallback is read again: for FallbackAuto
+// the folder, for a named file that file, which the cluster network's
+// upgrade may rewrite (the embedded copy of the old one would run plugins it
+// removed).
 var fallbackRescan = 10 * time.Second // a variable for tests
 
 // fallback returns the fallback conflist the options give, the file it
@@ -157,10 +161,11 @@ func confListBytes(path string) ([]byte, error) {
 	return json.Marshal(map[string]any{"name": conf.Name, "cniVersion": conf.CNIVersion, "plugins": []json.RawMessage{b}})
 }
 
-// fallbackLoop, for FallbackAuto, looks for the fallback again every
-// fallbackRescan and rewrites the conflist when it changed.
+// fallbackLoop reads the fallback again every fallbackRescan and rewrites
+// the conflist when it changed. A named file that cannot be read or used
+// meanwhile (replaced, or rewritten wrong) leaves the conflist as it is.
 func (a *agent) fallbackLoop(ctx context.Context) {
-	if a.opts.FallbackConfList == FallbackAuto && a.opts.CNIConfDir != "" {
+	if a.opts.FallbackConfList != "" && a.opts.CNIConfDir != "" {
 		every(ctx, fallbackRescan, "Fallback network not refreshed", a.refreshFallback)
 	}
 }

@@ -912,26 +912,7 @@ func TestStaticPod(t *testing.T) {
 func TestFallbackAuto(t *testing.T) {
 	agent.SetFallbackRescan(t, 200*time.Millisecond)
 	e := newEnv(t, func(o *agent.Options) { o.FallbackConfList = agent.FallbackAuto })
-	fallback := func() string {
-		b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c struct {
-			Plugins []struct {
-				Fallback *struct {
-					Name string `json:"name"`
-				} `json:"fallback"`
-			} `json:"plugins"`
-		}
-		if err := json.Unmarshal(b, &c); err != nil || len(c.Plugins) != 1 {
-			t.Fatalf("conflist %s: %v", b, err)
-		}
-		if c.Plugins[0].Fallback == nil {
-			return ""
-		}
-		return c.Plugins[0].Fallback.Name
-	}
+	fallback := func() string { return e.fallbackName(t) }
 	if got := fallback(); got != "" {
 		t.Fatalf("fallback %q in a folder without another network; want none", got)
 	}
@@ -971,6 +952,69 @@ func TestFallbackAuto(t *testing.T) {
 		got := fallback()
 		return got == "first", fmt.Sprintf("fallback %q, want %q", got, "first")
 	})
+}
+
+// fallbackName is the name of the fallback network in the agent's conflist
+// ("" for none).
+func (e *env) fallbackName(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.opts.CNIConfDir, agent.DefaultCNIConfName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Plugins []struct {
+			Fallback *struct {
+				Name string `json:"name"`
+			} `json:"fallback"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil || len(c.Plugins) != 1 {
+		t.Fatalf("conflist %s: %v", b, err)
+	}
+	if c.Plugins[0].Fallback == nil {
+		return ""
+	}
+	return c.Plugins[0].Fallback.Name
+}
+
+// TestFallbackFileFollowed: a fallback conflist named by its file is read
+// again, so a cluster network's upgrade that rewrites it (here: replaced by
+// a rename, as installers write) reaches the agent's conflist; a file that
+// is gone or wrong meanwhile leaves the conflist as it was. Before, the file
+// was read once at start, and the old network's plugins ran until the agent
+// restarted.
+func TestFallbackFileFollowed(t *testing.T) {
+	agent.SetFallbackRescan(t, 200*time.Millisecond)
+	file := filepath.Join(t.TempDir(), "pods.conflist")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(file+".new", []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(file+".new", file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"cniVersion":"1.0.0","name":"v1","plugins":[{"type":"bridge","bridge":"cni0"}]}`)
+	e := newEnv(t, func(o *agent.Options) { o.FallbackConfList = file })
+	if got := e.fallbackName(t); got != "v1" {
+		t.Fatalf("fallback %q at start; want v1", got)
+	}
+	write(`{"cniVersion":"1.0.0","name":"v2","plugins":[{"type":"bridge","bridge":"cni0"}]}`)
+	testenv.Eventually(t.Context(), t, 10*time.Second, "the conflist's fallback after the file was replaced", func() (bool, string) {
+		got := e.fallbackName(t)
+		return got == "v2", fmt.Sprintf("fallback %q, want v2", got)
+	})
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // three rescans without the file
+	write(`{"cniVersion":"1.0.0","name":"v3"}`) // no plugins: refused
+	time.Sleep(600 * time.Millisecond)
+	if got := e.fallbackName(t); got != "v2" {
+		t.Errorf("fallback %q with the file gone, then wrong; want v2 kept", got)
+	}
 }
 
 // A pod's port number keeps its meter and flow after the pod goes: the next
