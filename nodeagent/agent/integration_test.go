@@ -1009,7 +1009,7 @@ func TestFallbackFileFollowed(t *testing.T) {
 	if err := os.Remove(file); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(600 * time.Millisecond) // three rescans without the file
+	time.Sleep(600 * time.Millisecond)          // three rescans without the file
 	write(`{"cniVersion":"1.0.0","name":"v3"}`) // no plugins: refused
 	time.Sleep(600 * time.Millisecond)
 	if got := e.fallbackName(t); got != "v2" {
