@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -1084,6 +1085,61 @@ func TestEtcdEnv(t *testing.T) {
 		if c := podTemplate(t, render(t, sets...)["StatefulSet/stickynet-etcd"]).Spec.Containers[0]; !slices.Contains(c.Command, want) {
 			t.Errorf("etcd command with %q = %v; want %s", set, c.Command, want)
 		}
+	}
+}
+
+// TestEtcdProbes: the bundled etcd's liveness and startup probes ask the
+// metrics listener's /livez, which etcd of the tested version answers there,
+// also in a member without a quorum (not restarted for it), whose /readyz,
+// the readiness probe's path, does not answer.
+func TestEtcdProbes(t *testing.T) {
+	testenv.Integration(t)
+	c := podTemplate(t, render(t)["StatefulSet/stickynet-etcd"]).Spec.Containers[0]
+	metricsPort := -1
+	for _, p := range c.Ports {
+		if p.Name == "metrics" {
+			metricsPort = int(p.ContainerPort)
+		}
+	}
+	if !slices.Contains(c.Command, fmt.Sprintf("--listen-metrics-urls=http://0.0.0.0:%d", metricsPort)) {
+		t.Fatalf("etcd command %v; want its metrics listener on the port named metrics (%d)", c.Command, metricsPort)
+	}
+	for what, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "startup": c.StartupProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/livez" || p.HTTPGet.Port.String() != "metrics" {
+			t.Errorf("etcd %s probe %+v; want an httpGet of /livez on port metrics", what, p)
+		}
+	}
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" {
+		t.Fatalf("etcd readiness probe %+v; want an httpGet of /readyz", p)
+	}
+	// A member of two whose peer never comes: no leader, no quorum.
+	ports := make([]int, 3)
+	for i := range ports {
+		p, err := testenv.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = p
+	}
+	peer := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	testenv.StartEtcd(t, "--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
+		fmt.Sprintf("--initial-cluster=test=%s,gone=http://127.0.0.1:%d", peer, ports[1]),
+		fmt.Sprintf("--listen-metrics-urls=http://127.0.0.1:%d", ports[2]))
+	get := func(path string) int {
+		cl := http.Client{Timeout: 2 * time.Second}
+		resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d%s", ports[2], path))
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	testenv.Eventually(t.Context(), t, 20*time.Second, "/livez of a member without a quorum", func() (bool, string) {
+		code := get("/livez")
+		return code == http.StatusOK, fmt.Sprintf("/livez answered %d; want 200", code)
+	})
+	if code := get("/readyz"); code == http.StatusOK {
+		t.Errorf("/readyz of a member without a quorum answered 200; the test expects it not to (else it shows nothing of /livez)")
 	}
 }
 
