@@ -491,12 +491,15 @@ func (a *agent) doneStarting(at *datapath.Attachment) {
 
 // carries reports whether an attachment may still put its addresses on the
 // wire. A VF does until its DEL resets it through the PF (its MAC and VLAN
-// are set there, whatever became of the netns). A veth pair does not once
-// the pod's netns is gone or its host end went with it: its record then
-// waits for a DEL that may never come. When unsure, it does.
+// are set there, whatever became of the netns), and no longer once it is out
+// of the pod (VFOutOfPod: a DEL that could not restore all of it succeeds so,
+// and the attachment waits for the sweep, which the pod's next one on the
+// node need not). A veth pair does not once the pod's netns is gone or its
+// host end went with it: its record then waits for a DEL that may never
+// come. When unsure, it does.
 func (a *agent) carries(at *datapath.Attachment) bool {
 	if at.VF != nil {
-		return true
+		return !a.dp.VFOutOfPod(at)
 	}
 	if at.Netns != "" && a.dp.NetnsGone(at.Netns) {
 		return false

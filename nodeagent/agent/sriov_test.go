@@ -421,7 +421,24 @@ func TestSriovDelRestoreRefused(t *testing.T) {
 	if got, _ := s.pf.VfConfig("pf0", 0); got.VLAN != 100 || got.MAC != untouched.MAC {
 		t.Fatalf("VF 0 after the DEL is %+v; the test wants its own MAC back and the pod's VLAN 100 left", got)
 	}
-	s.pf.SetFail("SetVfVlan", nil) // the PF would take it now: only the sweep may give it back
+	s.pf.SetFail("SetVfVlan", nil) // the PF would take it now: only the sweep may give VF 0 back
+	// The StatefulSet's next pod, with a's MAC and address, on this node
+	// while a's sandbox is still there: VF 0 carries neither (its netdev is
+	// back, the PF gives it its own MAC), so the ADD goes ahead on VF 1.
+	// Before, it waited for the sweep, and failed with "try again".
+	next := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	next.pod.UID = "uid-a-next"
+	s.pods.Set(next.pod)
+	next.rt = agenttest.RuntimeConf("ctr-a-next", next.netns, "eth0", next.pod)
+	if _, err := s.cni.Add(next.rt); err != nil {
+		t.Fatalf("ADD of a's next pod while VF 0, out of a, waits for the sweep: %v", err)
+	}
+	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0a" {
+		t.Errorf("a's next pod's VF 1 is %+v; want a's MAC", got)
+	}
+	if err := s.cni.Del(next.rt); err != nil {
+		t.Fatalf("DEL a's next pod: %v", err)
+	}
 	b := s.addPod(vfPod("b", "10.94.0.11/24", "02:00:0a:5e:00:0b", nil))
 	if got, _ := s.pf.VfConfig("pf0", 1); got.MAC != "02:00:0a:5e:00:0b" {
 		t.Errorf("b's VF 1 is %+v; want b's MAC (VF 0, not restored, still a's)", got)
