@@ -149,6 +149,9 @@ func TestForwardsEachCommand(t *testing.T) {
 	for _, cmd := range []string{api.CommandAdd, api.CommandDel, api.CommandCheck, api.CommandGC, api.CommandStatus} {
 		t.Run(cmd, func(t *testing.T) {
 			c := conf("1.1.0", stub.socket, "")
+			if cmd == api.CommandGC {
+				c = conf("1.1.0", stub.socket, `,"cni.dev/valid-attachments":[]`)
+			}
 			r := runPlugin(t, cmd, c)
 			if r.exit != 0 {
 				t.Fatalf("exit %d, stdout %q stderr %q", r.exit, r.stdout, r.stderr)
@@ -482,6 +485,49 @@ func TestGCSplitsValidAttachments(t *testing.T) {
 	}
 }
 
+// TestGCValidAttachmentsKey: a GC that names no valid attachments at all
+// is refused, before anything is detached (taken for an empty list, it tore
+// down every pod's network on the node); one with the key of the CNI 1.1
+// spec as first published, cni.dev/attachments, is read as the list, and
+// the agent gets it under cni.dev/valid-attachments.
+func TestGCValidAttachmentsKey(t *testing.T) {
+	stub := startStub(t, func(api.Request) (int, []byte) { return 200, []byte(`{}`) })
+	cache := t.TempDir()
+	const fb = `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}`
+	rec := writeRecord(t, cache, "c-fallback", "eth0", fb)
+	gc := func(key string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"stickynet","type":"stickynet","socket":%q,"cacheDir":%q,"fallback":%s%s}`, stub.socket, cache, fb, key)
+	}
+	e := cniError(t, runPlugin(t, "GC", gc(""), "CNI_PATH="+t.TempDir()))
+	if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "GC without cni.dev/valid-attachments") {
+		t.Errorf("GC without a list: %+v; want code %d naming cni.dev/valid-attachments", e, types.ErrInvalidNetworkConfig)
+	}
+	select {
+	case req := <-stub.got:
+		t.Errorf("the agent got %s from a GC without a list", req.Command)
+	default:
+	}
+	if _, err := os.Stat(rec); err != nil {
+		t.Errorf("record of a fallback attachment after a GC without a list: %v", err)
+	}
+	r := runPlugin(t, "GC", gc(`,"cni.dev/attachments":[{"containerID":"c-fallback","ifname":"eth0"},{"containerID":"c-sticky","ifname":"eth0"}]`), "CNI_PATH="+t.TempDir())
+	if r.exit != 0 {
+		t.Fatalf("GC with cni.dev/attachments: exit %d, stdout %q stderr %q", r.exit, r.stdout, r.stderr)
+	}
+	var got struct {
+		Valid []types.GCAttachment `json:"cni.dev/valid-attachments"`
+	}
+	if err := json.Unmarshal((<-stub.got).Config, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Valid) != 1 || got.Valid[0] != (types.GCAttachment{ContainerID: "c-sticky", IfName: "eth0"}) {
+		t.Errorf("agent got valid attachments %+v; want c-sticky's only", got.Valid)
+	}
+	if _, err := os.Stat(rec); err != nil {
+		t.Errorf("record of a fallback attachment cni.dev/attachments names: %v", err)
+	}
+}
+
 // TestStaleFallbackRecordThatCannotBeDeleted: GC reports the failed DEL of
 // a stale fallback attachment and keeps its record for the next GC, and
 // still forwards GC to the agent.
@@ -490,7 +536,8 @@ func TestStaleFallbackRecordThatCannotBeDeleted(t *testing.T) {
 	cache := t.TempDir()
 	const fb = `{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"no-such-plugin"}]}`
 	rec := writeRecord(t, cache, "c-stale", "eth0", fb)
-	e := cniError(t, runPlugin(t, "GC", fallbackConf(stub.socket, cache, fb), "CNI_PATH="+t.TempDir()))
+	gc := conf("1.1.0", stub.socket, fmt.Sprintf(`,"cacheDir":%q,"fallback":%s,"cni.dev/valid-attachments":[]`, cache, fb))
+	e := cniError(t, runPlugin(t, "GC", gc, "CNI_PATH="+t.TempDir()))
 	if !strings.Contains(e.Msg, `fallback network "pods"`) || !strings.Contains(e.Msg, "c-stale") || !strings.Contains(e.Msg, "no-such-plugin") {
 		t.Errorf("error = %+v; want one naming the network, the container and the plugin", e)
 	}

@@ -261,26 +261,56 @@ func (p *Plugin) gc(a *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	valid, legacy, err := validAttachments(a.StdinData)
+	if err != nil {
+		return err
+	}
 	recs, rerr := fb.records()
 	recorded := map[types.GCAttachment]bool{}
 	for _, r := range recs {
 		recorded[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] = true
 	}
 	var forAgent []types.GCAttachment
-	for _, v := range conf.ValidAttachments {
+	for _, v := range valid {
 		if !recorded[v] {
 			forAgent = append(forAgent, v)
 		}
 	}
-	errs := []error{rerr, fb.gc(context.Background(), recs, conf.ValidAttachments)}
+	errs := []error{rerr, fb.gc(context.Background(), recs, valid)}
 	config := a.StdinData
-	if len(forAgent) != len(conf.ValidAttachments) {
+	if len(forAgent) != len(valid) || legacy {
 		if config, err = withValidAttachments(a.StdinData, forAgent); err != nil {
 			return err
 		}
 	}
 	_, err = ask(conf, api.CommandGC, a, config)
 	return joinErrors(append(errs, err))
+}
+
+// validAttachments reads GC's list of valid attachments: the spec's
+// cni.dev/valid-attachments or, from a runtime that follows the CNI 1.1
+// spec as first published, cni.dev/attachments (legacy). null is an empty
+// list, as libcni sends one; a GC with neither key is refused, not taken for
+// an empty list, which would tear down every pod's network on the node.
+func validAttachments(config []byte) (valid []types.GCAttachment, legacy bool, err error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(config, &m); err != nil {
+		return nil, false, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("network configuration is not a JSON object: %v", err), "")
+	}
+	for _, k := range []string{"cni.dev/valid-attachments", "cni.dev/attachments"} {
+		raw, ok := m[k]
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(raw, &valid); err != nil {
+			return nil, false, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("GC: %s is not a list of attachments: %v", k, err),
+				`want [{"containerID":"...","ifname":"..."}, ...]`)
+		}
+		return valid, k != "cni.dev/valid-attachments", nil
+	}
+	return nil, false, types.NewError(types.ErrInvalidNetworkConfig,
+		"GC without cni.dev/valid-attachments: the runtime named no attachment as valid, and stickynet does not take that for none (every pod's network on the node would be torn down)",
+		"a runtime with no valid attachments sends an empty list")
 }
 
 // withValidAttachments returns the network configuration with its list of
