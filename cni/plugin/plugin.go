@@ -83,10 +83,6 @@ func ask(conf *api.NetConf, command string, a *skel.CmdArgs, config []byte) (*ap
 	defer cancel()
 	resp, err := Forward(ctx, conf.Socket, req)
 	if err != nil {
-		var te *types.Error
-		if command == api.CommandStatus && errors.As(err, &te) && te.Code == types.ErrTryAgainLater {
-			return nil, types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
-		}
 		return nil, err
 	}
 	if resp.Error != nil {
@@ -339,16 +335,45 @@ func withValidAttachments(config []byte, valid []types.GCAttachment) ([]byte, er
 	return out, nil
 }
 
-// status: the agent's, then the fallback network's.
+// status: the agent's, then the fallback network's. An agent that cannot be
+// reached or is starting (try again later) fails STATUS as unavailable
+// (code 50), unless its status passed within api.StatusGrace
+// (api.StatusPassed in the conflist's agentCacheDir): a restart, not an
+// outage.
 func (p *Plugin) status(a *skel.CmdArgs) error {
 	conf, fb, err := setup(a)
 	if err != nil {
 		return err
 	}
 	if _, err := ask(conf, api.CommandStatus, a, a.StdinData); err != nil {
-		return err
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater {
+			return err
+		}
+		last, ok := statusPassed(conf.AgentCacheDir)
+		if !ok {
+			return types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
+		}
+		if since := time.Since(last); since > api.StatusGrace {
+			return types.NewError(types.ErrPluginNotAvailable,
+				fmt.Sprintf("%s; the agent's status last passed %s ago (%s), past the %s a restart is given", te.Msg, since.Round(time.Second), last.UTC().Format(time.RFC3339), api.StatusGrace),
+				te.Details)
+		}
 	}
 	return fb.status(context.Background())
+}
+
+// statusPassed is when the agent's status last passed, by api.StatusPassed
+// in its folder of records dir (an absolute path; false: unknown).
+func statusPassed(dir string) (time.Time, bool) {
+	if !filepath.IsAbs(dir) {
+		return time.Time{}, false
+	}
+	fi, err := os.Stat(filepath.Join(dir, api.StatusPassed))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return fi.ModTime(), true
 }
 
 // Forward sends one request to the agent listening on socket and returns its

@@ -824,7 +824,9 @@ func (a *agent) status(ctx context.Context) error {
 	ready := a.ready
 	a.mu.Unlock()
 	if !ready {
-		return types.NewError(types.ErrPluginNotAvailable, "stickynet node agent is starting", "")
+		// Try again, as when the agent cannot be reached: the plugin
+		// passes STATUS within api.StatusGrace of the last that passed.
+		return types.NewError(types.ErrTryAgainLater, "stickynet node agent is starting", "")
 	}
 	if ok, err := a.ovs.BridgeExists(ctx); err != nil || !ok {
 		msg := fmt.Sprintf("OVS bridge %s is missing", a.opts.Bridge)
@@ -837,6 +839,9 @@ func (a *agent) status(ctx context.Context) error {
 	// forwards every packet): without it ADD cannot succeed.
 	if err := a.ovs.Ping(ctx); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	if err := a.store.StatusPassed(); err != nil {
+		klog.FromContext(ctx).V(2).Info("A STATUS without the agent will not pass in its grace", "err", err)
 	}
 	return nil
 }

@@ -213,7 +213,7 @@ func waitChild(t *testing.T, what string, args ...string) {
 }
 
 // records lists the files in the agent's records folder but its
-// api.RecordsComplete mark.
+// api.RecordsComplete and api.StatusPassed marks.
 func (e *env) records() []string {
 	e.t.Helper()
 	entries, err := os.ReadDir(e.opts.CacheDir)
@@ -222,7 +222,7 @@ func (e *env) records() []string {
 	}
 	var out []string
 	for _, en := range entries {
-		if en.Name() != api.RecordsComplete {
+		if en.Name() != api.RecordsComplete && en.Name() != api.StatusPassed {
 			out = append(out, en.Name())
 		}
 	}

@@ -246,8 +246,13 @@ func TestGC(t *testing.T) {
 	if err := e.cni.Check(a.rt); err != nil {
 		t.Errorf("CHECK of the valid attachment after GC: %v", err)
 	}
+	before := time.Now().Add(-time.Second) // file times are coarser than the clock
 	if err := e.cni.Status(); err != nil {
 		t.Errorf("STATUS: %v", err)
+	}
+	// What a STATUS without the agent (a restart) goes by.
+	if fi, err := os.Stat(filepath.Join(e.opts.CacheDir, api.StatusPassed)); err != nil || fi.ModTime().Before(before) {
+		t.Errorf("%s after a STATUS that passed: %v, %v; want it touched", api.StatusPassed, fi, err)
 	}
 }
 

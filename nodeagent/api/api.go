@@ -219,6 +219,20 @@ type Fallback struct {
 // has none, and a missing record there proves nothing.
 const RecordsComplete = ".complete"
 
+// StatusPassed is a file in the node agent's folder of records whose
+// modification time is the last time the agent's status passed (CNI STATUS,
+// or its readiness probe): it could serve ADD then. A STATUS that cannot
+// reach the agent, or finds it starting, passes within StatusGrace of that
+// time: an agent restart (a DaemonSet rollout, a crash) would otherwise mark
+// the node NotReady, and the node controller then marks every pod on it
+// NotReady, out of its Services, though OVS forwards their traffic all the
+// while. ADD meanwhile fails with "try again later", which kubelet retries.
+const StatusPassed = ".status-passed"
+
+// StatusGrace is how long after the agent's status last passed a STATUS
+// without the agent still passes (StatusPassed).
+const StatusGrace = time.Minute
+
 // RecordName is the file name of the node agent's record of the attachment
 // (containerID, ifName) in its cache folder. Container IDs and ifnames hold
 // no '/', so the key's separator becomes '_', and anything else unsafe is
