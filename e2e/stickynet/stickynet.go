@@ -65,6 +65,7 @@ type System struct {
 // a simulated node (a real node's is the cluster's).
 type nodeAgent struct {
 	node            cluster.Node
+	argv            []string // the agent's command line
 	agent           *process
 	ovsdb, vswitchd *process
 }
@@ -326,23 +327,44 @@ func (s *System) startAgent(ctx context.Context, n cluster.Node) error {
 			return fmt.Errorf("write fallback conflist of %s: %w", n.Name, err)
 		}
 	}
-	argv := append(agentArgs(s.opts.Binaries.NodeAgent, n, s.c.KubeconfigPath(), db, filepath.Dir(db)), s.opts.AgentFlags...)
+	a.argv = append(agentArgs(s.opts.Binaries.NodeAgent, n, s.c.KubeconfigPath(), db, filepath.Dir(db)), s.opts.AgentFlags...)
+	return s.runAgent(ctx, a)
+}
+
+// runAgent starts a's agent process and waits until it serves.
+func (s *System) runAgent(ctx context.Context, a *nodeAgent) error {
 	var err error
-	a.agent, err = s.start(ctx, "nodeagent-"+n.Name, n.Netns, nil, argv...)
+	a.agent, err = s.start(ctx, "nodeagent-"+a.node.Name, a.node.Netns, nil, a.argv...)
 	if err != nil {
 		return err
 	}
-	if err := waitFor(ctx, n.Name+" node agent serving", 100*time.Millisecond, a.agent, func(context.Context) (bool, error) {
-		conn, err := net.DialTimeout("unix", AgentSocket(n), time.Second)
+	return waitFor(ctx, a.node.Name+" node agent serving", 100*time.Millisecond, a.agent, func(context.Context) (bool, error) {
+		conn, err := net.DialTimeout("unix", AgentSocket(a.node), time.Second)
 		if err != nil {
 			return false, nil
 		}
 		conn.Close()
 		return true, nil
-	}); err != nil {
-		return err
+	})
+}
+
+// RestartAgent stops node's agent (SIGTERM, by PID), leaves it down for
+// down, as a DaemonSet rollout does while the new image is pulled, and
+// starts it again with the same arguments, waiting until it serves.
+func (s *System) RestartAgent(ctx context.Context, node string, down time.Duration) error {
+	s.mu.Lock()
+	a := s.agents[node]
+	s.mu.Unlock()
+	if a == nil {
+		return fmt.Errorf("no node agent on %s", node)
 	}
-	return nil
+	a.agent.Stop(10 * time.Second)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(down):
+	}
+	return s.runAgent(ctx, a)
 }
 
 // Stop stops stickynet's control side: the webhook (after removing its

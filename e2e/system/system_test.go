@@ -113,6 +113,7 @@ func TestStickynet(t *testing.T) {
 	t.Run("SimulatedNodeWithAgent", func(t *testing.T) { e.testSimulated(ctx, t) })
 	t.Run("BandwidthPolicyBothWaysAndLive", func(t *testing.T) { e.testBandwidth(ctx, t) })
 	t.Run("NodeNotReadyWhileOVSDown", func(t *testing.T) { e.testOVSDown(ctx, t) })
+	t.Run("NodeReadyThroughAgentRestart", func(t *testing.T) { e.testAgentRestart(ctx, t) })
 	t.Run("UnlabelledNamespaceOnFallbackNetwork", func(t *testing.T) { e.testFallback(ctx, t) })
 	t.Run("DaemonSetPodHandsAddressOver", func(t *testing.T) { e.testDaemonSetHandover(ctx, t) })
 	t.Run("PodOfWidenedPoolScheduled", func(t *testing.T) { e.testWidenedPool(ctx, t) })
@@ -305,6 +306,62 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 	}
 }
 
+// readyCondition is the node's Ready condition, and whether the node is
+// free of the not-ready taint.
+func (e *env) readyCondition(ctx context.Context, node string) (corev1.NodeCondition, bool) {
+	nd, err := e.k.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return corev1.NodeCondition{Message: err.Error()}, false
+	}
+	for _, c := range nd.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c, !slices.ContainsFunc(nd.Spec.Taints, func(tn corev1.Taint) bool { return tn.Key == corev1.TaintNodeNotReady })
+		}
+	}
+	return corev1.NodeCondition{Message: "no Ready condition"}, false
+}
+
+// testAgentRestart: node-1's agent stopped for 15 s (three of kubelet's
+// runtime checks, each a CNI STATUS through containerd) and started again,
+// as a DaemonSet rollout does: the node stays Ready throughout, as OVS
+// forwards its pods' traffic all the while. Before, STATUS failed without
+// the agent, and the node went NotReady as with ovs-vswitchd down.
+func (e *env) testAgentRestart(ctx context.Context, t *testing.T) {
+	const node = "node-1"
+	eventually(ctx, t, 90*time.Second, node+" Ready and untainted before the restart", func() (bool, string) {
+		c, untainted := e.readyCondition(ctx, node)
+		return c.Status == corev1.ConditionTrue && untainted, fmt.Sprintf("Ready=%s (untainted %v): %s", c.Status, untainted, c.Message)
+	})
+	done := make(chan struct{})
+	var notReady []string
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			if c, untainted := e.readyCondition(ctx, node); c.Status != corev1.ConditionTrue || !untainted {
+				notReady = append(notReady, fmt.Sprintf("%s Ready=%s (untainted %v): %s", time.Now().Format(time.StampMilli), c.Status, untainted, c.Message))
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}()
+	began := time.Now()
+	err := e.sys.RestartAgent(ctx, node, 15*time.Second)
+	t.Logf("%s's agent stopped and serving again after %s", node, time.Since(began).Round(100*time.Millisecond))
+	time.Sleep(10 * time.Second) // kubelet's next status report
+	close(done)
+	<-watched
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notReady) > 0 {
+		t.Errorf("%s not Ready through its agent's restart, %d times, first: %s", node, len(notReady), notReady[0])
+	}
+}
+
 // testOVSDown: with node-1's ovs-vswitchd stopped, the agent's CNI STATUS
 // fails, containerd reports the network not ready and kubelet marks the node
 // NotReady with the agent's reason; once ovs-vswitchd is back (without its
@@ -314,18 +371,7 @@ func (e *env) testBandwidth(ctx context.Context, t *testing.T) {
 func (e *env) testOVSDown(ctx context.Context, t *testing.T) {
 	const node = "node-1"
 	n, _ := e.c.Node(node)
-	readyCondition := func() (corev1.NodeCondition, bool) {
-		nd, err := e.k.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
-			return corev1.NodeCondition{Message: err.Error()}, false
-		}
-		for _, c := range nd.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				return c, !slices.ContainsFunc(nd.Spec.Taints, func(tn corev1.Taint) bool { return tn.Key == corev1.TaintNodeNotReady })
-			}
-		}
-		return corev1.NodeCondition{Message: "no Ready condition"}, false
-	}
+	readyCondition := func() (corev1.NodeCondition, bool) { return e.readyCondition(ctx, node) }
 	if err := e.c.StopVswitchd(node); err != nil {
 		t.Fatal(err)
 	}
