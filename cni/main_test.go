@@ -565,10 +565,10 @@ func TestDamagedRecord(t *testing.T) {
 // TestStatusInAgentRestart: STATUS without the agent (nothing on its
 // socket, or the agent starting) passes within api.StatusGrace of the last
 // STATUS the agent passed, as a restart's, so that the node stays Ready; it
-// fails as unavailable without that record and once the grace is over,
-// saying when the agent last passed. Before, every agent restart failed it.
+// fails as unavailable without that record, once the grace is over (saying
+// when the agent last passed), and with a record from the future (a clock
+// stepped back). Before, every agent restart failed it.
 func TestStatusInAgentRestart(t *testing.T) {
-	records := t.TempDir()
 	missing := filepath.Join(t.TempDir(), "agent.sock")
 	starting := startStub(t, func(api.Request) (int, []byte) {
 		return 200, jsonOf(t, api.Response{Error: types.NewError(types.ErrTryAgainLater, "stickynet node agent is starting", "")})
@@ -577,7 +577,7 @@ func TestStatusInAgentRestart(t *testing.T) {
 		return 200, jsonOf(t, api.Response{Error: types.NewError(types.ErrPluginNotAvailable, "ovs-vswitchd does not answer", "")})
 	})
 	status := func(socket string) run {
-		return runPlugin(t, "STATUS", conf("1.1.0", socket, fmt.Sprintf(`,"agentCacheDir":%q`, records)))
+		return runPlugin(t, "STATUS", conf("1.1.0", socket, ""))
 	}
 	unavailable := func(what string, r run, want ...string) {
 		t.Helper()
@@ -592,22 +592,31 @@ func TestStatusInAgentRestart(t *testing.T) {
 		}
 	}
 	unavailable("no agent, its status never passed", status(missing), missing)
-	marker := filepath.Join(records, api.StatusPassed)
-	if err := os.WriteFile(marker, nil, 0o600); err != nil {
-		t.Fatal(err)
+	// The record is beside each socket.
+	passedAt := func(at time.Time) {
+		t.Helper()
+		for _, socket := range []string{missing, starting.socket, ovsDown.socket} {
+			marker := filepath.Join(filepath.Dir(socket), api.StatusPassed)
+			if err := os.WriteFile(marker, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(marker, at, at); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
+	passedAt(time.Now())
 	for _, socket := range []string{missing, starting.socket} {
 		if r := status(socket); r.exit != 0 {
 			t.Errorf("STATUS with the agent at %s away, its status passed a moment ago: exit %d, stdout %q", socket, r.exit, r.stdout)
 		}
 	}
 	unavailable("OVS down, the agent's status passed a moment ago", status(ovsDown.socket), "ovs-vswitchd does not answer")
-	old := time.Now().Add(-api.StatusGrace - time.Minute)
-	if err := os.Chtimes(marker, old, old); err != nil {
-		t.Fatal(err)
-	}
+	passedAt(time.Now().Add(-api.StatusGrace - time.Minute))
 	unavailable("no agent, its status passed 2m ago", status(missing), missing, "the agent's status last passed 2m0s ago")
 	unavailable("agent starting, its status passed 2m ago", status(starting.socket), "stickynet node agent is starting", "last passed")
+	passedAt(time.Now().Add(time.Hour)) // the clock stepped back since
+	unavailable("no agent, its status passed an hour from now", status(missing), missing)
 }
 
 func TestStatusOfFallback(t *testing.T) {

@@ -337,9 +337,8 @@ func withValidAttachments(config []byte, valid []types.GCAttachment) ([]byte, er
 
 // status: the agent's, then the fallback network's. An agent that cannot be
 // reached or is starting (try again later) fails STATUS as unavailable
-// (code 50), unless its status passed within api.StatusGrace
-// (api.StatusPassed in the conflist's agentCacheDir): a restart, not an
-// outage.
+// (code 50), unless it passed STATUS within api.StatusGrace
+// (api.StatusPassed beside its socket): a restart, not an outage.
 func (p *Plugin) status(a *skel.CmdArgs) error {
 	conf, fb, err := setup(a)
 	if err != nil {
@@ -350,11 +349,12 @@ func (p *Plugin) status(a *skel.CmdArgs) error {
 		if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater {
 			return err
 		}
-		last, ok := statusPassed(conf.AgentCacheDir)
+		last, ok := statusPassed(conf.Socket)
 		if !ok {
 			return types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
 		}
-		if since := time.Since(last); since > api.StatusGrace {
+		// A time ahead of now is a clock stepped back: no grace.
+		if since := time.Since(last); since > api.StatusGrace || since < -time.Second {
 			return types.NewError(types.ErrPluginNotAvailable,
 				fmt.Sprintf("%s; the agent's status last passed %s ago (%s), past the %s a restart is given", te.Msg, since.Round(time.Second), last.UTC().Format(time.RFC3339), api.StatusGrace),
 				te.Details)
@@ -363,13 +363,10 @@ func (p *Plugin) status(a *skel.CmdArgs) error {
 	return fb.status(context.Background())
 }
 
-// statusPassed is when the agent's status last passed, by api.StatusPassed
-// in its folder of records dir (an absolute path; false: unknown).
-func statusPassed(dir string) (time.Time, bool) {
-	if !filepath.IsAbs(dir) {
-		return time.Time{}, false
-	}
-	fi, err := os.Stat(filepath.Join(dir, api.StatusPassed))
+// statusPassed is when the agent last passed STATUS, by api.StatusPassed
+// beside its socket (false: unknown).
+func statusPassed(socket string) (time.Time, bool) {
+	fi, err := os.Stat(filepath.Join(filepath.Dir(socket), api.StatusPassed))
 	if err != nil {
 		return time.Time{}, false
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -57,7 +59,7 @@ func (a *agent) Handle(ctx context.Context, req api.Request) api.Response {
 			err = a.gc(ctx, conf)
 		}
 	case api.CommandStatus:
-		err = a.status(ctx)
+		err = a.cniStatus(ctx)
 	default:
 		err = types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI command %q", req.Command), "")
 	}
@@ -840,10 +842,31 @@ func (a *agent) status(ctx context.Context) error {
 	if err := a.ovs.Ping(ctx); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
-	if err := a.store.StatusPassed(); err != nil {
-		klog.FromContext(ctx).V(2).Info("A STATUS without the agent will not pass in its grace", "err", err)
-	}
 	return nil
+}
+
+// cniStatus is CNI STATUS: status, recorded for a STATUS while the agent is
+// away (api.StatusPassed): a pass sets the record's time, and a failure for
+// Open vSwitch (not "starting") removes it.
+func (a *agent) cniStatus(ctx context.Context) error {
+	err := a.status(ctx)
+	p := filepath.Join(filepath.Dir(a.opts.Socket), api.StatusPassed)
+	var rerr error
+	switch {
+	case err == nil:
+		now := time.Now()
+		if rerr = os.Chtimes(p, now, now); errors.Is(rerr, os.ErrNotExist) {
+			rerr = os.WriteFile(p, nil, 0o644)
+		}
+	case cniError(err).Code == types.ErrPluginNotAvailable:
+		if rerr = os.Remove(p); errors.Is(rerr, os.ErrNotExist) {
+			rerr = nil
+		}
+	}
+	if rerr != nil {
+		klog.FromContext(ctx).Error(rerr, "Cannot record the STATUS for one while the agent is away", "file", p)
+	}
+	return err
 }
 
 // kubeletUID is the UID kubelet and the runtime know pod by: its own, but

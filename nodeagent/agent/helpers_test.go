@@ -213,7 +213,7 @@ func waitChild(t *testing.T, what string, args ...string) {
 }
 
 // records lists the files in the agent's records folder but its
-// api.RecordsComplete and api.StatusPassed marks.
+// api.RecordsComplete mark.
 func (e *env) records() []string {
 	e.t.Helper()
 	entries, err := os.ReadDir(e.opts.CacheDir)
@@ -222,7 +222,7 @@ func (e *env) records() []string {
 	}
 	var out []string
 	for _, en := range entries {
-		if en.Name() != api.RecordsComplete && en.Name() != api.StatusPassed {
+		if en.Name() != api.RecordsComplete {
 			out = append(out, en.Name())
 		}
 	}

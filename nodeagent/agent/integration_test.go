@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -251,7 +252,7 @@ func TestGC(t *testing.T) {
 		t.Errorf("STATUS: %v", err)
 	}
 	// What a STATUS without the agent (a restart) goes by.
-	if fi, err := os.Stat(filepath.Join(e.opts.CacheDir, api.StatusPassed)); err != nil || fi.ModTime().Before(before) {
+	if fi, err := os.Stat(filepath.Join(filepath.Dir(e.opts.Socket), api.StatusPassed)); err != nil || fi.ModTime().Before(before) {
 		t.Errorf("%s after a STATUS that passed: %v, %v; want it touched", api.StatusPassed, fi, err)
 	}
 }
@@ -746,9 +747,17 @@ func TestAddWithVswitchdDown(t *testing.T) {
 		t.Errorf("/readyz with ovs-vswitchd up: %d %q; want 200", code, body)
 	}
 	p := e.newPod(podSpec{name: "early", ips: "10.81.0.32/24", mac: "02:00:0a:51:00:20"})
+	passed := filepath.Join(filepath.Dir(e.opts.Socket), api.StatusPassed)
+	if err := e.cni.Status(); err != nil {
+		t.Errorf("STATUS with ovs-vswitchd up: %v", err)
+	}
 	e.node.OVS.StopVswitchd(t)
 	if err := e.cni.Status(); cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "ovs-vswitchd does not answer") {
 		t.Errorf("STATUS with ovs-vswitchd down: %v; want code %d saying ovs-vswitchd does not answer", err, types.ErrPluginNotAvailable)
+	}
+	// An agent restart during the outage gets no grace.
+	if _, err := os.Stat(passed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after a STATUS that failed for ovs-vswitchd: %v; want it removed", api.StatusPassed, err)
 	}
 	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "ovs-vswitchd does not answer") {
 		t.Errorf("/readyz with ovs-vswitchd down: %d %q; want 503 saying ovs-vswitchd does not answer", code, body)

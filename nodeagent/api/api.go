@@ -219,17 +219,19 @@ type Fallback struct {
 // has none, and a missing record there proves nothing.
 const RecordsComplete = ".complete"
 
-// StatusPassed is a file in the node agent's folder of records whose
-// modification time is the last time the agent's status passed (CNI STATUS,
-// or its readiness probe): it could serve ADD then. A STATUS that cannot
-// reach the agent, or finds it starting, passes within StatusGrace of that
-// time: an agent restart (a DaemonSet rollout, a crash) would otherwise mark
-// the node NotReady, and the node controller then marks every pod on it
-// NotReady, out of its Services, though OVS forwards their traffic all the
-// while. ADD meanwhile fails with "try again later", which kubelet retries.
+// StatusPassed is a file in the folder of the node agent's socket (a tmpfs
+// such as /run/stickynet, so that a rebooted node has none) whose
+// modification time is the last time the agent passed CNI STATUS: it could
+// serve ADD then. A STATUS that cannot reach the agent, or finds it
+// starting, passes within StatusGrace of that time: an agent restart (a
+// DaemonSet rollout, a crash) would otherwise mark the node NotReady, and the
+// node controller then marks every pod on it NotReady, out of its Services,
+// though OVS forwards their traffic all the while. ADD meanwhile fails with
+// "try again later", which kubelet retries. The agent removes the file when
+// its STATUS fails for Open vSwitch, so that a restart then gets no grace.
 const StatusPassed = ".status-passed"
 
-// StatusGrace is how long after the agent's status last passed a STATUS
+// StatusGrace is how long after the agent last passed STATUS a STATUS
 // without the agent still passes (StatusPassed).
 const StatusGrace = time.Minute
 

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/stickynet/stickynet/nodeagent/api"
 	"github.com/stickynet/stickynet/nodeagent/datapath"
@@ -61,22 +60,6 @@ func (s *Store) SetComplete(complete bool) error {
 	}
 	if err := os.WriteFile(p, nil, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
-}
-
-// StatusPassed sets the modification time of the folder's api.StatusPassed
-// file to now, creating it if needed.
-func (s *Store) StatusPassed() error {
-	p := filepath.Join(s.dir, api.StatusPassed)
-	now := time.Now()
-	if err := os.Chtimes(p, now, now); errors.Is(err, os.ErrNotExist) {
-		err = os.WriteFile(p, nil, 0o600)
-		if err != nil {
-			return fmt.Errorf("write %s: %w", p, err)
-		}
-	} else if err != nil {
-		return fmt.Errorf("touch %s: %w", p, err)
 	}
 	return nil
 }
