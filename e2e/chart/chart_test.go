@@ -805,41 +805,67 @@ func TestAPIServer(t *testing.T) {
 
 	// The webhook's state is in one etcd under one key prefix: an upgrade
 	// that would move it to another (empty) store fails and names the
-	// value, unless etcd.allowStoreChange says so; one that keeps an
-	// endpoint of the installed etcd renders.
+	// value, unless etcd.allowStoreChange says so; one that keeps the store
+	// renders.
 	t.Run("UpgradeKeepsStateStore", func(t *testing.T) {
-		f := filepath.Join(t.TempDir(), "webhook.yaml")
-		if err := os.WriteFile(f, render(t)["Deployment/stickynet-webhook"], 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
-			t.Fatalf("apply the install's webhook Deployment: %v\n%s", err, out)
-		}
-		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
-		upgrade := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
-		const bundled = "http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379,http://stickynet-etcd-1.stickynet-etcd-peers.stickynet-system.svc:2379,http://stickynet-etcd-2.stickynet-etcd-peers.stickynet-system.svc:2379"
-		for _, c := range []struct {
-			sets []string
-			want string
-		}{
-			{[]string{"etcd.keyPrefix=/other/"}, `etcd.keyPrefix: invalid value "/other/": the installed webhook keeps its state under "/stickynet/"; an upgrade to another state store starts from an empty one`},
-			{[]string{"etcd.bundled.enabled=false", "etcd.endpoints={http://etcd.example:2379}"}, `etcd.endpoints: invalid value "http://etcd.example:2379" (etcd.bundled.enabled false): it shares no endpoint with the etcd the installed webhook keeps its state in (` + bundled + ")"},
-		} {
-			out, stderr, err := testenv.Helm(t, append(upgrade, setArgs(c.sets)...)...)
-			if err == nil || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, "etcd.allowStoreChange=true") {
-				t.Errorf("upgrade with %v: %v\n%s%s\nwant a failure saying %q and naming etcd.allowStoreChange", c.sets, err, out, stderr, c.want)
+		// installed applies the webhook Deployment of an install with sets,
+		// its --etcd-endpoints replaced by endpoints where given.
+		installed := func(endpoints string, sets ...string) {
+			t.Helper()
+			doc := render(t, sets...)["Deployment/stickynet-webhook"]
+			if endpoints != "" {
+				doc = regexp.MustCompile(`--etcd-endpoints=\S+`).ReplaceAll(doc, []byte("--etcd-endpoints="+endpoints))
 			}
-			if _, stderr, err := testenv.Helm(t, append(upgrade, setArgs(append(c.sets, "etcd.allowStoreChange=true"))...)...); err != nil {
-				t.Errorf("upgrade with %v and etcd.allowStoreChange=true: %v\n%s", c.sets, err, stderr)
+			f := filepath.Join(t.TempDir(), "webhook.yaml")
+			if err := os.WriteFile(f, doc, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+				t.Fatalf("apply the install's webhook Deployment: %v\n%s", err, out)
 			}
 		}
-		// One endpoint of the installed etcd kept (a member added to an
-		// etcd of one's own), and the install as it is: both render.
-		for _, sets := range [][]string{{"etcd.bundled.enabled=false", "etcd.endpoints={http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379,http://etcd.example:2379}"}, nil} {
-			if _, stderr, err := testenv.Helm(t, append(upgrade, setArgs(sets)...)...); err != nil {
+		t.Cleanup(func() {
+			_, _ = c.Kubectl(context.Background(), "delete", "deployment", "-n", "stickynet-system", "stickynet-webhook", "--wait=false")
+		})
+		upgrade := func(sets ...string) (string, error) {
+			t.Helper()
+			args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
+			_, stderr, err := testenv.Helm(t, append(args, setArgs(sets)...)...)
+			return stderr, err
+		}
+		refused := func(want string, sets ...string) {
+			t.Helper()
+			stderr, err := upgrade(sets...)
+			if err == nil || !strings.Contains(stderr, want) || !strings.Contains(stderr, "etcd.allowStoreChange=true") {
+				t.Errorf("upgrade with %v: %v\n%s\nwant a failure saying %q and naming etcd.allowStoreChange", sets, err, stderr, want)
+			}
+			if stderr, err := upgrade(append(sets, "etcd.allowStoreChange=true")...); err != nil {
+				t.Errorf("upgrade with %v and etcd.allowStoreChange=true: %v\n%s", sets, err, stderr)
+			}
+		}
+		kept := func(sets ...string) {
+			t.Helper()
+			if stderr, err := upgrade(sets...); err != nil {
 				t.Errorf("upgrade with %v: %v\n%s", sets, err, stderr)
 			}
 		}
+		const why = "an upgrade to another state store starts from an empty one"
+		installed("")
+		kept()
+		refused(`etcd.keyPrefix: invalid value "/other/": the installed webhook keeps its state under "/stickynet/"; `+why, "etcd.keyPrefix=/other/")
+		// Leaving the bundled etcd deletes it, even with a member's URL kept.
+		refused(`etcd.endpoints: invalid value "http://etcd.example:2379" (etcd.bundled.enabled false): the installed webhook keeps its state in the bundled etcd, which this upgrade deletes`,
+			"etcd.bundled.enabled=false", "etcd.endpoints={http://etcd.example:2379}")
+		refused("which this upgrade deletes", "etcd.endpoints={http://stickynet-etcd-0.stickynet-etcd-peers.stickynet-system.svc:2379,http://etcd.example:2379}")
+		// An earlier chart gave the bundled etcd's client Service.
+		installed("http://stickynet-etcd.stickynet-system.svc:2379")
+		kept()
+		// An etcd of one's own: the same while an endpoint stays.
+		installed("", "etcd.endpoints={http://a.example:2379,http://b.example:2379}")
+		kept("etcd.endpoints={http://b.example:2379,http://c.example:2379}")
+		refused(`etcd.endpoints: invalid value "http://c.example:2379" (etcd.bundled.enabled true): it shares no endpoint with the etcd the installed webhook keeps its state in (http://a.example:2379,http://b.example:2379); `+why,
+			"etcd.endpoints={http://c.example:2379}")
+		refused("it shares no endpoint", "etcd.endpoints=null")
 	})
 
 	// The running scheduler reads the extender's CA only at start: an
