@@ -824,8 +824,8 @@ func TestAPIServer(t *testing.T) {
 				t.Fatalf("apply the install's webhook Deployment: %v\n%s", err, out)
 			}
 		}
-		t.Cleanup(func() {
-			_, _ = c.Kubectl(context.Background(), "delete", "deployment", "-n", "stickynet-system", "stickynet-webhook", "--wait=false")
+		t.Cleanup(func() { // gone before the next subtests' upgrades look it up
+			_, _ = c.Kubectl(context.Background(), "delete", "deployment", "-n", "stickynet-system", "stickynet-webhook")
 		})
 		upgrade := func(sets ...string) (string, error) {
 			t.Helper()
