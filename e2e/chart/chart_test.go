@@ -465,6 +465,11 @@ func TestAPIServer(t *testing.T) {
 	if err := c.CreateNamespace(ctx, "stickynet-system", nil); err != nil {
 		t.Fatal(err)
 	}
+	// upgradeArgs renders the chart as helm upgrade does, with sets: lookup
+	// asks the API server.
+	upgradeArgs := func(sets ...string) []string {
+		return append([]string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}, setArgs(sets)...)
+	}
 	t.Run("DryRun", func(t *testing.T) {
 		manifest := helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system")
 		f := filepath.Join(t.TempDir(), "chart.yaml")
@@ -765,8 +770,7 @@ func TestAPIServer(t *testing.T) {
 			t.Fatalf("apply the install's etcd StatefulSet: %v\n%s", err, out)
 		}
 		t.Cleanup(func() { _, _ = c.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
-		upgrade := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
-		out, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.replicas=1")...)
+		out, stderr, err := testenv.Helm(t, upgradeArgs("etcd.bundled.replicas=1")...)
 		if want := "etcd.bundled.replicas: invalid value 1: the bundled etcd cluster in stickynet-system runs 3 members"; err == nil || !strings.Contains(stderr, want) {
 			t.Errorf("upgrade from 3 to 1 etcd members: %v\n%s%s\nwant a failure saying %q", err, out, stderr, want)
 		}
@@ -776,12 +780,12 @@ func TestAPIServer(t *testing.T) {
 			{"etcd.bundled.storage=4Gi", `etcd.bundled.storage: invalid value "4Gi": the bundled etcd's volumes in stickynet-system were made with 2Gi`},
 			{"etcd.bundled.storageClassName=fast", `etcd.bundled.storageClassName: invalid value "fast": the bundled etcd's volumes in stickynet-system were made with ""`},
 		} {
-			out, stderr, err := testenv.Helm(t, append(upgrade, "--set", c.set)...)
+			out, stderr, err := testenv.Helm(t, upgradeArgs(c.set)...)
 			if err == nil || !strings.Contains(stderr, c.want) {
 				t.Errorf("upgrade with %s: %v\n%s%s\nwant a failure saying %q", c.set, err, out, stderr, c.want)
 			}
 		}
-		if etcd := objects(t, helm(t, upgrade...))["StatefulSet/stickynet-etcd"]; !bytes.Contains(etcd, []byte("replicas: 3")) {
+		if etcd := objects(t, helm(t, upgradeArgs()...))["StatefulSet/stickynet-etcd"]; !bytes.Contains(etcd, []byte("replicas: 3")) {
 			t.Errorf("upgrade keeping 3 members rendered:\n%s", etcd)
 		}
 		// A size the API server writes in its own form ("2048Mi" as "2Gi"):
@@ -795,10 +799,10 @@ func TestAPIServer(t *testing.T) {
 		if out, err := c.Kubectl(ctx, "get", "statefulset", "-n", "stickynet-system", "stickynet-etcd", "-o", "jsonpath={.spec.volumeClaimTemplates[0].spec.resources.requests.storage}"); err != nil || string(out) != "2Gi" {
 			t.Errorf("the API server keeps 2048Mi as %q (%v); the test expects it to write 2Gi", out, err)
 		}
-		if _, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.storage=2048Mi")...); err != nil {
+		if _, stderr, err := testenv.Helm(t, upgradeArgs("etcd.bundled.storage=2048Mi")...); err != nil {
 			t.Errorf("upgrade with the storage as installed, 2048Mi: %v\n%s", err, stderr)
 		}
-		if _, stderr, err := testenv.Helm(t, append(upgrade, "--set", "etcd.bundled.storage=4Gi")...); err == nil || !strings.Contains(stderr, `etcd.bundled.storage: invalid value "4Gi": the bundled etcd's volumes in stickynet-system were made with 2Gi`) {
+		if _, stderr, err := testenv.Helm(t, upgradeArgs("etcd.bundled.storage=4Gi")...); err == nil || !strings.Contains(stderr, `etcd.bundled.storage: invalid value "4Gi": the bundled etcd's volumes in stickynet-system were made with 2Gi`) {
 			t.Errorf("upgrade from 2048Mi to 4Gi: %v\n%s", err, stderr)
 		}
 	})
@@ -829,8 +833,7 @@ func TestAPIServer(t *testing.T) {
 		})
 		upgrade := func(sets ...string) (string, error) {
 			t.Helper()
-			args := []string{"template", "sn", chartDir, "--namespace", "stickynet-system", "--dry-run=server", "--kubeconfig", c.KubeconfigPath()}
-			_, stderr, err := testenv.Helm(t, append(args, setArgs(sets)...)...)
+			_, stderr, err := testenv.Helm(t, upgradeArgs(sets...)...)
 			return stderr, err
 		}
 		refused := func(want string, sets ...string) {
@@ -890,9 +893,7 @@ func TestAPIServer(t *testing.T) {
 			if out, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
 				t.Fatalf("apply the install's extender Secret and CA: %v\n%s", err, out)
 			}
-			// helm renders an upgrade like this: lookup asks the API server.
-			upgraded := objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
-				"--dry-run=server", "--kubeconfig", c.KubeconfigPath()))
+			upgraded := objects(t, helm(t, upgradeArgs()...))
 			before = extenderTLS(t, installed)
 			if after := extenderTLS(t, upgraded); before != after {
 				t.Errorf("after an upgrade from a Secret with annotation %t the extender's TLS is\n%+v\nwant the installed one\n%+v",
@@ -902,8 +903,7 @@ func TestAPIServer(t *testing.T) {
 		// A name added (a scheduler of one's own on the host network)
 		// needs a certificate that holds it: a new pair, and the chart's
 		// scheduler rolls.
-		renamed := extenderTLS(t, objects(t, helm(t, "template", "sn", chartDir, "--namespace", "stickynet-system",
-			"--dry-run=server", "--kubeconfig", c.KubeconfigPath(), "--set", "extender.extraCertNames={10.96.0.50,sched.example}")))
+		renamed := extenderTLS(t, objects(t, helm(t, upgradeArgs("extender.extraCertNames={10.96.0.50,sched.example}")...)))
 		if renamed.CA == before.CA || renamed.SchedulerCASum == before.SchedulerCASum {
 			t.Error("an upgrade with extender.extraCertNames kept the installed CA, whose certificate lacks the names")
 		}

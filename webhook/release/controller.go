@@ -543,18 +543,12 @@ func (c *Controller) settle(ctx context.Context, ps *pass, e ipam.Entry, carrier
 	if ps.waiting(e.Since) {
 		return
 	}
-	why, ask, err := c.releaseReason(ctx, ps, e, *members)
+	why, err := c.releaseReason(ctx, ps, e, *members)
 	if err != nil {
 		ps.fail(err)
 		return
 	}
 	if why == "" {
-		return
-	}
-	if carried, err := c.namedPodCarries(ctx, e, ask); err != nil || carried {
-		if err != nil {
-			ps.fail(err)
-		}
 		return
 	}
 	released, err := c.Alloc.Release(ctx, e.Pool, e.IP, e.Identity, false)
@@ -886,20 +880,29 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 	return out, errors.Join(errs...)
 }
 
-// namedPodCarries asks the API server, before e is freed, whether pod name
-// (of e's identity's namespace; "": none to ask about) carries e's address.
-// e is unbound and was judged from the cache, which holds only labelled pods
-// and may lag: a pod made again under its name (an operator's, whose
-// admission writes nothing) that the cache had not seen a grace after the
-// unbind lost its address to cooling, to be handed to another after the
-// reuse delay. releaseReason names the bare pod of a pod identity, and a
+// unlessCarried is why e is freed, unless the API server has pod name (of
+// e's identity's namespace) carrying e's address ("" then). e is unbound and
+// was judged from the cache, which holds only labelled pods and may lag: a
+// pod made again under its name (an operator's, whose admission writes
+// nothing) that the cache had not seen a grace after the unbind lost its
+// address to cooling, to be handed to another after the reuse delay.
+// releaseReason asks it for the bare pod of a pod identity, and for a
 // StatefulSet ordinal's pod when the StatefulSet was scaled below it (the
-// set scaled up again meanwhile, the cache behind on both); not the
+// set scaled up again meanwhile, the cache behind on both); not for the
 // ordinals of a deleted StatefulSet, where asking would cost a read per
 // ordinal and no pod of theirs comes back.
+func (c *Controller) unlessCarried(ctx context.Context, e ipam.Entry, name, why string) (string, error) {
+	if carried, err := c.namedPodCarries(ctx, e, name); err != nil || carried {
+		return "", err
+	}
+	return why, nil
+}
+
+// namedPodCarries asks the API server whether pod name carries e's address
+// (unlessCarried).
 func (c *Controller) namedPodCarries(ctx context.Context, e ipam.Entry, name string) (bool, error) {
 	id, err := annotations.ParseIdentity(e.Identity)
-	if err != nil || c.APIReader == nil || name == "" {
+	if err != nil || c.APIReader == nil {
 		return false, nil
 	}
 	p := &corev1.Pod{}
@@ -983,24 +986,23 @@ func (c *Controller) retention(sts *appsv1.StatefulSet) string {
 }
 
 // releaseReason says why an address that no pod carries should be freed now
-// ("" to keep it), and the pod that namedPodCarries asks the API server
-// about first ("" none).
-func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, members []ipam.Entry) (why, ask string, err error) {
+// ("" to keep it).
+func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, members []ipam.Entry) (string, error) {
 	id, err := annotations.ParseIdentity(e.Identity)
 	if err != nil {
-		return "", "", nil // not ours to judge
+		return "", nil // not ours to judge
 	}
 	key := client.ObjectKey{Namespace: id.Namespace, Name: id.Name}
 	switch id.Kind {
 	case annotations.KindPod:
-		return "the pod is gone", id.Name, nil
+		return c.unlessCarried(ctx, e, id.Name, "the pod is gone")
 	case annotations.KindStatefulSet:
 		sts := &appsv1.StatefulSet{}
 		if at, err := c.find(ctx, ps, key, sts); err != nil || at != present {
-			return reason(at, "the StatefulSet was deleted"), "", err
+			return reason(at, "the StatefulSet was deleted"), err
 		}
 		if c.retention(sts) != annotations.RetentionRelease {
-			return "", "", nil
+			return "", nil
 		}
 		ord, _ := id.Ordinal()
 		start := 0
@@ -1012,22 +1014,22 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			if end == start {
 				ordinals = "no ordinals (0 replicas)"
 			}
-			return fmt.Sprintf("ordinal %d is outside the StatefulSet's %s with %s: %s", ord, ordinals, annotations.IPRetention, annotations.RetentionRelease),
-				fmt.Sprintf("%s-%d", id.Name, ord), nil
+			return c.unlessCarried(ctx, e, fmt.Sprintf("%s-%d", id.Name, ord),
+				fmt.Sprintf("ordinal %d is outside the StatefulSet's %s with %s: %s", ord, ordinals, annotations.IPRetention, annotations.RetentionRelease))
 		}
 	case annotations.KindDeployment:
 		dep := &appsv1.Deployment{}
 		if at, err := c.find(ctx, ps, key, dep); err != nil || at != present {
-			return reason(at, "the Deployment was deleted"), "", err
+			return reason(at, "the Deployment was deleted"), err
 		}
 		limit := workload.DeploymentCap(dep)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
-			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), "", nil
+			return fmt.Sprintf("the Deployment needs at most %d addresses (replicas + maxSurge) and has %d", limit, n), nil
 		}
 	case annotations.KindReplicaSet:
 		rs := &appsv1.ReplicaSet{}
 		if at, err := c.find(ctx, ps, key, rs); err != nil || at != present {
-			return reason(at, "the ReplicaSet was deleted"), "", err
+			return reason(at, "the ReplicaSet was deleted"), err
 		}
 		if dep := metav1.GetControllerOf(rs); dep != nil && dep.Kind == "Deployment" {
 			// Adopted by a Deployment (re-applied after a delete with
@@ -1035,28 +1037,28 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			// addresses, and this identity's free members would stay held,
 			// as its replicas never fall below them.
 			if isSurplus(e, members, 0, ps.outside) {
-				return "the ReplicaSet belongs to Deployment " + dep.Name + " now, whose pods take the Deployment's addresses", "", nil
+				return "the ReplicaSet belongs to Deployment " + dep.Name + " now, whose pods take the Deployment's addresses", nil
 			}
-			return "", "", nil
+			return "", nil
 		}
 		limit := workload.Replicas(rs.Spec.Replicas)
 		if n := int32(len(members)); n > limit && isSurplus(e, members, limit, ps.outside) {
-			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), "", nil
+			return fmt.Sprintf("the ReplicaSet needs at most %d addresses and has %d", limit, n), nil
 		}
 	case annotations.KindDaemonSet:
 		ds := &appsv1.DaemonSet{}
 		if at, err := c.find(ctx, ps, key, ds); err != nil || at != present {
-			return reason(at, "the DaemonSet was deleted"), "", err
+			return reason(at, "the DaemonSet was deleted"), err
 		}
 		node := &corev1.Node{}
 		if at, err := c.find(ctx, ps, client.ObjectKey{Name: id.Member}, node); err != nil || at != present {
-			return reason(at, "node "+id.Member+" was deleted"), "", err
+			return reason(at, "node "+id.Member+" was deleted"), err
 		}
 		if !workload.Selects(ds, node) {
-			return "the DaemonSet's nodeSelector and node affinity no longer select node " + id.Member, "", nil
+			return "the DaemonSet's nodeSelector and node affinity no longer select node " + id.Member, nil
 		}
 	}
-	return "", "", nil
+	return "", nil
 }
 
 // presence is what find found of an object.

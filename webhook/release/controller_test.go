@@ -110,20 +110,27 @@ func pool(t *testing.T, spec v1alpha1.IPPoolSpec) *ipam.Pool {
 // pods were gone, then runs one reconcile.
 func vacate(t *testing.T, c *Controller, a *ipam.Allocator, p *ipam.Pool, identities ...string) {
 	t.Helper()
-	ctx := context.Background()
 	for _, id := range identities {
-		pod := "app/" + strings.ReplaceAll(strings.TrimPrefix(id, "statefulset/app/"), "/", "-")
-		al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: pod})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Unbind(ctx, p.Name, al.IP, pod); err != nil {
-			t.Fatal(err)
-		}
+		unbound(t, a, p, id, "app/"+strings.ReplaceAll(strings.TrimPrefix(id, "statefulset/app/"), "/", "-"))
 	}
 	// Two passes a grace apart: a workload found gone in the first is
 	// released from in the second.
 	passes(t, c, 2)
+}
+
+// unbound allocates identity's address for pod and unbinds it, as if the
+// pod were gone.
+func unbound(t *testing.T, a *ipam.Allocator, p *ipam.Pool, identity, pod string) ipam.Allocation {
+	t.Helper()
+	ctx := context.Background()
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: identity, Pod: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unbind(ctx, p.Name, al.IP, pod); err != nil {
+		t.Fatal(err)
+	}
+	return al
 }
 
 func kept(a *ipam.Allocator, identity string) bool { return len(a.Lookup(identity)) > 0 }
@@ -149,13 +156,7 @@ func TestWorkloadMadeAgainKeepsAddresses(t *testing.T) {
 	c.Grace = 50 * time.Millisecond
 	ctx := context.Background()
 	id := "statefulset/app/db/4" // scaled down under Retain: no pod
-	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/db-4"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Unbind(ctx, p.Name, al.IP, "app/db-4"); err != nil {
-		t.Fatal(err)
-	}
+	al := unbound(t, a, p, id, "app/db-4")
 	time.Sleep(100 * time.Millisecond)       // the unbind is past the grace
 	if err := c.Reconcile(ctx); err != nil { // the StatefulSet is gone
 		t.Fatal(err)
@@ -198,14 +199,7 @@ func TestGoneWithinGraceJudgesNothing(t *testing.T) {
 			freeSetMembers(t, a, p, "replicaset/app/web-abc", "app/web-abc", 4)
 		}},
 		{"DaemonSet node", "daemonset/app/agent/n1", 1, func(t *testing.T, a *ipam.Allocator, p *ipam.Pool) {
-			ctx := context.Background()
-			al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "daemonset/app/agent/n1", Pod: "app/agent-x"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := a.Unbind(ctx, p.Name, al.IP, "app/agent-x"); err != nil {
-				t.Fatal(err)
-			}
+			unbound(t, a, p, "daemonset/app/agent/n1", "app/agent-x")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1524,13 +1518,7 @@ func TestScaledDownOrdinalCarriedInAPIServer(t *testing.T) {
 	c, a, p, _ := setup(t, sts)
 	ctx := context.Background()
 	id := "statefulset/app/db/1"
-	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/db-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Unbind(ctx, p.Name, al.IP, "app/db-1"); err != nil {
-		t.Fatal(err)
-	}
+	al := unbound(t, a, p, id, "app/db-1")
 	if err := c.APIReader.(client.Client).Create(ctx, runningPod("db-1", id, al, p)); err != nil { // not in the cache
 		t.Fatal(err)
 	}
@@ -1573,13 +1561,7 @@ func TestReleaseSparesPodAdmittedMeanwhile(t *testing.T) {
 	c, a, p, _ := setup(t) // no DaemonSet app/agent
 	ctx := context.Background()
 	id := "daemonset/app/agent/n1"
-	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: id, Pod: "app/agent-old"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Unbind(ctx, p.Name, al.IP, "app/agent-old"); err != nil {
-		t.Fatal(err)
-	}
+	al := unbound(t, a, p, id, "app/agent-old")
 	admitted := 0
 	c.Alloc = admittedBeforeRelease{Allocator: a, admit: func() {
 		admitted++
