@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -368,7 +369,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 
 	now := time.Now()
 	c.forgetGone(now)
-	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, inUse: inUse, specs: specs, released: map[string][]releasedAddr{}}
+	reads, cancel := context.WithTimeout(ctx, carriedBudget)
+	defer cancel()
+	ps := &pass{now: now, grace: c.Grace, byToken: byToken, byKey: byKey, inUse: inUse, specs: specs, released: map[string][]releasedAddr{}, reads: reads}
 	// An address left alone for its grace gets a pass when the grace is
 	// over, whether or not an event comes.
 	defer func() {
@@ -403,7 +406,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	// The cache holds only pods labelled stickynet.io/managed: ask the API
 	// server about the others before believing them gone.
 	var err error
-	if ps.carried, err = c.stillCarried(ctx, unseen); err != nil {
+	if ps.carried, err = c.stillCarried(ctx, ps, unseen); err != nil {
 		ps.fail(err)
 	}
 	// Each identity's entries are settled in order, by one worker (a
@@ -433,6 +436,11 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	close(work)
 	wg.Wait()
+	if n := ps.unasked.Load(); n > 0 {
+		klog.FromContext(ctx).Info("Not every unbound address whose pod may be back was checked with the API server in this pass; they are kept, and the next pass checks them",
+			"unchecked", n, "budget", carriedBudget)
+		c.Trigger()
+	}
 	errs := ps.errs
 	c.announce(ctx, ps.released)
 	if err := c.adopt(ctx, ps, pods, specs); err != nil {
@@ -584,6 +592,8 @@ type pass struct {
 	inUse          addrsInUse      // read-only
 	carried        map[string]bool // from stillCarried, read-only
 	specs          map[string]poolSpec
+	reads          context.Context // ends carriedBudget after the pass starts: see readsOver
+	unasked        atomic.Int64    // unbound addresses kept as unlessCarried ran out of reads
 
 	mu       sync.Mutex
 	errs     []error
@@ -632,6 +642,12 @@ func (p *pass) askGone(what string) (ask bool, done func(gone bool)) {
 		a.gone = gone
 		close(a.ready)
 	}
+}
+
+// readsOver reports whether the pass has spent its time for asking the API
+// server about pods (carriedBudget), while ctx, the pass's own, goes on.
+func (p *pass) readsOver(ctx context.Context) bool {
+	return p.reads.Err() != nil && ctx.Err() == nil
 }
 
 func (p *pass) fail(err error) {
@@ -822,7 +838,7 @@ const listThreshold = 8
 // addresses, as when someone removed a pod's stickynet.io/managed label. It
 // answers by address (pool/ip): true while its pod carries it, false when
 // not; an address whose pod could not be read is missing from the answer.
-func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (map[string]bool, error) {
+func (c *Controller) stillCarried(ctx context.Context, ps *pass, entries []ipam.Entry) (map[string]bool, error) {
 	out := make(map[string]bool, len(entries))
 	if c.APIReader == nil {
 		for _, e := range entries {
@@ -836,16 +852,14 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 		byNS[ns] = append(byNS[ns], e)
 	}
 	var errs []error
-	bctx, cancel := context.WithTimeout(ctx, carriedBudget)
-	defer cancel()
 	left := 0
 	for ns, es := range byNS { // in random order: each pass asks about others first
-		if bctx.Err() != nil && ctx.Err() == nil {
+		if ps.readsOver(ctx) {
 			left += len(es)
 			continue
 		}
-		pods, err := c.readPods(bctx, ns, es)
-		if err != nil && bctx.Err() != nil && ctx.Err() == nil {
+		pods, err := c.readPods(ps.reads, ns, es)
+		if err != nil && ps.readsOver(ctx) {
 			left += len(es)
 			continue
 		}
@@ -891,8 +905,20 @@ func (c *Controller) stillCarried(ctx context.Context, entries []ipam.Entry) (ma
 // set scaled up again meanwhile, the cache behind on both); not for the
 // ordinals of a deleted StatefulSet, where asking would cost a read per
 // ordinal and no pod of theirs comes back.
-func (c *Controller) unlessCarried(ctx context.Context, e ipam.Entry, name, why string) (string, error) {
-	if carried, err := c.namedPodCarries(ctx, e, name); err != nil || carried {
+//
+// Its reads share the pass's carriedBudget with stillCarried's: once that is
+// spent, e is kept until a later pass asks.
+func (c *Controller) unlessCarried(ctx context.Context, ps *pass, e ipam.Entry, name, why string) (string, error) {
+	if ps.readsOver(ctx) {
+		ps.unasked.Add(1)
+		return "", nil
+	}
+	carried, err := c.namedPodCarries(ps.reads, e, name)
+	if err != nil && ps.readsOver(ctx) {
+		ps.unasked.Add(1)
+		return "", nil
+	}
+	if err != nil || carried {
 		return "", err
 	}
 	return why, nil
@@ -920,12 +946,15 @@ func (c *Controller) namedPodCarries(ctx context.Context, e ipam.Entry, name str
 	return !workload.Terminated(p) && slices.Contains(statusAddrs(p), e.IP), nil
 }
 
-// carriedBudget bounds the time a pass spends in stillCarried. Asking the
-// API server about the pods of thousands of emptied namespaces one by one
+// carriedBudget bounds the time a pass spends asking the API server about
+// pods the cache lacks: stillCarried's about bound addresses, then
+// unlessCarried's about unbound ones. Asking about the pods of thousands of
+// emptied namespaces, or thousands of deleted bare or Job pods, one by one
 // (at --kube-api-qps, or from a slow API server) could take the pass's
-// whole deadline, every pass: the pass then confirmed no reservation, and
-// they expired under their running pods, their addresses free for others.
-// The addresses not asked about stay bound until a later pass asks.
+// whole deadline, every pass: the pass then confirmed no reservation that
+// sorted after them, and they expired under their running pods, their
+// addresses free for others. The addresses not asked about stay bound, or
+// unbound and kept, until a later pass asks.
 var carriedBudget = 30 * time.Second
 
 // readPods reads from the API server the pods of namespace ns that the
@@ -995,7 +1024,7 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 	key := client.ObjectKey{Namespace: id.Namespace, Name: id.Name}
 	switch id.Kind {
 	case annotations.KindPod:
-		return c.unlessCarried(ctx, e, id.Name, "the pod is gone")
+		return c.unlessCarried(ctx, ps, e, id.Name, "the pod is gone")
 	case annotations.KindStatefulSet:
 		sts := &appsv1.StatefulSet{}
 		if at, err := c.find(ctx, ps, key, sts); err != nil || at != present {
@@ -1014,7 +1043,7 @@ func (c *Controller) releaseReason(ctx context.Context, ps *pass, e ipam.Entry, 
 			if end == start {
 				ordinals = "no ordinals (0 replicas)"
 			}
-			return c.unlessCarried(ctx, e, fmt.Sprintf("%s-%d", id.Name, ord),
+			return c.unlessCarried(ctx, ps, e, fmt.Sprintf("%s-%d", id.Name, ord),
 				fmt.Sprintf("ordinal %d is outside the StatefulSet's %s with %s: %s", ord, ordinals, annotations.IPRetention, annotations.RetentionRelease))
 		}
 	case annotations.KindDeployment:

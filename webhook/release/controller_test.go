@@ -527,6 +527,66 @@ func TestSlowAPIServerStillConfirms(t *testing.T) {
 	t.Error("20 passes did not unbind every address of the 20 gone pods")
 }
 
+// As TestSlowAPIServerStillConfirms, for the reads before freeing the
+// unbound addresses of bare pods (unlessCarried): 200 deleted pods' reads
+// take 1.3 s at 16 at once, the pass's deadline is 1 s, and the reservation
+// of a running pod sorts after them. Before, every pass spent its deadline
+// on those reads and never reached the reservation, which then expired under
+// its pod.
+func TestSlowReadsBeforeFreeingStillConfirm(t *testing.T) {
+	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
+	a := startAlloc(t, store.NewMemory())
+	p := pool(t, spec)
+	ctx := context.Background()
+	last := netip.MustParseAddr("10.20.0.254") // after every other address
+	al, err := a.Allocate(ctx, ipam.Request{Pool: p, Identity: "deployment/app/web", Shared: true, Token: "tok-web-x", IP: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web-x", Annotations: map[string]string{
+			annotations.Identity: "deployment/app/web", annotations.AssignedIP: al.IP.String() + "/24", annotations.AssignedPool: "blue",
+			annotations.AssignedMAC: al.MAC.String(), annotations.Reservation: "tok-web-x",
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	var gone []string
+	for i := range 200 {
+		id := fmt.Sprintf("pod/app/gone-%d", i)
+		unbound(t, a, p, id, fmt.Sprintf("app/gone-%d", i))
+		gone = append(gone, id)
+	}
+	c := &Controller{
+		Client: apiWith(t, spec, pod), APIReader: &slowReader{Reader: apiWith(t, spec, pod), delay: 100 * time.Millisecond},
+		Alloc: a, Recorder: events.NewFakeRecorder(1000), Grace: time.Nanosecond,
+	}
+	defer func(b time.Duration) { carriedBudget = b }(carriedBudget)
+	carriedBudget = 300 * time.Millisecond
+	time.Sleep(10 * time.Millisecond) // the unbinds are past the grace
+	pass := func() {
+		t.Helper()
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := c.Reconcile(pctx); err != nil {
+			t.Errorf("pass: %v", err)
+		}
+	}
+	pass()
+	if got := a.Lookup("deployment/app/web"); len(got) != 1 || got[0].Pod != "app/web-x" || got[0].Reserved {
+		t.Fatalf("after a pass with 1.3 s of reads and a 1 s deadline: %+v; want %s confirmed for app/web-x", got, al.IP)
+	}
+	if !slices.ContainsFunc(gone, func(id string) bool { return kept(a, id) }) {
+		t.Fatal("one pass within a 300 ms budget of 100 ms reads freed all 200 addresses: the test no longer shows the budget")
+	}
+	for range 20 {
+		if !slices.ContainsFunc(gone, func(id string) bool { return kept(a, id) }) {
+			return
+		}
+		pass()
+	}
+	t.Error("20 passes did not free every address of the 200 gone pods")
+}
+
 // The ordinals of a deleted StatefulSet ask the API server once per pass
 // whether it is gone, not once each (vacate runs two passes).
 func TestGoneAskedOncePerPass(t *testing.T) {
