@@ -1418,7 +1418,7 @@ func (c *Controller) reresolveBandwidth(ctx context.Context, pods []podInfo) err
 		}
 		if err := c.patchAnnotations(ctx, p.pod, changes); err != nil {
 			switch {
-			case apierrors.IsNotFound(err): // gone: nothing to write
+			case apierrors.IsNotFound(err), replaced(err): // gone: nothing to write; a new pod is the next pass's
 			case refusedForGood(err):
 				// Not a failed pass, which was tried again every second,
 				// refused every time. The pod keeps its limits and says
@@ -1442,11 +1442,28 @@ func refusedForGood(err error) bool { return apierrors.IsForbidden(err) || apier
 
 // patchAnnotations sets (or, for nil values, removes) annotations of pod,
 // read from the cache: a merge patch of those keys alone, on the pod as the
-// API server has it.
+// API server has it, if it is still that pod. The patch carries pod's UID,
+// which the API server will not change: a pod made again under the name
+// since (a StatefulSet's, whose new admission chose its limits) refuses it,
+// and replaced reports that refusal.
 func (c *Controller) patchAnnotations(ctx context.Context, pod *corev1.Pod, changes map[string]any) error {
-	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": changes}})
+	meta := map[string]any{"annotations": changes}
+	if pod.UID != "" {
+		meta["uid"] = pod.UID
+	}
+	body, _ := json.Marshal(map[string]any{"metadata": meta})
 	target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name}}
 	return c.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, body))
+}
+
+// replaced reports whether patchAnnotations found another pod under the
+// name: the API server refuses to change metadata.uid ("field is immutable").
+func replaced(err error) bool {
+	var status apierrors.APIStatus
+	if !apierrors.IsInvalid(err) || !errors.As(err, &status) || status.Status().Details == nil {
+		return false
+	}
+	return slices.ContainsFunc(status.Status().Details.Causes, func(c metav1.StatusCause) bool { return c.Field == "metadata.uid" })
 }
 
 // ingressOnVFs gives each policy whose ingress limit reaches SR-IOV pods

@@ -2,6 +2,7 @@ package release
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -924,6 +926,59 @@ func TestRefusedBandwidthPatchDoesNotFailPass(t *testing.T) {
 	}
 	if len(evs) != 1 || !strings.Contains(evs[0], "Warning BandwidthNotUpdated") || !strings.Contains(evs[0], "denied by a policy") {
 		t.Errorf("events %q; want one Warning BandwidthNotUpdated saying why", evs)
+	}
+}
+
+// A bandwidth patch judged on a pod that was replaced under its name since
+// (a StatefulSet's, whose new admission wrote its own limits) does not land
+// on the new pod: it carries the judged pod's UID, which the API server
+// refuses to change, and that refusal is no failure and no warning.
+// Before, the patch of a deleted policy's pod took the new pod's own limits
+// away, for good (a pod with its own keys is not looked at again). The
+// interceptor stands in for the API server's check, which kube-apiserver
+// v1.37.2 made, tried by hand: a merge patch with another metadata.uid got
+// 422 "metadata.uid: Invalid value: ...: field is immutable".
+func TestBandwidthPatchSparesPodMadeAgain(t *testing.T) {
+	old := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "db-0", UID: "u1", Labels: map[string]string{"app": "x"}, Annotations: map[string]string{
+			annotations.Identity: "pod/app/db-0", annotations.AssignedIP: "10.20.0.5/24", annotations.AssignedMAC: "02:00:0a:14:00:05", annotations.AssignedPool: "blue",
+			annotations.IngressBandwidth: "10000000", annotations.BandwidthPolicy: "gold", // a policy deleted since
+		}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	c, _, _, rec := setup(t, old)
+	var applied int
+	c.Client = interceptor.NewClient(c.Client.(client.WithWatch), interceptor.Funcs{
+		Patch: func(ctx context.Context, cl client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			if _, ok := obj.(*corev1.Pod); !ok {
+				return cl.Patch(ctx, obj, patch, opts...)
+			}
+			body, err := patch.Data(obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var p struct {
+				Metadata struct{ UID string } `json:"metadata"`
+			}
+			if err := json.Unmarshal(body, &p); err != nil {
+				t.Fatal(err)
+			}
+			if p.Metadata.UID != "" && p.Metadata.UID != "u2" { // the pod under the name now
+				return apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, obj.GetName(),
+					field.ErrorList{field.Invalid(field.NewPath("metadata", "uid"), p.Metadata.UID, "field is immutable")})
+			}
+			applied++
+			return cl.Patch(ctx, obj, patch, opts...)
+		},
+	})
+	if err := c.Reconcile(context.Background()); err != nil {
+		t.Fatalf("pass: %v", err)
+	}
+	if applied != 0 {
+		t.Errorf("%d patches applied to the pod made again under db-0's name; want none", applied)
+	}
+	if evs := drained(rec, "Bandwidth"); len(evs) != 0 {
+		t.Errorf("events %q; want none", evs)
 	}
 }
 

@@ -101,7 +101,7 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 			continue
 		}
 		if err := c.patchAnnotations(ctx, p.pod, map[string]any{annotations.PlacementChanged: value}); err != nil {
-			if apierrors.IsNotFound(err) {
+			if apierrors.IsNotFound(err) || replaced(err) {
 				continue
 			}
 			if refusedForGood(err) {
