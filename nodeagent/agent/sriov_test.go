@@ -1,7 +1,9 @@
 package agent_test
 
 import (
+	"bytes"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -222,6 +224,47 @@ func TestSriovVFMTUBoundByPF(t *testing.T) {
 	if l, err := s.hostHandle().LinkByName("pf0v0"); err != nil || l.Attrs().MTU != 1400 {
 		t.Errorf("VF netdev after DEL: %v %v; want its own MTU 1400 back", l, err)
 	}
+}
+
+// A VF whose link comes up a while after the move (a driver bringing up its
+// carrier) still has the pod's address announced on the wire: SetupVF
+// waits for the carrier. The stand-in VF's wire end is down at ADD and comes
+// up 500 ms later. Before, the announcement went out at once, the kernel
+// dropped it with no carrier, and the wire never learnt the pod's MAC.
+func TestSriovAnnounceAfterCarrier(t *testing.T) {
+	s := newSriovEnv(t, 1, nil)
+	wire := handleIn(t, s.wire)
+	later := handleIn(t, s.wire)
+	w, err := wire.LinkByName("pf0v0w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.wire.Run(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/pf0v0w/arp_accept") // a gratuitous ARP makes an entry
+	if err := wire.LinkSetDown(w); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		up <- later.LinkSetUp(w)
+	}()
+	s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	if err := <-up; err != nil {
+		t.Fatal(err)
+	}
+	want, _ := net.ParseMAC("02:00:0a:5e:00:0a")
+	var got []netlink.Neigh
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if got, err = wire.NeighList(w.Attrs().Index, netlink.FAMILY_V4); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range got {
+			if n.IP.Equal(net.ParseIP("10.94.0.10")) && bytes.Equal(n.HardwareAddr, want) {
+				return
+			}
+		}
+	}
+	t.Errorf("the wire's neighbours %v; want 10.94.0.10 at %s (the announcement not seen)", got, want)
 }
 
 func TestSriovNetnsGoneAndExhaustion(t *testing.T) {

@@ -8,8 +8,10 @@ import (
 	"io/fs"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/stickynet/stickynet/internal/annotations"
@@ -141,7 +143,36 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 	if err := d.configurePodLink(a, pn, false); err != nil {
 		return err
 	}
+	if !awaitCarrier(ctx, pn, a.IfName, carrierWait) {
+		klog.FromContext(ctx).Info("VF has no carrier yet; announcing its address anyway, which the wire may not get",
+			"pod", a.Pod(), "ifname", a.IfName, "vf", a.VF.NetDev, "waited", carrierWait)
+	}
 	return d.announce(a, pn)
+}
+
+// carrierWait is how long SetupVF waits for a VF it has just set up to have
+// carrier before it announces the pod's address. A VF's driver brings its
+// link up a while after it is set up (read of drivers, not tried on
+// hardware), and until then the kernel drops what is sent out of it while
+// the sender sees success: the announcement was lost, and the switches kept
+// a moved pod's MAC on its old node's port, the pod unreachable until it
+// sent something itself or their entry aged out.
+const carrierWait = 3 * time.Second
+
+// awaitCarrier reports whether link ifName of the pod's namespace has
+// carrier (IFF_LOWER_UP) within wait.
+func awaitCarrier(ctx context.Context, pn *podNetns, ifName string, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		l, err := pn.nl.LinkByName(ifName)
+		if err == nil && l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // teardownVF brings the VF back to the node under its old name, MAC and
