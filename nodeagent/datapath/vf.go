@@ -143,7 +143,7 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 	if err := d.configurePodLink(a, pn, false); err != nil {
 		return err
 	}
-	if !awaitCarrier(ctx, pn, a.IfName, carrierWait) {
+	if cfg.LinkState != sriov.LinkDisable && !awaitCarrier(ctx, pn, a.IfName, carrierWait) {
 		klog.FromContext(ctx).Info("VF has no carrier yet; announcing its address anyway, which the wire may not get",
 			"pod", a.Pod(), "ifname", a.IfName, "vf", a.VF.NetDev, "waited", carrierWait)
 	}
@@ -151,7 +151,8 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 }
 
 // carrierWait is how long SetupVF waits for a VF it has just set up to have
-// carrier before it announces the pod's address. A VF's driver brings its
+// carrier before it announces the pod's address (not for a VF whose
+// SriovNetwork disables its link, which gets none). A VF's driver brings its
 // link up a while after it is set up (read of drivers, not tried on
 // hardware), and until then the kernel drops what is sent out of it while
 // the sender sees success: the announcement was lost, and the switches kept
