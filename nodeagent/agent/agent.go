@@ -7,6 +7,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -325,7 +326,7 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	dpType, err := waitOVS(ctx, oc, want, opts.Uplink, probes.waiting)
+	dpType, err := waitOVS(ctx, oc, want, opts.Uplink, opts.MTU, probes.waiting)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while waiting
@@ -435,11 +436,11 @@ func Run(ctx context.Context, opts Options) error {
 // leave the node without an agent for the container's restart back-off
 // (up to 5 min) after OVS is up. It tells waiting each attempt's failure,
 // or nil (for /readyz), and returns the bridge's datapath type.
-func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string, waiting func(error)) (string, error) {
+func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string, mtu int, waiting func(error)) (string, error) {
 	log := klog.FromContext(ctx)
 	began := time.Now()
 	for attempt := 0; ; attempt++ {
-		dpType, err := setUpBridge(ctx, oc, datapathType, uplink)
+		dpType, err := setUpBridge(ctx, oc, datapathType, uplink, mtu)
 		if err == nil {
 			err = oc.Ping(ctx)
 		}
@@ -464,14 +465,14 @@ func waitOVS(ctx context.Context, oc *ovs.Client, datapathType, uplink string, w
 const ovsRetry = 2 * time.Second
 
 // setUpBridge makes the bridge, if it does not exist, and adds the uplink
-// (if any); it returns the bridge's datapath type.
-func setUpBridge(ctx context.Context, oc *ovs.Client, datapathType, uplink string) (string, error) {
+// (if any), logging an uplinkProblem; it returns the bridge's datapath type.
+func setUpBridge(ctx context.Context, oc *ovs.Client, datapathType, uplink string, mtu int) (string, error) {
 	dpType, err := oc.EnsureBridge(ctx, datapathType)
 	if err == nil && uplink != "" {
 		err = oc.EnsureUplink(ctx, uplink)
 	}
 	if err == nil {
-		if perr := uplinkProblem(ctx, oc, uplink); perr != nil {
+		if perr := uplinkProblem(ctx, oc, uplink, mtu); perr != nil {
 			klog.FromContext(ctx).Error(perr, "/readyz fails until the uplink works")
 		}
 	}
@@ -480,19 +481,26 @@ func setUpBridge(ctx context.Context, oc *ovs.Client, datapathType, uplink strin
 
 // uplinkProblem reports an uplink (if any) that Open vSwitch could not open
 // (a NIC name mistyped, or not on this node): pods still get their addresses
-// and reach the pods of their node, but nothing beyond it. It fails /readyz
-// only, not CNI STATUS, which would take the node's network, and its pods
-// with it, out of service.
-func uplinkProblem(ctx context.Context, oc *ovs.Client, uplink string) error {
+// and reach the pods of their node, but nothing beyond it; or one whose MTU
+// is below the pods' (mtu, 0 for the kernel's 1500): OVS forwards frames
+// without fragmenting them or answering "too big", so a pod's larger frames
+// to other nodes are dropped, small ones pass (a connection opens, then a
+// bulk transfer stalls). It fails /readyz only, not CNI STATUS, which would
+// take the node's network, and its pods with it, out of service.
+func uplinkProblem(ctx context.Context, oc *ovs.Client, uplink string, mtu int) error {
 	if uplink == "" {
 		return nil
 	}
-	msg, err := oc.InterfaceError(ctx, uplink)
+	msg, upMTU, err := oc.InterfaceState(ctx, uplink)
 	if err != nil {
 		return err
 	}
 	if msg != "" {
 		return fmt.Errorf("uplink %s (--uplink) on OVS bridge %s does not work: %s; pods reach only the pods of this node", uplink, oc.Bridge(), msg)
+	}
+	if pods := cmp.Or(mtu, 1500); upMTU > 0 && upMTU < pods {
+		return fmt.Errorf("uplink %s (--uplink) has MTU %d, below the pods' %d (--mtu): their frames above %d bytes to other nodes are dropped; set --mtu (nodeAgent.mtu) to %d or raise the uplink's MTU",
+			uplink, upMTU, pods, upMTU, upMTU)
 	}
 	return nil
 }

@@ -879,6 +879,36 @@ func TestUplinkThatDoesNotWork(t *testing.T) {
 	}
 }
 
+// An uplink whose MTU is below the pods' fails /readyz, naming both MTUs
+// and what to set: OVS forwards a pod's larger frames to it and they are
+// dropped, so cross-node connections open and bulk transfers stall. Before,
+// the agent was Ready. Raised to the pods' MTU, it is Ready.
+func TestUplinkMTUBelowPods(t *testing.T) {
+	e := newEnv(t, func(o *agent.Options) { o.Uplink, o.MetricsAddr = "upl0", freeAddr(t) })
+	e.node.Netns.Run(t, "ip", "link", "add", "upl0", "mtu", "1450", "type", "veth", "peer", "name", "upl0p")
+	e.node.Netns.Run(t, "ip", "link", "set", "upl0", "up")
+	want := "uplink upl0 (--uplink) has MTU 1450, below the pods' 1500 (--mtu)"
+	deadline := time.Now().Add(20 * time.Second) // until OVS opens upl0
+	code, body := probe(e.opts.MetricsAddr, "/readyz")
+	for ; !strings.Contains(body, want) && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
+		t.Errorf("/readyz with upl0 at MTU 1450 and pods at 1500: %d %q; want 503 naming both", code, body)
+	}
+	if err := e.cni.Status(); err != nil {
+		t.Errorf("STATUS: %v; want it to pass", err)
+	}
+	e.node.Netns.Run(t, "ip", "link", "set", "upl0", "mtu", "1500")
+	deadline = time.Now().Add(20 * time.Second)
+	for code, body = probe(e.opts.MetricsAddr, "/readyz"); code != http.StatusOK && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code != http.StatusOK {
+		t.Errorf("/readyz once upl0 is at 1500: %d %q; want 200", code, body)
+	}
+}
+
 // probe GETs path on the agent's metrics endpoint: the status code and
 // body, or 0 and the error when nothing answers.
 func probe(addr, path string) (int, string) {

@@ -162,7 +162,7 @@ func (h *health) ready(ctx context.Context) error {
 		if err := a.status(ctx); err != nil {
 			return err
 		}
-		return uplinkProblem(ctx, a.ovs, a.opts.Uplink)
+		return uplinkProblem(ctx, a.ovs, a.opts.Uplink, a.opts.MTU)
 	case ovsErr != nil:
 		return fmt.Errorf("waiting for Open vSwitch: %w", ovsErr)
 	}

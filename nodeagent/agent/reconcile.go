@@ -549,6 +549,6 @@ func (a *agent) ensureBridge(ctx context.Context) error {
 		return err
 	}
 	klog.FromContext(ctx).Info("OVS bridge missing; making it again", "bridge", a.opts.Bridge, "datapathType", a.dpType)
-	_, err = setUpBridge(ctx, a.ovs, a.dpType, a.opts.Uplink)
+	_, err = setUpBridge(ctx, a.ovs, a.dpType, a.opts.Uplink, a.opts.MTU)
 	return err
 }

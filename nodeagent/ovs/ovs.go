@@ -273,28 +273,30 @@ func (c *Client) EnsureUplink(ctx context.Context, uplink string) error {
 	return nil
 }
 
-// InterfaceError returns what Open vSwitch reports for an interface of the
-// bridge that it could not set up, such as "could not open network device
-// eth1 (No such device)", or "" when it works. (ovs-vsctl add-port reports
-// no such failure: it prints it and exits 0.)
-func (c *Client) InterfaceError(ctx context.Context, name string) (string, error) {
-	out, err := c.vsctl(ctx, "--format=json", "--data=json", "--columns=ofport,error", "list", "Interface", name)
+// InterfaceState returns what Open vSwitch reports for an interface of the
+// bridge: the error that kept it from setting it up, such as "could not
+// open network device eth1 (No such device)", or "" when it works (ovs-vsctl
+// add-port reports no such failure: it prints it and exits 0); and the
+// interface's MTU (0 when OVS reports none).
+func (c *Client) InterfaceState(ctx context.Context, name string) (msg string, mtu int, err error) {
+	out, err := c.vsctl(ctx, "--format=json", "--data=json", "--columns=ofport,error,mtu", "list", "Interface", name)
 	if err != nil {
-		return "", fmt.Errorf("read OVS interface %s: %w", name, err)
+		return "", 0, fmt.Errorf("read OVS interface %s: %w", name, err)
 	}
 	var t table
 	if err := json.Unmarshal(out, &t); err != nil {
-		return "", fmt.Errorf("decode OVS interface %s: %w", name, err)
+		return "", 0, fmt.Errorf("decode OVS interface %s: %w", name, err)
 	}
 	rows := t.rows()
 	if len(rows) != 1 {
-		return "", fmt.Errorf("OVS interface %s: %d rows", name, len(rows))
+		return "", 0, fmt.Errorf("OVS interface %s: %d rows", name, len(rows))
 	}
-	msg, _ := atomString(rows[0]["error"])
+	msg, _ = atomString(rows[0]["error"])
 	if ofport, _ := atomInt(rows[0]["ofport"]); ofport < 0 && msg == "" {
 		msg = "no OpenFlow port number (ofport -1)"
 	}
-	return msg, nil
+	m, _ := atomInt(rows[0]["mtu"])
+	return msg, int(m), nil
 }
 
 // Policing is OVS ingress policing on an interface (traffic the pod sends).
