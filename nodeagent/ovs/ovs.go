@@ -296,7 +296,7 @@ func (c *Client) InterfaceState(ctx context.Context, name string) (msg string, m
 		msg = "no OpenFlow port number (ofport -1)"
 	}
 	m, _ := atomInt(rows[0]["mtu"])
-	return msg, int(m), nil
+	return msg, m, nil
 }
 
 // Policing is OVS ingress policing on an interface (traffic the pod sends).
