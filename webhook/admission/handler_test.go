@@ -535,17 +535,40 @@ func TestStuckPodWithoutRoomWaitsForAMember(t *testing.T) {
 	}
 	time.Sleep(1100 * time.Millisecond) // past the grace at the records' one-second resolution
 	e.h.StoreTimeout = 10 * time.Second // the wait for a member: 1 s leaves little room after the 300 ms below
-	go func() {
-		time.Sleep(300 * time.Millisecond)
+	gone := later(t, 300*time.Millisecond, func() error {
 		p := &corev1.Pod{}
-		if err := e.c.Get(context.Background(), client.ObjectKey{Namespace: "app", Name: "api-c"}, p); err == nil {
-			p.Finalizers = nil
-			_ = e.c.Update(context.Background(), p) // api-c is gone
+		if err := e.c.Get(context.Background(), client.ObjectKey{Namespace: "app", Name: "api-c"}, p); err != nil {
+			return err
 		}
-	}()
+		p.Finalizers = nil
+		return e.c.Update(context.Background(), p) // api-c is gone
+	})
 	if got := e.mustAdmit(pod("app", "", ann, ctrl("ReplicaSet", "api-5d8f"))); assignedIP(got).String() != ips[2] {
 		t.Errorf("new pod got %s; want api-c's %s once api-c is gone", got.Annotations[annotations.AssignedIP], ips[2])
 	}
+	if !gone.Load() {
+		t.Error("admitted before api-c was gone: it took the address of a pod in its grace period")
+	}
+}
+
+// later makes change after d in the background, and reports through the
+// flag it returns whether it has begun to (set just before change runs):
+// a test tells from it that an admission waited for the change. The test
+// ends after change has.
+func later(t *testing.T, d time.Duration, change func() error) *atomic.Bool {
+	t.Helper()
+	var began atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(d)
+		began.Store(true)
+		if err := change(); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Cleanup(func() { <-done })
+	return &began
 }
 
 // A full set whose cap rises while a pod waits for a member (a ReplicaSet
@@ -565,15 +588,18 @@ func TestFullSetSeesScaleUpWhileWaiting(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.h.StoreTimeout = 10 * time.Second // the wait for a member: 1 s leaves little room after the 300 ms below
-	go func() {
-		time.Sleep(300 * time.Millisecond)
+	scaled := later(t, 300*time.Millisecond, func() error {
 		r := &appsv1.ReplicaSet{}
-		if err := e.c.Get(ctx, client.ObjectKey{Namespace: "app", Name: "api-6c9f"}, r); err == nil {
-			r.Spec.Replicas = ptr(int32(2))
-			_ = e.c.Update(ctx, r)
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: "app", Name: "api-6c9f"}, r); err != nil {
+			return err
 		}
-	}()
+		r.Spec.Replicas = ptr(int32(2))
+		return e.c.Update(ctx, r)
+	})
 	e.mustAdmit(pod("app", "", nil, ctrl("ReplicaSet", "api-6c9f")))
+	if !scaled.Load() {
+		t.Error("admitted before the scale-up: the full set's cap was not applied")
+	}
 }
 
 // A reservation token is taken back only while its reservation is pending
