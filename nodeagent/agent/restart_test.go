@@ -308,10 +308,16 @@ func TestDelWithAgentDown(t *testing.T) {
 // limitedPair starts an agent with pods a (10.<n>.0.10, ingress 30 Mbit/s,
 // egress 40 Mbit/s) and b (10.<n>.0.11, no limits), and returns a's OVS
 // port. The agent's periodic resync is an hour away: what OVS loses comes
-// back through the marker flow's check.
-func limitedPair(t *testing.T, n byte) (e *env, a, b *testPod, port string) {
+// back through the marker flow's check. mutate, if any, changes the
+// agent's options too.
+func limitedPair(t *testing.T, n byte, mutate ...func(*agent.Options)) (e *env, a, b *testPod, port string) {
 	t.Helper()
-	e = newEnv(t, func(o *agent.Options) { o.ResyncPeriod = time.Hour })
+	e = newEnv(t, func(o *agent.Options) {
+		o.ResyncPeriod = time.Hour
+		for _, m := range mutate {
+			m(o)
+		}
+	})
 	a = e.addPod(podSpec{
 		name: "a", ips: fmt.Sprintf("10.%d.0.10/24", n), mac: fmt.Sprintf("02:00:0a:%02x:00:0a", n),
 		extra: map[string]string{annotations.EgressBandwidth: "40M", annotations.IngressBandwidth: "30M"},
@@ -352,12 +358,19 @@ func TestVswitchdRestartRestoresMeters(t *testing.T) {
 // limits; pods reach each other again and new pods can be added. Before,
 // every ADD failed until the agent was restarted.
 func TestBridgeDeletedIsRebuilt(t *testing.T) {
-	e, a, b, port := limitedPair(t, 0x5a)
+	e, a, b, port := limitedPair(t, 0x5a, func(o *agent.Options) { o.Uplink = "upl0" })
+	e.node.Netns.Run(t, "ip", "link", "add", "upl0", "type", "veth", "peer", "name", "upl0p")
+	uplinked := func() bool {
+		return slices.Contains(strings.Fields(e.node.OVS.Vsctl(t, "list-ports", e.node.Bridge)), "upl0")
+	}
+	if !uplinked() {
+		t.Fatal("upl0 not on the bridge before its deletion")
+	}
 	before := map[string]portState{"a": e.portState("ctr-a"), "b": e.portState("ctr-b")}
 	e.node.OVS.Vsctl(t, "del-br", e.node.Bridge)
-	waitFor(t, "the bridge, the ports and the limits to come back", func() bool {
+	waitFor(t, "the bridge, the uplink, the ports and the limits to come back", func() bool {
 		return e.ovsPortOf("ctr-a") == port && e.ovsPortOf("ctr-b") != "" && tbfRate(t, e, port) == 30e6/8 &&
-			meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge))
+			meterRe.MatchString(e.node.OVS.Ofctl(t, "dump-meters", e.node.Bridge)) && uplinked()
 	})
 	for name, want := range before {
 		if got := e.portState("ctr-" + name); got != want {
@@ -444,6 +457,9 @@ func TestLiveBandwidthApplied(t *testing.T) {
 		e.pods.Set(pod)
 		if s.refused != "" {
 			waitFor(t, fmt.Sprintf("step %d refused", i), func() bool { return bandwidthRefused(t) > refusedBefore })
+			// The refusal is counted before the worker would act on it: the
+			// limits checked below, as they were, must be what it left.
+			time.Sleep(500 * time.Millisecond)
 			// On the pod too, where kubectl describe shows it.
 			if got := evs.take(); len(got) == 0 || !strings.HasPrefix(got[0], "Warning BandwidthNotApplied annotation "+s.refused+": invalid value") || !strings.Contains(got[0], "the pod keeps the limits in force on node") {
 				t.Errorf("step %d: events %q; want a Warning BandwidthNotApplied naming %s", i, got, s.refused)
