@@ -50,9 +50,10 @@ type Options struct {
 	// ServerCertDuration and Lookahead: a certificate lives ServerCertDuration
 	// and is replaced Lookahead before it expires (defaults 1 year and 90 days).
 	ServerCertDuration, Lookahead time.Duration
-	// WriteFiles copies the Secret's certificate into CertDir, and again on
-	// each change: a new CA is served within about a second, where a mounted
-	// Secret follows it only at the kubelet's refresh (the chart copies).
+	// WriteFiles copies the Secret's certificate (the rotator's, or
+	// cert-manager's) into CertDir, and again on each change: a new CA is
+	// served within about a second, where a mounted Secret follows it only
+	// at the kubelet's refresh (the chart copies, in both modes).
 	WriteFiles bool
 }
 
@@ -113,6 +114,20 @@ func Setup(stopping context.Context, mgr manager.Manager, o Options) (<-chan str
 		return ready, nil
 	case ModeCertManager:
 		ready := make(chan struct{})
+		if o.WriteFiles {
+			// cert-manager's Secret copied as in self mode: a serving
+			// certificate under a new CA (the user's issuer rotated), which
+			// cainjector puts in the caBundle at once, is served within
+			// seconds, not at the kubelet's refresh of a mounted Secret.
+			if o.Secret.Namespace == "" || o.Secret.Name == "" {
+				return nil, fmt.Errorf("certificate mode %s with files written needs the secret namespace/name", ModeCertManager)
+			}
+			if err := mgr.Add(everyReplica(func(ctx context.Context) error {
+				return syncFiles(ctx, mgr.GetAPIReader(), o.Secret, o.CertDir)
+			})); err != nil {
+				return nil, err
+			}
+		}
 		if err := mgr.Add(everyReplica(func(ctx context.Context) error {
 			return waitFiles(ctx, o.CertDir, ready)
 		})); err != nil {

@@ -324,6 +324,48 @@ func (hung) Get(ctx context.Context, key client.ObjectKey, _ client.Object, _ ..
 	}
 }
 
+// In cert-manager mode the webhook copies cert-manager's Secret into its
+// folder, and a new certificate (here: a new CA's, as after the user's
+// issuer rotated) within seconds: cainjector puts the new CA in the caBundle
+// at once, and a mounted Secret followed only at the kubelet's refresh,
+// about a minute in which every admission was refused. Before, this mode
+// served a mounted Secret only.
+func TestCertManagerSecretFollowed(t *testing.T) {
+	apisrv := agenttest.StartAPIServer(t)
+	c, err := client.New(apisrv.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
+	sec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
+		Data:       map[string][]byte{"tls.crt": []byte("crt-1"), "tls.key": []byte("key-1"), "ca.crt": []byte("ca-1")},
+	}
+	if err := c.Create(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	startSelf(t, apisrv.Config, Options{Mode: ModeCertManager, CertDir: dir, Secret: key, WriteFiles: true})
+	has := func(crt, key string) bool {
+		c, errC := os.ReadFile(filepath.Join(dir, "tls.crt"))
+		k, errK := os.ReadFile(filepath.Join(dir, "tls.key"))
+		return errC == nil && errK == nil && string(c) == crt && string(k) == key
+	}
+	if !has("crt-1", "key-1") {
+		t.Fatal("ready without cert-manager's certificate in the folder")
+	}
+	sec.Data = map[string][]byte{"tls.crt": []byte("crt-2"), "tls.key": []byte("key-2"), "ca.crt": []byte("ca-2")}
+	if err := c.Update(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !has("crt-2", "key-2"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("5 s after cert-manager renewed the certificate, the folder still has the old one")
+		}
+	}
+}
+
 // A certificate that cannot be copied into the folder (a Secret mounted
 // there read-only, with --cert-write-files on, its default) is logged and
 // tried again each second; before, the copier returned its error, which

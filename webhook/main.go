@@ -38,9 +38,9 @@ func main() {
 	flag.IntVar(&o.Port, "port", 9443, "port of the webhook server")
 	flag.StringVar(&o.CertDir, "cert-dir", "/tmp/stickynet-webhook-certs", "folder of the serving certificate (tls.crt, tls.key)")
 	flag.StringVar(&o.Certs.Mode, "cert-mode", certs.ModeSelf, "who provides the serving certificate: self (a rotated CA in a Secret) or cert-manager")
-	flag.StringVar(&secret, "cert-secret", "stickynet-system/stickynet-webhook-cert", "namespace/name of the Secret that holds the CA and certificate (self mode)")
+	flag.StringVar(&secret, "cert-secret", "stickynet-system/stickynet-webhook-cert", "namespace/name of the Secret that holds the certificate: the rotator's CA and certificate (self mode), or cert-manager's (copied with --cert-write-files)")
 	flag.StringVar(&dnsNames, "cert-dns-names", "stickynet-webhook.stickynet-system.svc", "comma-separated DNS names of the serving certificate (self mode)")
-	flag.BoolVar(&o.Certs.WriteFiles, "cert-write-files", true, "copy the certificate from its Secret into --cert-dir, and again within about a second of each change (self mode); false: serve a Secret mounted at --cert-dir, which follows a new CA only at the kubelet's refresh, about a minute of refused admissions")
+	flag.BoolVar(&o.Certs.WriteFiles, "cert-write-files", true, "copy the certificate from its Secret (--cert-secret: the rotator's, or cert-manager's) into --cert-dir, and again within about a second of each change; false: serve a Secret mounted at --cert-dir, which follows a new CA only at the kubelet's refresh, about a minute of refused admissions")
 	flag.StringVar(&o.Certs.WebhookConfig, "webhook-config-name", "stickynet", "MutatingWebhookConfiguration whose caBundle is kept current (self mode)")
 	var qps float64
 	flag.Float64Var(&qps, "kube-api-qps", 100, "queries per second to the API server")

@@ -34,6 +34,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -245,10 +246,11 @@ func TestLintAndTemplate(t *testing.T) {
 	if _, ok := own["Issuer/stickynet-ca"]; ok || own["Certificate/stickynet-webhook"] == nil || !strings.Contains(string(own["Certificate/stickynet-webhook"]), "corp-ca") {
 		t.Errorf("with an issuerRef of your own the chart still makes its CA, or the serving Certificate does not name corp-ca:\n%s", own["Certificate/stickynet-webhook"])
 	}
-	// In self mode each replica copies its certificate from the Secret into
-	// an emptyDir, so that a new CA is served within seconds of its
-	// injection into the caBundle (a mounted Secret follows after about a
-	// minute of refused admissions); cert-manager's Secret is mounted.
+	// In both modes each replica copies its certificate from the Secret (the
+	// rotator's, or cert-manager's) into an emptyDir, so that a new CA is
+	// served within seconds of its injection into the caBundle (a mounted
+	// Secret follows after about a minute of refused admissions), and may
+	// read that Secret. Before, cert-manager's Secret was mounted.
 	for mode, rendered := range map[string]map[string][]byte{"self": objs, "cert-manager": cm} {
 		spec := podTemplate(t, rendered["Deployment/stickynet-webhook"]).Spec
 		i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "certs" })
@@ -256,8 +258,18 @@ func TestLintAndTemplate(t *testing.T) {
 			t.Fatalf("%s mode: the webhook has no certs volume", mode)
 		}
 		writes := slices.Contains(spec.Containers[0].Args, "--cert-write-files")
-		if v := spec.Volumes[i]; mode == "self" && (v.EmptyDir == nil || !writes) || mode == "cert-manager" && (v.Secret == nil || writes) {
-			t.Errorf("%s mode: certs volume %+v, --cert-write-files %t; want an emptyDir the webhook writes in self mode, the Secret in cert-manager mode", mode, v.VolumeSource, writes)
+		if v := spec.Volumes[i]; v.EmptyDir == nil || !writes {
+			t.Errorf("%s mode: certs volume %+v, --cert-write-files %t; want an emptyDir the webhook writes", mode, v.VolumeSource, writes)
+		}
+		role := &rbacv1.Role{}
+		if err := yaml.Unmarshal(rendered["Role/stickynet-webhook"], role); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(role.Rules, func(r rbacv1.PolicyRule) bool {
+			return slices.Contains(r.Resources, "secrets") && slices.Contains(r.Verbs, "get") &&
+				(len(r.ResourceNames) == 0 || slices.Contains(r.ResourceNames, "stickynet-webhook-cert"))
+		}) {
+			t.Errorf("%s mode: the webhook's Role %+v cannot get its certificate's Secret", mode, role.Rules)
 		}
 	}
 	checkFallback(t, objs["DaemonSet/stickynet-nodeagent"], "auto")
