@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -184,23 +186,18 @@ func TestSimulatedNodes(t *testing.T) {
 	if err := c.StopSimulator(ctx); err != nil {
 		t.Fatal(err)
 	}
-	gone := map[string]bool{}
 	for _, p := range sim[:20] {
 		if err := cs.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
 			t.Fatal(err)
 		}
-		gone[string(p.UID)] = true
 	}
 	if err := c.RestartSimulator(ctx); err != nil {
 		t.Fatal(err)
 	}
 	sim = waitRunning(ctx, t, c, "app=sim", simPods)
-	for _, p := range sim {
-		if gone[string(p.UID)] {
-			t.Errorf("pod %s deleted while the simulator was down is still listed", p.Name)
-		}
-	}
-	waitSimNetns(ctx, t, c, simPods)
+	// One namespace per running pod, named by its UID: none left of the 20
+	// deleted, one for each of their replacements.
+	waitSimNetns(ctx, t, c, sim)
 
 	if err := cs.AppsV1().Deployments(ns).Delete(ctx, "sim", metav1.DeleteOptions{}); err != nil {
 		t.Error(err)
@@ -209,7 +206,7 @@ func TestSimulatedNodes(t *testing.T) {
 		t.Error(err)
 	}
 	waitNoPods(ctx, t, c, "")
-	waitSimNetns(ctx, t, c, 0)
+	waitSimNetns(ctx, t, c, nil)
 
 	begin = time.Now()
 	if err := c.Stop(ctx); err != nil {
@@ -446,19 +443,31 @@ func waitNoPods(ctx context.Context, t *testing.T, c *cluster.Cluster, selector 
 	}
 }
 
-func waitSimNetns(ctx context.Context, t *testing.T, c *cluster.Cluster, n int) {
+// waitSimNetns waits until the simulated pods' namespaces are those of
+// pods, each named by its pod's UID.
+func waitSimNetns(ctx context.Context, t *testing.T, c *cluster.Cluster, pods []corev1.Pod) {
 	t.Helper()
+	want := make([]string, len(pods))
+	for i, p := range pods {
+		want[i] = string(p.UID)
+	}
+	slices.Sort(want)
 	for {
-		got, err := c.SimulatedPodNetns()
+		paths, err := c.SimulatedPodNetns()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(got) == n {
+		got := make([]string, len(paths))
+		for i, p := range paths {
+			got[i] = filepath.Base(p)
+		}
+		slices.Sort(got)
+		if slices.Equal(got, want) {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("%d simulated pod namespaces, want %d", len(got), n)
+			t.Fatalf("simulated pod namespaces %v; want one for each running pod, by UID: %v", got, want)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

@@ -149,9 +149,10 @@ type replica struct {
 // ended at once (controller-runtime's manager does on a lost Lease),
 // cutting the admissions in flight.
 func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica) {
-	ns := "lease"
+	ns, nsB := "lease", "lease-b" // admitted by replica a, by replica b
 	s.namespace(ctx, t, ns, nil)
-	bare := func(name string) *corev1.Pod {
+	s.namespace(ctx, t, nsB, map[string]string{"replica": "b"})
+	bareIn := func(ns, name string) *corev1.Pod {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: template(name, nil).Spec}
 		pod.Spec.NodeName = "nowhere" // never runs: no kubelet confirms its deletion
 		got, err := s.k.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
@@ -159,10 +160,11 @@ func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica)
 			t.Fatalf("create pod %s: %v", name, err)
 		}
 		if got.Annotations[annotations.AssignedIP] == "" {
-			t.Fatalf("pod %s admitted without an address: %v", name, got.Annotations)
+			t.Fatalf("pod %s/%s admitted without an address: %v", ns, name, got.Annotations)
 		}
 		return got
 	}
+	bare := func(name string) *corev1.Pod { return bareIn(ns, name) }
 	bare("before")
 	eventually(ctx, t, 30*time.Second, "pod before's address confirmed", func() (bool, string) {
 		got := s.alloc.Lookup("pod/" + ns + "/before")
@@ -192,6 +194,12 @@ func (s *suite) testLostLease(ctx context.Context, t *testing.T, rs ...*replica)
 	time.Sleep(14 * time.Second) // past the renew deadline and a retry period, with room
 	serving("after the Lease was taken")
 	bare("during")
+	bareIn(nsB, "during")
+	defer func() {
+		if err := s.k.CoreV1().Pods(nsB).Delete(ctx, "during", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
+			t.Error(err)
+		}
+	}()
 	// (The pod GC of kube-controller-manager deletes pods of a node that
 	// does not exist, such as these, after a while: it may have been first.)
 	if err := s.k.CoreV1().Pods(ns).Delete(ctx, "before", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil && !apierrors.IsNotFound(err) {
