@@ -400,6 +400,11 @@ func Run(ctx context.Context, o Options) error {
 	if err := mgr.Add(lead); err != nil {
 		return err
 	}
+	// Half the reservations' TTL, but not less than 30 s: a leader's
+	// handover takes up to the Lease's duration and a retry (17 s).
+	if err := mgr.AddReadyzCheck("release-leader", lead.leaderCheck(max(o.ReservationTTL/2, 30*time.Second), time.Now())); err != nil {
+		return err
+	}
 	log.Info("Starting stickynet webhook", "port", o.Port, "etcd", o.EtcdEndpoints, "memoryStore", o.MemoryStore)
 	return mgr.Start(mctx)
 }

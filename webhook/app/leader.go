@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -108,6 +109,42 @@ func newLeadership(o Options, cfg *rest.Config, rec events.EventRecorder, reg pr
 		return nil, fmt.Errorf("leader election Lease %s/%s: %w", ns, LeaseName, err)
 	}
 	return l, nil
+}
+
+// leaderCheck is /readyz's check that some replica runs the release
+// controller, on every replica: it fails once no replica has renewed the
+// Lease for window (half --reservation-ttl, at least 30 s) after this one has run that
+// long, or when this replica may not read the Lease. Only the release
+// controller confirms reservations; without it those of new pods expire
+// under them, their addresses free for others. A Lease that no replica can
+// take (RBAC on Leases missing, a mistyped --leader-election-namespace)
+// left every replica Ready while that happened. Failing closed, the webhook
+// refuses pod creations in the opted-in namespaces until a replica leads.
+// Other errors (an API server slow to answer) pass: each replica's own
+// renewals or reads fail then too, and no pod is created without one.
+func (l *leadership) leaderCheck(window time.Duration, started time.Time) func(*http.Request) error {
+	return func(req *http.Request) error {
+		if l.lock == nil || time.Since(started) < window {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(req.Context(), 500*time.Millisecond)
+		defer cancel()
+		rec, _, err := l.lock.Get(ctx)
+		lease := l.lock.Describe()
+		why := "the release controller confirms no reservation, and they expire under their pods (--reservation-ttl), their addresses free for others"
+		switch {
+		case apierrors.IsNotFound(err):
+			return fmt.Errorf("no replica has taken the Lease %s in the %s this one has run: %s; see the replicas' leader election errors (RBAC for Leases, --leader-election-namespace)", lease, time.Since(started).Round(time.Second), why)
+		case apierrors.IsForbidden(err):
+			return fmt.Errorf("cannot read the Lease %s (%w), so cannot take it: %s; the webhook's account needs get, create and update on Leases there", lease, err, why)
+		case err != nil:
+			return nil
+		}
+		if ago := time.Since(rec.RenewTime.Time); ago > window {
+			return fmt.Errorf("no replica has renewed the Lease %s for %s (last %s, by %q): %s; see the replicas' leader election errors", lease, ago.Round(time.Second), rec.RenewTime.Format(time.RFC3339), rec.HolderIdentity, why)
+		}
+		return nil
+	}
 }
 
 // NeedLeaderElection: leadership is the election; it runs on every replica.

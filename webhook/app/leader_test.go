@@ -4,15 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -325,4 +330,62 @@ func ptrOr(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// TestLeaderCheck, on a real API server: /readyz's release-leader check
+// fails, on every replica, once no replica has renewed the Lease for its
+// window (after this replica has run that long), or when the replica may
+// not read the Lease, and says why; it passes at start, while the Lease is
+// renewed, and without leader election. Before, a Lease no replica could
+// take (RBAC for Leases missing, a mistyped --leader-election-namespace)
+// left every replica Ready while no reservation was confirmed.
+func TestLeaderCheck(t *testing.T) {
+	testenv.Root(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := cluster.StartForTest(ctx, t, cluster.Config{Nodes: -1, SimNodes: 1})
+	leases := c.Client().CoordinationV1().Leases(metav1.NamespaceDefault)
+	newL := func(cfg *rest.Config, election bool) *leadership {
+		l, err := newLeadership(Options{LeaderElection: election, LeaderElectionNamespace: metav1.NamespaceDefault}, cfg, events.NewFakeRecorder(100), prometheus.NewRegistry(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	l := newL(c.RESTConfig(), true)
+	const window = 30 * time.Second
+	long := time.Now().Add(-time.Hour)
+	check := func(l *leadership, started time.Time, want string) {
+		t.Helper()
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/readyz", nil)
+		err := l.leaderCheck(window, started)(req)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("check: %v; want it to pass", err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("check: %v; want an error saying %q", err, want)
+		}
+	}
+	check(l, time.Now(), "")
+	check(l, long, "no replica has taken the Lease default/"+LeaseName+" in the 1h0m0s this one has run")
+	check(newL(c.RESTConfig(), false), long, "") // no election: this replica runs it
+	now := metav1.NewMicroTime(time.Now())
+	holder, secs := "replica-x", int32(15)
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName}, Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, RenewTime: &now}}
+	lease, err := leases.Create(ctx, lease, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(l, long, "")
+	old := metav1.NewMicroTime(time.Now().Add(-10 * time.Minute))
+	lease.Spec.RenewTime = &old
+	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	check(l, long, `no replica has renewed the Lease default/`+LeaseName+` for 10m0s`)
+	check(l, long, `by "replica-x"`)
+	nobody := c.RESTConfig()
+	nobody.Impersonate = rest.ImpersonationConfig{UserName: "nobody"} // no RBAC at all
+	check(newL(nobody, true), time.Now(), "")
+	check(newL(nobody, true), long, "cannot read the Lease default/"+LeaseName)
 }
