@@ -17,16 +17,28 @@ help: ## Show the targets.
 
 ##@ Build
 
+# Where build writes stickynet's binaries, and how it builds them: static
+# (no cgo), as the chart copies the CNI plugin onto each node, whose C
+# library is not the build machine's, and the image has none of its own.
+STICKYNET_BIN ?= $(BIN)
+GOBUILD ?= CGO_ENABLED=0 $(GO) build
+
 .PHONY: build
 build: ## Build stickynet's binaries into _output/bin: stickynet-webhook, stickynet-extender, stickynet-nodeagent and the CNI plugin stickynet.
-	@mkdir -p $(BIN)
+	@mkdir -p $(STICKYNET_BIN)
 	$(GO) build ./...
-	@# Static (no cgo): the chart copies the CNI plugin onto each node, whose
-	@# C library is not the build machine's, and the image may have none.
 	@for d in webhook extender nodeagent; do \
-	  CGO_ENABLED=0 $(GO) build -o $(BIN)/stickynet-$$d ./$$d || exit 1; \
+	  $(GOBUILD) -o $(STICKYNET_BIN)/stickynet-$$d ./$$d || exit 1; \
 	done
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/stickynet ./cni # named after its CNI type, as the runtime looks it up
+	$(GOBUILD) -o $(STICKYNET_BIN)/stickynet ./cni # named after its CNI type, as the runtime looks it up
+
+# The image's name: make image IMAGE=registry.example/stickynet:v1
+IMAGE ?= stickynet.local/stickynet:dev
+
+.PHONY: image
+image: ## Write stickynet's container image, $(IMAGE), as a docker-archive tar: _output/stickynet-image.tar (no container engine needed; docker load, ctr images import or skopeo copy docker-archive: read it).
+	$(MAKE) build STICKYNET_BIN=$(OUT)/image GOBUILD="CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w'"
+	$(GO) run ./e2e/cmd/image -bin $(OUT)/image -name $(IMAGE) -o $(OUT)/stickynet-image.tar
 
 .PHONY: tools
 tools: ## Build the pinned third-party binaries the tests run (etcd, Kubernetes, containerd, CNI plugins, pause, helm), cached in ~/.cache/stickynet.

@@ -83,7 +83,7 @@ func (c *Cluster) startControlPlaneAndNodes(ctx context.Context) error {
 	g.Go(func() error { return c.startControllers(gctx, cp) })
 	for _, n := range c.nodes {
 		g.Go(func() error {
-			if err := n.importImages(gctx, archives); err != nil {
+			if err := n.importImages(gctx, archives.Pause, archives.Toolbox); err != nil {
 				return err
 			}
 			return n.startKubelet(gctx)

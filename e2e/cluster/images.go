@@ -39,22 +39,8 @@ func (c *Cluster) buildImages(ctx context.Context) (imageArchives, error) {
 	if err != nil {
 		return a, err
 	}
-	for _, x := range []struct {
-		path string
-		img  images.Image
-	}{{a.Pause, pause}, {a.Toolbox, toolbox}} {
-		f, err := os.Create(x.path)
-		if err != nil {
-			return a, fmt.Errorf("create image archive: %w", err)
-		}
-		werr := images.WriteArchive(f, x.img)
-		cerr := f.Close()
-		if werr != nil {
-			return a, fmt.Errorf("write %s: %w", x.img.Name, werr)
-		}
-		if cerr != nil {
-			return a, fmt.Errorf("write %s: %w", x.img.Name, cerr)
-		}
+	if err := images.WriteArchiveFile(a.Pause, pause); err != nil {
+		return a, err
 	}
-	return a, nil
+	return a, images.WriteArchiveFile(a.Toolbox, toolbox)
 }

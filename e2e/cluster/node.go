@@ -369,14 +369,24 @@ func (c *Cluster) realNode(name string) (*realNode, error) {
 
 // importImages loads the image archives into the node's containerd, in
 // the namespace CRI uses.
-func (n *realNode) importImages(ctx context.Context, a imageArchives) error {
-	for _, tar := range []string{a.Pause, a.Toolbox} {
+func (n *realNode) importImages(ctx context.Context, tars ...string) error {
+	for _, tar := range tars {
 		if _, err := n.c.host.Run(ctx, n.c.bin.Ctr, "--address", n.ContainerdSocket, "-n", "k8s.io",
 			"images", "import", "--local", tar); err != nil {
 			return fmt.Errorf("import %s into %s: %w", filepath.Base(tar), n.Name, err)
 		}
 	}
 	return nil
+}
+
+// ImportImage loads a docker-archive image (package images) into real node
+// node's containerd, for its pods (imagePullPolicy Never).
+func (c *Cluster) ImportImage(ctx context.Context, node, tar string) error {
+	n, err := c.realNode(node)
+	if err != nil {
+		return err
+	}
+	return n.importImages(ctx, tar)
 }
 
 // startKubelet starts the node's kubelet inside its namespace.

@@ -1,9 +1,11 @@
-// Package images builds the local cluster's container images without a
-// container engine: a single-layer image is written as a docker-archive tar
-// (the format `docker save` writes and `ctr images import` reads), from files
-// of the host. The pause image holds the pause program that
-// hack/build-tools.sh builds; the toolbox image holds Debian's static busybox
-// and iperf3 with the shared libraries it links.
+// Package images builds container images without a container engine: a
+// single-layer image is written as a docker-archive tar (the format `docker
+// save` writes and `docker load`, `ctr images import` and `skopeo copy
+// docker-archive:` read), from files of the host. The local cluster's pause
+// image holds the pause program that hack/build-tools.sh builds; its
+// toolbox image holds Debian's static busybox and iperf3 with the shared
+// libraries it links; stickynet's own image (`make image`) holds its four
+// static binaries and Open vSwitch's ovs-vsctl and ovs-ofctl with theirs.
 package images
 
 import (
@@ -16,7 +18,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -28,6 +32,8 @@ const (
 	Pause = "stickynet.local/pause:3.10"
 	// Toolbox is the test image: busybox (sh, ping, nc, ip, wget, ...) and iperf3.
 	Toolbox = "stickynet.local/toolbox:v1"
+	// Stickynet is the default name of stickynet's image (make image IMAGE=...).
+	Stickynet = "stickynet.local/stickynet:dev"
 )
 
 // File is one entry of an image's layer.
@@ -231,6 +237,108 @@ func ToolboxImage(src Sources) (Image, error) {
 		File{Path: "/etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
 		File{Path: "/tmp", Dir: true, Mode: 0o1777},
 		File{Path: "/root", Dir: true, Mode: 0o700},
+	)
+	return img, nil
+}
+
+// StickynetSources are the host files stickynet's image is made of.
+type StickynetSources struct {
+	// Binaries are stickynet's programs, linked statically (make build):
+	// their names in /usr/local/bin, and their paths on the host.
+	Binaries map[string]string
+	// OVS are the paths of ovs-vsctl and ovs-ofctl, installed in the image
+	// under their paths; OVSLibs the libraries and loader they need (ldd).
+	OVS, OVSLibs []string
+}
+
+// StickynetBinaries are the names of stickynet's programs, as make build
+// names them in its folder and the chart runs them from /usr/local/bin.
+var StickynetBinaries = []string{"stickynet-webhook", "stickynet-extender", "stickynet-nodeagent", "stickynet"}
+
+// FindStickynetSources finds stickynet's image's files: its programs in
+// binDir, and this machine's ovs-vsctl and ovs-ofctl (Debian's
+// openvswitch-common) with the libraries ldd names for them.
+func FindStickynetSources(binDir string) (StickynetSources, error) {
+	src := StickynetSources{Binaries: map[string]string{}}
+	for _, n := range StickynetBinaries {
+		p := filepath.Join(binDir, n)
+		if _, err := os.Stat(p); err != nil {
+			return src, fmt.Errorf("stickynet image: %w (make build writes it)", err)
+		}
+		src.Binaries[n] = p
+	}
+	libs := map[string]bool{}
+	for _, tool := range []string{"ovs-vsctl", "ovs-ofctl"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			return src, fmt.Errorf("stickynet image: %w (Debian's openvswitch-common has it)", err)
+		}
+		out, err := exec.Command("ldd", p).Output()
+		if err != nil {
+			return src, fmt.Errorf("stickynet image: ldd %s: %w", p, err)
+		}
+		src.OVS = append(src.OVS, p)
+		for _, l := range SharedLibraries(string(out)) {
+			if !libs[l] {
+				libs[l] = true
+				src.OVSLibs = append(src.OVSLibs, l)
+			}
+		}
+	}
+	return src, nil
+}
+
+// WriteArchiveFile writes img as a docker-archive tar to the file at p.
+func WriteArchiveFile(p string, img Image) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return fmt.Errorf("create image archive: %w", err)
+	}
+	werr := WriteArchive(f, img)
+	cerr := f.Close()
+	if werr != nil {
+		return fmt.Errorf("write %s: %w", img.Name, werr)
+	}
+	if cerr != nil {
+		return fmt.Errorf("write %s: %w", img.Name, cerr)
+	}
+	return nil
+}
+
+// nonroot is the user the chart runs the webhook, extender and scheduler as.
+const nonroot = 65532
+
+// StickynetImage returns stickynet's image, named name, made from src: what
+// the chart's containers run (image.repository, image.tag).
+func StickynetImage(name string, src StickynetSources) (Image, error) {
+	if len(src.Binaries) == 0 || len(src.OVS) == 0 {
+		return Image{}, fmt.Errorf("stickynet image: binaries %v and Open vSwitch tools %v: want both", src.Binaries, src.OVS)
+	}
+	img := Image{Name: name}
+	add := func(dst, from string, mode int64) error {
+		b, err := os.ReadFile(from) // follows the symlinks of merged /usr
+		if err != nil {
+			return fmt.Errorf("stickynet image: %w", err)
+		}
+		img.Files = append(img.Files, File{Path: dst, Mode: mode, Data: b})
+		return nil
+	}
+	for n, p := range src.Binaries {
+		if err := add("/usr/local/bin/"+n, p, 0o755); err != nil {
+			return Image{}, err
+		}
+	}
+	for _, p := range append(append([]string{}, src.OVS...), src.OVSLibs...) {
+		if err := add(p, p, 0o755); err != nil {
+			return Image{}, err
+		}
+	}
+	img.Files = append(img.Files,
+		File{Path: "/etc/passwd", Mode: 0o644, Data: fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", nonroot, nonroot)},
+		File{Path: "/etc/group", Mode: 0o644, Data: fmt.Appendf(nil, "root:x:0:\nnonroot:x:%d:\n", nonroot)},
+		File{Path: "/tmp", Dir: true, Mode: 0o1777},
+		File{Path: "/root", Dir: true, Mode: 0o700},
+		File{Path: "/home/nonroot", Dir: true, Mode: 0o755},
 	)
 	return img, nil
 }

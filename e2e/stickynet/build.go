@@ -47,7 +47,7 @@ func isStickynetMod(gomod []byte) bool {
 }
 
 // Build compiles the webhook, extender, node agent and CNI plugin from the
-// source tree into dir, named as `make build` names them.
+// source tree into dir, named and linked as `make build` names and links them.
 func Build(ctx context.Context, dir string) (Binaries, error) {
 	root, err := RepoRoot()
 	if err != nil {
@@ -65,6 +65,7 @@ func Build(ctx context.Context, dir string) (Binaries, error) {
 	defer os.RemoveAll(tmp)
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp+"/", "./webhook", "./extender", "./nodeagent", "./cni")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build links them
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return Binaries{}, fmt.Errorf("go build stickynet: %w: %s", err, msg)
 	}
