@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/tools/leaderelection"
@@ -67,6 +68,11 @@ type leadership struct {
 	// it started) took the Lease and kept it, and its release controller,
 	// waiting for the cache, confirmed no reservation.
 	ready <-chan struct{}
+	// leases reads the Lease for leaderCheck, with a client of its own: the
+	// lock caches the Lease it reads and renews from that copy, so a read of
+	// the probe's through it raced the elector and could hand a renewal the
+	// resourceVersion of another holder's record. Set with lock.
+	leases coordinationv1client.LeaseInterface
 	// storeUp, when set, says whether the replica's store answers now; it
 	// campaigns only while it does. A replica that had reached etcd and then
 	// lost it campaigned on, took the Lease when the leader's ended, and its
@@ -108,42 +114,63 @@ func newLeadership(o Options, cfg *rest.Config, rec events.EventRecorder, reg pr
 	if err != nil {
 		return nil, fmt.Errorf("leader election Lease %s/%s: %w", ns, LeaseName, err)
 	}
+	probeCfg := rest.CopyConfig(cfg)
+	probeCfg.Timeout = time.Second
+	cc, err := coordinationv1client.NewForConfig(probeCfg)
+	if err != nil {
+		return nil, fmt.Errorf("client for the Lease %s/%s: %w", ns, LeaseName, err)
+	}
+	l.leases = cc.Leases(ns)
 	return l, nil
 }
 
 // leaderCheck is /readyz's check that some replica runs the release
-// controller, on every replica: it fails once no replica has renewed the
-// Lease for window (half --reservation-ttl, at least 30 s) after this one has run that
-// long, or when this replica may not read the Lease. Only the release
-// controller confirms reservations; without it those of new pods expire
-// under them, their addresses free for others. A Lease that no replica can
-// take (RBAC on Leases missing, a mistyped --leader-election-namespace)
-// left every replica Ready while that happened. Failing closed, the webhook
-// refuses pod creations in the opted-in namespaces until a replica leads.
-// Other errors (an API server slow to answer) pass: each replica's own
-// renewals or reads fail then too, and no pod is created without one.
+// controller, on every replica: it fails once the Lease has not changed
+// (no replica renewed it) for window (half --reservation-ttl, at least
+// 30 s), as this replica has seen it (not the holder's clock), after this
+// replica has run that long; or when this replica may not read the Lease.
+// Only the release controller confirms reservations; without it those of
+// new pods expire under them, their addresses free for others. A Lease that
+// no replica can take (RBAC on Leases missing, a mistyped
+// --leader-election-namespace) left every replica Ready while that
+// happened. Failing closed, the webhook refuses pod creations in the
+// opted-in namespaces until a replica leads. Other errors (an API server
+// slow to answer) pass: each replica's own renewals or reads fail then too,
+// and no pod is created without one.
 func (l *leadership) leaderCheck(window time.Duration, started time.Time) func(*http.Request) error {
+	var mu sync.Mutex
+	seen, changed := "", started // the Lease's resourceVersion last read, and when it changed
 	return func(req *http.Request) error {
-		if l.lock == nil || time.Since(started) < window {
+		if l.leases == nil {
 			return nil
 		}
 		ctx, cancel := context.WithTimeout(req.Context(), 500*time.Millisecond)
 		defer cancel()
-		rec, _, err := l.lock.Get(ctx)
-		lease := l.lock.Describe()
+		lease, err := l.leases.Get(ctx, LeaseName, metav1.GetOptions{})
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		if err == nil && lease.ResourceVersion != seen {
+			seen, changed = lease.ResourceVersion, now
+		}
+		if now.Sub(changed) < window {
+			return nil
+		}
+		name := l.lock.Describe() // namespace/name
 		why := "the release controller confirms no reservation, and they expire under their pods (--reservation-ttl), their addresses free for others"
 		switch {
 		case apierrors.IsNotFound(err):
-			return fmt.Errorf("no replica has taken the Lease %s in the %s this one has run: %s; see the replicas' leader election errors (RBAC for Leases, --leader-election-namespace)", lease, time.Since(started).Round(time.Second), why)
+			return fmt.Errorf("no replica has taken the Lease %s in the %s this one has run: %s; see the replicas' leader election errors (RBAC for Leases, --leader-election-namespace)", name, now.Sub(started).Round(time.Second), why)
 		case apierrors.IsForbidden(err):
-			return fmt.Errorf("cannot read the Lease %s (%w), so cannot take it: %s; the webhook's account needs get, create and update on Leases there", lease, err, why)
+			return fmt.Errorf("cannot read the Lease %s (%w), so cannot take it: %s; the webhook's account needs get, create and update on Leases there", name, err, why)
 		case err != nil:
 			return nil
 		}
-		if ago := time.Since(rec.RenewTime.Time); ago > window {
-			return fmt.Errorf("no replica has renewed the Lease %s for %s (last %s, by %q): %s; see the replicas' leader election errors", lease, ago.Round(time.Second), rec.RenewTime.Format(time.RFC3339), rec.HolderIdentity, why)
+		holder := ""
+		if lease.Spec.HolderIdentity != nil {
+			holder = *lease.Spec.HolderIdentity
 		}
-		return nil
+		return fmt.Errorf("no replica has renewed the Lease %s for %s as this replica sees it (holder %q): %s; see the replicas' leader election errors", name, now.Sub(changed).Round(time.Second), holder, why)
 	}
 }
 

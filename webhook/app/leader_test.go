@@ -333,12 +333,13 @@ func ptrOr(s *string) string {
 }
 
 // TestLeaderCheck, on a real API server: /readyz's release-leader check
-// fails, on every replica, once no replica has renewed the Lease for its
-// window (after this replica has run that long), or when the replica may
-// not read the Lease, and says why; it passes at start, while the Lease is
-// renewed, and without leader election. Before, a Lease no replica could
-// take (RBAC for Leases missing, a mistyped --leader-election-namespace)
-// left every replica Ready while no reservation was confirmed.
+// fails, on every replica, once the Lease has not changed for its window as
+// the replica sees it (after the replica has run that long), or when the
+// replica may not read the Lease, and says why; it passes at start, while
+// the Lease is renewed (whatever time the holder's clock writes in it), and
+// without leader election. Before, a Lease no replica could take (RBAC for
+// Leases missing, a mistyped --leader-election-namespace) left every
+// replica Ready while no reservation was confirmed.
 func TestLeaderCheck(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -352,13 +353,11 @@ func TestLeaderCheck(t *testing.T) {
 		}
 		return l
 	}
-	l := newL(c.RESTConfig(), true)
-	const window = 30 * time.Second
+	const window = time.Second
 	long := time.Now().Add(-time.Hour)
-	check := func(l *leadership, started time.Time, want string) {
+	expect := func(check func(*http.Request) error, want string) {
 		t.Helper()
-		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/readyz", nil)
-		err := l.leaderCheck(window, started)(req)
+		err := check(httptest.NewRequestWithContext(ctx, http.MethodGet, "/readyz", nil))
 		switch {
 		case want == "" && err != nil:
 			t.Errorf("check: %v; want it to pass", err)
@@ -366,26 +365,42 @@ func TestLeaderCheck(t *testing.T) {
 			t.Errorf("check: %v; want an error saying %q", err, want)
 		}
 	}
-	check(l, time.Now(), "")
-	check(l, long, "no replica has taken the Lease default/"+LeaseName+" in the 1h0m0s this one has run")
-	check(newL(c.RESTConfig(), false), long, "") // no election: this replica runs it
-	now := metav1.NewMicroTime(time.Now())
+	l := newL(c.RESTConfig(), true)
+	expect(l.leaderCheck(window, time.Now()), "") // its first span
+	check := l.leaderCheck(window, long)
+	expect(check, "no replica has taken the Lease default/"+LeaseName+" in the 1h0m0s this one has run")
+	expect(newL(c.RESTConfig(), false).leaderCheck(window, long), "") // no election: this replica runs it
+
+	// A holder whose clock is 10 minutes behind renews: it passes.
 	holder, secs := "replica-x", int32(15)
-	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName}, Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, RenewTime: &now}}
-	lease, err := leases.Create(ctx, lease, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
+	renew := func(l *coordinationv1.Lease) *coordinationv1.Lease {
+		t.Helper()
+		behind := metav1.NewMicroTime(time.Now().Add(-10 * time.Minute))
+		l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &holder, &secs, &behind
+		var err error
+		if l.ResourceVersion == "" {
+			l, err = leases.Create(ctx, l, metav1.CreateOptions{})
+		} else {
+			l, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
 	}
-	check(l, long, "")
-	old := metav1.NewMicroTime(time.Now().Add(-10 * time.Minute))
-	lease.Spec.RenewTime = &old
-	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	check(l, long, `no replica has renewed the Lease default/`+LeaseName+` for 10m0s`)
-	check(l, long, `by "replica-x"`)
+	lease := renew(&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: LeaseName}})
+	expect(check, "")
+	time.Sleep(window / 2)
+	lease = renew(lease)
+	expect(check, "")
+	// No renewal for the window: it fails, naming the holder.
+	time.Sleep(window + 200*time.Millisecond)
+	expect(check, `no replica has renewed the Lease default/`+LeaseName+` for 1s as this replica sees it (holder "replica-x")`)
+	renew(lease)
+	expect(check, "")
+
 	nobody := c.RESTConfig()
 	nobody.Impersonate = rest.ImpersonationConfig{UserName: "nobody"} // no RBAC at all
-	check(newL(nobody, true), time.Now(), "")
-	check(newL(nobody, true), long, "cannot read the Lease default/"+LeaseName)
+	expect(newL(nobody, true).leaderCheck(window, time.Now()), "")
+	expect(newL(nobody, true).leaderCheck(window, long), "cannot read the Lease default/"+LeaseName)
 }
