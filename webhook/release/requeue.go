@@ -101,7 +101,20 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 			continue
 		}
 		if err := c.patchAnnotations(ctx, p.pod, map[string]any{annotations.PlacementChanged: value}); err != nil {
-			if apierrors.IsNotFound(err) || replaced(err) {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			// A pod made again under the name (the cache behind): the next
+			// pass, which sees it, writes it, as after a failed write.
+			retry := func() {
+				if q, ok := prev[key]; ok {
+					c.placements[key] = q
+				} else {
+					delete(c.placements, key)
+				}
+			}
+			if replaced(err) {
+				retry()
 				continue
 			}
 			if refusedForGood(err) {
@@ -111,11 +124,7 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 				continue
 			}
 			errs = append(errs, fmt.Errorf("ask the scheduler to try pod %s again: %w", p.key, err))
-			if q, ok := prev[key]; ok {
-				c.placements[key] = q
-			} else {
-				delete(c.placements, key)
-			}
+			retry()
 			continue
 		}
 		c.Metrics.requeued()

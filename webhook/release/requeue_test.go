@@ -3,6 +3,7 @@ package release
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -53,7 +56,7 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 		pending("vf", "red", true, annotations.SriovNetwork, "fast"),
 	}
 	spec := v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}
-	failPatch, forbid := true, false
+	failPatch, forbid, replacedOnce := true, false, false
 	api := interceptor.NewClient(apiWith(t, spec, objs...).(client.WithWatch), interceptor.Funcs{
 		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
 			if failPatch && obj.GetName() == "waiting" {
@@ -62,6 +65,10 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 			}
 			if forbid && obj.GetName() == "waiting" {
 				return apierrors.NewForbidden(corev1.Resource("pods"), "waiting", errors.New("a policy"))
+			}
+			if replacedOnce && obj.GetName() == "waiting" {
+				replacedOnce = false // the API server's answer to the old pod's UID (see TestBandwidthPatchSparesPodMadeAgain)
+				return apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, "waiting", field.ErrorList{field.Invalid(field.NewPath("metadata", "uid"), "old", "field is immutable")})
 			}
 			return c.Patch(ctx, obj, patch, opts...)
 		},
@@ -149,6 +156,33 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 		if err := pass(); err != nil {
 			t.Errorf("pass with the write forbidden: %v; want no error", err)
 		}
+	}
+
+	// The pod made again under its name before the write (the cache
+	// behind): no failed pass, and the next pass writes it. Before, that
+	// change was not written again: the new pod waited for the scheduler's
+	// own retry.
+	forbid, replacedOnce = false, true
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: "blue"}, blue); err != nil {
+		t.Fatal(err)
+	}
+	blue.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "c"}}
+	blue.Generation++
+	if err := c.Client.Update(ctx, blue); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("IPPool/blue generation %d", blue.Generation)
+	if err := pass(); err != nil {
+		t.Errorf("pass with the pod replaced: %v; want no error", err)
+	}
+	if got := written()["waiting"]; got == want || replacedOnce {
+		t.Fatalf("written %q (refused: %t) for a replaced pod; want the write tried and refused", got, !replacedOnce)
+	}
+	if err := pass(); err != nil {
+		t.Fatal(err)
+	}
+	if got := written()["waiting"]; got != want {
+		t.Errorf("after the pass that sees the pod made again: %q; want %q", got, want)
 	}
 }
 
