@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -125,7 +127,7 @@ func WriteArchive(w io.Writer, img Image) error {
 		env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	}
 	config := map[string]any{
-		"architecture": "amd64",
+		"architecture": runtime.GOARCH, // the host's files are in it: built where it runs
 		"os":           "linux",
 		"created":      epoch.Format(time.RFC3339),
 		"config":       map[string]any{"Env": env, "Entrypoint": img.Entrypoint, "Cmd": img.Cmd},
@@ -262,8 +264,8 @@ func FindStickynetSources(binDir string) (StickynetSources, error) {
 	src := StickynetSources{Binaries: map[string]string{}}
 	for _, n := range StickynetBinaries {
 		p := filepath.Join(binDir, n)
-		if _, err := os.Stat(p); err != nil {
-			return src, fmt.Errorf("stickynet image: %w (make build writes it)", err)
+		if err := static(p); err != nil {
+			return src, fmt.Errorf("stickynet image: %w", err)
 		}
 		src.Binaries[n] = p
 	}
@@ -286,6 +288,23 @@ func FindStickynetSources(binDir string) (StickynetSources, error) {
 		}
 	}
 	return src, nil
+}
+
+// static checks that the program at p is linked statically (no program
+// interpreter): the image has only the C library ovs-vsctl needs, and the
+// agent copies the CNI plugin onto nodes whose C library is not this one.
+func static(p string) error {
+	f, err := elf.Open(p)
+	if err != nil {
+		return fmt.Errorf("%w (make build writes it)", err)
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is linked dynamically: build it with CGO_ENABLED=0, as make build does", p)
+		}
+	}
+	return nil
 }
 
 // WriteArchiveFile writes img as a docker-archive tar to the file at p.

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -107,5 +110,19 @@ func TestWriteArchiveManifestMatchesContent(t *testing.T) {
 	}
 	if !reflect.DeepEqual(config.Config.Entrypoint, []string{"/pause"}) {
 		t.Errorf("entrypoint = %v", config.Config.Entrypoint)
+	}
+}
+
+// FindStickynetSources refuses a program linked dynamically: the image has
+// no C library of its own for it (only ovs-vsctl's, by chance).
+func TestStickynetSourcesStatic(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range StickynetBinaries {
+		if err := os.Symlink("/usr/bin/ovs-vsctl", filepath.Join(dir, n)); err != nil { // a dynamic one
+			t.Fatal(err)
+		}
+	}
+	if _, err := FindStickynetSources(dir); err == nil || !strings.Contains(err.Error(), "is linked dynamically: build it with CGO_ENABLED=0") {
+		t.Errorf("sources with dynamically linked programs: %v; want them refused", err)
 	}
 }

@@ -18,12 +18,13 @@ import (
 	"github.com/stickynet/stickynet/internal/testenv"
 )
 
-// TestStickynetImageRuns builds stickynet's image as `make image` does and
-// runs it on a real node (kubelet, containerd): each of its four programs
-// starts, the webhook and extender as the chart's user 65532 on a read-only
-// root, and ovs-vsctl, with the libraries the image carries, talks to the
-// node's ovsdb-server, as the node agent's does. Before, no image was built
-// at all (the chart named one nobody made).
+// TestStickynetImageRuns builds stickynet's image from e2e's static build
+// (make image strips its own) and runs it on a real node (kubelet,
+// containerd): each of its four programs answers --help (the CNI plugin
+// VERSION), the webhook and extender as the chart's user 65532 with a
+// read-only root, and ovs-vsctl, with the libraries the image carries,
+// reads the node's ovsdb-server, as the node agent's does. Before, no image
+// was built at all (the chart named one nobody made).
 func TestStickynetImageRuns(t *testing.T) {
 	testenv.Root(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
