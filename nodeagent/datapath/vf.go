@@ -153,7 +153,7 @@ func (d *Datapath) SetupVF(ctx context.Context, a *Attachment, cfg sriov.Config)
 // carrierWait is how long SetupVF waits for a VF it has just set up to have
 // carrier before it announces the pod's address (not for a VF whose
 // SriovNetwork disables its link, which gets none). A VF's driver brings its
-// link up a while after it is set up (read of drivers, not tried on
+// link up a while after it is set up (a review's reading of drivers such as iavf, not tried on
 // hardware), and until then the kernel drops what is sent out of it while
 // the sender sees success: the announcement was lost, and the switches kept
 // a moved pod's MAC on its old node's port, the pod unreachable until it

@@ -104,8 +104,7 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 			if apierrors.IsNotFound(err) {
 				continue
 			}
-			// A pod made again under the name (the cache behind): the next
-			// pass, which sees it, writes it, as after a failed write.
+			// retry has the next pass count key as changed again.
 			retry := func() {
 				if q, ok := prev[key]; ok {
 					c.placements[key] = q
@@ -114,6 +113,8 @@ func (c *Controller) requeue(ctx context.Context, pods []podInfo, pools []v1alph
 				}
 			}
 			if replaced(err) {
+				// A pod made again under the name (the cache behind): the
+				// next pass, which sees it, writes it, as after a failed write.
 				retry()
 				continue
 			}
