@@ -32,11 +32,7 @@ import (
 // that lacks a name, which the rotator, checking only the first name,
 // would otherwise keep until it expires.
 func TestEnsureSecret(t *testing.T) {
-	apisrv := agenttest.StartAPIServer(t)
-	c, err := client.New(apisrv.Config, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, c := apiServer(t)
 	ctx := context.Background()
 	key := types.NamespacedName{Namespace: "default", Name: "webhook-cert"}
 	names := []string{"stickynet-webhook.stickynet-system.svc"}
@@ -93,16 +89,12 @@ func TestEnsureSecret(t *testing.T) {
 // webhook configuration. It stayed gone: the rotator fills only a Secret
 // that exists, and in the chart no new replica could mount it.
 func TestDeletedSecretMadeAgain(t *testing.T) {
-	apisrv := agenttest.StartAPIServer(t)
-	c, err := client.New(apisrv.Config, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, c := apiServer(t)
 	ctx := context.Background()
 	createWebhookConfig(t, c)
 	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
 	dir := t.TempDir()
-	startSelf(t, apisrv.Config, Options{Mode: ModeSelf, CertDir: dir, Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
+	startCerts(t, cfg, Options{Mode: ModeSelf, CertDir: dir, Secret: key, DNSNames: []string{"localhost"}, WebhookConfig: "stickynet", WriteFiles: true})
 	filled := func() (ca []byte, ok bool) {
 		sec := &corev1.Secret{}
 		if err := c.Get(ctx, key, sec); err != nil {
@@ -186,10 +178,22 @@ func createWebhookConfig(t *testing.T, c client.Client) {
 	}
 }
 
-// startSelf runs what Setup adds for o on a manager of cfg until the test
+// apiServer starts a real API server for the test: its config, and a
+// client of it.
+func apiServer(t *testing.T) (*rest.Config, client.Client) {
+	t.Helper()
+	apisrv := agenttest.StartAPIServer(t)
+	c, err := client.New(apisrv.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return apisrv.Config, c
+}
+
+// startCerts runs what Setup adds for o on a manager of cfg until the test
 // ends, the Secret checked every 200 ms, and waits for the first
 // certificate.
-func startSelf(t *testing.T, cfg *rest.Config, o Options) {
+func startCerts(t *testing.T, cfg *rest.Config, o Options) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
@@ -244,15 +248,11 @@ func signedBy(t *testing.T, file string, caPEM []byte) bool {
 // first name), is dropped, and the rotator issues one with every name. It
 // stood until its renewal, months later.
 func TestCertificateLackingANameReissued(t *testing.T) {
-	apisrv := agenttest.StartAPIServer(t)
-	c, err := client.New(apisrv.Config, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, c := apiServer(t)
 	ctx := context.Background()
 	key := types.NamespacedName{Namespace: "default", Name: "names-cert"} // a controller name of its own (the rotator's is the Secret's)
 	names := []string{"localhost", "stickynet-webhook.default.svc"}
-	startSelf(t, apisrv.Config, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: names, WebhookConfig: "stickynet", WriteFiles: true})
+	startCerts(t, cfg, Options{Mode: ModeSelf, CertDir: t.TempDir(), Secret: key, DNSNames: names, WebhookConfig: "stickynet", WriteFiles: true})
 	sec := &corev1.Secret{}
 	if err := c.Get(ctx, key, sec); err != nil {
 		t.Fatal(err)
@@ -289,11 +289,7 @@ func TestCertificateLackingANameReissued(t *testing.T) {
 // The readiness check fails, naming the flag, while the webhook
 // configuration does not exist, and passes once it does.
 func TestReadyOnlyWithWebhookConfiguration(t *testing.T) {
-	apisrv := agenttest.StartAPIServer(t)
-	c, err := client.New(apisrv.Config, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, c := apiServer(t)
 	check := configExists(c, "stickynet")
 	req := httptest.NewRequest(http.MethodGet, "/readyz", nil)
 	if err := check(req); err == nil || !strings.Contains(err.Error(), `MutatingWebhookConfiguration "stickynet" (--webhook-config-name) does not exist`) {
@@ -331,11 +327,7 @@ func (hung) Get(ctx context.Context, key client.ObjectKey, _ client.Object, _ ..
 // about a minute in which every admission was refused. Before, this mode
 // served a mounted Secret only.
 func TestCertManagerSecretFollowed(t *testing.T) {
-	apisrv := agenttest.StartAPIServer(t)
-	c, err := client.New(apisrv.Config, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, c := apiServer(t)
 	ctx := context.Background()
 	key := types.NamespacedName{Namespace: "default", Name: "stickynet-webhook-cert"}
 	sec := &corev1.Secret{
@@ -346,7 +338,7 @@ func TestCertManagerSecretFollowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	startSelf(t, apisrv.Config, Options{Mode: ModeCertManager, CertDir: dir, Secret: key, WriteFiles: true})
+	startCerts(t, cfg, Options{Mode: ModeCertManager, CertDir: dir, Secret: key, WriteFiles: true})
 	has := func(crt, key string) bool {
 		c, errC := os.ReadFile(filepath.Join(dir, "tls.crt"))
 		k, errK := os.ReadFile(filepath.Join(dir, "tls.key"))

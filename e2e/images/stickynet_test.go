@@ -2,6 +2,7 @@ package images_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
 	"github.com/stickynet/stickynet/e2e/images"
@@ -52,7 +54,7 @@ func TestStickynetImageRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	nonroot := &corev1.SecurityContext{RunAsUser: ptr(int64(65532)), RunAsNonRoot: ptr(true), ReadOnlyRootFilesystem: ptr(true)}
+	nonroot := &corev1.SecurityContext{RunAsUser: ptr.To(int64(65532)), RunAsNonRoot: ptr.To(true), ReadOnlyRootFilesystem: ptr.To(true)}
 	ctr := func(n string, sc *corev1.SecurityContext, env []corev1.EnvVar, cmd ...string) corev1.Container {
 		return corev1.Container{
 			Name: n, Image: name, ImagePullPolicy: corev1.PullNever, Command: cmd, Env: env, SecurityContext: sc,
@@ -79,19 +81,12 @@ func TestStickynetImageRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got *corev1.Pod
-	for {
+	testenv.Eventually(ctx, t, 3*time.Minute, "the image's pod done", func() (bool, string) {
 		if got, err = cs.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if got.Status.Phase == corev1.PodSucceeded || got.Status.Phase == corev1.PodFailed {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("pod of the image not done: %+v", got.Status)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+		return got.Status.Phase == corev1.PodSucceeded || got.Status.Phase == corev1.PodFailed, fmt.Sprintf("%+v", got.Status)
+	})
 	// The node's OVS database as the host's ovs-vsctl shows it: its UUID first.
 	show, err := exec.CommandContext(ctx, "ovs-vsctl", "--db=unix:"+node.OVSDBSocket, "show").Output()
 	if err != nil || len(strings.Fields(string(show))) == 0 {
@@ -122,5 +117,3 @@ func logs(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, pod, contai
 	b, _ := io.ReadAll(rc)
 	return string(b)
 }
-
-func ptr[T any](v T) *T { return &v }

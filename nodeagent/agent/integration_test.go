@@ -874,11 +874,7 @@ func TestUplinkThatDoesNotWork(t *testing.T) {
 	e.addPod(podSpec{name: "a", ips: "10.80.0.10/24", mac: "02:00:0a:50:00:0a"})
 	e.node.Netns.Run(t, "ip", "link", "add", "upl0", "type", "veth", "peer", "name", "upl0p")
 	e.node.Netns.Run(t, "ip", "link", "set", "upl0", "up")
-	deadline := time.Now().Add(20 * time.Second)
-	for code, body = probe(e.opts.MetricsAddr, "/readyz"); code != http.StatusOK && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
-		time.Sleep(200 * time.Millisecond)
-	}
-	if code != http.StatusOK {
+	if code, body = readyzUntil(e, func(code int, _ string) bool { return code == http.StatusOK }); code != http.StatusOK {
 		t.Errorf("/readyz once upl0 exists: %d %q; want 200", code, body)
 	}
 }
@@ -892,11 +888,7 @@ func TestUplinkMTUBelowPods(t *testing.T) {
 	e.node.Netns.Run(t, "ip", "link", "add", "upl0", "mtu", "1450", "type", "veth", "peer", "name", "upl0p")
 	e.node.Netns.Run(t, "ip", "link", "set", "upl0", "up")
 	want := "uplink upl0 (--uplink) has MTU 1450, below the pods' 1500 (--mtu)"
-	deadline := time.Now().Add(20 * time.Second) // until OVS opens upl0
-	code, body := probe(e.opts.MetricsAddr, "/readyz")
-	for ; !strings.Contains(body, want) && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
-		time.Sleep(200 * time.Millisecond)
-	}
+	code, body := readyzUntil(e, func(_ int, body string) bool { return strings.Contains(body, want) }) // OVS opens upl0
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
 		t.Errorf("/readyz with upl0 at MTU 1450 and pods at 1500: %d %q; want 503 naming both", code, body)
 	}
@@ -904,13 +896,20 @@ func TestUplinkMTUBelowPods(t *testing.T) {
 		t.Errorf("STATUS: %v; want it to pass", err)
 	}
 	e.node.Netns.Run(t, "ip", "link", "set", "upl0", "mtu", "1500")
-	deadline = time.Now().Add(20 * time.Second)
-	for code, body = probe(e.opts.MetricsAddr, "/readyz"); code != http.StatusOK && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
-		time.Sleep(200 * time.Millisecond)
-	}
-	if code != http.StatusOK {
+	if code, body = readyzUntil(e, func(code int, _ string) bool { return code == http.StatusOK }); code != http.StatusOK {
 		t.Errorf("/readyz once upl0 is at 1500: %d %q; want 200", code, body)
 	}
+}
+
+// readyzUntil probes the agent's /readyz until done says so of its answer,
+// or 20 s have passed, and returns the last answer.
+func readyzUntil(e *env, done func(code int, body string) bool) (int, string) {
+	deadline := time.Now().Add(20 * time.Second)
+	code, body := probe(e.opts.MetricsAddr, "/readyz")
+	for ; !done(code, body) && time.Now().Before(deadline); code, body = probe(e.opts.MetricsAddr, "/readyz") {
+		time.Sleep(200 * time.Millisecond)
+	}
+	return code, body
 }
 
 // probe GETs path on the agent's metrics endpoint: the status code and

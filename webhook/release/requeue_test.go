@@ -13,8 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -68,7 +66,7 @@ func TestRequeueOnPlacementChange(t *testing.T) {
 			}
 			if replacedOnce && obj.GetName() == "waiting" {
 				replacedOnce = false // the API server's answer to the old pod's UID (see TestBandwidthPatchSparesPodMadeAgain)
-				return apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, "waiting", field.ErrorList{field.Invalid(field.NewPath("metadata", "uid"), "old", "field is immutable")})
+				return uidRefused("waiting", "old")
 			}
 			return c.Patch(ctx, obj, patch, opts...)
 		},
