@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -933,21 +934,48 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 		t.Fatalf("next try after etcd came back: %+v; want member %s under t2", got, members[0].IP)
 	}
 
-	// A new member reserved under a lost answer is released (the pool has
-	// no reuse delay: it is gone).
+	// A new member reserved under a lost answer is released (it cools, as
+	// a released address does).
 	big := mustPool(t, "big", v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/24"})
-	s.Set(true, false)
-	if _, err := a.Allocate(ctx, Request{Pool: big, Identity: "deployment/ns/e", Shared: true, Token: "t3"}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("new member whose answer was lost: %v", err)
+	// stored says whether etcd (not the allocator's cache, which may not
+	// have seen the claim yet) holds an address of identity that is not
+	// cooling, under token if one is given.
+	stored := func(identity, token string) bool {
+		t.Helper()
+		kvs, _, err := s.List(ctx, a.keys.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			var r record
+			if json.Unmarshal(kv.Value, &r) == nil && r.ID == identity && r.State != stateCooling && (token == "" || r.Token == token) {
+				return true
+			}
+		}
+		return false
 	}
-	s.Set(false, false)
-	// waitReleased waits until the identity has no address.
+	// lost makes req's claim go through with its answer lost, and checks
+	// that etcd took it; etcd answers again after.
+	lost := func(req Request) {
+		t.Helper()
+		s.Set(true, false)
+		if _, err := a.Allocate(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("claim of %s whose answer was lost: %v", req.Identity, err)
+		}
+		if !stored(req.Identity, req.Token) {
+			t.Fatalf("claim of %s under %s not in etcd: another write took the lost answer", req.Identity, req.Token)
+		}
+		s.Set(false, false)
+	}
+	// waitReleased waits until the identity has no address, in etcd and
+	// in the cache: its orphan is settled, and no give-back is left to
+	// take the next lost answer.
 	waitReleased := func(identity string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			l := a.Lookup(identity)
-			if len(l) == 0 {
+			if len(l) == 0 && !stored(identity, "") {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -956,28 +984,21 @@ func TestOrphanedClaimGivenBack(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	lost(Request{Pool: big, Identity: "deployment/ns/e", Shared: true, Token: "t3"})
 	waitReleased("deployment/ns/e")
 
 	// So is a bare pod's named by generateName: its identity is named after
 	// the token, and no later try claims under it.
-	s.Set(true, false)
 	const bare = "pod/ns/job-t6"
-	if _, err := a.Allocate(ctx, Request{Pool: big, Identity: bare, Token: "t6", Ephemeral: true}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("ephemeral identity's claim whose answer was lost: %v", err)
-	}
-	s.Set(false, false)
+	lost(Request{Pool: big, Identity: bare, Token: "t6", Ephemeral: true})
 	waitReleased(bare)
 
 	// Another single identity's reservation under a lost answer stays: the
 	// pod's next try (another token) gets it.
-	s.Set(true, false)
 	const ds = "daemonset/ns/agent/node-1"
-	if _, err := a.Allocate(ctx, Request{Pool: p, Identity: ds, Token: "t4"}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("single identity's claim whose answer was lost: %v", err)
-	}
-	s.Set(false, false)
+	lost(Request{Pool: p, Identity: ds, Token: "t4"})
 	time.Sleep(2 * orphanRetry)
-	if l := a.Lookup(ds); len(l) != 1 || !l[0].Reserved || l[0].Token != "t4" {
+	if l := a.Lookup(ds); len(l) != 1 || !l[0].Reserved || l[0].Token != "t4" || !stored(ds, "t4") {
 		t.Fatalf("single identity's reservation after etcd came back: %+v; want it kept under t4", l)
 	}
 	if again := alloc(t, a, Request{Pool: p, Identity: ds, Token: "t5"}); again.Token != "t4" {
