@@ -1282,11 +1282,13 @@ func TestLeaseWaitEndsWithTheCallersDeadline(t *testing.T) {
 // lateTxn is etcd whose first transaction that writes, once late is set,
 // is applied after its caller gave up: the caller's deadline ends first, as
 // when a claim rides a group-commit batch that runs on for the other claims
-// in it. Reads, and writes after that one, are applied at once.
+// in it. Reads, and writes after that one, are applied at once. landedRev
+// is the late write's revision, set before landed closes.
 type lateTxn struct {
 	*store.Memory
-	late   atomic.Bool
-	landed chan struct{}
+	late      atomic.Bool
+	landed    chan struct{}
+	landedRev atomic.Int64
 }
 
 func (l *lateTxn) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.Op) (store.TxnResult, error) {
@@ -1298,7 +1300,9 @@ func (l *lateTxn) Txn(ctx context.Context, cmps []store.Cmp, then, els []store.O
 	go func() {
 		defer close(l.landed)
 		time.Sleep(200 * time.Millisecond) // after the allocator's first look
-		_, _ = l.Memory.Txn(context.Background(), cmps, then, els)
+		if res, err := l.Memory.Txn(context.Background(), cmps, then, els); err == nil {
+			l.landedRev.Store(res.Revision)
+		}
 	}()
 	return store.TxnResult{}, ctx.Err()
 }
@@ -1324,12 +1328,13 @@ func TestOrphanThatLandsLateIsGivenBack(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatalf("the claim's transaction was never sent (late still %v)", s.late.Load())
 	}
-	for len(a.Lookup("deployment/ns/api")) == 0 { // the cache sees the claim
-		select {
-		case <-ctx.Done():
-			t.Fatal("the late claim never reached the cache")
-		case <-time.After(10 * time.Millisecond):
-		}
+	// The cache has seen the claim (the give-back may have undone it
+	// already: Lookup would not tell the two apart).
+	if s.landedRev.Load() == 0 {
+		t.Fatal("the late claim's transaction failed: nothing landed")
+	}
+	if err := a.Reflector().WaitForRevision(ctx, s.landedRev.Load()); err != nil {
+		t.Fatalf("the late claim (revision %d) never reached the cache: %v", s.landedRev.Load(), err)
 	}
 	for {
 		_, err := a.Allocate(ctx, Request{Pool: p, Identity: "deployment/ns/api", Shared: true, Token: "tok-2", MaxMembers: 1})
@@ -1609,22 +1614,25 @@ func TestOwnCoolingAddressAndMACAskedApart(t *testing.T) {
 // carried it.
 func TestReservationStartsOverForNextPod(t *testing.T) {
 	s := store.NewMemory()
-	a := startAllocator(t, s, Options{ReservationTTL: time.Second})
+	a := startAllocator(t, s, Options{ReservationTTL: 4 * time.Second})
 	p := mustPool(t, "p", v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReuseDelaySeconds: i32(0)})
 	ctx := testCtx(t)
 	const id = "daemonset/ns/agent/node-1"
 	first := alloc(t, a, Request{Pool: p, Identity: id, Token: "refused"})
 	began := time.Now()
-	// The first reservation's lease (1 s plus 2 s of slack) ends 3 s after it began.
+	// The first reservation's lease (4 s plus 2 s of slack) ends at most 6 s
+	// after began; 2.5 s in, less than a reservation's 4 s is left of it,
+	// so a reservation made now needs a lease of its own. The next pod has
+	// 3.5 s to take the reservation before the first lease could end.
 	time.Sleep(2500 * time.Millisecond)
 	next := alloc(t, a, Request{Pool: p, Identity: id, Token: "next"})
 	if next.IP != first.IP || !next.Reserved {
 		t.Fatalf("the node's next pod got %+v; want the pending reservation of %s", next, first.IP)
 	}
-	time.Sleep(time.Until(began.Add(4 * time.Second)))
+	time.Sleep(time.Until(began.Add(7 * time.Second)))
 	for _, k := range []string{a.keys.addrKey("p", first.IP), a.keys.identKey(id, false, first.IP), a.keys.macKey(first.MAC.String())} {
 		if kv, err := s.Get(ctx, k); err != nil || kv == nil {
-			t.Errorf("%s gone with the first pod's reservation (%v), 1.5 s after the next pod took it", k, err)
+			t.Errorf("%s gone with the first pod's reservation (%v), after the first pod's lease ended", k, err)
 		}
 	}
 	if err := a.Bind(ctx, Binding{Pool: "p", IP: first.IP, Identity: id, Pod: "ns/agent-next", Token: next.Token}); err != nil {
