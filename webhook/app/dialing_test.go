@@ -64,13 +64,18 @@ func TestStoreConnectsWhenEtcdAnswers(t *testing.T) {
 		t.Errorf("%v: taken for etcd's silence; want a refusal", rpctypes.ErrAuthFailed)
 	}
 
+	// etcd does not answer until answers is closed.
 	var attempts atomic.Int32
+	answers := make(chan struct{})
 	mem := store.NewMemory()
 	s, err := openDialing(t.Context(), func() (store.Store, error) {
-		if attempts.Add(1) <= 3 {
+		attempts.Add(1)
+		select {
+		case <-answers:
+			return mem, nil
+		default:
 			return nil, status.Error(codes.Unavailable, "connection refused")
 		}
-		return mem, nil
 	})
 	if err != nil {
 		t.Fatalf("open with etcd silent: %v; want a store that connects later", err)
@@ -80,13 +85,21 @@ func TestStoreConnectsWhenEtcdAnswers(t *testing.T) {
 	if _, err := s.Get(short, "/k"); err == nil || !strings.Contains(err.Error(), "not connected to etcd yet") {
 		t.Errorf("Get before the connection: %v; want an error saying it is not connected yet", err)
 	}
+	for deadline := time.Now().Add(10 * time.Second); attempts.Load() < 3; time.Sleep(dialRetry / 5) {
+		if time.Now().After(deadline) { // tried again while etcd was silent
+			t.Fatalf("%d attempts in 10 s while etcd was silent; want it tried every %s", attempts.Load(), dialRetry)
+		}
+	}
+	close(answers)
 	long, cancel2 := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel2()
 	if _, _, err := s.List(long, "/"); err != nil {
 		t.Fatalf("List once etcd answers: %v", err)
 	}
-	if n := attempts.Load(); n != 4 {
-		t.Errorf("%d attempts; want 4 (3 unanswered, then connected)", n)
+	connected := attempts.Load()
+	time.Sleep(5 * dialRetry)
+	if n := attempts.Load(); n != connected {
+		t.Errorf("%d attempts when connected, then %d; want none once connected", connected, n)
 	}
 	if err := s.Close(); err != nil {
 		t.Error(err)
