@@ -70,6 +70,12 @@ func TestReflectorAfterRestore(t *testing.T) {
 	put(t, backup, "/r/c", "3") // after the new list, seen by the new watch
 	want := map[string]string{"/r/a": "1", "/r/b": "2", "/r/c": "3"}
 	waitMirror(t, h, want)
+	// The revision moves just after the handler has the events.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.WaitForRevision(wctx, 3); err != nil {
+		t.Fatalf("reflector at revision %d after the restore; want 3: %v", r.Revision(), err)
+	}
 	if rev := r.Revision(); rev != 3 {
 		t.Errorf("reflector at revision %d after the restore; want 3", rev)
 	}
@@ -101,6 +107,10 @@ func TestVerifyCountsSaw(t *testing.T) {
 	}
 	want := map[string]string{"/r/a": "1", "/r/n0": "new", "/r/n1": "new", "/r/n2": "new", "/r/n3": "new"}
 	waitMirror(t, h, want)
+	// The count moves just after the handler has the list.
+	for deadline := time.Now().Add(5 * time.Second); r.Relists() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := r.Relists(); n != 1 {
 		t.Errorf("%d lists after the first; want 1", n)
 	}

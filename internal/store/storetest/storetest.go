@@ -618,6 +618,10 @@ func testReflectorRelist(t *testing.T, s store.Store, p string, d Driver) {
 	b.reconnect()
 	rev = randomOps(t, s, p, 10)
 	checkMirror(t, s, r, h, p+"r/", rev)
+	// The count moves just after the handler has the list.
+	for deadline := time.Now().Add(5 * time.Second); r.Relists() < 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if r.Relists() < 1 {
 		t.Fatalf("reflector did not list again after compaction (relists=%d)", r.Relists())
 	}
