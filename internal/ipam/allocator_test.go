@@ -332,8 +332,10 @@ func TestReservationOverCoolingAddress(t *testing.T) {
 		if again.IP != first.IP || !again.Reserved {
 			t.Fatalf("%s took back %+v; want its cooling address %s reserved", id, again, first.IP)
 		}
-		// The reservation's lease (0.5 s plus 2 s of slack) is over; the cooling (1 h) is not.
-		time.Sleep(3 * time.Second)
+		// The reservation's lease (0.5 s plus 2 s of slack, 3 s in the
+		// in-memory store, which grants whole seconds) is over; the
+		// cooling (1 h) is not.
+		time.Sleep(4 * time.Second)
 		for _, k := range []string{a.keys.addrKey("p", first.IP), a.keys.macKey(first.MAC.String())} {
 			if kv, err := s.Get(ctx, k); err != nil || kv == nil {
 				t.Fatalf("%s: %s is gone with the reservation (%v): free to anyone before its reuse delay", id, k, err)
@@ -839,8 +841,10 @@ func TestMACChangeUnderTokenOutlivesReservation(t *testing.T) {
 	if again.IP != first.IP || !again.Reserved {
 		t.Fatalf("%s with a new MAC got %+v; want %s reserved", id, again, first.IP)
 	}
-	// The reservation's lease (0.5 s plus 2 s of slack) is over; the reuse delay (1 h) is not.
-	time.Sleep(3 * time.Second)
+	// The reservation's lease (0.5 s plus 2 s of slack, 3 s in the
+	// in-memory store, which grants whole seconds) is over; the reuse delay
+	// (1 h) is not.
+	time.Sleep(4 * time.Second)
 	if kv, err := s.Get(ctx, a.keys.addrKey("p", first.IP)); err != nil || kv == nil {
 		t.Fatalf("%s is gone with the reservation (%v): free to anyone at once", first.IP, err)
 	}
