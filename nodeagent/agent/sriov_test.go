@@ -243,14 +243,35 @@ func TestSriovAnnounceAfterCarrier(t *testing.T) {
 	if err := wire.LinkSetDown(w); err != nil {
 		t.Fatal(err)
 	}
+	// The wire end comes up 500 ms after the VF is in the pod's netns, so
+	// that the ADD reaches its wait for carrier first however slow it is.
+	p := s.newPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	inPod := handleIn(t, p.netns)
 	up := make(chan error, 1)
+	var upAt time.Time
 	go func() {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if _, err := inPod.LinkByName("eth0"); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				up <- errors.New("the VF never reached the pod's netns")
+				return
+			}
+		}
 		time.Sleep(500 * time.Millisecond)
+		upAt = time.Now()
 		up <- later.LinkSetUp(w)
 	}()
-	s.addPod(vfPod("a", "10.94.0.10/24", "02:00:0a:5e:00:0a", nil))
+	if _, err := s.cni.Add(p.rt); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	added := time.Now()
 	if err := <-up; err != nil {
 		t.Fatal(err)
+	}
+	if added.Before(upAt) {
+		t.Fatalf("ADD returned at %s, before the VF had carrier (%s): it did not wait", added.Format(time.StampMilli), upAt.Format(time.StampMilli))
 	}
 	want, _ := net.ParseMAC("02:00:0a:5e:00:0a")
 	var got []netlink.Neigh
