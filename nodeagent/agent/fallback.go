@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -31,6 +32,9 @@ const FallbackAuto = "auto"
 // upgrade may rewrite (the embedded copy of the old one would run plugins it
 // removed).
 var fallbackRescan = 10 * time.Second // a variable for tests
+
+// fallbackRescans counts the rescans done, for tests that wait for some.
+var fallbackRescans atomic.Int64
 
 // fallback returns the fallback conflist the options give, the file it
 // comes from, and for FallbackAuto the files it passed over and why.
@@ -166,7 +170,10 @@ func confListBytes(path string) ([]byte, error) {
 // meanwhile (replaced, or rewritten wrong) leaves the conflist as it is.
 func (a *agent) fallbackLoop(ctx context.Context) {
 	if a.opts.FallbackConfList != "" && a.opts.CNIConfDir != "" {
-		every(ctx, fallbackRescan, "Fallback network not refreshed", a.refreshFallback)
+		every(ctx, fallbackRescan, "Fallback network not refreshed", func(ctx context.Context) error {
+			defer fallbackRescans.Add(1)
+			return a.refreshFallback(ctx)
+		})
 	}
 }
 

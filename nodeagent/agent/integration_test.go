@@ -957,7 +957,7 @@ func TestStaticPod(t *testing.T) {
 // conflist without a fallback while the folder has no other network, and
 // rewrites it when one appears and when an earlier one in name order does.
 func TestFallbackAuto(t *testing.T) {
-	agent.SetFallbackRescan(t, 200*time.Millisecond)
+	rescans := agent.SetFallbackRescan(t, 200*time.Millisecond)
 	e := newEnv(t, func(o *agent.Options) { o.FallbackConfList = agent.FallbackAuto })
 	fallback := func() string { return e.fallbackName(t) }
 	if got := fallback(); got != "" {
@@ -988,7 +988,7 @@ func TestFallbackAuto(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.opts.CNIConfDir, "10-first.conflist"), []byte(`{"cniVersion":"1.0.0","name":"first","plugins":[{"type":"bridge","bridge":"cni2"}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(600 * time.Millisecond) // three rescans, each failing to write
+	rescans(3) // three rescans, each failing to write (the last two at least)
 	if err := os.Remove(own); err != nil {
 		t.Fatal(err)
 	}
@@ -1032,7 +1032,7 @@ func (e *env) fallbackName(t *testing.T) string {
 // was read once at start, and the old network's plugins ran until the agent
 // restarted.
 func TestFallbackFileFollowed(t *testing.T) {
-	agent.SetFallbackRescan(t, 200*time.Millisecond)
+	rescans := agent.SetFallbackRescan(t, 200*time.Millisecond)
 	file := filepath.Join(t.TempDir(), "pods.conflist")
 	write := func(content string) {
 		t.Helper()
@@ -1056,9 +1056,9 @@ func TestFallbackFileFollowed(t *testing.T) {
 	if err := os.Remove(file); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(600 * time.Millisecond)          // three rescans without the file
+	rescans(2)                                  // rescans without the file
 	write(`{"cniVersion":"1.0.0","name":"v3"}`) // no plugins: refused
-	time.Sleep(600 * time.Millisecond)
+	rescans(2)
 	if got := e.fallbackName(t); got != "v2" {
 		t.Errorf("fallback %q with the file gone, then wrong; want v2 kept", got)
 	}
