@@ -107,10 +107,7 @@ func TestVerifyCountsSaw(t *testing.T) {
 	}
 	want := map[string]string{"/r/a": "1", "/r/n0": "new", "/r/n1": "new", "/r/n2": "new", "/r/n3": "new"}
 	waitMirror(t, h, want)
-	// The count moves just after the handler has the list.
-	for deadline := time.Now().Add(5 * time.Second); r.Relists() == 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	storetest.AwaitRelists(r, 1)
 	if n := r.Relists(); n != 1 {
 		t.Errorf("%d lists after the first; want 1", n)
 	}

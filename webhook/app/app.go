@@ -25,6 +25,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -349,7 +350,7 @@ func Run(ctx context.Context, o Options) error {
 		if !mgr.GetCache().WaitForCacheSync(ctx) {
 			return nil
 		}
-		mgr.GetWebhookServer().Register(MutatePath, &webhook.Admission{Handler: handler, RecoverPanic: ptr(true)})
+		mgr.GetWebhookServer().Register(MutatePath, &webhook.Admission{Handler: handler, RecoverPanic: ptr.To(true)})
 		close(serving)
 		return nil
 	})); err != nil {
@@ -418,8 +419,6 @@ func poolFeed(alloc *ipam.Allocator) toolscache.ResourceEventHandlerFuncs {
 	}
 	return toolscache.ResourceEventHandlerFuncs{AddFunc: set, UpdateFunc: func(_, obj any) { set(obj) }}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 type runnable func(ctx context.Context) error
 

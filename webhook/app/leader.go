@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/stickynet/stickynet/internal/promreg"
@@ -166,11 +167,7 @@ func (l *leadership) leaderCheck(window time.Duration, started time.Time) func(*
 		case err != nil:
 			return nil
 		}
-		holder := ""
-		if lease.Spec.HolderIdentity != nil {
-			holder = *lease.Spec.HolderIdentity
-		}
-		return fmt.Errorf("no replica has renewed the Lease %s for %s as this replica sees it (holder %q): %s; see the replicas' leader election errors", name, now.Sub(changed).Round(time.Second), holder, why)
+		return fmt.Errorf("no replica has renewed the Lease %s for %s as this replica sees it (holder %q): %s; see the replicas' leader election errors", name, now.Sub(changed).Round(time.Second), ptr.Deref(lease.Spec.HolderIdentity, ""), why)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/stickynet/stickynet/e2e/cluster"
@@ -231,7 +232,7 @@ func TestLeadershipOutlivesItsTerms(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		h := ptrOr(l.Spec.HolderIdentity)
+		h := ptr.Deref(l.Spec.HolderIdentity, "")
 		return h != locks[second].Identity(), "holder " + h
 	})
 	leads(other[second], 4, 8*time.Second, "the other replica leading once the Lease was given up")
@@ -322,7 +323,7 @@ func campaignGated(t *testing.T, what string, gate func(l *leadership) (open fun
 	}()
 	time.Sleep(4 * l.retryPeriod) // a campaign takes a free Lease at its first try
 	if got, err := leases.Get(ctx, LeaseName, metav1.GetOptions{}); err == nil {
-		t.Fatalf("Lease held by %q %s; want no campaign", ptrOr(got.Spec.HolderIdentity), what)
+		t.Fatalf("Lease held by %q %s; want no campaign", ptr.Deref(got.Spec.HolderIdentity, ""), what)
 	} else if !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
@@ -332,16 +333,9 @@ func campaignGated(t *testing.T, what string, gate func(l *leadership) (open fun
 		if err != nil {
 			return false, err.Error()
 		}
-		h := ptrOr(got.Spec.HolderIdentity)
+		h := ptr.Deref(got.Spec.HolderIdentity, "")
 		return h == l.lock.Identity(), "holder " + h
 	})
-}
-
-func ptrOr(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 // TestLeaderCheck, on a real API server: /readyz's release-leader check

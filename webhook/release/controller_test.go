@@ -727,17 +727,18 @@ func TestWaitsForAllocatorCache(t *testing.T) {
 	api := c.Client
 	var opened atomic.Bool
 	var early atomic.Int32
+	read := func() {
+		if !opened.Load() {
+			early.Add(1)
+		}
+	}
 	c.Client = interceptor.NewClient(api.(client.WithWatch), interceptor.Funcs{
 		Get: func(ctx context.Context, cl client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			if !opened.Load() {
-				early.Add(1)
-			}
+			read()
 			return cl.Get(ctx, key, obj, opts...)
 		},
 		List: func(ctx context.Context, cl client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
-			if !opened.Load() {
-				early.Add(1)
-			}
+			read()
 			return cl.List(ctx, list, opts...)
 		},
 	})

@@ -594,6 +594,16 @@ func (b *breakable) reconnect() {
 	close(b.gate)
 }
 
+// AwaitRelists waits up to 5 s for r to have listed again n times: the
+// count moves just after the handler has the list, so a check right after
+// the handler's state matched could read it a moment early. The caller
+// checks the count.
+func AwaitRelists(r *store.Reflector, n int) {
+	for deadline := time.Now().Add(5 * time.Second); r.Relists() < n && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func testReflectorRelist(t *testing.T, s store.Store, p string, d Driver) {
 	randomOps(t, s, p, 20)
 	h := &Mirror{}
@@ -618,10 +628,7 @@ func testReflectorRelist(t *testing.T, s store.Store, p string, d Driver) {
 	b.reconnect()
 	rev = randomOps(t, s, p, 10)
 	checkMirror(t, s, r, h, p+"r/", rev)
-	// The count moves just after the handler has the list.
-	for deadline := time.Now().Add(5 * time.Second); r.Relists() < 1 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	AwaitRelists(r, 1)
 	if r.Relists() < 1 {
 		t.Fatalf("reflector did not list again after compaction (relists=%d)", r.Relists())
 	}
